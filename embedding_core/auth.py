@@ -1,0 +1,87 @@
+"""Who may call: API keys (``api-key`` or ``Authorization: Bearer``) and Entra ID tokens.
+
+A request is authorized when any credential it presents is valid. Keys come from
+``EMBEDDINGS_API_KEYS`` (comma-separated, for rotation) and are compared in constant time. A
+bearer value that looks like a JWT is validated as an Entra ID access token when Entra ID is
+configured; otherwise a bearer value is treated as an API key. Failures say only "missing" or
+"invalid", never which key or claim failed, and no secret is logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any, Mapping
+
+from . import errors
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Authenticator:
+    def __init__(self, settings: Settings, entra_validator: Any = None):
+        self.keys = tuple(k.encode("utf-8") for k in settings.api_keys)
+        self.disabled = settings.auth_disabled
+        self.entra = entra_validator
+        if entra_validator is None and settings.env.get("EMBEDDINGS_ENTRA_TENANT_ID", "").strip():
+            from .entra import EntraConfig, EntraValidator  # PyJWT only when Entra is configured
+
+            config = EntraConfig.from_env(settings.env)
+            self.entra = EntraValidator(config) if config else None
+        if self.disabled:
+            log.warning("EMBEDDINGS_AUTH=disabled: the API accepts requests without credentials")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.keys) or self.entra is not None
+
+    def _key_ok(self, value: str) -> bool:
+        candidate = value.encode("utf-8")
+        ok = False
+        for key in self.keys:  # no early exit: time does not depend on which key matched
+            ok |= hmac.compare_digest(candidate, key)
+        return ok
+
+    def _token_ok(self, token: str) -> bool:
+        from .entra import InvalidToken
+
+        try:
+            self.entra.validate(token)
+            return True
+        except InvalidToken as exc:
+            log.info("bearer token refused: %s", getattr(exc, "reason", "invalid"))
+            return False
+
+    def check(self, headers: Mapping[str, str]) -> None:
+        """Raise 401 unless the request carries a valid credential (headers: lower-case keys)."""
+        if self.disabled:
+            return
+        if not self.configured:
+            raise errors.unauthorized(
+                "The server has no credentials configured: set EMBEDDINGS_API_KEYS or the "
+                "EMBEDDINGS_ENTRA_* settings (or EMBEDDINGS_AUTH=disabled for local use).")
+        presented: list[tuple[str, str]] = []
+        api_key = headers.get("api-key")
+        if api_key:
+            presented.append(("key", api_key.strip()))
+        authz = headers.get("authorization")
+        if authz:
+            scheme, _, value = authz.strip().partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                presented.append(("bearer", value.strip()))
+        if not presented:
+            raise errors.unauthorized(
+                "Missing credentials: send 'api-key: <key>' or 'Authorization: Bearer <key or "
+                "token>'.")
+        for kind, value in presented:
+            if kind == "bearer" and self.entra is not None:
+                from .entra import looks_like_jwt
+
+                if looks_like_jwt(value):
+                    if self._token_ok(value):
+                        return
+                    continue
+            if self.keys and self._key_ok(value):
+                return
+        raise errors.unauthorized("Invalid credentials.", invalid_token=True)

@@ -1,0 +1,149 @@
+"""The one error type of the service, and its mapping to HTTP.
+
+Every failure a client can see is an :class:`ApiError`. The HTTP layer turns it into Azure.Core's
+error body ``{"error": {"code", "message", "target"?, "details"?}}`` with the header
+``x-ms-error-code``; nothing else ever reaches the wire (no stack traces, no server paths).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(eq=False)
+class ApiError(Exception):
+    status: int
+    code: str
+    message: str
+    target: str | None = None
+    details: list[dict[str, Any]] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.target is not None:
+            err["target"] = self.target
+        if self.details:
+            err["details"] = self.details
+        return {"error": err}
+
+    def response_headers(self) -> dict[str, str]:
+        return {"x-ms-error-code": self.code, **self.headers}
+
+
+# Constructors, one per error the contract names. Keeping them here keeps codes and statuses in
+# one place.
+
+def invalid_body(message: str) -> ApiError:
+    return ApiError(400, "InvalidRequestBody", message)
+
+
+def missing_api_version(supported: tuple[str, ...]) -> ApiError:
+    return ApiError(
+        400, "MissingApiVersionParameter",
+        "The api-version query parameter is required. Supported values: " + ", ".join(supported) + ".",
+        target="api-version")
+
+
+def unsupported_api_version(value: str, supported: tuple[str, ...]) -> ApiError:
+    return ApiError(
+        400, "UnsupportedApiVersionValue",
+        f"Unsupported api-version '{_clip(value)}'. Supported values: " + ", ".join(supported) + ".",
+        target="api-version")
+
+
+def extra_parameters_not_allowed(names: list[str]) -> ApiError:
+    return ApiError(
+        400, "ExtraParametersNotAllowed",
+        "Unknown parameter(s) " + ", ".join(f"'{_clip(n)}'" for n in names)
+        + ". Send the header 'extra-parameters: drop' to ignore them or 'pass-through' to hand "
+        "them to the model.",
+        target=names[0] if len(names) == 1 else None,
+        details=[{"code": "ExtraParameterNotAllowed", "message": f"Unknown parameter '{_clip(n)}'.",
+                  "target": n} for n in names] if len(names) > 1 else None)
+
+
+def invalid_header(name: str, message: str) -> ApiError:
+    return ApiError(400, "InvalidHeaderValue", message, target=name)
+
+
+def unauthorized(message: str, *, invalid_token: bool = False) -> ApiError:
+    challenge = 'Bearer error="invalid_token"' if invalid_token else "Bearer"
+    return ApiError(401, "Unauthorized", message, headers={"WWW-Authenticate": challenge})
+
+
+def model_not_found(name: str, available: list[str]) -> ApiError:
+    return ApiError(
+        404, "ModelNotFound",
+        f"No deployment named '{_clip(name)}'. Available: " + ", ".join(available) + ".",
+        target="model")
+
+
+def modality_not_supported(name: str, route: str, modality: str) -> ApiError:
+    return ApiError(
+        404, "ModalityNotSupported",
+        f"Deployment '{_clip(name)}' serves {modality} embeddings and cannot be used on {route}.",
+        target="model")
+
+
+def route_not_found(path: str) -> ApiError:
+    return ApiError(404, "NotFound", f"No route {_clip(path)}.")
+
+
+def method_not_allowed(method: str, allowed: list[str]) -> ApiError:
+    return ApiError(405, "MethodNotAllowed", f"Method {_clip(method)} is not allowed here.",
+                    headers={"Allow": ", ".join(allowed)})
+
+
+def payload_too_large(size: int, limit: int, target: str | None = None) -> ApiError:
+    return ApiError(413, "PayloadTooLarge",
+                    f"Request body is {size} bytes; the limit is {limit} bytes.", target=target)
+
+
+def unsupported_media_type(content_type: str) -> ApiError:
+    return ApiError(415, "UnsupportedMediaType",
+                    f"Content-Type '{_clip(content_type)}' is not supported; send application/json.")
+
+
+def validation(message: str, target: str | None = None, code: str = "InvalidParameter") -> ApiError:
+    return ApiError(422, code, message, target=target)
+
+
+def unsupported_parameter(message: str, target: str | None = None) -> ApiError:
+    return ApiError(422, "UnsupportedParameter", message, target=target)
+
+
+def input_too_long(index_target: str, tokens: int, limit: int) -> ApiError:
+    return ApiError(
+        422, "InputTooLong",
+        f"The input has {tokens} tokens; the model accepts at most {limit} (special tokens "
+        "included). Shorten it or send \"truncate\": \"END\" with 'extra-parameters: pass-through'.",
+        target=index_target)
+
+
+def too_many_requests(retry_after: int) -> ApiError:
+    return ApiError(429, "TooManyRequests",
+                    "The server is busy with other requests; retry after the indicated delay.",
+                    headers={"Retry-After": str(retry_after)})
+
+
+def internal(request_id: str) -> ApiError:
+    return ApiError(500, "InternalServerError",
+                    f"The server failed to process the request. Request id: {request_id}.")
+
+
+def model_unavailable(name: str, retry_after: int) -> ApiError:
+    return ApiError(503, "ModelUnavailable",
+                    f"The model of deployment '{_clip(name)}' is not available right now.",
+                    headers={"Retry-After": str(retry_after)})
+
+
+def _clip(value: object, limit: int = 80) -> str:
+    """Echo client-supplied text back safely: bounded length, printable only."""
+    text = str(value)
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,267 @@
+"""The deployment registry: deployments and their models described as data.
+
+``registry.json`` beside this module lists the deployments; ``EMBEDDINGS_REGISTRY`` points at a
+replacement file. A deployment names its backend kind, its files (each with size and sha256,
+verified when the model loads), native dimensions, Matryoshka sizes, token limit, prompt prefixes
+per ``input_type``, and the int8/uint8 calibration ranges.
+
+Backends are created lazily, on first use, once per process, under a lock: importing this module
+(or ``function_app``) never loads a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import errors
+from .backends import Backend
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGISTRY = Path(__file__).with_name("registry.json")
+MODALITIES = ("text", "image")
+INPUT_TYPES = ("text", "query", "document")
+
+# Backend kinds -> "module:factory". Imported only when a deployment of that kind first loads.
+BACKEND_KINDS: dict[str, str] = {
+    "text-onnx": "embedding_core.text:TextBackend",
+    "image-onnx": "embedding_core.image_backend:ImageFeatureBackend",
+    "image-conse": "embedding_core.image_backend:ConseBackend",
+}
+
+
+class RegistryError(ValueError):
+    """The registry file is malformed (a deployment-time error, not a client error)."""
+
+
+@dataclass(frozen=True)
+class FileRef:
+    path: Path
+    sha256: str
+    size: int | None
+
+    def verified(self) -> Path:
+        """The file's path after checking its size and sha256 (raises on mismatch)."""
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model file missing: {self.path.name}")
+        if self.size is not None and self.path.stat().st_size != self.size:
+            raise ValueError(f"{self.path.name}: size {self.path.stat().st_size} != {self.size}")
+        digest = hashlib.sha256()
+        with self.path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != self.sha256:
+            raise ValueError(f"{self.path.name}: sha256 mismatch (expected {self.sha256[:12]}…)")
+        return self.path
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str
+    aliases: tuple[str, ...]
+    modality: str
+    default: bool
+    backend: str
+    model_name: str
+    model_type: str
+    provider: str
+    dimensions: int
+    matryoshka_dimensions: tuple[int, ...]
+    max_tokens: int | None
+    prompts: dict[str, str]
+    calibration: Path | None
+    files: dict[str, FileRef]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def supported_dimensions(self) -> tuple[int, ...]:
+        return tuple(sorted({self.dimensions, *self.matryoshka_dimensions}, reverse=True))
+
+
+def _resolve_path(entry: dict[str, Any], base: Path, where: str) -> Path:
+    rel = entry.get("path")
+    if not isinstance(rel, str) or not rel:
+        raise RegistryError(f"{where}: 'path' is required")
+    package = entry.get("package")
+    if package:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            # Reported as ModelUnavailable when the model is first used.
+            return Path("/nonexistent-package") / package / rel
+        return Path(list(spec.submodule_search_locations)[0]) / rel
+    return (base / rel).resolve()
+
+
+def _file_ref(entry: Any, base: Path, where: str) -> FileRef:
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        raise RegistryError(f"{where}: needs 'path' and 'sha256'")
+    size = entry.get("bytes")
+    return FileRef(_resolve_path(entry, base, where), entry["sha256"].lower(),
+                   int(size) if size is not None else None)
+
+
+def parse_registry(doc: dict[str, Any], base: Path) -> list[Deployment]:
+    items = doc.get("deployments") if isinstance(doc, dict) else None
+    if not isinstance(items, list) or not items:
+        raise RegistryError("registry: 'deployments' must be a non-empty list")
+    out: list[Deployment] = []
+    for i, d in enumerate(items):
+        where = f"deployments[{i}]"
+        try:
+            modality = d["modality"]
+            if modality not in MODALITIES:
+                raise RegistryError(f"{where}: modality must be one of {MODALITIES}")
+            if d["backend"] not in BACKEND_KINDS:
+                raise RegistryError(f"{where}: unknown backend {d['backend']!r}")
+            prompts = dict(d.get("prompts") or {})
+            if not set(prompts) <= set(INPUT_TYPES):
+                raise RegistryError(f"{where}: prompts keys must be among {INPUT_TYPES}")
+            dims = int(d["dimensions"])
+            mat = tuple(int(x) for x in d.get("matryoshka_dimensions") or ())
+            if any(not 0 < m < dims for m in mat):
+                raise RegistryError(f"{where}: matryoshka sizes must be below {dims}")
+            cal = d.get("calibration")
+            out.append(Deployment(
+                name=d["name"], aliases=tuple(d.get("aliases") or ()), modality=modality,
+                default=bool(d.get("default", False)), backend=d["backend"],
+                model_name=d.get("model_name", d["name"]),
+                model_type=d.get("model_type", "embeddings"),
+                provider=d.get("provider", ""), dimensions=dims, matryoshka_dimensions=mat,
+                max_tokens=int(d["max_tokens"]) if d.get("max_tokens") else None,
+                prompts=prompts, calibration=(base / cal).resolve() if cal else None,
+                files={k: _file_ref(v, base, f"{where}.files.{k}")
+                       for k, v in (d.get("files") or {}).items()},
+                options=dict(d.get("options") or {}),
+            ))
+        except KeyError as exc:
+            raise RegistryError(f"{where}: missing {exc.args[0]!r}") from None
+    names: dict[str, str] = {}
+    for dep in out:
+        for n in (dep.name, *dep.aliases):
+            if n.lower() in names:
+                raise RegistryError(f"registry: name {n!r} used twice")
+            names[n.lower()] = dep.name
+    for modality in MODALITIES:
+        defaults = [d.name for d in out if d.modality == modality and d.default]
+        if len(defaults) > 1:
+            raise RegistryError(f"registry: more than one default {modality} deployment")
+    return out
+
+
+class Calibration:
+    """Per-dimension [lo, hi] ranges for int8/uint8, keyed by output size."""
+
+    def __init__(self, ranges: dict[int, tuple[np.ndarray, np.ndarray]]):
+        self._ranges = ranges
+
+    @classmethod
+    def load(cls, path: Path) -> "Calibration":
+        doc = json.loads(path.read_text())
+        ranges = {}
+        for size, r in doc["ranges"].items():
+            lo = np.asarray(r["lo"], dtype=np.float32)
+            hi = np.asarray(r["hi"], dtype=np.float32)
+            if lo.shape != (int(size),) or hi.shape != lo.shape or not np.all(hi > lo):
+                raise RegistryError(f"{path.name}: bad ranges for size {size}")
+            ranges[int(size)] = (lo, hi)
+        return cls(ranges)
+
+    def get(self, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+        return self._ranges.get(size)
+
+
+class Registry:
+    def __init__(self, deployments: list[Deployment], settings: Settings):
+        self.deployments = deployments
+        self.settings = settings
+        self._by_name = {n.lower(): d for d in deployments for n in (d.name, *d.aliases)}
+        self._backends: dict[str, Backend] = {}
+        self._calibrations: dict[str, Calibration | None] = {}
+        self._locks = {d.name: threading.Lock() for d in deployments}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Registry":
+        path = Path(settings.registry_path) if settings.registry_path else DEFAULT_REGISTRY
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"cannot read registry {path}: {exc}") from None
+        return cls(parse_registry(doc, path.parent), settings)
+
+    # -- lookup ---------------------------------------------------------------------------------
+    def find(self, name: str) -> Deployment | None:
+        return self._by_name.get(name.lower())
+
+    def default_for(self, modality: str) -> Deployment | None:
+        candidates = [d for d in self.deployments if d.modality == modality]
+        return next((d for d in candidates if d.default), candidates[0] if candidates else None)
+
+    def select(self, modality: str, route: str, model: str | None,
+               header: str | None) -> Deployment:
+        """The deployment a request addresses (``model`` field or ``azureml-model-deployment``)."""
+        chosen: Deployment | None = None
+        for value, target in ((model, "model"), (header, "azureml-model-deployment")):
+            if value is None:
+                continue
+            dep = self.find(value)
+            if dep is None:
+                err = errors.model_not_found(value, [d.name for d in self.deployments])
+                err.target = target
+                raise err
+            if chosen is not None and dep.name != chosen.name:
+                raise errors.validation(
+                    f"'model' ({errors._clip(model)}) and header 'azureml-model-deployment' "
+                    f"({errors._clip(header)}) name different deployments.", target="model")
+            chosen = dep
+        if chosen is None:
+            chosen = self.default_for(modality)
+            if chosen is None:
+                raise errors.ApiError(404, "ModelNotFound",
+                                      f"No {modality} deployment is configured.")
+        if chosen.modality != modality:
+            raise errors.modality_not_supported(chosen.name, route, chosen.modality)
+        return chosen
+
+    # -- loading --------------------------------------------------------------------------------
+    def is_loaded(self, dep: Deployment) -> bool:
+        backend = self._backends.get(dep.name)
+        return backend is not None and backend.loaded()
+
+    def backend(self, dep: Deployment) -> Backend:
+        """The deployment's backend, created on first use (once, thread-safely)."""
+        backend = self._backends.get(dep.name)
+        if backend is not None:
+            return backend
+        with self._locks[dep.name]:
+            backend = self._backends.get(dep.name)
+            if backend is None:
+                module_name, factory = BACKEND_KINDS[dep.backend].split(":")
+                try:
+                    cls: Callable[..., Backend] = getattr(importlib.import_module(module_name),
+                                                          factory)
+                    backend = cls(dep, self.settings, self)
+                except Exception:  # noqa: BLE001 - any load failure is a 503 for the client
+                    log.exception("deployment %s failed to load", dep.name)
+                    raise errors.model_unavailable(dep.name, self.settings.retry_after_s) from None
+                self._backends[dep.name] = backend
+        return backend
+
+    def calibration(self, dep: Deployment) -> Calibration | None:
+        if dep.name not in self._calibrations:
+            with self._locks[dep.name]:
+                if dep.name not in self._calibrations:
+                    self._calibrations[dep.name] = (
+                        Calibration.load(dep.calibration)
+                        if dep.calibration and dep.calibration.is_file() else None)
+        return self._calibrations[dep.name]

@@ -1,0 +1,212 @@
+"""Wire schema: the request body and headers of the embeddings routes, validated.
+
+Turns raw bytes and headers into an :class:`EmbeddingsRequest` or raises ``ApiError`` with the
+status, code and JSON-path ``target`` the contract names. Knows nothing about models beyond the
+sets of values a field may take.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import orjson
+
+from . import errors
+from .encodings import FORMATS
+from .registry import INPUT_TYPES
+from .settings import SUPPORTED_API_VERSIONS
+
+KNOWN_FIELDS = ("input", "dimensions", "encoding_format", "input_type", "model")
+EXTRA_MODES = ("error", "drop", "pass-through")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    image: str
+    text: str | None = None
+
+
+@dataclass
+class EmbeddingsRequest:
+    inputs: list[Any]                  # text: str | list[int]; image: ImageInput
+    dimensions: int | None = None
+    encoding_format: str = "float"
+    input_type: str = "text"
+    model: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+# -- headers and query ----------------------------------------------------------------------------
+
+def check_api_version(query: Mapping[str, str]) -> str:
+    value = query.get("api-version")
+    if value is None or value == "":
+        raise errors.missing_api_version(SUPPORTED_API_VERSIONS)
+    if value not in SUPPORTED_API_VERSIONS:
+        raise errors.unsupported_api_version(value, SUPPORTED_API_VERSIONS)
+    return value
+
+
+def extra_parameters_mode(headers: Mapping[str, str]) -> str:
+    raw = headers.get("extra-parameters")
+    if raw is None:
+        return "error"
+    value = raw.strip().lower()
+    if value not in EXTRA_MODES:
+        raise errors.invalid_header(
+            "extra-parameters",
+            f"Header 'extra-parameters' has value '{errors._clip(raw)}'; allowed values: "
+            + ", ".join(EXTRA_MODES) + ".")
+    return value
+
+
+def model_deployment_header(headers: Mapping[str, str]) -> str | None:
+    raw = headers.get("azureml-model-deployment")
+    if raw is None:
+        return None
+    value = raw.strip()
+    if not value:
+        raise errors.invalid_header("azureml-model-deployment",
+                                    "Header 'azureml-model-deployment' must not be empty.")
+    return value
+
+
+def check_content_type(headers: Mapping[str, str]) -> None:
+    raw = headers.get("content-type")
+    if raw is None or not raw.strip():
+        return
+    media = raw.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise errors.unsupported_media_type(raw)
+
+
+# -- body -----------------------------------------------------------------------------------------
+
+def parse_body(body: bytes, limit: int) -> dict[str, Any]:
+    if len(body) > limit:
+        raise errors.payload_too_large(len(body), limit)
+    if not body.strip():
+        raise errors.invalid_body("The request body is empty; send a JSON object.")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise errors.invalid_body("The request body is not valid UTF-8.") from None
+        raise errors.invalid_body(f"The request body is not valid JSON: {exc.msg} "
+                                  f"(line {exc.lineno}, column {exc.colno}).") from None
+    if not isinstance(doc, dict):
+        raise errors.invalid_body("The request body must be a JSON object.")
+    return doc
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _type_name(x: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
+            float: "number", type(None): "null"}.get(type(x), type(x).__name__)
+
+
+def _text_inputs(value: Any, max_items: int) -> list[str | list[int]]:
+    """A string, an array of strings, an array of token ids, or an array of token-id arrays."""
+    if isinstance(value, str):
+        value = [value]
+    elif isinstance(value, list) and value and all(_is_int(x) for x in value):
+        value = [value]
+    if not isinstance(value, list):
+        raise errors.validation(
+            f"'input' must be a string or an array of strings (got {_type_name(value)}).", "input")
+    if not value:
+        raise errors.validation("'input' must contain at least one item.", "input")
+    if len(value) > max_items:
+        raise errors.validation(f"'input' has {len(value)} items; the limit is {max_items}.", "input")
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            if not item.strip():
+                raise errors.validation("Input text must not be empty.", f"input[{i}]")
+        elif isinstance(item, list):
+            if not item:
+                raise errors.validation("A token-id array must not be empty.", f"input[{i}]")
+            for j, tok in enumerate(item):
+                if not _is_int(tok):
+                    raise errors.validation(
+                        f"Token ids must be integers (got {_type_name(tok)}).", f"input[{i}][{j}]")
+        else:
+            raise errors.validation(
+                f"Each input must be a string or an array of token ids (got {_type_name(item)}).",
+                f"input[{i}]")
+    return value
+
+
+def _image_inputs(value: Any, max_items: int) -> list[ImageInput]:
+    if not isinstance(value, list):
+        raise errors.validation(
+            f"'input' must be an array of {{\"image\", \"text\"?}} objects (got {_type_name(value)}).",
+            "input")
+    if not value:
+        raise errors.validation("'input' must contain at least one item.", "input")
+    if len(value) > max_items:
+        raise errors.validation(f"'input' has {len(value)} items; the limit is {max_items}.", "input")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise errors.validation(
+                f"Each input must be an object with 'image' (got {_type_name(item)}).", f"input[{i}]")
+        unknown = sorted(set(item) - {"image", "text"})
+        if unknown:
+            raise errors.validation(f"Unknown field '{errors._clip(unknown[0])}' in an image input.",
+                                    f"input[{i}].{unknown[0]}")
+        image = item.get("image")
+        if not isinstance(image, str) or not image:
+            raise errors.validation("'image' must be a non-empty data URL string "
+                                    "(data:image/<format>;base64,<data>).", f"input[{i}].image")
+        text = item.get("text")
+        if text is not None and (not isinstance(text, str) or not text.strip()):
+            raise errors.validation("'text' must be a non-empty string when given.",
+                                    f"input[{i}].text")
+        out.append(ImageInput(image, text))
+    return out
+
+
+def parse_request(doc: dict[str, Any], *, modality: str, extra_mode: str,
+                  max_items: int) -> EmbeddingsRequest:
+    unknown = [k for k in doc if k not in KNOWN_FIELDS]
+    if unknown and extra_mode == "error":
+        raise errors.extra_parameters_not_allowed(unknown)
+    extras = {k: doc[k] for k in unknown} if extra_mode == "pass-through" else {}
+
+    if "input" not in doc:
+        raise errors.validation("'input' is required.", "input")
+    inputs = (_text_inputs if modality == "text" else _image_inputs)(doc["input"], max_items)
+
+    dimensions = doc.get("dimensions")
+    if dimensions is not None and (not _is_int(dimensions) or dimensions <= 0):
+        raise errors.validation(
+            f"'dimensions' must be a positive integer (got {_type_name(dimensions)} "
+            f"{errors._clip(orjson.dumps(dimensions).decode())}).", "dimensions")
+
+    encoding = doc.get("encoding_format")
+    if encoding is None:
+        encoding = "float"
+    if encoding not in FORMATS:
+        raise errors.validation("'encoding_format' must be one of " + ", ".join(FORMATS) + ".",
+                                "encoding_format")
+
+    input_type = doc.get("input_type")
+    if input_type is None:
+        input_type = "text"
+    if input_type not in INPUT_TYPES:
+        raise errors.validation("'input_type' must be one of " + ", ".join(INPUT_TYPES) + ".",
+                                "input_type")
+
+    model = doc.get("model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise errors.validation("'model' must be a deployment name (a non-empty string).", "model")
+
+    return EmbeddingsRequest(inputs=inputs, dimensions=dimensions, encoding_format=encoding,
+                             input_type=input_type, model=model.strip() if model else None,
+                             extras=extras)

@@ -1,0 +1,130 @@
+"""The text backend: WordPiece tokenizer + an ONNX transformer + pooling, micro-batched.
+
+Token limit handling is ours (the shipped tokenizer.json has truncation and padding to 128 baked
+in; both are switched off): an over-long input is refused with ``InputTooLong`` unless the client
+asked for ``truncate: END|START``. Batches are padded to their longest member only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import errors
+from .backends import Encoded
+from .batching import plan_batches
+from .onnx_session import create_session
+from .pooling import POOLING, l2_normalize
+from .registry import Deployment
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+TRUNCATE_VALUES = ("NONE", "END", "START")
+
+
+class TextBackend:
+    def __init__(self, deployment: Deployment, settings: Settings, registry: Any = None):
+        from tokenizers import Tokenizer
+
+        self.deployment = deployment
+        self.settings = settings
+        self.max_tokens = deployment.max_tokens or 512
+        tok = Tokenizer.from_file(str(deployment.files["tokenizer"].verified()))
+        tok.no_truncation()
+        tok.no_padding()
+        self.tokenizer = tok
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        opts = deployment.options
+        self.cls_id = tok.token_to_id(opts.get("cls_token", "[CLS]"))
+        self.sep_id = tok.token_to_id(opts.get("sep_token", "[SEP]"))
+        self.pad_id = tok.token_to_id(opts.get("pad_token", "[PAD]")) or 0
+        self.pool = POOLING[opts.get("pooling", "mean")]
+        self.session = create_session(deployment.files["model"].verified(), settings)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.output_name = opts.get("output", self.session.get_outputs()[0].name)
+        self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
+        log.info("loaded text deployment %s", deployment.name)
+
+    def loaded(self) -> bool:
+        return True
+
+    # -- extras ---------------------------------------------------------------------------------
+    def check_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"truncate": "NONE"}
+        for key, value in extras.items():
+            if key != "truncate":
+                raise errors.unsupported_parameter(
+                    f"Parameter '{errors._clip(key)}' is not supported by deployment "
+                    f"'{self.deployment.name}'. Supported extra parameters: truncate.", target=key)
+            if not isinstance(value, str) or value.upper() not in TRUNCATE_VALUES:
+                raise errors.validation(
+                    "'truncate' must be one of " + ", ".join(f'"{v}"' for v in TRUNCATE_VALUES)
+                    + ".", target="truncate")
+            out["truncate"] = value.upper()
+        return out
+
+    # -- tokenisation ---------------------------------------------------------------------------
+    def tokenize(self, inputs: Sequence[str | list[int]], *, input_type: str = "text",
+                 truncate: str = "NONE") -> list[np.ndarray]:
+        """Token ids with special tokens, per input, within the token limit (or refused)."""
+        prefix = self.deployment.prompts.get(input_type, "")
+        ids: list[np.ndarray | None] = [None] * len(inputs)
+        text_pos = [i for i, x in enumerate(inputs) if isinstance(x, str)]
+        if text_pos:
+            encs = self._encode_batch([prefix + inputs[i] for i in text_pos], add_special_tokens=True)
+            for i, enc in zip(text_pos, encs):
+                ids[i] = np.asarray(enc.ids, dtype=np.int64)
+        for i, x in enumerate(inputs):
+            if ids[i] is None:
+                ids[i] = self._token_array(x, i)
+        limit = self.max_tokens
+        for i, seq in enumerate(ids):
+            if len(seq) > limit:
+                if truncate == "NONE":
+                    raise errors.input_too_long(f"input[{i}]", len(seq), limit)
+                body = seq[1:-1]
+                body = body[: limit - 2] if truncate == "END" else body[len(body) - (limit - 2):]
+                ids[i] = np.concatenate(([seq[0]], body, [seq[-1]])).astype(np.int64)
+        return ids  # type: ignore[return-value]
+
+    def _token_array(self, tokens: list[int], i: int) -> np.ndarray:
+        arr = np.asarray(tokens, dtype=np.int64)
+        bad = np.flatnonzero((arr < 0) | (arr >= self.vocab_size))
+        if bad.size:
+            j = int(bad[0])
+            raise errors.validation(
+                f"Token id {int(arr[j])} is outside the vocabulary of deployment "
+                f"'{self.deployment.name}' (0..{self.vocab_size - 1}).", target=f"input[{i}][{j}]")
+        # Token ids are the tokenizer's WordPiece ids; [CLS]/[SEP] are added unless present.
+        if not (len(arr) >= 2 and arr[0] == self.cls_id and arr[-1] == self.sep_id):
+            arr = np.concatenate(([self.cls_id], arr, [self.sep_id])).astype(np.int64)
+        return arr
+
+    # -- inference ------------------------------------------------------------------------------
+    def encode(self, inputs: Sequence[Any], *, input_type: str = "text",
+               extras: dict[str, Any] | None = None) -> Encoded:
+        truncate = (extras or {}).get("truncate", "NONE")
+        ids = self.tokenize(inputs, input_type=input_type, truncate=truncate)
+        return Encoded(self.embed_ids(ids), int(sum(len(x) for x in ids)))
+
+    def embed_ids(self, ids: Sequence[np.ndarray]) -> np.ndarray:
+        lengths = [len(x) for x in ids]
+        out = np.empty((len(ids), self.deployment.dimensions), dtype=np.float32)
+        for batch in plan_batches(lengths, self.settings.batch_token_budget,
+                                  self.settings.max_batch_size):
+            width = max(lengths[i] for i in batch)
+            input_ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(batch), width), dtype=np.int64)
+            for row, i in enumerate(batch):
+                input_ids[row, : lengths[i]] = ids[i]
+                mask[row, : lengths[i]] = 1
+            feeds = {"input_ids": input_ids, "attention_mask": mask}
+            if "token_type_ids" in self.input_names:
+                feeds["token_type_ids"] = np.zeros_like(input_ids)
+            hidden = self.session.run([self.output_name], feeds)[0]
+            vecs = hidden if hidden.ndim == 2 else self.pool(hidden, mask)
+            out[batch] = l2_normalize(vecs)
+        return out
