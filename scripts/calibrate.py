@@ -75,12 +75,20 @@ def main() -> None:
         v = vecs[:, :size] / np.linalg.norm(vecs[:, :size], axis=1, keepdims=True)
         lo = np.quantile(v, args.quantile, axis=0).astype(np.float32)
         hi = np.quantile(v, 1 - args.quantile, axis=0).astype(np.float32)
+        # Constant (dead) dimensions: give them a small range in which the constant maps to
+        # exactly 128 (int8 0), far from a rounding boundary.
+        dead = (hi - lo) < 1e-4
+        mid = (lo + hi) / 2
+        lo = np.where(dead, mid - 128 / 255 * 1e-3, lo).astype(np.float32)
+        hi = np.where(dead, mid + 127 / 255 * 1e-3, hi).astype(np.float32)
         t = test[:, :size] / np.linalg.norm(test[:, :size], axis=1, keepdims=True)
         clipped = float(np.mean((t < lo) | (t > hi)))
-        ranges[str(size)] = {"lo": [round(float(x), 6) for x in lo],
-                             "hi": [round(float(x), 6) for x in hi],
+        ranges[str(size)] = {"lo": [round(float(x), 7) for x in lo],
+                             "hi": [round(float(x), 7) for x in hi],
+                             "constant_dimensions": np.flatnonzero(dead).tolist(),
                              "held_out_clipped_fraction": round(clipped, 6)}
-        print(f"{dep.name} size {size}: held-out values outside [lo, hi]: {clipped:.4%}",
+        print(f"{dep.name} size {size}: held-out values outside [lo, hi]: {clipped:.4%}; "
+              f"constant dimensions: {np.flatnonzero(dead).tolist()}",
               file=sys.stderr)
     out = {
         "_provenance": {

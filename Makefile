@@ -1,0 +1,53 @@
+# The two commands a newcomer needs: `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PORT ?= 7071
+HOST ?= 127.0.0.1
+# A fixed key for local development only; set your own for anything else.
+EMBEDDINGS_API_KEYS ?= local-dev-key
+
+.PHONY: install serve test test-fast checkov bench bench-smoke tools-venv calibrate reference clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+serve: install
+	@echo "Local development API key: $(EMBEDDINGS_API_KEYS)"
+	@echo "Try: curl -s 'http://$(HOST):$(PORT)/embeddings?api-version=2024-05-01-preview' -H 'api-key: $(EMBEDDINGS_API_KEYS)' -H 'Content-Type: application/json' -d '{\"input\": [\"hello world\"]}'"
+	EMBEDDINGS_API_KEYS='$(EMBEDDINGS_API_KEYS)' $(VENV)/bin/python -m tools.local_host --host $(HOST) --port $(PORT)
+
+test: install
+	$(VENV)/bin/python -m pytest -q
+
+# Infrastructure scan (its own virtualenv: checkov pins an old pycep).
+checkov:
+	bash tools/checkov.sh
+
+# One-time jobs need torch (local CPU wheel) and sentence-transformers: never runtime deps.
+.venv-tools/.installed: requirements-tools.txt
+	$(PYTHON) -m venv .venv-tools
+	.venv-tools/bin/python -m pip install -q torch==2.13.0
+	.venv-tools/bin/python -m pip install -q -r requirements-tools.txt
+	touch $@
+
+tools-venv: .venv-tools/.installed
+
+reference: tools-venv
+	.venv-tools/bin/python scripts/make_text_reference.py
+
+calibrate: install
+	$(VENV)/bin/python scripts/calibrate.py
+
+bench: install tools-venv
+	bash bench/run.sh
+
+bench-smoke: install
+	bash bench/run.sh --smoke
+
+clean:
+	rm -rf $(VENV) .venv-tools .venv-checkov .pytest_cache

@@ -1,0 +1,105 @@
+"""Shared fixtures: the real registry and text backend, services built from explicit settings,
+and live local hosts (tools/local_host.py in a subprocess, loopback only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+DATA = TESTS / "data"
+for p in (str(ROOT), str(TESTS)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from embedding_core.registry import Registry  # noqa: E402
+from embedding_core.service import ApiRequest, EmbeddingService  # noqa: E402
+from embedding_core.settings import Settings  # noqa: E402
+
+API_VERSION = "2024-05-01-preview"
+KEY = "test-key-0123456789"
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    return Registry.from_settings(Settings.from_env({}))
+
+
+@pytest.fixture(scope="session")
+def text_backend(registry):
+    return registry.backend(registry.default_for("text"))
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict[str, Any]:
+    return json.loads((DATA / "minilm_reference.json").read_text(encoding="utf-8"))
+
+
+def make_service(**env: str) -> EmbeddingService:
+    """A service with its own settings (models load only if a request reaches inference)."""
+    return EmbeddingService(Settings.from_env({"EMBEDDINGS_API_KEYS": KEY, **env}))
+
+
+@pytest.fixture(scope="session")
+def service(registry) -> EmbeddingService:
+    return EmbeddingService(Settings.from_env({"EMBEDDINGS_API_KEYS": KEY}), registry)
+
+
+def post(service: EmbeddingService, body: Any, *, path: str = "/embeddings",
+         headers: dict[str, str] | None = None, query: dict[str, str] | None = None):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    h = {"api-key": KEY, "Content-Type": "application/json", **(headers or {})}
+    q = {"api-version": API_VERSION} if query is None else query
+    handler = service.embeddings if path == "/embeddings" else service.image_embeddings
+    return handler(ApiRequest("POST", path, h, q, raw))
+
+
+class LiveServer:
+    """tools/local_host.py serving function_app.py on an ephemeral loopback port."""
+
+    def __init__(self, env: dict[str, str]):
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDINGS_")}
+        full_env.update(env)
+        full_env.setdefault("LOG_LEVEL", "WARNING")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tools.local_host", "--host", "127.0.0.1", "--port", "0"],
+            cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = self.proc.stdout.readline()
+        if "http://" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"local host did not start: {line}{self.proc.stdout.read()}")
+        self.url = line.strip().rsplit(" ", 1)[-1]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    server = LiveServer({"EMBEDDINGS_API_KEYS": f"{KEY},second-key-abcdef"})
+    yield server
+    server.stop()
