@@ -11,7 +11,8 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 def _serve(route: str, req: func.HttpRequest) -> func.HttpResponse:
     res = dispatch(route, ApiRequest(req.method, "/" + route, dict(req.headers),
                                      dict(req.params), req.get_body()))
-    return func.HttpResponse(res.body, status_code=res.status, headers=res.headers)
+    return func.HttpResponse(res.body, status_code=res.status, headers=res.headers,
+                             mimetype="application/json")
 
 
 @app.route(route="embeddings", methods=["POST"])

@@ -1,0 +1,88 @@
+"""Authentication: keys in either header, rotation, Entra ID tokens, and what a 401 reveals."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from embedding_core.auth import Authenticator
+from embedding_core.errors import ApiError
+from embedding_core.settings import Settings
+from jwt_factory import TokenFactory
+
+
+def auth(env: dict[str, str], validator=None) -> Authenticator:
+    return Authenticator(Settings.from_env(env), validator)
+
+
+def refused(a: Authenticator, headers: dict[str, str]) -> ApiError:
+    with pytest.raises(ApiError) as e:
+        a.check(headers)
+    assert e.value.status == 401 and e.value.code == "Unauthorized"
+    return e.value
+
+
+def test_keys_in_either_header_and_rotation():
+    a = auth({"EMBEDDINGS_API_KEYS": " old-key , new-key "})
+    for key in ("old-key", "new-key"):
+        a.check({"api-key": key})
+        a.check({"authorization": f"Bearer {key}"})
+        a.check({"authorization": f"bearer {key}"})
+    assert refused(a, {"api-key": "old-key-but-longer"}).headers["WWW-Authenticate"] == \
+        'Bearer error="invalid_token"'
+    assert refused(a, {"authorization": "Basic old-key"}).headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_any_valid_credential_is_enough():
+    a = auth({"EMBEDDINGS_API_KEYS": "k1"})
+    a.check({"api-key": "k1", "authorization": "Bearer wrong"})
+    a.check({"api-key": "wrong", "authorization": "Bearer k1"})
+
+
+def test_missing_versus_invalid_and_no_secret_in_message_or_log(caplog):
+    a = auth({"EMBEDDINGS_API_KEYS": "s3cret-key"})
+    with caplog.at_level(logging.DEBUG):
+        missing = refused(a, {})
+        invalid = refused(a, {"api-key": "s3cret-kez"})
+    assert "Missing" in missing.message and "Invalid" in invalid.message
+    assert "s3cret" not in missing.message + invalid.message + caplog.text
+
+
+def test_no_credentials_configured():
+    e = refused(auth({}), {"api-key": "anything"})
+    assert "no credentials configured" in e.message
+
+
+def test_auth_disabled_explicitly(caplog):
+    with caplog.at_level(logging.WARNING):
+        a = auth({"EMBEDDINGS_AUTH": "disabled"})
+    a.check({})
+    assert "disabled" in caplog.text
+
+
+def test_entra_token_or_key():
+    idp = TokenFactory()
+    a = auth({"EMBEDDINGS_API_KEYS": "k1"}, idp.validator(required_roles=("Embeddings.Invoke",)))
+    a.check({"authorization": f"Bearer {idp.mint()}"})
+    a.check({"authorization": f"Bearer {idp.mint(version=1)}"})
+    a.check({"api-key": "k1"})
+    a.check({"authorization": "Bearer k1"})  # not a JWT: still an API key
+    for bad in (idp.mint(aud="api://other"), idp.mint(exp=1), idp.mint(key=idp.new_key()),
+                idp.mint(roles=None)):
+        e = refused(a, {"authorization": f"Bearer {bad}"})
+        assert e.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+        assert "Invalid credentials." == e.message
+
+
+def test_entra_only_server_refuses_keys():
+    idp = TokenFactory()
+    a = auth({}, idp.validator())
+    a.check({"authorization": f"Bearer {idp.mint()}"})
+    refused(a, {"api-key": "anything"})
+
+
+def test_entra_from_settings(monkeypatch):
+    idp = TokenFactory()
+    a = Authenticator(Settings.from_env(idp.env()))
+    assert a.entra is not None and a.configured

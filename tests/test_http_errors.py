@@ -1,0 +1,213 @@
+"""Every bad request of the contract, over real HTTP through the local host: status, error code,
+target, ``x-ms-error-code`` and a body that is Azure.Core's error shape (no stack trace)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import API_VERSION, KEY, LiveServer
+
+Q = f"?api-version={API_VERSION}"
+JSON = {"Content-Type": "application/json"}
+AUTH = {"api-key": KEY, **JSON}
+
+
+def request(server, method, path, body=None, headers=None):
+    u = urlsplit(server.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    raw = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    conn.request(method, path, body=raw, headers=headers or {})
+    res = conn.getresponse()
+    data = res.read()
+    conn.close()
+    return res.status, {k.lower(): v for k, v in res.getheaders()}, data
+
+
+LONG = "word " * 300  # about 302 tokens with [CLS]/[SEP]
+
+CASES = [
+    # name, path, body, headers, status, code, target
+    ("malformed json", "/embeddings" + Q, b'{"input": ["a"', AUTH, 400, "InvalidRequestBody", None),
+    ("not utf-8", "/embeddings" + Q, b'{"input": ["\xff\xfe"]}', AUTH, 400, "InvalidRequestBody", None),
+    ("empty body", "/embeddings" + Q, b"", AUTH, 400, "InvalidRequestBody", None),
+    ("array body", "/embeddings" + Q, ["a"], AUTH, 400, "InvalidRequestBody", None),
+    ("string body", "/embeddings" + Q, "hello", AUTH, 400, "InvalidRequestBody", None),
+    ("missing input", "/embeddings" + Q, {}, AUTH, 422, "InvalidParameter", "input"),
+    ("input null", "/embeddings" + Q, {"input": None}, AUTH, 422, "InvalidParameter", "input"),
+    ("input number", "/embeddings" + Q, {"input": 5}, AUTH, 422, "InvalidParameter", "input"),
+    ("empty input", "/embeddings" + Q, {"input": []}, AUTH, 422, "InvalidParameter", "input"),
+    ("empty string", "/embeddings" + Q, {"input": ["ok", ""]}, AUTH, 422, "InvalidParameter", "input[1]"),
+    ("number in input", "/embeddings" + Q, {"input": ["a", 3]}, AUTH, 422, "InvalidParameter", "input[1]"),
+    ("object in input", "/embeddings" + Q, {"input": [{"text": "a"}]}, AUTH, 422, "InvalidParameter", "input[0]"),
+    ("float token", "/embeddings" + Q, {"input": [[101, 2.5]]}, AUTH, 422, "InvalidParameter", "input[0][1]"),
+    ("bool token", "/embeddings" + Q, {"input": [[101, True]]}, AUTH, 422, "InvalidParameter", "input[0][1]"),
+    ("empty token array", "/embeddings" + Q, {"input": [[]]}, AUTH, 422, "InvalidParameter", "input[0]"),
+    ("token out of vocab", "/embeddings" + Q, {"input": [[7592, 30522]]}, AUTH, 422, "InvalidParameter", "input[0][1]"),
+    ("negative token", "/embeddings" + Q, {"input": [[-1]]}, AUTH, 422, "InvalidParameter", "input[0][0]"),
+    ("too many items", "/embeddings" + Q, {"input": ["a"] * 2049}, AUTH, 422, "InvalidParameter", "input"),
+    ("dimensions bool", "/embeddings" + Q, {"input": ["a"], "dimensions": True}, AUTH, 422, "InvalidParameter", "dimensions"),
+    ("dimensions float", "/embeddings" + Q, {"input": ["a"], "dimensions": 384.0}, AUTH, 422, "InvalidParameter", "dimensions"),
+    ("dimensions string", "/embeddings" + Q, {"input": ["a"], "dimensions": "384"}, AUTH, 422, "InvalidParameter", "dimensions"),
+    ("dimensions unsupported", "/embeddings" + Q, {"input": ["a"], "dimensions": 128}, AUTH, 422, "InvalidParameter", "dimensions"),
+    ("dimensions zero", "/embeddings" + Q, {"input": ["a"], "dimensions": 0}, AUTH, 422, "InvalidParameter", "dimensions"),
+    ("bad encoding", "/embeddings" + Q, {"input": ["a"], "encoding_format": "fp16"}, AUTH, 422, "InvalidParameter", "encoding_format"),
+    ("bad input_type", "/embeddings" + Q, {"input": ["a"], "input_type": "passage"}, AUTH, 422, "InvalidParameter", "input_type"),
+    ("model not string", "/embeddings" + Q, {"input": ["a"], "model": 7}, AUTH, 422, "InvalidParameter", "model"),
+    ("unknown model", "/embeddings" + Q, {"input": ["a"], "model": "gpt-4"}, AUTH, 404, "ModelNotFound", "model"),
+    ("unknown model header", "/embeddings" + Q, {"input": ["a"]}, {**AUTH, "azureml-model-deployment": "nope"}, 404, "ModelNotFound", "azureml-model-deployment"),
+    ("model and header differ", "/embeddings" + Q, {"input": ["a"], "model": "all-MiniLM-L6-v2"}, {**AUTH, "azureml-model-deployment": "other-but-unknown"}, 404, "ModelNotFound", "azureml-model-deployment"),
+    ("unknown field (error mode)", "/embeddings" + Q, {"input": ["a"], "truncate": "END"}, AUTH, 400, "ExtraParametersNotAllowed", "truncate"),
+    ("unknown field (explicit error)", "/embeddings" + Q, {"input": ["a"], "foo": 1}, {**AUTH, "extra-parameters": "error"}, 400, "ExtraParametersNotAllowed", "foo"),
+    ("unknown field (pass-through)", "/embeddings" + Q, {"input": ["a"], "foo": 1}, {**AUTH, "extra-parameters": "pass-through"}, 422, "UnsupportedParameter", "foo"),
+    ("bad truncate (pass-through)", "/embeddings" + Q, {"input": ["a"], "truncate": "MIDDLE"}, {**AUTH, "extra-parameters": "pass-through"}, 422, "InvalidParameter", "truncate"),
+    ("bad extra-parameters header", "/embeddings" + Q, {"input": ["a"]}, {**AUTH, "extra-parameters": "allow"}, 400, "InvalidHeaderValue", "extra-parameters"),
+    ("empty deployment header", "/embeddings" + Q, {"input": ["a"]}, {**AUTH, "azureml-model-deployment": " "}, 400, "InvalidHeaderValue", "azureml-model-deployment"),
+    ("missing api-version", "/embeddings", {"input": ["a"]}, AUTH, 400, "MissingApiVersionParameter", "api-version"),
+    ("unsupported api-version", "/embeddings?api-version=2023-01-01", {"input": ["a"]}, AUTH, 400, "UnsupportedApiVersionValue", "api-version"),
+    ("info without api-version", "/info", None, {"api-key": KEY}, 400, "MissingApiVersionParameter", "api-version"),
+    ("wrong content type", "/embeddings" + Q, b"input=a", {"api-key": KEY, "Content-Type": "application/x-www-form-urlencoded"}, 415, "UnsupportedMediaType", None),
+    ("too long, no truncation", "/embeddings" + Q, {"input": ["ok", LONG]}, AUTH, 422, "InputTooLong", "input[1]"),
+    ("too long, truncate NONE", "/embeddings" + Q, {"input": [LONG], "truncate": "NONE"}, {**AUTH, "extra-parameters": "pass-through"}, 422, "InputTooLong", "input[0]"),
+    ("token ids too long", "/embeddings" + Q, {"input": [[1000] * 300]}, AUTH, 422, "InputTooLong", "input[0]"),
+    ("missing key", "/embeddings" + Q, {"input": ["a"]}, JSON, 401, "Unauthorized", None),
+    ("wrong key", "/embeddings" + Q, {"input": ["a"]}, {**JSON, "api-key": "wrong"}, 401, "Unauthorized", None),
+    ("wrong bearer", "/embeddings" + Q, {"input": ["a"]}, {**JSON, "Authorization": "Bearer wrong"}, 401, "Unauthorized", None),
+    ("info wrong key", "/info" + Q, None, {"api-key": "wrong"}, 401, "Unauthorized", None),
+    ("image route on text model", "/images/embeddings" + Q, {"input": [{"image": "data:image/png;base64,AAAA"}], "model": "all-MiniLM-L6-v2"}, AUTH, 404, "ModalityNotSupported", "model"),
+]
+
+
+@pytest.mark.parametrize("name, path, body, headers, status, code, target", CASES,
+                         ids=[c[0] for c in CASES])
+def test_bad_request(live_server, name, path, body, headers, status, code, target):
+    method = "GET" if path.startswith("/info") else "POST"
+    got_status, got_headers, data = request(live_server, method, path, body, headers)
+    assert got_status == status, data
+    assert got_headers["content-type"] == "application/json"
+    assert got_headers["x-ms-error-code"] == code
+    err = json.loads(data)["error"]
+    assert err["code"] == code and err["message"]
+    assert err.get("target") == target
+    assert "Traceback" not in data.decode() and "/work" not in data.decode()
+    if status == 401:
+        assert got_headers["www-authenticate"].startswith("Bearer")
+        assert KEY not in data.decode()
+
+
+def test_messages_say_what_is_wrong(live_server):
+    _, _, data = request(live_server, "POST", "/embeddings" + Q, {"input": ["x " * 400]}, AUTH)
+    msg = json.loads(data)["error"]["message"]
+    assert "402 tokens" in msg and "256" in msg
+    _, _, data = request(live_server, "POST", "/embeddings" + Q, {"input": ["a"], "dimensions": 100}, AUTH)
+    assert "384" in json.loads(data)["error"]["message"]
+    _, _, data = request(live_server, "POST", "/embeddings?api-version=x", {"input": ["a"]}, AUTH)
+    assert "2024-05-01-preview" in json.loads(data)["error"]["message"]
+    _, _, data = request(live_server, "POST", "/embeddings" + Q, {"input": ["a"], "foo": 1, "bar": 2}, AUTH)
+    err = json.loads(data)["error"]
+    assert "'foo'" in err["message"] and "'bar'" in err["message"] and len(err["details"]) == 2
+
+
+def test_unknown_fields_are_dropped_in_drop_mode(live_server):
+    status, _, data = request(live_server, "POST", "/embeddings" + Q,
+                              {"input": ["a"], "foo": 1, "truncate": "END"},
+                              {**AUTH, "extra-parameters": "drop"})
+    assert status == 200 and len(json.loads(data)["data"]) == 1
+    # truncate was dropped too, so an over-long input is still refused
+    status, _, _ = request(live_server, "POST", "/embeddings" + Q,
+                           {"input": [LONG], "truncate": "END"}, {**AUTH, "extra-parameters": "drop"})
+    assert status == 422
+
+
+def test_same_deployment_by_model_and_alias_header_is_fine(live_server):
+    status, _, _ = request(live_server, "POST", "/embeddings" + Q,
+                           {"input": ["a"], "model": "all-MiniLM-L6-v2"},
+                           {**AUTH, "azureml-model-deployment": "minilm"})
+    assert status == 200
+
+
+def test_model_and_header_naming_different_deployments_is_422(live_server, registry):
+    names = [d.name for d in registry.deployments]
+    if len(names) < 2:
+        pytest.skip("needs two deployments")
+    other = next(d.name for d in registry.deployments if d.name != "all-MiniLM-L6-v2")
+    status, headers, data = request(live_server, "POST", "/embeddings" + Q,
+                                    {"input": ["a"], "model": "all-MiniLM-L6-v2"},
+                                    {**AUTH, "azureml-model-deployment": other})
+    assert status == 422 and json.loads(data)["error"]["target"] == "model"
+
+
+@pytest.fixture(scope="module")
+def small_server():
+    server = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_MAX_BODY_BYTES": "2048",
+                         "EMBEDDINGS_MAX_INPUTS": "4", "EMBEDDINGS_MAX_CONCURRENCY": "1",
+                         "EMBEDDINGS_MAX_QUEUE": "0", "EMBEDDINGS_RETRY_AFTER_SECONDS": "7"})
+    yield server
+    server.stop()
+
+
+def test_oversized_body_is_413(small_server):
+    status, headers, data = request(small_server, "POST", "/embeddings" + Q,
+                                    {"input": ["x" * 3000]}, AUTH)
+    assert status == 413 and headers["x-ms-error-code"] == "PayloadTooLarge"
+    assert "2048" in json.loads(data)["error"]["message"]
+
+
+def test_item_limit_is_a_setting(small_server):
+    status, _, data = request(small_server, "POST", "/embeddings" + Q, {"input": ["a"] * 5}, AUTH)
+    assert status == 422 and json.loads(data)["error"]["target"] == "input"
+    assert request(small_server, "POST", "/embeddings" + Q, {"input": ["a"] * 4}, AUTH)[0] == 200
+
+
+def test_no_credentials_configured_is_explained():
+    server = LiveServer({})
+    try:
+        status, headers, data = request(server, "POST", "/embeddings" + Q, {"input": ["a"]},
+                                        {**JSON, "api-key": "anything"})
+        assert status == 401 and "no credentials configured" in json.loads(data)["error"]["message"]
+        assert request(server, "GET", "/health")[0] == 200
+    finally:
+        server.stop()
+
+
+def test_auth_can_be_disabled_explicitly():
+    server = LiveServer({"EMBEDDINGS_AUTH": "disabled"})
+    try:
+        assert request(server, "GET", "/info" + Q)[0] == 200
+    finally:
+        server.stop()
+
+
+def test_overload_answers_429_with_retry_after_not_a_timeout():
+    import threading
+    import time
+
+    server = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_MAX_CONCURRENCY": "1",
+                         "EMBEDDINGS_MAX_QUEUE": "0", "EMBEDDINGS_RETRY_AFTER_SECONDS": "7"})
+    try:
+        assert request(server, "POST", "/embeddings" + Q, {"input": ["warm up"]}, AUTH)[0] == 200
+        big = {"input": [f"sentence {i} " + "lorem ipsum dolor sit amet " * 20 for i in range(96)]}
+        results = {}
+        worker = threading.Thread(target=lambda: results.setdefault(
+            "big", request(server, "POST", "/embeddings" + Q, big, AUTH)))
+        worker.start()
+        time.sleep(0.5)  # the big request (seconds of inference) holds the only slot by now
+        refused = None
+        for _ in range(200):  # bounded: stop at the first 429 or when the big request is done
+            if not worker.is_alive():
+                break
+            status, headers, data = request(server, "POST", "/embeddings" + Q, {"input": ["x"]}, AUTH)
+            if status == 429:
+                refused = (headers, json.loads(data))
+                break
+        worker.join(120)
+        assert results["big"][0] == 200
+        assert refused is not None, "the big request finished before a second one could overlap"
+        headers, body = refused
+        assert headers["retry-after"] == "7" and headers["x-ms-error-code"] == "TooManyRequests"
+        assert body["error"]["code"] == "TooManyRequests"
+    finally:
+        server.stop()
