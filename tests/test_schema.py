@@ -1,0 +1,70 @@
+"""Wire schema: accepted input shapes, defaults, and extras handling."""
+
+import pytest
+
+from embedding_core import schema
+from embedding_core.errors import ApiError
+
+
+def parse(doc, mode="error", modality="text", max_items=10):
+    return schema.parse_request(doc, modality=modality, extra_mode=mode, max_items=max_items)
+
+
+@pytest.mark.parametrize("value, inputs", [
+    ("one string", ["one string"]),
+    (["a", "b"], ["a", "b"]),
+    ([101, 7592, 102], [[101, 7592, 102]]),
+    ([[7592], [2088, 999]], [[7592], [2088, 999]]),
+    (["text", [7592]], ["text", [7592]]),
+])
+def test_input_shapes(value, inputs):
+    assert parse({"input": value}).inputs == inputs
+
+
+def test_defaults():
+    r = parse({"input": "x", "dimensions": None, "encoding_format": None, "input_type": None,
+               "model": None})
+    assert (r.dimensions, r.encoding_format, r.input_type, r.model, r.extras) == \
+        (None, "float", "text", None, {})
+
+
+def test_extras_by_mode():
+    doc = {"input": "x", "truncate": "END", "foo": 1}
+    assert parse(doc, "pass-through").extras == {"truncate": "END", "foo": 1}
+    assert parse(doc, "drop").extras == {}
+    with pytest.raises(ApiError) as e:
+        parse(doc, "error")
+    assert e.value.status == 400 and e.value.code == "ExtraParametersNotAllowed"
+
+
+def test_image_inputs():
+    r = parse({"input": [{"image": "data:image/png;base64,AA=="}, {"image": "data:x", "text": "t"}]},
+              modality="image")
+    assert r.inputs == [schema.ImageInput("data:image/png;base64,AA==", None),
+                        schema.ImageInput("data:x", "t")]
+    for bad, target in [("data:x", "input"), ([], "input"), (["data:x"], "input[0]"),
+                        ([{"text": "t"}], "input[0].image"), ([{"image": 3}], "input[0].image"),
+                        ([{"image": "d", "text": 3}], "input[0].text"),
+                        ([{"image": "d", "foo": 1}], "input[0].foo")]:
+        with pytest.raises(ApiError) as e:
+            parse({"input": bad}, modality="image")
+        assert e.value.status == 422 and e.value.target == target, bad
+
+
+@pytest.mark.parametrize("value", ["application/json", "application/json; charset=utf-8",
+                                   "Application/JSON", "application/vnd.api+json", None, ""])
+def test_json_content_types(value):
+    schema.check_content_type({} if value is None else {"content-type": value})
+
+
+@pytest.mark.parametrize("value", ["text/plain", "multipart/form-data; boundary=x", "text/json"])
+def test_non_json_content_types(value):
+    with pytest.raises(ApiError) as e:
+        schema.check_content_type({"content-type": value})
+    assert e.value.status == 415
+
+
+def test_error_messages_do_not_echo_unbounded_client_text():
+    with pytest.raises(ApiError) as e:
+        schema.check_api_version({"api-version": "x" * 10_000 + "\x00"})
+    assert len(e.value.message) < 300 and "\x00" not in e.value.message
