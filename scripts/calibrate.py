@@ -12,13 +12,9 @@ value would be clipped. Runs in the runtime virtualenv (no torch):
 from __future__ import annotations
 
 import argparse
-import ast
-import hashlib
 import json
 import platform
-import re
 import sys
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -28,30 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from embedding_core.registry import Registry  # noqa: E402
 from embedding_core.settings import Settings  # noqa: E402
-
-SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "ensurepip"}
-
-
-def stdlib_docstrings() -> list[str]:
-    """First paragraphs of stdlib docstrings, 5-60 words, unique, in a stable order."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    seen: dict[str, str] = {}
-    for path in sorted(root.rglob("*.py")):
-        if SKIP_DIRS & set(path.relative_to(root).parts):
-            continue
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if not doc:
-                    continue
-                para = re.sub(r"\s+", " ", doc.strip().split("\n\n")[0]).strip()
-                if 5 <= len(para.split()) <= 60:
-                    seen.setdefault(hashlib.sha1(para.encode()).hexdigest(), para)
-    return [seen[k] for k in sorted(seen)]
+from tools.corpus import stdlib_docstrings  # noqa: E402
 
 
 def main() -> None:
