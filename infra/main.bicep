@@ -1,0 +1,182 @@
+// Embeddings API on Azure Functions Flex Consumption.
+// Resource-group scoped so it works both with `azd up` (set AZURE_RESOURCE_GROUP
+// or let azd prompt) and with `az deployment group create`. See docs/deploy.md.
+targetScope = 'resourceGroup'
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the azd environment; used for the azd-env-name tag and the unique resource-name suffix.')
+param environmentName string
+
+@minLength(1)
+@description('Region for all resources. It must support Flex Consumption (az functionapp list-flexconsumption-locations).')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string = resourceGroup().location
+
+@description('Optional object ID of the deploying user/service principal (azd sets AZURE_PRINCIPAL_ID). Gets Key Vault Secrets Officer on the vault so the API key can be read on re-provision and rotated.')
+param principalId string = ''
+
+@secure()
+@description('Value of EMBEDDINGS_API_KEYS stored in Key Vault (one key, or comma-separated keys during rotation). azd: generated once by secretOrRandomPassword and read back from Key Vault on later runs.')
+param embeddingsApiKey string
+
+@description('Entra ID tenant whose tokens the app accepts. Empty = subscription().tenantId.')
+param entraTenantId string = subscription().tenantId
+
+@description('Comma-separated accepted token audiences (aud), e.g. "api://<app-client-id>,<app-client-id>" or "https://ml.azure.com". Empty = Entra ID auth not configured (API keys only).')
+param entraAudiences string = ''
+
+@description('Comma-separated app roles a token must carry (roles claim). Empty = no role requirement.')
+param entraRequiredRoles string = ''
+
+@description('Comma-separated client (application) IDs allowed to call (azp/appid claim). Empty = any client of the tenant that can obtain a token for an accepted audience.')
+param entraAllowedClientIds string = ''
+
+@description('Entra ID authority host. Empty = https://login.microsoftonline.com.')
+param entraAuthority string = 'https://login.microsoftonline.com'
+
+@allowed([
+  512
+  2048
+  4096
+])
+@description('Flex Consumption instance memory size (MB).')
+param instanceMemoryMB int = 2048
+
+@minValue(1)
+@maxValue(1000)
+@description('Upper bound for on-demand instances (cost ceiling).')
+param maximumInstanceCount int = 40
+
+@minValue(1)
+@maxValue(1000)
+@description('Concurrent HTTP requests routed to one instance before the platform scales out.')
+param httpPerInstanceConcurrency int = 4
+
+@description('EMBEDDINGS_MAX_CONCURRENCY app setting; 0 = leave unset (app default).')
+@minValue(0)
+param embeddingsMaxConcurrency int = 0
+
+@description('EMBEDDINGS_ORT_INTRA_OP_THREADS app setting; 0 = leave unset (app default).')
+@minValue(0)
+param ortIntraOpThreads int = 0
+
+@description('Zone-redundant Flex Consumption plan (only in regions that support it).')
+param zoneRedundant bool = false
+
+@minValue(7)
+@maxValue(90)
+@description('Key Vault soft-delete retention. With purge protection on, the vault name stays reserved this long after deletion.')
+param keyVaultSoftDeleteRetentionInDays int = 90
+
+var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+}
+var functionAppName = 'func-api-${resourceToken}'
+var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
+var apiKeySecretName = 'embeddings-api-key'
+var effectiveTenantId = empty(entraTenantId) ? subscription().tenantId : entraTenantId
+var effectiveAuthority = empty(entraAuthority) ? 'https://login.microsoftonline.com' : entraAuthority
+
+module identity 'modules/identity.bicep' = {
+  name: 'identity'
+  params: {
+    name: 'id-api-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  params: {
+    logAnalyticsName: 'log-${resourceToken}'
+    applicationInsightsName: 'appi-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'modules/storage.bicep' = {
+  name: 'storage'
+  params: {
+    name: 'st${resourceToken}'
+    location: location
+    tags: tags
+    deploymentContainerName: deploymentContainerName
+  }
+}
+
+module keyVault 'modules/keyvault.bicep' = {
+  name: 'keyvault'
+  params: {
+    name: 'kv-${resourceToken}'
+    location: location
+    tags: tags
+    apiKeySecretName: apiKeySecretName
+    apiKeys: embeddingsApiKey
+    softDeleteRetentionInDays: keyVaultSoftDeleteRetentionInDays
+  }
+}
+
+module rbac 'modules/rbac.bicep' = {
+  name: 'rbac'
+  params: {
+    storageAccountName: storage.outputs.name
+    keyVaultName: keyVault.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    appPrincipalId: identity.outputs.principalId
+    deployerPrincipalId: principalId
+  }
+}
+
+module functionApp 'modules/functionapp.bicep' = {
+  name: 'functionapp'
+  dependsOn: [
+    rbac
+  ]
+  params: {
+    planName: 'plan-${resourceToken}'
+    name: functionAppName
+    location: location
+    tags: tags
+    serviceName: 'api'
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerUrl: storage.outputs.deploymentContainerUrl
+    applicationInsightsConnectionString: monitoring.outputs.connectionString
+    apiKeySecretUri: keyVault.outputs.apiKeySecretUri
+    instanceMemoryMB: instanceMemoryMB
+    maximumInstanceCount: maximumInstanceCount
+    httpPerInstanceConcurrency: httpPerInstanceConcurrency
+    zoneRedundant: zoneRedundant
+    entraTenantId: effectiveTenantId
+    entraAudiences: entraAudiences
+    entraRequiredRoles: entraRequiredRoles
+    entraAllowedClientIds: entraAllowedClientIds
+    entraAuthority: effectiveAuthority
+    embeddingsMaxConcurrency: embeddingsMaxConcurrency
+    ortIntraOpThreads: ortIntraOpThreads
+  }
+}
+
+// Outputs become azd environment values (.azure/<env>/.env). Never output secrets.
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = resourceGroup().name
+output AZURE_FUNCTION_NAME string = functionApp.outputs.name
+output AZURE_FUNCTION_URL string = functionApp.outputs.uri
+output SERVICE_API_NAME string = functionApp.outputs.name
+output SERVICE_API_URI string = functionApp.outputs.uri
+output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+output AZURE_KEY_VAULT_ENDPOINT string = keyVault.outputs.uri
+output EMBEDDINGS_API_KEY_SECRET_NAME string = apiKeySecretName
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+output AZURE_USER_ASSIGNED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
