@@ -1,0 +1,845 @@
+"""Static checks of the deployment assets (no Azure access, no Bicep CLI).
+
+Every infra/**/*.bicep file is parsed with pycep-parser and the security-relevant
+properties are asserted on the parsed structure. azure.yaml, main.parameters.json
+and .funcignore are checked for consistency with the templates, and the
+post-deploy smoke script is exercised against a loopback stub only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import http.server
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+
+from pycep import BicepParser  # pycep-parser, pinned in requirements-dev.txt
+
+ROOT = Path(__file__).resolve().parents[1]
+INFRA = ROOT / "infra"
+MAIN = INFRA / "main.bicep"
+MODULES = INFRA / "modules"
+
+EXPECTED_FILES = {
+    "main.bicep",
+    "modules/functionapp.bicep",
+    "modules/identity.bicep",
+    "modules/keyvault.bicep",
+    "modules/monitoring.bicep",
+    "modules/rbac.bicep",
+    "modules/storage.bicep",
+}
+
+# Built-in Azure role definition IDs (same GUID in every tenant).
+ROLE_IDS = {
+    "storageBlobDataOwner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+    "storageQueueDataContributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
+    "storageTableDataContributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+    "monitoringMetricsPublisher": "3913510d-42f4-4e42-8a64-420c390055eb",
+    "keyVaultSecretsUser": "4633458b-17de-408a-b874-0445c86b69e6",
+    "keyVaultSecretsOfficer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
+}
+
+ENTRA_SETTINGS = {
+    "EMBEDDINGS_ENTRA_TENANT_ID": "entraTenantId",
+    "EMBEDDINGS_ENTRA_AUDIENCES": "entraAudiences",
+    "EMBEDDINGS_ENTRA_REQUIRED_ROLES": "entraRequiredRoles",
+    "EMBEDDINGS_ENTRA_ALLOWED_CLIENT_IDS": "entraAllowedClientIds",
+    "EMBEDDINGS_ENTRA_AUTHORITY": "entraAuthority",
+}
+
+# Resource types without a location (child / extension resources) need no tags.
+UNTAGGED_TYPES = {
+    "Microsoft.Authorization/roleAssignments",
+    "Microsoft.KeyVault/vaults/secrets",
+    "Microsoft.Storage/storageAccounts/blobServices",
+    "Microsoft.Storage/storageAccounts/blobServices/containers",
+    "Microsoft.Web/sites/basicPublishingCredentialsPolicies",
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def bicep_files() -> List[Path]:
+    return sorted(INFRA.rglob("*.bicep"))
+
+
+_PARSED: Dict[Path, Dict[str, Any]] = {}
+
+
+def parse(path: Path) -> Dict[str, Any]:
+    if path not in _PARSED:
+        result = BicepParser().parse(file_path=path)
+        assert result, f"pycep could not parse {path}"
+        _PARSED[path] = result
+    return _PARSED[path]
+
+
+def render(node: Any) -> str:
+    """Render a pycep expression tree as compact text (for assertions/regexes)."""
+    if node is None:
+        return "null"
+    if isinstance(node, bool):
+        return "true" if node else "false"
+    if isinstance(node, (int, float, str)):
+        return str(node)
+    if isinstance(node, list):
+        return "[" + ", ".join(render(n) for n in node) + "]"
+    if isinstance(node, dict):
+        if set(node) == {"operator"}:
+            op = node["operator"]
+            operands = op.get("operands", {})
+            if op["type"] == "property_accessor":
+                return f"{render(operands['operand_1'])}.{render(operands['operand_2'])}"
+            return f"{op['type']}(" + ", ".join(render(v) for v in operands.values()) + ")"
+        if set(node) == {"function"}:
+            fn = node["function"]
+            args = [render(v) for v in (fn.get("parameters") or {}).values() if v is not None]
+            return f"{fn['type']}(" + ", ".join(args) + ")"
+        return "{" + ", ".join(f"{k}: {render(v)}" for k, v in node.items()) + "}"
+    return repr(node)
+
+
+def resources(path: Path) -> Dict[str, Dict[str, Any]]:
+    return parse(path).get("resources", {})
+
+
+def resource_config(res: Dict[str, Any]) -> Dict[str, Any]:
+    """Resource body; conditional resources nest it under config.config."""
+    config = res["config"]
+    if "condition" in config and "config" in config:
+        return config["config"]
+    return config
+
+
+def all_resources() -> Iterator[Tuple[Path, str, Dict[str, Any]]]:
+    for path in bicep_files():
+        for name, res in resources(path).items():
+            yield path, name, res
+
+
+def one_resource(path: Path, rtype: str) -> Dict[str, Any]:
+    found = [r for r in resources(path).values() if r["type"] == rtype and not r["existing"]]
+    assert len(found) == 1, f"expected one {rtype} in {path.name}, found {len(found)}"
+    return resource_config(found[0])
+
+
+def params(path: Path) -> Dict[str, Dict[str, Any]]:
+    return parse(path).get("parameters", {})
+
+
+def decorator_types(param: Dict[str, Any]) -> List[str]:
+    return [d["type"] for d in param.get("decorators", [])]
+
+
+def decorator(param: Dict[str, Any], kind: str) -> Any:
+    for d in param.get("decorators", []):
+        if d["type"] == kind:
+            return d.get("argument")
+    raise KeyError(kind)
+
+
+def variable(path: Path, name: str) -> Any:
+    return parse(path)["variables"][name]["value"]
+
+
+def functionapp_settings() -> Dict[str, Any]:
+    """All app settings the site can get: name -> value expression."""
+    path = MODULES / "functionapp.bicep"
+    site = one_resource(path, "Microsoft.Web/sites")
+    combined = site["properties"]["siteConfig"]["appSettings"]
+    assert combined["function"]["type"] == "concat"
+    settings: Dict[str, Any] = {}
+    for var_name in combined["function"]["parameters"].values():
+        value = variable(path, var_name)
+        if isinstance(value, dict) and "operator" in value:  # (cond) ? [..] : []
+            assert value["operator"]["type"] == "conditional"
+            value = value["operator"]["operands"]["true_value"]
+        assert isinstance(value, list)
+        for item in value:
+            assert item["name"] not in settings, f"duplicate app setting {item['name']}"
+            settings[item["name"]] = item["value"]
+    return settings
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def test_every_bicep_file_parses_and_expected_files_exist():
+    found = {p.relative_to(INFRA).as_posix() for p in bicep_files()}
+    assert EXPECTED_FILES <= found
+    for path in bicep_files():
+        parsed = parse(path)
+        assert parsed.get("resources") or parsed.get("modules"), path
+
+
+def test_main_is_resource_group_scoped_and_uses_local_modules_only():
+    parsed = parse(MAIN)
+    assert parsed["globals"]["scope"]["value"] == "resourceGroup"
+    assert not parsed.get("resources"), "main.bicep should only compose modules"
+    for name, module in parsed["modules"].items():
+        assert module["type"] == "local", f"{name}: registry modules cannot be scanned offline"
+        assert (INFRA / module["detail"]["path"]).is_file(), name
+
+
+def test_module_parameters_match_module_declarations():
+    parsed = parse(MAIN)
+    for name, module in parsed["modules"].items():
+        module_path = INFRA / module["detail"]["path"]
+        declared = params(module_path)
+        passed = set(module["config"].get("params", {}))
+        unknown = passed - set(declared)
+        assert not unknown, f"module {name} gets undeclared params {unknown}"
+        required = {p for p, spec in declared.items() if spec.get("default") is None}
+        missing = required - passed
+        assert not missing, f"module {name} misses required params {missing}"
+
+
+def test_module_output_references_exist():
+    parsed = parse(MAIN)
+    module_files = {n: INFRA / m["detail"]["path"] for n, m in parsed["modules"].items()}
+    text = render(parsed["modules"]) + render(parsed["outputs"])
+    refs = set(re.findall(r"\b(\w+)\.outputs\.(\w+)", text))
+    assert refs, "expected module output references"
+    for module_name, output in refs:
+        assert module_name in module_files, module_name
+        outputs = parse(module_files[module_name]).get("outputs", {})
+        assert output in outputs, f"{module_name}.outputs.{output} is not declared"
+
+
+def test_api_versions_are_stable_and_current():
+    minimum = {
+        "Microsoft.Web/": "2023-12-01",  # functionAppConfig (Flex Consumption)
+        "Microsoft.Storage/": "2023-01-01",
+        "Microsoft.KeyVault/": "2023-07-01",
+        "Microsoft.ManagedIdentity/": "2023-01-31",
+        "Microsoft.OperationalInsights/": "2022-10-01",
+        "Microsoft.Insights/components": "2020-02-02",
+        "Microsoft.Authorization/roleAssignments": "2022-04-01",
+    }
+    for path, name, res in all_resources():
+        version = res["api_version"]
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", version), f"{path.name}:{name} uses {version}"
+        floors = [v for prefix, v in minimum.items() if res["type"].startswith(prefix)]
+        assert floors, f"{path.name}:{name}: no API version floor for {res['type']}"
+        assert version >= floors[0], f"{path.name}:{name} uses old API version {version}"
+
+
+def test_tracked_resources_carry_azd_env_name_tag():
+    main_tags = variable(MAIN, "tags")
+    assert main_tags == {"'azd-env-name'": "environmentName"}
+    for module in parse(MAIN)["modules"].values():
+        if "tags" in params(INFRA / module["detail"]["path"]):
+            assert module["config"]["params"].get("tags") == "tags"
+    for path, name, res in all_resources():
+        if res["existing"] or res["type"] in UNTAGGED_TYPES:
+            continue
+        tags = resource_config(res).get("tags")
+        ok = tags == "tags" or (
+            isinstance(tags, dict)
+            and tags.get("function", {}).get("type") == "union"
+            and tags["function"]["parameters"]["arg_1"] == "tags"
+        )
+        assert ok, f"{path.name}:{name} ({res['type']}) is not tagged with the azd tags"
+
+
+# --------------------------------------------------------------------------- function app
+
+
+def test_plan_is_flex_consumption_linux():
+    plan = one_resource(MODULES / "functionapp.bicep", "Microsoft.Web/serverfarms")
+    assert plan["sku"] == {"name": "FC1", "tier": "FlexConsumption"}
+    assert plan["kind"] == "functionapp"
+    assert plan["properties"]["reserved"] is True
+
+
+def test_function_app_is_hardened():
+    path = MODULES / "functionapp.bicep"
+    site = one_resource(path, "Microsoft.Web/sites")
+    props = site["properties"]
+    assert site["kind"] == "functionapp,linux"
+    assert props["httpsOnly"] is True
+    assert props["clientCertEnabled"] is False
+    site_config = props["siteConfig"]
+    assert site_config["minTlsVersion"] == "1.2"
+    assert site_config["scmMinTlsVersion"] == "1.2"
+    assert site_config["ftpsState"] == "Disabled"
+    assert site_config["remoteDebuggingEnabled"] is False
+    assert site_config["http20Enabled"] is True
+    assert "cors" not in site_config
+    # Only the user-assigned identity; Key Vault references resolve with it.
+    assert site["identity"]["type"] == "UserAssigned"
+    assert list(site["identity"]["userAssignedIdentities"]) == ["'${identityId}'"]
+    assert props["keyVaultReferenceIdentity"] == "identityId"
+    # azd finds the app by this tag; it must match the service in azure.yaml.
+    assert site["tags"]["function"]["parameters"]["arg_2"] == {"'azd-service-name'": "serviceName"}
+    assert params(path)["serviceName"]["default"] == "api"
+    assert parse(MAIN)["modules"]["functionApp"]["config"]["params"]["serviceName"] == "api"
+    # Basic-auth publishing is disabled for both SCM and FTP.
+    policies = {
+        resource_config(r)["name"]: resource_config(r)["properties"]["allow"]
+        for r in resources(path).values()
+        if r["type"] == "Microsoft.Web/sites/basicPublishingCredentialsPolicies"
+    }
+    assert policies == {"scm": False, "ftp": False}
+
+
+def test_function_app_config_flex_runtime_scale_and_deployment():
+    path = MODULES / "functionapp.bicep"
+    cfg = one_resource(path, "Microsoft.Web/sites")["properties"]["functionAppConfig"]
+    assert cfg["runtime"] == {"name": "python", "version": "3.11"}
+    scale = cfg["scaleAndConcurrency"]
+    assert scale["instanceMemoryMB"] == "instanceMemoryMB"
+    assert scale["maximumInstanceCount"] == "maximumInstanceCount"
+    assert scale["triggers"]["http"]["perInstanceConcurrency"] == "httpPerInstanceConcurrency"
+    storage = cfg["deployment"]["storage"]
+    assert storage["type"] == "blobContainer"
+    assert storage["value"] == "deploymentContainerUrl"
+    assert storage["authentication"] == {
+        "type": "UserAssignedIdentity",
+        "userAssignedIdentityResourceId": "identityId",
+    }
+    for file in (path, MAIN):
+        p = params(file)
+        assert p["instanceMemoryMB"]["default"] == 2048
+        assert decorator(p["instanceMemoryMB"], "allowed") == [512, 2048, 4096]
+        assert "maximumInstanceCount" in p and "httpPerInstanceConcurrency" in p
+        assert decorator(p["maximumInstanceCount"], "max_value") <= 1000
+        assert decorator(p["httpPerInstanceConcurrency"], "min_value") >= 1
+
+
+def test_app_settings_identity_based_and_key_vault_reference():
+    settings = functionapp_settings()
+    assert settings["AzureWebJobsStorage__accountName"] == "storageAccountName"
+    assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
+    assert settings["AzureWebJobsStorage__clientId"] == "identityClientId"
+    assert settings["APPLICATIONINSIGHTS_CONNECTION_STRING"] == "applicationInsightsConnectionString"
+    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "ClientId=${identityClientId};Authorization=AAD"
+    assert settings["EMBEDDINGS_API_KEYS"] == "@Microsoft.KeyVault(SecretUri=${apiKeySecretUri})"
+    # No connection strings / keys and no settings Flex Consumption rejects.
+    forbidden = {
+        "AzureWebJobsStorage",
+        "APPINSIGHTS_INSTRUMENTATIONKEY",
+        "FUNCTIONS_WORKER_RUNTIME",
+        "FUNCTIONS_EXTENSION_VERSION",
+        "WEBSITE_RUN_FROM_PACKAGE",
+        "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+        "WEBSITE_CONTENTSHARE",
+        "SCM_DO_BUILD_DURING_DEPLOYMENT",
+    }
+    assert not forbidden & set(settings)
+    assert {"EMBEDDINGS_MAX_CONCURRENCY", "EMBEDDINGS_ORT_INTRA_OP_THREADS"} <= set(settings)
+    for name, value in settings.items():
+        assert "AccountKey=" not in render(value) and "InstrumentationKey=" not in render(value), name
+
+
+def test_key_vault_secret_uri_is_versionless():
+    outputs = parse(MODULES / "keyvault.bicep")["outputs"]
+    assert render(outputs["apiKeySecretUri"]["value"]) == "apiKeySecret.properties.secretUri"
+    main_fa = parse(MAIN)["modules"]["functionApp"]["config"]["params"]
+    assert render(main_fa["apiKeySecretUri"]) == "keyVault.outputs.apiKeySecretUri"
+
+
+def test_entra_settings_are_parameters_with_expected_defaults():
+    settings = functionapp_settings()
+    # The app turns Entra auth on when EMBEDDINGS_ENTRA_TENANT_ID is set and then requires
+    # audiences, so the Entra settings are only written when audiences are configured.
+    entra_var = variable(MODULES / "functionapp.bicep", "entraSettings")
+    operands = entra_var["operator"]["operands"]
+    assert render(operands["condition"]) == "not(empty(entraAudiences))"
+    assert operands["false_value"] == []
+    assert {item["name"] for item in operands["true_value"]} == set(ENTRA_SETTINGS)
+    fa_params = parse(MAIN)["modules"]["functionApp"]["config"]["params"]
+    main_params = params(MAIN)
+    for setting, param in ENTRA_SETTINGS.items():
+        assert settings[setting] == param, setting
+        assert param in main_params, param
+        assert main_params[param]["type"] == "string"
+    assert render(main_params["entraTenantId"]["default"]) == "subscription().tenantId"
+    assert main_params["entraAuthority"]["default"] == "https://login.microsoftonline.com"
+    for optional in ("entraAudiences", "entraRequiredRoles", "entraAllowedClientIds"):
+        assert main_params[optional]["default"] == ""
+    # Empty values coming from azd fall back to the documented defaults.
+    assert render(variable(MAIN, "effectiveTenantId")) == (
+        "conditional(empty(entraTenantId), subscription().tenantId, entraTenantId)"
+    )
+    assert fa_params["entraTenantId"] == "effectiveTenantId"
+    assert fa_params["entraAuthority"] == "effectiveAuthority"
+    for optional in ("entraAudiences", "entraRequiredRoles", "entraAllowedClientIds"):
+        assert fa_params[optional] == optional
+
+
+# --------------------------------------------------------------------------- storage / monitoring / key vault
+
+
+def test_storage_account_is_entra_only_and_private():
+    path = MODULES / "storage.bicep"
+    storage = one_resource(path, "Microsoft.Storage/storageAccounts")
+    props = storage["properties"]
+    assert props["allowSharedKeyAccess"] is False
+    assert props["allowBlobPublicAccess"] is False
+    assert props["minimumTlsVersion"] == "TLS1_2"
+    assert props["supportsHttpsTrafficOnly"] is True
+    assert props["allowCrossTenantReplication"] is False
+    assert props["defaultToOAuthAuthentication"] is True
+    container = one_resource(path, "Microsoft.Storage/storageAccounts/blobServices/containers")
+    assert container["properties"]["publicAccess"] == "None"
+
+
+def test_monitoring_requires_entra_auth():
+    path = MODULES / "monitoring.bicep"
+    appi = one_resource(path, "Microsoft.Insights/components")
+    assert appi["properties"]["DisableLocalAuth"] is True
+    assert render(appi["properties"]["WorkspaceResourceId"]) == "logAnalytics.id"
+    workspace = one_resource(path, "Microsoft.OperationalInsights/workspaces")
+    assert workspace["properties"]["features"]["disableLocalAuth"] is True
+
+
+def test_key_vault_rbac_soft_delete_purge_protection():
+    path = MODULES / "keyvault.bicep"
+    vault = one_resource(path, "Microsoft.KeyVault/vaults")
+    props = vault["properties"]
+    assert props["enableRbacAuthorization"] is True
+    assert props["enableSoftDelete"] is True
+    assert props["enablePurgeProtection"] is True
+    assert "accessPolicies" not in props
+    secret = one_resource(path, "Microsoft.KeyVault/vaults/secrets")
+    assert secret["name"] == "apiKeySecretName"
+    assert secret["properties"]["value"] == "apiKeys"
+    assert secret["properties"]["contentType"]
+
+
+def test_api_key_parameters_are_secure_and_never_output():
+    main_params = params(MAIN)
+    assert "secure" in decorator_types(main_params["embeddingsApiKey"])
+    assert main_params["embeddingsApiKey"]["default"] is None
+    kv_params = params(MODULES / "keyvault.bicep")
+    assert "secure" in decorator_types(kv_params["apiKeys"])
+    assert kv_params["apiKeys"]["default"] is None
+    assert parse(MAIN)["modules"]["keyVault"]["config"]["params"]["apiKeys"] == "embeddingsApiKey"
+    for path in bicep_files():
+        secure = {n for n, p in params(path).items() if "secure" in decorator_types(p)}
+        for name, output in parse(path).get("outputs", {}).items():
+            text = render(output["value"])
+            assert not any(re.search(rf"\b{s}\b", text) for s in secure), f"{path.name} outputs {name}"
+            assert "listKeys" not in text and "listSecrets" not in text
+    assert "newGuid" not in MAIN.read_text()
+
+
+def test_role_assignments_use_built_in_role_ids_and_right_scopes():
+    path = MODULES / "rbac.bicep"
+    assert variable(path, "roles") == ROLE_IDS
+    expected_app = {
+        "storageBlobDataOwner": "storage",
+        "storageQueueDataContributor": "storage",
+        "storageTableDataContributor": "storage",
+        "monitoringMetricsPublisher": "applicationInsights",
+        "keyVaultSecretsUser": "vault",
+    }
+    seen_app: Dict[str, str] = {}
+    deployer: List[str] = []
+    for res in resources(path).values():
+        if res["type"] != "Microsoft.Authorization/roleAssignments":
+            continue
+        cfg = resource_config(res)
+        role_def = render(cfg["properties"]["roleDefinitionId"])
+        match = re.fullmatch(
+            r"subscription_resource_id\(Microsoft\.Authorization/roleDefinitions, roles\.(\w+)\)", role_def
+        )
+        assert match, role_def
+        role = match.group(1)
+        # Deterministic, idempotent assignment names.
+        assert render(cfg["name"]).startswith(f"guid({cfg['scope']}.id, ")
+        assert render(cfg["name"]).endswith(f"roles.{role})")
+        principal = cfg["properties"]["principalId"]
+        if principal == "appPrincipalId":
+            assert cfg["properties"]["principalType"] == "ServicePrincipal"
+            seen_app[role] = cfg["scope"]
+        else:
+            assert principal == "deployerPrincipalId"
+            assert render(res["config"]["condition"]) == "not(empty(deployerPrincipalId))"
+            deployer.append(role)
+    assert seen_app == expected_app
+    assert deployer == ["keyVaultSecretsOfficer"]
+    rbac_params = parse(MAIN)["modules"]["rbac"]["config"]["params"]
+    assert render(rbac_params["appPrincipalId"]) == "identity.outputs.principalId"
+    assert rbac_params["deployerPrincipalId"] == "principalId"
+
+
+def test_identity_client_id_feeds_storage_and_app_insights_settings():
+    fa_params = parse(MAIN)["modules"]["functionApp"]["config"]["params"]
+    assert render(fa_params["identityId"]) == "identity.outputs.id"
+    assert render(fa_params["identityClientId"]) == "identity.outputs.clientId"
+    assert "functionapp" in render(parse(MAIN)["modules"]["functionApp"]["config"]["name"])
+    assert parse(MAIN)["modules"]["functionApp"]["config"]["dependsOn"] == ["rbac"]
+
+
+def test_checkov_skips_are_inline_with_reasons():
+    skip_re = re.compile(r"checkov:skip=([A-Z0-9_]+)(.*)")
+    skips = []
+    for path in bicep_files():
+        for line in path.read_text().splitlines():
+            m = skip_re.search(line)
+            if m:
+                assert line.lstrip().startswith("//"), line
+                reason = m.group(2).lstrip(": ").strip()
+                assert len(reason) >= 20, f"{path.name}: skip {m.group(1)} needs a reason"
+                skips.append(m.group(1))
+    assert skips and all(s.startswith("CKV_") for s in skips)
+
+
+# --------------------------------------------------------------------------- azd files
+
+
+def load_simple_yaml(text: str) -> Dict[str, Any]:
+    """Tiny reader for the block-mapping subset azure.yaml uses (no lists, no flow)."""
+    root: Dict[str, Any] = {}
+    stack: List[Tuple[int, Dict[str, Any]]] = [(-1, root)]
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        key, sep, value = line.strip().partition(":")
+        assert sep and not key.startswith("-"), f"unsupported YAML line: {raw!r}"
+        while indent <= stack[-1][0]:
+            stack.pop()
+        parent = stack[-1][1]
+        value = value.strip().strip("'\"")
+        if value:
+            parent[key] = value
+        else:
+            parent[key] = {}
+            stack.append((indent, parent[key]))
+    return root
+
+
+def test_azure_yaml_service_matches_infra():
+    doc = load_simple_yaml((ROOT / "azure.yaml").read_text())
+    assert doc["infra"] == {"provider": "bicep", "path": "infra", "module": "main"}
+    assert set(doc["services"]) == {"api"}
+    api = doc["services"]["api"]
+    assert api == {"project": ".", "language": "python", "host": "function"}
+    assert parse(MAIN)["modules"]["functionApp"]["config"]["params"]["serviceName"] == "api"
+
+
+def test_main_parameters_json_matches_main_bicep():
+    doc = json.loads((INFRA / "main.parameters.json").read_text())
+    values = {k: v["value"] for k, v in doc["parameters"].items()}
+    declared = params(MAIN)
+    assert set(values) <= set(declared), set(values) - set(declared)
+    required = {n for n, p in declared.items() if p.get("default") is None}
+    assert required <= set(values), required - set(values)
+    assert values["environmentName"] == "${AZURE_ENV_NAME}"
+    assert values["location"] == "${AZURE_LOCATION}"
+    assert values["principalId"] == "${AZURE_PRINCIPAL_ID}"
+    # The API key is generated once and read back from Key Vault afterwards.
+    secret_name = variable(MAIN, "apiKeySecretName")
+    assert values["embeddingsApiKey"] == f"$(secretOrRandomPassword ${{AZURE_KEY_VAULT_NAME}} {secret_name})"
+    outputs = parse(MAIN)["outputs"]
+    assert render(outputs["AZURE_KEY_VAULT_NAME"]["value"]) == "keyVault.outputs.name"
+    assert outputs["EMBEDDINGS_API_KEY_SECRET_NAME"]["value"] == "apiKeySecretName"
+    for name, value in values.items():
+        assert isinstance(value, str) and re.search(r"\$[({]", value), f"{name} is hard-coded"
+        assert "newGuid" not in value
+        # ${VAR=default} defaults must agree with the Bicep defaults.
+        m = re.fullmatch(r"\$\{\w+=(.*)\}", value)
+        if m:
+            default = declared[name]["default"]
+            if isinstance(default, bool):
+                default = "true" if default else "false"
+            assert m.group(1) == str(default), name
+
+
+def test_outputs_expose_endpoint_and_resource_names():
+    outputs = parse(MAIN)["outputs"]
+    for name in (
+        "AZURE_FUNCTION_URL",
+        "AZURE_FUNCTION_NAME",
+        "AZURE_KEY_VAULT_NAME",
+        "AZURE_STORAGE_ACCOUNT_NAME",
+        "APPLICATIONINSIGHTS_NAME",
+        "AZURE_RESOURCE_GROUP",
+    ):
+        assert name in outputs, name
+    assert render(outputs["AZURE_FUNCTION_URL"]["value"]) == "functionApp.outputs.uri"
+    fa_outputs = parse(MODULES / "functionapp.bicep")["outputs"]
+    assert fa_outputs["uri"]["value"] == "https://${site.properties.defaultHostName}"
+
+
+# --------------------------------------------------------------------------- .funcignore
+
+
+def funcignore_patterns() -> List[str]:
+    lines = (ROOT / ".funcignore").read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
+def ignored(rel_path: str, patterns: List[str]) -> bool:
+    """gitignore-style match (the subset .funcignore uses) for a file path."""
+    parts = rel_path.split("/")
+    result = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pat = pattern[1:] if negate else pattern
+        dir_only = pat.endswith("/")
+        pat = pat.rstrip("/")
+        anchored = "/" in pat
+        pat = pat.lstrip("/")
+        # Candidate paths: every directory prefix, plus the file itself.
+        candidates = []
+        for i in range(1, len(parts) + 1):
+            is_dir = i < len(parts)
+            if dir_only and not is_dir:
+                continue
+            candidates.append("/".join(parts[:i]) if anchored else parts[i - 1])
+        if any(fnmatch.fnmatchcase(c, pat) for c in candidates):
+            result = not negate
+    return result
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "tests/test_infra.py",
+        "tests/conftest.py",
+        "docs/deploy.md",
+        "bench/run.py",
+        "scripts/smoke_deployed.py",
+        "infra/main.bicep",
+        "infra/modules/storage.bicep",
+        "tools/checkov.sh",
+        ".venv/lib/python3.11/site-packages/x.py",
+        ".venv-checkov/bin/checkov",
+        ".venv-tools/bin/python",
+        ".git/config",
+        ".github/workflows/ci.yml",
+        ".gitignore",
+        ".azure/dev/.env",
+        ".ci/run",
+        "local.settings.json",
+        "requirements-dev.txt",
+        "requirements-checkov.txt",
+        "requirements-tools.txt",
+        "local.settings.json.example",
+        "tools/local_host.py",
+        "build/wheels/scipy-1.9.3-cp311-cp311-manylinux2014_x86_64.whl",
+        "azure.yaml",
+        "Makefile",
+        "README.md",
+        "embedding_core/__pycache__/backends.cpython-311.pyc",
+        ".pytest_cache/v/cache/nodeids",
+    ],
+)
+def test_funcignore_excludes_dev_files(path):
+    assert ignored(path, funcignore_patterns()), path
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "function_app.py",
+        "host.json",
+        "requirements.txt",
+        "embedding_core/__init__.py",
+        "embedding_core/backends.py",
+        "embedding_core/registry.json",
+        "embedding_core/models/all-MiniLM-L6-v2/tokenizer.json",
+        "embedding_core/models/all-MiniLM-L6-v2/README.md",
+    ],
+)
+def test_funcignore_keeps_runtime_files(path):
+    assert not ignored(path, funcignore_patterns()), path
+
+
+def test_funcignore_keeps_existing_runtime_files():
+    patterns = funcignore_patterns()
+    for rel in ("function_app.py", "host.json", "requirements.txt"):
+        if (ROOT / rel).exists():
+            assert not ignored(rel, patterns)
+    pkg = ROOT / "embedding_core"
+    if pkg.is_dir():
+        for file in pkg.rglob("*"):
+            if file.is_file() and "__pycache__" not in file.parts:
+                rel = file.relative_to(ROOT).as_posix()
+                assert not ignored(rel, patterns), rel
+
+
+# --------------------------------------------------------------------------- smoke script
+
+SMOKE = ROOT / "scripts" / "smoke_deployed.py"
+
+
+def load_smoke_module():
+    spec = importlib.util.spec_from_file_location("smoke_deployed", SMOKE)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_help_runs_without_network():
+    proc = subprocess.run([sys.executable, str(SMOKE), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "--entra" in proc.stdout and "--key-env" in proc.stdout
+
+
+def test_smoke_url_validation_is_pure():
+    smoke = load_smoke_module()
+    assert smoke.validate_base_url("https://func-api-x.azurewebsites.net/") == "https://func-api-x.azurewebsites.net"
+    assert smoke.validate_base_url("http://127.0.0.1:7071") == "http://127.0.0.1:7071"
+    assert smoke.validate_base_url("http://localhost:7071") == "http://localhost:7071"
+    assert smoke.validate_base_url("http://[::1]:7071") == "http://[::1]:7071"
+    for bad in ("", "ftp://x", "http://example.com", "https://u:p@x.net", "https://x.net/?code=1", "x.net"):
+        with pytest.raises(ValueError):
+            smoke.validate_base_url(bad)
+
+
+def test_smoke_never_takes_the_key_on_the_command_line():
+    smoke = load_smoke_module()
+    parser = smoke.build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--key", "secret"])
+    args = parser.parse_args(["--url", "https://x.net"])
+    assert smoke.auth_headers(args, {"EMBEDDINGS_API_KEY": "k1,k2"}) == {"api-key": "k1"}
+    args = parser.parse_args(["--url", "https://x.net", "--key-header", "bearer", "--key-env", "MY_KEY"])
+    assert smoke.auth_headers(args, {"MY_KEY": "abc"}) == {"Authorization": "Bearer abc"}
+    with pytest.raises(smoke.SmokeError):
+        smoke.auth_headers(parser.parse_args([]), {})
+
+
+class _StubHandler(http.server.BaseHTTPRequestHandler):
+    key = "loopback-test-key"
+    seen: List[Tuple[str, str, Dict[str, str]]] = []
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _send(self, status: int, body: Any) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def _authorized(self) -> bool:
+        return self.headers.get("api-key") == self.key
+
+    def do_GET(self):
+        self.seen.append(("GET", self.path, dict(self.headers)))
+        if self.path == "/health":
+            self._send(200, {"status": "ok"})
+        elif self.path.startswith("/info?api-version="):
+            self._send(200, {"model_name": "stub", "model_type": "embeddings"} if self._authorized() else {})
+        else:
+            self._send(404, {"error": "not found"})
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        body = json.loads(self.rfile.read(length) or b"{}")
+        self.seen.append(("POST", self.path, dict(self.headers)))
+        if not self.path.startswith("/embeddings?api-version="):
+            self._send(404, {"error": "not found"})
+        elif not self._authorized():
+            self._send(401, {"error": {"code": "Unauthorized"}})
+        else:
+            data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i, _ in enumerate(body["input"])]
+            self._send(200, {"object": "list", "data": data, "model": "stub"})
+
+
+def test_smoke_against_loopback_stub():
+    _StubHandler.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StubHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        env = {k: v for k, v in os.environ.items() if k not in ("AZURE_FUNCTION_URL", "EMBEDDINGS_API_KEY")}
+        env["EMBEDDINGS_API_KEY"] = _StubHandler.key
+        proc = subprocess.run(
+            [sys.executable, str(SMOKE), "--url", url, "--timeout", "10"],
+            capture_output=True, text=True, timeout=60, env=env,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "smoke test passed" in proc.stdout and "dims=3" in proc.stdout
+        assert _StubHandler.key not in proc.stdout + proc.stderr
+        env["EMBEDDINGS_API_KEY"] = "wrong-key"
+        proc = subprocess.run(
+            [sys.executable, str(SMOKE), "--url", url, "--timeout", "10"],
+            capture_output=True, text=True, timeout=60, env=env,
+        )
+        assert proc.returncode == 1
+        assert "FAIL" in proc.stderr and "wrong-key" not in proc.stdout + proc.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    paths = [(m, p.split("?")[0]) for m, p, _ in _StubHandler.seen]
+    assert ("POST", "/embeddings") in paths and ("GET", "/info") in paths
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_smoke_against_real_app_on_loopback(tmp_path):
+    """End to end: the real function_app behind tools/local_host on 127.0.0.1, then the smoke script."""
+    if not (ROOT / "tools" / "local_host.py").is_file() or not (ROOT / "function_app.py").is_file():
+        pytest.skip("local host or function_app.py not present")
+    import time
+    import urllib.request
+
+    port = _free_loopback_port()
+    key = "smoke-e2e-" + os.urandom(8).hex()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDINGS_", "AZURE_FUNCTION_URL"))}
+    env["EMBEDDINGS_API_KEYS"] = key
+    log_path = tmp_path / "local_host.log"
+    log_file = open(log_path, "w", encoding="utf-8")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tools.local_host", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"local host did not start:\n{log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+        env_smoke = dict(env, EMBEDDINGS_API_KEY=key)
+        proc = subprocess.run(
+            [sys.executable, str(SMOKE), "--url", url, "--timeout", "60"],
+            capture_output=True, text=True, timeout=180, env=env_smoke,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "dims=384" in proc.stdout
+        assert key not in proc.stdout + proc.stderr
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log_file.close()
+    assert key not in log_path.read_text(), "the API key must never be logged"
