@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Post-deployment smoke test for the embeddings API.
+
+Calls GET /health, GET /info and POST /embeddings on a deployed endpoint and
+checks the response shapes of the Azure AI Model Inference contract. It also
+checks that /embeddings rejects a request without credentials.
+
+Authentication (pick one):
+  * API key (default): read from the environment variable named by --key-env
+    (default EMBEDDINGS_API_KEY). The key is never accepted on the command line
+    (it would show up in the process list) and never printed.
+  * --entra: a Microsoft Entra ID token from azure-identity's
+    DefaultAzureCredential (optional dependency: pip install azure-identity),
+    for --scope (default https://ml.azure.com/.default).
+
+Examples:
+  export EMBEDDINGS_API_KEY="$(az keyvault secret show --vault-name "$KV" \\
+      --name embeddings-api-key --query value -o tsv | cut -d, -f1)"
+  python scripts/smoke_deployed.py --url "$(azd env get-value AZURE_FUNCTION_URL)"
+  python scripts/smoke_deployed.py --url https://func-api-xyz.azurewebsites.net \\
+      --entra --scope api://<app-client-id>/.default
+
+Only the standard library is used for the API-key path. Plain http:// URLs are
+refused unless the host is a loopback address (local testing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import math
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+DEFAULT_API_VERSION = "2024-05-01-preview"
+DEFAULT_SCOPE = "https://ml.azure.com/.default"
+DEFAULT_KEY_ENV = "EMBEDDINGS_API_KEY"
+URL_ENV = "AZURE_FUNCTION_URL"
+
+
+class SmokeError(Exception):
+    """A smoke check failed."""
+
+
+def is_loopback_host(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def validate_base_url(url: str) -> str:
+    """Return the normalised base URL or raise ValueError.
+
+    https is required, except for loopback hosts where http is allowed.
+    """
+    if not url:
+        raise ValueError(f"no endpoint: pass --url or set {URL_ENV}")
+    parsed = urllib.parse.urlsplit(url.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    if parsed.username or parsed.password:
+        raise ValueError("credentials in the URL are not allowed")
+    if parsed.query or parsed.fragment:
+        raise ValueError("pass the base URL without query string or fragment")
+    if parsed.scheme == "http" and not is_loopback_host(parsed.hostname):
+        raise ValueError("plain http is only allowed for loopback hosts; use https")
+    return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, parsed.path.rstrip("/"), "", ""))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smoke_deployed.py",
+        description="Smoke-test a deployed embeddings API (GET /health, GET /info, POST /embeddings).",
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get(URL_ENV, ""),
+        help=f"base URL of the Function App (default: ${URL_ENV})",
+    )
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument(
+        "--key-env",
+        default=DEFAULT_KEY_ENV,
+        metavar="NAME",
+        help=f"environment variable holding the API key (default: {DEFAULT_KEY_ENV})",
+    )
+    auth.add_argument(
+        "--entra",
+        action="store_true",
+        help="authenticate with DefaultAzureCredential (needs azure-identity) instead of an API key",
+    )
+    parser.add_argument(
+        "--scope",
+        default=DEFAULT_SCOPE,
+        help=f"token scope for --entra (default: {DEFAULT_SCOPE}; or api://<app-client-id>/.default)",
+    )
+    parser.add_argument(
+        "--key-header",
+        choices=("api-key", "bearer"),
+        default="api-key",
+        help="send the API key as an 'api-key' header (default) or as 'Authorization: Bearer'",
+    )
+    parser.add_argument(
+        "--api-version",
+        default=DEFAULT_API_VERSION,
+        help=f"api-version query parameter (default: {DEFAULT_API_VERSION}; empty to omit)",
+    )
+    parser.add_argument("--model", default="", help="optional 'model' field for /embeddings")
+    parser.add_argument("--input", default="hello world", help="text to embed (default: 'hello world')")
+    parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds (default: 60; allow for cold starts)")
+    parser.add_argument(
+        "--skip-unauthenticated-check",
+        action="store_true",
+        help="do not check that /embeddings rejects a request without credentials",
+    )
+    return parser
+
+
+def auth_headers(args: argparse.Namespace, environ: Mapping[str, str]) -> Dict[str, str]:
+    if args.entra:
+        try:
+            from azure.identity import DefaultAzureCredential  # optional dependency
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise SmokeError("--entra needs azure-identity: pip install azure-identity") from exc
+        token = DefaultAzureCredential().get_token(args.scope).token
+        return {"Authorization": f"Bearer {token}"}
+    key = environ.get(args.key_env, "").strip()
+    if not key:
+        raise SmokeError(f"no API key: set {args.key_env} (or use --entra)")
+    if "," in key:
+        key = key.split(",", 1)[0].strip()  # EMBEDDINGS_API_KEYS may hold several keys
+    if args.key_header == "bearer":
+        return {"Authorization": f"Bearer {key}"}
+    return {"api-key": key}
+
+
+def request_json(
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: Optional[Dict[str, Any]],
+    timeout: float,
+) -> Tuple[int, Any, float]:
+    data = None if body is None else json.dumps(body).encode("utf-8")
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Accept", "application/json")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    for name, value in headers.items():
+        req.add_header(name, value)
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - scheme validated
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise SmokeError(f"{method} {url}: {exc}") from exc
+    elapsed = time.monotonic() - started
+    try:
+        payload = json.loads(raw.decode("utf-8")) if raw else None
+    except (UnicodeDecodeError, ValueError):
+        payload = raw[:200].decode("utf-8", "replace")
+    return status, payload, elapsed
+
+
+def with_api_version(url: str, api_version: str) -> str:
+    if not api_version:
+        return url
+    return f"{url}?{urllib.parse.urlencode({'api-version': api_version})}"
+
+
+def check_embeddings_payload(payload: Any) -> int:
+    """Validate an embeddings response; return the vector dimension."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list) or not payload["data"]:
+        raise SmokeError(f"/embeddings: unexpected body {str(payload)[:200]!r}")
+    vector = payload["data"][0].get("embedding") if isinstance(payload["data"][0], dict) else None
+    if not isinstance(vector, list) or not vector:
+        raise SmokeError("/embeddings: data[0].embedding is not a non-empty list")
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in vector):
+        raise SmokeError("/embeddings: data[0].embedding holds non-finite or non-numeric values")
+    return len(vector)
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str], out=sys.stdout) -> None:
+    base = validate_base_url(args.url)
+    headers = auth_headers(args, environ)
+
+    status, payload, elapsed = request_json("GET", f"{base}/health", {}, None, args.timeout)
+    if status != 200:
+        raise SmokeError(f"GET /health returned {status}: {payload!r}")
+    print(f"ok   GET /health        {status} {elapsed * 1000:.0f} ms", file=out)
+
+    status, payload, elapsed = request_json("GET", with_api_version(f"{base}/info", args.api_version), headers, None, args.timeout)
+    if status != 200 or not isinstance(payload, dict):
+        raise SmokeError(f"GET /info returned {status}: {str(payload)[:200]!r}")
+    model_name = payload.get("model_name", "?")
+    print(f"ok   GET /info          {status} {elapsed * 1000:.0f} ms model_name={model_name}", file=out)
+
+    body: Dict[str, Any] = {"input": [args.input]}
+    if args.model:
+        body["model"] = args.model
+    embeddings_url = with_api_version(f"{base}/embeddings", args.api_version)
+
+    if not args.skip_unauthenticated_check:
+        status, _, elapsed = request_json("POST", embeddings_url, {}, body, args.timeout)
+        if status not in (401, 403):
+            raise SmokeError(f"POST /embeddings without credentials returned {status}, expected 401/403")
+        print(f"ok   POST /embeddings   {status} without credentials (rejected)", file=out)
+
+    status, payload, elapsed = request_json("POST", embeddings_url, headers, body, args.timeout)
+    if status != 200:
+        raise SmokeError(f"POST /embeddings returned {status}: {str(payload)[:300]!r}")
+    dims = check_embeddings_payload(payload)
+    print(f"ok   POST /embeddings   {status} {elapsed * 1000:.0f} ms dims={dims} model={payload.get('model', '?')}", file=out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        run(args, os.environ)
+    except ValueError as exc:
+        parser.error(str(exc))
+    except SmokeError as exc:
+        print(f"FAIL {exc}", file=sys.stderr)
+        return 1
+    print("smoke test passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
