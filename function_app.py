@@ -3,12 +3,13 @@ embedding_core and the result into a func.HttpResponse. No validation or logic l
 
 import azure.functions as func
 
-from embedding_core.service import ApiRequest, dispatch
-
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 
 
 def _serve(route: str, req: func.HttpRequest) -> func.HttpResponse:
+    # Imported on first request, so indexing the functions (a cold start) stays light.
+    from embedding_core.service import ApiRequest, dispatch
+
     res = dispatch(route, ApiRequest(req.method, "/" + route, dict(req.headers),
                                      dict(req.params), req.get_body()))
     return func.HttpResponse(res.body, status_code=res.status, headers=res.headers,
