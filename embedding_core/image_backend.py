@@ -1,0 +1,232 @@
+"""Image backends: EfficientNet-Lite0 features, and ConSE vectors in MiniLM's text space.
+
+* :class:`ImageFeatureBackend` (kind ``image-onnx``): the network's 1280-d global-average-pooled
+  features, L2-normalised. Image only: an item with ``text`` is refused.
+* :class:`ConseBackend` (kind ``image-conse``): "convex combination of semantic embeddings"
+  (Norouzi et al., 2014). The softmax over the 1000 ImageNet classes is cut to its ``top_t``
+  most probable classes, renormalised, and used to weight the rows of a fixed matrix holding the
+  text deployment's embedding of each class name (``class_matrix``, made by
+  ``scripts/build_conse_matrix.py``). The result lives in the text deployment's space, so texts
+  from ``/embeddings`` and images from ``/images/embeddings`` can be compared directly. With
+  ``text``, the item's vector is ``normalize((1 - w) * image + w * text)`` with
+  ``w = options.text_weight`` (0.5: the two unit vectors count equally).
+
+Both decode every image first (so a bad item fails the request before any inference), keep only
+the 224x224 model input per image, and run the network in micro-batches of
+``min(options.batch_size, settings.max_batch_size)`` images, so memory is bounded by the batch
+size and the request's item limit. ``usage.prompt_tokens`` counts ``options.image_tokens`` per
+image plus the text tokens actually run through the text model.
+
+Deployments that name the same model file (same sha256) and the same onnxruntime settings share
+one session per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import errors, images
+from .backends import Encoded
+from .onnx_session import create_session
+from .pooling import l2_normalize
+from .registry import Deployment, FileRef
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IMAGE_TOKENS = 49      # the 7x7 positions of the final feature map that are pooled
+DEFAULT_BATCH_SIZE = 8         # images per inference call (throughput is flat above ~2 on CPU)
+TRUNCATE_VALUES = ("NONE", "END", "START")
+
+_sessions: dict[tuple, Any] = {}
+_sessions_lock = threading.Lock()
+
+
+def shared_session(ref: FileRef, settings: Settings):
+    """One onnxruntime session per (model file, sha256, runtime settings) in this process."""
+    key = (str(ref.path), ref.sha256, settings.ort_intra_op_threads,
+           settings.ort_inter_op_threads, settings.ort_optimization_level)
+    with _sessions_lock:
+        session = _sessions.get(key)
+        if session is None:
+            session = create_session(ref.verified(), settings)
+            _sessions[key] = session
+        return session
+
+
+# -- pure functions (also used by the build and calibration scripts) -----------------------------
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def conse_vectors(logits: np.ndarray, class_matrix: np.ndarray, top_t: int) -> np.ndarray:
+    """ConSE: L2-normalised, renormalised-probability-weighted mean of the ``top_t`` most
+    probable classes' rows of ``class_matrix`` ([classes, dims], unit rows)."""
+    p = softmax(logits)
+    t = max(1, min(int(top_t), p.shape[1]))
+    top = np.argpartition(-p, t - 1, axis=1)[:, :t] if t < p.shape[1] else \
+        np.broadcast_to(np.arange(p.shape[1]), p.shape)
+    w = np.take_along_axis(p, top, axis=1)
+    w /= w.sum(axis=1, keepdims=True)
+    v = np.einsum("nt,ntd->nd", w, class_matrix[top].astype(np.float64))
+    return l2_normalize(v)
+
+
+def combine(image_vecs: np.ndarray, text_vecs: np.ndarray, text_weight: float) -> np.ndarray:
+    """``normalize((1 - w) * image + w * text)`` for unit vectors (w = 0.5: equal weight)."""
+    mixed = (1.0 - text_weight) * image_vecs.astype(np.float64) + text_weight * text_vecs
+    return l2_normalize(mixed)
+
+
+# -- backends -------------------------------------------------------------------------------------
+
+class _ImageBackend:
+    def __init__(self, deployment: Deployment, settings: Settings, registry: Any = None):
+        self.deployment = deployment
+        self.settings = settings
+        self.registry = registry
+        opts = deployment.options
+        self.image_tokens = int(opts.get("image_tokens", DEFAULT_IMAGE_TOKENS))
+        self.batch_size = max(1, min(int(opts.get("batch_size", DEFAULT_BATCH_SIZE)),
+                                     settings.max_batch_size))
+        images.ensure_pillow_limit(settings.max_image_pixels)
+        self.session = shared_session(deployment.files["model"], settings)
+        self.input_name = opts.get("input", "pixel_values")
+        names = [i.name for i in self.session.get_inputs()]
+        if names != [self.input_name]:
+            raise ValueError(f"{deployment.name}: model inputs {names}, expected [{self.input_name}]")
+
+    def loaded(self) -> bool:
+        return True
+
+    def pixel_values(self, inputs: Sequence[Any]) -> np.ndarray:
+        """Decode and preprocess every item (in order: the first bad item is the error)."""
+        out = np.empty((len(inputs), 3, images.CROP_TO, images.CROP_TO), dtype=np.float32)
+        for i, item in enumerate(inputs):
+            out[i] = images.image_to_pixel_values(item.image, self.settings, i)
+        return out
+
+    def run(self, pixels: np.ndarray, output: str) -> np.ndarray:
+        """One model output for all images, in micro-batches, in input order."""
+        parts = [self.session.run([output], {self.input_name: pixels[s:s + self.batch_size]})[0]
+                 for s in range(0, len(pixels), self.batch_size)]
+        return np.concatenate(parts, axis=0)
+
+
+class ImageFeatureBackend(_ImageBackend):
+    """EfficientNet-Lite0 pooled features (``options.output``, default ``embedding``)."""
+
+    def __init__(self, deployment: Deployment, settings: Settings, registry: Any = None):
+        super().__init__(deployment, settings, registry)
+        self.output = deployment.options.get("output", "embedding")
+        log.info("loaded image deployment %s", deployment.name)
+
+    def check_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
+        for key in extras:
+            raise errors.unsupported_parameter(
+                f"Parameter '{errors._clip(key)}' is not supported by deployment "
+                f"'{self.deployment.name}'; it accepts no extra parameters.", target=key)
+        return {}
+
+    def _joint_deployments(self) -> list[str]:
+        deps = getattr(self.registry, "deployments", ()) or ()
+        return [d.name for d in deps if d.modality == "image" and d.backend == "image-conse"]
+
+    def encode(self, inputs: Sequence[Any], *, input_type: str = "text",
+               extras: dict[str, Any] | None = None) -> Encoded:
+        for i, item in enumerate(inputs):
+            if item.text is not None:
+                joint = self._joint_deployments()
+                hint = f" Use deployment '{joint[0]}' to embed an image together with text." \
+                    if joint else ""
+                raise errors.unsupported_parameter(
+                    f"Deployment '{self.deployment.name}' embeds images only; 'text' is not "
+                    f"supported.{hint}", target=f"input[{i}].text")
+        vecs = self.run(self.pixel_values(inputs), self.output)
+        return Encoded(l2_normalize(vecs), len(inputs) * self.image_tokens)
+
+
+_INDEX = re.compile(r"^input\[(\d+)\]")
+
+
+class ConseBackend(_ImageBackend):
+    """ImageNet class probabilities -> a vector in the text deployment's space (+ optional text)."""
+
+    def __init__(self, deployment: Deployment, settings: Settings, registry: Any = None):
+        super().__init__(deployment, settings, registry)
+        opts = deployment.options
+        self.top_t = int(opts.get("top_t", 5))
+        self.text_weight = float(opts.get("text_weight", 0.5))
+        if not 0.0 <= self.text_weight <= 1.0:
+            raise ValueError(f"{deployment.name}: text_weight must be in [0, 1]")
+        self.logits_output = opts.get("output", "logits")
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if self.logits_output not in outputs:
+            raise ValueError(f"{deployment.name}: the model has no output {self.logits_output!r}")
+        n_classes = outputs[self.logits_output].shape[-1]
+        matrix = np.load(deployment.files["class_matrix"].verified(), allow_pickle=False)
+        if matrix.ndim != 2 or matrix.shape[1] != deployment.dimensions or (
+                isinstance(n_classes, int) and matrix.shape[0] != n_classes):
+            raise ValueError(f"{deployment.name}: class matrix shape {matrix.shape} does not fit "
+                             f"{n_classes} classes x {deployment.dimensions} dimensions")
+        self.class_matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        if registry is None:
+            raise ValueError(f"{deployment.name}: needs the registry to find its text deployment")
+        text_dep = registry.find(opts.get("text_deployment", ""))
+        if text_dep is None or text_dep.modality != "text" or text_dep.dimensions != deployment.dimensions:
+            raise ValueError(f"{deployment.name}: options.text_deployment must name a text "
+                             f"deployment of {deployment.dimensions} dimensions")
+        self.text_backend = registry.backend(text_dep)
+        log.info("loaded image deployment %s (ConSE, top %d, text via %s)", deployment.name,
+                 self.top_t, text_dep.name)
+
+    def check_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"truncate": "NONE"}
+        for key, value in extras.items():
+            if key != "truncate":
+                raise errors.unsupported_parameter(
+                    f"Parameter '{errors._clip(key)}' is not supported by deployment "
+                    f"'{self.deployment.name}'. Supported extra parameters: truncate (for the "
+                    "items' text).", target=key)
+            if not isinstance(value, str) or value.upper() not in TRUNCATE_VALUES:
+                raise errors.validation(
+                    "'truncate' must be one of " + ", ".join(f'"{v}"' for v in TRUNCATE_VALUES)
+                    + ".", target="truncate")
+            out["truncate"] = value.upper()
+        return out
+
+    def _text_ids(self, inputs: Sequence[Any], input_type: str, truncate: str):
+        idx = [i for i, item in enumerate(inputs) if item.text is not None]
+        if not idx:
+            return idx, []
+        try:
+            ids = self.text_backend.tokenize([inputs[i].text for i in idx],
+                                             input_type=input_type, truncate=truncate)
+        except errors.ApiError as exc:
+            m = _INDEX.match(exc.target or "")
+            if m:   # the text backend's index is into our text list: point at the item's text
+                exc.target = f"input[{idx[int(m.group(1))]}].text"
+            raise
+        return idx, ids
+
+    def encode(self, inputs: Sequence[Any], *, input_type: str = "text",
+               extras: dict[str, Any] | None = None) -> Encoded:
+        truncate = (extras or {}).get("truncate", "NONE")
+        pixels = self.pixel_values(inputs)
+        idx, ids = self._text_ids(inputs, input_type, truncate)
+        logits = self.run(pixels, self.logits_output)
+        vecs = conse_vectors(logits, self.class_matrix, self.top_t)
+        tokens = len(inputs) * self.image_tokens
+        if idx:
+            text_vecs = self.text_backend.embed_ids(ids)
+            vecs[idx] = combine(vecs[idx], text_vecs, self.text_weight)
+            tokens += int(sum(len(x) for x in ids))
+        return Encoded(vecs, tokens)

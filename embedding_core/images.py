@@ -1,0 +1,379 @@
+"""Images on the wire: data URLs in, model-ready pixel tensors out.
+
+The image route accepts inline images only: ``data:image/<format>;base64,<data>``. Nothing is
+ever fetched; any other scheme (``http:``, ``https:``, ``file:``, ...) is refused. The pipeline is
+a chain of small functions, each raising :class:`~embedding_core.errors.ApiError` with the
+JSON path of the offending field as ``target``:
+
+1. :func:`parse_data_url` - scheme and media type, size checked on the base64 *length* (before
+   decoding) and again on the decoded bytes (413 over ``max_image_bytes``), strict base64.
+2. :func:`open_image` - Pillow reads the *header only*; the real format must be one of
+   :data:`SUPPORTED` and match the declared one (``jpg`` = ``jpeg``); the pixel count is checked
+   against ``max_image_pixels`` before any pixel is decoded (Pillow's own decompression-bomb
+   error is mapped to the same message).
+3. :func:`load_first_frame` - JPEGs are decoded at a reduced DCT scale when they are much larger
+   than needed (``draft``; the shorter side stays >= the resize target); the first frame of an
+   animation is decoded; truncated or corrupt data is a 422 (``LOAD_TRUNCATED_IMAGES`` is off).
+4. :func:`to_resizable` - palette, 1-bit, CMYK, YCbCr and 16/32-bit/float modes become 8-bit
+   L, LA, RGB or RGBA, keeping transparency (16-bit is scaled, not clipped).
+5. :func:`resize_center_crop` - bicubic; the shorter side to 256 then the centre 224x224, in one
+   resample (alpha is premultiplied while resizing).
+6. :func:`flatten` - alpha is composited on white, grey becomes RGB (on the 224x224 crop:
+   compositing is linear, so this equals compositing first, without touching the full picture);
+   :func:`to_rgb` is 4 + 6 for a whole image.
+7. :func:`exif_transpose` - the EXIF orientation tag is applied (to the crop, which is the same
+   as applying it first because the crop is a centred square).
+8. :func:`to_pixel_values` - ``(x - 127) / 128``, CHW float32.
+
+:func:`decode_image` runs 2-4, :func:`preprocess` runs 5-8; :func:`image_to_pixel_values` is
+the whole chain for one wire item.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile
+
+from . import errors
+from .settings import Settings
+
+# Never decode a truncated file as if it were whole (Pillow's default; set explicitly so an
+# import elsewhere cannot have flipped it for us).
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+RESIZE_TO = 256          # shorter side after resizing
+CROP_TO = 224            # model input size
+MEAN = 127.0             # pixel_values = (x - MEAN) / STD, x in 0..255
+STD = 128.0
+
+# Wire format name -> Pillow format id. Declared names may also be these aliases.
+SUPPORTED = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP", "gif": "GIF", "bmp": "BMP"}
+ALIASES = {"jpg": "jpeg", "pjpeg": "jpeg", "x-png": "png", "x-ms-bmp": "bmp", "x-bmp": "bmp"}
+# Pillow format id of an opened file -> wire name (an MPO is a JPEG with extra pictures).
+REAL_FORMAT = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp", "GIF": "gif",
+               "BMP": "bmp"}
+SUPPORTED_TEXT = "PNG, JPEG, WebP, GIF, BMP"
+DATA_URL_HINT = "data:image/<format>;base64,<data>"
+
+# Formats people try that we do not decode, recognised by their first bytes (for the message).
+_SIGNATURES = (
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"%PDF", "PDF"), (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "PSD"), (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]{0,31}):")
+_NOT_B64 = re.compile(r"[^A-Za-z0-9+/=]")
+
+# EXIF Orientation -> the transpose that makes the picture upright (as ImageOps.exif_transpose).
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}
+
+
+@dataclass(frozen=True)
+class DataUrl:
+    declared: str        # normalised wire format name ("jpeg", "png", ...)
+    data: bytes
+
+
+def _target(index: int) -> str:
+    return f"input[{index}].image"
+
+
+# -- 1. data URL ---------------------------------------------------------------------------------
+
+def parse_data_url(url: str, *, max_bytes: int, target: str) -> DataUrl:
+    """Split a ``data:image/<format>;base64,<data>`` URL and decode its payload."""
+    comma = url.find(",", 0, 512)
+    header = url[:comma] if comma >= 0 else url[:512]
+    scheme = _SCHEME.match(header)
+    if scheme is None or scheme.group(1).lower() != "data":
+        if scheme is not None:
+            what = f"URL scheme '{errors._clip(scheme.group(1).lower(), 32)}' is not supported"
+        else:
+            what = "'image' is not a URL"
+        raise errors.validation(
+            f"{what}: send the image inline as a data URL ({DATA_URL_HINT}). "
+            "The service does not fetch images from URLs.", target)
+    if comma < 0:
+        raise errors.validation(f"The data URL has no ',' before its data; expected {DATA_URL_HINT}.",
+                                target)
+    parts = [p.strip() for p in header[len("data:"):].split(";")]
+    media = parts[0].lower()
+    if not media.startswith("image/"):
+        raise errors.validation(
+            f"The data URL's media type is '{errors._clip(media or '(none)', 40)}'; expected "
+            f"image/<format> with format one of {SUPPORTED_TEXT}.", target)
+    fmt = media[len("image/"):]
+    fmt = ALIASES.get(fmt, fmt)
+    if fmt not in SUPPORTED:
+        raise errors.validation(
+            f"Image format '{errors._clip(media, 40)}' is not supported; supported formats: "
+            f"{SUPPORTED_TEXT}.", target)
+    if not parts[-1].lower() == "base64" or len(parts) < 2:
+        raise errors.validation(
+            f"The data URL must be base64-encoded ({DATA_URL_HINT}).", target)
+    payload = url[comma + 1:]
+    if not payload:
+        raise errors.validation("The data URL holds no image data.", target)
+    # Size first, from the base64 length (exact for valid base64), so a huge payload is refused
+    # without being decoded.
+    unpadded = len(payload) - (2 if payload.endswith("==") else 1 if payload.endswith("=") else 0)
+    estimate = unpadded * 3 // 4
+    if estimate > max_bytes:
+        raise image_too_large(estimate, max_bytes, target)
+    if len(payload) % 4:
+        payload += "=" * (-len(payload) % 4)   # tolerate missing padding
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        bad = _NOT_B64.search(payload)
+        where = (f" (unexpected character at position {bad.start()} of the data)"
+                 if bad else " (wrong length or padding)")
+        raise errors.validation("The image data is not valid base64" + where + ".",
+                                target) from None
+    if len(data) > max_bytes:
+        raise image_too_large(len(data), max_bytes, target)
+    if not data:
+        raise errors.validation("The data URL holds no image data.", target)
+    return DataUrl(fmt, data)
+
+
+def image_too_large(size: int, limit: int, target: str) -> errors.ApiError:
+    return errors.ApiError(413, "PayloadTooLarge",
+                           f"The image is {size} bytes after base64 decoding; the limit is "
+                           f"{limit} bytes.", target=target)
+
+
+# -- 2. header ----------------------------------------------------------------------------------
+
+def _sniff(data: bytes) -> str | None:
+    head = data[:32]
+    for magic, name in _SIGNATURES:
+        if head.startswith(magic):
+            return name
+    if head[4:8] == b"ftyp":
+        return "HEIC/AVIF"
+    if head.lstrip().startswith((b"<?xml", b"<svg")):
+        return "SVG"
+    return None
+
+
+def _too_many_pixels(width: int | None, height: int | None, pixels: int | None, limit: int,
+                     target: str) -> errors.ApiError:
+    size = f"{width}x{height} = {pixels:,} pixels" if width else f"{pixels:,} pixels"
+    return errors.validation(
+        f"The image is too large: {size}; the limit is {limit:,} pixels. Resize it before "
+        "sending.", target)
+
+
+def open_image(data: bytes, declared: str, *, max_pixels: int, target: str) -> Image.Image:
+    """Read the header only: format and size are checked before any pixel is decoded."""
+    try:
+        im = Image.open(io.BytesIO(data), formats=list(SUPPORTED.values()))
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_many_pixels(None, None, int(found.group(1)) if found else max_pixels + 1,
+                               max_pixels, target) from None
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - Pillow raises many types for unreadable headers
+        other = _sniff(data)
+        if other:
+            raise errors.validation(f"{other} images are not supported; supported formats: "
+                                    f"{SUPPORTED_TEXT}.", target) from None
+        raise errors.validation(f"The data is not a readable image (supported formats: "
+                                f"{SUPPORTED_TEXT}).", target) from None
+    real = REAL_FORMAT.get(im.format or "")
+    if real is None:   # defensive: `formats=` already restricts the plugins tried
+        raise errors.validation(f"Image format {im.format} is not supported; supported formats: "
+                                f"{SUPPORTED_TEXT}.", target)
+    if real != declared:
+        raise errors.validation(
+            f"The data URL declares image/{declared} but the data is a {real.upper()} image; "
+            "declare the real format.", target)
+    width, height = im.size
+    if width < 1 or height < 1:
+        raise errors.validation("The image has no pixels.", target)
+    if width * height > max_pixels:
+        raise _too_many_pixels(width, height, width * height, max_pixels, target)
+    return im
+
+
+# -- 3. pixels ----------------------------------------------------------------------------------
+
+def load_first_frame(im: Image.Image, *, target: str, draft_to: int | None = RESIZE_TO) -> Image.Image:
+    """Decode the first frame. JPEGs much larger than ``draft_to`` decode at a reduced scale."""
+    try:
+        if draft_to and im.format in ("JPEG", "MPO"):
+            # Chooses a DCT scale 1/2, 1/4 or 1/8 keeping both sides >= draft_to.
+            im.draft("RGB", (draft_to, draft_to))
+        # A freshly opened file is at frame 0; n_frames/is_animated are not consulted because
+        # they walk every frame of a GIF.
+        im.load()
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - truncated/corrupt data surfaces as OSError, ValueError, ...
+        raise errors.validation("The image data is truncated or corrupt and cannot be decoded.",
+                                target) from None
+    return im
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF Orientation tag (1 when absent or unreadable)."""
+    try:
+        value = im.getexif().get(0x0112, 1)
+        return int(value) if value in _ORIENTATION else 1
+    except Exception:  # noqa: BLE001 - a broken EXIF block is ignored, not an error
+        return 1
+
+
+def exif_transpose(im: Image.Image, orientation: int) -> Image.Image:
+    method = _ORIENTATION.get(orientation)
+    return im.transpose(method) if method is not None else im
+
+
+def _high_bit_depth_to_l(im: Image.Image) -> Image.Image:
+    """I;16*, I and F modes -> 8-bit L by scaling (Pillow's convert("L") would clip at 255)."""
+    a = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        a8 = a.astype(np.float32) / 257.0
+    elif im.mode == "F":
+        a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        a8 = a * 255.0 if a.size and a.max() <= 1.0 else a
+    else:  # "I": 32-bit ints; PNG/TIFF-style 16-bit data when above 255
+        a8 = a.astype(np.float32) / 257.0 if a.size and a.max() > 255 else a.astype(np.float32)
+    return Image.fromarray(np.clip(np.rint(a8), 0, 255).astype(np.uint8), "L")
+
+
+def to_resizable(im: Image.Image) -> Image.Image:
+    """One of L, LA, RGB, RGBA (8-bit), keeping transparency, so resizing can come before the
+    composite on white: Pillow resizes LA/RGBA with premultiplied alpha, and compositing is
+    linear, so resize-then-composite equals composite-then-resize (up to rounding) while the
+    full-size picture is never composited or expanded to RGB."""
+    if im.mode.startswith("I") or im.mode == "F":
+        im = _high_bit_depth_to_l(im)
+    mode, transparent = im.mode, im.info.get("transparency") is not None
+    if mode in ("RGBA", "LA") or (mode in ("RGB", "L") and not transparent):
+        return im
+    if mode in ("1", "L", "La"):
+        return im.convert("LA" if transparent or mode == "La" else "L")
+    if mode in ("RGB", "RGBa", "P", "PA"):
+        return im.convert("RGBA" if transparent or mode != "P" else "RGB")
+    return im.convert("RGB")           # CMYK, YCbCr, LAB, HSV
+
+
+def flatten(im: Image.Image) -> Image.Image:
+    """Resizable mode -> 8-bit RGB, transparent pixels composited on white."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("RGBA", "LA"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any mode -> 8-bit RGB; transparent pixels are composited on white."""
+    return flatten(to_resizable(im))
+
+
+# -- 4. model input -----------------------------------------------------------------------------
+# The model's preprocessing is "resize the shorter side to 256 (bicubic), centre-crop 224".
+# resize_shorter + center_crop spell it out; the served path, resize_center_crop, computes the
+# same picture in one resample: the centred square of side shorter * 224/256 of the source,
+# resized to 224x224. It never materialises the 256-px intermediate (so a 40000x1 image cannot
+# blow up to 10^10 pixels), and it is the same for every EXIF orientation (a centred square is
+# symmetric), so the orientation is applied to the 224x224 result.
+
+def resize_shorter(im: Image.Image, size: int = RESIZE_TO) -> Image.Image:
+    """Bicubic resize so the shorter side is ``size`` (aspect ratio kept)."""
+    w, h = im.size
+    if w <= h:
+        new = (size, max(1, round(h * size / w)))
+    else:
+        new = (max(1, round(w * size / h)), size)
+    return im if new == im.size else im.resize(new, Image.Resampling.BICUBIC)
+
+
+def center_crop(im: Image.Image, size: int = CROP_TO) -> Image.Image:
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def center_crop_box(size: tuple[int, int], resize_to: int = RESIZE_TO,
+                    crop_to: int = CROP_TO) -> tuple[float, float, float, float]:
+    """The source region that ends up in the crop: a centred square (float coordinates)."""
+    w, h = size
+    side = min(w, h) * crop_to / resize_to
+    x0, y0 = (w - side) / 2, (h - side) / 2
+    return (x0, y0, x0 + side, y0 + side)
+
+
+def resize_center_crop(im: Image.Image, resize_to: int = RESIZE_TO,
+                       crop_to: int = CROP_TO) -> Image.Image:
+    """resize_shorter(resize_to) then center_crop(crop_to), in one bicubic resample."""
+    return im.resize((crop_to, crop_to), Image.Resampling.BICUBIC,
+                     box=center_crop_box(im.size, resize_to, crop_to))
+
+
+def to_pixel_values(im: Image.Image) -> np.ndarray:
+    """RGB image -> float32 [3, H, W] in the model's range ``(x - 127) / 128``."""
+    a = np.asarray(im, dtype=np.float32)
+    return np.ascontiguousarray(((a - MEAN) / STD).transpose(2, 0, 1))
+
+
+def preprocess(im: Image.Image, orientation: int = 1) -> np.ndarray:
+    """Decoded image (as stored, any mode) + EXIF orientation -> model input [3, 224, 224]."""
+    crop = flatten(resize_center_crop(to_resizable(im)))
+    return to_pixel_values(exif_transpose(crop, orientation))
+
+
+# -- the whole chain ----------------------------------------------------------------------------
+
+def decode_image(data: bytes, declared: str, *, max_pixels: int, target: str,
+                 draft: bool = True) -> tuple[Image.Image, int]:
+    """Bytes -> (first frame in a resizable mode (L, LA, RGB, RGBA), EXIF orientation to apply).
+
+    The orientation is read after the pixels are loaded (a PNG's EXIF may follow its pixels,
+    and reading it first would decode outside the error handling)."""
+    im = open_image(data, declared, max_pixels=max_pixels, target=target)
+    im = load_first_frame(im, target=target, draft_to=RESIZE_TO if draft else None)
+    orientation = exif_orientation(im)
+    try:
+        out = to_resizable(im)
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001
+        raise errors.validation("The image data cannot be converted to RGB.", target) from None
+    if out is not im:
+        im.close()   # frees the decoded source (and an animation's open file) early
+    return out, orientation
+
+
+def image_to_pixel_values(url: str, settings: Settings, index: int, *,
+                          draft: bool = True) -> np.ndarray:
+    """One wire ``image`` string -> float32 [3, 224, 224] (or an ApiError for ``input[index]``)."""
+    target = _target(index)
+    parsed = parse_data_url(url, max_bytes=settings.max_image_bytes, target=target)
+    im, orientation = decode_image(parsed.data, parsed.declared,
+                                   max_pixels=settings.max_image_pixels, target=target,
+                                   draft=draft)
+    return preprocess(im, orientation)
+
+
+def ensure_pillow_limit(max_pixels: int) -> None:
+    """Keep Pillow's decompression-bomb warning threshold at or above our own limit, so our
+    check (with its clearer message) is the one that fires. Only ever raised, never lowered."""
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and current < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels

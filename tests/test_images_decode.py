@@ -1,0 +1,280 @@
+"""embedding_core.images: data URLs, safe decoding, modes, orientation and preprocessing.
+
+No model here: these are the pure functions, on the committed images in tests/data/images and on
+small images made in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from embedding_core import errors, images
+from embedding_core.settings import Settings
+
+IMAGES = Path(__file__).resolve().parent / "data" / "images"
+SYN = IMAGES / "synthetic"
+T = "input[0].image"
+SETTINGS = Settings.from_env({})
+
+
+def data_url(data: bytes, fmt: str) -> str:
+    return f"data:image/{fmt};base64," + base64.b64encode(data).decode()
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def fails(fn, *args, status=422, code="InvalidParameter", where=T, **kw) -> errors.ApiError:
+    with pytest.raises(errors.ApiError) as info:
+        fn(*args, **kw)
+    err = info.value
+    assert (err.status, err.code, err.target) == (status, code, where), err.body()
+    return err
+
+
+def parse(url: str, max_bytes: int = 1 << 20):
+    return images.parse_data_url(url, max_bytes=max_bytes, target=T)
+
+
+def pixels(path: Path, fmt: str | None = None, **kw) -> np.ndarray:
+    fmt = fmt or {"jpg": "jpeg"}.get(path.suffix[1:], path.suffix[1:])
+    return images.image_to_pixel_values(data_url(path.read_bytes(), fmt), SETTINGS, 0, **kw)
+
+
+# -- data URLs ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url, fragment", [
+    ("http://example.com/cat.jpg", "scheme 'http'"),
+    ("https://example.com/cat.jpg", "scheme 'https'"),
+    ("file:///etc/passwd", "scheme 'file'"),
+    ("ftp://example.com/cat.png", "scheme 'ftp'"),
+    ("HTTPS://EXAMPLE.COM/x.png", "scheme 'https'"),
+    ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA", "not a URL"),
+    ("/etc/passwd", "not a URL"),
+])
+def test_only_data_urls_nothing_fetched(url, fragment):
+    err = fails(parse, url)
+    assert fragment in err.message and "does not fetch" in err.message
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("data:text/plain;base64,aGVsbG8=", "media type"),
+    ("data:;base64,aGVsbG8=", "media type"),
+    ("data:image/png,rawbytes", "base64"),
+    ("data:image/tiff;base64,SUkqAA==", "PNG, JPEG, WebP, GIF, BMP"),
+    ("data:image/svg+xml;base64,PHN2Zy8+", "not supported"),
+    ("data:image/png;base64,", "no image data"),
+    ("data:image/png;base64", "no ','"),
+])
+def test_bad_data_urls(url, fragment):
+    assert fragment in fails(parse, url).message
+
+
+@pytest.mark.parametrize("payload", ["@@@@", "aGVsbG8=!", "aGVs bG8=", "a"])
+def test_invalid_base64(payload):
+    assert "base64" in fails(parse, "data:image/png;base64," + payload).message
+
+
+def test_data_url_accepts_aliases_params_and_missing_padding():
+    assert parse("data:image/jpg;base64,aGVsbG8=").declared == "jpeg"
+    assert parse("DATA:IMAGE/JPEG;BASE64,aGVsbG8=").declared == "jpeg"
+    assert parse("data:image/png;name=x.png;base64,aGVsbG8").data == b"hello"
+
+
+def test_too_many_bytes_is_413_before_decoding(monkeypatch):
+    limit = 3000
+    ok = base64.b64encode(b"\0" * limit).decode()
+    assert len(parse("data:image/png;base64," + ok, limit).data) == limit
+    over = base64.b64encode(b"\0" * (limit + 1)).decode()
+
+    def boom(*a, **k):
+        raise AssertionError("decoded a payload that is over the limit")
+
+    monkeypatch.setattr(images.base64, "b64decode", boom)
+    err = fails(parse, "data:image/png;base64," + over, limit, status=413, code="PayloadTooLarge")
+    assert f"{limit + 1} bytes" in err.message and str(limit) in err.message
+
+
+# -- headers, formats, limits -------------------------------------------------------------------
+
+def test_not_an_image():
+    err = fails(images.open_image, b"hello, this is not an image at all", "png", max_pixels=10**8,
+                target=T)
+    assert "not a readable image" in err.message and "PNG, JPEG" in err.message
+
+
+def test_known_unsupported_format_is_named():
+    tiff = encode(Image.new("RGB", (8, 8)), "TIFF")
+    err = fails(images.open_image, tiff, "png", max_pixels=10**8, target=T)
+    assert err.message.startswith("TIFF images are not supported")
+
+
+@pytest.mark.parametrize("declared, path", [("png", "chelsea.jpg"), ("jpeg", "horse.png"),
+                                            ("gif", "synthetic/cat.webp"),
+                                            ("webp", "synthetic/cat.bmp")])
+def test_declared_format_must_match(declared, path):
+    err = fails(images.open_image, (IMAGES / path).read_bytes(), declared, max_pixels=10**8,
+                target=T)
+    assert f"declares image/{declared}" in err.message
+
+
+def test_huge_header_is_refused_from_the_header():
+    data = (SYN / "huge_header.png").read_bytes()
+    assert len(data) < 200
+    err = fails(pixels, SYN / "huge_header.png")
+    assert "400,000,000 pixels" in err.message and "40,000,000" in err.message
+
+
+def test_pixel_limit_from_settings():
+    err = fails(images.open_image, (IMAGES / "chelsea.jpg").read_bytes(), "jpeg", max_pixels=10_000,
+                target=T)
+    assert "451x300 = 135,300 pixels" in err.message and "10,000" in err.message
+
+
+def test_pillow_limit_is_only_raised():
+    before = Image.MAX_IMAGE_PIXELS
+    images.ensure_pillow_limit(10)
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_truncated_files_are_refused():
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    assert "truncated or corrupt" in fails(pixels, SYN / "truncated.jpg").message
+    png = (IMAGES / "horse.png").read_bytes()
+    fails(images.image_to_pixel_values, data_url(png[: len(png) // 2], "png"), SETTINGS, 0)
+
+
+# -- modes --------------------------------------------------------------------------------------
+
+def test_alpha_is_composited_on_white():
+    rgba = Image.new("RGBA", (4, 4), (0, 255, 0, 0))           # fully transparent green
+    rgba.putpixel((0, 0), (255, 0, 0, 255))
+    out = np.asarray(images.to_rgb(rgba))
+    assert out[0, 0].tolist() == [255, 0, 0] and out[1, 1].tolist() == [255, 255, 255]
+    la = Image.new("LA", (2, 2), (0, 128))                     # half-transparent black
+    assert np.asarray(images.to_rgb(la))[0, 0].tolist() == [127, 127, 127]
+
+
+@pytest.mark.parametrize("name", ["cat_rgba.png", "cat_palette_trns.png"])
+def test_transparent_corners_become_white(name):
+    im = Image.open(SYN / name)
+    im.load()
+    corner = np.asarray(images.to_rgb(im))[0, 0]
+    assert corner.tolist() == [255, 255, 255]                   # not the hidden green
+
+
+def test_sixteen_bit_is_scaled_not_clipped():
+    im16 = Image.open(SYN / "cat_16bit.png")
+    assert im16.mode == "I;16"
+    rgb = np.asarray(images.to_rgb(im16), dtype=np.float32)
+    grey = np.asarray(images.to_rgb(Image.open(SYN / "cat_grey.jpg")), dtype=np.float32)
+    assert rgb.max() < 255 and abs(rgb.mean() - grey.mean()) < 3
+    i32 = Image.fromarray((np.arange(16, dtype=np.int32).reshape(4, 4) * 4369), "I")   # 0..65535
+    assert np.asarray(images.to_rgb(i32))[-1, -1].tolist() == [255, 255, 255]
+    f = Image.fromarray(np.full((2, 2), 0.5, np.float32), "F")
+    assert np.asarray(images.to_rgb(f))[0, 0].tolist() == [128, 128, 128]
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "CMYK", "YCbCr", "LA", "PA", "RGBA", "I;16", "I", "F"])
+def test_every_mode_becomes_rgb(mode):
+    im = Image.new("RGB", (5, 3), (200, 100, 50)).convert(mode)
+    out = images.to_rgb(im)
+    assert out.mode == "RGB" and out.size == (5, 3)
+
+
+def test_first_frame_of_an_animation():
+    cat = pixels(IMAGES / "chelsea.jpg")
+    coffee = pixels(IMAGES / "coffee.jpg")
+    gif = pixels(SYN / "cat_anim.gif")
+    assert np.abs(gif - cat).mean() < np.abs(gif - coffee).mean() / 3
+
+
+def test_exif_orientation_is_applied():
+    upright = pixels(SYN / "cat_rgba.png")
+    rotated = pixels(SYN / "cat_exif6.jpg")
+    stored = Image.open(SYN / "cat_exif6.jpg")
+    assert images.exif_orientation(stored) == 6
+    ignored = images.preprocess(images.to_rgb(stored.convert("RGB")), 1)
+    assert np.abs(rotated - upright).mean() < 0.05 < np.abs(ignored - upright).mean()
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in SYN.iterdir()
+                                        if p.name not in ("huge_header.png", "truncated.jpg")))
+def test_every_variant_decodes(path):
+    x = pixels(SYN / path)
+    assert x.shape == (3, 224, 224) and x.dtype == np.float32
+    assert -1.0 <= x.min() and x.max() <= 1.0
+    original = images.to_rgb(Image.open(IMAGES / "chelsea.jpg"))
+    if path in ("cat_grey.jpg", "cat_16bit.png"):
+        original = images.to_rgb(original.convert("L"))
+    assert np.abs(x - images.preprocess(original)).mean() < 0.05      # measured <= 0.03
+
+
+# -- preprocessing ------------------------------------------------------------------------------
+
+def test_pixel_values_range_and_layout():
+    im = Image.new("RGB", (300, 224), (255, 127, 0))
+    x = images.preprocess(im)
+    assert x.shape == (3, 224, 224)
+    assert np.allclose(x[0], 128 / 128) and np.allclose(x[1], 0) and np.allclose(x[2], -127 / 128)
+
+
+@pytest.mark.parametrize("path", ["chelsea.jpg", "coffee.jpg", "grace_hopper.jpg", "horse.png"])
+def test_one_resample_matches_resize_then_crop(path):
+    im = images.to_rgb(Image.open(IMAGES / path))
+    a = images.to_pixel_values(images.center_crop(images.resize_shorter(im)))
+    b = images.to_pixel_values(images.resize_center_crop(im))
+    assert np.abs(a - b).mean() < 0.05                            # < 7 grey levels on average
+
+
+@pytest.mark.parametrize("path", ["horse.png", "synthetic/cat_rgba.png",
+                                  "synthetic/cat_palette_trns.png"])
+def test_composite_after_resize_equals_composite_first(path):
+    im = Image.open(IMAGES / path)
+    first = images.to_pixel_values(images.resize_center_crop(images.to_rgb(im)))
+    assert images.to_resizable(im).mode == "RGBA"
+    assert np.abs(images.preprocess(im) - first).mean() < 0.005       # < 1 grey level
+
+
+@pytest.mark.parametrize("mode, expected", [("1", "L"), ("L", "L"), ("LA", "LA"), ("La", "LA"),
+                                            ("P", "RGB"), ("PA", "RGBA"), ("RGB", "RGB"),
+                                            ("RGBa", "RGBA"), ("CMYK", "RGB"), ("YCbCr", "RGB"),
+                                            ("I;16", "L"), ("I", "L"), ("F", "L")])
+def test_resizable_modes(mode, expected):
+    im = Image.new("RGB", (4, 4), (200, 100, 50)).convert(mode)
+    assert images.to_resizable(im).mode == expected
+
+
+@pytest.mark.parametrize("size", [(1, 1), (40000, 1), (1, 3000), (224, 224), (257, 4000)])
+def test_extreme_sizes_stay_cheap(size):
+    im = Image.new("RGB", size, (10, 20, 30))
+    assert images.resize_center_crop(im).size == (224, 224)
+
+
+def test_orientation_commutes_with_the_crop():
+    im = images.to_rgb(Image.open(IMAGES / "chelsea.jpg"))
+    for orientation, method in images._ORIENTATION.items():
+        a = images.to_pixel_values(images.resize_center_crop(im.transpose(method)))
+        assert np.abs(a - images.preprocess(im, orientation)).max() < 1e-6
+
+
+def test_jpeg_draft_decodes_big_jpegs_smaller():
+    big = Image.open(IMAGES / "chelsea.jpg").resize((1804, 1200), Image.Resampling.LANCZOS)
+    data = encode(big, "JPEG", quality=92)
+    im = images.load_first_frame(Image.open(io.BytesIO(data)), target=T)
+    assert im.size == (451, 300) and min(im.size) >= images.RESIZE_TO     # DCT scale 1/4
+    full = images.load_first_frame(Image.open(io.BytesIO(data)), target=T, draft_to=None)
+    assert full.size == (1804, 1200)
+    url = data_url(data, "jpeg")
+    drafted = images.image_to_pixel_values(url, SETTINGS, 0)
+    exact = images.image_to_pixel_values(url, SETTINGS, 0, draft=False)
+    assert np.abs(drafted - exact).mean() < 0.01                  # ~1 grey level
