@@ -36,12 +36,12 @@ from .onnx_session import create_session
 from .pooling import l2_normalize
 from .registry import Deployment, FileRef
 from .settings import Settings
+from .text import check_truncate_extras
 
 log = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_TOKENS = 49      # the 7x7 positions of the final feature map that are pooled
 DEFAULT_BATCH_SIZE = 8         # images per inference call (throughput is flat above ~2 on CPU)
-TRUNCATE_VALUES = ("NONE", "END", "START")
 
 _sessions: dict[tuple, Any] = {}
 _sessions_lock = threading.Lock()
@@ -189,19 +189,7 @@ class ConseBackend(_ImageBackend):
                  self.top_t, text_dep.name)
 
     def check_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"truncate": "NONE"}
-        for key, value in extras.items():
-            if key != "truncate":
-                raise errors.unsupported_parameter(
-                    f"Parameter '{errors._clip(key)}' is not supported by deployment "
-                    f"'{self.deployment.name}'. Supported extra parameters: truncate (for the "
-                    "items' text).", target=key)
-            if not isinstance(value, str) or value.upper() not in TRUNCATE_VALUES:
-                raise errors.validation(
-                    "'truncate' must be one of " + ", ".join(f'"{v}"' for v in TRUNCATE_VALUES)
-                    + ".", target="truncate")
-            out["truncate"] = value.upper()
-        return out
+        return check_truncate_extras(extras, self.deployment.name, " (for the items' text)")
 
     def _text_ids(self, inputs: Sequence[Any], input_type: str, truncate: str):
         idx = [i for i, item in enumerate(inputs) if item.text is not None]

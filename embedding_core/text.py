@@ -25,6 +25,22 @@ log = logging.getLogger(__name__)
 TRUNCATE_VALUES = ("NONE", "END", "START")
 
 
+def check_truncate_extras(extras: dict[str, Any], deployment: str, what: str = "") -> dict[str, Any]:
+    """Pass-through extras of deployments that tokenise text: ``truncate`` and nothing else."""
+    out: dict[str, Any] = {"truncate": "NONE"}
+    for key, value in extras.items():
+        if key != "truncate":
+            raise errors.unsupported_parameter(
+                f"Parameter '{errors._clip(key)}' is not supported by deployment "
+                f"'{deployment}'. Supported extra parameters: truncate{what}.", target=key)
+        if not isinstance(value, str) or value.upper() not in TRUNCATE_VALUES:
+            raise errors.validation(
+                "'truncate' must be one of " + ", ".join(f'"{v}"' for v in TRUNCATE_VALUES)
+                + ".", target="truncate")
+        out["truncate"] = value.upper()
+    return out
+
+
 class TextBackend:
     def __init__(self, deployment: Deployment, settings: Settings, registry: Any = None):
         from tokenizers import Tokenizer
@@ -53,18 +69,7 @@ class TextBackend:
 
     # -- extras ---------------------------------------------------------------------------------
     def check_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"truncate": "NONE"}
-        for key, value in extras.items():
-            if key != "truncate":
-                raise errors.unsupported_parameter(
-                    f"Parameter '{errors._clip(key)}' is not supported by deployment "
-                    f"'{self.deployment.name}'. Supported extra parameters: truncate.", target=key)
-            if not isinstance(value, str) or value.upper() not in TRUNCATE_VALUES:
-                raise errors.validation(
-                    "'truncate' must be one of " + ", ".join(f'"{v}"' for v in TRUNCATE_VALUES)
-                    + ".", target="truncate")
-            out["truncate"] = value.upper()
-        return out
+        return check_truncate_extras(extras, self.deployment.name)
 
     # -- tokenisation ---------------------------------------------------------------------------
     def tokenize(self, inputs: Sequence[str | list[int]], *, input_type: str = "text",
