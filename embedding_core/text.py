@@ -58,6 +58,9 @@ class TextBackend:
         self.sep_id = tok.token_to_id(opts.get("sep_token", "[SEP]"))
         self.pad_id = tok.token_to_id(opts.get("pad_token", "[PAD]")) or 0
         self.pool = POOLING[opts.get("pooling", "mean")]
+        # A deployment may cap its micro-batch (1 for models whose output depends on the batch).
+        self.max_batch_size = min(settings.max_batch_size,
+                                  int(opts.get("max_batch_size", settings.max_batch_size)))
         self.session = create_session(deployment.files["model"].verified(), settings)
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_name = opts.get("output", self.session.get_outputs()[0].name)
@@ -118,8 +121,7 @@ class TextBackend:
     def embed_ids(self, ids: Sequence[np.ndarray]) -> np.ndarray:
         lengths = [len(x) for x in ids]
         out = np.empty((len(ids), self.deployment.dimensions), dtype=np.float32)
-        for batch in plan_batches(lengths, self.settings.batch_token_budget,
-                                  self.settings.max_batch_size):
+        for batch in plan_batches(lengths, self.settings.batch_token_budget, self.max_batch_size):
             width = max(lengths[i] for i in batch)
             input_ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
             mask = np.zeros((len(batch), width), dtype=np.int64)

@@ -12,6 +12,14 @@ from conftest import DATA
 from embedding_core.encodings import to_ubinary, to_uint8
 
 
+DEPLOYMENTS = ["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-fast"]
+
+
+@pytest.fixture(scope="module", params=DEPLOYMENTS)
+def any_backend(request, registry):
+    return registry.backend(registry.find(request.param))
+
+
 def test_matches_sentence_transformers_reference(text_backend, reference):
     vecs = text_backend.encode(reference["texts"], extras={"truncate": "END"}).vectors
     ref = np.asarray(reference["embeddings"], dtype=np.float32)
@@ -20,25 +28,33 @@ def test_matches_sentence_transformers_reference(text_backend, reference):
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
 
 
+def test_fast_deployment_meets_its_quality_bar(registry, reference):
+    """The int8-compute model trades fidelity for speed: min >= 0.99, median >= 0.998."""
+    fast = registry.backend(registry.find("all-MiniLM-L6-v2-fast"))
+    vecs = fast.encode(reference["texts"], extras={"truncate": "END"}).vectors
+    cos = np.sum(vecs * np.asarray(reference["embeddings"], dtype=np.float32), axis=1)
+    assert cos.min() >= 0.99 and np.median(cos) >= 0.998, cos.round(5)
+
+
 def test_token_counts_match_the_reference_tokenizer(text_backend, reference):
     ids = text_backend.tokenize(reference["texts"], truncate="END")
     expected = [min(n, 256) for n in reference["tokens_untruncated"]]
     assert [len(x) for x in ids] == expected
 
 
-def test_paraphrases_are_closer_than_unrelated_pairs(text_backend):
+def test_paraphrases_are_closer_than_unrelated_pairs(any_backend):
     spec = json.loads((DATA / "reference_texts.json").read_text(encoding="utf-8"))
-    v = text_backend.encode(spec["texts"], extras={"truncate": "END"}).vectors
+    v = any_backend.encode(spec["texts"], extras={"truncate": "END"}).vectors
     para = [float(v[a] @ v[b]) for a, b in spec["paraphrases"]]
     unrelated = [float(v[a] @ v[b]) for a, b in spec["unrelated"]]
     assert min(para) > max(unrelated), (para, unrelated)
 
 
-def test_output_in_a_batch_equals_batch_of_one(text_backend, reference):
+def test_output_in_a_batch_equals_batch_of_one(any_backend, reference):
     texts = reference["texts"]
-    batched = text_backend.encode(texts, extras={"truncate": "END"}).vectors
+    batched = any_backend.encode(texts, extras={"truncate": "END"}).vectors
     for i, text in enumerate(texts):
-        alone = text_backend.encode([text], extras={"truncate": "END"}).vectors[0]
+        alone = any_backend.encode([text], extras={"truncate": "END"}).vectors[0]
         assert np.abs(alone - batched[i]).max() <= 1e-5, text
 
 
@@ -57,9 +73,9 @@ def test_small_token_budget_gives_the_same_vectors(registry, reference):
     assert np.abs(a - b).max() <= 1e-5
 
 
-def test_int8_is_identical_alone_and_inside_a_batch_of_50(text_backend, registry, reference):
-    dep = registry.default_for("text")
-    lo, hi = registry.calibration(dep).get(384)
+def test_int8_is_identical_alone_and_inside_a_batch_of_50(any_backend, registry, reference):
+    text_backend = any_backend
+    lo, hi = registry.calibration(any_backend.deployment).get(384)
     others = [f"Filler sentence number {i} about {w}." for i, w in
               enumerate(["rivers", "trains", "music", "chess", "volcanoes"] * 10)]
     target = reference["texts"][2]
@@ -74,11 +90,11 @@ def _rank1_accuracy(q: np.ndarray, d: np.ndarray, sim) -> float:
     return float(np.mean(np.argmax(sim(q, d), axis=1) == np.arange(len(q))))
 
 
-def test_retrieval_with_int8_and_binary_is_about_as_good_as_float(text_backend, registry):
+def test_retrieval_with_int8_and_binary_is_about_as_good_as_float(any_backend, registry):
     spec = json.loads((DATA / "retrieval.json").read_text(encoding="utf-8"))
-    q = text_backend.encode(spec["queries"]).vectors
-    d = text_backend.encode(spec["documents"]).vectors
-    lo, hi = registry.calibration(registry.default_for("text")).get(384)
+    q = any_backend.encode(spec["queries"]).vectors
+    d = any_backend.encode(spec["documents"]).vectors
+    lo, hi = registry.calibration(any_backend.deployment).get(384)
 
     float_acc = _rank1_accuracy(q, d, lambda a, b: a @ b.T)
     int8 = lambda x: to_uint8(x, lo, hi).astype(np.float32) - 128.0  # noqa: E731
@@ -86,7 +102,7 @@ def test_retrieval_with_int8_and_binary_is_about_as_good_as_float(text_backend, 
     bits = lambda x: np.unpackbits(to_ubinary(x), axis=1).astype(np.int32)  # noqa: E731
     hamming = lambda a, b: -(a[:, None, :] != b[None, :, :]).sum(-1)  # noqa: E731
     binary_acc = _rank1_accuracy(bits(q), bits(d), hamming)
-    print(f"rank-1 accuracy on {len(q)} queries: float {float_acc:.3f}, int8 {int8_acc:.3f}, "
+    print(f"{any_backend.deployment.name}: rank-1 accuracy on {len(q)} queries: float {float_acc:.3f}, int8 {int8_acc:.3f}, "
           f"binary {binary_acc:.3f}")
     assert float_acc >= 0.9
     assert int8_acc >= float_acc - 1 / len(q)
