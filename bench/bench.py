@@ -37,6 +37,8 @@ import workloads  # noqa: E402
 KEY = "bench-key"
 Q = "?api-version=2024-05-01-preview"
 TOOLS_PY = ROOT / ".venv-tools" / "bin" / "python"
+DEPLOYMENTS = ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2-fast")
+ROUNDS = 3  # each throughput figure is the median of this many rounds (1 in smoke runs)
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -119,20 +121,23 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 # -- measurements ---------------------------------------------------------------------------------
 
-def engine_in_process(w: dict, singles: int) -> dict:
+def engine_in_process(w: dict, singles: int, deployment: str) -> dict:
     from embedding_core.registry import Registry
     from embedding_core.settings import Settings
 
     reg = Registry.from_settings(Settings.from_env({}))
-    backend = reg.backend(reg.default_for("text"))
+    backend = reg.backend(reg.find(deployment))
     backend.encode(w["short"][:64])
     out = {}
     for name in ("short", "mixed"):
-        t0 = time.perf_counter()
-        for c in chunks(w[name], 32):
-            backend.encode(c, extras={"truncate": "END"})
-        dt = time.perf_counter() - t0
-        out[name] = {"n": len(w[name]), "seconds": dt, "per_second": len(w[name]) / dt}
+        def once() -> float:
+            t0 = time.perf_counter()
+            for c in chunks(w[name], 32):
+                backend.encode(c, extras={"truncate": "END"})
+            return time.perf_counter() - t0
+        dt = statistics.median(once() for _ in range(ROUNDS))
+        out[name] = {"n": len(w[name]), "seconds": dt, "per_second": len(w[name]) / dt,
+                     "rounds": ROUNDS}
     lat = []
     for text in w["short"][:singles]:
         t0 = time.perf_counter()
@@ -144,23 +149,25 @@ def engine_in_process(w: dict, singles: int) -> dict:
     return out
 
 
-def end_to_end(w: dict, clients: int, singles: int) -> dict:
+def end_to_end(w: dict, clients: int, singles: int, deployment: str) -> dict:
     server = Server()
     try:
         conn = server.conn()
-        server.post(conn, "/embeddings", {"input": w["short"][:64]})  # load the model
+        server.post(conn, "/embeddings", {"input": w["short"][:64], "model": deployment})  # load
         out: dict = {}
         for name in ("short", "mixed"):
             for fmt in ("float", "base64"):
-                bodies = [{"input": c, "encoding_format": fmt, "truncate": "END"}
+                bodies = [{"input": c, "encoding_format": fmt, "truncate": "END",
+                           "model": deployment}
                           for c in chunks(w[name], 32)]
-                dt = run_clients(server, "/embeddings", bodies, clients)
-                out[f"{name}_{fmt}"] = {"n": len(w[name]), "seconds": dt,
+                dt = statistics.median(run_clients(server, "/embeddings", bodies, clients)
+                                       for _ in range(ROUNDS))
+                out[f"{name}_{fmt}"] = {"n": len(w[name]), "seconds": dt, "rounds": ROUNDS,
                                         "per_second": len(w[name]) / dt, "clients": clients}
         lat = []
         for text in w["short"][:singles]:
             t0 = time.perf_counter()
-            server.post(conn, "/embeddings", {"input": [text]})
+            server.post(conn, "/embeddings", {"input": [text], "model": deployment})
             lat.append(time.perf_counter() - t0)
         lat.sort()
         out["single"] = {"n": len(lat), "p50_ms": 1000 * lat[len(lat) // 2],
@@ -168,7 +175,8 @@ def end_to_end(w: dict, clients: int, singles: int) -> dict:
         out["quality_vectors"] = [
             d["embedding"] for c in chunks(w["quality"], 256)
             for d in json.loads(server.post(conn, "/embeddings",
-                                            {"input": c, "truncate": "END"}))["data"]]
+                                            {"input": c, "truncate": "END",
+                                             "model": deployment}))["data"]]
         conn.close()
         return out
     finally:
@@ -239,10 +247,13 @@ def images(n: int, per_request: int, clients: int) -> dict | None:
     backend = reg.backend(dep)
     items = [ImageInput(u) for u in urls]
     backend.encode(items[:per_request], input_type="text", extras=backend.check_extras({}))
-    t0 = time.perf_counter()
-    for c in chunks(items, per_request):
-        backend.encode(c, input_type="text", extras=backend.check_extras({}))
-    inproc = time.perf_counter() - t0
+
+    def in_process() -> float:
+        t0 = time.perf_counter()
+        for c in chunks(items, per_request):
+            backend.encode(c, input_type="text", extras=backend.check_extras({}))
+        return time.perf_counter() - t0
+
     server = Server()
     try:
         conn = server.conn()
@@ -250,9 +261,12 @@ def images(n: int, per_request: int, clients: int) -> dict | None:
         conn.close()
         bodies = [{"input": [{"image": u} for u in c], "encoding_format": "base64"}
                   for c in chunks(urls, per_request)]
-        e2e = run_clients(server, "/images/embeddings", bodies, clients)
+        pairs = [(in_process(), run_clients(server, "/images/embeddings", bodies, clients))
+                 for _ in range(ROUNDS)]  # interleaved, so both see the same machine
     finally:
         server.stop()
+    inproc = statistics.median(p[0] for p in pairs)
+    e2e = statistics.median(p[1] for p in pairs)
     return {"deployment": dep.name, "n": n, "per_request": per_request,
             "in_process_per_second": n / inproc, "end_to_end_per_second": n / e2e}
 
@@ -298,7 +312,7 @@ def machine() -> dict:
 # -- report ---------------------------------------------------------------------------------------
 
 def report(r: dict) -> str:
-    ref, eng, e2e = r.get("reference"), r["engine"], r["end_to_end"]
+    ref = r.get("reference") or {}
     rows = []
 
     def row(name, value, unit, ref_value=None, target=""):
@@ -307,44 +321,85 @@ def report(r: dict) -> str:
                     + (f"{ref_value:,.1f} {unit}" if ref_value is not None else "–") + " | "
                     + (f"{rat:.2f}×" if rat is not None else "–") + f" | {target} |")
 
-    rs = (ref or {}).get
-    row("short sentences/s, in-process engine", eng["short"]["per_second"], "/s",
-        rs("short", {}).get("per_second"))
-    row("short sentences/s, end to end, float", e2e["short_float"]["per_second"], "/s",
-        rs("short", {}).get("per_second"), "≥ 2.0×")
-    row("short sentences/s, end to end, base64", e2e["short_base64"]["per_second"], "/s",
-        rs("short", {}).get("per_second"), "≥ 2.0×")
-    row("mixed lengths/s, in-process engine", eng["mixed"]["per_second"], "/s",
-        rs("mixed", {}).get("per_second"))
-    row("mixed lengths/s, end to end, float", e2e["mixed_float"]["per_second"], "/s",
-        rs("mixed", {}).get("per_second"))
-    row("mixed lengths/s, end to end, base64", e2e["mixed_base64"]["per_second"], "/s",
-        rs("mixed", {}).get("per_second"))
-    row("single input p50 latency, engine", eng["single"]["p50_ms"], "ms", rs("single", {}).get("p50_ms"))
-    row("single input p50 latency, end to end", e2e["single"]["p50_ms"], "ms", rs("single", {}).get("p50_ms"))
-    row("single input p95 latency, end to end", e2e["single"]["p95_ms"], "ms", rs("single", {}).get("p95_ms"))
-    row("end to end / engine, short float", 100 * e2e["short_float"]["per_second"] / eng["short"]["per_second"], "%", None, "≥ 90 %")
-    row("end to end / engine, short base64", 100 * e2e["short_base64"]["per_second"] / eng["short"]["per_second"], "%", None, "≥ 90 %")
-    cs, rcs = r["cold_start"], rs("cold_start", {})
-    row("import function_app", 1000 * cs["import_s"], "ms", 1000 * rcs["import_s"] if rcs else None, "≤ 300 ms")
+    st = lambda *keys: _get(ref, *keys)  # noqa: E731
+    for d in DEPLOYMENTS:
+        eng, e2e, q = r[f"engine:{d}"], r[f"end_to_end:{d}"], r.get(f"quality:{d}")
+        row(f"`{d}` short sentences/s, in-process engine", eng["short"]["per_second"], "/s",
+            st("short", "per_second"))
+        for fmt in ("float", "base64"):
+            row(f"`{d}` short sentences/s, end to end, {fmt}", e2e[f"short_{fmt}"]["per_second"],
+                "/s", st("short", "per_second"), "≥ 2.0×")
+        row(f"`{d}` mixed lengths/s, in-process engine", eng["mixed"]["per_second"], "/s",
+            st("mixed", "per_second"))
+        for fmt in ("float", "base64"):
+            row(f"`{d}` mixed lengths/s, end to end, {fmt}", e2e[f"mixed_{fmt}"]["per_second"],
+                "/s", st("mixed", "per_second"))
+        row(f"`{d}` single input p50, end to end", e2e["single"]["p50_ms"], "ms",
+            st("single", "p50_ms"))
+        row(f"`{d}` single input p95, end to end", e2e["single"]["p95_ms"], "ms",
+            st("single", "p95_ms"))
+        for fmt in ("float", "base64"):
+            row(f"`{d}` end to end / in-process engine, short {fmt}",
+                100 * e2e[f"short_{fmt}"]["per_second"] / eng["short"]["per_second"], "%", None,
+                "≥ 90 %")
+        if q:
+            rows.append(f"| `{d}` cosine vs fp32 reference ({q['n']} held-out texts) | min "
+                        f"{q['min']:.4f}, median {q['median']:.4f} | 1 | – | "
+                        "min ≥ 0.99, median ≥ 0.998 |")
+    cs = r["cold_start"]
+    row("import function_app", 1000 * cs["import_s"], "ms", _scale(st("cold_start", "import_s")),
+        "≤ 300 ms")
     row("first embedding in a fresh process", 1000 * cs["first_embedding_s"], "ms",
-        1000 * rcs["first_embedding_s"] if rcs else None, "≤ 1500 ms")
-    row(f"peak RSS, largest request ({r['peak_rss']['inputs']} × {r['peak_rss']['tokens'] // r['peak_rss']['inputs']} tokens)",
-        r["peak_rss"]["peak_rss_mb"], "MB", rs("peak_rss_mb"), "≤ 700 MB")
+        _scale(st("cold_start", "first_embedding_s")), "≤ 1500 ms")
+    p = r["peak_rss"]
+    row(f"peak RSS, largest request ({p['inputs']} inputs, {p['tokens']} tokens)",
+        p["peak_rss_mb"], "MB", st("peak_rss_mb"), "≤ 700 MB")
     if r.get("images"):
         im = r["images"]
-        row("images/s end to end (224-px JPEG)", im["end_to_end_per_second"], "/s",
-            im["in_process_per_second"], "≥ 0.85× of in-process (reference column)")
-    if r.get("quality"):
-        q = r["quality"]
-        rows.append(f"| cosine vs fp32 reference ({q['n']} held-out texts) | min {q['min']:.4f}, "
-                    f"median {q['median']:.4f} | 1 | – | min ≥ 0.99, median ≥ 0.998 |")
-    head = ("| measure | service | reference | ratio | target |\n|---|---|---|---|---|")
+        row("images/s end to end (224-px JPEG; reference column: decode+model in-process)",
+            im["end_to_end_per_second"], "/s", im["in_process_per_second"], "≥ 0.85×")
+    if r.get("cost"):
+        c = r["cost"]
+        rows.append(f"| cost per 1M embeddings, Flex Consumption on demand, `{c['deployment']}` | "
+                    f"${c['usd_per_million']:.3f} | – | – | {c['basis']} |")
     m = r["machine"]
+    head = "| measure | service | reference | ratio | target |\n|---|---|---|---|---|"
     return (f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime "
-            f"{m['onnxruntime']}; reference: sentence-transformers fp32 (torch "
-            f"{(ref or {}).get('torch', 'not run')}, {(ref or {}).get('threads', '-')} threads, "
-            f"batch_size=32)\n\n" + head + "\n" + "\n".join(rows))
+            f"{m['onnxruntime']}. Reference: sentence-transformers all-MiniLM-L6-v2 fp32, torch "
+            f"{ref.get('torch', 'not run')}, {ref.get('threads', '-')} threads, "
+            f"encode(batch_size=32). Run {r['date']}.\n\n" + head + "\n" + "\n".join(rows))
+
+
+def _get(d: dict, *keys):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _scale(seconds: float | None) -> float | None:
+    return None if seconds is None else 1000 * seconds
+
+
+# Flex Consumption on-demand rates (USD): $0.000026 per GB-second of instance memory while
+# executing, $0.40 per million executions (third-party summary of the Azure pricing page,
+# modal.com, 2025-05-22; check the current Azure Functions pricing page for your region).
+FLEX_GB_SECOND_USD = 0.000026
+FLEX_PER_MILLION_EXECUTIONS_USD = 0.40
+
+
+def cost(r: dict, memory_gb: float = 2.0, per_request: int = 32) -> dict | None:
+    """USD per 1M embeddings from the measured end-to-end throughput of the fastest deployment."""
+    best = max(DEPLOYMENTS, key=lambda d: r[f"end_to_end:{d}"]["short_base64"]["per_second"])
+    rate = r[f"end_to_end:{best}"]["short_base64"]["per_second"]
+    seconds = 1e6 / rate
+    usd = seconds * memory_gb * FLEX_GB_SECOND_USD + (1e6 / per_request) / 1e6 * \
+        FLEX_PER_MILLION_EXECUTIONS_USD
+    return {"deployment": best, "usd_per_million": usd, "sentences_per_second": rate,
+            "basis": f"{memory_gb:g} GB instance, requests of {per_request} short sentences, "
+                     f"${FLEX_GB_SECOND_USD}/GB-s + ${FLEX_PER_MILLION_EXECUTIONS_USD}/1M "
+                     "executions, before free grants; throughput of this machine"}
 
 
 def main() -> None:
@@ -354,6 +409,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
     smoke = args.smoke
+    global ROUNDS
+    ROUNDS = 1 if smoke else ROUNDS
     sizes = (64, 32, 40) if smoke else (1024, 256, 400)
     singles = 10 if smoke else 100
     w = workloads.build(*sizes)
@@ -367,11 +424,12 @@ def main() -> None:
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     steps = [
         ("reference", lambda: None if smoke else reference(w_path, singles)),
-        ("engine", lambda: engine_in_process(w, singles)),
-        ("end_to_end", lambda: end_to_end(w, args.clients, singles)),
+        *[(f"engine:{d}", lambda d=d: engine_in_process(w, singles, d)) for d in DEPLOYMENTS],
+        *[(f"end_to_end:{d}", lambda d=d: end_to_end(w, args.clients, singles, d))
+          for d in DEPLOYMENTS],
         ("cold_start", lambda: cold_start(1 if smoke else 3)),
         ("peak_rss", lambda: peak_rss(w, 64 if smoke else None)),
-        ("images", lambda: images(16 if smoke else 128, 8, args.clients)),
+        ("images", lambda: images(16 if smoke else 96, 8, args.clients)),
     ]
     for name, fn in steps:
         t0 = time.perf_counter()
@@ -379,11 +437,13 @@ def main() -> None:
         print(f"[bench] {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
     ref_vecs = (results.get("reference") or {}).pop("quality_vectors", None)
-    served = np.asarray(results["end_to_end"].pop("quality_vectors"), dtype=np.float32)
-    if ref_vecs is not None:
-        cos = np.sum(served * np.asarray(ref_vecs, dtype=np.float32), axis=1)
-        results["quality"] = {"n": len(cos), "min": float(cos.min()),
-                              "median": float(np.median(cos))}
+    for d in DEPLOYMENTS:
+        served = np.asarray(results[f"end_to_end:{d}"].pop("quality_vectors"), dtype=np.float32)
+        if ref_vecs is not None:
+            cos = np.sum(served * np.asarray(ref_vecs, dtype=np.float32), axis=1)
+            results[f"quality:{d}"] = {"n": len(cos), "min": float(cos.min()),
+                                       "median": float(np.median(cos))}
+    results["cost"] = cost(results)
     os.unlink(w_path)
     text = report(results)
     print(text)

@@ -50,11 +50,11 @@ _sessions_lock = threading.Lock()
 def shared_session(ref: FileRef, settings: Settings):
     """One onnxruntime session per (model file, sha256, runtime settings) in this process."""
     key = (str(ref.path), ref.sha256, settings.ort_intra_op_threads,
-           settings.ort_inter_op_threads, settings.ort_optimization_level)
+           settings.ort_inter_op_threads, settings.ort_optimization_level, settings.ort_spinning)
     with _sessions_lock:
         session = _sessions.get(key)
         if session is None:
-            session = create_session(ref.verified(), settings)
+            session = create_session(ref.verified(), settings, spin=False)
             _sessions[key] = session
         return session
 

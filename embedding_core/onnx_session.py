@@ -10,7 +10,10 @@ _LEVELS = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
            "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
-def create_session(model_path: Path, settings: Settings):
+def create_session(model_path: Path, settings: Settings, *, spin: bool = True):
+    """A CPU session. ``spin``: whether idle intra-op threads busy-wait for the next run (good
+    for back-to-back small runs, as in text; bad when Python work such as image decoding runs
+    between them). ``EMBEDDINGS_ORT_SPINNING`` overrides it for every model."""
     import onnxruntime as ort  # heavy import: only when a model loads
 
     opts = ort.SessionOptions()
@@ -21,5 +24,8 @@ def create_session(model_path: Path, settings: Settings):
     opts.inter_op_num_threads = settings.ort_inter_op_threads
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
+    if settings.ort_spinning is not None:
+        spin = settings.ort_spinning
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return ort.InferenceSession(str(model_path), sess_options=opts,
                                 providers=["CPUExecutionProvider"])

@@ -35,6 +35,17 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _bool(env: Mapping[str, str], name: str) -> bool | None:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return None
+    if raw in ("1", "true", "on", "yes"):
+        return True
+    if raw in ("0", "false", "off", "no"):
+        return False
+    raise ValueError(f"setting {name} must be true or false, got {raw!r}")
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
 
@@ -63,6 +74,7 @@ class Settings:
     ort_intra_op_threads: int = 0          # 0 = onnxruntime's default (one per core)
     ort_inter_op_threads: int = 1
     ort_optimization_level: str = "all"     # disabled | basic | extended | all
+    ort_spinning: bool | None = None        # None: each backend's default
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -94,5 +106,6 @@ class Settings:
             ort_intra_op_threads=_int(env, "EMBEDDINGS_ORT_INTRA_OP_THREADS", cls.ort_intra_op_threads, 0),
             ort_inter_op_threads=_int(env, "EMBEDDINGS_ORT_INTER_OP_THREADS", cls.ort_inter_op_threads, 1),
             ort_optimization_level=level,
+            ort_spinning=_bool(env, "EMBEDDINGS_ORT_SPINNING"),
             env=env,
         )
