@@ -25,6 +25,7 @@ def build(n_short: int, n_mixed: int, n_quality: int) -> dict[str, list[str]]:
         start = rng.randrange(0, len(words) - k)
         mixed.append(" ".join(words[start:start + k]))
     # the largest request: inputs that all reach the token limit
-    longest = [" ".join(words[i * 200:(i + 1) * 200]) for i in range(2048)]
+    longest = [" ".join(words[(i * 200 + k) % len(words)] for k in range(200))
+               for i in range(2048)]
     quality = corpus[-n_quality:] + mixed[:n_quality // 4]
     return {"short": short, "mixed": mixed, "longest": longest, "quality": quality}
