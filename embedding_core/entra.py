@@ -76,6 +76,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from jwt.algorithms import RSAAlgorithm
 
 from . import errors
+from .errors import clip
 
 __all__ = [
     "EntraConfig",
@@ -158,16 +159,16 @@ def require_secure_url(url: str) -> str:
         parts = urlsplit(url)
         host = parts.hostname
     except ValueError as exc:
-        raise ValueError(f"not a valid URL: {_clip(url)}") from exc
+        raise ValueError(f"not a valid URL: {clip(url)}") from exc
     scheme = parts.scheme.lower()
     if not host:
-        raise ValueError(f"URL has no host: {_clip(url)}")
+        raise ValueError(f"URL has no host: {clip(url)}")
     if scheme == "https":
         return url
     if scheme == "http" and _is_loopback_host(host):
         return url
     raise ValueError(
-        f"URL must use https (plain http is allowed only for loopback hosts): {_clip(url)}")
+        f"URL must use https (plain http is allowed only for loopback hosts): {clip(url)}")
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ class EntraConfig:
         tenant = str(self.tenant_id or "").strip().lower()
         if not _GUID.fullmatch(tenant):
             raise ValueError(
-                f"Entra tenant id must be the tenant's GUID (directory id), got {_clip(self.tenant_id)!r}")
+                f"Entra tenant id must be the tenant's GUID (directory id), got {clip(self.tenant_id)!r}")
         audiences = _as_tuple(self.audiences)
         if not audiences:
             raise ValueError("Entra configuration needs at least one accepted audience")
@@ -202,7 +203,7 @@ class EntraConfig:
         require_secure_url(authority)
         parts = urlsplit(authority)
         if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError(f"Entra authority must be a plain base URL, got {_clip(authority)!r}")
+            raise ValueError(f"Entra authority must be a plain base URL, got {clip(authority)!r}")
         if not (isinstance(self.http_timeout, (int, float)) and self.http_timeout > 0):
             raise ValueError("http_timeout must be a positive number of seconds")
         if not (isinstance(self.leeway_seconds, (int, float)) and self.leeway_seconds >= 0):
@@ -420,7 +421,7 @@ class EntraValidator:
             raise InvalidToken("malformed token") from None
         alg = header.get("alg")
         if alg != ALGORITHM:
-            raise InvalidToken(f"algorithm not allowed: {_clip(alg)}")
+            raise InvalidToken(f"algorithm not allowed: {clip(alg)}")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise InvalidToken("token header has no kid")
@@ -450,10 +451,10 @@ class EntraValidator:
         self._check_lifetime(claims)
         iss = claims.get("iss")
         if not isinstance(iss, str) or iss not in issuers:
-            raise InvalidToken(f"wrong issuer {_clip(iss)!r}")
+            raise InvalidToken(f"wrong issuer {clip(iss)!r}")
         if "tid" in claims and (not isinstance(claims["tid"], str)
                                 or claims["tid"].lower() != cfg.tenant_id):
-            raise InvalidToken(f"wrong tenant {_clip(claims['tid'])!r}")
+            raise InvalidToken(f"wrong tenant {clip(claims['tid'])!r}")
         self._check_roles(claims)
         self._check_client(claims)
         return claims
@@ -497,7 +498,7 @@ class EntraValidator:
         else:
             client = claims.get("azp") or claims.get("appid")
         if not isinstance(client, str) or client.lower() not in allowed:
-            raise InvalidToken(f"client application not allowed {_clip(client)!r}")
+            raise InvalidToken(f"client application not allowed {clip(client)!r}")
 
     # Keys --------------------------------------------------------------------------------
 
@@ -520,7 +521,7 @@ class EntraValidator:
         key = keyset.keys.get(kid)
         if key is None:
             suffix = " (key refresh failed)" if refresh_failed else ""
-            raise InvalidToken(f"unknown signing key {_clip(kid)!r}{suffix}")
+            raise InvalidToken(f"unknown signing key {clip(kid)!r}{suffix}")
         return key, keyset.issuers
 
     def _may_refresh(self, now: float) -> bool:
@@ -550,7 +551,7 @@ class EntraValidator:
                 raise ValueError("JWKS has no usable RS256 signing keys")
         except Exception as exc:  # noqa: BLE001 - a failed fetch means 401, not 500
             logger.warning("Entra ID: could not load signing keys from %s: %s: %s",
-                           _clip(url, 200), type(exc).__name__, _clip(exc, 200))
+                           clip(url, 200), type(exc).__name__, clip(exc, 200))
             return False
         issuers = set(self._static_issuers)
         meta_issuer = metadata.get("issuer")
@@ -560,8 +561,3 @@ class EntraValidator:
         logger.info("Entra ID: loaded %d signing key(s) for tenant %s", len(keys), cfg.tenant_id)
         return True
 
-
-def _clip(value: object, limit: int = 80) -> str:
-    """Bounded, printable rendering of untrusted values for reasons and logs."""
-    text = "".join(ch if ch.isprintable() else "?" for ch in str(value))
-    return text if len(text) <= limit else text[: limit - 1] + "…"

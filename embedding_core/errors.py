@@ -52,18 +52,18 @@ def missing_api_version(supported: tuple[str, ...]) -> ApiError:
 def unsupported_api_version(value: str, supported: tuple[str, ...]) -> ApiError:
     return ApiError(
         400, "UnsupportedApiVersionValue",
-        f"Unsupported api-version '{_clip(value)}'. Supported values: " + ", ".join(supported) + ".",
+        f"Unsupported api-version '{clip(value)}'. Supported values: " + ", ".join(supported) + ".",
         target="api-version")
 
 
 def extra_parameters_not_allowed(names: list[str]) -> ApiError:
     return ApiError(
         400, "ExtraParametersNotAllowed",
-        "Unknown parameter(s) " + ", ".join(f"'{_clip(n)}'" for n in names)
+        "Unknown parameter(s) " + ", ".join(f"'{clip(n)}'" for n in names)
         + ". Send the header 'extra-parameters: drop' to ignore them or 'pass-through' to hand "
         "them to the model.",
         target=names[0] if len(names) == 1 else None,
-        details=[{"code": "ExtraParameterNotAllowed", "message": f"Unknown parameter '{_clip(n)}'.",
+        details=[{"code": "ExtraParameterNotAllowed", "message": f"Unknown parameter '{clip(n)}'.",
                   "target": n} for n in names] if len(names) > 1 else None)
 
 
@@ -79,23 +79,23 @@ def unauthorized(message: str, *, invalid_token: bool = False) -> ApiError:
 def model_not_found(name: str, available: list[str]) -> ApiError:
     return ApiError(
         404, "ModelNotFound",
-        f"No deployment named '{_clip(name)}'. Available: " + ", ".join(available) + ".",
+        f"No deployment named '{clip(name)}'. Available: " + ", ".join(available) + ".",
         target="model")
 
 
 def modality_not_supported(name: str, route: str, modality: str) -> ApiError:
     return ApiError(
         404, "ModalityNotSupported",
-        f"Deployment '{_clip(name)}' serves {modality} embeddings and cannot be used on {route}.",
+        f"Deployment '{clip(name)}' serves {modality} embeddings and cannot be used on {route}.",
         target="model")
 
 
 def route_not_found(path: str) -> ApiError:
-    return ApiError(404, "NotFound", f"No route {_clip(path)}.")
+    return ApiError(404, "NotFound", f"No route {clip(path)}.")
 
 
 def method_not_allowed(method: str, allowed: list[str]) -> ApiError:
-    return ApiError(405, "MethodNotAllowed", f"Method {_clip(method)} is not allowed here.",
+    return ApiError(405, "MethodNotAllowed", f"Method {clip(method)} is not allowed here.",
                     headers={"Allow": ", ".join(allowed)})
 
 
@@ -106,7 +106,7 @@ def payload_too_large(size: int, limit: int, target: str | None = None) -> ApiEr
 
 def unsupported_media_type(content_type: str) -> ApiError:
     return ApiError(415, "UnsupportedMediaType",
-                    f"Content-Type '{_clip(content_type)}' is not supported; send application/json.")
+                    f"Content-Type '{clip(content_type)}' is not supported; send application/json.")
 
 
 def validation(message: str, target: str | None = None, code: str = "InvalidParameter") -> ApiError:
@@ -138,11 +138,11 @@ def internal(request_id: str) -> ApiError:
 
 def model_unavailable(name: str, retry_after: int) -> ApiError:
     return ApiError(503, "ModelUnavailable",
-                    f"The model of deployment '{_clip(name)}' is not available right now.",
+                    f"The model of deployment '{clip(name)}' is not available right now.",
                     headers={"Retry-After": str(retry_after)})
 
 
-def _clip(value: object, limit: int = 80) -> str:
+def clip(value: object, limit: int = 80) -> str:
     """Echo client-supplied text back safely: bounded length, printable only."""
     text = str(value)
     text = "".join(ch if ch.isprintable() else "?" for ch in text)

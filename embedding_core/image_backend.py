@@ -132,7 +132,7 @@ class ImageFeatureBackend(_ImageBackend):
     def check_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
         for key in extras:
             raise errors.unsupported_parameter(
-                f"Parameter '{errors._clip(key)}' is not supported by deployment "
+                f"Parameter '{errors.clip(key)}' is not supported by deployment "
                 f"'{self.deployment.name}'; it accepts no extra parameters.", target=key)
         return {}
 

@@ -96,7 +96,7 @@ def parse_data_url(url: str, *, max_bytes: int, target: str) -> DataUrl:
     scheme = _SCHEME.match(header)
     if scheme is None or scheme.group(1).lower() != "data":
         if scheme is not None:
-            what = f"URL scheme '{errors._clip(scheme.group(1).lower(), 32)}' is not supported"
+            what = f"URL scheme '{errors.clip(scheme.group(1).lower(), 32)}' is not supported"
         else:
             what = "'image' is not a URL"
         raise errors.validation(
@@ -109,13 +109,13 @@ def parse_data_url(url: str, *, max_bytes: int, target: str) -> DataUrl:
     media = parts[0].lower()
     if not media.startswith("image/"):
         raise errors.validation(
-            f"The data URL's media type is '{errors._clip(media or '(none)', 40)}'; expected "
+            f"The data URL's media type is '{errors.clip(media or '(none)', 40)}'; expected "
             f"image/<format> with format one of {SUPPORTED_TEXT}.", target)
     fmt = media[len("image/"):]
     fmt = ALIASES.get(fmt, fmt)
     if fmt not in SUPPORTED:
         raise errors.validation(
-            f"Image format '{errors._clip(media, 40)}' is not supported; supported formats: "
+            f"Image format '{errors.clip(media, 40)}' is not supported; supported formats: "
             f"{SUPPORTED_TEXT}.", target)
     if not parts[-1].lower() == "base64" or len(parts) < 2:
         raise errors.validation(

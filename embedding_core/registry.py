@@ -221,8 +221,8 @@ class Registry:
                 raise err
             if chosen is not None and dep.name != chosen.name:
                 raise errors.validation(
-                    f"'model' ({errors._clip(model)}) and header 'azureml-model-deployment' "
-                    f"({errors._clip(header)}) name different deployments.", target="model")
+                    f"'model' ({errors.clip(model)}) and header 'azureml-model-deployment' "
+                    f"({errors.clip(header)}) name different deployments.", target="model")
             chosen = dep
         if chosen is None:
             chosen = self.default_for(modality)

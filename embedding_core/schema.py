@@ -56,7 +56,7 @@ def extra_parameters_mode(headers: Mapping[str, str]) -> str:
     if value not in EXTRA_MODES:
         raise errors.invalid_header(
             "extra-parameters",
-            f"Header 'extra-parameters' has value '{errors._clip(raw)}'; allowed values: "
+            f"Header 'extra-parameters' has value '{errors.clip(raw)}'; allowed values: "
             + ", ".join(EXTRA_MODES) + ".")
     return value
 
@@ -158,7 +158,7 @@ def _image_inputs(value: Any, max_items: int) -> list[ImageInput]:
                 f"Each input must be an object with 'image' (got {_type_name(item)}).", f"input[{i}]")
         unknown = sorted(set(item) - {"image", "text"})
         if unknown:
-            raise errors.validation(f"Unknown field '{errors._clip(unknown[0])}' in an image input.",
+            raise errors.validation(f"Unknown field '{errors.clip(unknown[0])}' in an image input.",
                                     f"input[{i}].{unknown[0]}")
         image = item.get("image")
         if not isinstance(image, str) or not image:
@@ -187,7 +187,7 @@ def parse_request(doc: dict[str, Any], *, modality: str, extra_mode: str,
     if dimensions is not None and (not _is_int(dimensions) or dimensions <= 0):
         raise errors.validation(
             f"'dimensions' must be a positive integer (got {_type_name(dimensions)} "
-            f"{errors._clip(orjson.dumps(dimensions).decode())}).", "dimensions")
+            f"{errors.clip(orjson.dumps(dimensions).decode())}).", "dimensions")
 
     encoding = doc.get("encoding_format")
     if encoding is None:

@@ -31,7 +31,7 @@ def check_truncate_extras(extras: dict[str, Any], deployment: str, what: str = "
     for key, value in extras.items():
         if key != "truncate":
             raise errors.unsupported_parameter(
-                f"Parameter '{errors._clip(key)}' is not supported by deployment "
+                f"Parameter '{errors.clip(key)}' is not supported by deployment "
                 f"'{deployment}'. Supported extra parameters: truncate{what}.", target=key)
         if not isinstance(value, str) or value.upper() not in TRUNCATE_VALUES:
             raise errors.validation(
