@@ -17,6 +17,8 @@ from .encodings import FORMATS
 from .registry import INPUT_TYPES
 from .settings import SUPPORTED_API_VERSIONS
 
+MAX_TOKEN_ID = 2**31  # beyond any vocabulary; each deployment checks its own size
+
 KNOWN_FIELDS = ("input", "dimensions", "encoding_format", "input_type", "model")
 EXTRA_MODES = ("error", "drop", "pass-through")
 
@@ -115,8 +117,9 @@ def _text_inputs(value: Any, max_items: int) -> list[str | list[int]]:
     """A string, an array of strings, an array of token ids, or an array of token-id arrays."""
     if isinstance(value, str):
         value = [value]
-    elif isinstance(value, list) and value and all(_is_int(x) for x in value):
-        value = [value]
+    elif isinstance(value, list) and value and not isinstance(value[0], (str, list)) and \
+            all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value[:1]):
+        value = [value]  # one token-id array (its elements are checked below)
     if not isinstance(value, list):
         raise errors.validation(
             f"'input' must be a string or an array of strings (got {_type_name(value)}).", "input")
@@ -131,10 +134,15 @@ def _text_inputs(value: Any, max_items: int) -> list[str | list[int]]:
         elif isinstance(item, list):
             if not item:
                 raise errors.validation("A token-id array must not be empty.", f"input[{i}]")
-            for j, tok in enumerate(item):
-                if not _is_int(tok):
-                    raise errors.validation(
-                        f"Token ids must be integers (got {_type_name(tok)}).", f"input[{i}][{j}]")
+            # C-speed checks first (type(True) is bool, so booleans fail here too).
+            if not (all(type(tok) is int for tok in item) and 0 <= min(item)
+                    and max(item) < MAX_TOKEN_ID):
+                j, tok = next((j, t) for j, t in enumerate(item)
+                              if type(t) is not int or not 0 <= t < MAX_TOKEN_ID)
+                raise errors.validation(
+                    f"Token ids must be integers from 0 to {MAX_TOKEN_ID - 1} "
+                    f"(got {_type_name(tok)} {errors.clip(orjson.dumps(tok).decode())}).",
+                    f"input[{i}][{j}]")
         else:
             raise errors.validation(
                 f"Each input must be a string or an array of token ids (got {_type_name(item)}).",
@@ -159,7 +167,7 @@ def _image_inputs(value: Any, max_items: int) -> list[ImageInput]:
         unknown = sorted(set(item) - {"image", "text"})
         if unknown:
             raise errors.validation(f"Unknown field '{errors.clip(unknown[0])}' in an image input.",
-                                    f"input[{i}].{unknown[0]}")
+                                    f"input[{i}].{errors.clip(unknown[0])}")
         image = item.get("image")
         if not isinstance(image, str) or not image:
             raise errors.validation("'image' must be a non-empty data URL string "

@@ -59,7 +59,13 @@ CASES = [
     ("model not string", "/embeddings" + Q, {"input": ["a"], "model": 7}, AUTH, 422, "InvalidParameter", "model"),
     ("unknown model", "/embeddings" + Q, {"input": ["a"], "model": "gpt-4"}, AUTH, 404, "ModelNotFound", "model"),
     ("unknown model header", "/embeddings" + Q, {"input": ["a"]}, {**AUTH, "azureml-model-deployment": "nope"}, 404, "ModelNotFound", "azureml-model-deployment"),
-    ("model and header differ", "/embeddings" + Q, {"input": ["a"], "model": "all-MiniLM-L6-v2"}, {**AUTH, "azureml-model-deployment": "other-but-unknown"}, 404, "ModelNotFound", "azureml-model-deployment"),
+    ("known model, unknown header", "/embeddings" + Q, {"input": ["a"], "model": "all-MiniLM-L6-v2"}, {**AUTH, "azureml-model-deployment": "other-but-unknown"}, 404, "ModelNotFound", "azureml-model-deployment"),
+    ("model and header differ", "/embeddings" + Q, {"input": ["a"], "model": "all-MiniLM-L6-v2"}, {**AUTH, "azureml-model-deployment": "all-MiniLM-L6-v2-fast"}, 422, "InvalidParameter", "model"),
+    ("token id 2**63", "/embeddings" + Q, b'{"input": [[101, 9223372036854775808, 102]]}', AUTH, 422, "InvalidParameter", "input[0][1]"),
+    ("token id 2**64-1", "/embeddings" + Q, b'{"input": [[18446744073709551615]]}', AUTH, 422, "InvalidParameter", "input[0][0]"),
+    ("token id 1e30", "/embeddings" + Q, b'{"input": [[101, 1000000000000000000000000000000]]}', AUTH, 422, "InvalidParameter", "input[0][1]"),
+    ("NaN in body", "/embeddings" + Q, b'{"input": ["a"], "dimensions": NaN}', AUTH, 400, "InvalidRequestBody", None),
+    ("no tokens", "/embeddings" + Q, {"input": ["\u200b"]}, AUTH, 422, "InvalidParameter", "input[0]"),
     ("unknown field (error mode)", "/embeddings" + Q, {"input": ["a"], "truncate": "END"}, AUTH, 400, "ExtraParametersNotAllowed", "truncate"),
     ("unknown field (explicit error)", "/embeddings" + Q, {"input": ["a"], "foo": 1}, {**AUTH, "extra-parameters": "error"}, 400, "ExtraParametersNotAllowed", "foo"),
     ("unknown field (pass-through)", "/embeddings" + Q, {"input": ["a"], "foo": 1}, {**AUTH, "extra-parameters": "pass-through"}, 422, "UnsupportedParameter", "foo"),
@@ -129,15 +135,20 @@ def test_same_deployment_by_model_and_alias_header_is_fine(live_server):
     assert status == 200
 
 
-def test_model_and_header_naming_different_deployments_is_422(live_server, registry):
-    names = [d.name for d in registry.deployments]
-    if len(names) < 2:
-        pytest.skip("needs two deployments")
-    other = next(d.name for d in registry.deployments if d.name != "all-MiniLM-L6-v2")
-    status, headers, data = request(live_server, "POST", "/embeddings" + Q,
-                                    {"input": ["a"], "model": "all-MiniLM-L6-v2"},
-                                    {**AUTH, "azureml-model-deployment": other})
-    assert status == 422 and json.loads(data)["error"]["target"] == "model"
+def test_client_request_id_is_echoed_on_errors_and_content_type_is_optional(live_server):
+    status, headers, _ = request(live_server, "POST", "/embeddings" + Q, {"input": []},
+                                 {**AUTH, "x-ms-client-request-id": "trace-42"})
+    assert status == 422 and headers["x-ms-client-request-id"] == "trace-42"
+    status, _, data = request(live_server, "POST", "/embeddings" + Q, {"input": ["a"]},
+                              {"api-key": KEY})
+    assert status == 200 and len(json.loads(data)["data"]) == 1
+
+
+def test_duplicate_keys_take_the_last_value(live_server):
+    status, _, data = request(live_server, "POST", "/embeddings" + Q,
+                              b'{"input": ["a"], "encoding_format": "fp16", "encoding_format": "ubinary"}',
+                              AUTH)
+    assert status == 200 and len(json.loads(data)["data"][0]["embedding"]) == 48
 
 
 @pytest.fixture(scope="module")
