@@ -62,9 +62,9 @@ def extra_parameters_not_allowed(names: list[str]) -> ApiError:
         "Unknown parameter(s) " + ", ".join(f"'{clip(n)}'" for n in names)
         + ". Send the header 'extra-parameters: drop' to ignore them or 'pass-through' to hand "
         "them to the model.",
-        target=names[0] if len(names) == 1 else None,
+        target=clip(names[0]) if len(names) == 1 else None,
         details=[{"code": "ExtraParameterNotAllowed", "message": f"Unknown parameter '{clip(n)}'.",
-                  "target": n} for n in names] if len(names) > 1 else None)
+                  "target": clip(n)} for n in names[:20]] if len(names) > 1 else None)
 
 
 def invalid_header(name: str, message: str) -> ApiError:
@@ -74,6 +74,13 @@ def invalid_header(name: str, message: str) -> ApiError:
 def unauthorized(message: str, *, invalid_token: bool = False) -> ApiError:
     challenge = 'Bearer error="invalid_token"' if invalid_token else "Bearer"
     return ApiError(401, "Unauthorized", message, headers={"WWW-Authenticate": challenge})
+
+
+def auth_unavailable(retry_after: int) -> ApiError:
+    return ApiError(503, "ServiceUnavailable",
+                    "The identity provider's signing keys could not be fetched, so the access "
+                    "token could not be checked. Retry after the indicated delay.",
+                    headers={"Retry-After": str(retry_after)})
 
 
 def model_not_found(name: str, available: list[str]) -> ApiError:
@@ -88,15 +95,6 @@ def modality_not_supported(name: str, route: str, modality: str) -> ApiError:
         404, "ModalityNotSupported",
         f"Deployment '{clip(name)}' serves {modality} embeddings and cannot be used on {route}.",
         target="model")
-
-
-def route_not_found(path: str) -> ApiError:
-    return ApiError(404, "NotFound", f"No route {clip(path)}.")
-
-
-def method_not_allowed(method: str, allowed: list[str]) -> ApiError:
-    return ApiError(405, "MethodNotAllowed", f"Method {clip(method)} is not allowed here.",
-                    headers={"Allow": ", ".join(allowed)})
 
 
 def payload_too_large(size: int, limit: int, target: str | None = None) -> ApiError:
@@ -114,13 +112,14 @@ def validation(message: str, target: str | None = None, code: str = "InvalidPara
 
 
 def unsupported_parameter(message: str, target: str | None = None) -> ApiError:
-    return ApiError(422, "UnsupportedParameter", message, target=target)
+    return ApiError(422, "UnsupportedParameter", message,
+                    target=clip(target) if target is not None else None)
 
 
-def input_too_long(index_target: str, tokens: int, limit: int) -> ApiError:
+def input_too_long(index_target: str, tokens: int, limit: int, at_least: bool = False) -> ApiError:
     return ApiError(
         422, "InputTooLong",
-        f"The input has {tokens} tokens; the model accepts at most {limit} (special tokens "
+        f"The input has {'at least ' if at_least else ''}{tokens} tokens; the model accepts at most {limit} (special tokens "
         "included). Shorten it or send \"truncate\": \"END\" with 'extra-parameters: pass-through'.",
         target=index_target)
 
