@@ -54,7 +54,8 @@ class ConcurrencyLimiter:
     def slot(self) -> Iterator[float]:
         """Hold an inference slot; yields the seconds spent waiting for it."""
         t0 = time.perf_counter()
-        if not self._sem.acquire(blocking=False):
+        # A newcomer takes a free slot only when nobody is waiting (no overtaking the queue).
+        if self._waiting or not self._sem.acquire(blocking=False):
             with self._lock:
                 if self._waiting >= self.max_waiting:
                     raise errors.too_many_requests(self.retry_after_s)
