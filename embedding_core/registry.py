@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -189,6 +190,7 @@ class Registry:
         self._backends: dict[str, Backend] = {}
         self._calibrations: dict[str, Calibration | None] = {}
         self._locks = {d.name: threading.Lock() for d in deployments}
+        self._failed_until: dict[str, float] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Registry":
@@ -243,9 +245,14 @@ class Registry:
         backend = self._backends.get(dep.name)
         if backend is not None:
             return backend
+        retry = self.settings.retry_after_s
+        if time.monotonic() < self._failed_until.get(dep.name, 0.0):
+            raise errors.model_unavailable(dep.name, retry)  # failed moments ago: don't retry yet
         with self._locks[dep.name]:
             backend = self._backends.get(dep.name)
             if backend is None:
+                if time.monotonic() < self._failed_until.get(dep.name, 0.0):
+                    raise errors.model_unavailable(dep.name, retry)
                 module_name, factory = BACKEND_KINDS[dep.backend].split(":")
                 try:
                     cls: Callable[..., Backend] = getattr(importlib.import_module(module_name),
@@ -253,7 +260,8 @@ class Registry:
                     backend = cls(dep, self.settings, self)
                 except Exception:  # noqa: BLE001 - any load failure is a 503 for the client
                     log.exception("deployment %s failed to load", dep.name)
-                    raise errors.model_unavailable(dep.name, self.settings.retry_after_s) from None
+                    self._failed_until[dep.name] = time.monotonic() + retry
+                    raise errors.model_unavailable(dep.name, retry) from None
                 self._backends[dep.name] = backend
         return backend
 

@@ -114,7 +114,7 @@ def test_backend_loads_once_across_threads():
 def test_importing_function_app_loads_no_model():
     import subprocess
 
-    code = ("import sys, function_app; "
+    code = ("import sys, function_app, embedding_core.service, embedding_core.registry; "
             "print('onnxruntime' in sys.modules, 'tokenizers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)

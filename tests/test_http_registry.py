@@ -1,0 +1,83 @@
+"""A replacement registry over HTTP: Matryoshka sizes, per-size calibration, and a model that
+fails its checksum (503 with Retry-After)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import KEY, LiveServer
+from embedding_core.registry import DEFAULT_REGISTRY
+from test_http_errors import AUTH, Q, request
+
+
+def _text_entry() -> dict:
+    doc = json.loads(DEFAULT_REGISTRY.read_text())
+    entry = next(d for d in doc["deployments"] if d["name"] == "all-MiniLM-L6-v2")
+    entry = json.loads(json.dumps(entry))
+    entry["files"]["tokenizer"]["path"] = str(DEFAULT_REGISTRY.parent / entry["files"]["tokenizer"]["path"])
+    return entry
+
+
+@pytest.fixture(scope="module")
+def matryoshka_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("registry")
+    entry = {**_text_entry(), "name": "mini-matryoshka", "aliases": [], "default": True,
+             "matryoshka_dimensions": [128, 100], "calibration": "calibration.json"}
+    cal = json.loads((DEFAULT_REGISTRY.parent / "models/all-MiniLM-L6-v2/calibration.json").read_text())
+    r384 = cal["ranges"]["384"]
+    # A range for 128 (not for 100): int8 at 100 must be refused.
+    cal["ranges"]["128"] = {"lo": [-0.3] * 128, "hi": [0.3] * 128}
+    cal["ranges"]["384"] = r384
+    (tmp / "calibration.json").write_text(json.dumps(cal))
+    broken = {**_text_entry(), "name": "broken", "aliases": [], "default": False}
+    broken["files"]["tokenizer"]["sha256"] = "0" * 64
+    (tmp / "registry.json").write_text(json.dumps({"deployments": [entry, broken]}))
+    server = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_REGISTRY": str(tmp / "registry.json"),
+                         "EMBEDDINGS_RETRY_AFTER_SECONDS": "9"})
+    yield server
+    server.stop()
+
+
+def embed(server, body):
+    status, headers, data = request(server, "POST", "/embeddings" + Q, body, AUTH)
+    return status, headers, json.loads(data)
+
+
+def test_matryoshka_sizes_truncate_and_renormalise(matryoshka_server):
+    _, _, full = embed(matryoshka_server, {"input": ["a small test"]})
+    v = np.asarray(full["data"][0]["embedding"], dtype=np.float64)
+    for size in (128, 100):
+        status, _, doc = embed(matryoshka_server, {"input": ["a small test"], "dimensions": size})
+        got = np.asarray(doc["data"][0]["embedding"])
+        assert status == 200 and got.shape == (size,)
+        assert np.allclose(got, v[:size] / np.linalg.norm(v[:size]), atol=1e-6)
+
+
+def test_per_size_calibration_and_bit_packing_rules(matryoshka_server):
+    status, _, doc = embed(matryoshka_server, {"input": ["x"], "dimensions": 128,
+                                               "encoding_format": "ubinary"})
+    assert status == 200 and len(doc["data"][0]["embedding"]) == 16
+    status, _, doc = embed(matryoshka_server, {"input": ["x"], "dimensions": 128,
+                                               "encoding_format": "int8"})
+    assert status == 200 and len(doc["data"][0]["embedding"]) == 128
+    status, _, doc = embed(matryoshka_server, {"input": ["x"], "dimensions": 100,
+                                               "encoding_format": "binary"})
+    assert status == 422 and doc["error"]["target"] == "encoding_format"
+    status, _, doc = embed(matryoshka_server, {"input": ["x"], "dimensions": 100,
+                                               "encoding_format": "uint8"})
+    assert status == 422 and "calibration" in doc["error"]["message"]
+    status, _, doc = embed(matryoshka_server, {"input": ["x"], "dimensions": 64})
+    assert status == 422 and "384, 128, 100" in doc["error"]["message"]
+
+
+def test_model_failing_its_checksum_is_503_with_retry_after(matryoshka_server):
+    for _ in range(2):  # the second answer comes from the remembered failure
+        status, headers, doc = embed(matryoshka_server, {"input": ["x"], "model": "broken"})
+        assert status == 503 and headers["retry-after"] == "9"
+        assert headers["x-ms-error-code"] == "ModelUnavailable"
+        assert "sha256" not in doc["error"]["message"] and "/" not in doc["error"]["message"]
+    status, _, doc = embed(matryoshka_server, {"input": ["x"]})
+    assert status == 200  # the other deployment is unaffected
