@@ -149,35 +149,40 @@ class EmbeddingService:
         return self.registry.select(modality, "/info", model, header)
 
     # -- error mapping, ids, timing: the one place ----------------------------------------------
-    def _run(self, req: ApiRequest, handler: Callable[[dict[str, float]], dict[str, Any]]) -> ApiResponse:
-        start = time.perf_counter()
-        request_id = uuid.uuid4().hex
-        timing: dict[str, Any] = {"request_id": request_id}
-        headers = {"Content-Type": "application/json", "x-request-id": request_id}
-        client_id = req.headers.get("x-ms-client-request-id")
-        if client_id:
-            headers["x-ms-client-request-id"] = client_id[:256]
-        try:
-            payload = handler(timing)
-            status = 200
-        except errors.ApiError as exc:
-            status, payload = exc.status, exc.body()
-            headers.update(exc.response_headers())
-        except Exception:  # noqa: BLE001
-            log.exception("request %s failed", request_id)
-            exc = errors.internal(request_id)
-            status, payload = exc.status, exc.body()
-            headers.update(exc.response_headers())
-        body = orjson.dumps(payload, option=JSON_OPTS)
-        total = time.perf_counter() - start
-        headers["x-total-time"] = f"{total * 1000:.1f}"
-        if "queue" in timing:
-            headers["x-queue-time"] = f"{timing['queue'] * 1000:.1f}"
-        if "inference" in timing:
-            headers["x-inference-time"] = f"{timing['inference'] * 1000:.1f}"
-        log.info("%s %s -> %d in %.1f ms (request %s)", req.method, req.path, status,
-                 total * 1000, request_id)
-        return ApiResponse(status, headers, body)
+    def _run(self, req: ApiRequest, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> ApiResponse:
+        return run_request(req, handler)
+
+
+def run_request(req: ApiRequest, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> ApiResponse:
+    """Run ``handler`` for ``req``: ids, timing headers, and every error mapped to its status."""
+    start = time.perf_counter()
+    request_id = uuid.uuid4().hex
+    timing: dict[str, Any] = {"request_id": request_id}
+    headers = {"Content-Type": "application/json", "x-request-id": request_id}
+    client_id = req.headers.get("x-ms-client-request-id")
+    if client_id:
+        headers["x-ms-client-request-id"] = client_id[:256]
+    try:
+        payload = handler(timing)
+        status = 200
+    except errors.ApiError as exc:
+        status, payload = exc.status, exc.body()
+        headers.update(exc.response_headers())
+    except Exception:  # noqa: BLE001
+        log.exception("request %s failed", request_id)
+        exc = errors.internal(request_id)
+        status, payload = exc.status, exc.body()
+        headers.update(exc.response_headers())
+    body = orjson.dumps(payload, option=JSON_OPTS)
+    total = time.perf_counter() - start
+    headers["x-total-time"] = f"{total * 1000:.1f}"
+    if "queue" in timing:
+        headers["x-queue-time"] = f"{timing['queue'] * 1000:.1f}"
+    if "inference" in timing:
+        headers["x-inference-time"] = f"{timing['inference'] * 1000:.1f}"
+    log.info("%s %s -> %d in %.1f ms (request %s)", req.method, req.path, status,
+             total * 1000, request_id)
+    return ApiResponse(status, headers, body)
 
 
 _service: EmbeddingService | None = None
@@ -203,12 +208,11 @@ def dispatch(route: str, req: ApiRequest) -> ApiResponse:
     try:
         service = get_service()
     except Exception:  # noqa: BLE001 - bad settings or registry: logged, 500 to the client
-        request_id = uuid.uuid4().hex
-        log.exception("service configuration error (request %s)", request_id)
-        exc = errors.internal(request_id)
-        return ApiResponse(exc.status, {"Content-Type": "application/json",
-                                        "x-request-id": request_id, **exc.response_headers()},
-                           orjson.dumps(exc.body()))
+        log.exception("service configuration error")
+
+        def fail(timing: dict[str, Any]) -> dict[str, Any]:
+            raise errors.internal(timing["request_id"])
+        return run_request(req, fail)
     return getattr(service, ROUTES[route])(req)
 
 
