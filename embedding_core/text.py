@@ -23,6 +23,7 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 TRUNCATE_VALUES = ("NONE", "END", "START")
+_EMPTY = np.zeros(0, dtype=np.int64)
 
 
 def check_truncate_extras(extras: dict[str, Any], deployment: str, what: str = "") -> dict[str, Any]:
@@ -65,6 +66,10 @@ class TextBackend:
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_name = opts.get("output", self.session.get_outputs()[0].name)
         self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
+        self._prefixes = {t: np.asarray(tok.encode(p, add_special_tokens=False).ids, dtype=np.int64)
+                          for t, p in deployment.prompts.items() if p}
+        # Strings up to this many characters are tokenised whole, in one batch call.
+        self.piece_chars = int(opts.get("piece_chars", 32 * self.max_tokens))
         log.info("loaded text deployment %s", deployment.name)
 
     def loaded(self) -> bool:
@@ -77,28 +82,58 @@ class TextBackend:
     # -- tokenisation ---------------------------------------------------------------------------
     def tokenize(self, inputs: Sequence[str | list[int]], *, input_type: str = "text",
                  truncate: str = "NONE") -> list[np.ndarray]:
-        """Token ids with special tokens, per input, within the token limit (or refused)."""
-        prefix = self.deployment.prompts.get(input_type, "")
-        ids: list[np.ndarray | None] = [None] * len(inputs)
-        text_pos = [i for i, x in enumerate(inputs) if isinstance(x, str)]
-        if text_pos:
-            encs = self._encode_batch([prefix + inputs[i] for i in text_pos], add_special_tokens=True)
-            for i, enc in zip(text_pos, encs):
-                ids[i] = np.asarray(enc.ids, dtype=np.int64)
-        for i, x in enumerate(inputs):
-            if ids[i] is None:
-                ids[i] = self._token_array(x, i)
-        limit = self.max_tokens
-        for i, seq in enumerate(ids):
-            if len(seq) > limit:
-                if truncate == "NONE":
-                    raise errors.input_too_long(f"input[{i}]", len(seq), limit)
-                body = seq[1:-1]
-                body = body[: limit - 2] if truncate == "END" else body[len(body) - (limit - 2):]
-                ids[i] = np.concatenate(([seq[0]], body, [seq[-1]])).astype(np.int64)
-        return ids  # type: ignore[return-value]
+        """Token ids per input: ``[CLS] prompt-prefix body [SEP]``, within the token limit.
 
-    def _token_array(self, tokens: list[int], i: int) -> np.ndarray:
+        Only the body (the client's text or ids) is truncated. A huge string is tokenised in
+        growing pieces from the end that is kept, so the work is bounded by the limit, not by the
+        string; refusing one then reports "at least N tokens".
+        """
+        prefix = self._prefixes.get(input_type, _EMPTY)
+        room = self.max_tokens - 2 - len(prefix)
+        bodies: list[np.ndarray | None] = [None] * len(inputs)
+        short = [i for i, x in enumerate(inputs) if isinstance(x, str) and len(x) <= self.piece_chars]
+        if short:
+            encs = self._encode_batch([inputs[i] for i in short], add_special_tokens=False)
+            for i, enc in zip(short, encs):
+                bodies[i] = np.asarray(enc.ids, dtype=np.int64)
+        out = []
+        for i, x in enumerate(inputs):
+            body = bodies[i]
+            if body is None:
+                body = self._token_body(x, i) if not isinstance(x, str) else \
+                    self._long_body(x, i, room, truncate, len(prefix))
+            if not len(body):
+                raise errors.validation("The input has no tokens (nothing but whitespace or "
+                                        "characters the tokenizer drops).", f"input[{i}]")
+            if len(body) > room:
+                if truncate == "NONE":
+                    raise errors.input_too_long(f"input[{i}]", len(body) + len(prefix) + 2,
+                                                self.max_tokens)
+                body = body[:room] if truncate == "END" else body[len(body) - room:]
+            out.append(np.concatenate(([self.cls_id], prefix, body, [self.sep_id])).astype(np.int64))
+        return out
+
+    def _long_body(self, text: str, i: int, room: int, truncate: str, extra: int) -> np.ndarray:
+        size = self.piece_chars
+        while size < len(text):
+            if truncate == "START":  # the end is kept: tokenise a suffix starting at a word
+                piece = text[len(text) - size:]
+                piece = piece[next((k + 1 for k, ch in enumerate(piece) if ch.isspace()), 0):]
+            else:                    # the start is kept (or only counted): a prefix ending at one
+                piece = text[:size]
+                cut = max(piece.rfind(" "), piece.rfind("\n"), piece.rfind("\t"))
+                piece = piece[:cut] if cut > 0 else piece
+            ids = np.asarray(self.tokenizer.encode(piece, add_special_tokens=False).ids,
+                             dtype=np.int64)
+            if len(ids) > room:
+                if truncate == "NONE":
+                    raise errors.input_too_long(f"input[{i}]", len(ids) + extra + 2,
+                                                self.max_tokens, at_least=True)
+                return ids
+            size *= 4
+        return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+
+    def _token_body(self, tokens: list[int], i: int) -> np.ndarray:
         arr = np.asarray(tokens, dtype=np.int64)
         bad = np.flatnonzero((arr < 0) | (arr >= self.vocab_size))
         if bad.size:
@@ -106,9 +141,9 @@ class TextBackend:
             raise errors.validation(
                 f"Token id {int(arr[j])} is outside the vocabulary of deployment "
                 f"'{self.deployment.name}' (0..{self.vocab_size - 1}).", target=f"input[{i}][{j}]")
-        # Token ids are the tokenizer's WordPiece ids; [CLS]/[SEP] are added unless present.
-        if not (len(arr) >= 2 and arr[0] == self.cls_id and arr[-1] == self.sep_id):
-            arr = np.concatenate(([self.cls_id], arr, [self.sep_id])).astype(np.int64)
+        # Token ids are the tokenizer's WordPiece ids; [CLS]/[SEP] around them are optional.
+        if len(arr) >= 2 and arr[0] == self.cls_id and arr[-1] == self.sep_id:
+            arr = arr[1:-1]
         return arr
 
     # -- inference ------------------------------------------------------------------------------

@@ -132,3 +132,55 @@ def test_token_id_input_equals_text_input(text_backend):
     v_ids_special = text_backend.encode([with_special]).vectors[0]
     assert np.abs(v_text - v_ids).max() <= 1e-6
     assert np.abs(v_text - v_ids_special).max() <= 1e-6
+
+
+def _long_text(n_words: int) -> str:
+    vocab = ["alpha", "beta,", "gamma.", "delta-epsilon", "zeta's", "(eta)", "theta:", "naïve"]
+    return " ".join(f"{vocab[i % len(vocab)]}{i % 97}" for i in range(n_words))
+
+
+@pytest.mark.parametrize("truncate", ["END", "START"])
+def test_huge_inputs_are_truncated_exactly_as_whole_tokenisation(text_backend, truncate):
+    text = _long_text(6000)  # about 45,000 characters, far over the piece size
+    assert len(text) > text_backend.piece_chars
+    whole = text_backend.tokenizer.encode(text, add_special_tokens=False).ids
+    body = whole[:254] if truncate == "END" else whole[-254:]
+    got = text_backend.tokenize([text], truncate=truncate)[0]
+    assert got.tolist() == [text_backend.cls_id, *body, text_backend.sep_id]
+
+
+def test_huge_input_without_truncation_is_refused_with_a_lower_bound(text_backend):
+    from embedding_core.errors import ApiError
+
+    with pytest.raises(ApiError) as e:
+        text_backend.tokenize(["ok", "word " * 1_600_000])
+    assert e.value.code == "InputTooLong" and e.value.target == "input[1]"
+    assert "at least" in e.value.message and "256" in e.value.message
+
+
+@pytest.mark.parametrize("value", ["\u200b", "\x00\x01", [101, 102]])
+def test_inputs_without_tokens_are_refused(text_backend, value):
+    from embedding_core.errors import ApiError
+
+    with pytest.raises(ApiError) as e:
+        text_backend.tokenize(["fine", value])
+    assert e.value.status == 422 and e.value.target == "input[1]"
+
+
+def test_prompt_prefix_applies_to_text_and_token_ids_and_survives_truncation(registry):
+    import dataclasses
+
+    from embedding_core.settings import Settings
+    from embedding_core.text import TextBackend
+
+    dep = dataclasses.replace(registry.default_for("text"), prompts={"query": "query: "})
+    b = TextBackend(dep, Settings.from_env({}), registry)
+    prefix = b.tokenizer.encode("query: ", add_special_tokens=False).ids
+    text = "where is the station"
+    ids = b.tokenizer.encode(text, add_special_tokens=False).ids
+    as_text = b.tokenize([text], input_type="query")[0].tolist()
+    assert as_text == [b.cls_id, *prefix, *ids, b.sep_id]
+    assert b.tokenize([ids], input_type="query")[0].tolist() == as_text
+    assert b.tokenize([text], input_type="document")[0].tolist() == [b.cls_id, *ids, b.sep_id]
+    long_ids = b.tokenize([_long_text(400)], input_type="query", truncate="START")[0].tolist()
+    assert len(long_ids) == 256 and long_ids[1:1 + len(prefix)] == prefix
