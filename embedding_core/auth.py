@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 class Authenticator:
     def __init__(self, settings: Settings, entra_validator: Any = None):
+        self.retry_after_s = settings.retry_after_s
         self.keys = tuple(k.encode("utf-8") for k in settings.api_keys)
         self.disabled = settings.auth_disabled
         self.entra = entra_validator
@@ -43,12 +44,16 @@ class Authenticator:
             ok |= hmac.compare_digest(candidate, key)
         return ok
 
-    def _token_ok(self, token: str) -> bool:
-        from .entra import InvalidToken
+    def _token_ok(self, token: str) -> bool | None:
+        """True if valid, False if refused, None if it could not be checked (keys unavailable)."""
+        from .entra import InvalidToken, KeysUnavailable
 
         try:
             self.entra.validate(token)
             return True
+        except KeysUnavailable as exc:
+            log.warning("bearer token not checked: %s", exc.reason)
+            return None
         except InvalidToken as exc:
             log.info("bearer token refused: %s", getattr(exc, "reason", "invalid"))
             return False
@@ -74,14 +79,19 @@ class Authenticator:
             raise errors.unauthorized(
                 "Missing credentials: send 'api-key: <key>' or 'Authorization: Bearer <key or "
                 "token>'.")
+        unchecked = False
         for kind, value in presented:
             if kind == "bearer" and self.entra is not None:
                 from .entra import looks_like_jwt
 
                 if looks_like_jwt(value):
-                    if self._token_ok(value):
+                    ok = self._token_ok(value)
+                    if ok:
                         return
+                    unchecked |= ok is None
                     continue
             if self.keys and self._key_ok(value):
                 return
+        if unchecked:
+            raise errors.auth_unavailable(self.retry_after_s)
         raise errors.unauthorized("Invalid credentials.", invalid_token=True)

@@ -289,6 +289,11 @@ class InvalidToken(Exception):
         return f"InvalidToken(reason={self.reason!r})"
 
 
+class KeysUnavailable(InvalidToken):
+    """The tenant's signing keys could not be fetched: the token was not checked at all. The
+    service answers 503 (retryable), not 401, so clients are not told a valid token is wrong."""
+
+
 def _b64url_decode(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
@@ -517,7 +522,7 @@ class EntraValidator:
                 refresh_failed = not self._refresh(now)
                 keyset = self._keyset
         if keyset is None:
-            raise InvalidToken("signing keys unavailable (metadata/JWKS fetch failed)")
+            raise KeysUnavailable("signing keys unavailable (metadata/JWKS fetch failed)")
         key = keyset.keys.get(kid)
         if key is None:
             suffix = " (key refresh failed)" if refresh_failed else ""

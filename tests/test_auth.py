@@ -86,3 +86,19 @@ def test_entra_from_settings(monkeypatch):
     idp = TokenFactory()
     a = Authenticator(Settings.from_env(idp.env()))
     assert a.entra is not None and a.configured
+
+
+def test_unreachable_signing_keys_are_a_retryable_503_not_a_401():
+    idp = TokenFactory()
+    token = idp.mint()
+
+    def down(url, timeout):
+        raise OSError("network unreachable")
+
+    a = auth({"EMBEDDINGS_API_KEYS": "k1", "EMBEDDINGS_RETRY_AFTER_SECONDS": "5"},
+             idp.validator(fetch_json=down))
+    with pytest.raises(ApiError) as e:
+        a.check({"authorization": f"Bearer {token}"})
+    assert e.value.status == 503 and e.value.code == "ServiceUnavailable"
+    assert e.value.headers["Retry-After"] == "5"
+    a.check({"authorization": f"Bearer {token}", "api-key": "k1"})  # a valid key still works
