@@ -46,14 +46,23 @@ def test_base64_decodes_to_the_float_vector(client, expected):
 @pytest.mark.parametrize("fmt, length, lo, hi", [
     (EmbeddingEncodingFormat.INT8, 384, -128, 127), (EmbeddingEncodingFormat.UINT8, 384, 0, 255),
     (EmbeddingEncodingFormat.BINARY, 48, -128, 127), (EmbeddingEncodingFormat.UBINARY, 48, 0, 255)])
-def test_integer_encodings(client, expected, registry, fmt, length, lo, hi):
-    from embedding_core.encodings import encode
+def test_integer_encodings(client, expected, fmt, length, lo, hi):
+    """Computed here from the float vector and the shipped calibration file, independently of
+    the service's encoder."""
+    import json
 
+    from conftest import ROOT
+
+    cal = json.loads((ROOT / "embedding_core/models/all-MiniLM-L6-v2/calibration.json").read_text())
+    c_lo, c_hi = (np.asarray(cal["ranges"]["384"][k], dtype=np.float64) for k in ("lo", "hi"))
     r = client.embed(input=TEXTS, encoding_format=fmt)
     for d, v in zip(r.data, expected):
         assert len(d.embedding) == length and all(lo <= x <= hi for x in d.embedding)
-        ranges = registry.calibration(registry.default_for("text")).get(384)
-        want = [int(x) for x in encode(v[None], str(fmt.value), ranges)[0]]
+        u8 = [int(x) for x in np.clip(np.rint((v - c_lo) / (c_hi - c_lo) * 255), 0, 255)]
+        bits = "".join("1" if x > 0 else "0" for x in v)
+        ub = [int(bits[k:k + 8], 2) for k in range(0, 384, 8)]
+        want = {"uint8": u8, "int8": [x - 128 for x in u8],
+                "ubinary": ub, "binary": [x - 128 for x in ub]}[str(fmt.value)]
         assert d.embedding == want
 
 
