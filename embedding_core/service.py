@@ -15,7 +15,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import orjson
 
 from . import errors, schema

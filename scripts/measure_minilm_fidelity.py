@@ -268,7 +268,6 @@ def measure(models: dict[str, str], rounds: int = 15, reps: int = 1, with_st: bo
 
     sp = speed_texts(256)
     batches = [sp[i : i + 32] for i in range(0, len(sp), 32)]
-    feeds = [tokenize(tok, b) for b in batches]
     n_sent = len(sp)
     timings: dict[str, list[float]] = {k: [] for k in ["sentence-transformers fp32"] * with_st + list(runners)}
 
