@@ -5,17 +5,21 @@ import azure.functions as func
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 
+ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+
 
 def _serve(route: str, req: func.HttpRequest) -> func.HttpResponse:
     # Imported on first request, so indexing the functions (a cold start) stays light.
     from embedding_core.service import ApiRequest, dispatch
 
-    res = dispatch(route, ApiRequest(req.method, "/" + route, dict(req.headers),
-                                     dict(req.params), req.get_body()))
+    res = dispatch(route, ApiRequest.from_url(req.method, req.url, dict(req.headers),
+                                              dict(req.params), req.get_body(),
+                                              dict(req.route_params)))
     return func.HttpResponse(res.body, status_code=res.status, headers=res.headers,
                              mimetype="application/json")
 
 
+# -- Azure AI Model Inference ---------------------------------------------------------------------
 @app.route(route="embeddings", methods=["POST"])
 def embeddings(req: func.HttpRequest) -> func.HttpResponse:
     return _serve("embeddings", req)
@@ -34,3 +38,35 @@ def info(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="health", methods=["GET"])
 def health(req: func.HttpRequest) -> func.HttpResponse:
     return _serve("health", req)
+
+
+# -- OpenAI-compatible ----------------------------------------------------------------------------
+@app.route(route="v1/embeddings", methods=["POST"])
+def openai_embeddings(req: func.HttpRequest) -> func.HttpResponse:
+    return _serve("v1/embeddings", req)
+
+
+@app.route(route="v1/models", methods=["GET"])
+def openai_models(req: func.HttpRequest) -> func.HttpResponse:
+    return _serve("v1/models", req)
+
+
+@app.route(route="openai/deployments/{deployment}/embeddings", methods=["POST"])
+def azure_openai_embeddings(req: func.HttpRequest) -> func.HttpResponse:
+    return _serve("openai/deployments/{deployment}/embeddings", req)
+
+
+# -- the OpenAPI document, and every other route and method ---------------------------------------
+@app.route(route="swagger.json", methods=["GET"])
+def swagger(req: func.HttpRequest) -> func.HttpResponse:
+    return _serve("swagger.json", req)
+
+
+@app.route(route="openapi.json", methods=["GET"])
+def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    return _serve("openapi.json", req)
+
+
+@app.route(route="{*path}", methods=ALL_METHODS)
+def not_found(req: func.HttpRequest) -> func.HttpResponse:
+    return _serve("{*path}", req)

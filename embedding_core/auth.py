@@ -9,14 +9,33 @@ configured; otherwise a bearer value is treated as an API key. Failures say only
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from . import errors
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request came from: a name for usage accounting, never a secret."""
+
+    kind: str                       # "key", "entra" or "anonymous"
+    id: str                         # e.g. "key:3f2a9c1e", "entra:<client app id>"
+    object_id: str | None = None    # Entra: the caller's oid
+
+
+ANONYMOUS = Caller("anonymous", "anonymous")
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A stable, non-secret name for an unnamed key: the first 8 hex digits of its sha256."""
+    return "key:" + hashlib.sha256(key).hexdigest()[:8]
 
 
 class Authenticator:
@@ -37,31 +56,35 @@ class Authenticator:
     def configured(self) -> bool:
         return bool(self.keys) or self.entra is not None
 
-    def _key_ok(self, value: str) -> bool:
+    def _key_ok(self, value: str) -> Caller | None:
         candidate = value.encode("utf-8")
-        ok = False
+        found = None
         for key in self.keys:  # no early exit: time does not depend on which key matched
-            ok |= hmac.compare_digest(candidate, key)
-        return ok
+            if hmac.compare_digest(candidate, key):
+                found = key
+        return Caller("key", key_fingerprint(found)) if found is not None else None
 
-    def _token_ok(self, token: str) -> bool | None:
-        """True if valid, False if refused, None if it could not be checked (keys unavailable)."""
+    def _token_ok(self, token: str) -> Caller | bool | None:
+        """The caller if valid, False if refused, None if it could not be checked."""
         from .entra import InvalidToken, KeysUnavailable
 
         try:
-            self.entra.validate(token)
-            return True
+            claims = self.entra.validate(token)
         except KeysUnavailable as exc:
             log.warning("bearer token not checked: %s", exc.reason)
             return None
         except InvalidToken as exc:
             log.info("bearer token refused: %s", getattr(exc, "reason", "invalid"))
             return False
+        app = claims.get("azp") or claims.get("appid") or "unknown"
+        oid = claims.get("oid")
+        return Caller("entra", f"entra:{app}", oid if isinstance(oid, str) else None)
 
-    def check(self, headers: Mapping[str, str]) -> None:
-        """Raise 401 unless the request carries a valid credential (headers: lower-case keys)."""
+    def check(self, headers: Mapping[str, str]) -> Caller:
+        """The caller, or 401 unless the request carries a valid credential (headers:
+        lower-case keys)."""
         if self.disabled:
-            return
+            return ANONYMOUS
         if not self.configured:
             raise errors.unauthorized(
                 "The server has no credentials configured: set EMBEDDINGS_API_KEYS or the "
@@ -86,12 +109,13 @@ class Authenticator:
 
                 if looks_like_jwt(value):
                     ok = self._token_ok(value)
-                    if ok:
-                        return
+                    if isinstance(ok, Caller):
+                        return ok
                     unchecked |= ok is None
                     continue
-            if self.keys and self._key_ok(value):
-                return
+            caller = self._key_ok(value) if self.keys else None
+            if caller is not None:
+                return caller
         if unchecked:
             raise errors.auth_unavailable(self.retry_after_s)
         raise errors.unauthorized("Invalid credentials.", invalid_token=True)

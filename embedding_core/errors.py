@@ -142,7 +142,33 @@ def model_unavailable(name: str, retry_after: int) -> ApiError:
 
 
 def clip(value: object, limit: int = 80) -> str:
-    """Echo client-supplied text back safely: bounded length, printable only."""
-    text = str(value)
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """Echo client-supplied text back safely: bounded length, printable only.
+
+    Only ever looks at the first ``limit`` characters; a non-string value is first described
+    by :func:`describe` (never serialised whole)."""
+    text = value if isinstance(value, str) else describe(value)
+    head = text[:limit]
+    head = "".join(ch if ch.isprintable() else "?" for ch in head)
+    return head if len(text) <= limit else head[: limit - 1] + "…"
+
+
+def describe(value: object) -> str:
+    """A short, bounded description of a client JSON value: scalars as JSON, containers by kind.
+
+    Never recurses and never serialises a container, so no input (however deep or large) can
+    make an error message expensive or fail."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value) if -10**30 < value < 10**30 else "a very large integer"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value[:60] + ('…"' if len(value) > 60 else '"')
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import errors, images
-from .backends import Encoded
+from .backends import Encoded, Prepared, Work, run_inline
 from .onnx_session import create_session
 from .pooling import l2_normalize
 from .registry import Deployment, FileRef
@@ -47,16 +47,39 @@ _sessions: dict[tuple, Any] = {}
 _sessions_lock = threading.Lock()
 
 
+def session_key(ref: FileRef, settings: Settings) -> tuple:
+    return (str(ref.path), ref.sha256, settings.ort_intra_op_threads,
+            settings.ort_inter_op_threads, settings.ort_optimization_level, settings.ort_spinning)
+
+
 def shared_session(ref: FileRef, settings: Settings):
     """One onnxruntime session per (model file, sha256, runtime settings) in this process."""
-    key = (str(ref.path), ref.sha256, settings.ort_intra_op_threads,
-           settings.ort_inter_op_threads, settings.ort_optimization_level, settings.ort_spinning)
+    key = session_key(ref, settings)
     with _sessions_lock:
         session = _sessions.get(key)
         if session is None:
             session = create_session(ref.verified(), settings, spin=False)
             _sessions[key] = session
         return session
+
+
+class ImageLane:
+    """The queue's Lane for one output of one image model: batches of [3, 224, 224] pixels.
+
+    Deployments that share a model file and output share the lane (and so their batches)."""
+
+    unit = "images"
+
+    def __init__(self, session: Any, key: tuple, input_name: str, output: str, batch_size: int):
+        self.session = session
+        self.key = ("image", key, output, batch_size)
+        self.input_name = input_name
+        self.output = output
+        self.max_batch_items = batch_size
+        self.batch_budget = batch_size
+
+    def run(self, payloads: Sequence[np.ndarray]) -> np.ndarray:
+        return self.session.run([self.output], {self.input_name: np.stack(payloads)})[0]
 
 
 # -- pure functions (also used by the build and calibration scripts) -----------------------------
@@ -88,11 +111,12 @@ def combine(image_vecs: np.ndarray, text_vecs: np.ndarray, text_weight: float) -
 
 # -- backends -------------------------------------------------------------------------------------
 
-class _ImageBackend:
-    def __init__(self, deployment: Deployment, settings: Settings, registry: Any = None):
+class ImageModel:
+    """What both image backends hold: the shared session, decoding, and lanes per output."""
+
+    def __init__(self, deployment: Deployment, settings: Settings):
         self.deployment = deployment
         self.settings = settings
-        self.registry = registry
         opts = deployment.options
         self.image_tokens = int(opts.get("image_tokens", DEFAULT_IMAGE_TOKENS))
         self.batch_size = max(1, min(int(opts.get("batch_size", DEFAULT_BATCH_SIZE)),
@@ -104,30 +128,40 @@ class _ImageBackend:
         if names != [self.input_name]:
             raise ValueError(f"{deployment.name}: model inputs {names}, expected [{self.input_name}]")
 
-    def loaded(self) -> bool:
-        return True
-
-    def pixel_values(self, inputs: Sequence[Any]) -> np.ndarray:
+    def pixel_values(self, inputs: Sequence[Any]) -> list[np.ndarray]:
         """Decode and preprocess every item (in order: the first bad item is the error)."""
-        out = np.empty((len(inputs), 3, images.CROP_TO, images.CROP_TO), dtype=np.float32)
-        for i, item in enumerate(inputs):
-            out[i] = images.image_to_pixel_values(item.image, self.settings, i)
-        return out
+        return [images.image_to_pixel_values(item.image, self.settings, i)
+                for i, item in enumerate(inputs)]
 
-    def run(self, pixels: np.ndarray, output: str) -> np.ndarray:
-        """One model output for all images, in micro-batches, in input order."""
-        parts = [self.session.run([output], {self.input_name: pixels[s:s + self.batch_size]})[0]
-                 for s in range(0, len(pixels), self.batch_size)]
-        return np.concatenate(parts, axis=0)
+    def lane(self, output: str) -> ImageLane:
+        return ImageLane(self.session, session_key(self.deployment.files["model"], self.settings),
+                         self.input_name, output, self.batch_size)
+
+    def work(self, pixels: Sequence[np.ndarray], output: str) -> Work:
+        return Work(self.lane(output), list(pixels), [1] * len(pixels))
+
+    def outputs(self, pixels: Sequence[np.ndarray], output: str) -> np.ndarray:
+        """One output for all images, run here in micro-batches (scripts and tests)."""
+        prepared = Prepared([self.work(pixels, output)], lambda out: Encoded(out[0], 0))
+        return run_inline(prepared).vectors
 
 
-class ImageFeatureBackend(_ImageBackend):
+class ImageFeatureBackend:
     """EfficientNet-Lite0 pooled features (``options.output``, default ``embedding``)."""
 
     def __init__(self, deployment: Deployment, settings: Settings, registry: Any = None):
-        super().__init__(deployment, settings, registry)
+        self.deployment = deployment
+        self.registry = registry
+        self.model = ImageModel(deployment, settings)
         self.output = deployment.options.get("output", "embedding")
         log.info("loaded image deployment %s", deployment.name)
+
+    def loaded(self) -> bool:
+        return True
+
+    def encode(self, inputs: Sequence[Any], *, input_type: str = "text",
+               extras: dict[str, Any] | None = None) -> Encoded:
+        return run_inline(self.prepare(inputs, input_type=input_type, extras=extras or {}))
 
     def check_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
         for key in extras:
@@ -140,8 +174,8 @@ class ImageFeatureBackend(_ImageBackend):
         deps = getattr(self.registry, "deployments", ()) or ()
         return [d.name for d in deps if d.modality == "image" and d.backend == "image-conse"]
 
-    def encode(self, inputs: Sequence[Any], *, input_type: str = "text",
-               extras: dict[str, Any] | None = None) -> Encoded:
+    def prepare(self, inputs: Sequence[Any], *, input_type: str = "text",
+                extras: dict[str, Any] | None = None) -> Prepared:
         for i, item in enumerate(inputs):
             if item.text is not None:
                 joint = self._joint_deployments()
@@ -150,25 +184,29 @@ class ImageFeatureBackend(_ImageBackend):
                 raise errors.unsupported_parameter(
                     f"Deployment '{self.deployment.name}' embeds images only; 'text' is not "
                     f"supported.{hint}", target=f"input[{i}].text")
-        vecs = self.run(self.pixel_values(inputs), self.output)
-        return Encoded(l2_normalize(vecs), len(inputs) * self.image_tokens)
+        pixels = self.model.pixel_values(inputs)
+        tokens = len(inputs) * self.model.image_tokens
+        return Prepared([self.model.work(pixels, self.output)],
+                        lambda outputs: Encoded(l2_normalize(outputs[0]), tokens),
+                        inputs=len(inputs), images=len(inputs))
 
 
 _INDEX = re.compile(r"^input\[(\d+)\]")
 
 
-class ConseBackend(_ImageBackend):
+class ConseBackend:
     """ImageNet class probabilities -> a vector in the text deployment's space (+ optional text)."""
 
     def __init__(self, deployment: Deployment, settings: Settings, registry: Any = None):
-        super().__init__(deployment, settings, registry)
+        self.deployment = deployment
+        self.model = ImageModel(deployment, settings)
         opts = deployment.options
         self.top_t = int(opts.get("top_t", 5))
         self.text_weight = float(opts.get("text_weight", 0.5))
         if not 0.0 <= self.text_weight <= 1.0:
             raise ValueError(f"{deployment.name}: text_weight must be in [0, 1]")
         self.logits_output = opts.get("output", "logits")
-        outputs = {o.name: o for o in self.session.get_outputs()}
+        outputs = {o.name: o for o in self.model.session.get_outputs()}
         if self.logits_output not in outputs:
             raise ValueError(f"{deployment.name}: the model has no output {self.logits_output!r}")
         n_classes = outputs[self.logits_output].shape[-1]
@@ -188,6 +226,13 @@ class ConseBackend(_ImageBackend):
         log.info("loaded image deployment %s (ConSE, top %d, text via %s)", deployment.name,
                  self.top_t, text_dep.name)
 
+    def loaded(self) -> bool:
+        return True
+
+    def encode(self, inputs: Sequence[Any], *, input_type: str = "text",
+               extras: dict[str, Any] | None = None) -> Encoded:
+        return run_inline(self.prepare(inputs, input_type=input_type, extras=extras or {}))
+
     def check_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
         return check_truncate_extras(extras, self.deployment.name, " (for the items' text)")
 
@@ -205,16 +250,19 @@ class ConseBackend(_ImageBackend):
             raise
         return idx, ids
 
-    def encode(self, inputs: Sequence[Any], *, input_type: str = "text",
-               extras: dict[str, Any] | None = None) -> Encoded:
+    def prepare(self, inputs: Sequence[Any], *, input_type: str = "text",
+                extras: dict[str, Any] | None = None) -> Prepared:
         truncate = (extras or {}).get("truncate", "NONE")
-        pixels = self.pixel_values(inputs)
+        pixels = self.model.pixel_values(inputs)
         idx, ids = self._text_ids(inputs, input_type, truncate)
-        logits = self.run(pixels, self.logits_output)
-        vecs = conse_vectors(logits, self.class_matrix, self.top_t)
-        tokens = len(inputs) * self.image_tokens
-        if idx:
-            text_vecs = self.text_backend.embed_ids(ids)
-            vecs[idx] = combine(vecs[idx], text_vecs, self.text_weight)
-            tokens += int(sum(len(x) for x in ids))
-        return Encoded(vecs, tokens)
+        tokens = len(inputs) * self.model.image_tokens + int(sum(len(x) for x in ids))
+        work = [self.model.work(pixels, self.logits_output)]
+        if idx:   # the items' text runs on the text deployment's lane, batched with its traffic
+            work.append(self.text_backend.work(ids))
+
+        def finish(outputs: list[np.ndarray]) -> Encoded:
+            vecs = conse_vectors(outputs[0], self.class_matrix, self.top_t)
+            if idx:
+                vecs[idx] = combine(vecs[idx], outputs[1], self.text_weight)
+            return Encoded(vecs, tokens)
+        return Prepared(work, finish, inputs=len(inputs), images=len(inputs))

@@ -209,11 +209,12 @@ class Registry:
         candidates = [d for d in self.deployments if d.modality == modality]
         return next((d for d in candidates if d.default), candidates[0] if candidates else None)
 
-    def select(self, modality: str, route: str, model: str | None,
-               header: str | None) -> Deployment:
-        """The deployment a request addresses (``model`` field or ``azureml-model-deployment``)."""
+    def select(self, modality: str, route: str, model: str | None, header: str | None,
+               header_name: str = "azureml-model-deployment") -> Deployment:
+        """The deployment a request addresses: the ``model`` field and/or a name given outside
+        the body (the ``azureml-model-deployment`` header, or a URL path segment)."""
         chosen: Deployment | None = None
-        for value, target in ((model, "model"), (header, "azureml-model-deployment")):
+        for value, target in ((model, "model"), (header, header_name)):
             if value is None:
                 continue
             dep = self.find(value)
@@ -223,7 +224,7 @@ class Registry:
                 raise err
             if chosen is not None and dep.name != chosen.name:
                 raise errors.validation(
-                    f"'model' ({errors.clip(model)}) and header 'azureml-model-deployment' "
+                    f"'model' ({errors.clip(model)}) and '{header_name}' "
                     f"({errors.clip(header)}) name different deployments.", target="model")
             chosen = dep
         if chosen is None:

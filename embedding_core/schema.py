@@ -31,11 +31,16 @@ class ImageInput:
 
 @dataclass
 class EmbeddingsRequest:
-    inputs: list[Any]                  # text: str | list[int]; image: ImageInput
+    """The one request model both wire dialects parse into (see ``pipeline.py``)."""
+
+    inputs: list[Any]                  # text: str | list[int] (deployment ids); image: ImageInput
+    modality: str = "text"
     dimensions: int | None = None
     encoding_format: str = "float"
     input_type: str = "text"
-    model: str | None = None
+    model: str | None = None           # the body's `model`
+    deployment: str | None = None      # a deployment named outside the body (header or URL path)
+    deployment_source: str = "azureml-model-deployment"
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -113,7 +118,8 @@ def _type_name(x: Any) -> str:
             float: "number", type(None): "null"}.get(type(x), type(x).__name__)
 
 
-def _text_inputs(value: Any, max_items: int) -> list[str | list[int]]:
+def text_inputs(value: Any, max_items: int,
+                max_token_id: int = MAX_TOKEN_ID) -> list[str | list[int]]:
     """A string, an array of strings, an array of token ids, or an array of token-id arrays."""
     if isinstance(value, str):
         value = [value]
@@ -136,12 +142,12 @@ def _text_inputs(value: Any, max_items: int) -> list[str | list[int]]:
                 raise errors.validation("A token-id array must not be empty.", f"input[{i}]")
             # C-speed checks first (type(True) is bool, so booleans fail here too).
             if not (all(type(tok) is int for tok in item) and 0 <= min(item)
-                    and max(item) < MAX_TOKEN_ID):
+                    and max(item) < max_token_id):
                 j, tok = next((j, t) for j, t in enumerate(item)
-                              if type(t) is not int or not 0 <= t < MAX_TOKEN_ID)
+                              if type(t) is not int or not 0 <= t < max_token_id)
                 raise errors.validation(
-                    f"Token ids must be integers from 0 to {MAX_TOKEN_ID - 1} "
-                    f"(got {_type_name(tok)} {errors.clip(orjson.dumps(tok).decode())}).",
+                    f"Token ids must be integers from 0 to {max_token_id - 1} "
+                    f"(got {_type_name(tok)} {errors.clip(tok)}).",
                     f"input[{i}][{j}]")
         else:
             raise errors.validation(
@@ -189,32 +195,40 @@ def parse_request(doc: dict[str, Any], *, modality: str, extra_mode: str,
 
     if "input" not in doc:
         raise errors.validation("'input' is required.", "input")
-    inputs = (_text_inputs if modality == "text" else _image_inputs)(doc["input"], max_items)
-
-    dimensions = doc.get("dimensions")
-    if dimensions is not None and (not _is_int(dimensions) or dimensions <= 0):
-        raise errors.validation(
-            f"'dimensions' must be a positive integer (got {_type_name(dimensions)} "
-            f"{errors.clip(orjson.dumps(dimensions).decode())}).", "dimensions")
-
-    encoding = doc.get("encoding_format")
-    if encoding is None:
-        encoding = "float"
-    if encoding not in FORMATS:
-        raise errors.validation("'encoding_format' must be one of " + ", ".join(FORMATS) + ".",
-                                "encoding_format")
+    inputs = (text_inputs if modality == "text" else _image_inputs)(doc["input"], max_items)
+    dimensions = dimensions_field(doc.get("dimensions"))
+    encoding = encoding_field(doc.get("encoding_format"), FORMATS)
 
     input_type = doc.get("input_type")
     if input_type is None:
         input_type = "text"
-    if input_type not in INPUT_TYPES:
+    if not isinstance(input_type, str) or input_type not in INPUT_TYPES:
         raise errors.validation("'input_type' must be one of " + ", ".join(INPUT_TYPES) + ".",
                                 "input_type")
 
-    model = doc.get("model")
+    return EmbeddingsRequest(modality=modality, inputs=inputs, dimensions=dimensions,
+                             encoding_format=encoding, input_type=input_type,
+                             model=model_field(doc.get("model")), extras=extras)
+
+
+def dimensions_field(dimensions: Any) -> int | None:
+    if dimensions is not None and (not _is_int(dimensions) or dimensions <= 0):
+        raise errors.validation(
+            f"'dimensions' must be a positive integer (got {_type_name(dimensions)} "
+            f"{errors.clip(dimensions)}).", "dimensions")
+    return dimensions
+
+
+def encoding_field(encoding: Any, allowed: tuple[str, ...]) -> str:
+    if encoding is None:
+        return "float"
+    if not isinstance(encoding, str) or encoding not in allowed:
+        raise errors.validation("'encoding_format' must be one of " + ", ".join(allowed) + ".",
+                                "encoding_format")
+    return encoding
+
+
+def model_field(model: Any) -> str | None:
     if model is not None and (not isinstance(model, str) or not model.strip()):
         raise errors.validation("'model' must be a deployment name (a non-empty string).", "model")
-
-    return EmbeddingsRequest(inputs=inputs, dimensions=dimensions, encoding_format=encoding,
-                             input_type=input_type, model=model.strip() if model else None,
-                             extras=extras)
+    return model.strip() if model else None

@@ -1,143 +1,186 @@
-"""Handlers: one function per route, from an HTTP-agnostic request to an HTTP-agnostic response.
+"""Handlers: from an HTTP-agnostic request to an HTTP-agnostic response, per route.
 
-This is where the pieces meet: auth, headers, the wire schema, deployment selection, the
-concurrency bound, the backend, output sizes and encodings. Every ``ApiError`` is mapped to its
-status and Azure error body in exactly one place (:meth:`EmbeddingService._run`); any other
-exception becomes a 500 that names only the request id.
+Each route belongs to a wire dialect (``dialect_azure`` or ``dialect_openai``). A handler
+authenticates, lets its dialect parse the body into the one request model, runs the one
+pipeline (``pipeline.py``, which feeds the process's inference queue) and lets the dialect
+render the result. Every ``ApiError`` is rendered by the route's dialect in exactly one place
+(:func:`run_request`); any other exception becomes a 500 that names only the request id.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import orjson
 
-from . import errors, schema
+from . import dialect_azure, dialect_openai, errors, telemetry
+from .api import ApiRequest, ApiResponse
 from .auth import Authenticator
-from .batching import ConcurrencyLimiter
-from .encodings import CALIBRATED, PACKED, encode, resize
+from .inference_queue import InferenceQueue
+from .pipeline import Pipeline, Trace
 from .registry import Deployment, Registry
 from .settings import Settings
 
 log = logging.getLogger("embedding_core")
 
 JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
-ROUTE_MODALITY = {"/embeddings": "text", "/images/embeddings": "image"}
+DIALECTS = {dialect_azure.NAME: dialect_azure, dialect_openai.NAME: dialect_openai}
+
+__all__ = ["ApiRequest", "ApiResponse", "EmbeddingService", "ROUTES", "dispatch",
+           "get_service", "reset_service", "run_request"]
 
 
-@dataclass
-class ApiRequest:
-    method: str
-    path: str
-    headers: Mapping[str, str]          # any case; normalised to lower-case keys on creation
-    query: Mapping[str, str] = field(default_factory=dict)
-    body: bytes = b""
+@dataclass(frozen=True)
+class Route:
+    """A Functions route template, the methods it serves, its dialect and its handler."""
 
-    def __post_init__(self) -> None:
-        self.headers = {k.lower(): v for k, v in self.headers.items()}
+    template: str
+    methods: tuple[str, ...]
+    dialect: str
+    handler: str
+    auth: bool = True
 
 
-@dataclass
-class ApiResponse:
-    status: int
-    headers: dict[str, str]
-    body: bytes
+ROUTES = {r.template: r for r in (
+    Route("embeddings", ("POST",), "azure", "azure_embeddings"),
+    Route("images/embeddings", ("POST",), "azure", "azure_image_embeddings"),
+    Route("info", ("GET",), "azure", "azure_info"),
+    Route("health", ("GET",), "azure", "health_status", auth=False),
+    Route("v1/embeddings", ("POST",), "openai", "openai_embeddings"),
+    Route("v1/models", ("GET",), "openai", "openai_models"),
+    Route("openai/deployments/{deployment}/embeddings", ("POST",), "openai",
+          "azure_openai_embeddings"),
+    Route("swagger.json", ("GET",), "azure", "openapi", auth=False),
+    Route("openapi.json", ("GET",), "azure", "openapi", auth=False),
+)}
+CATCH_ALL = "{*path}"
 
-    def json(self) -> Any:
-        return orjson.loads(self.body)
+
+def _segments(path: str) -> list[str]:
+    return [s for s in path.strip("/").split("/") if s]
+
+
+def match_route(path: str) -> Route | None:
+    """The route whose template matches ``path`` (``{name}`` matches one segment)."""
+    parts = [p.lower() for p in _segments(path)]
+    for route in ROUTES.values():
+        tpl = _segments(route.template)
+        if len(tpl) == len(parts) and all(t.startswith("{") or t == p for t, p in zip(tpl, parts)):
+            return route
+    return None
+
+
+def path_dialect(path: str) -> str:
+    """The dialect an unknown path is answered in: OpenAI's under /v1 and /openai."""
+    first = (_segments(path) or [""])[0].lower()
+    return dialect_openai.NAME if first in ("v1", "openai") else dialect_azure.NAME
 
 
 class EmbeddingService:
     def __init__(self, settings: Settings, registry: Registry | None = None,
-                 authenticator: Authenticator | None = None):
+                 authenticator: Authenticator | None = None,
+                 queue: InferenceQueue | None = None):
         self.settings = settings
         self.registry = registry or Registry.from_settings(settings)
         self.auth = authenticator or Authenticator(settings)
-        self.limiter = ConcurrencyLimiter(settings.max_concurrency, settings.max_queue,
-                                          settings.queue_timeout_s, settings.retry_after_s)
+        self.queue = queue or InferenceQueue(
+            {"tokens": settings.max_queue_tokens, "images": settings.max_queue_images})
+        self.pipeline = Pipeline(settings, self.registry, self.queue)
+        telemetry.watch_queue(self.queue)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "EmbeddingService":
         return cls(Settings.from_env(env))
 
-    # -- routes ---------------------------------------------------------------------------------
+    # -- serving --------------------------------------------------------------------------------
+    def handle(self, template: str, req: ApiRequest) -> ApiResponse:
+        """Serve ``req`` on the route registered as ``template`` (or the catch-all)."""
+        route = ROUTES.get(template)
+        if route is None:
+            return run_request(req, path_dialect(req.path), "unmatched",
+                               lambda trace: self.unmatched(req))
+        handler = getattr(self, route.handler)
+
+        def run(trace: Trace) -> dict[str, Any]:
+            if route.auth:
+                trace.caller = self.auth.check(req.headers).id
+            return handler(req, trace)
+        return run_request(req, route.dialect, route.template, run)
+
+    # The public names tests and scripts use (one per Azure route).
     def embeddings(self, req: ApiRequest) -> ApiResponse:
-        return self._run(req, lambda timing: self._embed(req, "/embeddings", timing))
+        return self.handle("embeddings", req)
 
     def image_embeddings(self, req: ApiRequest) -> ApiResponse:
-        return self._run(req, lambda timing: self._embed(req, "/images/embeddings", timing))
+        return self.handle("images/embeddings", req)
 
     def info(self, req: ApiRequest) -> ApiResponse:
-        def handle(timing: dict[str, float]) -> dict[str, Any]:
-            self.auth.check(req.headers)
-            schema.check_api_version(req.query)
-            dep = self._select_any(req.query.get("model"),
-                                   schema.model_deployment_header(req.headers), "text")
-            return {"model_name": dep.model_name, "model_type": dep.model_type,
-                    "model_provider_name": dep.provider}
-        return self._run(req, handle)
+        return self.handle("info", req)
 
     def health(self, req: ApiRequest) -> ApiResponse:
-        def handle(timing: dict[str, float]) -> dict[str, Any]:
-            return {"status": "ok", "deployments": [
-                {"name": d.name, "modality": d.modality, "dimensions": d.dimensions,
-                 "loaded": self.registry.is_loaded(d)} for d in self.registry.deployments]}
-        return self._run(req, handle)
+        return self.handle("health", req)
 
-    # -- the embeddings pipeline ----------------------------------------------------------------
-    def _embed(self, req: ApiRequest, route: str, timing: dict[str, float]) -> dict[str, Any]:
-        s = self.settings
-        modality = ROUTE_MODALITY[route]
-        self.auth.check(req.headers)
-        schema.check_api_version(req.query)
-        extra_mode = schema.extra_parameters_mode(req.headers)
-        header_model = schema.model_deployment_header(req.headers)
-        schema.check_content_type(req.headers)
-        limit = s.max_text_body_bytes if modality == "text" else s.max_image_body_bytes
-        doc = schema.parse_body(req.body, limit)
-        body = schema.parse_request(
-            doc, modality=modality, extra_mode=extra_mode,
-            max_items=s.max_inputs if modality == "text" else s.max_image_inputs)
-        dep = self.registry.select(modality, route, body.model, header_model)
+    # -- handlers: (request, trace) -> payload ---------------------------------------------------
+    def azure_embeddings(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
+        request = dialect_azure.parse_embeddings(req, "text", self.settings)
+        return dialect_azure.render_embeddings(
+            self.pipeline.embed(request, "/embeddings", trace), trace.request_id)
 
-        dims = body.dimensions or dep.dimensions
-        if dims not in dep.supported_dimensions:
-            raise errors.validation(
-                f"Deployment '{dep.name}' does not support dimensions={dims}; supported: "
-                + ", ".join(map(str, dep.supported_dimensions)) + ".", "dimensions")
-        if body.encoding_format in PACKED and dims % 8:
-            raise errors.validation(
-                f"encoding_format '{body.encoding_format}' needs dimensions divisible by 8 "
-                f"(got {dims}).", "encoding_format")
-        ranges = None
-        if body.encoding_format in CALIBRATED:
-            calibration = self.registry.calibration(dep)
-            ranges = calibration.get(dims) if calibration else None
-            if ranges is None:
-                raise errors.validation(
-                    f"Deployment '{dep.name}' has no {body.encoding_format} calibration for "
-                    f"{dims} dimensions.", "encoding_format")
+    def azure_image_embeddings(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
+        request = dialect_azure.parse_embeddings(req, "image", self.settings)
+        return dialect_azure.render_embeddings(
+            self.pipeline.embed(request, "/images/embeddings", trace), trace.request_id)
 
-        backend = self.registry.backend(dep)
-        extras = backend.check_extras(body.extras)
-        with self.limiter.slot() as waited:
-            timing["queue"] = waited
-            t0 = time.perf_counter()
-            result = backend.encode(body.inputs, input_type=body.input_type, extras=extras)
-            timing["inference"] = time.perf_counter() - t0
-        vectors = resize(result.vectors, dims)
-        values = encode(vectors, body.encoding_format, ranges)
-        return {
-            "id": timing["request_id"], "object": "list", "model": dep.model_name,
-            "data": [{"index": i, "object": "embedding", "embedding": v}
-                     for i, v in enumerate(values)],
-            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
-        }
+    def azure_info(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
+        model, header = dialect_azure.parse_info(req)
+        dep = self._select_any(model, header, "text")
+        trace.deployment = dep.name
+        return dialect_azure.render_info(dep)
+
+    def health_status(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
+        stats = self.queue.stats()
+        return {"status": "ok", "deployments": [
+            {"name": d.name, "modality": d.modality, "dimensions": d.dimensions,
+             "loaded": self.registry.is_loaded(d)} for d in self.registry.deployments],
+            "queue": {"requests": stats.jobs, "queued_tokens": stats.queued.get("tokens", 0),
+                      "queued_images": stats.queued.get("images", 0)}}
+
+    def openai_embeddings(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
+        request = dialect_openai.parse_embeddings(req, self.settings)
+        return dialect_openai.render_embeddings(
+            self.pipeline.embed(request, "/v1/embeddings", trace), trace.request_id)
+
+    def azure_openai_embeddings(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
+        deployment = req.route_params.get("deployment") or _segments(req.path)[2]
+        request = dialect_openai.parse_embeddings(req, self.settings, deployment=deployment)
+        return dialect_openai.render_embeddings(
+            self.pipeline.embed(request, "/openai/deployments/{deployment}/embeddings", trace),
+            trace.request_id)
+
+    def openai_models(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
+        return dialect_openai.render_models(self.registry.deployments)
+
+    def openapi(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
+        from .openapi import document
+        return document(self.registry)
+
+    def unmatched(self, req: ApiRequest) -> dict[str, Any]:
+        """The catch-all route: 405 for a known path with another method, else 404."""
+        route = match_route(req.path)
+        shown = errors.clip(req.path, 120)
+        if route is not None:
+            raise errors.ApiError(
+                405, "MethodNotAllowed",
+                f"Method {errors.clip(req.method, 16)} is not allowed on {shown}; allowed: "
+                + ", ".join(route.methods) + ".", headers={"Allow": ", ".join(route.methods)})
+        raise errors.ApiError(404, "NotFound", f"No route {shown}. Routes: " + ", ".join(
+            f"{'|'.join(r.methods)} /{r.template}" for r in ROUTES.values()) + ".")
 
     def _select_any(self, model: str | None, header: str | None, default_modality: str) -> Deployment:
         """Deployment for /info: any modality when named, else the route's default."""
@@ -147,40 +190,54 @@ class EmbeddingService:
         modality = dep.modality if dep else default_modality
         return self.registry.select(modality, "/info", model, header)
 
-    # -- error mapping, ids, timing: the one place ----------------------------------------------
-    def _run(self, req: ApiRequest, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> ApiResponse:
-        return run_request(req, handler)
+
+_SAFE_ID = re.compile(r"[^A-Za-z0-9._:\-{}]")
 
 
-def run_request(req: ApiRequest, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> ApiResponse:
-    """Run ``handler`` for ``req``: ids, timing headers, and every error mapped to its status."""
+def safe_client_request_id(value: str | None) -> str | None:
+    """``x-ms-client-request-id`` as we echo it: visible ASCII id characters only, ≤ 128."""
+    if not value:
+        return None
+    cleaned = _SAFE_ID.sub("", value[:256])[:128]
+    return cleaned or None
+
+
+def run_request(req: ApiRequest, dialect: str, route: str,
+                handler: Callable[[Trace], Any]) -> ApiResponse:
+    """Run ``handler``: ids, timing headers, telemetry, and every error rendered by ``dialect``."""
     start = time.perf_counter()
-    request_id = uuid.uuid4().hex
-    timing: dict[str, Any] = {"request_id": request_id}
-    headers = {"Content-Type": "application/json", "x-request-id": request_id}
-    client_id = req.headers.get("x-ms-client-request-id")
+    start_ns = time.time_ns()
+    trace = Trace(uuid.uuid4().hex, route="/" + route, dialect=dialect)
+    render_error = DIALECTS[dialect].render_error
+    headers = {"Content-Type": "application/json", "x-request-id": trace.request_id}
+    client_id = safe_client_request_id(req.headers.get("x-ms-client-request-id"))
     if client_id:
-        headers["x-ms-client-request-id"] = client_id[:256]
+        headers["x-ms-client-request-id"] = client_id
+    error_code = None
     try:
-        payload = handler(timing)
+        payload = handler(trace)
         status = 200
     except errors.ApiError as exc:
-        status, payload = exc.status, exc.body()
-        headers.update(exc.response_headers())
+        status, extra, payload = render_error(exc)
+        headers.update(extra)
+        error_code = exc.code
     except Exception:  # noqa: BLE001
-        log.exception("request %s failed", request_id)
-        exc = errors.internal(request_id)
-        status, payload = exc.status, exc.body()
-        headers.update(exc.response_headers())
+        log.exception("request %s failed", trace.request_id)
+        exc = errors.internal(trace.request_id)
+        status, extra, payload = render_error(exc)
+        headers.update(extra)
+        error_code = exc.code
     body = orjson.dumps(payload, option=JSON_OPTS)
     total = time.perf_counter() - start
     headers["x-total-time"] = f"{total * 1000:.1f}"
-    if "queue" in timing:
-        headers["x-queue-time"] = f"{timing['queue'] * 1000:.1f}"
-    if "inference" in timing:
-        headers["x-inference-time"] = f"{timing['inference'] * 1000:.1f}"
-    log.info("%s %s -> %d in %.1f ms (request %s)", req.method, req.path, status,
-             total * 1000, request_id)
+    if trace.queue_s is not None:
+        headers["x-queue-time"] = f"{trace.queue_s * 1000:.1f}"
+    if trace.inference_s is not None:
+        headers["x-inference-time"] = f"{trace.inference_s * 1000:.1f}"
+    log.info("%s %s -> %d in %.1f ms (request %s)", errors.clip(req.method, 16),
+             errors.clip(req.path, 120), status, total * 1000, trace.request_id)
+    telemetry.record(trace, method=req.method, status=status, error_code=error_code,
+                     start_ns=start_ns, duration_s=total)
     return ApiResponse(status, headers, body)
 
 
@@ -198,21 +255,19 @@ def get_service() -> EmbeddingService:
     return _service
 
 
-ROUTES = {"embeddings": "embeddings", "images/embeddings": "image_embeddings",
-          "info": "info", "health": "health"}
-
-
-def dispatch(route: str, req: ApiRequest) -> ApiResponse:
-    """Serve ``req`` on ``route`` (a key of :data:`ROUTES`) with the process-wide service."""
+def dispatch(template: str, req: ApiRequest) -> ApiResponse:
+    """Serve ``req`` on the route registered as ``template`` with the process-wide service."""
     try:
         service = get_service()
     except Exception:  # noqa: BLE001 - bad settings or registry: logged, 500 to the client
         log.exception("service configuration error")
+        route = ROUTES.get(template)
+        dialect = route.dialect if route else path_dialect(req.path)
 
-        def fail(timing: dict[str, Any]) -> dict[str, Any]:
-            raise errors.internal(timing["request_id"])
-        return run_request(req, fail)
-    return getattr(service, ROUTES[route])(req)
+        def fail(trace: Trace) -> dict[str, Any]:
+            raise errors.internal(trace.request_id)
+        return run_request(req, dialect, template, fail)
+    return service.handle(template, req)
 
 
 def reset_service() -> None:

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
 SUPPORTED_API_VERSIONS = ("2024-05-01-preview", "2024-04-01-preview", "2025-04-01")
+
+log = logging.getLogger(__name__)
+
+# Settings of earlier versions, and what replaced them (a warning is logged when one is set).
+RETIRED = {
+    "EMBEDDINGS_MAX_CONCURRENCY": "one inference worker per process runs batches from every "
+                                  "request (see EMBEDDINGS_MAX_QUEUE_TOKENS)",
+    "EMBEDDINGS_MAX_QUEUE": "the queue is bounded by tokens: EMBEDDINGS_MAX_QUEUE_TOKENS",
+    "EMBEDDINGS_QUEUE_TIMEOUT_SECONDS": "see EMBEDDINGS_REQUEST_TIMEOUT_SECONDS",
+}
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -67,9 +78,10 @@ class Settings:
     # Inference.
     batch_token_budget: int = 512         # small batches run fastest on CPU (measured)
     max_batch_size: int = 32
-    max_concurrency: int = 1
-    max_queue: int = 32
-    queue_timeout_s: float = 30.0
+    max_request_tokens: int = 131072      # one request's tokens (bounds its time: ≤ 60 s here)
+    max_queue_tokens: int = 262144        # tokens queued in the process; beyond: 429
+    max_queue_images: int = 256           # images queued in the process; beyond: 429
+    request_timeout_s: float = 200.0      # a request still queued then is cancelled (503)
     retry_after_s: int = 1
     ort_intra_op_threads: int = 0          # 0 = onnxruntime's default (one per core)
     ort_inter_op_threads: int = 1
@@ -87,6 +99,15 @@ class Settings:
         if level not in ("disabled", "basic", "extended", "all"):
             raise ValueError("setting EMBEDDINGS_ORT_OPTIMIZATION_LEVEL must be one of "
                              "disabled, basic, extended, all")
+        max_request_tokens = _int(env, "EMBEDDINGS_MAX_REQUEST_TOKENS", cls.max_request_tokens, 1)
+        max_queue_tokens = _int(env, "EMBEDDINGS_MAX_QUEUE_TOKENS", cls.max_queue_tokens, 1)
+        if max_queue_tokens < max_request_tokens:
+            raise ValueError("setting EMBEDDINGS_MAX_QUEUE_TOKENS must be >= "
+                             "EMBEDDINGS_MAX_REQUEST_TOKENS, or the largest request could never "
+                             "be admitted")
+        for retired in RETIRED:
+            if env.get(retired, "").strip():
+                log.warning("setting %s is no longer used: %s", retired, RETIRED[retired])
         return cls(
             api_keys=_list(env, "EMBEDDINGS_API_KEYS"),
             auth_disabled=auth_mode == "disabled",
@@ -99,9 +120,11 @@ class Settings:
             max_image_pixels=_int(env, "EMBEDDINGS_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
             batch_token_budget=_int(env, "EMBEDDINGS_BATCH_TOKEN_BUDGET", cls.batch_token_budget, 1),
             max_batch_size=_int(env, "EMBEDDINGS_MAX_BATCH_SIZE", cls.max_batch_size, 1),
-            max_concurrency=_int(env, "EMBEDDINGS_MAX_CONCURRENCY", cls.max_concurrency, 1),
-            max_queue=_int(env, "EMBEDDINGS_MAX_QUEUE", cls.max_queue, 0),
-            queue_timeout_s=_float(env, "EMBEDDINGS_QUEUE_TIMEOUT_SECONDS", cls.queue_timeout_s),
+            max_request_tokens=max_request_tokens,
+            max_queue_tokens=max_queue_tokens,
+            max_queue_images=_int(env, "EMBEDDINGS_MAX_QUEUE_IMAGES", cls.max_queue_images, 1),
+            request_timeout_s=_float(env, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS",
+                                     cls.request_timeout_s),
             retry_after_s=_int(env, "EMBEDDINGS_RETRY_AFTER_SECONDS", cls.retry_after_s, 1),
             ort_intra_op_threads=_int(env, "EMBEDDINGS_ORT_INTRA_OP_THREADS", cls.ort_intra_op_threads, 0),
             ort_inter_op_threads=_int(env, "EMBEDDINGS_ORT_INTER_OP_THREADS", cls.ort_inter_op_threads, 1),

@@ -13,8 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import errors
-from .backends import Encoded
-from .batching import plan_batches
+from .backends import Encoded, Prepared, Work, run_inline
 from .onnx_session import create_session
 from .pooling import POOLING, l2_normalize
 from .registry import Deployment
@@ -62,6 +61,11 @@ class TextBackend:
         # A deployment may cap its micro-batch (1 for models whose output depends on the batch).
         self.max_batch_size = min(settings.max_batch_size,
                                   int(opts.get("max_batch_size", settings.max_batch_size)))
+        # The queue's Lane: items of this deployment share batches under the token budget.
+        self.key = ("text", deployment.name)
+        self.unit = "tokens"
+        self.max_batch_items = self.max_batch_size
+        self.batch_budget = settings.batch_token_budget
         self.session = create_session(deployment.files["model"].verified(), settings)
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_name = opts.get("output", self.session.get_outputs()[0].name)
@@ -147,26 +151,39 @@ class TextBackend:
         return arr
 
     # -- inference ------------------------------------------------------------------------------
-    def encode(self, inputs: Sequence[Any], *, input_type: str = "text",
-               extras: dict[str, Any] | None = None) -> Encoded:
+    def prepare(self, inputs: Sequence[Any], *, input_type: str = "text",
+                extras: dict[str, Any] | None = None) -> Prepared:
         truncate = (extras or {}).get("truncate", "NONE")
         ids = self.tokenize(inputs, input_type=input_type, truncate=truncate)
-        return Encoded(self.embed_ids(ids), int(sum(len(x) for x in ids)))
+        tokens = int(sum(len(x) for x in ids))
+        return Prepared([self.work(ids)], lambda outputs: Encoded(outputs[0], tokens),
+                        inputs=len(ids))
+
+    def encode(self, inputs: Sequence[Any], *, input_type: str = "text",
+               extras: dict[str, Any] | None = None) -> Encoded:
+        return run_inline(self.prepare(inputs, input_type=input_type, extras=extras))
+
+    def work(self, ids: Sequence[np.ndarray]) -> Work:
+        """Token-id arrays as queue items of this backend's lane (cost: their lengths)."""
+        return Work(self, list(ids), [len(x) for x in ids])
 
     def embed_ids(self, ids: Sequence[np.ndarray]) -> np.ndarray:
-        lengths = [len(x) for x in ids]
-        out = np.empty((len(ids), self.deployment.dimensions), dtype=np.float32)
-        for batch in plan_batches(lengths, self.settings.batch_token_budget, self.max_batch_size):
-            width = max(lengths[i] for i in batch)
-            input_ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(batch), width), dtype=np.int64)
-            for row, i in enumerate(batch):
-                input_ids[row, : lengths[i]] = ids[i]
-                mask[row, : lengths[i]] = 1
-            feeds = {"input_ids": input_ids, "attention_mask": mask}
-            if "token_type_ids" in self.input_names:
-                feeds["token_type_ids"] = np.zeros_like(input_ids)
-            hidden = self.session.run([self.output_name], feeds)[0]
-            vecs = hidden if hidden.ndim == 2 else self.pool(hidden, mask)
-            out[batch] = l2_normalize(vecs)
-        return out
+        """Vectors of token-id arrays, run here in micro-batches (scripts and tests)."""
+        return run_inline(Prepared([self.work(ids)], lambda outputs: Encoded(outputs[0], 0))).vectors
+
+    # -- the Lane: one micro-batch ----------------------------------------------------------------
+    def run(self, payloads: Sequence[np.ndarray]) -> np.ndarray:
+        """L2-normalised vectors of one batch of token-id arrays, padded to the longest."""
+        lengths = [len(x) for x in payloads]
+        width = max(lengths)
+        input_ids = np.full((len(payloads), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(payloads), width), dtype=np.int64)
+        for row, x in enumerate(payloads):
+            input_ids[row, : lengths[row]] = x
+            mask[row, : lengths[row]] = 1
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        hidden = self.session.run([self.output_name], feeds)[0]
+        vecs = hidden if hidden.ndim == 2 else self.pool(hidden, mask)
+        return l2_normalize(vecs)

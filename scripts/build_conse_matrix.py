@@ -90,7 +90,7 @@ def photo_logits(registry: Registry, settings: Settings) -> tuple[list[str], np.
             f"data:image/{'png' if f.endswith('.png') else 'jpeg'};base64,"
             + base64.b64encode((PHOTOS / f).read_bytes()).decode(), settings, i)
         for i, f in enumerate(files)])
-    return files, backend.run(pixels, "logits")
+    return files, backend.model.outputs(list(pixels), "logits")
 
 
 def retrieval(query_vecs: np.ndarray, truth: list[int], image_vecs: np.ndarray) -> dict[str, float]:

@@ -144,8 +144,8 @@ def main() -> None:
             owner.append(i)
     pixels = np.stack(pixels)
     owner = np.asarray(owner)
-    emb = l2_normalize(eff.run(pixels, "embedding"))
-    logits = eff.run(pixels, "logits")
+    emb = l2_normalize(eff.model.outputs(list(pixels), "embedding"))
+    logits = eff.model.outputs(list(pixels), "logits")
     print(f"{len(files)} photos, {len(pixels)} views", file=sys.stderr)
 
     # -- EfficientNet: choose the ranges on a split by photo ----------------------------------

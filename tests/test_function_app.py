@@ -49,9 +49,13 @@ def call(route, method="POST", body=None, headers=None, params=None):
 
 
 def test_routes_and_methods_are_registered():
+    """Every route the core serves is registered with its methods, plus the catch-all."""
     f = functions()
-    assert {k: v[0] for k, v in f.items()} == {
-        "embeddings": ["POST"], "images/embeddings": ["POST"], "info": ["GET"], "health": ["GET"]}
+    expected = {r.template: list(r.methods) for r in service_module.ROUTES.values()}
+    expected[service_module.CATCH_ALL] = function_app.ALL_METHODS
+    assert {k: v[0] for k, v in f.items()} == expected
+    assert {"embeddings", "images/embeddings", "info", "health", "v1/embeddings", "v1/models",
+            "swagger.json", "openapi.json"} <= set(f)
 
 
 def test_embeddings_function_returns_real_vectors(text_backend):
@@ -100,7 +104,55 @@ def test_bad_settings_give_a_500_naming_only_the_request_id(monkeypatch, caplog)
 def test_unexpected_failure_is_a_500_without_details(monkeypatch):
     svc = service_module.get_service()
     backend = svc.registry.backend(svc.registry.default_for("text"))
-    monkeypatch.setattr(backend, "encode", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(backend, "prepare", lambda *a, **k: 1 / 0)
     res = call("embeddings", body={"input": ["a"]}, headers={"api-key": KEY})
     body = res.get_body().decode()
     assert res.status_code == 500 and "ZeroDivision" not in body and "Traceback" not in body
+
+
+def test_calls_from_a_thread_pool_share_one_queue(text_backend):
+    """The Functions Python worker runs sync functions in a thread pool: requests from its
+    threads are batched together by one worker thread and get the vectors they get alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"request {i}: " + "words " * (i % 9) for i in range(32)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda t: call("embeddings", body={"input": [t]},
+                                               headers={"api-key": KEY}), texts))
+    expected = text_backend.encode(texts).vectors
+    for res, want in zip(results, expected):
+        assert res.status_code == 200
+        got = np.asarray(json.loads(res.get_body())["data"][0]["embedding"], dtype=np.float32)
+        assert np.abs(got - want).max() <= 1e-5
+    svc = service_module.get_service()
+    assert svc.queue.stats().batches < len(texts)      # some requests shared a batch
+
+
+def test_the_worker_starts_on_the_first_embedding_never_at_import():
+    import subprocess
+    import sys
+
+    code = """
+import json, threading
+import azure.functions as func
+import function_app
+workers = lambda: sum(t.name == "inference-worker" for t in threading.enumerate())
+fns = {f.get_trigger().route: f.get_user_function() for f in function_app.app.get_functions()}
+def call(route, method, body=b""):
+    return fns[route](func.HttpRequest(method=method, url="http://localhost/" + route,
+        headers={"api-key": "test-key-0123456789"}, params={"api-version": "2024-05-01-preview"},
+        body=body))
+out = [workers()]
+assert call("health", "GET").status_code == 200
+out.append(workers())
+assert call("embeddings", "POST", json.dumps({"input": ["hi"]}).encode()).status_code == 200
+assert call("embeddings", "POST", json.dumps({"input": ["again"]}).encode()).status_code == 200
+out.append(workers())
+print(json.dumps(out))
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("EMBEDDINGS_")}
+    env["EMBEDDINGS_API_KEYS"] = KEY
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=str(__import__("conftest").ROOT), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0, 0, 1]

@@ -43,7 +43,7 @@ def conse(registry) -> ConseBackend:
 
 @pytest.fixture(scope="module")
 def photo_pixels(eff) -> np.ndarray:
-    return eff.pixel_values([item(IMAGES / n) for n in PHOTOS])
+    return np.stack(eff.model.pixel_values([item(IMAGES / n) for n in PHOTOS]))
 
 
 # -- EfficientNet-Lite0 against the PyTorch reference ------------------------------------------
@@ -65,7 +65,7 @@ def test_embeddings_match_torch_reference(eff):
 
 
 def test_top_classes_match_reference(eff, photo_pixels):
-    probs = softmax(eff.run(photo_pixels, "logits"))
+    probs = softmax(eff.model.outputs(list(photo_pixels), "logits"))
     for name, p in zip(PHOTOS, probs):
         ref = REFERENCE["photos"][name]["top5"]
         assert int(np.argmax(p)) == ref[0]["index"], name
@@ -121,18 +121,18 @@ def test_batch_does_not_change_an_embedding(request, backend_name):
 def test_micro_batches_restore_order(registry, eff):
     small = ImageFeatureBackend(eff.deployment, Settings.from_env({"EMBEDDINGS_MAX_BATCH_SIZE": "2"}),
                                 registry)
-    assert small.batch_size == 2 and small.session is eff.session    # one session per process
+    assert small.model.batch_size == 2 and small.model.session is eff.model.session  # shared
     calls = []
 
     class Spy:
         def __getattr__(self, name):
-            return getattr(eff.session, name)
+            return getattr(eff.model.session, name)
 
         def run(self, outputs, feeds):
             calls.append(len(feeds["pixel_values"]))
-            return eff.session.run(outputs, feeds)
+            return eff.model.session.run(outputs, feeds)
 
-    small.session = Spy()
+    small.model.session = Spy()
     items = [item(IMAGES / n) for n in PHOTOS[:5]]
     assert np.abs(small.encode(items).vectors - eff.encode(items).vectors).max() <= 1e-5
     assert calls == [2, 2, 1]
@@ -145,7 +145,7 @@ def test_jpeg_draft_does_not_change_the_result_materially(eff):
     url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
     settings = Settings.from_env({})
     x = np.stack([images.image_to_pixel_values(url, settings, 0, draft=d) for d in (True, False)])
-    drafted, exact = eff.run(x, "embedding")
+    drafted, exact = eff.model.outputs(list(x), "embedding")
     assert float(drafted @ exact) >= 0.998                          # measured 0.9994
 
 
@@ -153,7 +153,7 @@ def test_one_resample_preprocessing_matches_the_two_step_reference(eff):
     im = images.to_rgb(Image.open(IMAGES / "chelsea.jpg"))       # 451x300: the least exact case
     x = np.stack([images.preprocess(im),
                   images.to_pixel_values(images.center_crop(images.resize_shorter(im)))])
-    a, b = eff.run(x, "embedding")
+    a, b = eff.model.outputs(list(x), "embedding")
     assert float(a @ b) >= 0.997                                  # measured 0.9979 (half-pixel shift)
 
 
@@ -167,7 +167,7 @@ def test_class_matrix(conse):
 
 
 def test_conse_is_the_weighted_mean_of_the_top_classes(conse, eff, photo_pixels):
-    logits = eff.run(photo_pixels, "logits")
+    logits = eff.model.outputs(list(photo_pixels), "logits")
     got = conse.encode([item(IMAGES / n) for n in PHOTOS]).vectors
     expected = np.empty_like(got)
     for k, row in enumerate(logits.astype(np.float64)):

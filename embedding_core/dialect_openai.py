@@ -1,0 +1,88 @@
+"""The OpenAI dialect: ``POST /v1/embeddings``, ``GET /v1/models`` (and the Azure OpenAI path).
+
+What text-embeddings-inference, vLLM, infinity and Ollama serve, so OpenAI clients work with only
+a base URL: no api-version, ``Authorization: Bearer`` (or ``api-key``), OpenAI's request fields
+(``input`` as a string, strings, or OpenAI token-id arrays; ``model``; ``encoding_format``
+float|base64; ``dimensions``; ``user``), response and error shape. Unknown fields are ignored,
+as OpenAI-compatible servers do (clients send ``user`` and provider-specific fields).
+
+Token-id arrays are **OpenAI (cl100k_base) ids**, because that is what OpenAI clients send: they
+are decoded to text (``openai_tokens.py``) and embedded with the deployment's own tokenizer, so
+``usage`` counts the deployment's tokens. The same text gives bit-identical vectors here and on
+the Azure route: both parse into the same request model and run the same pipeline.
+
+Errors are ``{"error": {"message", "type", "param", "code"}}`` with OpenAI's statuses (a
+validation error is a 400, not a 422).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from . import errors, openai_tokens, schema
+from .api import ApiRequest
+from .pipeline import EmbeddingsResult
+from .registry import Deployment
+from .settings import Settings
+
+NAME = "openai"
+ENCODINGS = ("float", "base64")
+
+# Our codes that have a well-known OpenAI spelling; the rest become snake_case.
+_CODES = {"Unauthorized": "invalid_api_key", "ModelNotFound": "model_not_found",
+          "TooManyRequests": "rate_limit_exceeded", "InternalServerError": "internal_error"}
+_TYPES = {401: "invalid_request_error", 429: "requests", 500: "server_error",
+          503: "server_error"}
+
+
+def parse_embeddings(req: ApiRequest, settings: Settings,
+                     deployment: str | None = None) -> schema.EmbeddingsRequest:
+    schema.check_content_type(req.headers)
+    doc = schema.parse_body(req.body, settings.max_text_body_bytes)
+    if "input" not in doc:
+        raise errors.validation("'input' is required.", "input")
+    inputs = schema.text_inputs(doc["input"], settings.max_inputs,
+                                max_token_id=openai_tokens.SIZE)
+    texts = [openai_tokens.decode(x, f"input[{i}]") if isinstance(x, list) else x
+             for i, x in enumerate(inputs)]
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise errors.validation("The token ids decode to empty text.", f"input[{i}]")
+    return schema.EmbeddingsRequest(
+        inputs=texts, modality="text",
+        dimensions=schema.dimensions_field(doc.get("dimensions")),
+        encoding_format=schema.encoding_field(doc.get("encoding_format"), ENCODINGS),
+        model=schema.model_field(doc.get("model")),
+        deployment=deployment, deployment_source="deployment")
+
+
+def render_embeddings(result: EmbeddingsResult, request_id: str) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": v}
+                 for i, v in enumerate(result.values)],
+        "model": result.deployment.name,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    }
+
+
+def render_models(deployments: list[Deployment]) -> dict[str, Any]:
+    return {"object": "list", "data": [
+        {"id": d.name, "object": "model", "created": 0, "owned_by": d.provider or "self"}
+        for d in deployments if d.modality == "text"]}
+
+
+def _snake(code: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", code).lower()
+
+
+def render_error(exc: errors.ApiError) -> tuple[int, dict[str, str], dict[str, Any]]:
+    status = 400 if exc.status == 422 else exc.status
+    body = {"error": {
+        "message": exc.message,
+        "type": _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error"),
+        "param": exc.target,
+        "code": _CODES.get(exc.code, _snake(exc.code)),
+    }}
+    return status, exc.response_headers(), body

@@ -1,0 +1,316 @@
+"""The per-process inference queue: handlers enqueue and wait, one worker thread runs batches.
+
+The design follows text-embeddings-inference (``router`` → ``core/src/queue.rs`` → backends):
+
+* A request prepares its inputs in its own thread (tokenises text, decodes images; see
+  ``backends.Prepared``) and submits them as one **job**. Admission is bounded by the *cost*
+  queued (tokens for text lanes, images for image lanes), not by the number of requests: past
+  the bound the job is refused with 429 and a ``Retry-After`` estimated from the measured
+  throughput. Each job's items of one lane are kept shortest first.
+* One **worker thread**, started lazily on the first job (never at import), forms micro-batches
+  from whatever is queued: it takes the job at the front of a round-robin ring, starts a batch
+  with that job's next (shortest remaining) items of one lane, fills what is left of the batch
+  budget with the next items of the other jobs on the same lane (in ring order), runs the batch
+  and scatters the rows back. Every job it served then moves to the back of the ring, behind the
+  jobs that arrived while the batch ran. So small
+  requests are batched together, and a large request is cut into micro-batches interleaved
+  with everyone else's: a one-sentence request never waits for a whole large one.
+* Each handler waits on its own job, with a deadline; the rows come back in item order. A job
+  that times out or whose handler gives up is cancelled: its queued items are dropped.
+
+Nothing here knows HTTP, models or wire formats: lanes run batches, jobs carry opaque payloads.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import errors
+from .backends import Lane, Prepared, Work, fits
+
+log = logging.getLogger(__name__)
+
+# Throughput assumed before the worker has measured any (per unit per second); deliberately low,
+# so early Retry-After estimates err on the long side.
+DEFAULT_RATES = {"tokens": 2000.0, "images": 20.0}
+RATE_SMOOTHING = 0.2          # weight of the newest batch in the throughput average
+
+
+@dataclass(eq=False)
+class _Part:
+    """One Work of a job: its items sorted by cost, and the rows that came back."""
+
+    work: Work
+    order: list[int]
+    next: int = 0
+    rows: np.ndarray | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self.order) - self.next
+
+
+@dataclass(eq=False)          # identity: jobs are compared and removed by identity
+class Job:
+    parts: list[_Part]
+    costs: dict[str, int]                  # queued cost per unit when admitted
+    enqueued: float = field(default_factory=time.perf_counter)
+    started: float | None = None           # when its first batch started
+    inference_s: float = 0.0               # wall time of the batches that carried its items
+    batches: int = 0
+    remaining: int = 0                     # items not yet computed
+    error: BaseException | None = None
+    cancelled: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def queue_s(self) -> float:
+        return (self.started if self.started is not None else time.perf_counter()) - self.enqueued
+
+    def outputs(self) -> list[np.ndarray]:
+        return [p.rows if p.rows is not None else np.empty((0, 0), np.float32) for p in self.parts]
+
+
+@dataclass
+class QueueStats:
+    jobs: int                               # requests queued or running
+    queued: dict[str, int]                  # cost not yet started, per unit
+    rates: dict[str, float]                 # measured units per second
+    batches: int                            # batches run since start
+    worker_alive: bool
+
+
+class InferenceQueue:
+    """One per process (see ``service.py``). ``limits`` bounds queued cost per unit."""
+
+    def __init__(self, limits: dict[str, int], *, on_idle: Callable[[], None] | None = None,
+                 name: str = "inference-worker"):
+        self.limits = dict(limits)
+        self.on_idle = on_idle
+        self.name = name
+        self._cond = threading.Condition()
+        self._ring: collections.deque[Job] = collections.deque()
+        self._queued = collections.Counter()
+        self._rates = dict(DEFAULT_RATES)
+        self._batches = 0
+        self._worker: threading.Thread | None = None
+
+    # -- handler side ---------------------------------------------------------------------------
+    def submit(self, prepared: Prepared) -> Job:
+        """Admit ``prepared`` or raise 429 with a Retry-After estimated from the queue."""
+        parts = []
+        for work in prepared.work:
+            if len(work.payloads) != len(work.costs):
+                raise ValueError("one cost per payload")
+            if work.payloads:
+                order = sorted(range(len(work.payloads)), key=lambda i: work.costs[i])
+                parts.append(_Part(work, order))
+        costs = collections.Counter()
+        for p in parts:
+            costs[p.work.lane.unit] += int(sum(p.work.costs))
+        job = Job(parts, dict(costs), remaining=sum(len(p.order) for p in parts))
+        with self._cond:
+            for unit, cost in costs.items():
+                limit = self.limits.get(unit)
+                if limit is not None and self._queued[unit] + cost > limit:
+                    raise errors.too_many_requests(self._retry_after(unit, cost, limit))
+            if not job.remaining:
+                job.done.set()
+                return job
+            for unit, cost in costs.items():
+                self._queued[unit] += cost
+            self._ring.append(job)
+            self._ensure_worker()
+            self._cond.notify()
+        return job
+
+    def wait(self, job: Job, timeout: float) -> list[np.ndarray]:
+        """The job's output rows per Work; cancels it on time-out (503) or any interruption."""
+        try:
+            finished = job.done.wait(timeout)
+        except BaseException:
+            self.cancel(job)
+            raise
+        if not finished:
+            self.cancel(job)
+            raise errors.ApiError(
+                503, "ServiceUnavailable",
+                f"The request did not finish within {timeout:g} seconds and was cancelled; "
+                "retry after the indicated delay or send fewer inputs.",
+                headers={"Retry-After": str(self._retry_after_all())})
+        if job.error is not None:
+            raise job.error
+        return job.outputs()
+
+    def run(self, prepared: Prepared, timeout: float) -> tuple[Job, list[np.ndarray]]:
+        job = self.submit(prepared)
+        return job, self.wait(job, timeout)
+
+    def cancel(self, job: Job) -> None:
+        """Drop the job's queued items; rows of a batch already running are discarded."""
+        with self._cond:
+            if job.cancelled or job.done.is_set():
+                return
+            job.cancelled = True
+            self._drop(job)
+            job.done.set()
+
+    def stats(self) -> QueueStats:
+        with self._cond:
+            return QueueStats(len(self._ring), dict(self._queued), dict(self._rates),
+                              self._batches, bool(self._worker and self._worker.is_alive()))
+
+    # -- estimates ------------------------------------------------------------------------------
+    def _retry_after(self, unit: str, cost: int, limit: int) -> int:
+        """Seconds until enough of the queue has drained for ``cost`` to fit (at least 1)."""
+        excess = self._queued[unit] + cost - limit
+        return max(1, math.ceil(excess / self._rates.get(unit, 1.0)))
+
+    def _retry_after_all(self) -> int:
+        with self._cond:
+            return max(1, math.ceil(sum(q / self._rates.get(u, 1.0)
+                                        for u, q in self._queued.items())))
+
+    # -- worker side ----------------------------------------------------------------------------
+    def _ensure_worker(self) -> None:
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            self._worker.start()
+
+    def _drop(self, job: Job) -> None:
+        """Remove a job's pending items from the accounting and the ring (lock held)."""
+        for p in job.parts:
+            left = [p.work.costs[i] for i in p.order[p.next:]]
+            self._queued[p.work.lane.unit] -= int(sum(left))
+            p.next = len(p.order)
+        try:
+            self._ring.remove(job)
+        except ValueError:
+            pass
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._ring:
+                    if self.on_idle is not None:
+                        self._cond.release()
+                        try:
+                            self.on_idle()
+                        except Exception:  # noqa: BLE001 - an idle hook never stops the worker
+                            log.exception("inference queue idle hook failed")
+                        finally:
+                            self._cond.acquire()
+                        if self._ring:
+                            break
+                    self._cond.wait()
+                lane, taken = self._form_batch()
+            self._run_batch(lane, taken)
+
+    def _form_batch(self) -> tuple[Lane, list[tuple[Job, _Part, list[int]]]]:
+        """Pick the next batch (lock held). Returns the lane and (job, part, indices) slices."""
+        first = self._ring[0]
+        part = next(p for p in first.parts if p.pending)
+        lane = part.work.lane
+        taken: list[tuple[Job, _Part, list[int]]] = []
+        count, max_cost = 0, 0
+
+        def take(job: Job, p: _Part) -> None:
+            nonlocal count, max_cost
+            start = p.next
+            while p.next < len(p.order):
+                c = p.work.costs[p.order[p.next]]
+                if not fits(lane, count + 1, max(max_cost, c)):
+                    break
+                count += 1
+                max_cost = max(max_cost, c)
+                p.next += 1
+            if p.next > start:
+                taken.append((job, p, p.order[start:p.next]))
+
+        take(first, part)
+        for job in list(self._ring)[1:]:
+            if count >= lane.max_batch_items:
+                break
+            for p in job.parts:
+                if p.pending and p.work.lane.key == lane.key:
+                    take(job, p)
+        now = time.perf_counter()
+        for job, p, idx in taken:
+            if job.started is None:
+                job.started = now
+            self._queued[lane.unit] -= int(sum(p.work.costs[i] for i in idx))
+        return lane, taken
+
+    def _rotate(self, taken: list[tuple[Job, _Part, list[int]]]) -> None:
+        """After a batch (lock held): the jobs it served go to the back of the ring, in their
+        order, so jobs that arrived while it ran come first; finished jobs leave the ring."""
+        served: list[Job] = []
+        for job, _, _ in taken:
+            if job not in served:
+                served.append(job)
+        for job in served:
+            if job in self._ring:
+                self._ring.remove(job)
+                if any(p.pending for p in job.parts):
+                    self._ring.append(job)
+
+    def _run_batch(self, lane: Lane, taken: list[tuple[Job, _Part, list[int]]]) -> None:
+        payloads = [p.work.payloads[i] for _, p, idx in taken for i in idx]
+        t0 = time.perf_counter()
+        try:
+            out = lane.run(payloads)
+            if len(out) != len(payloads):
+                raise RuntimeError(f"lane returned {len(out)} rows for {len(payloads)} items")
+            error = None
+        except BaseException as exc:  # noqa: BLE001 - delivered to every job in the batch
+            log.exception("inference batch of %d items failed", len(payloads))
+            out, error = None, exc
+        elapsed = time.perf_counter() - t0
+        with self._cond:
+            self._batches += 1
+            self._rotate(taken)
+            if error is None and elapsed > 0:
+                work = sum(p.work.costs[i] for _, p, idx in taken for i in idx)
+                rate = work / elapsed
+                old = self._rates.get(lane.unit, rate)
+                self._rates[lane.unit] = (1 - RATE_SMOOTHING) * old + RATE_SMOOTHING * rate
+            row = 0
+            for job, p, idx in taken:
+                n = len(idx)
+                job.inference_s += elapsed
+                job.batches += 1
+                if job.cancelled or job.done.is_set():
+                    row += n
+                    continue
+                if error is not None:
+                    job.error = error if isinstance(error, errors.ApiError) else \
+                        RuntimeError("inference failed")
+                    self._drop(job)
+                    job.done.set()
+                    row += n
+                    continue
+                if p.rows is None:
+                    p.rows = np.empty((len(p.order), *out.shape[1:]), dtype=out.dtype)
+                p.rows[idx] = out[row:row + n]
+                row += n
+                job.remaining -= n
+                if job.remaining == 0:
+                    job.done.set()
+
+
+def check_request_cost(prepared: Prepared, max_tokens: int) -> None:
+    """Refuse a request whose total tokens exceed ``EMBEDDINGS_MAX_REQUEST_TOKENS``."""
+    tokens = prepared.cost("tokens")
+    if tokens > max_tokens:
+        raise errors.validation(
+            f"The request has {tokens} tokens; the limit per request is {max_tokens} "
+            "(EMBEDDINGS_MAX_REQUEST_TOKENS). Split the inputs over several requests.", "input")
+

@@ -1,0 +1,92 @@
+"""The embeddings pipeline: one request model in, one result out, whatever the wire dialect.
+
+``EmbeddingsRequest`` (parsed by a dialect) → deployment → output size and encoding checks →
+the backend prepares the inputs in this thread (tokenise / decode) → the request-size cap → the
+inference queue (batched with other requests, see ``inference_queue.py``) → the backend finishes
+the vectors → Matryoshka size → wire encoding. Dialects only parse and render.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import errors
+from .encodings import CALIBRATED, PACKED, encode, resize
+from .inference_queue import InferenceQueue, check_request_cost
+from .registry import Deployment, Registry
+from .schema import EmbeddingsRequest
+from .settings import Settings
+
+
+@dataclass
+class EmbeddingsResult:
+    deployment: Deployment
+    values: list[Any]           # one encoded value per input, in request order
+    prompt_tokens: int
+    encoding_format: str
+    dimensions: int
+
+
+@dataclass
+class Trace:
+    """What one request did, filled in as it goes (timing headers and telemetry read it)."""
+
+    request_id: str
+    route: str = ""
+    dialect: str = ""
+    caller: str | None = None
+    deployment: str | None = None
+    inputs: int | None = None
+    images: int | None = None
+    tokens: int | None = None
+    encoding: str | None = None
+    dimensions: int | None = None
+    queue_s: float | None = None
+    inference_s: float | None = None
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, registry: Registry, queue: InferenceQueue):
+        self.settings = settings
+        self.registry = registry
+        self.queue = queue
+
+    def select(self, request: EmbeddingsRequest, route: str) -> Deployment:
+        return self.registry.select(request.modality, route, request.model, request.deployment,
+                                    header_name=request.deployment_source)
+
+    def embed(self, request: EmbeddingsRequest, route: str, trace: Trace) -> EmbeddingsResult:
+        s = self.settings
+        dep = self.select(request, route)
+        trace.deployment = dep.name
+        dims = request.dimensions or dep.dimensions
+        trace.encoding, trace.dimensions = request.encoding_format, dims
+        if dims not in dep.supported_dimensions:
+            raise errors.validation(
+                f"Deployment '{dep.name}' does not support dimensions={dims}; supported: "
+                + ", ".join(map(str, dep.supported_dimensions)) + ".", "dimensions")
+        if request.encoding_format in PACKED and dims % 8:
+            raise errors.validation(
+                f"encoding_format '{request.encoding_format}' needs dimensions divisible by 8 "
+                f"(got {dims}).", "encoding_format")
+        ranges = None
+        if request.encoding_format in CALIBRATED:
+            calibration = self.registry.calibration(dep)
+            ranges = calibration.get(dims) if calibration else None
+            if ranges is None:
+                raise errors.validation(
+                    f"Deployment '{dep.name}' has no {request.encoding_format} calibration for "
+                    f"{dims} dimensions.", "encoding_format")
+
+        backend = self.registry.backend(dep)
+        extras = backend.check_extras(request.extras)
+        prepared = backend.prepare(request.inputs, input_type=request.input_type, extras=extras)
+        trace.inputs, trace.images = prepared.inputs, prepared.images
+        check_request_cost(prepared, s.max_request_tokens)
+        job, outputs = self.queue.run(prepared, s.request_timeout_s)
+        trace.queue_s, trace.inference_s = job.queue_s, job.inference_s
+        result = prepared.finish(outputs)
+        trace.tokens = result.prompt_tokens
+        values = encode(resize(result.vectors, dims), request.encoding_format, ranges)
+        return EmbeddingsResult(dep, values, result.prompt_tokens, request.encoding_format, dims)

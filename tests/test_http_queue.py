@@ -1,0 +1,110 @@
+"""The inference queue with the real model, over real HTTP through the local host: a small
+request is served while a large one runs, admission is bounded by queued tokens (429 with an
+estimated Retry-After), one request's tokens are capped, and concurrent requests batched
+together get the vectors they would get alone."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import KEY, LiveServer
+from test_http_errors import AUTH, Q, request
+
+LONG = "lorem ipsum dolor sit amet consectetur adipiscing elit " * 40   # truncated to 256 tokens
+PASS = {**AUTH, "extra-parameters": "pass-through"}
+CAP = 20000
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_MAX_REQUEST_TOKENS": str(CAP),
+                    "EMBEDDINGS_MAX_QUEUE_TOKENS": str(CAP)})
+    yield s
+    s.stop()
+
+
+def embed(server, inputs, headers=AUTH, **extra):
+    status, headers, data = request(server, "POST", "/embeddings" + Q,
+                                    {"input": inputs, **extra}, headers)
+    return status, headers, json.loads(data)
+
+
+def queue_state(server):
+    return json.loads(request(server, "GET", "/health")[2])["queue"]
+
+
+class Big:
+    """A request of 70 × 256 tokens (17,920: most of the queue) running in a thread."""
+
+    def __init__(self, server):
+        self.result = None
+        self.thread = threading.Thread(target=self._run, args=(server,))
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while queue_state(server)["queued_tokens"] < 10000:   # admitted, mostly still queued
+            assert self.thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.005)
+
+    def _run(self, server):
+        self.result = embed(server, [f"{i} {LONG}" for i in range(70)], PASS, truncate="END")
+
+    def done(self):
+        self.thread.join(120)
+        return self.result
+
+
+def test_a_one_sentence_request_is_served_while_a_large_one_runs(server):
+    big = Big(server)
+    status, headers, body = embed(server, ["one sentence"])
+    big_still_queued = queue_state(server)["queued_tokens"]
+    assert status == 200 and len(body["data"]) == 1
+    assert big_still_queued > 0, "the large request was already done"   # it did not wait for it
+    assert big.done()[0] == 200
+
+
+def test_admission_is_bounded_by_queued_tokens(server):
+    big = Big(server)
+    status, headers, body = embed(server, [f"x {LONG}"] * 30, PASS, truncate="END")  # +7,680
+    assert big.done()[0] == 200
+    assert status == 429 and headers["x-ms-error-code"] == "TooManyRequests"
+    assert body["error"]["code"] == "TooManyRequests" and int(headers["retry-after"]) >= 1
+    assert queue_state(server) == {"requests": 0, "queued_tokens": 0, "queued_images": 0}
+    assert embed(server, [f"x {LONG}"] * 30, PASS, truncate="END")[0] == 200   # admitted now
+
+
+def test_a_request_over_the_token_cap_is_refused_naming_the_cap(server):
+    status, _, body = embed(server, [f"{i} {LONG}" for i in range(80)], PASS, truncate="END")
+    assert status == 422 and body["error"]["code"] == "InvalidParameter"
+    assert body["error"]["target"] == "input"
+    msg = body["error"]["message"]
+    assert "20480 tokens" in msg and "EMBEDDINGS_MAX_REQUEST_TOKENS" in msg and str(CAP) in msg
+
+
+def test_concurrent_requests_get_the_vectors_they_get_alone(server):
+    texts = [f"sentence number {i}: " + " ".join(["alpha", "beta", "gamma"][: 1 + i % 3]) * (1 + i % 7)
+             for i in range(24)]
+    alone = {t: np.asarray(embed(server, [t])[2]["data"][0]["embedding"], dtype=np.float32)
+             for t in texts}
+    alone_int8 = {t: embed(server, [t], encoding_format="int8")[2]["data"][0]["embedding"]
+                  for t in texts}
+    got: dict[int, tuple] = {}
+
+    def client(k):
+        mine = texts[k::6]
+        got[k] = (mine, embed(server, mine)[2], embed(server, mine, encoding_format="int8")[2])
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert len(got) == 6
+    for mine, f, i8 in got.values():
+        for t, d, q in zip(mine, f["data"], i8["data"]):
+            assert np.abs(np.asarray(d["embedding"], dtype=np.float32) - alone[t]).max() <= 1e-5
+            assert q["embedding"] == alone_int8[t]

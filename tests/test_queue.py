@@ -1,0 +1,267 @@
+"""The inference queue: ordering, fairness, batching across requests, admission (429),
+cancellation, failures and the lazy worker.
+
+The queue's decisions are tested with a lane whose batches wait at a gate the test opens, so
+what runs together, and in which order, is deterministic. The real model runs through the same
+queue in the HTTP and function-level tests (test_http_queue.py, test_function_app.py).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+
+from embedding_core.backends import Encoded, Prepared, Work
+from embedding_core.errors import ApiError
+from embedding_core.inference_queue import InferenceQueue, check_request_cost
+
+
+class GateLane:
+    """Runs a batch only when the test lets it; remembers every batch's payloads."""
+
+    unit = "tokens"
+
+    def __init__(self, key="gate", max_batch_items=4, batch_budget=100):
+        self.key = key
+        self.max_batch_items = max_batch_items
+        self.batch_budget = batch_budget
+        self.batches: list[list[str]] = []
+        self.entered = threading.Semaphore(0)
+        self.gate = threading.Semaphore(0)
+        self.fail_next = False
+
+    def run(self, payloads):
+        self.batches.append(list(payloads))
+        self.entered.release()
+        assert self.gate.acquire(timeout=10), "test never opened the gate"
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("boom")
+        # One row per payload that says which payload it was: (hash of the name,)
+        return np.array([[float(hash(p) % 10**6)] for p in payloads])
+
+    def step(self, n=1):
+        """Let ``n`` batches through, waiting until each has started."""
+        for _ in range(n):
+            assert self.entered.acquire(timeout=10), "no batch started"
+            self.gate.release()
+
+
+def job(lane, name, costs):
+    payloads = [f"{name}{i}" for i in range(len(costs))]
+    return Prepared([Work(lane, payloads, list(costs))],
+                    lambda out: Encoded(out[0], int(sum(costs))), inputs=len(costs))
+
+
+def rows_of(payloads):
+    return np.array([[float(hash(p) % 10**6)] for p in payloads])
+
+
+def wait_all(q, jobs, timeout=10):
+    return [q.wait(j, timeout) for j in jobs]
+
+
+def test_results_come_back_in_item_order_whatever_the_batch_order():
+    lane = GateLane(max_batch_items=2, batch_budget=10**6)
+    q = InferenceQueue({"tokens": 10**6})
+    j = q.submit(job(lane, "a", [50, 3, 20, 1, 9]))
+    lane.step(3)
+    out = q.wait(j, 10)[0]
+    assert np.array_equal(out, rows_of([f"a{i}" for i in range(5)]))
+    # shortest first, two at a time
+    assert lane.batches == [["a3", "a1"], ["a4", "a2"], ["a0"]]
+
+
+def test_small_requests_share_a_batch():
+    lane = GateLane(max_batch_items=8, batch_budget=10**6)
+    q = InferenceQueue({"tokens": 10**6})
+    first = q.submit(job(lane, "x", [5]))
+    assert lane.entered.acquire(timeout=10)        # the worker is busy with x
+    others = [q.submit(job(lane, n, [5])) for n in "abcd"]
+    lane.gate.release()
+    lane.step()
+    wait_all(q, [first, *others])
+    assert lane.batches == [["x0"], ["a0", "b0", "c0", "d0"]]
+
+
+def test_a_large_request_is_interleaved_with_a_small_one():
+    """A one-input request that arrives behind a large one runs in the very next batch."""
+    lane = GateLane(max_batch_items=2, batch_budget=10**6)
+    q = InferenceQueue({"tokens": 10**6})
+    big = q.submit(job(lane, "big", [10] * 20))       # 10 batches of 2
+    assert lane.entered.acquire(timeout=10)            # batch 1 (big) is running
+    small = q.submit(job(lane, "s", [10]))
+    lane.gate.release()
+    lane.step()                                        # batch 2
+    assert q.wait(small, 10)[0].shape == (1, 1)
+    assert lane.batches[1][0] == "s0" and not big.done.is_set()
+    lane.step(9)
+    q.wait(big, 10)
+    assert sum(len(b) for b in lane.batches) == 21
+
+
+def test_round_robin_between_two_large_requests():
+    lane = GateLane(max_batch_items=1, batch_budget=10**6)
+    q = InferenceQueue({"tokens": 10**6})
+    a = q.submit(job(lane, "a", [1] * 3))
+    assert lane.entered.acquire(timeout=10)
+    b = q.submit(job(lane, "b", [1] * 3))
+    lane.gate.release()
+    lane.step(5)
+    wait_all(q, [a, b])
+    assert [x[0][0] for x in lane.batches] == ["a", "b", "a", "b", "a", "b"]
+
+
+def test_budget_counts_padding_across_requests():
+    """A batch holds n items only while n × longest ≤ budget, wherever the items come from."""
+    lane = GateLane(max_batch_items=32, batch_budget=100)
+    q = InferenceQueue({"tokens": 10**6})
+    block = q.submit(job(lane, "w", [1]))
+    assert lane.entered.acquire(timeout=10)
+    a = q.submit(job(lane, "a", [10, 10, 10]))
+    b = q.submit(job(lane, "b", [20, 40]))
+    lane.gate.release()
+    lane.step(2)
+    wait_all(q, [block, a, b])
+    # a's three and b's 20 pad to 4 × 20 = 80; b's 40 would make 5 × 40 = 200.
+    assert lane.batches == [["w0"], ["a0", "a1", "a2", "b0"], ["b1"]]
+
+
+def test_different_lanes_never_share_a_batch():
+    one, two = GateLane(key="one"), GateLane(key="two")
+    q = InferenceQueue({"tokens": 10**6})
+    block = q.submit(job(one, "w", [1]))
+    assert one.entered.acquire(timeout=10)
+    a = q.submit(job(one, "a", [1]))
+    b = q.submit(job(two, "b", [1]))
+    one.gate.release()
+    one.step()
+    two.step()
+    wait_all(q, [block, a, b])
+    assert one.batches == [["w0"], ["a0"]] and two.batches == [["b0"]]
+
+
+def test_admission_is_bounded_by_queued_tokens_with_an_estimated_retry_after():
+    lane = GateLane(max_batch_items=1)
+    q = InferenceQueue({"tokens": 100})
+    running = q.submit(job(lane, "r", [30]))
+    assert lane.entered.acquire(timeout=10)           # r has left the queue: 0 queued
+    queued = q.submit(job(lane, "q", [60, 30]))       # 90 queued
+    with pytest.raises(ApiError) as exc:
+        q.submit(job(lane, "x", [20]))                 # 90 + 20 > 100
+    err = exc.value
+    assert err.status == 429 and err.code == "TooManyRequests"
+    rate = q.stats().rates["tokens"]
+    assert err.headers["Retry-After"] == str(max(1, math.ceil((90 + 20 - 100) / rate)))
+    assert q.stats().queued["tokens"] == 90            # the refused job left no trace
+    fits = q.submit(job(lane, "f", [10]))               # 90 + 10 = 100: admitted
+    lane.gate.release()
+    lane.step(3)
+    wait_all(q, [running, queued, fits])
+    assert q.stats().queued["tokens"] == 0
+
+
+def test_retry_after_follows_the_measured_rate():
+    lane = GateLane(max_batch_items=1)
+    q = InferenceQueue({"tokens": 10})
+    q._rates["tokens"] = 2.0                             # 2 tokens/s measured
+    block = q.submit(job(lane, "b", [1]))
+    assert lane.entered.acquire(timeout=10)
+    held = q.submit(job(lane, "h", [10]))
+    with pytest.raises(ApiError) as exc:
+        q.submit(job(lane, "x", [9]))
+    assert exc.value.headers["Retry-After"] == str(math.ceil(9 / 2.0))
+    lane.gate.release()
+    lane.step()
+    wait_all(q, [block, held])
+
+
+def test_a_request_that_times_out_is_cancelled_and_its_items_never_run():
+    lane = GateLane(max_batch_items=1)
+    q = InferenceQueue({"tokens": 1000})
+    block = q.submit(job(lane, "b", [1]))
+    assert lane.entered.acquire(timeout=10)
+    late = q.submit(job(lane, "late", [5, 5, 5]))
+    assert q.stats().queued["tokens"] == 15
+    with pytest.raises(ApiError) as exc:
+        q.wait(late, 0.05)
+    assert exc.value.status == 503 and "Retry-After" in exc.value.headers
+    assert q.stats().queued["tokens"] == 0 and q.stats().jobs == 1   # only b, running
+    after = q.submit(job(lane, "after", [1]))
+    lane.gate.release()
+    lane.step()
+    wait_all(q, [block, after])
+    assert [b[0] for b in lane.batches] == ["b0", "after0"]
+
+
+def test_cancelling_a_running_request_discards_its_rows():
+    lane = GateLane(max_batch_items=1)
+    q = InferenceQueue({"tokens": 1000})
+    j = q.submit(job(lane, "c", [1, 1]))
+    assert lane.entered.acquire(timeout=10)
+    q.cancel(j)
+    lane.gate.release()                                 # the running batch finishes, unused
+    other = q.submit(job(lane, "o", [1]))
+    lane.step()
+    q.wait(other, 10)
+    assert lane.batches == [["c0"], ["o0"]]
+
+
+def test_a_failed_batch_fails_its_requests_only_and_the_worker_goes_on():
+    lane = GateLane(max_batch_items=1)
+    q = InferenceQueue({"tokens": 1000})
+    lane.fail_next = True
+    bad = q.submit(job(lane, "bad", [1, 1]))
+    lane.step()
+    with pytest.raises(RuntimeError):
+        q.wait(bad, 10)
+    good = q.submit(job(lane, "good", [1]))
+    lane.step()
+    assert q.wait(good, 10)[0].shape == (1, 1)
+    assert q.stats().queued["tokens"] == 0 and q.stats().worker_alive
+
+
+def test_worker_starts_on_first_job_only_and_runs_the_idle_hook():
+    idle = threading.Event()
+    q = InferenceQueue({"tokens": 10}, on_idle=idle.set, name="test-lazy-worker")
+    assert not any(t.name == "test-lazy-worker" for t in threading.enumerate())
+    assert not q.stats().worker_alive
+    lane = GateLane()
+    j = q.submit(job(lane, "a", [1]))
+    assert q.stats().worker_alive
+    lane.step()
+    q.wait(j, 10)
+    assert idle.wait(10)
+
+
+def test_a_request_over_the_token_cap_names_the_setting():
+    lane = GateLane()
+    check_request_cost(job(lane, "ok", [60, 40]), 100)
+    with pytest.raises(ApiError) as exc:
+        check_request_cost(job(lane, "big", [60, 41]), 100)
+    assert exc.value.status == 422 and exc.value.target == "input"
+    assert "101 tokens" in exc.value.message and "EMBEDDINGS_MAX_REQUEST_TOKENS" in exc.value.message
+    assert "100" in exc.value.message
+
+
+def test_a_request_run_inline_is_cut_into_the_batches_the_queue_would_run():
+    """Scripts and tests run backends without the queue (backend.encode); the batches match
+    those of the same request alone in the queue."""
+    from embedding_core.backends import run_inline
+
+    lane = GateLane(max_batch_items=3, batch_budget=40)
+    q = InferenceQueue({"tokens": 10**6})
+    costs = [12, 3, 30, 5, 5, 9, 14]
+    j = q.submit(job(lane, "q", costs))
+    lane.step(4)
+    queued = q.wait(j, 10)[0]
+    via_queue = list(lane.batches)
+    lane.batches.clear()
+    for _ in range(4):
+        lane.gate.release()
+    inline = run_inline(job(lane, "q", costs)).vectors
+    assert lane.batches == via_queue == [["q1", "q3", "q4"], ["q5", "q0"], ["q6"], ["q2"]]
+    assert np.array_equal(inline, queued)
