@@ -113,6 +113,13 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _got(x: Any) -> str:
+    """What a bad value was, bounded: "an array", or its type and (clipped) value."""
+    if isinstance(x, (list, dict)):
+        return errors.describe(x)
+    return f"{_type_name(x)} {errors.clip(x)}"
+
+
 def _type_name(x: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
             float: "number", type(None): "null"}.get(type(x), type(x).__name__)
@@ -147,8 +154,7 @@ def text_inputs(value: Any, max_items: int,
                               if type(t) is not int or not 0 <= t < max_token_id)
                 raise errors.validation(
                     f"Token ids must be integers from 0 to {max_token_id - 1} "
-                    f"(got {_type_name(tok)} {errors.clip(tok)}).",
-                    f"input[{i}][{j}]")
+                    f"(got {_got(tok)}).", f"input[{i}][{j}]")
         else:
             raise errors.validation(
                 f"Each input must be a string or an array of token ids (got {_type_name(item)}).",
@@ -214,8 +220,7 @@ def parse_request(doc: dict[str, Any], *, modality: str, extra_mode: str,
 def dimensions_field(dimensions: Any) -> int | None:
     if dimensions is not None and (not _is_int(dimensions) or dimensions <= 0):
         raise errors.validation(
-            f"'dimensions' must be a positive integer (got {_type_name(dimensions)} "
-            f"{errors.clip(dimensions)}).", "dimensions")
+            f"'dimensions' must be a positive integer (got {_got(dimensions)}).", "dimensions")
     return dimensions
 
 

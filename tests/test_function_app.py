@@ -156,3 +156,52 @@ print(json.dumps(out))
                           timeout=120, cwd=str(__import__("conftest").ROOT), env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0, 0, 1]
+
+
+def call_url(fn_route, method, url, body=b"", headers=None):
+    """Call the function registered for ``fn_route`` as the host would for ``url``."""
+    _, user_fn = functions()[fn_route]
+    return user_fn(func.HttpRequest(method=method, url=url, headers=headers or {}, params={},
+                                    body=body))
+
+
+@pytest.mark.parametrize("method, path, status, dialect, allow", [
+    ("GET", "/embeddings", 405, "azure", "POST"),
+    ("PUT", "/images/embeddings", 405, "azure", "POST"),
+    ("POST", "/info", 405, "azure", "GET"),
+    ("DELETE", "/health", 405, "azure", "GET"),
+    ("GET", "/nothing/here", 404, "azure", None),
+    ("POST", "/embedding", 404, "azure", None),
+    ("GET", "/", 404, "azure", None),
+    ("GET", "/v1/embeddings", 405, "openai", "POST"),
+    ("POST", "/v1/models", 405, "openai", "GET"),
+    ("GET", "/v1/nope", 404, "openai", None),
+    ("GET", "/openai/deployments/minilm/embeddings", 405, "openai", "POST"),
+    ("POST", "/openai/deployments/minilm/chat/completions", 404, "openai", None),
+])
+def test_unserved_routes_and_methods_answer_in_the_routes_dialect(method, path, status, dialect,
+                                                                   allow):
+    res = call_url("{*path}", method, "http://localhost" + path)
+    assert res.status_code == status and res.mimetype == "application/json"
+    err = json.loads(res.get_body())["error"]
+    if dialect == "azure":
+        assert res.headers["x-ms-error-code"] == err["code"] == \
+            ("MethodNotAllowed" if status == 405 else "NotFound")
+        assert path in err["message"] or path == "/"
+    else:
+        assert set(err) == {"message", "type", "param", "code"}
+        assert err["type"] == "invalid_request_error"
+        assert err["code"] == ("method_not_allowed" if status == 405 else "not_found")
+    assert res.headers.get("Allow") == allow
+
+
+def test_client_request_id_echo_is_sanitised():
+    from embedding_core.service import safe_client_request_id as safe
+
+    assert safe("abc-123_X.y:{z}") == "abc-123_X.y:{z}"
+    assert safe("abc\r\n  def") == "abcdef"
+    assert safe("a" * 1000) == "a" * 128
+    assert safe("\r\n\x00") is None and safe("") is None and safe(None) is None
+    res = call("embeddings", body={"input": ["a"]},
+               headers={"api-key": KEY, "x-ms-client-request-id": "id\r\nSet-Cookie: x=1"})
+    assert res.headers["x-ms-client-request-id"] == "idSet-Cookie:x1"

@@ -83,6 +83,16 @@ CASES = [
     ("wrong key", "/embeddings" + Q, {"input": ["a"]}, {**JSON, "api-key": "wrong"}, 401, "Unauthorized", None),
     ("wrong bearer", "/embeddings" + Q, {"input": ["a"]}, {**JSON, "Authorization": "Bearer wrong"}, 401, "Unauthorized", None),
     ("info wrong key", "/info" + Q, None, {"api-key": "wrong"}, 401, "Unauthorized", None),
+    ("deep array in a token position", "/embeddings" + Q, b'{"input": [[' + b"[" * 300 + b"]" * 300 + b']]}', AUTH, 422, "InvalidParameter", "input[0][0]"),
+    ("deep array in dimensions", "/embeddings" + Q, b'{"input": ["a"], "dimensions": ' + b"[" * 300 + b"]" * 300 + b"}", AUTH, 422, "InvalidParameter", "dimensions"),
+    ("deep object in dimensions", "/embeddings" + Q, b'{"input": ["a"], "dimensions": ' + b'{"a":' * 300 + b"1" + b"}" * 300 + b"}", AUTH, 422, "InvalidParameter", "dimensions"),
+    ("deep array in model", "/embeddings" + Q, b'{"input": ["a"], "model": ' + b"[" * 300 + b"]" * 300 + b"}", AUTH, 422, "InvalidParameter", "model"),
+    ("deep array in encoding", "/embeddings" + Q, b'{"input": ["a"], "encoding_format": ' + b"[" * 300 + b"]" * 300 + b"}", AUTH, 422, "InvalidParameter", "encoding_format"),
+    ("deep array in input_type", "/embeddings" + Q, b'{"input": ["a"], "input_type": ' + b"[" * 300 + b"]" * 300 + b"}", AUTH, 422, "InvalidParameter", "input_type"),
+    ("nesting past the parser's limit", "/embeddings" + Q, b'{"input": ' + b"[" * 5000 + b"]" * 5000 + b"}", AUTH, 400, "InvalidRequestBody", None),
+    ("deep extra field (pass-through)", "/embeddings" + Q, b'{"input": ["a"], "truncate": ' + b"[" * 300 + b"]" * 300 + b"}", {**AUTH, "extra-parameters": "pass-through"}, 422, "InvalidParameter", "truncate"),
+    ("deep unknown field (pass-through)", "/embeddings" + Q, b'{"input": ["a"], "x": ' + b"[" * 300 + b"]" * 300 + b"}", {**AUTH, "extra-parameters": "pass-through"}, 422, "UnsupportedParameter", "x"),
+    ("deep image item", "/images/embeddings" + Q, b'{"input": [{"image": ' + b"[" * 300 + b"]" * 300 + b"}]}", AUTH, 422, "InvalidParameter", "input[0].image"),
     ("image route on text model", "/images/embeddings" + Q, {"input": [{"image": "data:image/png;base64,AAAA"}], "model": "all-MiniLM-L6-v2"}, AUTH, 404, "ModalityNotSupported", "model"),
 ]
 
@@ -133,6 +143,33 @@ def test_same_deployment_by_model_and_alias_header_is_fine(live_server):
                            {"input": ["a"], "model": "all-MiniLM-L6-v2"},
                            {**AUTH, "azureml-model-deployment": "minilm"})
     assert status == 200
+
+
+def test_client_request_id_is_echoed_only_as_a_safe_bounded_value(live_server):
+    """An obs-folded or otherwise hostile x-ms-client-request-id never reaches the response
+    headers raw: the answer arrives, and the echo holds only id characters (≤ 128)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(live_server.url)
+    body = b'{"input": []}'
+    for value in (b"abc\r\n  folded-part", b"x" * 600, b"id\x7f\x01;<script>"):
+        raw = (b"POST /embeddings" + Q.encode() + b" HTTP/1.1\r\nHost: x\r\napi-key: "
+               + KEY.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
+               + str(len(body)).encode() + b"\r\nConnection: close\r\n"
+               + b"x-ms-client-request-id: " + value + b"\r\n\r\n" + body)
+        with socket.create_connection((u.hostname, u.port), timeout=30) as sock:
+            sock.sendall(raw)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+        status = int(head.split(" ", 2)[1])
+        assert 400 <= status < 500, head                 # answered, never a dropped connection
+        echoed = [line.split(":", 1)[1].strip() for line in head.split("\r\n")[1:]
+                  if line.lower().startswith("x-ms-client-request-id:")]
+        for e in echoed:
+            assert len(e) <= 128 and all(c.isalnum() or c in "._:-{}" for c in e), e
 
 
 def test_client_request_id_is_echoed_on_errors_and_content_type_is_optional(live_server):
