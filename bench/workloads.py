@@ -24,8 +24,13 @@ def build(n_short: int, n_mixed: int, n_quality: int) -> dict[str, list[str]]:
         k = rng.randint(5, 190)
         start = rng.randrange(0, len(words) - k)
         mixed.append(" ".join(words[start:start + k]))
-    # the largest request: inputs that all reach the token limit
+    # inputs that all reach the 256-token limit (truncated): the largest requests, fairness
     longest = [" ".join(words[(i * 200 + k) % len(words)] for k in range(200))
                for i in range(2048)]
-    quality = corpus[-n_quality:] + mixed[:n_quality // 4]
+    # quality: held-out docstrings (odd positions, from the end) and a fifth of mixed lengths
+    quality = corpus[-(n_quality - n_quality // 5):]
+    for _ in range(n_quality // 5):
+        k = rng.randint(5, 190)
+        start = rng.randrange(0, len(words) - k)
+        quality.append(" ".join(words[start:start + k]))
     return {"short": short, "mixed": mixed, "longest": longest, "quality": quality}
