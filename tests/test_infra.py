@@ -66,6 +66,65 @@ UNTAGGED_TYPES = {
     "Microsoft.Web/sites/basicPublishingCredentialsPolicies",
 }
 
+# Microsoft's table "Flex Consumption plan deprecations" (functions-app-settings.md, section
+# of that name, ms.date 12/22/2025; learn.microsoft.com/azure/azure-functions/
+# functions-app-settings#flex-consumption-plan-deprecations): "these site properties and
+# application settings are deprecated and shouldn't be used when creating function app
+# resources". ARM refuses several outright (error 51021, "The following list of ... site
+# configuration properties (Site.SiteConfig.FtpsState, ...) for Flex Consumption sites is
+# invalid"), so any of them in infra/ can fail the deploy.
+FLEX_DEPRECATED_APP_SETTINGS = {
+    "ENABLE_ORYX_BUILD": "replaced by the remoteBuild parameter when deploying",
+    "FUNCTIONS_EXTENSION_VERSION": "set by the backend",
+    "FUNCTIONS_WORKER_RUNTIME": "replaced by name in properties.functionAppConfig.runtime",
+    "FUNCTIONS_WORKER_RUNTIME_VERSION": "replaced by version in properties.functionAppConfig.runtime",
+    "FUNCTIONS_MAX_HTTP_CONCURRENCY": "replaced by scale and concurrency's trigger section",
+    "FUNCTIONS_WORKER_PROCESS_COUNT": "setting not valid",
+    "FUNCTIONS_WORKER_DYNAMIC_CONCURRENCY_ENABLED": "setting not valid",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT": "replaced by the remoteBuild parameter when deploying",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING": "replaced by functionAppConfig's deployment section",
+    "WEBSITE_CONTENTOVERVNET": "not used for networking in Flex Consumption",
+    "WEBSITE_CONTENTSHARE": "replaced by functionAppConfig's deployment section",
+    "WEBSITE_DNS_SERVER": "DNS is inherited from the integrated virtual network",
+    "WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT": "replaced by maximumInstanceCount in functionAppConfig.scaleAndConcurrency",
+    "WEBSITE_NODE_DEFAULT_VERSION": "replaced by version in properties.functionAppConfig.runtime",
+    "WEBSITE_RUN_FROM_PACKAGE": "not used for deployments in Flex Consumption",
+    "WEBSITE_SKIP_CONTENTSHARE_VALIDATION": "content share isn't used in Flex Consumption",
+    "WEBSITE_VNET_ROUTE_ALL": "not used for networking in Flex Consumption",
+    # flex-consumption-plan.md, "Considerations" (not in the table, same effect):
+    "WEBSITE_TIME_ZONE": "time zones aren't currently supported on Flex Consumption",
+    "TZ": "time zones aren't currently supported on Flex Consumption",
+    "WEBSITE_LOAD_CERTIFICATES": "loading certificates isn't currently supported on Flex Consumption",
+}
+
+# The table's `properties.*` rows, as the ARM property names they denote in
+# Microsoft.Web/sites@2024-04-01 (SiteProperties or SiteConfig in bicep-types-az);
+# "isReserved" is the site's `reserved`. Checked at both levels, case-insensitively (ARM
+# property names are case-insensitive).
+FLEX_DEPRECATED_SITE_PROPERTIES = {
+    "alwaysOn": "not valid",
+    "containerSize": "renamed as instanceMemoryMB",
+    "dnsConfiguration": "custom DNS servers of the virtual network are used automatically",
+    "ftpsState": "FTPS not supported",
+    "reserved": "isReserved: not valid",
+    "isXenon": "not valid",
+    "javaVersion": "replaced by version in properties.functionAppConfig.runtime",
+    "linuxFxVersion": "replaced by properties.functionAppConfig.runtime",
+    "netFrameworkVersion": "replaced by version in properties.functionAppConfig.runtime",
+    "powerShellVersion": "replaced by version in properties.functionAppConfig.runtime",
+    "functionAppScaleLimit": "renamed as maximumInstanceCount",
+    "preWarmedInstanceCount": "renamed as alwaysReadyInstances",
+    "use32BitWorkerProcess": "32-bit not supported",
+    "vnetBackupRestoreEnabled": "not used for networking in Flex Consumption",
+    "vnetContentShareEnabled": "not used for networking in Flex Consumption",
+    "vnetImagePullEnabled": "not used for networking in Flex Consumption",
+    "vnetRouteAllEnabled": "not used for networking in Flex Consumption",
+    "windowsFxVersion": "not valid",
+    # Not in the table, but named by ARM's 51021 rejection (quoted in
+    # microsoft/azure-pipelines-tasks#21032 and Microsoft Q&A 2277522):
+    "functionsRuntimeScaleMonitoringEnabled": "refused by ARM on Flex Consumption (error 51021)",
+}
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -157,7 +216,9 @@ def functionapp_settings() -> Dict[str, Any]:
     """All app settings the site can get: name -> value expression."""
     path = MODULES / "functionapp.bicep"
     site = one_resource(path, "Microsoft.Web/sites")
-    combined = site["properties"]["siteConfig"]["appSettings"]
+    # All settings are joined in one place: siteConfig.appSettings is the appSettings variable.
+    assert site["properties"]["siteConfig"]["appSettings"] == "appSettings"
+    combined = variable(path, "appSettings")
     assert combined["function"]["type"] == "concat"
     settings: Dict[str, Any] = {}
     for var_name in combined["function"]["parameters"].values():
@@ -273,7 +334,6 @@ def test_function_app_is_hardened():
     site_config = props["siteConfig"]
     assert site_config["minTlsVersion"] == "1.2"
     assert site_config["scmMinTlsVersion"] == "1.2"
-    assert site_config["ftpsState"] == "Disabled"
     assert site_config["remoteDebuggingEnabled"] is False
     assert site_config["http20Enabled"] is True
     assert "cors" not in site_config
@@ -292,6 +352,42 @@ def test_function_app_is_hardened():
         if r["type"] == "Microsoft.Web/sites/basicPublishingCredentialsPolicies"
     }
     assert policies == {"scm": False, "ftp": False}
+
+
+def _keys_deep(node: Any) -> Iterator[str]:
+    """Every object key in a parsed Bicep value, at any depth (loops and conditions included)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key.strip("'")
+            yield from _keys_deep(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _keys_deep(item)
+
+
+def test_no_flex_deprecated_site_property_or_app_setting():
+    path = MODULES / "functionapp.bicep"
+    site = one_resource(path, "Microsoft.Web/sites")
+    props = site["properties"]
+    forbidden = {name.lower(): reason for name, reason in FLEX_DEPRECATED_SITE_PROPERTIES.items()}
+    for level, body in (("properties", props), ("properties.siteConfig", props["siteConfig"])):
+        for key in body:
+            assert key.lower() not in forbidden, f"{level}.{key}: {forbidden[key.lower()]} on Flex Consumption"
+    # Nor anywhere else in the site (e.g. a nested config object).
+    for key in _keys_deep(site):
+        assert key.lower() not in forbidden, f"{key}: {forbidden[key.lower()]} on Flex Consumption"
+    # No sites/config child resource can bring them back either.
+    for res in resources(path).values():
+        assert not res["type"].startswith("Microsoft.Web/sites/config"), res["type"]
+    settings = {name.upper() for name in functionapp_settings()}
+    for name, reason in FLEX_DEPRECATED_APP_SETTINGS.items():
+        assert name.upper() not in settings, f"app setting {name}: {reason} on Flex Consumption"
+    # The same names must not hide in any string of the module either (e.g. a later
+    # config resource or a settings object built with union()).
+    text = path.read_text()
+    code = "\n".join(line.split("//", 1)[0] for line in text.splitlines())
+    for name in FLEX_DEPRECATED_APP_SETTINGS:
+        assert not re.search(rf"'{re.escape(name)}'", code, re.IGNORECASE), name
 
 
 def test_function_app_config_flex_runtime_scale_and_deployment():
@@ -326,18 +422,8 @@ def test_app_settings_identity_based_and_key_vault_reference():
     assert settings["APPLICATIONINSIGHTS_CONNECTION_STRING"] == "applicationInsightsConnectionString"
     assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "ClientId=${identityClientId};Authorization=AAD"
     assert settings["EMBEDDINGS_API_KEYS"] == "@Microsoft.KeyVault(SecretUri=${apiKeySecretUri})"
-    # No connection strings / keys and no settings Flex Consumption rejects.
-    forbidden = {
-        "AzureWebJobsStorage",
-        "APPINSIGHTS_INSTRUMENTATIONKEY",
-        "FUNCTIONS_WORKER_RUNTIME",
-        "FUNCTIONS_EXTENSION_VERSION",
-        "WEBSITE_RUN_FROM_PACKAGE",
-        "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
-        "WEBSITE_CONTENTSHARE",
-        "SCM_DO_BUILD_DURING_DEPLOYMENT",
-    }
-    assert not forbidden & set(settings)
+    # No connection strings or instrumentation keys (Flex-deprecated names have their own test).
+    assert not {"AzureWebJobsStorage", "APPINSIGHTS_INSTRUMENTATIONKEY"} & set(settings)
     assert {"EMBEDDINGS_MAX_CONCURRENCY", "EMBEDDINGS_ORT_INTRA_OP_THREADS"} <= set(settings)
     for name, value in settings.items():
         assert "AccountKey=" not in render(value) and "InstrumentationKey=" not in render(value), name
