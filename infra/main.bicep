@@ -36,8 +36,8 @@ param entraRequiredRoles string = ''
 @description('Comma-separated client (application) IDs allowed to call (azp/appid claim). Empty = any client of the tenant that can obtain a token for an accepted audience.')
 param entraAllowedClientIds string = ''
 
-@description('Entra ID authority host. Empty = https://login.microsoftonline.com.')
-param entraAuthority string = 'https://login.microsoftonline.com'
+@description('Entra ID authority host, e.g. for a cloud other than the one deployed to. Empty = the login endpoint of the cloud you deploy to (environment().authentication.loginEndpoint).')
+param entraAuthority string = ''
 
 @allowed([
   512
@@ -81,7 +81,12 @@ var functionAppName = 'func-api-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
 var apiKeySecretName = 'embeddings-api-key'
 var effectiveTenantId = empty(entraTenantId) ? subscription().tenantId : entraTenantId
-var effectiveAuthority = empty(entraAuthority) ? 'https://login.microsoftonline.com' : entraAuthority
+// The deploying cloud's Entra ID endpoint (login.microsoftonline.com in public Azure,
+// login.microsoftonline.us in Azure Government, ...); no hard-coded host (Bicep linter
+// no-hardcoded-env-urls). loginEndpoint ends with '/'; the app wants the authority without it.
+var cloudLoginEndpoint = environment().authentication.loginEndpoint
+var cloudAuthority = endsWith(cloudLoginEndpoint, '/') ? substring(cloudLoginEndpoint, 0, length(cloudLoginEndpoint) - 1) : cloudLoginEndpoint
+var effectiveAuthority = empty(entraAuthority) ? cloudAuthority : entraAuthority
 
 module identity 'modules/identity.bicep' = {
   name: 'identity'
@@ -148,7 +153,7 @@ module functionApp 'modules/functionapp.bicep' = {
     serviceName: 'api'
     identityId: identity.outputs.id
     identityClientId: identity.outputs.clientId
-    storageAccountName: storage.outputs.name
+    storageBlobServiceUri: storage.outputs.blobServiceUri
     deploymentContainerUrl: storage.outputs.deploymentContainerUrl
     applicationInsightsConnectionString: monitoring.outputs.connectionString
     apiKeySecretUri: keyVault.outputs.apiKeySecretUri

@@ -42,8 +42,6 @@ EXPECTED_FILES = {
 # Built-in Azure role definition IDs (same GUID in every tenant).
 ROLE_IDS = {
     "storageBlobDataOwner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
-    "storageQueueDataContributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
-    "storageTableDataContributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
     "monitoringMetricsPublisher": "3913510d-42f4-4e42-8a64-420c390055eb",
     "keyVaultSecretsUser": "4633458b-17de-408a-b874-0445c86b69e6",
     "keyVaultSecretsOfficer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
@@ -124,6 +122,30 @@ FLEX_DEPRECATED_SITE_PROPERTIES = {
     # microsoft/azure-pipelines-tasks#21032 and Microsoft Q&A 2277522):
     "functionsRuntimeScaleMonitoringEnabled": "refused by ARM on Flex Consumption (error 51021)",
 }
+
+
+# The Bicep linter's no-hardcoded-env-urls defaults (linter-rule-no-hardcoded-environment-urls.md,
+# ms.date 10/30/2025): hosts that differ per cloud, so a template naming them breaks in Azure
+# Government, Azure operated by 21Vianet, etc. A host matches itself and its subdomains.
+CLOUD_SPECIFIC_HOSTS = (
+    "gallery.azure.com",
+    "management.core.windows.net",
+    "management.azure.com",
+    "database.windows.net",
+    "core.windows.net",
+    "login.microsoftonline.com",
+    "graph.windows.net",
+    "trafficmanager.net",
+    "datalake.azure.net",
+    "azuredatalakestore.net",
+    "azuredatalakeanalytics.net",
+    "vault.azure.net",
+    "api.loganalytics.io",
+    "asazure.windows.net",
+    "region.asazure.windows.net",
+    "batch.core.windows.net",
+)
+CLOUD_SPECIFIC_HOSTS_EXCLUDED = ("schema.management.azure.com",)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -416,7 +438,7 @@ def test_function_app_config_flex_runtime_scale_and_deployment():
 
 def test_app_settings_identity_based_and_key_vault_reference():
     settings = functionapp_settings()
-    assert settings["AzureWebJobsStorage__accountName"] == "storageAccountName"
+    assert settings["AzureWebJobsStorage__blobServiceUri"] == "storageBlobServiceUri"
     assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
     assert settings["AzureWebJobsStorage__clientId"] == "identityClientId"
     assert settings["APPLICATIONINSIGHTS_CONNECTION_STRING"] == "applicationInsightsConnectionString"
@@ -427,6 +449,97 @@ def test_app_settings_identity_based_and_key_vault_reference():
     assert {"EMBEDDINGS_MAX_CONCURRENCY", "EMBEDDINGS_ORT_INTRA_OP_THREADS"} <= set(settings)
     for name, value in settings.items():
         assert "AccountKey=" not in render(value) and "InstrumentationKey=" not in render(value), name
+
+
+def test_host_storage_uri_is_built_for_the_deploying_cloud():
+    # AzureWebJobsStorage__accountName makes the host assume core.windows.net (public Azure
+    # only); the service URI from environment().suffixes.storage works in every cloud.
+    settings = functionapp_settings()
+    assert "AzureWebJobsStorage__accountName" not in settings
+    storage_path = MODULES / "storage.bicep"
+    assert variable(storage_path, "blobServiceUri") == "https://${name}.blob.${environment().suffixes.storage}"
+    outputs = parse(storage_path)["outputs"]
+    assert outputs["blobServiceUri"]["value"] == "blobServiceUri"
+    assert outputs["deploymentContainerUrl"]["value"] == "${blobServiceUri}/${deploymentContainer.name}"
+    # <account>.blob.<suffix> is the account's endpoint only with the standard DNS endpoint
+    # type (AzureDnsZone endpoints carry an extra zone label).
+    account = one_resource(storage_path, "Microsoft.Storage/storageAccounts")
+    assert account["properties"]["dnsEndpointType"] == "Standard"
+    fa_params = parse(MAIN)["modules"]["functionApp"]["config"]["params"]
+    assert render(fa_params["storageBlobServiceUri"]) == "storage.outputs.blobServiceUri"
+    assert render(fa_params["deploymentContainerUrl"]) == "storage.outputs.deploymentContainerUrl"
+
+
+STORAGE_SERVICE_ROLES = {
+    "AzureWebJobsStorage__blobServiceUri": "storageBlobDataOwner",
+    "AzureWebJobsStorage__queueServiceUri": "storageQueueDataContributor",
+    "AzureWebJobsStorage__tableServiceUri": "storageTableDataContributor",
+}
+
+
+def test_host_storage_roles_match_the_services_the_host_uses():
+    # A service URI without its data role fails at run time; a role without a use is excess
+    # privilege. HTTP triggers only: the host needs blob (coordination, key store, the
+    # deployment package) and nothing else.
+    settings = functionapp_settings()
+    used = {uri for uri in STORAGE_SERVICE_ROLES if uri in settings}
+    assert used == {"AzureWebJobsStorage__blobServiceUri"}
+    granted = set()
+    for res in resources(MODULES / "rbac.bicep").values():
+        if res["type"] == "Microsoft.Authorization/roleAssignments":
+            cfg = resource_config(res)
+            if cfg["scope"] == "storage" and cfg["properties"]["principalId"] == "appPrincipalId":
+                granted.add(render(cfg["properties"]["roleDefinitionId"]).rsplit("roles.", 1)[1].rstrip(")"))
+    assert granted == {STORAGE_SERVICE_ROLES[uri] for uri in used}
+
+
+def _cloud_host_hits(text: str) -> List[str]:
+    for excluded in CLOUD_SPECIFIC_HOSTS_EXCLUDED:
+        text = re.sub(re.escape(excluded), "", text, flags=re.IGNORECASE)
+    hits = []
+    for host in CLOUD_SPECIFIC_HOSTS:
+        # the host itself or any subdomain of it, not a longer name that merely ends with it
+        if re.search(rf"(?<![a-z0-9-]){re.escape(host)}(?![a-z0-9-])", text, re.IGNORECASE):
+            hits.append(host)
+    return hits
+
+
+def _without_comment_lines(text: str) -> str:
+    """Drop whole-line // comments (which may name hosts to explain a choice); code and
+    strings, where the linter looks, stay."""
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
+
+
+def test_no_hard_coded_cloud_urls_in_infra():
+    files = bicep_files() + [INFRA / "main.parameters.json"]
+    for path in files:
+        hits = _cloud_host_hits(_without_comment_lines(path.read_text()))
+        assert not hits, f"{path.relative_to(ROOT)} names cloud-specific host(s) {hits}; use environment()"
+    # the check itself recognises what it must
+    assert _cloud_host_hits("'https://login.microsoftonline.com'") == ["login.microsoftonline.com"]
+    assert _cloud_host_hits("x.blob.core.windows.net/c") == ["core.windows.net"]
+    assert _cloud_host_hits("https://kv.VAULT.azure.net/") == ["vault.azure.net"]
+    assert _cloud_host_hits("https://schema.management.azure.com/schemas/x.json#") == []
+    assert _cloud_host_hits(_without_comment_lines("  // core.windows.net\nvar x = 'https://a.vault.azure.net'")) == [
+        "vault.azure.net"
+    ]
+
+
+def test_entra_authority_defaults_to_the_deploying_clouds_login_endpoint():
+    main_params = params(MAIN)
+    assert main_params["entraAuthority"]["default"] == ""
+    assert render(variable(MAIN, "cloudLoginEndpoint")) == "environment().authentication.loginEndpoint"
+    # loginEndpoint ends with '/'; it is dropped so "{authority}/{tenant}/v2.0" has no '//'.
+    assert render(variable(MAIN, "cloudAuthority")) == (
+        "conditional(ends_with(cloudLoginEndpoint, /), "
+        "substring(cloudLoginEndpoint, 0, substract(length(cloudLoginEndpoint), 1)), cloudLoginEndpoint)"
+    )
+    assert render(variable(MAIN, "effectiveAuthority")) == (
+        "conditional(empty(entraAuthority), cloudAuthority, entraAuthority)"
+    )
+    assert parse(MAIN)["modules"]["functionApp"]["config"]["params"]["entraAuthority"] == "effectiveAuthority"
+    values = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert values["entraAuthority"]["value"] == "${EMBEDDINGS_ENTRA_AUTHORITY}"
 
 
 def test_key_vault_secret_uri_is_versionless():
@@ -452,7 +565,6 @@ def test_entra_settings_are_parameters_with_expected_defaults():
         assert param in main_params, param
         assert main_params[param]["type"] == "string"
     assert render(main_params["entraTenantId"]["default"]) == "subscription().tenantId"
-    assert main_params["entraAuthority"]["default"] == "https://login.microsoftonline.com"
     for optional in ("entraAudiences", "entraRequiredRoles", "entraAllowedClientIds"):
         assert main_params[optional]["default"] == ""
     # Empty values coming from azd fall back to the documented defaults.
@@ -527,8 +639,6 @@ def test_role_assignments_use_built_in_role_ids_and_right_scopes():
     assert variable(path, "roles") == ROLE_IDS
     expected_app = {
         "storageBlobDataOwner": "storage",
-        "storageQueueDataContributor": "storage",
-        "storageTableDataContributor": "storage",
         "monitoringMetricsPublisher": "applicationInsights",
         "keyVaultSecretsUser": "vault",
     }

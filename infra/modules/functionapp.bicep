@@ -20,8 +20,12 @@ param identityId string
 @description('Client ID of the user-assigned managed identity.')
 param identityClientId string
 
-param storageAccountName string
+@description('Blob service endpoint of the host storage account, https://<account>.blob.<environment().suffixes.storage> (no trailing slash).')
+param storageBlobServiceUri string
+
+@description('URL of the blob container that holds the Flex deployment package.')
 param deploymentContainerUrl string
+
 param applicationInsightsConnectionString string
 
 @description('Versionless Key Vault secret URI holding EMBEDDINGS_API_KEYS.')
@@ -64,11 +68,22 @@ param ortIntraOpThreads int = 0
 // To add settings (e.g. telemetry), add a group and append it there; the tests read
 // the groups from that concat() and fail on duplicates and on Flex-deprecated names.
 
-// Identity-based host storage (no connection string, shared keys are disabled).
+// Identity-based host storage (shared keys are disabled on the account), set as the
+// samples do (AzureWebJobsStorage__blobServiceUri + __credential + __clientId). The URI is
+// built from environment().suffixes.storage, so it is right in every cloud.
+// AzureWebJobsStorage__accountName is not used: the host then assumes core.windows.net,
+// "valid only if the account isn't in a sovereign cloud" (functions-reference.md,
+// "Connecting to host storage with an identity"; the host's StorageServiceUriOptions
+// hard-codes DefaultEndpointSuffix = "core.windows.net").
+// Only the blob service is configured. Host storage "for general coordination, default key
+// store" needs blob only ("No extension (host only): Storage Blob Data Owner",
+// includes/functions-azurewebjobsstorage-permissions.md); queues and tables are for blob
+// triggers, Durable Functions and the like, which this app (HTTP triggers only) does not
+// have. functions-quickstart-python-http-azd does the same (enableQueue/enableTable: false).
 var hostStorageSettings = [
   {
-    name: 'AzureWebJobsStorage__accountName'
-    value: storageAccountName
+    name: 'AzureWebJobsStorage__blobServiceUri'
+    value: storageBlobServiceUri
   }
   {
     name: 'AzureWebJobsStorage__credential'
