@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -316,6 +316,185 @@ def test_api_versions_are_stable_and_current():
         floors = [v for prefix, v in minimum.items() if res["type"].startswith(prefix)]
         assert floors, f"{path.name}:{name}: no API version floor for {res['type']}"
         assert version >= floors[0], f"{path.name}:{name} uses old API version {version}"
+
+
+# Azure's published resource schemas (the Bicep compiler's own type data), extracted for the
+# resource types infra/ uses by scripts/extract_bicep_types.py from Azure/bicep-types-az.
+BICEP_TYPES = json.loads((ROOT / "tests" / "data" / "bicep_types.json").read_text())
+BICEP_REQUIRED, BICEP_READ_ONLY = 1, 2  # bicep-types TypePropertyFlags
+BICEP_SYNTAX_KEYS = {"parent", "scope", "dependsOn"}  # Bicep keywords, not resource properties
+
+
+def _is_expression(value: Any) -> bool:
+    return isinstance(value, dict) and (set(value) in ({"operator"}, {"function"}) or "loop_type" in value)
+
+
+class _SchemaCheck:
+    """Walk a parsed resource body against its schema; collect what Azure would refuse."""
+
+    def __init__(self, path: Path) -> None:
+        doc = parse(path)
+        self.params = doc.get("parameters", {})
+        self.identifiers = set(self.params) | set(doc.get("variables", {})) | set(doc.get("resources", {}))
+        self.identifiers |= set(doc.get("modules", {}))
+        self.errors: List[str] = []
+        self.root = ""
+
+    def check_resource(self, body: Dict[str, Any], type_key: str, where: str) -> None:
+        self.root = where
+        self.check(body, type_key, where)
+
+    def literal(self, value: Any) -> bool:
+        """pycep renders identifiers and string literals alike; tell them apart."""
+        if isinstance(value, str):
+            return value not in self.identifiers and "${" not in value
+        return isinstance(value, (bool, int, float))
+
+    def allowed_values(self, value: Any) -> Optional[List[Any]]:
+        """@allowed([...]) of a parameter used directly as the value, if any."""
+        if isinstance(value, str) and value in self.params:
+            for d in self.params[value].get("decorators", []):
+                if d["type"] == "allowed":
+                    return d["argument"]
+        return None
+
+    def fits(self, value: Any, type_key: str, where: str) -> bool:
+        errors_before = len(self.errors)
+        self.check(value, type_key, where)
+        ok = len(self.errors) == errors_before
+        del self.errors[errors_before:]
+        return ok
+
+    def check(self, value: Any, type_key: str, where: str) -> None:
+        if _is_expression(value):
+            return
+        allowed = self.allowed_values(value)
+        if allowed is not None:
+            for option in allowed:
+                self.check(option, type_key, f"{where} (@allowed {option!r} of {value})")
+            return
+        if not isinstance(value, (dict, list)) and not self.literal(value):
+            return  # a parameter, variable or interpolation: its value is not known here
+        t = BICEP_TYPES["types"][type_key]
+        kind = t["kind"]
+        if kind == "any":
+            return
+        if kind == "union":
+            if not any(self.fits(value, element, where) for element in t["elements"]):
+                options = [BICEP_TYPES["types"][e].get("value", BICEP_TYPES["types"][e]["kind"]) for e in t["elements"]]
+                self.errors.append(f"{where}: {value!r} is none of {options}")
+            return
+        if kind == "literal":
+            if value != t["value"]:
+                self.errors.append(f"{where}: {value!r} is not {t['value']!r}")
+            return
+        if kind == "string":
+            if not isinstance(value, str):
+                self.errors.append(f"{where}: {value!r} is not a string")
+            elif not t.get("minLength", 0) <= len(value) <= t.get("maxLength", len(value)):
+                self.errors.append(f"{where}: length of {value!r} is out of bounds")
+            elif "pattern" in t and not re.search(t["pattern"], value):
+                self.errors.append(f"{where}: {value!r} does not match {t['pattern']}")
+            return
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.errors.append(f"{where}: {value!r} is not an integer")
+            elif not t.get("minValue", value) <= value <= t.get("maxValue", value):
+                self.errors.append(f"{where}: {value} is out of [{t.get('minValue')}, {t.get('maxValue')}]")
+            return
+        if kind == "bool":
+            if not isinstance(value, bool):
+                self.errors.append(f"{where}: {value!r} is not a bool")
+            return
+        if kind == "array":
+            if not isinstance(value, list):
+                self.errors.append(f"{where}: expected an array")
+                return
+            for i, item in enumerate(value):
+                self.check(item, t["item"], f"{where}[{i}]")
+            return
+        if kind in ("object", "discriminated"):
+            if not isinstance(value, dict):
+                self.errors.append(f"{where}: expected an object")
+                return
+            props = dict(t.get("properties", {}))
+            additional = t.get("additional")
+            if kind == "discriminated":
+                props = dict(t["base"])
+                chosen = value.get(t["discriminator"])
+                if chosen not in t["elements"]:
+                    self.errors.append(f"{where}.{t['discriminator']}: {chosen!r} is none of {sorted(t['elements'])}")
+                    return
+                element = BICEP_TYPES["types"][t["elements"][chosen]]
+                props.update(element["properties"])
+                additional = element.get("additional")
+            for raw_key, item in value.items():
+                key = raw_key.strip("'")
+                if where == self.root and key in BICEP_SYNTAX_KEYS:
+                    continue
+                if key in props:
+                    if props[key]["flags"] & BICEP_READ_ONLY:
+                        self.errors.append(f"{where}.{key}: read-only in the schema")
+                    else:
+                        self.check(item, props[key]["type"], f"{where}.{key}")
+                elif additional is not None:
+                    self.check(item, additional, f"{where}.{key}")
+                else:
+                    near = [p for p in props if p.lower() == key.lower()]
+                    self.errors.append(f"{where}.{key}: no such property" + (f" (did you mean {near[0]}?)" if near else ""))
+            for key, prop in props.items():
+                required = prop["flags"] & BICEP_REQUIRED and not prop["flags"] & BICEP_READ_ONLY
+                if required and key not in {k.strip("'") for k in value}:
+                    self.errors.append(f"{where}.{key}: required by the schema")
+            return
+        raise AssertionError(f"{where}: unknown schema kind {kind}")
+
+
+def test_resources_match_azure_published_schemas():
+    """Every resource's API version exists in Azure's published types (bicep-types-az), and
+    every property written exists there, is writable, and literal values fit its enum and
+    bounds: what ARM or the Bicep compiler would refuse."""
+    checked = 0
+    for path, name, res in all_resources():
+        full_name = f"{res['type']}@{res['api_version']}"
+        assert full_name in BICEP_TYPES["resources"], (
+            f"{path.name}:{name}: {full_name} is not in tests/data/bicep_types.json "
+            "(re-run scripts/extract_bicep_types.py; a version absent from bicep-types-az does not exist)"
+        )
+        if res["existing"]:
+            continue
+        resource_type = BICEP_TYPES["types"][BICEP_TYPES["resources"][full_name]]
+        check = _SchemaCheck(path)
+        check.check_resource(resource_config(res), resource_type["body"], f"{path.name}:{name}")
+        assert not check.errors, "\n".join(check.errors)
+        checked += 1
+    assert checked >= 12
+
+
+def test_schema_check_catches_what_azure_would_refuse():
+    site_type = BICEP_TYPES["types"][BICEP_TYPES["resources"]["Microsoft.Web/sites@2024-04-01"]]["body"]
+    check = _SchemaCheck(MODULES / "functionapp.bicep")
+    site = json.loads(json.dumps(one_resource(MODULES / "functionapp.bicep", "Microsoft.Web/sites")))
+    site["properties"]["functionAppConfig"]["scaleAndConcurrency"]["triggers"]["http"]["perInstanceConcurency"] = 4
+    site["properties"]["functionAppConfig"]["runtime"]["name"] = 7
+    site["properties"]["defaultHostName"] = "x"  # read-only
+    site["properties"]["functionAppConfig"]["deployment"]["storage"]["authentication"]["type"] = "UserAssigned"
+    check.check_resource(site, site_type, "site")
+    text = "\n".join(check.errors)
+    assert "perInstanceConcurency: no such property" in text
+    assert "runtime.name: 7 is none of" in text
+    assert "defaultHostName: read-only" in text
+    # 'UserAssigned' is accepted by the union's open string member, so it is not flagged:
+    # the published type allows any string there.
+    assert "authentication.type" not in text
+    check.errors.clear()
+    plan_type = BICEP_TYPES["types"][BICEP_TYPES["resources"]["Microsoft.Web/serverfarms@2024-04-01"]]["body"]
+    plan = json.loads(json.dumps(one_resource(MODULES / "functionapp.bicep", "Microsoft.Web/serverfarms")))
+    plan["properties"]["reserved"] = "true"
+    del plan["location"]
+    check.check_resource(plan, plan_type, "plan")
+    assert any("reserved: 'true' is not a bool" in e for e in check.errors), check.errors
+    assert any("location: required" in e for e in check.errors), check.errors
 
 
 def test_tracked_resources_carry_azd_env_name_tag():
