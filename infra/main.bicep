@@ -21,8 +21,11 @@ param location string = resourceGroup().location
 param principalId string = ''
 
 @secure()
-@description('Value of EMBEDDINGS_API_KEYS stored in Key Vault (one key, or comma-separated keys during rotation). azd: generated once by secretOrRandomPassword and read back from Key Vault on later runs.')
-param embeddingsApiKey string
+@description('Current value of the embeddings-api-key secret (EMBEDDINGS_API_KEYS), whose entries are kept. azd reads it back with secretOrRandomPassword. Empty on a first manual deployment; on later ones pass the current value.')
+param embeddingsApiKey string = ''
+
+@description('Comma-separated names of the callers that get an API key, e.g. "primary,alice" (letters, digits, ".", "_", "-"; 1-64 characters each). A deployment adds a key for every name not yet in the secret; it never changes or removes an existing entry.')
+param apiKeyNames string = 'primary'
 
 @description('Entra ID tenant whose tokens the app accepts. Empty = subscription().tenantId.')
 param entraTenantId string = subscription().tenantId
@@ -124,7 +127,8 @@ module keyVault 'modules/keyvault.bicep' = {
     location: location
     tags: tags
     apiKeySecretName: apiKeySecretName
-    apiKeys: embeddingsApiKey
+    currentApiKeys: embeddingsApiKey
+    apiKeyNames: apiKeyNames
     softDeleteRetentionInDays: keyVaultSoftDeleteRetentionInDays
   }
 }

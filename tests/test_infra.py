@@ -792,25 +792,154 @@ def test_key_vault_rbac_soft_delete_purge_protection():
     assert "accessPolicies" not in props
     secret = one_resource(path, "Microsoft.KeyVault/vaults/secrets")
     assert secret["name"] == "apiKeySecretName"
-    assert secret["properties"]["value"] == "apiKeys"
+    assert secret["properties"]["value"] == "apiKeysValue"
     assert secret["properties"]["contentType"]
+
+
+def _secret_derived(path: Path) -> set:
+    """Secure parameters and every variable computed from one, transitively."""
+    tree = parse(path)
+    derived = {n for n, p in tree.get("parameters", {}).items() if "secure" in decorator_types(p)}
+    variables = {n: json.dumps(v["value"]) for n, v in tree.get("variables", {}).items()}
+    grew = True
+    while grew:
+        grew = False
+        for name, text in variables.items():
+            if name not in derived and any(re.search(rf"\b{re.escape(d)}\b", text) for d in derived):
+                derived.add(name)
+                grew = True
+    return derived
 
 
 def test_api_key_parameters_are_secure_and_never_output():
     main_params = params(MAIN)
     assert "secure" in decorator_types(main_params["embeddingsApiKey"])
-    assert main_params["embeddingsApiKey"]["default"] is None
-    kv_params = params(MODULES / "keyvault.bicep")
-    assert "secure" in decorator_types(kv_params["apiKeys"])
-    assert kv_params["apiKeys"]["default"] is None
-    assert parse(MAIN)["modules"]["keyVault"]["config"]["params"]["apiKeys"] == "embeddingsApiKey"
+    assert main_params["embeddingsApiKey"]["default"] in (None, "")
+    kv_path = MODULES / "keyvault.bicep"
+    kv_params = params(kv_path)
+    for name in ("currentApiKeys", "apiKeyEntropy"):
+        assert "secure" in decorator_types(kv_params[name]), name
+    assert kv_params["currentApiKeys"]["default"] in (None, "")
+    kv_module = parse(MAIN)["modules"]["keyVault"]["config"]["params"]
+    assert kv_module["currentApiKeys"] == "embeddingsApiKey"
+    assert kv_module["apiKeyNames"] == "apiKeyNames"
+    assert "apiKeyEntropy" not in kv_module, "the entropy must stay the module's fresh newGuid()"
+    assert {"keptApiKeys", "apiKeyAdditions", "apiKeysValue"} <= _secret_derived(kv_path)
     for path in bicep_files():
-        secure = {n for n, p in params(path).items() if "secure" in decorator_types(p)}
+        secret = _secret_derived(path)
         for name, output in parse(path).get("outputs", {}).items():
             text = render(output["value"])
-            assert not any(re.search(rf"\b{s}\b", text) for s in secure), f"{path.name} outputs {name}"
+            assert not any(re.search(rf"\b{s}\b", text) for s in secret), f"{path.name} outputs {name}"
             assert "listKeys" not in text and "listSecrets" not in text
-    assert "newGuid" not in MAIN.read_text()
+    # newGuid() only as the default of the secure entropy parameter (a value that changes on
+    # every deployment must never be a key by itself), which is only ever used inside guid().
+    for path in bicep_files():
+        code = _without_comment_lines(path.read_text())
+        if path == kv_path:
+            assert re.findall(r"newGuid\(\)", code) == ["newGuid()"]
+            assert re.search(r"param apiKeyEntropy string = newGuid\(\)", code)
+            uses = re.findall(r"(\w+)\(apiKeyEntropy\b", code)
+            assert uses and set(uses) == {"guid"}, uses
+            assert len(re.findall(r"\bapiKeyEntropy\b", code)) == len(uses) + 1
+        else:
+            assert "newGuid" not in code, path.name
+
+
+KV_PATH = MODULES / "keyvault.bicep"
+KV_FIXED = {"name": "kv-test", "location": "swedencentral", "tags": {}, "apiKeySecretName": "embeddings-api-key"}
+API_KEY_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def stored_api_keys(current: str, names: str = "primary", entropy: Optional[str] = None) -> str:
+    """The value keyvault.bicep writes to the secret, evaluated offline (tests/bicep_eval.py)."""
+    from bicep_eval import Evaluator
+
+    values: Dict[str, Any] = dict(KV_FIXED, currentApiKeys=current, apiKeyNames=names)
+    if entropy is not None:
+        values["apiKeyEntropy"] = entropy
+    return Evaluator(parse(KV_PATH), values).variable("apiKeysValue")
+
+
+def entries(value: str) -> List[Tuple[str, str]]:
+    out = []
+    for entry in value.split(","):
+        name, _, key = entry.strip().rpartition(":")
+        out.append((name, key))
+    return out
+
+
+def test_first_provision_creates_a_named_key_of_at_least_32_characters():
+    # azd's secretOrRandomPassword gives 15 letters and digits when the vault or secret does
+    # not exist yet (azure-dev cli/azd/pkg/cmdsubst/secretOrRandomPassword.go: MinLower 5,
+    # MinUpper 5, MinNumeric 5) - too short for the app, which refuses keys under 16.
+    for first_value in ("aB3dE5gH7jK9mN1", ""):
+        value = stored_api_keys(first_value)
+        [(name, key)] = entries(value)
+        assert name == "primary"
+        assert re.fullmatch(r"[0-9a-f]{64}", key), key
+        assert first_value == "" or first_value not in value
+
+
+def test_reprovision_keeps_every_key_and_adds_only_missing_names():
+    first = stored_api_keys("aB3dE5gH7jK9mN1")
+    # azd reads the secret back; another deployment (new entropy) must not rotate anything.
+    assert stored_api_keys(first) == first
+    assert stored_api_keys(first, entropy="another-deployment") == first
+    # A new caller gets a key; the existing entry is untouched and stays first.
+    with_alice = stored_api_keys(first, "primary,alice")
+    assert with_alice.startswith(first + ",alice:")
+    (_, primary_key), (alice_name, alice_key) = entries(with_alice)
+    assert alice_name == "alice" and len(alice_key) >= 32 and alice_key != primary_key
+    # Blanks around names and empty names are ignored; names already present are not doubled.
+    assert stored_api_keys(with_alice, " primary , , alice ,") == with_alice
+    spaced = first.replace(",", ", ") + ", alice:" + "k" * 40
+    assert stored_api_keys(spaced, "alice") == spaced
+    # Manual edits in the vault survive: two keys for one caller during a rotation, a caller
+    # removed from the secret but not from the names (re-issued with a NEW key, never the old).
+    rotating = "primary:" + "a" * 40 + ",primary:" + "b" * 40
+    assert stored_api_keys(rotating) == rotating
+    reissued = stored_api_keys(first, "alice", entropy="later-deployment")
+    assert entries(reissued)[1][1] != alice_key
+
+
+def test_keys_from_older_templates_and_other_formats():
+    # A plain key of 32+ characters (the old manual path used secrets.token_hex(32)) is kept
+    # as an unnamed entry next to the new named one.
+    legacy = "0123456789abcdef" * 4
+    assert stored_api_keys(legacy).startswith(legacy + ",primary:")
+    assert stored_api_keys(legacy + "," + legacy[::-1]).startswith(legacy + "," + legacy[::-1] + ",primary:")
+    # A short unnamed key (what azd generated for older versions of this template) is
+    # replaced: the app refuses keys under 16 characters anyway.
+    replaced = stored_api_keys("Xy7Qw2Er5Ty8Ui1")
+    assert "Xy7Qw2Er5Ty8Ui1" not in replaced and replaced.startswith("primary:")
+    # The JSON-object form is the operator's own: kept byte for byte, names not added.
+    as_json = '{"primary": "' + "c" * 40 + '"}'
+    assert stored_api_keys(as_json, "primary,alice") == as_json
+
+
+def test_generated_keys_are_distinct_per_name_and_deployment():
+    names = ["primary", "alice", "bob.svc", "team_x-1"]
+    value = stored_api_keys("", ",".join(names), entropy="e1")
+    got = entries(value)
+    assert [n for n, _ in got] == names
+    keys = [k for _, k in got]
+    assert len(set(keys)) == len(keys)
+    assert all(re.fullmatch(r"[0-9a-f]{64}", k) for k in keys)
+    # No part of one caller's key reveals part of another's.
+    halves = [k[:32] for k in keys] + [k[32:] for k in keys]
+    assert len(set(halves)) == len(halves)
+    assert stored_api_keys("", ",".join(names), entropy="e2") != value
+    # Without an explicit entropy the module's newGuid() default gives a fresh key each time.
+    assert stored_api_keys("") != stored_api_keys("")
+
+
+def test_api_key_names_are_an_azd_setting_with_a_valid_default():
+    for path in (MAIN, KV_PATH):
+        default = params(path)["apiKeyNames"]["default"]
+        assert default == "primary"
+        assert all(API_KEY_NAME_RE.fullmatch(n) for n in default.split(","))
+    values = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert values["apiKeyNames"]["value"] == "${EMBEDDINGS_API_KEY_NAMES=primary}"
 
 
 def test_role_assignments_use_built_in_role_ids_and_right_scopes():
