@@ -187,8 +187,9 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 // - siteConfig keeps minTlsVersion, scmMinTlsVersion, http20Enabled and
 //   remoteDebuggingEnabled (hardening the samples leave at defaults). None is in the
 //   deprecation table or in any ARM 51021 rejection we know of.
-// - App settings live in siteConfig.appSettings, as in the ARM sample, so they exist when the
-//   site is created (the AVM module writes a separate config/appsettings resource).
+// - App settings live in siteConfig.appSettings, where functions-infrastructure-as-code.md
+//   (Flex Consumption, "Application configuration") and the ARM sample put them, so they
+//   exist when the site is created (the AVM module writes a separate config/appsettings).
 // - triggers.http.perInstanceConcurrency is set (the samples take the platform default, which
 //   depends on instance memory): the app bounds its own in-process concurrency, and scale-out
 //   should follow that bound (FunctionsScaleAndConcurrencyTriggersHttp in the 2024-04-01 schema).
