@@ -21,8 +21,11 @@ param location string = resourceGroup().location
 param principalId string = ''
 
 @secure()
-@description('Value of EMBEDDINGS_API_KEYS stored in Key Vault (one key, or comma-separated keys during rotation). azd: generated once by secretOrRandomPassword and read back from Key Vault on later runs.')
-param embeddingsApiKey string
+@description('Current value of the embeddings-api-key secret (EMBEDDINGS_API_KEYS), whose entries are kept. azd reads it back with secretOrRandomPassword. Empty on a first manual deployment; on later ones pass the current value.')
+param embeddingsApiKey string = ''
+
+@description('Comma-separated names of the callers that get an API key, e.g. "primary,alice" (letters, digits, ".", "_", "-"; 1-64 characters each). A deployment adds a key for every name not yet in the secret; it never changes or removes an existing entry.')
+param apiKeyNames string = 'primary'
 
 @description('Entra ID tenant whose tokens the app accepts. Empty = subscription().tenantId.')
 param entraTenantId string = subscription().tenantId
@@ -36,8 +39,8 @@ param entraRequiredRoles string = ''
 @description('Comma-separated client (application) IDs allowed to call (azp/appid claim). Empty = any client of the tenant that can obtain a token for an accepted audience.')
 param entraAllowedClientIds string = ''
 
-@description('Entra ID authority host. Empty = https://login.microsoftonline.com.')
-param entraAuthority string = 'https://login.microsoftonline.com'
+@description('Entra ID authority host, e.g. for a cloud other than the one deployed to. Empty = the login endpoint of the cloud you deploy to (environment().authentication.loginEndpoint).')
+param entraAuthority string = ''
 
 @allowed([
   512
@@ -81,7 +84,12 @@ var functionAppName = 'func-api-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
 var apiKeySecretName = 'embeddings-api-key'
 var effectiveTenantId = empty(entraTenantId) ? subscription().tenantId : entraTenantId
-var effectiveAuthority = empty(entraAuthority) ? 'https://login.microsoftonline.com' : entraAuthority
+// The deploying cloud's Entra ID endpoint (login.microsoftonline.com in public Azure,
+// login.microsoftonline.us in Azure Government, ...); no hard-coded host (Bicep linter
+// no-hardcoded-env-urls). loginEndpoint ends with '/'; the app wants the authority without it.
+var cloudLoginEndpoint = environment().authentication.loginEndpoint
+var cloudAuthority = endsWith(cloudLoginEndpoint, '/') ? substring(cloudLoginEndpoint, 0, length(cloudLoginEndpoint) - 1) : cloudLoginEndpoint
+var effectiveAuthority = empty(entraAuthority) ? cloudAuthority : entraAuthority
 
 module identity 'modules/identity.bicep' = {
   name: 'identity'
@@ -119,7 +127,8 @@ module keyVault 'modules/keyvault.bicep' = {
     location: location
     tags: tags
     apiKeySecretName: apiKeySecretName
-    apiKeys: embeddingsApiKey
+    currentApiKeys: embeddingsApiKey
+    apiKeyNames: apiKeyNames
     softDeleteRetentionInDays: keyVaultSoftDeleteRetentionInDays
   }
 }
@@ -148,7 +157,7 @@ module functionApp 'modules/functionapp.bicep' = {
     serviceName: 'api'
     identityId: identity.outputs.id
     identityClientId: identity.outputs.clientId
-    storageAccountName: storage.outputs.name
+    storageBlobServiceUri: storage.outputs.blobServiceUri
     deploymentContainerUrl: storage.outputs.deploymentContainerUrl
     applicationInsightsConnectionString: monitoring.outputs.connectionString
     apiKeySecretUri: keyVault.outputs.apiKeySecretUri

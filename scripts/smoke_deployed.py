@@ -15,7 +15,7 @@ Authentication (pick one):
 
 Examples:
   export EMBEDDINGS_API_KEY="$(az keyvault secret show --vault-name "$KV" \\
-      --name embeddings-api-key --query value -o tsv | cut -d, -f1)"
+      --name embeddings-api-key --query value -o tsv | tr ',' '\\n' | sed -n 's/^ *primary://p' | head -n 1)"
   python scripts/smoke_deployed.py --url "$(azd env get-value AZURE_FUNCTION_URL)"
   python scripts/smoke_deployed.py --url https://func-api-xyz.azurewebsites.net \\
       --entra --scope api://<app-client-id>/.default

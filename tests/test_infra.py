@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -42,8 +42,6 @@ EXPECTED_FILES = {
 # Built-in Azure role definition IDs (same GUID in every tenant).
 ROLE_IDS = {
     "storageBlobDataOwner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
-    "storageQueueDataContributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
-    "storageTableDataContributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
     "monitoringMetricsPublisher": "3913510d-42f4-4e42-8a64-420c390055eb",
     "keyVaultSecretsUser": "4633458b-17de-408a-b874-0445c86b69e6",
     "keyVaultSecretsOfficer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
@@ -65,6 +63,89 @@ UNTAGGED_TYPES = {
     "Microsoft.Storage/storageAccounts/blobServices/containers",
     "Microsoft.Web/sites/basicPublishingCredentialsPolicies",
 }
+
+# Microsoft's table "Flex Consumption plan deprecations" (functions-app-settings.md, section
+# of that name, ms.date 12/22/2025; learn.microsoft.com/azure/azure-functions/
+# functions-app-settings#flex-consumption-plan-deprecations): "these site properties and
+# application settings are deprecated and shouldn't be used when creating function app
+# resources". ARM refuses several outright (error 51021, "The following list of ... site
+# configuration properties (Site.SiteConfig.FtpsState, ...) for Flex Consumption sites is
+# invalid"), so any of them in infra/ can fail the deploy.
+FLEX_DEPRECATED_APP_SETTINGS = {
+    "ENABLE_ORYX_BUILD": "replaced by the remoteBuild parameter when deploying",
+    "FUNCTIONS_EXTENSION_VERSION": "set by the backend",
+    "FUNCTIONS_WORKER_RUNTIME": "replaced by name in properties.functionAppConfig.runtime",
+    "FUNCTIONS_WORKER_RUNTIME_VERSION": "replaced by version in properties.functionAppConfig.runtime",
+    "FUNCTIONS_MAX_HTTP_CONCURRENCY": "replaced by scale and concurrency's trigger section",
+    "FUNCTIONS_WORKER_PROCESS_COUNT": "setting not valid",
+    "FUNCTIONS_WORKER_DYNAMIC_CONCURRENCY_ENABLED": "setting not valid",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT": "replaced by the remoteBuild parameter when deploying",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING": "replaced by functionAppConfig's deployment section",
+    "WEBSITE_CONTENTOVERVNET": "not used for networking in Flex Consumption",
+    "WEBSITE_CONTENTSHARE": "replaced by functionAppConfig's deployment section",
+    "WEBSITE_DNS_SERVER": "DNS is inherited from the integrated virtual network",
+    "WEBSITE_MAX_DYNAMIC_APPLICATION_SCALE_OUT": "replaced by maximumInstanceCount in functionAppConfig.scaleAndConcurrency",
+    "WEBSITE_NODE_DEFAULT_VERSION": "replaced by version in properties.functionAppConfig.runtime",
+    "WEBSITE_RUN_FROM_PACKAGE": "not used for deployments in Flex Consumption",
+    "WEBSITE_SKIP_CONTENTSHARE_VALIDATION": "content share isn't used in Flex Consumption",
+    "WEBSITE_VNET_ROUTE_ALL": "not used for networking in Flex Consumption",
+    # flex-consumption-plan.md, "Considerations" (not in the table, same effect):
+    "WEBSITE_TIME_ZONE": "time zones aren't currently supported on Flex Consumption",
+    "TZ": "time zones aren't currently supported on Flex Consumption",
+    "WEBSITE_LOAD_CERTIFICATES": "loading certificates isn't currently supported on Flex Consumption",
+}
+
+# The table's `properties.*` rows, as the ARM property names they denote in
+# Microsoft.Web/sites@2024-04-01 (SiteProperties or SiteConfig in bicep-types-az);
+# "isReserved" is the site's `reserved`. Checked at both levels, case-insensitively (ARM
+# property names are case-insensitive).
+FLEX_DEPRECATED_SITE_PROPERTIES = {
+    "alwaysOn": "not valid",
+    "containerSize": "renamed as instanceMemoryMB",
+    "dnsConfiguration": "custom DNS servers of the virtual network are used automatically",
+    "ftpsState": "FTPS not supported",
+    "reserved": "isReserved: not valid",
+    "isXenon": "not valid",
+    "javaVersion": "replaced by version in properties.functionAppConfig.runtime",
+    "linuxFxVersion": "replaced by properties.functionAppConfig.runtime",
+    "netFrameworkVersion": "replaced by version in properties.functionAppConfig.runtime",
+    "powerShellVersion": "replaced by version in properties.functionAppConfig.runtime",
+    "functionAppScaleLimit": "renamed as maximumInstanceCount",
+    "preWarmedInstanceCount": "renamed as alwaysReadyInstances",
+    "use32BitWorkerProcess": "32-bit not supported",
+    "vnetBackupRestoreEnabled": "not used for networking in Flex Consumption",
+    "vnetContentShareEnabled": "not used for networking in Flex Consumption",
+    "vnetImagePullEnabled": "not used for networking in Flex Consumption",
+    "vnetRouteAllEnabled": "not used for networking in Flex Consumption",
+    "windowsFxVersion": "not valid",
+    # Not in the table, but named by ARM's 51021 rejection (quoted in
+    # microsoft/azure-pipelines-tasks#21032 and Microsoft Q&A 2277522):
+    "functionsRuntimeScaleMonitoringEnabled": "refused by ARM on Flex Consumption (error 51021)",
+}
+
+
+# The Bicep linter's no-hardcoded-env-urls defaults (linter-rule-no-hardcoded-environment-urls.md,
+# ms.date 10/30/2025): hosts that differ per cloud, so a template naming them breaks in Azure
+# Government, Azure operated by 21Vianet, etc. A host matches itself and its subdomains.
+CLOUD_SPECIFIC_HOSTS = (
+    "gallery.azure.com",
+    "management.core.windows.net",
+    "management.azure.com",
+    "database.windows.net",
+    "core.windows.net",
+    "login.microsoftonline.com",
+    "graph.windows.net",
+    "trafficmanager.net",
+    "datalake.azure.net",
+    "azuredatalakestore.net",
+    "azuredatalakeanalytics.net",
+    "vault.azure.net",
+    "api.loganalytics.io",
+    "asazure.windows.net",
+    "region.asazure.windows.net",
+    "batch.core.windows.net",
+)
+CLOUD_SPECIFIC_HOSTS_EXCLUDED = ("schema.management.azure.com",)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -157,7 +238,9 @@ def functionapp_settings() -> Dict[str, Any]:
     """All app settings the site can get: name -> value expression."""
     path = MODULES / "functionapp.bicep"
     site = one_resource(path, "Microsoft.Web/sites")
-    combined = site["properties"]["siteConfig"]["appSettings"]
+    # All settings are joined in one place: siteConfig.appSettings is the appSettings variable.
+    assert site["properties"]["siteConfig"]["appSettings"] == "appSettings"
+    combined = variable(path, "appSettings")
     assert combined["function"]["type"] == "concat"
     settings: Dict[str, Any] = {}
     for var_name in combined["function"]["parameters"].values():
@@ -235,6 +318,185 @@ def test_api_versions_are_stable_and_current():
         assert version >= floors[0], f"{path.name}:{name} uses old API version {version}"
 
 
+# Azure's published resource schemas (the Bicep compiler's own type data), extracted for the
+# resource types infra/ uses by scripts/extract_bicep_types.py from Azure/bicep-types-az.
+BICEP_TYPES = json.loads((ROOT / "tests" / "data" / "bicep_types.json").read_text())
+BICEP_REQUIRED, BICEP_READ_ONLY = 1, 2  # bicep-types TypePropertyFlags
+BICEP_SYNTAX_KEYS = {"parent", "scope", "dependsOn"}  # Bicep keywords, not resource properties
+
+
+def _is_expression(value: Any) -> bool:
+    return isinstance(value, dict) and (set(value) in ({"operator"}, {"function"}) or "loop_type" in value)
+
+
+class _SchemaCheck:
+    """Walk a parsed resource body against its schema; collect what Azure would refuse."""
+
+    def __init__(self, path: Path) -> None:
+        doc = parse(path)
+        self.params = doc.get("parameters", {})
+        self.identifiers = set(self.params) | set(doc.get("variables", {})) | set(doc.get("resources", {}))
+        self.identifiers |= set(doc.get("modules", {}))
+        self.errors: List[str] = []
+        self.root = ""
+
+    def check_resource(self, body: Dict[str, Any], type_key: str, where: str) -> None:
+        self.root = where
+        self.check(body, type_key, where)
+
+    def literal(self, value: Any) -> bool:
+        """pycep renders identifiers and string literals alike; tell them apart."""
+        if isinstance(value, str):
+            return value not in self.identifiers and "${" not in value
+        return isinstance(value, (bool, int, float))
+
+    def allowed_values(self, value: Any) -> Optional[List[Any]]:
+        """@allowed([...]) of a parameter used directly as the value, if any."""
+        if isinstance(value, str) and value in self.params:
+            for d in self.params[value].get("decorators", []):
+                if d["type"] == "allowed":
+                    return d["argument"]
+        return None
+
+    def fits(self, value: Any, type_key: str, where: str) -> bool:
+        errors_before = len(self.errors)
+        self.check(value, type_key, where)
+        ok = len(self.errors) == errors_before
+        del self.errors[errors_before:]
+        return ok
+
+    def check(self, value: Any, type_key: str, where: str) -> None:
+        if _is_expression(value):
+            return
+        allowed = self.allowed_values(value)
+        if allowed is not None:
+            for option in allowed:
+                self.check(option, type_key, f"{where} (@allowed {option!r} of {value})")
+            return
+        if not isinstance(value, (dict, list)) and not self.literal(value):
+            return  # a parameter, variable or interpolation: its value is not known here
+        t = BICEP_TYPES["types"][type_key]
+        kind = t["kind"]
+        if kind == "any":
+            return
+        if kind == "union":
+            if not any(self.fits(value, element, where) for element in t["elements"]):
+                options = [BICEP_TYPES["types"][e].get("value", BICEP_TYPES["types"][e]["kind"]) for e in t["elements"]]
+                self.errors.append(f"{where}: {value!r} is none of {options}")
+            return
+        if kind == "literal":
+            if value != t["value"]:
+                self.errors.append(f"{where}: {value!r} is not {t['value']!r}")
+            return
+        if kind == "string":
+            if not isinstance(value, str):
+                self.errors.append(f"{where}: {value!r} is not a string")
+            elif not t.get("minLength", 0) <= len(value) <= t.get("maxLength", len(value)):
+                self.errors.append(f"{where}: length of {value!r} is out of bounds")
+            elif "pattern" in t and not re.search(t["pattern"], value):
+                self.errors.append(f"{where}: {value!r} does not match {t['pattern']}")
+            return
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.errors.append(f"{where}: {value!r} is not an integer")
+            elif not t.get("minValue", value) <= value <= t.get("maxValue", value):
+                self.errors.append(f"{where}: {value} is out of [{t.get('minValue')}, {t.get('maxValue')}]")
+            return
+        if kind == "bool":
+            if not isinstance(value, bool):
+                self.errors.append(f"{where}: {value!r} is not a bool")
+            return
+        if kind == "array":
+            if not isinstance(value, list):
+                self.errors.append(f"{where}: expected an array")
+                return
+            for i, item in enumerate(value):
+                self.check(item, t["item"], f"{where}[{i}]")
+            return
+        if kind in ("object", "discriminated"):
+            if not isinstance(value, dict):
+                self.errors.append(f"{where}: expected an object")
+                return
+            props = dict(t.get("properties", {}))
+            additional = t.get("additional")
+            if kind == "discriminated":
+                props = dict(t["base"])
+                chosen = value.get(t["discriminator"])
+                if chosen not in t["elements"]:
+                    self.errors.append(f"{where}.{t['discriminator']}: {chosen!r} is none of {sorted(t['elements'])}")
+                    return
+                element = BICEP_TYPES["types"][t["elements"][chosen]]
+                props.update(element["properties"])
+                additional = element.get("additional")
+            for raw_key, item in value.items():
+                key = raw_key.strip("'")
+                if where == self.root and key in BICEP_SYNTAX_KEYS:
+                    continue
+                if key in props:
+                    if props[key]["flags"] & BICEP_READ_ONLY:
+                        self.errors.append(f"{where}.{key}: read-only in the schema")
+                    else:
+                        self.check(item, props[key]["type"], f"{where}.{key}")
+                elif additional is not None:
+                    self.check(item, additional, f"{where}.{key}")
+                else:
+                    near = [p for p in props if p.lower() == key.lower()]
+                    self.errors.append(f"{where}.{key}: no such property" + (f" (did you mean {near[0]}?)" if near else ""))
+            for key, prop in props.items():
+                required = prop["flags"] & BICEP_REQUIRED and not prop["flags"] & BICEP_READ_ONLY
+                if required and key not in {k.strip("'") for k in value}:
+                    self.errors.append(f"{where}.{key}: required by the schema")
+            return
+        raise AssertionError(f"{where}: unknown schema kind {kind}")
+
+
+def test_resources_match_azure_published_schemas():
+    """Every resource's API version exists in Azure's published types (bicep-types-az), and
+    every property written exists there, is writable, and literal values fit its enum and
+    bounds: what ARM or the Bicep compiler would refuse."""
+    checked = 0
+    for path, name, res in all_resources():
+        full_name = f"{res['type']}@{res['api_version']}"
+        assert full_name in BICEP_TYPES["resources"], (
+            f"{path.name}:{name}: {full_name} is not in tests/data/bicep_types.json "
+            "(re-run scripts/extract_bicep_types.py; a version absent from bicep-types-az does not exist)"
+        )
+        if res["existing"]:
+            continue
+        resource_type = BICEP_TYPES["types"][BICEP_TYPES["resources"][full_name]]
+        check = _SchemaCheck(path)
+        check.check_resource(resource_config(res), resource_type["body"], f"{path.name}:{name}")
+        assert not check.errors, "\n".join(check.errors)
+        checked += 1
+    assert checked >= 12
+
+
+def test_schema_check_catches_what_azure_would_refuse():
+    site_type = BICEP_TYPES["types"][BICEP_TYPES["resources"]["Microsoft.Web/sites@2024-04-01"]]["body"]
+    check = _SchemaCheck(MODULES / "functionapp.bicep")
+    site = json.loads(json.dumps(one_resource(MODULES / "functionapp.bicep", "Microsoft.Web/sites")))
+    site["properties"]["functionAppConfig"]["scaleAndConcurrency"]["triggers"]["http"]["perInstanceConcurency"] = 4
+    site["properties"]["functionAppConfig"]["runtime"]["name"] = 7
+    site["properties"]["defaultHostName"] = "x"  # read-only
+    site["properties"]["functionAppConfig"]["deployment"]["storage"]["authentication"]["type"] = "UserAssigned"
+    check.check_resource(site, site_type, "site")
+    text = "\n".join(check.errors)
+    assert "perInstanceConcurency: no such property" in text
+    assert "runtime.name: 7 is none of" in text
+    assert "defaultHostName: read-only" in text
+    # 'UserAssigned' is accepted by the union's open string member, so it is not flagged:
+    # the published type allows any string there.
+    assert "authentication.type" not in text
+    check.errors.clear()
+    plan_type = BICEP_TYPES["types"][BICEP_TYPES["resources"]["Microsoft.Web/serverfarms@2024-04-01"]]["body"]
+    plan = json.loads(json.dumps(one_resource(MODULES / "functionapp.bicep", "Microsoft.Web/serverfarms")))
+    plan["properties"]["reserved"] = "true"
+    del plan["location"]
+    check.check_resource(plan, plan_type, "plan")
+    assert any("reserved: 'true' is not a bool" in e for e in check.errors), check.errors
+    assert any("location: required" in e for e in check.errors), check.errors
+
+
 def test_tracked_resources_carry_azd_env_name_tag():
     main_tags = variable(MAIN, "tags")
     assert main_tags == {"'azd-env-name'": "environmentName"}
@@ -273,7 +535,6 @@ def test_function_app_is_hardened():
     site_config = props["siteConfig"]
     assert site_config["minTlsVersion"] == "1.2"
     assert site_config["scmMinTlsVersion"] == "1.2"
-    assert site_config["ftpsState"] == "Disabled"
     assert site_config["remoteDebuggingEnabled"] is False
     assert site_config["http20Enabled"] is True
     assert "cors" not in site_config
@@ -292,6 +553,42 @@ def test_function_app_is_hardened():
         if r["type"] == "Microsoft.Web/sites/basicPublishingCredentialsPolicies"
     }
     assert policies == {"scm": False, "ftp": False}
+
+
+def _keys_deep(node: Any) -> Iterator[str]:
+    """Every object key in a parsed Bicep value, at any depth (loops and conditions included)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key.strip("'")
+            yield from _keys_deep(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _keys_deep(item)
+
+
+def test_no_flex_deprecated_site_property_or_app_setting():
+    path = MODULES / "functionapp.bicep"
+    site = one_resource(path, "Microsoft.Web/sites")
+    props = site["properties"]
+    forbidden = {name.lower(): reason for name, reason in FLEX_DEPRECATED_SITE_PROPERTIES.items()}
+    for level, body in (("properties", props), ("properties.siteConfig", props["siteConfig"])):
+        for key in body:
+            assert key.lower() not in forbidden, f"{level}.{key}: {forbidden[key.lower()]} on Flex Consumption"
+    # Nor anywhere else in the site (e.g. a nested config object).
+    for key in _keys_deep(site):
+        assert key.lower() not in forbidden, f"{key}: {forbidden[key.lower()]} on Flex Consumption"
+    # No sites/config child resource can bring them back either.
+    for res in resources(path).values():
+        assert not res["type"].startswith("Microsoft.Web/sites/config"), res["type"]
+    settings = {name.upper() for name in functionapp_settings()}
+    for name, reason in FLEX_DEPRECATED_APP_SETTINGS.items():
+        assert name.upper() not in settings, f"app setting {name}: {reason} on Flex Consumption"
+    # The same names must not hide in any string of the module either (e.g. a later
+    # config resource or a settings object built with union()).
+    text = path.read_text()
+    code = "\n".join(line.split("//", 1)[0] for line in text.splitlines())
+    for name in FLEX_DEPRECATED_APP_SETTINGS:
+        assert not re.search(rf"'{re.escape(name)}'", code, re.IGNORECASE), name
 
 
 def test_function_app_config_flex_runtime_scale_and_deployment():
@@ -320,27 +617,108 @@ def test_function_app_config_flex_runtime_scale_and_deployment():
 
 def test_app_settings_identity_based_and_key_vault_reference():
     settings = functionapp_settings()
-    assert settings["AzureWebJobsStorage__accountName"] == "storageAccountName"
+    assert settings["AzureWebJobsStorage__blobServiceUri"] == "storageBlobServiceUri"
     assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
     assert settings["AzureWebJobsStorage__clientId"] == "identityClientId"
     assert settings["APPLICATIONINSIGHTS_CONNECTION_STRING"] == "applicationInsightsConnectionString"
     assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "ClientId=${identityClientId};Authorization=AAD"
     assert settings["EMBEDDINGS_API_KEYS"] == "@Microsoft.KeyVault(SecretUri=${apiKeySecretUri})"
-    # No connection strings / keys and no settings Flex Consumption rejects.
-    forbidden = {
-        "AzureWebJobsStorage",
-        "APPINSIGHTS_INSTRUMENTATIONKEY",
-        "FUNCTIONS_WORKER_RUNTIME",
-        "FUNCTIONS_EXTENSION_VERSION",
-        "WEBSITE_RUN_FROM_PACKAGE",
-        "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
-        "WEBSITE_CONTENTSHARE",
-        "SCM_DO_BUILD_DURING_DEPLOYMENT",
-    }
-    assert not forbidden & set(settings)
+    # No connection strings or instrumentation keys (Flex-deprecated names have their own test).
+    assert not {"AzureWebJobsStorage", "APPINSIGHTS_INSTRUMENTATIONKEY"} & set(settings)
     assert {"EMBEDDINGS_MAX_CONCURRENCY", "EMBEDDINGS_ORT_INTRA_OP_THREADS"} <= set(settings)
     for name, value in settings.items():
         assert "AccountKey=" not in render(value) and "InstrumentationKey=" not in render(value), name
+
+
+def test_host_storage_uri_is_built_for_the_deploying_cloud():
+    # AzureWebJobsStorage__accountName makes the host assume core.windows.net (public Azure
+    # only); the service URI from environment().suffixes.storage works in every cloud.
+    settings = functionapp_settings()
+    assert "AzureWebJobsStorage__accountName" not in settings
+    storage_path = MODULES / "storage.bicep"
+    assert variable(storage_path, "blobServiceUri") == "https://${name}.blob.${environment().suffixes.storage}"
+    outputs = parse(storage_path)["outputs"]
+    assert outputs["blobServiceUri"]["value"] == "blobServiceUri"
+    assert outputs["deploymentContainerUrl"]["value"] == "${blobServiceUri}/${deploymentContainer.name}"
+    # <account>.blob.<suffix> is the account's endpoint only with the standard DNS endpoint
+    # type (AzureDnsZone endpoints carry an extra zone label).
+    account = one_resource(storage_path, "Microsoft.Storage/storageAccounts")
+    assert account["properties"]["dnsEndpointType"] == "Standard"
+    fa_params = parse(MAIN)["modules"]["functionApp"]["config"]["params"]
+    assert render(fa_params["storageBlobServiceUri"]) == "storage.outputs.blobServiceUri"
+    assert render(fa_params["deploymentContainerUrl"]) == "storage.outputs.deploymentContainerUrl"
+
+
+STORAGE_SERVICE_ROLES = {
+    "AzureWebJobsStorage__blobServiceUri": "storageBlobDataOwner",
+    "AzureWebJobsStorage__queueServiceUri": "storageQueueDataContributor",
+    "AzureWebJobsStorage__tableServiceUri": "storageTableDataContributor",
+}
+
+
+def test_host_storage_roles_match_the_services_the_host_uses():
+    # A service URI without its data role fails at run time; a role without a use is excess
+    # privilege. HTTP triggers only: the host needs blob (coordination, key store, the
+    # deployment package) and nothing else.
+    settings = functionapp_settings()
+    used = {uri for uri in STORAGE_SERVICE_ROLES if uri in settings}
+    assert used == {"AzureWebJobsStorage__blobServiceUri"}
+    granted = set()
+    for res in resources(MODULES / "rbac.bicep").values():
+        if res["type"] == "Microsoft.Authorization/roleAssignments":
+            cfg = resource_config(res)
+            if cfg["scope"] == "storage" and cfg["properties"]["principalId"] == "appPrincipalId":
+                granted.add(render(cfg["properties"]["roleDefinitionId"]).rsplit("roles.", 1)[1].rstrip(")"))
+    assert granted == {STORAGE_SERVICE_ROLES[uri] for uri in used}
+
+
+def _cloud_host_hits(text: str) -> List[str]:
+    for excluded in CLOUD_SPECIFIC_HOSTS_EXCLUDED:
+        text = re.sub(re.escape(excluded), "", text, flags=re.IGNORECASE)
+    hits = []
+    for host in CLOUD_SPECIFIC_HOSTS:
+        # the host itself or any subdomain of it, not a longer name that merely ends with it
+        if re.search(rf"(?<![a-z0-9-]){re.escape(host)}(?![a-z0-9-])", text, re.IGNORECASE):
+            hits.append(host)
+    return hits
+
+
+def _without_comment_lines(text: str) -> str:
+    """Drop whole-line // comments (which may name hosts to explain a choice); code and
+    strings, where the linter looks, stay."""
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
+
+
+def test_no_hard_coded_cloud_urls_in_infra():
+    files = bicep_files() + [INFRA / "main.parameters.json"]
+    for path in files:
+        hits = _cloud_host_hits(_without_comment_lines(path.read_text()))
+        assert not hits, f"{path.relative_to(ROOT)} names cloud-specific host(s) {hits}; use environment()"
+    # the check itself recognises what it must
+    assert _cloud_host_hits("'https://login.microsoftonline.com'") == ["login.microsoftonline.com"]
+    assert _cloud_host_hits("x.blob.core.windows.net/c") == ["core.windows.net"]
+    assert _cloud_host_hits("https://kv.VAULT.azure.net/") == ["vault.azure.net"]
+    assert _cloud_host_hits("https://schema.management.azure.com/schemas/x.json#") == []
+    assert _cloud_host_hits(_without_comment_lines("  // core.windows.net\nvar x = 'https://a.vault.azure.net'")) == [
+        "vault.azure.net"
+    ]
+
+
+def test_entra_authority_defaults_to_the_deploying_clouds_login_endpoint():
+    main_params = params(MAIN)
+    assert main_params["entraAuthority"]["default"] == ""
+    assert render(variable(MAIN, "cloudLoginEndpoint")) == "environment().authentication.loginEndpoint"
+    # loginEndpoint ends with '/'; it is dropped so "{authority}/{tenant}/v2.0" has no '//'.
+    assert render(variable(MAIN, "cloudAuthority")) == (
+        "conditional(ends_with(cloudLoginEndpoint, /), "
+        "substring(cloudLoginEndpoint, 0, substract(length(cloudLoginEndpoint), 1)), cloudLoginEndpoint)"
+    )
+    assert render(variable(MAIN, "effectiveAuthority")) == (
+        "conditional(empty(entraAuthority), cloudAuthority, entraAuthority)"
+    )
+    assert parse(MAIN)["modules"]["functionApp"]["config"]["params"]["entraAuthority"] == "effectiveAuthority"
+    values = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert values["entraAuthority"]["value"] == "${EMBEDDINGS_ENTRA_AUTHORITY}"
 
 
 def test_key_vault_secret_uri_is_versionless():
@@ -366,7 +744,6 @@ def test_entra_settings_are_parameters_with_expected_defaults():
         assert param in main_params, param
         assert main_params[param]["type"] == "string"
     assert render(main_params["entraTenantId"]["default"]) == "subscription().tenantId"
-    assert main_params["entraAuthority"]["default"] == "https://login.microsoftonline.com"
     for optional in ("entraAudiences", "entraRequiredRoles", "entraAllowedClientIds"):
         assert main_params[optional]["default"] == ""
     # Empty values coming from azd fall back to the documented defaults.
@@ -415,25 +792,154 @@ def test_key_vault_rbac_soft_delete_purge_protection():
     assert "accessPolicies" not in props
     secret = one_resource(path, "Microsoft.KeyVault/vaults/secrets")
     assert secret["name"] == "apiKeySecretName"
-    assert secret["properties"]["value"] == "apiKeys"
+    assert secret["properties"]["value"] == "apiKeysValue"
     assert secret["properties"]["contentType"]
+
+
+def _secret_derived(path: Path) -> set:
+    """Secure parameters and every variable computed from one, transitively."""
+    tree = parse(path)
+    derived = {n for n, p in tree.get("parameters", {}).items() if "secure" in decorator_types(p)}
+    variables = {n: json.dumps(v["value"]) for n, v in tree.get("variables", {}).items()}
+    grew = True
+    while grew:
+        grew = False
+        for name, text in variables.items():
+            if name not in derived and any(re.search(rf"\b{re.escape(d)}\b", text) for d in derived):
+                derived.add(name)
+                grew = True
+    return derived
 
 
 def test_api_key_parameters_are_secure_and_never_output():
     main_params = params(MAIN)
     assert "secure" in decorator_types(main_params["embeddingsApiKey"])
-    assert main_params["embeddingsApiKey"]["default"] is None
-    kv_params = params(MODULES / "keyvault.bicep")
-    assert "secure" in decorator_types(kv_params["apiKeys"])
-    assert kv_params["apiKeys"]["default"] is None
-    assert parse(MAIN)["modules"]["keyVault"]["config"]["params"]["apiKeys"] == "embeddingsApiKey"
+    assert main_params["embeddingsApiKey"]["default"] in (None, "")
+    kv_path = MODULES / "keyvault.bicep"
+    kv_params = params(kv_path)
+    for name in ("currentApiKeys", "apiKeyEntropy"):
+        assert "secure" in decorator_types(kv_params[name]), name
+    assert kv_params["currentApiKeys"]["default"] in (None, "")
+    kv_module = parse(MAIN)["modules"]["keyVault"]["config"]["params"]
+    assert kv_module["currentApiKeys"] == "embeddingsApiKey"
+    assert kv_module["apiKeyNames"] == "apiKeyNames"
+    assert "apiKeyEntropy" not in kv_module, "the entropy must stay the module's fresh newGuid()"
+    assert {"keptApiKeys", "apiKeyAdditions", "apiKeysValue"} <= _secret_derived(kv_path)
     for path in bicep_files():
-        secure = {n for n, p in params(path).items() if "secure" in decorator_types(p)}
+        secret = _secret_derived(path)
         for name, output in parse(path).get("outputs", {}).items():
             text = render(output["value"])
-            assert not any(re.search(rf"\b{s}\b", text) for s in secure), f"{path.name} outputs {name}"
+            assert not any(re.search(rf"\b{s}\b", text) for s in secret), f"{path.name} outputs {name}"
             assert "listKeys" not in text and "listSecrets" not in text
-    assert "newGuid" not in MAIN.read_text()
+    # newGuid() only as the default of the secure entropy parameter (a value that changes on
+    # every deployment must never be a key by itself), which is only ever used inside guid().
+    for path in bicep_files():
+        code = _without_comment_lines(path.read_text())
+        if path == kv_path:
+            assert re.findall(r"newGuid\(\)", code) == ["newGuid()"]
+            assert re.search(r"param apiKeyEntropy string = newGuid\(\)", code)
+            uses = re.findall(r"(\w+)\(apiKeyEntropy\b", code)
+            assert uses and set(uses) == {"guid"}, uses
+            assert len(re.findall(r"\bapiKeyEntropy\b", code)) == len(uses) + 1
+        else:
+            assert "newGuid" not in code, path.name
+
+
+KV_PATH = MODULES / "keyvault.bicep"
+KV_FIXED = {"name": "kv-test", "location": "swedencentral", "tags": {}, "apiKeySecretName": "embeddings-api-key"}
+API_KEY_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def stored_api_keys(current: str, names: str = "primary", entropy: Optional[str] = None) -> str:
+    """The value keyvault.bicep writes to the secret, evaluated offline (tests/bicep_eval.py)."""
+    from bicep_eval import Evaluator
+
+    values: Dict[str, Any] = dict(KV_FIXED, currentApiKeys=current, apiKeyNames=names)
+    if entropy is not None:
+        values["apiKeyEntropy"] = entropy
+    return Evaluator(parse(KV_PATH), values).variable("apiKeysValue")
+
+
+def entries(value: str) -> List[Tuple[str, str]]:
+    out = []
+    for entry in value.split(","):
+        name, _, key = entry.strip().rpartition(":")
+        out.append((name, key))
+    return out
+
+
+def test_first_provision_creates_a_named_key_of_at_least_32_characters():
+    # azd's secretOrRandomPassword gives 15 letters and digits when the vault or secret does
+    # not exist yet (azure-dev cli/azd/pkg/cmdsubst/secretOrRandomPassword.go: MinLower 5,
+    # MinUpper 5, MinNumeric 5) - too short for the app, which refuses keys under 16.
+    for first_value in ("aB3dE5gH7jK9mN1", ""):
+        value = stored_api_keys(first_value)
+        [(name, key)] = entries(value)
+        assert name == "primary"
+        assert re.fullmatch(r"[0-9a-f]{64}", key), key
+        assert first_value == "" or first_value not in value
+
+
+def test_reprovision_keeps_every_key_and_adds_only_missing_names():
+    first = stored_api_keys("aB3dE5gH7jK9mN1")
+    # azd reads the secret back; another deployment (new entropy) must not rotate anything.
+    assert stored_api_keys(first) == first
+    assert stored_api_keys(first, entropy="another-deployment") == first
+    # A new caller gets a key; the existing entry is untouched and stays first.
+    with_alice = stored_api_keys(first, "primary,alice")
+    assert with_alice.startswith(first + ",alice:")
+    (_, primary_key), (alice_name, alice_key) = entries(with_alice)
+    assert alice_name == "alice" and len(alice_key) >= 32 and alice_key != primary_key
+    # Blanks around names and empty names are ignored; names already present are not doubled.
+    assert stored_api_keys(with_alice, " primary , , alice ,") == with_alice
+    spaced = first.replace(",", ", ") + ", alice:" + "k" * 40
+    assert stored_api_keys(spaced, "alice") == spaced
+    # Manual edits in the vault survive: two keys for one caller during a rotation, a caller
+    # removed from the secret but not from the names (re-issued with a NEW key, never the old).
+    rotating = "primary:" + "a" * 40 + ",primary:" + "b" * 40
+    assert stored_api_keys(rotating) == rotating
+    reissued = stored_api_keys(first, "alice", entropy="later-deployment")
+    assert entries(reissued)[1][1] != alice_key
+
+
+def test_keys_from_older_templates_and_other_formats():
+    # A plain key of 32+ characters (the old manual path used secrets.token_hex(32)) is kept
+    # as an unnamed entry next to the new named one.
+    legacy = "0123456789abcdef" * 4
+    assert stored_api_keys(legacy).startswith(legacy + ",primary:")
+    assert stored_api_keys(legacy + "," + legacy[::-1]).startswith(legacy + "," + legacy[::-1] + ",primary:")
+    # A short unnamed key (what azd generated for older versions of this template) is
+    # replaced: the app refuses keys under 16 characters anyway.
+    replaced = stored_api_keys("Xy7Qw2Er5Ty8Ui1")
+    assert "Xy7Qw2Er5Ty8Ui1" not in replaced and replaced.startswith("primary:")
+    # The JSON-object form is the operator's own: kept byte for byte, names not added.
+    as_json = '{"primary": "' + "c" * 40 + '"}'
+    assert stored_api_keys(as_json, "primary,alice") == as_json
+
+
+def test_generated_keys_are_distinct_per_name_and_deployment():
+    names = ["primary", "alice", "bob.svc", "team_x-1"]
+    value = stored_api_keys("", ",".join(names), entropy="e1")
+    got = entries(value)
+    assert [n for n, _ in got] == names
+    keys = [k for _, k in got]
+    assert len(set(keys)) == len(keys)
+    assert all(re.fullmatch(r"[0-9a-f]{64}", k) for k in keys)
+    # No part of one caller's key reveals part of another's.
+    halves = [k[:32] for k in keys] + [k[32:] for k in keys]
+    assert len(set(halves)) == len(halves)
+    assert stored_api_keys("", ",".join(names), entropy="e2") != value
+    # Without an explicit entropy the module's newGuid() default gives a fresh key each time.
+    assert stored_api_keys("") != stored_api_keys("")
+
+
+def test_api_key_names_are_an_azd_setting_with_a_valid_default():
+    for path in (MAIN, KV_PATH):
+        default = params(path)["apiKeyNames"]["default"]
+        assert default == "primary"
+        assert all(API_KEY_NAME_RE.fullmatch(n) for n in default.split(","))
+    values = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert values["apiKeyNames"]["value"] == "${EMBEDDINGS_API_KEY_NAMES=primary}"
 
 
 def test_role_assignments_use_built_in_role_ids_and_right_scopes():
@@ -441,8 +947,6 @@ def test_role_assignments_use_built_in_role_ids_and_right_scopes():
     assert variable(path, "roles") == ROLE_IDS
     expected_app = {
         "storageBlobDataOwner": "storage",
-        "storageQueueDataContributor": "storage",
-        "storageTableDataContributor": "storage",
         "monitoringMetricsPublisher": "applicationInsights",
         "keyVaultSecretsUser": "vault",
     }

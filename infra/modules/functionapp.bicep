@@ -1,6 +1,11 @@
 // Flex Consumption (FC1) plan + Linux Python 3.11 Function App.
 // All secrets-free settings are plain app settings; the API key(s) come from Key
 // Vault through a Key Vault reference resolved with the user-assigned identity.
+//
+// Flex Consumption refuses or ignores many settings other plans use. Nothing listed in
+// "Flex Consumption plan deprecations" (learn.microsoft.com/azure/azure-functions/
+// functions-app-settings#flex-consumption-plan-deprecations) may appear here:
+// tests/test_infra.py holds that table and fails if any of it comes back.
 param planName string
 param name string
 param location string
@@ -15,8 +20,12 @@ param identityId string
 @description('Client ID of the user-assigned managed identity.')
 param identityClientId string
 
-param storageAccountName string
+@description('Blob service endpoint of the host storage account, https://<account>.blob.<environment().suffixes.storage> (no trailing slash).')
+param storageBlobServiceUri string
+
+@description('URL of the blob container that holds the Flex deployment package.')
 param deploymentContainerUrl string
+
 param applicationInsightsConnectionString string
 
 @description('Versionless Key Vault secret URI holding EMBEDDINGS_API_KEYS.')
@@ -54,11 +63,27 @@ param embeddingsMaxConcurrency int = 0
 @minValue(0)
 param ortIntraOpThreads int = 0
 
-var baseAppSettings = [
-  // Identity-based host storage (no connection string, shared keys are disabled).
+// ---------------------------------------------------------------- app settings
+// Every app setting is built here, in groups, and joined once in `appSettings` below.
+// To add settings (e.g. telemetry), add a group and append it there; the tests read
+// the groups from that concat() and fail on duplicates and on Flex-deprecated names.
+
+// Identity-based host storage (shared keys are disabled on the account), set as the
+// samples do (AzureWebJobsStorage__blobServiceUri + __credential + __clientId). The URI is
+// built from environment().suffixes.storage, so it is right in every cloud.
+// AzureWebJobsStorage__accountName is not used: the host then assumes core.windows.net,
+// "valid only if the account isn't in a sovereign cloud" (functions-reference.md,
+// "Connecting to host storage with an identity"; the host's StorageServiceUriOptions
+// hard-codes DefaultEndpointSuffix = "core.windows.net").
+// Only the blob service is configured. Host storage "for general coordination, default key
+// store" needs blob only ("No extension (host only): Storage Blob Data Owner",
+// includes/functions-azurewebjobsstorage-permissions.md); queues and tables are for blob
+// triggers, Durable Functions and the like, which this app (HTTP triggers only) does not
+// have. functions-quickstart-python-http-azd does the same (enableQueue/enableTable: false).
+var hostStorageSettings = [
   {
-    name: 'AzureWebJobsStorage__accountName'
-    value: storageAccountName
+    name: 'AzureWebJobsStorage__blobServiceUri'
+    value: storageBlobServiceUri
   }
   {
     name: 'AzureWebJobsStorage__credential'
@@ -68,7 +93,10 @@ var baseAppSettings = [
     name: 'AzureWebJobsStorage__clientId'
     value: identityClientId
   }
-  // Application Insights with Entra ID ingestion (local auth disabled).
+]
+
+// Application Insights with Entra ID ingestion (local auth disabled).
+var monitoringSettings = [
   {
     name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
     value: applicationInsightsConnectionString
@@ -77,7 +105,10 @@ var baseAppSettings = [
     name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
     value: 'ClientId=${identityClientId};Authorization=AAD'
   }
-  // API key(s): Key Vault reference, resolved with keyVaultReferenceIdentity.
+]
+
+// API key(s): Key Vault reference, resolved with keyVaultReferenceIdentity.
+var apiKeySettings = [
   {
     name: 'EMBEDDINGS_API_KEYS'
     value: '@Microsoft.KeyVault(SecretUri=${apiKeySecretUri})'
@@ -124,6 +155,8 @@ var threadSettings = (ortIntraOpThreads > 0) ? [
   }
 ] : []
 
+var appSettings = concat(hostStorageSettings, monitoringSettings, apiKeySettings, entraSettings, concurrencySettings, threadSettings)
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   // checkov:skip=CKV_AZURE_225: Zone redundancy for Flex Consumption is region-dependent; it is exposed as the zoneRedundant parameter (default off) instead of being forced.
   name: planName
@@ -140,11 +173,39 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   }
 }
 
+// The site follows Microsoft's Flex samples: Azure-Samples/functions-quickstart-python-http-azd
+// (infra/app/api.bicep) and Azure-Samples/azure-functions-flex-consumption-samples
+// (IaC/bicep/main.bicep, IaC/armtemplate/azuredeploy.json). Deliberate differences:
+// - A plain resource, not the AVM registry module (br/public:avm/res/web/site): checkov and
+//   the tests scan this file offline.
+// - No siteConfig.alwaysOn (the samples set alwaysOn: false): "properties.alwaysOn | Not
+//   valid" in the Flex deprecation table. Likewise no ftpsState, use32BitWorkerProcess,
+//   linuxFxVersion, functionAppScaleLimit ...: ARM refuses them on Flex with error 51021
+//   ("The following list of ... site configuration properties (Site.SiteConfig.FtpsState,
+//   Site.SiteConfig.Use32BitWorkerProcess, ...) for Flex Consumption sites is invalid").
+//   FTP is off through the 'ftp' basicPublishingCredentialsPolicies below instead.
+// - siteConfig keeps minTlsVersion, scmMinTlsVersion, http20Enabled and
+//   remoteDebuggingEnabled (hardening the samples leave at defaults). None is in the
+//   deprecation table or in any ARM 51021 rejection we know of.
+// - App settings live in siteConfig.appSettings, where functions-infrastructure-as-code.md
+//   (Flex Consumption, "Application configuration") and the ARM sample put them, so they
+//   exist when the site is created (the AVM module writes a separate config/appsettings).
+// - triggers.http.perInstanceConcurrency is set (the samples take the platform default, which
+//   depends on instance memory): the app bounds its own in-process concurrency, and scale-out
+//   should follow that bound (FunctionsScaleAndConcurrencyTriggersHttp in the 2024-04-01 schema).
+// - maximumInstanceCount defaults to 40 and may go down to 1 (the samples use 100, minimum 40):
+//   "Scale: The lowest maximum scale is currently 1. The highest ... is 1000"
+//   (flex-consumption-plan.md, Considerations). It is the cost ceiling.
+// - runtime python 3.11 (quickstart: 3.12); Flex supports Python 3.10, 3.11 and 3.12
+//   (flex-consumption-plan.md, "Supported language stack versions").
+// - A user-assigned identity only, also used for Key Vault references (keyVaultReferenceIdentity);
+//   the samples have no Key Vault.
 resource site 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_17: Client certificates are not part of the Azure AI Model Inference contract; clients authenticate with API keys or Entra ID tokens.
   // checkov:skip=CKV_AZURE_212: Flex Consumption scales instances automatically (scale to zero); a fixed minimum instance count does not apply (always-ready instances are an optional cost).
   // checkov:skip=CKV_AZURE_213: Platform health check is not supported on Flex Consumption; the app exposes GET /health for external probes and the post-deploy smoke test.
   // checkov:skip=CKV_AZURE_222: This is a public pay-per-call API; every request is authenticated by the app (API key or Entra ID token).
+  // checkov:skip=CKV_AZURE_78: siteConfig.ftpsState is refused on Flex Consumption ("properties.ftpsState | FTPS not supported", functions-app-settings.md, Flex Consumption plan deprecations; ARM error 51021). FTP publishing is disabled by the 'ftp' basicPublishingCredentialsPolicies resource below.
   name: name
   location: location
   tags: union(tags, {
@@ -191,10 +252,9 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
       remoteDebuggingEnabled: false
-      appSettings: concat(baseAppSettings, entraSettings, concurrencySettings, threadSettings)
+      appSettings: appSettings
     }
   }
 }

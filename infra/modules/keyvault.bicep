@@ -1,20 +1,62 @@
 // Key Vault holding the API key(s) served to the app through a Key Vault
 // reference. RBAC authorization only (no access policies), soft delete and purge
 // protection on.
+//
+// The secret holds EMBEDDINGS_API_KEYS as comma-separated `name:key` entries, e.g.
+// "primary:<key>,alice:<key>" (the app also accepts plain keys and a JSON object
+// {"name": "key"}). The vault is the source of truth: a deployment keeps every entry the
+// secret already has, in order, and only appends `name:<new key>` for each name in
+// apiKeyNames that has no entry yet. So re-provisioning never rotates, revokes or reorders a
+// key, manual edits in the vault (a second key during a rotation, a removed caller) survive,
+// and adding a name to apiKeyNames issues that caller a key. docs/deploy.md, "API keys".
 param name string
 param location string
 param tags object
 
-@description('Name of the secret that holds EMBEDDINGS_API_KEYS (comma-separated keys).')
-param apiKeySecretName string
-
-@secure()
-@description('Value of EMBEDDINGS_API_KEYS: one key, or several separated by commas during rotation.')
-param apiKeys string
-
 @minValue(7)
 @maxValue(90)
 param softDeleteRetentionInDays int = 90
+
+@description('Name of the secret that holds EMBEDDINGS_API_KEYS (comma-separated name:key entries).')
+param apiKeySecretName string
+
+@secure()
+@description('Current value of the secret (azd reads it back with secretOrRandomPassword). Empty, or an unnamed value shorter than minimumKeyLength (azd\'s first-run random password), means there are no keys yet.')
+param currentApiKeys string = ''
+
+@description('Comma-separated caller names that must have a key, e.g. "primary,alice" (letters, digits, ".", "_", "-"; 1-64 characters each). Blanks are ignored.')
+param apiKeyNames string = 'primary'
+
+// Randomness for new keys: a fresh random (version 4) GUID on every deployment, used only
+// through guid() for names that get a key now. Secure, so it is neither logged nor kept in the
+// deployment history; the Bicep linter allows newGuid() as a secure default
+// (linter-rule-secure-parameter-default.md).
+// checkov:skip=CKV_AZURE_131: newGuid() is not a hard-coded value; it is a new random GUID per deployment, the only source of randomness ARM offers (see the comment above).
+@secure()
+@description('Leave the default: fresh randomness for the keys this deployment issues.')
+param apiKeyEntropy string = newGuid()
+
+// Keys this template issues have 64 hex characters: two name-based GUIDs (ARM guid() is a
+// version-5 UUID, SHA-1 over its arguments) of the fresh random GUID and the caller name, so
+// each key carries the 122 random bits of apiKeyEntropy and differs per name. Deployed keys
+// must have at least minimumKeyLength characters; the app refuses keys under 16.
+var minimumKeyLength = 32
+
+// An unnamed current value shorter than minimumKeyLength is not kept: it is azd's
+// first-provision secretOrRandomPassword value (15 letters and digits, never a key the app
+// accepts) or a key from an older template version made the same way.
+var keptApiKeys = (contains(currentApiKeys, ':') || length(trim(currentApiKeys)) >= minimumKeyLength) ? trim(currentApiKeys) : ''
+
+// ",entry,entry," without blanks, to look names up as ",<name>:".
+var keptLookup = replace(',${keptApiKeys},', ' ', '')
+
+// One ",<name>:<key>" per name that has no entry yet, '' otherwise.
+var apiKeyAdditions = [for keyName in split(apiKeyNames, ','): (empty(trim(keyName)) || contains(keptLookup, ',${trim(keyName)}:')) ? '' : ',${trim(keyName)}:${replace(guid(apiKeyEntropy, trim(keyName), 'key-part-1'), '-', '')}${replace(guid(apiKeyEntropy, trim(keyName), 'key-part-2'), '-', '')}']
+
+var allAdditions = join(apiKeyAdditions, '')
+
+// A JSON-object value is the operator's own format: kept as it is, names are not added.
+var apiKeysValue = startsWith(keptApiKeys, '{') ? keptApiKeys : (empty(keptApiKeys) ? skip(allAdditions, 1) : '${keptApiKeys}${allAdditions}')
 
 resource vault 'Microsoft.KeyVault/vaults@2024-11-01' = {
   // checkov:skip=CKV_AZURE_109: The Function App runs without VNet integration and resolves the Key Vault reference over the public endpoint (App Service is not a trusted service for the firewall bypass); access is RBAC-only and limited to the app identity and the deployer.
@@ -48,8 +90,8 @@ resource apiKeySecret 'Microsoft.KeyVault/vaults/secrets@2024-11-01' = {
   parent: vault
   name: apiKeySecretName
   properties: {
-    value: apiKeys
-    contentType: 'text/plain; comma-separated API keys'
+    value: apiKeysValue
+    contentType: 'text/plain; comma-separated name:key API keys'
     attributes: {
       enabled: true
     }

@@ -13,8 +13,6 @@ param deployerPrincipalId string = ''
 
 var roles = {
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
-  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
-  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
   keyVaultSecretsOfficer: 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
@@ -32,32 +30,22 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
   name: applicationInsightsName
 }
 
-// AzureWebJobsStorage (host leases/secrets) and the Flex deployment container.
+// AzureWebJobsStorage and the Flex deployment container: blob only.
+// "No extension (host only) | Storage Blob Data Owner | Used for general coordination,
+// default key store" (includes/functions-azurewebjobsstorage-permissions.md, the table behind
+// functions-reference.md "Connecting to host storage with an identity"); the Flex
+// deployment package is a blob in a container of the same account. Queue and Table roles
+// are needed only by blob triggers (queues), Durable Functions (queues + tables) and other
+// extensions that keep state in AzureWebJobsStorage; this app has HTTP triggers only, so it
+// gets neither, as in functions-quickstart-python-http-azd (enableQueue/enableTable: false).
+// Without table access the host logs once that it cannot record its diagnostic events (the
+// table "AzureFunctionsDiagnosticEvents<yyyyMM>") and stops that service; requests are not
+// affected (azure-functions-host DiagnosticEventTableStorageRepository).
 resource appBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, appPrincipalId, roles.storageBlobDataOwner)
   scope: storage
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataOwner)
-    principalId: appPrincipalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
-resource appQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, appPrincipalId, roles.storageQueueDataContributor)
-  scope: storage
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
-    principalId: appPrincipalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
-resource appTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, appPrincipalId, roles.storageTableDataContributor)
-  scope: storage
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
   }

@@ -6,6 +6,14 @@ param location string
 param tags object
 param deploymentContainerName string
 
+// Service endpoint built from the cloud's storage suffix (core.windows.net in public Azure,
+// core.usgovcloudapi.net, core.chinacloudapi.cn, ...), as the Flex samples do
+// (Azure-Samples/azure-functions-flex-consumption-samples, IaC/bicep/main.bicep:
+// 'https://${name}.blob.${environment().suffixes.storage}'). It equals
+// primaryEndpoints.blob without the trailing slash as long as dnsEndpointType is
+// 'Standard' (below; tests/test_infra.py holds both together).
+var blobServiceUri = 'https://${name}.blob.${environment().suffixes.storage}'
+
 resource storage 'Microsoft.Storage/storageAccounts@2024-01-01' = {
   // checkov:skip=CKV_AZURE_35: Flex Consumption without VNet integration reaches storage over its public endpoint; shared keys are disabled so only Entra ID principals with data-plane RBAC can read or write. Private endpoints + VNet integration are a documented hardening option.
   // checkov:skip=CKV_AZURE_59: Same reason as CKV_AZURE_35 (public endpoint needed without VNet integration); anonymous blob access and shared-key access are both disabled.
@@ -59,5 +67,5 @@ resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/con
 
 output name string = storage.name
 output id string = storage.id
-output blobEndpoint string = storage.properties.primaryEndpoints.blob
-output deploymentContainerUrl string = '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+output blobServiceUri string = blobServiceUri
+output deploymentContainerUrl string = '${blobServiceUri}/${deploymentContainer.name}'
