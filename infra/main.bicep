@@ -57,12 +57,8 @@ param maximumInstanceCount int = 40
 
 @minValue(1)
 @maxValue(1000)
-@description('Concurrent HTTP requests routed to one instance before the platform scales out.')
-param httpPerInstanceConcurrency int = 4
-
-@description('EMBEDDINGS_MAX_CONCURRENCY app setting; 0 = leave unset (app default).')
-@minValue(0)
-param embeddingsMaxConcurrency int = 0
+@description('Concurrent HTTP requests routed to one instance before the platform scales out; also the Python worker\'s thread pool. The app batches concurrent requests, so more than 1 pays (Python\'s platform default is 1).')
+param httpPerInstanceConcurrency int = 8
 
 @description('EMBEDDINGS_ORT_INTRA_OP_THREADS app setting; 0 = leave unset (app default).')
 @minValue(0)
@@ -170,7 +166,6 @@ module functionApp 'modules/functionapp.bicep' = {
     entraRequiredRoles: entraRequiredRoles
     entraAllowedClientIds: entraAllowedClientIds
     entraAuthority: effectiveAuthority
-    embeddingsMaxConcurrency: embeddingsMaxConcurrency
     ortIntraOpThreads: ortIntraOpThreads
   }
 }

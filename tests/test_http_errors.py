@@ -191,8 +191,7 @@ def test_duplicate_keys_take_the_last_value(live_server):
 @pytest.fixture(scope="module")
 def small_server():
     server = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_MAX_BODY_BYTES": "2048",
-                         "EMBEDDINGS_MAX_INPUTS": "4", "EMBEDDINGS_MAX_CONCURRENCY": "1",
-                         "EMBEDDINGS_MAX_QUEUE": "0", "EMBEDDINGS_RETRY_AFTER_SECONDS": "7"})
+                         "EMBEDDINGS_MAX_INPUTS": "4", "EMBEDDINGS_RETRY_AFTER_SECONDS": "7"})
     yield server
     server.stop()
 

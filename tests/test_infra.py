@@ -625,7 +625,11 @@ def test_app_settings_identity_based_and_key_vault_reference():
     assert settings["EMBEDDINGS_API_KEYS"] == "@Microsoft.KeyVault(SecretUri=${apiKeySecretUri})"
     # No connection strings or instrumentation keys (Flex-deprecated names have their own test).
     assert not {"AzureWebJobsStorage", "APPINSIGHTS_INSTRUMENTATIONKEY"} & set(settings)
-    assert {"EMBEDDINGS_MAX_CONCURRENCY", "EMBEDDINGS_ORT_INTRA_OP_THREADS"} <= set(settings)
+    assert "EMBEDDINGS_ORT_INTRA_OP_THREADS" in set(settings)
+    # Concurrent requests meet in the app's inference queue: the worker's thread pool follows
+    # the host's per-instance concurrency, and the retired EMBEDDINGS_MAX_CONCURRENCY is gone.
+    assert render(settings["PYTHON_THREADPOOL_THREAD_COUNT"]) == "string(httpPerInstanceConcurrency)"
+    assert "EMBEDDINGS_MAX_CONCURRENCY" not in settings
     for name, value in settings.items():
         assert "AccountKey=" not in render(value) and "InstrumentationKey=" not in render(value), name
 

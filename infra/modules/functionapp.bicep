@@ -44,7 +44,7 @@ param maximumInstanceCount int = 40
 
 @minValue(1)
 @maxValue(1000)
-param httpPerInstanceConcurrency int = 4
+param httpPerInstanceConcurrency int = 8
 
 param zoneRedundant bool = false
 
@@ -54,10 +54,6 @@ param entraAudiences string
 param entraRequiredRoles string
 param entraAllowedClientIds string
 param entraAuthority string
-
-@description('EMBEDDINGS_MAX_CONCURRENCY; 0 = leave unset (app default).')
-@minValue(0)
-param embeddingsMaxConcurrency int = 0
 
 @description('EMBEDDINGS_ORT_INTRA_OP_THREADS; 0 = leave unset (app default).')
 @minValue(0)
@@ -141,12 +137,15 @@ var entraSettings = (!empty(entraAudiences)) ? [
   }
 ] : []
 
-var concurrencySettings = (embeddingsMaxConcurrency > 0) ? [
+// The app batches concurrent requests in one inference queue per process
+// (docs/inference-queue.md), so requests must be able to meet there: the Python worker's thread
+// pool is sized to the host's per-instance HTTP concurrency (its own default is cores + 4).
+var workerSettings = [
   {
-    name: 'EMBEDDINGS_MAX_CONCURRENCY'
-    value: string(embeddingsMaxConcurrency)
+    name: 'PYTHON_THREADPOOL_THREAD_COUNT'
+    value: string(httpPerInstanceConcurrency)
   }
-] : []
+]
 
 var threadSettings = (ortIntraOpThreads > 0) ? [
   {
@@ -155,7 +154,7 @@ var threadSettings = (ortIntraOpThreads > 0) ? [
   }
 ] : []
 
-var appSettings = concat(hostStorageSettings, monitoringSettings, apiKeySettings, entraSettings, concurrencySettings, threadSettings)
+var appSettings = concat(hostStorageSettings, monitoringSettings, apiKeySettings, entraSettings, workerSettings, threadSettings)
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   // checkov:skip=CKV_AZURE_225: Zone redundancy for Flex Consumption is region-dependent; it is exposed as the zoneRedundant parameter (default off) instead of being forced.
