@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import re
 import math
 import os
 import sys
@@ -139,6 +140,9 @@ def auth_headers(args: argparse.Namespace, environ: Mapping[str, str]) -> Dict[s
         raise SmokeError(f"no API key: set {args.key_env} (or use --entra)")
     if "," in key:
         key = key.split(",", 1)[0].strip()  # EMBEDDINGS_API_KEYS may hold several keys
+    name, sep, secret = key.partition(":")
+    if sep and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+        key = secret.strip()                  # a `name:key` entry: send only the key
     if args.key_header == "bearer":
         return {"Authorization": f"Bearer {key}"}
     return {"api-key": key}
