@@ -4,7 +4,7 @@ VENV := .venv
 PORT ?= 7071
 HOST ?= 127.0.0.1
 # A fixed key for local development only; set your own for anything else.
-EMBEDDINGS_API_KEYS ?= local-dev-key
+EMBEDDINGS_API_KEYS ?= local-dev-key-0000
 
 .PHONY: install serve test test-fast checkov bench bench-smoke tools-venv calibrate reference clean
 

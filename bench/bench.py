@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import workloads  # noqa: E402
 
-KEY = "bench-key"
+KEY = "bench-key-00000000"
 Q = "?api-version=2024-05-01-preview"
 TOOLS_PY = ROOT / ".venv-tools" / "bin" / "python"
 
@@ -364,13 +364,13 @@ def cold_start(repeats: int) -> dict:
         "import azure.functions as func, json\n"
         "fns = {f.get_trigger().route: f.get_user_function() for f in function_app.app.get_functions()}\n"
         "r = fns['embeddings'](func.HttpRequest('POST', 'http://localhost/embeddings', "
-        "headers={'api-key': 'k'}, params={'api-version': '2024-05-01-preview'}, "
+        "headers={'api-key': 'first-embedding-key'}, params={'api-version': '2024-05-01-preview'}, "
         "body=b'{\"input\": [\"hello world\"]}'))\n"
         "assert r.status_code == 200, r.get_body()\n"
         "t2 = time.perf_counter()\n"
         "print(json.dumps({'import_s': t1 - t0, 'first_embedding_s': t2 - t0}))\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDINGS_")}
-    env["EMBEDDINGS_API_KEYS"] = "k"
+    env["EMBEDDINGS_API_KEYS"] = "first-embedding-key"
     runs = []
     for _ in range(repeats):
         t0 = time.perf_counter()
