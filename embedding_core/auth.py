@@ -1,47 +1,56 @@
 """Who may call: API keys (``api-key`` or ``Authorization: Bearer``) and Entra ID tokens.
 
 A request is authorized when any credential it presents is valid. Keys come from
-``EMBEDDINGS_API_KEYS`` (comma-separated, for rotation) and are compared in constant time. A
-bearer value that looks like a JWT is validated as an Entra ID access token when Entra ID is
-configured; otherwise a bearer value is treated as an API key. Failures say only "missing" or
-"invalid", never which key or claim failed, and no secret is logged.
+``EMBEDDINGS_API_KEYS`` (parsed by :func:`settings.parse_api_keys`: plain keys, ``name:key``
+entries or a JSON object; unresolved Key Vault references and keys under 16 characters are not
+keys) and are compared in constant time. A bearer value that looks like a JWT is validated as an
+Entra ID access token when Entra ID is configured; otherwise a bearer value is treated as an API
+key. Every accepted request has a :class:`Caller` whose ``id`` names it without any secret.
+Failures say only "missing" or "invalid", never which key or claim failed, and no secret is
+logged.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from . import errors
-from .settings import Settings
+from .settings import ApiKey, Settings, key_fingerprint
+
+__all__ = ["ANONYMOUS", "Authenticator", "Caller", "key_fingerprint"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who a request came from: a name for usage accounting, never a secret."""
+    """Who a request came from: a name for usage accounting, never a secret.
+
+    ``id`` is ``key:<name>`` for a named key, ``key:<8 hex of the key's sha256>`` for a plain
+    key, ``entra:<azp or appid>`` (the calling application, lower-cased) for an Entra ID token,
+    and ``anonymous`` when authentication is disabled."""
 
     kind: str                       # "key", "entra" or "anonymous"
-    id: str                         # e.g. "key:3f2a9c1e", "entra:<client app id>"
-    object_id: str | None = None    # Entra: the caller's oid
+    id: str                         # e.g. "key:alice", "key:3f2a9c1e", "entra:<client app id>"
+    object_id: str | None = None    # Entra: the token's oid (user or service principal)
 
 
 ANONYMOUS = Caller("anonymous", "anonymous")
-
-
-def key_fingerprint(key: bytes) -> str:
-    """A stable, non-secret name for an unnamed key: the first 8 hex digits of its sha256."""
-    return "key:" + hashlib.sha256(key).hexdigest()[:8]
+MAX_LISTED_CALLERS = 20
 
 
 class Authenticator:
     def __init__(self, settings: Settings, entra_validator: Any = None):
         self.retry_after_s = settings.retry_after_s
-        self.keys = tuple(k.encode("utf-8") for k in settings.api_keys)
+        keys = tuple(k if isinstance(k, ApiKey) else ApiKey(None, k) for k in settings.api_keys)
+        # (key, caller, "name:key") per key; the last is only there to explain a 401 (below).
+        self._keys = tuple(
+            (k.secret.encode("utf-8"), Caller("key", k.caller_id),
+             f"{k.name}:{k.secret}".encode("utf-8") if k.name else None) for k in keys)
+        self._warned: set[str] = set()
         self.disabled = settings.auth_disabled
         self.entra = entra_validator
         if entra_validator is None and settings.env.get("EMBEDDINGS_ENTRA_TENANT_ID", "").strip():
@@ -49,20 +58,38 @@ class Authenticator:
 
             config = EntraConfig.from_env(settings.env)
             self.entra = EntraValidator(config) if config else None
+        for problem in settings.api_key_problems:  # once per process: the service is built once
+            log.error("%s", problem)
+        if keys:
+            ids = [k.caller_id for k in keys]
+            shown = ", ".join(ids[:MAX_LISTED_CALLERS]) + (", …" if len(ids) > MAX_LISTED_CALLERS
+                                                           else "")
+            log.info("EMBEDDINGS_API_KEYS: %d key(s) accepted, callers %s", len(ids), shown)
         if self.disabled:
             log.warning("EMBEDDINGS_AUTH=disabled: the API accepts requests without credentials")
 
     @property
     def configured(self) -> bool:
-        return bool(self.keys) or self.entra is not None
+        return bool(self._keys) or self.entra is not None
 
     def _key_ok(self, value: str) -> Caller | None:
         candidate = value.encode("utf-8")
-        found = None
-        for key in self.keys:  # no early exit: time does not depend on which key matched
+        found = whole = None
+        for key, caller, entry in self._keys:  # no early exit: time does not depend on the match
             if hmac.compare_digest(candidate, key):
-                found = key
-        return Caller("key", key_fingerprint(found)) if found is not None else None
+                found = caller
+            if entry is not None and hmac.compare_digest(candidate, entry):
+                whole = caller
+        if found is None and whole is not None and whole.id not in self._warned:
+            # Only the key's holder can send this: likely a plain key with ':' from before
+            # named keys, now read as name:key. Refused, and said once per name.
+            self._warned.add(whole.id)
+            log.warning(
+                "a client sent the whole EMBEDDINGS_API_KEYS entry of %s ('name:key') as its "
+                "key and was refused: an entry 'name:key' names the caller, and only the part "
+                "after the first ':' is the key. Give clients that part, or, if the whole entry "
+                "is one key, use the JSON form {\"name\": \"key\"}", whole.id)
+        return found
 
     def _token_ok(self, token: str) -> Caller | bool | None:
         """The caller if valid, False if refused, None if it could not be checked."""
@@ -76,9 +103,11 @@ class Authenticator:
         except InvalidToken as exc:
             log.info("bearer token refused: %s", getattr(exc, "reason", "invalid"))
             return False
-        app = claims.get("azp") or claims.get("appid") or "unknown"
+        from .entra import client_app_id
+
         oid = claims.get("oid")
-        return Caller("entra", f"entra:{app}", oid if isinstance(oid, str) else None)
+        return Caller("entra", f"entra:{client_app_id(claims) or 'unknown'}",
+                      oid if isinstance(oid, str) and 0 < len(oid) <= 64 else None)
 
     def check(self, headers: Mapping[str, str]) -> Caller:
         """The caller, or 401 unless the request carries a valid credential (headers:
@@ -113,7 +142,7 @@ class Authenticator:
                         return ok
                     unchecked |= ok is None
                     continue
-            caller = self._key_ok(value) if self.keys else None
+            caller = self._key_ok(value) if self._keys else None
             if caller is not None:
                 return caller
         if unchecked:

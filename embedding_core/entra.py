@@ -37,8 +37,9 @@ Rules a token must satisfy (all of them):
 * **Roles** (optional): when ``required_roles`` is set, the token's ``roles`` claim must contain
   *at least one* of them (any-of; roles are compared case-sensitively, as Entra emits them).
 * **Client application** (optional): when ``allowed_client_ids`` is set, the calling
-  application's id must be in the list: ``azp`` for v2 tokens, ``appid`` for v1 tokens (by
-  ``ver``; if ``ver`` is absent, ``azp`` then ``appid``). Compared case-insensitively (GUIDs).
+  application's id (:func:`client_app_id`) must be in the list: ``azp`` for v2 tokens, ``appid``
+  for v1 tokens (by ``ver``; if ``ver`` is absent, ``azp`` then ``appid``). Compared
+  case-insensitively (GUIDs). The same id names the caller (``entra:<id>``) for usage accounting.
 
 Signing keys: fetched lazily on first use and cached. A token naming an unknown ``kid`` triggers
 a refresh (metadata then JWKS), at most once per ``jwks_min_refresh_seconds`` so that tokens with
@@ -82,6 +83,7 @@ __all__ = [
     "EntraConfig",
     "EntraValidator",
     "InvalidToken",
+    "client_app_id",
     "looks_like_jwt",
     "default_fetch_json",
     "require_secure_url",
@@ -391,6 +393,21 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def client_app_id(claims: Mapping[str, Any]) -> str | None:
+    """The calling application's id, lower-cased: ``azp`` of v2 tokens, ``appid`` of v1 tokens
+    (by ``ver``; without ``ver``, ``azp`` then ``appid``); None if absent or not a short string."""
+    ver = claims.get("ver")
+    if ver == "2.0":
+        client = claims.get("azp")
+    elif ver == "1.0":
+        client = claims.get("appid")
+    else:
+        client = claims.get("azp") or claims.get("appid")
+    if not isinstance(client, str) or not 0 < len(client) <= 128 or not client.isprintable():
+        return None
+    return client.lower()
+
+
 class EntraValidator:
     """Validates Entra ID access tokens for one tenant (see the module docstring for the rules).
 
@@ -495,14 +512,8 @@ class EntraValidator:
         allowed = self._config.allowed_client_ids
         if not allowed:
             return
-        ver = claims.get("ver")
-        if ver == "2.0":
-            client = claims.get("azp")
-        elif ver == "1.0":
-            client = claims.get("appid")
-        else:
-            client = claims.get("azp") or claims.get("appid")
-        if not isinstance(client, str) or client.lower() not in allowed:
+        client = client_app_id(claims)
+        if client is None or client not in allowed:
             raise InvalidToken(f"client application not allowed {clip(client)!r}")
 
     # Keys --------------------------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -57,14 +60,149 @@ def _bool(env: Mapping[str, str], name: str) -> bool | None:
     raise ValueError(f"setting {name} must be true or false, got {raw!r}")
 
 
-def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+# -- API keys ------------------------------------------------------------------------------------
+API_KEYS_SETTING = "EMBEDDINGS_API_KEYS"
+MIN_KEY_CHARS = 16
+KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_KV_MARKER = "@microsoft.keyvault("
+_KV_PARAMS = {"secreturi": "SecretUri", "vaultname": "VaultName", "secretname": "SecretName",
+              "secretversion": "SecretVersion"}
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A stable, non-secret name for an unnamed key: the first 8 hex digits of its sha256."""
+    return "key:" + hashlib.sha256(key).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One accepted API key: its caller name (``None`` for a plain key) and the secret."""
+
+    name: str | None
+    secret: str = field(repr=False)
+
+    @property
+    def caller_id(self) -> str:
+        """``key:<name>``, or ``key:<8 hex of the key's sha256>`` for a plain key. Never the key."""
+        return f"key:{self.name}" if self.name else key_fingerprint(self.secret.encode("utf-8"))
+
+
+def is_key_vault_reference(value: str) -> bool:
+    """True if ``value`` holds an App Service Key Vault reference that was not resolved (App
+    Service then passes the reference text itself): ``@Microsoft.KeyVault(`` in any case,
+    wherever it is (so surrounding whitespace or quotes do not hide it)."""
+    return _KV_MARKER in value.lower()
+
+
+def key_vault_reference_shape(value: str) -> str:
+    """The reference's shape for logs, without vault, secret or version names:
+    ``@Microsoft.KeyVault(SecretUri=…)``, ``@Microsoft.KeyVault(VaultName=…;SecretName=…)``."""
+    inner = value[value.lower().find(_KV_MARKER) + len(_KV_MARKER):].split(")", 1)[0]
+    params = [_KV_PARAMS.get(part.split("=", 1)[0].strip().lower(), "?")
+              for part in inner.split(";")[:4] if part.strip()]
+    return "@Microsoft.KeyVault(" + ";".join(f"{p}=…" for p in params if p != "?") + ")"
+
+
+def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
+                   ) -> tuple[tuple[ApiKey, ...], tuple[str, ...]]:
+    """Parse ``EMBEDDINGS_API_KEYS``: the accepted keys, and one log message (never a key) per
+    entry that is not accepted.
+
+    The value is either comma-separated entries, each a plain key or ``name:key`` (split at the
+    first ``:``; the name is 1-64 letters, digits, ``.``, ``_``, ``-``), or, if it starts with
+    ``{``, a JSON object ``{"name": "key", ...}`` (keys may then contain ``:`` and ``,``).
+    Whitespace around entries, names and keys is ignored.
+
+    Not accepted (counted as no key, reported in the messages): an unresolved Key Vault reference
+    (the whole value, an entry or a key), and a key shorter than ``MIN_KEY_CHARS`` characters.
+    Configuration errors (``ValueError``, message without any key): a value starting with ``{``
+    that is not a JSON object of strings, an entry with ``:`` whose part before it is not a
+    valid name, a repeated name (case-insensitive), the same key twice, and two keys that would
+    report the same caller id.
+    """
+    text = raw.strip()
+    if not text:
+        return (), ()
+    if is_key_vault_reference(text) and "," not in text and not text.startswith("{"):
+        return (), (_unresolved(setting, text),)
+    entries: list[tuple[int, str | None, str]] = []  # (entry number, name, key)
+    if text.startswith("{"):
+        entries = _json_entries(text, setting)
+    else:
+        for n, part in enumerate((p.strip() for p in text.split(",") if p.strip()), 1):
+            name, colon, key = part.partition(":")
+            if colon and KEY_NAME.fullmatch(name.strip()):
+                entries.append((n, name.strip(), key.strip()))
+            elif not colon or is_key_vault_reference(part):  # a SecretUri has ':' in it
+                entries.append((n, None, part))
+            else:
+                raise ValueError(
+                    f"{setting} entry {n} contains ':' but the part before it is not a key name "
+                    "(1-64 letters, digits, '.', '_' or '-'). Write name:key, or use the JSON "
+                    'form {"name": "key"} for a key that contains \':\'.')
+    first_use: dict[str, int] = {}
+    for n, name, _ in entries:
+        if name is not None:
+            first = first_use.setdefault(name.lower(), n)
+            if first != n:
+                raise ValueError(f"{setting}: the name {name!r} is used twice "
+                                 f"(entries {first} and {n})")
+    keys: list[tuple[int, ApiKey]] = []
+    problems: list[str] = []
+    for n, name, key in entries:
+        where = f"{setting} entry {n}" + (f" (name {name!r})" if name else "")
+        if is_key_vault_reference(key):
+            problems.append(_unresolved(where, key))
+        elif len(key) < MIN_KEY_CHARS:
+            problems.append(
+                f"configuration error: {where} is shorter than {MIN_KEY_CHARS} characters and is "
+                f"not accepted as a key; use a random key of at least {MIN_KEY_CHARS} characters "
+                "(e.g. python3 -c 'import secrets; print(secrets.token_hex(32))')")
+        else:
+            new = ApiKey(name, key)
+            for m, other in keys:
+                if other.secret == key:
+                    raise ValueError(f"{setting}: entries {m} and {n} hold the same key")
+                if other.caller_id == new.caller_id:
+                    raise ValueError(f"{setting}: entries {m} and {n} would both be reported as "
+                                     f"caller {new.caller_id!r}; give them different names")
+            keys.append((n, new))
+    return tuple(k for _, k in keys), tuple(problems)
+
+
+def _unresolved(where: str, value: str) -> str:
+    return (f"configuration error: {where} is an unresolved Key Vault reference "
+            f"({key_vault_reference_shape(value)}) and is not accepted as a key. App Service "
+            "passes the reference text on when it cannot read the secret: check that the app's "
+            "identity has 'Key Vault Secrets User' on the vault, that the secret exists and is "
+            "enabled, and that the vault's network rules admit the app; then refresh the "
+            "references (docs/deploy.md, 'Key Vault reference not resolved')")
+
+
+def _json_entries(text: str, setting: str) -> list[tuple[int, str | None, str]]:
+    try:
+        pairs = json.loads(text, object_pairs_hook=lambda p: p)  # keeps repeated names
+    except ValueError as exc:  # the message names a position, never the text
+        detail = f"{exc.msg} at character {exc.pos}" if isinstance(exc, json.JSONDecodeError) \
+            else type(exc).__name__
+        raise ValueError(f"{setting} starts with '{{' but is not a JSON object of "
+                         f'"name": "key" strings ({detail})') from None
+    entries: list[tuple[int, str | None, str]] = []
+    for n, (name, key) in enumerate(pairs, 1):
+        if not KEY_NAME.fullmatch(name):
+            raise ValueError(f"{setting} entry {n}: the name is not a key name (1-64 letters, "
+                             "digits, '.', '_' or '-')")
+        if not isinstance(key, str):
+            raise ValueError(f"{setting} entry {n} (name {name!r}): the key must be a string")
+        entries.append((n, name, key.strip()))
+    return entries
 
 
 @dataclass(frozen=True)
 class Settings:
     # Auth (Entra ID settings are read by entra.EntraConfig.from_env from the same mapping).
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)   # see parse_api_keys
+    api_key_problems: tuple[str, ...] = ()  # log messages for entries not accepted (no secrets)
     auth_disabled: bool = False
     # Deployments.
     registry_path: str | None = None
@@ -105,11 +243,13 @@ class Settings:
             raise ValueError("setting EMBEDDINGS_MAX_QUEUE_TOKENS must be >= "
                              "EMBEDDINGS_MAX_REQUEST_TOKENS, or the largest request could never "
                              "be admitted")
+        api_keys, api_key_problems = parse_api_keys(env.get(API_KEYS_SETTING, ""))
         for retired in RETIRED:
             if env.get(retired, "").strip():
                 log.warning("setting %s is no longer used: %s", retired, RETIRED[retired])
         return cls(
-            api_keys=_list(env, "EMBEDDINGS_API_KEYS"),
+            api_keys=api_keys,
+            api_key_problems=api_key_problems,
             auth_disabled=auth_mode == "disabled",
             registry_path=env.get("EMBEDDINGS_REGISTRY", "").strip() or None,
             max_text_body_bytes=_int(env, "EMBEDDINGS_MAX_BODY_BYTES", cls.max_text_body_bytes, 1024),

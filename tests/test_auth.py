@@ -23,28 +23,31 @@ def refused(a: Authenticator, headers: dict[str, str]) -> ApiError:
     return e.value
 
 
+OLD, NEW, K1 = "old-key-0123456789", "new-key-0123456789", "k1-key-0123456789a"
+
+
 def test_keys_in_either_header_and_rotation():
-    a = auth({"EMBEDDINGS_API_KEYS": " old-key , new-key "})
-    for key in ("old-key", "new-key"):
+    a = auth({"EMBEDDINGS_API_KEYS": f" {OLD} , {NEW} "})
+    for key in (OLD, NEW):
         a.check({"api-key": key})
         a.check({"authorization": f"Bearer {key}"})
         a.check({"authorization": f"bearer {key}"})
-    assert refused(a, {"api-key": "old-key-but-longer"}).headers["WWW-Authenticate"] == \
+    assert refused(a, {"api-key": OLD + "-but-longer"}).headers["WWW-Authenticate"] == \
         'Bearer error="invalid_token"'
-    assert refused(a, {"authorization": "Basic old-key"}).headers["WWW-Authenticate"] == "Bearer"
+    assert refused(a, {"authorization": f"Basic {OLD}"}).headers["WWW-Authenticate"] == "Bearer"
 
 
 def test_any_valid_credential_is_enough():
-    a = auth({"EMBEDDINGS_API_KEYS": "k1"})
-    a.check({"api-key": "k1", "authorization": "Bearer wrong"})
-    a.check({"api-key": "wrong", "authorization": "Bearer k1"})
+    a = auth({"EMBEDDINGS_API_KEYS": K1})
+    a.check({"api-key": K1, "authorization": "Bearer wrong"})
+    a.check({"api-key": "wrong", "authorization": f"Bearer {K1}"})
 
 
 def test_missing_versus_invalid_and_no_secret_in_message_or_log(caplog):
-    a = auth({"EMBEDDINGS_API_KEYS": "s3cret-key"})
+    a = auth({"EMBEDDINGS_API_KEYS": "s3cret-key-0123456789"})
     with caplog.at_level(logging.DEBUG):
         missing = refused(a, {})
-        invalid = refused(a, {"api-key": "s3cret-kez"})
+        invalid = refused(a, {"api-key": "s3cret-key-012345678z"})
     assert "Missing" in missing.message and "Invalid" in invalid.message
     assert "s3cret" not in missing.message + invalid.message + caplog.text
 
@@ -63,11 +66,11 @@ def test_auth_disabled_explicitly(caplog):
 
 def test_entra_token_or_key():
     idp = TokenFactory()
-    a = auth({"EMBEDDINGS_API_KEYS": "k1"}, idp.validator(required_roles=("Embeddings.Invoke",)))
+    a = auth({"EMBEDDINGS_API_KEYS": K1}, idp.validator(required_roles=("Embeddings.Invoke",)))
     a.check({"authorization": f"Bearer {idp.mint()}"})
     a.check({"authorization": f"Bearer {idp.mint(version=1)}"})
-    a.check({"api-key": "k1"})
-    a.check({"authorization": "Bearer k1"})  # not a JWT: still an API key
+    a.check({"api-key": K1})
+    a.check({"authorization": f"Bearer {K1}"})  # not a JWT: still an API key
     for bad in (idp.mint(aud="api://other"), idp.mint(exp=1), idp.mint(key=idp.new_key()),
                 idp.mint(roles=None)):
         e = refused(a, {"authorization": f"Bearer {bad}"})
@@ -95,10 +98,10 @@ def test_unreachable_signing_keys_are_a_retryable_503_not_a_401():
     def down(url, timeout):
         raise OSError("network unreachable")
 
-    a = auth({"EMBEDDINGS_API_KEYS": "k1", "EMBEDDINGS_RETRY_AFTER_SECONDS": "5"},
+    a = auth({"EMBEDDINGS_API_KEYS": K1, "EMBEDDINGS_RETRY_AFTER_SECONDS": "5"},
              idp.validator(fetch_json=down))
     with pytest.raises(ApiError) as e:
         a.check({"authorization": f"Bearer {token}"})
     assert e.value.status == 503 and e.value.code == "ServiceUnavailable"
     assert e.value.headers["Retry-After"] == "5"
-    a.check({"authorization": f"Bearer {token}", "api-key": "k1"})  # a valid key still works
+    a.check({"authorization": f"Bearer {token}", "api-key": K1})  # a valid key still works

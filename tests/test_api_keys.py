@@ -1,0 +1,284 @@
+"""EMBEDDINGS_API_KEYS: named callers, unresolved Key Vault references, keys too short to be
+secret, configuration errors, and that no key reaches a log record or a caller id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import pytest
+
+from embedding_core import service as service_module
+from embedding_core.auth import ANONYMOUS, Authenticator, Caller
+from embedding_core.errors import ApiError
+from embedding_core.service import ApiRequest, EmbeddingService
+from embedding_core.settings import MIN_KEY_CHARS, Settings, parse_api_keys
+from jwt_factory import TokenFactory
+
+ALICE = "alice-secret-7f3e9a1c"        # distinctive, so a leak would be found in any log text
+PLAIN = "plain-secret-4b8d2e6f"
+BOB = "bob-secret-with:colon,comma-1234"
+Q = {"api-version": "2024-05-01-preview"}
+REF_URI = "@Microsoft.KeyVault(SecretUri=https://kv-guessable.vault.azure.net/secrets/api-keys/)"
+REF_NAMES = "@Microsoft.KeyVault(VaultName=kv-guessable;SecretName=api-keys)"
+
+
+def fingerprint(key: str) -> str:
+    return "key:" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def authn(value: str, **env: str) -> Authenticator:
+    return Authenticator(Settings.from_env({"EMBEDDINGS_API_KEYS": value, **env}))
+
+
+def refused(a: Authenticator, headers: dict[str, str]) -> ApiError:
+    with pytest.raises(ApiError) as e:
+        a.check(headers)
+    assert e.value.status == 401 and e.value.code == "Unauthorized"
+    return e.value
+
+
+def both_headers(key: str) -> list[dict[str, str]]:
+    return [{"api-key": key}, {"authorization": f"Bearer {key}"}]
+
+
+def config_errors(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.ERROR and "configuration error" in r.getMessage()]
+
+
+# --------------------------------------------------------------------------------------------
+# Named callers
+
+
+def test_named_and_plain_keys_identify_their_caller():
+    a = authn(f"alice:{ALICE}, {PLAIN}")
+    for headers in both_headers(ALICE):
+        assert a.check(headers) == Caller("key", "key:alice")
+    for headers in both_headers(PLAIN):
+        assert a.check(headers) == Caller("key", fingerprint(PLAIN))
+    assert fingerprint(PLAIN) != fingerprint(ALICE)
+
+
+def test_json_form_names_keys_that_contain_colons_and_commas():
+    a = authn(json.dumps({"alice": ALICE, "bob": BOB}))
+    assert a.check({"api-key": ALICE}).id == "key:alice"
+    assert a.check({"authorization": f"Bearer {BOB}"}).id == "key:bob"
+    refused(a, {"api-key": "bob-secret-with"})   # the key is not cut at ':' or ','
+
+
+def test_name_is_split_at_the_first_colon_and_whitespace_is_ignored():
+    assert authn(f" svc.batch-1 : a:{ALICE} ").check({"api-key": f"a:{ALICE}"}).id == \
+        "key:svc.batch-1"
+
+
+def test_whole_name_key_entry_is_refused_and_explained_once(caplog):
+    """A plain key with ':' from before named keys is now read as name:key. Its clients,
+    still sending the whole entry, are refused, and the log says why (once), without the key."""
+    a = authn(f"team1:{ALICE}")
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(3):
+            refused(a, {"api-key": f"team1:{ALICE}"})
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "key:team1" in warnings[0] and "JSON" in warnings[0]
+    assert ALICE not in caplog.text
+    # The JSON form keeps such a key whole (under a name of its own).
+    b = authn(json.dumps({"team1": f"team1:{ALICE}"}))
+    assert b.check({"api-key": f"team1:{ALICE}"}).id == "key:team1"
+
+
+def test_entra_caller_is_the_client_application_and_oid():
+    idp = TokenFactory()
+    a = Authenticator(Settings.from_env({}), idp.validator())
+    app, oid, v1_app = ("AAAAAAAA-1111-4222-8333-444455556666",
+                        "0b0b0b0b-1111-4222-8333-444455556666",
+                        "99999999-1111-4222-8333-444455556666")
+    v2 = a.check({"authorization": f"Bearer {idp.mint(azp=app, oid=oid)}"})
+    assert v2 == Caller("entra", f"entra:{app.lower()}", oid)
+    v1 = a.check({"authorization": f"Bearer {idp.mint(version=1, appid=v1_app, oid=None)}"})
+    assert v1 == Caller("entra", f"entra:{v1_app}", None)
+
+
+def test_disabled_auth_is_anonymous():
+    a = Authenticator(Settings.from_env({"EMBEDDINGS_AUTH": "disabled"}))
+    assert a.check({}) is ANONYMOUS and ANONYMOUS.id == "anonymous"
+
+
+def test_service_puts_the_caller_id_on_the_request_trace(monkeypatch):
+    """What telemetry reads: ``trace.caller`` is the caller id, on success and not on a 401."""
+    seen: list[tuple[int, object]] = []
+    monkeypatch.setattr(service_module.telemetry, "record",
+                        lambda trace, *, status, **_: seen.append((status, trace.caller)))
+    svc = EmbeddingService(Settings.from_env({"EMBEDDINGS_API_KEYS": f"alice:{ALICE},{PLAIN}"}))
+    for key, expected in ((ALICE, "key:alice"), (PLAIN, fingerprint(PLAIN))):
+        assert svc.info(ApiRequest("GET", "/info", {"api-key": key}, Q, b"")).status == 200
+        assert seen[-1] == (200, expected)
+    assert svc.info(ApiRequest("GET", "/info", {"api-key": "nope"}, Q, b"")).status == 401
+    assert seen[-1][0] == 401 and seen[-1][1] in (None, "")
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration errors: the service answers 500 until fixed; the message never shows a key
+
+
+@pytest.mark.parametrize("value, message", [
+    (f"a:{ALICE},a:{PLAIN}", "the name 'a' is used twice"),
+    (f"Alice:{ALICE},alice:{PLAIN}", "used twice"),
+    (f"{ALICE},{ALICE}", "entries 1 and 2 hold the same key"),
+    (f"a:{ALICE},b:{ALICE}", "hold the same key"),
+    (json.dumps({"a": ALICE})[:-1] + f', "a": "{PLAIN}"}}', "used twice"),
+    (f"my key:{ALICE}", "not a key name"),
+    (f":{ALICE}", "not a key name"),
+    (f"{'n' * 65}:{ALICE}", "not a key name"),
+    ("{" + ALICE, "not a JSON object"),
+    (json.dumps({"a": 12345678901234567890}), "must be a string"),
+    (json.dumps({"bad name": ALICE}), "not a key name"),
+    (f"{fingerprint(PLAIN)[4:]}:{ALICE},{PLAIN}", "both be reported as caller"),
+])
+def test_configuration_errors(value, message):
+    with pytest.raises(ValueError) as e:
+        Settings.from_env({"EMBEDDINGS_API_KEYS": value})
+    assert message in str(e.value)
+    assert ALICE not in str(e.value) and PLAIN not in str(e.value)
+
+
+def test_configuration_error_is_a_500_and_the_log_has_no_key(monkeypatch, caplog):
+    monkeypatch.setenv("EMBEDDINGS_API_KEYS", f"{ALICE},{ALICE}")
+    service_module.reset_service()
+    try:
+        with caplog.at_level(logging.DEBUG):
+            res = service_module.dispatch("info", ApiRequest("GET", "/info", {"api-key": ALICE},
+                                                             Q, b""))
+    finally:
+        service_module.reset_service()
+    assert res.status == 500
+    assert "hold the same key" in caplog.text and ALICE not in caplog.text
+    assert ALICE.encode() not in res.body
+
+
+def test_valid_names_and_settings_repr_hide_keys():
+    keys, problems = parse_api_keys(f"A-Z_a.z-09:{ALICE},{'n' * 64}:{PLAIN}")
+    assert [k.name for k in keys] == ["A-Z_a.z-09", "n" * 64] and problems == ()
+    settings = Settings.from_env({"EMBEDDINGS_API_KEYS": f"alice:{ALICE},{PLAIN}"})
+    assert ALICE not in repr(settings) and PLAIN not in repr(settings)
+    assert ALICE not in repr(settings.api_keys)
+
+
+# --------------------------------------------------------------------------------------------
+# Unresolved Key Vault references: no key, logged once as a configuration error
+
+
+@pytest.mark.parametrize("literal", [
+    REF_URI,
+    REF_NAMES,
+    REF_NAMES.replace("@Microsoft.KeyVault", "@microsoft.keyvault"),
+    "@MICROSOFT.KEYVAULT(SecretUri=https://kv-guessable.vault.azure.net/secrets/api-keys/abc123)",
+])
+@pytest.mark.parametrize("setting", ["{}", ' "{}" ', "'{}'", "\t{}\n"])
+def test_unresolved_reference_as_the_whole_setting_is_no_key(literal, setting, caplog):
+    value = setting.format(literal)
+    with caplog.at_level(logging.INFO):
+        a = authn(value)
+        for presented in {literal, value, value.strip()}:
+            for headers in both_headers(presented):
+                e = refused(a, headers)
+                assert "no credentials configured" in e.message
+                assert "Key Vault" not in e.message and "KeyVault" not in e.message
+    [message] = config_errors(caplog)
+    assert "EMBEDDINGS_API_KEYS is an unresolved Key Vault reference" in message
+    assert "@Microsoft.KeyVault(" in message
+    assert "kv-guessable" not in caplog.text and "api-keys" not in caplog.text
+    assert "abc123" not in caplog.text
+
+
+@pytest.mark.parametrize("value, where", [
+    (f"alice:{ALICE},{REF_URI}", "entry 2"),
+    (f"{REF_NAMES} , alice:{ALICE}", "entry 1"),
+    (f"alice:{ALICE},bob:{REF_URI}", "entry 2 (name 'bob')"),
+    (json.dumps({"alice": ALICE, "bob": f" {REF_URI} "}), "entry 2 (name 'bob')"),
+])
+def test_unresolved_reference_among_keys_is_no_key_and_the_others_work(value, where, caplog):
+    with caplog.at_level(logging.INFO):
+        a = authn(value)
+        for literal in (REF_URI, REF_NAMES, f"bob:{REF_URI}"):
+            for headers in both_headers(literal):
+                e = refused(a, headers)
+                assert e.message == "Invalid credentials."
+        assert a.check({"api-key": ALICE}).id == "key:alice"
+    [message] = config_errors(caplog)
+    assert f"EMBEDDINGS_API_KEYS {where} is an unresolved Key Vault reference" in message
+    assert "kv-guessable" not in caplog.text and ALICE not in caplog.text
+
+
+def test_reference_shapes_in_the_log():
+    _, (uri,) = parse_api_keys(REF_URI)
+    _, (names,) = parse_api_keys(REF_NAMES)
+    _, (versioned,) = parse_api_keys(
+        "@Microsoft.KeyVault(VaultName=kv-guessable;SecretName=api-keys;SecretVersion=abc123)")
+    assert "(@Microsoft.KeyVault(SecretUri=…))" in uri
+    assert "(@Microsoft.KeyVault(VaultName=…;SecretName=…))" in names
+    assert "(@Microsoft.KeyVault(VaultName=…;SecretName=…;SecretVersion=…))" in versioned
+
+
+def test_unresolved_reference_with_entra_configured_is_still_refused():
+    idp = TokenFactory()
+    a = Authenticator(Settings.from_env({"EMBEDDINGS_API_KEYS": REF_URI, **idp.env()}),
+                      idp.validator())
+    for headers in both_headers(REF_URI):
+        assert refused(a, headers).message == "Invalid credentials."
+    assert a.check({"authorization": f"Bearer {idp.mint()}"}).kind == "entra"
+
+
+def test_configuration_error_is_logged_once_per_process(caplog):
+    with caplog.at_level(logging.INFO):
+        svc = EmbeddingService(Settings.from_env({"EMBEDDINGS_API_KEYS": f"{REF_URI},short"}))
+        for _ in range(5):
+            svc.info(ApiRequest("GET", "/info", {"api-key": REF_URI}, Q, b""))
+    assert len(config_errors(caplog)) == 2   # one per bad entry, not one per request
+
+
+# --------------------------------------------------------------------------------------------
+# Keys too short to be secret
+
+
+def test_keys_shorter_than_16_characters_are_no_keys(caplog):
+    assert MIN_KEY_CHARS == 16
+    fifteen, sixteen = "k" * 14 + "5", "k" * 15 + "6"
+    with caplog.at_level(logging.INFO):
+        a = authn(f"{fifteen},short:{'s' * 15},{sixteen},ok:{'o' * 16}")
+    for key in (fifteen, "s" * 15, f"short:{'s' * 15}"):
+        for headers in both_headers(key):
+            refused(a, headers)
+    assert a.check({"api-key": sixteen}).id == fingerprint(sixteen)
+    assert a.check({"api-key": "o" * 16}).id == "key:ok"
+    errors = config_errors(caplog)
+    assert len(errors) == 2
+    assert "entry 1 is shorter than 16 characters" in errors[0]
+    assert "entry 2 (name 'short') is shorter than 16 characters" in errors[1]
+    assert fifteen not in caplog.text and "s" * 15 not in caplog.text
+
+
+def test_only_short_keys_means_no_credentials():
+    e = refused(authn("local-dev-key"), {"api-key": "local-dev-key"})
+    assert "no credentials configured" in e.message
+
+
+# --------------------------------------------------------------------------------------------
+# No secret in any log record
+
+
+def test_no_key_in_any_log_record(caplog, monkeypatch):
+    distinctive = "zz-DISTINCTIVE-9c41e7-key"
+    env = {"EMBEDDINGS_API_KEYS": f"alice:{distinctive},{PLAIN},tiny,{REF_URI}"}
+    with caplog.at_level(logging.DEBUG):
+        svc = EmbeddingService(Settings.from_env(env))
+        for headers in ({"api-key": distinctive}, {"authorization": f"Bearer {distinctive}"},
+                        {"api-key": distinctive + "x"}, {"api-key": f"alice:{distinctive}"},
+                        {"api-key": "tiny"}, {}):
+            svc.info(ApiRequest("GET", "/info", headers, Q, b""))
+    assert caplog.records  # the summary, the configuration errors, the request lines, a warning
+    for record in caplog.records:
+        text = record.getMessage() + (record.exc_text or "")
+        assert "DISTINCTIVE" not in text and PLAIN not in text, text
+        assert "tiny" not in text, text

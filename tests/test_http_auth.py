@@ -1,0 +1,79 @@
+"""Auth over real HTTP through the local host (tools/local_host.py serving function_app.py):
+named callers, an unresolved Key Vault reference, short keys, and the server's
+whole log output checked for secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import API_VERSION, LiveServer
+
+INFO = f"/info?api-version={API_VERSION}"
+ALICE = "alice-DISTINCTIVE-5e2c7b90"
+PLAIN = "plain-DISTINCTIVE-a13f8d42"
+REF = "@Microsoft.KeyVault(SecretUri=https://kv-guessable.vault.azure.net/secrets/api-keys/)"
+
+
+def get(server: LiveServer, headers: dict[str, str]) -> tuple[int, dict]:
+    u = urlsplit(server.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    conn.request("GET", INFO, headers=headers)
+    res = conn.getresponse()
+    body = json.loads(res.read() or b"{}")
+    conn.close()
+    return res.status, body
+
+
+def output_of(server: LiveServer) -> str:
+    """Everything the server process logged (stdout and stderr), after stopping it."""
+    server.stop()
+    return server.proc.stdout.read()
+
+
+@pytest.fixture
+def keyed_server():
+    server = LiveServer({"EMBEDDINGS_API_KEYS": f"alice:{ALICE}, {PLAIN}, tiny-key, {REF}",
+                         "LOG_LEVEL": "DEBUG"})
+    yield server
+    server.stop()
+
+
+def test_named_keys_reference_and_short_key_over_http(keyed_server):
+    assert get(keyed_server, {"api-key": ALICE})[0] == 200
+    assert get(keyed_server, {"Authorization": f"Bearer {PLAIN}"})[0] == 200
+    for refused in (REF, "tiny-key", f"alice:{ALICE}", ALICE[:-1]):
+        for headers in ({"api-key": refused}, {"Authorization": f"Bearer {refused}"}):
+            status, body = get(keyed_server, headers)
+            assert status == 401 and body["error"]["code"] == "Unauthorized", (refused, body)
+            assert "Key Vault" not in json.dumps(body) and "KeyVault" not in json.dumps(body)
+    log = output_of(keyed_server)
+    fingerprint = "key:" + hashlib.sha256(PLAIN.encode()).hexdigest()[:8]
+    assert f"2 key(s) accepted, callers key:alice, {fingerprint}" in log
+    assert log.count("is an unresolved Key Vault reference") == 1          # once, not per request
+    assert "EMBEDDINGS_API_KEYS entry 4 is an unresolved Key Vault reference " \
+           "(@Microsoft.KeyVault(SecretUri=…))" in log
+    assert log.count("is shorter than 16 characters") == 1
+    assert log.count("sent the whole EMBEDDINGS_API_KEYS entry of key:alice") == 1
+    assert "DISTINCTIVE" not in log and "tiny-key" not in log
+    assert "kv-guessable" not in log and "api-keys/" not in log
+
+
+def test_unresolved_reference_as_the_whole_setting_over_http():
+    server = LiveServer({"EMBEDDINGS_API_KEYS": f' "{REF}" '})
+    try:
+        for headers in ({"api-key": REF}, {"Authorization": f"Bearer {REF}"},
+                        {"api-key": f'"{REF}"'}):
+            status, body = get(server, headers)
+            assert status == 401
+            assert "no credentials configured" in body["error"]["message"]
+            assert "Key Vault" not in body["error"]["message"]
+    finally:
+        log = output_of(server)
+    assert "configuration error: EMBEDDINGS_API_KEYS is an unresolved Key Vault reference" in log
+    assert "kv-guessable" not in log
+
