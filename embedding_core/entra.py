@@ -32,8 +32,16 @@ Rules a token must satisfy (all of them):
 * **Audience** (``aud``) must be one of ``EntraConfig.audiences``. v1 tokens usually carry the
   Application ID URI (``api://...``) and v2 tokens the application (client) id, so configure both
   when both token versions are expected.
-* **Lifetime**: ``exp`` is required; ``exp`` and ``nbf`` are checked against the injected clock
-  with ``leeway_seconds`` of tolerance for clock skew.
+* **Lifetime**: ``exp`` and ``iat`` are required, ``nbf`` is optional, and each present one must
+  be an RFC 7519 NumericDate: a JSON number (integer or finite fraction); a string, boolean,
+  ``null``, array, object, ``NaN`` or infinity is refused. Against the injected clock, with
+  ``leeway_seconds`` of tolerance for clock skew: ``exp`` must not have passed, ``nbf`` must not
+  be in the future, and ``iat`` must not be in the future either (a token issued in the future
+  was not issued by a correct clock). ``iat`` is required because Entra ID puts it in every
+  access token, v1 and v2 ("Specifies when the authentication for this token occurred", payload
+  claims table of https://learn.microsoft.com/entra/identity-platform/access-token-claims-reference).
+  That page also tells apps not to depend on optional claims being present; ``iat`` always has a
+  value, so a signed token without it is refused (fail closed) rather than given a default.
 * **Roles** (optional): when ``required_roles`` is set, the token's ``roles`` claim must contain
   *at least one* of them (any-of; roles are compared case-sensitively, as Entra emits them).
 * **Client application** (optional): when ``allowed_client_ids`` is set, the calling
@@ -389,8 +397,13 @@ def _parse_jwks(document: Any) -> dict[str, RSAPublicKey]:
     return keys
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _is_numeric_date(value: Any) -> bool:
+    """RFC 7519 NumericDate: a JSON number. Python's json gives int (any size), float (possibly
+    NaN or infinite: json accepts those literals) or bool for true/false; only finite numbers
+    count. Huge integers are fine (compared exactly; ``math.isfinite`` would overflow on them)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def client_app_id(claims: Mapping[str, Any]) -> str | None:
@@ -459,7 +472,7 @@ class EntraValidator:
                     # Lifetime and issuer are checked below (injected clock, several issuers).
                     "verify_exp": False, "verify_nbf": False, "verify_iat": False,
                     "verify_iss": False,
-                    "require": ["exp", "iss", "aud"],
+                    "require": ["exp", "iat", "iss", "aud"],
                 })
         except jwt.InvalidSignatureError:
             raise InvalidToken("bad signature") from None
@@ -486,17 +499,19 @@ class EntraValidator:
     def _check_lifetime(self, claims: dict) -> None:
         now = self._clock()
         leeway = self._config.leeway_seconds
-        exp = claims.get("exp")
-        if not _is_number(exp):
-            raise InvalidToken("exp is not a number")
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if not _is_numeric_date(exp):
+            raise InvalidToken("exp is not a number (NumericDate)")
+        if not _is_numeric_date(iat):
+            raise InvalidToken("iat is not a number (NumericDate)")
+        if "nbf" in claims and not _is_numeric_date(claims["nbf"]):
+            raise InvalidToken("nbf is not a number (NumericDate)")
         if now - leeway >= exp:
             raise InvalidToken("expired")
-        if "nbf" in claims:
-            nbf = claims["nbf"]
-            if not _is_number(nbf):
-                raise InvalidToken("nbf is not a number")
-            if nbf > now + leeway:
-                raise InvalidToken("not yet valid")
+        if "nbf" in claims and claims["nbf"] > now + leeway:
+            raise InvalidToken("not yet valid")
+        if iat > now + leeway:
+            raise InvalidToken("issued in the future (iat)")
 
     def _check_roles(self, claims: dict) -> None:
         required = self._config.required_roles

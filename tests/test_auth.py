@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -71,8 +72,10 @@ def test_entra_token_or_key():
     a.check({"authorization": f"Bearer {idp.mint(version=1)}"})
     a.check({"api-key": K1})
     a.check({"authorization": f"Bearer {K1}"})  # not a JWT: still an API key
+    now = int(time.time())
     for bad in (idp.mint(aud="api://other"), idp.mint(exp=1), idp.mint(key=idp.new_key()),
-                idp.mint(roles=None)):
+                idp.mint(roles=None), idp.mint(iat=now + 3600), idp.mint(iat=now + 10 * 365 * 86400),
+                idp.mint(iat=str(now)), idp.mint(iat=None)):
         e = refused(a, {"authorization": f"Bearer {bad}"})
         assert e.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
         assert "Invalid credentials." == e.message

@@ -104,6 +104,16 @@ def test_token_without_tid_is_accepted_on_issuer_alone(idp, validator):
 def test_leeway_tolerates_small_clock_skew(idp, validator, clock):
     assert validator.validate(idp.mint(exp=int(clock.now) - 30))
     assert validator.validate(idp.mint(nbf=int(clock.now) + 30))
+    assert validator.validate(idp.mint(iat=int(clock.now) + 60, nbf=None))
+
+
+def test_numeric_dates_may_be_fractions_or_huge_integers(idp, validator, clock):
+    """RFC 7519 NumericDate is any JSON number: fractions are fine, and an integer too large for
+    a float is compared exactly instead of crashing the check (it used to raise OverflowError)."""
+    assert validator.validate(idp.mint(iat=clock.now - 0.5, nbf=clock.now - 0.25,
+                                       exp=clock.now + 600.5))
+    assert validator.validate(idp.mint(exp=10 ** 400))
+    refused(validator, idp.mint(iat=10 ** 400), "issued in the future")
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,6 +197,43 @@ def test_missing_or_non_numeric_exp_is_refused(idp, validator, clock):
 def test_not_yet_valid_is_refused(idp, validator, clock):
     refused(validator, idp.mint(nbf=int(clock.now) + 120), "not yet valid")
     refused(validator, idp.mint(nbf="soon"), "nbf is not a number")
+
+
+@pytest.mark.parametrize("ahead", [61, 3600, 10 * 365 * 86400])
+def test_issued_in_the_future_is_refused(idp, validator, clock, ahead):
+    """``iat`` beyond the leeway (60 s, as for exp/nbf) is refused, even with a valid nbf."""
+    now = int(clock.now)
+    refused(validator, idp.mint(iat=now + ahead, nbf=now, exp=now + ahead + 3600),
+            "issued in the future")
+    refused(validator, idp.mint(iat=now + ahead, nbf=None, exp=now + ahead + 3600),
+            "issued in the future")
+
+
+def test_missing_iat_is_refused(idp, validator):
+    """Entra ID puts ``iat`` in every access token, so a signed token without it is refused."""
+    refused(validator, idp.mint(iat=None), "missing claim iat")
+
+
+def _signed(idp: TokenFactory, claims: dict) -> str:
+    """Sign claims as they are (``None`` stays a JSON null; mint() would drop the claim)."""
+    return jwt.encode(claims, idp.key.private_key, algorithm="RS256",
+                      headers={"kid": idp.key.kid, "typ": "JWT"})
+
+
+@pytest.mark.parametrize("claim", ["iat", "exp", "nbf"])
+@pytest.mark.parametrize("bad", [
+    "1700000000", "", True, False, None, float("nan"), float("inf"), float("-inf"),
+    [1_700_000_000], {"t": 1_700_000_000}], ids=repr)
+def test_lifetime_claims_must_be_numeric_dates(idp, validator, clock, claim, bad):
+    """RFC 7519 NumericDate is a JSON number: strings (even of digits), booleans, null, NaN and
+    infinities (Python's json accepts those literals), arrays and objects are all refused."""
+    claims = idp.claims()
+    assert validator.validate(_signed(idp, claims))  # the same token with good values passes
+    claims[claim] = bad
+    token = _signed(idp, claims)
+    assert f'"{claim}":' in jwt.api_jws.base64url_decode(token.split(".")[1]).decode()
+    reason = refused(validator, token).reason
+    assert claim in reason, reason
 
 
 def test_unknown_key_is_refused_even_after_refresh(idp, validator, clock):

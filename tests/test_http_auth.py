@@ -1,5 +1,5 @@
 """Auth over real HTTP through the local host (tools/local_host.py serving function_app.py):
-named callers, an unresolved Key Vault reference, short keys, and the server's
+named callers, an unresolved Key Vault reference, short keys, Entra ``iat``, and the server's
 whole log output checked for secrets."""
 
 from __future__ import annotations
@@ -7,11 +7,13 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import time
 from urllib.parse import urlsplit
 
 import pytest
 
 from conftest import API_VERSION, LiveServer
+from jwt_factory import TokenFactory
 
 INFO = f"/info?api-version={API_VERSION}"
 ALICE = "alice-DISTINCTIVE-5e2c7b90"
@@ -77,3 +79,17 @@ def test_unresolved_reference_as_the_whole_setting_over_http():
     assert "configuration error: EMBEDDINGS_API_KEYS is an unresolved Key Vault reference" in log
     assert "kv-guessable" not in log
 
+
+def test_entra_iat_over_http():
+    idp = TokenFactory()
+    with idp.serve_http():
+        server = LiveServer({"EMBEDDINGS_API_KEYS": PLAIN, **idp.env()})
+        try:
+            now = int(time.time())
+            assert get(server, {"Authorization": f"Bearer {idp.mint()}"})[0] == 200
+            for bad in (idp.mint(iat=now + 3600), idp.mint(iat=now + 10 * 365 * 86400),
+                        idp.mint(iat=str(now)), idp.mint(iat=None)):
+                status, body = get(server, {"Authorization": f"Bearer {bad}"})
+                assert status == 401 and body["error"]["code"] == "Unauthorized"
+        finally:
+            server.stop()
