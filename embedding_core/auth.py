@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from . import errors
-from .settings import ApiKey, Settings, key_fingerprint
+from .settings import ApiKey, Settings, key_fingerprint, key_problem
 
 __all__ = ["ANONYMOUS", "Authenticator", "Caller", "key_fingerprint"]
 
@@ -45,7 +45,15 @@ MAX_LISTED_CALLERS = 20
 class Authenticator:
     def __init__(self, settings: Settings, entra_validator: Any = None):
         self.retry_after_s = settings.retry_after_s
-        keys = tuple(k if isinstance(k, ApiKey) else ApiKey(None, k) for k in settings.api_keys)
+        problems = list(settings.api_key_problems)
+        keys: list[ApiKey] = []
+        for i, k in enumerate(settings.api_keys):  # Settings made by hand skip parse_api_keys
+            k = k if isinstance(k, ApiKey) else ApiKey(None, k)
+            problem = key_problem(k.secret, f"api_keys[{i}]")
+            if problem:
+                problems.append(problem)
+            else:
+                keys.append(k)
         # (key, caller, "name:key") per key; the last is only there to explain a 401 (below).
         self._keys = tuple(
             (k.secret.encode("utf-8"), Caller("key", k.caller_id),
@@ -58,7 +66,7 @@ class Authenticator:
 
             config = EntraConfig.from_env(settings.env)
             self.entra = EntraValidator(config) if config else None
-        for problem in settings.api_key_problems:  # once per process: the service is built once
+        for problem in problems:  # once per process: the service is built once
             log.error("%s", problem)
         if keys:
             ids = [k.caller_id for k in keys]

@@ -150,14 +150,9 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
     keys: list[tuple[int, ApiKey]] = []
     problems: list[str] = []
     for n, name, key in entries:
-        where = f"{setting} entry {n}" + (f" (name {name!r})" if name else "")
-        if is_key_vault_reference(key):
-            problems.append(_unresolved(where, key))
-        elif len(key) < MIN_KEY_CHARS:
-            problems.append(
-                f"configuration error: {where} is shorter than {MIN_KEY_CHARS} characters and is "
-                f"not accepted as a key; use a random key of at least {MIN_KEY_CHARS} characters "
-                "(e.g. python3 -c 'import secrets; print(secrets.token_hex(32))')")
+        problem = key_problem(key, f"{setting} entry {n}" + (f" (name {name!r})" if name else ""))
+        if problem:
+            problems.append(problem)
         else:
             new = ApiKey(name, key)
             for m, other in keys:
@@ -168,6 +163,18 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
                                      f"caller {new.caller_id!r}; give them different names")
             keys.append((n, new))
     return tuple(k for _, k in keys), tuple(problems)
+
+
+def key_problem(key: str, where: str) -> str | None:
+    """Why ``key`` is not accepted as a key (a log message naming ``where``, never the key), or
+    None: an unresolved Key Vault reference, or fewer than ``MIN_KEY_CHARS`` characters."""
+    if is_key_vault_reference(key):
+        return _unresolved(where, key)
+    if len(key) < MIN_KEY_CHARS:
+        return (f"configuration error: {where} is shorter than {MIN_KEY_CHARS} characters and is "
+                f"not accepted as a key; use a random key of at least {MIN_KEY_CHARS} characters "
+                "(e.g. python3 -c 'import secrets; print(secrets.token_hex(32))')")
+    return None
 
 
 def _unresolved(where: str, value: str) -> str:

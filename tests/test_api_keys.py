@@ -282,3 +282,12 @@ def test_no_key_in_any_log_record(caplog, monkeypatch):
         text = record.getMessage() + (record.exc_text or "")
         assert "DISTINCTIVE" not in text and PLAIN not in text, text
         assert "tiny" not in text, text
+
+
+def test_settings_made_by_hand_get_the_same_key_rules(caplog):
+    with caplog.at_level(logging.INFO):
+        a = Authenticator(Settings(api_keys=("short", REF_URI, PLAIN)))
+    refused(a, {"api-key": "short"})
+    refused(a, {"api-key": REF_URI})
+    assert a.check({"api-key": PLAIN}).id == fingerprint(PLAIN)
+    assert len(config_errors(caplog)) == 2 and "kv-guessable" not in caplog.text
