@@ -69,10 +69,13 @@ class Authenticator:
         for problem in problems:  # once per process: the service is built once
             log.error("%s", problem)
         if keys:
-            ids = [k.caller_id for k in keys]
+            per_caller: dict[str, int] = {}
+            for k in keys:
+                per_caller[k.caller_id] = per_caller.get(k.caller_id, 0) + 1
+            ids = [f"{c} ({n} keys)" if n > 1 else c for c, n in per_caller.items()]
             shown = ", ".join(ids[:MAX_LISTED_CALLERS]) + (", …" if len(ids) > MAX_LISTED_CALLERS
                                                            else "")
-            log.info("EMBEDDINGS_API_KEYS: %d key(s) accepted, callers %s", len(ids), shown)
+            log.info("EMBEDDINGS_API_KEYS: %d key(s) accepted, callers %s", len(keys), shown)
         if self.disabled:
             log.warning("EMBEDDINGS_AUTH=disabled: the API accepts requests without credentials")
 

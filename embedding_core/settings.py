@@ -117,8 +117,9 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
     (the whole value, an entry or a key), and a key shorter than ``MIN_KEY_CHARS`` characters.
     Configuration errors (``ValueError``, message without any key): a value starting with ``{``
     that is not a JSON object of strings, an entry with ``:`` whose part before it is not a
-    valid name, a repeated name (case-insensitive), the same key twice, and two keys that would
-    report the same caller id.
+    valid name, two names that differ only in case, the same key twice, and two keys of different
+    entries that would report the same caller id. A name may repeat: one caller with several
+    keys, which is how a rotation works (``primary:<old>,primary:<new>``).
     """
     text = raw.strip()
     if not text:
@@ -140,13 +141,13 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
                     f"{setting} entry {n} contains ':' but the part before it is not a key name "
                     "(1-64 letters, digits, '.', '_' or '-'). Write name:key, or use the JSON "
                     'form {"name": "key"} for a key that contains \':\'.')
-    first_use: dict[str, int] = {}
+    spelling: dict[str, tuple[int, str]] = {}
     for n, name, _ in entries:
         if name is not None:
-            first = first_use.setdefault(name.lower(), n)
-            if first != n:
-                raise ValueError(f"{setting}: the name {name!r} is used twice "
-                                 f"(entries {first} and {n})")
+            first, written = spelling.setdefault(name.lower(), (n, name))
+            if written != name:
+                raise ValueError(f"{setting}: entries {first} and {n} have names that differ "
+                                 f"only in case ({written!r}, {name!r}); write one name")
     keys: list[tuple[int, ApiKey]] = []
     problems: list[str] = []
     for n, name, key in entries:
@@ -158,7 +159,7 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
             for m, other in keys:
                 if other.secret == key:
                     raise ValueError(f"{setting}: entries {m} and {n} hold the same key")
-                if other.caller_id == new.caller_id:
+                if other.caller_id == new.caller_id and not (name and other.name == name):
                     raise ValueError(f"{setting}: entries {m} and {n} would both be reported as "
                                      f"caller {new.caller_id!r}; give them different names")
             keys.append((n, new))
