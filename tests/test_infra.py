@@ -1351,3 +1351,25 @@ def test_smoke_against_real_app_on_loopback(tmp_path):
             server.wait()
         log_file.close()
     assert key not in log_path.read_text(), "the API key must never be logged"
+
+
+def test_what_infra_writes_is_read_by_the_app_as_the_intended_callers():
+    """The secret keyvault.bicep writes, parsed by the app's own EMBEDDINGS_API_KEYS reader:
+    every entry is accepted and each caller gets the name infra gave it."""
+    from embedding_core.auth import Authenticator
+    from embedding_core.settings import Settings, parse_api_keys
+
+    legacy = "0123456789abcdef" * 4
+    first = stored_api_keys("aB3dE5gH7jK9mN1", "primary,alice,bob.svc")
+    rotating = first + ",primary:" + "b" * 64          # a rotation in progress: two primaries
+    for value, callers in ((first, {"key:primary", "key:alice", "key:bob.svc"}),
+                           (rotating, {"key:primary", "key:alice", "key:bob.svc"}),
+                           (stored_api_keys(legacy), None)):
+        keys, problems = parse_api_keys(value)
+        assert problems == (), problems
+        auth = Authenticator(Settings.from_env({"EMBEDDINGS_API_KEYS": value}))
+        seen = {auth.check({"api-key": k.secret}).id for k in keys}
+        if callers is not None:
+            assert seen == callers
+        else:                                           # the old plain key keeps working
+            assert len(seen) == 2 and "key:primary" in seen
