@@ -243,6 +243,8 @@ def run_request(req: ApiRequest, dialect: str, route: str,
 
 _service: EmbeddingService | None = None
 _service_lock = threading.Lock()
+_config_error: tuple[float, str] | None = None   # (when it was logged in full, its summary)
+CONFIG_ERROR_RELOG_SECONDS = 60.0
 
 
 def get_service() -> EmbeddingService:
@@ -257,10 +259,19 @@ def get_service() -> EmbeddingService:
 
 def dispatch(template: str, req: ApiRequest) -> ApiResponse:
     """Serve ``req`` on the route registered as ``template`` with the process-wide service."""
+    global _config_error
     try:
         service = get_service()
-    except Exception:  # noqa: BLE001 - bad settings or registry: logged, 500 to the client
-        log.exception("service configuration error")
+    except Exception as exc:  # noqa: BLE001 - bad settings or registry: logged, 500 to the client
+        now = time.monotonic()
+        summary = f"{type(exc).__name__}: {exc}"
+        if _config_error is None or _config_error[1] != summary or \
+                now - _config_error[0] > CONFIG_ERROR_RELOG_SECONDS:
+            log.exception("service configuration error (answering 500 until it is fixed)")
+            _config_error = (now, summary)
+        else:
+            log.error("service configuration error (see the traceback logged earlier): %s",
+                      summary)
         route = ROUTES.get(template)
         dialect = route.dialect if route else path_dialect(req.path)
 
@@ -272,6 +283,7 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
 
 def reset_service() -> None:
     """Forget the process-wide service (tests change the environment between cases)."""
-    global _service
+    global _service, _config_error
     with _service_lock:
         _service = None
+        _config_error = None

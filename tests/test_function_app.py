@@ -205,3 +205,16 @@ def test_client_request_id_echo_is_sanitised():
     res = call("embeddings", body={"input": ["a"]},
                headers={"api-key": KEY, "x-ms-client-request-id": "id\r\nSet-Cookie: x=1"})
     assert res.headers["x-ms-client-request-id"] == "idSet-Cookie:x1"
+
+
+def test_a_bad_setting_is_a_500_with_one_traceback_not_one_per_request(monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setenv("EMBEDDINGS_MAX_INPUTS", "many")
+    with caplog.at_level(logging.ERROR, logger="embedding_core"):
+        statuses = [call("embeddings", body={"input": ["a"]}, headers={"api-key": KEY}).status_code
+                    for _ in range(3)]
+    assert statuses == [500, 500, 500]
+    errors = [r for r in caplog.records if "configuration error" in r.getMessage()]
+    assert len(errors) == 3 and [r.exc_info is not None for r in errors] == [True, False, False]
+    assert all("EMBEDDINGS_MAX_INPUTS" in r.getMessage() or r.exc_info for r in errors)
