@@ -116,9 +116,15 @@ def embeddings(req):
 '''
 
 
-def serve_app(tmp_path_factory, source: str, env: dict[str, str] | None = None) -> LiveServer:
+HOST_JSON = '{"version": "2.0", "extensions": {"http": {"routePrefix": ""}}}'
+
+
+def serve_app(tmp_path_factory, source: str, env: dict[str, str] | None = None,
+              host_json: str | None = HOST_JSON) -> LiveServer:
     app_dir = tmp_path_factory.mktemp("app")
     (app_dir / "function_app.py").write_text(textwrap.dedent(source), encoding="utf-8")
+    if host_json is not None:
+        (app_dir / "host.json").write_text(host_json, encoding="utf-8")
     return LiveServer(env or {}, app_dir=app_dir)
 
 
@@ -243,3 +249,14 @@ def test_without_a_catch_all_unknown_routes_are_a_json_404(unrouted, method, pat
     assert headers["content-type"] == "application/json" and headers["x-ms-error-code"] == "NotFound"
     assert json.loads(data)["error"]["code"] == "NotFound"
     assert call(unrouted, "POST", "/embeddings", body=b"{}")[0] == 200
+
+
+@pytest.mark.parametrize("host_json", [None, '{"version": "2.0"}',
+                                       '{"extensions": {"http": {"routePrefix": "/api/"}}}'])
+def test_routes_are_under_host_json_route_prefix_api_by_default(tmp_path_factory, host_json):
+    server = serve_app(tmp_path_factory, NO_CATCH_ALL_APP, host_json=host_json)
+    try:
+        assert call(server, "POST", "/api/embeddings", body=b"{}")[0] == 200
+        assert call(server, "POST", "/embeddings", body=b"{}")[0] == 404
+    finally:
+        server.stop()

@@ -1,8 +1,8 @@
 """A local host for machines without Azure Functions Core Tools.
 
 It serves the functions registered in ``function_app.py`` over real HTTP, the way the Functions
-host does (``routePrefix`` is empty in host.json): each request is routed by the functions' route
-templates and methods (tools/route_templates.py: the most specific route wins), turned into a
+host does (under host.json's ``routePrefix``, empty in this app): each request is routed by the
+functions' route templates and methods (tools/route_templates.py: the most specific route wins), turned into a
 ``func.HttpRequest`` (method, url, headers, params, route_params, body) and handed to the
 registered Python function in a bounded thread pool, as the Functions Python worker runs sync
 functions; the ``func.HttpResponse`` it returns is written back. It has no validation or auth of
@@ -327,8 +327,22 @@ def _peer(client: tuple[str, int] | None) -> str:
 
 # -- the Functions side: routes -> func.HttpRequest -> user function -> func.HttpResponse ------------
 
-def load_routes(app: Any) -> Router:
-    """A Router over a FunctionApp's HTTP-triggered functions (route template, methods)."""
+def route_prefix(app_dir: Path) -> str:
+    """host.json's ``extensions.http.routePrefix``; ``api`` if it is not set, as in Azure."""
+    path = app_dir / "host.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        return "api"
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"{path}: {exc}") from None
+    http_options = (doc.get("extensions") or {}).get("http") or {}
+    return str(http_options.get("routePrefix", "api")).strip("/")
+
+
+def load_routes(app: Any, prefix: str = "") -> Router:
+    """A Router over a FunctionApp's HTTP-triggered functions (route template, methods), each
+    route under ``prefix`` (host.json's routePrefix)."""
     router = Router()
     for fn in app.get_functions():
         trigger = fn.get_trigger()
@@ -336,6 +350,8 @@ def load_routes(app: Any) -> Router:
             log.info("function %s has no HTTP trigger: not served", fn.get_function_name())
             continue
         route = getattr(trigger, "route", None) or fn.get_function_name()
+        if prefix:
+            route = f"{prefix}/{route.lstrip('/')}"
         methods = [getattr(m, "value", str(m)).upper() for m in (trigger.methods or [])] or None
         try:
             router.add(route, methods, fn.get_user_function())
@@ -557,11 +573,11 @@ def listen(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
-def build_server(app: Any, sock: socket.socket, limits: Limits):
+def build_server(app: Any, limits: Limits, prefix: str = ""):
     import uvicorn
 
     config = uvicorn.Config(
-        FunctionsHost(load_routes(app), limits),
+        FunctionsHost(load_routes(app, prefix), limits),
         http=make_protocol(limits),
         loop="asyncio",
         lifespan="off",
@@ -595,7 +611,7 @@ def main(argv: list[str] | None = None) -> None:
         sock = listen(args.host, args.port, limits.backlog)
     except OSError as exc:
         raise SystemExit(f"cannot listen on {args.host}:{args.port}: {exc}") from None
-    server = build_server(function_app.app, sock, limits)
+    server = build_server(function_app.app, limits, route_prefix(args.app_dir))
     port = sock.getsockname()[1]
     print(f"Serving function_app on http://{args.host}:{port}", flush=True)
     log.info("limits: body %d bytes, headers %d bytes, header time-out %g s, body time-out %g s, "
