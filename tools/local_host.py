@@ -2,11 +2,11 @@
 
 It serves the functions registered in ``function_app.py`` over real HTTP, the way the Functions
 host does (under host.json's ``routePrefix``, empty in this app): each request is routed by the
-functions' route templates and methods (tools/route_templates.py: the most specific route wins), turned into a
-``func.HttpRequest`` (method, url, headers, params, route_params, body) and handed to the
-registered Python function in a bounded thread pool, as the Functions Python worker runs sync
-functions; the ``func.HttpResponse`` it returns is written back. It has no validation or auth of
-its own beyond HTTP itself.
+functions' route templates and methods (tools/route_templates.py: the most specific route wins),
+turned into a ``func.HttpRequest`` (method, url, headers, params, route_params, body) and handed
+to the registered Python function in a bounded thread pool, as the Functions Python worker runs
+sync functions; the ``func.HttpResponse`` it returns is written back. It has no validation or
+auth of its own beyond HTTP itself.
 
 The HTTP layer is uvicorn with its h11 protocol, hardened for a server that anyone on the network
 may reach:
@@ -56,10 +56,14 @@ from tools.route_templates import RouteTemplateError, Router, split_path
 log = logging.getLogger("local_host")
 
 MiB = 1024 * 1024
-FUNCTIONS_MAX_BODY = 104857600  # the Functions host's maxRequestBodySize (FUNCTIONS_REQUEST_BODY_SIZE_LIMIT)
-APP_BODY_LIMITS = {"EMBEDDINGS_MAX_BODY_BYTES": 8 * MiB, "EMBEDDINGS_MAX_IMAGE_BODY_BYTES": 32 * MiB}
+# The Functions host's maxRequestBodySize (FUNCTIONS_REQUEST_BODY_SIZE_LIMIT overrides it).
+FUNCTIONS_MAX_BODY = 104857600
+# The app's body limits and their defaults (embedding_core/settings.py).
+APP_BODY_LIMITS = {"EMBEDDINGS_MAX_BODY_BYTES": 8 * MiB,
+                   "EMBEDDINGS_MAX_IMAGE_BODY_BYTES": 32 * MiB}
 BODY_CAP_MARGIN = 1 * MiB  # over the app's largest limit, so the app answers its own 413s
-LINGER_SECONDS = 5.0  # longest drain of an unread body after an early answer; then the socket closes
+# The longest drain of an unread body after an early answer; then the socket closes.
+LINGER_SECONDS = 5.0
 SERVER_NAME = "embeddings-local-host"
 
 
@@ -71,7 +75,8 @@ def _env_number(env: Mapping[str, str], name: str, default: float, *, minimum: f
     try:
         value = int(raw) if integer else float(raw)
     except ValueError:
-        raise SystemExit(f"{name}={raw!r}: expected {'an integer' if integer else 'a number'}") from None
+        kind = "an integer" if integer else "a number"
+        raise SystemExit(f"{name}={raw!r}: expected {kind}") from None
     if value < minimum:
         raise SystemExit(f"{name}={raw!r}: must be at least {minimum}")
     return value
@@ -111,7 +116,8 @@ class Limits:
                              minimum=0, integer=True),
             max_header_bytes=n(env, "LOCAL_HOST_MAX_HEADER_BYTES", cls.max_header_bytes,
                                minimum=1024, integer=True),
-            header_timeout=n(env, "LOCAL_HOST_HEADER_TIMEOUT_SECONDS", cls.header_timeout, minimum=0.01),
+            header_timeout=n(env, "LOCAL_HOST_HEADER_TIMEOUT_SECONDS", cls.header_timeout,
+                             minimum=0.01),
             body_timeout=n(env, "LOCAL_HOST_BODY_TIMEOUT_SECONDS", cls.body_timeout, minimum=0.01),
             keep_alive=n(env, "LOCAL_HOST_KEEP_ALIVE_SECONDS", cls.keep_alive, minimum=0.01),
             backlog=n(env, "LOCAL_HOST_BACKLOG", cls.backlog, minimum=1, integer=True),
@@ -120,10 +126,11 @@ class Limits:
         )
 
 
-# -- the host's own answers: JSON, in the app's error shape -----------------------------------------
+# -- the host's own answers: JSON, in the app's error shape ---------------------------------------
 
 ERROR_CODES = {400: "BadRequest", 404: "NotFound", 408: "RequestTimeout", 413: "PayloadTooLarge",
-               431: "RequestHeaderFieldsTooLarge", 500: "InternalServerError", 501: "NotImplemented"}
+               431: "RequestHeaderFieldsTooLarge", 500: "InternalServerError",
+               501: "NotImplemented"}
 
 
 def error_code(status: int) -> str:
@@ -135,7 +142,10 @@ def error_code(status: int) -> str:
         return "Error"
 
 
-def error_response(status: int, message: str, *, close: bool = False) -> tuple[list[tuple[bytes, bytes]], bytes]:
+Headers = list[tuple[bytes, bytes]]
+
+
+def error_response(status: int, message: str, *, close: bool = False) -> tuple[Headers, bytes]:
     code = error_code(status)
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     headers = [(b"content-type", b"application/json"), (b"x-ms-error-code", code.encode()),
@@ -261,7 +271,8 @@ class HostProtocol(H11Protocol):
             if self._head_timer is None and self.conn.trailing_data[0]:
                 # Part of a request head has arrived: the rest must follow within the time-out.
                 self._unset_keepalive_if_required()
-                self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
+                self._head_timer = self.loop.call_later(self.limits.header_timeout,
+                                                        self._head_timed_out)
         else:
             self._cancel_head_timer()
 
@@ -287,7 +298,8 @@ class HostProtocol(H11Protocol):
         exc = self.conn.last_error
         status = getattr(exc, "error_status_hint", 400) or 400
         # h11's message, without the bytes it quotes: nothing the client sent is echoed
-        detail = re.sub(r":?\s*(bytearray|b)\(?b?['\"].*$", "", str(exc or msg)).strip()[:160] or "invalid"
+        detail = re.sub(r":?\s*(bytearray|b)\(?b?['\"].*$", "", str(exc or msg)).strip()[:160]
+        detail = detail or "invalid"
         log.info("%s: malformed request (%s): %s", _peer(self.client), status, detail)
         if status == 431:
             message = f"The request line and headers exceed {self.limits.max_header_bytes} bytes."
@@ -307,8 +319,8 @@ class HostProtocol(H11Protocol):
             return
         headers, body = error_response(status, message, close=True)
         head = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))]
-        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
-        head += [name + b": " + value + b"\r\n" for name, value in headers]
+        for name, value in [*self.server_state.default_headers, *headers]:
+            head.append(name + b": " + value + b"\r\n")
         self.transport.write(b"".join(head) + b"\r\n" + body)
         if cycle is not None and not cycle.response_complete:
             # The app is waiting for the body: it gets http.disconnect, and can no longer answer.
@@ -325,7 +337,7 @@ def _peer(client: tuple[str, int] | None) -> str:
     return "%s:%d" % client if client else "-"
 
 
-# -- the Functions side: routes -> func.HttpRequest -> user function -> func.HttpResponse ------------
+# -- the Functions side: routes -> func.HttpRequest -> user function -> func.HttpResponse --------
 
 def route_prefix(app_dir: Path) -> str:
     """host.json's ``extensions.http.routePrefix``; ``api`` if it is not set, as in Azure."""
@@ -357,7 +369,8 @@ def load_routes(app: Any, prefix: str = "") -> Router:
             router.add(route, methods, fn.get_user_function())
         except RouteTemplateError as exc:
             raise SystemExit(f"function {fn.get_function_name()}: route {route!r}: {exc}") from None
-        log.debug("mapped %s [%s] to %s", route, ",".join(methods or ["all"]), fn.get_function_name())
+        log.debug("mapped %s [%s] to %s", route, ",".join(methods or ["all"]),
+                  fn.get_function_name())
     return router
 
 
@@ -401,7 +414,9 @@ def response_parts(res: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         else:
             merged[n.lower()] = (n, v)
     if b"content-type" not in merged:
-        ct = f"{res.mimetype}; charset={res.charset}" if res.mimetype.startswith("text/") else res.mimetype
+        ct = res.mimetype
+        if ct.startswith("text/"):
+            ct = f"{ct}; charset={res.charset}"
         merged[b"content-type"] = (b"Content-Type", ct.encode("ascii", "replace"))
     body = res.get_body() or b""
     if status in _NO_BODY_STATUSES:
@@ -435,7 +450,8 @@ class FunctionsHost:
         try:
             await self._handle(scope, receive, tracked_send)
         except Exception:  # noqa: BLE001 - a bug here must still give a JSON answer
-            log.exception("the local host failed on %s %s", scope.get("method"), scope.get("path", "")[:200])
+            log.exception("the local host failed on %s %s", scope.get("method"),
+                          scope.get("path", "")[:200])
             if not started:
                 await self._answer(send, 500, *error_response(
                     500, "The local host failed; its log has the cause.", close=True))
@@ -458,7 +474,8 @@ class FunctionsHost:
             return
         if chunked and length is not None:  # RFC 9112 6.3: a smuggling attempt; refuse and close
             await self._answer(send, 400, *error_response(
-                400, "Malformed HTTP request: both Transfer-Encoding and Content-Length.", close=True))
+                400, "Malformed HTTP request: both Transfer-Encoding and Content-Length.",
+                close=True))
             return
 
         if raw_path.startswith(("http://", "https://")):  # absolute-form request target
@@ -505,7 +522,7 @@ class FunctionsHost:
             else:
                 res = await asyncio.get_running_loop().run_in_executor(self.executor, fn, req)
             status, out_headers, out_body = response_parts(res)
-        except Exception as exc:  # noqa: BLE001 - the function failed: a 500, never a dropped connection
+        except Exception as exc:  # noqa: BLE001 - a 500, never a dropped connection
             name = getattr(fn, "__name__", "function")
             if isinstance(exc, InvalidResponse):
                 log.error("function %s: invalid response: %s", name, exc)
@@ -537,7 +554,8 @@ class FunctionsHost:
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > self.limits.max_body_bytes:
-                        await self._answer(send, 413, *error_response(413, self._too_large(), close=True))
+                        await self._answer(send, 413, *error_response(
+                            413, self._too_large(), close=True))
                         return None
                     if chunk:
                         chunks.append(chunk)
@@ -546,12 +564,12 @@ class FunctionsHost:
         except TimeoutError:
             log.info("request body not complete after %s s: 408", self.limits.body_timeout)
             await self._answer(send, 408, *error_response(
-                408, f"The request body did not arrive within {self.limits.body_timeout:g} seconds.",
-                close=True))
+                408, f"The request body did not arrive within {self.limits.body_timeout:g} "
+                     "seconds.", close=True))
             return None
 
     @staticmethod
-    async def _answer(send: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    async def _answer(send: Any, status: int, headers: Headers, body: bytes) -> None:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
