@@ -251,8 +251,7 @@ def test_without_a_catch_all_unknown_routes_are_a_json_404(unrouted, method, pat
     assert call(unrouted, "POST", "/embeddings", body=b"{}")[0] == 200
 
 
-@pytest.mark.parametrize("host_json", [None, '{"version": "2.0"}',
-                                       '{"extensions": {"http": {"routePrefix": "/api/"}}}'])
+@pytest.mark.parametrize("host_json", [None, '{"extensions": {"http": {"routePrefix": "/api/"}}}'])
 def test_routes_are_under_host_json_route_prefix_api_by_default(tmp_path_factory, host_json):
     server = serve_app(tmp_path_factory, NO_CATCH_ALL_APP, host_json=host_json)
     try:
