@@ -137,6 +137,22 @@ def test_malformed_requests_get_a_json_4xx_not_a_dropped_connection(small, name,
     assert b"bytearray" not in data and b"\\x" not in data  # nothing of the request echoed
 
 
+def test_bad_clients_do_not_fill_the_log(tmp_path_factory):
+    """At LOG_LEVEL=WARNING (what LiveServer and the bench use, with a pipe nobody reads), a
+    malformed request or an unsupported upgrade logs nothing: the client's error, not the host's."""
+    server = serve_app(tmp_path_factory, ROUTES)
+    try:
+        for _, raw, _, _ in MALFORMED[:6]:
+            exchange(server, raw)
+        exchange(server, b"GET /health HTTP/1.1\r\n" + H + b"Connection: Upgrade, close\r\n"
+                         b"Upgrade: websocket\r\n\r\n")
+        exchange(server, b"GET /health HTTP/1.1\r\n" + H + b"Connection: Upgrade, close\r\n"
+                         b"Upgrade: h2c\r\n\r\n")
+    finally:
+        server.stop()
+    assert server.proc.stdout.read() == ""
+
+
 def test_headers_too_large_arriving_in_pieces_are_a_431(small):
     with socket.create_connection(address(small), timeout=5) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\n" + H)

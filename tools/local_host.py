@@ -329,6 +329,18 @@ class HostProtocol(H11Protocol):
         self.transport.close()
 
 
+class _ClientErrorsAreNotWarnings(logging.Filter):
+    """uvicorn logs a WARNING for every malformed request and unsupported upgrade: the client's
+    error, which the host answers (and logs at INFO), not the server's. A client must not be able
+    to fill the log (or a pipe nobody reads) with them."""
+
+    MESSAGES = ("Invalid HTTP request received.", "Unsupported upgrade request.",
+                "No supported WebSocket library detected.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and str(record.msg).startswith(self.MESSAGES))
+
+
 def make_protocol(limits: Limits) -> type[HostProtocol]:
     return type("LocalHostProtocol", (HostProtocol,), {"limits": limits})
 
@@ -593,6 +605,10 @@ def listen(host: str, port: int, backlog: int) -> socket.socket:
 
 def build_server(app: Any, limits: Limits, prefix: str = ""):
     import uvicorn
+
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _ClientErrorsAreNotWarnings) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_ClientErrorsAreNotWarnings())
 
     config = uvicorn.Config(
         FunctionsHost(load_routes(app, prefix), limits),
