@@ -259,3 +259,13 @@ def test_routes_are_under_host_json_route_prefix_api_by_default(tmp_path_factory
         assert call(server, "POST", "/embeddings", body=b"{}")[0] == 404
     finally:
         server.stop()
+
+
+def test_the_serving_line_comes_first_even_at_debug_level(tmp_path_factory):
+    """LiveServer and the bench read the port from the first line of output."""
+    server = serve_app(tmp_path_factory, NO_CATCH_ALL_APP, {"LOG_LEVEL": "DEBUG"})
+    try:
+        assert call(server, "POST", "/embeddings", body=b"{}")[0] == 200
+    finally:
+        server.stop()
+    assert "mapped embeddings [POST] to embeddings" in server.proc.stdout.read()

@@ -364,14 +364,16 @@ def route_prefix(app_dir: Path) -> str:
     return str(http_options.get("routePrefix", "api")).strip("/")
 
 
-def load_routes(app: Any, prefix: str = "") -> Router:
+def load_routes(app: Any, prefix: str = "", notes: list[str] | None = None) -> Router:
     """A Router over a FunctionApp's HTTP-triggered functions (route template, methods), each
-    route under ``prefix`` (host.json's routePrefix)."""
+    route under ``prefix`` (host.json's routePrefix). What was mapped is appended to ``notes``
+    (logged after the "Serving" line, which must be the first line of output)."""
     router = Router()
+    notes = [] if notes is None else notes
     for fn in app.get_functions():
         trigger = fn.get_trigger()
         if trigger is None or trigger.get_binding_name() != "httpTrigger":
-            log.info("function %s has no HTTP trigger: not served", fn.get_function_name())
+            notes.append(f"function {fn.get_function_name()} has no HTTP trigger: not served")
             continue
         route = getattr(trigger, "route", None) or fn.get_function_name()
         if prefix:
@@ -381,8 +383,7 @@ def load_routes(app: Any, prefix: str = "") -> Router:
             router.add(route, methods, fn.get_user_function())
         except RouteTemplateError as exc:
             raise SystemExit(f"function {fn.get_function_name()}: route {route!r}: {exc}") from None
-        log.debug("mapped %s [%s] to %s", route, ",".join(methods or ["all"]),
-                  fn.get_function_name())
+        notes.append(f"mapped {route} [{','.join(methods or ['all'])}] to {fn.get_function_name()}")
     return router
 
 
@@ -603,7 +604,7 @@ def listen(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
-def build_server(app: Any, limits: Limits, prefix: str = ""):
+def build_server(app: Any, limits: Limits, prefix: str = "", notes: list[str] | None = None):
     import uvicorn
 
     uvicorn_log = logging.getLogger("uvicorn.error")
@@ -611,7 +612,7 @@ def build_server(app: Any, limits: Limits, prefix: str = ""):
         uvicorn_log.addFilter(_ClientErrorsAreNotWarnings())
 
     config = uvicorn.Config(
-        FunctionsHost(load_routes(app, prefix), limits),
+        FunctionsHost(load_routes(app, prefix, notes), limits),
         http=make_protocol(limits),
         loop="asyncio",
         lifespan="off",
@@ -645,9 +646,12 @@ def main(argv: list[str] | None = None) -> None:
         sock = listen(args.host, args.port, limits.backlog)
     except OSError as exc:
         raise SystemExit(f"cannot listen on {args.host}:{args.port}: {exc}") from None
-    server = build_server(function_app.app, limits, route_prefix(args.app_dir))
+    notes: list[str] = []
+    server = build_server(function_app.app, limits, route_prefix(args.app_dir), notes)
     port = sock.getsockname()[1]
     print(f"Serving function_app on http://{args.host}:{port}", flush=True)
+    for note in notes:
+        log.debug("%s", note)
     log.info("limits: body %d bytes, headers %d bytes, header time-out %g s, body time-out %g s, "
              "keep-alive %g s, backlog %d, %d worker threads", limits.max_body_bytes,
              limits.max_header_bytes, limits.header_timeout, limits.body_timeout, limits.keep_alive,
