@@ -173,13 +173,22 @@ def test_requests_reach_the_most_specific_function(routed, method, path, functio
 
 
 def test_the_request_the_function_sees(routed):
-    status, _, data = call(routed, "POST", "/v1/embeddings?api-version=1&x=a%20b&empty=",
-                           body=b'{"input": "x"}',
-                           headers={"Content-Type": "application/json", "X-Custom": "yes"})
+    u = urlsplit(routed.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    conn.putrequest("POST", "/v1/embeddings?api-version=1&x=a%20b&empty=&x=c")
+    for name, value in (("Content-Type", "application/json"), ("X-Custom", "yes"),
+                        ("X-Twice", "1"), ("x-twice", "2"), ("Content-Length", "14")):
+        conn.putheader(name, value)
+    conn.endheaders(b'{"input": "x"}')
+    res = conn.getresponse()
+    status, data = res.status, res.read()
+    conn.close()
     doc = json.loads(data)
     assert status == 200
-    assert doc["url"] == f"{routed.url}/v1/embeddings?api-version=1&x=a%20b&empty="
-    assert doc["params"] == {"api-version": "1", "x": "a b", "empty": ""}
+    assert doc["url"] == f"{routed.url}/v1/embeddings?api-version=1&x=a%20b&empty=&x=c"
+    # repeated names arrive once, joined with "," as the Functions host sends them
+    assert doc["params"] == {"api-version": "1", "x": "a b,c", "empty": ""}
+    assert doc["headers"]["x-twice"] == "1,2"
     assert doc["headers"]["x-custom"] == "yes" and doc["headers"]["content-type"] == "application/json"
     assert doc["body"] == '{"input": "x"}'
     assert doc["thread"].startswith("function")  # a worker thread, not the event loop

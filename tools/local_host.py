@@ -516,15 +516,20 @@ class FunctionsHost:
         query = scope["query_string"].decode("latin-1")
         host = next((v.decode("latin-1") for k, v in headers if k == b"host"), None) \
             or "%s:%d" % tuple(scope["server"] or ("localhost", 80))
+        # A repeated header or query parameter reaches the worker once, its values joined with
+        # "," (the Functions host sends ASP.NET's StringValues.ToString()).
         joined: dict[str, str] = {}
-        for k, v in headers:  # a repeated header arrives once, its values joined as ASP.NET does
+        for k, v in headers:
             name, value = k.decode("latin-1"), v.decode("latin-1")
-            joined[name] = f"{joined[name]}, {value}" if name in joined else value
+            joined[name] = f"{joined[name]},{value}" if name in joined else value
+        params: dict[str, str] = {}
+        for name, value in parse_qsl(query, keep_blank_values=True):
+            params[name] = f"{params[name]},{value}" if name in params else value
         req = func.HttpRequest(
             method=method,
             url=f"{scope['scheme']}://{host}{raw_path}" + (f"?{query}" if query else ""),
             headers=joined,
-            params=dict(parse_qsl(query, keep_blank_values=True)),
+            params=params,
             route_params=match.values,
             body=body,
         )
