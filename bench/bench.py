@@ -63,10 +63,19 @@ class Server:
         return http.client.HTTPConnection(self.host, self.port, timeout=600)
 
     def post(self, conn, path: str, body: dict) -> bytes:
-        conn.request("POST", path + Q, body=json.dumps(body),
-                     headers={"api-key": KEY, "Content-Type": "application/json",
-                              "extra-parameters": "pass-through"})  # for "truncate"
-        res = conn.getresponse()
+        args = ("POST", path + Q)
+        kwargs = {"body": json.dumps(body),
+                  "headers": {"api-key": KEY, "Content-Type": "application/json",
+                              "extra-parameters": "pass-through"}}  # for "truncate"
+        try:
+            conn.request(*args, **kwargs)
+            res = conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # A kept-alive connection left idle longer than the host's keep-alive time-out was
+            # closed by the host (as the Functions host does): reconnect once.
+            conn.close()
+            conn.request(*args, **kwargs)
+            res = conn.getresponse()
         data = res.read()
         if res.status != 200:
             raise RuntimeError(f"{res.status}: {data[:300]!r}")

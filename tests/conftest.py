@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -64,14 +65,17 @@ def post(service: EmbeddingService, body: Any, *, path: str = "/embeddings",
 
 
 class LiveServer:
-    """tools/local_host.py serving function_app.py on an ephemeral loopback port."""
+    """tools/local_host.py serving function_app.py (or the one in ``app_dir``) on an ephemeral
+    loopback port."""
 
-    def __init__(self, env: dict[str, str]):
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDINGS_")}
+    def __init__(self, env: dict[str, str], app_dir: Path | None = None):
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("EMBEDDINGS_", "LOCAL_HOST_"))}
         full_env.update(env)
         full_env.setdefault("LOG_LEVEL", "WARNING")
+        app = ["--app-dir", str(app_dir)] if app_dir is not None else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.local_host", "--host", "127.0.0.1", "--port", "0"],
+            [sys.executable, "-m", "tools.local_host", "--host", "127.0.0.1", "--port", "0", *app],
             cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.proc.stdout.readline()
         if "http://" not in line:
@@ -82,6 +86,8 @@ class LiveServer:
         while True:
             try:
                 urllib.request.urlopen(self.url + "/health", timeout=2).read()
+                break
+            except urllib.error.HTTPError:  # an answer: the server is up (an app without /health)
                 break
             except OSError:
                 if time.monotonic() > deadline:

@@ -1,0 +1,395 @@
+"""The local host's HTTP layer under bad clients (issue 9, item 10): malformed requests get a JSON
+4xx, stalled clients time out, a burst of connections is not reset, chunked bodies are read, the
+body cap holds while the body streams in. Raw sockets on loopback, bounded in count and time."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import select
+import socket
+import threading
+import time
+from collections import Counter
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import API_VERSION, KEY, LiveServer
+from test_local_host_routing import serve_app
+from tools.local_host import Limits, default_max_body_bytes
+
+MiB = 1024 * 1024
+TIMEOUT = 0.5  # the header, body and keep-alive time-outs of the `stalls` server
+ROUTES = '''
+import azure.functions as func
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+
+@app.route(route="health", methods=["GET"])
+def health(req):
+    return func.HttpResponse('{"status": "ok"}', mimetype="application/json")
+
+
+@app.route(route="echo", methods=["POST", "PUT"])
+def echo(req):
+    return func.HttpResponse(req.get_body(), mimetype="application/octet-stream")
+'''
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    server = serve_app(tmp_path_factory, ROUTES, {"LOCAL_HOST_MAX_BODY_BYTES": str(1 * MiB)})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def stalls(tmp_path_factory):
+    server = serve_app(tmp_path_factory, ROUTES, {
+        "LOCAL_HOST_HEADER_TIMEOUT_SECONDS": str(TIMEOUT),
+        "LOCAL_HOST_BODY_TIMEOUT_SECONDS": str(TIMEOUT),
+        "LOCAL_HOST_KEEP_ALIVE_SECONDS": str(TIMEOUT),
+    })
+    yield server
+    server.stop()
+
+
+def address(server) -> tuple[str, int]:
+    u = urlsplit(server.url)
+    return u.hostname, u.port
+
+
+def read_all(sock: socket.socket, deadline: float) -> tuple[bytes, str]:
+    """Everything the server sends until it closes: (bytes, "eof" | "reset" | "timeout")."""
+    data = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return data, "timeout"
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            return data, "timeout"
+        except ConnectionResetError:
+            return data, "reset"
+        if not chunk:
+            return data, "eof"
+        data += chunk
+
+
+def parse(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, body
+
+
+def exchange(server, raw: bytes, wait: float = 5.0) -> tuple[bytes, str]:
+    with socket.create_connection(address(server), timeout=wait) as sock:
+        sock.sendall(raw)
+        return read_all(sock, time.monotonic() + wait)
+
+
+def assert_json_error(data: bytes, status: int, code: str) -> None:
+    assert data, "the connection was closed without an answer"
+    got, headers, body = parse(data)
+    assert got == status, data[:300]
+    assert headers["content-type"] == "application/json"
+    assert headers["x-ms-error-code"] == code
+    error = json.loads(body)["error"]
+    assert error["code"] == code and error["message"]
+
+
+# -- malformed requests -----------------------------------------------------------------------------
+
+H = b"Host: 127.0.0.1\r\n"
+MALFORMED = [
+    ("Content-Length: abc", b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: abc\r\n\r\nhello", 400, "BadRequest"),
+    ("negative Content-Length", b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: -5\r\n\r\nhello", 400, "BadRequest"),
+    ("two Content-Lengths", b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400, "BadRequest"),
+    ("Content-Length and chunked", b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "BadRequest"),
+    ("bad chunk size", b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400, "BadRequest"),
+    ("unknown Transfer-Encoding", b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n", 501, "NotImplemented"),
+    ("garbage request line", b"GARBAGE\r\n\r\n", 400, "BadRequest"),
+    ("header without a colon", b"GET /health HTTP/1.1\r\n" + H + b"NoColonHere\r\n\r\n", 400, "BadRequest"),
+    ("NUL in a header", b"GET /health HTTP/1.1\r\n" + H + b"X-A: a\x00b\r\n\r\n", 400, "BadRequest"),
+    ("missing Host", b"GET /health HTTP/1.1\r\n\r\n", 400, "BadRequest"),
+    ("non-ASCII target", b"GET /h\xffealth HTTP/1.1\r\n" + H + b"\r\n", 400, "BadRequest"),
+    ("asterisk target", b"OPTIONS * HTTP/1.1\r\n" + H + b"\r\n", 400, "BadRequest"),
+    ("headers too large", b"GET /health HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * 40000 + b"\r\n\r\n", 431, "RequestHeaderFieldsTooLarge"),
+    ("unknown route", b"GET /nothing HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n", 404, "NotFound"),
+    ("route without the method", b"DELETE /health HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n", 404, "NotFound"),
+]
+
+
+@pytest.mark.parametrize("name, raw, status, code", MALFORMED, ids=[c[0] for c in MALFORMED])
+def test_malformed_requests_get_a_json_4xx_not_a_dropped_connection(small, name, raw, status, code):
+    data, end = exchange(small, raw)
+    assert end == "eof", f"{name}: {end} after {data[:200]!r}"
+    assert_json_error(data, status, code)
+    assert b"bytearray" not in data and b"\\x" not in data  # nothing of the request echoed
+
+
+def test_bad_clients_do_not_fill_the_log(tmp_path_factory):
+    """At LOG_LEVEL=WARNING (what LiveServer and the bench use, with a pipe nobody reads), a
+    malformed request or an unsupported upgrade logs nothing: the client's error, not the host's."""
+    server = serve_app(tmp_path_factory, ROUTES)
+    try:
+        for _, raw, _, _ in MALFORMED[:6]:
+            exchange(server, raw)
+        exchange(server, b"GET /health HTTP/1.1\r\n" + H + b"Connection: Upgrade, close\r\n"
+                         b"Upgrade: websocket\r\n\r\n")
+        exchange(server, b"GET /health HTTP/1.1\r\n" + H + b"Connection: Upgrade, close\r\n"
+                         b"Upgrade: h2c\r\n\r\n")
+    finally:
+        server.stop()
+    assert server.proc.stdout.read() == ""
+
+
+def test_headers_too_large_arriving_in_pieces_are_a_431(small):
+    with socket.create_connection(address(small), timeout=5) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\n" + H)
+        for _ in range(6):
+            sock.sendall(b"X-Big: " + b"a" * 8000 + b"\r\n")
+            time.sleep(0.02)
+        data, end = read_all(sock, time.monotonic() + 5)
+    assert end in ("eof", "reset") and data
+    assert_json_error(data, 431, "RequestHeaderFieldsTooLarge")
+
+
+def test_pipelined_requests_are_answered_in_order(small):
+    raw = (b"GET /health HTTP/1.1\r\n" + H + b"\r\n"
+           b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n\r\nabc"
+           b"GET /health HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+    data, end = exchange(small, raw)
+    assert end == "eof"
+    assert data.count(b"HTTP/1.1 200 OK") == 3 and b"\r\n\r\nabc" in data
+
+
+# -- stalled clients --------------------------------------------------------------------------------
+
+def stall(server, first: bytes, trickle: bytes, limit: float = 4.0) -> tuple[bytes, str, float]:
+    """Send ``first``, then ``trickle`` every 50 ms; what the server answers, how the connection
+    ended and after how long."""
+    with socket.create_connection(address(server), timeout=limit) as sock:
+        t0 = time.monotonic()
+        if first:
+            sock.sendall(first)
+        data = b""
+        while time.monotonic() - t0 < limit:
+            readable, _, _ = select.select([sock], [], [], 0.05)
+            if readable:
+                rest, end = read_all(sock, t0 + limit)
+                return data + rest, end, time.monotonic() - t0
+            if trickle:
+                try:
+                    sock.sendall(trickle)
+                except OSError:
+                    return data, "reset", time.monotonic() - t0
+        return data, "timeout", time.monotonic() - t0
+
+
+def test_a_slow_request_head_is_cut_off_with_408(stalls):
+    data, end, elapsed = stall(stalls, b"GET /health HTTP/1.1\r\n" + H, b"X: y\r\n")
+    assert end == "eof", (end, data[:200])
+    assert_json_error(data, 408, "RequestTimeout")
+    assert TIMEOUT * 0.8 <= elapsed < TIMEOUT + 1.5, elapsed
+
+
+def test_a_slow_body_is_cut_off_with_408(stalls):
+    data, end, elapsed = stall(stalls, b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 100000\r\n\r\nab",
+                               b"c")
+    assert end == "eof", (end, data[:200])
+    assert_json_error(data, 408, "RequestTimeout")
+    assert TIMEOUT * 0.8 <= elapsed < TIMEOUT + 1.5, elapsed
+
+
+def test_a_slow_chunked_body_is_cut_off_with_408(stalls):
+    data, end, elapsed = stall(stalls, b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n",
+                               b"1\r\nx\r\n")
+    assert end == "eof", (end, data[:200])
+    assert_json_error(data, 408, "RequestTimeout")
+    assert TIMEOUT * 0.8 <= elapsed < TIMEOUT + 1.5, elapsed
+
+
+def test_a_connection_that_sends_nothing_is_closed(stalls):
+    data, end, elapsed = stall(stalls, b"", b"")
+    assert (data, end) == (b"", "eof")
+    assert elapsed < TIMEOUT + 1.5, elapsed
+
+
+def test_an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not(stalls):
+    host, port = address(stalls)
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        for _ in range(3):  # requests closer together than the time-out share the connection
+            conn.request("GET", "/health")
+            assert conn.getresponse().read() == b'{"status": "ok"}'
+            time.sleep(TIMEOUT / 3)
+        sock = conn.sock
+        data, end = read_all(sock, time.monotonic() + TIMEOUT + 2)
+        assert (data, end) == (b"", "eof")
+    finally:
+        conn.close()
+
+
+# -- a burst of connections -------------------------------------------------------------------------
+
+def test_a_burst_of_200_connections_is_queued_not_reset(small):
+    n = 200
+    barrier = threading.Barrier(n, timeout=30)
+    outcomes: list[str] = []
+
+    def one() -> None:
+        try:
+            barrier.wait()
+            with socket.create_connection(address(small), timeout=5) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+                data, end = read_all(sock, time.monotonic() + 5)
+            outcomes.append("ok" if end == "eof" and data.startswith(b"HTTP/1.1 200") else end)
+        except OSError as exc:
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert Counter(outcomes) == {"ok": n}
+    assert time.monotonic() - t0 < 15
+
+
+# -- bodies -----------------------------------------------------------------------------------------
+
+def test_chunked_bodies_are_read(small):
+    host, port = address(small)
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    payload = [b"x" * 1000, b"", b"y" * 70000, b"z"]
+    try:
+        conn.request("POST", "/echo", body=iter(payload), encode_chunked=True)
+        res = conn.getresponse()
+        assert res.status == 200 and res.read() == b"".join(payload)
+    finally:
+        conn.close()
+
+
+def test_a_chunked_embeddings_request_gives_the_same_vector(live_server):
+    host, port = address(live_server)
+    body = json.dumps({"input": ["a chunked request"]}).encode()
+    vectors = []
+    for chunked in (False, True):
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+        try:
+            conn.request("POST", f"/embeddings?api-version={API_VERSION}",
+                         body=iter([body[:7], body[7:20], body[20:]]) if chunked else body,
+                         headers={"api-key": KEY, "Content-Type": "application/json"},
+                         encode_chunked=chunked)
+            res = conn.getresponse()
+            data = res.read()
+            assert res.status == 200, data
+            vectors.append(json.loads(data)["data"][0]["embedding"])
+        finally:
+            conn.close()
+    assert vectors[0] == vectors[1]
+
+
+def test_a_content_length_over_the_cap_is_refused_before_the_body_is_sent(small):
+    for extra in (b"", b"Expect: 100-continue\r\n"):
+        with socket.create_connection(address(small), timeout=5) as sock:
+            sock.sendall(b"POST /echo HTTP/1.1\r\n" + H + extra +
+                         b"Content-Length: %d\r\n\r\n" % (1 * MiB + 1))
+            data, end = read_all(sock, time.monotonic() + 3)  # no body sent at all
+        assert end == "eof"
+        assert_json_error(data, 413, "PayloadTooLarge")
+        assert b"LOCAL_HOST_MAX_BODY_BYTES" in data and b"100 Continue" not in data
+    # at the cap, the body is read
+    host, port = address(small)
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request("POST", "/echo", body=b"a" * MiB)
+        res = conn.getresponse()
+        assert res.status == 200 and len(res.read()) == MiB
+    finally:
+        conn.close()
+
+
+def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_cap(small):
+    chunk = b"%x\r\n%s\r\n" % (64 * 1024, b"x" * 64 * 1024)
+    sent = 0
+    with socket.create_connection(address(small), timeout=5) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n")
+        answered = False
+        while sent < 64 * MiB:  # the server must answer long before the end of this
+            _, writable, _ = select.select([sock], [sock], [], 5)
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                answered = True
+                break
+            if writable:
+                try:
+                    sock.sendall(chunk)
+                except OSError:
+                    break
+                sent += 64 * 1024
+        data, end = read_all(sock, time.monotonic() + 5)
+    assert answered, f"no answer after {sent} bytes"
+    assert_json_error(data, 413, "PayloadTooLarge")
+    assert sent < 16 * MiB, sent  # the cap is 1 MiB; the rest is what the socket buffers held
+
+
+def test_an_early_413_reaches_a_client_that_sends_its_whole_body_first(small):
+    """http.client sends the whole body before reading: the answer must not be lost to a reset."""
+    host, port = address(small)
+    for body in (b"x" * (24 * MiB), iter([b"y" * MiB] * 24)):
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.request("POST", "/echo", body=body, encode_chunked=not isinstance(body, bytes))
+            res = conn.getresponse()
+            assert res.status == 413 and res.getheader("x-ms-error-code") == "PayloadTooLarge"
+        finally:
+            conn.close()
+
+
+def test_the_default_cap_is_just_above_the_apps_largest_limit():
+    assert default_max_body_bytes({}) == 33 * MiB  # the image route's 32 MiB + 1 MiB
+    assert default_max_body_bytes({"EMBEDDINGS_MAX_IMAGE_BODY_BYTES": "65536",
+                                   "EMBEDDINGS_MAX_BODY_BYTES": "4096"}) == 65536 + MiB
+    assert default_max_body_bytes({"EMBEDDINGS_MAX_BODY_BYTES": str(50 * MiB)}) == 51 * MiB
+    # never above the Functions host's own limit
+    assert default_max_body_bytes({"EMBEDDINGS_MAX_IMAGE_BODY_BYTES": str(500 * MiB)}) == 104857600
+    assert default_max_body_bytes({"FUNCTIONS_REQUEST_BODY_SIZE_LIMIT": "2000"}) == 2000
+    assert default_max_body_bytes({"EMBEDDINGS_MAX_IMAGE_BODY_BYTES": "lots"}) == 33 * MiB
+    limits = Limits.from_env({"LOCAL_HOST_MAX_BODY_BYTES": "123", "LOCAL_HOST_BODY_TIMEOUT_SECONDS": "2.5"})
+    assert limits.max_body_bytes == 123 and limits.body_timeout == 2.5
+    assert Limits.from_env({}).header_timeout == 10 and Limits.from_env({}).keep_alive == 130
+    with pytest.raises(SystemExit):
+        Limits.from_env({"LOCAL_HOST_HEADER_TIMEOUT_SECONDS": "soon"})
+
+
+def test_the_app_answers_its_own_413_and_the_host_only_far_above_it():
+    server = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_MAX_IMAGE_BODY_BYTES": "65536",
+                         "EMBEDDINGS_MAX_BODY_BYTES": "4096"})
+    try:
+        host, port = address(server)
+        for size, limit in ((100_000, b"65536"), (2 * MiB, b"LOCAL_HOST_MAX_BODY_BYTES")):
+            conn = http.client.HTTPConnection(host, port, timeout=30)
+            try:
+                conn.request("POST", f"/images/embeddings?api-version={API_VERSION}",
+                             body=b"{" + b" " * (size - 2) + b"}",
+                             headers={"api-key": KEY, "Content-Type": "application/json"})
+                res = conn.getresponse()
+                data = res.read()
+                assert res.status == 413 and res.getheader("x-ms-error-code") == "PayloadTooLarge"
+                assert limit in data, data
+            finally:
+                conn.close()
+    finally:
+        server.stop()
