@@ -56,6 +56,8 @@ class Server:
             [sys.executable, "-m", "tools.local_host", "--port", "0"], cwd=ROOT, env=full,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.proc.stdout.readline()
+        # Drain its output all along (a full pipe would stall the server on its next log line).
+        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
         u = urlsplit(line.strip().rsplit(" ", 1)[-1])
         self.host, self.port = u.hostname, u.port
 

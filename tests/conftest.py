@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -82,6 +83,11 @@ class LiveServer:
             self.proc.kill()
             raise RuntimeError(f"local host did not start: {line}{self.proc.stdout.read()}")
         self.url = line.strip().rsplit(" ", 1)[-1]
+        # Drain the server's output all along: a pipe nobody reads fills at 64 KB and then
+        # stalls the server on its next log line.
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -95,6 +101,16 @@ class LiveServer:
                     raise
                 time.sleep(0.1)
 
+    def _drain(self) -> None:
+        for out_line in self.proc.stdout:
+            self._lines.append(out_line)
+
+    def output(self) -> str:
+        """Everything the server printed after its "Serving" line (complete once stopped)."""
+        if self.proc.poll() is not None:
+            self._reader.join(10)
+        return "".join(self._lines)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -102,6 +118,8 @@ class LiveServer:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait(10)
+        self._reader.join(10)
 
 
 @pytest.fixture(scope="session")

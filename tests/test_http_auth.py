@@ -34,7 +34,7 @@ def get(server: LiveServer, headers: dict[str, str]) -> tuple[int, dict]:
 def output_of(server: LiveServer) -> str:
     """Everything the server process logged (stdout and stderr), after stopping it."""
     server.stop()
-    return server.proc.stdout.read()
+    return server.output()
 
 
 @pytest.fixture

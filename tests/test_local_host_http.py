@@ -150,7 +150,7 @@ def test_bad_clients_do_not_fill_the_log(tmp_path_factory):
                          b"Upgrade: h2c\r\n\r\n")
     finally:
         server.stop()
-    assert server.proc.stdout.read() == ""
+    assert server.output() == ""
 
 
 def test_headers_too_large_arriving_in_pieces_are_a_431(small):

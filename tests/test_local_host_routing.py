@@ -277,4 +277,4 @@ def test_the_serving_line_comes_first_even_at_debug_level(tmp_path_factory):
         assert call(server, "POST", "/embeddings", body=b"{}")[0] == 200
     finally:
         server.stop()
-    assert "mapped embeddings [POST] to embeddings" in server.proc.stdout.read()
+    assert "mapped embeddings [POST] to embeddings" in server.output()
