@@ -4,11 +4,7 @@ and live local hosts (tools/local_host.py in a subprocess, loopback only)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +20,10 @@ for p in (str(ROOT), str(TESTS)):
 from embedding_core.registry import Registry  # noqa: E402
 from embedding_core.service import ApiRequest, EmbeddingService  # noqa: E402
 from embedding_core.settings import Settings  # noqa: E402
+from live_server import LiveServer  # noqa: E402,F401 - tests import it from here
+
+# tests/clients/ is its own suite, run in .venv-clients (see its pytest.ini and the Makefile).
+collect_ignore = ["clients"]
 
 API_VERSION = "2024-05-01-preview"
 KEY = "test-key-0123456789"
@@ -61,41 +61,6 @@ def post(service: EmbeddingService, body: Any, *, path: str = "/embeddings",
     q = {"api-version": API_VERSION} if query is None else query
     handler = service.embeddings if path == "/embeddings" else service.image_embeddings
     return handler(ApiRequest("POST", path, h, q, raw))
-
-
-class LiveServer:
-    """tools/local_host.py serving function_app.py on an ephemeral loopback port."""
-
-    def __init__(self, env: dict[str, str]):
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDINGS_")}
-        full_env.update(env)
-        full_env.setdefault("LOG_LEVEL", "WARNING")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.local_host", "--host", "127.0.0.1", "--port", "0"],
-            cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        line = self.proc.stdout.readline()
-        if "http://" not in line:
-            self.proc.kill()
-            raise RuntimeError(f"local host did not start: {line}{self.proc.stdout.read()}")
-        self.url = line.strip().rsplit(" ", 1)[-1]
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @pytest.fixture(scope="session")
