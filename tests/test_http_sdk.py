@@ -107,7 +107,7 @@ def test_get_model_info(client):
 def test_model_selection_by_name_and_unknown_model(client):
     assert client.embed(input=TEXTS[:1], model="minilm").model == "all-MiniLM-L6-v2"
     with pytest.raises(HttpResponseError) as e:
-        client.embed(input=TEXTS[:1], model="text-embedding-3-large")
+        client.embed(input=TEXTS[:1], model="no-such-model")
     assert e.value.status_code == 404 and e.value.error.code == "ModelNotFound"
 
 
