@@ -28,6 +28,18 @@ SNIPPET_ENDPOINT = "http://127.0.0.1:7071"
 SNIPPET_KEY = "local-dev-key"
 SNIPPET_TEXTS = ["first text", "second text"]
 
+# Texts every client embeds, and their cl100k_base token ids: tiktoken 0.14.0's
+# encode_ordinary, which is what LangChain's OpenAIEmbeddings sends by default.
+TEXTS = ["hello world", "Ünïcödé — naïve café 東京 🚀",
+         "The quick brown fox jumps over the lazy dog."]
+CL100K = {
+    "hello world": [15339, 1917],  # every id < 30,522: once read as WordPiece ids, cosine 0.17
+    "Ünïcödé — naïve café 東京 🚀": [53591, 77, 38672, 66, 3029, 67, 978, 2001, 95980, 588,
+                                     53050, 61696, 109, 47653, 11410, 248, 222],  # 🚀 = 3 ids
+    "The quick brown fox jumps over the lazy dog.": [791, 4062, 14198, 39935, 35308, 927, 279,
+                                                     16053, 5679, 13],
+}
+
 
 # -- the reference: the Azure route over HTTP --------------------------------------------------
 

@@ -13,8 +13,17 @@ from urllib.parse import parse_qsl, unquote
 
 import azure.functions as func
 import httpx2 as httpx  # what the openai SDK (3.x) is built on
+import pytest
 
 import function_app
+
+# Set to True when tools/local_host.py routes templates ({deployment}, {*path}) as the Functions
+# host does: the tests marked NEEDS_TEMPLATES then run the same clients over HTTP.
+HTTP_ROUTE_TEMPLATES = False
+NEEDS_TEMPLATES = pytest.mark.skipif(
+    not HTTP_ROUTE_TEMPLATES,
+    reason="the local host matches routes exactly until its rewrite (route templates) merges; "
+           "the function-level variant runs meanwhile")
 
 
 @functools.cache

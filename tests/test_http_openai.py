@@ -7,10 +7,10 @@
   the Azure route keeps reading token ids as the deployment's WordPiece ids.
 - ``AzureOpenAI`` on ``/openai/deployments/{deployment}/embeddings``: at the function level
   (func.HttpRequest with route parameters) until the local host routes templates; the same tests
-  over HTTP are written and skipped until then (``HTTP_ROUTE_TEMPLATES``).
+  over HTTP are written and skipped until then (``function_host.HTTP_ROUTE_TEMPLATES``).
 
-The cl100k_base ids below are tiktoken 0.14.0's ``encode_ordinary`` of each text (what LangChain's
-OpenAIEmbeddings sends), written out so that these tests do not depend on the service's decoder.
+``clientkit.CL100K`` holds the texts' cl100k_base ids as tiktoken gives them, so that these tests
+do not depend on the service's decoder.
 """
 
 from __future__ import annotations
@@ -26,27 +26,10 @@ import openai
 import pytest
 from openai import AzureOpenAI, OpenAI
 
-from clientkit import NetworkGuard, as_float32, azure_embed, cosine
+from clientkit import CL100K, TEXTS, NetworkGuard, as_float32, azure_embed, cosine
 from conftest import KEY
-from function_host import FunctionTransport
+from function_host import NEEDS_TEMPLATES, FunctionTransport
 
-# Set to True when tools/local_host.py routes templates ({deployment}, {*path}) like the
-# Functions host: the Azure OpenAI path is then tested over HTTP too.
-HTTP_ROUTE_TEMPLATES = False
-NEEDS_TEMPLATES = pytest.mark.skipif(
-    not HTTP_ROUTE_TEMPLATES,
-    reason="the local host matches routes exactly until its rewrite (route templates) merges; "
-           "the function-level variant runs meanwhile")
-
-TEXTS = ["hello world", "Ünïcödé — naïve café 東京 🚀",
-         "The quick brown fox jumps over the lazy dog."]
-CL100K = {
-    "hello world": [15339, 1917],  # every id < 30,522: once read as WordPiece ids, cosine 0.17
-    "Ünïcödé — naïve café 東京 🚀": [53591, 77, 38672, 66, 3029, 67, 978, 2001, 95980, 588,
-                                     53050, 61696, 109, 47653, 11410, 248, 222],  # 🚀 = 3 ids
-    "The quick brown fox jumps over the lazy dog.": [791, 4062, 14198, 39935, 35308, 927, 279,
-                                                     16053, 5679, 13],
-}
 WORDPIECE_HELLO_WORLD = [101, 7592, 2088, 102]  # [CLS] hello world [SEP] in MiniLM's vocabulary
 DEFAULT = "all-MiniLM-L6-v2"
 
@@ -267,7 +250,9 @@ def azure_openai(request, live_server):
         endpoint = "http://localhost"
 
         def reference(texts, model=None):
-            body = {"input": texts, "encoding_format": "base64", **({"model": model} if model else {})}
+            body = {"input": texts, "encoding_format": "base64"}
+            if model:
+                body["model"] = model
             res = http.post(endpoint + "/embeddings", params={"api-version": "2024-05-01-preview"},
                             headers={"api-key": KEY}, json=body)
             assert res.status_code == 200, res.text
