@@ -83,10 +83,18 @@ def _snake(code: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", code).lower()
 
 
+# This dialect has no truncation: an over-long input's error says so instead of the Azure hint.
+_NO_TRUNCATION = ("Shorten it: this route does not truncate (POST /embeddings does, with "
+                  "\"truncate\": \"END\").")
+
+
 def render_error(exc: errors.ApiError) -> tuple[int, dict[str, str], dict[str, Any]]:
     status = 400 if exc.status == 422 else exc.status
+    message = exc.message
+    if exc.code == "InputTooLong":
+        message = message.replace(errors.TRUNCATE_HINT, _NO_TRUNCATION)
     body = {"error": {
-        "message": exc.message,
+        "message": message,
         "type": _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error"),
         "param": exc.target,
         "code": _CODES.get(exc.code, _snake(exc.code)),

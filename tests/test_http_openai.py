@@ -145,6 +145,17 @@ def test_other_model_names_are_404_model_not_found(client):
     assert "all-MiniLM-L6-v2" in err["message"]  # the answer lists what is served
 
 
+def test_an_over_long_input_is_a_400_that_does_not_suggest_azure_s_truncation(live_server):
+    long_text = "token " * 400  # 402 tokens with [CLS]/[SEP]
+    for body in ({"input": [long_text]}, {"input": ["ok", long_text], "truncate": "END"}):
+        status, doc = post_v1(live_server, body, headers={"extra-parameters": "pass-through"})
+        err = doc["error"]
+        assert status == 400 and err["code"] == "input_too_long", doc
+        assert err["param"] == f"input[{len(body['input']) - 1}]"
+        assert "402" in err["message"] and "256" in err["message"]
+        assert "does not truncate" in err["message"] and "extra-parameters" not in err["message"]
+
+
 # -- OpenAI token arrays --------------------------------------------------------------------------
 
 def test_token_arrays_are_cl100k_ids_and_give_the_texts_vectors_bit_for_bit(live_server, ref):
