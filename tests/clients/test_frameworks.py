@@ -82,6 +82,31 @@ def test_langchain_openai_defaults_send_cl100k_ids_and_get_the_texts_vectors(ser
     assert_same(asyncio.run(embeddings.aembed_documents(TEXTS)), ref(TEXTS))
 
 
+def test_langchain_openai_splits_long_texts_when_asked(server, sent):
+    """Over the deployment's 256 tokens the route answers 400 (it does not truncate); with
+    embedding_ctx_length under the limit LangChain splits a text into pieces of that many cl100k
+    ids and averages their vectors, weighted by length: the Azure route's vectors of the pieces'
+    texts, averaged the same way."""
+    import tiktoken
+
+    long_text = "The history of the city spans many centuries of war, trade and art. " * 30
+    with pytest.raises(openai.BadRequestError) as e:
+        OpenAIEmbeddings(base_url=server.url + "/v1", api_key=KEY,
+                         max_retries=0).embed_documents([long_text])
+    assert e.value.body["code"] == "input_too_long"
+    sent.clear()
+    embeddings = OpenAIEmbeddings(base_url=server.url + "/v1", api_key=KEY,
+                                  embedding_ctx_length=128)
+    got = np.asarray(embeddings.embed_documents([long_text])[0])
+    ids = tiktoken.get_encoding("cl100k_base").encode_ordinary(long_text)
+    pieces = [ids[i:i + 128] for i in range(0, len(ids), 128)]
+    assert len(pieces) > 2 and sent == [("text-embedding-ada-002", pieces)]
+    texts = [tiktoken.get_encoding("cl100k_base").decode(p) for p in pieces]
+    rows = azure_embed(server.url, KEY, texts)[0].astype(np.float64)
+    mean = np.average(rows, axis=0, weights=[len(p) for p in pieces])
+    np.testing.assert_allclose(got, mean / np.linalg.norm(mean), rtol=0, atol=1e-6)
+
+
 def test_langchain_openai_with_a_deployment_name(server, ref, sent):
     embeddings = OpenAIEmbeddings(base_url=server.url + "/v1", api_key=KEY,
                                   model="all-MiniLM-L6-v2-fast")
