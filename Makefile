@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 # A fixed key for local development only; set your own for anything else.
 EMBEDDINGS_API_KEYS ?= local-dev-key-0000
 
-.PHONY: install serve test test-fast checkov bench bench-smoke tools-venv calibrate reference clean
+.PHONY: install serve test test-fast clients-venv checkov bench bench-smoke tools-venv calibrate reference clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,20 @@ serve: install
 	@echo "Try: curl -s 'http://$(HOST):$(PORT)/embeddings?api-version=2024-05-01-preview' -H 'api-key: $(EMBEDDINGS_API_KEYS)' -H 'Content-Type: application/json' -d '{\"input\": [\"hello world\"]}'"
 	EMBEDDINGS_API_KEYS='$(EMBEDDINGS_API_KEYS)' $(VENV)/bin/python -m tools.local_host --host $(HOST) --port $(PORT)
 
-test: install
+# The frameworks people call the service with (tests/clients) live in their own virtualenv, with
+# the clients and without the app; the server they call runs in $(VENV).
+CLIENTS_VENV := .venv-clients
+$(CLIENTS_VENV)/.installed: requirements-clients.txt requirements-clients.lock
+	$(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CLIENTS_VENV)/bin/python -m pip install -q -r requirements-clients.txt
+	touch $@
+
+clients-venv: $(CLIENTS_VENV)/.installed
+
+test: install clients-venv
 	$(VENV)/bin/python -m pytest -q
+	EMBEDDINGS_SERVER_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CLIENTS_VENV)/bin/python -m pytest -q tests/clients
 
 # Infrastructure scan (its own virtualenv: checkov pins an old pycep).
 checkov:
@@ -50,4 +62,4 @@ bench-smoke: install
 	bash bench/run.sh --smoke
 
 clean:
-	rm -rf $(VENV) .venv-tools .venv-checkov .pytest_cache
+	rm -rf $(VENV) $(CLIENTS_VENV) .venv-tools .venv-checkov .pytest_cache

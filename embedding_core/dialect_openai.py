@@ -4,7 +4,9 @@ What text-embeddings-inference, vLLM, infinity and Ollama serve, so OpenAI clien
 a base URL: no api-version, ``Authorization: Bearer`` (or ``api-key``), OpenAI's request fields
 (``input`` as a string, strings, or OpenAI token-id arrays; ``model``; ``encoding_format``
 float|base64; ``dimensions``; ``user``), response and error shape. Unknown fields are ignored,
-as OpenAI-compatible servers do (clients send ``user`` and provider-specific fields).
+as OpenAI-compatible servers do (clients send ``user`` and provider-specific fields). On
+``/openai/deployments/{deployment}/embeddings`` the path names the deployment and the body's
+``model`` is ignored, as on Azure OpenAI.
 
 Token-id arrays are **OpenAI (cl100k_base) ids**, because that is what OpenAI clients send: they
 are decoded to text (``openai_tokens.py``) and embedded with the deployment's own tokenizer, so
@@ -49,11 +51,15 @@ def parse_embeddings(req: ApiRequest, settings: Settings,
     for i, text in enumerate(texts):
         if not text.strip():
             raise errors.validation("The token ids decode to empty text.", f"input[{i}]")
+    model = schema.model_field(doc.get("model"))
     return schema.EmbeddingsRequest(
         inputs=texts, modality="text",
         dimensions=schema.dimensions_field(doc.get("dimensions")),
         encoding_format=schema.encoding_field(doc.get("encoding_format"), ENCODINGS),
-        model=schema.model_field(doc.get("model")),
+        # On the Azure OpenAI path the URL names the deployment and, as on Azure OpenAI, the
+        # body's `model` does not choose it: clients send an OpenAI model name there whatever
+        # the deployment (LangChain's AzureOpenAIEmbeddings: text-embedding-ada-002).
+        model=None if deployment is not None else model,
         deployment=deployment, deployment_source="deployment")
 
 
@@ -77,10 +83,18 @@ def _snake(code: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", code).lower()
 
 
+# This dialect has no truncation: an over-long input's error says so instead of the Azure hint.
+_NO_TRUNCATION = ("Shorten it: this route does not truncate (POST /embeddings does, with "
+                  "\"truncate\": \"END\").")
+
+
 def render_error(exc: errors.ApiError) -> tuple[int, dict[str, str], dict[str, Any]]:
     status = 400 if exc.status == 422 else exc.status
+    message = exc.message
+    if exc.code == "InputTooLong":
+        message = message.replace(errors.TRUNCATE_HINT, _NO_TRUNCATION)
     body = {"error": {
-        "message": exc.message,
+        "message": message,
         "type": _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error"),
         "param": exc.target,
         "code": _CODES.get(exc.code, _snake(exc.code)),

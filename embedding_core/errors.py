@@ -116,11 +116,15 @@ def unsupported_parameter(message: str, target: str | None = None) -> ApiError:
                     target=clip(target) if target is not None else None)
 
 
+# How to get an over-long input embedded on the Azure route (the OpenAI dialect replaces it).
+TRUNCATE_HINT = "Shorten it or send \"truncate\": \"END\" with 'extra-parameters: pass-through'."
+
+
 def input_too_long(index_target: str, tokens: int, limit: int, at_least: bool = False) -> ApiError:
     return ApiError(
         422, "InputTooLong",
         f"The input has {'at least ' if at_least else ''}{tokens} tokens; the model accepts at most {limit} (special tokens "
-        "included). Shorten it or send \"truncate\": \"END\" with 'extra-parameters: pass-through'.",
+        "included). " + TRUNCATE_HINT,
         target=index_target)
 
 

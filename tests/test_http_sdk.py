@@ -1,4 +1,5 @@
-"""Real clients through the local host over HTTP: azure-ai-inference and openai."""
+"""Real clients through the local host over HTTP: azure-ai-inference (sync and aio) and openai
+on the Azure route."""
 
 from __future__ import annotations
 
@@ -107,7 +108,7 @@ def test_get_model_info(client):
 def test_model_selection_by_name_and_unknown_model(client):
     assert client.embed(input=TEXTS[:1], model="minilm").model == "all-MiniLM-L6-v2"
     with pytest.raises(HttpResponseError) as e:
-        client.embed(input=TEXTS[:1], model="text-embedding-3-large")
+        client.embed(input=TEXTS[:1], model="no-such-model")
     assert e.value.status_code == 404 and e.value.error.code == "ModelNotFound"
 
 
@@ -130,6 +131,26 @@ def test_every_supported_api_version(live_server):
         with EmbeddingsClient(endpoint=live_server.url, credential=AzureKeyCredential(KEY),
                               api_version=version) as c:
             assert len(c.embed(input=TEXTS[:1]).data) == 1
+
+
+def test_aio_client_gives_the_same_floats_and_integers(client, live_server):
+    """azure.ai.inference.aio (on aiohttp): the sync client's answers, exactly."""
+    import asyncio
+
+    from azure.ai.inference.aio import EmbeddingsClient as AsyncEmbeddingsClient
+
+    async def run():
+        async with AsyncEmbeddingsClient(endpoint=live_server.url, retry_total=0,
+                                         credential=AzureKeyCredential(KEY)) as c:
+            return (await c.embed(input=TEXTS),
+                    await c.embed(input=TEXTS, encoding_format=EmbeddingEncodingFormat.INT8),
+                    await c.get_model_info())
+    floats, ints, info = asyncio.run(run())
+    assert [d.embedding for d in floats.data] == \
+        [d.embedding for d in client.embed(input=TEXTS).data]
+    assert [d.embedding for d in ints.data] == \
+        [d.embedding for d in client.embed(input=TEXTS, encoding_format="int8").data]
+    assert info.model_name == "all-MiniLM-L6-v2"
 
 
 # -- openai ---------------------------------------------------------------------------------------

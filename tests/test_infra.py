@@ -1139,6 +1139,8 @@ def ignored(rel_path: str, patterns: List[str]) -> bool:
         "requirements-dev.txt",
         "requirements-checkov.txt",
         "requirements-tools.txt",
+        "requirements-clients.txt",
+        "requirements-clients.lock",
         "local.settings.json.example",
         "tools/local_host.py",
         "build/wheels/scipy-1.9.3-cp311-cp311-manylinux2014_x86_64.whl",

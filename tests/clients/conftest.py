@@ -1,0 +1,85 @@
+"""The framework suite: the clients people use, unmodified, against the local host on loopback.
+
+It runs in .venv-clients (requirements-clients.txt), which holds the clients and not the app; the
+server is tools/local_host.py run by the app's interpreter (``EMBEDDINGS_SERVER_PYTHON``, by
+default .venv/bin/python). Before any client is imported, this file switches off the clients'
+telemetry and downloads, points tiktoken at the cl100k_base file the service ships (the file
+tiktoken would download), removes settings that could send a client elsewhere, and installs a
+guard that refuses every connection not to loopback at once: a test whose client tried the
+network fails, even if the client swallowed the error.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent.parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(TESTS))
+
+from clientkit import NetworkGuard  # noqa: E402
+from live_server import LiveServer  # noqa: E402
+
+KEY = "test-key-0123456789"
+
+# tiktoken caches https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken under
+# the sha1 of that URL, and checks the file's sha256 (the one PROVENANCE.md records).
+_TIKTOKEN_CACHE = Path(tempfile.mkdtemp(prefix="tiktoken-cache-"))
+shutil.copyfile(ROOT / "embedding_core/models/cl100k_base/cl100k_base.tiktoken",
+                _TIKTOKEN_CACHE / "9b5ad71b2ce5302211f9c61530b329a4922fc6a4")
+
+for name in list(os.environ):
+    if name.startswith(("OPENAI_", "AZURE_OPENAI_", "AZURE_INFERENCE_", "AZURE_AI_",
+                        "LANGCHAIN_", "LANGSMITH_", "LITELLM_", "SEMANTICKERNEL_", "LLAMA_")):
+        del os.environ[name]
+os.environ.update({
+    "TIKTOKEN_CACHE_DIR": str(_TIKTOKEN_CACHE),
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # else litellm fetches prices from GitHub on import
+    "LANGCHAIN_TRACING_V2": "false", "LANGSMITH_TRACING": "false",
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    "DO_NOT_TRACK": "1", "OTEL_SDK_DISABLED": "true", "AZURE_TELEMETRY_DISABLED": "true",
+    "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+})
+
+GUARD = NetworkGuard().install()
+
+
+_AT_IMPORT: list[str] = []
+
+
+def pytest_collection_finish(session):
+    _AT_IMPORT.extend(GUARD.take())  # the test modules have imported every client
+
+
+def pytest_sessionfinish(session, exitstatus):
+    GUARD.uninstall()
+    shutil.rmtree(_TIKTOKEN_CACHE, ignore_errors=True)
+
+
+@pytest.fixture
+def network_attempts_at_import() -> list[str]:
+    return list(_AT_IMPORT)
+
+
+@pytest.fixture(autouse=True)
+def no_network_but_loopback():
+    yield
+    attempts = GUARD.take()
+    assert not attempts, "a client tried to reach the network:\n" + "\n".join(attempts)
+
+
+@pytest.fixture(scope="session")
+def server():
+    python = os.environ.get("EMBEDDINGS_SERVER_PYTHON") or str(ROOT / ".venv" / "bin" / "python")
+    if not Path(python).exists():
+        pytest.exit(f"no server interpreter at {python}: run `make test` (it builds .venv), or "
+                    "set EMBEDDINGS_SERVER_PYTHON", returncode=2)
+    live = LiveServer({"EMBEDDINGS_API_KEYS": KEY}, python=python)
+    yield live
+    live.stop()

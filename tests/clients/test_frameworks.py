@@ -1,0 +1,221 @@
+"""Frameworks, unmodified, over HTTP through the local host: each one's vectors equal the Azure
+route's for the same texts in the same request (bit for bit; the same integers for int8).
+
+The texts include "hello world", whose cl100k_base ids all fall under 30,522 (read as WordPiece
+ids they once gave a wrong vector with a 200), and a non-ASCII text whose emoji spans three ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+
+import litellm
+import numpy as np
+import openai
+import pytest
+from azure.ai.inference.aio import EmbeddingsClient
+from azure.core.credentials import AzureKeyCredential
+from langchain_azure_ai.embeddings import AzureAIOpenAIApiEmbeddingsModel
+from langchain_azure_ai.embeddings.inference import AzureAIEmbeddingsModel as LangChainAzureAI
+from langchain_openai import OpenAIEmbeddings
+from llama_index.embeddings.azure_inference import AzureAIEmbeddingsModel as LlamaAzureAI
+from llama_index.embeddings.openai import OpenAIEmbedding
+from semantic_kernel.connectors.ai.azure_ai_inference import (
+    AzureAIInferenceEmbeddingPromptExecutionSettings, AzureAIInferenceTextEmbedding)
+from semantic_kernel.exceptions import ServiceInitializationError
+
+from clientkit import CL100K, TEXTS, as_float32, azure_embed, cosine
+from conftest import KEY
+
+DEFAULT = "all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="session")
+def ref(server):
+    """The Azure route's rows for ``texts`` as one request: float32, or int8 integers."""
+    cache: dict = {}
+
+    def get(texts, encoding="float", model=None):
+        key = (tuple(texts), encoding, model)
+        if key not in cache:
+            cache[key] = azure_embed(server.url, KEY, list(texts), encoding, model)[0]
+        return cache[key]
+    return get
+
+
+def assert_same(got, want):
+    np.testing.assert_array_equal(as_float32(got), want)
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """What the openai SDK is asked to send: ``[(model, input)]`` (sync and async)."""
+    calls = []
+    for cls in (openai.resources.embeddings.Embeddings,
+                openai.resources.embeddings.AsyncEmbeddings):
+        real = cls.create
+
+        def create(self, *args, _real=real, **kwargs):
+            calls.append((kwargs.get("model"), kwargs.get("input")))
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "create", create)
+    return calls
+
+
+def test_importing_the_clients_reached_no_network(network_attempts_at_import):
+    assert not network_attempts_at_import, "\n".join(network_attempts_at_import)
+
+
+# -- LangChain ------------------------------------------------------------------------------------
+
+def test_langchain_openai_defaults_send_cl100k_ids_and_get_the_texts_vectors(server, ref, sent):
+    """OpenAIEmbeddings with its defaults: tiktoken's cl100k_base ids and text-embedding-ada-002
+    (an alias of the default deployment). Decoded by the service, they give each text's vector
+    bit for bit: cosine 1, above the 0.999 the issue asks."""
+    embeddings = OpenAIEmbeddings(base_url=server.url + "/v1", api_key=KEY)
+    got = embeddings.embed_documents(TEXTS)
+    assert sent == [("text-embedding-ada-002", [CL100K[t] for t in TEXTS])]
+    assert_same(got, ref(TEXTS))
+    assert min(cosine(g, w) for g, w in zip(got, ref(TEXTS))) >= 0.999
+    assert_same([embeddings.embed_query(TEXTS[0])], ref(TEXTS[:1]))
+    assert_same(asyncio.run(embeddings.aembed_documents(TEXTS)), ref(TEXTS))
+
+
+def test_langchain_openai_splits_long_texts_when_asked(server, sent):
+    """Over the deployment's 256 tokens the route answers 400 (it does not truncate); with
+    embedding_ctx_length under the limit LangChain splits a text into pieces of that many cl100k
+    ids and averages their vectors, weighted by length: the Azure route's vectors of the pieces'
+    texts, averaged the same way."""
+    import tiktoken
+
+    long_text = "The history of the city spans many centuries of war, trade and art. " * 30
+    with pytest.raises(openai.BadRequestError) as e:
+        OpenAIEmbeddings(base_url=server.url + "/v1", api_key=KEY,
+                         max_retries=0).embed_documents([long_text])
+    assert e.value.body["code"] == "input_too_long"
+    sent.clear()
+    embeddings = OpenAIEmbeddings(base_url=server.url + "/v1", api_key=KEY,
+                                  embedding_ctx_length=128)
+    got = np.asarray(embeddings.embed_documents([long_text])[0])
+    ids = tiktoken.get_encoding("cl100k_base").encode_ordinary(long_text)
+    pieces = [ids[i:i + 128] for i in range(0, len(ids), 128)]
+    assert len(pieces) > 2 and sent == [("text-embedding-ada-002", pieces)]
+    texts = [tiktoken.get_encoding("cl100k_base").decode(p) for p in pieces]
+    rows = azure_embed(server.url, KEY, texts)[0].astype(np.float64)
+    mean = np.average(rows, axis=0, weights=[len(p) for p in pieces])
+    np.testing.assert_allclose(got, mean / np.linalg.norm(mean), rtol=0, atol=1e-6)
+
+
+def test_langchain_openai_with_a_deployment_name(server, ref, sent):
+    embeddings = OpenAIEmbeddings(base_url=server.url + "/v1", api_key=KEY,
+                                  model="all-MiniLM-L6-v2-fast")
+    got = embeddings.embed_documents(TEXTS)
+    assert sent == [("all-MiniLM-L6-v2-fast", [CL100K[t] for t in TEXTS])]
+    assert_same(got, ref(TEXTS, model="all-MiniLM-L6-v2-fast"))
+
+
+def test_langchain_azure_ai_documented_import_fails_in_this_release():
+    """langchain-azure-ai 1.2.12 lists AzureAIEmbeddingsModel in langchain_azure_ai.embeddings'
+    __all__ but imports it only for type checkers. When this fails, the fix has shipped: use the
+    documented import in the README snippet."""
+    with pytest.raises(ImportError):
+        from langchain_azure_ai.embeddings import AzureAIEmbeddingsModel  # noqa: F401
+
+
+def test_langchain_azure_ai_inference(server, ref):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated upstream, still shipped
+        embeddings = LangChainAzureAI(endpoint=server.url, credential=KEY)
+    assert_same(embeddings.embed_documents(TEXTS), ref(TEXTS))
+    assert_same([embeddings.embed_query(TEXTS[1])], ref(TEXTS[1:2]))
+    assert_same(asyncio.run(embeddings.aembed_documents(TEXTS)), ref(TEXTS))
+
+
+def test_langchain_azure_ai_openai_api_model_on_v1(server, ref, sent):
+    """Its recommended replacement: OpenAIEmbeddings underneath, so cl100k ids by default."""
+    embeddings = AzureAIOpenAIApiEmbeddingsModel(endpoint=server.url + "/v1", credential=KEY)
+    assert_same(embeddings.embed_documents(TEXTS), ref(TEXTS))
+    assert sent == [("text-embedding-ada-002", [CL100K[t] for t in TEXTS])]
+
+
+# -- LlamaIndex -----------------------------------------------------------------------------------
+
+def test_llama_index_azure_inference(server, ref):
+    embed_model = LlamaAzureAI(endpoint=server.url, credential=KEY)
+    assert embed_model.model_name == DEFAULT  # read from GET /info
+    assert_same(embed_model.get_text_embedding_batch(TEXTS), ref(TEXTS))
+    assert_same([embed_model.get_query_embedding(TEXTS[0])], ref(TEXTS[:1]))
+    assert_same(asyncio.run(embed_model.aget_text_embedding_batch(TEXTS)), ref(TEXTS))
+
+
+def test_llama_index_openai_with_model_name(server, ref, sent):
+    embed_model = OpenAIEmbedding(api_base=server.url + "/v1", api_key=KEY, model_name=DEFAULT)
+    assert_same(embed_model.get_text_embedding_batch(TEXTS), ref(TEXTS))
+    assert sent == [(DEFAULT, TEXTS)]
+    assert_same(asyncio.run(embed_model.aget_text_embedding_batch(TEXTS)), ref(TEXTS))
+
+
+def test_llama_index_openai_defaults_and_its_model_name_check(server, ref, sent):
+    embed_model = OpenAIEmbedding(api_base=server.url + "/v1", api_key=KEY)
+    assert_same(embed_model.get_text_embedding_batch(TEXTS), ref(TEXTS))
+    assert sent == [("text-embedding-ada-002", TEXTS)]
+    with pytest.raises(ValueError):  # `model=` takes OpenAI's names only: hence model_name=
+        OpenAIEmbedding(api_base=server.url + "/v1", api_key=KEY, model=DEFAULT)
+
+
+# -- Semantic Kernel ------------------------------------------------------------------------------
+
+def test_semantic_kernel_with_a_client(server, ref):
+    async def run():
+        async with EmbeddingsClient(endpoint=server.url,
+                                    credential=AzureKeyCredential(KEY)) as client:
+            service = AzureAIInferenceTextEmbedding(ai_model_id=DEFAULT, client=client)
+            floats = await service.generate_embeddings(TEXTS)
+            ints = await service.generate_embeddings(
+                TEXTS, settings=AzureAIInferenceEmbeddingPromptExecutionSettings(
+                    encoding_format="int8", dimensions=384))
+            return floats, ints
+    floats, ints = asyncio.run(run())
+    assert_same(floats, ref(TEXTS))
+    assert ints.tolist() == ref(TEXTS, "int8").tolist()
+
+
+def test_semantic_kernel_without_a_client():
+    """Pins what the README says: http:// endpoints are refused, and its own client sends an
+    api-version this service refuses unless told otherwise (no request is made here)."""
+    with pytest.raises(ServiceInitializationError):
+        AzureAIInferenceTextEmbedding(ai_model_id=DEFAULT, endpoint="http://127.0.0.1:7071",
+                                      api_key=KEY)
+    https = "https://example.invalid"
+    service = AzureAIInferenceTextEmbedding(ai_model_id=DEFAULT, endpoint=https, api_key=KEY)
+    assert service.client._config.api_version == "2025-08-28"
+    service = AzureAIInferenceTextEmbedding(ai_model_id=DEFAULT, endpoint=https, api_key=KEY,
+                                            api_version="2024-05-01-preview")
+    assert service.client._config.api_version == "2024-05-01-preview"
+
+
+# -- LiteLLM --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["openai/all-MiniLM-L6-v2", "openai/text-embedding-ada-002"])
+def test_litellm_openai_provider_on_v1(server, ref, model):
+    r = litellm.embedding(model=model, api_base=server.url + "/v1", api_key=KEY, input=TEXTS)
+    assert_same([d["embedding"] for d in r.data], ref(TEXTS))
+    assert r.model == DEFAULT
+    usage = azure_embed(server.url, KEY, TEXTS)[1]["usage"]
+    assert r.usage.prompt_tokens == usage["prompt_tokens"]
+
+
+def test_litellm_async_float_and_dimensions(server, ref):
+    r = asyncio.run(litellm.aembedding(model="openai/all-MiniLM-L6-v2",
+                                       api_base=server.url + "/v1", api_key=KEY, input=TEXTS,
+                                       encoding_format="float"))
+    assert_same([d["embedding"] for d in r.data], ref(TEXTS))
+    # litellm itself refuses `dimensions` for models other than OpenAI's text-embedding-3 family;
+    # those names are aliases here
+    with pytest.raises(litellm.UnsupportedParamsError):
+        litellm.embedding(model="openai/all-MiniLM-L6-v2", api_base=server.url + "/v1",
+                          api_key=KEY, input=TEXTS, dimensions=384)
+    r = litellm.embedding(model="openai/text-embedding-3-small", api_base=server.url + "/v1",
+                          api_key=KEY, input=TEXTS, dimensions=384)
+    assert_same([d["embedding"] for d in r.data], ref(TEXTS))

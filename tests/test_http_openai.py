@@ -1,0 +1,315 @@
+"""The OpenAI dialect with real clients, against the Azure route's vectors.
+
+- The openai SDK on ``/v1`` over HTTP through the local host: no api-version, ``user`` accepted,
+  its default base64 decoded, ``dimensions``, ``/v1/models``, OpenAI's model names.
+- OpenAI token arrays (cl100k_base ids, what OpenAI clients send): the text's vector bit for bit,
+  ``usage`` in the deployment's tokens, invalid ids as OpenAI-shaped 400s naming the JSON path;
+  the Azure route keeps reading token ids as the deployment's WordPiece ids.
+- ``AzureOpenAI`` on ``/openai/deployments/{deployment}/embeddings``: at the function level
+  (func.HttpRequest with route parameters) until the local host routes templates; the same tests
+  over HTTP are written and skipped until then (``function_host.HTTP_ROUTE_TEMPLATES``).
+
+``clientkit.CL100K`` holds the texts' cl100k_base ids as tiktoken gives them, so that these tests
+do not depend on the service's decoder.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+from urllib.parse import urlsplit
+
+import httpx2
+import numpy as np
+import openai
+import pytest
+from openai import AzureOpenAI, OpenAI
+
+from clientkit import CL100K, TEXTS, NetworkGuard, as_float32, azure_embed, cosine
+from conftest import KEY
+from function_host import NEEDS_TEMPLATES, FunctionTransport
+
+WORDPIECE_HELLO_WORLD = [101, 7592, 2088, 102]  # [CLS] hello world [SEP] in MiniLM's vocabulary
+DEFAULT = "all-MiniLM-L6-v2"
+
+
+@pytest.fixture(autouse=True)
+def no_network_but_loopback():
+    guard = NetworkGuard().install()
+    try:
+        yield
+    finally:
+        guard.uninstall()
+    assert not guard.take(), "a client tried to reach the network"
+
+
+@pytest.fixture(scope="module")
+def ref(live_server):
+    """The Azure route's float32 vectors and usage for ``texts`` (the same request shape)."""
+    cache: dict[tuple, tuple[np.ndarray, dict]] = {}
+
+    def get(texts, model=None):
+        key = (tuple(texts), model)
+        if key not in cache:
+            cache[key] = azure_embed(live_server.url, KEY, list(texts), model=model)
+        return cache[key]
+    return get
+
+
+@pytest.fixture(scope="module")
+def client(live_server):
+    return OpenAI(base_url=live_server.url + "/v1", api_key=KEY, max_retries=0)
+
+
+def post_v1(server, body, headers=None, path="/v1/embeddings"):
+    u = urlsplit(server.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    conn.request("POST", path, body=json.dumps(body).encode(),
+                 headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json",
+                          **(headers or {})})
+    res = conn.getresponse()
+    status, doc = res.status, json.loads(res.read())
+    conn.close()
+    return status, doc
+
+
+def floats_of(doc):
+    """float32 rows of an OpenAI response asked for as base64."""
+    import base64
+    return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4")
+                     for d in doc["data"]])
+
+
+# -- the openai SDK on /v1 ------------------------------------------------------------------------
+
+def test_openai_sdk_defaults_on_v1(live_server, ref):
+    """No api-version, Bearer key, OpenAI's `user`, and the SDK's default base64, decoded."""
+    sent = []
+    with httpx2.Client(event_hooks={"request": [sent.append]}) as http:
+        c = OpenAI(base_url=live_server.url + "/v1", api_key=KEY, max_retries=0, http_client=http)
+        r = c.embeddings.create(input=TEXTS, model=DEFAULT, user="alice@example.com")
+    body = json.loads(sent[0].read())
+    assert "api-version" not in str(sent[0].url) and sent[0].headers["authorization"] == \
+        f"Bearer {KEY}"
+    assert body["encoding_format"] == "base64" and body["user"] == "alice@example.com"
+    want, doc = ref(TEXTS)
+    np.testing.assert_array_equal(as_float32([d.embedding for d in r.data]), want)
+    assert [d.index for d in r.data] == [0, 1, 2] and r.object == "list"
+    assert r.model == DEFAULT
+    assert r.usage.prompt_tokens == r.usage.total_tokens == doc["usage"]["prompt_tokens"]
+
+
+def test_float_encoding_and_dimensions(client, ref):
+    r = client.embeddings.create(input=TEXTS, model=DEFAULT, encoding_format="float",
+                                 dimensions=384)
+    np.testing.assert_array_equal(as_float32([d.embedding for d in r.data]), ref(TEXTS)[0])
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(input=TEXTS, model=DEFAULT, dimensions=256)
+    err = e.value.body
+    assert e.value.status_code == 400 and err["param"] == "dimensions" and "384" in err["message"]
+    assert err["type"] == "invalid_request_error"
+
+
+def test_single_string_input(client, ref):
+    r = client.embeddings.create(input=TEXTS[2], model=DEFAULT)
+    np.testing.assert_array_equal(as_float32([r.data[0].embedding]), ref(TEXTS[2:])[0])
+
+
+def test_models_lists_the_text_deployments(client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-fast"]
+    assert all(m.object == "model" for m in models.data)
+
+
+@pytest.mark.parametrize("name", ["text-embedding-ada-002", "text-embedding-3-small",
+                                  "text-embedding-3-large"])
+def test_openai_model_names_are_aliases_of_the_default_text_deployment(client, ref, live_server,
+                                                                        name):
+    """What client defaults send (LangChain and LlamaIndex: text-embedding-ada-002); `model` in
+    the response names the deployment that answered."""
+    r = client.embeddings.create(input=TEXTS, model=name)
+    assert r.model == DEFAULT
+    np.testing.assert_array_equal(as_float32([d.embedding for d in r.data]), ref(TEXTS)[0])
+    # the registry's aliases serve the Azure route too
+    rows, doc = azure_embed(live_server.url, KEY, TEXTS, model=name)
+    assert doc["model"] == DEFAULT
+    np.testing.assert_array_equal(rows, ref(TEXTS)[0])
+
+
+def test_other_model_names_are_404_model_not_found(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.embeddings.create(input=TEXTS, model="gpt-4o")
+    err = e.value.body
+    assert err["code"] == "model_not_found" and err["param"] == "model"
+    assert "all-MiniLM-L6-v2" in err["message"]  # the answer lists what is served
+
+
+def test_an_over_long_input_is_a_400_that_does_not_suggest_azure_s_truncation(live_server):
+    long_text = "token " * 400  # 402 tokens with [CLS]/[SEP]
+    for body in ({"input": [long_text]}, {"input": ["ok", long_text], "truncate": "END"}):
+        status, doc = post_v1(live_server, body, headers={"extra-parameters": "pass-through"})
+        err = doc["error"]
+        assert status == 400 and err["code"] == "input_too_long", doc
+        assert err["param"] == f"input[{len(body['input']) - 1}]"
+        assert "402" in err["message"] and "256" in err["message"]
+        assert "does not truncate" in err["message"] and "extra-parameters" not in err["message"]
+
+
+# -- OpenAI token arrays --------------------------------------------------------------------------
+
+def test_token_arrays_are_cl100k_ids_and_give_the_texts_vectors_bit_for_bit(live_server, ref):
+    status, doc = post_v1(live_server, {"input": [CL100K[t] for t in TEXTS], "model": DEFAULT,
+                                        "encoding_format": "base64"})
+    assert status == 200, doc
+    want, azure_doc = ref(TEXTS)
+    np.testing.assert_array_equal(floats_of(doc), want)
+    # usage counts the deployment's WordPiece tokens, not the ids sent
+    assert doc["usage"] == azure_doc["usage"]
+    assert doc["usage"]["prompt_tokens"] != sum(len(CL100K[t]) for t in TEXTS)
+
+
+def test_token_arrays_through_the_sdk_and_a_single_flat_array(client, ref):
+    r = client.embeddings.create(input=[CL100K[t] for t in TEXTS], model=DEFAULT)
+    np.testing.assert_array_equal(as_float32([d.embedding for d in r.data]), ref(TEXTS)[0])
+    r = client.embeddings.create(input=CL100K["hello world"], model=DEFAULT)
+    assert len(r.data) == 1 and r.usage.prompt_tokens == 4  # [CLS] hello world [SEP]
+    np.testing.assert_array_equal(as_float32([r.data[0].embedding]), ref(["hello world"])[0])
+
+
+@pytest.mark.parametrize("ids, text", [([100257], "<|endoftext|>"),
+                                       ([15339, 100276], "hello<|endofprompt|>")])
+def test_special_token_ids_decode_to_their_text_as_tiktoken_does(live_server, ref, ids, text):
+    status, doc = post_v1(live_server, {"input": [ids], "encoding_format": "base64"})
+    assert status == 200, doc
+    np.testing.assert_array_equal(floats_of(doc), ref([text])[0])
+
+
+def test_the_azure_route_keeps_reading_token_ids_as_wordpiece_ids(live_server, ref):
+    hello = ref(["hello world"])[0][0]
+    # the deployment's own ids: the text's vector
+    rows, doc = azure_embed(live_server.url, KEY, [WORDPIECE_HELLO_WORLD])
+    np.testing.assert_array_equal(rows[0], hello)
+    assert doc["usage"]["prompt_tokens"] == 4
+    # OpenAI's ids on the Azure route are other WordPiece tokens: not "hello world" (the
+    # silent wrong answer the OpenAI route exists to avoid)
+    rows, _ = azure_embed(live_server.url, KEY, [CL100K["hello world"]])
+    assert cosine(rows[0], hello) < 0.5
+    # and the WordPiece ids on the OpenAI route are read as cl100k ids: another text again
+    status, doc = post_v1(live_server, {"input": [WORDPIECE_HELLO_WORLD],
+                                        "encoding_format": "base64"})
+    assert status == 200 and cosine(floats_of(doc)[0], hello) < 0.5
+
+
+@pytest.mark.parametrize("inputs, param", [
+    ([[15339, -1]], "input[0][1]"),
+    ([[100256]], "input[0][0]"),            # first id after the 100,256 ranks: no token
+    ([[15339, 100261]], "input[0][1]"),     # between the special tokens: no token
+    ([[100275]], "input[0][0]"),
+    ([[100277]], "input[0][0]"),            # past <|endofprompt|>, the last id
+    ([[2 ** 63]], "input[0][0]"),
+    ([[15339, 1.5]], "input[0][1]"),
+    ([[15339, 1917.0]], "input[0][1]"),     # an integral float is still not an id
+    ([[15339, "1917"]], "input[0][1]"),
+    ([[15339, True]], "input[0][1]"),
+    ([[15339, None]], "input[0][1]"),
+    ([[15339, [1917]]], "input[0][1]"),
+    (["fine", [15339, -5]], "input[1][1]"),
+    ([15339, -1], "input[0][1]"),           # one flat array is one input
+    ([[]], "input[0]"),
+    ([[220, 198]], "input[0]"),             # " \n": ids of whitespace only
+])
+def test_invalid_token_ids_are_openai_400s_naming_the_json_path(live_server, inputs, param):
+    status, doc = post_v1(live_server, {"input": inputs, "model": DEFAULT})
+    assert status == 400, doc
+    assert set(doc) == {"error"} and set(doc["error"]) == {"message", "type", "param", "code"}
+    err = doc["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error"
+    assert err["code"] == "invalid_parameter" and err["message"]
+
+
+def test_invalid_token_ids_through_the_sdk(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(input=[CL100K["hello world"], [15339, 100261]], model=DEFAULT)
+    assert e.value.body["param"] == "input[1][1]"
+    assert "100261" in e.value.body["message"] and "cl100k_base" in e.value.body["message"]
+
+
+# -- AzureOpenAI on /openai/deployments/{deployment}/embeddings ------------------------------------
+
+@pytest.fixture
+def function_level(monkeypatch):
+    """The process-wide service of function_app, built from this environment."""
+    from embedding_core import service
+
+    for name in list(os.environ):
+        if name.startswith("EMBEDDINGS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("EMBEDDINGS_API_KEYS", KEY)
+    service.reset_service()
+    yield
+    service.reset_service()
+
+
+@pytest.fixture(params=["function", pytest.param("http", marks=NEEDS_TEMPLATES)])
+def azure_openai(request, live_server):
+    """``make(**kwargs)`` -> an AzureOpenAI client, and the Azure route's vectors from the same
+    place (in-process through the functions, or the local host over HTTP)."""
+    if request.param == "function":
+        request.getfixturevalue("function_level")
+        http = httpx2.Client(transport=FunctionTransport())
+        endpoint = "http://localhost"
+
+        def reference(texts, model=None):
+            body = {"input": texts, "encoding_format": "base64"}
+            if model:
+                body["model"] = model
+            res = http.post(endpoint + "/embeddings", params={"api-version": "2024-05-01-preview"},
+                            headers={"api-key": KEY}, json=body)
+            assert res.status_code == 200, res.text
+            return floats_of(res.json())
+    else:
+        http, endpoint = None, live_server.url
+
+        def reference(texts, model=None):
+            return azure_embed(live_server.url, KEY, texts, model=model)[0]
+
+    def make(**kwargs):
+        return AzureOpenAI(azure_endpoint=endpoint, api_key=KEY, api_version="2024-10-21",
+                           max_retries=0, http_client=http, **kwargs)
+    yield make, reference
+    if http is not None:
+        http.close()
+
+
+def test_azure_openai_client_on_the_deployment_path(azure_openai):
+    make, reference = azure_openai
+    r = make(azure_deployment=DEFAULT).embeddings.create(input=TEXTS, model=DEFAULT)
+    assert r.model == DEFAULT
+    np.testing.assert_array_equal(as_float32([d.embedding for d in r.data]), reference(TEXTS))
+    # token arrays on this path are OpenAI ids too
+    r = make(azure_deployment=DEFAULT).embeddings.create(input=[CL100K[t] for t in TEXTS],
+                                                         model=DEFAULT)
+    np.testing.assert_array_equal(as_float32([d.embedding for d in r.data]), reference(TEXTS))
+
+
+def test_the_path_names_the_deployment_whatever_the_body_model_says(azure_openai):
+    """As on Azure OpenAI: LangChain's AzureOpenAIEmbeddings sends text-embedding-ada-002 in the
+    body whatever the deployment."""
+    make, reference = azure_openai
+    fast = reference(TEXTS, model="all-MiniLM-L6-v2-fast")
+    r = make(azure_deployment="minilm-fast").embeddings.create(input=TEXTS,
+                                                                model="text-embedding-ada-002")
+    assert r.model == "all-MiniLM-L6-v2-fast"
+    np.testing.assert_array_equal(as_float32([d.embedding for d in r.data]), fast)
+    # without azure_deployment the SDK puts the body's model in the path
+    r = make().embeddings.create(input=TEXTS, model="all-MiniLM-L6-v2-fast")
+    assert r.model == "all-MiniLM-L6-v2-fast"
+    np.testing.assert_array_equal(as_float32([d.embedding for d in r.data]), fast)
+
+
+def test_an_unknown_deployment_in_the_path_is_404_model_not_found(azure_openai):
+    make, _ = azure_openai
+    with pytest.raises(openai.NotFoundError) as e:
+        make(azure_deployment="gpt-4o").embeddings.create(input=TEXTS, model=DEFAULT)
+    assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "deployment"
