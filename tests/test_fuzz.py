@@ -15,7 +15,8 @@ with ``func.HttpRequest``, as the Functions host calls them), and their HTTP tes
 that turns into a failure (strict) the day the local host reaches them.
 
 Bounded: a fixed number of examples, derandomised (set ``EMBEDDINGS_FUZZ_RANDOM=1`` for new
-ones, ``EMBEDDINGS_FUZZ_EXAMPLES`` for more), bodies of at most ~1 MB.
+ones, ``EMBEDDINGS_FUZZ_EXAMPLES`` for more), a time budget per test after which the remaining
+examples send nothing (``EMBEDDINGS_FUZZ_BUDGET_S``), bodies of at most ~1 MB.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import http.client
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
@@ -39,6 +41,7 @@ from embedding_core.settings import SUPPORTED_API_VERSIONS
 from test_function_app import functions as registered_functions
 
 EXAMPLES = int(os.environ.get("EMBEDDINGS_FUZZ_EXAMPLES", "150"))
+BUDGET_S = float(os.environ.get("EMBEDDINGS_FUZZ_BUDGET_S", "60"))   # per test
 RANDOM = os.environ.get("EMBEDDINGS_FUZZ_RANDOM") == "1"
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=not RANDOM,
                 suppress_health_check=list(HealthCheck))
@@ -292,6 +295,14 @@ def dialect_of(req: Req) -> str:
     return route.dialect if served else service_module.path_dialect(req.path)
 
 
+_started: dict[str, float] = {}
+
+
+def within_budget(test: str) -> bool:
+    """False once ``test`` has run for BUDGET_S: its remaining examples then send nothing."""
+    return time.monotonic() - _started.setdefault(test, time.monotonic()) < BUDGET_S
+
+
 # -- over HTTP ------------------------------------------------------------------------------------
 
 def send(server, req: Req) -> tuple[int, dict[str, str], bytes]:
@@ -313,7 +324,8 @@ def send(server, req: Req) -> tuple[int, dict[str, str], bytes]:
 @FUZZ
 @given(req=requests_to(WEIGHTED))
 def test_http_fuzz_every_reachable_route(live_server, req):
-    check_answer(req, dialect_of(req), *send(live_server, req))
+    if within_budget("http"):
+        check_answer(req, dialect_of(req), *send(live_server, req))
 
 
 @TEMPLATE_XFAIL
@@ -364,6 +376,8 @@ def call_function(fns, req: Req) -> tuple[int, dict[str, str], bytes] | None:
 @given(req=requests_to([TEMPLATED]) | requests_to(None)
        | requests_to([r.template for r in ROUTES.values()], method_mix=True))
 def test_function_fuzz_templated_route_and_catch_all(functions, req):
+    if not within_budget("function"):
+        return
     answer = call_function(functions, req)
     if answer is not None:
         check_answer(req, dialect_of(req), *answer)
