@@ -124,6 +124,7 @@ def test_limits_and_deployments_come_from_settings_and_registry():
     svc = make_service(EMBEDDINGS_MAX_INPUTS="7", EMBEDDINGS_MAX_IMAGE_INPUTS="3",
                        EMBEDDINGS_MAX_BODY_BYTES="65536", EMBEDDINGS_MAX_REQUEST_TOKENS="5000")
     doc = served(svc)
+    validate(doc)
     s = doc["components"]["schemas"]
     assert s["EmbeddingsOptions"]["properties"]["input"]["oneOf"][2]["maxItems"] == 7
     assert s["CreateEmbeddingRequest"]["properties"]["input"]["oneOf"][2]["maxItems"] == 7
@@ -139,6 +140,7 @@ def test_limits_and_deployments_come_from_settings_and_registry():
 
 def test_auth_disabled_documents_no_security():
     doc = served(make_service(EMBEDDINGS_AUTH="disabled"))
+    validate(doc)
     assert doc["security"] == []
     assert not any("401" in op["responses"] for ops in doc["paths"].values()
                    for op in ops.values())
@@ -191,3 +193,18 @@ def test_the_documented_examples_work(live_server):
 def test_readme_names_the_document():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "/swagger.json" in readme and "/openapi.json" in readme
+
+
+def test_a_replacement_registry_is_what_gets_documented(tmp_path):
+    from test_http_registry import _text_entry
+
+    entry = {**_text_entry(), "name": "mini-m", "aliases": ["mm"], "default": True,
+             "matryoshka_dimensions": [128, 64]}
+    (tmp_path / "registry.json").write_text(json.dumps({"deployments": [entry]}))
+    doc = served(make_service(EMBEDDINGS_REGISTRY=str(tmp_path / "registry.json")))
+    validate(doc)
+    described = "`mini-m` (default), aliases `mm`: 384 dimensions (also 128, 64), 256 tokens"
+    assert described in doc["info"]["description"]
+    assert "all-MiniLM-L6-v2" not in json.dumps(doc)
+    assert doc["components"]["schemas"]["ModelInfo"]["properties"]["model_type"]["enum"] == [
+        "embeddings"]
