@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 # A fixed key for local development only; set your own for anything else.
 EMBEDDINGS_API_KEYS ?= local-dev-key-0000
 
-.PHONY: install serve test test-fast clients-venv checkov bench bench-smoke tools-venv calibrate reference clean
+.PHONY: install serve test test-fast clients-venv fuzz checkov bench bench-smoke tools-venv calibrate reference clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,13 @@ clients-venv: $(CLIENTS_VENV)/.installed
 test: install clients-venv
 	$(VENV)/bin/python -m pytest -q
 	EMBEDDINGS_SERVER_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CLIENTS_VENV)/bin/python -m pytest -q tests/clients
+
+# A deeper, randomised run of the schemathesis and fuzz tests (make test runs them bounded and
+# derandomised): new requests every run; about 5 minutes here, bounded by its time budgets.
+fuzz: install
+	EMBEDDINGS_SCHEMATHESIS_EXAMPLES=500 EMBEDDINGS_SCHEMATHESIS_BUDGET_S=60 \
+	EMBEDDINGS_FUZZ_EXAMPLES=2000 EMBEDDINGS_FUZZ_BUDGET_S=240 EMBEDDINGS_FUZZ_RANDOM=1 \
+	$(VENV)/bin/python -m pytest -q tests/test_schemathesis.py tests/test_fuzz.py
 
 # Infrastructure scan (its own virtualenv: checkov pins an old pycep).
 checkov:

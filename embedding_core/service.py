@@ -92,6 +92,7 @@ class EmbeddingService:
         self.queue = queue or InferenceQueue(
             {"tokens": settings.max_queue_tokens, "images": settings.max_queue_images})
         self.pipeline = Pipeline(settings, self.registry, self.queue)
+        self._openapi: dict[str, Any] | None = None
         telemetry.watch_queue(self.queue)
 
     @classmethod
@@ -167,8 +168,12 @@ class EmbeddingService:
         return dialect_openai.render_models(self.registry.deployments)
 
     def openapi(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
-        from .openapi import document
-        return document(self.registry)
+        """The OpenAPI document, built on first request from this service's settings and
+        registry, then the same object for the life of the process (no model is loaded)."""
+        if self._openapi is None:
+            from .openapi import document
+            self._openapi = document(self.settings, self.registry)
+        return self._openapi
 
     def unmatched(self, req: ApiRequest) -> dict[str, Any]:
         """The catch-all route: 405 for a known path with another method, else 404."""

@@ -1,0 +1,111 @@
+"""Routes and methods the app does not serve, over real HTTP: 404 / 405 in the path's dialect
+(Azure.Core's error with ``x-ms-error-code``; OpenAI's shape under ``/v1`` and ``/openai``), 405
+with an ``Allow`` header; and the Azure OpenAI path, a route template.
+
+The local host dispatches Functions route templates (``{name}``, ``{*path}``, the most specific
+route winning) as the Functions host does. The same answers at function level are in
+tests/test_function_app.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import KEY
+from test_http_errors import AUTH, Q, request
+
+UNSERVED = [
+    # method, path, status, dialect, Allow
+    ("GET", "/embeddings" + Q, 405, "azure", "POST"),
+    ("PUT", "/images/embeddings" + Q, 405, "azure", "POST"),
+    ("DELETE", "/images/embeddings", 405, "azure", "POST"),
+    ("POST", "/info" + Q, 405, "azure", "GET"),
+    ("DELETE", "/health", 405, "azure", "GET"),
+    ("OPTIONS", "/embeddings", 405, "azure", "POST"),
+    ("HEAD", "/health", 405, "azure", "GET"),
+    ("POST", "/swagger.json", 405, "azure", "GET"),
+    ("PATCH", "/openapi.json", 405, "azure", "GET"),
+    ("GET", "/", 404, "azure", None),
+    ("GET", "/nothing/here", 404, "azure", None),
+    ("POST", "/embedding" + Q, 404, "azure", None),
+    ("POST", "/chat/completions" + Q, 404, "azure", None),
+    ("GET", "/images", 404, "azure", None),
+    ("GET", "/v1/embeddings", 405, "openai", "POST"),
+    ("PUT", "/v1/embeddings", 405, "openai", "POST"),
+    ("POST", "/v1/models", 405, "openai", "GET"),
+    ("GET", "/v1", 404, "openai", None),
+    ("GET", "/v1/nope", 404, "openai", None),
+    ("POST", "/v1/chat/completions", 404, "openai", None),
+    ("GET", "/v1/models/all-MiniLM-L6-v2", 404, "openai", None),
+    ("GET", "/openai/deployments/minilm/embeddings", 405, "openai", "POST"),
+    ("DELETE", "/openai/deployments/minilm/embeddings?api-version=2024-02-01", 405, "openai",
+     "POST"),
+    ("POST", "/openai/deployments/minilm/chat/completions", 404, "openai", None),
+    ("POST", "/openai/deployments/embeddings", 404, "openai", None),
+]
+
+
+@pytest.mark.parametrize("method, path, status, dialect, allow", UNSERVED,
+                         ids=[f"{c[0]} {c[1].split('?')[0]}" for c in UNSERVED])
+def test_unserved_routes_and_methods_answer_in_the_paths_dialect(live_server, method, path,
+                                                                  status, dialect, allow):
+    body = b'{"input": ["a"]}' if method in ("POST", "PUT", "PATCH") else None
+    got, headers, data = request(live_server, method, path, body,
+                                 {**AUTH, "x-ms-client-request-id": "route-test-1"})
+    assert got == status, data
+    assert headers["content-type"] == "application/json"
+    assert headers.get("allow") == allow
+    assert headers["x-ms-client-request-id"] == "route-test-1" and headers["x-request-id"]
+    code = "MethodNotAllowed" if status == 405 else "NotFound"
+    assert headers["x-ms-error-code"] == code
+    if method == "HEAD":
+        assert data == b""
+        return
+    err = json.loads(data)["error"]
+    if dialect == "azure":
+        assert set(err) <= {"code", "message", "target", "details"}
+        assert err["code"] == code
+    else:
+        assert set(err) == {"message", "type", "param", "code"}
+        assert err["type"] == "invalid_request_error" and err["param"] is None
+        assert err["code"] == ("method_not_allowed" if status == 405 else "not_found")
+    assert path.split("?")[0] in err["message"]
+    if status == 405:
+        assert method in err["message"] and allow in err["message"]
+
+
+def test_the_azure_openai_path_embeds_with_the_deployment_in_the_path(live_server, text_backend):
+    status, headers, data = request(
+        live_server, "POST", "/openai/deployments/minilm/embeddings?api-version=2024-02-01",
+        {"input": ["hello world"], "encoding_format": "float"}, AUTH)
+    assert status == 200, data
+    doc = json.loads(data)
+    assert doc["model"] == "all-MiniLM-L6-v2"
+    got = np.asarray(doc["data"][0]["embedding"], dtype=np.float32)
+    assert np.abs(got - text_backend.encode(["hello world"]).vectors[0]).max() <= 1e-5
+
+
+@pytest.mark.parametrize("deployment, body, status, code", [
+    ("no-such-deployment", {"input": ["a"]}, 404, "model_not_found"),
+    ("efficientnet", {"input": ["a"]}, 404, "modality_not_supported"),
+    ("minilm", {"input": []}, 400, "invalid_parameter"),
+])
+def test_the_azure_openai_path_answers_errors_in_openai_shape(live_server, deployment, body,
+                                                               status, code):
+    got, headers, data = request(live_server, "POST",
+                                 f"/openai/deployments/{deployment}/embeddings", body, AUTH)
+    assert got == status, data
+    err = json.loads(data)["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["code"] == code
+
+
+def test_served_routes_still_reach_their_own_function(live_server):
+    """Adding the catch-all must not capture a route that is served (the most specific wins)."""
+    assert request(live_server, "POST", "/embeddings" + Q, {"input": ["a"]}, AUTH)[0] == 200
+    assert request(live_server, "POST", "/v1/embeddings", {"input": "a"}, AUTH)[0] == 200
+    assert request(live_server, "GET", "/v1/models", None, {"api-key": KEY})[0] == 200
+    assert request(live_server, "GET", "/health")[0] == 200
+    assert request(live_server, "GET", "/swagger.json")[0] == 200
