@@ -57,9 +57,12 @@ def unsupported_api_version(value: str, supported: tuple[str, ...]) -> ApiError:
 
 
 def extra_parameters_not_allowed(names: list[str]) -> ApiError:
+    shown = ", ".join(f"'{clip(n)}'" for n in names[:20])
+    if len(names) > 20:
+        shown += f" and {len(names) - 20} more"
     return ApiError(
         400, "ExtraParametersNotAllowed",
-        "Unknown parameter(s) " + ", ".join(f"'{clip(n)}'" for n in names)
+        "Unknown parameter(s) " + shown
         + ". Send the header 'extra-parameters: drop' to ignore them or 'pass-through' to hand "
         "them to the model.",
         target=clip(names[0]) if len(names) == 1 else None,

@@ -17,17 +17,28 @@ The design follows text-embeddings-inference (``router`` → ``core/src/queue.rs
   with everyone else's: a one-sentence request never waits for a whole large one.
 * Each handler waits on its own job, with a deadline; the rows come back in item order. A job
   that times out or whose handler gives up is cancelled: its queued items are dropped.
+* Admission also refuses a job the queue could not finish in time: under round-robin every
+  admitted job finishes after roughly all the work queued with it, so a job is admitted only if
+  the queued work plus its own, at the measured throughput, fits in ``max_wait_s`` (unless the
+  queue is empty: a lone request is bounded by the per-request token cap). Otherwise several
+  large requests would all be admitted and all time out together.
+* The worker survives anything a batch throws (the jobs in that batch fail with it), is
+  restarted by whoever finds it dead, and is stopped and joined at interpreter exit (a daemon
+  thread killed inside ONNX Runtime aborts the process).
 
 Nothing here knows HTTP, models or wire formats: lanes run batches, jobs carry opaque payloads.
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
+import itertools
 import logging
 import math
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -39,9 +50,10 @@ from .backends import Lane, Prepared, Work, fits
 log = logging.getLogger(__name__)
 
 # Throughput assumed before the worker has measured any (per unit per second); deliberately low,
-# so early Retry-After estimates err on the long side.
+# so early estimates err on the long side.
 DEFAULT_RATES = {"tokens": 2000.0, "images": 20.0}
-RATE_SMOOTHING = 0.2          # weight of the newest batch in the throughput average
+RATE_DECAY = 0.8              # weight of the past in the throughput estimate, per batch
+EMPTY = np.empty((0, 0), dtype=np.float32)
 
 
 @dataclass(eq=False)
@@ -60,7 +72,7 @@ class _Part:
 
 @dataclass(eq=False)          # identity: jobs are compared and removed by identity
 class Job:
-    parts: list[_Part]
+    parts: list[_Part]                     # one per Work of the Prepared, empty ones included
     costs: dict[str, int]                  # queued cost per unit when admitted
     enqueued: float = field(default_factory=time.perf_counter)
     started: float | None = None           # when its first batch started
@@ -76,7 +88,8 @@ class Job:
         return (self.started if self.started is not None else time.perf_counter()) - self.enqueued
 
     def outputs(self) -> list[np.ndarray]:
-        return [p.rows if p.rows is not None else np.empty((0, 0), np.float32) for p in self.parts]
+        """Rows per Work, in the Prepared's order (an empty Work gives an empty array)."""
+        return [p.rows if p.rows is not None else EMPTY for p in self.parts]
 
 
 @dataclass
@@ -88,64 +101,88 @@ class QueueStats:
     worker_alive: bool
 
 
-class InferenceQueue:
-    """One per process (see ``service.py``). ``limits`` bounds queued cost per unit."""
+_queues: "weakref.WeakSet[InferenceQueue]" = weakref.WeakSet()
 
-    def __init__(self, limits: dict[str, int], *, on_idle: Callable[[], None] | None = None,
-                 name: str = "inference-worker"):
+
+@atexit.register
+def _stop_all() -> None:
+    for q in list(_queues):
+        q.stop()
+
+
+class InferenceQueue:
+    """One per process (see ``service.py``). ``limits`` bounds queued cost per unit;
+    ``max_wait_s`` bounds the estimated time to finish a newly admitted job."""
+
+    def __init__(self, limits: dict[str, int], *, max_wait_s: float | None = None,
+                 on_idle: Callable[[], None] | None = None, name: str = "inference-worker"):
         self.limits = dict(limits)
+        self.max_wait_s = max_wait_s
         self.on_idle = on_idle
         self.name = name
         self._cond = threading.Condition()
         self._ring: collections.deque[Job] = collections.deque()
-        self._queued = collections.Counter()
+        self._queued: collections.Counter[str] = collections.Counter()
+        self._work = {u: 0.0 for u in DEFAULT_RATES}       # decayed sums behind the rates
+        self._time = {u: 0.0 for u in DEFAULT_RATES}
         self._rates = dict(DEFAULT_RATES)
         self._batches = 0
         self._worker: threading.Thread | None = None
+        self._stopping = False
+        _queues.add(self)
 
     # -- handler side ---------------------------------------------------------------------------
+    def precheck(self, costs: dict[str, int]) -> None:
+        """Refuse at once (429) a request that could not be admitted even at ``costs`` (a lower
+        bound of its cost), before it spends anything on tokenising or decoding."""
+        with self._cond:
+            self._admit(costs)
+
     def submit(self, prepared: Prepared) -> Job:
         """Admit ``prepared`` or raise 429 with a Retry-After estimated from the queue."""
         parts = []
         for work in prepared.work:
             if len(work.payloads) != len(work.costs):
                 raise ValueError("one cost per payload")
-            if work.payloads:
-                order = sorted(range(len(work.payloads)), key=lambda i: work.costs[i])
-                parts.append(_Part(work, order))
-        costs = collections.Counter()
+            order = sorted(range(len(work.payloads)), key=lambda i: work.costs[i])
+            parts.append(_Part(work, order))
+        costs: collections.Counter[str] = collections.Counter()
         for p in parts:
             costs[p.work.lane.unit] += int(sum(p.work.costs))
         job = Job(parts, dict(costs), remaining=sum(len(p.order) for p in parts))
+        if not job.remaining:
+            job.done.set()
+            return job
         with self._cond:
-            for unit, cost in costs.items():
-                limit = self.limits.get(unit)
-                if limit is not None and self._queued[unit] + cost > limit:
-                    raise errors.too_many_requests(self._retry_after(unit, cost, limit))
-            if not job.remaining:
-                job.done.set()
-                return job
+            self._admit(costs)
+            self._ensure_worker()            # before the job counts: a failed start adds nothing
             for unit, cost in costs.items():
                 self._queued[unit] += cost
             self._ring.append(job)
-            self._ensure_worker()
             self._cond.notify()
         return job
 
     def wait(self, job: Job, timeout: float) -> list[np.ndarray]:
         """The job's output rows per Work; cancels it on time-out (503) or any interruption."""
+        deadline = time.monotonic() + max(0.0, timeout)
         try:
-            finished = job.done.wait(timeout)
+            while not job.done.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if not job.done.wait(min(left, 1.0)):
+                    with self._cond:         # a worker that died is restarted by its waiters
+                        if self._ring and not self._stopping:
+                            self._ensure_worker()
         except BaseException:
             self.cancel(job)
             raise
-        if not finished:
-            self.cancel(job)
+        if not job.done.is_set() and self.cancel(job):
             raise errors.ApiError(
                 503, "ServiceUnavailable",
                 f"The request did not finish within {timeout:g} seconds and was cancelled; "
                 "retry after the indicated delay or send fewer inputs.",
-                headers={"Retry-After": str(self._retry_after_all())})
+                headers={"Retry-After": str(self._retry_after(self._drain_s(None)))})
         if job.error is not None:
             raise job.error
         return job.outputs()
@@ -154,36 +191,69 @@ class InferenceQueue:
         job = self.submit(prepared)
         return job, self.wait(job, timeout)
 
-    def cancel(self, job: Job) -> None:
-        """Drop the job's queued items; rows of a batch already running are discarded."""
+    def cancel(self, job: Job) -> bool:
+        """Drop the job's queued items (rows of a batch already running are discarded).
+        False if the job had already finished (its result stands)."""
         with self._cond:
             if job.cancelled or job.done.is_set():
-                return
+                return job.cancelled
             job.cancelled = True
             self._drop(job)
             job.done.set()
+            return True
 
     def stats(self) -> QueueStats:
         with self._cond:
             return QueueStats(len(self._ring), dict(self._queued), dict(self._rates),
                               self._batches, bool(self._worker and self._worker.is_alive()))
 
-    # -- estimates ------------------------------------------------------------------------------
-    def _retry_after(self, unit: str, cost: int, limit: int) -> int:
-        """Seconds until enough of the queue has drained for ``cost`` to fit (at least 1)."""
-        excess = self._queued[unit] + cost - limit
-        return max(1, math.ceil(excess / self._rates.get(unit, 1.0)))
-
-    def _retry_after_all(self) -> int:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker after its current batch (interpreter exit); jobs with items still
+        queued fail with 503, a job whose last items are running gets them."""
         with self._cond:
-            return max(1, math.ceil(sum(q / self._rates.get(u, 1.0)
-                                        for u, q in self._queued.items())))
+            self._stopping = True
+            for job in [j for j in self._ring if any(p.pending for p in j.parts)]:
+                job.error = errors.ApiError(503, "ServiceUnavailable", "The server is stopping.",
+                                            headers={"Retry-After": "1"})
+                self._drop(job)
+                job.done.set()
+            self._cond.notify_all()
+            worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout)
+
+    # -- admission and estimates (lock held) ----------------------------------------------------
+    def _drain_s(self, costs: dict[str, int] | None) -> float:
+        """Seconds to run what is queued (plus ``costs``) at the measured rates."""
+        extra = costs or {}
+        units = set(self._queued) | set(extra)
+        return sum((self._queued[u] + extra.get(u, 0)) / self._rates.get(u, 1.0) for u in units)
+
+    def _retry_after(self, seconds: float) -> int:
+        cap = max(1, int(self.max_wait_s)) if self.max_wait_s else 3600
+        return min(cap, max(1, math.ceil(seconds)))
+
+    def _admit(self, costs: dict[str, int]) -> None:
+        if self._stopping:
+            raise errors.ApiError(503, "ServiceUnavailable", "The server is stopping.",
+                                  headers={"Retry-After": "1"})
+        for unit, cost in costs.items():
+            limit = self.limits.get(unit)
+            if limit is not None and self._queued[unit] + cost > limit:
+                excess = self._queued[unit] + cost - limit
+                raise errors.too_many_requests(
+                    self._retry_after(excess / self._rates.get(unit, 1.0)))
+        if self.max_wait_s and self._ring:
+            need = self._drain_s(costs)
+            if need > self.max_wait_s:
+                raise errors.too_many_requests(self._retry_after(need - self.max_wait_s))
 
     # -- worker side ----------------------------------------------------------------------------
     def _ensure_worker(self) -> None:
         if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._loop, name=self.name, daemon=True)
-            self._worker.start()
+            worker = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            worker.start()
+            self._worker = worker
 
     def _drop(self, job: Job) -> None:
         """Remove a job's pending items from the accounting and the ring (lock held)."""
@@ -196,10 +266,19 @@ class InferenceQueue:
         except ValueError:
             pass
 
+    def _fail(self, taken: list[tuple[Job, _Part, list[int]]], exc: BaseException) -> None:
+        """Every job of a batch that failed gets the error (lock held)."""
+        for job, _, _ in taken:
+            if job.cancelled or job.done.is_set():
+                continue
+            job.error = exc if isinstance(exc, errors.ApiError) else RuntimeError("inference failed")
+            self._drop(job)
+            job.done.set()
+
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._ring:
+                while not self._ring and not self._stopping:
                     if self.on_idle is not None:
                         self._cond.release()
                         try:
@@ -208,11 +287,19 @@ class InferenceQueue:
                             log.exception("inference queue idle hook failed")
                         finally:
                             self._cond.acquire()
-                        if self._ring:
+                        if self._ring or self._stopping:
                             break
                     self._cond.wait()
+                if self._stopping:
+                    return
                 lane, taken = self._form_batch()
-            self._run_batch(lane, taken)
+            try:
+                self._run_batch(lane, taken)
+            except BaseException as exc:  # noqa: BLE001 - the worker must outlive any batch
+                log.exception("inference batch failed after running")
+                with self._cond:
+                    self._fail(taken, exc)
+                    self._rotate(taken)
 
     def _form_batch(self) -> tuple[Lane, list[tuple[Job, _Part, list[int]]]]:
         """Pick the next batch (lock held). Returns the lane and (job, part, indices) slices."""
@@ -236,8 +323,8 @@ class InferenceQueue:
                 taken.append((job, p, p.order[start:p.next]))
 
         take(first, part)
-        for job in list(self._ring)[1:]:
-            if count >= lane.max_batch_items:
+        for job in itertools.islice(self._ring, 1, None):   # the ring is not changed meanwhile
+            if not fits(lane, count + 1, max_cost):          # nothing more can fit: stop looking
                 break
             for p in job.parts:
                 if p.pending and p.work.lane.key == lane.key:
@@ -266,9 +353,9 @@ class InferenceQueue:
         payloads = [p.work.payloads[i] for _, p, idx in taken for i in idx]
         t0 = time.perf_counter()
         try:
-            out = lane.run(payloads)
-            if len(out) != len(payloads):
-                raise RuntimeError(f"lane returned {len(out)} rows for {len(payloads)} items")
+            out = np.asarray(lane.run(payloads))
+            if out.ndim < 1 or len(out) != len(payloads):
+                raise RuntimeError(f"lane returned {out.shape} for {len(payloads)} items")
             error = None
         except BaseException as exc:  # noqa: BLE001 - delivered to every job in the batch
             log.exception("inference batch of %d items failed", len(payloads))
@@ -277,30 +364,30 @@ class InferenceQueue:
         with self._cond:
             self._batches += 1
             self._rotate(taken)
-            if error is None and elapsed > 0:
-                work = sum(p.work.costs[i] for _, p, idx in taken for i in idx)
-                rate = work / elapsed
-                old = self._rates.get(lane.unit, rate)
-                self._rates[lane.unit] = (1 - RATE_SMOOTHING) * old + RATE_SMOOTHING * rate
+            if error is not None:
+                self._fail(taken, error)
+                return
+            work = sum(p.work.costs[i] for _, p, idx in taken for i in idx)
+            self._work[lane.unit] = RATE_DECAY * self._work.get(lane.unit, 0.0) + work
+            self._time[lane.unit] = RATE_DECAY * self._time.get(lane.unit, 0.0) + elapsed
+            if self._time[lane.unit] > 0:
+                self._rates[lane.unit] = self._work[lane.unit] / self._time[lane.unit]
             row = 0
             for job, p, idx in taken:
                 n = len(idx)
                 job.inference_s += elapsed
                 job.batches += 1
+                rows, row = out[row:row + n], row + n
                 if job.cancelled or job.done.is_set():
-                    row += n
                     continue
-                if error is not None:
-                    job.error = error if isinstance(error, errors.ApiError) else \
-                        RuntimeError("inference failed")
-                    self._drop(job)
-                    job.done.set()
-                    row += n
+                try:
+                    if p.rows is None:
+                        p.rows = np.empty((len(p.order), *rows.shape[1:]), dtype=rows.dtype)
+                    p.rows[idx] = rows
+                except Exception as exc:  # noqa: BLE001 - e.g. rows of another width
+                    log.exception("inference batch rows do not fit their request")
+                    self._fail([(job, p, idx)], exc)
                     continue
-                if p.rows is None:
-                    p.rows = np.empty((len(p.order), *out.shape[1:]), dtype=out.dtype)
-                p.rows[idx] = out[row:row + n]
-                row += n
                 job.remaining -= n
                 if job.remaining == 0:
                     job.done.set()

@@ -8,7 +8,8 @@ the vectors → Matryoshka size → wire encoding. Dialects only parse and rende
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors
@@ -33,6 +34,7 @@ class Trace:
     """What one request did, filled in as it goes (timing headers and telemetry read it)."""
 
     request_id: str
+    started: float = field(default_factory=time.perf_counter)   # when the request arrived
     route: str = ""
     dialect: str = ""
     caller: str | None = None
@@ -44,6 +46,14 @@ class Trace:
     dimensions: int | None = None
     queue_s: float | None = None
     inference_s: float | None = None
+
+
+def least_cost(request: EmbeddingsRequest) -> dict[str, int]:
+    """A lower bound of what a request will queue: every text input is at least 3 tokens
+    ([CLS], one token, [SEP]); every image is one image."""
+    if request.modality == "image":
+        return {"images": len(request.inputs)}
+    return {"tokens": 3 * len(request.inputs)}
 
 
 class Pipeline:
@@ -81,10 +91,13 @@ class Pipeline:
 
         backend = self.registry.backend(dep)
         extras = backend.check_extras(request.extras)
+        # A full queue refuses before any tokenising or decoding is paid for.
+        self.queue.precheck(least_cost(request))
         prepared = backend.prepare(request.inputs, input_type=request.input_type, extras=extras)
         trace.inputs, trace.images = prepared.inputs, prepared.images
         check_request_cost(prepared, s.max_request_tokens)
-        job, outputs = self.queue.run(prepared, s.request_timeout_s)
+        left = s.request_timeout_s - (time.perf_counter() - trace.started)
+        job, outputs = self.queue.run(prepared, left)
         trace.queue_s, trace.inference_s = job.queue_s, job.inference_s
         result = prepared.finish(outputs)
         trace.tokens = result.prompt_tokens

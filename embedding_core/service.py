@@ -30,6 +30,9 @@ from .settings import Settings
 log = logging.getLogger("embedding_core")
 
 JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
+# A request is admitted only if the queue, at its measured rate, can finish it within this share
+# of EMBEDDINGS_REQUEST_TIMEOUT_SECONDS (the rest is margin for estimates and slow batches).
+QUEUE_WAIT_SHARE = 0.75
 DIALECTS = {dialect_azure.NAME: dialect_azure, dialect_openai.NAME: dialect_openai}
 
 __all__ = ["ApiRequest", "ApiResponse", "EmbeddingService", "ROUTES", "dispatch",
@@ -90,7 +93,8 @@ class EmbeddingService:
         self.registry = registry or Registry.from_settings(settings)
         self.auth = authenticator or Authenticator(settings)
         self.queue = queue or InferenceQueue(
-            {"tokens": settings.max_queue_tokens, "images": settings.max_queue_images})
+            {"tokens": settings.max_queue_tokens, "images": settings.max_queue_images},
+            max_wait_s=QUEUE_WAIT_SHARE * settings.request_timeout_s)
         self.pipeline = Pipeline(settings, self.registry, self.queue)
         self._openapi: dict[str, Any] | None = None
         telemetry.watch_queue(self.queue)

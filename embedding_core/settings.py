@@ -252,6 +252,15 @@ class Settings:
                              "EMBEDDINGS_MAX_REQUEST_TOKENS, or the largest request could never "
                              "be admitted")
         api_keys, api_key_problems = parse_api_keys(env.get(API_KEYS_SETTING, ""))
+        max_queue_images = _int(env, "EMBEDDINGS_MAX_QUEUE_IMAGES", cls.max_queue_images, 1)
+        max_image_inputs = _int(env, "EMBEDDINGS_MAX_IMAGE_INPUTS", cls.max_image_inputs, 1)
+        if max_queue_images < max_image_inputs:
+            raise ValueError("setting EMBEDDINGS_MAX_QUEUE_IMAGES must be >= "
+                             "EMBEDDINGS_MAX_IMAGE_INPUTS, or the largest image request could never "
+                             "be admitted")
+        request_timeout_s = _float(env, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS", cls.request_timeout_s)
+        if request_timeout_s < 1:
+            raise ValueError("setting EMBEDDINGS_REQUEST_TIMEOUT_SECONDS must be >= 1")
         for retired in RETIRED:
             if env.get(retired, "").strip():
                 log.warning("setting %s is no longer used: %s", retired, RETIRED[retired])
@@ -263,16 +272,15 @@ class Settings:
             max_text_body_bytes=_int(env, "EMBEDDINGS_MAX_BODY_BYTES", cls.max_text_body_bytes, 1024),
             max_image_body_bytes=_int(env, "EMBEDDINGS_MAX_IMAGE_BODY_BYTES", cls.max_image_body_bytes, 1024),
             max_inputs=_int(env, "EMBEDDINGS_MAX_INPUTS", cls.max_inputs, 1),
-            max_image_inputs=_int(env, "EMBEDDINGS_MAX_IMAGE_INPUTS", cls.max_image_inputs, 1),
+            max_image_inputs=max_image_inputs,
             max_image_bytes=_int(env, "EMBEDDINGS_MAX_IMAGE_BYTES", cls.max_image_bytes, 1024),
             max_image_pixels=_int(env, "EMBEDDINGS_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
             batch_token_budget=_int(env, "EMBEDDINGS_BATCH_TOKEN_BUDGET", cls.batch_token_budget, 1),
             max_batch_size=_int(env, "EMBEDDINGS_MAX_BATCH_SIZE", cls.max_batch_size, 1),
             max_request_tokens=max_request_tokens,
             max_queue_tokens=max_queue_tokens,
-            max_queue_images=_int(env, "EMBEDDINGS_MAX_QUEUE_IMAGES", cls.max_queue_images, 1),
-            request_timeout_s=_float(env, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS",
-                                     cls.request_timeout_s),
+            max_queue_images=max_queue_images,
+            request_timeout_s=request_timeout_s,
             retry_after_s=_int(env, "EMBEDDINGS_RETRY_AFTER_SECONDS", cls.retry_after_s, 1),
             ort_intra_op_threads=_int(env, "EMBEDDINGS_ORT_INTRA_OP_THREADS", cls.ort_intra_op_threads, 0),
             ort_inter_op_threads=_int(env, "EMBEDDINGS_ORT_INTER_OP_THREADS", cls.ort_inter_op_threads, 1),

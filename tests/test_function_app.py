@@ -218,3 +218,33 @@ def test_a_bad_setting_is_a_500_with_one_traceback_not_one_per_request(monkeypat
     errors = [r for r in caplog.records if "configuration error" in r.getMessage()]
     assert len(errors) == 3 and [r.exc_info is not None for r in errors] == [True, False, False]
     assert all("EMBEDDINGS_MAX_INPUTS" in r.getMessage() or r.exc_info for r in errors)
+
+
+def test_the_process_exits_cleanly_while_a_batch_is_running():
+    """The worker is a daemon thread inside ONNX Runtime: at interpreter exit it is stopped and
+    joined after its batch (killed mid-run, the process aborts with SIGABRT)."""
+    import subprocess
+    import sys
+
+    code = """
+import json, sys, threading, time
+from embedding_core.service import EmbeddingService
+from embedding_core.api import ApiRequest
+svc = EmbeddingService.from_env()
+text = "lorem ipsum dolor sit amet consectetur adipiscing elit " * 40
+body = json.dumps({"input": [f"{i} {text}" for i in range(200)], "truncate": "END"}).encode()
+req = ApiRequest("POST", "/embeddings", {"api-key": "test-key-0123456789",
+                 "extra-parameters": "pass-through"}, {"api-version": "2024-05-01-preview"}, body)
+threading.Thread(target=svc.embeddings, args=(req,), daemon=True).start()
+while svc.queue.stats().batches < 2:
+    time.sleep(0.005)
+print("exiting mid-run", flush=True)
+sys.exit(0)
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("EMBEDDINGS_")}
+    env["EMBEDDINGS_API_KEYS"] = KEY
+    for _ in range(3):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=120, cwd=str(__import__("conftest").ROOT), env=env)
+        assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+        assert "exiting mid-run" in proc.stdout

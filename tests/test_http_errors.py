@@ -226,3 +226,12 @@ def test_auth_can_be_disabled_explicitly():
         assert request(server, "GET", "/info" + Q)[0] == 200
     finally:
         server.stop()
+
+
+def test_many_unknown_fields_give_a_bounded_error(live_server):
+    body = {"input": ["a"], **{f"field{i}": i for i in range(50_000)}}
+    status, headers, data = request(live_server, "POST", "/embeddings" + Q, body, AUTH)
+    err = json.loads(data)["error"]
+    assert status == 400 and err["code"] == "ExtraParametersNotAllowed"
+    assert "and 49980 more" in err["message"] and len(err["details"]) == 20
+    assert len(data) < 8000

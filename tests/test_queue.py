@@ -265,3 +265,165 @@ def test_a_request_run_inline_is_cut_into_the_batches_the_queue_would_run():
     inline = run_inline(job(lane, "q", costs)).vectors
     assert lane.batches == via_queue == [["q1", "q3", "q4"], ["q5", "q0"], ["q6"], ["q2"]]
     assert np.array_equal(inline, queued)
+
+
+# -- robustness (findings of a review: each of these failed or hung before) -----------------------
+
+class ShapeLane(GateLane):
+    """A lane that answers with something that is not one row per payload."""
+
+    def __init__(self, answer, **kw):
+        super().__init__(**kw)
+        self.answer = answer
+
+    def run(self, payloads):
+        super().run(payloads)
+        return self.answer(payloads)
+
+
+@pytest.mark.parametrize("answer", [
+    lambda p: [1.0] * (len(p) + 1),                          # wrong number of rows
+    lambda p: "not rows",                                    # not an array at all
+])
+def test_a_lane_answering_garbage_fails_its_requests_and_the_worker_goes_on(answer):
+    lane = ShapeLane(answer, max_batch_items=1)
+    q = InferenceQueue({"tokens": 1000})
+    bad = q.submit(job(lane, "bad", [1]))
+    lane.step()
+    with pytest.raises(RuntimeError):
+        q.wait(bad, 10)
+    good_lane = GateLane()
+    good = q.submit(job(good_lane, "good", [1]))
+    good_lane.step()
+    assert q.wait(good, 10)[0].shape == (1, 1)
+    assert q.stats().queued["tokens"] == 0 and q.stats().worker_alive
+
+
+def test_rows_of_another_width_in_a_later_batch_fail_that_request_only():
+    widths = iter([2, 3])
+    lane = ShapeLane(lambda p: np.zeros((len(p), next(widths))), max_batch_items=1)
+    q = InferenceQueue({"tokens": 1000})
+    j = q.submit(job(lane, "w", [1, 1]))
+    lane.step(2)
+    with pytest.raises(RuntimeError):
+        q.wait(j, 10)
+    assert q.stats().queued["tokens"] == 0 and q.stats().jobs == 0 and q.stats().worker_alive
+
+
+def test_empty_work_keeps_its_place_in_the_outputs():
+    """finish() gets one entry per Work, empty ones included, exactly as run_inline gives."""
+    from embedding_core.backends import run_inline
+
+    one, two = GateLane(key="one"), GateLane(key="two")
+    prepared = Prepared([Work(one, [], []), Work(two, ["x", "y"], [1, 2])],
+                        lambda out: Encoded(out[1], len(out[0])))
+    q = InferenceQueue({"tokens": 1000})
+    j = q.submit(prepared)
+    two.step()
+    queued = q.wait(j, 10)
+    assert [o.shape for o in queued] == [(0, 0), (2, 1)]
+    two.gate.release()
+    inline = run_inline(prepared)
+    assert inline.prompt_tokens == 0 and np.array_equal(inline.vectors, queued[1])
+    empty = q.submit(Prepared([Work(one, [], [])], lambda out: Encoded(out[0], 0)))
+    assert [o.shape for o in q.wait(empty, 1)] == [(0, 0)]
+
+
+def test_a_worker_that_cannot_start_leaves_nothing_queued(monkeypatch):
+    q = InferenceQueue({"tokens": 10})
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            q.submit(job(GateLane(), "x", [5]))
+    monkeypatch.undo()
+    assert q.stats().queued.get("tokens", 0) == 0 and q.stats().jobs == 0
+    lane = GateLane()
+    j = q.submit(job(lane, "ok", [10]))                  # the whole bound is still free
+    lane.step()
+    assert q.wait(j, 10)[0].shape == (1, 1)
+
+
+def test_a_finished_result_is_returned_even_at_the_deadline():
+    lane = GateLane()
+    q = InferenceQueue({"tokens": 100})
+    j = q.submit(job(lane, "a", [1]))
+    lane.step()
+    assert j.done.wait(10)
+    assert q.wait(j, 0)[0].shape == (1, 1)
+    assert q.cancel(j) is False                          # too late to cancel: the result stands
+
+
+def test_admission_refuses_what_could_not_finish_in_time():
+    """Round-robin serves every admitted request in turn, so a request is admitted only if the
+    queue, at its measured rate, can finish it within max_wait_s; else 429, bounded."""
+    lane = GateLane(max_batch_items=1)
+    q = InferenceQueue({"tokens": 10**6}, max_wait_s=10)
+    q._rates["tokens"] = 100.0                           # 100 tokens/s measured
+    running = q.submit(job(lane, "r", [1]))
+    assert lane.entered.acquire(timeout=10)
+    first = q.submit(job(lane, "a", [600]))               # 6 s of work: admitted
+    with pytest.raises(ApiError) as exc:
+        q.submit(job(lane, "b", [600]))                   # 12 s for both: refused
+    assert exc.value.status == 429 and exc.value.headers["Retry-After"] == "2"
+    with pytest.raises(ApiError) as exc:
+        q.submit(job(lane, "c", [100_000]))               # 1,006 s: refused, Retry-After capped
+    assert exc.value.headers["Retry-After"] == "10"
+    lane.gate.release()
+    lane.step()
+    wait_all(q, [running, first])
+    alone = q.submit(job(lane, "alone", [100_000]))       # an empty queue admits any request
+    lane.step()
+    q.wait(alone, 10)
+
+
+def test_precheck_refuses_a_full_queue_before_any_work():
+    lane = GateLane(max_batch_items=1)
+    q = InferenceQueue({"tokens": 100})
+    block = q.submit(job(lane, "b", [1]))
+    assert lane.entered.acquire(timeout=10)
+    held = q.submit(job(lane, "h", [99]))
+    q.precheck({"tokens": 1})
+    with pytest.raises(ApiError) as exc:
+        q.precheck({"tokens": 2})
+    assert exc.value.status == 429
+    lane.gate.release()
+    lane.step()
+    wait_all(q, [block, held])
+
+
+def test_stop_fails_queued_requests_and_joins_the_worker():
+    lane = GateLane(max_batch_items=1)
+    q = InferenceQueue({"tokens": 100}, name="test-stop-worker")
+    running = q.submit(job(lane, "r", [1]))
+    assert lane.entered.acquire(timeout=10)
+    queued = q.submit(job(lane, "q", [1]))
+    stopper = threading.Thread(target=q.stop)
+    stopper.start()
+    with pytest.raises(ApiError) as exc:
+        q.wait(queued, 10)
+    assert exc.value.status == 503
+    lane.gate.release()                                    # the running batch finishes
+    stopper.join(10)
+    assert q.wait(running, 1)[0].shape == (1, 1)
+    assert not q.stats().worker_alive
+    with pytest.raises(ApiError) as exc:
+        q.submit(job(lane, "late", [1]))
+    assert exc.value.status == 503
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"EMBEDDINGS_MAX_QUEUE_IMAGES": "10", "EMBEDDINGS_MAX_IMAGE_INPUTS": "64"},
+     "EMBEDDINGS_MAX_QUEUE_IMAGES must be >= EMBEDDINGS_MAX_IMAGE_INPUTS"),
+    ({"EMBEDDINGS_MAX_QUEUE_TOKENS": "1000", "EMBEDDINGS_MAX_REQUEST_TOKENS": "2000"},
+     "EMBEDDINGS_MAX_QUEUE_TOKENS must be >= EMBEDDINGS_MAX_REQUEST_TOKENS"),
+    ({"EMBEDDINGS_REQUEST_TIMEOUT_SECONDS": "0"}, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS must be >= 1"),
+])
+def test_queue_settings_that_could_never_admit_a_request_are_refused(env, message):
+    from embedding_core.settings import Settings
+
+    with pytest.raises(ValueError) as exc:
+        Settings.from_env(env)
+    assert message in str(exc.value)

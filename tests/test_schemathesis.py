@@ -128,7 +128,7 @@ def rare_server(tmp_path_factory):
     (tmp / "registry.json").write_text(json.dumps({"deployments": [*default, broken]}))
     server = LiveServer({"EMBEDDINGS_API_KEYS": KEY,
                          "EMBEDDINGS_REGISTRY": str(tmp / "registry.json"),
-                         "EMBEDDINGS_MAX_BODY_BYTES": "2048", "EMBEDDINGS_MAX_QUEUE_IMAGES": "1",
+                         "EMBEDDINGS_MAX_BODY_BYTES": "2048",
                          "EMBEDDINGS_RETRY_AFTER_SECONDS": "3"})
     yield server
     server.stop()
@@ -160,13 +160,11 @@ CONFORMANCE = [status_code_conformance, content_type_conformance, response_heade
                response_schema_conformance]
 AZURE = {"api-version": API_VERSION}
 BIG = {"input": ["x" * 3000]}
-TWO_IMAGES = {"input": [{"image": EXAMPLE_IMAGE}, {"image": EXAMPLE_IMAGE}]}
 
 
 @pytest.mark.parametrize("path, method, query, body, status", [
     ("/embeddings", "POST", AZURE, BIG, 413),
     ("/v1/embeddings", "POST", {}, BIG, 413),
-    ("/images/embeddings", "POST", AZURE, TWO_IMAGES, 429),
     ("/embeddings", "POST", AZURE, {"input": ["a"], "model": "broken"}, 503),
     ("/v1/embeddings", "POST", {}, {"input": ["a"], "model": "broken"}, 503),
 ])
@@ -176,6 +174,52 @@ def test_rare_statuses_conform_to_the_document(api_schema, rare_server, path, me
                                          headers={"api-key": KEY, "x-ms-client-request-id": "r-1"})
     response = case.call(base_url=rare_server.url, timeout=60)
     assert response.status_code == status, response.text
+    case.validate_response(response, checks=CONFORMANCE)
+
+
+LONG = "lorem ipsum dolor sit amet consectetur adipiscing elit " * 40   # truncated to 256 tokens
+
+
+@pytest.fixture(scope="module")
+def busy_server():
+    """A queue of 20,000 tokens: while a request of 70 × 256 tokens runs, another of 30 × 256 is
+    refused with 429."""
+    server = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_MAX_REQUEST_TOKENS": "20000",
+                         "EMBEDDINGS_MAX_QUEUE_TOKENS": "20000"})
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("path, query, headers, body", [
+    ("/embeddings", AZURE, {"extra-parameters": "pass-through"},
+     {"input": [LONG] * 30, "truncate": "END"}),
+    ("/v1/embeddings", {}, {}, {"input": [" ".join(LONG.split()[:90])] * 60}),   # ~13,000
+])
+def test_a_429_conforms_to_the_document(api_schema, busy_server, path, query, headers, body):
+    import threading
+    import time
+
+    from test_http_errors import AUTH, Q, request
+
+    big = threading.Thread(target=request, args=(
+        busy_server, "POST", "/embeddings" + Q, {"input": [f"{i} {LONG}" for i in range(70)],
+                                                 "truncate": "END"},
+        {**AUTH, "extra-parameters": "pass-through"}))
+    big.start()
+    try:
+        deadline = time.monotonic() + 30
+        while json.loads(request(busy_server, "GET", "/health")[2])["queue"]["queued_tokens"] \
+                < 10000:
+            assert big.is_alive() and time.monotonic() < deadline
+            time.sleep(0.005)
+        case = api_schema[path]["POST"].Case(query=query, body=body,
+                                             headers={"api-key": KEY, **headers})
+        response = case.call(base_url=busy_server.url, timeout=60)
+    finally:
+        big.join(120)
+    assert response.status_code == 429, response.text
+    retry_after = {k.lower(): v for k, v in response.headers.items()}["retry-after"]
+    assert int(retry_after if isinstance(retry_after, str) else retry_after[0]) >= 1
     case.validate_response(response, checks=CONFORMANCE)
 
 
