@@ -47,7 +47,9 @@ ENV_MODE = "EMBEDDINGS_TELEMETRY"
 ENV_LOG_LEVEL = "EMBEDDINGS_TELEMETRY_LOG_LEVEL"
 MODES = ("auto", "off", "console", "otlp", "azure")
 SCOPE = "embedding_core"        # tracer and meter name
-EXPORTED_LOGGER = "embedding_core"  # the package logger; infra sets PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME to it
+# The package's logger: the only one whose records we export (infra/ sets
+# PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME to it, so the worker's distro hooks it and not the root).
+EXPORTED_LOGGER = "embedding_core"
 SERVICE_NAME = "embeddings-api"
 
 # Seconds. OpenTelemetry's HTTP duration buckets, extended to the 230 s Azure HTTP limit.
@@ -58,10 +60,11 @@ HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OP
 
 _lock = threading.Lock()
 _OFF = object()
-_recorder: Any = None           # None: undecided; _OFF; a _Buffer while exporters start; a _Recorder
+_recorder: Any = None   # None: undecided, _OFF, a _Buffer while exporters start, a _Recorder
 _providers: list[Any] = []      # providers this module created (flushed by shutdown())
 _handlers: list[tuple[logging.Logger, logging.Handler, logging.Handler | None]] = []
 _queues: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_setup_thread: threading.Thread | None = None
 _failures = 0
 
 
@@ -125,10 +128,20 @@ def reset() -> None:
         _recorder = None
         handlers = list(_handlers)
         _handlers.clear()
+    shutdown()
     for logger, ours, original in handlers:
         logger.removeHandler(ours)
         if original is not None:
             logger.addHandler(original)
+
+
+def flush(timeout_s: float = 30.0) -> None:
+    """Wait for a background exporter setup, then export what is pending (tests, benchmarks)."""
+    thread = _setup_thread
+    if thread is not None:
+        thread.join(timeout_s)
+    for provider in list(_providers):
+        provider.force_flush(int(timeout_s * 1000))
 
 
 def shutdown() -> None:
@@ -153,7 +166,7 @@ def _sdk_installed() -> bool:
 
 
 def _activate() -> Any:
-    global _recorder
+    global _recorder, _setup_thread
     with _lock:
         if _recorder is not None:
             return _recorder
@@ -167,8 +180,9 @@ def _activate() -> Any:
             # Exporter setup imports the SDK (and for Azure the distro): off the request path.
             buffer = _Buffer()
             _recorder = buffer
-            threading.Thread(target=_set_up, args=(how, buffer), name="telemetry-setup",
-                             daemon=True).start()
+            _setup_thread = threading.Thread(target=_set_up, args=(how, buffer),
+                                             name="telemetry-setup", daemon=True)
+            _setup_thread.start()
         return _recorder
 
 
