@@ -32,6 +32,7 @@ exceptions as their type and stack frames without the message.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -314,6 +315,7 @@ class _Recorder:
         meter = meter_provider.get_meter(SCOPE)
         # Under the Functions host the host's span is the request; ours is its child.
         self.functions_host = bool(os.environ.get("FUNCTIONS_WORKER_RUNTIME"))
+        self._seq = itertools.count()   # 0: the process's first request (a cold start)
 
         self.requests = meter.create_counter(
             "embeddings.requests", "{request}", "Requests answered")
@@ -395,6 +397,8 @@ class _Recorder:
             span_attrs["embeddings.queue_time_ms"] = round(trace.queue_s * 1000, 3)
         if trace.inference_s is not None:
             span_attrs["embeddings.inference_time_ms"] = round(trace.inference_s * 1000, 3)
+        if next(self._seq) == 0:
+            span_attrs["faas.coldstart"] = True
 
         ctx = self._context.get_current() if parent is _CURRENT else parent
         kind = self._trace.SpanKind.SERVER

@@ -172,6 +172,8 @@ def test_one_span_and_the_usage_metrics_per_request_per_caller(sinks, registry):
         assert s["embeddings.deployment"] == "all-MiniLM-L6-v2"
         assert s["embeddings.queue_time_ms"] >= 0 and s["embeddings.inference_time_ms"] > 0
     assert "embeddings.token.count" not in s_b2 and "embeddings.queue_time_ms" not in s_b2
+    assert s_a1["faas.coldstart"] is True                          # the recorder's first request
+    assert not any("faas.coldstart" in s for s in (s_a2, s_b1, s_b2, s_nobody))
 
     metrics = sinks.metrics()
 
@@ -770,6 +772,7 @@ def test_azure_monitor_as_the_functions_worker_sets_it_up(tmp_path):
         assert d["data"]["baseData"]["type"] == "InProc"
     props = [d["data"]["baseData"]["properties"] for d in ours]
     assert props[0]["embeddings.caller"] == caller(KEY_A)
+    assert props[0]["faas.coldstart"] == "True" and "faas.coldstart" not in props[1]
     assert props[0]["embeddings.deployment"] == "all-MiniLM-L6-v2"
     assert int(props[0]["embeddings.token.count"]) > 0
     # The exporter files http.* and error.type of an InProc dependency nowhere; the status
