@@ -1,0 +1,309 @@
+"""What telemetry costs: throughput with telemetry on vs off, and the cold start.
+
+    .venv/bin/python bench/telemetry_overhead.py            # ~3 minutes, writes bench/telemetry.json
+    .venv/bin/python bench/telemetry_overhead.py --smoke    # seconds (CI), no cold start
+
+Throughput: the service in-process (``EmbeddingService.embeddings``, real model, one client),
+telemetry off (``EMBEDDINGS_TELEMETRY=off``) against telemetry on with the real SDK pipeline:
+every span sampled and batched (BatchSpanProcessor), metrics aggregated and collected every
+second (PeriodicExportingMetricReader), exporters that discard. Rounds alternate off/on and
+on/off; the figure is the median of the per-round throughput ratios (this shared VM's speed
+drifts by ±20 % from minute to minute, so only same-round ratios mean anything). Also the cost of
+one ``telemetry.record`` call measured directly, as a share of the mean request time.
+
+Cold start (fresh processes): ``import function_app`` and the first embedding, with telemetry
+off, with ``console`` (exporters set up on a background thread after the first request), and
+with an SDK the process already has (the Azure Monitor distro configured before the import, as
+the Functions worker does; its own configuration time is reported separately), all exporting
+to loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+KEY = "bench-key"
+
+
+def build_sdk():
+    """The real SDK pipeline with exporters that discard."""
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import (BatchLogRecordProcessor, LogRecordExporter,
+                                                LogRecordExportResult)
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (MetricExporter, MetricExportResult,
+                                                  PeriodicExportingMetricReader)
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (BatchSpanProcessor, SpanExporter,
+                                                SpanExportResult)
+
+    class Spans(SpanExporter):
+        def export(self, spans):
+            return SpanExportResult.SUCCESS
+
+    class Metrics(MetricExporter):
+        def export(self, metrics_data, timeout_millis=10_000, **kwargs):
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis=10_000):
+            return True
+
+        def shutdown(self, timeout_millis=30_000, **kwargs):
+            pass
+
+    class Logs(LogRecordExporter):
+        def export(self, batch):
+            return LogRecordExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis=30_000):
+            return True
+
+        def shutdown(self):
+            pass
+
+    tp = TracerProvider()                       # default sampler: every span recorded
+    tp.add_span_processor(BatchSpanProcessor(Spans()))
+    mp = MeterProvider(metric_readers=[PeriodicExportingMetricReader(Metrics(), 1000)])
+    lp = LoggerProvider()
+    lp.add_log_record_processor(BatchLogRecordProcessor(Logs()))
+    return tp, mp, lp
+
+
+def throughput(rounds: int, singles: int, batches: int, calls: int = 20000) -> dict:
+    from embedding_core import telemetry
+    from embedding_core.registry import Registry
+    from embedding_core.service import ApiRequest, EmbeddingService
+    from embedding_core.settings import Settings
+
+    import workloads
+
+    os.environ["EMBEDDINGS_TELEMETRY"] = "off"
+    sentences = workloads.build(max(singles, 32 * batches), 0, 0)["short"]
+    svc = EmbeddingService(Settings.from_env({"EMBEDDINGS_API_KEYS": KEY}),
+                           Registry.from_settings(Settings.from_env({})))
+    query = {"api-version": "2024-05-01-preview"}
+    headers = {"api-key": KEY, "content-type": "application/json"}
+    single_bodies = [json.dumps({"input": [s]}).encode() for s in sentences[:singles]]
+    batch_bodies = [json.dumps({"input": sentences[i * 32:(i + 1) * 32]}).encode()
+                    for i in range(batches)]
+
+    def run(bodies: list[bytes]) -> float:
+        t0 = time.perf_counter()
+        for body in bodies:
+            res = svc.embeddings(ApiRequest("POST", "/embeddings", headers, query, body))
+            assert res.status == 200, res.body[:200]
+        return time.perf_counter() - t0
+
+    sdk = build_sdk()
+
+    def set_mode(on: bool) -> None:
+        telemetry.reset()
+        if on:
+            telemetry.install(*sdk)
+        else:
+            telemetry.record(None, method="", status=0, error_code=None, start_ns=0,
+                             duration_s=0)   # decides "off" now, not inside the timing
+
+    for on in (False, True):                    # warm-up: model, caches, SDK instruments
+        set_mode(on)
+        run(single_bodies[:20])
+        run(batch_bodies[:1])
+    out = {}
+    for name, bodies, units in (("single", single_bodies, 1), ("batch32", batch_bodies, 32)):
+        ratios, seconds = [], {"off": [], "on": []}
+        for r in range(rounds):
+            order = (False, True) if r % 2 == 0 else (True, False)
+            dt = {}
+            for on in order:
+                set_mode(on)
+                dt[on] = run(bodies)
+                seconds["on" if on else "off"].append(dt[on])
+            ratios.append(dt[False] / dt[True])        # throughput on / throughput off
+        n = len(bodies) * units
+        out[name] = {
+            "requests_per_round": len(bodies), "inputs_per_request": units, "rounds": rounds,
+            "off_per_second": n / statistics.median(seconds["off"]),
+            "on_per_second": n / statistics.median(seconds["on"]),
+            "throughput_ratio_median": statistics.median(ratios),
+            "overhead_percent": 100 * (1 - statistics.median(ratios)),
+            "ratios": ratios,
+            "mean_request_ms_off": 1000 * statistics.median(seconds["off"]) / len(bodies),
+        }
+
+    # One record() call, alone: what telemetry adds to every request.
+    from embedding_core.pipeline import Trace
+    trace = Trace("0" * 32, route="/embeddings", dialect="azure", caller="key:3f2a9c1e",
+                  deployment="all-MiniLM-L6-v2", inputs=1, images=0, tokens=12,
+                  encoding="float", dimensions=384, queue_s=0.0002, inference_s=0.004)
+    set_mode(True)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            telemetry.record(trace, method="POST", status=200, error_code=None,
+                             start_ns=time.time_ns(), duration_s=0.005)
+        best = min(best, (time.perf_counter() - t0) / calls)
+    set_mode(False)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        telemetry.record(trace, method="POST", status=200, error_code=None,
+                         start_ns=time.time_ns(), duration_s=0.005)
+    off_call = (time.perf_counter() - t0) / calls
+    out["record_call_us"] = {"on": best * 1e6, "off": off_call * 1e6}
+    for name in ("single", "batch32"):
+        out[name]["record_share_percent"] = 100 * best * 1000 / out[name]["mean_request_ms_off"]
+    telemetry.reset()
+    for provider in sdk:
+        provider.shutdown()
+    return out
+
+
+# -- cold start -----------------------------------------------------------------------------------
+
+COLD = """
+import json, os, sys, time
+preconfigure_s = None
+if os.environ.get("PRECONFIGURE") == "azure":       # the Functions worker, before the import
+    t = time.perf_counter()
+    from azure.monitor.opentelemetry import configure_azure_monitor
+    configure_azure_monitor(logger_name="embedding_core")
+    preconfigure_s = time.perf_counter() - t
+t0 = time.perf_counter()
+import function_app
+t1 = time.perf_counter()
+import azure.functions as func
+fns = {f.get_trigger().route: f.get_user_function() for f in function_app.app.get_functions()}
+r = fns['embeddings'](func.HttpRequest('POST', 'http://localhost/embeddings',
+    headers={'api-key': 'k'}, params={'api-version': '2024-05-01-preview'},
+    body=b'{"input": ["hello world"]}'))
+assert r.status_code == 200, r.get_body()
+t2 = time.perf_counter()
+from embedding_core import telemetry
+telemetry.flush()
+print(json.dumps({"import_s": t1 - t0, "first_embedding_s": t2 - t0, "mode": telemetry.mode(),
+                  "preconfigure_s": preconfigure_s}))
+"""
+
+
+class Sink:
+    """Loopback HTTP endpoint answering like Application Insights ingestion."""
+
+    def __init__(self):
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                reply = b""
+                if "track" in self.path:
+                    import gzip
+                    if self.headers.get("Content-Encoding") == "gzip":
+                        body = gzip.decompress(body)
+                    n = len(json.loads(body)) if body.startswith(b"[") else len(body.splitlines())
+                    reply = json.dumps({"itemsReceived": n, "itemsAccepted": n,
+                                        "errors": []}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def cold_start(repeats: int) -> dict:
+    sink = Sink()
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("EMBEDDINGS_", "OTEL_", "APPLICATIONINSIGHTS_"))}
+    base["EMBEDDINGS_API_KEYS"] = "k"
+    azure = {"APPLICATIONINSIGHTS_CONNECTION_STRING":
+             "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+             f"IngestionEndpoint={sink.url}/;LiveEndpoint={sink.url}/",
+             "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+             "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
+             "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "otel",
+             "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS":
+                 "azure_sdk,django,fastapi,flask,httpx,psycopg2,requests,urllib3",
+             "FUNCTIONS_WORKER_RUNTIME": "python"}
+    modes = {
+        "off": {},
+        "console": {"EMBEDDINGS_TELEMETRY": "console"},
+        "azure, configured by the app after the first request": azure,
+        "azure, configured before the import (Functions worker)": {**azure,
+                                                                   "PRECONFIGURE": "azure"},
+    }
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    for _ in range(repeats):                     # interleaved: each repeat runs every mode
+        for name, env in modes.items():
+            res = subprocess.run([sys.executable, "-c", COLD], cwd=ROOT, env={**base, **env},
+                                 capture_output=True, text=True, timeout=300)
+            if res.returncode != 0:
+                raise RuntimeError(f"{name}: {res.stderr[-2000:]}")
+            runs[name].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    sink.server.shutdown()
+    out = {}
+    for name, rs in runs.items():
+        out[name] = {"mode": rs[0]["mode"], "repeats": len(rs),
+                     "import_s": statistics.median(r["import_s"] for r in rs),
+                     "first_embedding_s": statistics.median(r["first_embedding_s"] for r in rs)}
+        if rs[0]["preconfigure_s"] is not None:
+            out[name]["distro_configure_s"] = statistics.median(r["preconfigure_s"] for r in rs)
+    return out
+
+
+def report(r: dict) -> str:
+    lines = ["telemetry overhead (in-process, real model; on = every span sampled, batched, "
+             "exporters discarding)"]
+    for name in ("single", "batch32"):
+        t = r["throughput"][name]
+        lines.append(
+            f"  {name:8} off {t['off_per_second']:8.1f} inputs/s   on {t['on_per_second']:8.1f}"
+            f" inputs/s   median on/off {t['throughput_ratio_median']:.4f}"
+            f" (overhead {t['overhead_percent']:+.2f} %, {t['rounds']} rounds)"
+            f"   record() = {t['record_share_percent']:.2f} % of a {t['mean_request_ms_off']:.2f}"
+            " ms request")
+    c = r["throughput"]["record_call_us"]
+    lines.append(f"  one telemetry.record(): {c['on']:.1f} µs on, {c['off']:.2f} µs off")
+    for name, s in (r.get("cold_start") or {}).items():
+        extra = (f", distro configure {s['distro_configure_s'] * 1000:.0f} ms before it"
+                 if "distro_configure_s" in s else "")
+        lines.append(f"  cold start, {name} [{s['mode']}]: import function_app "
+                     f"{s['import_s'] * 1000:.0f} ms, first embedding "
+                     f"{s['first_embedding_s'] * 1000:.0f} ms{extra}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "telemetry.json"))
+    ap.add_argument("--rounds", type=int, default=None)
+    args = ap.parse_args()
+    if args.smoke:
+        r = {"throughput": throughput(args.rounds or 2, 10, 1, calls=2000)}
+    else:
+        r = {"throughput": throughput(args.rounds or 9, 400, 12), "cold_start": cold_start(5)}
+    r["machine"] = {"python": sys.version.split()[0], "cpus": os.cpu_count(),
+                    "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    Path(args.out).write_text(json.dumps(r, indent=2) + "\n")
+    print(report(r))
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
