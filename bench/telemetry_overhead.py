@@ -3,7 +3,9 @@
     .venv/bin/python bench/telemetry_overhead.py            # ~3 minutes, writes bench/telemetry.json
     .venv/bin/python bench/telemetry_overhead.py --smoke    # seconds (CI), no cold start
 
-Throughput: the service in-process (``EmbeddingService.embeddings``, real model, one client),
+Throughput: the service in-process (``EmbeddingService.embeddings``, real models, one client:
+single-sentence requests to the default and the ``-fast`` deployment, the worst case for a
+per-request cost, and requests of 32 sentences),
 telemetry off (``EMBEDDINGS_TELEMETRY=off``) against telemetry on with the real SDK pipeline:
 every span sampled and batched (BatchSpanProcessor), metrics aggregated and collected every
 second (PeriodicExportingMetricReader), exporters that discard. Rounds alternate off/on and
@@ -97,6 +99,8 @@ def throughput(rounds: int, singles: int, batches: int, calls: int = 20000) -> d
     query = {"api-version": "2024-05-01-preview"}
     headers = {"api-key": KEY, "content-type": "application/json"}
     single_bodies = [json.dumps({"input": [s]}).encode() for s in sentences[:singles]]
+    fast_bodies = [json.dumps({"input": [s], "model": "all-MiniLM-L6-v2-fast"}).encode()
+                   for s in sentences[:singles]]
     batch_bodies = [json.dumps({"input": sentences[i * 32:(i + 1) * 32]}).encode()
                     for i in range(batches)]
 
@@ -120,9 +124,11 @@ def throughput(rounds: int, singles: int, batches: int, calls: int = 20000) -> d
     for on in (False, True):                    # warm-up: model, caches, SDK instruments
         set_mode(on)
         run(single_bodies[:20])
+        run(fast_bodies[:20])
         run(batch_bodies[:1])
     out = {}
-    for name, bodies, units in (("single", single_bodies, 1), ("batch32", batch_bodies, 32)):
+    for name, bodies, units in (("single", single_bodies, 1), ("single_fast", fast_bodies, 1),
+                                ("batch32", batch_bodies, 32)):
         ratios, seconds = [], {"off": [], "on": []}
         for r in range(rounds):
             order = (False, True) if r % 2 == 0 else (True, False)
@@ -163,7 +169,7 @@ def throughput(rounds: int, singles: int, batches: int, calls: int = 20000) -> d
                          start_ns=time.time_ns(), duration_s=0.005)
     off_call = (time.perf_counter() - t0) / calls
     out["record_call_us"] = {"on": best * 1e6, "off": off_call * 1e6}
-    for name in ("single", "batch32"):
+    for name in ("single", "single_fast", "batch32"):
         out[name]["record_share_percent"] = 100 * best * 1000 / out[name]["mean_request_ms_off"]
     telemetry.reset()
     for provider in sdk:
@@ -175,12 +181,14 @@ def throughput(rounds: int, singles: int, batches: int, calls: int = 20000) -> d
 
 COLD = """
 import json, os, sys, time
+from embedding_core import telemetry          # imports no OpenTelemetry code
 preconfigure_s = None
 if os.environ.get("PRECONFIGURE") == "azure":       # the Functions worker, before the import
     t = time.perf_counter()
     from azure.monitor.opentelemetry import configure_azure_monitor
     configure_azure_monitor(logger_name="embedding_core")
     preconfigure_s = time.perf_counter() - t
+mode = telemetry.mode()                       # what the first request will decide
 t0 = time.perf_counter()
 import function_app
 t1 = time.perf_counter()
@@ -191,9 +199,8 @@ r = fns['embeddings'](func.HttpRequest('POST', 'http://localhost/embeddings',
     body=b'{"input": ["hello world"]}'))
 assert r.status_code == 200, r.get_body()
 t2 = time.perf_counter()
-from embedding_core import telemetry
 telemetry.flush()
-print(json.dumps({"import_s": t1 - t0, "first_embedding_s": t2 - t0, "mode": telemetry.mode(),
+print(json.dumps({"import_s": t1 - t0, "first_embedding_s": t2 - t0, "mode": mode,
                   "preconfigure_s": preconfigure_s}))
 """
 
@@ -269,16 +276,17 @@ def cold_start(repeats: int) -> dict:
 def report(r: dict) -> str:
     lines = ["telemetry overhead (in-process, real model; on = every span sampled, batched, "
              "exporters discarding)"]
-    for name in ("single", "batch32"):
+    for name in ("single", "single_fast", "batch32") if "throughput" in r else ():
         t = r["throughput"][name]
         lines.append(
-            f"  {name:8} off {t['off_per_second']:8.1f} inputs/s   on {t['on_per_second']:8.1f}"
+            f"  {name:11} off {t['off_per_second']:8.1f} inputs/s   on {t['on_per_second']:8.1f}"
             f" inputs/s   median on/off {t['throughput_ratio_median']:.4f}"
             f" (overhead {t['overhead_percent']:+.2f} %, {t['rounds']} rounds)"
             f"   record() = {t['record_share_percent']:.2f} % of a {t['mean_request_ms_off']:.2f}"
             " ms request")
-    c = r["throughput"]["record_call_us"]
-    lines.append(f"  one telemetry.record(): {c['on']:.1f} µs on, {c['off']:.2f} µs off")
+    if "throughput" in r:
+        c = r["throughput"]["record_call_us"]
+        lines.append(f"  one telemetry.record(): {c['on']:.1f} µs on, {c['off']:.2f} µs off")
     for name, s in (r.get("cold_start") or {}).items():
         extra = (f", distro configure {s['distro_configure_s'] * 1000:.0f} ms before it"
                  if "distro_configure_s" in s else "")
@@ -293,11 +301,17 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "telemetry.json"))
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=5, help="cold starts per mode")
+    ap.add_argument("--only", choices=("throughput", "cold"), default=None)
     args = ap.parse_args()
+    r: dict = {}
     if args.smoke:
-        r = {"throughput": throughput(args.rounds or 2, 10, 1, calls=2000)}
+        r["throughput"] = throughput(args.rounds or 2, 10, 1, calls=2000)
     else:
-        r = {"throughput": throughput(args.rounds or 9, 400, 12), "cold_start": cold_start(5)}
+        if args.only != "cold":
+            r["throughput"] = throughput(args.rounds or 9, 400, 12)
+        if args.only != "throughput":
+            r["cold_start"] = cold_start(args.repeats)
     r["machine"] = {"python": sys.version.split()[0], "cpus": os.cpu_count(),
                     "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     Path(args.out).write_text(json.dumps(r, indent=2) + "\n")

@@ -381,18 +381,20 @@ class _Recorder:
         elif status >= 500:
             self.server_errors.add(1, attrs)
 
-        verb = method.upper() if method.upper() in HTTP_METHODS else None
+        verb = method.upper()
+        verb = verb if verb in HTTP_METHODS else None
         span_attrs = dict(attrs)        # a copy: the metrics keep theirs
         span_attrs["http.request.method"] = verb or "_OTHER"
         span_attrs["embeddings.request.id"] = trace.request_id
         span_attrs["embeddings.dialect"] = trace.dialect
         for key, value in (("embeddings.input.count", trace.inputs),
-                           ("embeddings.image.count", trace.images),
                            ("embeddings.token.count", trace.tokens),
                            ("embeddings.encoding", trace.encoding),
                            ("embeddings.dimensions", trace.dimensions)):
             if value is not None:
                 span_attrs[key] = value
+        if trace.images:
+            span_attrs["embeddings.image.count"] = trace.images
         if trace.queue_s is not None:
             span_attrs["embeddings.queue_time_ms"] = round(trace.queue_s * 1000, 3)
         if trace.inference_s is not None:
