@@ -8,10 +8,12 @@ single-sentence requests to the default and the ``-fast`` deployment, the worst 
 per-request cost, and requests of 32 sentences),
 telemetry off (``EMBEDDINGS_TELEMETRY=off``) against telemetry on with the real SDK pipeline:
 every span sampled and batched (BatchSpanProcessor), metrics aggregated and collected every
-second (PeriodicExportingMetricReader), exporters that discard. Rounds alternate off/on and
-on/off; the figure is the median of the per-round throughput ratios (this shared VM's speed
-drifts by ±20 % from minute to minute, so only same-round ratios mean anything). Also the cost of
-one ``telemetry.record`` call measured directly, as a share of the mean request time.
+second (PeriodicExportingMetricReader), exporters that discard. Short blocks of requests run off
+and on back to back, alternating which goes first; the figure is the geometric mean of the
+per-pair throughput ratios with its 95 % interval (this shared VM's speed drifts by ±20 % from
+minute to minute, so only the two blocks of a pair are compared). Also the cost of one
+``telemetry.record`` call measured directly, as a share of the mean request time: the precise
+figure when the VM is too noisy for the end-to-end ratio to resolve 1 %.
 
 Cold start (fresh processes): ``import function_app`` and the first embedding, with telemetry
 off, with ``console`` (exporters set up on a background thread after the first request), and
@@ -84,7 +86,9 @@ def build_sdk():
     return tp, mp, lp
 
 
-def throughput(rounds: int, singles: int, batches: int, calls: int = 20000) -> dict:
+def throughput(pairs: int, singles: int, batches: int, calls: int = 20000) -> dict:
+    import math
+
     from embedding_core import telemetry
     from embedding_core.registry import Registry
     from embedding_core.service import ApiRequest, EmbeddingService
@@ -92,7 +96,6 @@ def throughput(rounds: int, singles: int, batches: int, calls: int = 20000) -> d
 
     import workloads
 
-    os.environ["EMBEDDINGS_TELEMETRY"] = "off"
     sentences = workloads.build(max(singles, 32 * batches), 0, 0)["short"]
     svc = EmbeddingService(Settings.from_env({"EMBEDDINGS_API_KEYS": KEY}),
                            Registry.from_settings(Settings.from_env({})))
@@ -112,41 +115,40 @@ def throughput(rounds: int, singles: int, batches: int, calls: int = 20000) -> d
         return time.perf_counter() - t0
 
     sdk = build_sdk()
+    telemetry.install(*sdk)
+    recorders = {True: telemetry._recorder, False: telemetry._OFF}   # switched per block
 
     def set_mode(on: bool) -> None:
-        telemetry.reset()
-        if on:
-            telemetry.install(*sdk)
-        else:
-            telemetry.record(None, method="", status=0, error_code=None, start_ns=0,
-                             duration_s=0)   # decides "off" now, not inside the timing
+        telemetry._recorder = recorders[on]
 
-    for on in (False, True):                    # warm-up: model, caches, SDK instruments
+    for on in (False, True):                    # warm-up: models, caches, SDK instruments
         set_mode(on)
         run(single_bodies[:20])
         run(fast_bodies[:20])
         run(batch_bodies[:1])
     out = {}
+    # Short blocks, off and on back to back (alternating which goes first): the VM's speed
+    # drifts, so only the two blocks of a pair are compared.
     for name, bodies, units in (("single", single_bodies, 1), ("single_fast", fast_bodies, 1),
                                 ("batch32", batch_bodies, 32)):
-        ratios, seconds = [], {"off": [], "on": []}
-        for r in range(rounds):
-            order = (False, True) if r % 2 == 0 else (True, False)
+        logs, seconds = [], {False: 0.0, True: 0.0}
+        for r in range(pairs):
             dt = {}
-            for on in order:
+            for on in ((False, True) if r % 2 == 0 else (True, False)):
                 set_mode(on)
                 dt[on] = run(bodies)
-                seconds["on" if on else "off"].append(dt[on])
-            ratios.append(dt[False] / dt[True])        # throughput on / throughput off
-        n = len(bodies) * units
+                seconds[on] += dt[on]
+            logs.append(math.log(dt[False] / dt[True]))   # log(throughput on / off)
+        mean = statistics.fmean(logs)
+        half = 1.96 * statistics.stdev(logs) / math.sqrt(len(logs))
+        n = len(bodies) * units * pairs
         out[name] = {
-            "requests_per_round": len(bodies), "inputs_per_request": units, "rounds": rounds,
-            "off_per_second": n / statistics.median(seconds["off"]),
-            "on_per_second": n / statistics.median(seconds["on"]),
-            "throughput_ratio_median": statistics.median(ratios),
-            "overhead_percent": 100 * (1 - statistics.median(ratios)),
-            "ratios": ratios,
-            "mean_request_ms_off": 1000 * statistics.median(seconds["off"]) / len(bodies),
+            "requests_per_block": len(bodies), "inputs_per_request": units, "pairs": pairs,
+            "off_per_second": n / seconds[False], "on_per_second": n / seconds[True],
+            "throughput_ratio": math.exp(mean),
+            "throughput_ratio_95ci": [math.exp(mean - half), math.exp(mean + half)],
+            "overhead_percent": 100 * (1 - math.exp(mean)),
+            "mean_request_ms_off": 1000 * seconds[False] / (len(bodies) * pairs),
         }
 
     # One record() call, alone: what telemetry adds to every request.
@@ -171,6 +173,7 @@ def throughput(rounds: int, singles: int, batches: int, calls: int = 20000) -> d
     out["record_call_us"] = {"on": best * 1e6, "off": off_call * 1e6}
     for name in ("single", "single_fast", "batch32"):
         out[name]["record_share_percent"] = 100 * best * 1000 / out[name]["mean_request_ms_off"]
+    set_mode(False)
     telemetry.reset()
     for provider in sdk:
         provider.shutdown()
@@ -280,8 +283,9 @@ def report(r: dict) -> str:
         t = r["throughput"][name]
         lines.append(
             f"  {name:11} off {t['off_per_second']:8.1f} inputs/s   on {t['on_per_second']:8.1f}"
-            f" inputs/s   median on/off {t['throughput_ratio_median']:.4f}"
-            f" (overhead {t['overhead_percent']:+.2f} %, {t['rounds']} rounds)"
+            f" inputs/s   on/off {t['throughput_ratio']:.4f} (95 % CI "
+            f"{t['throughput_ratio_95ci'][0]:.4f}-{t['throughput_ratio_95ci'][1]:.4f},"
+            f" {t['pairs']} pairs)"
             f"   record() = {t['record_share_percent']:.2f} % of a {t['mean_request_ms_off']:.2f}"
             " ms request")
     if "throughput" in r:
@@ -300,16 +304,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "telemetry.json"))
-    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=None, help="off/on pairs per workload")
     ap.add_argument("--repeats", type=int, default=5, help="cold starts per mode")
     ap.add_argument("--only", choices=("throughput", "cold"), default=None)
     args = ap.parse_args()
     r: dict = {}
     if args.smoke:
-        r["throughput"] = throughput(args.rounds or 2, 10, 1, calls=2000)
+        r["throughput"] = throughput(args.rounds or 2, 10, 1, calls=2000)   # seconds
     else:
         if args.only != "cold":
-            r["throughput"] = throughput(args.rounds or 9, 400, 12)
+            r["throughput"] = throughput(args.rounds or 40, 40, 2)
         if args.only != "throughput":
             r["cold_start"] = cold_start(args.repeats)
     r["machine"] = {"python": sys.version.split()[0], "cpus": os.cpu_count(),
