@@ -11,7 +11,8 @@ every span sampled and batched (BatchSpanProcessor), metrics aggregated and coll
 second (PeriodicExportingMetricReader), exporters that discard. Short blocks of requests run off
 and on back to back, alternating which goes first; the figure is the geometric mean of the
 per-pair throughput ratios with its 95 % interval (this shared VM's speed drifts by ±20 % from
-minute to minute, so only the two blocks of a pair are compared). Also the cost of one
+minute to minute, so only the two blocks of a pair are compared), and the same for requests per
+CPU-second of the process (less disturbed by other jobs on the machine). Also the cost of one
 ``telemetry.record`` call measured directly, as a share of the mean request time: the precise
 figure when the VM is too noisy for the end-to-end ratio to resolve 1 %.
 
@@ -107,12 +108,13 @@ def throughput(pairs: int, singles: int, batches: int, calls: int = 20000) -> di
     batch_bodies = [json.dumps({"input": sentences[i * 32:(i + 1) * 32]}).encode()
                     for i in range(batches)]
 
-    def run(bodies: list[bytes]) -> float:
-        t0 = time.perf_counter()
+    def run(bodies: list[bytes]) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of the whole process: request and inference threads)"""
+        t0, c0 = time.perf_counter(), time.process_time()
         for body in bodies:
             res = svc.embeddings(ApiRequest("POST", "/embeddings", headers, query, body))
             assert res.status == 200, res.body[:200]
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     sdk = build_sdk()
     telemetry.install(*sdk)
@@ -131,23 +133,31 @@ def throughput(pairs: int, singles: int, batches: int, calls: int = 20000) -> di
     # drifts, so only the two blocks of a pair are compared.
     for name, bodies, units in (("single", single_bodies, 1), ("single_fast", fast_bodies, 1),
                                 ("batch32", batch_bodies, 32)):
-        logs, seconds = [], {False: 0.0, True: 0.0}
+        logs: dict[str, list[float]] = {"wall": [], "cpu": []}
+        seconds = {False: 0.0, True: 0.0}
         for r in range(pairs):
             dt = {}
             for on in ((False, True) if r % 2 == 0 else (True, False)):
                 set_mode(on)
                 dt[on] = run(bodies)
-                seconds[on] += dt[on]
-            logs.append(math.log(dt[False] / dt[True]))   # log(throughput on / off)
-        mean = statistics.fmean(logs)
-        half = 1.96 * statistics.stdev(logs) / math.sqrt(len(logs))
+                seconds[on] += dt[on][0]
+            logs["wall"].append(math.log(dt[False][0] / dt[True][0]))   # log(throughput on/off)
+            logs["cpu"].append(math.log(dt[False][1] / dt[True][1]))    # log(CPU off/on)
+
+        def ratio(values: list[float]) -> tuple[float, list[float]]:
+            mean = statistics.fmean(values)
+            half = 1.96 * statistics.stdev(values) / math.sqrt(len(values))
+            return math.exp(mean), [math.exp(mean - half), math.exp(mean + half)]
+
         n = len(bodies) * units * pairs
+        wall, wall_ci = ratio(logs["wall"])
+        cpu, cpu_ci = ratio(logs["cpu"])
         out[name] = {
             "requests_per_block": len(bodies), "inputs_per_request": units, "pairs": pairs,
             "off_per_second": n / seconds[False], "on_per_second": n / seconds[True],
-            "throughput_ratio": math.exp(mean),
-            "throughput_ratio_95ci": [math.exp(mean - half), math.exp(mean + half)],
-            "overhead_percent": 100 * (1 - math.exp(mean)),
+            "throughput_ratio": wall, "throughput_ratio_95ci": wall_ci,
+            "cpu_ratio": cpu, "cpu_ratio_95ci": cpu_ci,     # requests per CPU-second, on/off
+            "overhead_percent": 100 * (1 - wall), "cpu_overhead_percent": 100 * (1 - cpu),
             "mean_request_ms_off": 1000 * seconds[False] / (len(bodies) * pairs),
         }
 
@@ -249,6 +259,7 @@ def cold_start(repeats: int) -> dict:
              "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "otel",
              "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS":
                  "azure_sdk,django,fastapi,flask,httpx,psycopg2,requests,urllib3",
+             "OTEL_METRICS_EXEMPLAR_FILTER": "always_off",
              "FUNCTIONS_WORKER_RUNTIME": "python"}
     modes = {
         "off": {},
@@ -284,8 +295,9 @@ def report(r: dict) -> str:
         lines.append(
             f"  {name:11} off {t['off_per_second']:8.1f} inputs/s   on {t['on_per_second']:8.1f}"
             f" inputs/s   on/off {t['throughput_ratio']:.4f} (95 % CI "
-            f"{t['throughput_ratio_95ci'][0]:.4f}-{t['throughput_ratio_95ci'][1]:.4f},"
-            f" {t['pairs']} pairs)"
+            f"{t['throughput_ratio_95ci'][0]:.4f}-{t['throughput_ratio_95ci'][1]:.4f});"
+            f" per CPU-second {t['cpu_ratio']:.4f} ({t['cpu_ratio_95ci'][0]:.4f}-"
+            f"{t['cpu_ratio_95ci'][1]:.4f}); {t['pairs']} pairs\n             "
             f"   record() = {t['record_share_percent']:.2f} % of a {t['mean_request_ms_off']:.2f}"
             " ms request")
     if "throughput" in r:

@@ -518,6 +518,7 @@ def test_opentelemetry_mode_and_worker_telemetry_settings():
     assert settings["PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME"] == telemetry.EXPORTED_LOGGER
     disabled = settings["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"].split(",")
     assert "urllib" not in disabled and {"requests", "django", "flask"} <= set(disabled)
+    assert settings["OTEL_METRICS_EXEMPLAR_FILTER"] == "always_off"
     requirements = (ROOT / "requirements.txt").read_text().split()
     assert any(r.startswith("azure-monitor-opentelemetry==") for r in requirements)
 

@@ -146,6 +146,12 @@ var telemetrySettings = [
     name: 'OTEL_PYTHON_DISABLED_INSTRUMENTATIONS'
     value: 'azure_sdk,django,fastapi,flask,httpx,psycopg2,requests,urllib3'
   }
+  // Application Insights drops exemplars; under the host's sampled trace context every
+  // measurement would otherwise offer one (a cost on each request).
+  {
+    name: 'OTEL_METRICS_EXEMPLAR_FILTER'
+    value: 'always_off'
+  }
 ]
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
