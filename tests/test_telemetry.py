@@ -66,9 +66,11 @@ class Sinks:
     logs: InMemoryLogRecordExporter
 
     def finished(self) -> list:
+        telemetry.flush()                       # the telemetry thread records in batches
         return sorted(self.spans.get_finished_spans(), key=lambda s: s.start_time)
 
     def metrics(self) -> dict[str, list[tuple[dict, Any]]]:
+        telemetry.flush()
         out: dict[str, list] = {}
         data = self.reader.get_metrics_data()
         for rm in data.resource_metrics if data else ():
@@ -80,6 +82,7 @@ class Sinks:
 
     def exported_text(self) -> str:
         """Everything exported, serialised: the haystack for the secrets."""
+        telemetry.flush()
         data = self.reader.get_metrics_data()
         return "\n".join([*(s.to_json() for s in self.spans.get_finished_spans()),
                           data.to_json() if data else "",
@@ -273,6 +276,7 @@ def test_the_span_is_a_child_of_the_functions_host_span(sinks, registry, monkeyp
     tp.add_span_processor(SimpleSpanProcessor(exporter))
     telemetry.install(tp, MeterProvider())
     call(svc, {"input": ["hello"]})
+    telemetry.flush()
     assert [s.kind for s in exporter.get_finished_spans()] == [SpanKind.INTERNAL]
 
 
@@ -718,6 +722,8 @@ def fail(self, req, trace):
     raise RuntimeError(f'could not embed {text} for {key}')
 service.EmbeddingService.azure_embeddings = fail
 assert embed(text, key).status_code == 500
+from embedding_core import telemetry
+telemetry.flush()                                 # the telemetry thread's queue, into the SDK
 for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(),
                  _logs.get_logger_provider()):
     provider.force_flush()
