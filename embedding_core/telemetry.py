@@ -17,10 +17,12 @@ Where telemetry goes is decided once per process, at the first request, by
   ``azure`` (the distro, from ``APPLICATIONINSIGHTS_CONNECTION_STRING`` and
   ``APPLICATIONINSIGHTS_AUTHENTICATION_STRING``).
 
-Console, OTLP and Azure exporters are set up on a background thread after the first request; the
-requests answered meanwhile are buffered and recorded with their own timestamps and parents.
-Exporters run on the SDK's batch threads, so a failing or blocked exporter never fails or slows a
-request (records are dropped instead), and an error inside :func:`record` is swallowed.
+A request thread only queues its request (with its trace context and timestamps); the
+``telemetry`` thread hands queued requests to the SDK in batches (:class:`_Worker`), and the SDK
+exports on its own batch threads. So a failing, slow or blocked SDK or exporter never fails or
+slows a request (telemetry is dropped instead), and an error inside :func:`record` is swallowed.
+Console, OTLP and Azure exporters are set up on a background thread after the first request;
+requests answered meanwhile are recorded once they are ready.
 
 What is exported (the names are listed in docs/operations.md): routes, deployments, caller ids
 (names such as ``key:3f2a9c1e``, never a secret), counts, sizes, durations, status codes and error
@@ -32,11 +34,13 @@ exceptions as their type and stack frames without the message.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import os
 import sys
 import threading
+import time
 import traceback
 import weakref
 from collections import deque
@@ -61,7 +65,7 @@ HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OP
 
 _lock = threading.Lock()
 _OFF = object()
-_recorder: Any = None   # None: undecided, _OFF, a _Buffer while exporters start, a _Recorder
+_recorder: Any = None   # None: undecided; _OFF; or _worker (whose target is set once ready)
 _providers: list[Any] = []      # providers this module created (flushed by shutdown())
 _handlers: list[tuple[logging.Logger, logging.Handler, logging.Handler | None]] = []
 _queues: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -73,7 +77,10 @@ _failures = 0
 
 def record(trace: Any, *, method: str, status: int, error_code: str | None, start_ns: int,
            duration_s: float) -> None:
-    """One finished request (``trace`` is its ``pipeline.Trace``). Never raises."""
+    """One finished request (``trace`` is its ``pipeline.Trace``). Never raises.
+
+    The request thread only queues the request with its trace context (a few µs); the telemetry
+    thread records it."""
     rec = _recorder
     if rec is _OFF:
         return
@@ -82,7 +89,7 @@ def record(trace: Any, *, method: str, status: int, error_code: str | None, star
             rec = _activate()
             if rec is _OFF:
                 return
-        rec.record(trace, method, status, error_code, start_ns, duration_s)
+        rec.submit((trace, method, status, error_code, start_ns, duration_s))
     except Exception:  # noqa: BLE001 - telemetry must never fail a request
         _failed()
 
@@ -119,7 +126,8 @@ def install(tracer_provider: Any, meter_provider: Any, logger_provider: Any = No
     if logger_provider is not None:
         _attach_log_handler(logger_provider)
     with _lock:
-        _recorder = rec
+        _worker.ready(rec)
+        _recorder = _worker
 
 
 def reset() -> None:
@@ -127,6 +135,7 @@ def reset() -> None:
     global _recorder
     with _lock:
         _recorder = None
+        _worker.reset()
         handlers = list(_handlers)
         _handlers.clear()
     shutdown()
@@ -137,10 +146,12 @@ def reset() -> None:
 
 
 def flush(timeout_s: float = 30.0) -> None:
-    """Wait for a background exporter setup, then export what is pending (tests, benchmarks)."""
+    """Record the queued requests now (after a background exporter setup, if one is running),
+    then export what the providers this module created hold (tests, benchmarks)."""
     thread = _setup_thread
     if thread is not None:
         thread.join(timeout_s)
+    _worker.drain()
     for provider in list(_providers):
         provider.force_flush(int(timeout_s * 1000))
 
@@ -174,32 +185,33 @@ def _activate() -> Any:
         how = mode()
         if how == "off":
             _recorder = _OFF
-        elif how == "existing":
-            _recorder = _Recorder.from_global()
+            return _recorder
+        if how == "existing":
             _secure_existing_log_handlers()
-        else:
-            # Exporter setup imports the SDK (and for Azure the distro): off the request path.
-            buffer = _Buffer()
-            _recorder = buffer
-            _setup_thread = threading.Thread(target=_set_up, args=(how, buffer),
-                                             name="telemetry-setup", daemon=True)
-            _setup_thread.start()
+        # Instruments are created, and for console/otlp/azure the SDK or the distro imported and
+        # the exporters started, on a thread of their own; requests queue meanwhile.
+        _worker.reset()
+        _recorder = _worker
+        _setup_thread = threading.Thread(target=_set_up, args=(how,), name="telemetry-setup",
+                                         daemon=True)
+        _setup_thread.start()
         return _recorder
 
 
-def _set_up(how: str, buffer: "_Buffer") -> None:
+def _set_up(how: str) -> None:
     global _recorder
     try:
-        rec: Any = _build(how)
+        rec: Any = _Recorder.from_global() if how == "existing" else _build(how)
     except Exception as exc:  # noqa: BLE001 - no telemetry rather than a failing app
         log.warning("telemetry (%s) could not be set up, nothing is exported: %s", how,
                     type(exc).__name__)
         log.debug("telemetry setup failure", exc_info=True)
         rec = _OFF
     with _lock:
-        if _recorder is buffer:
-            _recorder = rec
-    buffer.hand_over(rec)
+        if _recorder is _worker:
+            _worker.ready(rec)          # records or drops what queued meanwhile
+            if rec is _OFF:
+                _recorder = _OFF
 
 
 def _build(how: str) -> "_Recorder":
@@ -261,36 +273,87 @@ def _failed() -> None:
 
 # -- recording ------------------------------------------------------------------------------------
 
-class _Buffer:
-    """Requests answered while exporters start: recorded when they are ready (at most 1024)."""
+class _Worker:
+    """Requests queued by the request threads and recorded by the telemetry thread.
+
+    Measured in the service (bench/telemetry_overhead.py): recording a request right after it
+    ran costs several times more CPU than recording requests back to back, because the SDK's
+    long code paths are cold after an inference. So a request thread appends to a bounded deque
+    (the oldest entries go if the thread falls behind; nothing ever waits for the SDK), and the
+    telemetry thread wakes when there is work, lets requests gather for ``BATCH_DELAY_S``,
+    records them back to back, and yields the GIL every few records so that request threads are
+    not held up. Entries wait while there is no target yet (exporters starting)."""
+
+    BATCH_DELAY_S = 0.1
+    YIELD_EVERY = 8
+    MAX_QUEUED = 4096
 
     def __init__(self) -> None:
-        self._items: deque = deque(maxlen=1024)
-        self._lock = threading.Lock()
-        self._target: Any = None
+        self.target: Any = None
+        self._items: deque = deque(maxlen=self.MAX_QUEUED)
+        self._wake = threading.Event()
+        self._drain_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._at_exit = False
 
-    def record(self, *args: Any) -> None:
-        context = _current_context()
-        with self._lock:
-            target = self._target
-            if target is None:
-                self._items.append((args, context))
-                return
-        if target is not _OFF:
-            target.record(*args, parent=context)
+    def submit(self, args: tuple) -> None:
+        self._items.append((args, _current_context()))
+        if self._thread is None:
+            self._start()
+        if not self._wake.is_set():
+            self._wake.set()
 
-    def hand_over(self, target: Any) -> None:
-        with self._lock:
-            self._target = target
-            items = list(self._items)
+    def ready(self, target: Any) -> None:
+        """Record with ``target`` (a _Recorder, or _OFF to drop) from now on."""
+        self.target = target
+        if not self._at_exit:       # after the SDK's own exit hook: ours runs first
+            self._at_exit = True
+            atexit.register(self.drain)
+        self._wake.set()
+
+    def reset(self) -> None:
+        with self._drain_lock:
+            self.target = None
             self._items.clear()
-        if target is _OFF:
-            return
-        for args, context in items:
-            try:
-                target.record(*args, parent=context)
-            except Exception:  # noqa: BLE001
-                _failed()
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self.BATCH_DELAY_S)
+            self._wake.clear()
+            self.drain()
+
+    def drain(self) -> None:
+        """Record everything queued, in this thread (the telemetry thread, flush(), exit)."""
+        with self._drain_lock:
+            target = self.target
+            if target is None:
+                return
+            done = 0
+            while True:
+                try:
+                    args, context = self._items.popleft()
+                except IndexError:
+                    return
+                if target is _OFF:
+                    continue
+                try:
+                    target.record(*args, parent=context)
+                except Exception:  # noqa: BLE001
+                    _failed()
+                done += 1
+                if done % self.YIELD_EVERY == 0:
+                    time.sleep(0)   # let waiting request threads have the GIL
+
+
+_worker = _Worker()
 
 
 def _current_context() -> Any:
@@ -298,9 +361,6 @@ def _current_context() -> Any:
     worker attaches the host's trace context here before calling the function)."""
     context = sys.modules.get("opentelemetry.context")
     return context.get_current() if context is not None else None
-
-
-_CURRENT = object()
 
 
 class _Recorder:
@@ -359,7 +419,8 @@ class _Recorder:
         return callback
 
     def record(self, trace: Any, method: str, status: int, error_code: str | None,
-               start_ns: int, duration_s: float, parent: Any = _CURRENT) -> None:
+               start_ns: int, duration_s: float, parent: Any = None) -> None:
+        """``parent``: the request thread's OpenTelemetry context (None: no parent)."""
         # Metric attributes: bounded sets only (routes, deployments, callers, codes).
         attrs: dict[str, Any] = {"http.route": trace.route, "http.response.status_code": status}
         if trace.deployment:
@@ -402,10 +463,9 @@ class _Recorder:
         if next(self._seq) == 0:
             span_attrs["faas.coldstart"] = True
 
-        ctx = self._context.get_current() if parent is _CURRENT else parent
+        ctx = parent if parent is not None else self._context.Context()   # not this thread's
         kind = self._trace.SpanKind.SERVER
-        if self.functions_host or (ctx is not None and self._trace.get_current_span(ctx)
-                                   .get_span_context().is_valid):
+        if self.functions_host or self._trace.get_current_span(ctx).get_span_context().is_valid:
             kind = self._trace.SpanKind.INTERNAL
         span = self.tracer.start_span(f"{verb or 'HTTP'} {trace.route}", context=ctx, kind=kind,
                                       attributes=span_attrs, start_time=start_ns)

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -203,6 +204,42 @@ def test_one_span_and_the_usage_metrics_per_request_per_caller(sinks, registry):
     for name, points in metrics.items():                             # bounded attributes only
         for attrs, _ in points:
             assert set(attrs) <= METRIC_ATTRIBUTES, (name, attrs)
+
+
+def test_the_telemetry_thread_records_without_being_asked(registry):
+    """Requests are recorded by the telemetry thread, not by the request thread (tests usually
+    call telemetry.flush(); here nothing does)."""
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.install(tp, MeterProvider())
+    svc = make(registry)
+    recorded_by = []
+    exporter.export = lambda spans, _export=exporter.export: (
+        recorded_by.append(threading.current_thread().name), _export(spans))[1]
+    call(svc, {"input": ["hello"]})
+    call(svc, {"input": ["world"]})
+    deadline = time.monotonic() + 60                                  # liveness, not timing
+    while len(exporter.get_finished_spans()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(exporter.get_finished_spans()) == 2
+    assert set(recorded_by) == {"telemetry"}
+    telemetry.reset()
+    tp.shutdown()
+
+
+def test_queued_requests_are_recorded_at_exit():
+    code = FUNCTION_CALL + "assert embed('hello', 'k').status_code == 200\n"  # no flush: exit
+    env = {"EMBEDDINGS_API_KEYS": "k", "EMBEDDINGS_TELEMETRY": "console"}
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("EMBEDDINGS_", "OTEL_", "APPLICATIONINSIGHTS_"))}
+    # Wait for the exporters to be set up (a real process lives that long), then exit.
+    code += "from embedding_core import telemetry; telemetry._setup_thread.join(60)\n"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**base, **env},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '"name": "POST /embeddings"' in proc.stderr
+    assert '"embeddings.requests"' in proc.stderr
 
 
 def test_images_are_counted(sinks, registry):
