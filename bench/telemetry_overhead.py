@@ -87,9 +87,10 @@ def build_sdk():
     return tp, mp, lp
 
 
-def throughput(pairs: int, singles: int, batches: int, calls: int = 20000) -> dict:
+def throughput(pairs: int, singles: int, batches: int) -> dict:
     import math
 
+    from embedding_core import service as service_module
     from embedding_core import telemetry
     from embedding_core.registry import Registry
     from embedding_core.service import ApiRequest, EmbeddingService
@@ -108,39 +109,57 @@ def throughput(pairs: int, singles: int, batches: int, calls: int = 20000) -> di
     batch_bodies = [json.dumps({"input": sentences[i * 32:(i + 1) * 32]}).encode()
                     for i in range(batches)]
 
-    def run(bodies: list[bytes]) -> tuple[float, float]:
-        """(wall seconds, CPU seconds of the whole process: request and inference threads)"""
-        t0, c0 = time.perf_counter(), time.process_time()
-        for body in bodies:
-            res = svc.embeddings(ApiRequest("POST", "/embeddings", headers, query, body))
-            assert res.status == 200, res.body[:200]
-        return time.perf_counter() - t0, time.process_time() - c0
+    # The request thread's telemetry.record() calls, timed where they happen.
+    record, submit_s = telemetry.record, []
+
+    def timed_record(*args, **kwargs):
+        t0 = time.perf_counter()
+        record(*args, **kwargs)
+        if telemetry._recorder is not telemetry._OFF:
+            submit_s.append(time.perf_counter() - t0)
+    service_module.telemetry = type(sys)("timed_telemetry")
+    service_module.telemetry.record = timed_record
+    service_module.telemetry.watch_queue = telemetry.watch_queue
 
     sdk = build_sdk()
     telemetry.install(*sdk)
     recorders = {True: telemetry._recorder, False: telemetry._OFF}   # switched per block
+    telemetry._worker.BATCH_DELAY_S = 3600     # only flush() records: its time is measured
 
     def set_mode(on: bool) -> None:
         telemetry._recorder = recorders[on]
 
-    for on in (False, True):                    # warm-up: models, caches, SDK instruments
+    def run(bodies: list[bytes], on: bool) -> tuple[float, float, float]:
+        """Wall and process-CPU seconds of the block, the telemetry thread's share included;
+        and the seconds spent recording the block's requests (a batch, as the thread does)."""
         set_mode(on)
-        run(single_bodies[:20])
-        run(fast_bodies[:20])
-        run(batch_bodies[:1])
+        t0, c0 = time.perf_counter(), time.process_time()
+        for body in bodies:
+            res = svc.embeddings(ApiRequest("POST", "/embeddings", headers, query, body))
+            assert res.status == 200, res.body[:200]
+        t1 = time.perf_counter()
+        telemetry.flush()
+        t2 = time.perf_counter()
+        return t2 - t0, time.process_time() - c0, t2 - t1
+
+    for on in (False, True):                    # warm-up: models, caches, SDK instruments
+        run(single_bodies[:20], on)
+        run(fast_bodies[:20], on)
+        run(batch_bodies[:1], on)
     out = {}
     # Short blocks, off and on back to back (alternating which goes first): the VM's speed
     # drifts, so only the two blocks of a pair are compared.
     for name, bodies, units in (("single", single_bodies, 1), ("single_fast", fast_bodies, 1),
                                 ("batch32", batch_bodies, 32)):
         logs: dict[str, list[float]] = {"wall": [], "cpu": []}
-        seconds = {False: 0.0, True: 0.0}
+        seconds, recording = {False: 0.0, True: 0.0}, 0.0
+        submit_s.clear()
         for r in range(pairs):
             dt = {}
             for on in ((False, True) if r % 2 == 0 else (True, False)):
-                set_mode(on)
-                dt[on] = run(bodies)
-                seconds[on] += dt[on][0]
+                dt[on] = run(bodies, on)
+                seconds[on] += dt[on][0] - dt[on][2]
+            recording += dt[True][2]
             logs["wall"].append(math.log(dt[False][0] / dt[True][0]))   # log(throughput on/off)
             logs["cpu"].append(math.log(dt[False][1] / dt[True][1]))    # log(CPU off/on)
 
@@ -149,63 +168,27 @@ def throughput(pairs: int, singles: int, batches: int, calls: int = 20000) -> di
             half = 1.96 * statistics.stdev(values) / math.sqrt(len(values))
             return math.exp(mean), [math.exp(mean - half), math.exp(mean + half)]
 
-        n = len(bodies) * units * pairs
+        requests = len(bodies) * pairs
+        n = requests * units
         wall, wall_ci = ratio(logs["wall"])
         cpu, cpu_ci = ratio(logs["cpu"])
+        request_thread_us = 1e6 * statistics.median(submit_s)
+        batch_us = 1e6 * recording / requests
+        request_ms = 1000 * seconds[False] / requests
         out[name] = {
             "requests_per_block": len(bodies), "inputs_per_request": units, "pairs": pairs,
             "off_per_second": n / seconds[False], "on_per_second": n / seconds[True],
             "throughput_ratio": wall, "throughput_ratio_95ci": wall_ci,
             "cpu_ratio": cpu, "cpu_ratio_95ci": cpu_ci,     # requests per CPU-second, on/off
-            "overhead_percent": 100 * (1 - wall), "cpu_overhead_percent": 100 * (1 - cpu),
-            "mean_request_ms_off": 1000 * seconds[False] / (len(bodies) * pairs),
+            "mean_request_ms_off": request_ms,
+            "request_thread_us": request_thread_us,         # telemetry.record() in the request
+            "telemetry_thread_us": batch_us,                # recording it, in a batch
+            "cost_percent": 100 * (request_thread_us + batch_us) / (1000 * request_ms),
         }
-
-    # What telemetry costs per request, alone: the request thread's record() call plus the
-    # telemetry thread's work for it, as process CPU time. "hot": calls back to back; "paced":
-    # each call follows ~2 ms of other work that evicts the caches, as inference does.
-    from embedding_core.pipeline import Trace
-    trace = Trace("0" * 32, route="/embeddings", dialect="azure", caller="key:3f2a9c1e",
-                  deployment="all-MiniLM-L6-v2", inputs=1, images=0, tokens=12,
-                  encoding="float", dimensions=384, queue_s=0.0002, inference_s=0.004)
-
-    def once() -> None:
-        telemetry.record(trace, method="POST", status=200, error_code=None,
-                         start_ns=time.time_ns(), duration_s=0.005)
-
-    import numpy as np
-    scratch = np.random.default_rng(0).random(150_000)
-
-    def other_work() -> None:               # single-threaded, ~2 ms, touches ~1 MB
-        np.sort(scratch)
-
-    def cpu_per_call(on: bool, n: int, paced: bool) -> float:
-        set_mode(on)
-        c0 = time.process_time()
-        for _ in range(n):
-            if paced:
-                other_work()
-            once()
-        telemetry.flush()                   # the telemetry thread's share, done here
-        return (time.process_time() - c0) / n
-
-    hot = min(cpu_per_call(True, calls, False) for _ in range(3))
-    hot_off = min(cpu_per_call(False, calls, False) for _ in range(3))
-    paced_n = max(200, calls // 20)
-    diffs = []
-    for r in range(6):                      # paired, alternating order
-        order = (False, True) if r % 2 == 0 else (True, False)
-        got = {on: cpu_per_call(on, paced_n, True) for on in order}
-        diffs.append(got[True] - got[False])
-    paced = statistics.median(diffs)
-    out["record_call_us"] = {"on": hot * 1e6, "off": hot_off * 1e6, "paced_on_minus_off":
-                             paced * 1e6}
-    for name in ("single", "single_fast", "batch32"):
-        per_request_ms = out[name]["mean_request_ms_off"]
-        out[name]["record_share_percent"] = 100 * hot * 1000 / per_request_ms
-        out[name]["paced_share_percent"] = 100 * paced * 1000 / per_request_ms
     set_mode(False)
     telemetry.reset()
+    telemetry._worker.BATCH_DELAY_S = type(telemetry._worker).BATCH_DELAY_S
+    service_module.telemetry = telemetry
     for provider in sdk:
         provider.shutdown()
     return out
@@ -224,30 +207,18 @@ from embedding_core.pipeline import Trace
 trace = Trace("0" * 32, route="/embeddings", dialect="azure", caller="key:3f2a9c1e",
               deployment="all-MiniLM-L6-v2", inputs=1, images=0, tokens=12, encoding="float",
               dimensions=384, queue_s=0.0002, inference_s=0.004)
-def once():
-    telemetry.record(trace, method="POST", status=200, error_code=None,
-                     start_ns=time.time_ns(), duration_s=0.005)
 assert telemetry.mode() == "existing"
-import numpy as np
-scratch = np.random.default_rng(0).random(150_000)
-def per_call(n, paced):
-    c0 = time.process_time()
+telemetry._worker.BATCH_DELAY_S = 3600
+def batch(n):
     for _ in range(n):
-        if paced:
-            np.sort(scratch)
-        once()
-    telemetry.flush()
-    return (time.process_time() - c0) / n
-for _ in range(2000):
-    once()
-telemetry.flush()
-hot = min(per_call(20000, False) for _ in range(3))
-# paced: minus the same loop with telemetry off
-paced_on = [per_call(1000, True) for _ in range(3)]
-telemetry._recorder = telemetry._OFF
-paced_off = [per_call(1000, True) for _ in range(3)]
-print(json.dumps({"back_to_back_us": hot * 1e6,
-                  "paced_us": (min(paced_on) - min(paced_off)) * 1e6}))
+        telemetry.record(trace, method="POST", status=200, error_code=None,
+                         start_ns=time.time_ns(), duration_s=0.005)
+    t0 = time.process_time()
+    telemetry.flush()                                     # what the telemetry thread does
+    return (time.process_time() - t0) / n
+batch(500)
+per = sorted(batch(40) for _ in range(200))              # batches of 40, 200 requests/s at 5/s
+print(json.dumps({"per_request_us": per[len(per) // 2] * 1e6}))
 """
 
 
@@ -364,29 +335,25 @@ def cold_start(repeats: int) -> dict:
 
 
 def report(r: dict) -> str:
-    lines = ["telemetry overhead (in-process, real model; on = every span sampled, batched, "
-             "exporters discarding)"]
+    lines = ["telemetry overhead (in-process, real models, one client; on = every span sampled, "
+             "batched, exporters discarding)"]
     for name in ("single", "single_fast", "batch32") if "throughput" in r else ():
         t = r["throughput"][name]
         lines.append(
-            f"  {name:11} off {t['off_per_second']:8.1f} inputs/s   on {t['on_per_second']:8.1f}"
-            f" inputs/s   on/off {t['throughput_ratio']:.4f} (95 % CI "
-            f"{t['throughput_ratio_95ci'][0]:.4f}-{t['throughput_ratio_95ci'][1]:.4f});"
-            f" per CPU-second {t['cpu_ratio']:.4f} ({t['cpu_ratio_95ci'][0]:.4f}-"
-            f"{t['cpu_ratio_95ci'][1]:.4f}); {t['pairs']} pairs\n             "
-            f"   telemetry CPU per request = {t['record_share_percent']:.2f} % (hot) / "
-            f"{t['paced_share_percent']:.2f} % (paced) of a {t['mean_request_ms_off']:.2f} ms"
-            " request")
-    if "throughput" in r:
-        c = r["throughput"]["record_call_us"]
-        lines.append(f"  telemetry CPU per request: {c['on']:.1f} µs back to back, "
-                     f"{c['paced_on_minus_off']:.1f} µs between other work (off: "
-                     f"{c['off']:.2f} µs)")
-        if "azure_distro" in c:
-            a = c["azure_distro"]
-            lines.append(f"  with the Azure Monitor distro as on Azure (rate-limited sampler, host "
-                         f"context): {a['back_to_back_us']:.1f} µs back to back, "
-                         f"{a['paced_us']:.1f} µs between other work")
+            f"  {name:11} {t['mean_request_ms_off']:7.2f} ms/request: telemetry "
+            f"{t['request_thread_us']:.1f} µs in the request thread + "
+            f"{t['telemetry_thread_us']:.1f} µs in the telemetry thread = "
+            f"{t['cost_percent']:.2f} % of the request")
+        lines.append(
+            f"  {'':11} paired blocks ({t['pairs']}): throughput on/off "
+            f"{t['throughput_ratio']:.4f} (95 % CI {t['throughput_ratio_95ci'][0]:.4f}-"
+            f"{t['throughput_ratio_95ci'][1]:.4f}), per CPU-second {t['cpu_ratio']:.4f} "
+            f"({t['cpu_ratio_95ci'][0]:.4f}-{t['cpu_ratio_95ci'][1]:.4f})")
+    a = (r.get("throughput") or {}).get("azure_distro")
+    if a:
+        lines.append(f"  with the Azure Monitor distro as on Azure (rate-limited sampler, host "
+                     f"context, exemplars off): {a['per_request_us']:.1f} µs per request "
+                     "recorded in batches")
     for name, s in (r.get("cold_start") or {}).items():
         extra = (f", distro configure {s['distro_configure_s'] * 1000:.0f} ms before it"
                  if "distro_configure_s" in s else "")
@@ -406,14 +373,13 @@ def main() -> None:
     args = ap.parse_args()
     r: dict = {}
     if args.smoke:
-        r["throughput"] = throughput(args.rounds or 2, 10, 1, calls=2000)   # seconds
+        r["throughput"] = throughput(args.rounds or 2, 10, 1)   # seconds
     else:
         if args.only != "cold":
             r["throughput"] = throughput(args.rounds or 40, 40, 2)
             sink = Sink()
             base, azure = environments(sink)
-            r["throughput"]["record_call_us"]["azure_distro"] = azure_record_cost(
-                {**base, **azure})
+            r["throughput"]["azure_distro"] = azure_record_cost({**base, **azure})
             sink.server.shutdown()
         if args.only != "throughput":
             r["cold_start"] = cold_start(args.repeats)
