@@ -281,11 +281,12 @@ class _Worker:
     long code paths are cold after an inference. So a request thread appends to a bounded deque
     (the oldest entries go if the thread falls behind; nothing ever waits for the SDK), and the
     telemetry thread wakes when there is work, lets requests gather for ``BATCH_DELAY_S``,
-    records them back to back, and yields the GIL every few records so that request threads are
-    not held up. Entries wait while there is no target yet (exporters starting)."""
+    records them back to back in chunks (counters once per chunk and attribute set), and yields
+    the GIL between chunks so that request threads are not held up. Entries wait while there is
+    no target yet (exporters starting)."""
 
     BATCH_DELAY_S = 0.1
-    YIELD_EVERY = 8
+    CHUNK = 16              # recorded between two GIL yields
     MAX_QUEUED = 4096
 
     def __init__(self) -> None:
@@ -336,21 +337,16 @@ class _Worker:
             target = self.target
             if target is None:
                 return
-            done = 0
-            while True:
-                try:
-                    args, context = self._items.popleft()
-                except IndexError:
-                    return
-                if target is _OFF:
-                    continue
-                try:
-                    target.record(*args, parent=context)
-                except Exception:  # noqa: BLE001
-                    _failed()
-                done += 1
-                if done % self.YIELD_EVERY == 0:
-                    time.sleep(0)   # let waiting request threads have the GIL
+            while self._items:
+                chunk = []
+                while self._items and len(chunk) < self.CHUNK:
+                    chunk.append(self._items.popleft())
+                if target is not _OFF:
+                    try:
+                        target.record_batch(chunk)
+                    except Exception:  # noqa: BLE001
+                        _failed()
+                time.sleep(0)       # let waiting request threads have the GIL
 
 
 _worker = _Worker()
@@ -420,27 +416,59 @@ class _Recorder:
 
     def record(self, trace: Any, method: str, status: int, error_code: str | None,
                start_ns: int, duration_s: float, parent: Any = None) -> None:
-        """``parent``: the request thread's OpenTelemetry context (None: no parent)."""
+        """One request; ``parent``: its thread's OpenTelemetry context (None: no parent)."""
+        self.record_batch([((trace, method, status, error_code, start_ns, duration_s), parent)])
+
+    def record_batch(self, items: list) -> None:
+        """Requests as queued by ``_Worker.submit``: ``((trace, method, status, error_code,
+        start_ns, duration_s), context)``. Each gets its span and histogram values; the
+        counters get one sum per attribute set for the whole batch (the same totals, far fewer
+        SDK calls)."""
+        sums: dict[tuple, list] = {}
+        try:
+            for args, parent in items:
+                try:
+                    self._one(*args, parent, sums)
+                except Exception:  # noqa: BLE001
+                    _failed()
+        finally:
+            for attrs, requests, tokens, images, throttled, server_errors in sums.values():
+                self.requests.add(requests, attrs)
+                if tokens:
+                    self.tokens.add(tokens, attrs)
+                if images:
+                    self.images.add(images, attrs)
+                if throttled:
+                    self.throttled.add(throttled, attrs)
+                if server_errors:
+                    self.server_errors.add(server_errors, attrs)
+
+    def _one(self, trace: Any, method: str, status: int, error_code: str | None,
+             start_ns: int, duration_s: float, parent: Any, sums: dict) -> None:
         # Metric attributes: bounded sets only (routes, deployments, callers, codes).
-        attrs: dict[str, Any] = {"http.route": trace.route, "http.response.status_code": status}
-        if trace.deployment:
-            attrs["embeddings.deployment"] = trace.deployment
-        if trace.caller:
-            attrs["embeddings.caller"] = trace.caller
-        if error_code:
-            attrs["error.type"] = error_code
-        self.requests.add(1, attrs)
+        key = (trace.route, status, trace.deployment, trace.caller, error_code)
+        counted = sums.get(key)
+        if counted is None:
+            attrs: dict[str, Any] = {"http.route": trace.route,
+                                     "http.response.status_code": status}
+            if trace.deployment:
+                attrs["embeddings.deployment"] = trace.deployment
+            if trace.caller:
+                attrs["embeddings.caller"] = trace.caller
+            if error_code:
+                attrs["error.type"] = error_code
+            counted = sums[key] = [attrs, 0, 0, 0, 0, 0]
+        attrs = counted[0]
+        counted[1] += 1
+        counted[2] += trace.tokens or 0
+        counted[3] += trace.images or 0
+        if status == 429:
+            counted[4] += 1
+        elif status >= 500:
+            counted[5] += 1
         self.duration.record(duration_s, attrs)
-        if trace.tokens:
-            self.tokens.add(trace.tokens, attrs)
-        if trace.images:
-            self.images.add(trace.images, attrs)
         if trace.queue_s is not None:
             self.queue_duration.record(trace.queue_s, attrs)
-        if status == 429:
-            self.throttled.add(1, attrs)
-        elif status >= 500:
-            self.server_errors.add(1, attrs)
 
         verb = method.upper()
         verb = verb if verb in HTTP_METHODS else None
