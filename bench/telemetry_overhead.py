@@ -1,6 +1,6 @@
 """What telemetry costs: throughput with telemetry on vs off, and the cold start.
 
-    .venv/bin/python bench/telemetry_overhead.py            # ~3 minutes, writes bench/telemetry.json
+    .venv/bin/python bench/telemetry_overhead.py            # ~10 minutes, writes bench/telemetry.json
     .venv/bin/python bench/telemetry_overhead.py --smoke    # seconds (CI), no cold start
 
 Throughput: the service in-process (``EmbeddingService.embeddings``, real models, one client:
