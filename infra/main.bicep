@@ -72,6 +72,36 @@ param zoneRedundant bool = false
 @description('Key Vault soft-delete retention. With purge protection on, the vault name stays reserved this long after deletion.')
 param keyVaultSoftDeleteRetentionInDays int = 90
 
+@description('Alert rule on the share of API requests answered 5xx (Application Insights requests).')
+param alertServerErrorsEnabled bool = true
+
+@minValue(0)
+@maxValue(100)
+@description('5xx alert threshold: percent of the API requests in 15 minutes.')
+param alertServerErrorPercent int = 1
+
+@description('Alert rule on the share of API requests answered 429.')
+param alertThrottledEnabled bool = true
+
+@minValue(0)
+@maxValue(100)
+@description('429 alert threshold: percent of the API requests in 15 minutes.')
+param alertThrottledPercent int = 5
+
+@description('Alert rule on the p95 duration of successful API requests.')
+param alertLatencyEnabled bool = true
+
+@minValue(1)
+@description('p95 latency alert threshold (milliseconds, over 15 minutes).')
+param alertLatencyP95Ms int = 3000
+
+@minValue(1)
+@description('Fewer API requests than this in 15 minutes never alert (rates of a handful of calls are noise).')
+param alertMinimumRequests int = 20
+
+@description('Optional action group resource ID the alert rules notify. Empty = alerts show in the portal only.')
+param alertActionGroupId string = ''
+
 var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
@@ -137,6 +167,24 @@ module rbac 'modules/rbac.bicep' = {
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     appPrincipalId: identity.outputs.principalId
     deployerPrincipalId: principalId
+  }
+}
+
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  params: {
+    location: location
+    tags: tags
+    namePrefix: 'alert-${resourceToken}'
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    serverErrorAlertEnabled: alertServerErrorsEnabled
+    serverErrorThresholdPercent: alertServerErrorPercent
+    throttledAlertEnabled: alertThrottledEnabled
+    throttledThresholdPercent: alertThrottledPercent
+    latencyAlertEnabled: alertLatencyEnabled
+    latencyP95ThresholdMs: alertLatencyP95Ms
+    minimumRequests: alertMinimumRequests
+    actionGroupId: alertActionGroupId
   }
 }
 

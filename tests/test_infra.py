@@ -31,6 +31,7 @@ MODULES = INFRA / "modules"
 
 EXPECTED_FILES = {
     "main.bicep",
+    "modules/alerts.bicep",
     "modules/functionapp.bicep",
     "modules/identity.bicep",
     "modules/keyvault.bicep",
@@ -308,6 +309,7 @@ def test_api_versions_are_stable_and_current():
         "Microsoft.ManagedIdentity/": "2023-01-31",
         "Microsoft.OperationalInsights/": "2022-10-01",
         "Microsoft.Insights/components": "2020-02-02",
+        "Microsoft.Insights/scheduledQueryRules": "2023-12-01",  # GA LogAlert (criteria.allOf)
         "Microsoft.Authorization/roleAssignments": "2022-04-01",
     }
     for path, name, res in all_resources():
@@ -1004,6 +1006,96 @@ def test_checkov_skips_are_inline_with_reasons():
                 assert len(reason) >= 20, f"{path.name}: skip {m.group(1)} needs a reason"
                 skips.append(m.group(1))
     assert skips and all(s.startswith("CKV_") for s in skips)
+
+
+# --------------------------------------------------------------------------- telemetry and alerts
+
+
+def test_opentelemetry_mode_and_worker_telemetry_settings():
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host["telemetryMode"] == "OpenTelemetry"
+    settings = functionapp_settings()
+    # The worker configures the Azure Monitor distro and hands each invocation the host's trace
+    # context; ingestion authenticates with the identity (Entra ID; local auth is disabled).
+    assert settings["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"] == "true"
+    assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "ClientId=${identityClientId};Authorization=AAD"
+    # Alone, PYTHON_ENABLE_OPENTELEMETRY makes current workers fail every invocation.
+    assert "PYTHON_ENABLE_OPENTELEMETRY" not in settings
+    # Only the package logger is hooked, and the app sanitises what reaches it.
+    from embedding_core import telemetry
+    assert settings["PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME"] == telemetry.EXPORTED_LOGGER
+    disabled = settings["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"].split(",")
+    assert "urllib" not in disabled and {"requests", "django", "flask"} <= set(disabled)
+    assert settings["OTEL_METRICS_EXEMPLAR_FILTER"] == "always_off"
+    requirements = (ROOT / "requirements.txt").read_text().split()
+    assert any(r.startswith("azure-monitor-opentelemetry==") for r in requirements)
+
+
+ALERTS = {
+    # resource: (enabled param, threshold param, measure column, main.bicep params)
+    "serverErrors": ("serverErrorAlertEnabled", "serverErrorThresholdPercent", "ServerErrorPercent",
+                     ("alertServerErrorsEnabled", "alertServerErrorPercent")),
+    "throttled": ("throttledAlertEnabled", "throttledThresholdPercent", "ThrottledPercent",
+                  ("alertThrottledEnabled", "alertThrottledPercent")),
+    "latencyP95": ("latencyAlertEnabled", "latencyP95ThresholdMs", "P95Ms",
+                   ("alertLatencyEnabled", "alertLatencyP95Ms")),
+}
+
+
+def alert_query(name: str) -> str:
+    """The rule's KQL with the module's variables and parameters substituted."""
+    path = MODULES / "alerts.bicep"
+    rule = resources(path)[name]["config"]
+    query = variable(path, rule["properties"]["criteria"]["allOf"][0]["query"])
+    values = {"apiRequests": variable(path, "apiRequests"), "minimumRequests": "20"}
+    return re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], query)
+
+
+def test_alert_rules_query_the_requests_table_and_can_each_be_turned_off():
+    path = MODULES / "alerts.bicep"
+    rules = {n: r for n, r in resources(path).items()
+             if r["type"] == "Microsoft.Insights/scheduledQueryRules"}
+    assert set(rules) == set(ALERTS)
+    module_params = params(path)
+    for name, (enabled, threshold, column, _) in ALERTS.items():
+        cfg = rules[name]["config"]
+        props = cfg["properties"]
+        assert cfg["kind"] == "LogAlert"
+        assert props["enabled"] == enabled and module_params[enabled]["default"] is True
+        assert props["scopes"] == ["applicationInsightsId"]      # classic schema: `requests`
+        assert props["autoMitigate"] is True
+        assert props["actions"] == {"actionGroups": "actionGroups"}
+        (criterion,) = props["criteria"]["allOf"]
+        assert criterion["threshold"] == threshold and criterion["operator"] == "GreaterThan"
+        assert criterion["metricMeasureColumn"] == column
+        query = alert_query(name)
+        assert query.startswith("requests | where not(url has \"/health\"")
+        assert f"| project timestamp, {column} " in query + " " and "where total >= 20" in query
+        assert "summarize timestamp = max(timestamp)," in query     # one row, time column kept
+        assert "sum(itemCount)" in query                          # sampled rows count in full
+    assert "toint(resultCode) >= 500" in alert_query("serverErrors")
+    assert 'resultCode == "429"' in alert_query("throttled")
+    assert "percentile(duration, 95)" in alert_query("latencyP95")
+    assert render(variable(path, "actionGroups")) == \
+        "conditional(empty(actionGroupId), [], [actionGroupId])"
+    assert (variable(path, "window"), variable(path, "frequency")) == ("PT15M", "PT5M")
+
+
+def test_alert_parameters_are_wired_from_main_and_azd():
+    module = parse(MAIN)["modules"]["alerts"]["config"]["params"]
+    assert render(module["applicationInsightsId"]) == "monitoring.outputs.applicationInsightsId"
+    main_params = params(MAIN)
+    module_params = params(MODULES / "alerts.bicep")
+    for _, (enabled, threshold, _, (main_enabled, main_threshold)) in ALERTS.items():
+        assert module[enabled] == main_enabled and module[threshold] == main_threshold
+        assert main_params[main_enabled]["type"] == "bool"
+        assert main_params[main_enabled]["default"] is True
+        assert main_params[main_threshold]["default"] == module_params[threshold]["default"]
+    assert module["actionGroupId"] == "alertActionGroupId"
+    assert main_params["alertActionGroupId"]["default"] == ""
+    azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    for name in ("alertServerErrorsEnabled", "alertThrottledEnabled", "alertLatencyEnabled"):
+        assert re.fullmatch(r"\$\{EMBEDDINGS_ALERT_\w+=true\}", azd[name]["value"]), name
 
 
 # --------------------------------------------------------------------------- azd files

@@ -154,7 +154,37 @@ var threadSettings = (ortIntraOpThreads > 0) ? [
   }
 ] : []
 
-var appSettings = concat(hostStorageSettings, monitoringSettings, apiKeySettings, entraSettings, workerSettings, threadSettings)
+// OpenTelemetry (host.json "telemetryMode": "OpenTelemetry"; docs/operations.md). The Python
+// worker configures the Azure Monitor distro (requirements.txt) before it imports the app, with
+// APPLICATIONINSIGHTS_CONNECTION_STRING and the Entra ID APPLICATIONINSIGHTS_AUTHENTICATION_STRING
+// above, and attaches the host's trace context to each invocation, so the app's span is a child
+// of the host's request. PYTHON_ENABLE_OPENTELEMETRY is deliberately not set: alone, current
+// workers enable context propagation without creating the propagator, and every call fails.
+var telemetrySettings = [
+  {
+    name: 'PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY'
+    value: 'true'
+  }
+  // Only the app's own logger is exported (sanitised by embedding_core/telemetry.py).
+  {
+    name: 'PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME'
+    value: 'embedding_core'
+  }
+  // Instrumentations of libraries the app does not use are not loaded (faster worker start);
+  // urllib stays (Entra ID signing-key fetches show as dependencies).
+  {
+    name: 'OTEL_PYTHON_DISABLED_INSTRUMENTATIONS'
+    value: 'azure_sdk,django,fastapi,flask,httpx,psycopg2,requests,urllib3'
+  }
+  // Application Insights drops exemplars; under the host's sampled trace context every
+  // measurement would otherwise offer one (a cost on each request).
+  {
+    name: 'OTEL_METRICS_EXEMPLAR_FILTER'
+    value: 'always_off'
+  }
+]
+
+var appSettings = concat(hostStorageSettings, monitoringSettings, apiKeySettings, entraSettings, workerSettings, threadSettings, telemetrySettings)
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   // checkov:skip=CKV_AZURE_225: Zone redundancy for Flex Consumption is region-dependent; it is exposed as the zoneRedundant parameter (default off) instead of being forced.
