@@ -64,6 +64,7 @@ class Settings:
     max_image_inputs: int = 64
     max_image_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    max_image_decode_bytes: int = 256 << 20   # estimated decoding memory of one image
     max_input_chars: int = 65_536         # characters of one input read to find its tokens
     max_chars_per_token: int = 32         # beyond max_input_chars per request (bounded_tokenize)
     # Inference.
@@ -99,6 +100,8 @@ class Settings:
             max_image_inputs=_int(env, "EMBEDDINGS_MAX_IMAGE_INPUTS", cls.max_image_inputs, 1),
             max_image_bytes=_int(env, "EMBEDDINGS_MAX_IMAGE_BYTES", cls.max_image_bytes, 1024),
             max_image_pixels=_int(env, "EMBEDDINGS_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
+            max_image_decode_bytes=_int(env, "EMBEDDINGS_MAX_IMAGE_DECODE_BYTES",
+                                        cls.max_image_decode_bytes, 1 << 20),
             max_input_chars=_int(env, "EMBEDDINGS_MAX_INPUT_CHARS", cls.max_input_chars, 1024),
             max_chars_per_token=_int(env, "EMBEDDINGS_MAX_CHARS_PER_TOKEN", cls.max_chars_per_token, 1),
             batch_token_budget=_int(env, "EMBEDDINGS_BATCH_TOKEN_BUDGET", cls.batch_token_budget, 1),
