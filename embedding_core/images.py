@@ -39,8 +39,10 @@ import binascii
 import io
 import math
 import re
+import threading
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -507,13 +509,42 @@ def preprocess(im: Image.Image, orientation: int = 1) -> np.ndarray:
 
 # -- the whole chain ----------------------------------------------------------------------------
 
+class DecodeGate:
+    """A process-wide bound on the memory of images being decoded at once: a picture waits until
+    the estimates (:func:`decode_bytes`) of those in progress plus its own fit in ``limit``; one
+    picture alone always may. Requests that decode in their own threads therefore never hold
+    more than ``EMBEDDINGS_MAX_IMAGE_DECODE_BYTES`` of pictures between them (plus one)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.in_use = 0
+
+    @contextmanager
+    def hold(self, need: int, limit: int) -> Iterator[None]:
+        with self._cond:
+            while self.in_use and self.in_use + need > limit:
+                self._cond.wait()
+            self.in_use += need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= need
+                self._cond.notify_all()
+
+
+DECODE_GATE = DecodeGate()
+
+
 def decode_image(data: bytes, declared: str, *, max_pixels: int, target: str,
-                 draft: bool = True, max_decode_bytes: int | None = None) -> tuple[Image.Image, int]:
+                 draft: bool = True, max_decode_bytes: int | None = None,
+                 hold: ExitStack | None = None) -> tuple[Image.Image, int]:
     """Bytes -> (first frame as decoded, in any mode; EXIF orientation to apply).
     :func:`preprocess` converts it (a strip at a time when it is large).
 
     ``max_decode_bytes``: refuse (422) a picture whose decoding would need more memory
-    (:func:`decode_bytes`), before any pixel is decoded. The orientation is read after the
+    (:func:`decode_bytes`), before any pixel is decoded; with ``hold``, also wait for room in
+    :data:`DECODE_GATE` and keep it until ``hold`` closes. The orientation is read after the
     pixels are loaded (a PNG's EXIF may follow its pixels, and reading it first would decode
     outside the error handling)."""
     im = open_image(data, declared, max_pixels=max_pixels, target=target)
@@ -524,6 +555,9 @@ def decode_image(data: bytes, declared: str, *, max_pixels: int, target: str,
 
         def check(drafted: Image.Image) -> None:
             check_decode_bytes(drafted, coefficients, max_decode_bytes, target, full_size)
+            if hold is not None:
+                hold.enter_context(DECODE_GATE.hold(decode_bytes(drafted, coefficients),
+                                                    max_decode_bytes))
     im = load_first_frame(im, target=target, draft_to=RESIZE_TO if draft else None,
                           before_load=check)
     return im, exif_orientation(im)
@@ -534,18 +568,20 @@ def image_to_pixel_values(url: str, settings: Settings, index: int, *,
     """One wire ``image`` string -> float32 [3, 224, 224] (or an ApiError for ``input[index]``)."""
     target = _target(index)
     parsed = parse_data_url(url, max_bytes=settings.max_image_bytes, target=target)
-    im, orientation = decode_image(parsed.data, parsed.declared,
-                                   max_pixels=settings.max_image_pixels, target=target,
-                                   draft=draft, max_decode_bytes=settings.max_image_decode_bytes)
-    del parsed
-    try:
-        return preprocess(im, orientation)
-    except (MemoryError, errors.ApiError):
-        raise
-    except Exception:  # noqa: BLE001 - a mode Pillow cannot convert
-        raise errors.validation("The image data cannot be converted to RGB.", target) from None
-    finally:
-        im.close()   # frees the decoded picture (and an animation's decoder) now
+    with ExitStack() as hold:      # DECODE_GATE, from the estimate until the picture is freed
+        im, orientation = decode_image(parsed.data, parsed.declared,
+                                       max_pixels=settings.max_image_pixels, target=target,
+                                       draft=draft, max_decode_bytes=settings.max_image_decode_bytes,
+                                       hold=hold)
+        del parsed
+        try:
+            return preprocess(im, orientation)
+        except (MemoryError, errors.ApiError):
+            raise
+        except Exception:  # noqa: BLE001 - a mode Pillow cannot convert
+            raise errors.validation("The image data cannot be converted to RGB.", target) from None
+        finally:
+            im.close()   # frees the decoded picture (and an animation's decoder) now
 
 
 def ensure_pillow_limit(max_pixels: int) -> None:

@@ -176,3 +176,29 @@ def test_strips_give_the_whole_picture_result(monkeypatch, mode, size):
     if mode in ("1", "L", "RGB", "P"):      # one conversion at most: the whole picture, as before
         assert diff.max() == 0
     assert diff.mean() <= 0.25 and diff.max() <= 32     # measured: <= 0.23 and <= 16
+
+
+def test_images_decoded_at_once_share_the_decode_budget():
+    """Two pictures whose estimates do not fit together decode one after the other."""
+    import threading
+    import time
+
+    gate, order = images.DecodeGate(), []
+
+    def decode(name: str, need: int) -> None:
+        with gate.hold(need, 100):
+            order.append(f"{name} start")
+            time.sleep(0.2)
+            order.append(f"{name} end")
+
+    first = threading.Thread(target=decode, args=("a", 60))
+    first.start()
+    time.sleep(0.05)
+    decode("b", 60)                       # waits for a
+    first.join()
+    assert order == ["a start", "a end", "b start", "b end"]
+    with gate.hold(30, 100), gate.hold(30, 100):   # small ones fit together
+        assert gate.in_use == 60
+    with gate.hold(500, 100):             # one picture alone always may
+        assert gate.in_use == 500
+    assert gate.in_use == 0
