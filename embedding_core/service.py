@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
-from . import errors, schema
+from . import errors, memory, schema
 from .auth import Authenticator
 from .batching import ConcurrencyLimiter
 from .encodings import CALIBRATED, PACKED, encode, resize
@@ -195,6 +195,9 @@ def get_service() -> EmbeddingService:
         with _service_lock:
             if _service is None:
                 _service = EmbeddingService.from_env()
+                # hardening/memory: glibc arenas, mmap threshold, idle trim (once per process).
+                s = _service.settings
+                memory.configure(s.memory_tuning, s.malloc_arena_max, s.memory_trim_idle_s)
     return _service
 
 
@@ -212,7 +215,8 @@ def dispatch(route: str, req: ApiRequest) -> ApiResponse:
         def fail(timing: dict[str, Any]) -> dict[str, Any]:
             raise errors.internal(timing["request_id"])
         return run_request(req, fail)
-    return getattr(service, ROUTES[route])(req)
+    with memory.request():   # hardening/memory: the idle trimmer counts requests in flight
+        return getattr(service, ROUTES[route])(req)
 
 
 def reset_service() -> None:

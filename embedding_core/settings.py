@@ -78,6 +78,11 @@ class Settings:
     ort_inter_op_threads: int = 1
     ort_optimization_level: str = "all"     # disabled | basic | extended | all
     ort_spinning: bool | None = None        # None: each backend's default
+    ort_cpu_mem_arena: bool = True          # shrunk when idle (onnx_session.release_arena_when_idle)
+    # Process memory (memory.py).
+    memory_tuning: bool = True
+    malloc_arena_max: int = 2               # 0: glibc's default (8 per core)
+    memory_trim_idle_s: float = 1.0         # 0: never trim
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -114,5 +119,9 @@ class Settings:
             ort_inter_op_threads=_int(env, "EMBEDDINGS_ORT_INTER_OP_THREADS", cls.ort_inter_op_threads, 1),
             ort_optimization_level=level,
             ort_spinning=_bool(env, "EMBEDDINGS_ORT_SPINNING"),
+            ort_cpu_mem_arena=_bool(env, "EMBEDDINGS_ORT_CPU_MEM_ARENA") is not False,
+            memory_tuning=_bool(env, "EMBEDDINGS_MEMORY_TUNING") is not False,
+            malloc_arena_max=_int(env, "EMBEDDINGS_MALLOC_ARENA_MAX", cls.malloc_arena_max, 0),
+            memory_trim_idle_s=_float(env, "EMBEDDINGS_MEMORY_TRIM_IDLE_SECONDS", cls.memory_trim_idle_s),
             env=env,
         )

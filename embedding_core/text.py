@@ -16,7 +16,7 @@ from . import errors
 from .backends import Encoded
 from .batching import plan_batches
 from .bounded_tokenize import Limits, tokenize_texts
-from .onnx_session import create_session
+from .onnx_session import create_session, release_arena_when_idle
 from .pooling import POOLING, l2_normalize
 from .registry import Deployment
 from .settings import Settings
@@ -65,6 +65,10 @@ class TextBackend:
                                   int(opts.get("max_batch_size", settings.max_batch_size)))
         self.session = create_session(deployment.files["model"].verified(), settings)
         self.input_names = {i.name for i in self.session.get_inputs()}
+        tiny = np.asarray([[self.cls_id, self.sep_id]], dtype=np.int64)
+        release_arena_when_idle(self.session, {n: tiny if n == "input_ids" else np.ones_like(tiny)
+                                               if n == "attention_mask" else np.zeros_like(tiny)
+                                               for n in self.input_names}, settings)
         self.output_name = opts.get("output", self.session.get_outputs()[0].name)
         self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
         self._prefixes = {t: np.asarray(tok.encode(p, add_special_tokens=False).ids, dtype=np.int64)
