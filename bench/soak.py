@@ -224,6 +224,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", choices=("off", "on"))
+    ap.add_argument("--on-first", action="store_true", help="run with the tuning on first")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="an extra environment variable for the server (both runs)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "soak.json"))
@@ -235,7 +236,8 @@ def main() -> None:
     mix = build_mix(args.seed)
     runs = []
     extra = dict(e.split("=", 1) for e in args.env)
-    for label, env in (("off", {"EMBEDDINGS_MEMORY_TUNING": "off"}), ("on (default)", {})):
+    configs = [("off", {"EMBEDDINGS_MEMORY_TUNING": "off"}), ("on (default)", {})]
+    for label, env in (configs[::-1] if args.on_first else configs):
         if args.only and not label.startswith(args.only):
             continue
         runs.append(soak({**env, **extra}, mix, args.cycles, args.burst, args.idle, args.clients, args.seed,

@@ -197,7 +197,8 @@ def get_service() -> EmbeddingService:
                 _service = EmbeddingService.from_env()
                 # hardening/memory: glibc arenas, mmap threshold, idle trim (once per process).
                 s = _service.settings
-                memory.configure(s.memory_tuning, s.malloc_arena_max, s.memory_trim_idle_s)
+                memory.configure(s.memory_tuning, s.malloc_arena_max, s.memory_trim_idle_s,
+                                 s.malloc_mmap_threshold)
     return _service
 
 

@@ -82,6 +82,7 @@ class Settings:
     # Process memory (memory.py).
     memory_tuning: bool = True
     malloc_arena_max: int = 2               # 0: glibc's default (8 per core)
+    malloc_mmap_threshold: int = 1 << 20    # 0: glibc's dynamic threshold
     memory_trim_idle_s: float = 1.0         # 0: never trim
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -122,6 +123,8 @@ class Settings:
             ort_cpu_mem_arena=_bool(env, "EMBEDDINGS_ORT_CPU_MEM_ARENA") is not False,
             memory_tuning=_bool(env, "EMBEDDINGS_MEMORY_TUNING") is not False,
             malloc_arena_max=_int(env, "EMBEDDINGS_MALLOC_ARENA_MAX", cls.malloc_arena_max, 0),
+            malloc_mmap_threshold=_int(env, "EMBEDDINGS_MALLOC_MMAP_THRESHOLD",
+                                       cls.malloc_mmap_threshold, 0),
             memory_trim_idle_s=_float(env, "EMBEDDINGS_MEMORY_TRIM_IDLE_SECONDS", cls.memory_trim_idle_s),
             env=env,
         )
