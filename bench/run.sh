@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
 # make bench / make bench-smoke. The full run needs .venv-tools (make tools-venv) for the
-# sentence-transformers reference; the smoke run needs only .venv and takes seconds.
+# sentence-transformers reference; the smoke run needs only .venv and takes about a minute.
+# Besides bench.py (throughput, latency, cold start, peak RSS against the reference):
+#   bench/soak.py            bursts of mixed traffic, server RSS over time, memory tuning off/on
+#   bench/tokenize_cases.py  pathological text bodies: CPU, RSS, characters tokenised
+#   bench/image_memory.py    peak memory per image, every format and mode at the limits
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--smoke" ]; then
+  out="${BENCH_OUT:-/tmp/bench-smoke.json}"
   .venv/bin/python bench/telemetry_overhead.py --smoke --out "${BENCH_TELEMETRY_OUT:-/tmp/bench-telemetry-smoke.json}"
-  exec .venv/bin/python bench/bench.py --smoke --out "${BENCH_OUT:-/tmp/bench-smoke.json}"
+  .venv/bin/python bench/bench.py --smoke --out "$out"
+  .venv/bin/python bench/soak.py --smoke --out "${out%.json}-soak.json"
+  .venv/bin/python bench/tokenize_cases.py --quick
+  exit 0
 fi
 # Telemetry on vs off, in-process, and the cold start (bench/telemetry.json).
 .venv/bin/python bench/telemetry_overhead.py
-exec .venv/bin/python bench/bench.py "$@"
+.venv/bin/python bench/bench.py "$@"
+.venv/bin/python bench/soak.py --out bench/soak.json
+.venv/bin/python bench/tokenize_cases.py --out bench/tokenize_cases.json
+.venv/bin/python bench/image_memory.py --out bench/image_memory.json

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import errors, images
 from .backends import Encoded, Prepared, Work, run_inline
-from .onnx_session import create_session
+from .onnx_session import create_session, release_arena_when_idle
 from .pooling import l2_normalize
 from .registry import Deployment, FileRef
 from .settings import Settings
@@ -60,6 +60,9 @@ def shared_session(ref: FileRef, settings: Settings):
         if session is None:
             session = create_session(ref.verified(), settings, spin=False)
             _sessions[key] = session
+            inp = session.get_inputs()[0]
+            release_arena_when_idle(session, {inp.name: np.zeros(
+                (1, 3, images.CROP_TO, images.CROP_TO), dtype=np.float32)}, settings)
         return session
 
 

@@ -14,10 +14,13 @@ JSON path of the offending field as ``target``:
 3. :func:`load_first_frame` - JPEGs are decoded at a reduced DCT scale when they are much larger
    than needed (``draft``; the shorter side stays >= the resize target); the first frame of an
    animation is decoded; truncated or corrupt data is a 422 (``LOAD_TRUNCATED_IMAGES`` is off).
+   Before that, :func:`decode_bytes` estimates the memory decoding needs (WebP and multi-scan
+   JPEG need far more than the picture) and a picture over ``max_image_decode_bytes`` is a 422.
 4. :func:`to_resizable` - palette, 1-bit, CMYK, YCbCr and 16/32-bit/float modes become 8-bit
    L, LA, RGB or RGBA, keeping transparency (16-bit is scaled, not clipped).
 5. :func:`resize_center_crop` - bicubic; the shorter side to 256 then the centre 224x224, in one
-   resample (alpha is premultiplied while resizing).
+   resample (alpha is premultiplied while resizing). :func:`resize_center_crop_any` is 4 + 5 for
+   any mode, a strip at a time for large pictures (same result, no full-size copies).
 6. :func:`flatten` - alpha is composited on white, grey becomes RGB (on the 224x224 crop:
    compositing is linear, so this equals compositing first, without touching the full picture);
    :func:`to_rgb` is 4 + 6 for a whole image.
@@ -25,7 +28,7 @@ JSON path of the offending field as ``target``:
    as applying it first because the crop is a centred square).
 8. :func:`to_pixel_values` - ``(x - 127) / 128``, CHW float32.
 
-:func:`decode_image` runs 2-4, :func:`preprocess` runs 5-8; :func:`image_to_pixel_values` is
+:func:`decode_image` runs 2-3, :func:`preprocess` runs 4-8; :func:`image_to_pixel_values` is
 the whole chain for one wire item.
 """
 
@@ -34,8 +37,12 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 import re
+import threading
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -209,12 +216,22 @@ def open_image(data: bytes, declared: str, *, max_pixels: int, target: str) -> I
 
 # -- 3. pixels ----------------------------------------------------------------------------------
 
-def load_first_frame(im: Image.Image, *, target: str, draft_to: int | None = RESIZE_TO) -> Image.Image:
-    """Decode the first frame. JPEGs much larger than ``draft_to`` decode at a reduced scale."""
+def load_first_frame(im: Image.Image, *, target: str, draft_to: int | None = RESIZE_TO,
+                     before_load: Callable[[Image.Image], None] | None = None) -> Image.Image:
+    """Decode the first frame. JPEGs much larger than ``draft_to`` decode at a reduced scale.
+    ``before_load(im)`` runs after the draft and before any pixel is decoded (it may raise)."""
     try:
         if draft_to and im.format in ("JPEG", "MPO"):
             # Chooses a DCT scale 1/2, 1/4 or 1/8 keeping both sides >= draft_to.
             im.draft("RGB", (draft_to, draft_to))
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001
+        raise errors.validation("The image data is truncated or corrupt and cannot be decoded.",
+                                target) from None
+    if before_load is not None:
+        before_load(im)
+    try:
         # A freshly opened file is at frame 0; n_frames/is_animated are not consulted because
         # they walk every frame of a GIF.
         im.load()
@@ -224,6 +241,78 @@ def load_first_frame(im: Image.Image, *, target: str, draft_to: int | None = RES
         raise errors.validation("The image data is truncated or corrupt and cannot be decoded.",
                                 target) from None
     return im
+
+
+# -- decoding memory ----------------------------------------------------------------------------
+# What decoding needs, per pixel, beyond the encoded bytes (measured with bench/image_memory.py;
+# the conversion and resampling after it work in strips, see resize_center_crop_any):
+# * Pillow keeps 1 byte per pixel for modes 1, L and P, 2 for I;16, 4 for everything else.
+# * WebP: Pillow's only WebP decoder is libwebp's animation decoder, for still pictures too: two
+#   RGBA canvases, a bytes copy of the frame and the image, ~16 bytes per pixel (+610 MB for
+#   40 Mpx). Nothing in Pillow decodes a WebP at a reduced size.
+# * JPEG in several scans (progressive, or one scan per component): libjpeg keeps every DCT
+#   coefficient of the whole picture, 2 bytes each, however small the draft (CMYK 4:4:4: 8 bytes
+#   per pixel). A single-scan JPEG decodes a row of blocks at a time into the drafted picture.
+WEBP_BYTES_PER_PIXEL = 16
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+
+
+def _jpeg_first_scan_components(data: bytes) -> int | None:
+    """How many components the first scan (SOS) of a JPEG holds; None if it cannot be found."""
+    pos, n = 2, len(data)
+    while pos + 4 < n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:                          # fill byte
+            pos += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            pos += 2                                # markers without a length
+        elif marker == 0xDA:
+            return data[pos + 4]
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return None
+
+
+def jpeg_coefficient_bytes(im: Image.Image, data: bytes) -> int:
+    """Bytes of DCT coefficients libjpeg keeps for a JPEG decoded from several scans (0 for a
+    single-scan JPEG or another format). Call before ``draft`` (it needs the full size)."""
+    layers = getattr(im, "layer", None)
+    if im.format not in ("JPEG", "MPO") or not layers:
+        return 0
+    if not im.info.get("progressive") and _jpeg_first_scan_components(data) == len(layers):
+        return 0
+    w, h = im.size
+    hmax = max(layer[1] for layer in layers) or 1
+    vmax = max(layer[2] for layer in layers) or 1
+    blocks = sum(math.ceil(math.ceil(w * layer[1] / hmax) / 8) *
+                 math.ceil(math.ceil(h * layer[2] / vmax) / 8) for layer in layers)
+    return blocks * 64 * 2
+
+
+def decode_bytes(im: Image.Image, coefficients: int = 0) -> int:
+    """Estimated memory of decoding ``im`` (opened and drafted, not loaded), in bytes."""
+    w, h = im.size
+    if im.format == "WEBP":
+        return WEBP_BYTES_PER_PIXEL * w * h
+    return _BYTES_PER_PIXEL.get(im.mode, 4) * w * h + coefficients
+
+
+def check_decode_bytes(im: Image.Image, coefficients: int, limit: int, target: str,
+                       full_size: tuple[int, int]) -> None:
+    need = decode_bytes(im, coefficients)
+    if need <= limit:
+        return
+    w, h = full_size
+    what = ("a WebP needs about 16 bytes per pixel to decode" if im.format == "WEBP" else
+            "a JPEG in several scans (progressive) is decoded whole" if coefficients else
+            "decoding it needs that much")
+    raise errors.validation(
+        f"The image is too large to decode: {w}x{h} = {w * h:,} pixels need about "
+        f"{need / 2**20:,.0f} MiB ({what}); the limit is {limit / 2**20:,.0f} MiB "
+        f"(EMBEDDINGS_MAX_IMAGE_DECODE_BYTES). Resize it before sending"
+        + (", or send it as PNG or JPEG." if im.format == "WEBP" else "."), target)
 
 
 def exif_orientation(im: Image.Image) -> int:
@@ -240,26 +329,61 @@ def exif_transpose(im: Image.Image, orientation: int) -> Image.Image:
     return im.transpose(method) if method is not None else im
 
 
-def _high_bit_depth_to_l(im: Image.Image) -> Image.Image:
-    """I;16*, I and F modes -> 8-bit L by scaling (Pillow's convert("L") would clip at 255)."""
+def _high_bit_depth_to_l(im: Image.Image, peak: float | None = None) -> Image.Image:
+    """I;16*, I and F modes -> 8-bit L by scaling (Pillow's convert("L") would clip at 255).
+
+    ``peak``: the whole picture's :func:`_high_bit_depth_peak` when ``im`` is one strip of it
+    (F and I are scaled by what the whole picture holds)."""
     a = np.asarray(im)
     if im.mode.startswith("I;16"):
         a8 = a.astype(np.float32) / 257.0
     elif im.mode == "F":
         a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
-        a8 = a * 255.0 if a.size and a.max() <= 1.0 else a
+        top = peak if peak is not None else (a.max() if a.size else 0.0)
+        a8 = a * 255.0 if a.size and top <= 1.0 else a
     else:  # "I": 32-bit ints; PNG/TIFF-style 16-bit data when above 255
-        a8 = a.astype(np.float32) / 257.0 if a.size and a.max() > 255 else a.astype(np.float32)
-    return Image.fromarray(np.clip(np.rint(a8), 0, 255).astype(np.uint8), "L")
+        top = peak if peak is not None else (a.max() if a.size else 0)
+        a8 = a.astype(np.float32) / 257.0 if a.size and top > 255 else a.astype(np.float32)
+    return Image.fromarray(np.clip(np.rint(a8), 0, 255).astype(np.uint8))
 
 
-def to_resizable(im: Image.Image) -> Image.Image:
+def _high_bit_depth_peak(im: Image.Image, rows: int) -> float | None:
+    """The largest value of an I or F picture as :func:`_high_bit_depth_to_l` sees it, read a
+    strip of ``rows`` rows at a time (None for other modes, which do not need it)."""
+    if im.mode not in ("I", "F"):
+        return None
+    top = None
+    for y in range(0, im.height, rows):
+        a = np.asarray(im.crop((0, y, im.width, min(im.height, y + rows))))
+        if im.mode == "F":
+            a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        if a.size:
+            top = a.max() if top is None else max(top, a.max())
+    return top
+
+
+def resizable_mode(im: Image.Image) -> str:
+    """The mode :func:`to_resizable` gives ``im`` (without converting anything)."""
+    mode, transparent = im.mode, im.info.get("transparency") is not None
+    if mode.startswith("I") or mode == "F":
+        return "L"
+    if mode in ("RGBA", "LA") or (mode in ("RGB", "L") and not transparent):
+        return mode
+    if mode in ("1", "L", "La"):
+        return "LA" if transparent or mode == "La" else "L"
+    if mode in ("RGB", "RGBa", "P", "PA"):
+        return "RGBA" if transparent or mode != "P" else "RGB"
+    return "RGB"
+
+
+def to_resizable(im: Image.Image, peak: float | None = None) -> Image.Image:
     """One of L, LA, RGB, RGBA (8-bit), keeping transparency, so resizing can come before the
     composite on white: Pillow resizes LA/RGBA with premultiplied alpha, and compositing is
     linear, so resize-then-composite equals composite-then-resize (up to rounding) while the
-    full-size picture is never composited or expanded to RGB."""
+    full-size picture is never composited or expanded to RGB. ``peak``: see
+    :func:`_high_bit_depth_to_l`."""
     if im.mode.startswith("I") or im.mode == "F":
-        im = _high_bit_depth_to_l(im)
+        im = _high_bit_depth_to_l(im, peak)
     mode, transparent = im.mode, im.info.get("transparency") is not None
     if mode in ("RGBA", "LA") or (mode in ("RGB", "L") and not transparent):
         return im
@@ -326,6 +450,51 @@ def resize_center_crop(im: Image.Image, resize_to: int = RESIZE_TO,
                      box=center_crop_box(im.size, resize_to, crop_to))
 
 
+# Large pictures are converted and resampled a strip at a time: converting a 40 Mpx RGBA,
+# palette or 16-bit picture whole made one or two more full-size copies (Pillow premultiplies
+# alpha into a copy before resizing; 16-bit became float32 arrays), +300 to +600 MB per image.
+STRIP_PIXELS = 4_000_000     # up to this many pixels: to_resizable + resize_center_crop, whole
+STRIP_BYTES = 8 << 20        # about this much converted picture per strip
+
+
+def resize_center_crop_any(im: Image.Image, resize_to: int = RESIZE_TO,
+                           crop_to: int = CROP_TO) -> Image.Image:
+    """``resize_center_crop(to_resizable(im))`` for a picture in any mode, without ever holding
+    more than one full-size converted copy of a large picture.
+
+    1-bit, grey, RGB and palette pictures without transparency take that path as it is (at most
+    one 1-to-4-byte copy). Other modes above :data:`STRIP_PIXELS` (alpha, which Pillow
+    premultiplies into a copy before resizing; 16/32-bit and float; CMYK) are read a strip at a
+    time, only the rows and columns the bicubic filter reaches: each strip is converted (and
+    premultiplied) and resampled horizontally to ``crop_to`` columns, and the stacked strips are
+    resampled vertically. That is Pillow's own two-pass resampling, except that Pillow does the
+    vertical pass first for some shapes; the 8-bit rounding between the passes then differs
+    (tests: under 0.25 grey levels on average, up to 16 at hard alpha edges, after compositing)."""
+    mode = resizable_mode(im)
+    if im.width * im.height <= STRIP_PIXELS or (im.mode in ("1", "L", "RGB", "P")
+                                                and mode in ("L", "RGB")):
+        return resize_center_crop(to_resizable(im), resize_to, crop_to)
+    work = {"LA": "La", "RGBA": "RGBa"}.get(mode, mode)
+    x0, y0, x1, y1 = center_crop_box(im.size, resize_to, crop_to)
+    # The bicubic filter reaches 2 output pixels (2 * scale input pixels) around the box.
+    mx, my = 2 * (x1 - x0) / crop_to + 2, 2 * (y1 - y0) / crop_to + 2
+    xlo, xhi = max(0, int(x0 - mx)), min(im.width, math.ceil(x1 + mx))
+    ylo, yhi = max(0, int(y0 - my)), min(im.height, math.ceil(y1 + my))
+    rows = max(1, STRIP_BYTES // (4 * (xhi - xlo)))
+    peak = _high_bit_depth_peak(im, rows)
+    passed = Image.new(work, (crop_to, yhi - ylo))
+    for y in range(ylo, yhi, rows):
+        h = min(yhi, y + rows) - y
+        strip = to_resizable(im.crop((xlo, y, xhi, y + h)), peak)
+        if strip.mode != work:
+            strip = strip.convert(work)
+        passed.paste(strip.resize((crop_to, h), Image.Resampling.BICUBIC,
+                                  box=(x0 - xlo, 0, x1 - xlo, h)), (0, y - ylo))
+    out = passed.resize((crop_to, crop_to), Image.Resampling.BICUBIC,
+                        box=(0, y0 - ylo, crop_to, y1 - ylo))
+    return out.convert(mode) if out.mode != mode else out
+
+
 def to_pixel_values(im: Image.Image) -> np.ndarray:
     """RGB image -> float32 [3, H, W] in the model's range ``(x - 127) / 128``."""
     a = np.asarray(im, dtype=np.float32)
@@ -334,30 +503,64 @@ def to_pixel_values(im: Image.Image) -> np.ndarray:
 
 def preprocess(im: Image.Image, orientation: int = 1) -> np.ndarray:
     """Decoded image (as stored, any mode) + EXIF orientation -> model input [3, 224, 224]."""
-    crop = flatten(resize_center_crop(to_resizable(im)))
+    crop = flatten(resize_center_crop_any(im))
     return to_pixel_values(exif_transpose(crop, orientation))
 
 
 # -- the whole chain ----------------------------------------------------------------------------
 
-def decode_image(data: bytes, declared: str, *, max_pixels: int, target: str,
-                 draft: bool = True) -> tuple[Image.Image, int]:
-    """Bytes -> (first frame in a resizable mode (L, LA, RGB, RGBA), EXIF orientation to apply).
+class DecodeGate:
+    """A process-wide bound on the memory of images being decoded at once: a picture waits until
+    the estimates (:func:`decode_bytes`) of those in progress plus its own fit in ``limit``; one
+    picture alone always may. Requests that decode in their own threads therefore never hold
+    more than ``EMBEDDINGS_MAX_IMAGE_DECODE_BYTES`` of pictures between them (plus one)."""
 
-    The orientation is read after the pixels are loaded (a PNG's EXIF may follow its pixels,
-    and reading it first would decode outside the error handling)."""
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.in_use = 0
+
+    @contextmanager
+    def hold(self, need: int, limit: int) -> Iterator[None]:
+        with self._cond:
+            while self.in_use and self.in_use + need > limit:
+                self._cond.wait()
+            self.in_use += need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= need
+                self._cond.notify_all()
+
+
+DECODE_GATE = DecodeGate()
+
+
+def decode_image(data: bytes, declared: str, *, max_pixels: int, target: str,
+                 draft: bool = True, max_decode_bytes: int | None = None,
+                 hold: ExitStack | None = None) -> tuple[Image.Image, int]:
+    """Bytes -> (first frame as decoded, in any mode; EXIF orientation to apply).
+    :func:`preprocess` converts it (a strip at a time when it is large).
+
+    ``max_decode_bytes``: refuse (422) a picture whose decoding would need more memory
+    (:func:`decode_bytes`), before any pixel is decoded; with ``hold``, also wait for room in
+    :data:`DECODE_GATE` and keep it until ``hold`` closes. The orientation is read after the
+    pixels are loaded (a PNG's EXIF may follow its pixels, and reading it first would decode
+    outside the error handling)."""
     im = open_image(data, declared, max_pixels=max_pixels, target=target)
-    im = load_first_frame(im, target=target, draft_to=RESIZE_TO if draft else None)
-    orientation = exif_orientation(im)
-    try:
-        out = to_resizable(im)
-    except MemoryError:
-        raise
-    except Exception:  # noqa: BLE001
-        raise errors.validation("The image data cannot be converted to RGB.", target) from None
-    if out is not im:
-        im.close()   # frees the decoded source (and an animation's open file) early
-    return out, orientation
+    full_size = im.size
+    check = None
+    if max_decode_bytes is not None:
+        coefficients = jpeg_coefficient_bytes(im, data)
+
+        def check(drafted: Image.Image) -> None:
+            check_decode_bytes(drafted, coefficients, max_decode_bytes, target, full_size)
+            if hold is not None:
+                hold.enter_context(DECODE_GATE.hold(decode_bytes(drafted, coefficients),
+                                                    max_decode_bytes))
+    im = load_first_frame(im, target=target, draft_to=RESIZE_TO if draft else None,
+                          before_load=check)
+    return im, exif_orientation(im)
 
 
 def image_to_pixel_values(url: str, settings: Settings, index: int, *,
@@ -365,10 +568,20 @@ def image_to_pixel_values(url: str, settings: Settings, index: int, *,
     """One wire ``image`` string -> float32 [3, 224, 224] (or an ApiError for ``input[index]``)."""
     target = _target(index)
     parsed = parse_data_url(url, max_bytes=settings.max_image_bytes, target=target)
-    im, orientation = decode_image(parsed.data, parsed.declared,
-                                   max_pixels=settings.max_image_pixels, target=target,
-                                   draft=draft)
-    return preprocess(im, orientation)
+    with ExitStack() as hold:      # DECODE_GATE, from the estimate until the picture is freed
+        im, orientation = decode_image(parsed.data, parsed.declared,
+                                       max_pixels=settings.max_image_pixels, target=target,
+                                       draft=draft, max_decode_bytes=settings.max_image_decode_bytes,
+                                       hold=hold)
+        del parsed
+        try:
+            return preprocess(im, orientation)
+        except (MemoryError, errors.ApiError):
+            raise
+        except Exception:  # noqa: BLE001 - a mode Pillow cannot convert
+            raise errors.validation("The image data cannot be converted to RGB.", target) from None
+        finally:
+            im.close()   # frees the decoded picture (and an animation's decoder) now
 
 
 def ensure_pillow_limit(max_pixels: int) -> None:

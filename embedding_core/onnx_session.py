@@ -27,5 +27,30 @@ def create_session(model_path: Path, settings: Settings, *, spin: bool = True):
     if settings.ort_spinning is not None:
         spin = settings.ort_spinning
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    # The CPU arena keeps the largest run's buffers; release_arena_when_idle gives them back.
+    opts.enable_cpu_mem_arena = settings.ort_cpu_mem_arena
     return ort.InferenceSession(str(model_path), sess_options=opts,
                                 providers=["CPUExecutionProvider"])
+
+
+def release_arena_when_idle(session, feeds: dict, settings: Settings) -> None:
+    """When the process goes idle (memory.on_idle), run ``feeds`` (a tiny valid input) once with
+    onnxruntime's arena shrinkage, which frees the arena's chunks no longer in use: the buffers
+    of the last burst's largest batch go back to the system instead of staying for good."""
+    if not (settings.ort_cpu_mem_arena and settings.memory_tuning):
+        return
+    import weakref
+
+    import onnxruntime as ort
+
+    from . import memory
+
+    shrink = ort.RunOptions()
+    shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    ref = weakref.ref(session)       # the hook must not keep a discarded session alive
+
+    def hook() -> None:
+        live = ref()
+        if live is not None:
+            live.run(None, feeds, shrink)
+    memory.on_idle(hook)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
-from . import dialect_azure, dialect_openai, errors, telemetry
+from . import dialect_azure, dialect_openai, errors, memory, telemetry
 from .api import ApiRequest, ApiResponse
 from .auth import Authenticator
 from .inference_queue import InferenceQueue
@@ -263,6 +263,10 @@ def get_service() -> EmbeddingService:
         with _service_lock:
             if _service is None:
                 _service = EmbeddingService.from_env()
+                # hardening/memory: glibc arenas, mmap threshold, idle trim (once per process).
+                s = _service.settings
+                memory.configure(s.memory_tuning, s.malloc_arena_max, s.memory_trim_idle_s,
+                                 s.malloc_mmap_threshold)
     return _service
 
 
@@ -287,7 +291,8 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
         def fail(trace: Trace) -> dict[str, Any]:
             raise errors.internal(trace.request_id)
         return run_request(req, dialect, template, fail)
-    return service.handle(template, req)
+    with memory.request():   # the idle memory trimmer counts requests in flight
+        return service.handle(template, req)
 
 
 def reset_service() -> None:

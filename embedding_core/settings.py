@@ -221,6 +221,9 @@ class Settings:
     max_image_inputs: int = 64
     max_image_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    max_image_decode_bytes: int = 256 << 20   # estimated decoding memory of one image
+    max_input_chars: int = 65_536         # characters of one input read to find its tokens
+    max_chars_per_token: int = 32         # beyond max_input_chars per request (bounded_tokenize)
     # Inference.
     batch_token_budget: int = 512         # small batches run fastest on CPU (measured)
     max_batch_size: int = 32
@@ -233,6 +236,12 @@ class Settings:
     ort_inter_op_threads: int = 1
     ort_optimization_level: str = "all"     # disabled | basic | extended | all
     ort_spinning: bool | None = None        # None: each backend's default
+    ort_cpu_mem_arena: bool = True          # shrunk when idle (onnx_session.release_arena_when_idle)
+    # Process memory (memory.py).
+    memory_tuning: bool = True
+    malloc_arena_max: int = 2               # 0: glibc's default (8 per core)
+    malloc_mmap_threshold: int = 1 << 20    # 0: glibc's dynamic threshold
+    memory_trim_idle_s: float = 1.0         # 0: never trim
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -275,6 +284,10 @@ class Settings:
             max_image_inputs=max_image_inputs,
             max_image_bytes=_int(env, "EMBEDDINGS_MAX_IMAGE_BYTES", cls.max_image_bytes, 1024),
             max_image_pixels=_int(env, "EMBEDDINGS_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
+            max_image_decode_bytes=_int(env, "EMBEDDINGS_MAX_IMAGE_DECODE_BYTES",
+                                        cls.max_image_decode_bytes, 1 << 20),
+            max_input_chars=_int(env, "EMBEDDINGS_MAX_INPUT_CHARS", cls.max_input_chars, 1024),
+            max_chars_per_token=_int(env, "EMBEDDINGS_MAX_CHARS_PER_TOKEN", cls.max_chars_per_token, 1),
             batch_token_budget=_int(env, "EMBEDDINGS_BATCH_TOKEN_BUDGET", cls.batch_token_budget, 1),
             max_batch_size=_int(env, "EMBEDDINGS_MAX_BATCH_SIZE", cls.max_batch_size, 1),
             max_request_tokens=max_request_tokens,
@@ -286,5 +299,11 @@ class Settings:
             ort_inter_op_threads=_int(env, "EMBEDDINGS_ORT_INTER_OP_THREADS", cls.ort_inter_op_threads, 1),
             ort_optimization_level=level,
             ort_spinning=_bool(env, "EMBEDDINGS_ORT_SPINNING"),
+            ort_cpu_mem_arena=_bool(env, "EMBEDDINGS_ORT_CPU_MEM_ARENA") is not False,
+            memory_tuning=_bool(env, "EMBEDDINGS_MEMORY_TUNING") is not False,
+            malloc_arena_max=_int(env, "EMBEDDINGS_MALLOC_ARENA_MAX", cls.malloc_arena_max, 0),
+            malloc_mmap_threshold=_int(env, "EMBEDDINGS_MALLOC_MMAP_THRESHOLD",
+                                       cls.malloc_mmap_threshold, 0),
+            memory_trim_idle_s=_float(env, "EMBEDDINGS_MEMORY_TRIM_IDLE_SECONDS", cls.memory_trim_idle_s),
             env=env,
         )

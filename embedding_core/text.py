@@ -14,7 +14,8 @@ import numpy as np
 
 from . import errors
 from .backends import Encoded, Prepared, Work, run_inline
-from .onnx_session import create_session
+from .bounded_tokenize import Limits, tokenize_texts
+from .onnx_session import create_session, release_arena_when_idle
 from .pooling import POOLING, l2_normalize
 from .registry import Deployment
 from .settings import Settings
@@ -68,12 +69,17 @@ class TextBackend:
         self.batch_budget = settings.batch_token_budget
         self.session = create_session(deployment.files["model"].verified(), settings)
         self.input_names = {i.name for i in self.session.get_inputs()}
+        tiny = np.asarray([[self.cls_id, self.sep_id]], dtype=np.int64)
+        release_arena_when_idle(self.session, {n: tiny if n == "input_ids" else np.ones_like(tiny)
+                                               if n == "attention_mask" else np.zeros_like(tiny)
+                                               for n in self.input_names}, settings)
         self.output_name = opts.get("output", self.session.get_outputs()[0].name)
         self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
         self._prefixes = {t: np.asarray(tok.encode(p, add_special_tokens=False).ids, dtype=np.int64)
                           for t, p in deployment.prompts.items() if p}
-        # Strings up to this many characters are tokenised whole, in one batch call.
-        self.piece_chars = int(opts.get("piece_chars", 32 * self.max_tokens))
+        # Strings up to this many characters are tokenised whole; longer ones a piece at a time
+        # (bounded_tokenize). Small, so dense text (a token per character) is not over-read.
+        self.piece_chars = int(opts.get("piece_chars", max(256, self.max_tokens)))
         log.info("loaded text deployment %s", deployment.name)
 
     def loaded(self) -> bool:
@@ -88,54 +94,45 @@ class TextBackend:
                  truncate: str = "NONE") -> list[np.ndarray]:
         """Token ids per input: ``[CLS] prompt-prefix body [SEP]``, within the token limit.
 
-        Only the body (the client's text or ids) is truncated. A huge string is tokenised in
-        growing pieces from the end that is kept, so the work is bounded by the limit, not by the
-        string; refusing one then reports "at least N tokens".
+        Only the body (the client's text or ids) is truncated. Text is read from the end that is
+        kept, a piece at a time, only until it has enough tokens, and within the character limits
+        of :mod:`.bounded_tokenize` (``EMBEDDINGS_MAX_INPUT_CHARS``,
+        ``EMBEDDINGS_MAX_CHARS_PER_TOKEN``); refusing a huge input reports "at least N tokens".
         """
         prefix = self._prefixes.get(input_type, _EMPTY)
         room = self.max_tokens - 2 - len(prefix)
-        bodies: list[np.ndarray | None] = [None] * len(inputs)
-        short = [i for i, x in enumerate(inputs) if isinstance(x, str) and len(x) <= self.piece_chars]
-        if short:
-            encs = self._encode_batch([inputs[i] for i in short], add_special_tokens=False)
-            for i, enc in zip(short, encs):
-                bodies[i] = np.asarray(enc.ids, dtype=np.int64)
-        out = []
-        for i, x in enumerate(inputs):
-            body = bodies[i]
-            if body is None:
-                body = self._token_body(x, i) if not isinstance(x, str) else \
-                    self._long_body(x, i, room, truncate, len(prefix))
-            if not len(body):
-                raise errors.validation("The input has no tokens (nothing but whitespace or "
-                                        "characters the tokenizer drops).", f"input[{i}]")
-            if len(body) > room:
-                if truncate == "NONE":
-                    raise errors.input_too_long(f"input[{i}]", len(body) + len(prefix) + 2,
-                                                self.max_tokens)
-                body = body[:room] if truncate == "END" else body[len(body) - room:]
-            out.append(np.concatenate(([self.cls_id], prefix, body, [self.sep_id])).astype(np.int64))
-        return out
+        limits = Limits(room=room, extra=len(prefix) + 2, max_tokens=self.max_tokens,
+                        first_piece=self.piece_chars,
+                        max_input_chars=self.settings.max_input_chars,
+                        max_chars_per_token=self.settings.max_chars_per_token)
+        texts = {i: x for i, x in enumerate(inputs) if isinstance(x, str)}
+        try:
+            # encode_batch, not encode_batch_fast: cutting pieces at words needs the offsets.
+            bodies = tokenize_texts(
+                lambda xs: self.tokenizer.encode_batch(xs, add_special_tokens=False),
+                texts, truncate, limits) if texts else {}
+        except errors.ApiError as exc:
+            # Token-id inputs before the failing text come first (the first bad input is reported).
+            failed = int(exc.target[len("input["):-1]) if exc.target else len(inputs)
+            for i in range(failed):
+                if not isinstance(inputs[i], str):
+                    self._checked(self._token_body(inputs[i], i), i, room, truncate, prefix)
+            raise
+        return [self._checked(bodies[i] if i in bodies else self._token_body(x, i), i, room,
+                              truncate, prefix) for i, x in enumerate(inputs)]
 
-    def _long_body(self, text: str, i: int, room: int, truncate: str, extra: int) -> np.ndarray:
-        size = self.piece_chars
-        while size < len(text):
-            if truncate == "START":  # the end is kept: tokenise a suffix starting at a word
-                piece = text[len(text) - size:]
-                piece = piece[next((k + 1 for k, ch in enumerate(piece) if ch.isspace()), 0):]
-            else:                    # the start is kept (or only counted): a prefix ending at one
-                piece = text[:size]
-                cut = max(piece.rfind(" "), piece.rfind("\n"), piece.rfind("\t"))
-                piece = piece[:cut] if cut > 0 else piece
-            ids = np.asarray(self.tokenizer.encode(piece, add_special_tokens=False).ids,
-                             dtype=np.int64)
-            if len(ids) > room:
-                if truncate == "NONE":
-                    raise errors.input_too_long(f"input[{i}]", len(ids) + extra + 2,
-                                                self.max_tokens, at_least=True)
-                return ids
-            size *= 4
-        return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+    def _checked(self, body: np.ndarray, i: int, room: int, truncate: str,
+                 prefix: np.ndarray) -> np.ndarray:
+        """``[CLS] prefix body [SEP]`` with the body cut to ``room`` (or the error for input i)."""
+        if not len(body):
+            raise errors.validation("The input has no tokens (nothing but whitespace or "
+                                    "characters the tokenizer drops).", f"input[{i}]")
+        if len(body) > room:
+            if truncate == "NONE":
+                raise errors.input_too_long(f"input[{i}]", len(body) + len(prefix) + 2,
+                                            self.max_tokens)
+            body = body[:room] if truncate == "END" else body[len(body) - room:]
+        return np.concatenate(([self.cls_id], prefix, body, [self.sep_id])).astype(np.int64)
 
     def _token_body(self, tokens: list[int], i: int) -> np.ndarray:
         arr = np.asarray(tokens, dtype=np.int64)
