@@ -4,8 +4,7 @@
     .venv/bin/python bench/telemetry_overhead.py --smoke    # seconds (CI), no cold start
 
 Throughput: the service in-process (``EmbeddingService.embeddings``, real models, one client:
-single-sentence requests to the default and the ``-fast`` deployment, the worst case for a
-per-request cost, and requests of 32 sentences),
+single-sentence requests to the default deployment, the worst case for a per-request cost, and requests of 32 sentences),
 telemetry off (``EMBEDDINGS_TELEMETRY=off``) against telemetry on with the real SDK pipeline:
 every span sampled and batched (BatchSpanProcessor), metrics aggregated and collected every
 second (PeriodicExportingMetricReader), exporters that discard. Short blocks of requests run off
@@ -104,8 +103,6 @@ def throughput(pairs: int, singles: int, batches: int) -> dict:
     query = {"api-version": "2024-05-01-preview"}
     headers = {"api-key": KEY, "content-type": "application/json"}
     single_bodies = [json.dumps({"input": [s]}).encode() for s in sentences[:singles]]
-    fast_bodies = [json.dumps({"input": [s], "model": "all-MiniLM-L6-v2-fast"}).encode()
-                   for s in sentences[:singles]]
     batch_bodies = [json.dumps({"input": sentences[i * 32:(i + 1) * 32]}).encode()
                     for i in range(batches)]
 
@@ -145,13 +142,11 @@ def throughput(pairs: int, singles: int, batches: int) -> dict:
 
     for on in (False, True):                    # warm-up: models, caches, SDK instruments
         run(single_bodies[:20], on)
-        run(fast_bodies[:20], on)
         run(batch_bodies[:1], on)
     out = {}
     # Short blocks, off and on back to back (alternating which goes first): the VM's speed
     # drifts, so only the two blocks of a pair are compared.
-    for name, bodies, units in (("single", single_bodies, 1), ("single_fast", fast_bodies, 1),
-                                ("batch32", batch_bodies, 32)):
+    for name, bodies, units in (("single", single_bodies, 1), ("batch32", batch_bodies, 32)):
         logs: dict[str, list[float]] = {"wall": [], "cpu": []}
         seconds, recording = {False: 0.0, True: 0.0}, 0.0
         submit_s.clear()
@@ -338,7 +333,7 @@ def cold_start(repeats: int) -> dict:
 def report(r: dict) -> str:
     lines = ["telemetry overhead (in-process, real models, one client; on = every span sampled, "
              "batched, exporters discarding)"]
-    for name in ("single", "single_fast", "batch32") if "throughput" in r else ():
+    for name in ("single", "batch32") if "throughput" in r else ():
         t = r["throughput"][name]
         lines.append(
             f"  {name:11} {t['mean_request_ms_off']:7.2f} ms/request: telemetry "

