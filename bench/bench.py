@@ -486,17 +486,22 @@ def package_size() -> dict:
 
 
 def machine() -> dict:
-    cpu = "unknown"
+    cpu, flags = "unknown", set()
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown":
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
     import onnxruntime
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    # What decides the int8 kernels ONNX Runtime picks (VNNI: 32-bit dot products; without it
+    # u8 x s8 pairs are summed in 16 bits, see docs/performance-model.md).
+    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd, "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
 
 
@@ -579,7 +584,8 @@ def report(r: dict) -> str:
     m = r["machine"]
     ref = r.get("reference") or {}
     head = "| measure | service | reference | ratio | target |\n|---|---|---|---|---|"
-    return (f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, onnxruntime "
+    return (f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m.get('simd') or ['?'])}), "
+            f"Python {m['python']}, onnxruntime "
             f"{m['onnxruntime']}. Reference: sentence-transformers all-MiniLM-L6-v2 fp32, torch "
             f"{ref.get('torch', 'not run')}, {ref.get('threads', '-')} threads, "
             f"encode(batch_size=32), in-process. Throughputs: medians of {r['rounds']} "

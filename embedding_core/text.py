@@ -78,7 +78,6 @@ class TextBackend:
                                                if n == "attention_mask" else np.zeros_like(tiny)
                                                for n in self.input_names}, settings)
         self.output_name = opts.get("output", self.session.get_outputs()[0].name)
-        self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
         self._prefixes = {t: np.asarray(tok.encode(p, add_special_tokens=False).ids, dtype=np.int64)
                           for t, p in deployment.prompts.items() if p}
         # Strings up to this many characters are tokenised whole; longer ones a piece at a time

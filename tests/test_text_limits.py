@@ -44,7 +44,6 @@ class Counting:
 def counted(text_backend, monkeypatch):
     c = Counting(text_backend.tokenizer)
     monkeypatch.setattr(text_backend, "tokenizer", c)
-    monkeypatch.setattr(text_backend, "_encode_batch", c.encode_batch_fast)
     return c
 
 

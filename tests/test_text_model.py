@@ -205,7 +205,7 @@ def test_truncation_keeps_the_right_end(text_backend, truncate):
     ids = text_backend.tokenize([text], truncate=truncate)[0]
     assert len(ids) == 256 and ids[0] == text_backend.cls_id and ids[-1] == text_backend.sep_id
     full = text_backend.tokenize([text], truncate="END")[0] if truncate == "END" else None
-    start_ids = text_backend._encode_batch([text], add_special_tokens=False)[0].ids
+    start_ids = text_backend.tokenizer.encode(text, add_special_tokens=False).ids
     expected = start_ids[:254] if truncate == "END" else start_ids[-254:]
     assert ids[1:-1].tolist() == expected
     assert full is None or len(full) == 256
@@ -213,7 +213,7 @@ def test_truncation_keeps_the_right_end(text_backend, truncate):
 
 def test_token_id_input_equals_text_input(text_backend):
     text = "Token ids give the same vector as the text they came from."
-    plain = text_backend._encode_batch([text], add_special_tokens=False)[0].ids
+    plain = text_backend.tokenizer.encode(text, add_special_tokens=False).ids
     with_special = [text_backend.cls_id, *plain, text_backend.sep_id]
     v_text = text_backend.encode([text]).vectors[0]
     v_ids = text_backend.encode([plain]).vectors[0]
