@@ -42,8 +42,9 @@ class Lane(Protocol):
     max_batch_items: int
     batch_budget: int
 
-    def run(self, payloads: Sequence[Any]) -> np.ndarray:
-        """One output row per payload, in order."""
+    def run(self, payloads: Sequence[Any], requests: int = 1) -> np.ndarray:
+        """One output row per payload, in order. ``requests``: how many requests have items in
+        this batch (a lane may use it to choose how to run; the rows must not depend on it)."""
 
 
 @dataclass

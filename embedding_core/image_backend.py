@@ -81,7 +81,7 @@ class ImageLane:
         self.max_batch_items = batch_size
         self.batch_budget = batch_size
 
-    def run(self, payloads: Sequence[np.ndarray]) -> np.ndarray:
+    def run(self, payloads: Sequence[np.ndarray], requests: int = 1) -> np.ndarray:
         return self.session.run([self.output], {self.input_name: np.stack(payloads)})[0]
 
 

@@ -353,7 +353,7 @@ class InferenceQueue:
         payloads = [p.work.payloads[i] for _, p, idx in taken for i in idx]
         t0 = time.perf_counter()
         try:
-            out = np.asarray(lane.run(payloads))
+            out = np.asarray(lane.run(payloads, requests=len({id(job) for job, _, _ in taken})))
             if out.ndim < 1 or len(out) != len(payloads):
                 raise RuntimeError(f"lane returned {out.shape} for {len(payloads)} items")
             error = None

@@ -233,6 +233,7 @@ class Settings:
     request_timeout_s: float = 200.0      # a request still queued then is cancelled (503)
     retry_after_s: int = 1
     ort_intra_op_threads: int = 0          # 0 = onnxruntime's default (one per core)
+    ort_small_batch_thread: bool = True     # many small concurrent requests: a one-thread session
     ort_inter_op_threads: int = 1
     ort_optimization_level: str = "all"     # disabled | basic | extended | all
     ort_spinning: bool | None = None        # None: each backend's default
@@ -296,6 +297,7 @@ class Settings:
             request_timeout_s=request_timeout_s,
             retry_after_s=_int(env, "EMBEDDINGS_RETRY_AFTER_SECONDS", cls.retry_after_s, 1),
             ort_intra_op_threads=_int(env, "EMBEDDINGS_ORT_INTRA_OP_THREADS", cls.ort_intra_op_threads, 0),
+            ort_small_batch_thread=_bool(env, "EMBEDDINGS_ORT_SMALL_BATCH_THREAD") is not False,
             ort_inter_op_threads=_int(env, "EMBEDDINGS_ORT_INTER_OP_THREADS", cls.ort_inter_op_threads, 1),
             ort_optimization_level=level,
             ort_spinning=_bool(env, "EMBEDDINGS_ORT_SPINNING"),

@@ -16,7 +16,7 @@ import numpy as np
 from . import errors
 from .backends import Encoded, Prepared, Work, run_inline
 from .bounded_tokenize import Limits, tokenize_texts
-from .onnx_session import create_session, release_arena_when_idle
+from .onnx_session import SessionPair, create_session, release_arena_when_idle
 from .pooling import POOLING, l2_normalize
 from .registry import Deployment
 from .settings import Settings
@@ -71,12 +71,23 @@ class TextBackend:
         # The service's concurrency comes from requests: the tokenizer's own thread pool only
         # adds CPU (measured: 32 sentences 1.39 ms of CPU in parallel, 0.87 ms serially).
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.session = create_session(deployment.files["model"].verified(), settings)
+        model = deployment.files["model"].verified()
+        self.session = create_session(model, settings)
         self.input_names = {i.name for i in self.session.get_inputs()}
         tiny = np.asarray([[self.cls_id, self.sep_id]], dtype=np.int64)
-        release_arena_when_idle(self.session, {n: tiny if n == "input_ids" else np.ones_like(tiny)
-                                               if n == "attention_mask" else np.zeros_like(tiny)
-                                               for n in self.input_names}, settings)
+        tiny_feeds = {n: tiny if n == "input_ids" else np.ones_like(tiny)
+                      if n == "attention_mask" else np.zeros_like(tiny) for n in self.input_names}
+        release_arena_when_idle(self.session, tiny_feeds, settings)
+
+        def make_narrow():
+            session = create_session(model, settings, threads=1)
+            release_arena_when_idle(session, tiny_feeds, settings)
+            return session
+        # Many small concurrent requests run on a one-thread session (onnx_session.SessionPair);
+        # pointless where the default session has one thread already.
+        wide_threads = settings.ort_intra_op_threads or (os.cpu_count() or 1)
+        self.sessions = SessionPair(self.session, make_narrow if settings.ort_small_batch_thread
+                                    and wide_threads > 1 else None)
         self.output_name = opts.get("output", self.session.get_outputs()[0].name)
         self._prefixes = {t: np.asarray(tok.encode(p, add_special_tokens=False).ids, dtype=np.int64)
                           for t, p in deployment.prompts.items() if p}
@@ -172,10 +183,12 @@ class TextBackend:
         return run_inline(Prepared([self.work(ids)], lambda outputs: Encoded(outputs[0], 0))).vectors
 
     # -- the Lane: one micro-batch ----------------------------------------------------------------
-    def run(self, payloads: Sequence[np.ndarray]) -> np.ndarray:
-        """L2-normalised vectors of one batch of token-id arrays, padded to the longest."""
+    def run(self, payloads: Sequence[np.ndarray], requests: int = 1) -> np.ndarray:
+        """L2-normalised vectors of one batch of token-id arrays, padded to the longest;
+        ``requests``: how many requests have items in the batch (picks the session)."""
         lengths = [len(x) for x in payloads]
         width = max(lengths)
+        session = self.sessions.pick(len(payloads) * width, requests)
         input_ids = np.full((len(payloads), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(payloads), width), dtype=np.int64)
         for row, x in enumerate(payloads):
@@ -184,6 +197,6 @@ class TextBackend:
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
-        hidden = self.session.run([self.output_name], feeds)[0]
+        hidden = session.run([self.output_name], feeds)[0]
         vecs = hidden if hidden.ndim == 2 else self.pool(hidden, mask)
         return l2_normalize(vecs)

@@ -29,12 +29,14 @@ class GateLane:
         self.max_batch_items = max_batch_items
         self.batch_budget = batch_budget
         self.batches: list[list[str]] = []
+        self.requests: list[int] = []        # what the queue said each batch held
         self.entered = threading.Semaphore(0)
         self.gate = threading.Semaphore(0)
         self.fail_next = False
 
-    def run(self, payloads):
+    def run(self, payloads, requests=1):
         self.batches.append(list(payloads))
+        self.requests.append(requests)
         self.entered.release()
         assert self.gate.acquire(timeout=10), "test never opened the gate"
         if self.fail_next:
@@ -85,6 +87,7 @@ def test_small_requests_share_a_batch():
     lane.step()
     wait_all(q, [first, *others])
     assert lane.batches == [["x0"], ["a0", "b0", "c0", "d0"]]
+    assert lane.requests == [1, 4]          # the lane is told how many requests share a batch
 
 
 def test_a_large_request_is_interleaved_with_a_small_one():
@@ -276,7 +279,7 @@ class ShapeLane(GateLane):
         super().__init__(**kw)
         self.answer = answer
 
-    def run(self, payloads):
+    def run(self, payloads, requests=1):
         super().run(payloads)
         return self.answer(payloads)
 

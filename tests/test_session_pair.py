@@ -1,0 +1,94 @@
+"""The text lane's choice between its default session and a one-thread session
+(onnx_session.SessionPair): when it switches, and that the vectors do not depend on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embedding_core.encodings import encode
+from embedding_core.onnx_session import SessionPair
+
+
+def pair(narrow=True) -> SessionPair:
+    return SessionPair("wide", (lambda: "narrow") if narrow else None)
+
+
+def test_many_small_batches_of_several_requests_move_to_one_thread():
+    p = pair()
+    picks = [p.pick(120, 4) for _ in range(12)]
+    assert picks[0] == "wide"                    # it follows the traffic, not one batch
+    assert picks[-1] == "narrow" and picks[-4:] == ["narrow"] * 4
+
+
+def test_a_lone_small_batch_among_them_stays_on_one_thread():
+    p = pair()
+    for _ in range(12):
+        p.pick(120, 4)
+    assert p.pick(40, 1) == "narrow"             # else the other threads' spinning costs the gain
+
+
+def test_a_big_batch_switches_back_at_once():
+    p = pair()
+    for _ in range(12):
+        p.pick(120, 4)
+    assert p.pick(800, 2) == "wide"
+    assert p.pick(120, 4) == "wide"              # and the averages start again from it
+
+
+def test_one_request_at_a_time_keeps_every_core():
+    p = pair()
+    assert {p.pick(60, 1) for _ in range(50)} == {"wide"}
+
+
+def test_batched_requests_keep_every_core():
+    p = pair()
+    assert {p.pick(32 * 25, 2) for _ in range(50)} == {"wide"}
+
+
+def test_switched_off_or_single_threaded_it_never_creates_a_second_session():
+    p = pair(narrow=False)
+    assert {p.pick(120, 4) for _ in range(50)} == {"wide"}
+
+
+def test_the_one_thread_session_is_made_once_on_first_use():
+    made = []
+    p = SessionPair("wide", lambda: made.append(1) or f"narrow{len(made)}")
+    for _ in range(30):
+        p.pick(120, 4)
+    assert made == [1]
+
+
+def test_text_backend_settings(registry):
+    from embedding_core.settings import Settings
+    from embedding_core.text import TextBackend
+
+    dep = registry.find("all-MiniLM-L6-v2")
+    assert TextBackend(dep, Settings.from_env({"EMBEDDINGS_ORT_SMALL_BATCH_THREAD": "off"}),
+                       registry).sessions._make_narrow is None
+    assert TextBackend(dep, Settings.from_env({"EMBEDDINGS_ORT_INTRA_OP_THREADS": "1"}),
+                       registry).sessions._make_narrow is None
+
+
+@pytest.mark.parametrize("deployment", ["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-exact"])
+def test_vectors_are_the_same_on_either_session(registry, reference, deployment):
+    """The 25 reference texts in batches of 1, 4 and 25 on the default and on the one-thread
+    session: float within 1e-5, int8 and binary codes identical."""
+    backend = registry.backend(registry.find(deployment))
+    ranges = registry.calibration(backend.deployment).get(384)
+    ids = backend.tokenize(reference["texts"], truncate="END")
+    narrow = backend.sessions._make_narrow()
+    wide = backend.sessions.wide
+    try:
+        for size in (1, 4, 25):
+            got = {}
+            for name, session in (("wide", wide), ("narrow", narrow)):
+                backend.sessions.pick = lambda tokens, requests, s=session: s
+                got[name] = np.concatenate([backend.run(ids[i:i + size])
+                                            for i in range(0, len(ids), size)])
+            assert np.abs(got["wide"] - got["narrow"]).max() <= 1e-5, size
+            for fmt in ("int8", "binary"):
+                assert np.array_equal(np.asarray(encode(got["wide"], fmt, ranges)),
+                                      np.asarray(encode(got["narrow"], fmt, ranges))), (size, fmt)
+    finally:
+        del backend.sessions.pick
