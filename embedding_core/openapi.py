@@ -96,6 +96,14 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _text_input(description: str, token_ids: str, max_inputs: int) -> dict[str, Any]:
+    """A text ``input``: a string, token ids (schema ``token_ids``), or an array of either."""
+    one = [_ref("schemas", "TextInput"), _ref("schemas", token_ids)]
+    return {"description": description,
+            "oneOf": [*one, {"type": "array", "minItems": 1, "maxItems": max_inputs,
+                             "items": {"oneOf": list(one)}}]}
+
+
 def _names(deps: list[Deployment]) -> str:
     return "; ".join(
         f"`{d.name}`" + (" (default)" if d.default else "")
@@ -228,16 +236,9 @@ class _Builder:
             "type": "object", "required": ["input"],
             "description": "The body of `POST /embeddings`. " + extras,
             "properties": {
-                "input": {
-                    "description": "A string, an array of strings, an array of token ids, or an "
-                                   "array of token-id arrays. " + limits,
-                    "oneOf": [
-                        _ref("schemas", "TextInput"),
-                        _ref("schemas", "TokenIds"),
-                        {"type": "array", "minItems": 1, "maxItems": s.max_inputs,
-                         "items": {"oneOf": [_ref("schemas", "TextInput"),
-                                             _ref("schemas", "TokenIds")]}},
-                    ]},
+                "input": _text_input("A string, an array of strings, an array of token ids, or "
+                                     "an array of token-id arrays. " + limits, "TokenIds",
+                                     s.max_inputs),
                 **common,
                 "model": _nullable({"type": "string", "pattern": r"\S",
                                     "description": "A text deployment name or alias "
@@ -341,16 +342,9 @@ class _Builder:
             "description": "OpenAI's embeddings request. Other fields (OpenAI's `user`, "
                            "provider-specific ones) are ignored.",
             "properties": {
-                "input": {
-                    "description": "A string, an array of strings, an array of OpenAI token ids, "
-                                   "or an array of such arrays. " + limits,
-                    "oneOf": [
-                        _ref("schemas", "TextInput"),
-                        _ref("schemas", "OpenAITokenIds"),
-                        {"type": "array", "minItems": 1, "maxItems": s.max_inputs,
-                         "items": {"oneOf": [_ref("schemas", "TextInput"),
-                                             _ref("schemas", "OpenAITokenIds")]}},
-                    ]},
+                "input": _text_input("A string, an array of strings, an array of OpenAI token "
+                                     "ids, or an array of such arrays. " + limits,
+                                     "OpenAITokenIds", s.max_inputs),
                 "model": _nullable({"type": "string", "pattern": r"\S",
                                     "description": "A text deployment name or alias "
                                                    "(case-insensitive; `GET /v1/models` lists "
@@ -469,36 +463,35 @@ class _Builder:
                 "content": {"application/json": {"schema": _ref("schemas", schema),
                                                  "example": example}}}
 
-    def azure_embeddings(self) -> dict[str, Any]:
+    def _azure_embeddings_op(self, operation_id: str, summary: str, body_limit: str,
+                             schema: str, what: str, example: dict[str, Any]) -> dict[str, Any]:
+        """An Azure embeddings operation (``body_limit``: the setting bounding its body)."""
+        max_bytes = {"EMBEDDINGS_MAX_BODY_BYTES": self.s.max_text_body_bytes,
+                     "EMBEDDINGS_MAX_IMAGE_BODY_BYTES": self.s.max_image_body_bytes}[body_limit]
         return {
-            "operationId": "getEmbeddings", "tags": ["Azure AI Model Inference"],
-            "summary": "Text embeddings",
-            "description": f"Body at most {self.s.max_text_body_bytes} bytes "
-                           "(`EMBEDDINGS_MAX_BODY_BYTES`).",
+            "operationId": operation_id, "tags": ["Azure AI Model Inference"],
+            "summary": summary,
+            "description": f"Body at most {max_bytes} bytes (`{body_limit}`).",
             "parameters": self._azure_params(_ref("parameters", "ExtraParameters"),
                                              _ref("parameters", "ModelDeployment")),
-            "requestBody": self._body("EmbeddingsOptions", "The texts or token ids to embed.",
-                                      {"input": ["This is a very good text"],
-                                       "input_type": "query", "encoding_format": "float"}),
+            "requestBody": self._body(schema, what, example),
             "responses": {"200": self.ok("The embeddings, in request order.",
                                          "EmbeddingsResult", timing=True),
                           **self.errors("azure", _AZURE_EMBEDDINGS)}}
 
+    def azure_embeddings(self) -> dict[str, Any]:
+        return self._azure_embeddings_op(
+            "getEmbeddings", "Text embeddings", "EMBEDDINGS_MAX_BODY_BYTES", "EmbeddingsOptions",
+            "The texts or token ids to embed.",
+            {"input": ["This is a very good text"], "input_type": "query",
+             "encoding_format": "float"})
+
     def azure_image_embeddings(self) -> dict[str, Any]:
-        return {
-            "operationId": "getImageEmbeddings", "tags": ["Azure AI Model Inference"],
-            "summary": "Image embeddings (an image, optionally with text, per input)",
-            "description": f"Body at most {self.s.max_image_body_bytes} bytes "
-                           "(`EMBEDDINGS_MAX_IMAGE_BODY_BYTES`).",
-            "parameters": self._azure_params(_ref("parameters", "ExtraParameters"),
-                                             _ref("parameters", "ModelDeployment")),
-            "requestBody": self._body("ImageEmbeddingsOptions", "The images to embed.",
-                                      {"input": [{"image": EXAMPLE_IMAGE,
-                                                  "text": "a red square"}],
-                                       "encoding_format": "float"}),
-            "responses": {"200": self.ok("The embeddings, in request order.",
-                                         "EmbeddingsResult", timing=True),
-                          **self.errors("azure", _AZURE_EMBEDDINGS)}}
+        return self._azure_embeddings_op(
+            "getImageEmbeddings", "Image embeddings (an image, optionally with text, per input)",
+            "EMBEDDINGS_MAX_IMAGE_BODY_BYTES", "ImageEmbeddingsOptions", "The images to embed.",
+            {"input": [{"image": EXAMPLE_IMAGE, "text": "a red square"}],
+             "encoding_format": "float"})
 
     def azure_info(self) -> dict[str, Any]:
         return {
