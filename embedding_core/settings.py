@@ -49,6 +49,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _queue_holds(name: str, value: int, request_name: str, request: int, what: str) -> None:
+    """A queue bound that could never admit the largest request is a configuration error."""
+    if value < request:
+        raise ValueError(f"setting {name} must be >= {request_name}, or the largest {what} "
+                         "could never be admitted")
+
+
 def _bool(env: Mapping[str, str], name: str) -> bool | None:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -257,17 +264,13 @@ class Settings:
                              "disabled, basic, extended, all")
         max_request_tokens = _int(env, "EMBEDDINGS_MAX_REQUEST_TOKENS", cls.max_request_tokens, 1)
         max_queue_tokens = _int(env, "EMBEDDINGS_MAX_QUEUE_TOKENS", cls.max_queue_tokens, 1)
-        if max_queue_tokens < max_request_tokens:
-            raise ValueError("setting EMBEDDINGS_MAX_QUEUE_TOKENS must be >= "
-                             "EMBEDDINGS_MAX_REQUEST_TOKENS, or the largest request could never "
-                             "be admitted")
+        _queue_holds("EMBEDDINGS_MAX_QUEUE_TOKENS", max_queue_tokens,
+                     "EMBEDDINGS_MAX_REQUEST_TOKENS", max_request_tokens, "request")
         api_keys, api_key_problems = parse_api_keys(env.get(API_KEYS_SETTING, ""))
         max_queue_images = _int(env, "EMBEDDINGS_MAX_QUEUE_IMAGES", cls.max_queue_images, 1)
         max_image_inputs = _int(env, "EMBEDDINGS_MAX_IMAGE_INPUTS", cls.max_image_inputs, 1)
-        if max_queue_images < max_image_inputs:
-            raise ValueError("setting EMBEDDINGS_MAX_QUEUE_IMAGES must be >= "
-                             "EMBEDDINGS_MAX_IMAGE_INPUTS, or the largest image request could never "
-                             "be admitted")
+        _queue_holds("EMBEDDINGS_MAX_QUEUE_IMAGES", max_queue_images,
+                     "EMBEDDINGS_MAX_IMAGE_INPUTS", max_image_inputs, "image request")
         request_timeout_s = _float(env, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS", cls.request_timeout_s)
         if request_timeout_s < 1:
             raise ValueError("setting EMBEDDINGS_REQUEST_TIMEOUT_SECONDS must be >= 1")
