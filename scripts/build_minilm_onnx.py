@@ -46,6 +46,18 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(os.environ.get("MINILM_BUILD_DIR", Path(tempfile.gettempdir()) / "minilm_build"))
 OUT_DIR = WORK / "all-MiniLM-L6-v2-opt"  # no longer shipped (issue 8)
+# The model contract both MiniLM builders write into PROVENANCE.md.
+CONTRACT = [
+    "## Contract",
+    "",
+    "| | name | type | shape |",
+    "| --- | --- | --- | --- |",
+    "| input | input_ids | int64 | [batch, sequence] |",
+    "| input | attention_mask | int64 | [batch, sequence] |",
+    "| input | token_type_ids | int64 | [batch, sequence] (zeros) |",
+    "| output | last_hidden_state | float32 | [batch, sequence, 384] |",
+    "| output | sentence_embedding | float32 | [batch, 384], mean over attention_mask, L2-normalised |",
+]
 OPSET = 17
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -425,15 +437,7 @@ def write_provenance(model: Path, digest: str, res: dict | None) -> None:
         f"- File: `model.onnx`, {model.stat().st_size} bytes, sha256 `{digest}`",
         "  (the build is deterministic: a rerun gives the same checksum).",
         "",
-        "## Contract",
-        "",
-        "| | name | type | shape |",
-        "| --- | --- | --- | --- |",
-        "| input | input_ids | int64 | [batch, sequence] |",
-        "| input | attention_mask | int64 | [batch, sequence] |",
-        "| input | token_type_ids | int64 | [batch, sequence] (zeros) |",
-        "| output | last_hidden_state | float32 | [batch, sequence, 384] |",
-        "| output | sentence_embedding | float32 | [batch, 384], mean over attention_mask, L2-normalised |",
+        *CONTRACT,
         "",
         "Ask only for `sentence_embedding` (`session.run([\"sentence_embedding\"], feeds)`): ORT then",
         "skips copying `last_hidden_state` out. Tokenizer: `models/all-MiniLM-L6-v2/tokenizer.json`,",
