@@ -13,9 +13,10 @@ import re
 import socket
 import traceback
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -204,3 +205,15 @@ class NetworkGuard:
         """The refused attempts since the last call."""
         out, self.attempts = self.attempts, []
         return out
+
+
+@contextmanager
+def loopback_only(who: str) -> Iterator[NetworkGuard]:
+    """Run the block with a :class:`NetworkGuard` installed; fail if ``who`` tried to go
+    beyond loopback, even where the error was swallowed."""
+    guard = NetworkGuard().install()
+    try:
+        yield guard
+    finally:
+        guard.uninstall()
+    assert not guard.take(), f"{who} tried to reach the network"

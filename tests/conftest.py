@@ -4,9 +4,11 @@ and live local hosts (tools/local_host.py in a subprocess, loopback only)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -42,6 +44,23 @@ def text_backend(registry):
 @pytest.fixture(scope="session")
 def reference() -> dict[str, Any]:
     return json.loads((DATA / "minilm_reference.json").read_text(encoding="utf-8"))
+
+
+@contextmanager
+def process_service(mp: pytest.MonkeyPatch) -> Iterator[None]:
+    """function_app's process-wide service, built (lazily) from a clean environment: no
+    ``EMBEDDINGS_*`` setting but the test key; dropped again afterwards."""
+    from embedding_core import service as service_module
+
+    for name in list(os.environ):
+        if name.startswith("EMBEDDINGS_"):
+            mp.delenv(name)
+    mp.setenv("EMBEDDINGS_API_KEYS", KEY)
+    service_module.reset_service()
+    try:
+        yield
+    finally:
+        service_module.reset_service()
 
 
 def make_service(**env: str) -> EmbeddingService:

@@ -11,19 +11,14 @@ import numpy as np
 import pytest
 
 import function_app
-from conftest import API_VERSION, KEY
+from conftest import API_VERSION, KEY, process_service
 from embedding_core import service as service_module
 
 
 @pytest.fixture(autouse=True)
 def env(monkeypatch):
-    for name in list(__import__("os").environ):
-        if name.startswith("EMBEDDINGS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("EMBEDDINGS_API_KEYS", KEY)
-    service_module.reset_service()
-    yield
-    service_module.reset_service()
+    with process_service(monkeypatch):
+        yield
 
 
 @functools.cache

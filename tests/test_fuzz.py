@@ -33,7 +33,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import API_VERSION, KEY, ROOT
+from conftest import API_VERSION, KEY, ROOT, process_service
 from embedding_core import service as service_module
 from embedding_core.schema import EXTRA_MODES, KNOWN_FIELDS
 from embedding_core.settings import SUPPORTED_API_VERSIONS
@@ -339,13 +339,8 @@ def test_http_fuzz_templated_route_catch_all_and_other_methods(live_server, req)
 def functions():
     """The registered functions, with a service built from this module's environment."""
     mp = pytest.MonkeyPatch()
-    for name in list(os.environ):
-        if name.startswith("EMBEDDINGS_"):
-            mp.delenv(name)
-    mp.setenv("EMBEDDINGS_API_KEYS", KEY)
-    service_module.reset_service()
-    yield {route: fn for route, (_, fn) in registered_functions().items()}
-    service_module.reset_service()
+    with process_service(mp):
+        yield {route: fn for route, (_, fn) in registered_functions().items()}
     mp.undo()
 
 

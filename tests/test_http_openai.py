@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 from urllib.parse import urlsplit
 
 import httpx2
@@ -26,8 +25,8 @@ import openai
 import pytest
 from openai import AzureOpenAI, OpenAI
 
-from clientkit import CL100K, TEXTS, NetworkGuard, as_float32, azure_embed, cosine
-from conftest import KEY
+from clientkit import CL100K, TEXTS, as_float32, azure_embed, cosine, loopback_only
+from conftest import KEY, process_service
 from function_host import NEEDS_TEMPLATES, FunctionTransport
 
 WORDPIECE_HELLO_WORLD = [101, 7592, 2088, 102]  # [CLS] hello world [SEP] in MiniLM's vocabulary
@@ -36,12 +35,8 @@ DEFAULT = "all-MiniLM-L6-v2"
 
 @pytest.fixture(autouse=True)
 def no_network_but_loopback():
-    guard = NetworkGuard().install()
-    try:
+    with loopback_only("a client"):
         yield
-    finally:
-        guard.uninstall()
-    assert not guard.take(), "a client tried to reach the network"
 
 
 @pytest.fixture(scope="module")
@@ -240,15 +235,8 @@ def test_invalid_token_ids_through_the_sdk(client):
 @pytest.fixture
 def function_level(monkeypatch):
     """The process-wide service of function_app, built from this environment."""
-    from embedding_core import service
-
-    for name in list(os.environ):
-        if name.startswith("EMBEDDINGS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("EMBEDDINGS_API_KEYS", KEY)
-    service.reset_service()
-    yield
-    service.reset_service()
+    with process_service(monkeypatch):
+        yield
 
 
 @pytest.fixture(params=["function", pytest.param("http", marks=NEEDS_TEMPLATES)])

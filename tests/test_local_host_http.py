@@ -196,24 +196,13 @@ def stall(server, first: bytes, trickle: bytes, limit: float = 4.0) -> tuple[byt
         return data, "timeout", time.monotonic() - t0
 
 
-def test_a_slow_request_head_is_cut_off_with_408(stalls):
-    data, end, elapsed = stall(stalls, b"GET /health HTTP/1.1\r\n" + H, b"X: y\r\n")
-    assert end == "eof", (end, data[:200])
-    assert_json_error(data, 408, "RequestTimeout")
-    assert TIMEOUT * 0.8 <= elapsed < TIMEOUT + 1.5, elapsed
-
-
-def test_a_slow_body_is_cut_off_with_408(stalls):
-    data, end, elapsed = stall(stalls, b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 100000\r\n\r\nab",
-                               b"c")
-    assert end == "eof", (end, data[:200])
-    assert_json_error(data, 408, "RequestTimeout")
-    assert TIMEOUT * 0.8 <= elapsed < TIMEOUT + 1.5, elapsed
-
-
-def test_a_slow_chunked_body_is_cut_off_with_408(stalls):
-    data, end, elapsed = stall(stalls, b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n",
-                               b"1\r\nx\r\n")
+@pytest.mark.parametrize("start, trickle", [
+    (b"GET /health HTTP/1.1\r\n" + H, b"X: y\r\n"),                                   # head
+    (b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 100000\r\n\r\nab", b"c"),       # body
+    (b"POST /echo HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n", b"1\r\nx\r\n"),
+], ids=["head", "body", "chunked-body"])
+def test_a_slow_request_is_cut_off_with_408(stalls, start, trickle):
+    data, end, elapsed = stall(stalls, start, trickle)
     assert end == "eof", (end, data[:200])
     assert_json_error(data, 408, "RequestTimeout")
     assert TIMEOUT * 0.8 <= elapsed < TIMEOUT + 1.5, elapsed

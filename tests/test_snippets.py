@@ -10,8 +10,8 @@ import os
 import httpx2
 import pytest
 
-from clientkit import (SNIPPET_ENDPOINT, SNIPPET_KEY, SNIPPETS, SNIPPETS_DIR, NetworkGuard,
-                       check_snippet_vectors, readme_snippets, run_snippet, snippet_source)
+from clientkit import (SNIPPET_ENDPOINT, SNIPPET_KEY, SNIPPETS, SNIPPETS_DIR, check_snippet_vectors,
+                       loopback_only, readme_snippets, run_snippet, snippet_source)
 from conftest import KEY, ROOT
 from function_host import NEEDS_TEMPLATES, FunctionTransport
 
@@ -20,12 +20,8 @@ MAIN = sorted(f for f, s in SNIPPETS.items() if s.suite == "main")
 
 @pytest.fixture(autouse=True)
 def no_network_but_loopback():
-    guard = NetworkGuard().install()
-    try:
+    with loopback_only("a snippet"):
         yield
-    finally:
-        guard.uninstall()
-    assert not guard.take(), "a snippet tried to reach the network"
 
 
 def test_snippets_use_the_key_and_address_make_serve_prints():
