@@ -48,7 +48,7 @@ _sessions_lock = threading.Lock()
 
 
 def session_key(ref: FileRef, settings: Settings) -> tuple:
-    return (str(ref.path), ref.sha256, settings.ort_intra_op_threads,
+    return (str(ref.path), ref.sha256, settings.session_threads,
             settings.ort_inter_op_threads, settings.ort_optimization_level, settings.ort_spinning)
 
 

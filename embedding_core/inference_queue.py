@@ -78,6 +78,7 @@ class Job:
     started: float | None = None           # when its first batch started
     inference_s: float = 0.0               # wall time of the batches that carried its items
     batches: int = 0
+    running: int = 0                       # its batches running now
     remaining: int = 0                     # items not yet computed
     error: BaseException | None = None
     cancelled: bool = False
@@ -115,8 +116,10 @@ class InferenceQueue:
     ``max_wait_s`` bounds the estimated time to finish a newly admitted job."""
 
     def __init__(self, limits: dict[str, int], *, max_wait_s: float | None = None,
-                 on_idle: Callable[[], None] | None = None, name: str = "inference-worker"):
+                 on_idle: Callable[[], None] | None = None, name: str = "inference-worker",
+                 workers: int = 1):
         self.limits = dict(limits)
+        self.workers = max(1, int(workers))
         self.max_wait_s = max_wait_s
         self.on_idle = on_idle
         self.name = name
@@ -127,7 +130,9 @@ class InferenceQueue:
         self._time = {u: 0.0 for u in DEFAULT_RATES}
         self._rates = dict(DEFAULT_RATES)
         self._batches = 0
-        self._worker: threading.Thread | None = None
+        self._running = 0                  # batches being run now
+        self._threads: list[threading.Thread] = []
+        self._out: set[Job] = set()        # jobs out of the ring whose last items are running
         self._stopping = False
         _queues.add(self)
 
@@ -158,7 +163,12 @@ class InferenceQueue:
             self._ensure_worker()            # before the job counts: a failed start adds nothing
             for unit, cost in costs.items():
                 self._queued[unit] += cost
-            self._ring.append(job)
+            # Ahead of the jobs whose batches are running (they went to the back of the ring
+            # when their batch was formed): a newcomer is served next, not after them.
+            at = len(self._ring)
+            while at and self._ring[at - 1].running:
+                at -= 1
+            self._ring.insert(at, job)
             self._cond.notify()
         return job
 
@@ -204,8 +214,9 @@ class InferenceQueue:
 
     def stats(self) -> QueueStats:
         with self._cond:
-            return QueueStats(len(self._ring), dict(self._queued), dict(self._rates),
-                              self._batches, bool(self._worker and self._worker.is_alive()))
+            return QueueStats(len(self._ring) + len(self._out), dict(self._queued),
+                              dict(self._rates), self._batches,
+                              any(t.is_alive() for t in self._threads))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the worker after its current batch (interpreter exit); jobs with items still
@@ -218,9 +229,11 @@ class InferenceQueue:
                 self._drop(job)
                 job.done.set()
             self._cond.notify_all()
-            worker = self._worker
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout)
+            threads = list(self._threads)
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
 
     # -- admission and estimates (lock held) ----------------------------------------------------
     def _drain_s(self, costs: dict[str, int] | None) -> float:
@@ -250,10 +263,15 @@ class InferenceQueue:
 
     # -- worker side ----------------------------------------------------------------------------
     def _ensure_worker(self) -> None:
-        if self._worker is None or not self._worker.is_alive():
-            worker = threading.Thread(target=self._loop, name=self.name, daemon=True)
+        """Start the workers (or restart any that died), lock held."""
+        alive = [t for t in self._threads if t.is_alive()]
+        while len(alive) < self.workers:
+            worker = threading.Thread(target=self._loop, daemon=True,
+                                      name=self.name if self.workers == 1
+                                      else f"{self.name}-{len(alive)}")
             worker.start()
-            self._worker = worker
+            alive.append(worker)
+        self._threads = alive
 
     def _drop(self, job: Job) -> None:
         """Remove a job's pending items from the accounting and the ring (lock held)."""
@@ -279,7 +297,7 @@ class InferenceQueue:
         while True:
             with self._cond:
                 while not self._ring and not self._stopping:
-                    if self.on_idle is not None:
+                    if self.on_idle is not None and not self._running:
                         self._cond.release()
                         try:
                             self.on_idle()
@@ -293,27 +311,44 @@ class InferenceQueue:
                 if self._stopping:
                     return
                 lane, taken = self._form_batch()
+                self._running += 1
+                if self._ring:
+                    self._cond.notify()      # an idle worker takes the next batch
             try:
                 self._run_batch(lane, taken)
             except BaseException as exc:  # noqa: BLE001 - the worker must outlive any batch
                 log.exception("inference batch failed after running")
                 with self._cond:
                     self._fail(taken, exc)
-                    self._rotate(taken)
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    for job in self._served(taken):
+                        job.running -= 1
+                    self._out = {j for j in self._out if not j.done.is_set()}
 
     def _form_batch(self) -> tuple[Lane, list[tuple[Job, _Part, list[int]]]]:
-        """Pick the next batch (lock held). Returns the lane and (job, part, indices) slices."""
+        """Pick the next batch (lock held). Returns the lane and (job, part, indices) slices.
+
+        With several workers, a batch formed while others are idle takes only its share of what
+        is queued on its lane, so that the idle workers run the rest at the same time."""
         first = self._ring[0]
         part = next(p for p in first.parts if p.pending)
         lane = part.work.lane
         taken: list[tuple[Job, _Part, list[int]]] = []
         count, max_cost = 0, 0
+        idle = self.workers - self._running - 1
+        share = math.inf
+        if idle > 0:
+            share = math.ceil(self._queued[lane.unit] / (idle + 1))
 
         def take(job: Job, p: _Part) -> None:
             nonlocal count, max_cost
             start = p.next
             while p.next < len(p.order):
                 c = p.work.costs[p.order[p.next]]
+                if count and (count + 1) * max(max_cost, c) > share:
+                    break
                 if not fits(lane, count + 1, max(max_cost, c)):
                     break
                 count += 1
@@ -324,8 +359,8 @@ class InferenceQueue:
 
         take(first, part)
         for job in itertools.islice(self._ring, 1, None):   # the ring is not changed meanwhile
-            if not fits(lane, count + 1, max_cost):          # nothing more can fit: stop looking
-                break
+            if not fits(lane, count + 1, max_cost) or count * max_cost >= share:
+                break                                        # nothing more can fit: stop looking
             for p in job.parts:
                 if p.pending and p.work.lane.key == lane.key:
                     take(job, p)
@@ -334,20 +369,29 @@ class InferenceQueue:
             if job.started is None:
                 job.started = now
             self._queued[lane.unit] -= int(sum(p.work.costs[i] for i in idx))
+        self._rotate(taken)
         return lane, taken
 
-    def _rotate(self, taken: list[tuple[Job, _Part, list[int]]]) -> None:
-        """After a batch (lock held): the jobs it served go to the back of the ring, in their
-        order, so jobs that arrived while it ran come first; finished jobs leave the ring."""
+    @staticmethod
+    def _served(taken: list[tuple[Job, _Part, list[int]]]) -> list[Job]:
         served: list[Job] = []
         for job, _, _ in taken:
             if job not in served:
                 served.append(job)
-        for job in served:
+        return served
+
+    def _rotate(self, taken: list[tuple[Job, _Part, list[int]]]) -> None:
+        """When a batch is formed (lock held): the jobs it serves go to the back of the ring, in
+        their order, so that the jobs behind them, and those that arrive while it runs, come
+        first; a job with nothing left to start leaves the ring (its last items are running)."""
+        for job in self._served(taken):
+            job.running += 1
             if job in self._ring:
                 self._ring.remove(job)
                 if any(p.pending for p in job.parts):
                     self._ring.append(job)
+                else:
+                    self._out.add(job)
 
     def _run_batch(self, lane: Lane, taken: list[tuple[Job, _Part, list[int]]]) -> None:
         payloads = [p.work.payloads[i] for _, p, idx in taken for i in idx]
@@ -363,13 +407,15 @@ class InferenceQueue:
         elapsed = time.perf_counter() - t0
         with self._cond:
             self._batches += 1
-            self._rotate(taken)
             if error is not None:
                 self._fail(taken, error)
                 return
+            # Batches running side by side share the CPU: the rate is the process's, not one
+            # worker's.
             work = sum(p.work.costs[i] for _, p, idx in taken for i in idx)
             self._work[lane.unit] = RATE_DECAY * self._work.get(lane.unit, 0.0) + work
-            self._time[lane.unit] = RATE_DECAY * self._time.get(lane.unit, 0.0) + elapsed
+            self._time[lane.unit] = RATE_DECAY * self._time.get(lane.unit, 0.0) + \
+                elapsed / max(1, self._running)
             if self._time[lane.unit] > 0:
                 self._rates[lane.unit] = self._work[lane.unit] / self._time[lane.unit]
             row = 0

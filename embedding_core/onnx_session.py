@@ -20,14 +20,14 @@ def create_session(model_path: Path, settings: Settings, *, spin: bool = True,
     """A CPU session. ``spin``: whether idle intra-op threads busy-wait for the next run (good
     for back-to-back small runs, as in text; bad when Python work such as image decoding runs
     between them). ``EMBEDDINGS_ORT_SPINNING`` overrides it for every model. ``threads``:
-    intra-op threads for this session (else ``EMBEDDINGS_ORT_INTRA_OP_THREADS``)."""
+    intra-op threads for this session (else ``Settings.session_threads``: the cores shared among
+    the inference workers, or ``EMBEDDINGS_ORT_INTRA_OP_THREADS``)."""
     import onnxruntime as ort  # heavy import: only when a model loads
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
                                             _LEVELS[settings.ort_optimization_level])
-    if threads or settings.ort_intra_op_threads:
-        opts.intra_op_num_threads = threads or settings.ort_intra_op_threads
+    opts.intra_op_num_threads = threads or settings.session_threads
     opts.inter_op_num_threads = settings.ort_inter_op_threads
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3

@@ -94,7 +94,8 @@ class EmbeddingService:
         self.auth = authenticator or Authenticator(settings)
         self.queue = queue or InferenceQueue(
             {"tokens": settings.max_queue_tokens, "images": settings.max_queue_images},
-            max_wait_s=QUEUE_WAIT_SHARE * settings.request_timeout_s)
+            max_wait_s=QUEUE_WAIT_SHARE * settings.request_timeout_s,
+            workers=settings.workers)
         self.pipeline = Pipeline(settings, self.registry, self.queue)
         self._openapi: dict[str, Any] | None = None
         telemetry.watch_queue(self.queue)

@@ -81,6 +81,14 @@ def key_fingerprint(key: bytes) -> str:
     return "key:" + hashlib.sha256(key).hexdigest()[:8]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class ApiKey:
     """One accepted API key: its caller name (``None`` for a plain key) and the secret."""
@@ -239,7 +247,8 @@ class Settings:
     max_queue_images: int = 128           # images queued in the process (77 MB of pixels)
     request_timeout_s: float = 200.0      # a request still queued then is cancelled (503)
     retry_after_s: int = 1
-    ort_intra_op_threads: int = 0          # 0 = onnxruntime's default (one per core)
+    inference_workers: int = 0             # batches run side by side; 0 = one per core
+    ort_intra_op_threads: int = 0          # 0: the cores shared among the workers
     ort_small_batch_thread: bool = True     # many small concurrent requests: a one-thread session
     ort_inter_op_threads: int = 1
     ort_optimization_level: str = "all"     # disabled | basic | extended | all
@@ -251,6 +260,17 @@ class Settings:
     malloc_mmap_threshold: int = 1 << 20    # 0: glibc's dynamic threshold
     memory_trim_idle_s: float = 1.0         # 0: never trim
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def workers(self) -> int:
+        """Inference workers: ``EMBEDDINGS_INFERENCE_WORKERS``, else one per usable core."""
+        return self.inference_workers or usable_cores()
+
+    @property
+    def session_threads(self) -> int:
+        """Intra-op threads of each ONNX Runtime session: ``EMBEDDINGS_ORT_INTRA_OP_THREADS``,
+        else the usable cores shared among the workers (at least one each)."""
+        return self.ort_intra_op_threads or max(1, usable_cores() // self.workers)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -299,6 +319,7 @@ class Settings:
             max_queue_images=max_queue_images,
             request_timeout_s=request_timeout_s,
             retry_after_s=_int(env, "EMBEDDINGS_RETRY_AFTER_SECONDS", cls.retry_after_s, 1),
+            inference_workers=_int(env, "EMBEDDINGS_INFERENCE_WORKERS", cls.inference_workers, 0),
             ort_intra_op_threads=_int(env, "EMBEDDINGS_ORT_INTRA_OP_THREADS", cls.ort_intra_op_threads, 0),
             ort_small_batch_thread=_bool(env, "EMBEDDINGS_ORT_SMALL_BATCH_THREAD") is not False,
             ort_inter_op_threads=_int(env, "EMBEDDINGS_ORT_INTER_OP_THREADS", cls.ort_inter_op_threads, 1),

@@ -131,7 +131,7 @@ def test_the_worker_starts_on_the_first_embedding_never_at_import():
 import json, threading
 import azure.functions as func
 import function_app
-workers = lambda: sum(t.name == "inference-worker" for t in threading.enumerate())
+workers = lambda: sum(t.name.startswith("inference-worker") for t in threading.enumerate())
 fns = {f.get_trigger().route: f.get_user_function() for f in function_app.app.get_functions()}
 def call(route, method, body=b""):
     return fns[route](func.HttpRequest(method=method, url="http://localhost/" + route,
@@ -143,14 +143,16 @@ out.append(workers())
 assert call("embeddings", "POST", json.dumps({"input": ["hi"]}).encode()).status_code == 200
 assert call("embeddings", "POST", json.dumps({"input": ["again"]}).encode()).status_code == 200
 out.append(workers())
-print(json.dumps(out))
+from embedding_core.settings import usable_cores
+print(json.dumps([out, usable_cores()]))
 """
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("EMBEDDINGS_")}
     env["EMBEDDINGS_API_KEYS"] = KEY
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, cwd=str(__import__("conftest").ROOT), env=env)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0, 0, 1]
+    out, cores = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == [0, 0, cores]                     # one inference worker per core
 
 
 def call_url(fn_route, method, url, body=b"", headers=None):

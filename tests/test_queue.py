@@ -430,3 +430,41 @@ def test_queue_settings_that_could_never_admit_a_request_are_refused(env, messag
     with pytest.raises(ValueError) as exc:
         Settings.from_env(env)
     assert message in str(exc.value)
+
+
+# -- several workers -------------------------------------------------------------------------------
+
+def test_two_workers_run_two_batches_at_once_and_split_a_lone_request():
+    """With two idle workers, a request is cut so that both run part of it at the same time
+    (each takes its share of what is queued); the rows still come back in item order."""
+    lane = GateLane(max_batch_items=32, batch_budget=10**6)
+    q = InferenceQueue({"tokens": 10**6}, workers=2)
+    j = q.submit(job(lane, "a", [5, 5, 5, 5]))
+    assert lane.entered.acquire(timeout=10) and lane.entered.acquire(timeout=10)  # both running
+    assert sorted(map(len, lane.batches)) == [2, 2]
+    assert q.stats().queued["tokens"] == 0 and q.stats().jobs == 1
+    lane.gate.release()
+    lane.gate.release()
+    out = q.wait(j, 10)[0]
+    assert np.array_equal(out, rows_of([f"a{i}" for i in range(4)]))
+    q.stop()
+
+
+def test_with_two_workers_a_newcomer_is_served_while_a_large_request_runs():
+    """Both workers busy with a large request: a one-input request arriving then is in the next
+    batch either worker forms, ahead of the large request's remaining items."""
+    lane = GateLane(max_batch_items=2, batch_budget=10**6)
+    q = InferenceQueue({"tokens": 10**6}, workers=2)
+    big = q.submit(job(lane, "big", [10] * 12))
+    assert lane.entered.acquire(timeout=10) and lane.entered.acquire(timeout=10)
+    small = q.submit(job(lane, "s", [10]))
+    lane.gate.release()                                  # one of the two big batches ends
+    assert lane.entered.acquire(timeout=10)              # the next batch starts...
+    assert lane.batches[2][0] == "s0"                    # ...with the newcomer
+    for _ in range(3):
+        lane.gate.release()
+    lane.step(3)
+    q.wait(small, 10)
+    q.wait(big, 10)
+    assert sum(len(b) for b in lane.batches) == 13
+    q.stop()

@@ -1,5 +1,6 @@
 """The text lane's choice between its default session and a one-thread session
-(onnx_session.SessionPair): when it switches, and that the vectors do not depend on it."""
+(onnx_session.SessionPair, used with one inference worker on several cores): when it switches,
+and that the vectors do not depend on it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import pytest
 
 from embedding_core.encodings import encode
 from embedding_core.onnx_session import SessionPair
+from embedding_core.settings import Settings, usable_cores
+
+several_cores = pytest.mark.skipif(usable_cores() < 2, reason="one core: one-thread sessions only")
+ONE_WORKER = {"EMBEDDINGS_INFERENCE_WORKERS": "1"}
 
 
 def pair(narrow=True) -> SessionPair:
@@ -59,22 +64,31 @@ def test_the_one_thread_session_is_made_once_on_first_use():
     assert made == [1]
 
 
+@several_cores
 def test_text_backend_settings(registry):
-    from embedding_core.settings import Settings
     from embedding_core.text import TextBackend
 
     dep = registry.find("all-MiniLM-L6-v2")
-    assert TextBackend(dep, Settings.from_env({"EMBEDDINGS_ORT_SMALL_BATCH_THREAD": "off"}),
+    # One worker per core (the default): every session has one thread already.
+    assert TextBackend(dep, Settings.from_env({}), registry).sessions._make_narrow is None
+    assert TextBackend(dep, Settings.from_env(ONE_WORKER),
+                       registry).sessions._make_narrow is not None
+    assert TextBackend(dep, Settings.from_env({**ONE_WORKER,
+                                               "EMBEDDINGS_ORT_SMALL_BATCH_THREAD": "off"}),
                        registry).sessions._make_narrow is None
-    assert TextBackend(dep, Settings.from_env({"EMBEDDINGS_ORT_INTRA_OP_THREADS": "1"}),
+    assert TextBackend(dep, Settings.from_env({**ONE_WORKER,
+                                               "EMBEDDINGS_ORT_INTRA_OP_THREADS": "1"}),
                        registry).sessions._make_narrow is None
 
 
+@several_cores
 @pytest.mark.parametrize("deployment", ["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-exact"])
 def test_vectors_are_the_same_on_either_session(registry, reference, deployment):
-    """The 25 reference texts in batches of 1, 4 and 25 on the default and on the one-thread
-    session: float within 1e-5, int8 and binary codes identical."""
-    backend = registry.backend(registry.find(deployment))
+    """The 25 reference texts in batches of 1, 4 and 25 on a session with every core and on a
+    one-thread session: float within 1e-5, int8 and binary codes identical."""
+    from embedding_core.text import TextBackend
+
+    backend = TextBackend(registry.find(deployment), Settings.from_env(ONE_WORKER), registry)
     ranges = registry.calibration(backend.deployment).get(384)
     ids = backend.tokenize(reference["texts"], truncate="END")
     narrow = backend.sessions._make_narrow()

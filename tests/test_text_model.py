@@ -126,6 +126,47 @@ def test_small_token_budget_gives_the_same_vectors(registry, reference):
     assert np.abs(a - b).max() <= 1e-5
 
 
+def test_length_groups_cut_only_where_padding_costs_more_than_a_run():
+    from embedding_core.text import length_groups
+
+    assert length_groups([20] * 32) == [(0, 32)]                      # nothing to gain
+    assert length_groups([18, 19, 20, 21, 22, 61, 144]) == [(0, 5), (5, 6), (6, 7)]
+    assert length_groups([20, 21, 22, 23]) == [(0, 4)]                # a run costs more
+    groups = length_groups(sorted([18 + (i * 7) % 40 for i in range(32)]))
+    assert groups[0][0] == 0 and groups[-1][1] == 32
+    assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))       # contiguous, in order
+
+
+def test_a_batch_of_mixed_lengths_runs_in_groups_and_each_row_is_as_alone(text_backend, registry):
+    """Short inputs in one batch with a long one are not padded to its length: the batch runs
+    as ONNX Runtime runs of similar lengths; each row equals its input run alone (float within
+    1e-5, int8 identical)."""
+    texts = ["A short one.", "Another short sentence.", "Cats sleep.",
+             " ".join(["a much longer input about rivers and trains"] * 20), "Hi there."]
+    ids = text_backend.tokenize(texts, truncate="END")
+    widths = []
+    real_pick = text_backend.sessions.pick
+
+    class Counting:
+        def __init__(self, session):
+            self.session = session
+
+        def run(self, names, feeds):
+            widths.append(feeds["input_ids"].shape)
+            return self.session.run(names, feeds)
+    text_backend.sessions.pick = lambda tokens, requests: Counting(real_pick(tokens, requests))
+    try:
+        batch = text_backend.run(ids, requests=1)
+    finally:
+        del text_backend.sessions.pick
+    longest = max(len(x) for x in ids)
+    assert sorted(widths) == [(1, longest), (4, max(len(ids[i]) for i in (0, 1, 2, 4)))]
+    alone = np.concatenate([text_backend.run([x]) for x in ids])
+    assert np.abs(batch - alone).max() <= 1e-5
+    lo, hi = registry.calibration(text_backend.deployment).get(384)
+    assert np.array_equal(to_uint8(batch, lo, hi), to_uint8(alone, lo, hi))
+
+
 def test_int8_is_identical_alone_and_inside_a_batch_of_50(any_backend, registry, reference):
     text_backend = any_backend
     lo, hi = registry.calibration(any_backend.deployment).get(384)
