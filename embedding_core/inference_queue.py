@@ -1,4 +1,4 @@
-"""The per-process inference queue: handlers enqueue and wait, one worker thread runs batches.
+"""The per-process inference queue: handlers enqueue and wait, worker threads run batches.
 
 The design follows text-embeddings-inference (``router`` → ``core/src/queue.rs`` → backends):
 
@@ -7,14 +7,17 @@ The design follows text-embeddings-inference (``router`` → ``core/src/queue.rs
   queued (tokens for text lanes, images for image lanes), not by the number of requests: past
   the bound the job is refused with 429 and a ``Retry-After`` estimated from the measured
   throughput. Each job's items of one lane are kept shortest first.
-* One **worker thread**, started lazily on the first job (never at import), forms micro-batches
-  from whatever is queued: it takes the job at the front of a round-robin ring, starts a batch
-  with that job's next (shortest remaining) items of one lane, fills what is left of the batch
-  budget with the next items of the other jobs on the same lane (in ring order), runs the batch
-  and scatters the rows back. Every job it served then moves to the back of the ring, behind the
-  jobs that arrived while the batch ran. So small
-  requests are batched together, and a large request is cut into micro-batches interleaved
-  with everyone else's: a one-sentence request never waits for a whole large one.
+* **Worker threads** (``workers``: one per core in the service), started lazily on the first
+  job (never at import), form micro-batches from whatever is queued: a worker takes the job at
+  the front of a round-robin ring, starts a batch with that job's next (shortest remaining)
+  items of one lane, fills what is left of the batch budget with the next items of the other
+  jobs on the same lane (in ring order), runs the batch and scatters the rows back. Every job it
+  serves moves to the back of the ring when the batch is formed, and a job arriving while
+  batches run is placed ahead of the jobs they serve. So small requests are batched together,
+  and a large request is cut into micro-batches interleaved with everyone else's: a
+  one-sentence request never waits for a whole large one. Workers run batches side by side; a
+  batch formed while other workers are idle takes only its share of what is queued, so a lone
+  request keeps every core.
 * Each handler waits on its own job, with a deadline; the rows come back in item order. A job
   that times out or whose handler gives up is cancelled: its queued items are dropped.
 * Admission also refuses a job the queue could not finish in time: under round-robin every
@@ -22,7 +25,7 @@ The design follows text-embeddings-inference (``router`` → ``core/src/queue.rs
   the queued work plus its own, at the measured throughput, fits in ``max_wait_s`` (unless the
   queue is empty: a lone request is bounded by the per-request token cap). Otherwise several
   large requests would all be admitted and all time out together.
-* The worker survives anything a batch throws (the jobs in that batch fail with it), is
+* A worker survives anything a batch throws (the jobs in that batch fail with it), is
   restarted by whoever finds it dead, and is stopped and joined at interpreter exit (a daemon
   thread killed inside ONNX Runtime aborts the process).
 
@@ -214,12 +217,13 @@ class InferenceQueue:
 
     def stats(self) -> QueueStats:
         with self._cond:
-            return QueueStats(len(self._ring) + len(self._out), dict(self._queued),
+            running = sum(not j.done.is_set() for j in self._out)
+            return QueueStats(len(self._ring) + running, dict(self._queued),
                               dict(self._rates), self._batches,
                               any(t.is_alive() for t in self._threads))
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the worker after its current batch (interpreter exit); jobs with items still
+        """Stop the workers after their current batch (interpreter exit); jobs with items still
         queued fail with 503, a job whose last items are running gets them."""
         with self._cond:
             self._stopping = True
