@@ -129,9 +129,25 @@ def test_small_token_budget_gives_the_same_vectors(registry, reference):
 def test_length_groups_cut_only_where_padding_costs_more_than_a_run():
     from embedding_core.text import length_groups
 
-    assert length_groups([20] * 32) == [(0, 32)]                      # nothing to gain
+    assert length_groups([20] * 12) == [(0, 12)]                      # nothing to gain
     assert length_groups([18, 19, 20, 21, 22, 61, 144]) == [(0, 5), (5, 6), (6, 7)]
     assert length_groups([20, 21, 22, 23]) == [(0, 4)]                # a run costs more
+
+
+def test_length_groups_keep_each_run_within_the_run_token_cap():
+    """Runs of several inputs stay within MAX_RUN_TOKENS padded tokens (larger runs outgrow the
+    cache and cost more per token); an input longer than the cap runs alone."""
+    from embedding_core.text import MAX_RUN_TOKENS, length_groups
+
+    for lengths in ([20] * 32, [128] * 8, sorted([18 + (i * 37) % 239 for i in range(32)]), [300, 300, 400]):
+        groups = length_groups(lengths)
+        assert groups[0][0] == 0 and groups[-1][1] == len(lengths)
+        assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
+        for lo, hi in groups:
+            assert hi - lo == 1 or (hi - lo) * lengths[hi - 1] <= MAX_RUN_TOKENS, (lengths, groups)
+    assert len(length_groups([20] * 32)) == 3                            # 640 tokens: three runs
+    assert length_groups([128] * 8) == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    assert length_groups([300, 300]) == [(0, 1), (1, 2)]
     groups = length_groups(sorted([18 + (i * 7) % 40 for i in range(32)]))
     assert groups[0][0] == 0 and groups[-1][1] == 32
     assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))       # contiguous, in order
