@@ -204,6 +204,7 @@ def throughput_rounds(w: dict, deployments: list[str], ref: Reference | None,
             server.post(conn, "/embeddings", {"input": w["short"][:64], "model": d})  # load
         conn.close()
         for r in range(rounds):
+            steal0 = steal_ticks()
             if ref is not None:
                 for name in ("short", "mixed"):
                     a = ref.ask(op="throughput", set=name)
@@ -221,6 +222,8 @@ def throughput_rounds(w: dict, deployments: list[str], ref: Reference | None,
             singles = [{"input": [t], "model": d} for t in w["short"]]
             add(f"{d}:singles_8_clients", len(singles) / run_clients(server, "/embeddings",
                                                                       singles, 8))
+            if steal0 is not None:
+                add("steal_ticks", steal_ticks() - steal0)
             print(f"[bench] round {r + 1}/{rounds}", file=sys.stderr, flush=True)
     finally:
         server.stop()
@@ -485,6 +488,17 @@ def package_size() -> dict:
     return {"app_mb": app / 1e6, "dependencies_mb": deps / 1e6, "total_mb": (app + deps) / 1e6}
 
 
+def steal_ticks() -> int | None:
+    """CPU time the hypervisor gave to others (``steal`` in /proc/stat, USER_HZ ticks): on a
+    shared VM, rounds with steal are slower for reasons outside the process."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) if fields[0] == "cpu" and len(fields) > 8 else None
+    except (OSError, ValueError):
+        return None
+
+
 def machine() -> dict:
     cpu, flags = "unknown", set()
     try:
@@ -589,8 +603,17 @@ def report(r: dict) -> str:
             f"{m['onnxruntime']}. Reference: sentence-transformers all-MiniLM-L6-v2 fp32, torch "
             f"{ref.get('torch', 'not run')}, {ref.get('threads', '-')} threads, "
             f"encode(batch_size=32), in-process. Throughputs: medians of {r['rounds']} "
-            f"interleaved rounds, {r['clients']} clients. Run {r['date']}.\n\n" + head + "\n"
+            f"interleaved rounds, {r['clients']} clients.{_steal_note(r)} Run {r['date']}.\n\n"
+            + head + "\n"
             + "\n".join(rows))
+
+
+def _steal_note(r: dict) -> str:
+    rounds = _get(r, "throughput", "steal_ticks", "rounds")
+    if not rounds:
+        return ""
+    return (" Hypervisor steal per round (/proc/stat ticks; 0 = the VM had its cores): "
+            + ", ".join(str(int(t)) for t in rounds) + ".")
 
 
 def _get(d: dict, *keys):
