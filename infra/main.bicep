@@ -60,9 +60,13 @@ param maximumInstanceCount int = 40
 @description('Concurrent HTTP requests routed to one instance before the platform scales out; also the Python worker\'s thread pool. The app batches concurrent requests, so more than 1 pays (Python\'s platform default is 1).')
 param httpPerInstanceConcurrency int = 8
 
-@description('EMBEDDINGS_ORT_INTRA_OP_THREADS app setting; 0 = leave unset (app default).')
+@description('EMBEDDINGS_ORT_INTRA_OP_THREADS app setting (onnxruntime threads per inference worker); 0 = leave unset (app default: cores ÷ workers).')
 @minValue(0)
 param ortIntraOpThreads int = 0
+
+@description('EMBEDDINGS_INFERENCE_WORKERS app setting (batches run side by side); 0 = leave unset (app default: one per core).')
+@minValue(0)
+param inferenceWorkers int = 0
 
 @description('Zone-redundant Flex Consumption plan (only in regions that support it).')
 param zoneRedundant bool = false
@@ -215,6 +219,7 @@ module functionApp 'modules/functionapp.bicep' = {
     entraAllowedClientIds: entraAllowedClientIds
     entraAuthority: effectiveAuthority
     ortIntraOpThreads: ortIntraOpThreads
+    inferenceWorkers: inferenceWorkers
   }
 }
 

@@ -627,7 +627,14 @@ def test_app_settings_identity_based_and_key_vault_reference():
     assert settings["EMBEDDINGS_API_KEYS"] == "@Microsoft.KeyVault(SecretUri=${apiKeySecretUri})"
     # No connection strings or instrumentation keys (Flex-deprecated names have their own test).
     assert not {"AzureWebJobsStorage", "APPINSIGHTS_INSTRUMENTATIONKEY"} & set(settings)
-    assert "EMBEDDINGS_ORT_INTRA_OP_THREADS" in set(settings)
+    # The inference tuning a deployer may set with azd (docs/deploy.md); each is left unset
+    # (the app's default) unless its parameter is above 0.
+    assert render(settings["EMBEDDINGS_ORT_INTRA_OP_THREADS"]) == "string(ortIntraOpThreads)"
+    assert render(settings["EMBEDDINGS_INFERENCE_WORKERS"]) == "string(inferenceWorkers)"
+    for file in (MODULES / "functionapp.bicep", MAIN):
+        p = params(file)
+        for name in ("ortIntraOpThreads", "inferenceWorkers"):
+            assert p[name]["default"] == 0 and decorator(p[name], "min_value") == 0, (file, name)
     # Concurrent requests meet in the app's inference queue: the worker's thread pool follows
     # the host's per-instance concurrency, and the retired EMBEDDINGS_MAX_CONCURRENCY is gone.
     assert render(settings["PYTHON_THREADPOOL_THREAD_COUNT"]) == "string(httpPerInstanceConcurrency)"

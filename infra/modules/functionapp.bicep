@@ -55,9 +55,13 @@ param entraRequiredRoles string
 param entraAllowedClientIds string
 param entraAuthority string
 
-@description('EMBEDDINGS_ORT_INTRA_OP_THREADS; 0 = leave unset (app default).')
+@description('EMBEDDINGS_ORT_INTRA_OP_THREADS (threads per inference worker); 0 = leave unset (app default).')
 @minValue(0)
 param ortIntraOpThreads int = 0
+
+@description('EMBEDDINGS_INFERENCE_WORKERS; 0 = leave unset (app default: one per core).')
+@minValue(0)
+param inferenceWorkers int = 0
 
 // ---------------------------------------------------------------- app settings
 // Every app setting is built here, in groups, and joined once in `appSettings` below.
@@ -154,6 +158,13 @@ var threadSettings = (ortIntraOpThreads > 0) ? [
   }
 ] : []
 
+var inferenceWorkerSettings = (inferenceWorkers > 0) ? [
+  {
+    name: 'EMBEDDINGS_INFERENCE_WORKERS'
+    value: string(inferenceWorkers)
+  }
+] : []
+
 // OpenTelemetry (host.json "telemetryMode": "OpenTelemetry"; docs/operations.md). The Python
 // worker configures the Azure Monitor distro (requirements.txt) before it imports the app, with
 // APPLICATIONINSIGHTS_CONNECTION_STRING and the Entra ID APPLICATIONINSIGHTS_AUTHENTICATION_STRING
@@ -184,7 +195,7 @@ var telemetrySettings = [
   }
 ]
 
-var appSettings = concat(hostStorageSettings, monitoringSettings, apiKeySettings, entraSettings, workerSettings, threadSettings, telemetrySettings)
+var appSettings = concat(hostStorageSettings, monitoringSettings, apiKeySettings, entraSettings, workerSettings, threadSettings, inferenceWorkerSettings, telemetrySettings)
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   // checkov:skip=CKV_AZURE_225: Zone redundancy for Flex Consumption is region-dependent; it is exposed as the zoneRedundant parameter (default off) instead of being forced.
