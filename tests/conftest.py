@@ -87,3 +87,18 @@ def live_server():
     server = LiveServer({"EMBEDDINGS_API_KEYS": f"{KEY},second-key-abcdef"})
     yield server
     server.stop()
+
+
+@contextmanager
+def entra_live_server(api_keys: str) -> Iterator[tuple[Any, LiveServer]]:
+    """A local identity provider serving its signing keys on loopback, and a local host that
+    trusts it and also accepts ``api_keys``: yields (the token factory, the server)."""
+    from jwt_factory import TokenFactory
+
+    idp = TokenFactory()
+    with idp.serve_http():
+        server = LiveServer({"EMBEDDINGS_API_KEYS": api_keys, **idp.env()})
+        try:
+            yield idp, server
+        finally:
+            server.stop()

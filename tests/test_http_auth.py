@@ -12,8 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import API_VERSION, LiveServer
-from jwt_factory import TokenFactory
+from conftest import API_VERSION, LiveServer, entra_live_server
 
 INFO = f"/info?api-version={API_VERSION}"
 ALICE = "alice-DISTINCTIVE-5e2c7b90"
@@ -81,15 +80,10 @@ def test_unresolved_reference_as_the_whole_setting_over_http():
 
 
 def test_entra_iat_over_http():
-    idp = TokenFactory()
-    with idp.serve_http():
-        server = LiveServer({"EMBEDDINGS_API_KEYS": PLAIN, **idp.env()})
-        try:
-            now = int(time.time())
-            assert get(server, {"Authorization": f"Bearer {idp.mint()}"})[0] == 200
-            for bad in (idp.mint(iat=now + 3600), idp.mint(iat=now + 10 * 365 * 86400),
-                        idp.mint(iat=str(now)), idp.mint(iat=None)):
-                status, body = get(server, {"Authorization": f"Bearer {bad}"})
-                assert status == 401 and body["error"]["code"] == "Unauthorized"
-        finally:
-            server.stop()
+    with entra_live_server(PLAIN) as (idp, server):
+        now = int(time.time())
+        assert get(server, {"Authorization": f"Bearer {idp.mint()}"})[0] == 200
+        for bad in (idp.mint(iat=now + 3600), idp.mint(iat=now + 10 * 365 * 86400),
+                    idp.mint(iat=str(now)), idp.mint(iat=None)):
+            status, body = get(server, {"Authorization": f"Bearer {bad}"})
+            assert status == 401 and body["error"]["code"] == "Unauthorized"

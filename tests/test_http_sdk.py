@@ -12,7 +12,7 @@ from azure.ai.inference.models import EmbeddingEncodingFormat, EmbeddingInputTyp
 from azure.core.credentials import AccessToken, AzureKeyCredential
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
-from conftest import API_VERSION, KEY, LiveServer
+from conftest import API_VERSION, KEY, LiveServer, entra_live_server
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Embeddings turn text into vectors."]
 
@@ -202,25 +202,18 @@ class StaticTokenCredential:
 
 
 def test_entra_token_via_token_credential_and_key_on_the_same_server():
-    from jwt_factory import TokenFactory
+    with entra_live_server(KEY) as (idp, server):
+        cred = StaticTokenCredential(idp.mint())
+        with EmbeddingsClient(endpoint=server.url, credential=cred, retry_total=0) as c:
+            r = c.embed(input=TEXTS, enforce_https=False)
+            assert len(r.data) == 2
+        assert cred.scopes[0] == ("https://ml.azure.com/.default",)
 
-    idp = TokenFactory()
-    with idp.serve_http():
-        server = LiveServer({"EMBEDDINGS_API_KEYS": KEY, **idp.env()})
-        try:
-            cred = StaticTokenCredential(idp.mint())
-            with EmbeddingsClient(endpoint=server.url, credential=cred, retry_total=0) as c:
-                r = c.embed(input=TEXTS, enforce_https=False)
-                assert len(r.data) == 2
-            assert cred.scopes[0] == ("https://ml.azure.com/.default",)
+        bad = StaticTokenCredential(idp.mint(aud="api://someone-else"))
+        with EmbeddingsClient(endpoint=server.url, credential=bad, retry_total=0) as c:
+            with pytest.raises(ClientAuthenticationError) as e:
+                c.embed(input=TEXTS, enforce_https=False)
+        assert e.value.response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
 
-            bad = StaticTokenCredential(idp.mint(aud="api://someone-else"))
-            with EmbeddingsClient(endpoint=server.url, credential=bad, retry_total=0) as c:
-                with pytest.raises(ClientAuthenticationError) as e:
-                    c.embed(input=TEXTS, enforce_https=False)
-            assert e.value.response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
-
-            with EmbeddingsClient(endpoint=server.url, credential=AzureKeyCredential(KEY)) as c:
-                assert len(c.embed(input=TEXTS).data) == 2
-        finally:
-            server.stop()
+        with EmbeddingsClient(endpoint=server.url, credential=AzureKeyCredential(KEY)) as c:
+            assert len(c.embed(input=TEXTS).data) == 2
