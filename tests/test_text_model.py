@@ -132,6 +132,9 @@ def test_length_groups_cut_only_where_padding_costs_more_than_a_run():
     assert length_groups([20] * 12) == [(0, 12)]                      # nothing to gain
     assert length_groups([18, 19, 20, 21, 22, 61, 144]) == [(0, 5), (5, 6), (6, 7)]
     assert length_groups([20, 21, 22, 23]) == [(0, 4)]                # a run costs more
+    groups = length_groups(sorted([18 + (i * 7) % 40 for i in range(32)]))
+    assert groups[0][0] == 0 and groups[-1][1] == 32
+    assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))       # contiguous, in order
 
 
 def test_length_groups_keep_each_run_within_the_run_token_cap():
@@ -148,9 +151,6 @@ def test_length_groups_keep_each_run_within_the_run_token_cap():
     assert len(length_groups([20] * 32)) == 3                            # 640 tokens: three runs
     assert length_groups([128] * 8) == [(0, 2), (2, 4), (4, 6), (6, 8)]
     assert length_groups([300, 300]) == [(0, 1), (1, 2)]
-    groups = length_groups(sorted([18 + (i * 7) % 40 for i in range(32)]))
-    assert groups[0][0] == 0 and groups[-1][1] == 32
-    assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))       # contiguous, in order
 
 
 def test_a_batch_of_mixed_lengths_runs_in_groups_and_each_row_is_as_alone(text_backend, registry):
