@@ -297,6 +297,16 @@ class InferenceQueue:
             self._drop(job)
             job.done.set()
 
+    def _fail_queued(self, exc: BaseException) -> None:
+        """Forming a batch raised (a bug, not an input): every queued job gets a 500 now rather
+        than waiting for its time-out behind a worker that cannot form batches (lock held).
+        Batches already running finish as usual."""
+        jobs = list(self._ring)
+        self._fail([(job, None, None) for job in jobs], exc)  # type: ignore[list-item]
+        self._ring.clear()
+        for unit in self._queued:  # only queued items count, and none is left
+            self._queued[unit] = 0
+
     def _loop(self) -> None:
         while True:
             with self._cond:
@@ -314,7 +324,12 @@ class InferenceQueue:
                     self._cond.wait()
                 if self._stopping:
                     return
-                lane, taken = self._form_batch()
+                try:
+                    lane, taken = self._form_batch()
+                except Exception as exc:  # noqa: BLE001 - a bug here must not strand the queue
+                    log.exception("inference queue could not form a batch")
+                    self._fail_queued(exc)
+                    continue
                 self._running += 1
                 if self._ring:
                     self._cond.notify()      # an idle worker takes the next batch

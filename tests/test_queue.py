@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -300,6 +301,38 @@ def test_a_lane_answering_garbage_fails_its_requests_and_the_worker_goes_on(answ
     good_lane.step()
     assert q.wait(good, 10)[0].shape == (1, 1)
     assert q.stats().queued["tokens"] == 0 and q.stats().worker_alive
+
+
+class BrokenBudgetLane(GateLane):
+    """A lane whose batch budget cannot be read: forming a batch of two items raises (a bug
+    in a lane, not an input)."""
+
+    @property
+    def batch_budget(self):
+        raise AttributeError("no budget")
+
+    @batch_budget.setter
+    def batch_budget(self, value):
+        pass
+
+
+def test_a_batch_that_cannot_be_formed_fails_the_queued_requests_at_once_and_the_worker_goes_on():
+    """Nothing waits for its time-out behind a worker that cannot form batches: the queued
+    requests fail with the error a failed batch gives, the accounting returns to zero, and the
+    next request is served."""
+    broken = GateLane(key="broken")
+    q = InferenceQueue({"tokens": 1000})
+    broken.__class__ = BrokenBudgetLane
+    t0 = time.perf_counter()
+    bad = q.submit(job(broken, "bad", [1, 1, 1]))
+    with pytest.raises(RuntimeError, match="inference failed"):
+        q.wait(bad, 10)
+    assert time.perf_counter() - t0 < 5
+    assert q.stats().queued["tokens"] == 0 and q.stats().jobs == 0 and q.stats().worker_alive
+    good_lane = GateLane()
+    good = q.submit(job(good_lane, "good", [1, 2]))
+    good_lane.step()
+    assert np.array_equal(q.wait(good, 10)[0], rows_of(["good0", "good1"]))
 
 
 def test_rows_of_another_width_in_a_later_batch_fail_that_request_only():
