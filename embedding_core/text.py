@@ -89,6 +89,9 @@ class TextBackend:
         # thread already (one worker per core, the default).
         self.sessions = SessionPair(self.session, make_narrow if settings.ort_small_batch_thread
                                     and settings.session_threads > 1 else None)
+        # The cap on one run's padded tokens is per thread: a run on n threads splits its
+        # activations over n cores' caches.
+        self.max_run_tokens = MAX_RUN_TOKENS * max(1, settings.session_threads)
         self.output_name = opts.get("output", self.session.get_outputs()[0].name)
         self._prefixes = {t: np.asarray(tok.encode(p, add_special_tokens=False).ids, dtype=np.int64)
                           for t, p in deployment.prompts.items() if p}
@@ -191,19 +194,23 @@ class TextBackend:
         longest: the rows do not depend on what they are run with."""
         lengths = [len(x) for x in payloads]
         order = sorted(range(len(payloads)), key=lengths.__getitem__)
+        sorted_lengths = [lengths[i] for i in order]
+        groups = length_groups(sorted_lengths, self.max_run_tokens)
+        # One session for the whole batch, chosen on the batch's padded tokens (not each run's).
+        session = self.sessions.pick(sum((hi - lo) * sorted_lengths[hi - 1] for lo, hi in groups),
+                                     requests)
         out: np.ndarray | None = None
-        for lo, hi in length_groups([lengths[i] for i in order]):
+        for lo, hi in groups:
             rows = order[lo:hi]
-            vecs = self._run_padded([payloads[i] for i in rows], requests)
+            vecs = self._run_padded([payloads[i] for i in rows], session)
             if out is None:
                 out = np.empty((len(payloads), *vecs.shape[1:]), dtype=vecs.dtype)
             out[rows] = vecs
         return out
 
-    def _run_padded(self, payloads: Sequence[np.ndarray], requests: int) -> np.ndarray:
+    def _run_padded(self, payloads: Sequence[np.ndarray], session: Any) -> np.ndarray:
         lengths = [len(x) for x in payloads]
         width = max(lengths)
-        session = self.sessions.pick(len(payloads) * width, requests)
         input_ids = np.full((len(payloads), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(payloads), width), dtype=np.int64)
         for row, x in enumerate(payloads):
@@ -222,11 +229,12 @@ class TextBackend:
 # about 16-24 tokens) plus rows x width tokens, each dearer as the width grows (attention).
 RUN_OVERHEAD_TOKENS = 16.0
 ATTENTION_WIDTH = 768.0
-# At most this many padded tokens per run (an input longer than that runs alone). A token costs
-# 10-20 % more in larger runs, once a run's activations outgrow a core's L2 cache: the FFN's are
-# 1,536 floats (6 KB) per token, 1.5 MB at 256 tokens; the cores here have 2 MB each. Measured
-# with one thread per run (docs/inference-queue.md): 4 inputs of 256 tokens cost 196 us a token
-# in one run and 174 us in four; mixed lengths served 15 % faster end to end, short ones the same.
+# At most this many padded tokens per run and session thread (an input longer than that runs
+# alone). A token costs 10-20 % more in larger runs, once a run's activations outgrow a core's L2
+# cache: the FFN's are 1,536 floats (6 KB) per token, 1.5 MB at 256 tokens; the cores here have
+# 2 MB each. Measured with one thread per run (docs/inference-queue.md): 4 inputs of 256 tokens
+# cost 196 us a token in one run and 174 us in four; mixed lengths served 15 % faster end to end,
+# short ones the same.
 MAX_RUN_TOKENS = 256
 
 
@@ -234,18 +242,19 @@ def run_cost(rows: int, width: int) -> float:
     return RUN_OVERHEAD_TOKENS + rows * width * (1.0 + width / ATTENTION_WIDTH)
 
 
-def length_groups(lengths: Sequence[int]) -> list[tuple[int, int]]:
+def length_groups(lengths: Sequence[int],
+                  max_run_tokens: int = MAX_RUN_TOKENS) -> list[tuple[int, int]]:
     """Cut ``lengths`` (ascending) into runs [lo, hi) of least total :func:`run_cost`: a batch
     mixing a few long inputs with many short ones pads the short ones to the longest; run apart,
     they cost their own length (exact: optimal contiguous partition, O(n^2) for n <= 64). No run
-    of several inputs exceeds :data:`MAX_RUN_TOKENS` padded tokens."""
+    of several inputs exceeds ``max_run_tokens`` padded tokens."""
     n = len(lengths)
     best = [0.0] + [math.inf] * n
     cut = [0] * (n + 1)
     for hi in range(1, n + 1):
         width = lengths[hi - 1]
         for lo in range(hi):
-            if hi - lo > 1 and (hi - lo) * width > MAX_RUN_TOKENS:
+            if hi - lo > 1 and (hi - lo) * width > max_run_tokens:
                 continue
             c = best[lo] + run_cost(hi - lo, width)
             if c < best[hi]:

@@ -82,6 +82,40 @@ def test_text_backend_settings(registry):
 
 
 @several_cores
+def test_one_worker_picks_its_session_once_per_batch_on_the_whole_batch(registry):
+    """With one worker on several cores, the session follows the batch (its padded tokens over
+    all its length groups), not each run: batches of 32 short inputs from several requests stay
+    on the session with every core. The cap on a run's tokens grows with the session's threads."""
+    from embedding_core.text import MAX_RUN_TOKENS, TextBackend, length_groups
+
+    settings = Settings.from_env(ONE_WORKER)
+    backend = TextBackend(registry.find("all-MiniLM-L6-v2"), settings, registry)
+    assert backend.max_run_tokens == MAX_RUN_TOKENS * settings.session_threads
+    one_thread_env = {**ONE_WORKER, "EMBEDDINGS_ORT_INTRA_OP_THREADS": "1"}
+    one_thread = TextBackend(registry.find("all-MiniLM-L6-v2"), Settings.from_env(one_thread_env),
+                             registry)
+    assert one_thread.max_run_tokens == MAX_RUN_TOKENS
+
+    picks, real_pick = [], backend.sessions.pick
+
+    def pick(tokens, requests):
+        session = real_pick(tokens, requests)
+        picks.append((tokens, session))
+        return session
+    backend.sessions.pick = pick
+    ids = backend.tokenize([f"sentence number {i} about rivers, trains, harbours, the sea and"
+                            " the long roads between the towns along the coast"
+                            for i in range(32)], truncate="END")
+    lengths = sorted(len(x) for x in ids)
+    groups = length_groups(lengths, backend.max_run_tokens)
+    padded = sum((hi - lo) * lengths[hi - 1] for lo, hi in groups)
+    for _ in range(12):
+        backend.run(ids, requests=4)
+    assert [t for t, _ in picks] == [padded] * 12 and padded >= backend.sessions.BIG_TOKENS
+    assert all(session is backend.sessions.wide for _, session in picks)
+
+
+@several_cores
 @pytest.mark.parametrize("deployment", ["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-exact"])
 def test_vectors_are_the_same_on_either_session(registry, reference, deployment):
     """The 25 reference texts in batches of 1, 4 and 25 on a session with every core and on a
