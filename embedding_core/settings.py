@@ -254,6 +254,7 @@ class Settings:
     ort_optimization_level: str = "all"     # disabled | basic | extended | all
     ort_spinning: bool | None = None        # None: each backend's default
     ort_cpu_mem_arena: bool = True          # shrunk when idle (onnx_session.release_arena_when_idle)
+    long_input_runtime: str = "auto"        # auto: a deployment's long inputs on OpenVINO with AMX
     # Process memory (memory.py).
     memory_tuning: bool = True
     malloc_arena_max: int = 2               # 0: glibc's default (8 per core)
@@ -282,6 +283,9 @@ class Settings:
         if level not in ("disabled", "basic", "extended", "all"):
             raise ValueError("setting EMBEDDINGS_ORT_OPTIMIZATION_LEVEL must be one of "
                              "disabled, basic, extended, all")
+        long_runtime = env.get("EMBEDDINGS_LONG_INPUT_RUNTIME", "auto").strip().lower() or "auto"
+        if long_runtime not in ("auto", "onnxruntime"):
+            raise ValueError("setting EMBEDDINGS_LONG_INPUT_RUNTIME must be 'auto' or 'onnxruntime'")
         max_request_tokens = _int(env, "EMBEDDINGS_MAX_REQUEST_TOKENS", cls.max_request_tokens, 1)
         max_queue_tokens = _int(env, "EMBEDDINGS_MAX_QUEUE_TOKENS", cls.max_queue_tokens, 1)
         _queue_holds("EMBEDDINGS_MAX_QUEUE_TOKENS", max_queue_tokens,
@@ -326,6 +330,7 @@ class Settings:
             ort_optimization_level=level,
             ort_spinning=_bool(env, "EMBEDDINGS_ORT_SPINNING"),
             ort_cpu_mem_arena=_bool(env, "EMBEDDINGS_ORT_CPU_MEM_ARENA") is not False,
+            long_input_runtime=long_runtime,
             memory_tuning=_bool(env, "EMBEDDINGS_MEMORY_TUNING") is not False,
             malloc_arena_max=_int(env, "EMBEDDINGS_MALLOC_ARENA_MAX", cls.malloc_arena_max, 0),
             malloc_mmap_threshold=_int(env, "EMBEDDINGS_MALLOC_MMAP_THRESHOLD",

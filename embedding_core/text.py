@@ -18,6 +18,7 @@ from . import errors
 from .backends import Encoded, Prepared, Work, run_inline
 from .bounded_tokenize import Limits, tokenize_texts
 from .onnx_session import SessionPair, create_session, release_arena_when_idle
+from .openvino_session import long_inputs, pad_width
 from .pooling import POOLING, l2_normalize
 from .registry import Deployment
 from .settings import Settings
@@ -93,6 +94,9 @@ class TextBackend:
         # activations over n cores' caches.
         self.max_run_tokens = MAX_RUN_TOKENS * max(1, settings.session_threads)
         self.output_name = opts.get("output", self.session.get_outputs()[0].name)
+        # Long inputs may run elsewhere (openvino_session: OpenVINO in bf16 where the CPU has
+        # AMX); which runtime embeds an input depends only on its own length.
+        self.long = long_inputs(opts, deployment.files, settings, deployment.name)
         self._prefixes = {t: np.asarray(tok.encode(p, add_special_tokens=False).ids, dtype=np.int64)
                           for t, p in deployment.prompts.items() if p}
         # Strings up to this many characters are tokenised whole; longer ones a piece at a time
@@ -191,7 +195,38 @@ class TextBackend:
         """L2-normalised vectors of one batch of token-id arrays; ``requests``: how many
         requests have items in the batch (picks the session). The batch runs as one or more
         ONNX Runtime runs of similar lengths (:func:`length_groups`), each padded to its
-        longest: the rows do not depend on what they are run with."""
+        longest: the rows do not depend on what they are run with. With a long-input runtime,
+        inputs of ``long.from_tokens`` tokens or more run there instead (:meth:`_run_long`)."""
+        if self.long is None:
+            return self._run_short(payloads, requests)
+        long_rows = [i for i, x in enumerate(payloads) if len(x) >= self.long.from_tokens]
+        if not long_rows:
+            return self._run_short(payloads, requests)
+        out = self._run_long([payloads[i] for i in long_rows])
+        if len(long_rows) == len(payloads):
+            return out
+        short_rows = sorted(set(range(len(payloads))) - set(long_rows))
+        short = self._run_short([payloads[i] for i in short_rows], requests)
+        full = np.empty((len(payloads), *out.shape[1:]), dtype=out.dtype)
+        full[long_rows], full[short_rows] = out, short
+        return full
+
+    def _run_long(self, payloads: Sequence[np.ndarray]) -> np.ndarray:
+        """Runs of similar lengths on the long-input runtime, each padded to a multiple of 16
+        tokens (openvino_session.pad_width), of at most ``long.max_run_tokens`` padded tokens."""
+        lengths = [len(x) for x in payloads]
+        order = sorted(range(len(payloads)), key=lengths.__getitem__)
+        widths = [pad_width(lengths[i]) for i in order]
+        out: np.ndarray | None = None
+        for lo, hi in length_groups(widths, self.long.max_run_tokens):
+            rows = order[lo:hi]
+            vecs = self._run_padded([payloads[i] for i in rows], self.long.session, widths[hi - 1])
+            if out is None:
+                out = np.empty((len(payloads), *vecs.shape[1:]), dtype=vecs.dtype)
+            out[rows] = vecs
+        return out
+
+    def _run_short(self, payloads: Sequence[np.ndarray], requests: int) -> np.ndarray:
         lengths = [len(x) for x in payloads]
         order = sorted(range(len(payloads)), key=lengths.__getitem__)
         sorted_lengths = [lengths[i] for i in order]
@@ -208,9 +243,10 @@ class TextBackend:
             out[rows] = vecs
         return out
 
-    def _run_padded(self, payloads: Sequence[np.ndarray], session: Any) -> np.ndarray:
+    def _run_padded(self, payloads: Sequence[np.ndarray], session: Any,
+                    width: int | None = None) -> np.ndarray:
         lengths = [len(x) for x in payloads]
-        width = max(lengths)
+        width = max(max(lengths), width or 0)
         input_ids = np.full((len(payloads), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(payloads), width), dtype=np.int64)
         for row, x in enumerate(payloads):

@@ -88,6 +88,8 @@ def test_a_request_over_the_token_cap_is_refused_naming_the_cap(server):
 def test_concurrent_requests_get_the_vectors_they_get_alone(server):
     texts = [f"sentence number {i}: " + " ".join(["alpha", "beta", "gamma"][: 1 + i % 3]) * (1 + i % 7)
              for i in range(24)]
+    # and long ones (~135-230 tokens: on the long-input runtime where the CPU has AMX)
+    texts[3::6] = [f"{i} " + " ".join(LONG.split()[:56 + 10 * i]) for i in range(4)]
     alone = {t: np.asarray(embed(server, [t])[2]["data"][0]["embedding"], dtype=np.float32)
              for t in texts}
     alone_int8 = {t: embed(server, [t], encoding_format="int8")[2]["data"][0]["embedding"]

@@ -1,0 +1,129 @@
+"""Long inputs on OpenVINO in bf16, on CPUs with AMX.
+
+A text deployment may name a second model for its long inputs (``options.long_inputs`` in
+registry.json). The default all-MiniLM-L6-v2 names its exact (fp32-arithmetic) file: run by
+OpenVINO's CPU plugin in bf16 on AMX tiles, an input of 129-256 tokens costs 1.2-1.3x less than
+the per-token int8 model in ONNX Runtime, and its vector is within cosine 0.9999 of
+sentence-transformers instead of 0.9986 (docs/performance-model.md). Short inputs stay on ONNX
+Runtime, where OpenVINO is slower (0.5x at 1 x 12 tokens, 0.7x at 2 x 27).
+
+Which runtime embeds an input depends only on the input's own length and on the CPU, never on
+its batch, and OpenVINO's rows do not depend on their batch once every run is padded to a
+multiple of 16 tokens (:func:`pad_width`): a vector stays bitwise the same alone and in any batch.
+
+Used only where the CPU has AMX (``amx_bf16``): elsewhere bf16 is emulated or absent, OpenVINO
+would be slower than the int8 model, and its numerics were not measured.
+``EMBEDDINGS_LONG_INPUT_RUNTIME=onnxruntime`` turns it off. ``openvino`` is imported and the model
+compiled on the first long input (0.3 s + 0.5 s here), not at start-up.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+AMX_FLAG = "amx_bf16"
+BLOCK = 16       # OpenVINO's attention takes keys in blocks of 16: a partial last block differs
+MIN_WIDTH = 32   # ... and below 32 tokens it runs another kernel
+
+
+def pad_width(longest: int) -> int:
+    """The padded width of an OpenVINO run whose longest input has ``longest`` tokens.
+
+    Measured (OpenVINO 2026.4.1, this CPU, every length from 100 to 256 tokens and the 200
+    held-out texts): an input's vector is bitwise the same at every width from
+    ``max(32, ceil16(n))`` up, and differs (by up to 6e-4) at widths between n and the next
+    multiple of 16. So every run is padded to a multiple of 16 tokens, at least 32."""
+    return max(MIN_WIDTH, -(-longest // BLOCK) * BLOCK)
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+class OpenVinoSession:
+    """An ONNX model compiled by OpenVINO for the CPU in bf16, run like an ONNX Runtime session
+    (``run(output_names, feeds)``), from several threads at once: one stream per inference
+    worker, one infer request per calling thread. Compiled on the first run."""
+
+    def __init__(self, model_path: Path, settings: Settings):
+        self.model_path = model_path
+        self.streams = settings.workers
+        self.threads = settings.workers * settings.session_threads
+        self._lock = threading.Lock()
+        self._compiled: Any = None
+        self._local = threading.local()
+
+    def _compile(self) -> Any:
+        with self._lock:
+            if self._compiled is None:
+                import openvino as ov  # heavy import: only when the first long input runs
+
+                core = ov.Core()
+                model = core.read_model(str(self.model_path))
+                self._compiled = core.compile_model(model, "CPU", {
+                    "INFERENCE_PRECISION_HINT": "bf16",
+                    "NUM_STREAMS": self.streams,
+                    "INFERENCE_NUM_THREADS": self.threads,
+                    # Pinned, every stream's thread lands on the same core (measured: two
+                    # workers at half speed each).
+                    "ENABLE_CPU_PINNING": False,
+                })
+                log.info("compiled %s with OpenVINO (bf16, %d streams)", self.model_path.name,
+                         self.streams)
+            return self._compiled
+
+    def run(self, output_names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compile().create_infer_request()
+        results = request.infer(dict(feeds))
+        return [np.array(results[name], copy=True) for name in output_names]
+
+
+@dataclass
+class LongInputs:
+    """Where a text deployment's long inputs run: inputs of ``from_tokens`` tokens or more go to
+    ``session`` in runs of at most ``max_run_tokens`` padded tokens."""
+
+    from_tokens: int
+    max_run_tokens: int
+    session: OpenVinoSession
+
+
+def long_inputs(options: Mapping[str, Any], files: Mapping[str, Any],
+                settings: Settings, deployment: str) -> LongInputs | None:
+    """The deployment's long-input runtime, or None where it does not apply: not configured,
+    turned off (``EMBEDDINGS_LONG_INPUT_RUNTIME=onnxruntime``), no AMX, or OpenVINO missing."""
+    spec = options.get("long_inputs")
+    if not spec or settings.long_input_runtime == "onnxruntime":
+        return None
+    if spec.get("runtime") != "openvino-bf16":
+        raise ValueError(f"deployment {deployment}: long_inputs.runtime must be 'openvino-bf16'")
+    if AMX_FLAG not in cpu_flags():
+        log.info("deployment %s: no AMX on this CPU; long inputs run on ONNX Runtime", deployment)
+        return None
+    if importlib.util.find_spec("openvino") is None:
+        log.warning("deployment %s: openvino is not installed; long inputs run on ONNX Runtime",
+                    deployment)
+        return None
+    path = files[spec["file"]].verified()
+    return LongInputs(int(spec["from_tokens"]), int(spec.get("max_run_tokens", 1024)),
+                      OpenVinoSession(path, settings))
