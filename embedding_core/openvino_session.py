@@ -23,7 +23,6 @@ import importlib.util
 import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -63,8 +62,8 @@ class OpenVinoSession:
     (``run(output_names, feeds)``), from several threads at once: one stream per inference
     worker, one infer request per calling thread. Compiled on the first run."""
 
-    def __init__(self, model_path: Path, settings: Settings):
-        self.model_path = model_path
+    def __init__(self, model: Any, settings: Settings):
+        self.model = model  # a registry FileRef: its checksum is verified when compiled
         self.streams = settings.workers
         self.threads = settings.workers * settings.session_threads
         self._lock = threading.Lock()
@@ -76,8 +75,9 @@ class OpenVinoSession:
             if self._compiled is None:
                 import openvino as ov  # heavy import: only when the first long input runs
 
+                path = self.model.verified()
                 core = ov.Core()
-                model = core.read_model(str(self.model_path))
+                model = core.read_model(str(path))
                 self._compiled = core.compile_model(model, "CPU", {
                     "INFERENCE_PRECISION_HINT": "bf16",
                     "NUM_STREAMS": self.streams,
@@ -86,8 +86,7 @@ class OpenVinoSession:
                     # workers at half speed each).
                     "ENABLE_CPU_PINNING": False,
                 })
-                log.info("compiled %s with OpenVINO (bf16, %d streams)", self.model_path.name,
-                         self.streams)
+                log.info("compiled %s with OpenVINO (bf16, %d streams)", path.name, self.streams)
             return self._compiled
 
     def run(self, output_names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -124,6 +123,6 @@ def long_inputs(options: Mapping[str, Any], files: Mapping[str, Any],
         log.warning("deployment %s: openvino is not installed; long inputs run on ONNX Runtime",
                     deployment)
         return None
-    path = files[spec["file"]].verified()
+    # Verified (sha256 of 45 MB) when first compiled, not here: start-up stays as fast.
     return LongInputs(int(spec["from_tokens"]), int(spec.get("max_run_tokens", 1024)),
-                      OpenVinoSession(path, settings))
+                      OpenVinoSession(files[spec["file"]], settings))
