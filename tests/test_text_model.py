@@ -407,3 +407,90 @@ def test_the_runtime_is_chosen_by_the_input_length_alone(text_backend, ort_only)
     for order in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 0], [2, 1]):
         batch = text_backend.run([ids[i] for i in order])
         assert np.array_equal(batch, alone[order]), order
+
+
+# A child process runs 1,024-token runs on the long-input runtime, then the idle hooks
+# (memory.on_idle, as the idle trimmer runs them) and malloc_trim, and reports RSS and vectors.
+IDLE_CHILD = r"""
+import json, sys
+import numpy as np
+from embedding_core import memory
+from embedding_core.registry import Registry
+from embedding_core.settings import Settings
+from embedding_core.text import TextBackend
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+settings = Settings.from_env({})
+memory.configure(True, 2, 3600.0)
+registry = Registry.from_settings(settings)
+backend = TextBackend(registry.find("all-MiniLM-L6-v2"), settings, registry)
+session = backend.long.session
+before_compile = session.release_memory()
+rng = np.random.default_rng(5)
+ids = [rng.integers(1000, 29000, n).tolist() for n in (254, 250, 240, 230, 200, 170, 140, 254)]
+batch = [backend.tokenize([x])[0] for x in ids]
+first = backend.run(batch)
+for _ in range(3):
+    backend.run(batch)
+memory.trim()
+busy = rss()
+memory._run_idle_hooks()
+memory.trim()
+idle = rss()
+again = backend.run(batch)
+print(json.dumps({"before_compile": before_compile, "busy": busy, "idle": idle,
+                  "released": session.release_memory(), "same": bool(np.array_equal(first, again))}))
+"""
+
+
+@needs_amx
+def test_the_long_input_runtime_gives_its_run_buffers_back_when_idle():
+    """OpenVINO keeps the buffers of its largest runs (~35 MB after 1,024-token runs) until the
+    process goes idle; the idle hooks give them back, and the next run's vectors are the same."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    res = subprocess.run([sys.executable, "-c", IDLE_CHILD], cwd=Path(__file__).parent.parent,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["before_compile"] is False and got["released"] is True, got
+    assert got["busy"] - got["idle"] >= 15, got
+    assert got["same"], got
+
+
+@needs_amx
+def test_releasing_the_long_input_runtime_while_it_runs_is_skipped_not_raised(registry):
+    """The idle hook may race a run that started just after the process went idle: OpenVINO
+    refuses then, and the release is skipped (False) rather than raising into the trimmer."""
+    import threading
+    import time
+    from embedding_core.settings import Settings
+    from embedding_core.text import TextBackend
+    backend = TextBackend(registry.find(DEFAULT), Settings.from_env({}), registry)
+    rng = np.random.default_rng(6)
+    batch = [backend.tokenize([rng.integers(1000, 29000, 254).tolist()])[0] for _ in range(4)]
+    alone = backend.run(batch)
+    stop = threading.Event()
+    outs = []
+
+    def keep_running() -> None:
+        while not stop.is_set():
+            outs.append(backend.run(batch))
+    runner = threading.Thread(target=keep_running)
+    runner.start()
+    results = []
+    deadline = time.monotonic() + 10
+    try:
+        while False not in results and time.monotonic() < deadline:
+            results.append(backend.long.session.release_memory())
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+    assert False in results
+    assert outs and all(np.array_equal(o, alone) for o in outs)
