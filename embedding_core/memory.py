@@ -22,7 +22,8 @@ e.g. musl or macOS, it does nothing): ``mallopt(M_ARENA_MAX, EMBEDDINGS_MALLOC_A
 ``mallopt(M_MMAP_THRESHOLD, EMBEDDINGS_MALLOC_MMAP_THRESHOLD)`` (1 MiB, fixed, so larger blocks
 are always mmapped and given back on free), and a daemon thread that, once the process has had no request in flight
 for ``EMBEDDINGS_MEMORY_TRIM_IDLE_SECONDS`` (1 s), runs the :func:`on_idle` hooks (each
-onnxruntime session: one tiny inference with arena shrinkage) and ``malloc_trim(0)``.
+onnxruntime session: one tiny inference with arena shrinkage; the OpenVINO long-input model:
+``release_memory``) and ``malloc_trim(0)``.
 :func:`request` brackets each request so the thread knows when the process is idle.
 ``EMBEDDINGS_MEMORY_TUNING=off`` turns all of it off (the soak compares both).
 
