@@ -16,7 +16,7 @@ would be slower than the int8 model, and its numerics were not measured.
 ``EMBEDDINGS_LONG_INPUT_RUNTIME=onnxruntime`` turns it off. ``openvino`` is imported and the model
 compiled on the first long input (0.3 s + 0.5 s here), not at start-up.
 
-Memory: the compiled model holds ~160 MB (its fp16 source, the folded fp32 constants and the
+Memory: the compiled model holds ~150-160 MB (its fp16 source, the folded fp32 constants and the
 packed bf16 weights) and its libraries map ~75 MB for as long as the process lives. The buffers
 of its largest runs (~35 MB after 1,024-token runs) are given back when the process goes idle
 (``CompiledModel.release_memory``, like ONNX Runtime's arena shrinkage in onnx_session.py).
