@@ -93,7 +93,7 @@ class OpenVinoSession:
                 path = self.model.verified()
                 core = ov.Core()
                 model = core.read_model(str(path))
-                self._compiled = core.compile_model(model, "CPU", {
+                compiled = core.compile_model(model, "CPU", {
                     "INFERENCE_PRECISION_HINT": "bf16",
                     "NUM_STREAMS": self.streams,
                     "INFERENCE_NUM_THREADS": self.threads,
@@ -101,6 +101,8 @@ class OpenVinoSession:
                     # workers at half speed each).
                     "ENABLE_CPU_PINNING": False,
                 })
+                _warm_up(compiled)
+                self._compiled = compiled
                 log.info("compiled %s with OpenVINO (bf16, %d streams)", path.name, self.streams)
             return self._compiled
 
@@ -123,6 +125,25 @@ class OpenVinoSession:
             request = self._local.request = self._compile().create_infer_request()
         results = request.infer(dict(feeds))
         return [np.array(results[name], copy=True) for name in output_names]
+
+
+def _warm_up(compiled: Any) -> None:
+    """One inference of 1 x 32 tokens, on this thread, before any other thread runs one.
+
+    The first inference initialises function-local statics in OpenVINO's Python binding (the
+    input dispatch). Two workers doing that at once deadlocked: one inside the static's
+    initialisation guard waiting for the GIL, the other holding the GIL and waiting for the
+    guard, and every later request queued behind them (seen under CPU load, py-spy: both
+    workers in ``__cxa_guard_acquire`` under ``InferRequest.infer``). Compiling holds
+    ``OpenVinoSession._lock`` and the model is published only after this, so it runs alone."""
+    feeds = {}
+    for port in compiled.inputs:
+        name = port.get_any_name()
+        fill = 1 if name == "attention_mask" else 0
+        feeds[name] = np.full((1, MIN_WIDTH), fill, dtype=np.int64)
+    results = compiled.create_infer_request().infer(feeds)
+    for port in compiled.outputs:
+        np.array(results[port.get_any_name()], copy=True)
 
 
 @dataclass

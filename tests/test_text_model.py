@@ -494,3 +494,57 @@ def test_releasing_the_long_input_runtime_while_it_runs_is_skipped_not_raised(re
         runner.join(timeout=30)
     assert False in results
     assert outs and all(np.array_equal(o, alone) for o in outs)
+
+
+# Four threads run their first inference on a freshly compiled long-input model at the same
+# moment, while a fifth keeps the GIL busy.
+FIRST_RUNS_CHILD = r"""
+import os, threading, time
+import numpy as np
+from embedding_core.openvino_session import OpenVinoSession
+from embedding_core.registry import Registry
+from embedding_core.settings import Settings
+
+settings = Settings.from_env({})
+dep = Registry.from_settings(settings).find("all-MiniLM-L6-v2")
+session = OpenVinoSession(dep.files[dep.options["long_inputs"]["file"]], settings)
+session._compile()
+ids = np.full((2, 160), 7, np.int64)
+feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+start = threading.Barrier(5)
+done = []
+stop = []
+
+def first_run():
+    start.wait()
+    done.append(session.run(["sentence_embedding"], feeds)[0])
+
+def busy():
+    start.wait()
+    while not stop:
+        sum(range(1000))
+
+for target in [first_run] * 4 + [busy]:
+    threading.Thread(target=target, daemon=True).start()
+deadline = time.monotonic() + 20
+while len(done) < 4 and time.monotonic() < deadline:
+    time.sleep(0.05)
+stop.append(1)
+print("ok" if len(done) == 4 and all(np.array_equal(d, done[0]) for d in done) else "stuck",
+      flush=True)
+os._exit(0)
+"""
+
+
+@needs_amx
+def test_concurrent_first_runs_on_the_long_input_runtime_do_not_deadlock():
+    """Before the model was warmed up on one thread, two workers' first runs deadlocked inside
+    OpenVINO's Python binding in 3 of 8 such processes (every later request hung); each child
+    below must finish its four runs, with equal vectors, within 20 s."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    for _ in range(3):
+        res = subprocess.run([sys.executable, "-c", FIRST_RUNS_CHILD], timeout=90,
+                             cwd=Path(__file__).parent.parent, capture_output=True, text=True)
+        assert res.stdout.strip() == "ok", (res.stdout, res.stderr[-2000:])
