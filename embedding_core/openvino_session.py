@@ -131,11 +131,12 @@ def _warm_up(compiled: Any) -> None:
     """One inference of 1 x 32 tokens, on this thread, before any other thread runs one.
 
     The first inference initialises function-local statics in OpenVINO's Python binding (the
-    input dispatch). Two workers doing that at once deadlocked: one inside the static's
-    initialisation guard waiting for the GIL, the other holding the GIL and waiting for the
-    guard, and every later request queued behind them (seen under CPU load, py-spy: both
-    workers in ``__cxa_guard_acquire`` under ``InferRequest.infer``). Compiling holds
-    ``OpenVinoSession._lock`` and the model is published only after this, so it runs alone."""
+    input dispatch). Two workers doing that at once deadlocked, and every later request queued
+    behind them: py-spy showed both inside ``InferRequest.infer``'s input dispatch, one waiting
+    in ``__cxa_guard_acquire`` (a static's initialisation guard), and no other Python thread
+    could run, i.e. the GIL was held by a thread waiting for the guard whose owner waited for
+    the GIL. Compiling holds ``OpenVinoSession._lock`` and the model is published only after
+    this, so it runs alone."""
     feeds = {}
     for port in compiled.inputs:
         name = port.get_any_name()
