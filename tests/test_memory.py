@@ -91,6 +91,66 @@ def test_the_idle_trimmer_trims_once_per_quiet_period(monkeypatch):
     assert len(calls) == 2
 
 
+# The process exits while the idle trimmer is inside an ONNX Runtime run: the arena-shrinking
+# hook of the int8 text model, fed 48 x 256 tokens instead of its tiny input so that the exit
+# surely lands inside the run (the real hook's run lasts 5-8 ms).
+EXIT_DURING_HOOK = r"""
+import sys, threading, time
+import numpy as np
+from embedding_core import memory
+from embedding_core.onnx_session import create_session, release_arena_when_idle
+from embedding_core.settings import Settings
+
+s = Settings.from_env({})
+session = create_session("embedding_core/models/all-MiniLM-L6-v2/model.onnx", s)
+ids = np.full((48, 256), 1000, np.int64)
+feeds = {i.name: ids if i.name == "input_ids" else np.ones_like(ids)
+         if i.name == "attention_mask" else np.zeros_like(ids) for i in session.get_inputs()}
+started = threading.Event()
+memory.on_idle(started.set)
+release_arena_when_idle(session, feeds, s)
+memory.configure(True, 2, 0.05)
+with memory.request():
+    pass
+assert started.wait(10)
+time.sleep(0.02)
+print("exiting during the hook", flush=True)
+"""
+
+
+@pytest.mark.skipif(not memory.available(), reason="glibc only (elsewhere memory.py does nothing)")
+def test_the_process_exits_cleanly_while_an_idle_hook_runs():
+    # Before the trimmer was stopped and joined at exit, its daemon thread was torn down inside
+    # ONNX Runtime: "terminate called without an active exception", exit code 134, 3 of 3 runs.
+    for _ in range(2):
+        res = subprocess.run([sys.executable, "-c", EXIT_DURING_HOOK], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert "exiting during the hook" in res.stdout, res.stderr[-2000:]
+        assert res.returncode == 0 and "terminate called" not in res.stderr, res.stderr[-2000:]
+
+
+def test_stopping_the_trimmer_runs_no_further_hook(monkeypatch):
+    trimmer = memory._IdleTrimmer(0.05)
+    ran, release = [], threading.Event()
+
+    def slow():
+        ran.append("slow")
+        trimmer.stop(0)             # exit begins while this hook runs ...
+        release.wait(5)
+
+    monkeypatch.setattr(memory, "_idle_hooks", [slow, lambda: ran.append("next")])
+    monkeypatch.setattr(memory, "trim", lambda: ran.append("trim") or True)
+    trimmer.begin()
+    trimmer.end()
+    deadline = time.monotonic() + 5
+    while not ran and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    trimmer.thread.join(5)
+    assert not trimmer.thread.is_alive()
+    assert ran == ["slow"]          # ... so neither the next hook nor malloc_trim runs
+
+
 def test_without_glibc_everything_is_a_no_op(monkeypatch):
     monkeypatch.setattr(memory, "_libc", None)
     monkeypatch.setattr(memory, "_configured", None)
