@@ -376,29 +376,42 @@ def quality(w: dict, deployments: list[str], ref: Reference | None) -> dict:
     return out
 
 
-def cold_start(repeats: int) -> dict:
+def cold_start(repeats: int, long_text: str) -> dict:
+    """Import time and first embedding of fresh processes, median of ``repeats``: the first
+    embedding of "hello world", and, in other processes, of ``long_text`` (129-256 tokens: on
+    CPUs with AMX its first request also imports and compiles OpenVINO, openvino_session.py)."""
     code = (
-        "import time; t0 = time.perf_counter()\n"
+        "import sys, time; t0 = time.perf_counter()\n"
         "import function_app\n"
         "t1 = time.perf_counter()\n"
         "import azure.functions as func, json\n"
         "fns = {f.get_trigger().route: f.get_user_function() for f in function_app.app.get_functions()}\n"
         "r = fns['embeddings'](func.HttpRequest('POST', 'http://localhost/embeddings', "
         "headers={'api-key': 'first-embedding-key'}, params={'api-version': '2024-05-01-preview'}, "
-        "body=b'{\"input\": [\"hello world\"]}'))\n"
+        "body=json.dumps({'input': [sys.argv[1]]}).encode()))\n"
         "assert r.status_code == 200, r.get_body()\n"
         "t2 = time.perf_counter()\n"
-        "print(json.dumps({'import_s': t1 - t0, 'first_embedding_s': t2 - t0}))\n")
+        "tokens = json.loads(r.get_body())['usage']['prompt_tokens']\n"
+        "print(json.dumps({'import_s': t1 - t0, 'first_embedding_s': t2 - t0, 'tokens': tokens}))\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDINGS_")}
     env["EMBEDDINGS_API_KEYS"] = "first-embedding-key"
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
-                             capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-        runs.append({**json.loads(res.stdout.strip().splitlines()[-1]), "process_wall_s": wall})
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+    def runs(text: str) -> list[dict]:
+        out = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            res = subprocess.run([sys.executable, "-c", code, text], cwd=ROOT, env=env,
+                                 check=True, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            out.append({**json.loads(res.stdout.strip().splitlines()[-1]), "process_wall_s": wall})
+        return out
+
+    short, long = runs("hello world"), runs(long_text)
+    result = {k: statistics.median(r[k] for r in short) for k in ("import_s", "first_embedding_s",
+                                                                  "process_wall_s")}
+    result["long_input_tokens"] = long[0]["tokens"]
+    result["first_long_embedding_s"] = statistics.median(r["first_embedding_s"] for r in long)
+    return result
 
 
 def images(n: int, per_request: int, clients: int, rounds: int) -> dict | None:
@@ -588,6 +601,9 @@ def report(r: dict) -> str:
         _scale(_get(r, "reference", "cold_start", "import_s")), "≤ 300 ms")
     row("first embedding in a fresh process", 1000 * cs["first_embedding_s"], "ms",
         _scale(_get(r, "reference", "cold_start", "first_embedding_s")), "≤ 1500 ms")
+    if "first_long_embedding_s" in cs:
+        row(f"first embedding of a {cs['long_input_tokens']}-token input in a fresh process",
+            1000 * cs["first_long_embedding_s"], "ms", None, "≤ 1500 ms")
     if r.get("images"):
         im = r["images"]
         row("images/s end to end (224-px JPEG; reference column: decode+model in-process)",
@@ -682,7 +698,9 @@ def main() -> None:
         ("quality", lambda: quality(w, deployments[:1] if smoke else deployments, ref)),
         ("fairness", lambda: fairness(w, 16 if smoke else 256, 5 if smoke else 40)),
         ("largest", lambda: None if smoke else largest_request(w)),
-        ("cold_start", lambda: cold_start(1 if smoke else 3)),
+        # 120 words of a long text: 176 tokens, a long input on CPUs with AMX
+        ("cold_start", lambda: cold_start(1 if smoke else 5,
+                                          " ".join(w["longest"][0].split()[:120]))),
         ("images", lambda: images(16 if smoke else 96, 8, args.clients, min(rounds, 3))),
         ("package", package_size),
     ]
