@@ -130,6 +130,7 @@ class OpenVinoSession:
 
 
 CONVERTER = "openvino.tools.ovc"
+_import_lock = threading.Lock()   # two sessions' first compiles must not both edit sys.modules
 
 
 def import_openvino() -> Any:
@@ -141,19 +142,21 @@ def import_openvino() -> Any:
     ``None`` in ``sys.modules`` makes that import fail at once; it is removed afterwards, so the
     converter can still be imported later. A version whose ``__init__`` needs the converter is
     imported whole."""
-    if "openvino" in sys.modules or CONVERTER in sys.modules:
-        import openvino
+    with _import_lock:
+        if "openvino" in sys.modules or CONVERTER in sys.modules:
+            import openvino
+            return openvino
+        sys.modules[CONVERTER] = None  # type: ignore[assignment]
+        try:
+            import openvino
+        except ImportError:
+            openvino = None  # type: ignore[assignment]
+        finally:
+            if CONVERTER in sys.modules and sys.modules[CONVERTER] is None:
+                del sys.modules[CONVERTER]
+        if openvino is None:
+            import openvino
         return openvino
-    sys.modules[CONVERTER] = None  # type: ignore[assignment]
-    try:
-        import openvino
-    except ImportError:
-        openvino = None  # type: ignore[assignment]
-    finally:
-        del sys.modules[CONVERTER]
-    if openvino is None:
-        import openvino
-    return openvino
 
 
 def _warm_up(compiled: Any) -> None:
