@@ -77,16 +77,18 @@ class SessionPair:
     other threads' spinning after it costs the gain): exponential averages of padded tokens and
     of requests per batch; small (< ``SMALL_TOKENS``) batches of several requests (>=
     ``MIN_REQUESTS``) on average choose the one-thread session, and a batch of ``BIG_TOKENS``
-    or more switches back at once. The one-thread session is created on first use, so traffic
-    that never needs it costs nothing."""
+    or more switches back at once. Both sessions are created on first use: traffic that never
+    needs the one-thread session costs nothing, and a text deployment whose first inputs are
+    all long (run elsewhere, openvino_session.py) does not wait for either."""
 
     SMALL_TOKENS = 384
     BIG_TOKENS = 768
     MIN_REQUESTS = 1.5
     DECAY = 0.8
 
-    def __init__(self, wide: Any, make_narrow: Callable[[], Any] | None):
-        self.wide = wide
+    def __init__(self, make_wide: Callable[[], Any], make_narrow: Callable[[], Any] | None):
+        self._make_wide = make_wide
+        self._wide: Any = None
         self._make_narrow = make_narrow      # None: always the default session
         self._narrow: Any = None
         self._lock = threading.Lock()
@@ -102,6 +104,15 @@ class SessionPair:
         self.avg_requests = self.DECAY * self.avg_requests + (1 - self.DECAY) * requests
         return (self._make_narrow is not None and self.avg_tokens < self.SMALL_TOKENS
                 and self.avg_requests >= self.MIN_REQUESTS)
+
+    @property
+    def wide(self) -> Any:
+        """The default session, created on first use (by one thread, the others wait for it)."""
+        if self._wide is None:
+            with self._lock:
+                if self._wide is None:
+                    self._wide = self._make_wide()
+        return self._wide
 
     def pick(self, batch_tokens: int, requests: int) -> Any:
         if not self.choose_narrow(batch_tokens, requests):

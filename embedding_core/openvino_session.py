@@ -77,6 +77,7 @@ class OpenVinoSession:
         self.threads = settings.workers * settings.session_threads
         self._lock = threading.Lock()
         self._compiled: Any = None
+        self._input_names: frozenset[str] | None = None
         self._local = threading.local()
         if settings.memory_tuning:
             ref = weakref.ref(self)   # the hook must not keep a discarded session alive
@@ -104,9 +105,17 @@ class OpenVinoSession:
                     "ENABLE_CPU_PINNING": False,
                 })
                 _warm_up(compiled)
+                self._input_names = frozenset(port.get_any_name() for port in compiled.inputs)
                 self._compiled = compiled
                 log.info("compiled %s with OpenVINO (bf16, %d streams)", path.name, self.streams)
             return self._compiled
+
+    @property
+    def input_names(self) -> frozenset[str]:
+        """The model's input names (compiles it if it is not yet)."""
+        if self._input_names is None:
+            self._compile()
+        return self._input_names
 
     def release_memory(self) -> bool:
         """Give back the buffers of past runs (they are allocated again by the next run, ~5 %
@@ -198,6 +207,9 @@ def long_inputs(options: Mapping[str, Any], files: Mapping[str, Any],
         return None
     if spec.get("runtime") != "openvino-bf16":
         raise ValueError(f"deployment {deployment}: long_inputs.runtime must be 'openvino-bf16'")
+    if not options.get("output"):
+        raise ValueError(f"deployment {deployment}: long_inputs needs options.output (the output "
+                         "both models give)")
     if AMX_FLAG not in cpu_flags():
         log.info("deployment %s: no AMX on this CPU; long inputs run on ONNX Runtime", deployment)
         return None

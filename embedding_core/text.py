@@ -73,27 +73,31 @@ class TextBackend:
         # The service's concurrency comes from requests: the tokenizer's own thread pool only
         # adds CPU (measured: 32 sentences 1.39 ms of CPU in parallel, 0.87 ms serially).
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # Verified here, so a damaged file fails the load (503); its sessions are created on
+        # first use (onnx_session.SessionPair): a first request of long inputs only, which run
+        # on OpenVINO, does not wait 0.2-0.3 s for them.
         model = deployment.files["model"].verified()
-        self.session = create_session(model, settings)
-        self.input_names = {i.name for i in self.session.get_inputs()}
-        tiny = np.asarray([[self.cls_id, self.sep_id]], dtype=np.int64)
-        tiny_feeds = {n: tiny if n == "input_ids" else np.ones_like(tiny)
-                      if n == "attention_mask" else np.zeros_like(tiny) for n in self.input_names}
-        release_arena_when_idle(self.session, tiny_feeds, settings)
+        self.input_names: frozenset[str] = frozenset()   # the model's, once a session exists
+        self.output_name: str | None = opts.get("output")
 
-        def make_narrow():
-            session = create_session(model, settings, threads=1)
-            release_arena_when_idle(session, tiny_feeds, settings)
+        def make_session(threads: int | None = None) -> Any:
+            session = create_session(model, settings, threads=threads)
+            self.input_names = frozenset(i.name for i in session.get_inputs())
+            if self.output_name is None:
+                self.output_name = session.get_outputs()[0].name
+            tiny = np.asarray([[self.cls_id, self.sep_id]], dtype=np.int64)
+            release_arena_when_idle(session, feeds(self.input_names, tiny, np.ones_like(tiny)),
+                                    settings)
             return session
         # With one inference worker on several cores, many small concurrent requests run on a
         # one-thread session (onnx_session.SessionPair); pointless where the sessions have one
         # thread already (one worker per core, the default).
-        self.sessions = SessionPair(self.session, make_narrow if settings.ort_small_batch_thread
+        self.sessions = SessionPair(make_session, (lambda: make_session(1))
+                                    if settings.ort_small_batch_thread
                                     and settings.session_threads > 1 else None)
         # The cap on one run's padded tokens is per thread: a run on n threads splits its
         # activations over n cores' caches.
         self.max_run_tokens = MAX_RUN_TOKENS * max(1, settings.session_threads)
-        self.output_name = opts.get("output", self.session.get_outputs()[0].name)
         # Long inputs may run elsewhere (openvino_session: OpenVINO in bf16 where the CPU has
         # AMX); which runtime embeds an input depends only on its own length.
         self.long = long_inputs(opts, deployment.files, settings, deployment.name)
@@ -220,7 +224,8 @@ class TextBackend:
         out: np.ndarray | None = None
         for lo, hi in length_groups(widths, self.long.max_run_tokens):
             rows = order[lo:hi]
-            vecs = self._run_padded([payloads[i] for i in rows], self.long.session, widths[hi - 1])
+            vecs = self._run_padded([payloads[i] for i in rows], self.long.session,
+                                    self.long.session.input_names, widths[hi - 1])
             if out is None:
                 out = np.empty((len(payloads), *vecs.shape[1:]), dtype=vecs.dtype)
             out[rows] = vecs
@@ -237,14 +242,14 @@ class TextBackend:
         out: np.ndarray | None = None
         for lo, hi in groups:
             rows = order[lo:hi]
-            vecs = self._run_padded([payloads[i] for i in rows], session)
+            vecs = self._run_padded([payloads[i] for i in rows], session, self.input_names)
             if out is None:
                 out = np.empty((len(payloads), *vecs.shape[1:]), dtype=vecs.dtype)
             out[rows] = vecs
         return out
 
     def _run_padded(self, payloads: Sequence[np.ndarray], session: Any,
-                    width: int | None = None) -> np.ndarray:
+                    input_names: frozenset[str], width: int | None = None) -> np.ndarray:
         lengths = [len(x) for x in payloads]
         width = max(max(lengths), width or 0)
         input_ids = np.full((len(payloads), width), self.pad_id, dtype=np.int64)
@@ -252,12 +257,18 @@ class TextBackend:
         for row, x in enumerate(payloads):
             input_ids[row, : lengths[row]] = x
             mask[row, : lengths[row]] = 1
-        feeds = {"input_ids": input_ids, "attention_mask": mask}
-        if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
-        hidden = session.run([self.output_name], feeds)[0]
+        hidden = session.run([self.output_name], feeds(input_names, input_ids, mask))[0]
         vecs = hidden if hidden.ndim == 2 else self.pool(hidden, mask)
         return l2_normalize(vecs)
+
+
+def feeds(input_names: frozenset[str], input_ids: np.ndarray, mask: np.ndarray
+          ) -> dict[str, np.ndarray]:
+    """A BERT-style model's inputs: ids, attention mask and, if it takes them, token types."""
+    out = {"input_ids": input_ids, "attention_mask": mask}
+    if "token_type_ids" in input_names:
+        out["token_type_ids"] = np.zeros_like(input_ids)
+    return out
 
 
 # The cost of one ONNX Runtime run of ``rows`` inputs padded to ``width`` tokens, in units of one

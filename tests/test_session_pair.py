@@ -16,7 +16,7 @@ ONE_WORKER = {"EMBEDDINGS_INFERENCE_WORKERS": "1"}
 
 
 def pair(narrow=True) -> SessionPair:
-    return SessionPair("wide", (lambda: "narrow") if narrow else None)
+    return SessionPair(lambda: "wide", (lambda: "narrow") if narrow else None)
 
 
 def test_many_small_batches_of_several_requests_move_to_one_thread():
@@ -58,10 +58,35 @@ def test_switched_off_or_single_threaded_it_never_creates_a_second_session():
 
 def test_the_one_thread_session_is_made_once_on_first_use():
     made = []
-    p = SessionPair("wide", lambda: made.append(1) or f"narrow{len(made)}")
+    p = SessionPair(lambda: "wide", lambda: made.append(1) or f"narrow{len(made)}")
     for _ in range(30):
         p.pick(120, 4)
     assert made == [1]
+
+
+def test_the_default_session_is_made_once_by_concurrent_first_picks():
+    """Two inference workers may run their first batches at the same moment."""
+    import threading
+    import time
+    made = []
+
+    def make_wide():
+        made.append(1)
+        time.sleep(0.05)
+        return f"wide{len(made)}"
+    p = SessionPair(make_wide, None)
+    start = threading.Barrier(4)
+    got = []
+
+    def first_pick():
+        start.wait()
+        got.append(p.pick(60, 1))
+    threads = [threading.Thread(target=first_pick) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert made == [1] and got == ["wide1"] * 4
 
 
 @several_cores

@@ -365,6 +365,33 @@ def test_long_inputs_runtime_follows_the_cpu_and_the_setting(text_backend, ort_o
         Settings.from_env({"EMBEDDINGS_LONG_INPUT_RUNTIME": "openvino"})
 
 
+def test_a_deployment_with_long_inputs_must_name_its_output(registry):
+    from embedding_core.openvino_session import long_inputs
+    from embedding_core.settings import Settings
+    dep = registry.find(DEFAULT)
+    options = {k: v for k, v in dep.options.items() if k != "output"}
+    with pytest.raises(ValueError, match="options.output"):
+        long_inputs(options, dep.files, Settings.from_env({}), dep.name)
+
+
+@needs_amx
+def test_a_first_request_of_long_inputs_only_does_not_load_the_short_input_model(registry,
+                                                                                  ort_only):
+    """The int8 model's ONNX Runtime session is created on the first short input, so a cold
+    process whose first request has only long inputs (OpenVINO's) does not wait for it."""
+    from embedding_core.settings import Settings
+    from embedding_core.text import TextBackend
+    backend = TextBackend(registry.find(DEFAULT), Settings.from_env({}), registry)
+    rng = np.random.default_rng(8)
+    long_ids = backend.tokenize([rng.integers(1000, 29000, 200).tolist()])
+    long_vec = backend.run(long_ids)
+    assert backend.sessions._wide is None
+    short_ids = backend.tokenize(["A short sentence about trains."])
+    assert np.array_equal(backend.run(short_ids), ort_only.run(short_ids))
+    assert backend.sessions._wide is not None
+    assert np.array_equal(backend.run(long_ids), long_vec)
+
+
 def test_openvino_runs_are_padded_to_multiples_of_16_tokens(tmp_path):
     from embedding_core.openvino_session import cpu_flags, pad_width
     assert [pad_width(n) for n in (1, 16, 32, 33, 128, 129, 144, 145, 256)] == \
