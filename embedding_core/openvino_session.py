@@ -91,11 +91,13 @@ class OpenVinoSession:
     def _compile(self) -> Any:
         with self._lock:
             if self._compiled is None:
+                checked = self.model.verifying()  # while OpenVINO imports and reads the file
                 ov = import_openvino()  # heavy import: only when the first long input runs
-
-                path = self.model.verified()
                 core = ov.Core()
-                model = core.read_model(str(path))
+                try:
+                    model = core.read_model(str(self.model.path))
+                finally:
+                    path = checked()  # a damaged file raises this, whatever read_model did
                 compiled = core.compile_model(model, "CPU", {
                     "INFERENCE_PRECISION_HINT": "bf16",
                     "NUM_STREAMS": self.streams,

@@ -51,6 +51,7 @@ class TextBackend:
 
         self.deployment = deployment
         self.settings = settings
+        model_checked = deployment.files["model"].verifying()   # while the tokenizer loads
         self.max_tokens = deployment.max_tokens or 512
         tok = Tokenizer.from_file(str(deployment.files["tokenizer"].verified()))
         tok.no_truncation()
@@ -76,7 +77,7 @@ class TextBackend:
         # Verified here, so a damaged file fails the load (503); its sessions are created on
         # first use (onnx_session.SessionPair): a first request of long inputs only, which run
         # on OpenVINO, does not wait 0.2-0.3 s for them.
-        model = deployment.files["model"].verified()
+        model = model_checked()
         self.input_names: frozenset[str] = frozenset()   # the model's, once a session exists
         self.output_name: str | None = opts.get("output")
 

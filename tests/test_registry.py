@@ -39,6 +39,11 @@ def test_checksum_mismatch_is_refused(tmp_path):
         FileRef(f, "0" * 64, None).verified()
     with pytest.raises(ValueError, match="size"):
         FileRef(f, "0" * 64, 99).verified()
+    # ... also when checked on another thread while the caller loads (FileRef.verifying)
+    with pytest.raises(ValueError, match="sha256"):
+        FileRef(f, "0" * 64, None).verifying()()
+    import hashlib
+    assert FileRef(f, hashlib.sha256(b"not the model").hexdigest(), 13).verifying()() == f
 
 
 def test_replacement_registry_from_the_environment(tmp_path):

@@ -374,6 +374,20 @@ def test_a_deployment_with_long_inputs_must_name_its_output(registry):
         long_inputs(options, dep.files, Settings.from_env({}), dep.name)
 
 
+def test_a_damaged_long_input_model_is_refused_by_its_checksum(tmp_path):
+    """The long-input model is read while its checksum is computed; a damaged file fails on the
+    checksum, not on whatever OpenVINO's reader makes of it."""
+    from embedding_core.openvino_session import OpenVinoSession
+    from embedding_core.registry import FileRef
+    from embedding_core.settings import Settings
+    damaged = tmp_path / "model.onnx"
+    damaged.write_bytes(b"\x08\x07" + b"\x00" * 1000)
+    session = OpenVinoSession(FileRef(damaged, "0" * 64, None), Settings.from_env({}))
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        session.run(["sentence_embedding"], {})
+    assert session.release_memory() is False   # nothing was compiled
+
+
 @needs_amx
 def test_a_first_request_of_long_inputs_only_does_not_load_the_short_input_model(registry,
                                                                                   ort_only):
