@@ -7,10 +7,11 @@ asked for ``truncate: END|START``. Batches are padded to their longest member on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -82,7 +83,8 @@ class TextBackend:
         self.output_name: str | None = opts.get("output")
 
         def make_session(threads: int | None = None) -> Any:
-            session = create_session(model, settings, threads=threads)
+            with self._loading("model"):
+                session = create_session(model, settings, threads=threads)
             self.input_names = frozenset(i.name for i in session.get_inputs())
             if self.output_name is None:
                 self.output_name = session.get_outputs()[0].name
@@ -111,6 +113,18 @@ class TextBackend:
 
     def loaded(self) -> bool:
         return True
+
+    @contextlib.contextmanager
+    def _loading(self, what: str) -> Iterator[None]:
+        """A model loaded on first use (by an inference worker) that fails to load answers the
+        batch's requests as a failed deployment load does: 503 ModelUnavailable with
+        Retry-After, not 500. The next batch tries again."""
+        try:
+            yield
+        except Exception:  # noqa: BLE001 - any load failure is a 503 for the client
+            log.exception("deployment %s: its %s failed to load", self.deployment.name, what)
+            raise errors.model_unavailable(self.deployment.name,
+                                           self.settings.retry_after_s) from None
 
     # -- extras ---------------------------------------------------------------------------------
     def check_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
@@ -225,8 +239,10 @@ class TextBackend:
         out: np.ndarray | None = None
         for lo, hi in length_groups(widths, self.long.max_run_tokens):
             rows = order[lo:hi]
-            vecs = self._run_padded([payloads[i] for i in rows], self.long.session,
-                                    self.long.session.input_names, widths[hi - 1])
+            with self._loading("long-input model"):   # compiled on the first long input
+                names = self.long.session.input_names
+            vecs = self._run_padded([payloads[i] for i in rows], self.long.session, names,
+                                    widths[hi - 1])
             if out is None:
                 out = np.empty((len(payloads), *vecs.shape[1:]), dtype=vecs.dtype)
             out[rows] = vecs

@@ -35,7 +35,14 @@ def matryoshka_server(tmp_path_factory):
     (tmp / "calibration.json").write_text(json.dumps(cal))
     broken = {**_text_entry(), "name": "broken", "aliases": [], "default": False}
     broken["files"]["tokenizer"]["sha256"] = "0" * 64
-    (tmp / "registry.json").write_text(json.dumps({"deployments": [entry, broken]}))
+    broken_long = {**_text_entry(), "name": "broken-long", "aliases": [], "default": False}
+    broken_long["files"]["long_model"]["sha256"] = "0" * 64
+    # A registry naming the wrong file as the model: it passes its checksum, and fails when the
+    # first short input creates its session.
+    not_a_model = {**_text_entry(), "name": "not-a-model", "aliases": [], "default": False}
+    not_a_model["files"]["model"] = dict(not_a_model["files"]["tokenizer"])
+    (tmp / "registry.json").write_text(json.dumps({"deployments": [entry, broken, broken_long,
+                                                                   not_a_model]}))
     server = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_REGISTRY": str(tmp / "registry.json"),
                          "EMBEDDINGS_RETRY_AFTER_SECONDS": "9"})
     yield server
@@ -82,3 +89,30 @@ def test_model_failing_its_checksum_is_503_with_retry_after(matryoshka_server):
         assert "sha256" not in doc["error"]["message"] and "/" not in doc["error"]["message"]
     status, _, doc = embed(matryoshka_server, {"input": ["x"]})
     assert status == 200  # the other deployment is unaffected
+
+
+def test_a_model_that_fails_when_its_first_input_runs_is_503_with_retry_after(matryoshka_server):
+    """The short-input model's session is created by the first batch that needs it, on the
+    inference worker; failing there is the same 503 as failing at load, every time it is tried."""
+    for _ in range(2):
+        status, headers, doc = embed(matryoshka_server, {"input": ["x"], "model": "not-a-model"})
+        assert status == 503 and headers["retry-after"] == "9", doc
+        assert headers["x-ms-error-code"] == "ModelUnavailable"
+    status, _, doc = embed(matryoshka_server, {"input": ["x"]})
+    assert status == 200
+
+
+@pytest.mark.skipif("amx_bf16" not in open("/proc/cpuinfo").read(),
+                    reason="no AMX: long inputs run on ONNX Runtime, the long-input model is unused")
+def test_a_long_input_model_failing_its_checksum_is_503_and_short_inputs_still_work(
+        matryoshka_server):
+    """The long-input model loads on the first long input (openvino_session.py); if it fails,
+    those requests get what a failed deployment gets, and the short-input model still serves."""
+    long_text = " ".join(["rivers and trains and the long history of both"] * 20)
+    for body in ({"input": [long_text]}, {"input": ["short", long_text]}):
+        status, headers, doc = embed(matryoshka_server, {**body, "model": "broken-long"})
+        assert status == 503 and headers["retry-after"] == "9", doc
+        assert headers["x-ms-error-code"] == "ModelUnavailable"
+        assert "sha256" not in doc["error"]["message"] and "/" not in doc["error"]["message"]
+    status, _, doc = embed(matryoshka_server, {"input": ["a short one"], "model": "broken-long"})
+    assert status == 200 and len(doc["data"][0]["embedding"]) == 384
