@@ -5,6 +5,7 @@ import azure.functions as func
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 
+GET = ["GET", "HEAD"]   # a GET route answers HEAD too: its headers, no body
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 
 
@@ -30,12 +31,12 @@ def image_embeddings(req: func.HttpRequest) -> func.HttpResponse:
     return _serve("images/embeddings", req)
 
 
-@app.route(route="info", methods=["GET"])
+@app.route(route="info", methods=GET)
 def info(req: func.HttpRequest) -> func.HttpResponse:
     return _serve("info", req)
 
 
-@app.route(route="health", methods=["GET"])
+@app.route(route="health", methods=GET)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     return _serve("health", req)
 
@@ -46,7 +47,7 @@ def openai_embeddings(req: func.HttpRequest) -> func.HttpResponse:
     return _serve("v1/embeddings", req)
 
 
-@app.route(route="v1/models", methods=["GET"])
+@app.route(route="v1/models", methods=GET)
 def openai_models(req: func.HttpRequest) -> func.HttpResponse:
     return _serve("v1/models", req)
 
@@ -57,12 +58,12 @@ def azure_openai_embeddings(req: func.HttpRequest) -> func.HttpResponse:
 
 
 # -- the OpenAPI document, and every other route and method ---------------------------------------
-@app.route(route="swagger.json", methods=["GET"])
+@app.route(route="swagger.json", methods=GET)
 def swagger(req: func.HttpRequest) -> func.HttpResponse:
     return _serve("swagger.json", req)
 
 
-@app.route(route="openapi.json", methods=["GET"])
+@app.route(route="openapi.json", methods=GET)
 def openapi(req: func.HttpRequest) -> func.HttpResponse:
     return _serve("openapi.json", req)
 

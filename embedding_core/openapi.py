@@ -581,6 +581,8 @@ def document(settings: Settings, registry: Registry) -> dict[str, Any]:
         if build is None:
             raise RuntimeError(f"openapi: no operation for route /{route.template}")
         for method in route.methods:
+            if method == "HEAD":   # implied by GET (RFC 9110), and one operationId per operation
+                continue
             op = build()
             if route.handler == "openapi":
                 op["operationId"] = "get" + "".join(

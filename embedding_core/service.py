@@ -41,7 +41,11 @@ __all__ = ["ApiRequest", "ApiResponse", "EmbeddingService", "ROUTES", "dispatch"
 
 @dataclass(frozen=True)
 class Route:
-    """A Functions route template, the methods it serves, its dialect and its handler."""
+    """A Functions route template, the methods it serves, its dialect and its handler.
+
+    A GET route also serves HEAD (RFC 9110 §9.3.2; Azure Front Door's health probes use it by
+    default): the same handler, status and headers, Content-Length included; the HTTP server
+    (the Functions host's Kestrel, the local host's uvicorn) sends no body."""
 
     template: str
     methods: tuple[str, ...]
@@ -50,17 +54,18 @@ class Route:
     auth: bool = True
 
 
+GET = ("GET", "HEAD")
 ROUTES = {r.template: r for r in (
     Route("embeddings", ("POST",), "azure", "azure_embeddings"),
     Route("images/embeddings", ("POST",), "azure", "azure_image_embeddings"),
-    Route("info", ("GET",), "azure", "azure_info"),
-    Route("health", ("GET",), "azure", "health_status", auth=False),
+    Route("info", GET, "azure", "azure_info"),
+    Route("health", GET, "azure", "health_status", auth=False),
     Route("v1/embeddings", ("POST",), "openai", "openai_embeddings"),
-    Route("v1/models", ("GET",), "openai", "openai_models"),
+    Route("v1/models", GET, "openai", "openai_models"),
     Route("openai/deployments/{deployment}/embeddings", ("POST",), "openai",
           "azure_openai_embeddings"),
-    Route("swagger.json", ("GET",), "azure", "openapi", auth=False),
-    Route("openapi.json", ("GET",), "azure", "openapi", auth=False),
+    Route("swagger.json", GET, "azure", "openapi", auth=False),
+    Route("openapi.json", GET, "azure", "openapi", auth=False),
 )}
 CATCH_ALL = "{*path}"
 

@@ -165,13 +165,14 @@ def call_url(fn_route, method, url, body=b"", headers=None):
 @pytest.mark.parametrize("method, path, status, dialect, allow", [
     ("GET", "/embeddings", 405, "azure", "POST"),
     ("PUT", "/images/embeddings", 405, "azure", "POST"),
-    ("POST", "/info", 405, "azure", "GET"),
-    ("DELETE", "/health", 405, "azure", "GET"),
+    ("POST", "/info", 405, "azure", "GET, HEAD"),
+    ("DELETE", "/health", 405, "azure", "GET, HEAD"),
+    ("HEAD", "/embeddings", 405, "azure", "POST"),
     ("GET", "/nothing/here", 404, "azure", None),
     ("POST", "/embedding", 404, "azure", None),
     ("GET", "/", 404, "azure", None),
     ("GET", "/v1/embeddings", 405, "openai", "POST"),
-    ("POST", "/v1/models", 405, "openai", "GET"),
+    ("POST", "/v1/models", 405, "openai", "GET, HEAD"),
     ("GET", "/v1/nope", 404, "openai", None),
     ("GET", "/openai/deployments/minilm/embeddings", 405, "openai", "POST"),
     ("POST", "/openai/deployments/minilm/chat/completions", 404, "openai", None),
@@ -190,6 +191,19 @@ def test_unserved_routes_and_methods_answer_in_the_routes_dialect(method, path, 
         assert err["type"] == "invalid_request_error"
         assert err["code"] == ("method_not_allowed" if status == 405 else "not_found")
     assert res.headers.get("Allow") == allow
+
+
+@pytest.mark.parametrize("route", ["health", "swagger.json", "openapi.json"])
+def test_head_reaches_the_get_function_and_answers_what_get_does(route):
+    """The Functions host routes HEAD to a function that lists it; the function answers GET's
+    status, headers and body, and the host's HTTP server (Kestrel) sends no body for HEAD, with
+    GET's Content-Length."""
+    methods, _ = functions()[route]
+    assert methods == ["GET", "HEAD"]
+    get = call_url(route, "GET", "http://localhost/" + route)
+    head = call_url(route, "HEAD", "http://localhost/" + route)
+    assert head.status_code == get.status_code == 200
+    assert head.get_body() == get.get_body() and head.mimetype == "application/json"
 
 
 def test_client_request_id_echo_is_sanitised():

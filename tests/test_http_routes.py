@@ -22,12 +22,13 @@ UNSERVED = [
     ("GET", "/embeddings" + Q, 405, "azure", "POST"),
     ("PUT", "/images/embeddings" + Q, 405, "azure", "POST"),
     ("DELETE", "/images/embeddings", 405, "azure", "POST"),
-    ("POST", "/info" + Q, 405, "azure", "GET"),
-    ("DELETE", "/health", 405, "azure", "GET"),
+    ("POST", "/info" + Q, 405, "azure", "GET, HEAD"),
+    ("DELETE", "/health", 405, "azure", "GET, HEAD"),
     ("OPTIONS", "/embeddings", 405, "azure", "POST"),
-    ("HEAD", "/health", 405, "azure", "GET"),
-    ("POST", "/swagger.json", 405, "azure", "GET"),
-    ("PATCH", "/openapi.json", 405, "azure", "GET"),
+    ("HEAD", "/embeddings" + Q, 405, "azure", "POST"),
+    ("HEAD", "/v1/embeddings", 405, "openai", "POST"),
+    ("POST", "/swagger.json", 405, "azure", "GET, HEAD"),
+    ("PATCH", "/openapi.json", 405, "azure", "GET, HEAD"),
     ("GET", "/", 404, "azure", None),
     ("GET", "/nothing/here", 404, "azure", None),
     ("POST", "/embedding" + Q, 404, "azure", None),
@@ -35,7 +36,7 @@ UNSERVED = [
     ("GET", "/images", 404, "azure", None),
     ("GET", "/v1/embeddings", 405, "openai", "POST"),
     ("PUT", "/v1/embeddings", 405, "openai", "POST"),
-    ("POST", "/v1/models", 405, "openai", "GET"),
+    ("POST", "/v1/models", 405, "openai", "GET, HEAD"),
     ("GET", "/v1", 404, "openai", None),
     ("GET", "/v1/nope", 404, "openai", None),
     ("POST", "/v1/chat/completions", 404, "openai", None),
@@ -75,6 +76,39 @@ def test_unserved_routes_and_methods_answer_in_the_paths_dialect(live_server, me
     assert path.split("?")[0] in err["message"]
     if status == 405:
         assert method in err["message"] and allow in err["message"]
+
+
+GET_ROUTES = [
+    # path, headers: every GET route, with the credentials it needs
+    ("/health", {}),
+    ("/info" + Q, {"api-key": KEY}),
+    ("/info" + Q + "&model=efficientnet", {"api-key": KEY}),
+    ("/v1/models", {"api-key": KEY}),
+    ("/swagger.json", {}),
+    ("/openapi.json", {}),
+]
+
+
+@pytest.mark.parametrize("path, headers", GET_ROUTES, ids=[c[0].split("?")[0] for c in GET_ROUTES])
+def test_head_on_a_get_route_answers_its_status_and_headers_without_a_body(live_server, path,
+                                                                           headers):
+    """A health probe (Azure Front Door's default method is HEAD) or ``curl -I`` gets what GET
+    gets, Content-Length included, and no body."""
+    status, got_headers, data = request(live_server, "GET", path, None, headers)
+    assert status == 200, data
+    head_status, head_headers, head_data = request(live_server, "HEAD", path, None, headers)
+    assert head_status == 200 and head_data == b""
+    assert head_headers["content-length"] == str(len(data)) == got_headers["content-length"]
+    assert head_headers["content-type"] == "application/json"
+    assert head_headers["x-request-id"] != got_headers["x-request-id"]
+
+
+@pytest.mark.parametrize("path", ["/info" + Q, "/v1/models"])
+def test_head_on_a_get_route_needs_the_same_credentials(live_server, path):
+    status, headers, data = request(live_server, "HEAD", path)
+    assert status == 401 and data == b""
+    assert headers["www-authenticate"].startswith("Bearer")
+    assert headers["content-length"] == str(len(request(live_server, "GET", path)[2]))
 
 
 def test_the_azure_openai_path_embeds_with_the_deployment_in_the_path(live_server, text_backend):
