@@ -421,6 +421,17 @@ class InferenceQueue:
                 raise RuntimeError(f"lane returned {out.shape} for {len(payloads)} items")
             error = None
         except BaseException as exc:  # noqa: BLE001 - delivered to every job in the batch
+            live = [j for j in self._served(taken) if not (j.cancelled or j.done.is_set())]
+            if len(live) > 1 and isinstance(exc, Exception):
+                # One request's inputs can fail a batch that others share (a long-input model
+                # that cannot load, a bug): each request's items run again on their own, so
+                # only the requests that fail alone get the error.
+                log.warning("inference batch of %d items from %d requests failed (%s); running "
+                            "each request's items apart", len(payloads), len(live),
+                            type(exc).__name__)
+                for job in live:
+                    self._run_batch(lane, [t for t in taken if t[0] is job])
+                return
             log.exception("inference batch of %d items failed", len(payloads))
             out, error = None, exc
         elapsed = time.perf_counter() - t0

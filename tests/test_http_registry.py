@@ -4,6 +4,7 @@ fails its checksum (503 with Retry-After)."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -116,3 +117,19 @@ def test_a_long_input_model_failing_its_checksum_is_503_and_short_inputs_still_w
         assert "sha256" not in doc["error"]["message"] and "/" not in doc["error"]["message"]
     status, _, doc = embed(matryoshka_server, {"input": ["a short one"], "model": "broken-long"})
     assert status == 200 and len(doc["data"][0]["embedding"]) == 384
+
+
+@pytest.mark.skipif("amx_bf16" not in open("/proc/cpuinfo").read(),
+                    reason="no AMX: long inputs run on ONNX Runtime, the long-input model is unused")
+def test_short_requests_sharing_batches_with_failing_long_ones_still_succeed(matryoshka_server):
+    """Requests arriving together share batches; when one's long input fails the batch, the
+    others' short inputs are run again on their own and answered (inference_queue: each
+    request's items apart)."""
+    long_text = " ".join(["rivers and trains and the long history of both"] * 20)
+    bodies = [{"input": [long_text] if i % 3 == 0 else [f"short sentence {i}"],
+               "model": "broken-long"} for i in range(9)]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        got = list(pool.map(lambda b: embed(matryoshka_server, b), bodies))
+    for body, (status, _, doc) in zip(bodies, got):
+        expected = 503 if body["input"][0] == long_text else 200
+        assert status == expected, (body["input"][0][:20], doc)

@@ -228,6 +228,53 @@ def test_a_failed_batch_fails_its_requests_only_and_the_worker_goes_on():
     assert q.stats().queued["tokens"] == 0 and q.stats().worker_alive
 
 
+class PoisonLane(GateLane):
+    """Fails any batch that holds a payload named ``bad...`` (as a broken long-input model
+    fails any batch with a long input)."""
+
+    def run(self, payloads, requests=1):
+        out = super().run(payloads, requests)
+        if any(p.startswith("bad") for p in payloads):
+            raise ApiError(503, "ModelUnavailable", "the long-input model could not load")
+        return out
+
+
+def test_a_failing_request_does_not_fail_the_requests_that_shared_its_batch():
+    lane = PoisonLane(max_batch_items=8, batch_budget=10**6)
+    q = InferenceQueue({"tokens": 10**6})
+    first = q.submit(job(lane, "x", [5]))
+    assert lane.entered.acquire(timeout=10)        # the worker is busy with x
+    a, bad, b = (q.submit(job(lane, n, [5] * k)) for n, k in (("a", 1), ("bad", 2), ("b", 2)))
+    lane.gate.release()
+    lane.step(4)                                   # the shared batch, then each request alone
+    assert np.array_equal(q.wait(first, 10)[0], rows_of(["x0"]))
+    assert np.array_equal(q.wait(a, 10)[0], rows_of(["a0"]))
+    assert np.array_equal(q.wait(b, 10)[0], rows_of(["b0", "b1"]))
+    with pytest.raises(ApiError) as err:
+        q.wait(bad, 10)
+    assert err.value.status == 503
+    assert lane.batches == [["x0"], ["a0", "bad0", "bad1", "b0", "b1"],
+                            ["a0"], ["bad0", "bad1"], ["b0", "b1"]]
+    assert lane.requests == [1, 3, 1, 1, 1]
+    assert q.stats().queued["tokens"] == 0 and q.stats().worker_alive
+
+
+def test_a_failed_batch_is_not_run_again_for_requests_already_cancelled():
+    lane = PoisonLane(max_batch_items=8, batch_budget=10**6)
+    q = InferenceQueue({"tokens": 10**6})
+    first = q.submit(job(lane, "x", [5]))
+    assert lane.entered.acquire(timeout=10)
+    gone, bad = q.submit(job(lane, "gone", [5])), q.submit(job(lane, "bad", [5]))
+    lane.gate.release()
+    assert lane.entered.acquire(timeout=10)        # the shared batch has started
+    assert q.cancel(gone)
+    lane.gate.release()
+    with pytest.raises(ApiError):
+        q.wait(bad, 10)
+    q.wait(first, 10)
+    assert lane.batches == [["x0"], ["gone0", "bad0"]]
+
+
 def test_worker_starts_on_first_job_only_and_runs_the_idle_hook():
     idle = threading.Event()
     q = InferenceQueue({"tokens": 10}, on_idle=idle.set, name="test-lazy-worker")
