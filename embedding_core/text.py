@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -52,6 +53,7 @@ class TextBackend:
 
         self.deployment = deployment
         self.settings = settings
+        self._failed_until: dict[str, float] = {}   # what failed to load -> when to try again
         model_checked = deployment.files["model"].verifying()   # while the tokenizer loads
         self.max_tokens = deployment.max_tokens or 512
         tok = Tokenizer.from_file(str(deployment.files["tokenizer"].verified()))
@@ -117,14 +119,18 @@ class TextBackend:
     @contextlib.contextmanager
     def _loading(self, what: str) -> Iterator[None]:
         """A model loaded on first use (by an inference worker) that fails to load answers the
-        batch's requests as a failed deployment load does: 503 ModelUnavailable with
-        Retry-After, not 500. The next batch tries again."""
+        batch's requests as a failed deployment load does (registry.Registry.backend): 503
+        ModelUnavailable with Retry-After, not 500, and the failure is remembered for that long,
+        so that the batches meanwhile are answered at once instead of trying again."""
+        retry = self.settings.retry_after_s
+        if time.monotonic() < self._failed_until.get(what, 0.0):
+            raise errors.model_unavailable(self.deployment.name, retry)  # failed moments ago
         try:
             yield
         except Exception:  # noqa: BLE001 - any load failure is a 503 for the client
             log.exception("deployment %s: its %s failed to load", self.deployment.name, what)
-            raise errors.model_unavailable(self.deployment.name,
-                                           self.settings.retry_after_s) from None
+            self._failed_until[what] = time.monotonic() + retry
+            raise errors.model_unavailable(self.deployment.name, retry) from None
 
     # -- extras ---------------------------------------------------------------------------------
     def check_extras(self, extras: dict[str, Any]) -> dict[str, Any]:

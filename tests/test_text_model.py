@@ -11,6 +11,7 @@ import pytest
 
 from conftest import DATA
 from embedding_core.encodings import FORMATS, encode, to_ubinary, to_uint8
+from embedding_core.errors import ApiError
 
 
 DEFAULT, EXACT = "all-MiniLM-L6-v2", "all-MiniLM-L6-v2-exact"
@@ -301,8 +302,6 @@ def test_huge_inputs_are_truncated_exactly_as_whole_tokenisation(text_backend, t
 
 
 def test_huge_input_without_truncation_is_refused_with_a_lower_bound(text_backend):
-    from embedding_core.errors import ApiError
-
     with pytest.raises(ApiError) as e:
         text_backend.tokenize(["ok", "word " * 1_600_000])
     assert e.value.code == "InputTooLong" and e.value.target == "input[1]"
@@ -311,8 +310,6 @@ def test_huge_input_without_truncation_is_refused_with_a_lower_bound(text_backen
 
 @pytest.mark.parametrize("value", ["\u200b", "\x00\x01", [101, 102]])
 def test_inputs_without_tokens_are_refused(text_backend, value):
-    from embedding_core.errors import ApiError
-
     with pytest.raises(ApiError) as e:
         text_backend.tokenize(["fine", value])
     assert e.value.status == 422 and e.value.target == "input[1]"
@@ -646,3 +643,37 @@ def test_an_openvino_that_needs_its_converter_is_imported_whole(tmp_path):
     (pkg / "tools" / "ovc" / "__init__.py").write_text("def convert_model(): pass\n")
     got = _import_child(path=str(tmp_path))
     assert got["loaded"] == ["openvino.tools.ovc"] and got["inputs"] == [], got
+
+
+# -- a model that fails to load on first use ------------------------------------------------------
+
+def _failing_loads(caplog) -> int:
+    return sum("failed to load" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("part", ["model", "long_model"])
+def test_a_model_failing_on_first_use_is_remembered_for_retry_after(registry, caplog, part):
+    """The int8 session (created by the first short input) or the long-input model (compiled
+    by the first long input) that fails answers 503 with Retry-After and is not tried again
+    until Retry-After has passed, as a failed deployment load."""
+    import dataclasses
+    import time
+
+    from embedding_core.settings import Settings
+    from embedding_core.text import TextBackend
+
+    if part == "long_model" and not _amx():
+        pytest.skip("this CPU has no AMX: the long-input model is never used")
+    dep = registry.find(DEFAULT)
+    broken = (dep.files["tokenizer"] if part == "model"      # passes its checksum, is no model
+              else dataclasses.replace(dep.files["long_model"], sha256="0" * 64))
+    backend = TextBackend(dataclasses.replace(dep, files={**dep.files, part: broken}),
+                          Settings.from_env({"EMBEDDINGS_RETRY_AFTER_SECONDS": "1"}), registry)
+    words = 40 if part == "model" else 200
+    ids = backend.tokenize([" ".join(["station"] * words)])
+    for tries, wait in ((1, 0.0), (1, 0.0), (2, 1.05)):
+        time.sleep(wait)
+        with pytest.raises(ApiError) as err:
+            backend.run(ids)
+        assert err.value.status == 503 and err.value.headers["Retry-After"] == "1"
+        assert _failing_loads(caplog) == tries
