@@ -430,7 +430,8 @@ class InferenceQueue:
                             "each request's items apart", len(payloads), len(live),
                             type(exc).__name__)
                 for job in live:
-                    self._run_batch(lane, [t for t in taken if t[0] is job])
+                    if not (job.cancelled or job.done.is_set()):   # e.g. timed out meanwhile
+                        self._run_batch(lane, [t for t in taken if t[0] is job])
                 return
             log.exception("inference batch of %d items failed", len(payloads))
             out, error = None, exc

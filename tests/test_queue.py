@@ -275,6 +275,24 @@ def test_a_failed_batch_is_not_run_again_for_requests_already_cancelled():
     assert lane.batches == [["x0"], ["gone0", "bad0"]]
 
 
+def test_a_request_cancelled_while_the_others_run_again_is_not_run_again():
+    lane = PoisonLane(max_batch_items=8, batch_budget=10**6)
+    q = InferenceQueue({"tokens": 10**6})
+    first = q.submit(job(lane, "x", [5]))
+    assert lane.entered.acquire(timeout=10)
+    bad, later = q.submit(job(lane, "bad", [5])), q.submit(job(lane, "later", [5]))
+    lane.gate.release()
+    lane.step()                                    # the shared batch fails
+    assert lane.entered.acquire(timeout=10)        # "bad" runs again alone
+    assert q.cancel(later)                         # "later" times out meanwhile
+    lane.gate.release()
+    with pytest.raises(ApiError):
+        q.wait(bad, 10)
+    q.wait(first, 10)
+    assert lane.batches == [["x0"], ["bad0", "later0"], ["bad0"]]
+    assert q.stats().queued["tokens"] == 0 and q.stats().worker_alive
+
+
 def test_worker_starts_on_first_job_only_and_runs_the_idle_hook():
     idle = threading.Event()
     q = InferenceQueue({"tokens": 10}, on_idle=idle.set, name="test-lazy-worker")
