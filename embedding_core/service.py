@@ -44,8 +44,8 @@ class Route:
     """A Functions route template, the methods it serves, its dialect and its handler.
 
     A GET route also serves HEAD (RFC 9110 §9.3.2; Azure Front Door's health probes use it by
-    default): the same handler, status and headers, Content-Length included; the HTTP server
-    (the Functions host's Kestrel, the local host's uvicorn) sends no body."""
+    default): the same handler, status, headers and body; the HTTP server drops the body
+    (Kestrel under the Functions host; uvicorn in the local host, which keeps Content-Length)."""
 
     template: str
     methods: tuple[str, ...]
