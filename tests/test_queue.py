@@ -239,11 +239,18 @@ class PoisonLane(GateLane):
         return out
 
 
-def test_a_failing_request_does_not_fail_the_requests_that_shared_its_batch():
+def busy_poison_queue():
+    """A queue whose worker is busy with request "x" on a PoisonLane, so that the requests
+    submitted next share one batch when the test opens the gate."""
     lane = PoisonLane(max_batch_items=8, batch_budget=10**6)
     q = InferenceQueue({"tokens": 10**6})
     first = q.submit(job(lane, "x", [5]))
     assert lane.entered.acquire(timeout=10)        # the worker is busy with x
+    return lane, q, first
+
+
+def test_a_failing_request_does_not_fail_the_requests_that_shared_its_batch():
+    lane, q, first = busy_poison_queue()
     a, bad, b = (q.submit(job(lane, n, [5] * k)) for n, k in (("a", 1), ("bad", 2), ("b", 2)))
     lane.gate.release()
     lane.step(4)                                   # the shared batch, then each request alone
@@ -259,37 +266,25 @@ def test_a_failing_request_does_not_fail_the_requests_that_shared_its_batch():
     assert q.stats().queued["tokens"] == 0 and q.stats().worker_alive
 
 
-def test_a_failed_batch_is_not_run_again_for_requests_already_cancelled():
-    lane = PoisonLane(max_batch_items=8, batch_budget=10**6)
-    q = InferenceQueue({"tokens": 10**6})
-    first = q.submit(job(lane, "x", [5]))
-    assert lane.entered.acquire(timeout=10)
-    gone, bad = q.submit(job(lane, "gone", [5])), q.submit(job(lane, "bad", [5]))
-    lane.gate.release()
-    assert lane.entered.acquire(timeout=10)        # the shared batch has started
-    assert q.cancel(gone)
-    lane.gate.release()
-    with pytest.raises(ApiError):
-        q.wait(bad, 10)
-    q.wait(first, 10)
-    assert lane.batches == [["x0"], ["gone0", "bad0"]]
-
-
-def test_a_request_cancelled_while_the_others_run_again_is_not_run_again():
-    lane = PoisonLane(max_batch_items=8, batch_budget=10**6)
-    q = InferenceQueue({"tokens": 10**6})
-    first = q.submit(job(lane, "x", [5]))
-    assert lane.entered.acquire(timeout=10)
+@pytest.mark.parametrize("when, batches", [
+    # cancelled while the shared batch runs: nothing runs again (one request is left)
+    ("shared", [["x0"], ["bad0", "later0"]]),
+    # cancelled while "bad" runs again alone: "later" is not run again after it
+    ("rerun", [["x0"], ["bad0", "later0"], ["bad0"]]),
+])
+def test_a_request_cancelled_before_its_rerun_is_not_run_again(when, batches):
+    lane, q, first = busy_poison_queue()
     bad, later = q.submit(job(lane, "bad", [5])), q.submit(job(lane, "later", [5]))
     lane.gate.release()
-    lane.step()                                    # the shared batch fails
-    assert lane.entered.acquire(timeout=10)        # "bad" runs again alone
+    if when == "rerun":
+        lane.step()                                # the shared batch fails
+    assert lane.entered.acquire(timeout=10)        # the batch "later" waits on has started
     assert q.cancel(later)                         # "later" times out meanwhile
     lane.gate.release()
     with pytest.raises(ApiError):
         q.wait(bad, 10)
     q.wait(first, 10)
-    assert lane.batches == [["x0"], ["bad0", "later0"], ["bad0"]]
+    assert lane.batches == batches
     assert q.stats().queued["tokens"] == 0 and q.stats().worker_alive
 
 
