@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 
 # Settings of earlier versions, and what replaced them (a warning is logged when one is set).
 RETIRED = {
-    "EMBEDDINGS_MAX_CONCURRENCY": "one inference worker per process runs batches from every "
-                                  "request (see EMBEDDINGS_MAX_QUEUE_TOKENS)",
+    "EMBEDDINGS_MAX_CONCURRENCY": "the inference queue runs batches from every request "
+                                  "(EMBEDDINGS_INFERENCE_WORKERS side by side; see "
+                                  "EMBEDDINGS_MAX_QUEUE_TOKENS)",
     "EMBEDDINGS_MAX_QUEUE": "the queue is bounded by tokens: EMBEDDINGS_MAX_QUEUE_TOKENS",
     "EMBEDDINGS_QUEUE_TIMEOUT_SECONDS": "see EMBEDDINGS_REQUEST_TIMEOUT_SECONDS",
 }

@@ -1474,3 +1474,20 @@ def test_what_infra_writes_is_read_by_the_app_as_the_intended_callers():
             assert seen == callers
         else:                                           # the old plain key keeps working
             assert len(seen) == 2 and "key:primary" in seen
+
+
+def test_the_example_local_settings_are_current(caplog):
+    """`cp local.settings.json.example local.settings.json` (README) gives `func start` settings
+    the app reads, a key it accepts, and nothing retired (which would log a warning at every
+    start)."""
+    from embedding_core.settings import RETIRED, Settings
+
+    values = json.loads((ROOT / "local.settings.json.example").read_text())["Values"]
+    sources = "".join(p.read_text() for p in (ROOT / "embedding_core").glob("*.py"))
+    for name in values:
+        if name.startswith("EMBEDDINGS_"):
+            assert f'"{name}"' in sources and name not in RETIRED, name
+    with caplog.at_level("WARNING", logger="embedding_core.settings"):
+        settings = Settings.from_env(values)
+    assert settings.api_keys and not settings.api_key_problems
+    assert not [r for r in caplog.records if "no longer used" in r.getMessage()]
