@@ -1491,3 +1491,15 @@ def test_the_example_local_settings_are_current(caplog):
         settings = Settings.from_env(values)
     assert settings.api_keys and not settings.api_key_problems
     assert not [r for r in caplog.records if "no longer used" in r.getMessage()]
+
+
+def test_the_tuning_defaults_shown_in_the_deploy_guide_are_the_templates():
+    """docs/deploy.md's "Optional tuning (defaults shown)" lines name the values azd uses when the
+    variable is unset (`${NAME=default}` in main.parameters.json)."""
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    block = guide.split("# Optional tuning (defaults shown):", 1)[1].split("azd up", 1)[0]
+    shown = re.findall(r"^# azd env set (\w+) (\S+)", block, re.M)
+    defaults = dict(re.findall(r'"\$\{(\w+)=([^}]*)\}"', (INFRA / "main.parameters.json").read_text()))
+    assert len(shown) >= 5
+    for name, value in shown:
+        assert defaults.get(name) == value, (name, value, defaults.get(name))
