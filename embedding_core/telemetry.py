@@ -536,9 +536,13 @@ class SanitizingHandler(logging.Handler):
 
 
 def _log_level() -> int:
-    name = os.environ.get(ENV_LOG_LEVEL, "WARNING").strip().upper()
+    name = os.environ.get(ENV_LOG_LEVEL, "WARNING").strip().upper() or "WARNING"
     level = logging.getLevelName(name)
-    return level if isinstance(level, int) else logging.WARNING
+    if not isinstance(level, int):
+        log.warning("%s must be a logging level (DEBUG, INFO, WARNING, ERROR, CRITICAL); "
+                    "WARNING is used", ENV_LOG_LEVEL)
+        return logging.WARNING
+    return level
 
 
 def _is_otel_handler(handler: logging.Handler) -> bool:

@@ -592,6 +592,18 @@ def test_mode(monkeypatch, env, expected):
     assert telemetry.mode() == expected
 
 
+@pytest.mark.parametrize("value, level, warned", [
+    ("", logging.WARNING, False), ("info", logging.INFO, False), ("ERROR", logging.ERROR, False),
+    ("verbose", logging.WARNING, True),
+])
+def test_exported_log_level(monkeypatch, caplog, value, level, warned):
+    """An invalid level does not fail requests (telemetry never does), but the log says so."""
+    monkeypatch.setenv("EMBEDDINGS_TELEMETRY_LOG_LEVEL", value)
+    with caplog.at_level(logging.WARNING, logger=telemetry.log.name):
+        assert telemetry.SanitizingHandler(logging.NullHandler()).level == level
+    assert any("EMBEDDINGS_TELEMETRY_LOG_LEVEL" in r.getMessage() for r in caplog.records) == warned
+
+
 def test_an_sdk_the_process_already_has_is_used_not_configured_twice(monkeypatch):
     """What the Functions worker leaves behind with PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY:
     global SDK providers (configured by the distro before the app was imported)."""
