@@ -13,6 +13,7 @@ if [ "${1:-}" = "--smoke" ]; then
   .venv/bin/python bench/bench.py --smoke --out "$out"
   .venv/bin/python bench/soak.py --smoke --out "${out%.json}-soak.json"
   .venv/bin/python bench/tokenize_cases.py --quick
+  .venv/bin/python bench/image_memory.py --quick --out "${out%.json}-image-memory.json"
   exit 0
 fi
 # Telemetry on vs off, in-process, and the cold start (bench/telemetry.json).
