@@ -113,6 +113,10 @@ class OpenVinoSession:
             return self._compiled
 
     @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    @property
     def input_names(self) -> frozenset[str]:
         """The model's input names (compiles it if it is not yet)."""
         if self._input_names is None:

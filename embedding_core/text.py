@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import os
+import threading
 import time
 from typing import Any, Iterator, Sequence
 
@@ -54,6 +55,7 @@ class TextBackend:
         self.deployment = deployment
         self.settings = settings
         self._failed_until: dict[str, float] = {}   # what failed to load -> when to try again
+        self._long_lock = threading.Lock()            # the long-input model's first compile
         model_checked = deployment.files["model"].verifying()   # while the tokenizer loads
         self.max_tokens = deployment.max_tokens or 512
         tok = Tokenizer.from_file(str(deployment.files["tokenizer"].verified()))
@@ -245,14 +247,24 @@ class TextBackend:
         out: np.ndarray | None = None
         for lo, hi in length_groups(widths, self.long.max_run_tokens):
             rows = order[lo:hi]
-            with self._loading("long-input model"):   # compiled on the first long input
-                names = self.long.session.input_names
+            names = self._long_input_names()
             vecs = self._run_padded([payloads[i] for i in rows], self.long.session, names,
                                     widths[hi - 1])
             if out is None:
                 out = np.empty((len(payloads), *vecs.shape[1:]), dtype=vecs.dtype)
             out[rows] = vecs
         return out
+
+    def _long_input_names(self) -> frozenset[str]:
+        """The long-input model's input names; the first call compiles it. Until it is compiled,
+        one worker at a time checks the remembered failure and compiles, so a worker that waited
+        for a compile that failed gets its 503 at once instead of compiling again; once it is
+        compiled, no failure is checked (a later success is not hidden by an earlier failure)."""
+        session = self.long.session
+        if not session.compiled:
+            with self._long_lock, self._loading("long-input model"):
+                return session.input_names
+        return session.input_names
 
     def _run_short(self, payloads: Sequence[np.ndarray], requests: int) -> np.ndarray:
         lengths = [len(x) for x in payloads]

@@ -677,3 +677,57 @@ def test_a_model_failing_on_first_use_is_remembered_for_retry_after(registry, ca
             backend.run(ids)
         assert err.value.status == 503 and err.value.headers["Retry-After"] == "1"
         assert _failing_loads(caplog) == tries
+
+
+def _long_backend(registry, long_model=None):
+    import dataclasses
+
+    from embedding_core.settings import Settings
+    from embedding_core.text import TextBackend
+
+    if not _amx():
+        pytest.skip("this CPU has no AMX: the long-input model is never used")
+    dep = registry.find(DEFAULT)
+    files = {**dep.files, "long_model": long_model or dep.files["long_model"]}
+    backend = TextBackend(dataclasses.replace(dep, files=files),
+                          Settings.from_env({"EMBEDDINGS_RETRY_AFTER_SECONDS": "30",
+                                             "EMBEDDINGS_INFERENCE_WORKERS": "2"}), registry)
+    return backend, backend.tokenize([" ".join(["station"] * 200)])
+
+
+def test_two_workers_meeting_a_failing_long_model_try_it_once(registry, caplog):
+    """Both workers' first long batches arrive together: the second waits for the first one's
+    compile and, when it fails, gets the remembered 503 instead of compiling again."""
+    import dataclasses
+    import threading
+
+    bad = dataclasses.replace(registry.find(DEFAULT).files["long_model"], sha256="0" * 64)
+    backend, ids = _long_backend(registry, bad)
+    statuses: list[int] = []
+    start = threading.Barrier(2)
+
+    def worker() -> None:
+        start.wait()
+        try:
+            backend.run(ids)
+        except ApiError as err:
+            statuses.append(err.status)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert statuses == [503, 503]
+    assert _failing_loads(caplog) == 1
+
+
+def test_a_compiled_long_model_is_not_refused_for_an_earlier_failure(registry):
+    """One worker's compile failed (remembered for Retry-After), another's then succeeded: the
+    compiled model serves at once rather than answering 503 until Retry-After has passed."""
+    import time
+
+    backend, ids = _long_backend(registry)
+    first = backend.run(ids)
+    backend._failed_until["long-input model"] = time.monotonic() + 30   # as a failure leaves it
+    assert np.array_equal(backend.run(ids), first)
