@@ -228,8 +228,7 @@ class InferenceQueue:
         with self._cond:
             self._stopping = True
             for job in [j for j in self._ring if any(p.pending for p in j.parts)]:
-                job.error = errors.ApiError(503, "ServiceUnavailable", "The server is stopping.",
-                                            headers={"Retry-After": "1"})
+                job.error = _stopping_error()
                 self._drop(job)
                 job.done.set()
             self._cond.notify_all()
@@ -252,8 +251,7 @@ class InferenceQueue:
 
     def _admit(self, costs: dict[str, int]) -> None:
         if self._stopping:
-            raise errors.ApiError(503, "ServiceUnavailable", "The server is stopping.",
-                                  headers={"Retry-After": "1"})
+            raise _stopping_error()
         for unit, cost in costs.items():
             limit = self.limits.get(unit)
             if limit is not None and self._queued[unit] + cost > limit:
@@ -421,17 +419,30 @@ class InferenceQueue:
                 raise RuntimeError(f"lane returned {out.shape} for {len(payloads)} items")
             error = None
         except BaseException as exc:  # noqa: BLE001 - delivered to every job in the batch
-            live = [j for j in self._served(taken) if not (j.cancelled or j.done.is_set())]
-            if len(live) > 1 and isinstance(exc, Exception):
+            served = self._served(taken)
+            if len(served) > 1 and isinstance(exc, Exception):
                 # One request's inputs can fail a batch that others share (a long-input model
-                # that cannot load, a bug): each request's items run again on their own, so
-                # only the requests that fail alone get the error.
-                log.warning("inference batch of %d items from %d requests failed (%s); running "
-                            "each request's items apart", len(payloads), len(live),
-                            type(exc).__name__)
-                for job in live:
-                    if not (job.cancelled or job.done.is_set()):   # e.g. timed out meanwhile
-                        self._run_batch(lane, [t for t in taken if t[0] is job])
+                # that cannot load, a bug): each request's items that are still wanted run
+                # again on their own, so only the requests that fail alone get the error (the
+                # one whose inputs failed the batch may have been cancelled meanwhile).
+                log.warning("inference batch of %d items from %d requests failed; running "
+                            "each request's items apart", len(payloads), len(served),
+                            exc_info=exc)
+                elapsed = time.perf_counter() - t0
+                with self._cond:
+                    self._batches += 1
+                    for job in served:
+                        job.inference_s += elapsed
+                        job.batches += 1
+                for job in served:
+                    if job.cancelled or job.done.is_set():   # e.g. timed out meanwhile
+                        continue
+                    alone = [t for t in taken if t[0] is job]
+                    if self._stopping:   # exit waits for this worker: no more runs
+                        with self._cond:
+                            self._fail(alone, _stopping_error())
+                        continue
+                    self._run_batch(lane, alone)
                 return
             log.exception("inference batch of %d items failed", len(payloads))
             out, error = None, exc
@@ -468,6 +479,11 @@ class InferenceQueue:
                 job.remaining -= n
                 if job.remaining == 0:
                     job.done.set()
+
+
+def _stopping_error() -> errors.ApiError:
+    return errors.ApiError(503, "ServiceUnavailable", "The server is stopping.",
+                           headers={"Retry-After": "1"})
 
 
 def check_request_cost(prepared: Prepared, max_tokens: int) -> None:

@@ -266,26 +266,54 @@ def test_a_failing_request_does_not_fail_the_requests_that_shared_its_batch():
     assert q.stats().queued["tokens"] == 0 and q.stats().worker_alive
 
 
-@pytest.mark.parametrize("when, batches", [
-    # cancelled while the shared batch runs: nothing runs again (one request is left)
-    ("shared", [["x0"], ["bad0", "later0"]]),
-    # cancelled while "bad" runs again alone: "later" is not run again after it
-    ("rerun", [["x0"], ["bad0", "later0"], ["bad0"]]),
+@pytest.mark.parametrize("cancel, when, batches", [
+    # "later" cancelled while the shared batch runs: only "bad" runs again
+    ("later", "shared", [["x0"], ["bad0", "later0"], ["bad0"]]),
+    # "later" cancelled while "bad" runs again alone: "later" is not run again after it
+    ("later", "rerun", [["x0"], ["bad0", "later0"], ["bad0"]]),
+    # "bad", whose input failed the batch, cancelled while it runs: "later" runs again alone
+    # and gets its rows, not bad's error
+    ("bad", "shared", [["x0"], ["bad0", "later0"], ["later0"]]),
 ])
-def test_a_request_cancelled_before_its_rerun_is_not_run_again(when, batches):
+def test_a_request_cancelled_before_its_rerun_is_not_run_again(cancel, when, batches):
     lane, q, first = busy_poison_queue()
-    bad, later = q.submit(job(lane, "bad", [5])), q.submit(job(lane, "later", [5]))
+    jobs = {"bad": q.submit(job(lane, "bad", [5])), "later": q.submit(job(lane, "later", [5]))}
     lane.gate.release()
     if when == "rerun":
         lane.step()                                # the shared batch fails
-    assert lane.entered.acquire(timeout=10)        # the batch "later" waits on has started
-    assert q.cancel(later)                         # "later" times out meanwhile
+    assert lane.entered.acquire(timeout=10)        # the batch the job waits on has started
+    assert q.cancel(jobs[cancel])                  # the job times out meanwhile
     lane.gate.release()
-    with pytest.raises(ApiError):
-        q.wait(bad, 10)
+    if when == "shared":
+        lane.step()                                # the other job's run alone
+    if cancel == "later":
+        with pytest.raises(ApiError):
+            q.wait(jobs["bad"], 10)
+    else:
+        assert np.array_equal(q.wait(jobs["later"], 10)[0], rows_of(["later0"]))
     q.wait(first, 10)
     assert lane.batches == batches
     assert q.stats().queued["tokens"] == 0 and q.stats().worker_alive
+
+
+def test_a_failed_shared_batch_is_not_run_again_once_the_queue_is_stopping():
+    """Exit waits for the workers: requests still waiting for a re-run get 503 at once."""
+    lane, q, first = busy_poison_queue()
+    bad, later = q.submit(job(lane, "bad", [5])), q.submit(job(lane, "later", [5]))
+    lane.gate.release()
+    assert lane.entered.acquire(timeout=10)        # the shared batch has started
+    stopper = threading.Thread(target=q.stop)
+    stopper.start()
+    deadline = time.monotonic() + 10
+    while not q._stopping and time.monotonic() < deadline:
+        time.sleep(0.001)
+    lane.gate.release()                            # the shared batch fails
+    stopper.join(10)
+    for j in (bad, later):
+        with pytest.raises(ApiError) as err:
+            q.wait(j, 1)
+        assert err.value.status == 503 and "stopping" in err.value.message
+    assert lane.batches == [["x0"], ["bad0", "later0"]]
 
 
 def test_worker_starts_on_first_job_only_and_runs_the_idle_hook():
