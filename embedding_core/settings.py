@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Mapping
+
+from .cpu_limit import cgroup_cpu_limit
 
 SUPPORTED_API_VERSIONS = ("2024-05-01-preview", "2024-04-01-preview", "2025-04-01")
 
@@ -83,11 +86,14 @@ def key_fingerprint(key: bytes) -> str:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    """The cores this process may run on: its CPU affinity (e.g. a container's cpuset), at most
+    its cgroup's CPU limit rounded up (``docker run --cpus=1`` on a 4-core host: 1)."""
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        cores = len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return max(1, min(cores, math.ceil(limit))) if limit else cores
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,84 @@
+"""The CPU a container's cgroup lets this process use (``docker run --cpus``, a Kubernetes CPU
+limit, a systemd ``CPUQuota``), which the CPU affinity does not show: a process limited to one
+CPU on a 4-core host sees 4 cores. Read from cgroup v2 (``cpu.max``) or v1 (``cpu.cfs_quota_us``
+and ``cpu.cfs_period_us``) for the process's own cgroup and every ancestor up to the mount,
+as Go's runtime does for GOMAXPROCS; the smallest limit applies."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["cgroup_cpu_limit"]
+
+
+def cgroup_cpu_limit(proc: str = "/proc/self") -> float | None:
+    """CPUs the cgroup allows (e.g. 1.5), or None: no limit, or none that can be read."""
+    try:
+        with open(os.path.join(proc, "cgroup"), encoding="utf-8") as fh:
+            memberships = fh.read().splitlines()
+        with open(os.path.join(proc, "mountinfo"), encoding="utf-8") as fh:
+            mounts = fh.read().splitlines()
+    except OSError:
+        return None
+    paths: dict[str, str] = {}   # "cgroup2" or "cgroup" (v1's cpu controller) -> cgroup path
+    for line in memberships:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:
+            paths["cgroup2"] = path
+        elif "cpu" in controllers.split(","):
+            paths["cgroup"] = path
+    limits = []
+    for line in mounts:
+        fields, _, fs = line.partition(" - ")
+        fields_, fs_ = fields.split(), fs.split()
+        if len(fields_) < 5 or len(fs_) < 3:
+            continue
+        fstype, options = fs_[0], fs_[2].split(",")
+        if fstype not in paths or (fstype == "cgroup" and "cpu" not in options):
+            continue
+        root, mount_point = fields_[3], fields_[4]
+        rel = os.path.relpath(paths[fstype], root)
+        if rel.startswith(".."):   # the process's cgroup is outside this mount's view
+            continue
+        read = _v2_limit if fstype == "cgroup2" else _v1_limit
+        directory = os.path.normpath(os.path.join(mount_point, rel))
+        while True:
+            limit = read(directory)
+            if limit is not None:
+                limits.append(limit)
+            if directory == os.path.normpath(mount_point):
+                break
+            directory = os.path.dirname(directory)
+    return min(limits) if limits else None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _v2_limit(directory: str) -> float | None:
+    """``cpu.max``: "<quota> <period>" in µs, or "max <period>" for no limit."""
+    text = _read(os.path.join(directory, "cpu.max"))
+    if not text:
+        return None
+    quota, _, period = text.partition(" ")
+    try:
+        q, p = int(quota), int(period or 100_000)
+    except ValueError:   # "max"
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def _v1_limit(directory: str) -> float | None:
+    """``cpu.cfs_quota_us`` (-1: no limit) over ``cpu.cfs_period_us``."""
+    quota, period = (_read(os.path.join(directory, f"cpu.cfs_{n}_us")) for n in ("quota", "period"))
+    try:
+        q, p = int(quota or -1), int(period or 100_000)
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None

@@ -1,0 +1,97 @@
+"""A container's CPU limit (cgroup v1 and v2) bounds the cores the service sizes itself for:
+inference workers and ONNX Runtime threads (embedding_core/cpu_limit.py, settings.usable_cores).
+The cgroup trees here are files laid out as the kernel shows them."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from embedding_core import settings as settings_module
+from embedding_core.cpu_limit import cgroup_cpu_limit
+from embedding_core.settings import Settings, usable_cores
+
+
+def fake(tmp_path, memberships, mounts, files):
+    """/proc/self/{cgroup,mountinfo} and cgroup files under tmp_path; "{root}" in a mount line
+    is tmp_path."""
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "cgroup").write_text("\n".join(memberships) + "\n")
+    (proc / "mountinfo").write_text("\n".join(m.format(root=tmp_path) for m in mounts) + "\n")
+    for rel, text in files.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    return str(proc)
+
+
+V2_MOUNT = "30 23 0:26 / {root}/cg rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw"
+V1_MOUNT = "32 31 0:29 / {root}/cpu rw,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct"
+
+
+@pytest.mark.parametrize("cpu_max, expected", [
+    ("150000 100000", 1.5),          # docker run --cpus=1.5
+    ("25000 100000", 0.25),
+    ("max 100000", None),            # no limit
+])
+def test_cgroup_v2_container(tmp_path, cpu_max, expected):
+    proc = fake(tmp_path, ["0::/"], [V2_MOUNT], {"cg/cpu.max": cpu_max})
+    assert cgroup_cpu_limit(proc) == expected
+
+
+def test_cgroup_v2_the_smallest_limit_of_the_cgroup_and_its_ancestors_applies(tmp_path):
+    proc = fake(tmp_path, ["0::/kubepods/pod1/c1"], [V2_MOUNT], {
+        "cg/kubepods/cpu.max": "400000 100000",
+        "cg/kubepods/pod1/cpu.max": "50000 100000",
+        "cg/kubepods/pod1/c1/cpu.max": "max 100000",
+    })
+    assert cgroup_cpu_limit(proc) == 0.5
+
+
+@pytest.mark.parametrize("quota, expected", [("200000", 2.0), ("-1", None)])
+def test_cgroup_v1(tmp_path, quota, expected):
+    proc = fake(tmp_path, ["5:memory:/docker/abc", "4:cpu,cpuacct:/docker/abc", "0::/"],
+                ["31 23 0:28 / {root} rw,relatime - tmpfs tmpfs rw,mode=755", V1_MOUNT], {
+                    "cpu/docker/abc/cpu.cfs_quota_us": quota,
+                    "cpu/docker/abc/cpu.cfs_period_us": "100000",
+                    "cpu/cpu.cfs_quota_us": "-1",
+                    "cpu/cpu.cfs_period_us": "100000",
+                })
+    assert cgroup_cpu_limit(proc) == expected
+
+
+def test_cgroup_v1_in_a_cgroup_namespace(tmp_path):
+    """Docker without a private cgroup namespace mounts the container's own cgroup (root
+    /docker/abc) at the mount point."""
+    proc = fake(tmp_path, ["4:cpu,cpuacct:/docker/abc"],
+                ["32 31 0:29 /docker/abc {root}/cpu ro,relatime - cgroup cgroup rw,cpu,cpuacct"], {
+                    "cpu/cpu.cfs_quota_us": "100000", "cpu/cpu.cfs_period_us": "100000"})
+    assert cgroup_cpu_limit(proc) == 1.0
+
+
+@pytest.mark.parametrize("memberships, mounts, files", [
+    ([], [], {}),                                                 # no cgroups at all
+    (["0::/"], [V2_MOUNT], {}),                                  # no cpu controller file
+    (["0::/"], [V2_MOUNT], {"cg/cpu.max": "garbage"}),
+    (["4:cpu,cpuacct:/elsewhere"], ["32 31 0:29 /docker/abc {root}/cpu rw - cgroup cgroup rw,cpu"],
+     {"cpu/cpu.cfs_quota_us": "100000"}),                        # our cgroup is not under the mount
+])
+def test_no_limit_that_can_be_read_is_no_limit(tmp_path, memberships, mounts, files):
+    assert cgroup_cpu_limit(fake(tmp_path, memberships, mounts, files)) is None
+
+
+def test_no_proc_files_is_no_limit(tmp_path):
+    assert cgroup_cpu_limit(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize("limit, expected", [(None, "all"), (0.25, 1), (1.0, 1), (1.2, 2),
+                                             (10**6, "all")])
+def test_workers_and_threads_follow_the_limit(monkeypatch, limit, expected):
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(settings_module, "cgroup_cpu_limit", lambda: limit)
+    want = cores if expected == "all" else min(cores, expected)
+    assert usable_cores() == want
+    settings = Settings.from_env({})
+    assert settings.workers == want and settings.session_threads == 1
