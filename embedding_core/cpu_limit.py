@@ -12,7 +12,15 @@ __all__ = ["cgroup_cpu_limit"]
 
 
 def cgroup_cpu_limit(proc: str = "/proc/self") -> float | None:
-    """CPUs the cgroup allows (e.g. 1.5), or None: no limit, or none that can be read."""
+    """CPUs the cgroup allows (e.g. 1.5), or None: no limit, or none that can be read. Never
+    raises: the service starts whatever these files hold."""
+    try:
+        return _limit(proc)
+    except (OSError, ValueError):
+        return None
+
+
+def _limit(proc: str) -> float | None:
     try:
         with open(os.path.join(proc, "cgroup"), encoding="utf-8") as fh:
             memberships = fh.read().splitlines()

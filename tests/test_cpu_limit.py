@@ -75,6 +75,7 @@ def test_cgroup_v1_in_a_cgroup_namespace(tmp_path):
     ([], [], {}),                                                 # no cgroups at all
     (["0::/"], [V2_MOUNT], {}),                                  # no cpu controller file
     (["0::/"], [V2_MOUNT], {"cg/cpu.max": "garbage"}),
+    (["0::"], [V2_MOUNT], {"cg/cpu.max": "50000 100000"}),        # an empty path
     (["4:cpu,cpuacct:/elsewhere"], ["32 31 0:29 /docker/abc {root}/cpu rw - cgroup cgroup rw,cpu"],
      {"cpu/cpu.cfs_quota_us": "100000"}),                        # our cgroup is not under the mount
 ])
