@@ -52,7 +52,7 @@ param instanceMemoryMB int = 2048
 
 @minValue(1)
 @maxValue(1000)
-@description('Upper bound for on-demand instances (cost ceiling).')
+@description('Upper bound for on-demand instances (a scale bound, not a spending cap; always-ready instances come on top).')
 param maximumInstanceCount int = 40
 
 @minValue(1)

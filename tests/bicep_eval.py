@@ -11,7 +11,11 @@ documented semantics of each ARM function:
   11fb06fb-712d-4ddd-98c7-e71bbd588830 over the arguments joined with '-'; deterministic,
   lower-case, with hyphens.
 - newGuid(): a random version-4 GUID (only valid as a parameter default).
-- `cond ? a : b`, `||`, `&&`, `!`, comparisons, string interpolation, variable for-loops.
+- union(object, ...): the objects' properties, a later object's winning (shallow; tags).
+- resourceGroup(): the object given as ``resource_group`` (e.g. {"tags": {...}} or {}), whose
+  properties are read with `.name`; a property it lacks raises, as ARM's evaluation fails.
+- `cond ? a : b`, `||`, `&&`, `!`, comparisons, string interpolation (also in object keys),
+  variable for-loops; a resource's `if (...)` condition (``condition``).
 
 Anything else raises NotSupported, so a template change that this module cannot model
 makes the tests that use it fail instead of passing by accident.
@@ -85,7 +89,11 @@ def _args(node: Dict[str, Any]) -> List[Any]:
 class Evaluator:
     """Variables of one parsed Bicep file, evaluated for given parameter values."""
 
-    def __init__(self, tree: Dict[str, Any], params: Dict[str, Any]) -> None:
+    def __init__(self, tree: Dict[str, Any], params: Dict[str, Any],
+                 resource_group: Optional[Dict[str, Any]] = None) -> None:
+        self.resource_group = resource_group
+        self.resources = tree.get("resources", {})
+        self.outputs = tree.get("outputs", {})
         self.variables = {name: spec["value"] for name, spec in tree.get("variables", {}).items()}
         self.declared = tree.get("parameters", {})
         unknown = set(params) - set(self.declared)
@@ -107,6 +115,16 @@ class Evaluator:
         if name not in self.cache:
             self.cache[name] = self.eval(self.variables[name], {})
         return self.cache[name]
+
+    def condition(self, resource: str) -> bool:
+        """Whether the resource (by symbolic name) is deployed: its `if (...)`, else True."""
+        config = self.resources[resource]["config"]
+        if "condition" not in config:
+            return True
+        return bool(self.eval(config["condition"], {}))
+
+    def output(self, name: str) -> Any:
+        return self.eval(self.outputs[name]["value"], {})
 
     def eval(self, node: Any, scope: Dict[str, Any]) -> Any:
         if isinstance(node, bool) or isinstance(node, (int, float)) or node is None:
@@ -137,13 +155,24 @@ class Evaluator:
                 return self.call(node["function"], scope)
             if set(node) == {"operator"}:
                 return self.operate(node["operator"], scope)
-            return {k.strip("'"): self.eval(v, scope) for k, v in node.items()}
+            return {self._key(k, scope): self.eval(v, scope) for k, v in node.items()}
         raise NotSupported(repr(node))
+
+    def _key(self, raw: str, scope: Dict[str, Any]) -> str:
+        key = raw.strip("'")
+        if "${" not in key:
+            return key
+        return "".join(piece if kind == "lit" else _stringify(self.eval(_parse_expression(piece), scope))
+                       for kind, piece in _split_interpolation(key))
 
     def call(self, fn: Dict[str, Any], scope: Dict[str, Any]) -> Any:
         name = fn["type"]
         if name == "new_guid":
             return str(uuid.uuid4())
+        if name == "resource_group":
+            if self.resource_group is None or any(_args(fn)):
+                raise NotSupported("resourceGroup() without a resource_group, or of another group")
+            return self.resource_group
         args = [self.eval(a, scope) for a in _args(fn)]
         impl: Optional[Callable[..., Any]] = FUNCTIONS.get(name)
         if impl is None:
@@ -157,6 +186,13 @@ class Evaluator:
             # ARM evaluates only the branch the condition selects.
             branch = "true_value" if self.eval(operands["condition"], scope) else "false_value"
             return self.eval(operands[branch], scope)
+        if kind == "property_accessor":
+            target, prop = self.eval(operands["operand_1"], scope), operands["operand_2"]
+            if not isinstance(prop, str) or not isinstance(target, dict):
+                raise NotSupported(f"property access {op!r}")
+            if prop not in target:
+                raise KeyError(f"ARM would fail: the object has no property {prop!r}")
+            return target[prop]
         values = [self.eval(v, scope) for v in operands.values()]
         impl = OPERATORS.get(kind)
         if impl is None:
@@ -178,6 +214,15 @@ def _contains(container: Any, item: Any) -> bool:
     return item in container
 
 
+def _union(*items: Any) -> Any:
+    if not all(isinstance(i, dict) for i in items):
+        raise NotSupported("union of anything but objects")
+    out: Dict[str, Any] = {}
+    for item in items:
+        out.update(item)
+    return out
+
+
 def _skip(value: Any, count: int) -> Any:
     return value[max(count, 0):]
 
@@ -196,6 +241,7 @@ FUNCTIONS: Dict[str, Callable[..., Any]] = {
     "ends_with": lambda s, p: s.lower().endswith(p.lower()),
     "guid": arm_guid,
     "to_lower": lambda s: s.lower(),
+    "union": _union,
 }
 
 OPERATORS: Dict[str, Callable[..., Any]] = {

@@ -63,6 +63,7 @@ UNTAGGED_TYPES = {
     "Microsoft.Storage/storageAccounts/blobServices",
     "Microsoft.Storage/storageAccounts/blobServices/containers",
     "Microsoft.Web/sites/basicPublishingCredentialsPolicies",
+    "Microsoft.Resources/tags",  # it is the resource group's tags (keyvault.bicep's marker)
 }
 
 # Microsoft's table "Flex Consumption plan deprecations" (functions-app-settings.md, section
@@ -311,6 +312,7 @@ def test_api_versions_are_stable_and_current():
         "Microsoft.Insights/components": "2020-02-02",
         "Microsoft.Insights/scheduledQueryRules": "2023-12-01",  # GA LogAlert (criteria.allOf)
         "Microsoft.Authorization/roleAssignments": "2022-04-01",
+        "Microsoft.Resources/tags": "2024-03-01",
     }
     for path, name, res in all_resources():
         version = res["api_version"]
@@ -735,8 +737,11 @@ def test_entra_authority_defaults_to_the_deploying_clouds_login_endpoint():
 
 
 def test_key_vault_secret_uri_is_versionless():
+    # Built from the vault (the secret is not part of a deployment that leaves it alone), as
+    # the secret's own secretUri is: https://<vault>.vault.azure.net/secrets/<name>, no version.
     outputs = parse(MODULES / "keyvault.bicep")["outputs"]
-    assert render(outputs["apiKeySecretUri"]["value"]) == "apiKeySecret.properties.secretUri"
+    assert render(outputs["apiKeySecretUri"]["value"]) == \
+        "${vault.properties.vaultUri}secrets/${apiKeySecretName}"
     main_fa = parse(MAIN)["modules"]["functionApp"]["config"]["params"]
     assert render(main_fa["apiKeySecretUri"]) == "keyVault.outputs.apiKeySecretUri"
 
@@ -913,6 +918,70 @@ def test_reprovision_keeps_every_key_and_adds_only_missing_names():
     assert stored_api_keys(rotating) == rotating
     reissued = stored_api_keys(first, "alice", entropy="later-deployment")
     assert entries(reissued)[1][1] != alice_key
+
+
+def secret_deployment(current: str, resource_group_tags: Optional[Dict[str, str]] = None,
+                      names: str = "primary") -> Tuple[Optional[str], Optional[Dict[str, str]]]:
+    """What a deployment of keyvault.bicep writes, evaluated offline: the secret's value (None:
+    the secret is not deployed, so it keeps its value) and the resource group's tags (None:
+    not written). ``resource_group_tags`` None: the group has no tags at all."""
+    from bicep_eval import Evaluator
+
+    group: Dict[str, Any] = {"name": "rg-test", "location": "swedencentral"}
+    if resource_group_tags is not None:
+        group["tags"] = resource_group_tags
+    ev = Evaluator(parse(KV_PATH), dict(KV_FIXED, currentApiKeys=current, apiKeyNames=names),
+                   resource_group=group)
+    resources = parse(KV_PATH)["resources"]
+    secret = ev.condition("apiKeySecret") and ev.eval(
+        resources["apiKeySecret"]["config"]["config"]["properties"]["value"], {})
+    marker = resources["keysIssuedMarker"]["config"]["config"]
+    assert marker["name"] == "default" and "scope" not in marker  # the deployment's group
+    tags = ev.condition("keysIssuedMarker") and ev.eval(marker["properties"]["tags"], {})
+    return secret or None, tags or None
+
+
+AZD_PLACEHOLDER = "aB3dE5gH7jK9mN1"  # what secretOrRandomPassword gives without a vault name
+
+
+def test_a_deployment_without_the_current_keys_never_replaces_them():
+    # A fresh azd environment (a new clone, a CI runner) has no AZURE_KEY_VAULT_NAME, so
+    # secretOrRandomPassword gets one argument and returns a random password instead of the
+    # secret (azure-dev cli/azd/pkg/cmdsubst/secretOrRandomPassword.go: len(args) != 2); a
+    # manual deployment may leave embeddingsApiKey out. Before, such a deployment replaced
+    # every caller's key with a new primary key.
+    first, tags = secret_deployment(AZD_PLACEHOLDER, {"azd-env-name": "dev"})
+    [(name, key)] = entries(first)
+    assert name == "primary" and len(key) == 64
+    # The first deployment marks the resource group, keeping its tags.
+    assert tags == {"azd-env-name": "dev", "embeddings-api-keys-kv-test": "true"}
+    marked = tags
+    for unknown in (AZD_PLACEHOLDER, "", "  "):
+        for names in ("primary", "primary,alice"):
+            assert secret_deployment(unknown, marked, names) == (None, None), (unknown, names)
+    # With the current value (azd with AZURE_KEY_VAULT_NAME), it is kept and names are added,
+    # and the marker is not written again.
+    assert secret_deployment(first, marked) == (first, None)
+    with_alice, again = secret_deployment(first, marked, "primary,alice")
+    assert with_alice.startswith(first + ",alice:") and again is None
+    # A short unnamed key an operator put in the vault is no longer replaced either.
+    assert secret_deployment("operator-key-20chars", marked) == (None, None)
+
+
+def test_the_marker_is_per_vault_and_only_the_first_deployment_issues_without_it():
+    # A resource group with no tags at all (resourceGroup() has no "tags" then).
+    value, tags = secret_deployment("", None)
+    assert entries(value)[0][0] == "primary"
+    assert tags == {"embeddings-api-keys-kv-test": "true"}
+    # Another environment's vault in the same group does not count.
+    other = {"embeddings-api-keys-kv-other": "true"}
+    value, tags = secret_deployment(AZD_PLACEHOLDER, other)
+    assert value is not None and tags == {**other, "embeddings-api-keys-kv-test": "true"}
+    # Deployments of older template versions left no marker: upgrading behaves as before (a
+    # short azd-generated key is replaced; see test_keys_from_older_templates_and_other_formats).
+    value, tags = secret_deployment("Xy7Qw2Er5Ty8Ui1", {"azd-env-name": "dev"})
+    assert value.startswith("primary:") and "Xy7Qw2Er5Ty8Ui1" not in value
+    assert tags is not None
 
 
 def test_keys_from_older_templates_and_other_formats():

@@ -233,9 +233,11 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 // - triggers.http.perInstanceConcurrency is set (the samples take the platform default, which
 //   depends on instance memory): the app bounds its own in-process concurrency, and scale-out
 //   should follow that bound (FunctionsScaleAndConcurrencyTriggersHttp in the 2024-04-01 schema).
-// - maximumInstanceCount defaults to 40 and may go down to 1 (the samples use 100, minimum 40):
-//   "Scale: The lowest maximum scale is currently 1. The highest ... is 1000"
-//   (flex-consumption-plan.md, Considerations). It is the cost ceiling.
+// - maximumInstanceCount defaults to 40 and may go down to 1 (the samples use 100, minimum 40).
+//   flex-consumption-plan.md (Considerations) has said both "The lowest maximum scale is
+//   currently 40" and "currently 1"; the default of 40 is valid either way, and a value the
+//   platform refuses fails the deployment. It bounds on-demand instances (always-ready ones
+//   come on top); it is not a spending cap.
 // - runtime python 3.11 (quickstart: 3.12); Flex supports Python 3.10, 3.11 and 3.12
 //   (flex-consumption-plan.md, "Supported language stack versions").
 // - A user-assigned identity only, also used for Key Vault references (keyVaultReferenceIdentity);

@@ -9,6 +9,13 @@
 // apiKeyNames that has no entry yet. So re-provisioning never rotates, revokes or reorders a
 // key, manual edits in the vault (a second key during a rotation, a removed caller) survive,
 // and adding a name to apiKeyNames issues that caller a key. docs/deploy.md, "API keys".
+//
+// A deployment that is not given the secret's current value after keys were issued leaves the
+// secret alone instead of replacing it with new keys (which would lock every caller out): azd
+// reads the value back only when AZURE_KEY_VAULT_NAME is set, and a fresh azd environment (a
+// new clone, a CI runner) does not have it; a manual deployment may omit it. ARM cannot test
+// whether a secret exists, so the first deployment marks the resource group with a tag
+// (keysIssuedTag), which every later deployment reads through resourceGroup().
 param name string
 param location string
 param tags object
@@ -58,6 +65,18 @@ var allAdditions = join(apiKeyAdditions, '')
 // A JSON-object value is the operator's own format: kept as it is, names are not added.
 var apiKeysValue = startsWith(keptApiKeys, '{') ? keptApiKeys : (empty(keptApiKeys) ? skip(allAdditions, 1) : '${keptApiKeys}${allAdditions}')
 
+// The resource group's tags as this deployment starts ({} when it has none).
+var resourceGroupTags = union({ tags: {} }, resourceGroup()).tags
+
+// Set on the resource group once this vault's secret has keys; named after the vault, so
+// several environments can share a resource group.
+var keysIssuedTag = 'embeddings-api-keys-${name}'
+var keysIssuedBefore = contains(resourceGroupTags, keysIssuedTag)
+
+// Keys were issued, but this deployment was not given the secret's value (or was given one
+// it would not keep): the secret is left exactly as it is, and no name is added.
+var leaveSecretAlone = keysIssuedBefore && empty(keptApiKeys)
+
 resource vault 'Microsoft.KeyVault/vaults@2024-11-01' = {
   // checkov:skip=CKV_AZURE_109: The Function App runs without VNet integration and resolves the Key Vault reference over the public endpoint (App Service is not a trusted service for the firewall bypass); access is RBAC-only and limited to the app identity and the deployer.
   // checkov:skip=CKV_AZURE_189: Same reason as CKV_AZURE_109: public network access is needed for Key Vault references from a non-VNet-integrated Flex Consumption app; data-plane access still requires Entra ID + RBAC.
@@ -85,7 +104,8 @@ resource vault 'Microsoft.KeyVault/vaults@2024-11-01' = {
   }
 }
 
-resource apiKeySecret 'Microsoft.KeyVault/vaults/secrets@2024-11-01' = {
+resource apiKeySecret 'Microsoft.KeyVault/vaults/secrets@2024-11-01' = if (!leaveSecretAlone) {
+  // checkov:skip=CKV_AZURE_114: contentType is set below; checkov does not read the properties of a conditional (if) resource, and passes this check once the condition is removed.
   // checkov:skip=CKV_AZURE_41: An expiry date would make the Key Vault reference stop resolving and silently lock every client out; keys are rotated on demand (see docs/deploy.md, "Key rotation") instead of expiring.
   parent: vault
   name: apiKeySecretName
@@ -98,8 +118,21 @@ resource apiKeySecret 'Microsoft.KeyVault/vaults/secrets@2024-11-01' = {
   }
 }
 
+// The marker, after the secret has its keys. Tags written by a template replace the resource
+// group's tags, so the existing ones are carried over.
+resource keysIssuedMarker 'Microsoft.Resources/tags@2024-03-01' = if (!keysIssuedBefore) {
+  name: 'default'
+  properties: {
+    tags: union(resourceGroupTags, { '${keysIssuedTag}': 'true' })
+  }
+  dependsOn: [
+    apiKeySecret
+  ]
+}
+
 output name string = vault.name
 output id string = vault.id
 output uri string = vault.properties.vaultUri
-// Versionless URI: the app always resolves the latest secret version.
-output apiKeySecretUri string = apiKeySecret.properties.secretUri
+// Versionless URI (the app always resolves the latest secret version), built from the vault,
+// since the secret resource is not part of a deployment that leaves it alone.
+output apiKeySecretUri string = '${vault.properties.vaultUri}secrets/${apiKeySecretName}'
