@@ -7,6 +7,7 @@ as Go's runtime does for GOMAXPROCS; the smallest limit applies."""
 from __future__ import annotations
 
 import os
+import re
 
 __all__ = ["cgroup_cpu_limit"]
 
@@ -45,7 +46,7 @@ def _limit(proc: str) -> float | None:
         fstype, options = fs_[0], fs_[2].split(",")
         if fstype not in paths or (fstype == "cgroup" and "cpu" not in options):
             continue
-        root, mount_point = fields_[3], fields_[4]
+        root, mount_point = _unescape(fields_[3]), _unescape(fields_[4])
         rel = os.path.relpath(paths[fstype], root)
         if rel.startswith(".."):   # the process's cgroup is outside this mount's view
             continue
@@ -59,6 +60,12 @@ def _limit(proc: str) -> float | None:
                 break
             directory = os.path.dirname(directory)
     return min(limits) if limits else None
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path field, whose space, tab, newline and backslash the kernel writes as
+    octal escapes (``\\040``, ``\\011``, ``\\012``, ``\\134``; fs/proc_namespace.c)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _read(path: str) -> str | None:

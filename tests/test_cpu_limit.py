@@ -71,6 +71,14 @@ def test_cgroup_v1_in_a_cgroup_namespace(tmp_path):
     assert cgroup_cpu_limit(proc) == 1.0
 
 
+def test_mount_points_with_escaped_characters(tmp_path):
+    """mountinfo writes a space in a path as \\040 (and tab, newline, backslash likewise)."""
+    proc = fake(tmp_path, ["0::/a b"],
+                ["30 23 0:26 / {root}/cg\\040mnt rw - cgroup2 cgroup2 rw"],
+                {"cg mnt/a b/cpu.max": "50000 100000"})
+    assert cgroup_cpu_limit(proc) == 0.5
+
+
 @pytest.mark.parametrize("memberships, mounts, files", [
     ([], [], {}),                                                 # no cgroups at all
     (["0::/"], [V2_MOUNT], {}),                                  # no cpu controller file
