@@ -1,8 +1,10 @@
 """The CPU a container's cgroup lets this process use (``docker run --cpus``, a Kubernetes CPU
 limit, a systemd ``CPUQuota``), which the CPU affinity does not show: a process limited to one
 CPU on a 4-core host sees 4 cores. Read from cgroup v2 (``cpu.max``) or v1 (``cpu.cfs_quota_us``
-and ``cpu.cfs_period_us``) for the process's own cgroup and every ancestor up to the mount,
-as Go's runtime does for GOMAXPROCS; the smallest limit applies."""
+and ``cpu.cfs_period_us``) for the process's own cgroup and every ancestor up to the mount; the
+smallest limit applies, as in OpenJDK's reader (Go's runtime reads the process's own cgroup
+only). What cannot be read, or makes no sense, counts as no limit: an error here must never
+leave the service with fewer workers than its cores, or stop it from starting."""
 
 from __future__ import annotations
 
@@ -17,15 +19,17 @@ def cgroup_cpu_limit(proc: str = "/proc/self") -> float | None:
     raises: the service starts whatever these files hold."""
     try:
         return _limit(proc)
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - whatever the files hold (OverflowError included)
         return None
 
 
 def _limit(proc: str) -> float | None:
     try:
-        with open(os.path.join(proc, "cgroup"), encoding="utf-8") as fh:
+        # Paths are bytes to the kernel: a name that is not UTF-8 must not hide the others.
+        with open(os.path.join(proc, "cgroup"), encoding="utf-8", errors="surrogateescape") as fh:
             memberships = fh.read().splitlines()
-        with open(os.path.join(proc, "mountinfo"), encoding="utf-8") as fh:
+        with open(os.path.join(proc, "mountinfo"), encoding="utf-8",
+                  errors="surrogateescape") as fh:
             mounts = fh.read().splitlines()
     except OSError:
         return None
@@ -33,6 +37,9 @@ def _limit(proc: str) -> float | None:
     for line in memberships:
         hierarchy, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
+        if not _inside(path):
+            # Empty, or outside this cgroup namespace ("/../c2"): its files are not in view.
+            continue
         if hierarchy == "0" and not controllers:
             paths["cgroup2"] = path
         elif "cpu" in controllers.split(","):
@@ -40,13 +47,15 @@ def _limit(proc: str) -> float | None:
     limits = []
     for line in mounts:
         fields, _, fs = line.partition(" - ")
-        fields_, fs_ = fields.split(), fs.split()
+        fields_, fs_ = fields.split(), fs.split(" ")   # the mount source may be empty
         if len(fields_) < 5 or len(fs_) < 3:
             continue
         fstype, options = fs_[0], fs_[2].split(",")
         if fstype not in paths or (fstype == "cgroup" and "cpu" not in options):
             continue
         root, mount_point = _unescape(fields_[3]), _unescape(fields_[4])
+        if not _inside(root):   # e.g. a host's tree bind-mounted into another namespace
+            continue
         rel = os.path.relpath(paths[fstype], root)
         if rel.startswith(".."):   # the process's cgroup is outside this mount's view
             continue
@@ -60,6 +69,12 @@ def _limit(proc: str) -> float | None:
                 break
             directory = os.path.dirname(directory)
     return min(limits) if limits else None
+
+
+def _inside(path: str) -> bool:
+    """An absolute cgroup path with no ".." step (the kernel writes those for a cgroup outside
+    the reader's cgroup namespace)."""
+    return path.startswith("/") and ".." not in path.split("/")
 
 
 def _unescape(field: str) -> str:
@@ -86,7 +101,7 @@ def _v2_limit(directory: str) -> float | None:
         q, p = int(quota), int(period or 100_000)
     except ValueError:   # "max"
         return None
-    return q / p if q > 0 and p > 0 else None
+    return _positive(q, p)
 
 
 def _v1_limit(directory: str) -> float | None:
@@ -96,4 +111,16 @@ def _v1_limit(directory: str) -> float | None:
         q, p = int(quota or -1), int(period or 100_000)
     except ValueError:
         return None
-    return q / p if q > 0 and p > 0 else None
+    return _positive(q, p)
+
+
+def _positive(quota: int, period: int) -> float | None:
+    """quota / period CPUs; None unless both and the ratio are above zero (a ratio that
+    underflows to 0.0 would otherwise pass for a limit of no CPU at all)."""
+    if quota <= 0 or period <= 0:
+        return None
+    try:
+        cpus = quota / period
+    except OverflowError:   # no kernel writes such numbers
+        return None
+    return cpus if cpus > 0 else None

@@ -17,7 +17,7 @@ def fake(tmp_path, memberships, mounts, files):
     """/proc/self/{cgroup,mountinfo} and cgroup files under tmp_path; "{root}" in a mount line
     is tmp_path."""
     proc = tmp_path / "proc"
-    proc.mkdir()
+    proc.mkdir(parents=True)
     (proc / "cgroup").write_text("\n".join(memberships) + "\n")
     (proc / "mountinfo").write_text("\n".join(m.format(root=tmp_path) for m in mounts) + "\n")
     for rel, text in files.items():
@@ -77,6 +77,46 @@ def test_mount_points_with_escaped_characters(tmp_path):
                 ["30 23 0:26 / {root}/cg\\040mnt rw - cgroup2 cgroup2 rw"],
                 {"cg mnt/a b/cpu.max": "50000 100000"})
     assert cgroup_cpu_limit(proc) == 0.5
+
+
+def test_a_cgroup_outside_the_namespace_is_never_read_as_one_inside_it(tmp_path):
+    """The kernel shows "/../c2" for a cgroup outside the reader's cgroup namespace; folding
+    the ".." away would read cg/c2, an unrelated cgroup, whose limit (0.1) is not ours."""
+    files = {"cg/c2/cpu.max": "10000 100000", "cg/cpu.max": "200000 100000",
+             "cg/init/cpu.max": "10000 100000"}
+    assert cgroup_cpu_limit(fake(tmp_path / "a", ["0::/../c2"], [V2_MOUNT], files)) is None
+    # A host's tree bind-mounted into a container (mount root "/../.."): not our namespace's.
+    bound = "30 23 0:26 /../.. {root}/cg rw - cgroup2 cgroup2 rw"
+    assert cgroup_cpu_limit(fake(tmp_path / "b", ["0::/init"], [bound], files)) is None
+
+
+def test_numbers_no_kernel_writes_count_as_no_limit_and_never_raise(tmp_path):
+    huge = "1" + "0" * 400
+    proc = fake(tmp_path / "a", ["0::/c"], [V2_MOUNT],
+                {"cg/c/cpu.max": f"{huge} 100000", "cg/cpu.max": "200000 100000"})
+    assert cgroup_cpu_limit(proc) == 2.0          # the overflow is skipped, the parent counts
+    proc = fake(tmp_path / "b", ["0::/c"], [V2_MOUNT],
+                {"cg/c/cpu.max": f"1 {huge}", "cg/cpu.max": "200000 100000"})
+    assert cgroup_cpu_limit(proc) == 2.0          # 0.0 CPUs is not a limit
+    proc = fake(tmp_path / "c", ["4:cpu,cpuacct:/"], [V1_MOUNT],
+                {"cpu/cpu.cfs_quota_us": huge, "cpu/cpu.cfs_period_us": "100000"})
+    assert cgroup_cpu_limit(proc) is None
+
+
+def test_lines_that_other_readers_accept(tmp_path):
+    # A mount point that is not UTF-8 (paths are bytes to the kernel) on an unrelated line.
+    proc = fake(tmp_path / "a", ["0::/"], [V2_MOUNT], {"cg/cpu.max": "50000 100000"})
+    with open(os.path.join(proc, "mountinfo"), "ab") as fh:
+        fh.write(b"40 23 0:30 / /mnt/caf\xe9 rw - tmpfs tmpfs rw\n")
+    assert cgroup_cpu_limit(proc) == 0.5
+    # An empty mount source ("- cgroup2  rw").
+    proc = fake(tmp_path / "b", ["0::/"], ["30 23 0:26 / {root}/cg rw - cgroup2  rw"],
+                {"cg/cpu.max": "50000 100000"})
+    assert cgroup_cpu_limit(proc) == 0.5
+    # An empty unified path beside a v1 cpu hierarchy with a limit: the v1 limit still counts.
+    proc = fake(tmp_path / "c", ["0::", "4:cpu,cpuacct:/"], [V2_MOUNT, V1_MOUNT],
+                {"cpu/cpu.cfs_quota_us": "100000", "cpu/cpu.cfs_period_us": "100000"})
+    assert cgroup_cpu_limit(proc) == 1.0
 
 
 @pytest.mark.parametrize("memberships, mounts, files", [
