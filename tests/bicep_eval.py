@@ -4,14 +4,16 @@ There is no Bicep CLI or ARM here, so logic that decides a deployed value (e.g. 
 keys the Key Vault secret ends up with) is evaluated from the pycep-parser tree with the
 documented semantics of each ARM function:
 
-- contains(string, string): ordinal, case-sensitive substring test.
+- contains(string, string): ordinal, case-sensitive substring test; contains(object, key):
+  whether the object has the key, case-insensitively (ARM object functions reference).
 - startsWith / endsWith: case-insensitive (ARM string functions reference).
 - split, join, trim, replace, skip (strings), substring, length, empty: as documented.
 - guid(a, b, ...): a version-5 (name-based, SHA-1) UUID in the namespace
   11fb06fb-712d-4ddd-98c7-e71bbd588830 over the arguments joined with '-'; deterministic,
   lower-case, with hyphens.
 - newGuid(): a random version-4 GUID (only valid as a parameter default).
-- union(object, ...): the objects' properties, a later object's winning (shallow; tags).
+- union(object, ...): the objects' properties, a later object's winning; nested objects are
+  merged recursively, as ARM does.
 - resourceGroup(): the object given as ``resource_group`` (e.g. {"tags": {...}} or {}), whose
   properties are read with `.name`; a property it lacks raises, as ARM's evaluation fails.
 - `cond ? a : b`, `||`, `&&`, `!`, comparisons, string interpolation (also in object keys),
@@ -211,6 +213,8 @@ def _stringify(value: Any) -> str:
 def _contains(container: Any, item: Any) -> bool:
     if isinstance(container, str):
         return str(item) in container
+    if isinstance(container, dict):
+        return str(item).lower() in {k.lower() for k in container}
     return item in container
 
 
@@ -219,7 +223,9 @@ def _union(*items: Any) -> Any:
         raise NotSupported("union of anything but objects")
     out: Dict[str, Any] = {}
     for item in items:
-        out.update(item)
+        for key, value in item.items():
+            both = isinstance(out.get(key), dict) and isinstance(value, dict)
+            out[key] = _union(out[key], value) if both else value
     return out
 
 

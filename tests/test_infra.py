@@ -933,12 +933,13 @@ def secret_deployment(current: str, resource_group_tags: Optional[Dict[str, str]
     ev = Evaluator(parse(KV_PATH), dict(KV_FIXED, currentApiKeys=current, apiKeyNames=names),
                    resource_group=group)
     resources = parse(KV_PATH)["resources"]
-    secret = ev.condition("apiKeySecret") and ev.eval(
-        resources["apiKeySecret"]["config"]["config"]["properties"]["value"], {})
+    secret = ev.eval(resources["apiKeySecret"]["config"]["config"]["properties"]["value"], {}) \
+        if ev.condition("apiKeySecret") else None
     marker = resources["keysIssuedMarker"]["config"]["config"]
     assert marker["name"] == "default" and "scope" not in marker  # the deployment's group
-    tags = ev.condition("keysIssuedMarker") and ev.eval(marker["properties"]["tags"], {})
-    return secret or None, tags or None
+    assert marker["dependsOn"] == ["apiKeySecret"]    # marked once the secret has its keys
+    tags = ev.eval(marker["properties"]["tags"], {}) if ev.condition("keysIssuedMarker") else None
+    return secret, tags
 
 
 AZD_PLACEHOLDER = "aB3dE5gH7jK9mN1"  # what secretOrRandomPassword gives without a vault name
@@ -966,6 +967,9 @@ def test_a_deployment_without_the_current_keys_never_replaces_them():
     assert with_alice.startswith(first + ",alice:") and again is None
     # A short unnamed key an operator put in the vault is no longer replaced either.
     assert secret_deployment("operator-key-20chars", marked) == (None, None)
+    # Tag names are case-insensitive in Azure, and so is ARM's contains() on object keys.
+    shouted = {"Embeddings-API-Keys-KV-Test": "true"}
+    assert secret_deployment(AZD_PLACEHOLDER, shouted) == (None, None)
 
 
 def test_the_marker_is_per_vault_and_only_the_first_deployment_issues_without_it():
