@@ -2,7 +2,8 @@
 
 Pure Python on top of PyJWT; never imports ``azure.functions``. The auth layer calls
 :meth:`EntraValidator.validate` with the bearer token and turns :class:`InvalidToken` into a
-401 (``InvalidToken.to_api_error()`` -> ``WWW-Authenticate: Bearer error="invalid_token"``).
+401 (``InvalidToken.to_api_error()`` -> ``WWW-Authenticate: Bearer error="invalid_token"``), and a
+:class:`KeysUnavailable` (the keys could not be fetched, so the token was not checked) into a 503.
 
 Rules a token must satisfy (all of them):
 
@@ -56,8 +57,13 @@ made-up ``kid`` values cannot turn the service into a traffic amplifier; while n
 ``min(COLD_RETRY_SECONDS, jwks_min_refresh_seconds)`` instead. A key set older than
 ``JWKS_MAX_AGE_SECONDS`` is refreshed on the next request so that retired keys stop being trusted;
 if that refresh fails the old keys stay in use. Refreshes are serialised by a lock and every fetch
-uses ``http_timeout``. A fetch failure never raises anything but :class:`InvalidToken` (the request
-gets a 401) and is logged as a warning that names the URL and the error, never the token.
+uses ``http_timeout``; a request whose key is cached never waits for another thread's refresh,
+and one that must wait gives up after two fetches' time-outs. An attempt's retry interval counts
+from its end, so requests that waited for a failed fetch do not each fetch again. A fetch failure
+is logged as a warning that names the URL and the error, never the token, and raises
+:class:`KeysUnavailable` (503, retryable) when the token's key could not be checked: nothing is
+cached, or its ``kid`` is unknown and the last refresh failed. A ``kid`` missing from a key set
+that was just fetched is an :class:`InvalidToken` (401).
 
 Transport: the authority and ``jwks_uri`` must be ``https://`` URLs, except that plain
 ``http://`` is allowed for loopback hosts (``localhost``, ``127.0.0.0/8``, ``::1``) so that tests
@@ -214,6 +220,12 @@ class EntraConfig:
         parts = urlsplit(authority)
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError(f"Entra authority must be a plain base URL, got {clip(authority)!r}")
+        if parts.path:
+            # MSAL's authorities end with the tenant (".../<tenant-id>"); here the tenant is a
+            # setting of its own, and a path would put it twice in every metadata URL.
+            raise ValueError(
+                f"Entra authority must be the identity provider's base URL without a path (the "
+                f"tenant is {ENV_TENANT_ID}), e.g. {PUBLIC_AUTHORITY}; got {clip(authority)!r}")
         if not (isinstance(self.http_timeout, (int, float)) and self.http_timeout > 0):
             raise ValueError("http_timeout must be a positive number of seconds")
         if not (isinstance(self.leeway_seconds, (int, float)) and self.leeway_seconds >= 0):
@@ -272,7 +284,7 @@ class EntraConfig:
     def v1_issuer(self) -> str:
         parts = urlsplit(self.authority)
         host = (parts.hostname or "").lower()
-        if host in _V1_ISSUER_HOSTS and parts.path in ("", "/"):
+        if host in _V1_ISSUER_HOSTS:
             return f"{_V1_ISSUER_HOSTS[host]}/{self.tenant_id}/"
         return f"{self.authority}/{self.tenant_id}/"
 
@@ -436,8 +448,12 @@ class EntraValidator:
         self._clock = clock
         self._lock = threading.Lock()
         self._keyset: _KeySet | None = None
-        self._last_attempt: float | None = None
+        self._last_attempt: float | None = None  # when the last fetch attempt ended
+        self._last_failed = False
         self._static_issuers = frozenset({config.v2_issuer, config.v1_issuer})
+        # The longest a request waits for another thread's fetch of the keys: a refresh is two
+        # fetches, each bounded by http_timeout (per socket operation).
+        self._wait_seconds = 2 * config.http_timeout + 1.0
 
     @property
     def config(self) -> EntraConfig:
@@ -535,25 +551,32 @@ class EntraValidator:
 
     def _key_for(self, kid: str) -> tuple[RSAPublicKey, frozenset[str]]:
         keyset = self._keyset  # one atomic read; refreshes replace the whole object
-        if (keyset is not None and kid in keyset.keys
-                and self._clock() - keyset.fetched_at < JWKS_MAX_AGE_SECONDS):
-            return keyset.keys[kid], keyset.issuers
-
-        refresh_failed = False
-        with self._lock:
+        if keyset is not None and kid in keyset.keys:
+            if self._clock() - keyset.fetched_at < JWKS_MAX_AGE_SECONDS:
+                return keyset.keys[kid], keyset.issuers
+            # Known but old: refresh, unless another thread already is (never wait for it).
+            if not self._lock.acquire(blocking=False):
+                return keyset.keys[kid], keyset.issuers
+        elif not self._lock.acquire(timeout=self._wait_seconds):
+            # Another thread's fetch hangs (e.g. in name resolution, which no timeout covers).
+            raise KeysUnavailable("signing keys unavailable (a fetch is still running)")
+        try:
             keyset = self._keyset  # another thread may have refreshed while we waited
             now = self._clock()
             fresh = keyset is not None and now - keyset.fetched_at < JWKS_MAX_AGE_SECONDS
             if not (fresh and kid in keyset.keys) and self._may_refresh(now):
-                refresh_failed = not self._refresh(now)
+                self._refresh(now)
                 keyset = self._keyset
+            last_failed = self._last_failed
+        finally:
+            self._lock.release()
+        if keyset is not None and kid in keyset.keys:
+            return keyset.keys[kid], keyset.issuers
         if keyset is None:
             raise KeysUnavailable("signing keys unavailable (metadata/JWKS fetch failed)")
-        key = keyset.keys.get(kid)
-        if key is None:
-            suffix = " (key refresh failed)" if refresh_failed else ""
-            raise InvalidToken(f"unknown signing key {clip(kid)!r}{suffix}")
-        return key, keyset.issuers
+        if last_failed:  # the key may be new: it could not be checked, which is not a 401
+            raise KeysUnavailable(f"unknown signing key {clip(kid)!r} (key refresh failed)")
+        raise InvalidToken(f"unknown signing key {clip(kid)!r}")
 
     def _may_refresh(self, now: float) -> bool:
         last = self._last_attempt
@@ -565,9 +588,20 @@ class EntraValidator:
         return now - last >= interval
 
     def _refresh(self, now: float) -> bool:
-        """Fetch metadata + JWKS and install them. Called with the lock held. Never raises."""
+        """Fetch metadata + JWKS and install them. Called with the lock held. Never raises.
+
+        The attempt is dated when it ends, so that requests which waited for it on the lock do
+        not each fetch again once it failed (a fetch that times out lasts ``http_timeout``,
+        as long as the cold retry interval)."""
+        try:
+            ok = self._fetch_keys(now)
+        finally:
+            self._last_attempt = self._clock()
+        self._last_failed = not ok
+        return ok
+
+    def _fetch_keys(self, now: float) -> bool:
         cfg = self._config
-        self._last_attempt = now
         url = cfg.metadata_url
         try:
             metadata = self._fetch(url, cfg.http_timeout)
@@ -582,7 +616,7 @@ class EntraValidator:
                 raise ValueError("JWKS has no usable RS256 signing keys")
         except Exception as exc:  # noqa: BLE001 - a failed fetch means 401, not 500
             logger.warning("Entra ID: could not load signing keys from %s: %s: %s",
-                           clip(url, 200), type(exc).__name__, clip(exc, 200))
+                           clip(url, 200), type(exc).__name__, clip(str(exc), 200))
             return False
         issuers = set(self._static_issuers)
         meta_issuer = metadata.get("issuer")

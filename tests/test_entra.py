@@ -24,6 +24,7 @@ from embedding_core.entra import (
     EntraConfig,
     EntraValidator,
     InvalidToken,
+    KeysUnavailable,
     default_fetch_json,
     looks_like_jwt,
     require_secure_url,
@@ -434,8 +435,112 @@ def test_refresh_failure_keeps_existing_keys(idp, validator, clock):
     validator.validate(idp.mint())
     idp.fail_with = OSError("connection refused")
     clock.advance(61)
-    refused(validator, idp.mint(key=idp.new_key()), "key refresh failed")
+    rotated = idp.mint(key=idp.new_key())
+    # A key the failed refresh could not fetch was not checked: 503 (retry), not 401.
+    assert isinstance(refused(validator, rotated, "key refresh failed"), KeysUnavailable)
+    clock.advance(10)  # no new attempt yet, and the last one failed: still not checked
+    assert isinstance(refused(validator, rotated, "key refresh failed"), KeysUnavailable)
+    assert idp.fetches() == 3
     assert validator.validate(idp.mint())
+
+
+def test_unknown_key_after_a_successful_refresh_is_invalid(idp, validator, clock):
+    validator.validate(idp.mint())
+    clock.advance(61)
+    junk = idp.mint(key=idp.new_key())
+    exc = refused(validator, junk, "unknown signing key")
+    assert not isinstance(exc, KeysUnavailable) and "refresh failed" not in exc.reason
+    clock.advance(10)  # rate-limited, the last refresh succeeded: still a 401
+    assert not isinstance(refused(validator, junk, "unknown signing key"), KeysUnavailable)
+
+
+def test_fetch_failure_log_names_the_error(idp, validator, caplog):
+    idp.fail_with = OSError("HTTP 404 for the metadata document")
+    with caplog.at_level(logging.WARNING, logger="embedding_core.entra"):
+        refused(validator, idp.mint(), "signing keys unavailable")
+    assert "OSError: HTTP 404 for the metadata document" in caplog.text
+
+
+def test_requests_waiting_for_a_failed_cold_fetch_do_not_fetch_again(idp, clock):
+    # Nothing cached and the identity provider unreachable: each attempt lasts its whole
+    # time-out (here: the clock moves by it), as long as the cold retry interval. The requests
+    # that queued behind the first attempt must not each make their own.
+    started = threading.Event()
+
+    def timing_out(url, timeout):
+        idp.calls.append((url, timeout))
+        started.set()
+        time.sleep(0.2)  # real time, so that the other requests queue on the lock
+        clock.advance(timeout)
+        raise TimeoutError("timed out")
+
+    v = idp.validator(fetch_json=timing_out)
+    token = idp.mint()
+    outcomes: list[object] = []
+
+    def request():
+        try:
+            outcomes.append(v.validate(token))
+        except InvalidToken as exc:
+            outcomes.append(exc)
+
+    first = threading.Thread(target=request)
+    first.start()
+    assert started.wait(5)
+    others = [threading.Thread(target=request) for _ in range(7)]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join(30)
+    assert len(outcomes) == 8 and all(isinstance(o, KeysUnavailable) for o in outcomes)
+    assert idp.fetches() == 1
+
+
+def test_a_cached_key_never_waits_for_a_refresh(idp, validator, clock):
+    validator.validate(idp.mint())
+    clock.advance(entra.JWKS_MAX_AGE_SECONDS + 1)  # the key set is due for a refresh
+    token = idp.mint()
+    entered, release = threading.Event(), threading.Event()
+    original = idp.fetch_json
+
+    def stalled(url, timeout):
+        entered.set()
+        release.wait(30)
+        return original(url, timeout)
+
+    validator._fetch = stalled
+    refresher = threading.Thread(target=validator.validate, args=(token,))
+    refresher.start()
+    try:
+        assert entered.wait(5)
+        done: list[object] = []
+        other = threading.Thread(target=lambda: done.append(validator.validate(token)))
+        other.start()
+        other.join(10)
+        assert done and done[0]["aud"] == idp.audience  # answered while the refresh hangs
+    finally:
+        release.set()
+        refresher.join(10)
+
+
+def test_a_request_needing_keys_stops_waiting_for_a_hung_fetch(idp, clock):
+    entered, release = threading.Event(), threading.Event()
+
+    def hung(url, timeout):  # e.g. name resolution, which no socket time-out covers
+        entered.set()
+        release.wait(30)
+        raise TimeoutError("timed out")
+
+    v = idp.validator(fetch_json=hung, http_timeout=0.05)
+    first = threading.Thread(target=lambda: refused(v, idp.mint(), "unavailable"))
+    first.start()
+    try:
+        assert entered.wait(5)
+        exc = refused(v, idp.mint(), "a fetch is still running")  # after ~1.1 s, not 30
+        assert isinstance(exc, KeysUnavailable)
+    finally:
+        release.set()
+        first.join(10)
 
 
 def test_jwks_failure_after_metadata_success(idp, validator):
@@ -681,6 +786,8 @@ def test_config_normalises_values():
     ({"authority": "ftp://127.0.0.1"}, "https"),
     ({"authority": "login.microsoftonline.com"}, "no host"),
     ({"authority": "https://login.microsoftonline.com?x=1"}, "plain base URL"),
+    ({"authority": f"https://login.microsoftonline.com/{DEFAULT_TENANT_ID}"}, "without a path"),
+    ({"authority": "https://login.microsoftonline.com/common/v2.0"}, "without a path"),
     ({"http_timeout": 0}, "http_timeout"),
     ({"leeway_seconds": -1}, "leeway"),
     ({"jwks_min_refresh_seconds": -1}, "jwks_min_refresh_seconds"),
