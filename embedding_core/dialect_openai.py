@@ -46,8 +46,8 @@ def parse_embeddings(req: ApiRequest, settings: Settings,
         raise errors.validation("'input' is required.", "input")
     inputs = schema.text_inputs(doc["input"], settings.max_inputs,
                                 max_token_id=openai_tokens.SIZE)
-    texts = [openai_tokens.decode(x, f"input[{i}]") if isinstance(x, list) else x
-             for i, x in enumerate(inputs)]
+    texts = openai_tokens.decode_inputs(inputs, settings.max_text_body_bytes,
+                                        "EMBEDDINGS_MAX_BODY_BYTES")
     for i, text in enumerate(texts):
         if not text.strip():
             raise errors.validation("The token ids decode to empty text.", f"input[{i}]")
@@ -84,8 +84,9 @@ def _snake(code: str) -> str:
 
 
 # This dialect has no truncation: an over-long input's error says so instead of the Azure hint.
-_NO_TRUNCATION = ("Shorten it: this route does not truncate (POST /embeddings does, with "
-                  "\"truncate\": \"END\").")
+_NO_TRUNCATION = ("Shorten it: this route does not truncate (the Azure route does: POST "
+                  "/embeddings?api-version=2024-05-01-preview with the header "
+                  "'extra-parameters: pass-through' and \"truncate\": \"END\" in the body).")
 
 
 def render_error(exc: errors.ApiError) -> tuple[int, dict[str, str], dict[str, Any]]:

@@ -47,14 +47,39 @@ def _load() -> list[bytes | None]:
     return _table
 
 
-def decode(ids: Sequence[int], target: str) -> str:
-    """The text of cl100k_base token ids; an id that is no cl100k_base token is a 422 at
-    ``{target}[j]``."""
+def decode_inputs(inputs: Sequence[str | Sequence[int]], max_bytes: int,
+                  setting: str) -> list[str]:
+    """Each token-id array as its text (strings are kept as they are).
+
+    One id can stand for up to 128 bytes of text, so the ids a body may carry could decode to
+    ~20x its size. The text decoded for one request is therefore bounded by ``max_bytes`` (the
+    body limit, ``setting``, so that ids cost no more than the same text sent as strings); past
+    it the request is a 413 that names the setting, before the text is built."""
+    left = max_bytes
+    texts: list[str] = []
+    for i, x in enumerate(inputs):
+        if isinstance(x, str):
+            texts.append(x)
+            continue
+        raw = _pieces(x, f"input[{i}]")
+        left -= sum(map(len, raw))
+        if left < 0:
+            raise errors.ApiError(
+                413, "PayloadTooLarge",
+                f"The token ids up to input[{i}] decode to more than {max_bytes:,} bytes of text, "
+                f"the most one request's text may be ({setting}, as for text sent as strings). "
+                f"Send fewer or shorter inputs per request.", target=f"input[{i}]")
+        texts.append(b"".join(raw).decode("utf-8", errors="replace"))
+    return texts
+
+
+def _pieces(ids: Sequence[int], target: str) -> list[bytes]:
+    """The bytes of each id; an id that is no cl100k_base token is a 422 at ``{target}[j]``."""
     table = _load()
     try:
         pieces = [table[i] for i in ids]
         if None not in pieces:
-            return b"".join(pieces).decode("utf-8", errors="replace")  # type: ignore[arg-type]
+            return pieces  # type: ignore[return-value]
     except (IndexError, TypeError):
         pass
     j = next(j for j, i in enumerate(ids) if not 0 <= i < SIZE or table[i] is None)

@@ -148,10 +148,33 @@ def test_an_over_long_input_is_a_400_that_does_not_suggest_azure_s_truncation(li
         assert status == 400 and err["code"] == "input_too_long", doc
         assert err["param"] == f"input[{len(body['input']) - 1}]"
         assert "402" in err["message"] and "256" in err["message"]
-        assert "does not truncate" in err["message"] and "extra-parameters" not in err["message"]
+        assert "does not truncate" in err["message"]
+    # The message's recipe for the Azure route, followed as written, works.
+    assert ("POST /embeddings?api-version=2024-05-01-preview with the header "
+            "'extra-parameters: pass-through' and \"truncate\": \"END\"") in err["message"]
+    status, doc = post_v1(live_server, {"input": [long_text], "truncate": "END"},
+                          headers={"extra-parameters": "pass-through"},
+                          path="/embeddings?api-version=2024-05-01-preview")
+    assert status == 200 and doc["usage"]["prompt_tokens"] == 256, doc
 
 
 # -- OpenAI token arrays --------------------------------------------------------------------------
+
+def test_token_ids_that_decode_to_more_text_than_a_body_may_carry_are_a_413(live_server):
+    from embedding_core import openai_tokens
+
+    spaces = 58040
+    assert openai_tokens._load()[spaces] == b" " * 128  # the longest cl100k token
+    # ~0.4 MB of ids that would decode to ~8.4 MB of text, over the 8 MiB body limit
+    many = [spaces] * (8 * 1024 * 1024 // 128 + 1)
+    status, doc = post_v1(live_server, {"input": [CL100K[TEXTS[0]], many]})
+    err = doc["error"]
+    assert status == 413 and err["code"] == "payload_too_large" and err["param"] == "input[1]"
+    assert "EMBEDDINGS_MAX_BODY_BYTES" in err["message"] and "8,388,608 bytes" in err["message"]
+    # one id less than the limit is within it (and then refused for what it is: no text)
+    status, doc = post_v1(live_server, {"input": [many[:-1]]})
+    assert status == 400 and doc["error"]["message"] == "The token ids decode to empty text.", doc
+
 
 def test_token_arrays_are_cl100k_ids_and_give_the_texts_vectors_bit_for_bit(live_server, ref):
     status, doc = post_v1(live_server, {"input": [CL100K[t] for t in TEXTS], "model": DEFAULT,
