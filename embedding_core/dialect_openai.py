@@ -4,7 +4,9 @@ What text-embeddings-inference, vLLM, infinity and Ollama serve, so OpenAI clien
 a base URL: no api-version, ``Authorization: Bearer`` (or ``api-key``), OpenAI's request fields
 (``input`` as a string, strings, or OpenAI token-id arrays; ``model``; ``encoding_format``
 float|base64; ``dimensions``; ``user``), response and error shape. Unknown fields are ignored,
-as OpenAI-compatible servers do (clients send ``user`` and provider-specific fields). On
+as OpenAI-compatible servers do (clients send ``user`` and provider-specific fields); an input
+over the deployment's token limit is refused, or truncated if the server says so
+(``EMBEDDINGS_OPENAI_TRUNCATE``: ``END`` or ``START``). On
 ``/openai/deployments/{deployment}/embeddings`` the path names the deployment and the body's
 ``model`` is ignored, as on Azure OpenAI.
 
@@ -60,7 +62,10 @@ def parse_embeddings(req: ApiRequest, settings: Settings,
         # body's `model` does not choose it: clients send an OpenAI model name there whatever
         # the deployment (LangChain's AzureOpenAIEmbeddings: text-embedding-ada-002).
         model=None if deployment is not None else model,
-        deployment=deployment, deployment_source="deployment")
+        deployment=deployment, deployment_source="deployment",
+        # OpenAI's request has no truncation field: the server's setting decides (as TEI's
+        # --auto-truncate), and is the Azure route's default ("NONE": refuse) unless set.
+        extras={} if settings.openai_truncate == "NONE" else {"truncate": settings.openai_truncate})
 
 
 def render_embeddings(result: EmbeddingsResult, request_id: str) -> dict[str, Any]:
@@ -83,9 +88,10 @@ def _snake(code: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", code).lower()
 
 
-# This dialect has no truncation: an over-long input's error says so instead of the Azure hint.
-_NO_TRUNCATION = ("Shorten it: this route does not truncate (the Azure route does: POST "
-                  "/embeddings?api-version=2024-05-01-preview with the header "
+# A request on this dialect cannot ask for truncation: an over-long input's error says what can.
+_NO_TRUNCATION = ("Shorten it: this route does not truncate unless the server sets "
+                  "EMBEDDINGS_OPENAI_TRUNCATE to END or START (the Azure route truncates on "
+                  "request: POST /embeddings?api-version=2024-05-01-preview with the header "
                   "'extra-parameters: pass-through' and \"truncate\": \"END\" in the body).")
 
 

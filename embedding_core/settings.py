@@ -246,6 +246,7 @@ class Settings:
     max_image_decode_bytes: int = 256 << 20   # estimated decoding memory of one image
     max_input_chars: int = 65_536         # characters of one input read to find its tokens
     max_chars_per_token: int = 32         # beyond max_input_chars per request (bounded_tokenize)
+    openai_truncate: str = "NONE"         # over-long inputs on the OpenAI route: NONE | END | START
     # Inference.
     batch_token_budget: int = 1024        # measured fastest with the int8 model (docs/inference-queue.md)
     max_batch_size: int = 32
@@ -290,6 +291,9 @@ class Settings:
         if level not in ("disabled", "basic", "extended", "all"):
             raise ValueError("setting EMBEDDINGS_ORT_OPTIMIZATION_LEVEL must be one of "
                              "disabled, basic, extended, all")
+        openai_truncate = env.get("EMBEDDINGS_OPENAI_TRUNCATE", "").strip().upper() or "NONE"
+        if openai_truncate not in ("NONE", "END", "START"):
+            raise ValueError("setting EMBEDDINGS_OPENAI_TRUNCATE must be NONE, END or START")
         long_runtime = env.get("EMBEDDINGS_LONG_INPUT_RUNTIME", "auto").strip().lower() or "auto"
         if long_runtime not in ("auto", "onnxruntime"):
             raise ValueError("setting EMBEDDINGS_LONG_INPUT_RUNTIME must be 'auto' or 'onnxruntime'")
@@ -323,6 +327,7 @@ class Settings:
                                         cls.max_image_decode_bytes, 1 << 20),
             max_input_chars=_int(env, "EMBEDDINGS_MAX_INPUT_CHARS", cls.max_input_chars, 1024),
             max_chars_per_token=_int(env, "EMBEDDINGS_MAX_CHARS_PER_TOKEN", cls.max_chars_per_token, 1),
+            openai_truncate=openai_truncate,
             batch_token_budget=_int(env, "EMBEDDINGS_BATCH_TOKEN_BUDGET", cls.batch_token_budget, 1),
             max_batch_size=_int(env, "EMBEDDINGS_MAX_BATCH_SIZE", cls.max_batch_size, 1),
             max_request_tokens=max_request_tokens,

@@ -45,16 +45,22 @@ CL100K = {
 # -- the reference: the Azure route over HTTP --------------------------------------------------
 
 def azure_embed(url: str, key: str, inputs: list[Any], encoding: str = "float",
-                model: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                model: str | None = None,
+                extras: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """``POST /embeddings`` (the Azure dialect): float32 rows (from base64, so bit-exact) or the
-    integers of a quantised encoding, and the response document."""
+    integers of a quantised encoding, and the response document. ``extras`` (e.g. ``truncate``)
+    are sent with ``extra-parameters: pass-through``."""
     body: dict[str, Any] = {"input": inputs,
-                            "encoding_format": "base64" if encoding == "float" else encoding}
+                            "encoding_format": "base64" if encoding == "float" else encoding,
+                            **(extras or {})}
     if model is not None:
         body["model"] = model
+    headers = {"api-key": key, "Content-Type": "application/json"}
+    if extras:
+        headers["extra-parameters"] = "pass-through"
     req = urllib.request.Request(
         f"{url}/embeddings?api-version=2024-05-01-preview", data=json.dumps(body).encode(),
-        headers={"api-key": key, "Content-Type": "application/json"}, method="POST")
+        headers=headers, method="POST")
     with urllib.request.urlopen(req, timeout=60) as res:
         doc = json.loads(res.read())
     if encoding == "float":

@@ -27,6 +27,10 @@ from openai import AzureOpenAI, OpenAI
 
 from clientkit import CL100K, TEXTS, as_float32, azure_embed, cosine, loopback_only
 from conftest import KEY, process_service
+from embedding_core.api import ApiRequest
+from embedding_core.service import EmbeddingService
+from embedding_core.settings import Settings
+from live_server import LiveServer
 from function_host import NEEDS_TEMPLATES, FunctionTransport
 
 WORDPIECE_HELLO_WORLD = [101, 7592, 2088, 102]  # [CLS] hello world [SEP] in MiniLM's vocabulary
@@ -148,7 +152,7 @@ def test_an_over_long_input_is_a_400_that_does_not_suggest_azure_s_truncation(li
         assert status == 400 and err["code"] == "input_too_long", doc
         assert err["param"] == f"input[{len(body['input']) - 1}]"
         assert "402" in err["message"] and "256" in err["message"]
-        assert "does not truncate" in err["message"]
+        assert "does not truncate unless the server sets EMBEDDINGS_OPENAI_TRUNCATE" in err["message"]
     # The message's recipe for the Azure route, followed as written, works.
     assert ("POST /embeddings?api-version=2024-05-01-preview with the header "
             "'extra-parameters: pass-through' and \"truncate\": \"END\"") in err["message"]
@@ -156,6 +160,54 @@ def test_an_over_long_input_is_a_400_that_does_not_suggest_azure_s_truncation(li
                           headers={"extra-parameters": "pass-through"},
                           path="/embeddings?api-version=2024-05-01-preview")
     assert status == 200 and doc["usage"]["prompt_tokens"] == 256, doc
+
+
+def test_the_server_can_truncate_over_long_inputs_on_v1(live_server):
+    """EMBEDDINGS_OPENAI_TRUNCATE=END: LangChain's defaults (a long text as one array of cl100k
+    ids) and the openai SDK get the vectors the Azure route gives with "truncate": "END"."""
+    long_text = "Markdown | table | cell |\n" * 60  # ~780 WordPiece tokens
+    texts = [long_text, TEXTS[0]]
+    want, azure_doc = azure_embed(live_server.url, KEY, texts, extras={"truncate": "END"})
+    usage = azure_doc["usage"]
+    status, doc = post_v1(live_server, {"input": texts})  # the default server refuses it
+    assert status == 400 and doc["error"]["code"] == "input_too_long", doc
+    server = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_OPENAI_TRUNCATE": "end"})
+    try:
+        client = OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+        got = client.embeddings.create(input=texts, model=DEFAULT)
+        np.testing.assert_array_equal(as_float32([d.embedding for d in got.data]), want)
+        assert got.usage.prompt_tokens == usage["prompt_tokens"]
+        status, doc = post_v1(server, {"input": [CL100K[TEXTS[0]], long_text],
+                                       "encoding_format": "base64"})
+        assert status == 200, doc
+        np.testing.assert_array_equal(floats_of(doc), want[::-1])
+    finally:
+        server.stop()
+
+
+def test_start_truncation_on_v1_keeps_the_end(registry):
+    long_text = "first words are dropped " + "filler " * 300 + "the end is kept"
+    svc = EmbeddingService(Settings.from_env({"EMBEDDINGS_API_KEYS": KEY,
+                                              "EMBEDDINGS_OPENAI_TRUNCATE": "START"}), registry)
+    headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
+
+    def call(template, path, body, extra=None, query=None):
+        res = svc.handle(template, ApiRequest("POST", path, {**headers, **(extra or {})},
+                                              query or {}, json.dumps(body).encode()))
+        assert res.status == 200, res.body
+        return json.loads(res.body)
+
+    v1 = call("v1/embeddings", "/v1/embeddings", {"input": [long_text], "encoding_format": "base64"})
+    azure = call("embeddings", "/embeddings", {"input": [long_text], "truncate": "START",
+                                               "encoding_format": "base64"},
+                 {"extra-parameters": "pass-through"}, {"api-version": "2024-05-01-preview"})
+    np.testing.assert_array_equal(floats_of(v1), floats_of(azure))
+    assert v1["usage"]["prompt_tokens"] == 256
+
+
+def test_an_invalid_openai_truncate_setting_is_refused():
+    with pytest.raises(ValueError, match="EMBEDDINGS_OPENAI_TRUNCATE must be NONE, END or START"):
+        Settings.from_env({"EMBEDDINGS_OPENAI_TRUNCATE": "yes"})
 
 
 # -- OpenAI token arrays --------------------------------------------------------------------------

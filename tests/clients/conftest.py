@@ -74,12 +74,17 @@ def no_network_but_loopback():
     assert not attempts, "a client tried to reach the network:\n" + "\n".join(attempts)
 
 
-@pytest.fixture(scope="session")
-def server():
+def server_python() -> str:
+    """The interpreter the service runs with (the app's .venv, not this one)."""
     python = os.environ.get("EMBEDDINGS_SERVER_PYTHON") or str(ROOT / ".venv" / "bin" / "python")
     if not Path(python).exists():
         pytest.exit(f"no server interpreter at {python}: run `make test` (it builds .venv), or "
                     "set EMBEDDINGS_SERVER_PYTHON", returncode=2)
-    live = LiveServer({"EMBEDDINGS_API_KEYS": KEY}, python=python)
+    return python
+
+
+@pytest.fixture(scope="session")
+def server():
+    live = LiveServer({"EMBEDDINGS_API_KEYS": KEY}, python=server_python())
     yield live
     live.stop()

@@ -26,7 +26,8 @@ from semantic_kernel.connectors.ai.azure_ai_inference import (
 from semantic_kernel.exceptions import ServiceInitializationError
 
 from clientkit import CL100K, TEXTS, as_float32, azure_embed, cosine
-from conftest import KEY
+from conftest import KEY, server_python
+from live_server import LiveServer
 
 DEFAULT = "all-MiniLM-L6-v2"
 
@@ -105,6 +106,32 @@ def test_langchain_openai_splits_long_texts_when_asked(server, sent):
     rows = azure_embed(server.url, KEY, texts)[0].astype(np.float64)
     mean = np.average(rows, axis=0, weights=[len(p) for p in pieces])
     np.testing.assert_allclose(got, mean / np.linalg.norm(mean), rtol=0, atol=1e-6)
+
+
+def test_langchain_openai_piece_can_still_be_too_long_and_the_server_can_truncate(server, sent):
+    """No embedding_ctx_length makes every piece fit: a cl100k token can be many WordPiece tokens
+    (each punctuation character is one), so 128 ids of a table of contents with a Markdown table
+    are ~750 tokens and the call fails. With EMBEDDINGS_OPENAI_TRUNCATE=END the defaults work and each text gets the
+    vector the Azure route gives it with "truncate": "END"."""
+    import tiktoken
+    table = ("| Name | Value |\n|------|-------|\n" + "Chapter 1 " + "." * 40 + " 5\n"
+             + "=" * 58 + "\n") * 8
+    with pytest.raises(openai.BadRequestError) as e:
+        OpenAIEmbeddings(base_url=server.url + "/v1", api_key=KEY, max_retries=0,
+                         embedding_ctx_length=128).embed_documents([table])
+    assert e.value.body["code"] == "input_too_long"
+    texts = [table, TEXTS[0]]
+    want = azure_embed(server.url, KEY, texts, extras={"truncate": "END"})[0]
+    truncating = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_OPENAI_TRUNCATE": "END"},
+                            python=server_python())
+    try:
+        sent.clear()
+        got = OpenAIEmbeddings(base_url=truncating.url + "/v1", api_key=KEY).embed_documents(texts)
+        enc = tiktoken.get_encoding("cl100k_base")
+        assert sent == [("text-embedding-ada-002", [enc.encode_ordinary(t) for t in texts])]
+        assert_same(got, want)
+    finally:
+        truncating.stop()
 
 
 def test_langchain_openai_with_a_deployment_name(server, ref, sent):
