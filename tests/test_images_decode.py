@@ -86,6 +86,8 @@ def test_invalid_base64(payload):
 
 def test_data_url_accepts_aliases_params_and_missing_padding():
     assert parse("data:image/jpg;base64,aGVsbG8=").declared == "jpeg"
+    assert parse("data:image/apng;base64,aGVsbG8=").declared == "png"
+    assert parse("data:image/vnd.mozilla.apng;base64,aGVsbG8=").declared == "png"
     assert parse("DATA:IMAGE/JPEG;BASE64,aGVsbG8=").declared == "jpeg"
     assert parse("data:image/png;name=x.png;base64,aGVsbG8").data == b"hello"
 
@@ -278,3 +280,67 @@ def test_jpeg_draft_decodes_big_jpegs_smaller():
     drafted = images.image_to_pixel_values(url, SETTINGS, 0)
     exact = images.image_to_pixel_values(url, SETTINGS, 0, draft=False)
     assert np.abs(drafted - exact).mean() < 0.01                  # ~1 grey level
+
+
+# -- files that cost decoding time without pixels -------------------------------------------------
+
+def _jpeg_parts(data: bytes) -> tuple[bytes, list[bytes]]:
+    """A JPEG's segments before its first scan, and its scans (each with the segments, such as
+    Huffman tables, since the one before it)."""
+    head, scans, pending, pos = b"", [], b"", 2
+    while data[pos + 1] != 0xD9:
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if data[pos + 1] != 0xDA:
+            if scans:
+                pending += data[pos:end]
+            else:
+                head += data[pos:end]
+            pos = end
+            continue
+        while data[end] != 0xFF or data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+            end += 1
+        scans.append(pending + data[pos:end])
+        pending, pos = b"", end
+    return head, scans
+
+
+def test_a_progressive_jpeg_of_many_scans_is_refused_before_decoding():
+    src = encode(Image.open(IMAGES / "chelsea.jpg"), "JPEG", progressive=True)
+    head, scans = _jpeg_parts(src)
+    assert len(scans) == 10
+    assert b"\xff\xd8" + head + b"".join(scans) + b"\xff\xd9" == src  # the parts are the file
+    small = min(scans[1:], key=len)   # a refinement scan: repeating it changes nothing visible
+
+    def with_scans(total: int) -> bytes:
+        return b"\xff\xd8" + head + b"".join(scans) + small * (total - 10) + b"\xff\xd9"
+
+    at_limit = images.image_to_pixel_values(data_url(with_scans(100), "jpeg"), SETTINGS, 0)
+    assert at_limit.shape == (3, 224, 224)
+    err = fails(images.image_to_pixel_values, data_url(with_scans(101), "jpeg"), SETTINGS, 0)
+    assert "more than 100 scans" in err.message
+
+
+def test_a_jpeg_of_many_segments_is_refused():
+    src = encode(Image.new("RGB", (64, 64), (9, 9, 9)), "JPEG")
+    for marker in (b"\xff\xfe", b"\xff\xe5"):  # empty comments, empty APP5 segments
+        ok = src[:2] + (marker + b"\x00\x02") * 900 + src[2:]
+        assert images.image_to_pixel_values(data_url(ok, "jpeg"), SETTINGS, 0).shape == (3, 224, 224)
+        bad = src[:2] + (marker + b"\x00\x02") * 1000 + src[2:]
+        err = fails(images.image_to_pixel_values, data_url(bad, "jpeg"), SETTINGS, 0)
+        assert "more than 1000 segments" in err.message
+
+
+def test_a_png_of_many_chunks_is_refused():
+    import zlib
+
+    src = encode(Image.new("RGB", (64, 64), (9, 9, 9)), "PNG")
+    chunk = b"\x00\x00\x00\x00prVt" + zlib.crc32(b"prVt").to_bytes(4, "big")  # empty, private
+    at = src.index(b"IDAT") - 4
+
+    def with_chunks(n: int) -> bytes:
+        return src[:at] + chunk * n + src[at:]
+
+    assert images._png_chunks(with_chunks(0)) == 3        # IHDR, IDAT, IEND
+    assert images.image_to_pixel_values(data_url(with_chunks(9000), "png"), SETTINGS, 0).shape
+    err = fails(images.image_to_pixel_values, data_url(with_chunks(10_000), "png"), SETTINGS, 0)
+    assert "more than 10,000 chunks" in err.message
