@@ -175,8 +175,10 @@ class InferenceQueue:
             self._cond.notify()
         return job
 
-    def wait(self, job: Job, timeout: float) -> list[np.ndarray]:
-        """The job's output rows per Work; cancels it on time-out (503) or any interruption."""
+    def wait(self, job: Job, timeout: float, limit_s: float | None = None) -> list[np.ndarray]:
+        """The job's output rows per Work; cancels it on time-out (503) or any interruption.
+        ``limit_s``: the request's whole time limit, which the 503 names (``timeout`` is what
+        is left of it)."""
         deadline = time.monotonic() + max(0.0, timeout)
         try:
             while not job.done.is_set():
@@ -191,18 +193,27 @@ class InferenceQueue:
             self.cancel(job)
             raise
         if not job.done.is_set() and self.cancel(job):
-            raise errors.ApiError(
-                503, "ServiceUnavailable",
-                f"The request did not finish within {timeout:g} seconds and was cancelled; "
-                "retry after the indicated delay or send fewer inputs.",
-                headers={"Retry-After": str(self._retry_after(self._drain_s(None)))})
+            raise self._timed_out(timeout if limit_s is None else limit_s)
         if job.error is not None:
             raise job.error
         return job.outputs()
 
-    def run(self, prepared: Prepared, timeout: float) -> tuple[Job, list[np.ndarray]]:
+    def run(self, prepared: Prepared, timeout: float,
+            limit_s: float | None = None) -> tuple[Job, list[np.ndarray]]:
+        """Submit and wait (see :meth:`wait`); with no time left (preparing took it all:
+        decoding large images), a 503 at once, nothing queued."""
+        if timeout <= 0:
+            raise self._timed_out(timeout if limit_s is None else limit_s)
         job = self.submit(prepared)
-        return job, self.wait(job, timeout)
+        return job, self.wait(job, timeout, limit_s)
+
+    def _timed_out(self, limit_s: float) -> errors.ApiError:
+        return errors.ApiError(
+            503, "ServiceUnavailable",
+            f"The request did not finish within {limit_s:g} seconds "
+            "(EMBEDDINGS_REQUEST_TIMEOUT_SECONDS) and was cancelled; retry after the indicated "
+            "delay or send fewer inputs.",
+            headers={"Retry-After": str(self._retry_after(self._drain_s(None)))})
 
     def cancel(self, job: Job) -> bool:
         """Drop the job's queued items (rows of a batch already running are discarded).

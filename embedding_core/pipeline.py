@@ -97,7 +97,7 @@ class Pipeline:
         trace.inputs, trace.images = prepared.inputs, prepared.images
         check_request_cost(prepared, s.max_request_tokens)
         left = s.request_timeout_s - (time.perf_counter() - trace.started)
-        job, outputs = self.queue.run(prepared, left)
+        job, outputs = self.queue.run(prepared, left, s.request_timeout_s)
         trace.queue_s, trace.inference_s = job.queue_s, job.inference_s
         result = prepared.finish(outputs)
         trace.tokens = result.prompt_tokens

@@ -201,6 +201,21 @@ def test_a_request_that_times_out_is_cancelled_and_its_items_never_run():
     assert [b[0] for b in lane.batches] == ["b0", "after0"]
 
 
+def test_a_request_with_no_time_left_is_refused_naming_its_whole_time_limit():
+    # Preparing it (decoding large images) took the whole EMBEDDINGS_REQUEST_TIMEOUT_SECONDS.
+    lane = GateLane(max_batch_items=1)
+    q = InferenceQueue({"tokens": 1000})
+    with pytest.raises(ApiError) as exc:
+        q.run(job(lane, "late", [5]), -1.87, 200.0)
+    assert exc.value.status == 503 and "Retry-After" in exc.value.headers
+    assert "did not finish within 200 seconds" in exc.value.message
+    assert q.stats().jobs == 0 and lane.batches == [] and not q.stats().worker_alive
+    with pytest.raises(ApiError) as exc:   # timed out while queued: the whole limit, too
+        q.run(job(lane, "queued", [5]), 0.05, 200.0)
+    assert "did not finish within 200 seconds" in exc.value.message
+    lane.gate.release()                    # a batch that started finishes, unused
+
+
 def test_cancelling_a_running_request_discards_its_rows():
     lane = GateLane(max_batch_items=1)
     q = InferenceQueue({"tokens": 1000})
