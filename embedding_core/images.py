@@ -427,6 +427,12 @@ def _high_bit_depth_to_l(im: Image.Image, peak: float | None = None) -> Image.Im
     return Image.fromarray(np.clip(np.rint(a8), 0, 255).astype(np.uint8))
 
 
+def _grey_key(im: Image.Image) -> int | None:
+    """The grey value a high-bit-depth picture declares transparent (PNG tRNS), if any."""
+    key = im.info.get("transparency")
+    return key if isinstance(key, int) and not isinstance(key, bool) else None
+
+
 def _high_bit_depth_peak(im: Image.Image, rows: int) -> float | None:
     """The largest value of an I or F picture as :func:`_high_bit_depth_to_l` sees it, read a
     strip of ``rows`` rows at a time (None for other modes, which do not need it)."""
@@ -446,7 +452,7 @@ def resizable_mode(im: Image.Image) -> str:
     """The mode :func:`to_resizable` gives ``im`` (without converting anything)."""
     mode, transparent = im.mode, im.info.get("transparency") is not None
     if mode.startswith("I") or mode == "F":
-        return "L"
+        return "LA" if _grey_key(im) is not None else "L"
     if mode in ("RGBA", "LA") or (mode in ("RGB", "L") and not transparent):
         return mode
     if mode in ("1", "L", "La"):
@@ -463,7 +469,11 @@ def to_resizable(im: Image.Image, peak: float | None = None) -> Image.Image:
     full-size picture is never composited or expanded to RGB. ``peak``: see
     :func:`_high_bit_depth_to_l`."""
     if im.mode.startswith("I") or im.mode == "F":
-        im = _high_bit_depth_to_l(im, peak)
+        key = _grey_key(im)
+        grey = _high_bit_depth_to_l(im, peak)
+        if key is not None:   # a 16-bit grey PNG's tRNS: that one value is transparent
+            grey.putalpha(Image.fromarray(((np.asarray(im) != key) * 255).astype(np.uint8)))
+        im = grey
     mode, transparent = im.mode, im.info.get("transparency") is not None
     if mode in ("RGBA", "LA") or (mode in ("RGB", "L") and not transparent):
         return im

@@ -344,3 +344,30 @@ def test_a_png_of_many_chunks_is_refused():
     assert images.image_to_pixel_values(data_url(with_chunks(9000), "png"), SETTINGS, 0).shape
     err = fails(images.image_to_pixel_values, data_url(with_chunks(10_000), "png"), SETTINGS, 0)
     assert "more than 10,000 chunks" in err.message
+
+
+def _grey_png(w: int, h: int, depth: int, key: int, value: int) -> bytes:
+    """A grey PNG whose left half is the tRNS key (transparent) and right half ``value``."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    fmt = ">H" if depth == 16 else ">B"
+    row = b"\x00" + b"".join(struct.pack(fmt, key if x < w // 2 else value) for x in range(w))
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, 0, 0, 0, 0))
+            + chunk(b"tRNS", struct.pack(">H", key))
+            + chunk(b"IDAT", zlib.compress(row * h)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [64, 2048])   # whole, and a strip at a time (over STRIP_PIXELS)
+def test_a_sixteen_bit_grey_png_keeps_its_transparent_colour_key(side):
+    assert (side * side > images.STRIP_PIXELS) == (side == 2048)
+    eight = images.image_to_pixel_values(data_url(_grey_png(side, side, 8, 0, 0x80), "png"),
+                                         SETTINGS, 0)
+    sixteen = images.image_to_pixel_values(
+        data_url(_grey_png(side, side, 16, 0, 0x8080), "png"), SETTINGS, 0)
+    assert eight[:, 112, 10].tolist() == [1.0, 1.0, 1.0]    # (255 - 127) / 128: white
+    np.testing.assert_allclose(sixteen, eight, atol=1 / 128)
