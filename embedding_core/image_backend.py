@@ -256,8 +256,9 @@ class ConseBackend:
     def prepare(self, inputs: Sequence[Any], *, input_type: str = "text",
                 extras: dict[str, Any] | None = None) -> Prepared:
         truncate = (extras or {}).get("truncate", "NONE")
-        pixels = self.model.pixel_values(inputs)
+        # The text first: it is cheap, and a bad one is reported before any image is decoded.
         idx, ids = self._text_ids(inputs, input_type, truncate)
+        pixels = self.model.pixel_values(inputs)
         tokens = len(inputs) * self.model.image_tokens + int(sum(len(x) for x in ids))
         work = [self.model.work(pixels, self.logits_output)]
         if idx:   # the items' text runs on the text deployment's lane, batched with its traffic

@@ -108,6 +108,25 @@ def test_text_with_the_image_only_deployment(service):
     assert CONSE in msg
 
 
+@pytest.mark.parametrize("model, text, code", [
+    (CONSE, "cat " * 400, "InputTooLong"),             # over the text deployment's 256 tokens
+    (EFF, "a cat", "UnsupportedParameter"),             # no text at all there
+])
+def test_a_bad_text_is_reported_before_any_image_is_decoded(service, model, text, code, monkeypatch):
+    from embedding_core import images
+
+    decoded = []
+    real = images.image_to_pixel_values
+    monkeypatch.setattr(images, "image_to_pixel_values",
+                        lambda *a, **kw: decoded.append(a[2]) or real(*a, **kw))
+    truncated = url(SYN / "truncated.jpg")
+    for items, where in (([{"image": truncated}, {"image": CAT, "text": text}], "input[1].text"),
+                         ([{"image": CAT, "text": text}, {"image": truncated}], "input[0].text")):
+        res = call(service, {"model": model, "input": items})
+        assert_error(res, 422, code, where)
+    assert decoded == []
+
+
 def test_unknown_field_in_an_item(service):
     res = call(service, {"input": [{"image": CAT, "detail": "high"}]})
     assert_error(res, 422, "InvalidParameter", "input[0].detail")
