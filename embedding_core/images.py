@@ -122,9 +122,14 @@ def parse_data_url(url: str, *, max_bytes: int, target: str) -> DataUrl:
     fmt = media[len("image/"):]
     fmt = ALIASES.get(fmt, fmt)
     if fmt not in SUPPORTED:
+        # azure-ai-inference's ImageEmbeddingInput.load(image_format=...) wants the format
+        # ("jpeg"); given a MIME type it builds data:image/image/jpeg.
+        doubled = (" (the media type says image/ twice: with azure-ai-inference, pass "
+                   "ImageEmbeddingInput.load(image_format=\"jpeg\"), not \"image/jpeg\")"
+                   if fmt.startswith("image/") else "")
         raise errors.validation(
-            f"Image format '{errors.clip(media, 40)}' is not supported; supported formats: "
-            f"{SUPPORTED_TEXT}.", target)
+            f"Image format '{errors.clip(media, 40)}' is not supported{doubled}; supported "
+            f"formats: {SUPPORTED_TEXT}.", target)
     if not parts[-1].lower() == "base64" or len(parts) < 2:
         raise errors.validation(
             f"The data URL must be base64-encoded ({DATA_URL_HINT}).", target)

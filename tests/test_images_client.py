@@ -105,3 +105,14 @@ def test_model_info(live_server, name):
     with ImageEmbeddingsClient(endpoint=live_server.url, credential=AzureKeyCredential(KEY)) as c:
         info = c.get_model_info(headers={"azureml-model-deployment": name})
     assert info.model_name == name and info.model_type == "image_embeddings"
+
+
+def test_a_mime_type_as_image_format_gets_a_message_that_says_what_to_pass(client):
+    # The SDK's docstring calls image_format "the MIME type format"; given one it builds
+    # data:image/image/jpeg.
+    cat = ImageEmbeddingInput.load(image_file=str(IMAGES / "chelsea.jpg"), image_format="image/jpeg")
+    assert cat.image.startswith("data:image/image/jpeg;base64,")
+    with pytest.raises(HttpResponseError) as e:
+        client.embed(input=[cat])
+    assert e.value.status_code == 422
+    assert 'ImageEmbeddingInput.load(image_format="jpeg")' in e.value.error.message
