@@ -68,6 +68,10 @@ param ortIntraOpThreads int = 0
 @minValue(0)
 param inferenceWorkers int = 0
 
+@description('EMBEDDINGS_OPENAI_TRUNCATE app setting: what the OpenAI route does with an input over the model\'s token limit (NONE refuses it, END keeps its first tokens, START its last); empty = leave unset (app default: NONE).')
+@allowed(['', 'NONE', 'END', 'START'])
+param openaiTruncate string = ''
+
 @description('Zone-redundant Flex Consumption plan (only in regions that support it).')
 param zoneRedundant bool = false
 
@@ -220,6 +224,7 @@ module functionApp 'modules/functionapp.bicep' = {
     entraAuthority: effectiveAuthority
     ortIntraOpThreads: ortIntraOpThreads
     inferenceWorkers: inferenceWorkers
+    openaiTruncate: openaiTruncate
   }
 }
 

@@ -637,6 +637,13 @@ def test_app_settings_identity_based_and_key_vault_reference():
         p = params(file)
         for name in ("ortIntraOpThreads", "inferenceWorkers"):
             assert p[name]["default"] == 0 and decorator(p[name], "min_value") == 0, (file, name)
+        # The OpenAI route's truncation: the values the app accepts, or empty (left unset).
+        assert p["openaiTruncate"]["default"] == ""
+        assert decorator(p["openaiTruncate"], "allowed") == ["", "NONE", "END", "START"]
+    assert render(settings["EMBEDDINGS_OPENAI_TRUNCATE"]) == "openaiTruncate"
+    from embedding_core.settings import Settings
+    for value in ("NONE", "END", "START", "end"):
+        assert Settings.from_env({"EMBEDDINGS_OPENAI_TRUNCATE": value}).openai_truncate == value.upper()
     # Concurrent requests meet in the app's inference queue: the worker's thread pool follows
     # the host's per-instance concurrency, and the retired EMBEDDINGS_MAX_CONCURRENCY is gone.
     assert render(settings["PYTHON_THREADPOOL_THREAD_COUNT"]) == "string(httpPerInstanceConcurrency)"

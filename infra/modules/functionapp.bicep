@@ -63,6 +63,10 @@ param ortIntraOpThreads int = 0
 @minValue(0)
 param inferenceWorkers int = 0
 
+@description('EMBEDDINGS_OPENAI_TRUNCATE (NONE, END or START); empty = leave unset (app default: NONE).')
+@allowed(['', 'NONE', 'END', 'START'])
+param openaiTruncate string = ''
+
 // ---------------------------------------------------------------- app settings
 // Every app setting is built here, in groups, and joined once in `appSettings` below.
 // To add settings (e.g. telemetry), add a group and append it there; the tests read
@@ -165,6 +169,14 @@ var inferenceWorkerSettings = (inferenceWorkers > 0) ? [
   }
 ] : []
 
+// OpenAI clients cannot ask for truncation (LangChain's defaults send a long text whole).
+var openaiSettings = (openaiTruncate != '') ? [
+  {
+    name: 'EMBEDDINGS_OPENAI_TRUNCATE'
+    value: openaiTruncate
+  }
+] : []
+
 // OpenTelemetry (host.json "telemetryMode": "OpenTelemetry"; docs/operations.md). The Python
 // worker configures the Azure Monitor distro (requirements.txt) before it imports the app, with
 // APPLICATIONINSIGHTS_CONNECTION_STRING and the Entra ID APPLICATIONINSIGHTS_AUTHENTICATION_STRING
@@ -195,7 +207,7 @@ var telemetrySettings = [
   }
 ]
 
-var appSettings = concat(hostStorageSettings, monitoringSettings, apiKeySettings, entraSettings, workerSettings, threadSettings, inferenceWorkerSettings, telemetrySettings)
+var appSettings = concat(hostStorageSettings, monitoringSettings, apiKeySettings, entraSettings, workerSettings, threadSettings, inferenceWorkerSettings, openaiSettings, telemetrySettings)
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   // checkov:skip=CKV_AZURE_225: Zone redundancy for Flex Consumption is region-dependent; it is exposed as the zoneRedundant parameter (default off) instead of being forced.
