@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ BACKEND_KINDS: dict[str, str] = {
     "image-onnx": "embedding_core.image_backend:ImageFeatureBackend",
     "image-conse": "embedding_core.image_backend:ConseBackend",
 }
+# The modality each backend kind serves.
+BACKEND_MODALITY = {"text-onnx": "text", "image-onnx": "image", "image-conse": "image"}
 
 
 class RegistryError(ValueError):
@@ -102,9 +105,14 @@ class Deployment:
     matryoshka_dimensions: tuple[int, ...]
     max_tokens: int | None
     prompts: dict[str, str]
-    calibration: Path | None
+    calibration: FileRef | Path | None   # a FileRef is verified when first read
     files: dict[str, FileRef]
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def calibration_path(self) -> Path | None:
+        c = self.calibration
+        return c.path if isinstance(c, FileRef) else c
 
     @property
     def supported_dimensions(self) -> tuple[int, ...]:
@@ -117,7 +125,12 @@ def _resolve_path(entry: dict[str, Any], base: Path, where: str) -> Path:
         raise RegistryError(f"{where}: 'path' is required")
     package = entry.get("package")
     if package:
-        spec = importlib.util.find_spec(package)
+        if not isinstance(package, str):
+            raise RegistryError(f"{where}: 'package' must be a string")
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):  # a dotted name whose parent is not installed
+            spec = None
         if spec is None or not spec.submodule_search_locations:
             # Reported as ModelUnavailable when the model is first used.
             return Path("/nonexistent-package") / package / rel
@@ -126,48 +139,112 @@ def _resolve_path(entry: dict[str, Any], base: Path, where: str) -> Path:
 
 
 def _file_ref(entry: Any, base: Path, where: str) -> FileRef:
-    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-        raise RegistryError(f"{where}: needs 'path' and 'sha256'")
+    if not isinstance(entry, dict):
+        raise RegistryError(f"{where}: must be an object with 'path' and 'sha256'")
+    sha = entry.get("sha256")
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha.lower()):
+        raise RegistryError(f"{where}: 'sha256' must be 64 hexadecimal digits")
     size = entry.get("bytes")
-    return FileRef(_resolve_path(entry, base, where), entry["sha256"].lower(),
-                   int(size) if size is not None else None)
+    if size is not None and (type(size) is not int or size < 0):
+        raise RegistryError(f"{where}: 'bytes' must be a non-negative integer")
+    return FileRef(_resolve_path(entry, base, where), sha.lower(), size)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_MISSING = object()
+
+
+def _field(d: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...],
+           default: Any = _MISSING) -> Any:
+    """``d[key]`` if it is a JSON value of ``kind`` (booleans are not numbers); ``default``
+    when absent or null, else a :class:`RegistryError` naming the field."""
+    value = d.get(key)
+    if value is None:
+        if default is _MISSING:
+            raise RegistryError(f"{where}: missing {key!r}")
+        return default
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in
+                                       (kind if isinstance(kind, tuple) else (kind,))):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise RegistryError(f"{where}: {key!r} must be a JSON {_JSON_NAMES.get(names, names)}")
+    return value
+
+
+_JSON_NAMES = {"str": "string", "int": "integer", "bool": "boolean (true or false)",
+               "list": "array", "dict": "object"}
+
+
+def _name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip() or value != value.strip():
+        raise RegistryError(f"{where}: names must be non-empty strings without surrounding "
+                            f"spaces, got {value!r}")
+    return value
+
+
+def _positive(value: int, key: str, where: str) -> int:
+    if value < 1:
+        raise RegistryError(f"{where}: {key!r} must be at least 1")
+    return value
+
+
+def _calibration(value: Any, base: Path, where: str) -> FileRef | Path | None:
+    """A calibration file: ``{"path", "sha256", "bytes"}`` (verified when first read), or a
+    path string (read as it is)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value:
+        return (base / value).resolve()
+    if isinstance(value, dict):
+        return _file_ref(value, base, f"{where}.calibration")
+    raise RegistryError(f"{where}: 'calibration' must be a path or an object with 'path' and "
+                        "'sha256'")
+
+
+def _deployment(d: Any, base: Path, where: str) -> Deployment:
+    if not isinstance(d, dict):
+        raise RegistryError(f"{where}: must be an object")
+    name = _name(_field(d, "name", where, str), f"{where}.name")
+    modality = _field(d, "modality", where, str)
+    if modality not in MODALITIES:
+        raise RegistryError(f"{where}: modality must be one of {MODALITIES}")
+    backend = _field(d, "backend", where, str)
+    if backend not in BACKEND_KINDS:
+        raise RegistryError(f"{where}: unknown backend {backend!r}")
+    if BACKEND_MODALITY[backend] != modality:
+        raise RegistryError(f"{where}: backend {backend!r} serves {BACKEND_MODALITY[backend]}, "
+                            f"not {modality}")
+    aliases = tuple(_name(a, f"{where}.aliases")
+                    for a in _field(d, "aliases", where, list, []))
+    prompts = _field(d, "prompts", where, dict, {})
+    if not set(prompts) <= set(INPUT_TYPES):
+        raise RegistryError(f"{where}: prompts keys must be among {INPUT_TYPES}")
+    if not all(isinstance(v, str) for v in prompts.values()):
+        raise RegistryError(f"{where}: prompts must be strings")
+    dims = _positive(_field(d, "dimensions", where, int), "dimensions", where)
+    mat = _field(d, "matryoshka_dimensions", where, list, [])
+    if any(type(m) is not int or not 0 < m < dims for m in mat):
+        raise RegistryError(f"{where}: matryoshka sizes must be integers below {dims}")
+    max_tokens = _field(d, "max_tokens", where, int, 0)
+    files = _field(d, "files", where, dict, {})
+    return Deployment(
+        name=name, aliases=aliases, modality=modality,
+        default=_field(d, "default", where, bool, False), backend=backend,
+        model_name=_field(d, "model_name", where, str, name),
+        model_type=_field(d, "model_type", where, str, "embeddings"),
+        provider=_field(d, "provider", where, str, ""), dimensions=dims,
+        matryoshka_dimensions=tuple(mat),
+        max_tokens=_positive(max_tokens, "max_tokens", where) if max_tokens else None,
+        prompts=dict(prompts), calibration=_calibration(d.get("calibration"), base, where),
+        files={k: _file_ref(v, base, f"{where}.files.{k}") for k, v in files.items()},
+        options=dict(_field(d, "options", where, dict, {})),
+    )
 
 
 def parse_registry(doc: dict[str, Any], base: Path) -> list[Deployment]:
     items = doc.get("deployments") if isinstance(doc, dict) else None
     if not isinstance(items, list) or not items:
         raise RegistryError("registry: 'deployments' must be a non-empty list")
-    out: list[Deployment] = []
-    for i, d in enumerate(items):
-        where = f"deployments[{i}]"
-        try:
-            modality = d["modality"]
-            if modality not in MODALITIES:
-                raise RegistryError(f"{where}: modality must be one of {MODALITIES}")
-            if d["backend"] not in BACKEND_KINDS:
-                raise RegistryError(f"{where}: unknown backend {d['backend']!r}")
-            prompts = dict(d.get("prompts") or {})
-            if not set(prompts) <= set(INPUT_TYPES):
-                raise RegistryError(f"{where}: prompts keys must be among {INPUT_TYPES}")
-            dims = int(d["dimensions"])
-            mat = tuple(int(x) for x in d.get("matryoshka_dimensions") or ())
-            if any(not 0 < m < dims for m in mat):
-                raise RegistryError(f"{where}: matryoshka sizes must be below {dims}")
-            cal = d.get("calibration")
-            out.append(Deployment(
-                name=d["name"], aliases=tuple(d.get("aliases") or ()), modality=modality,
-                default=bool(d.get("default", False)), backend=d["backend"],
-                model_name=d.get("model_name", d["name"]),
-                model_type=d.get("model_type", "embeddings"),
-                provider=d.get("provider", ""), dimensions=dims, matryoshka_dimensions=mat,
-                max_tokens=int(d["max_tokens"]) if d.get("max_tokens") else None,
-                prompts=prompts, calibration=(base / cal).resolve() if cal else None,
-                files={k: _file_ref(v, base, f"{where}.files.{k}")
-                       for k, v in (d.get("files") or {}).items()},
-                options=dict(d.get("options") or {}),
-            ))
-        except KeyError as exc:
-            raise RegistryError(f"{where}: missing {exc.args[0]!r}") from None
+    out = [_deployment(d, base, f"deployments[{i}]") for i, d in enumerate(items)]
     names: dict[str, str] = {}
     for dep in out:
         for n in (dep.name, *dep.aliases):
@@ -288,10 +365,25 @@ class Registry:
         return backend
 
     def calibration(self, dep: Deployment) -> Calibration | None:
+        """The deployment's calibration ranges; None if it declares none. A declared file that
+        is missing, fails its checksum or is malformed is a 503 (the server's fault, not the
+        request's), remembered for ``Retry-After`` seconds like a model that fails to load."""
+        if dep.calibration is None:
+            return None
         if dep.name not in self._calibrations:
+            retry = self.settings.retry_after_s
+            key = f"{dep.name} calibration"
             with self._locks[dep.name]:
                 if dep.name not in self._calibrations:
-                    self._calibrations[dep.name] = (
-                        Calibration.load(dep.calibration)
-                        if dep.calibration and dep.calibration.is_file() else None)
+                    if time.monotonic() < self._failed_until.get(key, 0.0):
+                        raise errors.model_unavailable(dep.name, retry)
+                    ref = dep.calibration
+                    try:
+                        path = ref.verified() if isinstance(ref, FileRef) else ref
+                        self._calibrations[dep.name] = Calibration.load(path)
+                    except Exception:  # noqa: BLE001 - the file is the server's problem
+                        log.exception("deployment %s: its calibration file failed to load",
+                                      dep.name)
+                        self._failed_until[key] = time.monotonic() + retry
+                        raise errors.model_unavailable(dep.name, retry) from None
         return self._calibrations[dep.name]

@@ -12,6 +12,7 @@ value would be clipped. Runs in the runtime virtualenv (no torch):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
@@ -36,7 +37,7 @@ def main() -> None:
 
     registry = Registry.from_settings(Settings.from_env({}))
     dep = registry.find(args.deployment)
-    assert dep is not None and dep.calibration is not None, "deployment needs a calibration path"
+    assert dep is not None and dep.calibration_path is not None, "deployment needs a calibration path"
     corpus = stdlib_docstrings()
     calib, held_out = corpus[0::2][: args.count], corpus[1::2][: args.count // 4]
     backend = registry.backend(dep)
@@ -78,8 +79,11 @@ def main() -> None:
         },
         "ranges": ranges,
     }
-    dep.calibration.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {dep.calibration.relative_to(ROOT)}", file=sys.stderr)
+    path = dep.calibration_path
+    path.write_bytes((json.dumps(out, indent=1) + "\n").encode("utf-8"))
+    print(f"wrote {path.relative_to(ROOT)}: {path.stat().st_size} bytes, sha256 "
+          f"{hashlib.sha256(path.read_bytes()).hexdigest()} (put both in registry.json and "
+          "PROVENANCE.md)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -49,7 +50,7 @@ from embedding_core import images  # noqa: E402
 from embedding_core.encodings import to_uint8  # noqa: E402
 from embedding_core.image_backend import conse_vectors, combine  # noqa: E402
 from embedding_core.pooling import l2_normalize  # noqa: E402
-from embedding_core.registry import Calibration, Registry  # noqa: E402
+from embedding_core.registry import Registry  # noqa: E402
 from embedding_core.settings import Settings  # noqa: E402
 
 PHOTOS = ROOT / "tests" / "data" / "images"
@@ -196,9 +197,12 @@ def main() -> None:
         "ranges": {str(eff_dep.dimensions): {"lo": [round(float(x), 6) for x in lo],
                                              "hi": [round(float(x), 6) for x in hi]}},
     }
-    eff_dep.calibration.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    path = eff_dep.calibration_path
+    path.write_bytes((json.dumps(out, indent=1) + "\n").encode("utf-8"))
     print(f"{eff_dep.name}: {choice}: held-out clipped {clipped:.4%}, mean cosine "
-          f"{cos:.6f}; wrote {eff_dep.calibration.relative_to(ROOT)}", file=sys.stderr)
+          f"{cos:.6f}; wrote {path.relative_to(ROOT)}: {path.stat().st_size} bytes, sha256 "
+          f"{hashlib.sha256(path.read_bytes()).hexdigest()} (put both in registry.json)",
+          file=sys.stderr)
 
     # -- ConSE: shared text ranges vs image-fitted ranges ---------------------------------------
     captions = json.loads((PHOTOS / "captions.json").read_text(encoding="utf-8"))
@@ -211,7 +215,7 @@ def main() -> None:
     # Items with text: each view combined with one of its photo's captions.
     joint = combine(img, cap_vecs[[truth.index(o) for o in owner]], conse.text_weight)
     everything = np.concatenate([img, joint])
-    text_cal = Calibration.load(registry.find(conse.text_backend.deployment.name).calibration)
+    text_cal = registry.calibration(registry.find(conse.text_backend.deployment.name))
     shared = text_cal.get(conse_dep.dimensions)
     own = ranges_of(everything, 0.001, 0.1)
     originals = l2_normalize(img[[int(np.flatnonzero(owner == i)[0]) for i in range(len(files))]])

@@ -18,7 +18,7 @@ def _text_entry() -> dict:
     doc = json.loads(DEFAULT_REGISTRY.read_text())
     entry = next(d for d in doc["deployments"] if d["name"] == "all-MiniLM-L6-v2")
     entry = json.loads(json.dumps(entry))
-    for ref in entry["files"].values():
+    for ref in [*entry["files"].values(), entry["calibration"]]:
         ref["path"] = str(DEFAULT_REGISTRY.parent / ref["path"])
     return entry
 

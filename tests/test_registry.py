@@ -54,7 +54,8 @@ def test_replacement_registry_from_the_environment(tmp_path):
     text["files"] = {**text["files"], "tokenizer": {
         **text["files"]["tokenizer"],
         "path": str(DEFAULT_REGISTRY.parent / text["files"]["tokenizer"]["path"])}}
-    text["calibration"] = str(DEFAULT_REGISTRY.parent / text["calibration"])
+    text["calibration"] = {**text["calibration"],
+                           "path": str(DEFAULT_REGISTRY.parent / text["calibration"]["path"])}
     path = tmp_path / "registry.json"
     path.write_text(json.dumps({"deployments": [text]}))
     reg = Registry.from_settings(Settings.from_env({"EMBEDDINGS_REGISTRY": str(path)}))
@@ -65,15 +66,75 @@ def test_replacement_registry_from_the_environment(tmp_path):
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d.update(modality="audio"), "modality"),
     (lambda d: d.update(backend="nope"), "backend"),
+    (lambda d: d.update(modality="image"), "backend 'text-onnx' serves text, not image"),
     (lambda d: d.update(prompts={"search": "x"}), "prompts"),
+    (lambda d: d.update(prompts={"query": 1}), "prompts must be strings"),
+    (lambda d: d.update(prompts=["query: "]), "'prompts' must be a JSON object"),
     (lambda d: d.update(matryoshka_dimensions=[512]), "matryoshka"),
     (lambda d: d.pop("dimensions"), "dimensions"),
+    (lambda d: d.update(dimensions=-5), "'dimensions' must be at least 1"),
+    (lambda d: d.update(dimensions="384"), "'dimensions' must be a JSON integer"),
+    (lambda d: d.update(max_tokens=-1), "'max_tokens' must be at least 1"),
+    (lambda d: d.update(default="false"), "'default' must be a JSON boolean"),
+    (lambda d: d.update(aliases="e5"), "'aliases' must be a JSON array"),
+    (lambda d: d.update(aliases=["ok", 5]), "names must be non-empty strings"),
+    (lambda d: d.update(name=" "), "names must be non-empty strings"),
+    (lambda d: d.update(name=7), "'name' must be a JSON string"),
+    (lambda d: d.update(options=[]), "'options' must be a JSON object"),
+    (lambda d: d.update(files=[]), "'files' must be a JSON object"),
+    (lambda d: d["files"]["model"].update(sha256="abc"), "64 hexadecimal digits"),
+    (lambda d: d["files"]["model"].update(bytes="abc"), "'bytes' must be a non-negative integer"),
+    (lambda d: d.update(calibration=5), "'calibration' must be a path or an object"),
+    (lambda d: d["calibration"].pop("sha256"), "calibration: 'sha256'"),
 ])
 def test_malformed_registry_is_refused(mutate, message):
     doc = _doc()
     mutate(doc["deployments"][0])
     with pytest.raises(RegistryError, match=message):
         parse_registry(doc, DEFAULT_REGISTRY.parent)
+
+
+def test_a_deployment_that_is_not_an_object_is_refused_naming_it():
+    doc = _doc()
+    doc["deployments"].append("all-MiniLM-L6-v2")
+    with pytest.raises(RegistryError, match=r"deployments\[4\]: must be an object"):
+        parse_registry(doc, DEFAULT_REGISTRY.parent)
+
+
+def test_a_dotted_package_whose_parent_is_missing_is_a_503_for_that_deployment_only():
+    doc = _doc()
+    text = next(d for d in doc["deployments"] if d["modality"] == "text")
+    text["files"]["model"]["package"] = "no_such_package_xyz.models"
+    reg = Registry(parse_registry(doc, DEFAULT_REGISTRY.parent), Settings.from_env({}))
+    with pytest.raises(ApiError) as e:
+        reg.backend(reg.find(text["name"]))
+    assert e.value.status == 503 and e.value.code == "ModelUnavailable"
+
+
+@pytest.mark.parametrize("damage", ["missing", "edited", "truncated"])
+def test_a_calibration_file_that_fails_is_a_503_remembered_for_retry_after(tmp_path, damage):
+    doc = _doc()
+    text = next(d for d in doc["deployments"] if d["modality"] == "text")
+    source = DEFAULT_REGISTRY.parent / text["calibration"]["path"]
+    copy = tmp_path / "calibration.json"
+    data = source.read_bytes()
+    if damage == "edited":
+        copy.write_bytes(data.replace(b"0.", b"1.", 1))
+    elif damage == "truncated":
+        copy.write_bytes(data[: len(data) // 2])
+    text["calibration"] = {**text["calibration"], "path": str(copy)}
+    reg = Registry(parse_registry({"deployments": [text]}, DEFAULT_REGISTRY.parent),
+                   Settings.from_env({"EMBEDDINGS_RETRY_AFTER_SECONDS": "30"}))
+    dep = reg.deployments[0]
+    for _ in range(2):   # the second time from memory
+        with pytest.raises(ApiError) as e:
+            reg.calibration(dep)
+        assert e.value.status == 503 and e.value.headers["Retry-After"] == "30"
+    copy.write_bytes(data)
+    with pytest.raises(ApiError):   # still remembered
+        reg.calibration(dep)
+    reg._failed_until.clear()       # Retry-After has passed
+    assert reg.calibration(dep).get(384) is not None
 
 
 def test_duplicate_names_are_refused():

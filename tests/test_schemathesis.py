@@ -123,7 +123,7 @@ def rare_server(tmp_path_factory):
             if "package" not in f:
                 f["path"] = str(DEFAULT_REGISTRY.parent / f["path"])
         if d.get("calibration"):
-            d["calibration"] = str(DEFAULT_REGISTRY.parent / d["calibration"])
+            d["calibration"]["path"] = str(DEFAULT_REGISTRY.parent / d["calibration"]["path"])
     broken = {**_text_entry(), "name": "broken", "aliases": [], "default": False}
     broken["files"]["tokenizer"]["sha256"] = "0" * 64
     (tmp / "registry.json").write_text(json.dumps({"deployments": [*default, broken]}))
