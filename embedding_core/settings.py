@@ -17,6 +17,8 @@ SUPPORTED_API_VERSIONS = ("2024-05-01-preview", "2024-04-01-preview", "2025-04-0
 
 log = logging.getLogger(__name__)
 
+C_INT_MAX = 2**31 - 1
+
 # Settings of earlier versions, and what replaced them (a warning is logged when one is set).
 RETIRED = {
     "EMBEDDINGS_MAX_CONCURRENCY": "the inference queue runs batches from every request "
@@ -27,7 +29,8 @@ RETIRED = {
 }
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0,
+         maximum: int | None = None) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -37,6 +40,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise ValueError(f"setting {name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ValueError(f"setting {name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"setting {name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -48,6 +53,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError(f"setting {name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):   # float() reads "nan" and "inf"
+        raise ValueError(f"setting {name} must be a finite number, got {raw!r}")
     if value < 0:
         raise ValueError(f"setting {name} must be >= 0, got {value}")
     return value
@@ -344,9 +351,11 @@ class Settings:
             ort_cpu_mem_arena=_bool(env, "EMBEDDINGS_ORT_CPU_MEM_ARENA") is not False,
             long_input_runtime=long_runtime,
             memory_tuning=_bool(env, "EMBEDDINGS_MEMORY_TUNING") is not False,
-            malloc_arena_max=_int(env, "EMBEDDINGS_MALLOC_ARENA_MAX", cls.malloc_arena_max, 0),
+            # glibc's mallopt takes a C int: larger values would wrap.
+            malloc_arena_max=_int(env, "EMBEDDINGS_MALLOC_ARENA_MAX", cls.malloc_arena_max, 0,
+                                  C_INT_MAX),
             malloc_mmap_threshold=_int(env, "EMBEDDINGS_MALLOC_MMAP_THRESHOLD",
-                                       cls.malloc_mmap_threshold, 0),
+                                       cls.malloc_mmap_threshold, 0, C_INT_MAX),
             memory_trim_idle_s=_float(env, "EMBEDDINGS_MEMORY_TRIM_IDLE_SECONDS", cls.memory_trim_idle_s),
             env=env,
         )

@@ -559,8 +559,15 @@ def test_stop_fails_queued_requests_and_joins_the_worker():
     ({"EMBEDDINGS_MAX_QUEUE_TOKENS": "1000", "EMBEDDINGS_MAX_REQUEST_TOKENS": "2000"},
      "EMBEDDINGS_MAX_QUEUE_TOKENS must be >= EMBEDDINGS_MAX_REQUEST_TOKENS"),
     ({"EMBEDDINGS_REQUEST_TIMEOUT_SECONDS": "0"}, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS must be >= 1"),
+    # float() reads these; the first made every request a 500, the second every 429 a 500
+    ({"EMBEDDINGS_REQUEST_TIMEOUT_SECONDS": "nan"}, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS must be a finite number"),
+    ({"EMBEDDINGS_REQUEST_TIMEOUT_SECONDS": "inf"}, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS must be a finite number"),
+    ({"EMBEDDINGS_MEMORY_TRIM_IDLE_SECONDS": "inf"}, "EMBEDDINGS_MEMORY_TRIM_IDLE_SECONDS must be a finite number"),
+    # mallopt takes a C int: 2**32 would reach glibc as 0
+    ({"EMBEDDINGS_MALLOC_MMAP_THRESHOLD": str(2**32)}, "EMBEDDINGS_MALLOC_MMAP_THRESHOLD must be <= 2147483647"),
+    ({"EMBEDDINGS_MALLOC_ARENA_MAX": str(2**31)}, "EMBEDDINGS_MALLOC_ARENA_MAX must be <= 2147483647"),
 ])
-def test_queue_settings_that_could_never_admit_a_request_are_refused(env, message):
+def test_settings_that_could_never_work_are_refused(env, message):
     from embedding_core.settings import Settings
 
     with pytest.raises(ValueError) as exc:
