@@ -67,6 +67,11 @@ class TextBackend:
         self.cls_id = tok.token_to_id(opts.get("cls_token", "[CLS]"))
         self.sep_id = tok.token_to_id(opts.get("sep_token", "[SEP]"))
         self.pad_id = tok.token_to_id(opts.get("pad_token", "[PAD]")) or 0
+        for name, token_id in (("cls_token", self.cls_id), ("sep_token", self.sep_id)):
+            if token_id is None:  # a registry entry copied from another model: fail the load
+                raise ValueError(f"{deployment.name}: options.{name} "
+                                 f"{opts.get(name, '[CLS]' if name == 'cls_token' else '[SEP]')!r}"
+                                 " is not in the tokenizer's vocabulary")
         self.pool = POOLING[opts.get("pooling", "mean")]
         # A deployment may cap its micro-batch (1 for models whose output depends on the batch).
         self.max_batch_size = min(settings.max_batch_size,
@@ -328,16 +333,15 @@ def length_groups(lengths: Sequence[int],
                   max_run_tokens: int = MAX_RUN_TOKENS) -> list[tuple[int, int]]:
     """Cut ``lengths`` (ascending) into runs [lo, hi) of least total :func:`run_cost`: a batch
     mixing a few long inputs with many short ones pads the short ones to the longest; run apart,
-    they cost their own length (exact: optimal contiguous partition, O(n^2) for n <= 64). No run
-    of several inputs exceeds ``max_run_tokens`` padded tokens."""
+    they cost their own length (exact: optimal contiguous partition). No run of several inputs
+    exceeds ``max_run_tokens`` padded tokens, so a run ending at ``hi`` starts at most
+    ``max_run_tokens // width`` inputs before it: O(n * max_run_tokens / width)."""
     n = len(lengths)
     best = [0.0] + [math.inf] * n
     cut = [0] * (n + 1)
     for hi in range(1, n + 1):
         width = lengths[hi - 1]
-        for lo in range(hi):
-            if hi - lo > 1 and (hi - lo) * width > max_run_tokens:
-                continue
+        for lo in range(max(0, hi - max(1, max_run_tokens // max(1, width))), hi):
             c = best[lo] + run_cost(hi - lo, width)
             if c < best[hi]:
                 best[hi], cut[hi] = c, lo

@@ -137,6 +137,19 @@ def test_a_calibration_file_that_fails_is_a_503_remembered_for_retry_after(tmp_p
     assert reg.calibration(dep).get(384) is not None
 
 
+def test_special_tokens_missing_from_the_vocabulary_fail_the_load(caplog):
+    # e.g. options copied from an XLM-R entry: every request would have been a 500
+    doc = _doc()
+    text = next(d for d in doc["deployments"] if d["modality"] == "text")
+    text["options"] = {**text["options"], "cls_token": "<s>"}
+    reg = Registry(parse_registry({"deployments": [text]}, DEFAULT_REGISTRY.parent),
+                   Settings.from_env({}))
+    with pytest.raises(ApiError) as e:
+        reg.backend(reg.deployments[0])
+    assert e.value.status == 503 and e.value.code == "ModelUnavailable"
+    assert "options.cls_token '<s>' is not in the tokenizer's vocabulary" in caplog.text
+
+
 def test_duplicate_names_are_refused():
     doc = _doc()
     doc["deployments"].append(dict(doc["deployments"][0]))
