@@ -100,6 +100,10 @@ class Pipeline:
         job, outputs = self.queue.run(prepared, left, s.request_timeout_s)
         trace.queue_s, trace.inference_s = job.queue_s, job.inference_s
         result = prepared.finish(outputs)
+        if result.vectors.shape[1] != dep.dimensions:   # a registry entry that is wrong: a 500
+            raise RuntimeError(
+                f"deployment {dep.name} declares {dep.dimensions} dimensions but its model gives "
+                f"{result.vectors.shape[1]}: fix 'dimensions' in the registry")
         trace.tokens = result.prompt_tokens
         values = encode(resize(result.vectors, dims), request.encoding_format, ranges)
         return EmbeddingsResult(dep, values, result.prompt_tokens, request.encoding_format, dims)

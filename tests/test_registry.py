@@ -150,6 +150,25 @@ def test_special_tokens_missing_from_the_vocabulary_fail_the_load(caplog):
     assert "options.cls_token '<s>' is not in the tokenizer's vocabulary" in caplog.text
 
 
+def test_declared_dimensions_that_the_model_does_not_give_are_a_500_that_says_so(tmp_path, caplog):
+    from conftest import post
+
+    from embedding_core.service import EmbeddingService
+
+    doc = _doc()
+    text = next(d for d in doc["deployments"] if d["modality"] == "text")
+    text = {**text, "dimensions": 768}
+    for ref in [*text["files"].values(), text["calibration"]]:
+        ref["path"] = str(DEFAULT_REGISTRY.parent / ref["path"])
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps({"deployments": [text]}))
+    svc = EmbeddingService.from_env({"EMBEDDINGS_REGISTRY": str(path),
+                                     "EMBEDDINGS_API_KEYS": "registry-test-key-0000"})
+    res = post(svc, {"input": ["hello"]}, headers={"api-key": "registry-test-key-0000"})
+    assert res.status == 500 and res.json()["error"]["code"] == "InternalServerError"
+    assert "declares 768 dimensions but its model gives 384" in caplog.text
+
+
 def test_duplicate_names_are_refused():
     doc = _doc()
     doc["deployments"].append(dict(doc["deployments"][0]))
