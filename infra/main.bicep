@@ -68,9 +68,9 @@ param ortIntraOpThreads int = 0
 @minValue(0)
 param inferenceWorkers int = 0
 
-@description('EMBEDDINGS_OPENAI_TRUNCATE app setting: what the OpenAI route does with an input over the model\'s token limit (NONE refuses it, END keeps its first tokens, START its last); empty = leave unset (app default: NONE).')
-@allowed(['', 'NONE', 'END', 'START'])
-param openaiTruncate string = ''
+@description('EMBEDDINGS_OPENAI_TRUNCATE app setting: what the OpenAI route does with an input over the model\'s token limit (NONE refuses it, as the app does by default; END keeps its first tokens, START its last).')
+@allowed(['NONE', 'END', 'START'])
+param openaiTruncate string = 'NONE'
 
 @description('Zone-redundant Flex Consumption plan (only in regions that support it).')
 param zoneRedundant bool = false

@@ -637,9 +637,9 @@ def test_app_settings_identity_based_and_key_vault_reference():
         p = params(file)
         for name in ("ortIntraOpThreads", "inferenceWorkers"):
             assert p[name]["default"] == 0 and decorator(p[name], "min_value") == 0, (file, name)
-        # The OpenAI route's truncation: the values the app accepts, or empty (left unset).
-        assert p["openaiTruncate"]["default"] == ""
-        assert decorator(p["openaiTruncate"], "allowed") == ["", "NONE", "END", "START"]
+        # The OpenAI route's truncation: the values the app accepts; its default, the app's.
+        assert p["openaiTruncate"]["default"] == "NONE"
+        assert decorator(p["openaiTruncate"], "allowed") == ["NONE", "END", "START"]
     assert render(settings["EMBEDDINGS_OPENAI_TRUNCATE"]) == "openaiTruncate"
     from embedding_core.settings import Settings
     for value in ("NONE", "END", "START", "end"):

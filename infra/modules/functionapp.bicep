@@ -63,9 +63,9 @@ param ortIntraOpThreads int = 0
 @minValue(0)
 param inferenceWorkers int = 0
 
-@description('EMBEDDINGS_OPENAI_TRUNCATE (NONE, END or START); empty = leave unset (app default: NONE).')
-@allowed(['', 'NONE', 'END', 'START'])
-param openaiTruncate string = ''
+@description('EMBEDDINGS_OPENAI_TRUNCATE: NONE (the app default), END or START.')
+@allowed(['NONE', 'END', 'START'])
+param openaiTruncate string = 'NONE'
 
 // ---------------------------------------------------------------- app settings
 // Every app setting is built here, in groups, and joined once in `appSettings` below.
@@ -170,12 +170,12 @@ var inferenceWorkerSettings = (inferenceWorkers > 0) ? [
 ] : []
 
 // OpenAI clients cannot ask for truncation (LangChain's defaults send a long text whole).
-var openaiSettings = (openaiTruncate != '') ? [
+var openaiSettings = [
   {
     name: 'EMBEDDINGS_OPENAI_TRUNCATE'
     value: openaiTruncate
   }
-] : []
+]
 
 // OpenTelemetry (host.json "telemetryMode": "OpenTelemetry"; docs/operations.md). The Python
 // worker configures the Azure Monitor distro (requirements.txt) before it imports the app, with
