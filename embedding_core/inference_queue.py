@@ -79,7 +79,8 @@ class Job:
     costs: dict[str, int]                  # queued cost per unit when admitted
     enqueued: float = field(default_factory=time.perf_counter)
     started: float | None = None           # when its first batch started
-    inference_s: float = 0.0               # wall time of the batches that carried its items
+    inference_s: float = 0.0               # time while at least one of its batches ran
+    _ran_until: float = 0.0                # the end of the batches counted so far
     batches: int = 0
     running: int = 0                       # its batches running now
     remaining: int = 0                     # items not yet computed
@@ -90,6 +91,13 @@ class Job:
     @property
     def queue_s(self) -> float:
         return (self.started if self.started is not None else time.perf_counter()) - self.enqueued
+
+    def ran(self, start: float, end: float) -> None:
+        """Count a batch that carried its items (called as batches end, under the queue's
+        lock): batches of one request running side by side on several workers count once."""
+        self.inference_s += max(0.0, end - max(start, self._ran_until))
+        self._ran_until = max(self._ran_until, end)
+        self.batches += 1
 
     def outputs(self) -> list[np.ndarray]:
         """Rows per Work, in the Prepared's order (an empty Work gives an empty array)."""
@@ -202,10 +210,14 @@ class InferenceQueue:
             limit_s: float | None = None) -> tuple[Job, list[np.ndarray]]:
         """Submit and wait (see :meth:`wait`); with no time left (preparing took it all:
         decoding large images), a 503 at once, nothing queued."""
+        job = self.start(prepared, timeout, limit_s)
+        return job, self.wait(job, timeout, limit_s)
+
+    def start(self, prepared: Prepared, timeout: float, limit_s: float | None = None) -> Job:
+        """Submit, unless no time is left (a 503 at once, nothing queued)."""
         if timeout <= 0:
             raise self._timed_out(timeout if limit_s is None else limit_s)
-        job = self.submit(prepared)
-        return job, self.wait(job, timeout, limit_s)
+        return self.submit(prepared)
 
     def _timed_out(self, limit_s: float) -> errors.ApiError:
         return errors.ApiError(
@@ -443,8 +455,7 @@ class InferenceQueue:
                 with self._cond:
                     self._batches += 1
                     for job in served:
-                        job.inference_s += elapsed
-                        job.batches += 1
+                        job.ran(t0, t0 + elapsed)
                 for job in served:
                     if job.cancelled or job.done.is_set():   # e.g. timed out meanwhile
                         continue
@@ -474,8 +485,7 @@ class InferenceQueue:
             row = 0
             for job, p, idx in taken:
                 n = len(idx)
-                job.inference_s += elapsed
-                job.batches += 1
+                job.ran(t0, t0 + elapsed)
                 rows, row = out[row:row + n], row + n
                 if job.cancelled or job.done.is_set():
                     continue

@@ -94,12 +94,16 @@ class Pipeline:
         # A full queue refuses before any tokenising or decoding is paid for.
         self.queue.precheck(least_cost(request))
         prepared = backend.prepare(request.inputs, input_type=request.input_type, extras=extras)
-        trace.inputs, trace.images = prepared.inputs, prepared.images
+        trace.inputs = prepared.inputs
         check_request_cost(prepared, s.max_request_tokens)
         left = s.request_timeout_s - (time.perf_counter() - trace.started)
-        job, outputs = self.queue.run(prepared, left, s.request_timeout_s)
-        trace.queue_s, trace.inference_s = job.queue_s, job.inference_s
+        job = self.queue.start(prepared, left, s.request_timeout_s)
+        try:
+            outputs = self.queue.wait(job, left, s.request_timeout_s)
+        finally:   # a request that queued and then failed (503 time-out) still reports them
+            trace.queue_s, trace.inference_s = job.queue_s, job.inference_s
         result = prepared.finish(outputs)
+        trace.images = prepared.images   # counted as embedded only once they were
         if result.vectors.shape[1] != dep.dimensions:   # a registry entry that is wrong: a 500
             raise RuntimeError(
                 f"deployment {dep.name} declares {dep.dimensions} dimensions but its model gives "

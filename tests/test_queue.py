@@ -582,14 +582,18 @@ def test_two_workers_run_two_batches_at_once_and_split_a_lone_request():
     (each takes its share of what is queued); the rows still come back in item order."""
     lane = GateLane(max_batch_items=32, batch_budget=10**6)
     q = InferenceQueue({"tokens": 10**6}, workers=2)
+    t0 = time.perf_counter()
     j = q.submit(job(lane, "a", [5, 5, 5, 5]))
     assert lane.entered.acquire(timeout=10) and lane.entered.acquire(timeout=10)  # both running
     assert sorted(map(len, lane.batches)) == [2, 2]
     assert q.stats().queued["tokens"] == 0 and q.stats().jobs == 1
+    time.sleep(0.2)                  # both batches hold the request for 0.2 s at once
     lane.gate.release()
     lane.gate.release()
     out = q.wait(j, 10)[0]
     assert np.array_equal(out, rows_of([f"a{i}" for i in range(4)]))
+    # Its inference time (x-inference-time) counts that time once, not once per worker.
+    assert j.batches == 2 and 0.2 <= j.inference_s <= time.perf_counter() - t0
     q.stop()
 
 
@@ -611,3 +615,28 @@ def test_with_two_workers_a_newcomer_is_served_while_a_large_request_runs():
     q.wait(big, 10)
     assert sum(len(b) for b in lane.batches) == 13
     q.stop()
+
+
+def test_a_request_that_queued_and_timed_out_still_reports_its_queue_and_inference_time(
+        registry, monkeypatch):
+    from conftest import KEY, post
+
+    from embedding_core.service import EmbeddingService
+    from embedding_core.settings import Settings
+
+    svc = EmbeddingService(Settings.from_env({"EMBEDDINGS_API_KEYS": KEY,
+                                              "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS": "1",
+                                              "EMBEDDINGS_INFERENCE_WORKERS": "1"}), registry)
+    assert post(svc, {"input": ["warm"]}).status == 200
+    real = InferenceQueue._run_batch
+
+    def slow(self, lane, taken):    # a batch slower than the request's whole time limit
+        time.sleep(1.3)
+        return real(self, lane, taken)
+    monkeypatch.setattr(InferenceQueue, "_run_batch", slow)
+    svc.queue.max_wait_s = None     # admitted (the time-out is tested, not the 429)
+    res = post(svc, {"input": ["hello world"]})
+    assert res.status == 503 and res.headers["x-ms-error-code"] == "ServiceUnavailable"
+    queue_ms, inference_ms = (float(res.headers[h]) for h in ("x-queue-time", "x-inference-time"))
+    assert 0 <= queue_ms < 1000 and inference_ms == 0   # its batch was still running
+    svc.queue.stop()

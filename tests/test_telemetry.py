@@ -256,6 +256,19 @@ def test_images_are_counted(sinks, registry):
     assert [(a["embeddings.caller"], p.value) for a, p in images] == [(caller(KEY_A), 2)]
 
 
+def test_images_of_a_request_that_fails_are_not_counted_as_embedded(sinks, registry):
+    # The items' text needs more than the 4 queued tokens the queue admits: a 429.
+    svc = make(registry, queue=InferenceQueue({"tokens": 4, "images": 100}))
+    image = "data:image/jpeg;base64," + base64.b64encode(
+        (DATA / "images" / "synthetic" / "cat_grey.jpg").read_bytes()).decode()
+    res, _ = call(svc, {"input": [{"image": image, "text": "a photo of a grey cat on a sofa"}] * 2},
+                  route="images/embeddings")
+    assert res.status == 429
+    metrics = sinks.metrics()
+    assert [p.value for _, p in metrics["embeddings.throttled"]] == [1]
+    assert "embeddings.images" not in metrics
+
+
 def test_throttled_and_server_error_requests_are_counted(sinks, registry, monkeypatch):
     # A real queue that admits 4 queued tokens: "hello world" ([CLS] hello world [SEP]) fits,
     # a longer input is answered 429 by the queue's admission control.
