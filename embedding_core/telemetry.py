@@ -55,6 +55,8 @@ SCOPE = "embedding_core"        # tracer and meter name
 # The package's logger: the only one whose records we export (infra/ sets
 # PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME to it, so the worker's distro hooks it and not the root).
 EXPORTED_LOGGER = "embedding_core"
+# The logger named to the Azure Monitor distro in ``azure`` mode: nothing logs to it (_build).
+_DISTRO_LOGGER = "embeddings-api.azure-monitor-setup"
 SERVICE_NAME = "embeddings-api"
 
 # Seconds. OpenTelemetry's HTTP duration buckets, extended to the 230 s Azure HTTP limit.
@@ -219,10 +221,14 @@ def _build(how: str) -> "_Recorder":
         from azure.monitor.opentelemetry import configure_azure_monitor
 
         # Reads APPLICATIONINSIGHTS_CONNECTION_STRING and, for Entra ID ingestion,
-        # APPLICATIONINSIGHTS_AUTHENTICATION_STRING. Only our own loggers are hooked.
-        configure_azure_monitor(logger_name=EXPORTED_LOGGER, instrumentation_options={
+        # APPLICATIONINSIGHTS_AUTHENTICATION_STRING. The distro hooks its raw log handler to the
+        # logger it is given, then spends ~50 ms setting up instrumentations before it returns;
+        # a record logged meanwhile would be exported with its arguments. So it is given a
+        # logger nothing logs to, and its handler is then moved, sanitised, to ours.
+        configure_azure_monitor(logger_name=_DISTRO_LOGGER, instrumentation_options={
             name: {"enabled": False} for name in
             ("django", "fastapi", "flask", "psycopg2", "requests", "urllib3", "httpx")})
+        _adopt_log_handlers(logging.getLogger(_DISTRO_LOGGER))
         _secure_existing_log_handlers()
         return _Recorder.from_global()
 
@@ -559,6 +565,17 @@ def _attach_log_handler(logger_provider: Any) -> None:
     ours = SanitizingHandler(LoggingHandler(logger_provider=logger_provider))
     logger.addHandler(ours)
     _handlers.append((logger, ours, None))
+
+
+def _adopt_log_handlers(source: logging.Logger) -> None:
+    """Move the OpenTelemetry log handlers of ``source`` to our logger, sanitised."""
+    target = logging.getLogger(EXPORTED_LOGGER)
+    for handler in list(source.handlers):
+        if _is_otel_handler(handler):
+            source.removeHandler(handler)
+            ours = SanitizingHandler(handler)
+            target.addHandler(ours)
+            _handlers.append((target, ours, None))
 
 
 def _secure_existing_log_handlers() -> None:

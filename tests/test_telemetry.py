@@ -869,3 +869,64 @@ def test_azure_monitor_as_the_functions_worker_sets_it_up(tmp_path):
     assert detail["typeName"] == "builtins.RuntimeError"
     assert detail["message"] == "request %s failed"
     assert exc["tags"]["ai.operation.id"] == "0af7651916cd43dd8448eb211c80319c"
+
+
+AZURE_MODE_CHILD = FUNCTION_CALL + """
+# EMBEDDINGS_TELEMETRY=azure outside the Functions worker: the app configures the distro itself,
+# on its setup thread, after the first request. The distro hooks its log handler, then sets up
+# instrumentations (~50 ms) before it returns: a record logged then must not be exported raw.
+import logging, os, threading
+from azure.monitor.opentelemetry import _configure
+from embedding_core import telemetry
+text, key = os.environ['CANARY_TEXT'], os.environ['EMBEDDINGS_API_KEYS']
+app_log = logging.getLogger('embedding_core.test')
+during = _configure._setup_instrumentations
+def instrumentations(*args, **kwargs):
+    app_log.warning('during setup: %s', text)
+    return during(*args, **kwargs)
+_configure._setup_instrumentations = instrumentations
+assert embed(text, key).status_code == 200
+telemetry.flush()                           # waits for the setup thread
+app_log.warning('after setup: %s', text)
+app_log.info('info is not exported: %s', text)
+from opentelemetry import _logs, metrics, trace
+for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(),
+                 _logs.get_logger_provider()):
+    provider.force_flush()
+print('flushed')
+"""
+
+
+def test_azure_mode_exports_sanitised_logs_from_its_first_record(tmp_path):
+    """``EMBEDDINGS_TELEMETRY=azure`` (or ``auto`` with a connection string) outside the
+    Functions worker, exporting to a loopback ingestion endpoint."""
+    def answer(path, body):
+        if "track" not in path:
+            return b""
+        n = len(json.loads(body)) if body.startswith(b"[") else len(body.splitlines())
+        return json.dumps({"itemsReceived": n, "itemsAccepted": n, "errors": []}).encode()
+
+    with collector(answer=answer) as ingestion:
+        run_python(AZURE_MODE_CHILD, {
+            "EMBEDDINGS_TELEMETRY": "azure",
+            "APPLICATIONINSIGHTS_CONNECTION_STRING":
+                "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+                f"IngestionEndpoint={ingestion.url}/;LiveEndpoint={ingestion.url}/",
+            "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+            "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
+            "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "otel",
+            "TMPDIR": str(tmp_path),
+            "EMBEDDINGS_API_KEYS": KEY_A, "CANARY_TEXT": TEXT})
+        raw = ingestion.text("/v2.1/track")
+    for needle in (TEXT, KEY_A, "quokka"):
+        assert needle.encode() not in raw
+    messages = [item["data"]["baseData"].get("message") for line in raw.splitlines()
+                if line.strip() for item in _items(json.loads(line))
+                if item["name"] == "Microsoft.ApplicationInsights.Message"]
+    assert "after setup: %s" in messages          # the template, without its argument
+    assert "info is not exported: %s" not in messages
+    assert b"POST /embeddings" in raw              # the request's span was exported too
+
+
+def _items(parsed):
+    return parsed if isinstance(parsed, list) else [parsed]
