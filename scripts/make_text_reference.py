@@ -35,6 +35,9 @@ def main() -> None:
     texts = spec["texts"]
     vecs = model.encode(texts, batch_size=8, normalize_embeddings=True, convert_to_numpy=True)
     tokens = [len(model.tokenizer(t)["input_ids"]) for t in texts]
+    blank = spec["no_token_texts"]
+    blank_vecs = model.encode(blank, batch_size=8, normalize_embeddings=True,
+                              convert_to_numpy=True)
     weights = model_dir / "model.safetensors"
     out = {
         "_provenance": {
@@ -51,6 +54,9 @@ def main() -> None:
         "texts": texts,
         "tokens_untruncated": tokens,
         "embeddings": [[round(float(x), 7) for x in v] for v in vecs],
+        "no_token_texts": blank,
+        "no_token_tokens": [len(model.tokenizer(t)["input_ids"]) for t in blank],
+        "no_token_embeddings": [[round(float(x), 7) for x in v] for v in blank_vecs],
     }
     OUT.write_text(json.dumps(out, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
     print(f"wrote {OUT.relative_to(ROOT)}: {len(texts)} texts, dim {vecs.shape[1]}", file=sys.stderr)
