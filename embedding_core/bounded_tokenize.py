@@ -114,6 +114,9 @@ def _read_group(encode_batch, group: list[_Input], budget: CharBudget, limits: L
         pieces: list[tuple[_Input, str, bool, bool]] = []
         for item in active:
             rest = item.hi - item.lo
+            if rest <= 0:           # an empty text (OpenAI's lone "input": ""): no tokens
+                item.done = True
+                continue
             consumed = item.lo if item.forward else len(item.text) - item.hi
             reach = limits.max_input_chars - consumed      # the piece may not go beyond this
             size = min(item.want, rest, reach)
@@ -203,9 +206,6 @@ def _finish(encode_batch, item: _Input, truncate: str, limits: Limits,
             f"(EMBEDDINGS_MAX_CHARS_PER_TOKEN). Remove long runs of whitespace, accents or "
             f"characters without words.", target)
     body = item.body()
-    if not len(body):
-        raise errors.validation("The input has no tokens (nothing but whitespace or "
-                                "characters the tokenizer drops).", target)
     if len(body) <= limits.room:
         return body
     if truncate == "NONE":

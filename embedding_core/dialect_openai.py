@@ -47,12 +47,9 @@ def parse_embeddings(req: ApiRequest, settings: Settings,
     if "input" not in doc:
         raise errors.validation("'input' is required.", "input")
     inputs = schema.text_inputs(doc["input"], settings.max_inputs,
-                                max_token_id=openai_tokens.SIZE)
+                                max_token_id=openai_tokens.SIZE, lone_empty_string=True)
     texts = openai_tokens.decode_inputs(inputs, settings.max_text_body_bytes,
                                         "EMBEDDINGS_MAX_BODY_BYTES")
-    for i, text in enumerate(texts):
-        if not text.strip():
-            raise errors.validation("The token ids decode to empty text.", f"input[{i}]")
     model = schema.model_field(doc.get("model"))
     return schema.EmbeddingsRequest(
         inputs=texts, modality="text",

@@ -96,12 +96,15 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _text_input(description: str, token_ids: str, max_inputs: int) -> dict[str, Any]:
-    """A text ``input``: a string, token ids (schema ``token_ids``), or an array of either."""
+def _text_input(description: str, token_ids: str, max_inputs: int,
+                lone: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A text ``input``: a string (``lone`` if given, else ``TextInput``), token ids (schema
+    ``token_ids``), or an array of strings and token ids."""
     one = [_ref("schemas", "TextInput"), _ref("schemas", token_ids)]
     return {"description": description,
-            "oneOf": [*one, {"type": "array", "minItems": 1, "maxItems": max_inputs,
-                             "items": {"oneOf": list(one)}}]}
+            "oneOf": [lone or one[0], one[1],
+                      {"type": "array", "minItems": 1, "maxItems": max_inputs,
+                       "items": {"oneOf": list(one)}}]}
 
 
 def _names(deps: list[Deployment]) -> str:
@@ -189,8 +192,9 @@ class _Builder:
 
     def build_schemas(self) -> None:
         s = self.s
-        text_item = {"type": "string", "pattern": r"\S",
-                     "description": "A text; must contain a non-whitespace character."}
+        text_item = {"type": "string", "minLength": 1,
+                     "description": "A text, not empty. Text that is only whitespace gives no "
+                                    "token and is embedded as `[CLS] [SEP]`."}
         azure_ids = {"type": "array", "minItems": 1,
                      "items": {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID - 1},
                      "description": "Token ids of the deployment's own tokenizer (WordPiece ids "
@@ -343,8 +347,10 @@ class _Builder:
                            "provider-specific ones) are ignored.",
             "properties": {
                 "input": _text_input("A string, an array of strings, an array of OpenAI token "
-                                     "ids, or an array of such arrays. " + limits,
-                                     "OpenAITokenIds", s.max_inputs),
+                                     "ids, or an array of such arrays. As OpenAI does, an "
+                                     "empty string is embedded on its own (as `[CLS] [SEP]`) "
+                                     "and refused in an array. " + limits,
+                                     "OpenAITokenIds", s.max_inputs, lone={"type": "string"}),
                 "model": _nullable({"type": "string", "pattern": r"\S",
                                     "description": "A text deployment name or alias "
                                                    "(case-insensitive; `GET /v1/models` lists "

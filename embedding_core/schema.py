@@ -125,10 +125,16 @@ def _type_name(x: Any) -> str:
             float: "number", type(None): "null"}.get(type(x), type(x).__name__)
 
 
-def text_inputs(value: Any, max_items: int,
-                max_token_id: int = MAX_TOKEN_ID) -> list[str | list[int]]:
-    """A string, an array of strings, an array of token ids, or an array of token-id arrays."""
+def text_inputs(value: Any, max_items: int, max_token_id: int = MAX_TOKEN_ID, *,
+                lone_empty_string: bool = False) -> list[str | list[int]]:
+    """A string, an array of strings, an array of token ids, or an array of token-id arrays.
+
+    An empty string is refused, except as the whole ``input`` with ``lone_empty_string`` (OpenAI
+    embeds ``"input": ""`` and refuses ``""`` in an array). Text that is only whitespace is
+    embedded, as sentence-transformers and OpenAI do (``[CLS] [SEP]``)."""
     if isinstance(value, str):
+        if not value and lone_empty_string:
+            return [value]
         value = [value]
     elif isinstance(value, list) and value and not isinstance(value[0], (str, list)) and \
             all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value[:1]):
@@ -142,7 +148,7 @@ def text_inputs(value: Any, max_items: int,
         raise errors.validation(f"'input' has {len(value)} items; the limit is {max_items}.", "input")
     for i, item in enumerate(value):
         if isinstance(item, str):
-            if not item.strip():
+            if not item:
                 raise errors.validation("Input text must not be empty.", f"input[{i}]")
         elif isinstance(item, list):
             if not item:

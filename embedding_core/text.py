@@ -177,10 +177,10 @@ class TextBackend:
 
     def _checked(self, body: np.ndarray, i: int, room: int, truncate: str,
                  prefix: np.ndarray) -> np.ndarray:
-        """``[CLS] prefix body [SEP]`` with the body cut to ``room`` (or the error for input i)."""
-        if not len(body):
-            raise errors.validation("The input has no tokens (nothing but whitespace or "
-                                    "characters the tokenizer drops).", f"input[{i}]")
+        """``[CLS] prefix body [SEP]`` with the body cut to ``room`` (or the error for input i).
+
+        A body without tokens (whitespace, characters the tokenizer drops) is embedded as
+        ``[CLS] prefix [SEP]``, as sentence-transformers does."""
         if len(body) > room:
             if truncate == "NONE":
                 raise errors.input_too_long(f"input[{i}]", len(body) + len(prefix) + 2,

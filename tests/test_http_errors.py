@@ -65,7 +65,7 @@ CASES = [
     ("token id 2**64-1", "/embeddings" + Q, b'{"input": [[18446744073709551615]]}', AUTH, 422, "InvalidParameter", "input[0][0]"),
     ("token id 1e30", "/embeddings" + Q, b'{"input": [[101, 1000000000000000000000000000000]]}', AUTH, 422, "InvalidParameter", "input[0][1]"),
     ("NaN in body", "/embeddings" + Q, b'{"input": ["a"], "dimensions": NaN}', AUTH, 400, "InvalidRequestBody", None),
-    ("no tokens", "/embeddings" + Q, {"input": ["\u200b"]}, AUTH, 422, "InvalidParameter", "input[0]"),
+    ("empty string alone", "/embeddings" + Q, {"input": ""}, AUTH, 422, "InvalidParameter", "input[0]"),
     ("unknown field (error mode)", "/embeddings" + Q, {"input": ["a"], "truncate": "END"}, AUTH, 400, "ExtraParametersNotAllowed", "truncate"),
     ("unknown field (explicit error)", "/embeddings" + Q, {"input": ["a"], "foo": 1}, {**AUTH, "extra-parameters": "error"}, 400, "ExtraParametersNotAllowed", "foo"),
     ("unknown field (pass-through)", "/embeddings" + Q, {"input": ["a"], "foo": 1}, {**AUTH, "extra-parameters": "pass-through"}, 422, "UnsupportedParameter", "foo"),

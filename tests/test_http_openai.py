@@ -115,6 +115,26 @@ def test_single_string_input(client, ref):
     np.testing.assert_array_equal(as_float32([r.data[0].embedding]), ref(TEXTS[2:])[0])
 
 
+def test_empty_and_whitespace_inputs_as_openai_takes_them(client, ref):
+    """OpenAI embeds ``input=""`` alone (LangChain's ``OpenAIEmbeddings`` sends it for an empty
+    document) and whitespace (a LangChain chunk can be just ``"\\n"``, token id 198), and
+    refuses ``""`` inside an array (openai/openai-python#576)."""
+    blank = ref(["\n"])[0]
+    for single in ("", "   "):
+        r = client.embeddings.create(input=single, model=DEFAULT)
+        np.testing.assert_array_equal(as_float32([r.data[0].embedding]), blank)
+        assert r.usage.prompt_tokens == 2
+    r = client.embeddings.create(input=[TEXTS[0], "\n", " \t "], model=DEFAULT)
+    got = as_float32([d.embedding for d in r.data])
+    np.testing.assert_array_equal(got[0], ref(TEXTS[:1])[0][0])
+    np.testing.assert_array_equal(got[1:], np.vstack([blank, blank]))
+    r = client.embeddings.create(input=[CL100K[TEXTS[0]], [198]], model=DEFAULT)
+    np.testing.assert_array_equal(as_float32([r.data[1].embedding]), blank)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(input=[TEXTS[0], ""], model=DEFAULT)
+    assert e.value.body["param"] == "input[1]" and "empty" in e.value.body["message"]
+
+
 def test_models_lists_the_text_deployments(client):
     models = client.models.list()
     assert [m.id for m in models.data] == ["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-exact"]
@@ -223,9 +243,10 @@ def test_token_ids_that_decode_to_more_text_than_a_body_may_carry_are_a_413(live
     err = doc["error"]
     assert status == 413 and err["code"] == "payload_too_large" and err["param"] == "input[1]"
     assert "EMBEDDINGS_MAX_BODY_BYTES" in err["message"] and "8,388,608 bytes" in err["message"]
-    # one id less than the limit is within it (and then refused for what it is: no text)
+    # one id less than the limit is within it (and then refused for what it is: ~8 MB of
+    # spaces, far more characters per token than a request may have)
     status, doc = post_v1(live_server, {"input": [many[:-1]]})
-    assert status == 400 and doc["error"]["message"] == "The token ids decode to empty text.", doc
+    assert status == 400 and "EMBEDDINGS_MAX_INPUT_CHARS" in doc["error"]["message"], doc
 
 
 def test_token_arrays_are_cl100k_ids_and_give_the_texts_vectors_bit_for_bit(live_server, ref):

@@ -167,10 +167,6 @@ def test_pieces_give_exactly_the_tokens_of_the_whole_text(text_backend):
                                          first_piece=rng.choice([8, 32, 256]),
                                          max_input_chars=1 << 20, max_chars_per_token=1 << 10)
         for truncate in ("END", "START"):
-            if not whole:
-                with pytest.raises(ApiError, match="no tokens"):
-                    bounded_tokenize.tokenize_texts(enc, {0: text}, truncate, limits)
-                continue
             got = bounded_tokenize.tokenize_texts(enc, {0: text}, truncate, limits)[0]
             expected = whole if len(whole) <= room else \
                 whole[:room] if truncate == "END" else whole[-room:]
@@ -184,3 +180,15 @@ def test_the_first_bad_input_in_request_order_is_reported(text_backend):
     assert err.target == "input[0][1]"
     err = refused(text_backend.tokenize, [[101, 2000, 102], "a" * MB8, [10**9]])
     assert err.target == "input[1]" and "EMBEDDINGS_MAX_INPUT_CHARS" in err.message
+
+
+def test_text_without_tokens_is_cls_sep_within_the_character_limits(text_backend):
+    """Whitespace is embedded as ``[CLS] [SEP]`` (sentence-transformers does the same), but only
+    as far as the service reads: past EMBEDDINGS_MAX_INPUT_CHARS of nothing it is refused."""
+    pair = [text_backend.cls_id, text_backend.sep_id]
+    ids = text_backend.tokenize(["\n", " " * 65_536, "\u200b\t" * 1000])
+    assert [x.tolist() for x in ids] == [pair] * 3
+    with pytest.raises(ApiError) as e:
+        text_backend.tokenize(["ok", " " * 65_537])
+    assert e.value.status == 422 and e.value.target == "input[1]"
+    assert "EMBEDDINGS_MAX_INPUT_CHARS" in e.value.message

@@ -134,6 +134,22 @@ def test_langchain_openai_piece_can_still_be_too_long_and_the_server_can_truncat
         truncating.stop()
 
 
+def test_langchain_openai_embeds_empty_and_blank_documents(server, ref, sent):
+    """A blank document (or a blank last chunk) is sent as its cl100k ids, and an empty one as a
+    separate ``input=""`` call (LangChain's fallback, which OpenAI answers): both embed, instead
+    of failing the whole ``embed_documents`` call."""
+    import tiktoken
+    docs = [TEXTS[0], "", "\n\n"]
+    got = OpenAIEmbeddings(base_url=server.url + "/v1", api_key=KEY,
+                           max_retries=0).embed_documents(docs)
+    blank_ids = tiktoken.get_encoding("cl100k_base").encode_ordinary("\n\n")
+    assert sent == [("text-embedding-ada-002", [CL100K[TEXTS[0]], blank_ids]),
+                    ("text-embedding-ada-002", "")]
+    want = ref([TEXTS[0], "\n\n"])
+    assert_same([got[0], got[2]], want)
+    assert_same([got[1]], want[1:])       # "" and "\n\n" both give [CLS] [SEP]
+
+
 def test_langchain_openai_with_a_deployment_name(server, ref, sent):
     embeddings = OpenAIEmbeddings(base_url=server.url + "/v1", api_key=KEY,
                                   model="all-MiniLM-L6-v2-exact")
