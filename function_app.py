@@ -52,6 +52,11 @@ def openai_models(req: func.HttpRequest) -> func.HttpResponse:
     return _serve("v1/models", req)
 
 
+@app.route(route="v1/models/{model}", methods=GET)
+def openai_model(req: func.HttpRequest) -> func.HttpResponse:
+    return _serve("v1/models/{model}", req)
+
+
 @app.route(route="openai/deployments/{deployment}/embeddings", methods=["POST"])
 def azure_openai_embeddings(req: func.HttpRequest) -> func.HttpResponse:
     return _serve("openai/deployments/{deployment}/embeddings", req)

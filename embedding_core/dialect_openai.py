@@ -75,10 +75,13 @@ def render_embeddings(result: EmbeddingsResult, request_id: str) -> dict[str, An
     }
 
 
+def render_model(d: Deployment) -> dict[str, Any]:
+    return {"id": d.name, "object": "model", "created": 0, "owned_by": d.provider or "self"}
+
+
 def render_models(deployments: list[Deployment]) -> dict[str, Any]:
-    return {"object": "list", "data": [
-        {"id": d.name, "object": "model", "created": 0, "owned_by": d.provider or "self"}
-        for d in deployments if d.modality == "text"]}
+    return {"object": "list",
+            "data": [render_model(d) for d in deployments if d.modality == "text"]}
 
 
 def _snake(code: str) -> str:

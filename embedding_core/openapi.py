@@ -566,6 +566,20 @@ class _Builder:
             "responses": {"200": self.ok("The text deployments.", "ListModelsResponse"),
                           **self.errors("openai", _OPENAI_MODELS)}}
 
+    def openai_model(self) -> dict[str, Any]:
+        return {
+            "operationId": "retrieveModel", "tags": ["OpenAI"],
+            "summary": "One text deployment (the openai SDK's `models.retrieve`)",
+            "parameters": [
+                {"name": "model", "in": "path", "required": True,
+                 "description": "A text deployment name or alias (case-insensitive): "
+                                + _names(self.text) + ". The answer's `id` is the deployment's "
+                                "name.",
+                 "schema": {"type": "string", "pattern": "^[^/]+$"}},
+                _ref("parameters", "ClientRequestId")],
+            "responses": {"200": self.ok("The deployment.", "Model"),
+                          **self.errors("openai", {**_OPENAI_MODELS, 404: ("ModelNotFound",)})}}
+
     def openapi(self) -> dict[str, Any]:
         return {
             "tags": ["Service"], "summary": "This document (OpenAPI 3.0)",

@@ -62,6 +62,7 @@ ROUTES = {r.template: r for r in (
     Route("health", GET, "azure", "health_status", auth=False),
     Route("v1/embeddings", ("POST",), "openai", "openai_embeddings"),
     Route("v1/models", GET, "openai", "openai_models"),
+    Route("v1/models/{model}", GET, "openai", "openai_model"),
     Route("openai/deployments/{deployment}/embeddings", ("POST",), "openai",
           "azure_openai_embeddings"),
     Route("swagger.json", GET, "azure", "openapi", auth=False),
@@ -176,6 +177,15 @@ class EmbeddingService:
 
     def openai_models(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
         return dialect_openai.render_models(self.registry.deployments)
+
+    def openai_model(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
+        """OpenAI's ``GET /v1/models/{model}``: a text deployment, by name or alias."""
+        name = req.route_params.get("model") or _segments(req.path)[2]
+        dep = self.registry.find(name)
+        if dep is None or dep.modality != "text":
+            raise errors.model_not_found(
+                name, [d.name for d in self.registry.deployments if d.modality == "text"])
+        return dialect_openai.render_model(dep)
 
     def openapi(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
         """The OpenAPI document, built on first request from this service's settings and

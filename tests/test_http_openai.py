@@ -141,6 +141,26 @@ def test_models_lists_the_text_deployments(client):
     assert all(m.object == "model" for m in models.data)
 
 
+def test_a_model_is_retrieved_by_name_or_alias(client, live_server):
+    """The openai SDK's ``models.retrieve``: a text deployment by name or alias; the id is the
+    deployment's name. Image deployments and unknown names are 404 ``model_not_found``."""
+    listed = {m.id: m for m in client.models.list().data}
+    for name in ("all-MiniLM-L6-v2-exact", "ALL-MINILM-L6-V2", "text-embedding-ada-002"):
+        m = client.models.retrieve(name)
+        want = "all-MiniLM-L6-v2-exact" if name.endswith("exact") else DEFAULT
+        assert m.id == want and m.object == "model" and m == listed[want]
+    for name in ("nope", "minilm-conse-efficientnet-lite0"):
+        with pytest.raises(openai.NotFoundError) as e:
+            client.models.retrieve(name)
+        assert e.value.body["code"] == "model_not_found" and name in e.value.body["message"]
+    u = urlsplit(live_server.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    conn.request("GET", "/v1/models/" + DEFAULT)            # no credentials
+    res = conn.getresponse()
+    assert res.status == 401 and json.loads(res.read())["error"]["code"] == "invalid_api_key"
+    conn.close()
+
+
 @pytest.mark.parametrize("name", ["text-embedding-ada-002", "text-embedding-3-small",
                                   "text-embedding-3-large"])
 def test_openai_model_names_are_aliases_of_the_default_text_deployment(client, ref, live_server,
