@@ -199,7 +199,9 @@ class EmbeddingService:
         """The catch-all route: 405 for a known path with another method, else 404."""
         route = match_route(req.path)
         shown = errors.clip(req.path, 120)
-        if route is not None:
+        # A path that names a route only loosely (``//embeddings``: the host routes it here) is
+        # no route: a 405 would list the very method it was sent with.
+        if route is not None and req.method.upper() not in route.methods:
             raise errors.ApiError(
                 405, "MethodNotAllowed",
                 f"Method {errors.clip(req.method, 16)} is not allowed on {shown}; allowed: "

@@ -39,6 +39,9 @@ UNSERVED = [
     ("POST", "/v1/models", 405, "openai", "GET, HEAD"),
     ("GET", "/v1", 404, "openai", None),
     ("GET", "/v1/nope", 404, "openai", None),
+    ("POST", "//embeddings" + Q, 404, "azure", None),       # the host's catch-all gets it
+    ("POST", "/v1//embeddings", 404, "openai", None),
+    ("GET", "//health", 404, "azure", None),
     ("POST", "/v1/chat/completions", 404, "openai", None),
     ("GET", "/v1/models/all-MiniLM-L6-v2/more", 404, "openai", None),
     ("POST", "/v1/models/all-MiniLM-L6-v2", 405, "openai", "GET, HEAD"),
