@@ -909,6 +909,8 @@ def test_azure_mode_exports_sanitised_logs_from_its_first_record(tmp_path):
     with collector(answer=answer) as ingestion:
         run_python(AZURE_MODE_CHILD, {
             "EMBEDDINGS_TELEMETRY": "azure",
+            # The distro's default rate-limited sampler may drop the one span; keep it.
+            "OTEL_TRACES_SAMPLER": "microsoft.fixed_percentage", "OTEL_TRACES_SAMPLER_ARG": "1.0",
             "APPLICATIONINSIGHTS_CONNECTION_STRING":
                 "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
                 f"IngestionEndpoint={ingestion.url}/;LiveEndpoint={ingestion.url}/",
