@@ -122,6 +122,10 @@ MALFORMED = [
     ("NUL in a header", b"GET /health HTTP/1.1\r\n" + H + b"X-A: a\x00b\r\n\r\n", 400, "BadRequest"),
     ("missing Host", b"GET /health HTTP/1.1\r\n\r\n", 400, "BadRequest"),
     ("non-ASCII target", b"GET /h\xffealth HTTP/1.1\r\n" + H + b"\r\n", 400, "BadRequest"),
+    # the Host becomes the function's req.url, whose path the app reads
+    ("Host with a path", b"GET /health HTTP/1.1\r\nHost: x/v1\r\n\r\n", 400, "BadRequest"),
+    ("Host with a query", b"GET /health HTTP/1.1\r\nHost: x?y\r\n\r\n", 400, "BadRequest"),
+    ("fragment in the target", b"GET /health#top HTTP/1.1\r\n" + H + b"\r\n", 400, "BadRequest"),
     ("asterisk target", b"OPTIONS * HTTP/1.1\r\n" + H + b"\r\n", 400, "BadRequest"),
     ("headers too large", b"GET /health HTTP/1.1\r\n" + H + b"X-Big: " + b"a" * 40000 + b"\r\n\r\n", 431, "RequestHeaderFieldsTooLarge"),
     ("unknown route", b"GET /nothing HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n", 404, "NotFound"),
@@ -380,5 +384,34 @@ def test_the_app_answers_its_own_413_and_the_host_only_far_above_it():
                 assert limit in data, data
             finally:
                 conn.close()
+    finally:
+        server.stop()
+
+
+SLOW = ROUTES + '''
+
+@app.route(route="slow", methods=["GET"])
+def slow(req):
+    import time
+    time.sleep(30)
+    return func.HttpResponse("{}", mimetype="application/json")
+'''
+
+
+def test_ctrl_c_stops_the_host_while_a_function_still_runs(tmp_path_factory):
+    """After uvicorn's 5 s grace period the client gets a JSON 503 and the process exits, instead
+    of a text/plain 500 and a process held open until the function returns."""
+    import signal
+    server = serve_app(tmp_path_factory, SLOW)
+    try:
+        with socket.create_connection(address(server), timeout=20) as sock:
+            sock.sendall(b"GET /slow HTTP/1.1\r\n" + H + b"\r\n")
+            time.sleep(0.5)
+            start = time.monotonic()
+            server.proc.send_signal(signal.SIGINT)
+            data, end = read_all(sock, time.monotonic() + 15)
+        assert_json_error(data, 503, "ServiceUnavailable")
+        assert server.proc.wait(15) == 0
+        assert time.monotonic() - start < 12
     finally:
         server.stop()

@@ -22,7 +22,11 @@ may reach:
   ``Content-Length`` over it is refused before anything is read, a chunked body as soon as it
   passes it. Its default is just above the app's largest body limit, so the app answers its own
   413s and nothing much larger is ever buffered;
+- a ``Host`` header that is not a host and port, or a ``#`` in the request target, is a 400 (the
+  Host becomes the function's ``req.url``, whose path the app reads);
 - the listen backlog is ``LOCAL_HOST_BACKLOG`` (a burst of connections is queued, not reset);
+- Ctrl-C: requests still running after uvicorn's 5 s grace period get a JSON 503 and the
+  process exits, without waiting for their functions to return;
 - after an answer sent before the request body was read (413, 408, 404), the connection is
   closed gracefully: the rest of the body is drained for a few seconds so that the client reads
   the answer instead of a reset.
@@ -43,6 +47,7 @@ import os
 import re
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -388,6 +393,8 @@ def load_routes(app: Any, prefix: str = "", notes: list[str] | None = None) -> R
 
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 7.2 Host: uri-host [ ":" port ], uri-host a reg-name, IPv4 or [IP-literal].
+_HOST = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]")
 _NO_BODY_STATUSES = (204, 304)
 _HOP_BY_HOP = (b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"upgrade")
@@ -462,6 +469,13 @@ class FunctionsHost:
 
         try:
             await self._handle(scope, receive, tracked_send)
+        except asyncio.CancelledError:
+            # The server is stopping (Ctrl-C) and its grace period is over: say so in JSON,
+            # instead of uvicorn's text/plain 500; the function may still be running.
+            if not started:
+                await self._answer(send, 503, *error_response(
+                    503, "The local host is shutting down.", close=True))
+            raise
         except Exception:  # noqa: BLE001 - a bug here must still give a JSON answer
             log.exception("the local host failed on %s %s", scope.get("method"),
                           scope.get("path", "")[:200])
@@ -491,6 +505,15 @@ class FunctionsHost:
                 close=True))
             return
 
+        host = next((v for k, v in headers if k == b"host"), b"")
+        if host and not _HOST.fullmatch(host):  # it becomes the function's req.url (Kestrel: 400)
+            await self._answer(send, 400, *error_response(
+                400, "Malformed HTTP request: invalid Host header.", close=True))
+            return
+        if "#" in raw_path:             # a fragment is never part of a request target
+            await self._answer(send, 400, *error_response(
+                400, "Malformed HTTP request: '#' in the request target.", close=True))
+            return
         if raw_path.startswith(("http://", "https://")):  # absolute-form request target
             raw_path = "/" + raw_path.split("://", 1)[1].partition("/")[2]
         try:
@@ -665,6 +688,16 @@ def main(argv: list[str] | None = None) -> None:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass
+    host: FunctionsHost = server.config.app
+    host.executor.shutdown(wait=False, cancel_futures=True)
+    running = [t for t in threading.enumerate() if t.name.startswith("function")]
+    if running:
+        # A function still running after the grace period would hold the process open until
+        # it returns (the pool's threads are joined at exit), and a second Ctrl-C could not
+        # stop it: exit now, as stopping `func start` stops its worker.
+        log.warning("exiting with %d function(s) still running", len(running))
+        logging.shutdown()
+        os._exit(0)
 
 
 if __name__ == "__main__":
