@@ -197,9 +197,16 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
 
 def key_problem(key: str, where: str) -> str | None:
     """Why ``key`` is not accepted as a key (a log message naming ``where``, never the key), or
-    None: an unresolved Key Vault reference, or fewer than ``MIN_KEY_CHARS`` characters."""
+    None: an unresolved Key Vault reference, fewer than ``MIN_KEY_CHARS`` characters, or a
+    character that is not printable ASCII (HTTP clients send header values as bytes: httpx refuses
+    non-ASCII, others send UTF-8 or Latin-1, so such a key works for some clients only)."""
     if is_key_vault_reference(key):
         return _unresolved(where, key)
+    if not all(" " <= c <= "~" for c in key):
+        return (f"configuration error: {where} has a character that is not printable ASCII "
+                "(a control or a non-ASCII character) and is not accepted as a key: "
+                "HTTP clients cannot all send it; use a random key such as "
+                "python3 -c 'import secrets; print(secrets.token_hex(32))'")
     if len(key) < MIN_KEY_CHARS:
         return (f"configuration error: {where} is shorter than {MIN_KEY_CHARS} characters and is "
                 f"not accepted as a key; use a random key of at least {MIN_KEY_CHARS} characters "

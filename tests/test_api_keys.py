@@ -269,6 +269,22 @@ def test_keys_shorter_than_16_characters_are_no_keys(caplog):
     assert fifteen not in caplog.text and "s" * 15 not in caplog.text
 
 
+def test_keys_with_characters_clients_cannot_all_send_are_no_keys(caplog):
+    """httpx (the openai SDK) refuses non-ASCII header values; other clients send UTF-8 or
+    Latin-1 bytes, so such a key would work for some clients only."""
+    accented, spaced, good = "pässwort-0123456789abc", "pass\tword-0123456789abc", "p" * 20
+    with caplog.at_level(logging.INFO):
+        a = authn(f"{accented},{spaced},{good}")
+    for key in (accented, spaced, accented.encode().decode("latin-1")):
+        for headers in both_headers(key):
+            refused(a, headers)
+    assert a.check({"api-key": good}).id == fingerprint(good)
+    errors = config_errors(caplog)
+    assert len(errors) == 2 and all("not printable ASCII" in e for e in errors)
+    assert "entry 1" in errors[0] and "entry 2" in errors[1]
+    assert accented not in caplog.text and spaced not in caplog.text
+
+
 def test_only_short_keys_means_no_credentials():
     e = refused(authn("local-dev-key"), {"api-key": "local-dev-key"})
     assert "no credentials configured" in e.message
