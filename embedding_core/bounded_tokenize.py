@@ -203,8 +203,10 @@ def _finish(encode_batch, item: _Input, truncate: str, limits: Limits,
             f"{budget.read:,} characters and found {budget.tokens:,} tokens. Beyond the first "
             f"{budget.free:,} characters (twice EMBEDDINGS_MAX_INPUT_CHARS) a request may "
             f"have at most {limits.max_chars_per_token} characters per token "
-            f"(EMBEDDINGS_MAX_CHARS_PER_TOKEN). Remove long runs of whitespace, accents or "
-            f"characters without words.", target)
+            f"(EMBEDDINGS_MAX_CHARS_PER_TOKEN). Send fewer or shorter inputs per request, or "
+            f"remove long runs of whitespace, accents or characters without words (text in a "
+            f"script written without spaces, such as Thai or Khmer, gives this model few "
+            f"tokens: a run of over 100 characters is one [UNK]).", target)
     body = item.body()
     if len(body) <= limits.room:
         return body

@@ -192,3 +192,15 @@ def test_text_without_tokens_is_cls_sep_within_the_character_limits(text_backend
         text_backend.tokenize(["ok", " " * 65_537])
     assert e.value.status == 422 and e.value.target == "input[1]"
     assert "EMBEDDINGS_MAX_INPUT_CHARS" in e.value.message
+
+
+def test_a_request_of_text_without_spaces_is_told_to_send_fewer_inputs(text_backend):
+    """A script written without spaces (Khmer here) gives this model one [UNK] per run of over 100
+    characters: a request of many such paragraphs passes the per-request budget, and the 422
+    says what to do about it."""
+    paragraph = ("ព្រះរាជាណាចក្រកម្ពុជា" * 200)[:2880]   # 2,880 characters, no spaces
+    text_backend.tokenize([paragraph] * 10)                # a few are fine
+    with pytest.raises(ApiError) as e:
+        text_backend.tokenize([paragraph] * 60)
+    assert e.value.status == 422 and "fewer or shorter inputs per request" in e.value.message
+    assert "EMBEDDINGS_MAX_CHARS_PER_TOKEN" in e.value.message
