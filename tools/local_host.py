@@ -456,6 +456,17 @@ class FunctionsHost:
         self.limits = limits
         self.executor = executor or concurrent.futures.ThreadPoolExecutor(
             max_workers=limits.threads, thread_name_prefix="function")
+        self._lock = threading.Lock()
+        self.running = 0            # sync functions running on the executor now
+
+    def _run(self, fn: Any, req: Any) -> Any:
+        with self._lock:
+            self.running += 1
+        try:
+            return fn(req)
+        finally:
+            with self._lock:
+                self.running -= 1
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -561,7 +572,8 @@ class FunctionsHost:
             if inspect.iscoroutinefunction(fn):
                 res = await fn(req)
             else:
-                res = await asyncio.get_running_loop().run_in_executor(self.executor, fn, req)
+                res = await asyncio.get_running_loop().run_in_executor(self.executor, self._run,
+                                                                       fn, req)
             status, out_headers, out_body = response_parts(res)
         except Exception as exc:  # noqa: BLE001 - a 500, never a dropped connection
             name = getattr(fn, "__name__", "function")
@@ -690,12 +702,12 @@ def main(argv: list[str] | None = None) -> None:
         pass
     host: FunctionsHost = server.config.app
     host.executor.shutdown(wait=False, cancel_futures=True)
-    running = [t for t in threading.enumerate() if t.name.startswith("function")]
+    running = host.running
     if running:
         # A function still running after the grace period would hold the process open until
         # it returns (the pool's threads are joined at exit), and a second Ctrl-C could not
         # stop it: exit now, as stopping `func start` stops its worker.
-        log.warning("exiting with %d function(s) still running", len(running))
+        log.warning("exiting with %d function(s) still running", running)
         logging.shutdown()
         os._exit(0)
 
