@@ -793,9 +793,9 @@ print('flushed')
 """
 
 
-def test_azure_monitor_as_the_functions_worker_sets_it_up(tmp_path):
-    """The distro configured the way the worker configures it, exporting to a loopback
-    ingestion endpoint: what lands in which Application Insights table, and no secret."""
+def run_with_ingestion(code: str, env: dict[str, str], tmp_path) -> tuple[bytes, list[dict]]:
+    """Run ``code`` in a child whose Azure Monitor distro exports to a loopback ingestion
+    endpoint: what it sent (raw), and the telemetry items in it."""
     def answer(path, body):
         if "track" not in path:
             return b""
@@ -803,19 +803,16 @@ def test_azure_monitor_as_the_functions_worker_sets_it_up(tmp_path):
         return json.dumps({"itemsReceived": n, "itemsAccepted": n, "errors": []}).encode()
 
     with collector(answer=answer) as ingestion:
-        run_python(AZURE_CHILD, {
+        run_python(code, {
             "APPLICATIONINSIGHTS_CONNECTION_STRING":
                 "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
                 f"IngestionEndpoint={ingestion.url}/;LiveEndpoint={ingestion.url}/",
             "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",   # no call home
             "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
             "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "otel",          # no instance metadata calls
-            "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME": "embedding_core",
-            "FUNCTIONS_WORKER_RUNTIME": "python",
-            # The distro's default samples at most 5 spans a second; keep all three here.
+            # The distro's default samples at most 5 spans a second (and may drop a lone one).
             "OTEL_TRACES_SAMPLER": "microsoft.fixed_percentage", "OTEL_TRACES_SAMPLER_ARG": "1.0",
-            "TMPDIR": str(tmp_path),
-            "EMBEDDINGS_API_KEYS": KEY_A, "CANARY_TEXT": TEXT, "TP": TRACEPARENT})
+            "TMPDIR": str(tmp_path), **env})
         raw = ingestion.text("/v2.1/track")
     items = []
     for line in raw.splitlines():
@@ -823,6 +820,16 @@ def test_azure_monitor_as_the_functions_worker_sets_it_up(tmp_path):
         if line:
             parsed = json.loads(line)
             items += parsed if isinstance(parsed, list) else [parsed]
+    return raw, items
+
+
+def test_azure_monitor_as_the_functions_worker_sets_it_up(tmp_path):
+    """The distro configured the way the worker configures it, exporting to a loopback
+    ingestion endpoint: what lands in which Application Insights table, and no secret."""
+    raw, items = run_with_ingestion(AZURE_CHILD, {
+        "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME": "embedding_core",
+        "FUNCTIONS_WORKER_RUNTIME": "python",
+        "EMBEDDINGS_API_KEYS": KEY_A, "CANARY_TEXT": TEXT, "TP": TRACEPARENT}, tmp_path)
     for needle in (TEXT, KEY_A, "quokka"):
         assert needle.encode() not in raw
 
@@ -900,35 +907,13 @@ print('flushed')
 def test_azure_mode_exports_sanitised_logs_from_its_first_record(tmp_path):
     """``EMBEDDINGS_TELEMETRY=azure`` (or ``auto`` with a connection string) outside the
     Functions worker, exporting to a loopback ingestion endpoint."""
-    def answer(path, body):
-        if "track" not in path:
-            return b""
-        n = len(json.loads(body)) if body.startswith(b"[") else len(body.splitlines())
-        return json.dumps({"itemsReceived": n, "itemsAccepted": n, "errors": []}).encode()
-
-    with collector(answer=answer) as ingestion:
-        run_python(AZURE_MODE_CHILD, {
-            "EMBEDDINGS_TELEMETRY": "azure",
-            # The distro's default rate-limited sampler may drop the one span; keep it.
-            "OTEL_TRACES_SAMPLER": "microsoft.fixed_percentage", "OTEL_TRACES_SAMPLER_ARG": "1.0",
-            "APPLICATIONINSIGHTS_CONNECTION_STRING":
-                "InstrumentationKey=00000000-0000-0000-0000-000000000000;"
-                f"IngestionEndpoint={ingestion.url}/;LiveEndpoint={ingestion.url}/",
-            "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
-            "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
-            "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "otel",
-            "TMPDIR": str(tmp_path),
-            "EMBEDDINGS_API_KEYS": KEY_A, "CANARY_TEXT": TEXT})
-        raw = ingestion.text("/v2.1/track")
+    raw, items = run_with_ingestion(AZURE_MODE_CHILD, {
+        "EMBEDDINGS_TELEMETRY": "azure", "EMBEDDINGS_API_KEYS": KEY_A, "CANARY_TEXT": TEXT},
+        tmp_path)
     for needle in (TEXT, KEY_A, "quokka"):
         assert needle.encode() not in raw
-    messages = [item["data"]["baseData"].get("message") for line in raw.splitlines()
-                if line.strip() for item in _items(json.loads(line))
+    messages = [item["data"]["baseData"].get("message") for item in items
                 if item["name"] == "Microsoft.ApplicationInsights.Message"]
     assert "after setup: %s" in messages          # the template, without its argument
     assert "info is not exported: %s" not in messages
     assert b"POST /embeddings" in raw              # the request's span was exported too
-
-
-def _items(parsed):
-    return parsed if isinstance(parsed, list) else [parsed]
