@@ -114,10 +114,12 @@ def _is_int(x: Any) -> bool:
 
 
 def _got(x: Any) -> str:
-    """What a bad value was, bounded: "an array", or its type and (clipped) value."""
-    if isinstance(x, (list, dict)):
-        return errors.describe(x)
-    return f"{_type_name(x)} {errors.clip(x)}"
+    """What a bad value was, bounded: "null", "an array", "a very large integer", or its type
+    and its value as JSON (a string quoted and clipped)."""
+    text = errors.clip(errors.describe(x))
+    if x is None or text.startswith(("a ", "an ")):
+        return text
+    return f"{_type_name(x)} {text}"
 
 
 def _type_name(x: Any) -> str:

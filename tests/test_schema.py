@@ -68,3 +68,14 @@ def test_error_messages_do_not_echo_unbounded_client_text():
     with pytest.raises(ApiError) as e:
         schema.check_api_version({"api-version": "x" * 10_000 + "\x00"})
     assert len(e.value.message) < 300 and "\x00" not in e.value.message
+
+
+@pytest.mark.parametrize("value, shown", [
+    (None, "(got null)"), ("abc", '(got string "abc")'), (1.5, "(got number 1.5)"),
+    (True, "(got boolean true)"), (-3, "(got integer -3)"), ({"a": 1}, "(got an object)"),
+    (10**40, "(got a very large integer)")])
+def test_bad_values_are_named_as_json(value, shown):
+    with pytest.raises(ApiError) as e:
+        parse({"input": [[101, value]]})
+    assert e.value.status == 422 and e.value.target == "input[0][1]"
+    assert e.value.message.endswith(shown + "."), e.value.message
