@@ -194,8 +194,12 @@ def _image_inputs(value: Any, max_items: int) -> list[ImageInput]:
                                     "(data:image/<format>;base64,<data>).", f"input[{i}].image")
         text = item.get("text")
         if text is not None and (not isinstance(text, str) or not text.strip()):
-            raise errors.validation("'text' must be a non-empty string when given.",
-                                    f"input[{i}].text")
+            # Unlike a text input, blank text here would pull the image's vector towards the
+            # vector of no words: refused, with what to do instead.
+            raise errors.validation(
+                "'text' must be a string with words in it when given (got "
+                f"{'blank text' if isinstance(text, str) else _got(text)}); omit 'text' to "
+                "embed the image alone.", f"input[{i}].text")
         out.append(ImageInput(image, text))
     return out
 

@@ -49,6 +49,11 @@ def test_image_inputs():
         with pytest.raises(ApiError) as e:
             parse({"input": bad}, modality="image")
         assert e.value.status == 422 and e.value.target == target, bad
+    for text, shown in [(" \n", "blank text"), (3, "integer 3"), ("", "blank text")]:
+        with pytest.raises(ApiError) as e:
+            parse({"input": [{"image": "d", "text": text}]}, modality="image")
+        assert e.value.target == "input[0].text" and f"(got {shown}); omit 'text'" in \
+            e.value.message, e.value.message
 
 
 @pytest.mark.parametrize("value", ["application/json", "application/json; charset=utf-8",
