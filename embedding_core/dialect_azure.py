@@ -34,9 +34,10 @@ def parse_embeddings(req: ApiRequest, modality: str, settings: Settings) -> sche
 
 
 def parse_info(req: ApiRequest) -> tuple[str | None, str | None]:
-    """``/info``: the deployment named by ``?model=`` and/or ``azureml-model-deployment``."""
+    """``/info``: the deployment named by ``?model=`` and/or ``azureml-model-deployment``
+    (either one checked and trimmed as in a request body)."""
     schema.check_api_version(req.query)
-    return req.query.get("model"), schema.model_deployment_header(req.headers)
+    return schema.model_field(req.query.get("model")), schema.model_deployment_header(req.headers)
 
 
 def render_embeddings(result: EmbeddingsResult, request_id: str) -> dict[str, Any]:

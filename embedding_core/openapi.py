@@ -507,9 +507,9 @@ class _Builder:
                            "modality), else the default text deployment.",
             "parameters": self._azure_params(
                 {"name": "model", "in": "query", "required": False,
-                 "description": "A deployment name or alias: "
-                                + _names(self.registry.deployments),
-                 "schema": {"type": "string"}},
+                 "description": "A deployment name or alias (surrounding spaces ignored; "
+                                "blank is a 422): " + _names(self.registry.deployments),
+                 "schema": {"type": "string", "minLength": 1}},
                 _ref("parameters", "ModelDeployment")),
             "responses": {"200": self.ok("The model.", "ModelInfo"),
                           **self.errors("azure", _AZURE_INFO)}}

@@ -239,6 +239,16 @@ def test_info_for_both_image_deployments(service, name, provider):
         assert body["model_provider_name"].startswith(provider)
 
 
+def test_info_model_query_is_checked_and_trimmed_as_the_body_field(service):
+    res = get(service, "/info", {"model": f"  {CONSE} "})
+    assert res.status == 200 and res.json()["model_name"] == CONSE
+    for blank in ("", "  "):
+        res = get(service, "/info", {"model": blank})
+        err = res.json()["error"]
+        assert res.status == 422 and err["target"] == "model", err
+        assert "non-empty" in err["message"]
+
+
 def test_health_lists_both_image_deployments():
     fresh = make_service()
     deps = {d["name"]: d for d in get(fresh, "/health").json()["deployments"]}
