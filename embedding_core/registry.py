@@ -312,6 +312,7 @@ class Registry:
         """The deployment a request addresses: the ``model`` field and/or a name given outside
         the body (the ``azureml-model-deployment`` header, or a URL path segment)."""
         chosen: Deployment | None = None
+        chosen_by = "model"
         for value, target in ((model, "model"), (header, header_name)):
             if value is None:
                 continue
@@ -324,14 +325,17 @@ class Registry:
                 raise errors.validation(
                     f"'model' ({errors.clip(model)}) and '{header_name}' "
                     f"({errors.clip(header)}) name different deployments.", target="model")
-            chosen = dep
+            if chosen is None:
+                chosen, chosen_by = dep, target
         if chosen is None:
             chosen = self.default_for(modality)
             if chosen is None:
                 raise errors.ApiError(404, "ModelNotFound",
                                       f"No {modality} deployment is configured.")
         if chosen.modality != modality:
-            raise errors.modality_not_supported(chosen.name, route, chosen.modality)
+            err = errors.modality_not_supported(chosen.name, route, chosen.modality)
+            err.target = chosen_by      # the field, header or path segment that named it
+            raise err
         return chosen
 
     # -- loading --------------------------------------------------------------------------------

@@ -94,6 +94,7 @@ CASES = [
     ("deep unknown field (pass-through)", "/embeddings" + Q, b'{"input": ["a"], "x": ' + b"[" * 300 + b"]" * 300 + b"}", {**AUTH, "extra-parameters": "pass-through"}, 422, "UnsupportedParameter", "x"),
     ("deep image item", "/images/embeddings" + Q, b'{"input": [{"image": ' + b"[" * 300 + b"]" * 300 + b"}]}", AUTH, 422, "InvalidParameter", "input[0].image"),
     ("image route on text model", "/images/embeddings" + Q, {"input": [{"image": "data:image/png;base64,AAAA"}], "model": "all-MiniLM-L6-v2"}, AUTH, 404, "ModalityNotSupported", "model"),
+    ("image route, text model by header", "/images/embeddings" + Q, {"input": [{"image": "data:image/png;base64,AAAA"}]}, {**AUTH, "azureml-model-deployment": "all-MiniLM-L6-v2"}, 404, "ModalityNotSupported", "azureml-model-deployment"),
 ]
 
 
