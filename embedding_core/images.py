@@ -76,6 +76,9 @@ _SIGNATURES = (
 )
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]{0,31}):")
 _NOT_B64 = re.compile(r"[^A-Za-z0-9+/=]")
+_STANDARD_ONLY = re.compile(r"[+/]")
+_WHITESPACE = re.compile(r"[\t\n\f\r ]")          # ASCII whitespace (WHATWG)
+_DROP_WHITESPACE = str.maketrans("", "", "\t\n\f\r ")
 
 # EXIF Orientation -> the transpose that makes the picture upright (as ImageOps.exif_transpose).
 _ORIENTATION = {
@@ -134,6 +137,10 @@ def parse_data_url(url: str, *, max_bytes: int, target: str) -> DataUrl:
         raise errors.validation(
             f"The data URL must be base64-encoded ({DATA_URL_HINT}).", target)
     payload = url[comma + 1:]
+    if _WHITESPACE.search(payload):
+        # As browsers decode data URLs (WHATWG "forgiving-base64 decode"): ASCII whitespace is
+        # removed first, so base64 wrapped at 76 columns (`base64`, MIME encoders) is accepted.
+        payload = payload.translate(_DROP_WHITESPACE)
     if not payload:
         raise errors.validation("The data URL holds no image data.", target)
     # Size first, from the base64 length (exact for valid base64), so a huge payload is refused
@@ -150,6 +157,9 @@ def parse_data_url(url: str, *, max_bytes: int, target: str) -> DataUrl:
         bad = _NOT_B64.search(payload)
         where = (f" (unexpected character at position {bad.start()} of the data)"
                  if bad else " (wrong length or padding)")
+        if bad and bad.group() in "-_" and not _STANDARD_ONLY.search(payload):
+            where += ("; it looks like URL-safe base64 ('-' and '_'): send standard base64 "
+                      "('+' and '/', RFC 4648 section 4)")
         raise errors.validation("The image data is not valid base64" + where + ".",
                                 target) from None
     if len(data) > max_bytes:

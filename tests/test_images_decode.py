@@ -79,9 +79,27 @@ def test_bad_data_urls(url, fragment):
     assert fragment in fails(parse, url).message
 
 
-@pytest.mark.parametrize("payload", ["@@@@", "aGVsbG8=!", "aGVs bG8=", "a"])
+@pytest.mark.parametrize("payload", ["@@@@", "aGVsbG8=!", "aGVs\vbG8=", "a", "aGVs\u00a0bG8="])
 def test_invalid_base64(payload):
     assert "base64" in fails(parse, "data:image/png;base64," + payload).message
+
+
+def test_base64_wrapped_in_lines_is_accepted_as_browsers_do():
+    data = bytes(range(256)) * 3
+    wrapped = base64.encodebytes(data).decode()           # 76 columns, "\n" line ends
+    assert "\n" in wrapped
+    assert parse("data:image/png;base64," + wrapped).data == data
+    crlf = " " + wrapped.replace("\n", "\r\n\t") + "\f"
+    assert parse("data:image/png;base64," + crlf).data == data
+    assert "no image data" in fails(parse, "data:image/png;base64, \n ").message
+
+
+def test_url_safe_base64_is_refused_with_a_hint():
+    data = bytes([0xfb, 0xff, 0xbf]) * 4                  # standard base64 "+/+/..."; url-safe "-_-_"
+    msg = fails(parse, "data:image/png;base64," + base64.urlsafe_b64encode(data).decode()).message
+    assert "URL-safe base64" in msg and "'+' and '/'" in msg
+    mixed = base64.b64encode(data).decode() + "-A=="
+    assert "URL-safe" not in fails(parse, "data:image/png;base64," + mixed).message
 
 
 def test_data_url_accepts_aliases_params_and_missing_padding():
