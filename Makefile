@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 # A fixed key for local development only; set your own for anything else.
 EMBEDDINGS_API_KEYS ?= local-dev-key-0000
 
-.PHONY: install serve test test-fast clients-venv fuzz checkov bench bench-smoke tools-venv calibrate reference clean
+.PHONY: install serve test test-fast clients-venv js-clients fuzz checkov bench bench-smoke tools-venv calibrate reference clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,17 @@ $(CLIENTS_VENV)/.installed: requirements-clients.txt requirements-clients.lock
 
 clients-venv: $(CLIENTS_VENV)/.installed
 
-test: install clients-venv
+# The JavaScript clients of the README's Node.js snippets (tests/test_snippets.py runs them where
+# Node.js 20+ is installed; without npm they are skipped). Pinned by package-lock.json.
+JS_CLIENTS := tests/clients/js/node_modules/.installed
+$(JS_CLIENTS): tests/clients/js/package.json tests/clients/js/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix tests/clients/js --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the JavaScript snippet tests will be skipped"; fi
+
+js-clients: $(JS_CLIENTS)
+
+test: install clients-venv js-clients
 	$(VENV)/bin/python -m pytest -q
 	EMBEDDINGS_SERVER_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CLIENTS_VENV)/bin/python -m pytest -q tests/clients
 
@@ -69,4 +79,4 @@ bench-smoke: install
 	bash bench/run.sh --smoke
 
 clean:
-	rm -rf $(VENV) $(CLIENTS_VENV) .venv-tools .venv-checkov .pytest_cache
+	rm -rf $(VENV) $(CLIENTS_VENV) .venv-tools .venv-checkov .pytest_cache tests/clients/js/node_modules

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import shutil
 import socket
+import subprocess
 import traceback
 import urllib.request
 from contextlib import contextmanager
@@ -91,7 +94,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 @dataclass(frozen=True)
 class Snippet:
     file: str          # under docs/snippets/
-    suite: str         # "main" (.venv) or "clients" (.venv-clients) runs it
+    suite: str         # "main" (.venv), "clients" (.venv-clients) or "node" (JS_DIR) runs it
     encoding: str = "float"   # what its `vectors` hold
 
 
@@ -107,10 +110,15 @@ SNIPPETS = {s.file: s for s in (
     Snippet("llama_index_openai.py", "clients"),
     Snippet("semantic_kernel_embeddings.py", "clients"),
     Snippet("litellm_embedding.py", "clients"),
+    Snippet("openai_node.mjs", "node"),
+    Snippet("azure_rest_ai_inference.mjs", "node"),
+    Snippet("langchain_openai_node.mjs", "node"),
 )}
+SNIPPET_SUFFIXES = ("*.py", "*.mjs")
+JS_DIR = ROOT / "tests" / "clients" / "js"      # package.json + lock of the JavaScript clients
 
 _README_BLOCK = re.compile(
-    r"<!-- snippet: docs/snippets/(?P<file>[\w.-]+) -->\n```python\n(?P<code>.*?)```\n", re.S)
+    r"<!-- snippet: docs/snippets/(?P<file>[\w.-]+) -->\n```(?:python|js)\n(?P<code>.*?)```\n", re.S)
 
 
 def readme_snippets() -> dict[str, str]:
@@ -125,14 +133,48 @@ def snippet_source(file: str) -> str:
     return (SNIPPETS_DIR / file).read_text(encoding="utf-8")
 
 
-def run_snippet(file: str, url: str, key: str) -> dict[str, Any]:
-    """Execute a snippet's exact text with only the endpoint and key replaced; its namespace."""
+def snippet_code(file: str, url: str, key: str) -> str:
+    """A snippet's exact text with only the endpoint and key replaced."""
     code = snippet_source(file)
     assert SNIPPET_ENDPOINT in code and SNIPPET_KEY in code, file
-    code = code.replace(SNIPPET_ENDPOINT, url).replace(SNIPPET_KEY, key)
+    return code.replace(SNIPPET_ENDPOINT, url).replace(SNIPPET_KEY, key)
+
+
+def run_snippet(file: str, url: str, key: str) -> dict[str, Any]:
+    """Execute a Python snippet (endpoint and key replaced); its namespace."""
     namespace: dict[str, Any] = {"__name__": "snippet"}
-    exec(compile(code, str(SNIPPETS_DIR / file), "exec"), namespace)  # noqa: S102 - our own file
+    exec(compile(snippet_code(file, url, key), str(SNIPPETS_DIR / file), "exec"),  # noqa: S102
+         namespace)
     return namespace
+
+
+def node_missing() -> str | None:
+    """Why the JavaScript snippets cannot run here, or None (`make test` installs JS_DIR's
+    packages with npm where npm exists; .ci/run installs Node.js where it is missing)."""
+    if shutil.which("node") is None:
+        return "Node.js is not installed"
+    version = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=30)
+    major = re.match(r"v(\d+)\.", version.stdout)
+    if major is None or int(major.group(1)) < 20:
+        return f"Node.js 20 or later is needed (found {version.stdout.strip() or 'none'})"
+    if not (JS_DIR / "node_modules").is_dir():
+        return f"the JavaScript clients are not installed (npm ci --prefix {JS_DIR})"
+    return None
+
+
+def run_node_snippet(file: str, url: str, key: str, timeout: float = 60) -> dict[str, Any]:
+    """Run a JavaScript snippet (endpoint and key replaced) with Node.js in JS_DIR, every
+    connection off loopback refused (loopback_only.mjs); ``{"vectors": ...}`` as it printed
+    them."""
+    code = snippet_code(file, url, key) + "\nprocess.stdout.write(JSON.stringify(vectors));\n"
+    env = {k: v for k, v in os.environ.items()
+           if k in ("PATH", "HOME", "LANG", "TMPDIR", "SYSTEMROOT")}
+    proc = subprocess.run(["node", "--import", "./loopback_only.mjs", "--input-type=module"],
+                          input=code, cwd=JS_DIR, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{file} failed:\n{proc.stderr[-3000:]}"
+    assert "loopback_only: refused" not in proc.stderr, proc.stderr
+    return {"vectors": json.loads(proc.stdout)}
 
 
 def check_snippet_vectors(file: str, namespace: dict[str, Any], url: str, key: str) -> None:

@@ -10,12 +10,14 @@ import os
 import httpx2
 import pytest
 
-from clientkit import (SNIPPET_ENDPOINT, SNIPPET_KEY, SNIPPETS, SNIPPETS_DIR, check_snippet_vectors,
-                       loopback_only, readme_snippets, run_snippet, snippet_source)
+from clientkit import (SNIPPET_ENDPOINT, SNIPPET_KEY, SNIPPET_SUFFIXES, SNIPPETS, SNIPPETS_DIR,
+                       check_snippet_vectors, loopback_only, node_missing, readme_snippets,
+                       run_node_snippet, run_snippet, snippet_source)
 from conftest import KEY, ROOT
 from function_host import NEEDS_TEMPLATES, FunctionTransport
 
 MAIN = sorted(f for f, s in SNIPPETS.items() if s.suite == "main")
+NODE = sorted(f for f, s in SNIPPETS.items() if s.suite == "node")
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +36,7 @@ def test_snippets_use_the_key_and_address_make_serve_prints():
 
 
 def test_the_readme_shows_exactly_the_snippet_files():
-    files = sorted(p.name for p in SNIPPETS_DIR.glob("*.py"))
+    files = sorted(p.name for suffix in SNIPPET_SUFFIXES for p in SNIPPETS_DIR.glob(suffix))
     assert files == sorted(SNIPPETS), "every snippet file is declared in tests/clientkit.py"
     assert readme_snippets() == {f: snippet_source(f) for f in files}
 
@@ -43,6 +45,15 @@ def test_the_readme_shows_exactly_the_snippet_files():
 def test_snippet_runs_against_the_local_host(live_server, file):
     namespace = run_snippet(file, live_server.url, KEY)
     check_snippet_vectors(file, namespace, live_server.url, KEY)
+
+
+@pytest.mark.parametrize("file", NODE)
+def test_javascript_snippet_runs_against_the_local_host(live_server, file):
+    why = node_missing()
+    if why:
+        pytest.skip(why)
+    check_snippet_vectors(file, run_node_snippet(file, live_server.url, KEY), live_server.url,
+                          KEY)
 
 
 def test_azure_openai_snippet_at_the_function_level(live_server, monkeypatch):
