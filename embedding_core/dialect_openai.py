@@ -48,8 +48,12 @@ def parse_embeddings(req: ApiRequest, settings: Settings,
         raise errors.validation("'input' is required.", "input")
     inputs = schema.text_inputs(doc["input"], settings.max_inputs,
                                 max_token_id=openai_tokens.SIZE, lone_empty_string=True)
-    texts = openai_tokens.decode_inputs(inputs, settings.max_text_body_bytes,
-                                        "EMBEDDINGS_MAX_BODY_BYTES")
+    lone = schema.is_lone_input(doc["input"])
+    try:
+        texts = openai_tokens.decode_inputs(inputs, settings.max_text_body_bytes,
+                                            "EMBEDDINGS_MAX_BODY_BYTES")
+    except errors.ApiError as err:
+        raise schema.relocate_lone(err) if lone else err from None
     model = schema.model_field(doc.get("model"))
     return schema.EmbeddingsRequest(
         inputs=texts, modality="text",
@@ -62,7 +66,8 @@ def parse_embeddings(req: ApiRequest, settings: Settings,
         deployment=deployment, deployment_source="deployment",
         # OpenAI's request has no truncation field: the server's setting decides (as TEI's
         # --auto-truncate), and is the Azure route's default ("NONE": refuse) unless set.
-        extras={} if settings.openai_truncate == "NONE" else {"truncate": settings.openai_truncate})
+        extras={} if settings.openai_truncate == "NONE" else {"truncate": settings.openai_truncate},
+        lone=lone)
 
 
 def render_embeddings(result: EmbeddingsResult, request_id: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from . import errors
 from .encodings import CALIBRATED, PACKED, encode, resize
 from .inference_queue import InferenceQueue, check_request_cost
 from .registry import Deployment, Registry
+from . import schema
 from .schema import EmbeddingsRequest
 from .settings import Settings
 
@@ -93,7 +94,11 @@ class Pipeline:
         extras = backend.check_extras(request.extras)
         # A full queue refuses before any tokenising or decoding is paid for.
         self.queue.precheck(least_cost(request))
-        prepared = backend.prepare(request.inputs, input_type=request.input_type, extras=extras)
+        try:
+            prepared = backend.prepare(request.inputs, input_type=request.input_type,
+                                       extras=extras)
+        except errors.ApiError as err:
+            raise schema.relocate_lone(err) if request.lone else err from None
         trace.inputs = prepared.inputs
         check_request_cost(prepared, s.max_request_tokens)
         left = s.request_timeout_s - (time.perf_counter() - trace.started)

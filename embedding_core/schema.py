@@ -42,6 +42,9 @@ class EmbeddingsRequest:
     deployment: str | None = None      # a deployment named outside the body (header or URL path)
     deployment_source: str = "azureml-model-deployment"
     extras: dict[str, Any] = field(default_factory=dict)
+    # `input` was one string or one token-id array, not an array of them: an error about it
+    # targets `input` (`input[3]` for its 4th id), not the `input[0]` of the list it became.
+    lone: bool = False
 
 
 # -- headers and query ----------------------------------------------------------------------------
@@ -127,20 +130,41 @@ def _type_name(x: Any) -> str:
             float: "number", type(None): "null"}.get(type(x), type(x).__name__)
 
 
+def is_lone_input(value: Any) -> bool:
+    """Whether a text ``input`` is one string or one token-id array (an array whose first item
+    is a number), which the service embeds as a list of one."""
+    return isinstance(value, str) or (
+        isinstance(value, list) and bool(value) and isinstance(value[0], (int, float))
+        and not isinstance(value[0], bool))
+
+
+def relocate_lone(err: errors.ApiError) -> errors.ApiError:
+    """An error about item 0 of a lone input, retargeted at the request's own JSON path:
+    ``input[0]`` → ``input``, ``input[0][3]`` → ``input[3]``."""
+    if err.target == "input[0]" or (err.target or "").startswith("input[0]["):
+        err.target = "input" + err.target[len("input[0]"):]
+    return err
+
+
 def text_inputs(value: Any, max_items: int, max_token_id: int = MAX_TOKEN_ID, *,
                 lone_empty_string: bool = False) -> list[str | list[int]]:
     """A string, an array of strings, an array of token ids, or an array of token-id arrays.
 
     An empty string is refused, except as the whole ``input`` with ``lone_empty_string`` (OpenAI
     embeds ``"input": ""`` and refuses ``""`` in an array). Text that is only whitespace is
-    embedded, as sentence-transformers and OpenAI do (``[CLS] [SEP]``)."""
-    if isinstance(value, str):
-        if not value and lone_empty_string:
-            return [value]
-        value = [value]
-    elif isinstance(value, list) and value and not isinstance(value[0], (str, list)) and \
-            all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value[:1]):
-        value = [value]  # one token-id array (its elements are checked below)
+    embedded, as sentence-transformers and OpenAI do (``[CLS] [SEP]``). Errors target the
+    request's JSON paths (:func:`relocate_lone`)."""
+    if not is_lone_input(value):
+        return _text_items(value, max_items, max_token_id)
+    if isinstance(value, str) and not value and lone_empty_string:
+        return [value]
+    try:
+        return _text_items([value], max_items, max_token_id)   # its ids are checked there
+    except errors.ApiError as err:
+        raise relocate_lone(err) from None
+
+
+def _text_items(value: Any, max_items: int, max_token_id: int) -> list[str | list[int]]:
     if not isinstance(value, list):
         raise errors.validation(
             f"'input' must be a string or an array of strings (got {_type_name(value)}).", "input")
@@ -226,7 +250,8 @@ def parse_request(doc: dict[str, Any], *, modality: str, extra_mode: str,
 
     return EmbeddingsRequest(modality=modality, inputs=inputs, dimensions=dimensions,
                              encoding_format=encoding, input_type=input_type,
-                             model=model_field(doc.get("model")), extras=extras)
+                             model=model_field(doc.get("model")), extras=extras,
+                             lone=modality == "text" and is_lone_input(doc["input"]))
 
 
 def dimensions_field(dimensions: Any) -> int | None:

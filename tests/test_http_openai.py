@@ -326,7 +326,8 @@ def test_the_azure_route_keeps_reading_token_ids_as_wordpiece_ids(live_server, r
     ([[15339, None]], "input[0][1]"),
     ([[15339, [1917]]], "input[0][1]"),
     (["fine", [15339, -5]], "input[1][1]"),
-    ([15339, -1], "input[0][1]"),           # one flat array is one input
+    ([15339, -1], "input[1]"),              # one flat array: the path in the request
+    ([15339, 100256, 1917], "input[1]"),
     ([[]], "input[0]"),
 ])
 def test_invalid_token_ids_are_openai_400s_naming_the_json_path(live_server, inputs, param):
