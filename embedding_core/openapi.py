@@ -574,7 +574,8 @@ class _Builder:
                 {"name": "model", "in": "path", "required": True,
                  "description": "A text deployment name or alias (case-insensitive): "
                                 + _names(self.text) + ". The answer's `id` is the deployment's "
-                                "name.",
+                                "name. A '/' in an alias is sent percent-encoded (%2F), as the "
+                                "openai SDK does.",
                  "schema": {"type": "string", "pattern": "^[^/]+$"}},
                 _ref("parameters", "ClientRequestId")],
             "responses": {"200": self.ok("The deployment.", "Model"),

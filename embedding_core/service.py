@@ -181,6 +181,10 @@ class EmbeddingService:
     def openai_model(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
         """OpenAI's ``GET /v1/models/{model}``: a text deployment, by name or alias."""
         name = req.route_params.get("model") or _segments(req.path)[2]
+        # A route value keeps an encoded '/' (%2F) encoded, the one escape the host does not
+        # decode; the openai SDK sends models.retrieve("sentence-transformers/all-MiniLM-L6-v2")
+        # so. (An unencoded '/' makes more segments than the route has: the catch-all's 404.)
+        name = re.sub("%2[fF]", "/", name)
         dep = self.registry.find(name)
         if dep is None or dep.modality != "text":
             raise errors.model_not_found(

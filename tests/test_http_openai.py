@@ -145,7 +145,8 @@ def test_a_model_is_retrieved_by_name_or_alias(client, live_server):
     """The openai SDK's ``models.retrieve``: a text deployment by name or alias; the id is the
     deployment's name. Image deployments and unknown names are 404 ``model_not_found``."""
     listed = {m.id: m for m in client.models.list().data}
-    for name in ("all-MiniLM-L6-v2-exact", "ALL-MINILM-L6-V2", "text-embedding-ada-002"):
+    for name in ("all-MiniLM-L6-v2-exact", "ALL-MINILM-L6-V2", "text-embedding-ada-002",
+                 "sentence-transformers/all-MiniLM-L6-v2"):   # the SDK sends the '/' as %2F
         m = client.models.retrieve(name)
         want = "all-MiniLM-L6-v2-exact" if name.endswith("exact") else DEFAULT
         assert m.id == want and m.object == "model" and m == listed[want]
