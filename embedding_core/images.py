@@ -40,6 +40,7 @@ import io
 import math
 import re
 import threading
+import urllib.parse
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -78,6 +79,7 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]{0,31}):")
 _NOT_B64 = re.compile(r"[^A-Za-z0-9+/=]")
 _STANDARD_ONLY = re.compile(r"[+/]")
 _WHITESPACE = re.compile(r"[\t\n\f\r ]")          # ASCII whitespace (WHATWG)
+_C0_OR_SPACE = "".join(map(chr, range(0x21)))   # stripped from both ends of a URL (WHATWG)
 _DROP_WHITESPACE = str.maketrans("", "", "\t\n\f\r ")
 
 # EXIF Orientation -> the transpose that makes the picture upright (as ImageOps.exif_transpose).
@@ -101,7 +103,10 @@ def _target(index: int) -> str:
 # -- 1. data URL ---------------------------------------------------------------------------------
 
 def parse_data_url(url: str, *, max_bytes: int, target: str) -> DataUrl:
-    """Split a ``data:image/<format>;base64,<data>`` URL and decode its payload."""
+    """Split a ``data:image/<format>;base64,<data>`` URL and decode its payload, as browsers
+    do (WHATWG URL and Fetch): leading and trailing C0 controls and spaces are ignored, and the
+    payload is percent-decoded, then base64-decoded with ASCII whitespace removed."""
+    url = url.strip(_C0_OR_SPACE)
     comma = url.find(",", 0, 512)
     header = url[:comma] if comma >= 0 else url[:512]
     scheme = _SCHEME.match(header)
@@ -137,6 +142,8 @@ def parse_data_url(url: str, *, max_bytes: int, target: str) -> DataUrl:
         raise errors.validation(
             f"The data URL must be base64-encoded ({DATA_URL_HINT}).", target)
     payload = url[comma + 1:]
+    if "%" in payload:     # never in base64: %2B, %2F, %3D from a URL-encoded data URL
+        payload = urllib.parse.unquote(payload, errors="replace")
     if _WHITESPACE.search(payload):
         # As browsers decode data URLs (WHATWG "forgiving-base64 decode"): ASCII whitespace is
         # removed first, so base64 wrapped at 76 columns (`base64`, MIME encoders) is accepted.

@@ -94,6 +94,17 @@ def test_base64_wrapped_in_lines_is_accepted_as_browsers_do():
     assert "no image data" in fails(parse, "data:image/png;base64, \n ").message
 
 
+def test_data_url_with_surrounding_whitespace_or_percent_encoding_is_read_as_browsers_do():
+    data = bytes([0xfb, 0xff, 0xbf, 0x00]) * 4            # base64 with '+', '/' and '='
+    b64 = base64.b64encode(data).decode()
+    assert "+" in b64 and "/" in b64 and b64.endswith("=")
+    for url in ("\n data:image/png;base64," + b64 + " \r\n", "\x00data:image/png;base64," + b64,
+                "data:image/png;base64," + b64.replace("+", "%2B").replace("/", "%2f")
+                .replace("=", "%3D")):
+        assert parse(url).data == data, repr(url[:30])
+    assert "not valid base64" in fails(parse, "data:image/png;base64,aGVs%ZZbG8=").message
+
+
 def test_url_safe_base64_is_refused_with_a_hint():
     data = bytes([0xfb, 0xff, 0xbf]) * 4                  # standard base64 "+/+/..."; url-safe "-_-_"
     msg = fails(parse, "data:image/png;base64," + base64.urlsafe_b64encode(data).decode()).message
