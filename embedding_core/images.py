@@ -672,6 +672,11 @@ def decode_image(data: bytes, declared: str, *, max_pixels: int, target: str,
                                                     max_decode_bytes))
     im = load_first_frame(im, target=target, draft_to=RESIZE_TO if draft else None,
                           before_load=check)
+    if im.format == "BMP" and im.mode == "RGBA" and im.getextrema()[3] == (0, 0):
+        # A 32-bit BMP whose alpha bytes are all 0: written by tools that store BGRA but never
+        # fill the alpha (Windows DIBv5 exports). Browsers show it opaque; composited on white it
+        # would be a blank picture. Filled in place, no copy.
+        im.putalpha(255)
     return im, exif_orientation(im)
 
 

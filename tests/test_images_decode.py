@@ -195,6 +195,34 @@ def test_alpha_is_composited_on_white():
     assert np.asarray(images.to_rgb(la))[0, 0].tolist() == [127, 127, 127]
 
 
+def bmp_32bit(bgra: np.ndarray) -> bytes:
+    """A bottom-up 32-bit BMP with a BITMAPV5HEADER and an alpha mask (BI_BITFIELDS), as
+    Windows writes them; ``bgra``: uint8 [height, width, 4]."""
+    import struct
+    height, width = bgra.shape[:2]
+    pixels = bgra[::-1].tobytes()
+    dib = struct.pack("<IiiHHIIiiII", 124, width, height, 1, 32, 3, len(pixels), 2835, 2835, 0, 0)
+    dib += struct.pack("<IIII", 0xFF0000, 0xFF00, 0xFF, 0xFF000000) + b"BGRs" + bytes(36 + 12 + 16)
+    offset = 14 + len(dib)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + dib + pixels
+
+
+def test_bmp_whose_alpha_is_all_zero_is_opaque_as_in_browsers():
+    rng = np.random.default_rng(0)
+    bgr = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    opaque = pixels_of(encode(Image.fromarray(np.ascontiguousarray(bgr[..., ::-1])), "BMP"))
+    unfilled = np.concatenate([bgr, np.zeros((40, 48, 1), np.uint8)], axis=2)
+    np.testing.assert_array_equal(pixels_of(bmp_32bit(unfilled)), opaque)
+    # real alpha is kept: with one opaque pixel, the transparent rest is white
+    unfilled[0, 0, 3] = 255
+    white = pixels_of(encode(Image.new("RGB", (48, 40), (255, 255, 255)), "BMP"))
+    assert np.abs(pixels_of(bmp_32bit(unfilled))[:, 100:, 100:] - white[:, 100:, 100:]).max() < 1e-6
+
+
+def pixels_of(data: bytes) -> np.ndarray:
+    return images.image_to_pixel_values(data_url(data, "bmp"), SETTINGS, 0)
+
+
 @pytest.mark.parametrize("name", ["cat_rgba.png", "cat_palette_trns.png"])
 def test_transparent_corners_become_white(name):
     im = Image.open(SYN / name)
