@@ -249,6 +249,19 @@ def test_litellm_openai_provider_on_v1(server, ref, model):
     assert r.usage.prompt_tokens == usage["prompt_tokens"]
 
 
+def test_litellm_azure_ai_provider_reaches_the_openai_route_only(server, ref):
+    """LiteLLM's `azure_ai` provider sends no api-version (as the README says): text works with
+    an api_base ending in /v1; images go to {api_base}/images/embeddings without one and fail."""
+    r = litellm.embedding(model="azure_ai/all-MiniLM-L6-v2", api_base=server.url + "/v1",
+                          api_key=KEY, input=TEXTS)
+    assert_same([d["embedding"] for d in r.data], ref(TEXTS))
+    png = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8"
+           "DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")
+    with pytest.raises(litellm.BadRequestError, match="MissingApiVersionParameter"):
+        litellm.embedding(model="azure_ai/efficientnet-lite0", api_base=server.url,
+                          api_key=KEY, input=[png])
+
+
 def test_litellm_async_float_and_dimensions(server, ref):
     r = asyncio.run(litellm.aembedding(model="openai/all-MiniLM-L6-v2",
                                        api_base=server.url + "/v1", api_key=KEY, input=TEXTS,
