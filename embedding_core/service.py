@@ -187,8 +187,12 @@ class EmbeddingService:
         name = re.sub("%2[fF]", "/", name)
         dep = self.registry.find(name)
         if dep is None or dep.modality != "text":
-            raise errors.model_not_found(
-                name, [d.name for d in self.registry.deployments if d.modality == "text"])
+            text = [d.name for d in self.registry.deployments if d.modality == "text"]
+            err = errors.model_not_found(name, text)
+            if dep is not None:   # OpenAI's models are text models: 404, saying why
+                err.message = (f"Deployment '{dep.name}' embeds {dep.modality}s, and the OpenAI "
+                               f"route serves text deployments only: {', '.join(text)}.")
+            raise err
         return dialect_openai.render_model(dep)
 
     def openapi(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:

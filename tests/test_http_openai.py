@@ -154,6 +154,7 @@ def test_a_model_is_retrieved_by_name_or_alias(client, live_server):
         with pytest.raises(openai.NotFoundError) as e:
             client.models.retrieve(name)
         assert e.value.body["code"] == "model_not_found" and name in e.value.body["message"]
+        assert ("embeds images" in e.value.body["message"]) == name.startswith("minilm-conse")
     u = urlsplit(live_server.url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
     conn.request("GET", "/v1/models/" + DEFAULT)            # no credentials
