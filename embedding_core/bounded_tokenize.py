@@ -190,10 +190,12 @@ def _finish(encode_batch, item: _Input, truncate: str, limits: Limits,
             budget: CharBudget) -> np.ndarray:
     target = f"input[{item.index}]"
     if item.starved == "input":
+        found = (f"give only {item.count} tokens" if item.count else
+                 "hold no complete word (no space or punctuation ends one)")
         raise errors.validation(
             f"The input has {len(item.text):,} characters and its "
-            f"{'first' if item.forward else 'last'} {limits.max_input_chars:,} give only "
-            f"{item.count} tokens, fewer than the {limits.max_tokens} the model takes; the "
+            f"{'first' if item.forward else 'last'} {limits.max_input_chars:,} {found}, "
+            f"fewer than the {limits.max_tokens} tokens the model takes; the "
             f"service reads at most {limits.max_input_chars:,} characters of one input "
             f"(EMBEDDINGS_MAX_INPUT_CHARS). Remove long runs of whitespace, accents or "
             f"characters without words.", target)

@@ -81,6 +81,7 @@ def test_the_per_input_limit_is_a_setting():
     assert res.status == 422 and res.headers["x-ms-error-code"] == "InvalidParameter"
     assert body["code"] == "InvalidParameter" and body["target"] == "input[1]"
     assert "EMBEDDINGS_MAX_INPUT_CHARS" in body["message"] and "2,048" in body["message"]
+    assert "first 2,048 hold no complete word" in body["message"]   # not "give only 0 tokens"
     # Under the limit the same kind of text is fine: 2,000 characters are one [UNK].
     ok = post(service, {"input": ["x" * 2000]})
     assert ok.status == 200 and ok.json()["usage"]["prompt_tokens"] == 3
