@@ -140,24 +140,29 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
     The value is either comma-separated entries, each a plain key or ``name:key`` (split at the
     first ``:``; the name is 1-64 letters, digits, ``.``, ``_``, ``-``), or, if it starts with
     ``{``, a JSON object ``{"name": "key", ...}`` (keys may then contain ``:`` and ``,``).
-    Whitespace around entries, names and keys is ignored.
+    Whitespace around entries, names and keys is ignored. A name may repeat: one caller with
+    several keys, which is how a rotation works (``primary:<old>,primary:<new>``).
 
-    Not accepted (counted as no key, reported in the messages): an unresolved Key Vault reference
-    (the whole value, an entry or a key), and a key shorter than ``MIN_KEY_CHARS`` characters.
-    Configuration errors (``ValueError``, message without any key): a value starting with ``{``
-    that is not a JSON object of strings, an entry with ``:`` whose part before it is not a
-    valid name, two names that differ only in case, the same key twice, and two keys of different
-    entries that would report the same caller id. A name may repeat: one caller with several
-    keys, which is how a rotation works (``primary:<old>,primary:<new>``).
+    A bad entry is refused on its own and the others keep working (a typo in one caller's entry,
+    made in the vault or by a deployment, must not take every caller down); it is counted as no
+    key and reported in the messages, as configuration errors:
+    an unresolved Key Vault reference (the whole value, an entry or a key); a key shorter than
+    ``MIN_KEY_CHARS`` characters or with a character that is not printable ASCII; an entry with
+    ``:`` whose part before it is not a valid name; a name spelled in another case than where it
+    first appears (the first spelling's entries are kept); a key held by several entries (every
+    one of them: whose it is cannot be told); an entry that would report the same caller id as
+    an earlier one of another caller. A value starting with ``{`` that is not a JSON object gives
+    no keys at all.
     """
     text = raw.strip()
     if not text:
         return (), ()
     if is_key_vault_reference(text) and "," not in text and not text.startswith("{"):
         return (), (_unresolved(setting, text),)
+    problems: list[str] = []
     entries: list[tuple[int, str | None, str]] = []  # (entry number, name, key)
     if text.startswith("{"):
-        entries = _json_entries(text, setting)
+        entries = _json_entries(text, setting, problems)
     else:
         for n, part in enumerate((p.strip() for p in text.split(",") if p.strip()), 1):
             name, colon, key = part.partition(":")
@@ -166,32 +171,52 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
             elif not colon or is_key_vault_reference(part):  # a SecretUri has ':' in it
                 entries.append((n, None, part))
             else:
-                raise ValueError(
-                    f"{setting} entry {n} contains ':' but the part before it is not a key name "
-                    "(1-64 letters, digits, '.', '_' or '-'). Write name:key, or use the JSON "
-                    'form {"name": "key"} for a key that contains \':\'.')
+                problems.append(
+                    f"configuration error: {setting} entry {n} contains ':' but the part before "
+                    "it is not a key name (1-64 letters, digits, '.', '_' or '-'), and is not "
+                    "accepted. Write name:key, or use the JSON form {\"name\": \"key\"} for a "
+                    "key that contains ':'.")
     spelling: dict[str, tuple[int, str]] = {}
-    for n, name, _ in entries:
+    named: list[tuple[int, str | None, str]] = []
+    for n, name, key in entries:
         if name is not None:
             first, written = spelling.setdefault(name.lower(), (n, name))
             if written != name:
-                raise ValueError(f"{setting}: entries {first} and {n} have names that differ "
-                                 f"only in case ({written!r}, {name!r}); write one name")
-    keys: list[tuple[int, ApiKey]] = []
-    problems: list[str] = []
-    for n, name, key in entries:
+                problems.append(
+                    f"configuration error: {setting} entries {first} and {n} have names that "
+                    f"differ only in case ({written!r}, {name!r}); entry {n} is not accepted: "
+                    "write one name")
+                continue
+        named.append((n, name, key))
+    valid: list[tuple[int, ApiKey]] = []
+    for n, name, key in named:
         problem = key_problem(key, f"{setting} entry {n}" + (f" (name {name!r})" if name else ""))
         if problem:
             problems.append(problem)
         else:
-            new = ApiKey(name, key)
-            for m, other in keys:
-                if other.secret == key:
-                    raise ValueError(f"{setting}: entries {m} and {n} hold the same key")
-                if other.caller_id == new.caller_id and not (name and other.name == name):
-                    raise ValueError(f"{setting}: entries {m} and {n} would both be reported as "
-                                     f"caller {new.caller_id!r}; give them different names")
-            keys.append((n, new))
+            valid.append((n, ApiKey(name, key)))
+    holders: dict[str, list[int]] = {}
+    for n, k in valid:
+        holders.setdefault(k.secret, []).append(n)
+    keys: list[tuple[int, ApiKey]] = []
+    for n, new in valid:
+        shared = holders[new.secret]
+        if len(shared) > 1:
+            if n == shared[0]:
+                problems.append(
+                    f"configuration error: {setting}: entries "
+                    f"{', '.join(map(str, shared))} hold the same key; none of them is accepted: "
+                    "give each entry its own key")
+            continue
+        clash = next((m for m, other in keys if other.caller_id == new.caller_id
+                      and not (new.name and other.name == new.name)), None)
+        if clash is not None:
+            problems.append(
+                f"configuration error: {setting}: entries {clash} and {n} would both be reported "
+                f"as caller {new.caller_id!r}; entry {n} is not accepted: give them different "
+                "names")
+            continue
+        keys.append((n, new))
     return tuple(k for _, k in keys), tuple(problems)
 
 
@@ -223,22 +248,31 @@ def _unresolved(where: str, value: str) -> str:
             "references (docs/deploy.md, 'Key Vault reference not resolved')")
 
 
-def _json_entries(text: str, setting: str) -> list[tuple[int, str | None, str]]:
+def _json_entries(text: str, setting: str,
+                  problems: list[str]) -> list[tuple[int, str | None, str]]:
     try:
         pairs = json.loads(text, object_pairs_hook=lambda p: p)  # keeps repeated names
     except ValueError as exc:  # the message names a position, never the text
         detail = f"{exc.msg} at character {exc.pos}" if isinstance(exc, json.JSONDecodeError) \
             else type(exc).__name__
-        raise ValueError(f"{setting} starts with '{{' but is not a JSON object of "
-                         f'"name": "key" strings ({detail})') from None
+        problems.append(f"configuration error: {setting} starts with '{{' but is not a JSON "
+                        f'object of "name": "key" strings ({detail}); no key is accepted from it')
+        return []
+    if not isinstance(pairs, list):        # a JSON value that is not an object
+        problems.append(f"configuration error: {setting} starts with '{{' but is not a JSON "
+                        f'object of "name": "key" strings; no key is accepted from it')
+        return []
     entries: list[tuple[int, str | None, str]] = []
     for n, (name, key) in enumerate(pairs, 1):
         if not KEY_NAME.fullmatch(name):
-            raise ValueError(f"{setting} entry {n}: the name is not a key name (1-64 letters, "
-                             "digits, '.', '_' or '-')")
-        if not isinstance(key, str):
-            raise ValueError(f"{setting} entry {n} (name {name!r}): the key must be a string")
-        entries.append((n, name, key.strip()))
+            problems.append(f"configuration error: {setting} entry {n}: the name is not a key "
+                            "name (1-64 letters, digits, '.', '_' or '-'); the entry is not "
+                            "accepted")
+        elif not isinstance(key, str):
+            problems.append(f"configuration error: {setting} entry {n} (name {name!r}): the key "
+                            "must be a string; the entry is not accepted")
+        else:
+            entries.append((n, name, key.strip()))
     return entries
 
 

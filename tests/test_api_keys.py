@@ -130,41 +130,55 @@ def test_service_puts_the_caller_id_on_the_request_trace(monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------
-# Configuration errors: the service answers 500 until fixed; the message never shows a key
+# Configuration errors: the bad entry is refused and logged, the others keep working; the
+# message never shows a key
+
+OTHER = "other-secret-9c1d5e7a"
 
 
-@pytest.mark.parametrize("value, message", [
-    (f"Alice:{ALICE},alice:{PLAIN}", "entries 1 and 2 have names that differ only in case"),
-    (f"{ALICE},{ALICE}", "entries 1 and 2 hold the same key"),
-    (f"a:{ALICE},b:{ALICE}", "hold the same key"),
-    (f"a:{ALICE},b:{PLAIN},a:{ALICE}", "entries 1 and 3 hold the same key"),
-    (f"my key:{ALICE}", "not a key name"),
-    (f":{ALICE}", "not a key name"),
-    (f"{'n' * 65}:{ALICE}", "not a key name"),
-    ("{" + ALICE, "not a JSON object"),
-    (json.dumps({"a": 12345678901234567890}), "must be a string"),
-    (json.dumps({"bad name": ALICE}), "not a key name"),
-    (f"{fingerprint(PLAIN)[4:]}:{ALICE},{PLAIN}", "both be reported as caller"),
+@pytest.mark.parametrize("value, accepted, message", [
+    (f"Alice:{ALICE},alice:{PLAIN}", ["key:Alice"],
+     "entries 1 and 2 have names that differ only in case ('Alice', 'alice'); entry 2 is not"),
+    (f"{ALICE},{ALICE},b:{OTHER}", ["key:b"], "entries 1, 2 hold the same key; none of them"),
+    (f"a:{ALICE},b:{ALICE},c:{OTHER}", ["key:c"], "entries 1, 2 hold the same key"),
+    (f"a:{ALICE},b:{PLAIN},a:{ALICE}", ["key:b"], "entries 1, 3 hold the same key"),
+    (f"my key:{ALICE},b:{OTHER}", ["key:b"], "entry 1 contains ':' but the part before it is not"),
+    (f":{ALICE},b:{OTHER}", ["key:b"], "not a key name"),
+    (f"{'n' * 65}:{ALICE},b:{OTHER}", ["key:b"], "not a key name"),
+    ("{" + ALICE, [], "not a JSON object"),
+    (json.dumps({"a": 12345678901234567890, "b": OTHER}), ["key:b"], "must be a string"),
+    (json.dumps({"bad name": ALICE, "b": OTHER}), ["key:b"], "not a key name"),
+    (f"{fingerprint(PLAIN)[4:]}:{ALICE},{PLAIN}", [f"key:{fingerprint(PLAIN)[4:]}"],
+     "entries 1 and 2 would both be reported as caller"),
 ])
-def test_configuration_errors(value, message):
-    with pytest.raises(ValueError) as e:
-        Settings.from_env({"EMBEDDINGS_API_KEYS": value})
-    assert message in str(e.value)
-    assert ALICE not in str(e.value) and PLAIN not in str(e.value)
+def test_a_bad_entry_is_refused_on_its_own(value, accepted, message):
+    keys, problems = parse_api_keys(value)
+    assert [k.caller_id for k in keys] == accepted
+    assert len(problems) == 1 and message in problems[0], problems
+    assert problems[0].startswith("configuration error: ")
+    assert ALICE not in problems[0] and PLAIN not in problems[0] and OTHER not in problems[0]
 
 
-def test_configuration_error_is_a_500_and_the_log_has_no_key(monkeypatch, caplog):
-    monkeypatch.setenv("EMBEDDINGS_API_KEYS", f"{ALICE},{ALICE}")
+def test_a_bad_entry_does_not_take_the_other_callers_down(monkeypatch, caplog):
+    """One caller's typo (in the vault, or from a deployment) used to make every request a 500:
+    the other keys keep working, the bad entry's key is a 401, the log says why, once."""
+    monkeypatch.setenv("EMBEDDINGS_API_KEYS", f"a:{ALICE},b:{ALICE},Good:{OTHER},good:{PLAIN}")
     service_module.reset_service()
     try:
         with caplog.at_level(logging.DEBUG):
-            res = service_module.dispatch("info", ApiRequest("GET", "/info", {"api-key": ALICE},
-                                                             Q, b""))
+            ok = service_module.dispatch("info", ApiRequest("GET", "/info", {"api-key": OTHER},
+                                                            Q, b""))
+            bad = [service_module.dispatch("info", ApiRequest("GET", "/info", {"api-key": k},
+                                                              Q, b"")) for k in (ALICE, PLAIN)]
+            health = service_module.dispatch("health", ApiRequest("GET", "/health", {}, {}, b""))
     finally:
         service_module.reset_service()
-    assert res.status == 500
-    assert "hold the same key" in caplog.text and ALICE not in caplog.text
-    assert ALICE.encode() not in res.body
+    assert ok.status == 200 and health.status == 200
+    assert [r.status for r in bad] == [401, 401]
+    assert caplog.text.count("hold the same key") == 1
+    assert caplog.text.count("differ only in case") == 1
+    for key in (ALICE, PLAIN, OTHER):
+        assert key not in caplog.text and all(key.encode() not in r.body for r in bad)
 
 
 def test_valid_names_and_settings_repr_hide_keys():
