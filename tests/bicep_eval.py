@@ -7,7 +7,8 @@ documented semantics of each ARM function:
 - contains(string, string): ordinal, case-sensitive substring test; contains(object, key):
   whether the object has the key, case-insensitively (ARM object functions reference).
 - startsWith / endsWith: case-insensitive (ARM string functions reference).
-- split, join, trim, replace, skip (strings), substring, length, empty: as documented.
+- split, join, trim, toLower, replace, skip (strings), substring, length, empty: as
+  documented.
 - guid(a, b, ...): a version-5 (name-based, SHA-1) UUID in the namespace
   11fb06fb-712d-4ddd-98c7-e71bbd588830 over the arguments joined with '-'; deterministic,
   lower-case, with hyphens.
@@ -238,6 +239,7 @@ FUNCTIONS: Dict[str, Callable[..., Any]] = {
     "length": len,
     "empty": lambda v: v in ("", [], {}, None),
     "trim": lambda s: s.strip(),
+    "toLower": lambda s: s.lower(),
     "split": lambda s, d: s.split(d),
     "join": lambda items, d: d.join(items),
     "replace": lambda s, old, new: s.replace(old, new),

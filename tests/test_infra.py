@@ -927,6 +927,18 @@ def test_reprovision_keeps_every_key_and_adds_only_missing_names():
     assert entries(reissued)[1][1] != alice_key
 
 
+def test_a_name_in_another_case_or_with_a_blank_is_not_added_again():
+    """The app reads names case-insensitively (a second spelling's entry is refused), and a name
+    with an inner blank is refused by the app: neither may be appended on every provision."""
+    first = stored_api_keys("aB3dE5gH7jK9mN1", "primary,Alice")
+    assert stored_api_keys(first, "primary,alice") == first
+    assert stored_api_keys(first, "PRIMARY,ALICE") == first
+    spaced = stored_api_keys(first, "primary,Alice,bob smith")
+    assert spaced.startswith(first + ",bob smith:")
+    assert stored_api_keys(spaced, "primary,Alice,bob smith") == spaced
+    assert stored_api_keys(spaced, "primary,Alice,bob smith", entropy="again") == spaced
+
+
 def secret_deployment(current: str, resource_group_tags: Optional[Dict[str, str]] = None,
                       names: str = "primary") -> Tuple[Optional[str], Optional[Dict[str, str]]]:
     """What a deployment of keyvault.bicep writes, evaluated offline: the secret's value (None:

@@ -54,11 +54,15 @@ var minimumKeyLength = 32
 // accepts) or a key from an older template version made the same way.
 var keptApiKeys = (contains(currentApiKeys, ':') || length(trim(currentApiKeys)) >= minimumKeyLength) ? trim(currentApiKeys) : ''
 
-// ",entry,entry," without blanks, to look names up as ",<name>:".
-var keptLookup = replace(',${keptApiKeys},', ' ', '')
+// ",entry,entry," without blanks and in lower case, to look names up as ",<name>:". The app
+// compares names case-insensitively (two spellings of one name: the later entry is refused), so
+// a name already in the secret in another case is not added again; and a name is looked up
+// without its blanks as the entries are, so a name with an inner blank (which the app refuses)
+// is not appended again on every provision.
+var keptLookup = toLower(replace(',${keptApiKeys},', ' ', ''))
 
 // One ",<name>:<key>" per name that has no entry yet, '' otherwise.
-var apiKeyAdditions = [for keyName in split(apiKeyNames, ','): (empty(trim(keyName)) || contains(keptLookup, ',${trim(keyName)}:')) ? '' : ',${trim(keyName)}:${replace(guid(apiKeyEntropy, trim(keyName), 'key-part-1'), '-', '')}${replace(guid(apiKeyEntropy, trim(keyName), 'key-part-2'), '-', '')}']
+var apiKeyAdditions = [for keyName in split(apiKeyNames, ','): (empty(trim(keyName)) || contains(keptLookup, ',${toLower(replace(keyName, ' ', ''))}:')) ? '' : ',${trim(keyName)}:${replace(guid(apiKeyEntropy, trim(keyName), 'key-part-1'), '-', '')}${replace(guid(apiKeyEntropy, trim(keyName), 'key-part-2'), '-', '')}']
 
 var allAdditions = join(apiKeyAdditions, '')
 
