@@ -1229,6 +1229,8 @@ def test_azure_yaml_service_matches_infra():
     assert set(doc["services"]) == {"api"}
     api = doc["services"]["api"]
     assert api == {"project": ".", "language": "python", "host": "function"}
+    # .funcignore is honoured from azd 1.18.0 (Azure/azure-dev#5383)
+    assert doc["requiredVersions"] == {"azd": ">= 1.18.0"}
     assert parse(MAIN)["modules"]["functionApp"]["config"]["params"]["serviceName"] == "api"
 
 
@@ -1340,6 +1342,8 @@ def ignored(rel_path: str, patterns: List[str]) -> bool:
         "README.md",
         "embedding_core/__pycache__/backends.cpython-311.pyc",
         ".pytest_cache/v/cache/nodeids",
+        "embeddings-api_env/lib/python3.11/site-packages/numpy/__init__.py",   # azd restore's
+        "main_env/bin/python",
     ],
 )
 def test_funcignore_excludes_dev_files(path):
