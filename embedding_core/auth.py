@@ -66,6 +66,13 @@ class Authenticator:
 
             config = EntraConfig.from_env(settings.env)
             self.entra = EntraValidator(config) if config else None
+            if config and not config.required_roles and not config.allowed_client_ids:
+                # An Entra app is open to its whole tenant by default (Microsoft Learn, "Restrict
+                # a Microsoft Entra app to a set of users").
+                log.warning("Entra ID is on without EMBEDDINGS_ENTRA_REQUIRED_ROLES or "
+                            "EMBEDDINGS_ENTRA_ALLOWED_CLIENT_IDS: any user or application of the "
+                            "tenant that can get a token for the audience can call the API "
+                            "(docs/deploy.md, 'Call the API with Microsoft Entra ID')")
         for problem in problems:  # once per process: the service is built once
             log.error("%s", problem)
         if keys:

@@ -94,6 +94,20 @@ def test_entra_from_settings(monkeypatch):
     assert a.entra is not None and a.configured
 
 
+def test_entra_open_to_the_whole_tenant_is_warned_about(caplog):
+    idp = TokenFactory()
+    warning = "without EMBEDDINGS_ENTRA_REQUIRED_ROLES or EMBEDDINGS_ENTRA_ALLOWED_CLIENT_IDS"
+    with caplog.at_level(logging.WARNING, logger="embedding_core.auth"):
+        Authenticator(Settings.from_env(idp.env()))
+    assert caplog.text.count(warning) == 1
+    for restricted in ({"EMBEDDINGS_ENTRA_REQUIRED_ROLES": "Embeddings.Invoke"},
+                       {"EMBEDDINGS_ENTRA_ALLOWED_CLIENT_IDS": "aaaaaaaa-0000-4000-8000-000000000000"}):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="embedding_core.auth"):
+            Authenticator(Settings.from_env(idp.env(**restricted)))
+        assert warning not in caplog.text
+
+
 def test_unreachable_signing_keys_are_a_retryable_503_not_a_401():
     idp = TokenFactory()
     token = idp.mint()
