@@ -1113,6 +1113,10 @@ def test_checkov_skips_are_inline_with_reasons():
 def test_opentelemetry_mode_and_worker_telemetry_settings():
     host = json.loads((ROOT / "host.json").read_text())
     assert host["telemetryMode"] == "OpenTelemetry"
+    # In that mode the host loads no Application Insights SDK, so logging.applicationInsights
+    # (samplingSettings, ...) would be inert and mislead a reader (azure-functions-host
+    # OpenTelemetryConfigurationExtensions and its tests).
+    assert "applicationInsights" not in host.get("logging", {})
     settings = functionapp_settings()
     # The worker configures the Azure Monitor distro and hands each invocation the host's trace
     # context; ingestion authenticates with the identity (Entra ID; local auth is disabled).
