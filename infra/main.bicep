@@ -55,6 +55,11 @@ param instanceMemoryMB int = 2048
 @description('Upper bound for on-demand instances (a scale bound, not a spending cap; always-ready instances come on top).')
 param maximumInstanceCount int = 40
 
+@minValue(0)
+@maxValue(1000)
+@description('Always-ready instances for the HTTP functions (billed all the time, no cold start for the first requests); 0 = none, on demand only. Set here rather than with the CLI: each provision writes functionAppConfig.scaleAndConcurrency whole.')
+param alwaysReadyHttpInstances int = 0
+
 @minValue(1)
 @maxValue(1000)
 @description('Concurrent HTTP requests routed to one instance before the platform scales out; also the Python worker\'s thread pool. The app batches concurrent requests, so more than 1 pays (Python\'s platform default is 1).')
@@ -215,6 +220,7 @@ module functionApp 'modules/functionapp.bicep' = {
     apiKeySecretUri: keyVault.outputs.apiKeySecretUri
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
+    alwaysReadyHttpInstances: alwaysReadyHttpInstances
     httpPerInstanceConcurrency: httpPerInstanceConcurrency
     zoneRedundant: zoneRedundant
     entraTenantId: effectiveTenantId

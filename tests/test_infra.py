@@ -603,6 +603,10 @@ def test_function_app_config_flex_runtime_scale_and_deployment():
     assert scale["instanceMemoryMB"] == "instanceMemoryMB"
     assert scale["maximumInstanceCount"] == "maximumInstanceCount"
     assert scale["triggers"]["http"]["perInstanceConcurrency"] == "httpPerInstanceConcurrency"
+    # Always-ready instances are a template parameter: each provision writes scaleAndConcurrency
+    # whole, so a count set with the CLI would not last. 0 (the default): none, as the samples.
+    assert render(scale["alwaysReady"]) == ("conditional(greater_than(alwaysReadyHttpInstances, 0), "
+                                            "[{name: http, instanceCount: alwaysReadyHttpInstances}], [])")
     storage = cfg["deployment"]["storage"]
     assert storage["type"] == "blobContainer"
     assert storage["value"] == "deploymentContainerUrl"
@@ -617,6 +621,8 @@ def test_function_app_config_flex_runtime_scale_and_deployment():
         assert "maximumInstanceCount" in p and "httpPerInstanceConcurrency" in p
         assert decorator(p["maximumInstanceCount"], "max_value") <= 1000
         assert decorator(p["httpPerInstanceConcurrency"], "min_value") >= 1
+        assert p["alwaysReadyHttpInstances"]["default"] == 0
+        assert decorator(p["alwaysReadyHttpInstances"], "min_value") == 0
 
 
 def test_app_settings_identity_based_and_key_vault_reference():

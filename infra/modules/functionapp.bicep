@@ -42,6 +42,11 @@ param instanceMemoryMB int = 2048
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
+// Always-ready instances of the 'http' function group (0: none).
+@minValue(0)
+@maxValue(1000)
+param alwaysReadyHttpInstances int = 0
+
 @minValue(1)
 @maxValue(1000)
 param httpPerInstanceConcurrency int = 8
@@ -292,6 +297,12 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         instanceMemoryMB: instanceMemoryMB
         maximumInstanceCount: maximumInstanceCount
+        alwaysReady: (alwaysReadyHttpInstances > 0) ? [
+          {
+            name: 'http'
+            instanceCount: alwaysReadyHttpInstances
+          }
+        ] : []
         triggers: {
           http: {
             perInstanceConcurrency: httpPerInstanceConcurrency
