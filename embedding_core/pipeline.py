@@ -12,11 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import errors
+from . import errors, schema
 from .encodings import CALIBRATED, PACKED, encode, resize
 from .inference_queue import InferenceQueue, check_request_cost
 from .registry import Deployment, Registry
-from . import schema
 from .schema import EmbeddingsRequest
 from .settings import Settings
 
