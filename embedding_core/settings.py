@@ -198,7 +198,8 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
     holders: dict[str, list[int]] = {}
     for n, k in valid:
         holders.setdefault(k.secret, []).append(n)
-    keys: list[tuple[int, ApiKey]] = []
+    keys: list[ApiKey] = []
+    callers: dict[str, tuple[int, str | None]] = {}    # caller id -> (first entry, its name)
     for n, new in valid:
         shared = holders[new.secret]
         if len(shared) > 1:
@@ -208,16 +209,15 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
                     f"{', '.join(map(str, shared))} hold the same key; none of them is accepted: "
                     "give each entry its own key")
             continue
-        clash = next((m for m, other in keys if other.caller_id == new.caller_id
-                      and not (new.name and other.name == new.name)), None)
-        if clash is not None:
+        first, first_name = callers.setdefault(new.caller_id, (n, new.name))
+        if first != n and not (new.name and first_name == new.name):
             problems.append(
-                f"configuration error: {setting}: entries {clash} and {n} would both be reported "
+                f"configuration error: {setting}: entries {first} and {n} would both be reported "
                 f"as caller {new.caller_id!r}; entry {n} is not accepted: give them different "
                 "names")
             continue
-        keys.append((n, new))
-    return tuple(k for _, k in keys), tuple(problems)
+        keys.append(new)
+    return tuple(keys), tuple(problems)
 
 
 def key_problem(key: str, where: str) -> str | None:
