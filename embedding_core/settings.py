@@ -149,10 +149,11 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
     an unresolved Key Vault reference (the whole value, an entry or a key); a key shorter than
     ``MIN_KEY_CHARS`` characters or with a character that is not printable ASCII; an entry with
     ``:`` whose part before it is not a valid name; a name spelled in another case than where it
-    first appears (the first spelling's entries are kept); a key held by several entries (every
-    one of them: whose it is cannot be told); an entry that would report the same caller id as
-    an earlier one of another caller. A value starting with ``{`` that is not a JSON object gives
-    no keys at all.
+    first appears (the first spelling's entries are kept); a key held by entries of different
+    callers, refused entries included (every one of them: whose it is cannot be told; the same
+    caller's key twice is kept once); an entry that would report the same caller id as an
+    earlier one of another caller. A value starting with ``{`` that is not a JSON object (or is
+    nested too deeply to parse) gives no keys at all.
     """
     text = raw.strip()
     if not text:
@@ -160,63 +161,75 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
     if is_key_vault_reference(text) and "," not in text and not text.startswith("{"):
         return (), (_unresolved(setting, text),)
     problems: list[str] = []
-    entries: list[tuple[int, str | None, str]] = []  # (entry number, name, key)
+    # (entry number, name, key or None, why it is refused or None)
+    entries: list[tuple[int, str | None, str | None, str | None]] = []
     if text.startswith("{"):
         entries = _json_entries(text, setting, problems)
     else:
         for n, part in enumerate((p.strip() for p in text.split(",") if p.strip()), 1):
             name, colon, key = part.partition(":")
             if colon and KEY_NAME.fullmatch(name.strip()):
-                entries.append((n, name.strip(), key.strip()))
+                entries.append((n, name.strip(), key.strip(), None))
             elif not colon or is_key_vault_reference(part):  # a SecretUri has ':' in it
-                entries.append((n, None, part))
+                entries.append((n, None, part, None))
             else:
-                problems.append(
+                entries.append((n, name.strip(), key.strip(), (
                     f"configuration error: {setting} entry {n} contains ':' but the part before "
                     "it is not a key name (1-64 letters, digits, '.', '_' or '-'), and is not "
                     "accepted. Write name:key, or use the JSON form {\"name\": \"key\"} for a "
-                    "key that contains ':'.")
+                    "key that contains ':'.")))
+    refused: dict[int, str] = {n: why for n, _, _, why in entries if why}
     spelling: dict[str, tuple[int, str]] = {}
-    named: list[tuple[int, str | None, str]] = []
-    for n, name, key in entries:
-        if name is not None:
+    for n, name, key, why in entries:
+        if name is not None and not why:
             first, written = spelling.setdefault(name.lower(), (n, name))
             if written != name:
-                problems.append(
+                refused[n] = (
                     f"configuration error: {setting} entries {first} and {n} have names that "
                     f"differ only in case ({written!r}, {name!r}); entry {n} is not accepted: "
                     "write one name")
-                continue
-        named.append((n, name, key))
-    valid: list[tuple[int, ApiKey]] = []
-    for n, name, key in named:
-        problem = key_problem(key, f"{setting} entry {n}" + (f" (name {name!r})" if name else ""))
-        if problem:
-            problems.append(problem)
+        if key is not None and n not in refused:
+            problem = key_problem(key, f"{setting} entry {n}" + (f" (name {name!r})" if name else ""))
+            if problem:
+                refused[n] = problem
+    # A key in several entries, refused ones included (a refused entry's key must not be
+    # accepted as another caller's): the same caller's repeats are ignored, the first is kept;
+    # held by several callers, it is refused in every entry, since whose it is cannot be told.
+    holders: dict[str, list[tuple[int, str | None]]] = {}
+    for n, name, key, _ in entries:
+        if key is not None and key_problem(key, "") is None:
+            holders.setdefault(key, []).append((n, name.lower() if name else None))
+    for shared in holders.values():
+        if len(shared) < 2:
+            continue
+        numbers = [n for n, _ in shared]
+        if len({who for _, who in shared}) > 1:
+            for n in numbers:
+                refused.setdefault(n, "")          # reported once, below
+            problems.append(
+                f"configuration error: {setting}: entries {', '.join(map(str, numbers))} hold "
+                "the same key for different callers; none of them is accepted: give each "
+                "caller its own key")
         else:
-            valid.append((n, ApiKey(name, key)))
-    holders: dict[str, list[int]] = {}
-    for n, k in valid:
-        holders.setdefault(k.secret, []).append(n)
+            for n in numbers[1:]:
+                refused.setdefault(n, (
+                    f"configuration error: {setting}: entry {n} repeats the key of entry "
+                    f"{numbers[0]} for the same caller and is ignored"))
     keys: list[ApiKey] = []
     callers: dict[str, tuple[int, str | None]] = {}    # caller id -> (first entry, its name)
-    for n, new in valid:
-        shared = holders[new.secret]
-        if len(shared) > 1:
-            if n == shared[0]:
-                problems.append(
-                    f"configuration error: {setting}: entries "
-                    f"{', '.join(map(str, shared))} hold the same key; none of them is accepted: "
-                    "give each entry its own key")
+    for n, name, key, _ in entries:
+        if n in refused or key is None:
             continue
-        first, first_name = callers.setdefault(new.caller_id, (n, new.name))
-        if first != n and not (new.name and first_name == new.name):
-            problems.append(
+        new = ApiKey(name, key)
+        first, first_name = callers.setdefault(new.caller_id, (n, name))
+        if first != n and not (name and first_name == name):
+            refused[n] = (
                 f"configuration error: {setting}: entries {first} and {n} would both be reported "
                 f"as caller {new.caller_id!r}; entry {n} is not accepted: give them different "
                 "names")
             continue
         keys.append(new)
+    problems.extend(why for _, why in sorted(refused.items()) if why)
     return tuple(keys), tuple(problems)
 
 
@@ -248,13 +261,13 @@ def _unresolved(where: str, value: str) -> str:
             "references (docs/deploy.md, 'Key Vault reference not resolved')")
 
 
-def _json_entries(text: str, setting: str,
-                  problems: list[str]) -> list[tuple[int, str | None, str]]:
+def _json_entries(text: str, setting: str, problems: list[str]
+                  ) -> list[tuple[int, str | None, str | None, str | None]]:
     try:
         pairs = json.loads(text, object_pairs_hook=lambda p: p)  # keeps repeated names
-    except ValueError as exc:  # the message names a position, never the text
+    except (ValueError, RecursionError) as exc:  # the message names a position, never the text
         detail = f"{exc.msg} at character {exc.pos}" if isinstance(exc, json.JSONDecodeError) \
-            else type(exc).__name__
+            else "nested too deeply" if isinstance(exc, RecursionError) else type(exc).__name__
         problems.append(f"configuration error: {setting} starts with '{{' but is not a JSON "
                         f'object of "name": "key" strings ({detail}); no key is accepted from it')
         return []
@@ -262,17 +275,19 @@ def _json_entries(text: str, setting: str,
         problems.append(f"configuration error: {setting} starts with '{{' but is not a JSON "
                         f'object of "name": "key" strings; no key is accepted from it')
         return []
-    entries: list[tuple[int, str | None, str]] = []
+    entries: list[tuple[int, str | None, str | None, str | None]] = []
     for n, (name, key) in enumerate(pairs, 1):
+        key = key.strip() if isinstance(key, str) else None
         if not KEY_NAME.fullmatch(name):
-            problems.append(f"configuration error: {setting} entry {n}: the name is not a key "
-                            "name (1-64 letters, digits, '.', '_' or '-'); the entry is not "
-                            "accepted")
-        elif not isinstance(key, str):
-            problems.append(f"configuration error: {setting} entry {n} (name {name!r}): the key "
-                            "must be a string; the entry is not accepted")
+            entries.append((n, name, key, (
+                f"configuration error: {setting} entry {n}: the name is not a key name (1-64 "
+                "letters, digits, '.', '_' or '-'); the entry is not accepted")))
+        elif key is None:
+            entries.append((n, name, None, (
+                f"configuration error: {setting} entry {n} (name {name!r}): the key must be a "
+                "string; the entry is not accepted")))
         else:
-            entries.append((n, name, key.strip()))
+            entries.append((n, name, key, None))
     return entries
 
 
