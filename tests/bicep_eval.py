@@ -7,7 +7,7 @@ documented semantics of each ARM function:
 - contains(string, string): ordinal, case-sensitive substring test; contains(object, key):
   whether the object has the key, case-insensitively (ARM object functions reference).
 - startsWith / endsWith: case-insensitive (ARM string functions reference).
-- split, join, trim, toLower, replace, skip (strings), substring, length, empty: as
+- split, join, trim, toLower, replace, skip (strings), substring, length, empty, first: as
   documented.
 - guid(a, b, ...): a version-5 (name-based, SHA-1) UUID in the namespace
   11fb06fb-712d-4ddd-98c7-e71bbd588830 over the arguments joined with '-'; deterministic,
@@ -240,6 +240,7 @@ FUNCTIONS: Dict[str, Callable[..., Any]] = {
     "empty": lambda v: v in ("", [], {}, None),
     "trim": lambda s: s.strip(),
     "toLower": lambda s: s.lower(),
+    "first": lambda v: v[0] if len(v) else ("" if isinstance(v, str) else None),
     "split": lambda s, d: s.split(d),
     "join": lambda items, d: d.join(items),
     "replace": lambda s, old, new: s.replace(old, new),

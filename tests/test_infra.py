@@ -943,6 +943,11 @@ def test_a_name_in_another_case_or_with_a_blank_is_not_added_again():
     assert spaced.startswith(first + ",bob smith:")
     assert stored_api_keys(spaced, "primary,Alice,bob smith") == spaced
     assert stored_api_keys(spaced, "primary,Alice,bob smith", entropy="again") == spaced
+    # whitespace other than blanks, around a name given or kept (a name set from a file; a
+    # value edited in the vault with line breaks), as the app strips it
+    assert stored_api_keys(first, "primary,\talice\n") == first
+    edited = first.replace(",", ",\n ")
+    assert stored_api_keys(edited, "primary,alice", entropy="again") == edited
 
 
 def secret_deployment(current: str, resource_group_tags: Optional[Dict[str, str]] = None,

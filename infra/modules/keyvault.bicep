@@ -54,15 +54,16 @@ var minimumKeyLength = 32
 // accepts) or a key from an older template version made the same way.
 var keptApiKeys = (contains(currentApiKeys, ':') || length(trim(currentApiKeys)) >= minimumKeyLength) ? trim(currentApiKeys) : ''
 
-// ",entry,entry," without blanks and in lower case, to look names up as ",<name>:". The app
-// compares names case-insensitively (two spellings of one name: the later entry is refused), so
-// a name already in the secret in another case is not added again; and a name is looked up
-// without its blanks as the entries are, so a name with an inner blank (which the app refuses)
-// is not appended again on every provision.
-var keptLookup = toLower(replace(',${keptApiKeys},', ' ', ''))
+// The kept entries' names as the app reads them (trimmed, in lower case; '' for an entry
+// without a name), without inner blanks. The app compares names case-insensitively (a second
+// spelling's entry is refused), so a name already in the secret in another case is not added
+// again; and names are compared without blanks and surrounding whitespace, so a name with an
+// inner blank (which the app refuses) or a line break around it, in the secret or in
+// apiKeyNames, is not appended again on every provision.
+var keptNames = [for entry in split(keptApiKeys, ','): (contains(entry, ':')) ? toLower(replace(trim(first(split(entry, ':'))), ' ', '')) : '']
 
 // One ",<name>:<key>" per name that has no entry yet, '' otherwise.
-var apiKeyAdditions = [for keyName in split(apiKeyNames, ','): (empty(trim(keyName)) || contains(keptLookup, ',${toLower(replace(keyName, ' ', ''))}:')) ? '' : ',${trim(keyName)}:${replace(guid(apiKeyEntropy, trim(keyName), 'key-part-1'), '-', '')}${replace(guid(apiKeyEntropy, trim(keyName), 'key-part-2'), '-', '')}']
+var apiKeyAdditions = [for keyName in split(apiKeyNames, ','): (empty(trim(keyName)) || contains(keptNames, toLower(replace(trim(keyName), ' ', '')))) ? '' : ',${trim(keyName)}:${replace(guid(apiKeyEntropy, trim(keyName), 'key-part-1'), '-', '')}${replace(guid(apiKeyEntropy, trim(keyName), 'key-part-2'), '-', '')}']
 
 var allAdditions = join(apiKeyAdditions, '')
 
