@@ -190,8 +190,7 @@ def _finish(encode_batch, item: _Input, truncate: str, limits: Limits,
             budget: CharBudget) -> np.ndarray:
     target = f"input[{item.index}]"
     if item.starved == "input":
-        found = (f"give only {item.count} tokens" if item.count else
-                 "hold no complete word (no space or punctuation ends one)")
+        found = f"give only {item.count} tokens" if item.count else "hold no complete word"
         raise errors.validation(
             f"The input has {len(item.text):,} characters and its "
             f"{'first' if item.forward else 'last'} {limits.max_input_chars:,} {found}, "

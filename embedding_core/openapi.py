@@ -576,7 +576,7 @@ class _Builder:
                                 + _names(self.text) + ". The answer's `id` is the deployment's "
                                 "name. A '/' in an alias is sent percent-encoded (%2F), as the "
                                 "openai SDK does.",
-                 "schema": {"type": "string", "pattern": "^[^/]+$"}},
+                 "schema": {"type": "string", "minLength": 1}},
                 _ref("parameters", "ClientRequestId")],
             "responses": {"200": self.ok("The deployment.", "Model"),
                           **self.errors("openai", {**_OPENAI_MODELS, 404: ("ModelNotFound",)})}}

@@ -143,6 +143,7 @@ def relocate_lone(err: errors.ApiError) -> errors.ApiError:
     ``input[0]`` → ``input``, ``input[0][3]`` → ``input[3]``."""
     if err.target == "input[0]" or (err.target or "").startswith("input[0]["):
         err.target = "input" + err.target[len("input[0]"):]
+        err.message = err.message.replace("input[0]", "input")   # e.g. "the ids up to input[0]"
     return err
 
 

@@ -191,7 +191,8 @@ class EmbeddingService:
             err = errors.model_not_found(name, text)
             if dep is not None:   # OpenAI's models are text models: 404, saying why
                 err.message = (f"Deployment '{dep.name}' embeds {dep.modality}s, and the OpenAI "
-                               f"route serves text deployments only: {', '.join(text)}.")
+                               "route serves text deployments only: "
+                               + (", ".join(text) if text else "none is configured") + ".")
             raise err
         return dialect_openai.render_model(dep)
 

@@ -265,6 +265,11 @@ def test_token_ids_that_decode_to_more_text_than_a_body_may_carry_are_a_413(live
     err = doc["error"]
     assert status == 413 and err["code"] == "payload_too_large" and err["param"] == "input[1]"
     assert "EMBEDDINGS_MAX_BODY_BYTES" in err["message"] and "8,388,608 bytes" in err["message"]
+    assert "up to input[1] decode" in err["message"]
+    # the same ids as the lone input: its path is `input`, in the message too
+    status, doc = post_v1(live_server, {"input": many})
+    assert status == 413 and doc["error"]["param"] == "input"
+    assert "up to input decode" in doc["error"]["message"], doc
     # one id less than the limit is within it (and then refused for what it is: ~8 MB of
     # spaces, far more characters per token than a request may have)
     status, doc = post_v1(live_server, {"input": [many[:-1]]})

@@ -169,6 +169,26 @@ def test_declared_dimensions_that_the_model_does_not_give_are_a_500_that_says_so
     assert "declares 768 dimensions but its model gives 384" in caplog.text
 
 
+def test_openai_model_lookup_of_an_image_deployment_without_text_deployments(tmp_path):
+    from embedding_core.service import ApiRequest, EmbeddingService
+
+    doc = _doc()
+    image = next(d for d in doc["deployments"] if d["name"] == "efficientnet-lite0")
+    for ref in [*image["files"].values(), image["calibration"]]:
+        ref["path"] = str(DEFAULT_REGISTRY.parent / ref["path"])
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps({"deployments": [image]}))
+    svc = EmbeddingService.from_env({"EMBEDDINGS_REGISTRY": str(path),
+                                     "EMBEDDINGS_API_KEYS": "registry-test-key-0000"})
+    res = svc.handle("v1/models/{model}", ApiRequest(
+        "GET", "/v1/models/efficientnet-lite0", {"api-key": "registry-test-key-0000"}, {}, b"",
+        route_params={"model": "efficientnet-lite0"}))
+    assert res.status == 404
+    assert res.json()["error"]["message"] == (
+        "Deployment 'efficientnet-lite0' embeds images, and the OpenAI route serves text "
+        "deployments only: none is configured.")
+
+
 def test_duplicate_names_are_refused():
     doc = _doc()
     doc["deployments"].append(dict(doc["deployments"][0]))
