@@ -113,6 +113,7 @@ SNIPPETS = {s.file: s for s in (
     Snippet("openai_node.mjs", "node"),
     Snippet("azure_rest_ai_inference.mjs", "node"),
     Snippet("langchain_openai_node.mjs", "node"),
+    Snippet("vercel_ai_sdk.mjs", "node"),
 )}
 SNIPPET_SUFFIXES = ("*.py", "*.mjs")
 JS_DIR = ROOT / "tests" / "clients" / "js"      # package.json + lock of the JavaScript clients
