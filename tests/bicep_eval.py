@@ -7,8 +7,8 @@ documented semantics of each ARM function:
 - contains(string, string): ordinal, case-sensitive substring test; contains(object, key):
   whether the object has the key, case-insensitively (ARM object functions reference).
 - startsWith / endsWith: case-insensitive (ARM string functions reference).
-- split, join, trim, toLower, replace, skip (strings), substring, length, empty, first: as
-  documented.
+- split, join, trim, toLower, replace, skip (strings), take, substring, length, empty, first:
+  as documented.
 - guid(a, b, ...): a version-5 (name-based, SHA-1) UUID in the namespace
   11fb06fb-712d-4ddd-98c7-e71bbd588830 over the arguments joined with '-'; deterministic,
   lower-case, with hyphens.
@@ -18,7 +18,8 @@ documented semantics of each ARM function:
 - resourceGroup(): the object given as ``resource_group`` (e.g. {"tags": {...}} or {}), whose
   properties are read with `.name`; a property it lacks raises, as ARM's evaluation fails.
 - `cond ? a : b`, `||`, `&&`, `!`, comparisons, string interpolation (also in object keys),
-  variable for-loops; a resource's `if (...)` condition (``condition``).
+  variable for-loops (also with an index, `[for (x, i) in ...]`), `array[i]`; a resource's
+  `if (...)` condition (``condition``).
 
 Anything else raises NotSupported, so a template change that this module cannot model
 makes the tests that use it fail instead of passing by accident.
@@ -150,10 +151,14 @@ class Evaluator:
         if isinstance(node, dict):
             if "loop_type" in node:
                 detail = node["loop_type"]["detail"]
-                if node.get("condition") is not None or node["loop_type"]["type"] != "array":
-                    raise NotSupported("only plain array loops")
+                kind = node["loop_type"]["type"]
+                if node.get("condition") is not None or kind not in ("array", "array_index"):
+                    raise NotSupported("only array loops, without a condition")
                 items = self.eval(detail["array_name"], scope)
-                return [self.eval(node["config"], {**scope, detail["item_name"]: item}) for item in items]
+                index = detail.get("index_name") if kind == "array_index" else None
+                return [self.eval(node["config"], {**scope, detail["item_name"]: item,
+                                                   **({index: i} if index else {})})
+                        for i, item in enumerate(items)]
             if set(node) == {"function"}:
                 return self.call(node["function"], scope)
             if set(node) == {"operator"}:
@@ -196,6 +201,13 @@ class Evaluator:
             if prop not in target:
                 raise KeyError(f"ARM would fail: the object has no property {prop!r}")
             return target[prop]
+        if kind == "index_accessor":
+            target, index = self.eval(operands["operand_1"], scope), self.eval(operands["operand_2"], scope)
+            if not isinstance(target, list) or not isinstance(index, int):
+                raise NotSupported(f"index access {op!r}")
+            if not 0 <= index < len(target):
+                raise IndexError(f"ARM would fail: index {index} of an array of {len(target)}")
+            return target[index]
         values = [self.eval(v, scope) for v in operands.values()]
         impl = OPERATORS.get(kind)
         if impl is None:
@@ -241,6 +253,7 @@ FUNCTIONS: Dict[str, Callable[..., Any]] = {
     "trim": lambda s: s.strip(),
     "toLower": lambda s: s.lower(),
     "first": lambda v: v[0] if len(v) else ("" if isinstance(v, str) else None),
+    "take": lambda v, n: v[:max(n, 0)],
     "split": lambda s, d: s.split(d),
     "join": lambda items, d: d.join(items),
     "replace": lambda s, old, new: s.replace(old, new),

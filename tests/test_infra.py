@@ -948,6 +948,9 @@ def test_a_name_in_another_case_or_with_a_blank_is_not_added_again():
     assert stored_api_keys(first, "primary,\talice\n") == first
     edited = first.replace(",", ",\n ")
     assert stored_api_keys(edited, "primary,alice", entropy="again") == edited
+    # a name asked for twice in one list, in any spelling, gets one key
+    doubled = stored_api_keys(first, "primary,Alice,bob,Bob, bob ")
+    assert doubled.startswith(first + ",bob:") and doubled.count(",") == first.count(",") + 1
 
 
 def secret_deployment(current: str, resource_group_tags: Optional[Dict[str, str]] = None,

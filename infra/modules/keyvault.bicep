@@ -62,8 +62,12 @@ var keptApiKeys = (contains(currentApiKeys, ':') || length(trim(currentApiKeys))
 // apiKeyNames, is not appended again on every provision.
 var keptNames = [for entry in split(keptApiKeys, ','): (contains(entry, ':')) ? toLower(replace(trim(first(split(entry, ':'))), ' ', '')) : '']
 
-// One ",<name>:<key>" per name that has no entry yet, '' otherwise.
-var apiKeyAdditions = [for keyName in split(apiKeyNames, ','): (empty(trim(keyName)) || contains(keptNames, toLower(replace(trim(keyName), ' ', '')))) ? '' : ',${trim(keyName)}:${replace(guid(apiKeyEntropy, trim(keyName), 'key-part-1'), '-', '')}${replace(guid(apiKeyEntropy, trim(keyName), 'key-part-2'), '-', '')}']
+// The names asked for, compared the same way.
+var wantedNames = [for keyName in split(apiKeyNames, ','): toLower(replace(trim(keyName), ' ', ''))]
+
+// One ",<name>:<key>" per name that has no entry yet and is not asked for earlier in the list
+// ("alice,Alice" issues one key), '' otherwise.
+var apiKeyAdditions = [for (keyName, i) in split(apiKeyNames, ','): (empty(trim(keyName)) || contains(keptNames, wantedNames[i]) || contains(take(wantedNames, i), wantedNames[i])) ? '' : ',${trim(keyName)}:${replace(guid(apiKeyEntropy, trim(keyName), 'key-part-1'), '-', '')}${replace(guid(apiKeyEntropy, trim(keyName), 'key-part-2'), '-', '')}']
 
 var allAdditions = join(apiKeyAdditions, '')
 
