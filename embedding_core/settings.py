@@ -210,11 +210,13 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
                 f"configuration error: {setting}: entries {', '.join(map(str, numbers))} hold "
                 "the same key for different callers; none of them is accepted: give each "
                 "caller its own key")
-        else:
-            for n in numbers[1:]:
-                refused.setdefault(n, (
-                    f"configuration error: {setting}: entry {n} repeats the key of entry "
-                    f"{numbers[0]} for the same caller and is ignored"))
+        else:   # kept once: in the first of these entries that is not refused otherwise
+            kept = next((n for n in numbers if n not in refused), numbers[0])
+            for n in numbers:
+                if n != kept:
+                    refused.setdefault(n, (
+                        f"configuration error: {setting}: entry {n} repeats the key of entry "
+                        f"{kept} for the same caller and is ignored"))
     keys: list[ApiKey] = []
     callers: dict[str, tuple[int, str | None]] = {}    # caller id -> (first entry, its name)
     for n, name, key, _ in entries:

@@ -150,6 +150,9 @@ OTHER = "other-secret-9c1d5e7a"
     (f"{ALICE},{ALICE},b:{OTHER}", [fingerprint(ALICE), "key:b"],
      "entry 2 repeats the key of entry 1 for the same caller and is ignored"),
     (f"a:{ALICE},b:{PLAIN},a:{ALICE}", ["key:a", "key:b"], "entry 3 repeats the key of entry 1"),
+    # kept in the entry that is not refused otherwise (entry 3), not lost with entry 2
+    (f"Alice:{OTHER},alice:{ALICE},Alice:{ALICE}", ["key:Alice", "key:Alice"],
+     "entries 1 and 2 have names that differ only in case"),
     ("{" + '"a":' + "[" * 5000 + "]" * 5000 + "}", [], "nested too deeply"),
     (f"my key:{ALICE},b:{OTHER}", ["key:b"], "entry 1 contains ':' but the part before it is not"),
     (f":{ALICE},b:{OTHER}", ["key:b"], "not a key name"),
