@@ -150,38 +150,39 @@ def test_special_tokens_missing_from_the_vocabulary_fail_the_load(caplog):
     assert "options.cls_token '<s>' is not in the tokenizer's vocabulary" in caplog.text
 
 
+SERVICE_KEY = "registry-test-key-0000"
+
+
+def service_with(tmp_path, deployment: dict):
+    """A service whose registry holds only ``deployment`` (an entry of the shipped registry,
+    its file paths made absolute), with the key SERVICE_KEY."""
+    from embedding_core.service import EmbeddingService
+
+    for ref in [*deployment["files"].values(), deployment["calibration"]]:
+        ref["path"] = str(DEFAULT_REGISTRY.parent / ref["path"])
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps({"deployments": [deployment]}))
+    return EmbeddingService.from_env({"EMBEDDINGS_REGISTRY": str(path),
+                                      "EMBEDDINGS_API_KEYS": SERVICE_KEY})
+
+
 def test_declared_dimensions_that_the_model_does_not_give_are_a_500_that_says_so(tmp_path, caplog):
     from conftest import post
 
-    from embedding_core.service import EmbeddingService
-
-    doc = _doc()
-    text = next(d for d in doc["deployments"] if d["modality"] == "text")
-    text = {**text, "dimensions": 768}
-    for ref in [*text["files"].values(), text["calibration"]]:
-        ref["path"] = str(DEFAULT_REGISTRY.parent / ref["path"])
-    path = tmp_path / "registry.json"
-    path.write_text(json.dumps({"deployments": [text]}))
-    svc = EmbeddingService.from_env({"EMBEDDINGS_REGISTRY": str(path),
-                                     "EMBEDDINGS_API_KEYS": "registry-test-key-0000"})
-    res = post(svc, {"input": ["hello"]}, headers={"api-key": "registry-test-key-0000"})
+    text = next(d for d in _doc()["deployments"] if d["modality"] == "text")
+    svc = service_with(tmp_path, {**text, "dimensions": 768})
+    res = post(svc, {"input": ["hello"]}, headers={"api-key": SERVICE_KEY})
     assert res.status == 500 and res.json()["error"]["code"] == "InternalServerError"
     assert "declares 768 dimensions but its model gives 384" in caplog.text
 
 
 def test_openai_model_lookup_of_an_image_deployment_without_text_deployments(tmp_path):
-    from embedding_core.service import ApiRequest, EmbeddingService
+    from embedding_core.service import ApiRequest
 
-    doc = _doc()
-    image = next(d for d in doc["deployments"] if d["name"] == "efficientnet-lite0")
-    for ref in [*image["files"].values(), image["calibration"]]:
-        ref["path"] = str(DEFAULT_REGISTRY.parent / ref["path"])
-    path = tmp_path / "registry.json"
-    path.write_text(json.dumps({"deployments": [image]}))
-    svc = EmbeddingService.from_env({"EMBEDDINGS_REGISTRY": str(path),
-                                     "EMBEDDINGS_API_KEYS": "registry-test-key-0000"})
+    image = next(d for d in _doc()["deployments"] if d["name"] == "efficientnet-lite0")
+    svc = service_with(tmp_path, image)
     res = svc.handle("v1/models/{model}", ApiRequest(
-        "GET", "/v1/models/efficientnet-lite0", {"api-key": "registry-test-key-0000"}, {}, b"",
+        "GET", "/v1/models/efficientnet-lite0", {"api-key": SERVICE_KEY}, {}, b"",
         route_params={"model": "efficientnet-lite0"}))
     assert res.status == 404
     assert res.json()["error"]["message"] == (
