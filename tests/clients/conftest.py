@@ -36,13 +36,15 @@ shutil.copyfile(ROOT / "embedding_core/models/cl100k_base/cl100k_base.tiktoken",
 
 for name in list(os.environ):
     if name.startswith(("OPENAI_", "AZURE_OPENAI_", "AZURE_INFERENCE_", "AZURE_AI_",
-                        "LANGCHAIN_", "LANGSMITH_", "LITELLM_", "SEMANTICKERNEL_", "LLAMA_")):
+                        "LANGCHAIN_", "LANGSMITH_", "LITELLM_", "SEMANTICKERNEL_", "LLAMA_",
+                        "HAYSTACK_", "CHROMA_")):
         del os.environ[name]
 os.environ.update({
     "TIKTOKEN_CACHE_DIR": str(_TIKTOKEN_CACHE),
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # else litellm fetches prices from GitHub on import
     "LANGCHAIN_TRACING_V2": "false", "LANGSMITH_TRACING": "false",
     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    "HAYSTACK_TELEMETRY_ENABLED": "False", "ANONYMIZED_TELEMETRY": "False",
     "DO_NOT_TRACK": "1", "OTEL_SDK_DISABLED": "true", "AZURE_TELEMETRY_DISABLED": "true",
     "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
 })

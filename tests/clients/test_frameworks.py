@@ -10,12 +10,18 @@ from __future__ import annotations
 import asyncio
 import warnings
 
+import chromadb
 import litellm
 import numpy as np
 import openai
 import pytest
 from azure.ai.inference.aio import EmbeddingsClient
 from azure.core.credentials import AzureKeyCredential
+from chromadb.utils.embedding_functions import OpenAIEmbeddingFunction
+from haystack import Document
+from haystack.components.embedders import (AzureOpenAIDocumentEmbedder, AzureOpenAITextEmbedder,
+                                           OpenAIDocumentEmbedder, OpenAITextEmbedder)
+from haystack.utils import Secret
 from langchain_azure_ai.embeddings import AzureAIOpenAIApiEmbeddingsModel
 from langchain_azure_ai.embeddings.inference import AzureAIEmbeddingsModel as LangChainAzureAI
 from langchain_openai import OpenAIEmbeddings
@@ -275,3 +281,63 @@ def test_litellm_async_float_and_dimensions(server, ref):
     r = litellm.embedding(model="openai/text-embedding-3-small", api_base=server.url + "/v1",
                           api_key=KEY, input=TEXTS, dimensions=384)
     assert_same([d["embedding"] for d in r.data], ref(TEXTS))
+
+
+# -- Haystack -------------------------------------------------------------------------------------
+
+def test_haystack_openai_embedders(server, ref, sent):
+    """OpenAIDocumentEmbedder with its default model (text-embedding-3-small, an alias) sends the
+    texts as strings; OpenAITextEmbedder with a deployment name; sync and async."""
+    documents = [Document(content=t) for t in TEXTS]
+    embedder = OpenAIDocumentEmbedder(api_base_url=server.url + "/v1",
+                                      api_key=Secret.from_token(KEY), progress_bar=False)
+    got = embedder.run(documents)
+    assert_same([d.embedding for d in got["documents"]], ref(TEXTS))
+    assert sent == [("text-embedding-3-small", TEXTS)]
+    assert got["meta"]["model"] == DEFAULT
+    got = asyncio.run(embedder.run_async([Document(content=t) for t in TEXTS]))
+    assert_same([d.embedding for d in got["documents"]], ref(TEXTS))
+    query = OpenAITextEmbedder(api_base_url=server.url + "/v1", api_key=Secret.from_token(KEY),
+                               model=DEFAULT)
+    assert_same([query.run(TEXTS[1])["embedding"]], ref(TEXTS[1:2]))
+
+
+def test_haystack_azure_openai_embedders_with_a_deployment(server, ref):
+    """The deployment in the path decides (the body says text-embedding-ada-002); the
+    api_version the client requires is ignored."""
+    settings = dict(azure_endpoint=server.url, azure_deployment=DEFAULT,
+                    api_key=Secret.from_token(KEY), api_version="2024-10-21")
+    assert_same([AzureOpenAITextEmbedder(**settings).run(TEXTS[0])["embedding"]], ref(TEXTS[:1]))
+    got = AzureOpenAIDocumentEmbedder(**settings, progress_bar=False).run(
+        [Document(content=t) for t in TEXTS])
+    assert_same([d.embedding for d in got["documents"]], ref(TEXTS))
+
+
+# -- Chroma ---------------------------------------------------------------------------------------
+
+def test_chroma_collection_embeds_through_the_service_and_still_does_when_reopened(
+        server, ref, sent, tmp_path, monkeypatch):
+    """Chroma stores the Azure route's vectors; a query finds the document with its own
+    text; and a PersistentClient reopening the collection rebuilds the function from what Chroma
+    stored (endpoint and model; the key from CHROMA_OPENAI_API_KEY) and calls the service again.
+    (Given api_key= instead, Chroma stores no settings and the reopened collection would use its
+    default model, downloading it: the guard would fail this test.)"""
+    monkeypatch.setenv("CHROMA_OPENAI_API_KEY", KEY)
+    embed = OpenAIEmbeddingFunction(api_base=server.url + "/v1", model_name=DEFAULT)
+    collection = chromadb.PersistentClient(path=str(tmp_path)).create_collection(
+        "frameworks-test", embedding_function=embed)
+    ids = [str(i) for i in range(len(TEXTS))]
+    collection.add(ids=ids, documents=TEXTS)
+    assert sent == [(DEFAULT, TEXTS)]
+    stored = collection.get(ids=ids, include=["embeddings"])["embeddings"]
+    # Chroma renormalises vectors stored in a cosine space (its default for this function): the
+    # service's unit vectors, within an ulp or two
+    np.testing.assert_allclose(np.asarray(stored, dtype=np.float32), ref(TEXTS), rtol=1e-6, atol=0)
+    found = collection.query(query_texts=[TEXTS[2]], n_results=1)
+    assert found["ids"] == [["2"]] and found["distances"][0][0] < 1e-6
+
+    sent.clear()
+    reopened = chromadb.PersistentClient(path=str(tmp_path)).get_collection("frameworks-test")
+    found = reopened.query(query_texts=[TEXTS[1]], n_results=1, include=["distances"])
+    assert sent == [(DEFAULT, [TEXTS[1]])]
+    assert found["ids"] == [["1"]] and found["distances"][0][0] < 1e-6
