@@ -16,8 +16,11 @@ backend and lives elsewhere.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Protocol, Sequence
+from typing import Any, Callable, Hashable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -92,6 +95,29 @@ class Backend(Protocol):
 
     def loaded(self) -> bool:
         """True once the model is in memory (never triggers loading)."""
+
+
+_one_off = threading.local()
+
+
+@contextlib.contextmanager
+def one_off() -> Iterator[None]:
+    """Marks one-off work a lane does inside ``run`` (creating a session on first use, compiling
+    a model, waiting for another thread doing so): the queue leaves its time out of the
+    throughput it measures, or the first batch after a cold start would make every estimate
+    (admission, Retry-After) ten times too long for the next twenty batches."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        _one_off.seconds = getattr(_one_off, "seconds", 0.0) + time.perf_counter() - start
+
+
+def take_one_off_seconds() -> float:
+    """Seconds of :func:`one_off` work in this thread since the last call (and reset)."""
+    seconds = getattr(_one_off, "seconds", 0.0)
+    _one_off.seconds = 0.0
+    return seconds
 
 
 def fits(lane: Lane, count: int, max_cost: int) -> bool:

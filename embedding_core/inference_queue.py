@@ -20,11 +20,14 @@ The design follows text-embeddings-inference (``router`` → ``core/src/queue.rs
   request keeps every core.
 * Each handler waits on its own job, with a deadline; the rows come back in item order. A job
   that times out or whose handler gives up is cancelled: its queued items are dropped.
-* Admission also refuses a job the queue could not finish in time: under round-robin every
-  admitted job finishes after roughly all the work queued with it, so a job is admitted only if
-  the queued work plus its own, at the measured throughput, fits in ``max_wait_s`` (unless the
-  queue is empty: a lone request is bounded by the per-request token cap). Otherwise several
-  large requests would all be admitted and all time out together.
+* Admission also refuses a job the queue could not finish in time (unless the queue is empty:
+  a lone request is bounded by the per-request token cap). Under round-robin the job that
+  finishes last is the largest, after all the work queued with it: a job that needs more than
+  ``SMALL_JOB_S`` of inference is admitted only if the queued work plus its own, at the measured
+  throughput, fits in ``max_wait_s``, or several large requests would all be admitted and all
+  time out together. A smaller job only has to finish in time itself: it shares the workers
+  with each queued job until either is done, a turn (one batch) at a time, so it is refused
+  only when the jobs ahead of it are too many, not because one of them is large.
 * A worker survives anything a batch throws (the jobs in that batch fail with it), is
   restarted by whoever finds it dead, and is stopped and joined at interpreter exit (a daemon
   thread killed inside ONNX Runtime aborts the process).
@@ -48,7 +51,7 @@ from typing import Callable
 import numpy as np
 
 from . import errors
-from .backends import Lane, Prepared, Work, fits
+from .backends import Lane, Prepared, Work, fits, take_one_off_seconds
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,15 @@ log = logging.getLogger(__name__)
 # so early estimates err on the long side.
 DEFAULT_RATES = {"tokens": 2000.0, "images": 20.0}
 RATE_DECAY = 0.8              # weight of the past in the throughput estimate, per batch
+# A batch updates the estimate only if it carried this much work: a run's fixed cost (about 300
+# operators, the work of 16-24 tokens) dominates smaller ones, and a rate measured on
+# one-sentence batches (about a third of the batched rate here) would make a large request's
+# estimate three times too long. Low enough that half of a request of 32 short sentences (what
+# each of two workers runs) counts.
+RATE_SAMPLE_MIN = {"tokens": 64, "images": 1}
+# A job whose own inference is estimated under this is admitted whenever it can finish in time
+# itself (see the module's docstring); it delays the others by about that much at most.
+SMALL_JOB_S = 1.0
 EMPTY = np.empty((0, 0), dtype=np.float32)
 
 
@@ -77,6 +89,7 @@ class _Part:
 class Job:
     parts: list[_Part]                     # one per Work of the Prepared, empty ones included
     costs: dict[str, int]                  # queued cost per unit when admitted
+    left: collections.Counter = field(default_factory=collections.Counter)  # cost not started
     enqueued: float = field(default_factory=time.perf_counter)
     started: float | None = None           # when its first batch started
     inference_s: float = 0.0               # time while at least one of its batches ran
@@ -143,6 +156,7 @@ class InferenceQueue:
         self._batches = 0
         self._running = 0                  # batches being run now
         self._threads: list[threading.Thread] = []
+        self._short_of_workers = False
         self._out: set[Job] = set()        # jobs out of the ring whose last items are running
         self._stopping = False
         _queues.add(self)
@@ -165,7 +179,8 @@ class InferenceQueue:
         costs: collections.Counter[str] = collections.Counter()
         for p in parts:
             costs[p.work.lane.unit] += int(sum(p.work.costs))
-        job = Job(parts, dict(costs), remaining=sum(len(p.order) for p in parts))
+        job = Job(parts, dict(costs), collections.Counter(costs),
+                  remaining=sum(len(p.order) for p in parts))
         if not job.remaining:
             job.done.set()
             return job
@@ -281,28 +296,54 @@ class InferenceQueue:
                 excess = self._queued[unit] + cost - limit
                 raise errors.too_many_requests(
                     self._retry_after(excess / self._rates.get(unit, 1.0)))
-        if self.max_wait_s and self._ring:
+        if not self.max_wait_s or not self._ring:
+            return
+        own = self._job_s(costs)
+        if own <= SMALL_JOB_S:
+            need = own + sum(min(self._job_s(job.left), max(own, self._turn_s(job)))
+                             for job in self._ring)
+        else:
             need = self._drain_s(costs)
-            if need > self.max_wait_s:
-                raise errors.too_many_requests(self._retry_after(need - self.max_wait_s))
+        if need > self.max_wait_s:
+            raise errors.too_many_requests(self._retry_after(need - self.max_wait_s))
+
+    def _job_s(self, costs: dict[str, int]) -> float:
+        """Seconds to run ``costs`` at the measured rates."""
+        return sum(n / self._rates.get(u, 1.0) for u, n in costs.items() if n)
+
+    def _turn_s(self, job: Job) -> float:
+        """Seconds of one full batch of the lane ``job`` is served on next."""
+        lane = next((p.work.lane for p in job.parts if p.pending), None)
+        return 0.0 if lane is None else lane.batch_budget / self._rates.get(lane.unit, 1.0)
 
     # -- worker side ----------------------------------------------------------------------------
     def _ensure_worker(self) -> None:
         """Start the workers (or restart any that died), lock held."""
-        alive = [t for t in self._threads if t.is_alive()]
-        while len(alive) < self.workers:
-            worker = threading.Thread(target=self._loop, daemon=True,
-                                      name=self.name if self.workers == 1
-                                      else f"{self.name}-{len(alive)}")
-            worker.start()
-            alive.append(worker)
-        self._threads = alive
+        self._threads = [t for t in self._threads if t.is_alive()]
+        names = {t.name for t in self._threads}
+        while len(self._threads) < self.workers:
+            name = self.name if self.workers == 1 else next(
+                n for i in range(self.workers) if (n := f"{self.name}-{i}") not in names)
+            worker = threading.Thread(target=self._loop, daemon=True, name=name)
+            try:
+                worker.start()
+            except RuntimeError:             # "can't start new thread": a thread limit
+                if not self._threads:
+                    raise                    # no worker at all: the request fails (500)
+                if not self._short_of_workers:   # tried again at every request; logged once
+                    self._short_of_workers = True
+                    log.warning("inference queue: could not start worker %s; running on %d",
+                                name, len(self._threads), exc_info=True)
+                return
+            self._threads.append(worker)     # known at once: a later failure cannot orphan it
+            names.add(name)
 
     def _drop(self, job: Job) -> None:
         """Remove a job's pending items from the accounting and the ring (lock held)."""
         for p in job.parts:
-            left = [p.work.costs[i] for i in p.order[p.next:]]
-            self._queued[p.work.lane.unit] -= int(sum(left))
+            left = int(sum(p.work.costs[i] for i in p.order[p.next:]))
+            self._queued[p.work.lane.unit] -= left
+            job.left[p.work.lane.unit] -= left
             p.next = len(p.order)
         try:
             self._ring.remove(job)
@@ -408,7 +449,9 @@ class InferenceQueue:
         for job, p, idx in taken:
             if job.started is None:
                 job.started = now
-            self._queued[lane.unit] -= int(sum(p.work.costs[i] for i in idx))
+            cost = int(sum(p.work.costs[i] for i in idx))
+            self._queued[lane.unit] -= cost
+            job.left[lane.unit] -= cost
         self._rotate(taken)
         return lane, taken
 
@@ -435,6 +478,7 @@ class InferenceQueue:
 
     def _run_batch(self, lane: Lane, taken: list[tuple[Job, _Part, list[int]]]) -> None:
         payloads = [p.work.payloads[i] for _, p, idx in taken for i in idx]
+        take_one_off_seconds()
         t0 = time.perf_counter()
         try:
             out = np.asarray(lane.run(payloads, requests=len({id(job) for job, _, _ in taken})))
@@ -469,6 +513,7 @@ class InferenceQueue:
             log.exception("inference batch of %d items failed", len(payloads))
             out, error = None, exc
         elapsed = time.perf_counter() - t0
+        one_off = take_one_off_seconds()   # a session created, a model compiled: not throughput
         with self._cond:
             self._batches += 1
             if error is not None:
@@ -477,10 +522,11 @@ class InferenceQueue:
             # Batches running side by side share the CPU: the rate is the process's, not one
             # worker's.
             work = sum(p.work.costs[i] for _, p, idx in taken for i in idx)
-            self._work[lane.unit] = RATE_DECAY * self._work.get(lane.unit, 0.0) + work
-            self._time[lane.unit] = RATE_DECAY * self._time.get(lane.unit, 0.0) + \
-                elapsed / max(1, self._running)
-            if self._time[lane.unit] > 0:
+            compute = elapsed - one_off
+            if work >= RATE_SAMPLE_MIN.get(lane.unit, 1) and compute > 0:
+                self._work[lane.unit] = RATE_DECAY * self._work.get(lane.unit, 0.0) + work
+                self._time[lane.unit] = RATE_DECAY * self._time.get(lane.unit, 0.0) + \
+                    compute / max(1, self._running)
                 self._rates[lane.unit] = self._work[lane.unit] / self._time[lane.unit]
             row = 0
             for job, p, idx in taken:

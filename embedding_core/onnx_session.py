@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from .backends import one_off
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class SessionPair:
     def wide(self) -> Any:
         """The default session, created on first use (by one thread, the others wait for it)."""
         if self._wide is None:
-            with self._lock:
+            with one_off(), self._lock:
                 if self._wide is None:
                     self._wide = self._make_wide()
         return self._wide
@@ -118,7 +119,7 @@ class SessionPair:
         if not self.choose_narrow(batch_tokens, requests):
             return self.wide
         if self._narrow is None:
-            with self._lock:
+            with one_off(), self._lock:
                 if self._narrow is None:
                     log.info("many small concurrent requests: creating a one-thread session")
                     self._narrow = self._make_narrow()

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from . import errors
-from .backends import Encoded, Prepared, Work, run_inline
+from .backends import Encoded, Prepared, Work, one_off, run_inline
 from .bounded_tokenize import Limits, tokenize_texts
 from .onnx_session import SessionPair, create_session, release_arena_when_idle
 from .openvino_session import long_inputs, pad_width
@@ -267,7 +267,7 @@ class TextBackend:
         compiled, no failure is checked (a later success is not hidden by an earlier failure)."""
         session = self.long.session
         if not session.compiled:
-            with self._long_lock, self._loading("long-input model"):
+            with one_off(), self._long_lock, self._loading("long-input model"):
                 return session.input_names
         return session.input_names
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from embedding_core.backends import Encoded, Prepared, Work
+from embedding_core.backends import Encoded, Prepared, Work, one_off
 from embedding_core.errors import ApiError
 from embedding_core.inference_queue import InferenceQueue, check_request_cost
 
@@ -516,6 +516,107 @@ def test_admission_refuses_what_could_not_finish_in_time():
     alone = q.submit(job(lane, "alone", [100_000]))       # an empty queue admits any request
     lane.step()
     q.wait(alone, 10)
+
+
+def test_a_small_request_is_admitted_behind_a_large_one_that_alone_exceeds_max_wait():
+    """A lone request is admitted whatever its estimate; behind it, round-robin serves a small
+    request within a turn, so the small one is admitted (it was refused with the whole queue's
+    drain time, for as long as the large one had more than max_wait_s left). A larger newcomer
+    is still judged on everything queued, and a small one is refused when the jobs ahead of it
+    are too many for it to finish in time."""
+    lane = GateLane(max_batch_items=1, batch_budget=100)
+    q = InferenceQueue({"tokens": 10**6}, max_wait_s=10)
+    q._rates["tokens"] = 100.0                           # 100 tokens/s: a turn is 1 s
+    running = q.submit(job(lane, "r", [1]))
+    assert lane.entered.acquire(timeout=10)
+    big = q.submit(job(lane, "big", [100] * 20))          # 20 s, alone: admitted
+    small = q.submit(job(lane, "s", [10]))                # 0.1 s + one turn of big: admitted
+    with pytest.raises(ApiError) as exc:
+        q.submit(job(lane, "m", [150]))                   # 1.5 s: 21.6 s with the rest: refused
+    assert exc.value.status == 429 and exc.value.headers["Retry-After"] == "10"  # capped
+    others = [q.submit(job(lane, f"o{i}", [60])) for i in range(14)]  # 0.6 s each: admitted
+    with pytest.raises(ApiError) as exc:   # 0.9 s + 1 (a turn of big) + 0.1 + 14 x 0.6 = 10.4 s
+        q.submit(job(lane, "x", [10] * 9))
+    assert exc.value.headers["Retry-After"] == "1"
+    fits = q.submit(job(lane, "y", [10]))  # 0.1 + 1 + 0.1 + 8.4 = 9.6 s
+    lane.gate.release()
+    lane.step(20 + 1 + 14 + 1)
+    wait_all(q, [running, big, small, *others, fits])
+    assert lane.batches.index(["s0"]) < lane.batches.index(["big1"])   # served in the first turn
+
+
+def test_a_worker_that_cannot_start_leaves_the_others_serving(monkeypatch, caplog):
+    """A thread limit ("can't start new thread") once failed every request with a 500 while the
+    workers already started ran on, unknown to the queue: every request started another set."""
+    real_start = threading.Thread.start
+
+    def start(thread):
+        if thread.name == "w-1":
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    lane = GateLane()
+    q = InferenceQueue({"tokens": 100}, workers=2, name="w")
+    for name in ("a", "b", "c"):
+        j = q.submit(job(lane, name, [1]))
+        lane.step()
+        q.wait(j, 10)
+    assert [t.name for t in threading.enumerate() if t.name.startswith("w-")] == ["w-0"]
+    assert [r.getMessage() for r in caplog.records if "could not start" in r.getMessage()] == [
+        "inference queue: could not start worker w-1; running on 1"]
+    q.stop()
+
+
+class Clock:
+    """time.perf_counter for the queue, advanced only by ClockLane."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class ClockLane:
+    """A lane whose payloads are their token counts: a batch takes RUN_S plus its tokens at
+    RATE tokens/s of the Clock; its first batch also creates a session (one-off, 0.5 s)."""
+
+    unit, key, max_batch_items, batch_budget = "tokens", "clock", 10**6, 10**6
+    RATE, RUN_S = 4000.0, 0.002
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.cold = True
+
+    def run(self, payloads, requests=1):
+        if self.cold:
+            self.cold = False
+            with one_off():
+                self.clock.now += 0.5
+        self.clock.now += self.RUN_S + sum(payloads) / self.RATE
+        return np.zeros((len(payloads), 1))
+
+
+def test_the_measured_rate_leaves_out_one_off_work_and_small_batches(monkeypatch):
+    """Creating a session in the first batch after a cold start made the rate ten times too
+    low for the next twenty batches (429s telling clients to come back in minutes for work of a
+    second); and one-sentence batches, dominated by a run's fixed cost, measure a fraction of
+    the batched rate."""
+    clock = Clock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    lane = ClockLane(clock)
+    q = InferenceQueue({"tokens": 10**6})
+
+    def run(tokens):
+        q.wait(q.submit(Prepared([Work(lane, list(tokens), list(tokens))],
+                                 lambda out: Encoded(out[0], 0))), 10)
+        return q.stats().rates["tokens"]
+
+    batched = 1000 / (1000 / 4000 + 0.002)
+    assert run([1000]) == pytest.approx(batched)         # not 1000 / 0.752 s
+    for _ in range(10):
+        assert run([8]) == pytest.approx(batched)        # 8 tokens: not counted
+    assert run([32, 32]) == pytest.approx((0.8 * 1000 + 64) / (0.8 * 0.252 + 0.018))  # counted
 
 
 def test_precheck_refuses_a_full_queue_before_any_work():
