@@ -1124,6 +1124,18 @@ def test_checkov_skips_are_inline_with_reasons():
 # --------------------------------------------------------------------------- telemetry and alerts
 
 
+def test_the_host_refuses_bodies_over_the_apps_largest_limit():
+    """The host reads every body whole before the app checks the caller; its default limit is
+    100 MB. Deployed, it is the local host's cap: the app's largest limit plus a margin, so the
+    app still answers its own 413s."""
+    from tools import local_host
+    from embedding_core.settings import Settings
+    limit = int(functionapp_settings()["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"])
+    assert limit == local_host.default_max_body_bytes({}) < local_host.FUNCTIONS_MAX_BODY
+    assert limit == Settings.from_env({}).max_image_body_bytes + local_host.BODY_CAP_MARGIN
+    assert "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT" not in FLEX_DEPRECATED_APP_SETTINGS
+
+
 def test_opentelemetry_mode_and_worker_telemetry_settings():
     host = json.loads((ROOT / "host.json").read_text())
     assert host["telemetryMode"] == "OpenTelemetry"

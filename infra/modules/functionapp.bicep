@@ -212,7 +212,19 @@ var telemetrySettings = [
   }
 ]
 
-var appSettings = concat(hostStorageSettings, monitoringSettings, apiKeySettings, entraSettings, workerSettings, threadSettings, inferenceWorkerSettings, openaiSettings, telemetrySettings)
+// The Functions host reads a request's whole body before the app sees the request (and so before
+// it checks the caller), up to FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: 100 MB by default, on every
+// route. The app's largest limit is the image route's 32 MiB (EMBEDDINGS_MAX_IMAGE_BODY_BYTES);
+// the host refuses more than that plus 1 MiB (413), as tools/local_host.py does, so that a caller
+// without credentials cannot make an instance hold 100 MB per request. Raise both together.
+var hostSettings = [
+  {
+    name: 'FUNCTIONS_REQUEST_BODY_SIZE_LIMIT'
+    value: '34603008'
+  }
+]
+
+var appSettings = concat(hostStorageSettings, monitoringSettings, apiKeySettings, entraSettings, workerSettings, threadSettings, inferenceWorkerSettings, openaiSettings, telemetrySettings, hostSettings)
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   // checkov:skip=CKV_AZURE_225: Zone redundancy for Flex Consumption is region-dependent; it is exposed as the zoneRedundant parameter (default off) instead of being forced.
