@@ -24,6 +24,14 @@ How (per request, :func:`tokenize_texts`):
   the tokenizer without giving the model anything is refused (422) once it has cost
   ``2 * max_input_chars`` characters. Prose is 3-5 characters per token, source code and JSON 2-5,
   text laid out with runs of spaces up to ~17.
+* **A word that is no token costs more.** WordPiece searches a word's longest known prefixes
+  and gives up only at its end: a word of ``n <= 100`` characters that ends as ``[UNK]`` costs
+  it ~n²/26 µs (378 µs at 100 characters, against ~0.8 µs a character of prose), for one token.
+  Such a word is charged ``n² / UNK_WORD_DIVISOR`` characters (476 at 100). Before, 2,048 inputs
+  of 100-character ``[UNK]`` words mixed with enough one-character tokens to stay under 32
+  characters a token cost 19-25 s of tokenizer CPU, and a 422 at the end (review
+  /work/scratch/h_cost F1, 2026-11-23); now such a request is refused after its free
+  characters. A longer word is ``[UNK]`` at once (cheap) and counts its characters.
 * Inputs are handled in groups of consecutive inputs (one batched, multi-threaded tokenizer call
   per group and round); the first bad input in request order is reported, and a bad group stops
   the request before later groups are read.
@@ -43,6 +51,8 @@ from . import errors
 GROUP = 256            # inputs per batched tokenizer call
 MIN_PIECE = 64         # never read less than this many characters in one piece (unless at the end)
 EXACT_COUNT_CHARS = 8192   # a refused input up to this long is counted exactly for the message
+WORDPIECE_MAX_WORD = 100   # longer words are [UNK] without a search (max_input_chars_per_word)
+UNK_WORD_DIVISOR = 21      # an [UNK] word of n characters is charged n * n // 21 characters
 
 
 @dataclass
@@ -53,6 +63,7 @@ class Limits:
     first_piece: int          # inputs up to this long are tokenised whole, in one piece
     max_input_chars: int      # EMBEDDINGS_MAX_INPUT_CHARS
     max_chars_per_token: int  # EMBEDDINGS_MAX_CHARS_PER_TOKEN
+    unk_id: int | None = None  # the tokenizer's [UNK] (a word that is no token: charged more)
 
 
 @dataclass
@@ -147,6 +158,7 @@ def _take(item: _Input, piece: str, whole: bool, at_cap: bool, enc: Any, budget:
           limits: Limits) -> None:
     ids = enc.ids
     size = len(piece)
+    first = 0               # keep = ids[first:first + len(keep)]
     if whole or not ids:    # the rest of the text, or nothing but whitespace/dropped characters
         keep, advance = ids, size
     else:
@@ -161,8 +173,10 @@ def _take(item: _Input, piece: str, whole: bool, at_cap: bool, enc: Any, budget:
             k = 1
             while k < len(words) and words[k] == words[0]:
                 k += 1
-            keep = ids[k:]
+            keep, first = ids[k:], k
             advance = size - (offsets[k][0] if k < len(ids) else offsets[k - 1][1])
+    if limits.unk_id is not None and limits.unk_id in keep:
+        budget.read += _unk_surcharge(enc, first, first + len(keep), limits.unk_id)
     if keep:
         item.parts.append(keep)
         item.count += len(keep)
@@ -186,6 +200,18 @@ def _take(item: _Input, piece: str, whole: bool, at_cap: bool, enc: Any, budget:
         item.want = max(MIN_PIECE, min(estimate, 4 * size))
 
 
+def _unk_surcharge(enc: Any, lo: int, hi: int, unk_id: int) -> int:
+    """Characters charged beyond their length for the [UNK] words among tokens lo..hi."""
+    ids, offsets = enc.ids, enc.offsets
+    extra = 0
+    for j in range(lo, hi):
+        if ids[j] == unk_id:
+            n = offsets[j][1] - offsets[j][0]
+            if n <= WORDPIECE_MAX_WORD:
+                extra += max(0, n * n // UNK_WORD_DIVISOR - n)
+    return extra
+
+
 def _finish(encode_batch, item: _Input, truncate: str, limits: Limits,
             budget: CharBudget) -> np.ndarray:
     target = f"input[{item.index}]"
@@ -201,7 +227,8 @@ def _finish(encode_batch, item: _Input, truncate: str, limits: Limits,
     if item.starved == "request":
         raise errors.validation(
             f"The request's text gives too few tokens for its length: the tokenizer read "
-            f"{budget.read:,} characters and found {budget.tokens:,} tokens. Beyond the first "
+            f"{budget.read:,} characters and found {budget.tokens:,} tokens (a word of n "
+            f"characters that is no token counts n*n/{UNK_WORD_DIVISOR}). Beyond the first "
             f"{budget.free:,} characters (twice EMBEDDINGS_MAX_INPUT_CHARS) a request may "
             f"have at most {limits.max_chars_per_token} characters per token "
             f"(EMBEDDINGS_MAX_CHARS_PER_TOKEN). Send fewer or shorter inputs per request, or "

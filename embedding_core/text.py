@@ -67,6 +67,10 @@ class TextBackend:
         self.cls_id = tok.token_to_id(opts.get("cls_token", "[CLS]"))
         self.sep_id = tok.token_to_id(opts.get("sep_token", "[SEP]"))
         self.pad_id = tok.token_to_id(opts.get("pad_token", "[PAD]")) or 0
+        # A word that is no token (WordPiece's [UNK]) is charged more when tokenising
+        # (bounded_tokenize): finding that out is what costs the tokenizer most.
+        unk = getattr(tok.model, "unk_token", None)
+        self.unk_id = tok.token_to_id(unk) if unk else None
         for name, token_id in (("cls_token", self.cls_id), ("sep_token", self.sep_id)):
             if token_id is None:  # a registry entry copied from another model: fail the load
                 raise ValueError(f"{deployment.name}: options.{name} "
@@ -158,7 +162,8 @@ class TextBackend:
         limits = Limits(room=room, extra=len(prefix) + 2, max_tokens=self.max_tokens,
                         first_piece=self.piece_chars,
                         max_input_chars=self.settings.max_input_chars,
-                        max_chars_per_token=self.settings.max_chars_per_token)
+                        max_chars_per_token=self.settings.max_chars_per_token,
+                        unk_id=self.unk_id)
         texts = {i: x for i, x in enumerate(inputs) if isinstance(x, str)}
         try:
             # encode_batch, not encode_batch_fast: cutting pieces at words needs the offsets.

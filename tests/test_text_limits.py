@@ -116,6 +116,25 @@ def test_many_inputs_with_few_tokens_are_refused_once_they_cost_the_allowance(
     assert counted.chars <= 2 * LIMIT + PER_TOKEN * 2048 + bounded_tokenize.GROUP * 4 * text_backend.piece_chars
 
 
+def test_words_that_are_no_token_are_charged_what_they_cost_the_tokenizer(text_backend, counted):
+    """A word of 100 characters ending in a character the vocabulary lacks is one [UNK], found
+    only after WordPiece has searched all its prefixes (~n² work: 378 µs against ~0.8 µs a
+    character of prose). 2,048 inputs of 34 such words and 92 one-character tokens stay under 32
+    characters a token, so they were all read: 7 M characters, 19-25 s of tokenizer CPU, then a
+    422 over the request token cap. Each such word is now charged 100²/21 characters: the request
+    is refused once it has cost the allowance. Short [UNK]s (an emoji) cost nothing extra."""
+    bad = "x" * 99 + "\u02ac "
+    inputs = [("qz" * 46) + " " + bad * 34] * 2048
+    assert text_backend.tokenizer.real.encode(bad, add_special_tokens=False).ids == [
+        text_backend.unk_id]
+    err = refused(text_backend.tokenize, inputs)
+    assert (err.status, err.code) == (422, "InvalidParameter")
+    assert "no token counts n*n/21" in err.message
+    assert counted.chars < sum(map(len, inputs)) // 8     # 444,416 of 7.2 M (all, before)
+    emoji = ["Launch day \U0001F680 went well \U0001F389 for the team. " * 20] * 64
+    assert all(len(x) <= 256 for x in text_backend.tokenize(emoji, truncate="END"))
+
+
 @pytest.mark.parametrize("unit", ["!", "".join(chr(0x4E00 + i) for i in range(500)), "x" * 99 + " "],
                          ids=["punctuation", "CJK", "99-letter words"])
 @pytest.mark.parametrize("truncate", ["END", "START"])
