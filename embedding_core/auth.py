@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from . import errors
-from .settings import ApiKey, Settings, key_fingerprint, key_problem
+from .settings import MIN_KEY_CHARS, ApiKey, Settings, key_fingerprint, key_problem
 
 __all__ = ["ANONYMOUS", "Authenticator", "Caller", "key_fingerprint"]
 
@@ -75,6 +75,7 @@ class Authenticator:
                             "(docs/deploy.md, 'Call the API with Microsoft Entra ID')")
         for problem in problems:  # once per process: the service is built once
             log.error("%s", problem)
+        self._keys_refused = bool(problems) and not keys
         if keys:
             per_caller: dict[str, int] = {}
             for k in keys:
@@ -133,6 +134,11 @@ class Authenticator:
         if self.disabled:
             return ANONYMOUS
         if not self.configured:
+            if self._keys_refused:
+                raise errors.unauthorized(
+                    "The server has no usable credentials: EMBEDDINGS_API_KEYS is set, but none "
+                    f"of its entries is accepted as a key (a key needs at least {MIN_KEY_CHARS} "
+                    "printable ASCII characters; the server log says what is wrong with each).")
             raise errors.unauthorized(
                 "The server has no credentials configured: set EMBEDDINGS_API_KEYS or the "
                 "EMBEDDINGS_ENTRA_* settings (or EMBEDDINGS_AUTH=disabled for local use).")

@@ -45,7 +45,8 @@ def invalid_body(message: str) -> ApiError:
 def missing_api_version(supported: tuple[str, ...]) -> ApiError:
     return ApiError(
         400, "MissingApiVersionParameter",
-        "The api-version query parameter is required. Supported values: " + ", ".join(supported) + ".",
+        "The api-version query parameter is required. Supported values: " + ", ".join(supported)
+        + ". (OpenAI clients: use the base URL ending in /v1, whose routes need none.)",
         target="api-version")
 
 
@@ -140,6 +141,12 @@ def too_many_requests(retry_after: int) -> ApiError:
 def internal(request_id: str) -> ApiError:
     return ApiError(500, "InternalServerError",
                     f"The server failed to process the request. Request id: {request_id}.")
+
+
+def misconfigured(request_id: str) -> ApiError:
+    return ApiError(500, "InternalServerError",
+                    "The server's configuration is invalid (a setting or the deployment "
+                    f"registry); its log names the problem. Request id: {request_id}.")
 
 
 def model_unavailable(name: str, retry_after: int) -> ApiError:

@@ -318,7 +318,8 @@ class Registry:
                 continue
             dep = self.find(value)
             if dep is None:
-                err = errors.model_not_found(value, [d.name for d in self.deployments])
+                err = errors.model_not_found(
+                    value, [d.name for d in self.deployments if d.modality == modality])
                 err.target = target
                 raise err
             if chosen is not None and dep.name != chosen.name:

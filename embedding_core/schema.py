@@ -189,9 +189,11 @@ def _text_items(value: Any, max_items: int, max_token_id: int) -> list[str | lis
                     f"Token ids must be integers from 0 to {max_token_id - 1} "
                     f"(got {_got(tok)}).", f"input[{i}][{j}]")
         else:
+            hint = (" Images go to POST /images/embeddings."
+                    if isinstance(item, dict) and "image" in item else "")
             raise errors.validation(
-                f"Each input must be a string or an array of token ids (got {_type_name(item)}).",
-                f"input[{i}]")
+                f"Each input must be a string or an array of token ids (got {_type_name(item)})."
+                + hint, f"input[{i}]")
     return value
 
 
@@ -232,12 +234,15 @@ def _image_inputs(value: Any, max_items: int) -> list[ImageInput]:
 def parse_request(doc: dict[str, Any], *, modality: str, extra_mode: str,
                   max_items: int) -> EmbeddingsRequest:
     unknown = [k for k in doc if k not in KNOWN_FIELDS]
+    # A missing `input` first: with {"inputs": ...} the unknown field is the misspelt one, and
+    # the header that would ignore it only leads to this error.
+    if "input" not in doc:
+        raise errors.validation("'input' is required" + (
+            f" (the body has {', '.join(repr(errors.clip(k)) for k in unknown[:3])})."
+            if unknown else "."), "input")
     if unknown and extra_mode == "error":
         raise errors.extra_parameters_not_allowed(unknown)
     extras = {k: doc[k] for k in unknown} if extra_mode == "pass-through" else {}
-
-    if "input" not in doc:
-        raise errors.validation("'input' is required.", "input")
     inputs = (text_inputs if modality == "text" else _image_inputs)(doc["input"], max_items)
     dimensions = dimensions_field(doc.get("dimensions"))
     encoding = encoding_field(doc.get("encoding_format"), FORMATS)

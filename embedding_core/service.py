@@ -316,7 +316,7 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
         dialect = route.dialect if route else path_dialect(req.path)
 
         def fail(trace: Trace) -> dict[str, Any]:
-            raise errors.internal(trace.request_id)
+            raise errors.misconfigured(trace.request_id)
         return run_request(req, dialect, template, fail)
     with memory.request():   # the idle memory trimmer counts requests in flight
         return service.handle(template, req)

@@ -223,6 +223,50 @@ def test_no_credentials_configured_is_explained():
         server.stop()
 
 
+def test_keys_that_are_all_refused_are_explained():
+    """`make serve EMBEDDINGS_API_KEYS=mysecret` once answered "no credentials configured: set
+    EMBEDDINGS_API_KEYS" to a user who had set it."""
+    server = LiveServer({"EMBEDDINGS_API_KEYS": "mysecret"})
+    try:
+        status, _, data = request(server, "POST", "/embeddings" + Q, {"input": ["a"]},
+                                  {**JSON, "api-key": "mysecret"})
+        message = json.loads(data)["error"]["message"]
+        assert status == 401 and "EMBEDDINGS_API_KEYS is set, but none" in message
+        assert "at least 16 printable ASCII characters" in message and "mysecret" not in message
+    finally:
+        server.stop()
+
+
+def test_invalid_settings_are_a_500_that_says_so():
+    server = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_MAX_INPUTS": "lots"})
+    try:
+        status, _, data = request(server, "GET", "/health")
+        message = json.loads(data)["error"]["message"]
+        assert status == 500 and "configuration is invalid" in message and "log" in message
+        assert "EMBEDDINGS_MAX_INPUTS" not in message and "lots" not in message
+    finally:
+        server.stop()
+
+
+def test_common_mistakes_get_a_pointer_to_the_fix(live_server):
+    """What a new user gets wrong first: a misspelt `input` (the error about the unknown field
+    led only to this one), an image on the text route, an OpenAI client without /v1, a model
+    name that does not exist (only the route's own kind of deployment is offered)."""
+    def error(path, body):
+        return json.loads(request(live_server, "POST", path, body, AUTH)[2])["error"]
+    err = error("/embeddings" + Q, {"inputs": ["a"]})
+    assert (err["code"], err["target"]) == ("InvalidParameter", "input")
+    assert err["message"] == "'input' is required (the body has 'inputs')."
+    err = error("/embeddings" + Q, {"input": [{"image": "data:image/png;base64,AAAA"}]})
+    assert err["message"].endswith("Images go to POST /images/embeddings.")
+    assert "/v1" in error("/embeddings", {"input": ["a"]})["message"]
+    text = error("/embeddings" + Q, {"input": ["a"], "model": "gpt-4"})["message"]
+    assert "all-MiniLM-L6-v2-exact" in text and "efficientnet-lite0" not in text
+    image = error("/images/embeddings" + Q, {"input": [{"image": "data:image/png;base64,AAAA"}],
+                                              "model": "gpt-4"})["message"]
+    assert "efficientnet-lite0" in image and "all-MiniLM-L6-v2-exact" not in image
+
+
 def test_auth_can_be_disabled_explicitly():
     server = LiveServer({"EMBEDDINGS_AUTH": "disabled"})
     try:
