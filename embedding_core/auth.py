@@ -137,8 +137,8 @@ class Authenticator:
             if self._keys_refused:
                 raise errors.unauthorized(
                     "The server has no usable credentials: EMBEDDINGS_API_KEYS is set, but none "
-                    f"of its entries is accepted as a key (a key needs at least {MIN_KEY_CHARS} "
-                    "printable ASCII characters; the server log says what is wrong with each).")
+                    "of its entries is accepted as a key; the server log says why (a key needs "
+                    f"at least {MIN_KEY_CHARS} printable ASCII characters).")
             raise errors.unauthorized(
                 "The server has no credentials configured: set EMBEDDINGS_API_KEYS or the "
                 "EMBEDDINGS_ENTRA_* settings (or EMBEDDINGS_AUTH=disabled for local use).")

@@ -220,7 +220,7 @@ def test_unresolved_reference_as_the_whole_setting_is_no_key(literal, setting, c
         for presented in {literal, value, value.strip()}:
             for headers in both_headers(presented):
                 e = refused(a, headers)
-                assert "no credentials configured" in e.message
+                assert "no usable credentials: EMBEDDINGS_API_KEYS is set" in e.message
                 assert "Key Vault" not in e.message and "KeyVault" not in e.message
     [message] = config_errors(caplog)
     assert "EMBEDDINGS_API_KEYS is an unresolved Key Vault reference" in message
@@ -314,7 +314,7 @@ def test_keys_with_characters_clients_cannot_all_send_are_no_keys(caplog):
 
 def test_only_short_keys_means_no_credentials():
     e = refused(authn("local-dev-key"), {"api-key": "local-dev-key"})
-    assert "no credentials configured" in e.message
+    assert "no usable credentials: EMBEDDINGS_API_KEYS is set" in e.message
 
 
 # --------------------------------------------------------------------------------------------

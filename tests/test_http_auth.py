@@ -71,7 +71,7 @@ def test_unresolved_reference_as_the_whole_setting_over_http():
                         {"api-key": f'"{REF}"'}):
             status, body = get(server, headers)
             assert status == 401
-            assert "no credentials configured" in body["error"]["message"]
+            assert "no usable credentials" in body["error"]["message"]
             assert "Key Vault" not in body["error"]["message"]
     finally:
         log = output_of(server)
