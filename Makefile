@@ -19,7 +19,7 @@ install: $(VENV)/.installed
 serve: install
 	@echo "Local development API key: $(EMBEDDINGS_API_KEYS)"
 	@echo "Try: curl -s 'http://$(HOST):$(PORT)/embeddings?api-version=2024-05-01-preview' -H 'api-key: $(EMBEDDINGS_API_KEYS)' -H 'Content-Type: application/json' -d '{\"input\": [\"hello world\"]}'"
-	EMBEDDINGS_API_KEYS='$(EMBEDDINGS_API_KEYS)' $(VENV)/bin/python -m tools.local_host --host $(HOST) --port $(PORT)
+	EMBEDDINGS_API_KEYS='$(EMBEDDINGS_API_KEYS)' exec $(VENV)/bin/python -m tools.local_host --host $(HOST) --port $(PORT)
 
 # The frameworks people call the service with (tests/clients) live in their own virtualenv, with
 # the clients and without the app; the server they call runs in $(VENV).
