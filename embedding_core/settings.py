@@ -29,6 +29,9 @@ RETIRED = {
 }
 
 
+MAX_INFERENCE_WORKERS = 32
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0,
          maximum: int | None = None) -> int:
     raw = env.get(name, "").strip()
@@ -400,7 +403,10 @@ class Settings:
             max_queue_images=max_queue_images,
             request_timeout_s=request_timeout_s,
             retry_after_s=_int(env, "EMBEDDINGS_RETRY_AFTER_SECONDS", cls.retry_after_s, 1),
-            inference_workers=_int(env, "EMBEDDINGS_INFERENCE_WORKERS", cls.inference_workers, 0),
+            # Each worker is a thread with its own ONNX Runtime sessions: more than this many is
+            # a typo (5000 were accepted, and started on the first request).
+            inference_workers=_int(env, "EMBEDDINGS_INFERENCE_WORKERS", cls.inference_workers, 0,
+                                   MAX_INFERENCE_WORKERS),
             ort_intra_op_threads=_int(env, "EMBEDDINGS_ORT_INTRA_OP_THREADS", cls.ort_intra_op_threads, 0),
             ort_small_batch_thread=_bool(env, "EMBEDDINGS_ORT_SMALL_BATCH_THREAD") is not False,
             ort_inter_op_threads=_int(env, "EMBEDDINGS_ORT_INTER_OP_THREADS", cls.ort_inter_op_threads, 1),

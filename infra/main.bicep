@@ -71,6 +71,7 @@ param ortIntraOpThreads int = 0
 
 @description('EMBEDDINGS_INFERENCE_WORKERS app setting (batches run side by side); 0 = leave unset (app default: one per core).')
 @minValue(0)
+@maxValue(32)
 param inferenceWorkers int = 0
 
 @description('EMBEDDINGS_OPENAI_TRUNCATE app setting: what the OpenAI route does with an input over the model\'s token limit (NONE refuses it, as the app does by default; END keeps its first tokens, START its last).')

@@ -623,6 +623,9 @@ def test_function_app_config_flex_runtime_scale_and_deployment():
         assert decorator(p["httpPerInstanceConcurrency"], "min_value") >= 1
         assert p["alwaysReadyHttpInstances"]["default"] == 0
         assert decorator(p["alwaysReadyHttpInstances"], "min_value") == 0
+        # what the app accepts (a larger value would deploy and fail every request)
+        from embedding_core.settings import MAX_INFERENCE_WORKERS
+        assert decorator(p["inferenceWorkers"], "max_value") == MAX_INFERENCE_WORKERS
 
 
 def test_app_settings_identity_based_and_key_vault_reference():

@@ -741,3 +741,11 @@ def test_a_request_that_queued_and_timed_out_still_reports_its_queue_and_inferen
     queue_ms, inference_ms = (float(res.headers[h]) for h in ("x-queue-time", "x-inference-time"))
     assert 0 <= queue_ms < 1000 and inference_ms == 0   # its batch was still running
     svc.queue.stop()
+
+
+def test_inference_workers_are_bounded():
+    """5000 were accepted, and the first request started 5000 threads with their sessions."""
+    from embedding_core.settings import Settings
+    assert Settings.from_env({"EMBEDDINGS_INFERENCE_WORKERS": "32"}).workers == 32
+    with pytest.raises(ValueError, match="EMBEDDINGS_INFERENCE_WORKERS must be <= 32, got 5000"):
+        Settings.from_env({"EMBEDDINGS_INFERENCE_WORKERS": "5000"})

@@ -66,6 +66,7 @@ param ortIntraOpThreads int = 0
 
 @description('EMBEDDINGS_INFERENCE_WORKERS; 0 = leave unset (app default: one per core).')
 @minValue(0)
+@maxValue(32)
 param inferenceWorkers int = 0
 
 @description('EMBEDDINGS_OPENAI_TRUNCATE: NONE (the app default), END or START.')
