@@ -24,14 +24,19 @@ How (per request, :func:`tokenize_texts`):
   the tokenizer without giving the model anything is refused (422) once it has cost
   ``2 * max_input_chars`` characters. Prose is 3-5 characters per token, source code and JSON 2-5,
   text laid out with runs of spaces up to ~17.
-* **A word that is no token costs more.** WordPiece searches a word's longest known prefixes
-  and gives up only at its end: a word of ``n <= 100`` characters that ends as ``[UNK]`` costs
-  it ~n²/26 µs (378 µs at 100 characters, against ~0.8 µs a character of prose), for one token.
-  Such a word is charged ``n² / UNK_WORD_DIVISOR`` characters (476 at 100). Before, 2,048 inputs
-  of 100-character ``[UNK]`` words mixed with enough one-character tokens to stay under 32
-  characters a token cost 19-25 s of tokenizer CPU, and a 422 at the end (review
-  /work/scratch/h_cost F1, 2026-11-23); now such a request is refused after its free
-  characters. A longer word is ``[UNK]`` at once (cheap) and counts its characters.
+* **Words that are no token have a budget of their own.** WordPiece searches a word's longest
+  known prefixes and gives up only at its end: a word that ends as ``[UNK]`` costs it about
+  (characters × UTF-8 bytes) of the *normalised* word (NFD: a Hangul syllable is 2-3 jamo of
+  3 bytes), ~0.55 µs per 21 of that: 259 µs for 100 ASCII characters, 574 for 100 Cyrillic,
+  794 for 33 Hangul syllables, against ~0.8 µs a character of prose; for one token. A request
+  may spend ``UNK_WORK_CAP`` of that work (~2 s of CPU here), then it is refused (422). Before,
+  2,048 inputs of such words mixed with enough one-character tokens to stay under 32 characters
+  a token cost 19-25 s of tokenizer CPU and a 422 at the end (review /work/scratch/h_cost F1),
+  and with Hangul words 51 s and were accepted (review /work/scratch/h_diff2 F4). A word of
+  over 100 normalised characters is ``[UNK]`` at once (cheap). Ordinary text stays under the
+  cap: requests of 2,048 Wikipedia-style paragraphs in scripts this model has no tokens for
+  (runs of 30-60 characters, each one ``[UNK]``) spend 44 % of it (Thai, 292 characters each),
+  31 % (Khmer), 28 % (Lao); emoji-laden posts 5 %.
 * Inputs are handled in groups of consecutive inputs (one batched, multi-threaded tokenizer call
   per group and round); the first bad input in request order is reported, and a bad group stops
   the request before later groups are read.
@@ -51,8 +56,8 @@ from . import errors
 GROUP = 256            # inputs per batched tokenizer call
 MIN_PIECE = 64         # never read less than this many characters in one piece (unless at the end)
 EXACT_COUNT_CHARS = 8192   # a refused input up to this long is counted exactly for the message
-WORDPIECE_MAX_WORD = 100   # longer words are [UNK] without a search (max_input_chars_per_word)
-UNK_WORD_DIVISOR = 21      # an [UNK] word of n characters is charged n * n // 21 characters
+UNK_WORK_DIVISOR = 21      # an [UNK] word costs chars * bytes // 21 (normalised), ~0.55 µs each
+UNK_WORK_CAP = 4_000_000   # of that per request: ~2.2 s of tokenizer CPU (AMD VM)
 
 
 @dataclass
@@ -63,7 +68,9 @@ class Limits:
     first_piece: int          # inputs up to this long are tokenised whole, in one piece
     max_input_chars: int      # EMBEDDINGS_MAX_INPUT_CHARS
     max_chars_per_token: int  # EMBEDDINGS_MAX_CHARS_PER_TOKEN
-    unk_id: int | None = None  # the tokenizer's [UNK] (a word that is no token: charged more)
+    unk_id: int | None = None  # the tokenizer's [UNK] (a word that is no token: its own budget)
+    normalize: Callable[[str], str] | None = None   # the tokenizer's normaliser
+    max_word: int = 100       # WordPiece's max_input_chars_per_word: longer words are [UNK] at once
 
 
 @dataclass
@@ -94,6 +101,8 @@ class CharBudget:
         self.free, self.per_token = free, per_token
         self.read = 0
         self.tokens = 0
+        self.unk_work = 0     # what the [UNK] words found so far cost WordPiece (UNK_WORK_DIVISOR)
+        self.unk_words = 0
 
     def left(self) -> int:
         return self.free + self.per_token * self.tokens - self.read
@@ -133,6 +142,8 @@ def _read_group(encode_batch, group: list[_Input], budget: CharBudget, limits: L
             size = min(item.want, rest, reach)
             if size <= 0:
                 item.starved = "input"
+            elif budget.unk_work > UNK_WORK_CAP:
+                item.starved = "words"
             elif size > budget.left():
                 size = budget.left()
                 if size <= 0:
@@ -176,7 +187,7 @@ def _take(item: _Input, piece: str, whole: bool, at_cap: bool, enc: Any, budget:
             keep, first = ids[k:], k
             advance = size - (offsets[k][0] if k < len(ids) else offsets[k - 1][1])
     if limits.unk_id is not None and limits.unk_id in keep:
-        budget.read += _unk_surcharge(enc, first, first + len(keep), limits.unk_id)
+        _count_unk_work(budget, piece, enc, first, first + len(keep), limits)
     if keep:
         item.parts.append(keep)
         item.count += len(keep)
@@ -200,16 +211,21 @@ def _take(item: _Input, piece: str, whole: bool, at_cap: bool, enc: Any, budget:
         item.want = max(MIN_PIECE, min(estimate, 4 * size))
 
 
-def _unk_surcharge(enc: Any, lo: int, hi: int, unk_id: int) -> int:
-    """Characters charged beyond their length for the [UNK] words among tokens lo..hi."""
+def _count_unk_work(budget: CharBudget, piece: str, enc: Any, lo: int, hi: int,
+                    limits: Limits) -> None:
+    """Add what the [UNK] words among tokens lo..hi cost WordPiece: characters × UTF-8 bytes of
+    the word as it searched it (normalised), for words it searched (at most 100 characters)."""
     ids, offsets = enc.ids, enc.offsets
-    extra = 0
     for j in range(lo, hi):
-        if ids[j] == unk_id:
-            n = offsets[j][1] - offsets[j][0]
-            if n <= WORDPIECE_MAX_WORD:
-                extra += max(0, n * n // UNK_WORD_DIVISOR - n)
-    return extra
+        if ids[j] == limits.unk_id:
+            word = piece[offsets[j][0]:offsets[j][1]]
+            if limits.normalize is not None:
+                word = limits.normalize(word)
+            n = len(word)
+            if n <= limits.max_word:
+                budget.unk_work += n * len(word.encode("utf-8", "surrogatepass")) \
+                    // UNK_WORK_DIVISOR
+                budget.unk_words += 1
 
 
 def _finish(encode_batch, item: _Input, truncate: str, limits: Limits,
@@ -227,14 +243,20 @@ def _finish(encode_batch, item: _Input, truncate: str, limits: Limits,
     if item.starved == "request":
         raise errors.validation(
             f"The request's text gives too few tokens for its length: the tokenizer read "
-            f"{budget.read:,} characters and found {budget.tokens:,} tokens (a word of n "
-            f"characters that is no token counts n*n/{UNK_WORD_DIVISOR}). Beyond the first "
+            f"{budget.read:,} characters and found {budget.tokens:,} tokens. Beyond the first "
             f"{budget.free:,} characters (twice EMBEDDINGS_MAX_INPUT_CHARS) a request may "
             f"have at most {limits.max_chars_per_token} characters per token "
             f"(EMBEDDINGS_MAX_CHARS_PER_TOKEN). Send fewer or shorter inputs per request, or "
             f"remove long runs of whitespace, accents or characters without words (text in a "
             f"script written without spaces, such as Thai or Khmer, gives this model few "
             f"tokens: a run of over 100 characters is one [UNK]).", target)
+    if item.starved == "words":
+        raise errors.validation(
+            f"The request's text has too many long words that are no token of the model's "
+            f"vocabulary ({budget.unk_words:,} so far, each read as [UNK]): finding that out "
+            f"is what costs the tokenizer most (a word of 100 letters costs it as much as ~300 "
+            f"characters of prose). Send fewer or shorter inputs per request, or remove such "
+            f"words (long runs of letters, or of a script the model has no tokens for).", target)
     body = item.body()
     if len(body) <= limits.room:
         return body

@@ -71,6 +71,8 @@ class TextBackend:
         # (bounded_tokenize): finding that out is what costs the tokenizer most.
         unk = getattr(tok.model, "unk_token", None)
         self.unk_id = tok.token_to_id(unk) if unk else None
+        self._normalize = tok.normalizer.normalize_str if tok.normalizer else None
+        self._max_word = int(getattr(tok.model, "max_input_chars_per_word", 100) or 100)
         for name, token_id in (("cls_token", self.cls_id), ("sep_token", self.sep_id)):
             if token_id is None:  # a registry entry copied from another model: fail the load
                 raise ValueError(f"{deployment.name}: options.{name} "
@@ -163,7 +165,8 @@ class TextBackend:
                         first_piece=self.piece_chars,
                         max_input_chars=self.settings.max_input_chars,
                         max_chars_per_token=self.settings.max_chars_per_token,
-                        unk_id=self.unk_id)
+                        unk_id=self.unk_id, normalize=self._normalize,
+                        max_word=self._max_word)
         texts = {i: x for i, x in enumerate(inputs) if isinstance(x, str)}
         try:
             # encode_batch, not encode_batch_fast: cutting pieces at words needs the offsets.

@@ -116,23 +116,32 @@ def test_many_inputs_with_few_tokens_are_refused_once_they_cost_the_allowance(
     assert counted.chars <= 2 * LIMIT + PER_TOKEN * 2048 + bounded_tokenize.GROUP * 4 * text_backend.piece_chars
 
 
-def test_words_that_are_no_token_are_charged_what_they_cost_the_tokenizer(text_backend, counted):
-    """A word of 100 characters ending in a character the vocabulary lacks is one [UNK], found
-    only after WordPiece has searched all its prefixes (~n² work: 378 µs against ~0.8 µs a
-    character of prose). 2,048 inputs of 34 such words and 92 one-character tokens stay under 32
-    characters a token, so they were all read: 7 M characters, 19-25 s of tokenizer CPU, then a
-    422 over the request token cap. Each such word is now charged 100²/21 characters: the request
-    is refused once it has cost the allowance. Short [UNK]s (an emoji) cost nothing extra."""
-    bad = "x" * 99 + "\u02ac "
-    inputs = [("qz" * 46) + " " + bad * 34] * 2048
-    assert text_backend.tokenizer.real.encode(bad, add_special_tokens=False).ids == [
+@pytest.mark.parametrize("word", ["x" * 99 + "\u02ac", "\u0436" * 99 + "\u02ac",
+                                  "\ud55c" * 33 + "\u02ac"], ids=["ASCII", "Cyrillic", "Hangul"])
+def test_words_that_are_no_token_have_a_budget_of_their_own(text_backend, counted, word):
+    """A word of up to 100 (normalised) characters ending in a character the vocabulary lacks is
+    one [UNK], found only after WordPiece has searched all its prefixes: 259 µs for 100 ASCII
+    characters, 574 for Cyrillic, 794 for 33 Hangul syllables (99 jamo after NFD), against
+    ~0.8 µs a character of prose. 2,048 inputs of 34 such words and 92 one-character tokens stay
+    under 32 characters a token, so they were all read: 19-25 s of tokenizer CPU and a 422 over
+    the token cap (ASCII), 51 s and accepted (Hangul). Their cost now has a budget of its own."""
+    inputs = [("qz" * 46) + " " + (word + " ") * 34] * 2048
+    assert text_backend.tokenizer.real.encode(word, add_special_tokens=False).ids == [
         text_backend.unk_id]
-    err = refused(text_backend.tokenize, inputs)
+    err = refused(text_backend.tokenize, inputs, truncate="END")
     assert (err.status, err.code) == (422, "InvalidParameter")
-    assert "no token counts n*n/21" in err.message
-    assert counted.chars < sum(map(len, inputs)) // 8     # 444,416 of 7.2 M (all, before)
-    emoji = ["Launch day \U0001F680 went well \U0001F389 for the team. " * 20] * 64
+    assert "too many long words that are no token" in err.message
+    assert counted.chars < sum(map(len, inputs)) // 5     # ASCII: 0.94 M of 7.2 M (all, before)
+
+
+def test_ordinary_text_with_unknown_words_is_within_that_budget(text_backend):
+    """Emoji are one-character [UNK]s; Khmer (no spaces inside phrases) gives this model one
+    [UNK] per run of 30-60 characters: 2,048 such paragraphs are still accepted."""
+    emoji = ["Launch day \U0001F680 went well \U0001F389 for the team. " * 20] * 2048
     assert all(len(x) <= 256 for x in text_backend.tokenize(emoji, truncate="END"))
+    khmer = " ".join(["\u1796\u17d2\u179a\u17c7\u179a\u17b6\u1787\u17b6\u178e\u17b6"
+                      "\u1785\u1780\u17d2\u179a\u1780\u1798\u17d2\u1796\u17bb\u1787\u17b6" * 2] * 4)
+    assert len(text_backend.tokenize([khmer] * 2048, truncate="END")) == 2048
 
 
 @pytest.mark.parametrize("unit", ["!", "".join(chr(0x4E00 + i) for i in range(500)), "x" * 99 + " "],
