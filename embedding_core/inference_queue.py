@@ -27,7 +27,8 @@ The design follows text-embeddings-inference (``router`` → ``core/src/queue.rs
   throughput, fits in ``max_wait_s``, or several large requests would all be admitted and all
   time out together. A smaller job only has to finish in time itself: it shares the workers
   with each queued job until either is done, a turn (one batch) at a time, so it is refused
-  only when the jobs ahead of it are too many, not because one of them is large.
+  only when the jobs ahead of it are too many, not because one of them is large. No job is
+  admitted that would push a queued job that is on time past its deadline.
 * A worker survives anything a batch throws (the jobs in that batch fail with it), is
   restarted by whoever finds it dead, and is stopped and joined at interpreter exit (a daemon
   thread killed inside ONNX Runtime aborts the process).
@@ -38,6 +39,7 @@ Nothing here knows HTTP, models or wire formats: lanes run batches, jobs carry o
 from __future__ import annotations
 
 import atexit
+import bisect
 import collections
 import itertools
 import logging
@@ -90,6 +92,7 @@ class Job:
     parts: list[_Part]                     # one per Work of the Prepared, empty ones included
     costs: dict[str, int]                  # queued cost per unit when admitted
     left: collections.Counter = field(default_factory=collections.Counter)  # cost not started
+    deadline: float | None = None          # perf_counter time its handler stops waiting
     enqueued: float = field(default_factory=time.perf_counter)
     started: float | None = None           # when its first batch started
     inference_s: float = 0.0               # time while at least one of its batches ran
@@ -168,8 +171,10 @@ class InferenceQueue:
         with self._cond:
             self._admit(costs)
 
-    def submit(self, prepared: Prepared) -> Job:
-        """Admit ``prepared`` or raise 429 with a Retry-After estimated from the queue."""
+    def submit(self, prepared: Prepared, deadline: float | None = None) -> Job:
+        """Admit ``prepared`` or raise 429 with a Retry-After estimated from the queue.
+        ``deadline`` (``time.perf_counter()`` time): when its handler stops waiting; later
+        requests are not admitted if they would make it miss it."""
         parts = []
         for work in prepared.work:
             if len(work.payloads) != len(work.costs):
@@ -179,7 +184,7 @@ class InferenceQueue:
         costs: collections.Counter[str] = collections.Counter()
         for p in parts:
             costs[p.work.lane.unit] += int(sum(p.work.costs))
-        job = Job(parts, dict(costs), collections.Counter(costs),
+        job = Job(parts, dict(costs), collections.Counter(costs), deadline,
                   remaining=sum(len(p.order) for p in parts))
         if not job.remaining:
             job.done.set()
@@ -232,7 +237,7 @@ class InferenceQueue:
         """Submit, unless no time is left (a 503 at once, nothing queued)."""
         if timeout <= 0:
             raise self._timed_out(timeout if limit_s is None else limit_s)
-        return self.submit(prepared)
+        return self.submit(prepared, time.perf_counter() + timeout)
 
     def _timed_out(self, limit_s: float) -> errors.ApiError:
         return errors.ApiError(
@@ -306,6 +311,30 @@ class InferenceQueue:
             need = self._drain_s(costs)
         if need > self.max_wait_s:
             raise errors.too_many_requests(self._retry_after(need - self.max_wait_s))
+        delayed = self._would_make_late(own)
+        if delayed is not None:
+            raise errors.too_many_requests(self._retry_after(delayed))
+
+    def _would_make_late(self, own: float) -> float | None:
+        """If admitting ``own`` seconds of work would make a queued job that is on time miss its
+        deadline, the seconds until that job should be done; else None. Under round-robin a job
+        with ``t`` seconds left finishes after ``sum(min(t_k, t))`` over the queue, and a
+        newcomer delays it by ``min(own, t)``: small requests may use the time a large one has
+        to spare, not more (a burst of them had pushed an admitted large request past its
+        time-out: 503 after its CPU was spent)."""
+        jobs = [(self._job_s(j.left), j.deadline) for j in self._ring]
+        times = sorted(t for t, _ in jobs)
+        prefix = list(itertools.accumulate(times, initial=0.0))
+        now = time.perf_counter()
+        worst: float | None = None
+        for t, deadline in jobs:
+            if deadline is None:
+                continue
+            i = bisect.bisect_right(times, t)
+            finish = now + prefix[i] + (len(times) - i) * t
+            if finish <= deadline < finish + min(own, t):
+                worst = max(worst or 0.0, finish - now)
+        return worst
 
     def _job_s(self, costs: dict[str, int]) -> float:
         """Seconds to run ``costs`` at the measured rates."""
@@ -418,7 +447,7 @@ class InferenceQueue:
         lane = part.work.lane
         taken: list[tuple[Job, _Part, list[int]]] = []
         count, max_cost = 0, 0
-        idle = self.workers - self._running - 1
+        idle = len(self._threads) - self._running - 1   # workers that exist (some may not start)
         share = math.inf
         if idle > 0:
             share = math.ceil(self._queued[lane.unit] / (idle + 1))

@@ -341,7 +341,7 @@ class Settings:
     @property
     def workers(self) -> int:
         """Inference workers: ``EMBEDDINGS_INFERENCE_WORKERS``, else one per usable core."""
-        return self.inference_workers or usable_cores()
+        return self.inference_workers or min(usable_cores(), MAX_INFERENCE_WORKERS)
 
     @property
     def session_threads(self) -> int:

@@ -561,10 +561,35 @@ def test_a_worker_that_cannot_start_leaves_the_others_serving(monkeypatch, caplo
         j = q.submit(job(lane, name, [1]))
         lane.step()
         q.wait(j, 10)
+    # A lone request is not split for the worker that does not exist (it ran in halves, one
+    # after the other)
+    j = q.submit(job(lane, "d", [1, 1, 1, 1]))
+    lane.step()
+    q.wait(j, 10)
+    assert lane.batches[-1] == ["d0", "d1", "d2", "d3"]
     assert [t.name for t in threading.enumerate() if t.name.startswith("w-")] == ["w-0"]
     assert [r.getMessage() for r in caplog.records if "could not start" in r.getMessage()] == [
         "inference queue: could not start worker w-1; running on 1"]
     q.stop()
+
+
+def test_small_requests_use_only_the_time_an_admitted_request_has_to_spare():
+    """Small requests are admitted behind a large one only while it still finishes by its
+    deadline: a burst of them had pushed an admitted large request past its time-out (a 503
+    after its batches ran; review h_diff2 F1)."""
+    lane = GateLane(max_batch_items=1, batch_budget=100)
+    q = InferenceQueue({"tokens": 10**6}, max_wait_s=10)
+    q._rates["tokens"] = 100.0                           # 100 tokens/s
+    running = q.submit(job(lane, "r", [1]))
+    assert lane.entered.acquire(timeout=10)
+    big = q.submit(job(lane, "big", [100] * 9), deadline=time.perf_counter() + 12)  # 9 s of 12
+    small = [q.submit(job(lane, f"s{i}", [40])) for i in range(7)]   # 0.4 s each: 11.8 s
+    with pytest.raises(ApiError) as exc:                               # 12.2 s: late
+        q.submit(job(lane, "late", [40]))
+    assert exc.value.status == 429 and exc.value.headers["Retry-After"] == "10"  # capped
+    lane.gate.release()
+    lane.step(9 + 7)
+    wait_all(q, [running, big, *small])
 
 
 class Clock:
@@ -743,9 +768,12 @@ def test_a_request_that_queued_and_timed_out_still_reports_its_queue_and_inferen
     svc.queue.stop()
 
 
-def test_inference_workers_are_bounded():
+def test_inference_workers_are_bounded(monkeypatch):
     """5000 were accepted, and the first request started 5000 threads with their sessions."""
+    from embedding_core import settings
     from embedding_core.settings import Settings
     assert Settings.from_env({"EMBEDDINGS_INFERENCE_WORKERS": "32"}).workers == 32
     with pytest.raises(ValueError, match="EMBEDDINGS_INFERENCE_WORKERS must be <= 32, got 5000"):
         Settings.from_env({"EMBEDDINGS_INFERENCE_WORKERS": "5000"})
+    monkeypatch.setattr(settings, "usable_cores", lambda: 48)   # the default is bounded too
+    assert Settings.from_env({}).workers == 32
