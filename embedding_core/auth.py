@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from . import errors
-from .settings import MIN_KEY_CHARS, ApiKey, Settings, key_fingerprint, key_problem
+from .settings import ApiKey, Settings, key_fingerprint, key_problem
 
 __all__ = ["ANONYMOUS", "Authenticator", "Caller", "key_fingerprint"]
 
@@ -137,8 +137,7 @@ class Authenticator:
             if self._keys_refused:
                 raise errors.unauthorized(
                     "The server has no usable credentials: EMBEDDINGS_API_KEYS is set, but none "
-                    "of its entries is accepted as a key; the server log says why (a key needs "
-                    f"at least {MIN_KEY_CHARS} printable ASCII characters).")
+                    "of its entries is accepted as a key; the server log says why.")
             raise errors.unauthorized(
                 "The server has no credentials configured: set EMBEDDINGS_API_KEYS or the "
                 "EMBEDDINGS_ENTRA_* settings (or EMBEDDINGS_AUTH=disabled for local use).")

@@ -19,7 +19,7 @@ NAME = "azure"
 
 
 def parse_embeddings(req: ApiRequest, modality: str, settings: Settings) -> schema.EmbeddingsRequest:
-    schema.check_api_version(req.query)
+    schema.check_api_version(req.query, openai_twin=modality == "text")  # no OpenAI image route
     extra_mode = schema.extra_parameters_mode(req.headers)
     header_model = schema.model_deployment_header(req.headers)
     schema.check_content_type(req.headers)

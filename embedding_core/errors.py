@@ -42,11 +42,12 @@ def invalid_body(message: str) -> ApiError:
     return ApiError(400, "InvalidRequestBody", message)
 
 
-def missing_api_version(supported: tuple[str, ...]) -> ApiError:
+def missing_api_version(supported: tuple[str, ...], openai_twin: bool = True) -> ApiError:
     return ApiError(
         400, "MissingApiVersionParameter",
         "The api-version query parameter is required. Supported values: " + ", ".join(supported)
-        + ". (OpenAI clients: use the base URL ending in /v1, whose routes need none.)",
+        + "." + (" (OpenAI clients: use the base URL ending in /v1, whose routes need none.)"
+                 if openai_twin else ""),
         target="api-version")
 
 
@@ -90,7 +91,8 @@ def auth_unavailable(retry_after: int) -> ApiError:
 def model_not_found(name: str, available: list[str]) -> ApiError:
     return ApiError(
         404, "ModelNotFound",
-        f"No deployment named '{clip(name)}'. Available: " + ", ".join(available) + ".",
+        f"No deployment named '{clip(name)}'. " + ("Available: " + ", ".join(available) + "."
+                                                     if available else "None is configured."),
         target="model")
 
 

@@ -49,10 +49,11 @@ class EmbeddingsRequest:
 
 # -- headers and query ----------------------------------------------------------------------------
 
-def check_api_version(query: Mapping[str, str]) -> str:
+def check_api_version(query: Mapping[str, str], openai_twin: bool = True) -> str:
+    """``openai_twin``: the route has an OpenAI counterpart under /v1 (the error says so)."""
     value = query.get("api-version")
     if value is None or value == "":
-        raise errors.missing_api_version(SUPPORTED_API_VERSIONS)
+        raise errors.missing_api_version(SUPPORTED_API_VERSIONS, openai_twin)
     if value not in SUPPORTED_API_VERSIONS:
         raise errors.unsupported_api_version(value, SUPPORTED_API_VERSIONS)
     return value
@@ -189,7 +190,8 @@ def _text_items(value: Any, max_items: int, max_token_id: int) -> list[str | lis
                     f"Token ids must be integers from 0 to {max_token_id - 1} "
                     f"(got {_got(tok)}).", f"input[{i}][{j}]")
         else:
-            hint = (" Images go to POST /images/embeddings."
+            hint = (" Images go to POST /images/embeddings?api-version=2024-05-01-preview (an "
+                    "Azure AI Model Inference route; OpenAI's API has no image embeddings)."
                     if isinstance(item, dict) and "image" in item else "")
             raise errors.validation(
                 f"Each input must be a string or an array of token ids (got {_type_name(item)})."

@@ -257,9 +257,12 @@ def test_common_mistakes_get_a_pointer_to_the_fix(live_server):
     err = error("/embeddings" + Q, {"inputs": ["a"]})
     assert (err["code"], err["target"]) == ("InvalidParameter", "input")
     assert err["message"] == "'input' is required (the body has 'inputs')."
-    err = error("/embeddings" + Q, {"input": [{"image": "data:image/png;base64,AAAA"}]})
-    assert err["message"].endswith("Images go to POST /images/embeddings.")
+    image = [{"image": "data:image/png;base64,AAAA"}]
+    for path in ("/embeddings" + Q, "/v1/embeddings"):
+        message = error(path, {"input": image})["message"]
+        assert "Images go to POST /images/embeddings?api-version=2024-05-01-preview" in message
     assert "/v1" in error("/embeddings", {"input": ["a"]})["message"]
+    assert "/v1" not in error("/images/embeddings", {"input": image})["message"]  # none there
     text = error("/embeddings" + Q, {"input": ["a"], "model": "gpt-4"})["message"]
     assert "all-MiniLM-L6-v2-exact" in text and "efficientnet-lite0" not in text
     image = error("/images/embeddings" + Q, {"input": [{"image": "data:image/png;base64,AAAA"}],

@@ -166,6 +166,19 @@ def service_with(tmp_path, deployment: dict):
                                       "EMBEDDINGS_API_KEYS": SERVICE_KEY})
 
 
+def test_an_unknown_model_on_a_route_without_deployments_of_its_kind(tmp_path):
+    """Only the route's kind of deployment is offered; with none, the 404 says so (it said
+    "Available: .")."""
+    from conftest import post
+
+    text = next(d for d in _doc()["deployments"] if d["modality"] == "text")
+    svc = service_with(tmp_path, text)
+    res = post(svc, {"input": [{"image": "data:image/png;base64,AAAA"}], "model": "nope"},
+               path="/images/embeddings", headers={"api-key": SERVICE_KEY})
+    assert res.status == 404
+    assert res.json()["error"]["message"] == "No deployment named 'nope'. None is configured."
+
+
 def test_declared_dimensions_that_the_model_does_not_give_are_a_500_that_says_so(tmp_path, caplog):
     from conftest import post
 
