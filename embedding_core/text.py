@@ -67,8 +67,8 @@ class TextBackend:
         self.cls_id = tok.token_to_id(opts.get("cls_token", "[CLS]"))
         self.sep_id = tok.token_to_id(opts.get("sep_token", "[SEP]"))
         self.pad_id = tok.token_to_id(opts.get("pad_token", "[PAD]")) or 0
-        # A word that is no token (WordPiece's [UNK]) is charged more when tokenising
-        # (bounded_tokenize): finding that out is what costs the tokenizer most.
+        # Words that are no token (WordPiece's [UNK]) have a tokenising budget of their own,
+        # measured as WordPiece sees them (bounded_tokenize): finding that out costs it most.
         unk = getattr(tok.model, "unk_token", None)
         self.unk_id = tok.token_to_id(unk) if unk else None
         self._normalize = tok.normalizer.normalize_str if tok.normalizer else None
