@@ -8,6 +8,7 @@ queue in the HTTP and function-level tests (test_http_queue.py, test_function_ap
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -699,6 +700,21 @@ def test_settings_that_could_never_work_are_refused(env, message):
     with pytest.raises(ValueError) as exc:
         Settings.from_env(env)
     assert message in str(exc.value)
+
+
+@pytest.mark.parametrize("seconds, warned", [("230", False), ("231", True), ("600", True)])
+def test_a_time_out_beyond_azures_front_end_is_accepted_with_a_warning(seconds, warned, caplog):
+    """Azure answers an HTTP request itself after 230 s; a longer time-out still works under the
+    local host, so it is not refused, but the operator is told what it does on Azure."""
+    from embedding_core.settings import Settings
+
+    with caplog.at_level(logging.WARNING, logger="embedding_core.settings"):
+        s = Settings.from_env({"EMBEDDINGS_REQUEST_TIMEOUT_SECONDS": seconds})
+    assert s.request_timeout_s == float(seconds)
+    lines = [r.getMessage() for r in caplog.records if "front-end limit" in r.getMessage()]
+    assert bool(lines) == warned
+    if warned:
+        assert f"EMBEDDINGS_REQUEST_TIMEOUT_SECONDS={seconds}" in lines[0]
 
 
 # -- several workers -------------------------------------------------------------------------------
