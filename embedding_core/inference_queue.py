@@ -58,8 +58,11 @@ from .backends import Lane, Prepared, Work, fits, take_one_off_seconds
 log = logging.getLogger(__name__)
 
 # Throughput assumed before the worker has measured any (per unit per second); deliberately low,
-# so early estimates err on the long side.
-DEFAULT_RATES = {"tokens": 2000.0, "images": 20.0}
+# so early estimates err on the long side (the first batches here measure 5,400-9,600 tokens/s;
+# at 2,000 a cold start told clients to wait 48 s for what took under 1 s), yet high enough that
+# the default token bound, not the time rule, decides a cold start: 524,288 queued tokens are
+# 131 s at this rate, 175 s at 3,000.
+DEFAULT_RATES = {"tokens": 4000.0, "images": 20.0}
 RATE_DECAY = 0.8              # weight of the past in the throughput estimate, per batch
 # A batch updates the estimate only if it carried this much work: a run's fixed cost (about 300
 # operators, the work of 16-24 tokens) dominates smaller ones, and a rate measured on
@@ -70,6 +73,9 @@ RATE_SAMPLE_MIN = {"tokens": 64, "images": 1}
 # A job whose own inference is estimated under this is admitted whenever it can finish in time
 # itself (see the module's docstring); it delays the others by about that much at most.
 SMALL_JOB_S = 1.0
+# The longest Retry-After given. The openai SDK (and the frameworks built on it) does not retry
+# at all past 120 s; a client told 120 s when more is needed comes back and is told the rest.
+RETRY_AFTER_MAX_S = 120
 EMPTY = np.empty((0, 0), dtype=np.float32)
 
 
@@ -162,14 +168,19 @@ class InferenceQueue:
         self._short_of_workers = False
         self._out: set[Job] = set()        # jobs out of the ring whose last items are running
         self._stopping = False
+        # When the requests refused so far may all have been admitted (``perf_counter`` time):
+        # each refusal is told to come back after those before it, not at the same moment.
+        self._next_slot = 0.0
         _queues.add(self)
 
     # -- handler side ---------------------------------------------------------------------------
-    def precheck(self, costs: dict[str, int]) -> None:
+    def precheck(self, costs: dict[str, int], likely: dict[str, int] | None = None) -> None:
         """Refuse at once (429) a request that could not be admitted even at ``costs`` (a lower
-        bound of its cost), before it spends anything on tokenising or decoding."""
+        bound of its cost), before it spends anything on tokenising or decoding. ``likely``: an
+        estimate of its real cost, for the ``Retry-After`` only (from the lower bound it was
+        1 s where 5 s were needed, and the early retry was tokenised and refused again)."""
         with self._cond:
-            self._admit(costs)
+            self._admit(costs, likely)
 
     def submit(self, prepared: Prepared, deadline: float | None = None) -> Job:
         """Admit ``prepared`` or raise 429 with a Retry-After estimated from the queue.
@@ -289,20 +300,32 @@ class InferenceQueue:
         return sum((self._queued[u] + extra.get(u, 0)) / self._rates.get(u, 1.0) for u in units)
 
     def _retry_after(self, seconds: float) -> int:
-        cap = max(1, int(self.max_wait_s)) if self.max_wait_s else 3600
-        return min(cap, max(1, math.ceil(seconds)))
+        cap = min(RETRY_AFTER_MAX_S, max(1, int(self.max_wait_s))) if self.max_wait_s \
+            else RETRY_AFTER_MAX_S
+        return min(cap, max(1, math.ceil(seconds - 1e-3)))   # not 2 s for 1.0000001
 
-    def _admit(self, costs: dict[str, int]) -> None:
+    def _admit(self, costs: dict[str, int], likely: dict[str, int] | None = None) -> None:
+        """Return if a job of ``costs`` can be admitted now, else raise 429 (503 if stopping).
+        The ``Retry-After`` is from ``likely`` when given (see :meth:`precheck`)."""
         if self._stopping:
             raise _stopping_error()
+        wait = self._refusal(costs)
+        if wait is None:
+            return
+        if likely is not None:
+            wait = max(wait, self._refusal(likely) or 0.0)
+            costs = likely
+        raise errors.too_many_requests(self._slot(wait, costs))
+
+    def _refusal(self, costs: dict[str, int]) -> float | None:
+        """None if a job of ``costs`` can be admitted now, else the seconds until it could be
+        (as far as the queue can tell: the work ahead of it drained at the measured rates)."""
         for unit, cost in costs.items():
             limit = self.limits.get(unit)
             if limit is not None and self._queued[unit] + cost > limit:
-                excess = self._queued[unit] + cost - limit
-                raise errors.too_many_requests(
-                    self._retry_after(excess / self._rates.get(unit, 1.0)))
+                return (self._queued[unit] + cost - limit) / self._rates.get(unit, 1.0)
         if not self.max_wait_s or not self._ring:
-            return
+            return None
         own = self._job_s(costs)
         if own <= SMALL_JOB_S:
             need = own + sum(min(self._job_s(job.left), max(own, self._turn_s(job)))
@@ -310,10 +333,20 @@ class InferenceQueue:
         else:
             need = self._drain_s(costs)
         if need > self.max_wait_s:
-            raise errors.too_many_requests(self._retry_after(need - self.max_wait_s))
-        delayed = self._would_make_late(own)
-        if delayed is not None:
-            raise errors.too_many_requests(self._retry_after(delayed))
+            return need - self.max_wait_s
+        return self._would_make_late(own)
+
+    def _slot(self, wait: float, costs: dict[str, int]) -> int:
+        """The ``Retry-After`` of a job of ``costs`` refused for ``wait`` seconds. Requests
+        refused in a burst were all told the same moment, came back together and were mostly
+        refused again (with the openai SDK's two retries, 4 of 8 failed where the queue could
+        have run all 8 in time): each refusal now comes back after the work of those refused
+        before it. Never further out than the longest ``Retry-After``, so a client retrying
+        without waiting cannot push everyone else's further."""
+        now = time.perf_counter()
+        slot = max(now + wait, self._next_slot)
+        self._next_slot = min(slot + self._job_s(costs), now + RETRY_AFTER_MAX_S)
+        return self._retry_after(slot - now)
 
     def _would_make_late(self, own: float) -> float | None:
         """If admitting ``own`` seconds of work would make a queued job that is on time miss its

@@ -56,6 +56,17 @@ def least_cost(request: EmbeddingsRequest) -> dict[str, int]:
     return {"tokens": 3 * len(request.inputs)}
 
 
+def likely_cost(request: EmbeddingsRequest, max_tokens: int | None) -> dict[str, int]:
+    """An estimate of what a request will queue, before tokenising, for a ``Retry-After`` only
+    (never to admit or refuse): about four characters a token in English prose, plus [CLS] and
+    [SEP]; token arrays as they are; at most the deployment's limit per input."""
+    if request.modality == "image":
+        return {"images": len(request.inputs)}
+    cap = (max_tokens or 1 << 30) + 2
+    return {"tokens": sum(min(cap, (len(x) // 4 if isinstance(x, str) else len(x)) + 2)
+                          for x in request.inputs)}
+
+
 class Pipeline:
     def __init__(self, settings: Settings, registry: Registry, queue: InferenceQueue):
         self.settings = settings
@@ -92,7 +103,7 @@ class Pipeline:
         backend = self.registry.backend(dep)
         extras = backend.check_extras(request.extras)
         # A full queue refuses before any tokenising or decoding is paid for.
-        self.queue.precheck(least_cost(request))
+        self.queue.precheck(least_cost(request), likely_cost(request, dep.max_tokens))
         try:
             prepared = backend.prepare(request.inputs, input_type=request.input_type,
                                        extras=extras)

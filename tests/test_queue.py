@@ -538,12 +538,109 @@ def test_a_small_request_is_admitted_behind_a_large_one_that_alone_exceeds_max_w
     others = [q.submit(job(lane, f"o{i}", [60])) for i in range(14)]  # 0.6 s each: admitted
     with pytest.raises(ApiError) as exc:   # 0.9 s + 1 (a turn of big) + 0.1 + 14 x 0.6 = 10.4 s
         q.submit(job(lane, "x", [10] * 9))
-    assert exc.value.headers["Retry-After"] == "1"
+    # 0.4 s over, but refused after "m": told to come back after m's turn (capped at 10)
+    assert exc.value.headers["Retry-After"] == "10"
     fits = q.submit(job(lane, "y", [10]))  # 0.1 + 1 + 0.1 + 8.4 = 9.6 s
     lane.gate.release()
     lane.step(20 + 1 + 14 + 1)
     wait_all(q, [running, big, small, *others, fits])
     assert lane.batches.index(["s0"]) < lane.batches.index(["big1"])   # served in the first turn
+
+
+def test_requests_refused_in_a_burst_are_told_to_come_back_one_after_another():
+    """Each refusal of a burst was told the same Retry-After; they all came back together and
+    most were refused again (with the openai SDK's two retries, half the burst failed). Now the
+    k-th is told to come back after the work of the k-1 refused before it."""
+    lane = GateLane(max_batch_items=1, batch_budget=100)
+    q = InferenceQueue({"tokens": 1000}, max_wait_s=150)
+    q._rates["tokens"] = 100.0                           # 100 tokens/s
+    running = q.submit(job(lane, "r", [1]))
+    assert lane.entered.acquire(timeout=10)
+    full = q.submit(job(lane, "full", [100] * 9 + [99]))  # 999 tokens queued
+    told = []
+    for i in range(4):
+        with pytest.raises(ApiError) as exc:
+            q.submit(job(lane, f"b{i}", [100, 100]))      # 199 over the bound, then 2 s each
+        told.append(int(exc.value.headers["Retry-After"]))
+    assert told == [2, 4, 6, 8]
+    with pytest.raises(ApiError) as exc:                 # the precheck takes its slot too
+        q.precheck({"tokens": 6}, {"tokens": 200})
+    assert exc.value.headers["Retry-After"] == "10"
+    lane.gate.release()
+    lane.step(10)
+    wait_all(q, [running, full])
+
+
+def test_a_retry_after_never_exceeds_what_the_openai_sdk_honours():
+    """The openai SDK does not retry at all when told more than 120 s; the cap was 3/4 of the
+    time-out (150 s by default)."""
+    lane = GateLane(max_batch_items=1, batch_budget=100)
+    q = InferenceQueue({"tokens": 10**6}, max_wait_s=150)
+    q._rates["tokens"] = 100.0
+    running = q.submit(job(lane, "r", [1]))
+    assert lane.entered.acquire(timeout=10)
+    big = q.submit(job(lane, "big", [100] * 300))        # 300 s, alone: admitted
+    with pytest.raises(ApiError) as exc:
+        q.submit(job(lane, "more", [100] * 20))          # 320 s queued: 170 s over
+    assert exc.value.headers["Retry-After"] == "120"
+    q.cancel(big)
+    lane.gate.release()
+    wait_all(q, [running])
+
+
+def test_the_precheck_tells_the_wait_for_the_likely_cost_not_the_lower_bound():
+    """The precheck refuses on a lower bound (3 tokens an input); its Retry-After came from that
+    bound too: 1 s where the request needed 5, so the retry was tokenised and refused again."""
+    lane = GateLane(max_batch_items=1, batch_budget=100)
+    q = InferenceQueue({"tokens": 1000})
+    q._rates["tokens"] = 100.0
+    running = q.submit(job(lane, "r", [1]))
+    assert lane.entered.acquire(timeout=10)
+    full = q.submit(job(lane, "full", [100] * 9 + [99]))
+    with pytest.raises(ApiError) as exc:
+        q.precheck({"tokens": 6}, {"tokens": 500})       # 2 inputs of ~250 tokens
+    assert exc.value.headers["Retry-After"] == "5"
+    q.precheck({"tokens": 1}, {"tokens": 500})           # fits at the lower bound: admitted
+    lane.gate.release()
+    lane.step(10)
+    wait_all(q, [running, full])
+
+
+def test_likely_cost_counts_about_four_characters_a_token_capped_per_input():
+    from embedding_core.pipeline import likely_cost
+    from embedding_core.schema import EmbeddingsRequest
+
+    def request(inputs):
+        r = EmbeddingsRequest.__new__(EmbeddingsRequest)
+        r.modality, r.inputs = "text", inputs
+        return r
+    assert likely_cost(request(["x" * 400, "hi"]), 256) == {"tokens": 102 + 2}
+    assert likely_cost(request(["x" * 40_000]), 256) == {"tokens": 258}
+    assert likely_cost(request([[101, 2023, 102], "abcd"]), None) == {"tokens": 5 + 3}
+
+
+def test_a_cold_start_admits_two_requests_of_the_largest_size():
+    """Before any batch is measured the queue assumes a rate. At 2,000 tokens/s a second
+    request of the largest allowed size behind the first was refused at a cold start (524,288
+    tokens: 262 s against 150), with a Retry-After of minutes, for work this machine does in
+    about a minute; the default token bound now decides."""
+    from embedding_core.service import QUEUE_WAIT_SHARE
+    from embedding_core.settings import Settings
+
+    s = Settings.from_env({})
+    lane = GateLane(max_batch_items=1, batch_budget=10**6)
+    q = InferenceQueue({"tokens": s.max_queue_tokens},
+                       max_wait_s=QUEUE_WAIT_SHARE * s.request_timeout_s)
+    running = q.submit(job(lane, "r", [1]))                # holds the worker (too small to rate)
+    assert lane.entered.acquire(timeout=10)
+    first = q.submit(job(lane, "a", [s.max_request_tokens]))
+    second = q.submit(job(lane, "b", [s.max_request_tokens]))
+    with pytest.raises(ApiError) as exc:                 # the token bound refuses a third
+        q.submit(job(lane, "c", [100]))
+    assert exc.value.status == 429
+    lane.gate.release()
+    lane.step(2)
+    wait_all(q, [running, first, second])
 
 
 def test_a_worker_that_cannot_start_leaves_the_others_serving(monkeypatch, caplog):
