@@ -74,7 +74,9 @@ class Authenticator:
                             "tenant that can get a token for the audience can call the API "
                             "(docs/deploy.md, 'Call the API with Microsoft Entra ID')")
         for problem in problems:  # once per process: the service is built once
-            log.error("%s", problem)
+            # As the template, so the exported copy (arguments dropped) still says what is
+            # wrong: these messages are built never to hold a key or a vault's name.
+            log.error(problem)
         self._keys_refused = bool(problems) and not keys
         if keys:
             per_caller: dict[str, int] = {}

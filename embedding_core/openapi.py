@@ -59,8 +59,8 @@ _WHEN = {
     500: "An unexpected failure or a misconfigured server; the message carries only the request "
          "id.",
     503: "The model is missing or failed to load (`ModelUnavailable`), the request waited too "
-         "long and was cancelled, or an Entra ID token could not be checked "
-         "(`ServiceUnavailable`).",
+         "long and was cancelled, an Entra ID token could not be checked, or (`GET /health`) "
+         "every call would be refused for want of usable credentials (`ServiceUnavailable`).",
 }
 
 _NOT_A_ROUTE = "A path that is no route (`NotFound`)."
@@ -77,6 +77,7 @@ _OPENAI_EMBEDDINGS = {400: ("InvalidRequestBody",), 401: None,
                       422: ("InvalidParameter", "InputTooLong"), 429: None, 500: None, 503: None}
 _OPENAI_MODELS = {401: None, 500: None, 503: ("ServiceUnavailable",)}
 _UNPROTECTED = {500: None}
+_HEALTH = {500: None, 503: ("ServiceUnavailable",)}
 
 REF = "#/components/"
 
@@ -517,11 +518,12 @@ class _Builder:
     def health_status(self) -> dict[str, Any]:
         return {
             "operationId": "getHealth", "tags": ["Service"], "summary": "Liveness",
-            "description": "Cheap; never loads a model. No authentication.",
+            "description": "Cheap; never loads a model. No authentication. 503 while every "
+                           "call would be refused (no usable credentials).",
             "security": [],
             "parameters": [_ref("parameters", "ClientRequestId")],
             "responses": {"200": self.ok("The deployments and the inference queue.", "Health"),
-                          **self.errors("azure", _UNPROTECTED)}}
+                          **self.errors("azure", _HEALTH)}}
 
     def openai_embeddings(self) -> dict[str, Any]:
         return {

@@ -156,6 +156,14 @@ class EmbeddingService:
         return dialect_azure.render_info(dep)
 
     def health_status(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
+        if not self.auth.disabled and not self.auth.configured:
+            # Every call would be a 401 (an unresolved Key Vault reference, keys all refused, or
+            # none set): not healthy, so a probe or the post-deployment smoke test says so.
+            raise errors.ApiError(
+                503, "ServiceUnavailable",
+                "Every request is refused: the server has no usable credentials "
+                "(EMBEDDINGS_API_KEYS or the EMBEDDINGS_ENTRA_* settings); the server log says "
+                "why.")
         stats = self.queue.stats()
         return {"status": "ok", "deployments": [
             {"name": d.name, "modality": d.modality, "dimensions": d.dimensions,
@@ -270,8 +278,11 @@ def run_request(req: ApiRequest, dialect: str, route: str,
         headers["x-queue-time"] = f"{trace.queue_s * 1000:.1f}"
     if trace.inference_s is not None:
         headers["x-inference-time"] = f"{trace.inference_s * 1000:.1f}"
-    log.info("%s %s -> %d in %.1f ms (request %s)", errors.clip(req.method, 16),
-             errors.clip(req.path, 120), status, total * 1000, trace.request_id)
+    # DEBUG, and the route, not the path: the Functions worker forwards every record of the root
+    # logger to the host unsanitised, which exports it (a billed row per call, 429s included,
+    # and a path a client chose).
+    log.debug("%s %s -> %d in %.1f ms (request %s)", errors.clip(req.method, 16), trace.route,
+              status, total * 1000, trace.request_id)
     telemetry.record(trace, method=req.method, status=status, error_code=error_code,
                      start_ns=start_ns, duration_s=total)
     return ApiResponse(status, headers, body)
@@ -307,11 +318,11 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
         summary = f"{type(exc).__name__}: {exc}"
         if _config_error is None or _config_error[1] != summary or \
                 now - _config_error[0] > CONFIG_ERROR_RELOG_SECONDS:
-            log.exception("service configuration error (answering 500 until it is fixed)")
+            # Once a minute, not per request (a retrying client multiplied it). The exported
+            # copy keeps only the template: it names what is wrong, never a value.
+            log.exception("service configuration error, " + _config_culprit(exc)
+                          + " (answering 500 until it is fixed): %s", summary)
             _config_error = (now, summary)
-        else:
-            log.error("service configuration error (see the traceback logged earlier): %s",
-                      summary)
         route = ROUTES.get(template)
         dialect = route.dialect if route else path_dialect(req.path)
 
@@ -320,6 +331,23 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
         return run_request(req, dialect, template, fail)
     with memory.request():   # the idle memory trimmer counts requests in flight
         return service.handle(template, req)
+
+
+_SETTING_NAME = re.compile(r"setting ([A-Z][A-Z0-9_]{2,63})\b")
+
+
+def _config_culprit(exc: BaseException) -> str:
+    """What a configuration error is about, from names this app defines (no values): safe to
+    export in a log template."""
+    from .registry import RegistryError
+
+    names = [n for n in dict.fromkeys(_SETTING_NAME.findall(str(exc)))
+             if n.startswith(("EMBEDDINGS_", "AZURE_", "WEBSITE_"))]
+    if names:
+        return "invalid setting " + ", ".join(names)
+    if isinstance(exc, RegistryError):
+        return "invalid registry (EMBEDDINGS_REGISTRY or embedding_core/registry.json)"
+    return type(exc).__name__
 
 
 def reset_service() -> None:

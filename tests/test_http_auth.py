@@ -65,7 +65,7 @@ def test_named_keys_reference_and_short_key_over_http(keyed_server):
 
 
 def test_unresolved_reference_as_the_whole_setting_over_http():
-    server = LiveServer({"EMBEDDINGS_API_KEYS": f' "{REF}" '})
+    server = LiveServer({"EMBEDDINGS_API_KEYS": f' "{REF}" ', "LOG_LEVEL": "INFO"})
     try:
         for headers in ({"api-key": REF}, {"Authorization": f"Bearer {REF}"},
                         {"api-key": f'"{REF}"'}):
@@ -77,6 +77,37 @@ def test_unresolved_reference_as_the_whole_setting_over_http():
         log = output_of(server)
     assert "configuration error: EMBEDDINGS_API_KEYS is an unresolved Key Vault reference" in log
     assert "kv-guessable" not in log
+    # the local host's line per call, as `func start` prints; the app's own is DEBUG
+    assert log.count("GET /info -> 401 (info)") == 3
+    assert "ms (request " not in log
+
+
+def test_health_is_unavailable_while_every_call_would_be_refused():
+    """An unresolved Key Vault reference makes every call a 401; /health said "ok", so neither a
+    probe nor the post-deployment smoke test noticed (review h_ops F5)."""
+    server = LiveServer({"EMBEDDINGS_API_KEYS": REF})
+    try:
+        u = urlsplit(server.url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        conn.request("GET", "/health")
+        res = conn.getresponse()
+        body = json.loads(res.read())
+        conn.close()
+        assert res.status == 503 and body["error"]["code"] == "ServiceUnavailable"
+        assert "no usable credentials" in body["error"]["message"]
+        assert "Key Vault" not in body["error"]["message"]
+    finally:
+        server.stop()
+    healthy = LiveServer({"EMBEDDINGS_API_KEYS": f"{PLAIN}, {REF}"})   # one usable key
+    try:
+        u = urlsplit(healthy.url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        conn.request("GET", "/health")
+        res = conn.getresponse()
+        assert res.status == 200 and json.loads(res.read())["status"] == "ok"
+        conn.close()
+    finally:
+        healthy.stop()
 
 
 def test_entra_iat_over_http():

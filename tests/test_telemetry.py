@@ -407,6 +407,41 @@ def test_exported_logs_are_warnings_and_above_templates_without_arguments(sinks)
     assert bodies == ["refused %s with %s", "an f-string is exported as written: ok"]
 
 
+def test_exported_configuration_errors_name_the_setting_and_request_lines_stay_local(
+        sinks, registry, monkeypatch, caplog):
+    """The exported copy of a log record keeps only its template: a bad setting was exported as
+    "service configuration error (...)" and a refused key as the literal "%s", so the operator's
+    Application Insights never said what was wrong. And every request's INFO line (its path
+    included) is forwarded by the Functions worker to the host, which exports it: a billed row
+    per call. It is DEBUG now, with the route, not the path."""
+    from embedding_core.service import CATCH_ALL
+
+    monkeypatch.setenv("EMBEDDINGS_MAX_INPUTS", "many")
+    service_module.reset_service()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="embedding_core"):
+            res = service_module.dispatch("embeddings", ApiRequest(
+                "POST", "/embeddings", {"content-type": "application/json"},
+                {"api-version": API_VERSION}, b'{"input": ["a"]}'))
+    finally:
+        service_module.reset_service()
+    assert res.status == 500
+    EmbeddingService(Settings.from_env({"EMBEDDINGS_API_KEYS": f"{KEY_A},tiny"}), registry)
+    svc = make(registry)
+    with caplog.at_level(logging.DEBUG, logger="embedding_core"):
+        svc.handle(CATCH_ALL, ApiRequest("GET", "/v1/" + TEXT.replace(" ", "-"),
+                                         {"api-key": KEY_A}, {}, b""))
+        call(svc, {"input": ["hello"]}, route="v1/embeddings")
+    bodies = [d.log_record.body for d in sinks.logs.get_finished_logs()]
+    assert any(b.startswith("service configuration error, invalid setting EMBEDDINGS_MAX_INPUTS")
+               for b in bodies), bodies
+    assert any("shorter than 16 characters" in b for b in bodies), bodies
+    assert "%s" not in bodies and not any("many" in b for b in bodies), bodies
+    lines = [r for r in caplog.records if " -> " in r.getMessage()]
+    assert lines and all(r.levelno == logging.DEBUG for r in lines)
+    assert not any(TEXT.replace(" ", "-") in r.getMessage() for r in lines)
+
+
 # -- exporter failures ----------------------------------------------------------------------------
 
 class RaisingSpans(SpanExporter):

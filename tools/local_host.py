@@ -584,7 +584,10 @@ class FunctionsHost:
             await self._answer(send, 500, *error_response(
                 500, f"The function {name} failed; the host's log has the cause."))
             return
-        log.debug("%s %s -> %d", method, raw_path[:200], status)
+        # One line per call, as `func start` prints its "Executed 'Functions.…'" lines (the app
+        # logs its own at DEBUG: on Azure the worker forwards its records to the host's export).
+        log.info("%s %s -> %d (%s)", method, raw_path[:200], status,
+                 getattr(fn, "__name__", "function"))
         await self._answer(send, status, out_headers, out_body)
 
     def _too_large(self) -> str:
