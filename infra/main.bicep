@@ -102,6 +102,14 @@ param alertThrottledEnabled bool = true
 @description('429 alert threshold: percent of the API requests in 15 minutes.')
 param alertThrottledPercent int = 5
 
+@description('Alert rule on the share of API requests answered 401 (keys that do not resolve refuse every caller).')
+param alertUnauthorizedEnabled bool = true
+
+@minValue(0)
+@maxValue(100)
+@description('401 alert threshold: percent of the API requests in 15 minutes.')
+param alertUnauthorizedPercent int = 50
+
 @description('Alert rule on the p95 duration of successful API requests.')
 param alertLatencyEnabled bool = true
 
@@ -195,6 +203,8 @@ module alerts 'modules/alerts.bicep' = {
     serverErrorThresholdPercent: alertServerErrorPercent
     throttledAlertEnabled: alertThrottledEnabled
     throttledThresholdPercent: alertThrottledPercent
+    unauthorizedAlertEnabled: alertUnauthorizedEnabled
+    unauthorizedThresholdPercent: alertUnauthorizedPercent
     latencyAlertEnabled: alertLatencyEnabled
     latencyP95ThresholdMs: alertLatencyP95Ms
     minimumRequests: alertMinimumRequests

@@ -1169,6 +1169,8 @@ ALERTS = {
                      ("alertServerErrorsEnabled", "alertServerErrorPercent")),
     "throttled": ("throttledAlertEnabled", "throttledThresholdPercent", "ThrottledPercent",
                   ("alertThrottledEnabled", "alertThrottledPercent")),
+    "unauthorized": ("unauthorizedAlertEnabled", "unauthorizedThresholdPercent",
+                     "UnauthorizedPercent", ("alertUnauthorizedEnabled", "alertUnauthorizedPercent")),
     "latencyP95": ("latencyAlertEnabled", "latencyP95ThresholdMs", "P95Ms",
                    ("alertLatencyEnabled", "alertLatencyP95Ms")),
 }
@@ -1207,6 +1209,7 @@ def test_alert_rules_query_the_requests_table_and_can_each_be_turned_off():
         assert "sum(itemCount)" in query                          # sampled rows count in full
     assert "toint(resultCode) >= 500" in alert_query("serverErrors")
     assert 'resultCode == "429"' in alert_query("throttled")
+    assert 'resultCode == "401"' in alert_query("unauthorized")
     assert "percentile(duration, 95)" in alert_query("latencyP95")
     assert render(variable(path, "actionGroups")) == \
         "conditional(empty(actionGroupId), [], [actionGroupId])"
@@ -1226,7 +1229,8 @@ def test_alert_parameters_are_wired_from_main_and_azd():
     assert module["actionGroupId"] == "alertActionGroupId"
     assert main_params["alertActionGroupId"]["default"] == ""
     azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
-    for name in ("alertServerErrorsEnabled", "alertThrottledEnabled", "alertLatencyEnabled"):
+    for name in ("alertServerErrorsEnabled", "alertThrottledEnabled", "alertUnauthorizedEnabled",
+                 "alertLatencyEnabled"):
         assert re.fullmatch(r"\$\{EMBEDDINGS_ALERT_\w+=true\}", azd[name]["value"]), name
 
 

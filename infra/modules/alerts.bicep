@@ -1,5 +1,5 @@
-// Log search alert rules on Application Insights: the 5xx rate, the 429 rate and the p95
-// latency of the API. They query the `requests` table (classic schema: the rules are scoped to
+// Log search alert rules on Application Insights: the 5xx rate, the 429 rate, the 401 rate and
+// the p95 latency of the API. They query the `requests` table (classic schema: the rules are scoped to
 // the Application Insights component; in the Log Analytics workspace the same rows are
 // AppRequests). Those rows are written by the Functions host for every HTTP invocation
 // (host.json telemetryMode OpenTelemetry; the host does not sample them), so the rules also see
@@ -29,6 +29,13 @@ param throttledAlertEnabled bool = true
 @maxValue(100)
 param throttledThresholdPercent int = 5
 
+@description('Alert when more than unauthorizedThresholdPercent of the requests are answered 401: keys that do not resolve (a Key Vault reference) refuse every caller, and no 5xx shows it.')
+param unauthorizedAlertEnabled bool = true
+
+@minValue(0)
+@maxValue(100)
+param unauthorizedThresholdPercent int = 50
+
 @description('Alert when the p95 duration of successful requests exceeds latencyP95ThresholdMs.')
 param latencyAlertEnabled bool = true
 
@@ -53,6 +60,7 @@ var apiRequests = 'requests | where not(url has "/health" or name has "health")'
 
 var serverErrorQuery = '${apiRequests} | summarize timestamp = max(timestamp), total = sum(itemCount), failed = sumif(itemCount, toint(resultCode) >= 500) | where total >= ${minimumRequests} | project timestamp, ServerErrorPercent = 100.0 * failed / total'
 var throttledQuery = '${apiRequests} | summarize timestamp = max(timestamp), total = sum(itemCount), throttled = sumif(itemCount, resultCode == "429") | where total >= ${minimumRequests} | project timestamp, ThrottledPercent = 100.0 * throttled / total'
+var unauthorizedQuery = '${apiRequests} | summarize timestamp = max(timestamp), total = sum(itemCount), refused = sumif(itemCount, resultCode == "401") | where total >= ${minimumRequests} | project timestamp, UnauthorizedPercent = 100.0 * refused / total'
 var latencyQuery = '${apiRequests} | where resultCode == "200" | summarize timestamp = max(timestamp), P95Ms = percentile(duration, 95), total = sum(itemCount) | where total >= ${minimumRequests} | project timestamp, P95Ms'
 
 resource serverErrors 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
@@ -129,6 +137,43 @@ resource throttled 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   }
 }
 
+resource unauthorized 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: '${namePrefix}-unauthorized'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'Embeddings API: 401 rate'
+    description: 'More than ${unauthorizedThresholdPercent}% of the API requests in 15 minutes were answered 401. If GET /health answers 503, the app has no usable credential (an unresolved Key Vault reference, every key refused): see traces starting with "configuration error" and docs/deploy.md. Otherwise callers send a wrong or retired key.'
+    enabled: unauthorizedAlertEnabled
+    severity: 2
+    scopes: [
+      applicationInsightsId
+    ]
+    evaluationFrequency: frequency
+    windowSize: window
+    autoMitigate: true
+    criteria: {
+      allOf: [
+        {
+          query: unauthorizedQuery
+          timeAggregation: 'Maximum'
+          metricMeasureColumn: 'UnauthorizedPercent'
+          operator: 'GreaterThan'
+          threshold: unauthorizedThresholdPercent
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    actions: {
+      actionGroups: actionGroups
+    }
+  }
+}
+
 resource latencyP95 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   name: '${namePrefix}-latency-p95'
   location: location
@@ -169,5 +214,6 @@ resource latencyP95 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
 output ruleNames array = [
   serverErrors.name
   throttled.name
+  unauthorized.name
   latencyP95.name
 ]
