@@ -398,9 +398,11 @@ def slow(req):
 '''
 
 
-def test_ctrl_c_stops_the_host_while_a_function_still_runs(tmp_path_factory):
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_the_host_while_a_function_still_runs(tmp_path_factory, signum):
     """After uvicorn's 5 s grace period the client gets a JSON 503 and the process exits, instead
-    of a text/plain 500 and a process held open until the function returns."""
+    of a text/plain 500 and a process held open until the function returns. SIGTERM (docker
+    stop, systemd) too: it killed the process after the grace period, a dropped connection."""
     import signal
     server = serve_app(tmp_path_factory, SLOW)
     try:
@@ -408,9 +410,10 @@ def test_ctrl_c_stops_the_host_while_a_function_still_runs(tmp_path_factory):
             sock.sendall(b"GET /slow HTTP/1.1\r\n" + H + b"\r\n")
             time.sleep(0.5)
             start = time.monotonic()
-            server.proc.send_signal(signal.SIGINT)
+            server.proc.send_signal(getattr(signal, signum))
             data, end = read_all(sock, time.monotonic() + 15)
         assert_json_error(data, 503, "ServiceUnavailable")
+        assert b"\r\nretry-after: 1\r\n" in data.lower()
         assert server.proc.wait(15) == 0
         assert time.monotonic() - start < 12
     finally:

@@ -25,8 +25,8 @@ may reach:
 - a ``Host`` header that is not a host and port, or a ``#`` in the request target, is a 400 (the
   Host becomes the function's ``req.url``, whose path the app reads);
 - the listen backlog is ``LOCAL_HOST_BACKLOG`` (a burst of connections is queued, not reset);
-- Ctrl-C: requests still running after uvicorn's 5 s grace period get a JSON 503 and the
-  process exits, without waiting for their functions to return;
+- Ctrl-C or SIGTERM: requests still running after uvicorn's 5 s grace period get a JSON 503
+  (``Retry-After: 1``) and the process exits (0), without waiting for their functions to return;
 - after an answer sent before the request body was read (413, 408, 404), the connection is
   closed gracefully: the rest of the body is drained for a few seconds so that the client reads
   the answer instead of a reset.
@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -150,11 +151,14 @@ def error_code(status: int) -> str:
 Headers = list[tuple[bytes, bytes]]
 
 
-def error_response(status: int, message: str, *, close: bool = False) -> tuple[Headers, bytes]:
+def error_response(status: int, message: str, *, close: bool = False,
+                   retry_after: int | None = None) -> tuple[Headers, bytes]:
     code = error_code(status)
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     headers = [(b"content-type", b"application/json"), (b"x-ms-error-code", code.encode()),
                (b"content-length", str(len(body)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
     if close:
         headers.append((b"connection", b"close"))
     return headers, body
@@ -485,7 +489,7 @@ class FunctionsHost:
             # instead of uvicorn's text/plain 500; the function may still be running.
             if not started:
                 await self._answer(send, 503, *error_response(
-                    503, "The local host is shutting down.", close=True))
+                    503, "The local host is shutting down.", close=True, retry_after=1))
             raise
         except Exception:  # noqa: BLE001 - a bug here must still give a JSON answer
             log.exception("the local host failed on %s %s", scope.get("method"),
@@ -670,7 +674,15 @@ def build_server(app: Any, limits: Limits, prefix: str = "", notes: list[str] | 
         h11_max_incomplete_event_size=limits.max_header_bytes,
         timeout_graceful_shutdown=5,
     )
-    return uvicorn.Server(config)
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # SIGTERM (docker stop, systemd, kill) stops the host as Ctrl-C does. uvicorn raises
+            # the signal again once it has stopped, before the requests cancelled after the
+            # grace period have answered: SIGTERM's default action then killed the process, and
+            # those clients got a dropped connection instead of the JSON 503.
+            super().handle_exit(signal.SIGINT if sig == signal.SIGTERM else sig, frame)
+
+    return Server(config)
 
 
 def main(argv: list[str] | None = None) -> None:
