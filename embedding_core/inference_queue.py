@@ -159,6 +159,9 @@ class InferenceQueue:
         self._cond = threading.Condition()
         self._ring: collections.deque[Job] = collections.deque()
         self._queued: collections.Counter[str] = collections.Counter()
+        # Likely costs of requests between precheck and submit (tokenising, decoding): a burst
+        # all passed the precheck at an empty queue, all tokenised, and most were then refused.
+        self._preparing: collections.Counter[str] = collections.Counter()
         self._work = {u: 0.0 for u in DEFAULT_RATES}       # decayed sums behind the rates
         self._time = {u: 0.0 for u in DEFAULT_RATES}
         self._rates = dict(DEFAULT_RATES)
@@ -174,13 +177,25 @@ class InferenceQueue:
         _queues.add(self)
 
     # -- handler side ---------------------------------------------------------------------------
-    def precheck(self, costs: dict[str, int], likely: dict[str, int] | None = None) -> None:
+    def precheck(self, costs: dict[str, int],
+                 likely: dict[str, int] | None = None) -> dict[str, int]:
         """Refuse at once (429) a request that could not be admitted even at ``costs`` (a lower
         bound of its cost), before it spends anything on tokenising or decoding. ``likely``: an
-        estimate of its real cost, for the ``Retry-After`` only (from the lower bound it was
-        1 s where 5 s were needed, and the early retry was tokenised and refused again)."""
+        estimate of its real cost, for the ``Retry-After`` (from the lower bound it was 1 s where
+        5 s were needed, and the early retry was tokenised and refused again), and held against
+        later prechecks until :meth:`prepared` is called with what this returns: the requests
+        being prepared count with the queued ones, so a burst's later arrivals are refused
+        before they tokenise. Admission itself (:meth:`submit`) counts only what is queued."""
+        held = dict(likely or costs)
         with self._cond:
-            self._admit(costs, likely)
+            self._admit(costs, likely, preparing=True)
+            self._preparing.update(held)
+        return held
+
+    def prepared(self, held: dict[str, int]) -> None:
+        """The request :meth:`precheck` returned ``held`` for is prepared (or failed)."""
+        with self._cond:
+            self._preparing.subtract(held)
 
     def submit(self, prepared: Prepared, deadline: float | None = None) -> Job:
         """Admit ``prepared`` or raise 429 with a Retry-After estimated from the queue.
@@ -304,26 +319,29 @@ class InferenceQueue:
             else RETRY_AFTER_MAX_S
         return min(cap, max(1, math.ceil(seconds - 1e-3)))   # not 2 s for 1.0000001
 
-    def _admit(self, costs: dict[str, int], likely: dict[str, int] | None = None) -> None:
+    def _admit(self, costs: dict[str, int], likely: dict[str, int] | None = None,
+               preparing: bool = False) -> None:
         """Return if a job of ``costs`` can be admitted now, else raise 429 (503 if stopping).
-        The ``Retry-After`` is from ``likely`` when given (see :meth:`precheck`)."""
+        The ``Retry-After`` is from ``likely`` when given (see :meth:`precheck`); ``preparing``:
+        count the requests being prepared as queued."""
         if self._stopping:
             raise _stopping_error()
-        wait = self._refusal(costs)
+        wait = self._refusal(costs, preparing)
         if wait is None:
             return
         if likely is not None:
-            wait = max(wait, self._refusal(likely) or 0.0)
+            wait = max(wait, self._refusal(likely, preparing) or 0.0)
             costs = likely
         raise errors.too_many_requests(self._slot(wait, costs))
 
-    def _refusal(self, costs: dict[str, int]) -> float | None:
+    def _refusal(self, costs: dict[str, int], preparing: bool = False) -> float | None:
         """None if a job of ``costs`` can be admitted now, else the seconds until it could be
         (as far as the queue can tell: the work ahead of it drained at the measured rates)."""
         for unit, cost in costs.items():
             limit = self.limits.get(unit)
-            if limit is not None and self._queued[unit] + cost > limit:
-                return (self._queued[unit] + cost - limit) / self._rates.get(unit, 1.0)
+            ahead = self._queued[unit] + (max(0, self._preparing[unit]) if preparing else 0)
+            if limit is not None and ahead + cost > limit:
+                return (ahead + cost - limit) / self._rates.get(unit, 1.0)
         if not self.max_wait_s or not self._ring:
             return None
         own = self._job_s(costs)

@@ -103,12 +103,17 @@ class Pipeline:
         backend = self.registry.backend(dep)
         extras = backend.check_extras(request.extras)
         # A full queue refuses before any tokenising or decoding is paid for.
-        self.queue.precheck(least_cost(request), likely_cost(request, dep.max_tokens))
+        likely = likely_cost(request, dep.max_tokens)
+        if "tokens" in likely:              # more is refused after tokenising (422)
+            likely["tokens"] = min(likely["tokens"], s.max_request_tokens)
+        held = self.queue.precheck(least_cost(request), likely)
         try:
             prepared = backend.prepare(request.inputs, input_type=request.input_type,
                                        extras=extras)
         except errors.ApiError as err:
             raise schema.relocate_lone(err) if request.lone else err from None
+        finally:
+            self.queue.prepared(held)
         trace.inputs = prepared.inputs
         check_request_cost(prepared, s.max_request_tokens)
         left = s.request_timeout_s - (time.perf_counter() - trace.started)

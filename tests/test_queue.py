@@ -606,6 +606,34 @@ def test_the_precheck_tells_the_wait_for_the_likely_cost_not_the_lower_bound():
     wait_all(q, [running, full])
 
 
+def test_requests_being_prepared_count_against_the_bound_at_the_precheck_only():
+    """A burst arriving at an empty queue all passed the precheck, all tokenised (seconds of CPU
+    on the cores the queue needs) and most were then refused. Requests between precheck and
+    submit now count at the precheck with their likely cost; admission still counts only what
+    is queued."""
+    lane = GateLane(max_batch_items=1, batch_budget=100)
+    q = InferenceQueue({"tokens": 1000})
+    q._rates["tokens"] = 100.0
+    running = q.submit(job(lane, "r", [1]))              # holds the worker
+    assert lane.entered.acquire(timeout=10)
+    a = q.precheck({"tokens": 10}, {"tokens": 600})
+    b = q.precheck({"tokens": 10}, {"tokens": 300})
+    with pytest.raises(ApiError) as exc:                 # 900 being prepared + 600 likely
+        q.precheck({"tokens": 200}, {"tokens": 600})
+    assert exc.value.status == 429 and exc.value.headers["Retry-After"] == "5"
+    assert q.stats().queued.get("tokens", 0) == 0
+    j = q.submit(job(lane, "a", [100] * 9))              # admitted: 900 queued, preparing aside
+    q.prepared(a)
+    q.prepared(b)
+    with pytest.raises(ApiError):                        # now the queued tokens refuse it
+        q.precheck({"tokens": 200}, {"tokens": 600})
+    lane.gate.release()
+    lane.step(9)
+    wait_all(q, [running, j])
+    q.prepared(q.precheck({"tokens": 200}, {"tokens": 600}))   # drained: passes
+    assert q._preparing["tokens"] == 0
+
+
 def test_likely_cost_counts_about_four_characters_a_token_capped_per_input():
     from embedding_core.pipeline import likely_cost
     from embedding_core.schema import EmbeddingsRequest
