@@ -22,7 +22,7 @@ import orjson
 from . import dialect_azure, dialect_openai, errors, memory, telemetry
 from .api import ApiRequest, ApiResponse
 from .auth import Authenticator
-from .inference_queue import InferenceQueue
+from .inference_queue import DEFAULT_RATES, InferenceQueue
 from .pipeline import Pipeline, Trace
 from .registry import Deployment, Registry
 from .settings import Settings
@@ -104,6 +104,15 @@ class EmbeddingService:
             workers=settings.workers)
         self.pipeline = Pipeline(settings, self.registry, self.queue)
         self._openapi: dict[str, Any] | None = None
+        largest_s = settings.max_request_tokens / DEFAULT_RATES["tokens"]
+        if largest_s > settings.request_timeout_s:
+            # Admitted alone whatever its estimate, such a request runs until the time-out, is
+            # cancelled with a 503, and the clients' retries run it again in full.
+            log.warning("EMBEDDINGS_MAX_REQUEST_TOKENS=%d may not finish within "
+                        "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS=%g on a slow CPU (%.0f s at %.0f "
+                        "tokens/s): the largest requests would be cancelled (503) and retried "
+                        "in full; lower the cap or raise the time-out", settings.max_request_tokens,
+                        settings.request_timeout_s, largest_s, DEFAULT_RATES["tokens"])
         telemetry.watch_queue(self.queue)
 
     @classmethod

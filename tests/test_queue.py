@@ -842,6 +842,26 @@ def test_a_time_out_beyond_azures_front_end_is_accepted_with_a_warning(seconds, 
         assert f"EMBEDDINGS_REQUEST_TIMEOUT_SECONDS={seconds}" in lines[0]
 
 
+@pytest.mark.parametrize("env, warned", [
+    ({}, False),                                                   # 262,144 tokens, 200 s
+    ({"EMBEDDINGS_REQUEST_TIMEOUT_SECONDS": "10"}, True),
+    ({"EMBEDDINGS_REQUEST_TIMEOUT_SECONDS": "10", "EMBEDDINGS_MAX_REQUEST_TOKENS": "20000",
+      "EMBEDDINGS_MAX_QUEUE_TOKENS": "40000"}, False),
+])
+def test_a_request_cap_the_time_out_may_not_allow_is_warned_about(env, warned, caplog):
+    """A lone request is admitted whatever its estimate; with a time-out too short for the
+    request cap, the largest requests ran to the time-out, got 503 and were retried in full by
+    every client (review h_retry F3)."""
+    from embedding_core.service import EmbeddingService
+    from embedding_core.settings import Settings
+
+    with caplog.at_level(logging.WARNING, logger="embedding_core"):
+        EmbeddingService(Settings.from_env(env))
+    lines = [r.getMessage() for r in caplog.records
+             if "may not finish within" in r.getMessage()]
+    assert bool(lines) == warned, lines
+
+
 # -- several workers -------------------------------------------------------------------------------
 
 def test_two_workers_run_two_batches_at_once_and_split_a_lone_request():
