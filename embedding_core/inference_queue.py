@@ -174,6 +174,7 @@ class InferenceQueue:
         # When the requests refused so far may all have been admitted (``perf_counter`` time):
         # each refusal is told to come back after those before it, not at the same moment.
         self._next_slot = 0.0
+        self._clock = time.perf_counter   # of the slots (tests freeze it)
         _queues.add(self)
 
     # -- handler side ---------------------------------------------------------------------------
@@ -314,10 +315,13 @@ class InferenceQueue:
         units = set(self._queued) | set(extra)
         return sum((self._queued[u] + extra.get(u, 0)) / self._rates.get(u, 1.0) for u in units)
 
-    def _retry_after(self, seconds: float) -> int:
-        cap = min(RETRY_AFTER_MAX_S, max(1, int(self.max_wait_s))) if self.max_wait_s \
+    def _retry_after_cap(self) -> int:
+        return min(RETRY_AFTER_MAX_S, max(1, int(self.max_wait_s))) if self.max_wait_s \
             else RETRY_AFTER_MAX_S
-        return min(cap, max(1, math.ceil(seconds - 1e-3)))   # not 2 s for 1.0000001
+
+    def _retry_after(self, seconds: float) -> int:
+        return min(self._retry_after_cap(),
+                   max(1, math.ceil(seconds - 1e-3)))   # not 2 s for 1.0000001
 
     def _admit(self, costs: dict[str, int], likely: dict[str, int] | None = None,
                preparing: bool = False) -> None:
@@ -359,11 +363,16 @@ class InferenceQueue:
         refused in a burst were all told the same moment, came back together and were mostly
         refused again (with the openai SDK's two retries, 4 of 8 failed where the queue could
         have run all 8 in time): each refusal now comes back after the work of those refused
-        before it. Never further out than the longest ``Retry-After``, so a client retrying
-        without waiting cannot push everyone else's further."""
-        now = time.perf_counter()
-        slot = max(now + wait, self._next_slot)
-        self._next_slot = min(slot + self._job_s(costs), now + RETRY_AFTER_MAX_S)
+        before it. The slots reach no further than the time the queue takes to run its whole
+        bound once after ``wait`` (by then it has room for a full bound's worth of those
+        coming back), nor past the longest ``Retry-After``: a client retrying without waiting,
+        or refused clients that never come back, push the others' no further than that."""
+        now = self._clock()
+        turnover = sum(self.limits[u] / self._rates.get(u, 1.0) for u in costs
+                       if u in self.limits)
+        horizon = now + min(self._retry_after_cap(), wait + turnover)
+        slot = min(max(now + wait, self._next_slot), max(now + wait, horizon))
+        self._next_slot = min(slot + self._job_s(costs), horizon)
         return self._retry_after(slot - now)
 
     def _would_make_late(self, own: float) -> float | None:

@@ -172,7 +172,7 @@ class EmbeddingService:
                 503, "ServiceUnavailable",
                 "Every request is refused: the server has no usable credentials "
                 "(EMBEDDINGS_API_KEYS or the EMBEDDINGS_ENTRA_* settings); the server log says "
-                "why.")
+                "why.", headers={"Retry-After": "60"})   # settings are read once per process
         stats = self.queue.stats()
         return {"status": "ok", "deployments": [
             {"name": d.name, "modality": d.modality, "dimensions": d.dimensions,

@@ -94,6 +94,7 @@ def test_health_is_unavailable_while_every_call_would_be_refused():
         body = json.loads(res.read())
         conn.close()
         assert res.status == 503 and body["error"]["code"] == "ServiceUnavailable"
+        assert res.getheader("Retry-After") == "60"            # the OpenAPI document's 503
         assert "no usable credentials" in body["error"]["message"]
         assert "Key Vault" not in body["error"]["message"]
     finally:

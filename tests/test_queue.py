@@ -554,6 +554,7 @@ def test_requests_refused_in_a_burst_are_told_to_come_back_one_after_another():
     lane = GateLane(max_batch_items=1, batch_budget=100)
     q = InferenceQueue({"tokens": 1000}, max_wait_s=150)
     q._rates["tokens"] = 100.0                           # 100 tokens/s
+    q._clock = lambda: 1000.0                            # the slots, not the test's speed
     running = q.submit(job(lane, "r", [1]))
     assert lane.entered.acquire(timeout=10)
     full = q.submit(job(lane, "full", [100] * 9 + [99]))  # 999 tokens queued
@@ -566,6 +567,31 @@ def test_requests_refused_in_a_burst_are_told_to_come_back_one_after_another():
     with pytest.raises(ApiError) as exc:                 # the precheck takes its slot too
         q.precheck({"tokens": 6}, {"tokens": 200})
     assert exc.value.headers["Retry-After"] == "10"
+    lane.gate.release()
+    lane.step(10)
+    wait_all(q, [running, full])
+
+
+def test_a_client_that_does_not_wait_cannot_push_the_others_slots_far():
+    """Every refusal takes a slot, so a client retrying without waiting (or refused clients that
+    never come back) pushed every other refusal's Retry-After to the 120 s cap, where the queue
+    needed a fraction of a second (second look at the diff, F1). The slots now reach no further
+    than the queue's whole bound drained once after the wait."""
+    lane = GateLane(max_batch_items=1, batch_budget=100)
+    q = InferenceQueue({"tokens": 1000}, max_wait_s=150)
+    q._rates["tokens"] = 200.0                           # the bound drains in 5 s
+    now = [1000.0]
+    q._clock = lambda: now[0]
+    running = q.submit(job(lane, "r", [1]))
+    assert lane.entered.acquire(timeout=10)
+    full = q.submit(job(lane, "full", [98] * 10))         # 980 queued
+    for _ in range(200):                                 # 10 s of a client that never waits
+        with pytest.raises(ApiError):
+            q.precheck({"tokens": 100}, {"tokens": 500})
+        now[0] += 0.05
+    with pytest.raises(ApiError) as exc:                 # needs 0.1 s by the queue's estimate
+        q.submit(job(lane, "polite", [40]))
+    assert int(exc.value.headers["Retry-After"]) <= 6     # was 120
     lane.gate.release()
     lane.step(10)
     wait_all(q, [running, full])
