@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -40,6 +41,19 @@ class Caller:
 
 ANONYMOUS = Caller("anonymous", "anonymous")
 MAX_LISTED_CALLERS = 20
+
+
+_QUOTED = re.compile(r"('(?:[^'\\]|\\.)*')")
+
+
+def _as_template(problem: str) -> tuple[str, ...]:
+    """A key problem as a log template and its arguments: the text quoted in it (a key's name,
+    which for a plain key with ':' in it may be the key's first part) becomes an argument, so
+    the exported copy (the template, arguments dropped) still says what is wrong without it.
+    The messages never hold a key or a vault's name."""
+    parts = _QUOTED.split(problem)
+    template = "".join(p.replace("%", "%%") if i % 2 == 0 else "%s" for i, p in enumerate(parts))
+    return (template, *parts[1::2])
 
 
 class Authenticator:
@@ -74,9 +88,7 @@ class Authenticator:
                             "tenant that can get a token for the audience can call the API "
                             "(docs/deploy.md, 'Call the API with Microsoft Entra ID')")
         for problem in problems:  # once per process: the service is built once
-            # As the template, so the exported copy (arguments dropped) still says what is
-            # wrong: these messages are built never to hold a key or a vault's name.
-            log.error(problem)
+            log.error(*_as_template(problem))
         self._keys_refused = bool(problems) and not keys
         if keys:
             per_caller: dict[str, int] = {}

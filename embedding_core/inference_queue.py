@@ -57,12 +57,18 @@ from .backends import Lane, Prepared, Work, fits, take_one_off_seconds
 
 log = logging.getLogger(__name__)
 
-# Throughput assumed before the worker has measured any (per unit per second); deliberately low,
-# so early estimates err on the long side (the first batches here measure 5,400-9,600 tokens/s;
-# at 2,000 a cold start told clients to wait 48 s for what took under 1 s), yet high enough that
-# the default token bound, not the time rule, decides a cold start: 524,288 queued tokens are
-# 131 s at this rate, 175 s at 3,000.
-DEFAULT_RATES = {"tokens": 4000.0, "images": 20.0}
+# Throughput assumed before the workers have measured any (per unit per second, tokens per
+# worker: one worker per core by default); deliberately low, so early estimates err on the long
+# side. The first batches here measure 5,400-9,600 tokens/s with two workers on two cores; at
+# 2,000 for the process a cold start told clients to wait 48 s for what took under 1 s. Per
+# worker, a smaller instance (one core) still assumes 2,000: two requests of the cap admitted
+# together at a cold start would otherwise need more than the time-out there.
+DEFAULT_RATES = {"tokens": 2000.0, "images": 20.0}
+PER_WORKER = {"tokens"}
+
+
+def default_rates(workers: int) -> dict[str, float]:
+    return {u: r * (max(1, workers) if u in PER_WORKER else 1) for u, r in DEFAULT_RATES.items()}
 RATE_DECAY = 0.8              # weight of the past in the throughput estimate, per batch
 # A batch updates the estimate only if it carried this much work: a run's fixed cost (about 300
 # operators, the work of 16-24 tokens) dominates smaller ones, and a rate measured on
@@ -164,7 +170,7 @@ class InferenceQueue:
         self._preparing: collections.Counter[str] = collections.Counter()
         self._work = {u: 0.0 for u in DEFAULT_RATES}       # decayed sums behind the rates
         self._time = {u: 0.0 for u in DEFAULT_RATES}
-        self._rates = dict(DEFAULT_RATES)
+        self._rates = default_rates(self.workers)
         self._batches = 0
         self._running = 0                  # batches being run now
         self._threads: list[threading.Thread] = []

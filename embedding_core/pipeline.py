@@ -57,13 +57,15 @@ def least_cost(request: EmbeddingsRequest) -> dict[str, int]:
 
 
 def likely_cost(request: EmbeddingsRequest, max_tokens: int | None) -> dict[str, int]:
-    """An estimate of what a request will queue, before tokenising, for a ``Retry-After`` only
-    (never to admit or refuse): about four characters a token in English prose, plus [CLS] and
-    [SEP]; token arrays as they are; at most the deployment's limit per input."""
+    """An estimate of what a request will queue, before tokenising: about four characters a
+    token in English prose, plus [CLS] and [SEP]; token arrays as they are; at most the
+    deployment's limit per input, at least the lower bound (:func:`least_cost`). It sets the
+    precheck's ``Retry-After`` and what the request holds against later prechecks while it is
+    prepared; admission itself is decided on the real cost."""
     if request.modality == "image":
         return {"images": len(request.inputs)}
     cap = (max_tokens or 1 << 30) + 2
-    return {"tokens": sum(min(cap, (len(x) // 4 if isinstance(x, str) else len(x)) + 2)
+    return {"tokens": sum(max(3, min(cap, (len(x) // 4 if isinstance(x, str) else len(x)) + 2))
                           for x in request.inputs)}
 
 

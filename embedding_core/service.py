@@ -20,9 +20,10 @@ from typing import Any, Callable, Mapping
 import orjson
 
 from . import dialect_azure, dialect_openai, errors, memory, telemetry
+from . import settings as settings_module
 from .api import ApiRequest, ApiResponse
 from .auth import Authenticator
-from .inference_queue import DEFAULT_RATES, InferenceQueue
+from .inference_queue import InferenceQueue, default_rates
 from .pipeline import Pipeline, Trace
 from .registry import Deployment, Registry
 from .settings import Settings
@@ -104,7 +105,8 @@ class EmbeddingService:
             workers=settings.workers)
         self.pipeline = Pipeline(settings, self.registry, self.queue)
         self._openapi: dict[str, Any] | None = None
-        largest_s = settings.max_request_tokens / DEFAULT_RATES["tokens"]
+        assumed = default_rates(self.queue.workers)["tokens"]
+        largest_s = settings.max_request_tokens / assumed
         if largest_s > settings.request_timeout_s:
             # Admitted alone whatever its estimate, such a request runs until the time-out, is
             # cancelled with a 503, and the clients' retries run it again in full.
@@ -112,7 +114,7 @@ class EmbeddingService:
                         "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS=%g on a slow CPU (%.0f s at %.0f "
                         "tokens/s): the largest requests would be cancelled (503) and retried "
                         "in full; lower the cap or raise the time-out", settings.max_request_tokens,
-                        settings.request_timeout_s, largest_s, DEFAULT_RATES["tokens"])
+                        settings.request_timeout_s, largest_s, assumed)
         telemetry.watch_queue(self.queue)
 
     @classmethod
@@ -329,8 +331,9 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
                 now - _config_error[0] > CONFIG_ERROR_RELOG_SECONDS:
             # Once a minute, not per request (a retrying client multiplied it). The exported
             # copy keeps only the template: it names what is wrong, never a value.
+            # The traceback's last line has the message (values included): the local log only.
             log.exception("service configuration error, " + _config_culprit(exc)
-                          + " (answering 500 until it is fixed): %s", summary)
+                          + " (answering 500 until it is fixed)")
             _config_error = (now, summary)
         route = ROUTES.get(template)
         dialect = route.dialect if route else path_dialect(req.path)
@@ -342,7 +345,7 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
         return service.handle(template, req)
 
 
-_SETTING_NAME = re.compile(r"setting ([A-Z][A-Z0-9_]{2,63})\b")
+_SETTING_NAME = re.compile(r"\b((?:EMBEDDINGS|AZURE|WEBSITE)_[A-Z0-9_]{2,60})\b")
 
 
 def _config_culprit(exc: BaseException) -> str:
@@ -350,8 +353,7 @@ def _config_culprit(exc: BaseException) -> str:
     export in a log template."""
     from .registry import RegistryError
 
-    names = [n for n in dict.fromkeys(_SETTING_NAME.findall(str(exc)))
-             if n.startswith(("EMBEDDINGS_", "AZURE_", "WEBSITE_"))]
+    names = list(dict.fromkeys(_SETTING_NAME.findall(str(exc))))
     if names:
         return "invalid setting " + ", ".join(names)
     if isinstance(exc, RegistryError):
@@ -365,3 +367,4 @@ def reset_service() -> None:
     with _service_lock:
         _service = None
         _config_error = None
+        settings_module.forget_warnings()

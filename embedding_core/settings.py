@@ -20,6 +20,21 @@ log = logging.getLogger(__name__)
 # Azure's HTTP front end answers a request itself after 230 s, whatever the function does.
 AZURE_FRONT_END_TIMEOUT_S = 230
 
+# Warnings about settings, once per process: while the service cannot be built (a bad registry)
+# the settings are read again at every request, and each warning was a log row per call.
+_warned: set[tuple[object, ...]] = set()
+
+
+def _warn_once(template: str, *args: object) -> None:
+    if (template, *args) not in _warned:
+        _warned.add((template, *args))
+        log.warning(template, *args)
+
+
+def forget_warnings() -> None:
+    """Warn again (tests that change the environment)."""
+    _warned.clear()
+
 C_INT_MAX = 2**31 - 1
 
 # Settings of earlier versions, and what replaced them (a warning is logged when one is set).
@@ -380,17 +395,17 @@ class Settings:
         request_timeout_s = _float(env, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS", cls.request_timeout_s)
         if request_timeout_s < 1:
             raise ValueError("setting EMBEDDINGS_REQUEST_TIMEOUT_SECONDS must be >= 1")
-        if request_timeout_s > AZURE_FRONT_END_TIMEOUT_S:
+        if request_timeout_s >= AZURE_FRONT_END_TIMEOUT_S:
             # Not refused: it is a working value under the local host. On Azure the client is
             # answered by the front end while the request still runs here.
-            log.warning("setting EMBEDDINGS_REQUEST_TIMEOUT_SECONDS=%g is above Azure's %d-second "
+            _warn_once("setting EMBEDDINGS_REQUEST_TIMEOUT_SECONDS=%g is not below Azure's %d-second "
                         "front-end limit: on Azure a request still running then is answered by "
                         "the front end with an error while it goes on using the instance; set it "
                         "below %d", request_timeout_s, AZURE_FRONT_END_TIMEOUT_S,
                         AZURE_FRONT_END_TIMEOUT_S)
         for retired in RETIRED:
             if env.get(retired, "").strip():
-                log.warning("setting %s is no longer used: %s", retired, RETIRED[retired])
+                _warn_once("setting %s is no longer used: %s", retired, RETIRED[retired])
         return cls(
             api_keys=api_keys,
             api_key_problems=api_key_problems,

@@ -229,7 +229,26 @@ def test_a_bad_setting_is_a_500_with_one_traceback_not_one_per_request(monkeypat
     # One record a minute, not one per request (a retrying client multiplied them).
     errors = [r for r in caplog.records if "configuration error" in r.getMessage()]
     assert len(errors) == 1 and errors[0].exc_info is not None
-    assert "EMBEDDINGS_MAX_INPUTS must be an integer, got 'many'" in errors[0].getMessage()
+    assert "invalid setting EMBEDDINGS_MAX_INPUTS" in errors[0].getMessage()
+    assert "must be an integer, got 'many'" in str(errors[0].exc_info[1])   # the traceback's
+
+
+def test_settings_warnings_are_logged_once_while_the_service_cannot_be_built(monkeypatch,
+                                                                         caplog):
+    """While the service cannot be built the settings are read again at every request; their
+    warnings were a log row per call, though the configuration error itself is logged once a
+    minute (second look at the diff, F10)."""
+    import logging
+
+    monkeypatch.setenv("EMBEDDINGS_REQUEST_TIMEOUT_SECONDS", "300")
+    monkeypatch.setenv("EMBEDDINGS_REGISTRY", "/nonexistent/registry.json")
+    with caplog.at_level(logging.WARNING, logger="embedding_core"):
+        statuses = [call("embeddings", body={"input": ["a"]}, headers={"api-key": KEY}).status_code
+                    for _ in range(3)]
+    assert statuses == [500, 500, 500]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("front-end limit" in m for m in messages) == 1, messages
+    assert sum("invalid registry" in m for m in messages) == 1, messages
 
 
 def test_the_process_exits_cleanly_while_a_batch_is_running():

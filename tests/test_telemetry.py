@@ -416,17 +416,25 @@ def test_exported_configuration_errors_name_the_setting_and_request_lines_stay_l
     per call. It is DEBUG now, with the route, not the path."""
     from embedding_core.service import CATCH_ALL
 
-    monkeypatch.setenv("EMBEDDINGS_MAX_INPUTS", "many")
-    service_module.reset_service()
-    try:
-        with caplog.at_level(logging.DEBUG, logger="embedding_core"):
-            res = service_module.dispatch("embeddings", ApiRequest(
-                "POST", "/embeddings", {"content-type": "application/json"},
-                {"api-version": API_VERSION}, b'{"input": ["a"]}'))
-    finally:
+    def misconfigured(**env):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
         service_module.reset_service()
-    assert res.status == 500
-    EmbeddingService(Settings.from_env({"EMBEDDINGS_API_KEYS": f"{KEY_A},tiny"}), registry)
+        try:
+            with caplog.at_level(logging.DEBUG, logger="embedding_core"):
+                res = service_module.dispatch("embeddings", ApiRequest(
+                    "POST", "/embeddings", {"content-type": "application/json"},
+                    {"api-version": API_VERSION}, b'{"input": ["a"]}'))
+        finally:
+            for name in env:
+                monkeypatch.delenv(name)
+            service_module.reset_service()
+        assert res.status == 500
+    misconfigured(EMBEDDINGS_MAX_INPUTS="many")
+    misconfigured(EMBEDDINGS_ENTRA_TENANT_ID="00000000-0000-0000-0000-000000000001")
+    # a plain key with ':' read as name:key, its remainder refused: the "name" is the key's start
+    EmbeddingService(Settings.from_env(
+        {"EMBEDDINGS_API_KEYS": f"{KEY_A},tiny,Xk9fQ2LmT7pR4sVbN3wZ:a8"}), registry)
     svc = make(registry)
     with caplog.at_level(logging.DEBUG, logger="embedding_core"):
         svc.handle(CATCH_ALL, ApiRequest("GET", "/v1/" + TEXT.replace(" ", "-"),
@@ -435,8 +443,11 @@ def test_exported_configuration_errors_name_the_setting_and_request_lines_stay_l
     bodies = [d.log_record.body for d in sinks.logs.get_finished_logs()]
     assert any(b.startswith("service configuration error, invalid setting EMBEDDINGS_MAX_INPUTS")
                for b in bodies), bodies
+    assert any(b.startswith("service configuration error, invalid setting "
+                            "EMBEDDINGS_ENTRA_TENANT_ID, EMBEDDINGS_ENTRA_AUDIENCES") for b in bodies), bodies
     assert any("shorter than 16 characters" in b for b in bodies), bodies
     assert "%s" not in bodies and not any("many" in b for b in bodies), bodies
+    assert "Xk9fQ2LmT7pR4sVbN3wZ" not in sinks.exported_text()
     lines = [r for r in caplog.records if " -> " in r.getMessage()]
     assert lines and all(r.levelno == logging.DEBUG for r in lines)
     assert not any(TEXT.replace(" ", "-") in r.getMessage() for r in lines)
