@@ -65,10 +65,6 @@ log = logging.getLogger(__name__)
 # together at a cold start would otherwise need more than the time-out there.
 DEFAULT_RATES = {"tokens": 2000.0, "images": 20.0}
 PER_WORKER = {"tokens"}
-
-
-def default_rates(workers: int) -> dict[str, float]:
-    return {u: r * (max(1, workers) if u in PER_WORKER else 1) for u, r in DEFAULT_RATES.items()}
 RATE_DECAY = 0.8              # weight of the past in the throughput estimate, per batch
 # A batch updates the estimate only if it carried this much work: a run's fixed cost (about 300
 # operators, the work of 16-24 tokens) dominates smaller ones, and a rate measured on
@@ -83,6 +79,11 @@ SMALL_JOB_S = 1.0
 # at all past 120 s; a client told 120 s when more is needed comes back and is told the rest.
 RETRY_AFTER_MAX_S = 120
 EMPTY = np.empty((0, 0), dtype=np.float32)
+
+
+def default_rates(workers: int) -> dict[str, float]:
+    """The rates assumed before any is measured, for ``workers`` workers."""
+    return {u: r * (max(1, workers) if u in PER_WORKER else 1) for u, r in DEFAULT_RATES.items()}
 
 
 @dataclass(eq=False)

@@ -398,11 +398,11 @@ class Settings:
         if request_timeout_s >= AZURE_FRONT_END_TIMEOUT_S:
             # Not refused: it is a working value under the local host. On Azure the client is
             # answered by the front end while the request still runs here.
-            _warn_once("setting EMBEDDINGS_REQUEST_TIMEOUT_SECONDS=%g is not below Azure's %d-second "
-                        "front-end limit: on Azure a request still running then is answered by "
-                        "the front end with an error while it goes on using the instance; set it "
-                        "below %d", request_timeout_s, AZURE_FRONT_END_TIMEOUT_S,
-                        AZURE_FRONT_END_TIMEOUT_S)
+            _warn_once("setting EMBEDDINGS_REQUEST_TIMEOUT_SECONDS=%g is not below Azure's "
+                       "%d-second front-end limit: on Azure a request still running then is "
+                       "answered by the front end with an error while it goes on using the "
+                       "instance; set it below %d", request_timeout_s, AZURE_FRONT_END_TIMEOUT_S,
+                       AZURE_FRONT_END_TIMEOUT_S)
         for retired in RETIRED:
             if env.get(retired, "").strip():
                 _warn_once("setting %s is no longer used: %s", retired, RETIRED[retired])
