@@ -21,11 +21,11 @@ The design follows text-embeddings-inference (``router`` → ``core/src/queue.rs
 * Each handler waits on its own job, with a deadline; the rows come back in item order. A job
   that times out or whose handler gives up is cancelled: its queued items are dropped.
 * Admission also refuses a job the queue could not finish in time (unless the queue is empty:
-  a lone request is bounded by the per-request token cap). Under round-robin the job that
-  finishes last is the largest, after all the work queued with it: a job that needs more than
-  ``SMALL_JOB_S`` of inference is admitted only if the queued work plus its own, at the measured
-  throughput, fits in ``max_wait_s``, or several large requests would all be admitted and all
-  time out together. A smaller job only has to finish in time itself: it shares the workers
+  a lone request is bounded by the per-request token cap, and by the instance's speed: see
+  ``TOO_SLOW_MARGIN``). Under round-robin the job that finishes last is the largest, after all
+  the work queued with it: a job that needs more than ``SMALL_JOB_S`` of inference is admitted
+  only if the queued work plus its own, at the measured throughput, fits in ``max_wait_s``, or
+  several large requests would all be admitted and all time out together. A smaller job only has to finish in time itself: it shares the workers
   with each queued job until either is done, a turn (one batch) at a time, so it is refused
   only when the jobs ahead of it are too many, not because one of them is large. No job is
   admitted that would push a queued job that is on time past its deadline.
@@ -78,6 +78,13 @@ SMALL_JOB_S = 1.0
 # The longest Retry-After given. The openai SDK (and the frameworks built on it) does not retry
 # at all past 120 s; a client told 120 s when more is needed comes back and is told the rest.
 RETRY_AFTER_MAX_S = 120
+# A request that cannot finish within its time even alone, at the throughput measured here (a
+# slower CPU than the token cap was chosen for, or a cap raised past it), would time out with a
+# 503 that every client retries in full: three or four times the time-out billed for nothing.
+# It gets a 422 instead, which clients do not retry: at once if the estimate is over this many
+# times the time it has (the estimate errs, so a request near the limit is run), or when it
+# times out if its own work then still needs more than that time at the measured rates.
+TOO_SLOW_MARGIN = 2.0
 EMPTY = np.empty((0, 0), dtype=np.float32)
 
 
@@ -137,9 +144,12 @@ class Job:
 class QueueStats:
     jobs: int                               # requests queued or running
     queued: dict[str, int]                  # cost not yet started, per unit
-    rates: dict[str, float]                 # measured units per second
+    rates: dict[str, float]                 # units per second (assumed until measured)
     batches: int                            # batches run since start
     worker_alive: bool
+    preparing: dict[str, int] = field(default_factory=dict)  # likely cost of requests being
+    #                                         prepared (tokenised), held against new arrivals
+    measured: frozenset[str] = frozenset()  # units whose rate comes from batches run here
 
 
 _queues: "weakref.WeakSet[InferenceQueue]" = weakref.WeakSet()
@@ -172,6 +182,7 @@ class InferenceQueue:
         self._work = {u: 0.0 for u in DEFAULT_RATES}       # decayed sums behind the rates
         self._time = {u: 0.0 for u in DEFAULT_RATES}
         self._rates = default_rates(self.workers)
+        self._measured: set[str] = set()    # units whose rate comes from batches run here
         self._batches = 0
         self._running = 0                  # batches being run now
         self._threads: list[threading.Thread] = []
@@ -255,7 +266,9 @@ class InferenceQueue:
             self.cancel(job)
             raise
         if not job.done.is_set() and self.cancel(job):
-            raise self._timed_out(timeout if limit_s is None else limit_s)
+            with self._cond:
+                too_slow = self._too_slow(job.costs, timeout, limit_s, 1.0)
+            raise too_slow or self._timed_out(timeout if limit_s is None else limit_s)
         if job.error is not None:
             raise job.error
         return job.outputs()
@@ -268,9 +281,15 @@ class InferenceQueue:
         return job, self.wait(job, timeout, limit_s)
 
     def start(self, prepared: Prepared, timeout: float, limit_s: float | None = None) -> Job:
-        """Submit, unless no time is left (a 503 at once, nothing queued)."""
+        """Submit, unless no time is left (a 503 at once, nothing queued) or the request could
+        not finish in its time even alone (422, see ``TOO_SLOW_MARGIN``)."""
         if timeout <= 0:
             raise self._timed_out(timeout if limit_s is None else limit_s)
+        costs = {u: prepared.cost(u) for u in {w.lane.unit for w in prepared.work}}
+        with self._cond:
+            too_slow = self._too_slow(costs, timeout, limit_s, TOO_SLOW_MARGIN)
+        if too_slow is not None:
+            raise too_slow
         return self.submit(prepared, time.perf_counter() + timeout)
 
     def _timed_out(self, limit_s: float) -> errors.ApiError:
@@ -280,6 +299,29 @@ class InferenceQueue:
             "(EMBEDDINGS_REQUEST_TIMEOUT_SECONDS) and was cancelled; retry after the indicated "
             "delay or send fewer inputs.",
             headers={"Retry-After": str(self._retry_after(self._drain_s(None)))})
+
+    def _too_slow(self, costs: dict[str, int], timeout: float, limit_s: float | None,
+                  margin: float) -> errors.ApiError | None:
+        """The 422 for a job of ``costs`` that needs more than ``margin`` times ``timeout`` (the
+        time its request has left) on its own at the rates measured here, else None. Lock held.
+        Not before the rates are measured: the assumed ones are deliberately low."""
+        costed = {u: n for u, n in costs.items() if n}
+        if not costed or not costed.keys() <= self._measured:
+            return None
+        need = self._job_s(costed)
+        if need <= margin * timeout:
+            return None
+        limit = timeout if limit_s is None else limit_s
+        unit = max(costed, key=lambda u: costed[u] / self._rates[u])
+        rate = self._rates[unit]
+        fits_in = max(1, int(rate * timeout * 0.8))     # what fits in the time, with room
+        has = (f"the {limit:g} seconds a request may take" if limit - timeout < 1 else
+               f"the {_seconds(timeout)} seconds left to it of the {limit:g} a request may take")
+        return errors.validation(
+            f"The request needs about {_seconds(need)} seconds of inference on this instance "
+            f"({costed[unit]:,} {unit} at the {rate:,.0f} {unit}/s measured here), more than "
+            f"{has} (EMBEDDINGS_REQUEST_TIMEOUT_SECONDS); a retry would fail the same way. "
+            f"Split the inputs over requests of at most about {fits_in:,} {unit}.", "input")
 
     def cancel(self, job: Job) -> bool:
         """Drop the job's queued items (rows of a batch already running are discarded).
@@ -297,7 +339,9 @@ class InferenceQueue:
             running = sum(not j.done.is_set() for j in self._out)
             return QueueStats(len(self._ring) + running, dict(self._queued),
                               dict(self._rates), self._batches,
-                              any(t.is_alive() for t in self._threads))
+                              any(t.is_alive() for t in self._threads),
+                              {u: n for u, n in self._preparing.items() if n > 0},
+                              frozenset(self._measured))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the workers after their current batch (interpreter exit); jobs with items still
@@ -624,6 +668,7 @@ class InferenceQueue:
                 self._time[lane.unit] = RATE_DECAY * self._time.get(lane.unit, 0.0) + \
                     compute / max(1, self._running)
                 self._rates[lane.unit] = self._work[lane.unit] / self._time[lane.unit]
+                self._measured.add(lane.unit)
             row = 0
             for job, p, idx in taken:
                 n = len(idx)
@@ -642,6 +687,10 @@ class InferenceQueue:
                 job.remaining -= n
                 if job.remaining == 0:
                     job.done.set()
+
+
+def _seconds(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
 
 
 def _stopping_error() -> errors.ApiError:

@@ -326,7 +326,15 @@ class _Builder:
                 "queue": {"type": "object", "properties": {
                     "requests": {"type": "integer", "minimum": 0},
                     "queued_tokens": {"type": "integer", "minimum": 0},
-                    "queued_images": {"type": "integer", "minimum": 0}}}}}
+                    "queued_images": {"type": "integer", "minimum": 0},
+                    "preparing_tokens": {
+                        "type": "integer", "minimum": 0,
+                        "description": "Likely tokens of requests being tokenised: they count "
+                                       "against the queue's bound for new arrivals."},
+                    "tokens_per_second": _nullable({
+                        "type": "integer", "minimum": 0,
+                        "description": "The text throughput measured on this instance "
+                                       "(recent batches); null until measured."})}}}}
         sc["OpenApiDocument"] = {"type": "object", "required": ["openapi", "info", "paths"]}
         sc["Azure.Core.Foundations.Error"] = {
             "type": "object", "required": ["code", "message"],

@@ -108,12 +108,13 @@ class EmbeddingService:
         assumed = default_rates(self.queue.workers)["tokens"]
         largest_s = settings.max_request_tokens / assumed
         if largest_s > settings.request_timeout_s:
-            # Admitted alone whatever its estimate, such a request runs until the time-out, is
-            # cancelled with a 503, and the clients' retries run it again in full.
+            # Under the cap, such a request is refused (422) only once the rate is measured, or
+            # after it ran until its time-out (inference_queue.TOO_SLOW_MARGIN).
             log.warning("EMBEDDINGS_MAX_REQUEST_TOKENS=%d may not finish within "
                         "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS=%g on a slow CPU (%.0f s at %.0f "
-                        "tokens/s): the largest requests would be cancelled (503) and retried "
-                        "in full; lower the cap or raise the time-out", settings.max_request_tokens,
+                        "tokens/s): the largest requests would be refused (422), some only after "
+                        "running until the time-out; lower the cap or raise the time-out",
+                        settings.max_request_tokens,
                         settings.request_timeout_s, largest_s, assumed)
         telemetry.watch_queue(self.queue)
 
@@ -180,7 +181,10 @@ class EmbeddingService:
             {"name": d.name, "modality": d.modality, "dimensions": d.dimensions,
              "loaded": self.registry.is_loaded(d)} for d in self.registry.deployments],
             "queue": {"requests": stats.jobs, "queued_tokens": stats.queued.get("tokens", 0),
-                      "queued_images": stats.queued.get("images", 0)}}
+                      "queued_images": stats.queued.get("images", 0),
+                      "preparing_tokens": stats.preparing.get("tokens", 0),
+                      "tokens_per_second": (round(stats.rates["tokens"])
+                                            if "tokens" in stats.measured else None)}}
 
     def openai_embeddings(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
         request = dialect_openai.parse_embeddings(req, self.settings)

@@ -6,6 +6,7 @@ together get the vectors they would get alone."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 
@@ -73,7 +74,10 @@ def test_admission_is_bounded_by_queued_tokens(server):
     assert big.done()[0] == 200
     assert status == 429 and headers["x-ms-error-code"] == "TooManyRequests"
     assert body["error"]["code"] == "TooManyRequests" and int(headers["retry-after"]) >= 1
-    assert queue_state(server) == {"requests": 0, "queued_tokens": 0, "queued_images": 0}
+    state = queue_state(server)
+    assert state.pop("tokens_per_second") > 0          # measured on the requests that ran
+    assert state == {"requests": 0, "queued_tokens": 0, "queued_images": 0,
+                     "preparing_tokens": 0}
     assert embed(server, [f"x {LONG}"] * 30, PASS, truncate="END")[0] == 200   # admitted now
 
 
@@ -110,3 +114,43 @@ def test_concurrent_requests_get_the_vectors_they_get_alone(server):
         for t, d, q in zip(mine, f["data"], i8["data"]):
             assert np.abs(np.asarray(d["embedding"], dtype=np.float32) - alone[t]).max() <= 1e-5
             assert q["embedding"] == alone_int8[t]
+
+
+def test_a_request_too_slow_for_the_time_out_even_alone_gets_a_422_that_clients_do_not_retry():
+    """Sized from the throughput this instance measures (GET /health): a request needing ~3×
+    its time is refused before it runs; one needing ~1.5× runs until its time-out and then
+    gets the same 422 (a 503 would have been retried in full, billed each time)."""
+    limit = 4
+    s = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS": str(limit),
+                    "EMBEDDINGS_MAX_REQUEST_TOKENS": "2000000",
+                    "EMBEDDINGS_MAX_QUEUE_TOKENS": "2000000"})
+    try:
+        assert queue_state(s)["tokens_per_second"] is None        # not measured yet
+        for _ in range(3):
+            assert embed(s, [f"{i} {LONG}" for i in range(8)], PASS, truncate="END")[0] == 200
+        rate = queue_state(s)["tokens_per_second"]
+        assert rate > 0
+
+        def inputs(seconds_alone):
+            return [f"{i} {LONG}" for i in range(math.ceil(rate * seconds_alone / 256))]
+
+        def refused(seconds_alone, ran):
+            status, headers, body = embed(s, inputs(seconds_alone), PASS, truncate="END")
+            assert status == 422, (seconds_alone, rate, status, body)
+            assert headers["x-ms-error-code"] == "InvalidParameter" and "retry-after" not in headers
+            msg = body["error"]["message"]
+            assert body["error"]["target"] == "input"
+            assert "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS" in msg and "retry would fail" in msg
+            assert "a request may take" in msg and "tokens/s measured here" in msg
+            assert (float(headers.get("x-inference-time", 0)) > 0) is ran, headers
+
+        refused(3 * limit, ran=False)
+        # The first batches measure low (here ~0.6 of the settled rate): a request of about a
+        # third of the limit, answered, lets the estimate settle before the 1.5x request.
+        assert embed(s, inputs(limit / 3), PASS, truncate="END")[0] == 200
+        rate = queue_state(s)["tokens_per_second"]
+        refused(1.5 * limit, ran=True)
+        assert queue_state(s)["queued_tokens"] == 0
+        assert embed(s, ["still serving"])[0] == 200
+    finally:
+        s.stop()

@@ -648,6 +648,7 @@ def test_requests_being_prepared_count_against_the_bound_at_the_precheck_only():
         q.precheck({"tokens": 200}, {"tokens": 600})
     assert exc.value.status == 429 and exc.value.headers["Retry-After"] == "5"
     assert q.stats().queued.get("tokens", 0) == 0
+    assert q.stats().preparing == {"tokens": 900}        # what /health shows beside it
     j = q.submit(job(lane, "a", [100] * 9))              # admitted: 900 queued, preparing aside
     q.prepared(a)
     q.prepared(b)
@@ -657,7 +658,7 @@ def test_requests_being_prepared_count_against_the_bound_at_the_precheck_only():
     lane.step(9)
     wait_all(q, [running, j])
     q.prepared(q.precheck({"tokens": 200}, {"tokens": 600}))   # drained: passes
-    assert q._preparing["tokens"] == 0
+    assert q._preparing["tokens"] == 0 and q.stats().preparing == {}
 
 
 def test_likely_cost_counts_about_four_characters_a_token_capped_per_input():
@@ -809,6 +810,69 @@ def test_the_measured_rate_leaves_out_one_off_work_and_small_batches(monkeypatch
     assert run([32, 32]) == pytest.approx((0.8 * 1000 + 64) / (0.8 * 0.252 + 0.018))  # counted
 
 
+def test_a_request_that_could_not_finish_even_alone_is_refused_with_a_422_before_it_runs(
+        monkeypatch):
+    """A request under the token cap that the instance is too slow to run within the time-out
+    (a slower CPU than the cap was chosen for, or a raised cap) ran until the time-out and got a
+    503 that clients retry in full: three or four time-outs billed for one refusal. Once the
+    rate is measured, one that needs more than twice its time even alone gets a 422 (clients do
+    not retry it) naming the setting and a size that fits, before anything runs."""
+    clock = Clock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    lane = ClockLane(clock)
+    q = InferenceQueue({"tokens": 10**6}, max_wait_s=1.0)
+
+    def prepared(tokens):
+        return Prepared([Work(lane, list(tokens), list(tokens))], lambda out: Encoded(out[0], 0))
+
+    # Before any rate is measured (the assumed one is deliberately low): run, not refused.
+    assert q.stats().measured == frozenset()
+    q.run(prepared([3000, 3000, 3000]), 1.0, 1.0)
+    assert q.stats().measured == {"tokens"}
+    rate = q.stats().rates["tokens"]
+    assert 3900 < rate < 4000                          # ClockLane's 4,000 tokens/s
+    runs = clock.now
+    with pytest.raises(ApiError) as exc:
+        q.start(prepared([3000, 3000, 3000]), 1.0, 1.0)   # 9,000 tokens: ~2.3 s alone
+    err = exc.value
+    assert err.status == 422 and err.target == "input" and "Retry-After" not in err.headers
+    assert "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS" in err.message
+    assert "a retry would fail the same way" in err.message
+    assert f"at the {rate:,.0f} tokens/s measured here" in err.message
+    assert f"at most about {int(rate * 0.8):,} tokens" in err.message
+    assert clock.now == runs and q.stats().jobs == 0 and q.stats().queued["tokens"] == 0
+    # Preparing it took most of its time: the time it has left is what counts, and is named.
+    with pytest.raises(ApiError) as exc:
+        q.start(prepared([3000, 3000]), 0.7, 200.0)
+    assert "the 0.7 seconds left to it of the 200 a request may take" in exc.value.message
+    # Under twice its time: run (the estimate errs; it may finish).
+    q.run(prepared([2500, 2500, 2500]), 1.0, 1.0)
+    assert clock.now > runs
+
+
+def test_a_request_that_times_out_needing_more_than_its_time_alone_gets_a_422_not_a_503():
+    """At its time-out, a request whose own work needs more than the time it had, at the rate
+    measured then, could not succeed on a retry: a 422 that says so. One that timed out
+    behind others still gets the 503 and its Retry-After."""
+    lane = GateLane(max_batch_items=1)
+    q = InferenceQueue({"tokens": 1000})
+    q._rates["tokens"] = 100.0
+    q._measured.add("tokens")
+    big = q.start(job(lane, "big", [5, 5, 5]), 0.1, 0.1)    # 0.15 s alone: admitted
+    assert lane.entered.acquire(timeout=10)                 # and running, past its time
+    with pytest.raises(ApiError) as exc:
+        q.wait(big, 0.1, 0.1)
+    assert exc.value.status == 422 and "Retry-After" not in exc.value.headers
+    assert "needs about 0.1 seconds" in exc.value.message   # 0.15 s
+    assert "15 tokens at the 100 tokens/s measured here" in exc.value.message
+    small = q.start(job(lane, "small", [1]), 0.05, 0.05)   # 0.01 s: late only behind big
+    with pytest.raises(ApiError) as exc:
+        q.wait(small, 0.05, 0.05)
+    assert exc.value.status == 503 and "Retry-After" in exc.value.headers
+    lane.gate.release()
+    assert q.stats().jobs == 0
+
+
 def test_precheck_refuses_a_full_queue_before_any_work():
     lane = GateLane(max_batch_items=1)
     q = InferenceQueue({"tokens": 100})
@@ -889,9 +953,9 @@ def test_a_time_out_beyond_azures_front_end_is_accepted_with_a_warning(seconds, 
       "EMBEDDINGS_MAX_QUEUE_TOKENS": "40000"}, False),
 ])
 def test_a_request_cap_the_time_out_may_not_allow_is_warned_about(env, warned, caplog):
-    """A lone request is admitted whatever its estimate; with a time-out too short for the
-    request cap, the largest requests ran to the time-out, got 503 and were retried in full by
-    every client (review h_retry F3)."""
+    """With a time-out too short for the request cap, the largest requests are refused (422),
+    some only after running until the time-out (before the rate is measured a lone request is
+    admitted whatever its estimate): the operator is told at start (review h_retry F3)."""
     from embedding_core.service import EmbeddingService
     from embedding_core.settings import Settings
 
