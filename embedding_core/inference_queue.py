@@ -75,16 +75,25 @@ RATE_SAMPLE_MIN = {"tokens": 64, "images": 1}
 # A job whose own inference is estimated under this is admitted whenever it can finish in time
 # itself (see the module's docstring); it delays the others by about that much at most.
 SMALL_JOB_S = 1.0
+# Batches that must have updated a rate before it counts as measured (``QueueStats.measured``,
+# ``tokens_per_second`` in /health, the 422 of ``TOO_SLOW_MARGIN``): the first batches after a
+# start run slower (AMD VM: ~4,200 tokens/s in the first request of 8 × 256 tokens,
+# 5,200-7,400 in the next four).
+RATE_TRUSTED_SAMPLES = 8
 # The longest Retry-After given. The openai SDK (and the frameworks built on it) does not retry
 # at all past 120 s; a client told 120 s when more is needed comes back and is told the rest.
 RETRY_AFTER_MAX_S = 120
-# A request that cannot finish within its time even alone, at the throughput measured here (a
-# slower CPU than the token cap was chosen for, or a cap raised past it), would time out with a
-# 503 that every client retries in full: three or four times the time-out billed for nothing.
-# It gets a 422 instead, which clients do not retry: at once if the estimate is over this many
-# times the time it has (the estimate errs, so a request near the limit is run), or when it
-# times out if its own work then still needs more than that time at the measured rates.
+# A request that cannot finish within its time even alone, at the throughput measured here for
+# its model (a slower CPU than the token cap was chosen for, or a cap raised past it), would time
+# out with a 503 that every client retries in full: three or four times the time-out billed for
+# nothing. It gets a 422 instead, which clients do not retry: at once if its estimate is over
+# TOO_SLOW_MARGIN times the time it has left (the estimate errs, so a request near the limit is
+# run), or when it times out if its own work still needs over TIMED_OUT_MARGIN times the time it
+# had (at or under it, it may have been late because of the requests queued with it: a 503).
 TOO_SLOW_MARGIN = 2.0
+TIMED_OUT_MARGIN = 1.25
+TOO_SLOW_LOG_EVERY_S = 60.0    # the operator's warning about such refusals, at most this often
+CAP_SETTINGS = {"tokens": "EMBEDDINGS_MAX_REQUEST_TOKENS", "images": "EMBEDDINGS_MAX_IMAGE_INPUTS"}
 EMPTY = np.empty((0, 0), dtype=np.float32)
 
 
@@ -182,9 +191,18 @@ class InferenceQueue:
         self._work = {u: 0.0 for u in DEFAULT_RATES}       # decayed sums behind the rates
         self._time = {u: 0.0 for u in DEFAULT_RATES}
         self._rates = default_rates(self.workers)
-        self._measured: set[str] = set()    # units whose rate comes from batches run here
+        self._samples: collections.Counter[str] = collections.Counter()  # batches in each rate
+        self._measured: set[str] = set()    # units with RATE_TRUSTED_SAMPLES of them
+        # The same per lane key (one model: deployments share the unit, not the speed), for
+        # whether a request is too slow for this instance: [decayed work, decayed time, batches].
+        self._lane_rates: dict[object, list[float]] = {}
+        self._too_slow_logged = -math.inf
         self._batches = 0
         self._running = 0                  # batches being run now
+        # Processor-sharing time: advances by dt / (batches running) while any runs, so that a
+        # batch's share of the process's time is the difference between its end and start.
+        self._vtime = 0.0
+        self._vmark = time.perf_counter()   # when _vtime was last advanced
         self._threads: list[threading.Thread] = []
         self._short_of_workers = False
         self._out: set[Job] = set()        # jobs out of the ring whose last items are running
@@ -267,7 +285,8 @@ class InferenceQueue:
             raise
         if not job.done.is_set() and self.cancel(job):
             with self._cond:
-                too_slow = self._too_slow(job.costs, timeout, limit_s, 1.0)
+                too_slow = self._too_slow([p.work for p in job.parts], timeout, limit_s,
+                                          TIMED_OUT_MARGIN)
             raise too_slow or self._timed_out(timeout if limit_s is None else limit_s)
         if job.error is not None:
             raise job.error
@@ -285,9 +304,8 @@ class InferenceQueue:
         not finish in its time even alone (422, see ``TOO_SLOW_MARGIN``)."""
         if timeout <= 0:
             raise self._timed_out(timeout if limit_s is None else limit_s)
-        costs = {u: prepared.cost(u) for u in {w.lane.unit for w in prepared.work}}
         with self._cond:
-            too_slow = self._too_slow(costs, timeout, limit_s, TOO_SLOW_MARGIN)
+            too_slow = self._too_slow(prepared.work, timeout, limit_s, TOO_SLOW_MARGIN)
         if too_slow is not None:
             raise too_slow
         return self.submit(prepared, time.perf_counter() + timeout)
@@ -300,28 +318,46 @@ class InferenceQueue:
             "delay or send fewer inputs.",
             headers={"Retry-After": str(self._retry_after(self._drain_s(None)))})
 
-    def _too_slow(self, costs: dict[str, int], timeout: float, limit_s: float | None,
+    def _too_slow(self, works: list[Work], timeout: float, limit_s: float | None,
                   margin: float) -> errors.ApiError | None:
-        """The 422 for a job of ``costs`` that needs more than ``margin`` times ``timeout`` (the
-        time its request has left) on its own at the rates measured here, else None. Lock held.
-        Not before the rates are measured: the assumed ones are deliberately low."""
-        costed = {u: n for u, n in costs.items() if n}
-        if not costed or not costed.keys() <= self._measured:
-            return None
-        need = self._job_s(costed)
-        if need <= margin * timeout:
+        """The 422 for a job of ``works`` that needs more than ``margin`` times ``timeout`` (the
+        time its request has left) on its own at the rates measured here for its lanes, else
+        None. Lock held. Not before each lane's rate is measured (``RATE_TRUSTED_SAMPLES``)."""
+        costed = [(w.lane, int(sum(w.costs))) for w in works if len(w.costs)]
+        need = 0.0
+        for lane, cost in costed:
+            work, spent, batches = self._lane_rates.get(lane.key, (0.0, 0.0, 0))
+            if batches < RATE_TRUSTED_SAMPLES or spent <= 0:
+                return None
+            need += cost * spent / work
+        if not costed or need <= margin * timeout:
             return None
         limit = timeout if limit_s is None else limit_s
-        unit = max(costed, key=lambda u: costed[u] / self._rates[u])
-        rate = self._rates[unit]
-        fits_in = max(1, int(rate * timeout * 0.8))     # what fits in the time, with room
-        has = (f"the {limit:g} seconds a request may take" if limit - timeout < 1 else
-               f"the {_seconds(timeout)} seconds left to it of the {limit:g} a request may take")
+        units = collections.Counter()
+        for lane, cost in costed:
+            units[lane.unit] += cost
+        unit, cost = units.most_common(1)[0]
+        rate = cost / need                                # what the whole job runs at
+        # Half the limit, with room; and no more than half of this request (its time went to
+        # preparing it, when little was left).
+        fits_in = max(1, int(min(rate * limit * 0.5, cost / 2)))
+        has = (f"the {_seconds(limit)} s a request may take" if timeout >= 0.99 * limit
+               else f"the {_seconds(timeout)} s left to it of the {_seconds(limit)} s a request "
+                    "may take")
+        now = time.monotonic()
+        if now - self._too_slow_logged >= TOO_SLOW_LOG_EVERY_S:
+            self._too_slow_logged = now
+            log.warning("a request of %s was refused (422): it needs about %s s of inference at "
+                        "the %.0f %s/s measured here, more than the %s s it had; for this "
+                        "instance's CPU lower %s (to about %d) or raise "
+                        "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS (logged at most once a minute)",
+                        _count(cost, unit), _seconds(need), rate, unit, _seconds(timeout),
+                        CAP_SETTINGS.get(unit, "the request limits"), fits_in)
         return errors.validation(
-            f"The request needs about {_seconds(need)} seconds of inference on this instance "
-            f"({costed[unit]:,} {unit} at the {rate:,.0f} {unit}/s measured here), more than "
-            f"{has} (EMBEDDINGS_REQUEST_TIMEOUT_SECONDS); a retry would fail the same way. "
-            f"Split the inputs over requests of at most about {fits_in:,} {unit}.", "input")
+            f"The request needs about {_seconds(need)} s of inference on this instance "
+            f"({_count(cost, unit)} at the {rate:,.0f} {unit}/s measured here), more than {has} "
+            "(EMBEDDINGS_REQUEST_TIMEOUT_SECONDS); a retry would fail the same way. Split the "
+            f"inputs over requests of at most about {_count(fits_in, unit)}.", "input")
 
     def cancel(self, job: Job) -> bool:
         """Drop the job's queued items (rows of a batch already running are discarded).
@@ -532,6 +568,7 @@ class InferenceQueue:
                     log.exception("inference queue could not form a batch")
                     self._fail_queued(exc)
                     continue
+                self._advance()
                 self._running += 1
                 if self._ring:
                     self._cond.notify()      # an idle worker takes the next batch
@@ -543,6 +580,7 @@ class InferenceQueue:
                     self._fail(taken, exc)
             finally:
                 with self._cond:
+                    self._advance()
                     self._running -= 1
                     for job in self._served(taken):
                         job.running -= 1
@@ -616,9 +654,19 @@ class InferenceQueue:
                 else:
                     self._out.add(job)
 
+    def _advance(self) -> None:
+        """Bring the processor-sharing time up to now (lock held; before ``_running`` changes)."""
+        now = time.perf_counter()
+        if self._running:
+            self._vtime += (now - self._vmark) / self._running
+        self._vmark = now
+
     def _run_batch(self, lane: Lane, taken: list[tuple[Job, _Part, list[int]]]) -> None:
         payloads = [p.work.payloads[i] for _, p, idx in taken for i in idx]
         take_one_off_seconds()
+        with self._cond:
+            self._advance()
+            v0 = self._vtime
         t0 = time.perf_counter()
         try:
             out = np.asarray(lane.run(payloads, requests=len({id(job) for job, _, _ in taken})))
@@ -660,15 +708,25 @@ class InferenceQueue:
                 self._fail(taken, error)
                 return
             # Batches running side by side share the CPU: the rate is the process's, not one
-            # worker's.
+            # worker's. A batch counts its share of the time it ran (dt / batches running, over
+            # its run). Its elapsed time divided by the batches running when it ended counted
+            # the overlap of two side-by-side batches 1.5 times (the first to end saw two
+            # running, the other one): the rate came out ~0.7 of the process's.
             work = sum(p.work.costs[i] for _, p, idx in taken for i in idx)
-            compute = elapsed - one_off
+            self._advance()
+            share = self._vtime - v0
+            compute = share * (elapsed - one_off) / elapsed if elapsed > 0 else 0.0
             if work >= RATE_SAMPLE_MIN.get(lane.unit, 1) and compute > 0:
                 self._work[lane.unit] = RATE_DECAY * self._work.get(lane.unit, 0.0) + work
-                self._time[lane.unit] = RATE_DECAY * self._time.get(lane.unit, 0.0) + \
-                    compute / max(1, self._running)
+                self._time[lane.unit] = RATE_DECAY * self._time.get(lane.unit, 0.0) + compute
                 self._rates[lane.unit] = self._work[lane.unit] / self._time[lane.unit]
-                self._measured.add(lane.unit)
+                self._samples[lane.unit] += 1
+                if self._samples[lane.unit] >= RATE_TRUSTED_SAMPLES:
+                    self._measured.add(lane.unit)
+                mine = self._lane_rates.setdefault(lane.key, [0.0, 0.0, 0])
+                mine[0] = RATE_DECAY * mine[0] + work
+                mine[1] = RATE_DECAY * mine[1] + compute
+                mine[2] += 1
             row = 0
             for job, p, idx in taken:
                 n = len(idx)
@@ -689,8 +747,12 @@ class InferenceQueue:
                     job.done.set()
 
 
+def _count(n: int, unit: str) -> str:
+    return f"{n:,} {unit[:-1] if n == 1 and unit.endswith('s') else unit}"
+
+
 def _seconds(value: float) -> str:
-    return f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
+    return f"{value:,.0f}" if value >= 10 else f"{value:.1f}".removesuffix(".0")
 
 
 def _stopping_error() -> errors.ApiError:

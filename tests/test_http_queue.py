@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import KEY, LiveServer
+from embedding_core.inference_queue import RATE_TRUSTED_SAMPLES
 from test_http_errors import AUTH, Q, request
 
 LONG = "lorem ipsum dolor sit amet consectetur adipiscing elit " * 40   # truncated to 256 tokens
@@ -118,7 +119,7 @@ def test_concurrent_requests_get_the_vectors_they_get_alone(server):
 
 def test_a_request_too_slow_for_the_time_out_even_alone_gets_a_422_that_clients_do_not_retry():
     """Sized from the throughput this instance measures (GET /health): a request needing ~3×
-    its time is refused before it runs; one needing ~1.5× runs until its time-out and then
+    its time is refused before it runs; one needing ~1.6× runs until its time-out and then
     gets the same 422 (a 503 would have been retried in full, billed each time)."""
     limit = 4
     s = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS": str(limit),
@@ -126,7 +127,7 @@ def test_a_request_too_slow_for_the_time_out_even_alone_gets_a_422_that_clients_
                     "EMBEDDINGS_MAX_QUEUE_TOKENS": "2000000"})
     try:
         assert queue_state(s)["tokens_per_second"] is None        # not measured yet
-        for _ in range(3):
+        for _ in range(RATE_TRUSTED_SAMPLES // 2):    # two batches of 1,024 tokens each
             assert embed(s, [f"{i} {LONG}" for i in range(8)], PASS, truncate="END")[0] == 200
         rate = queue_state(s)["tokens_per_second"]
         assert rate > 0
@@ -145,11 +146,13 @@ def test_a_request_too_slow_for_the_time_out_even_alone_gets_a_422_that_clients_
             assert (float(headers.get("x-inference-time", 0)) > 0) is ran, headers
 
         refused(3 * limit, ran=False)
-        # The first batches measure low (here ~0.6 of the settled rate): a request of about a
-        # third of the limit, answered, lets the estimate settle before the 1.5x request.
-        assert embed(s, inputs(limit / 3), PASS, truncate="END")[0] == 200
+        # The first batches run slow (here ~0.6 of the settled rate): a request of 0.6 of the
+        # limit, answered, lets the estimate settle. Then one of 1.6 times the limit is admitted
+        # (under twice its time), runs until its time-out and, needing over 1.25 times the
+        # time it had, is refused.
+        assert embed(s, inputs(0.6 * limit), PASS, truncate="END")[0] == 200
         rate = queue_state(s)["tokens_per_second"]
-        refused(1.5 * limit, ran=True)
+        refused(1.6 * limit, ran=True)
         assert queue_state(s)["queued_tokens"] == 0
         assert embed(s, ["still serving"])[0] == 200
     finally:
