@@ -25,10 +25,11 @@ The design follows text-embeddings-inference (``router`` → ``core/src/queue.rs
   ``TOO_SLOW_MARGIN``). Under round-robin the job that finishes last is the largest, after all
   the work queued with it: a job that needs more than ``SMALL_JOB_S`` of inference is admitted
   only if the queued work plus its own, at the measured throughput, fits in ``max_wait_s``, or
-  several large requests would all be admitted and all time out together. A smaller job only has to finish in time itself: it shares the workers
-  with each queued job until either is done, a turn (one batch) at a time, so it is refused
-  only when the jobs ahead of it are too many, not because one of them is large. No job is
-  admitted that would push a queued job that is on time past its deadline.
+  several large requests would all be admitted and all time out together. A smaller job only
+  has to finish in time itself: it shares the workers with each queued job until either is
+  done, a turn (one batch) at a time, so it is refused only when the jobs ahead of it are too
+  many, not because one of them is large. No job is admitted that would push a queued job that
+  is on time past its deadline.
 * A worker survives anything a batch throws (the jobs in that batch fail with it), is
   restarted by whoever finds it dead, and is stopped and joined at interpreter exit (a daemon
   thread killed inside ONNX Runtime aborts the process).
@@ -93,6 +94,9 @@ RETRY_AFTER_MAX_S = 120
 TOO_SLOW_MARGIN = 2.0
 TIMED_OUT_MARGIN = 1.25
 TOO_SLOW_LOG_EVERY_S = 60.0    # the operator's warning about such refusals, at most this often
+# A batch counts for a lane's too-slow rate only if its share of the process's time was at most
+# this times 1/workers (batches of one request on two workers end a little apart).
+FULLY_SHARED = 1.15
 CAP_SETTINGS = {"tokens": "EMBEDDINGS_MAX_REQUEST_TOKENS", "images": "EMBEDDINGS_MAX_IMAGE_INPUTS"}
 EMPTY = np.empty((0, 0), dtype=np.float32)
 
@@ -193,8 +197,9 @@ class InferenceQueue:
         self._rates = default_rates(self.workers)
         self._samples: collections.Counter[str] = collections.Counter()  # batches in each rate
         self._measured: set[str] = set()    # units with RATE_TRUSTED_SAMPLES of them
-        # The same per lane key (one model: deployments share the unit, not the speed), for
-        # whether a request is too slow for this instance: [decayed work, decayed time, batches].
+        # The same per lane key (one model: deployments share the unit, not the speed), from
+        # batches that shared the process with every other worker, for whether a request is too
+        # slow for this instance: [decayed work, decayed time, batches].
         self._lane_rates: dict[object, list[float]] = {}
         self._too_slow_logged = -math.inf
         self._batches = 0
@@ -715,18 +720,26 @@ class InferenceQueue:
             work = sum(p.work.costs[i] for _, p, idx in taken for i in idx)
             self._advance()
             share = self._vtime - v0
-            compute = share * (elapsed - one_off) / elapsed if elapsed > 0 else 0.0
-            if work >= RATE_SAMPLE_MIN.get(lane.unit, 1) and compute > 0:
+            # A batch with one-off work (a session created, a model compiled, a wait for another
+            # worker doing so) is no sample at all: that part may have run beside other batches
+            # and the rest alone, so no share of it measures the compute (a rate 1.7 times too
+            # high was reproduced; h_diff5 F2).
+            if work >= RATE_SAMPLE_MIN.get(lane.unit, 1) and share > 0 and one_off <= 0:
                 self._work[lane.unit] = RATE_DECAY * self._work.get(lane.unit, 0.0) + work
-                self._time[lane.unit] = RATE_DECAY * self._time.get(lane.unit, 0.0) + compute
+                self._time[lane.unit] = RATE_DECAY * self._time.get(lane.unit, 0.0) + share
                 self._rates[lane.unit] = self._work[lane.unit] / self._time[lane.unit]
                 self._samples[lane.unit] += 1
                 if self._samples[lane.unit] >= RATE_TRUSTED_SAMPLES:
                     self._measured.add(lane.unit)
-                mine = self._lane_rates.setdefault(lane.key, [0.0, 0.0, 0])
-                mine[0] = RATE_DECAY * mine[0] + work
-                mine[1] = RATE_DECAY * mine[1] + compute
-                mine[2] += 1
+                # The too-slow 422 asks what a large request gets: split over every worker. A
+                # batch that ran alone (a one-input request cannot be split) measures one
+                # worker's speed, 1/workers of that (h_diff5 F1): only batches that shared the
+                # process with the other workers all along count for it.
+                if share <= FULLY_SHARED * elapsed / self.workers:
+                    mine = self._lane_rates.setdefault(lane.key, [0.0, 0.0, 0])
+                    mine[0] = RATE_DECAY * mine[0] + work
+                    mine[1] = RATE_DECAY * mine[1] + share
+                    mine[2] += 1
             row = 0
             for job, p, idx in taken:
                 n = len(idx)
