@@ -3,9 +3,9 @@
 // the Application Insights component; in the Log Analytics workspace the same rows are
 // AppRequests). Those rows are written by the Functions host for every HTTP invocation
 // (host.json telemetryMode OpenTelemetry; they may be sampled, so the rules count itemCount),
-// so the rules also see failures outside the Python worker (crashes, time-outs). The worker's own telemetry (the
-// per-request span in `dependencies`, usage in `customMetrics`) is for per-caller and
-// per-deployment breakdowns: docs/operations.md.
+// so the rules also see failures outside the Python worker (crashes, time-outs). The worker's
+// own telemetry (the per-request span in `dependencies`, usage in `customMetrics`) is for
+// per-caller and per-deployment breakdowns: docs/operations.md.
 param location string
 param tags object
 
