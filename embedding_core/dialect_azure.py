@@ -24,11 +24,11 @@ def parse_embeddings(req: ApiRequest, modality: str, settings: Settings) -> sche
     header_model = schema.model_deployment_header(req.headers)
     schema.check_content_type(req.headers)
     text = modality == "text"
+    max_items = settings.max_inputs if text else settings.max_image_inputs
     doc = schema.parse_body(req.body, settings.max_text_body_bytes if text
-                            else settings.max_image_body_bytes)
+                            else settings.max_image_body_bytes, schema.max_json_values(max_items))
     request = schema.parse_request(doc, modality=modality, extra_mode=extra_mode,
-                                   max_items=settings.max_inputs if text
-                                   else settings.max_image_inputs)
+                                   max_items=max_items)
     request.deployment = header_model
     return request
 

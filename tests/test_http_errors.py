@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from conftest import API_VERSION, KEY, LiveServer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 Q = f"?api-version={API_VERSION}"
 JSON = {"Content-Type": "application/json"}
@@ -286,3 +291,59 @@ def test_many_unknown_fields_give_a_bounded_error(live_server):
     assert status == 400 and err["code"] == "ExtraParametersNotAllowed"
     assert "and 49980 more" in err["message"] and len(err["details"]) == 20
     assert len(data) < 8000
+
+
+MANY_ARRAYS = b'{"input": [' + b"[]," * 1_000_000 + b'"a"]}'   # 3 MB: a million empty arrays
+
+
+@pytest.mark.parametrize("path, field, value", [
+    ("/embeddings" + Q, "code", "InvalidRequestBody"),
+    ("/v1/embeddings", "type", "invalid_request_error")])
+def test_a_body_of_a_million_arrays_is_refused_before_it_is_parsed(live_server, path, field,
+                                                                   value):
+    status, _, data = request(live_server, "POST", path, MANY_ARRAYS, AUTH)
+    assert status == 400, data[:300]
+    err = json.loads(data)["error"]
+    assert "more than 65,536 JSON strings, arrays and objects" in err["message"]
+    assert err[field] == value
+
+
+def test_strings_full_of_quotes_and_brackets_are_not_counted_as_values(live_server):
+    # 80,000 brackets and 20,000 escaped quotes inside 40 strings: over the bound by a quick
+    # count, 40 values by the exact one; code and JSON documents are embedded as usual.
+    texts = ['[' * 1000 + '"x": {' * 500 + ']' * 1000 for _ in range(40)]
+    status, _, data = request(live_server, "POST", "/embeddings" + Q,
+                              {"input": texts, "truncate": "END"},
+                              {**AUTH, "extra-parameters": "pass-through"})
+    assert status == 200, data[:300]
+    assert len(json.loads(data)["data"]) == 40
+
+
+# What parsing the refused bodies cost before they were refused unparsed (ru_maxrss growth): a
+# million-array 8 MiB body 243 MB, 303 MB when nested, 149 MB of two-letter strings.
+PARSE_MEMORY = r"""
+import json, resource, sys
+from embedding_core import schema
+from embedding_core.errors import ApiError
+n = 8 * 2**20
+unit = {"arrays": b"[],", "nested": b"[[]],", "strings": b'"ab",'}[sys.argv[1]]
+body = b'{"input": [' + unit * ((n - 20) // len(unit)) + b'"a"]}'
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    schema.parse_body(body, n, schema.max_json_values(2048))
+    status = 200
+except ApiError as exc:
+    status = exc.status
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps({"status": status, "grown_mb": grown}))
+"""
+
+
+@pytest.mark.parametrize("unit", ["arrays", "nested", "strings"])
+def test_refusing_a_body_of_small_values_costs_no_memory(unit):
+    res = subprocess.run([sys.executable, "-c", PARSE_MEMORY, unit], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert out["status"] == 400
+    assert out["grown_mb"] < 16, out

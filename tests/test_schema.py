@@ -84,3 +84,25 @@ def test_bad_values_are_named_as_json(value, shown):
         parse({"input": [[101, value]]})
     assert e.value.status == 422 and e.value.target == "input[0][1]"
     assert e.value.message.endswith(shown + "."), e.value.message
+
+
+@pytest.mark.parametrize("item", [
+    b'"a"', b'[]', b'{}', b'"[{\\"]}\\\\"', b'"' + b'\\"[' * 40 + b'"', b'[1, 2]'])
+def test_json_values_are_counted_exactly_past_the_quick_bound(item):
+    # Brackets and escaped quotes inside strings are not values; the quick count (quotes / 2 +
+    # brackets) is over the bound for most of these, the exact count is one value per item.
+    bound = 100
+    def body(n):
+        return b'{"input": [' + b", ".join([item] * n) + b"]}"
+    schema.check_json_values(body(bound - 3), bound)     # the object, "input" and its array
+    with pytest.raises(ApiError) as e:
+        schema.check_json_values(body(bound - 2), bound)
+    assert e.value.status == 400 and "more than 100 JSON strings" in e.value.message
+
+
+def test_an_unterminated_string_is_left_to_the_parser():
+    body = b'{"input": ["' + b'\\"[' * 200
+    schema.check_json_values(body, 100)                  # one string to the end, not 200 values
+    with pytest.raises(ApiError) as e:
+        schema.parse_body(body, 1 << 20)
+    assert e.value.status == 400 and "not valid JSON" in e.value.message
