@@ -60,10 +60,10 @@ param maximumInstanceCount int = 40
 @description('Always-ready instances for the HTTP functions (billed all the time, no cold start for the first requests); 0 = none, on demand only. Set here rather than with the CLI: each provision writes functionAppConfig.scaleAndConcurrency whole.')
 param alwaysReadyHttpInstances int = 0
 
-@minValue(1)
+@minValue(0)
 @maxValue(1000)
-@description('Concurrent HTTP requests routed to one instance before the platform scales out; also the Python worker\'s thread pool. The app batches concurrent requests, so more than 1 pays (Python\'s platform default is 1).')
-param httpPerInstanceConcurrency int = 8
+@description('Concurrent HTTP requests routed to one instance before the platform scales out; also the Python worker\'s thread pool. The app batches concurrent requests, so more than 1 pays (Python\'s platform default is 1). 0 = by instance size, 8 per CPU core: 2 at 512 MB (0.25 core), 8 at 2048 MB (1 core), 16 at 4096 MB (2 cores).')
+param httpPerInstanceConcurrency int = 0
 
 @description('EMBEDDINGS_ORT_INTRA_OP_THREADS app setting (onnxruntime threads per inference worker); 0 = leave unset (app default: cores ÷ workers).')
 @minValue(0)
@@ -138,6 +138,12 @@ var effectiveTenantId = empty(entraTenantId) ? subscription().tenantId : entraTe
 var cloudLoginEndpoint = environment().authentication.loginEndpoint
 var cloudAuthority = endsWith(cloudLoginEndpoint, '/') ? substring(cloudLoginEndpoint, 0, length(cloudLoginEndpoint) - 1) : cloudLoginEndpoint
 var effectiveAuthority = empty(entraAuthority) ? cloudAuthority : entraAuthority
+// Flex gives an instance CPU in proportion to its memory (flex-consumption-plan.md, "Instance
+// sizes": 0.25 / 1 / 2 cores), and a value set here is kept when the size changes
+// (functions-concurrency.md), so the default follows the size: 8 requests per core (the value
+// infra/ used at every size before; at 512 MB it put 8 requests on a quarter core), at least 2.
+// (Conditions in parentheses: pycep, which tests/ evaluate this with, binds `?` before `>`.)
+var effectiveHttpConcurrency = (httpPerInstanceConcurrency > 0) ? httpPerInstanceConcurrency : ((instanceMemoryMB == 512) ? 2 : ((instanceMemoryMB == 4096) ? 16 : 8))
 
 module identity 'modules/identity.bicep' = {
   name: 'identity'
@@ -232,7 +238,7 @@ module functionApp 'modules/functionapp.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
     alwaysReadyHttpInstances: alwaysReadyHttpInstances
-    httpPerInstanceConcurrency: httpPerInstanceConcurrency
+    httpPerInstanceConcurrency: effectiveHttpConcurrency
     zoneRedundant: zoneRedundant
     entraTenantId: effectiveTenantId
     entraAudiences: entraAudiences

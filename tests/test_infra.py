@@ -620,12 +620,35 @@ def test_function_app_config_flex_runtime_scale_and_deployment():
         assert decorator(p["instanceMemoryMB"], "allowed") == [512, 2048, 4096]
         assert "maximumInstanceCount" in p and "httpPerInstanceConcurrency" in p
         assert decorator(p["maximumInstanceCount"], "max_value") <= 1000
-        assert decorator(p["httpPerInstanceConcurrency"], "min_value") >= 1
+        # main.bicep: 0 = by instance size (below); the module gets the value it resolves to
+        assert decorator(p["httpPerInstanceConcurrency"], "min_value") == (0 if file == MAIN else 1)
         assert p["alwaysReadyHttpInstances"]["default"] == 0
         assert decorator(p["alwaysReadyHttpInstances"], "min_value") == 0
         # what the app accepts (a larger value would deploy and fail every request)
         from embedding_core.settings import MAX_INFERENCE_WORKERS
         assert decorator(p["inferenceWorkers"], "max_value") == MAX_INFERENCE_WORKERS
+
+
+def test_http_concurrency_follows_the_instance_size_unless_set():
+    """Flex gives 0.25 / 1 / 2 cores at 512 / 2048 / 4096 MB and keeps an explicit
+    perInstanceConcurrency when the size changes: the default is 8 requests per core (at least
+    2), the value main.bicep hands the module for the site's scale settings and thread pool."""
+    from bicep_eval import Evaluator
+    tree = parse(MAIN)
+    assert params(MAIN)["httpPerInstanceConcurrency"]["default"] == 0
+    got = {}
+    for memory in (512, 2048, 4096):
+        for asked in (0, 12):
+            ev = Evaluator(tree, {"environmentName": "dev", "location": "swedencentral",
+                                  "entraTenantId": "t", "instanceMemoryMB": memory,
+                                  "httpPerInstanceConcurrency": asked},
+                           resource_group={"name": "rg", "location": "swedencentral"})
+            got[memory, asked] = ev.variable("effectiveHttpConcurrency")
+    assert got == {(512, 0): 2, (2048, 0): 8, (4096, 0): 16,
+                   (512, 12): 12, (2048, 12): 12, (4096, 12): 12}
+    module = tree["modules"]["functionApp"]["config"]["params"]
+    assert render(module["httpPerInstanceConcurrency"]) == "effectiveHttpConcurrency"
+    assert '"${AZURE_FUNCTION_HTTP_CONCURRENCY=0}"' in (MAIN.parent / "main.parameters.json").read_text()
 
 
 def test_app_settings_identity_based_and_key_vault_reference():
