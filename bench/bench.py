@@ -534,7 +534,9 @@ def machine() -> dict:
     # What decides the int8 kernels ONNX Runtime picks (VNNI: 32-bit dot products; without it
     # u8 x s8 pairs are summed in 16 bits, see docs/performance-model.md).
     simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd, "python": platform.python_version(),
+    from embedding_core.settings import usable_cores
+    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable_cores(), "simd": simd,
+            "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
 
 
@@ -655,19 +657,28 @@ def _scale(seconds: float | None) -> float | None:
 # modal.com, 2025-05-22; check the current Azure Functions pricing page for your region).
 FLEX_GB_SECOND_USD = 0.000026
 FLEX_PER_MILLION_EXECUTIONS_USD = 0.40
+# CPU cores of a Flex Consumption instance by its memory (MB): flex-consumption-plan.md,
+# "Instance sizes" ("typical allocations"). CPU is in proportion to memory, so the cost per
+# embedding is the same at every size if throughput is in proportion to cores.
+FLEX_CORES = {512: 0.25, 2048: 1.0, 4096: 2.0}
 
 
-def cost(r: dict, memory_gb: float = 2.0, per_request: int = 32) -> dict | None:
-    """USD per 1M embeddings at the default deployment's measured end-to-end throughput."""
+def cost(r: dict, memory_mb: int = 2048, per_request: int = 32) -> dict | None:
+    """USD per 1M embeddings on a Flex instance of ``memory_mb``, at the default deployment's
+    measured end-to-end throughput per core of this machine times the instance's cores."""
     d = r["deployments"][0]
     rate = r["throughput"][f"{d}:short_base64"]["median"]
-    seconds = 1e6 / rate
-    usd = seconds * memory_gb * FLEX_GB_SECOND_USD + (1e6 / per_request) / 1e6 * \
+    cores = r["machine"].get("usable_cores") or r["machine"]["cores"]
+    instance_rate = rate / cores * FLEX_CORES[memory_mb]
+    seconds = 1e6 / instance_rate
+    usd = seconds * memory_mb / 1024 * FLEX_GB_SECOND_USD + (1e6 / per_request) / 1e6 * \
         FLEX_PER_MILLION_EXECUTIONS_USD
     return {"deployment": d, "usd_per_million": usd, "sentences_per_second": rate,
-            "basis": f"{memory_gb:g} GB instance, requests of {per_request} short sentences, "
-                     f"${FLEX_GB_SECOND_USD}/GB-s + ${FLEX_PER_MILLION_EXECUTIONS_USD}/1M "
-                     "executions, before free grants; throughput of this machine"}
+            "instance_sentences_per_second": instance_rate,
+            "basis": f"{memory_mb} MB instance ({FLEX_CORES[memory_mb]:g} core): this machine's "
+                     f"{rate:,.0f}/s over its {cores:g} cores, scaled to the instance's; requests "
+                     f"of {per_request} short sentences, ${FLEX_GB_SECOND_USD}/GB-s + "
+                     f"${FLEX_PER_MILLION_EXECUTIONS_USD}/1M executions, before free grants"}
 
 
 def main() -> None:
