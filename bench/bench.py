@@ -665,7 +665,10 @@ FLEX_CORES = {512: 0.25, 2048: 1.0, 4096: 2.0}
 
 def cost(r: dict, memory_mb: int = 2048, per_request: int = 32) -> dict | None:
     """USD per 1M embeddings on a Flex instance of ``memory_mb``, at the default deployment's
-    measured end-to-end throughput per core of this machine times the instance's cores."""
+    measured end-to-end throughput per core of this machine times the instance's cores. (Per
+    core assumes the run kept every core busy: true of the 2-core machines measured, where the
+    two inference workers were; with more cores than the bench's clients keep busy it would
+    read the cost high.)"""
     d = r["deployments"][0]
     rate = r["throughput"][f"{d}:short_base64"]["median"]
     cores = r["machine"].get("usable_cores") or r["machine"]["cores"]

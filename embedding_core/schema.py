@@ -97,43 +97,51 @@ def check_content_type(headers: Mapping[str, str]) -> None:
 
 # Strings, arrays and objects cost memory out of proportion to their bytes once parsed: an 8 MiB
 # body of empty arrays becomes 243 MB of Python objects (nested ones 303 MB, two-letter strings
-# 149 MB; the same bytes of prose 19 MB), and the per-instance concurrency deployed (8) runs that
-# many parses at once on a 2 GB instance. A valid request holds a few of them per input, so a body
-# with more than any valid request is refused before it is parsed. Numbers (token ids) are not
-# counted: OpenAI token arrays hold any number of them, at most ~120 MB per 8 MiB.
+# 149 MB; the same bytes of prose 19 MB), and each instance parses as many bodies at once as its
+# HTTP concurrency (8 at 2048 MB in infra/). A valid request holds a few of them per input, so a
+# body with more than any valid request is refused before it is parsed. On the text routes
+# numbers are not counted (OpenAI token arrays hold any number of them; at most ~120 MB per
+# 8 MiB); the image route, whose valid bodies hold almost none, counts them too (a 32 MiB body
+# of numbers had cost 449 MB), bounded by the commas between them.
 JSON_VALUES_MIN = 65_536
-JSON_VALUES_PER_INPUT = 4
+JSON_VALUES_PER_INPUT = 8     # an image input with text is an object and four strings
 # A string (to its closing quote, or to the end of an unterminated one: no match that starts can
-# fail, so the scan is linear whatever the body), or the start of an array or object.
+# fail, so the scan is linear whatever the body), or the start of an array or object (or a comma).
 _STRING_OR_OPEN = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)|[\[{]', re.DOTALL)
+_STRING_OPEN_OR_COMMA = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)|[\[{,]', re.DOTALL)
 
 
-def max_json_values(max_inputs: int) -> int:
-    """The most strings, arrays and objects a body may hold for requests of ``max_inputs``."""
-    return max(JSON_VALUES_MIN, JSON_VALUES_PER_INPUT * max_inputs + 1024)
-
-
-def check_json_values(body: bytes, bound: int) -> None:
-    """400 if ``body`` holds more than ``bound`` JSON strings, arrays and objects. Counted
-    without parsing: quotes and brackets give an upper bound (brackets inside strings count
-    too), and only a body over it is scanned, strings skipped whole, until the bound is passed."""
-    if body.count(b'"') // 2 + body.count(b"[") + body.count(b"{") <= bound:
+def check_json_values(body: bytes, max_inputs: int, *, numbers: bool = False,
+                      bound: int | None = None) -> None:
+    """400 if ``body`` holds more JSON strings, arrays and objects (and commas, ``numbers``)
+    than ``bound``, by default what requests of ``max_inputs`` inputs can hold. Counted without
+    parsing: quotes, brackets (and commas) give an upper bound, and only a body over it is
+    scanned, strings skipped whole, until the bound is passed."""
+    if bound is None:
+        bound = max(JSON_VALUES_MIN, JSON_VALUES_PER_INPUT * max_inputs + 1024)
+    quick = (body.count(b'"') + 1) // 2 + body.count(b"[") + body.count(b"{")
+    if numbers:
+        quick += body.count(b",")
+    if quick <= bound:
         return
-    for n, _ in enumerate(_STRING_OR_OPEN.finditer(body), 1):
+    for n, _ in enumerate((_STRING_OPEN_OR_COMMA if numbers else _STRING_OR_OPEN)
+                          .finditer(body), 1):
         if n > bound:
+            what = "values" if numbers else "strings, arrays and objects"
             raise errors.invalid_body(
-                f"The request body holds more than {bound:,} JSON strings, arrays and objects; "
-                "a valid request holds a few per input. Send fewer inputs per request.")
+                f"The request body holds more than {bound:,} JSON {what}; a request has at "
+                f"most {max_inputs:,} inputs, a few values each. Send fewer inputs per request.")
 
 
-def parse_body(body: bytes, limit: int, max_values: int = JSON_VALUES_MIN) -> dict[str, Any]:
-    """The body's JSON object; ``limit``: its bytes (413 above), ``max_values``: its strings,
-    arrays and objects (400 above, see :func:`check_json_values`)."""
+def parse_body(body: bytes, limit: int, max_inputs: int, *,
+               numbers: bool = False) -> dict[str, Any]:
+    """The body's JSON object; ``limit``: its bytes (413 above); ``max_inputs`` and
+    ``numbers``: see :func:`check_json_values` (400)."""
     if len(body) > limit:
         raise errors.payload_too_large(len(body), limit)
     if not body.strip():
         raise errors.invalid_body("The request body is empty; send a JSON object.")
-    check_json_values(body, max_values)
+    check_json_values(body, max_inputs, numbers=numbers)
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -294,6 +294,15 @@ def test_many_unknown_fields_give_a_bounded_error(live_server):
 
 
 MANY_ARRAYS = b'{"input": [' + b"[]," * 1_000_000 + b'"a"]}'   # 3 MB: a million empty arrays
+MANY_NUMBERS = b'{"input": [{"image": "x"}, ' + b"0.5," * 1_000_000 + b"1]}"   # 4 MB
+
+
+def test_an_image_body_of_a_million_numbers_is_refused_before_it_is_parsed(live_server):
+    status, _, data = request(live_server, "POST", "/images/embeddings" + Q, MANY_NUMBERS, AUTH)
+    assert status == 400, data[:300]
+    err = json.loads(data)["error"]
+    assert err["code"] == "InvalidRequestBody"
+    assert "more than 65,536 JSON values" in err["message"] and "at most 64 inputs" in err["message"]
 
 
 @pytest.mark.parametrize("path, field, value", [
@@ -305,6 +314,7 @@ def test_a_body_of_a_million_arrays_is_refused_before_it_is_parsed(live_server, 
     assert status == 400, data[:300]
     err = json.loads(data)["error"]
     assert "more than 65,536 JSON strings, arrays and objects" in err["message"]
+    assert "at most 2,048 inputs" in err["message"]
     assert err[field] == value
 
 
@@ -320,17 +330,22 @@ def test_strings_full_of_quotes_and_brackets_are_not_counted_as_values(live_serv
 
 
 # What parsing the refused bodies cost before they were refused unparsed (ru_maxrss growth): a
-# million-array 8 MiB body 243 MB, 303 MB when nested, 149 MB of two-letter strings.
+# million-array 8 MiB body 243 MB, 303 MB when nested, 149 MB of two-letter strings; on the
+# image route (32 MiB) a body of numbers 449 MB.
 PARSE_MEMORY = r"""
 import json, resource, sys
 from embedding_core import schema
 from embedding_core.errors import ApiError
-n = 8 * 2**20
-unit = {"arrays": b"[],", "nested": b"[[]],", "strings": b'"ab",'}[sys.argv[1]]
+kind = sys.argv[1]
+n = (32 if kind == "image numbers" else 8) * 2**20
+unit = {"arrays": b"[],", "nested": b"[[]],", "strings": b'"ab",', "image numbers": b"0.5,"}[kind]
 body = b'{"input": [' + unit * ((n - 20) // len(unit)) + b'"a"]}'
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
-    schema.parse_body(body, n, schema.max_json_values(2048))
+    if kind == "image numbers":
+        schema.parse_body(body, n, 64, numbers=True)
+    else:
+        schema.parse_body(body, n, 2048)
     status = 200
 except ApiError as exc:
     status = exc.status
@@ -339,7 +354,7 @@ print(json.dumps({"status": status, "grown_mb": grown}))
 """
 
 
-@pytest.mark.parametrize("unit", ["arrays", "nested", "strings"])
+@pytest.mark.parametrize("unit", ["arrays", "nested", "strings", "image numbers"])
 def test_refusing_a_body_of_small_values_costs_no_memory(unit):
     res = subprocess.run([sys.executable, "-c", PARSE_MEMORY, unit], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)

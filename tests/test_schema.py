@@ -94,15 +94,35 @@ def test_json_values_are_counted_exactly_past_the_quick_bound(item):
     bound = 100
     def body(n):
         return b'{"input": [' + b", ".join([item] * n) + b"]}"
-    schema.check_json_values(body(bound - 3), bound)     # the object, "input" and its array
+    schema.check_json_values(body(bound - 3), 10, bound=bound)  # the object, "input", its array
     with pytest.raises(ApiError) as e:
-        schema.check_json_values(body(bound - 2), bound)
+        schema.check_json_values(body(bound - 2), 10, bound=bound)
     assert e.value.status == 400 and "more than 100 JSON strings" in e.value.message
+    assert "at most 10 inputs" in e.value.message
+
+
+def test_numbers_count_where_asked_and_commas_in_strings_do_not():
+    numbers = b'{"input": [{"image": "x"}, ' + b"0.5, " * 200 + b"1]}"
+    schema.check_json_values(numbers, 10, bound=100)              # text routes: token ids
+    with pytest.raises(ApiError) as e:
+        schema.check_json_values(numbers, 10, numbers=True, bound=100)
+    assert "more than 100 JSON values" in e.value.message
+    commas = b'{"input": [{"image": "' + b"a,b," * 500 + b'", "text": "x,y"}]}'
+    schema.check_json_values(commas, 10, numbers=True, bound=100)
+
+
+def test_the_default_bound_holds_every_valid_request():
+    # 8 per allowed input, beyond 65,536: image inputs with text are 5 values each.
+    item = b'{"image": "data:image/png;base64,AAAA", "text": "a, b"}'
+    body = b'{"input": [' + b", ".join([item] * 20_000) + b'], "model": "m"}'
+    schema.check_json_values(body, 20_000, numbers=True)
+    with pytest.raises(ApiError):
+        schema.check_json_values(body, 10_000, numbers=True)
 
 
 def test_an_unterminated_string_is_left_to_the_parser():
     body = b'{"input": ["' + b'\\"[' * 200
-    schema.check_json_values(body, 100)                  # one string to the end, not 200 values
+    schema.check_json_values(body, 10, bound=100)       # one string to the end, not 200 values
     with pytest.raises(ApiError) as e:
-        schema.parse_body(body, 1 << 20)
+        schema.parse_body(body, 1 << 20, 10)
     assert e.value.status == 400 and "not valid JSON" in e.value.message
