@@ -49,12 +49,15 @@ TOOLS_PY = ROOT / ".venv-tools" / "bin" / "python"
 # -- helpers --------------------------------------------------------------------------------------
 
 class Server:
-    def __init__(self, env: dict[str, str] | None = None):
+    def __init__(self, env: dict[str, str] | None = None, cpus: set[int] | None = None):
+        """The local host; ``cpus``: the only CPUs it may run on (it sizes itself to them)."""
         full = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDINGS_")}
         full.update({"EMBEDDINGS_API_KEYS": KEY, "LOG_LEVEL": "WARNING", **(env or {})})
+        self.cpus = cpus
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tools.local_host", "--port", "0"], cwd=ROOT, env=full,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         line = self.proc.stdout.readline()
         # Drain its output all along (a full pipe would stall the server on its next log line).
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
@@ -100,13 +103,17 @@ def chunks(items: list, size: int) -> list[list]:
 
 
 def run_clients(server: Server, path: str, bodies: list[dict], clients: int) -> float:
-    """Send ``bodies`` with ``clients`` concurrent keep-alive connections; seconds taken."""
+    """Send ``bodies`` with ``clients`` concurrent keep-alive connections; seconds taken. The
+    client threads run on the server's CPUs when it has been given some (as the Functions host
+    shares an instance's)."""
     todo: queue.Queue = queue.Queue()
     for b in bodies:
         todo.put(b)
     errors: list[Exception] = []
 
     def worker() -> None:
+        if server.cpus:
+            os.sched_setaffinity(0, server.cpus)     # this thread only (Linux)
         conn = server.conn()
         while True:
             try:
@@ -198,8 +205,12 @@ def throughput_rounds(w: dict, deployments: list[str], ref: Reference | None,
 
     Per round: the reference's short and mixed sets, then per deployment the same sets end to
     end (requests of 32, ``clients`` connections, float and base64), and for the default
-    deployment single-sentence requests from 8 connections and the in-process engine."""
+    deployment single-sentence requests from 8 connections and the in-process engine; and the
+    default deployment's short sentences (base64) on one core, the server and its clients pinned
+    to it: the CPU of a 2048 MB Flex Consumption instance, whose host shares it."""
     server = Server()
+    allowed = sorted(os.sched_getaffinity(0))
+    one_core = Server(cpus={allowed[0]}) if len(allowed) > 1 else None
     samples: dict[str, list[float]] = {}
 
     def add(key: str, value: float) -> None:
@@ -209,6 +220,10 @@ def throughput_rounds(w: dict, deployments: list[str], ref: Reference | None,
         for d in deployments:
             server.post(conn, "/embeddings", {"input": w["short"][:64], "model": d})  # load
         conn.close()
+        if one_core is not None:
+            conn = one_core.conn()
+            one_core.post(conn, "/embeddings", {"input": w["short"][:64]})
+            conn.close()
         for r in range(rounds):
             steal0 = steal_ticks()
             if ref is not None:
@@ -228,11 +243,18 @@ def throughput_rounds(w: dict, deployments: list[str], ref: Reference | None,
             singles = [{"input": [t], "model": d} for t in w["short"]]
             add(f"{d}:singles_8_clients", len(singles) / run_clients(server, "/embeddings",
                                                                       singles, 8))
+            if one_core is not None:
+                bodies = [{"input": c, "encoding_format": "base64", "model": d}
+                          for c in chunks(w["short"], 32)]
+                add(f"{d}:one_core_short_base64",
+                    len(w["short"]) / run_clients(one_core, "/embeddings", bodies, clients))
             if steal0 is not None:
                 add("steal_ticks", steal_ticks() - steal0)
             print(f"[bench] round {r + 1}/{rounds}", file=sys.stderr, flush=True)
     finally:
         server.stop()
+        if one_core is not None:
+            one_core.stop()
     out = {k: {"median": statistics.median(v), "rounds": v} for k, v in samples.items()}
     out["engine_short"] = {"median": engine_in_process(w, deployments[0])}
     return out
@@ -565,6 +587,13 @@ def report(r: dict) -> str:
     row(f"`{d0}` short sentences/s, in-process engine (no queue, no HTTP; one thread per worker)",
         t["engine_short"]["median"], "/s", ref_short)
     singles = t[f"{d0}:singles_8_clients"]["median"]
+    one = t.get(f"{d0}:one_core_short_base64")
+    if one:
+        two = t[f"{d0}:short_base64"]["median"]
+        rows.append(f"| `{d0}` short sentences/s on one core, base64 (server and clients pinned "
+                    f"to one core: a 2048 MB Flex instance's CPU) | {one['median']:,.1f} /s | "
+                    f"{two:,.1f} /s on all {r['machine'].get('usable_cores', '?')} cores | "
+                    f"{100 * one['median'] / two:.0f} % | |")
     batched = t[f"{d0}:short_float"]["median"]
     rows.append(f"| `{d0}` 8 clients, one sentence per request | {singles:,.1f} /s | "
                 f"{batched:,.1f} /s batched (32/request) | {100 * singles / batched:.0f} % | "
@@ -665,23 +694,27 @@ FLEX_CORES = {512: 0.25, 2048: 1.0, 4096: 2.0}
 
 def cost(r: dict, memory_mb: int = 2048, per_request: int = 32) -> dict | None:
     """USD per 1M embeddings on a Flex instance of ``memory_mb``, at the default deployment's
-    measured end-to-end throughput per core of this machine times the instance's cores. (Per
-    core assumes the run kept every core busy: true of the 2-core machines measured, where the
-    two inference workers were; with more cores than the bench's clients keep busy it would
-    read the cost high.)"""
+    end-to-end throughput on one core of this machine (measured with the server and its
+    clients pinned to one core when the run has it; else this machine's rate per core, which
+    assumes the run kept every core busy: true of the 2-core machines measured) times the
+    instance's cores."""
     d = r["deployments"][0]
     rate = r["throughput"][f"{d}:short_base64"]["median"]
     cores = r["machine"].get("usable_cores") or r["machine"]["cores"]
-    instance_rate = rate / cores * FLEX_CORES[memory_mb]
+    one = r["throughput"].get(f"{d}:one_core_short_base64")
+    per_core = one["median"] if one else rate / cores
+    instance_rate = per_core * FLEX_CORES[memory_mb]
     seconds = 1e6 / instance_rate
     usd = seconds * memory_mb / 1024 * FLEX_GB_SECOND_USD + (1e6 / per_request) / 1e6 * \
         FLEX_PER_MILLION_EXECUTIONS_USD
+    how = (f"{per_core:,.0f}/s measured on one core (server and clients pinned to it)" if one
+           else f"this machine's {rate:,.0f}/s over its {cores:g} cores")
     return {"deployment": d, "usd_per_million": usd, "sentences_per_second": rate,
             "instance_sentences_per_second": instance_rate,
-            "basis": f"{memory_mb} MB instance ({FLEX_CORES[memory_mb]:g} core): this machine's "
-                     f"{rate:,.0f}/s over its {cores:g} cores, scaled to the instance's; requests "
-                     f"of {per_request} short sentences, ${FLEX_GB_SECOND_USD}/GB-s + "
-                     f"${FLEX_PER_MILLION_EXECUTIONS_USD}/1M executions, before free grants"}
+            "basis": f"{memory_mb} MB instance ({FLEX_CORES[memory_mb]:g} core): {how}, scaled "
+                     f"to the instance's cores; requests of {per_request} short sentences, "
+                     f"${FLEX_GB_SECOND_USD}/GB-s + ${FLEX_PER_MILLION_EXECUTIONS_USD}/1M "
+                     "executions, before free grants"}
 
 
 def main() -> None:
