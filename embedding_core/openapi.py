@@ -43,7 +43,8 @@ ERROR_CODES: dict[int, tuple[str, ...]] = {
 
 _WHEN = {
     400: "Malformed request: body not JSON / not an object / not UTF-8, or holding more JSON "
-         "strings, arrays and objects than any valid request (`InvalidRequestBody`), "
+         "strings, arrays and objects (on the image route, commas too) than any valid request "
+         "(`InvalidRequestBody`), "
          "`api-version` missing or unsupported, unknown body fields without "
          "`extra-parameters: drop|pass-through` (`ExtraParametersNotAllowed`), a bad "
          "`extra-parameters` or empty `azureml-model-deployment` header (`InvalidHeaderValue`).",

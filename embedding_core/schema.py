@@ -127,7 +127,8 @@ def check_json_values(body: bytes, max_inputs: int, *, numbers: bool = False,
     for n, _ in enumerate((_STRING_OPEN_OR_COMMA if numbers else _STRING_OR_OPEN)
                           .finditer(body), 1):
         if n > bound:
-            what = "values" if numbers else "strings, arrays and objects"
+            what = ("strings, arrays, objects and commas" if numbers
+                    else "strings, arrays and objects")
             raise errors.invalid_body(
                 f"The request body holds more than {bound:,} JSON {what}; a request has at "
                 f"most {max_inputs:,} inputs, a few values each. Send fewer inputs per request.")
