@@ -56,13 +56,17 @@ class Server:
         self.cpus = cpus
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tools.local_host", "--port", "0"], cwd=ROOT, env=full,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.proc.stdout.readline()
         # Drain its output all along (a full pipe would stall the server on its next log line).
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
         u = urlsplit(line.strip().rsplit(" ", 1)[-1])
         self.host, self.port = u.hostname, u.port
+        if cpus:
+            # Every thread it has (it is listening, before its first request: it sizes its
+            # workers to the CPUs it may use then, and later threads inherit the affinity).
+            for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
+                os.sched_setaffinity(int(tid), cpus)
 
     def conn(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.host, self.port, timeout=600)
@@ -113,7 +117,11 @@ def run_clients(server: Server, path: str, bodies: list[dict], clients: int) -> 
 
     def worker() -> None:
         if server.cpus:
-            os.sched_setaffinity(0, server.cpus)     # this thread only (Linux)
+            try:
+                os.sched_setaffinity(0, server.cpus)     # this thread only (Linux)
+            except OSError as exc:
+                errors.append(exc)
+                return
         conn = server.conn()
         while True:
             try:
@@ -209,8 +217,12 @@ def throughput_rounds(w: dict, deployments: list[str], ref: Reference | None,
     default deployment's short sentences (base64) on one core, the server and its clients pinned
     to it: the CPU of a 2048 MB Flex Consumption instance, whose host shares it."""
     server = Server()
-    allowed = sorted(os.sched_getaffinity(0))
-    one_core = Server(cpus={allowed[0]}) if len(allowed) > 1 else None
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    try:
+        one_core = Server(cpus={allowed[0]}) if len(allowed) > 1 else None
+    except BaseException:
+        server.stop()
+        raise
     samples: dict[str, list[float]] = {}
 
     def add(key: str, value: float) -> None:
@@ -244,8 +256,8 @@ def throughput_rounds(w: dict, deployments: list[str], ref: Reference | None,
             add(f"{d}:singles_8_clients", len(singles) / run_clients(server, "/embeddings",
                                                                       singles, 8))
             if one_core is not None:
-                bodies = [{"input": c, "encoding_format": "base64", "model": d}
-                          for c in chunks(w["short"], 32)]
+                bodies = [{"input": c, "encoding_format": "base64", "truncate": "END",
+                           "model": d} for c in chunks(w["short"], 32)]
                 add(f"{d}:one_core_short_base64",
                     len(w["short"]) / run_clients(one_core, "/embeddings", bodies, clients))
             if steal0 is not None:
