@@ -33,7 +33,7 @@ $(CLIENTS_VENV)/.installed: requirements-clients.txt requirements-clients.lock
 clients-venv: $(CLIENTS_VENV)/.installed
 
 # The JavaScript clients of the README's Node.js snippets (tests/test_snippets.py runs them where
-# Node.js 20+ is installed; without npm they are skipped). Pinned by package-lock.json.
+# Node.js 22+ is installed; without npm they are skipped). Pinned by package-lock.json.
 JS_CLIENTS := tests/clients/js/node_modules/.installed
 $(JS_CLIENTS): tests/clients/js/package.json tests/clients/js/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then \

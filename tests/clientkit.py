@@ -161,8 +161,8 @@ def node_missing() -> str | None:
         return "Node.js is not installed"
     version = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=30)
     major = re.match(r"v(\d+)\.", version.stdout)
-    if major is None or int(major.group(1)) < 20:
-        return f"Node.js 20 or later is needed (found {version.stdout.strip() or 'none'})"
+    if major is None or int(major.group(1)) < 22:
+        return f"Node.js 22 or later is needed (found {version.stdout.strip() or 'none'})"
     if not (JS_DIR / "node_modules").is_dir():
         return f"the JavaScript clients are not installed (npm ci --prefix {JS_DIR})"
     return None
