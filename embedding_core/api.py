@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import unquote, urlsplit
 
 import orjson
+
+# How long the client waits for the response, in seconds, as the OpenAI SDKs (Stainless-built)
+# send it: Python's `x-stainless-read-timeout` (httpx's read time-out: the response's first byte,
+# for a body this service sends only when done), Node's `x-stainless-timeout`.
+CLIENT_TIMEOUT_HEADERS = ("x-stainless-read-timeout", "x-stainless-timeout")
 
 
 @dataclass
@@ -31,6 +37,21 @@ class ApiRequest:
         except ValueError:
             path = "/"
         return cls(method, path, headers, query, body, route_params or {})
+
+    def client_timeout_s(self) -> float | None:
+        """Seconds the client says it waits for the response (:data:`CLIENT_TIMEOUT_HEADERS`),
+        or None: absent, not a number, not finite, or not above 0 (Node sends whole seconds, so
+        0 for a time-out under one)."""
+        for name in CLIENT_TIMEOUT_HEADERS:
+            raw = self.headers.get(name)
+            if raw is None:
+                continue
+            try:
+                value = float(raw.strip()[:32])
+            except ValueError:
+                return None
+            return value if math.isfinite(value) and value > 0 else None
+        return None
 
 
 @dataclass

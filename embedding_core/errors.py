@@ -140,6 +140,16 @@ def too_many_requests(retry_after: int) -> ApiError:
                     headers={"Retry-After": str(retry_after)})
 
 
+def client_stopped_waiting(seconds: float, retry_after: int) -> ApiError:
+    """A request cancelled when the time its client said it waits had passed (the client has
+    given up: its time-out, api.CLIENT_TIMEOUT_HEADERS); answered for the logs and telemetry."""
+    return ApiError(503, "ServiceUnavailable",
+                    f"The request did not finish within the {seconds:g} seconds the client waits "
+                    "(its time-out, sent as x-stainless-read-timeout or x-stainless-timeout) and "
+                    "was cancelled; raise the client's time-out or send fewer inputs.",
+                    headers={"Retry-After": str(retry_after)})
+
+
 def internal(request_id: str) -> ApiError:
     return ApiError(500, "InternalServerError",
                     f"The server failed to process the request. Request id: {request_id}.")

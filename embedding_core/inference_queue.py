@@ -271,10 +271,12 @@ class InferenceQueue:
             self._cond.notify()
         return job
 
-    def wait(self, job: Job, timeout: float, limit_s: float | None = None) -> list[np.ndarray]:
+    def wait(self, job: Job, timeout: float, limit_s: float | None = None, *,
+             on_timeout: Callable[[int], errors.ApiError] | None = None) -> list[np.ndarray]:
         """The job's output rows per Work; cancels it on time-out (503) or any interruption.
         ``limit_s``: the request's whole time limit, which the 503 names (``timeout`` is what
-        is left of it)."""
+        is left of it). ``on_timeout(retry_after)``: the error to raise on time-out instead
+        (the caller's reason to stop waiting before its limit)."""
         deadline = time.monotonic() + max(0.0, timeout)
         try:
             while not job.done.is_set():
@@ -289,6 +291,10 @@ class InferenceQueue:
             self.cancel(job)
             raise
         if not job.done.is_set() and self.cancel(job):
+            if on_timeout is not None:
+                with self._cond:
+                    retry_after = self._retry_after(self._drain_s(None))
+                raise on_timeout(retry_after)
             with self._cond:
                 too_slow = self._too_slow([p.work for p in job.parts], timeout, limit_s,
                                           TIMED_OUT_MARGIN)

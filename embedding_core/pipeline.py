@@ -8,6 +8,7 @@ the vectors → Matryoshka size → wire encoding. Dialects only parse and rende
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ class Trace:
     dimensions: int | None = None
     queue_s: float | None = None
     inference_s: float | None = None
+    client_timeout_s: float | None = None   # how long the client waits (api.ApiRequest)
 
 
 def least_cost(request: EmbeddingsRequest) -> dict[str, int]:
@@ -118,10 +120,21 @@ class Pipeline:
             self.queue.prepared(held)
         trace.inputs = prepared.inputs
         check_request_cost(prepared, s.max_request_tokens)
-        left = s.request_timeout_s - (time.perf_counter() - trace.started)
+        elapsed = time.perf_counter() - trace.started
+        left = s.request_timeout_s - elapsed
+        # A client that says how long it waits (the OpenAI SDKs do) has gone once that has
+        # passed: its job is cancelled then, so no one pays for rows no one reads.
+        client = trace.client_timeout_s
+        gone = None
+        wait_s = left
+        if client is not None and client - elapsed < left:
+            wait_s = client - elapsed
+            gone = functools.partial(errors.client_stopped_waiting, client)
+            if wait_s <= 0:
+                raise gone(1)
         job = self.queue.start(prepared, left, s.request_timeout_s)
         try:
-            outputs = self.queue.wait(job, left, s.request_timeout_s)
+            outputs = self.queue.wait(job, wait_s, s.request_timeout_s, on_timeout=gone)
         finally:   # a request that queued and then failed (503 time-out) still reports them
             trace.queue_s, trace.inference_s = job.queue_s, job.inference_s
         result = prepared.finish(outputs)

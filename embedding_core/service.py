@@ -266,7 +266,8 @@ def run_request(req: ApiRequest, dialect: str, route: str,
     """Run ``handler``: ids, timing headers, telemetry, and every error rendered by ``dialect``."""
     start = time.perf_counter()
     start_ns = time.time_ns()
-    trace = Trace(uuid.uuid4().hex, route="/" + route, dialect=dialect)
+    trace = Trace(uuid.uuid4().hex, route="/" + route, dialect=dialect,
+                  client_timeout_s=req.client_timeout_s())
     render_error = DIALECTS[dialect].render_error
     headers = {"Content-Type": "application/json", "x-request-id": trace.request_id}
     client_id = safe_client_request_id(req.headers.get("x-ms-client-request-id"))

@@ -11,9 +11,11 @@ import threading
 import time
 
 import numpy as np
+import openai
 import pytest
 
-from conftest import KEY, LiveServer
+from conftest import KEY, LiveServer, make_service, post
+from embedding_core.api import ApiRequest
 from embedding_core.inference_queue import RATE_TRUSTED_SAMPLES
 from test_http_errors import AUTH, Q, request
 
@@ -157,5 +159,64 @@ def test_a_request_too_slow_for_the_time_out_even_alone_gets_a_422_that_clients_
         refused(1.6 * limit, ran=True)
         assert queue_state(s)["queued_tokens"] == 0
         assert embed(s, ["still serving"])[0] == 200
+    finally:
+        s.stop()
+
+
+# -- a client that stops waiting ----------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, want", [("600.0", 600.0), ("2", 2.0), (" 1.5 ", 1.5), ("0", None),
+                                       ("-3", None), ("nan", None), ("inf", None),
+                                       ("1e999", None), ("soon", None), ("", None)])
+def test_the_client_time_out_is_read_from_the_openai_sdks_headers(raw, want):
+    for name in ("x-stainless-read-timeout", "X-Stainless-Timeout"):   # Python, Node
+        assert ApiRequest("POST", "/embeddings", {name: raw}).client_timeout_s() == want
+    assert ApiRequest("POST", "/embeddings", {}).client_timeout_s() is None
+
+
+BIG = 512           # inputs of 256 tokens: 131,072 tokens, several seconds of inference anywhere
+
+
+def test_a_request_is_cancelled_once_its_client_has_stopped_waiting():
+    svc = make_service(EMBEDDINGS_MAX_REQUEST_TOKENS="140000",
+                       EMBEDDINGS_MAX_QUEUE_TOKENS="140000")
+    try:
+        short = {"input": ["a short sentence"]}
+        assert post(svc, short).status == 200
+        # a client that waits longer than the request takes, or longer than the server would,
+        # is served as before
+        for seconds in ("5", "600"):
+            assert post(svc, short, headers={"x-stainless-read-timeout": seconds}).status == 200
+        big = {"input": [f"{i} {LONG}" for i in range(BIG)], "truncate": "END"}
+        res = post(svc, big, headers={"extra-parameters": "pass-through",
+                                      "x-stainless-read-timeout": "1"})
+        assert res.status == 503, res.body[:300]
+        error = res.json()["error"]
+        assert error["code"] == "ServiceUnavailable"
+        assert "within the 1 seconds the client waits" in error["message"], error
+        assert int(res.headers["Retry-After"]) >= 1
+        stats = svc.queue.stats()                  # nothing of it is left to run
+        assert stats.jobs == 0 and not stats.queued.get("tokens"), stats
+    finally:
+        svc.queue.stop(10)
+
+
+def test_the_openai_sdk_time_out_stops_the_work_it_no_longer_waits_for():
+    """The openai SDK sends its time-out (x-stainless-read-timeout); once it has passed the
+    server drops what is left of the request, instead of running 131,072 tokens (6-20 s on
+    the 2-core VMs) for no one."""
+    s = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_MAX_REQUEST_TOKENS": "140000",
+                    "EMBEDDINGS_MAX_QUEUE_TOKENS": "140000", "EMBEDDINGS_OPENAI_TRUNCATE": "END"})
+    try:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key=KEY, timeout=1.0, max_retries=0)
+        assert len(client.embeddings.create(model="all-MiniLM-L6-v2",
+                                            input=["warm up"]).data) == 1
+        with pytest.raises(openai.APITimeoutError):
+            client.embeddings.create(model="all-MiniLM-L6-v2",
+                                     input=[f"{i} {LONG}" for i in range(BIG)])
+        deadline = time.monotonic() + 2
+        while (q := queue_state(s))["requests"] or q["queued_tokens"]:
+            assert time.monotonic() < deadline, f"the abandoned request still queued: {q}"
+            time.sleep(0.02)
     finally:
         s.stop()
