@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import unquote, urlsplit
 
 import orjson
 
-# How long the client waits for the response, in seconds, as the OpenAI SDKs (Stainless-built)
-# send it: Python's `x-stainless-read-timeout` (httpx's read time-out: the response's first byte,
-# for a body this service sends only when done), Node's `x-stainless-timeout`.
-CLIENT_TIMEOUT_HEADERS = ("x-stainless-read-timeout", "x-stainless-timeout")
+# How long the client waits for the response, as the OpenAI SDKs (Stainless-built) send it, and
+# what to add to the value: Python's `x-stainless-read-timeout` on every request (httpx's read
+# time-out: the response's first byte, for a body this service sends only when done), Node's
+# `x-stainless-timeout` when a request sets its own time-out, in whole seconds rounded down (1.9 s
+# is sent as 1: such a client waits less than the value + 1).
+CLIENT_TIMEOUT_HEADERS = (("x-stainless-read-timeout", 0.0), ("x-stainless-timeout", 1.0))
+_SECONDS = re.compile(r"[0-9]{1,12}(?:\.[0-9]{0,12})?(?:[eE][-+]?[0-9]{1,3})?")
 
 
 @dataclass
@@ -39,17 +43,17 @@ class ApiRequest:
         return cls(method, path, headers, query, body, route_params or {})
 
     def client_timeout_s(self) -> float | None:
-        """Seconds the client says it waits for the response (:data:`CLIENT_TIMEOUT_HEADERS`),
-        or None: absent, not a number, not finite, or not above 0 (Node sends whole seconds, so
-        0 for a time-out under one)."""
-        for name in CLIENT_TIMEOUT_HEADERS:
+        """Seconds the client waits for the response at most (:data:`CLIENT_TIMEOUT_HEADERS`),
+        or None: absent, or not a plain non-negative number (an ASCII decimal, as the SDKs
+        write it), or not above 0 once the header's rounding is allowed for."""
+        for name, add in CLIENT_TIMEOUT_HEADERS:
             raw = self.headers.get(name)
             if raw is None:
                 continue
-            try:
-                value = float(raw.strip()[:32])
-            except ValueError:
+            raw = raw.strip()
+            if not _SECONDS.fullmatch(raw):
                 return None
+            value = float(raw) + add
             return value if math.isfinite(value) and value > 0 else None
         return None
 

@@ -140,14 +140,14 @@ def too_many_requests(retry_after: int) -> ApiError:
                     headers={"Retry-After": str(retry_after)})
 
 
-def client_stopped_waiting(seconds: float, retry_after: int) -> ApiError:
+def client_stopped_waiting(seconds: float) -> ApiError:
     """A request cancelled when the time its client said it waits had passed (the client has
-    given up: its time-out, api.CLIENT_TIMEOUT_HEADERS); answered for the logs and telemetry."""
-    return ApiError(503, "ServiceUnavailable",
+    given up: its time-out, api.CLIENT_TIMEOUT_HEADERS). 499 as nginx answers a client that
+    closed the request: for the logs and telemetry, not a server error (the client has gone)."""
+    return ApiError(499, "ClientClosedRequest",
                     f"The request did not finish within the {seconds:g} seconds the client waits "
                     "(its time-out, sent as x-stainless-read-timeout or x-stainless-timeout) and "
-                    "was cancelled; raise the client's time-out or send fewer inputs.",
-                    headers={"Retry-After": str(retry_after)})
+                    "was cancelled; raise the client's time-out or send fewer inputs.")
 
 
 def internal(request_id: str) -> ApiError:

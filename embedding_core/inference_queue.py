@@ -272,11 +272,11 @@ class InferenceQueue:
         return job
 
     def wait(self, job: Job, timeout: float, limit_s: float | None = None, *,
-             on_timeout: Callable[[int], errors.ApiError] | None = None) -> list[np.ndarray]:
+             on_timeout: Callable[[], errors.ApiError] | None = None) -> list[np.ndarray]:
         """The job's output rows per Work; cancels it on time-out (503) or any interruption.
         ``limit_s``: the request's whole time limit, which the 503 names (``timeout`` is what
-        is left of it). ``on_timeout(retry_after)``: the error to raise on time-out instead
-        (the caller's reason to stop waiting before its limit)."""
+        is left of it). ``on_timeout()``: the error to raise on time-out instead (the caller's
+        reason to stop waiting before its limit)."""
         deadline = time.monotonic() + max(0.0, timeout)
         try:
             while not job.done.is_set():
@@ -292,9 +292,7 @@ class InferenceQueue:
             raise
         if not job.done.is_set() and self.cancel(job):
             if on_timeout is not None:
-                with self._cond:
-                    retry_after = self._retry_after(self._drain_s(None))
-                raise on_timeout(retry_after)
+                raise on_timeout()
             with self._cond:
                 too_slow = self._too_slow([p.work for p in job.parts], timeout, limit_s,
                                           TIMED_OUT_MARGIN)
@@ -310,16 +308,19 @@ class InferenceQueue:
         job = self.start(prepared, timeout, limit_s)
         return job, self.wait(job, timeout, limit_s)
 
-    def start(self, prepared: Prepared, timeout: float, limit_s: float | None = None) -> Job:
+    def start(self, prepared: Prepared, timeout: float, limit_s: float | None = None, *,
+              wait_s: float | None = None) -> Job:
         """Submit, unless no time is left (a 503 at once, nothing queued) or the request could
-        not finish in its time even alone (422, see ``TOO_SLOW_MARGIN``)."""
+        not finish in its time even alone (422, see ``TOO_SLOW_MARGIN``). ``wait_s``: how long
+        its handler will wait, when less than ``timeout`` (the job's deadline for admission)."""
         if timeout <= 0:
             raise self._timed_out(timeout if limit_s is None else limit_s)
         with self._cond:
             too_slow = self._too_slow(prepared.work, timeout, limit_s, TOO_SLOW_MARGIN)
         if too_slow is not None:
             raise too_slow
-        return self.submit(prepared, time.perf_counter() + timeout)
+        return self.submit(prepared, time.perf_counter() + (timeout if wait_s is None
+                                                            else min(timeout, wait_s)))
 
     def _timed_out(self, limit_s: float) -> errors.ApiError:
         return errors.ApiError(

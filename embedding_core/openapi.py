@@ -37,6 +37,7 @@ ERROR_CODES: dict[int, tuple[str, ...]] = {
     415: ("UnsupportedMediaType",),
     422: ("InvalidParameter", "InputTooLong", "UnsupportedParameter"),
     429: ("TooManyRequests",),
+    499: ("ClientClosedRequest",),
     500: ("InternalServerError",),
     503: ("ModelUnavailable", "ServiceUnavailable"),
 }
@@ -58,6 +59,9 @@ _WHEN = {
          "without truncation (`InputTooLong`); a pass-through extra the deployment does not know "
          "(`UnsupportedParameter`).",
     429: "The process's inference queue is full; retry after `Retry-After` seconds.",
+    499: "The request was still unfinished when the time-out its client sent "
+         "(`x-stainless-read-timeout`, or `x-stainless-timeout` + 1 s) had passed, and was "
+         "cancelled (`ClientClosedRequest`): the client has given up by then.",
     500: "An unexpected failure or a misconfigured server; the message carries only the request "
          "id.",
     503: "The model is missing or failed to load (`ModelUnavailable`), the request waited too "
@@ -69,14 +73,16 @@ _NOT_A_ROUTE = "A path that is no route (`NotFound`)."
 
 # Which errors each kind of operation can raise (status -> codes; None = all of that status).
 _AZURE_EMBEDDINGS = {400: None, 401: None, 404: ("ModelNotFound", "ModalityNotSupported"),
-                     413: None, 415: None, 422: None, 429: None, 500: None, 503: None}
+                     413: None, 415: None, 422: None, 429: None, 499: None, 500: None,
+                     503: None}
 _AZURE_INFO = {400: ("MissingApiVersionParameter", "UnsupportedApiVersionValue",
                      "InvalidHeaderValue"),
                401: None, 404: ("ModelNotFound",), 422: ("InvalidParameter",), 500: None,
                503: ("ServiceUnavailable",)}
 _OPENAI_EMBEDDINGS = {400: ("InvalidRequestBody",), 401: None,
                       404: ("ModelNotFound", "ModalityNotSupported"), 413: None, 415: None,
-                      422: ("InvalidParameter", "InputTooLong"), 429: None, 500: None, 503: None}
+                      422: ("InvalidParameter", "InputTooLong"), 429: None, 499: None,
+                      500: None, 503: None}
 _OPENAI_MODELS = {401: None, 500: None, 503: ("ServiceUnavailable",)}
 _UNPROTECTED = {500: None}
 _HEALTH = {500: None, 503: ("ServiceUnavailable",)}

@@ -123,7 +123,8 @@ class Pipeline:
         elapsed = time.perf_counter() - trace.started
         left = s.request_timeout_s - elapsed
         # A client that says how long it waits (the OpenAI SDKs do) has gone once that has
-        # passed: its job is cancelled then, so no one pays for rows no one reads.
+        # passed: its job is admitted with that deadline (api.ApiRequest.client_timeout_s) and
+        # cancelled then (499), so no one pays for rows no one reads.
         client = trace.client_timeout_s
         gone = None
         wait_s = left
@@ -131,8 +132,8 @@ class Pipeline:
             wait_s = client - elapsed
             gone = functools.partial(errors.client_stopped_waiting, client)
             if wait_s <= 0:
-                raise gone(1)
-        job = self.queue.start(prepared, left, s.request_timeout_s)
+                raise gone()
+        job = self.queue.start(prepared, left, s.request_timeout_s, wait_s=wait_s)
         try:
             outputs = self.queue.wait(job, wait_s, s.request_timeout_s, on_timeout=gone)
         finally:   # a request that queued and then failed (503 time-out) still reports them

@@ -120,7 +120,7 @@ def test_security_and_errors_per_dialect(doc):
             if openai:
                 assert "422" not in op["responses"]              # OpenAI's validation status: 400
     assert set(doc["paths"]["/embeddings"]["post"]["responses"]) == {
-        "200", "400", "401", "404", "413", "415", "422", "429", "500", "503"}
+        "200", "400", "401", "404", "413", "415", "422", "429", "499", "500", "503"}
 
 
 def test_limits_and_deployments_come_from_settings_and_registry():
