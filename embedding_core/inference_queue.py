@@ -309,14 +309,21 @@ class InferenceQueue:
         return job, self.wait(job, timeout, limit_s)
 
     def start(self, prepared: Prepared, timeout: float, limit_s: float | None = None, *,
-              wait_s: float | None = None) -> Job:
+              wait_s: float | None = None, client_s: float | None = None) -> Job:
         """Submit, unless no time is left (a 503 at once, nothing queued) or the request could
         not finish in its time even alone (422, see ``TOO_SLOW_MARGIN``). ``wait_s``: how long
-        its handler will wait, when less than ``timeout`` (the job's deadline for admission)."""
+        its handler will wait, when less than ``timeout`` (the job's deadline for admission);
+        ``client_s``: the time-out its client sent, when that is why (``wait_s`` is what is
+        left of it): a request that could not finish within it even alone is refused the
+        same way, with a message naming the client's time-out."""
         if timeout <= 0:
             raise self._timed_out(timeout if limit_s is None else limit_s)
         with self._cond:
             too_slow = self._too_slow(prepared.work, timeout, limit_s, TOO_SLOW_MARGIN)
+            if too_slow is None and client_s is not None and wait_s is not None \
+                    and wait_s < timeout:
+                too_slow = self._too_slow(prepared.work, wait_s, client_s, TOO_SLOW_MARGIN,
+                                          client=True)
         if too_slow is not None:
             raise too_slow
         return self.submit(prepared, time.perf_counter() + (timeout if wait_s is None
@@ -331,10 +338,12 @@ class InferenceQueue:
             headers={"Retry-After": str(self._retry_after(self._drain_s(None)))})
 
     def _too_slow(self, works: list[Work], timeout: float, limit_s: float | None,
-                  margin: float) -> errors.ApiError | None:
+                  margin: float, *, client: bool = False) -> errors.ApiError | None:
         """The 422 for a job of ``works`` that needs more than ``margin`` times ``timeout`` (the
         time its request has left) on its own at the rates measured here for its lanes, else
-        None. Lock held. Not before each lane's rate is measured (``RATE_TRUSTED_SAMPLES``)."""
+        None. Lock held. Not before each lane's rate is measured (``RATE_TRUSTED_SAMPLES``).
+        ``client``: ``limit_s`` is the time-out the request's client sent, not the server's
+        (the message says so, and the operator's warning is not logged: nothing to change)."""
         costed = [(w.lane, int(sum(w.costs))) for w in works if len(w.costs)]
         need = 0.0
         for lane, cost in costed:
@@ -353,6 +362,14 @@ class InferenceQueue:
         # Half the limit, with room; and no more than half of this request (its time went to
         # preparing it, when little was left).
         fits_in = max(1, int(min(rate * limit * 0.5, cost / 2)))
+        if client:
+            return errors.validation(
+                f"The request needs about {_seconds(need)} s of inference on this instance "
+                f"({_count(cost, unit)} at the {rate:,.0f} {unit}/s measured here), more than "
+                f"the {_seconds(limit)} s its client waits (the time-out it sent, as "
+                "x-stainless-read-timeout or x-stainless-timeout); a retry would fail the same "
+                "way. Raise the client's time-out, or split the inputs over requests of at most "
+                f"about {_count(fits_in, unit)}.", "input")
         has = (f"the {_seconds(limit)} s a request may take" if timeout >= 0.99 * limit
                else f"the {_seconds(timeout)} s left to it of the {_seconds(limit)} s a request "
                     "may take")

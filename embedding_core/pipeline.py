@@ -124,7 +124,8 @@ class Pipeline:
         left = s.request_timeout_s - elapsed
         # A client that says how long it waits (the OpenAI SDKs do) has gone once that has
         # passed: its job is admitted with that deadline (api.ApiRequest.client_timeout_s) and
-        # cancelled then (499), so no one pays for rows no one reads.
+        # cancelled then (499), so no one pays for rows no one reads; one that could not finish
+        # within it even alone is refused at once (422, which the SDKs do not retry).
         client = trace.client_timeout_s
         gone = None
         wait_s = left
@@ -133,7 +134,8 @@ class Pipeline:
             gone = functools.partial(errors.client_stopped_waiting, client)
             if wait_s <= 0:
                 raise gone()
-        job = self.queue.start(prepared, left, s.request_timeout_s, wait_s=wait_s)
+        job = self.queue.start(prepared, left, s.request_timeout_s, wait_s=wait_s,
+                               client_s=client if gone else None)
         try:
             outputs = self.queue.wait(job, wait_s, s.request_timeout_s, on_timeout=gone)
         finally:   # a request that queued and then failed (503 time-out) still reports them
