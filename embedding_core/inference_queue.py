@@ -789,7 +789,9 @@ def _count(n: int, unit: str) -> str:
 
 
 def _seconds(value: float) -> str:
-    return f"{value:,.0f}" if value >= 10 else f"{value:.1f}".removesuffix(".0")
+    if value >= 10:
+        return f"{value:,.0f}"
+    return f"{value:.1f}".removesuffix(".0") if value >= 1 else f"{value:.2g}"
 
 
 def _stopping_error() -> errors.ApiError:
