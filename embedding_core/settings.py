@@ -106,6 +106,11 @@ KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _KV_MARKER = "@microsoft.keyvault("
 _KV_PARAMS = {"secreturi": "SecretUri", "vaultname": "VaultName", "secretname": "SecretName",
               "secretversion": "SecretVersion"}
+# Any part of a reference, mistyped ones included (App Service resolves none of these and
+# passes the text on): the word anywhere, or a parameter at the start of a piece. A reference
+# with ',' for ';' would otherwise be split into entries, and "SecretName=…)" taken as a key.
+_KV_FRAGMENT = re.compile(r"microsoft\s*\.\s*keyvault|(?:^|[(\[{;,\s\"'])(?:"
+                          + "|".join(_KV_PARAMS) + r")\s*=", re.IGNORECASE)
 
 
 def key_fingerprint(key: bytes) -> str:
@@ -139,18 +144,20 @@ class ApiKey:
 
 def is_key_vault_reference(value: str) -> bool:
     """True if ``value`` holds an App Service Key Vault reference that was not resolved (App
-    Service then passes the reference text itself): ``@Microsoft.KeyVault(`` in any case,
-    wherever it is (so surrounding whitespace or quotes do not hide it)."""
-    return _KV_MARKER in value.lower()
+    Service then passes the reference text itself), or a piece of one: ``Microsoft.KeyVault``
+    in any case wherever it is (so surrounding whitespace or quotes, a missing ``@`` or a
+    mistyped bracket do not hide it), or ``VaultName=``, ``SecretName=``, ``SecretUri=`` or
+    ``SecretVersion=`` at the start of a piece (the rest of a reference split at a ``,``)."""
+    return _KV_MARKER in value.lower() or _KV_FRAGMENT.search(value) is not None
 
 
 def key_vault_reference_shape(value: str) -> str:
     """The reference's shape for logs, without vault, secret or version names:
-    ``@Microsoft.KeyVault(SecretUri=…)``, ``@Microsoft.KeyVault(VaultName=…;SecretName=…)``."""
-    inner = value[value.lower().find(_KV_MARKER) + len(_KV_MARKER):].split(")", 1)[0]
-    params = [_KV_PARAMS.get(part.split("=", 1)[0].strip().lower(), "?")
-              for part in inner.split(";")[:4] if part.strip()]
-    return "@Microsoft.KeyVault(" + ";".join(f"{p}=…" for p in params if p != "?") + ")"
+    ``@Microsoft.KeyVault(SecretUri=…)``, ``@Microsoft.KeyVault(VaultName=…;SecretName=…)``
+    (the parameters found, in order, whatever separates them)."""
+    params = [_KV_PARAMS[m.lower()] for m in re.findall(
+        r"(" + "|".join(_KV_PARAMS) + r")\s*=", value, re.IGNORECASE)][:4]
+    return "@Microsoft.KeyVault(" + ";".join(f"{p}=…" for p in params) + ")"
 
 
 def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING

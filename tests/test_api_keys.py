@@ -248,6 +248,48 @@ def test_unresolved_reference_among_keys_is_no_key_and_the_others_work(value, wh
     assert "kv-guessable" not in caplog.text and ALICE not in caplog.text
 
 
+MISTYPED = [   # App Service resolves none of these and passes the text on (review h_sec F1)
+    "@Microsoft.KeyVault(VaultName=kv-guessable,SecretName=api-keys)",     # ',' for ';'
+    "@Microsoft.KeyVault (VaultName=kv-guessable;SecretName=api-keys)",    # a space before '('
+    "Microsoft.KeyVault(VaultName=kv-guessable;SecretName=api-keys)",      # no '@'
+    "@Microsoft.KeyVault[VaultName=kv-guessable;SecretName=api-keys]",     # the wrong bracket
+]
+
+
+@pytest.mark.parametrize("literal", MISTYPED)
+@pytest.mark.parametrize("setting", ["{}", ' "{}" '])
+def test_a_mistyped_reference_is_no_key_either(literal, setting, caplog):
+    """Split at its ',', the first would give the key "SecretName=api-keys)", which anyone who
+    knows the configuration could send; the others, the whole text as a key."""
+    value = setting.format(literal)
+    with caplog.at_level(logging.INFO):
+        a = authn(value)
+        pieces = [p.strip() for p in literal.split(",")]
+        for presented in {literal, value, value.strip(), *pieces}:
+            for headers in both_headers(presented):
+                assert "no usable credentials" in refused(a, headers).message
+    messages = config_errors(caplog)     # one, or one per piece of a reference split at ','
+    assert len(messages) == 1 + ("," in literal), messages
+    assert all("unresolved Key Vault reference (@Microsoft.KeyVault(" in m for m in messages)
+    assert "kv-guessable" not in caplog.text and "api-keys" not in caplog.text
+
+
+def test_a_mistyped_reference_among_keys_is_no_key_and_the_others_work(caplog):
+    value = f"alice:{ALICE},@Microsoft.KeyVault(VaultName=kv-guessable,SecretName=api-keys)"
+    with caplog.at_level(logging.INFO):
+        a = authn(value)
+        for presented in ("SecretName=api-keys)", "@Microsoft.KeyVault(VaultName=kv-guessable"):
+            for headers in both_headers(presented):
+                assert refused(a, headers).message == "Invalid credentials."
+        assert a.check({"api-key": ALICE}).id == "key:alice"
+    messages = config_errors(caplog)
+    assert [m.split(" is ")[0] for m in messages] == [
+        "configuration error: EMBEDDINGS_API_KEYS entry 2",
+        "configuration error: EMBEDDINGS_API_KEYS entry 3"], messages
+    assert all("unresolved Key Vault reference (@Microsoft.KeyVault(" in m for m in messages)
+    assert "kv-guessable" not in caplog.text and ALICE not in caplog.text
+
+
 def test_reference_shapes_in_the_log():
     _, (uri,) = parse_api_keys(REF_URI)
     _, (names,) = parse_api_keys(REF_NAMES)
@@ -256,6 +298,15 @@ def test_reference_shapes_in_the_log():
     assert "(@Microsoft.KeyVault(SecretUri=…))" in uri
     assert "(@Microsoft.KeyVault(VaultName=…;SecretName=…))" in names
     assert "(@Microsoft.KeyVault(VaultName=…;SecretName=…;SecretVersion=…))" in versioned
+    _, (space,) = parse_api_keys(MISTYPED[1])
+    _, (bracket,) = parse_api_keys(MISTYPED[3])
+    _, (vault, secret) = parse_api_keys(MISTYPED[0])     # split at its ','
+    assert "(@Microsoft.KeyVault(VaultName=…;SecretName=…))" in space
+    assert "(@Microsoft.KeyVault(VaultName=…;SecretName=…))" in bracket
+    assert "entry 1 is an unresolved Key Vault reference (@Microsoft.KeyVault(VaultName=…))" \
+        in vault
+    assert "entry 2 is an unresolved Key Vault reference (@Microsoft.KeyVault(SecretName=…))" \
+        in secret
 
 
 def test_unresolved_reference_with_entra_configured_is_still_refused():
