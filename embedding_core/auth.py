@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import re
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -56,6 +59,12 @@ def _as_template(problem: str) -> tuple[str, ...]:
     return (template, *parts[1::2])
 
 
+# Refused or unchecked bearer tokens are logged per request at DEBUG only, and at INFO or
+# WARNING at most this often per kind (with how many were left out): the Functions worker
+# forwards INFO records to the host, billed per row, and anyone can send tokens.
+REFUSAL_LOG_EVERY_S = 60.0
+
+
 class Authenticator:
     def __init__(self, settings: Settings, entra_validator: Any = None):
         self.retry_after_s = settings.retry_after_s
@@ -73,6 +82,8 @@ class Authenticator:
             (k.secret.encode("utf-8"), Caller("key", k.caller_id),
              f"{k.name}:{k.secret}".encode("utf-8") if k.name else None) for k in keys)
         self._warned: set[str] = set()
+        self._refusals: dict[str, tuple[float, int]] = {}   # kind: (last logged, left out since)
+        self._refusals_lock = threading.Lock()
         self.disabled = settings.auth_disabled
         self.entra = entra_validator
         if entra_validator is None and settings.env.get("EMBEDDINGS_ENTRA_TENANT_ID", "").strip():
@@ -131,16 +142,33 @@ class Authenticator:
         try:
             claims = self.entra.validate(token)
         except KeysUnavailable as exc:
-            log.warning("bearer token not checked: %s", exc.reason)
+            self._log_refusal(logging.WARNING, "bearer token not checked", exc.reason)
             return None
         except InvalidToken as exc:
-            log.info("bearer token refused: %s", getattr(exc, "reason", "invalid"))
+            self._log_refusal(logging.INFO, "bearer token refused",
+                              getattr(exc, "reason", "invalid"))
             return False
         from .entra import client_app_id
 
         oid = claims.get("oid")
         return Caller("entra", f"entra:{client_app_id(claims) or 'unknown'}",
                       oid if isinstance(oid, str) and 0 < len(oid) <= 64 else None)
+
+    def _log_refusal(self, level: int, kind: str, reason: str) -> None:
+        """``kind: reason`` at ``level`` once per ``REFUSAL_LOG_EVERY_S``, else at DEBUG."""
+        now = time.monotonic()
+        with self._refusals_lock:
+            last, left_out = self._refusals.get(kind, (-math.inf, 0))
+            if now - last < REFUSAL_LOG_EVERY_S:
+                self._refusals[kind] = (last, left_out + 1)
+                level = logging.DEBUG
+            else:
+                self._refusals[kind] = (now, 0)
+        if level == logging.DEBUG:
+            log.debug("%s: %s", kind, reason)
+        else:
+            log.log(level, "%s: %s (logged at most once a minute; %d more since the last)",
+                    kind, reason, left_out)
 
     def check(self, headers: Mapping[str, str]) -> Caller:
         """The caller, or 401 unless the request carries a valid credential (headers:

@@ -108,6 +108,30 @@ def test_entra_open_to_the_whole_tenant_is_warned_about(caplog):
         assert warning not in caplog.text
 
 
+def test_refused_tokens_are_logged_once_a_minute_not_once_per_request(caplog, monkeypatch):
+    """Anyone can send tokens, and the Functions worker forwards INFO records to the host,
+    billed per row: one line a minute per kind, with how many were left out (review h_sec F2)."""
+    idp = TokenFactory()
+    now = [1000.0]
+    monkeypatch.setattr("embedding_core.auth.time.monotonic", lambda: now[0])
+    forged = TokenFactory()                      # signed with another key
+    a = auth({"EMBEDDINGS_API_KEYS": K1, **idp.env()}, idp.validator())
+
+    def lines(level):
+        return [r.getMessage() for r in caplog.records
+                if r.levelno == level and r.getMessage().startswith("bearer token refused")]
+
+    with caplog.at_level(logging.DEBUG, logger="embedding_core.auth"):
+        for _ in range(5):
+            refused(a, {"authorization": f"Bearer {forged.mint()}"})
+        assert len(lines(logging.INFO)) == 1 and len(lines(logging.DEBUG)) == 4
+        assert "bad signature" in lines(logging.INFO)[0]
+        now[0] += 61
+        refused(a, {"authorization": f"Bearer {forged.mint()}"})
+        assert len(lines(logging.INFO)) == 2
+        assert "4 more since the last" in lines(logging.INFO)[1]
+
+
 def test_unreachable_signing_keys_are_a_retryable_503_not_a_401():
     idp = TokenFactory()
     token = idp.mint()
@@ -122,3 +146,17 @@ def test_unreachable_signing_keys_are_a_retryable_503_not_a_401():
     assert e.value.status == 503 and e.value.code == "ServiceUnavailable"
     assert e.value.headers["Retry-After"] == "5"
     a.check({"authorization": f"Bearer {token}", "api-key": K1})  # a valid key still works
+
+
+def test_unchecked_tokens_are_warned_about_once_a_minute(caplog):
+    idp = TokenFactory()
+
+    def down(url, timeout):
+        raise OSError("network unreachable")
+
+    a = auth({"EMBEDDINGS_API_KEYS": K1}, idp.validator(fetch_json=down))
+    with caplog.at_level(logging.WARNING, logger="embedding_core.auth"):
+        for _ in range(5):
+            with pytest.raises(ApiError):
+                a.check({"authorization": f"Bearer {idp.mint()}"})
+    assert caplog.text.count("bearer token not checked") == 1, caplog.text
