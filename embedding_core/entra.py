@@ -45,10 +45,13 @@ Rules a token must satisfy (all of them):
   value, so a signed token without it is refused (fail closed) rather than given a default.
 * **Roles** (optional): when ``required_roles`` is set, the token's ``roles`` claim must contain
   *at least one* of them (any-of; roles are compared case-sensitively, as Entra emits them).
-* **Client application** (optional): when ``allowed_client_ids`` is set, the calling
-  application's id (:func:`client_app_id`) must be in the list: ``azp`` for v2 tokens, ``appid``
-  for v1 tokens (by ``ver``; if ``ver`` is absent, ``azp`` then ``appid``). Compared
-  case-insensitively (GUIDs). The same id names the caller (``entra:<id>``) for usage accounting.
+* **Client application**: the token must name the calling application (:func:`client_app_id`):
+  ``azp`` for v2 tokens, ``appid`` for v1 tokens (by ``ver``; if ``ver`` is absent, ``azp`` then
+  ``appid``). Every Entra ID access token does; an ID token, whose ``aud`` is the client id of
+  the app it signs a user into, does not, so one issued for this API's own app registration
+  (whose client id is an accepted audience) is not taken for an access token (review h_sec F3).
+  When ``allowed_client_ids`` is set, that id must be in the list, compared case-insensitively
+  (GUIDs). The same id names the caller (``entra:<id>``) for usage accounting.
 
 Signing keys: fetched lazily on first use and cached. A token naming an unknown ``kid`` triggers
 a refresh (metadata then JWKS), at most once per ``jwks_min_refresh_seconds`` so that tokens with
@@ -566,11 +569,11 @@ class EntraValidator:
             raise InvalidToken("missing role")
 
     def _check_client(self, claims: dict) -> None:
-        allowed = self._config.allowed_client_ids
-        if not allowed:
-            return
         client = client_app_id(claims)
-        if client is None or client not in allowed:
+        if client is None:        # an ID token, not an access token (module docstring)
+            raise InvalidToken("no client application (azp or appid): not an access token")
+        allowed = self._config.allowed_client_ids
+        if allowed and client not in allowed:
             raise InvalidToken(f"client application not allowed {clip(client)!r}")
 
     # Keys --------------------------------------------------------------------------------

@@ -312,11 +312,22 @@ def test_allowed_client_ids(idp):
     assert v.validate(idp.mint(version=1))             # v1: appid
     refused(v, idp.mint(azp=other), "client application not allowed")
     refused(v, idp.mint(version=1, appid=other), "client application not allowed")
-    refused(v, idp.mint(azp=None), "client application not allowed")
+    refused(v, idp.mint(azp=None), "not an access token")
     # v2 token: appid is not consulted even if it would be allowed
     refused(v, idp.mint(azp=other, appid=idp.client_id), "client application not allowed")
     # no ver claim: azp, then appid
     assert v.validate(idp.mint(ver=None, azp=None, appid=idp.client_id))
+
+
+def test_an_id_token_for_the_apis_own_app_is_not_an_access_token(idp, validator):
+    """An ID token's aud is the client id of the app it signs a user into; for this API's own
+    app registration that is an accepted audience, but it names no calling client (azp,
+    appid), as every access token does, and is refused (review h_sec F3)."""
+    for version in (1, 2):
+        id_token = idp.mint(version=version, azp=None, appid=None, nonce="n-0S6_WzA2Mj",
+                            roles=None)
+        refused(validator, id_token, "not an access token")
+        assert validator.validate(idp.mint(version=version, roles=None))   # the access token
 
 
 GARBAGE = [
