@@ -101,6 +101,11 @@ class Authenticator:
         for problem in problems:  # once per process: the service is built once
             log.error(*_as_template(problem))
         self._keys_refused = bool(problems) and not keys
+        if not self.disabled and not keys and self.entra is None and not problems:
+            log.error("configuration error: no credentials are configured (EMBEDDINGS_API_KEYS "
+                      "is empty or not set, and Entra ID is off): every request is refused with "
+                      "401; set EMBEDDINGS_API_KEYS or the EMBEDDINGS_ENTRA_* settings (or "
+                      "EMBEDDINGS_AUTH=disabled for local use)")
         if keys:
             per_caller: dict[str, int] = {}
             for k in keys:

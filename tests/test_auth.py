@@ -132,6 +132,21 @@ def test_refused_tokens_are_logged_once_a_minute_not_once_per_request(caplog, mo
         assert "4 more since the last" in lines(logging.INFO)[1]
 
 
+@pytest.mark.parametrize("env", [{}, {"EMBEDDINGS_API_KEYS": " "}])
+def test_no_credentials_at_all_is_logged_as_a_configuration_error(env, caplog):
+    """GET /health's 503 says the server log says why: it must (found by h_user)."""
+    with caplog.at_level(logging.INFO, logger="embedding_core.auth"):
+        a = auth(env)
+    assert "The server has no credentials configured" in refused(a, {"api-key": K1}).message
+    [error] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert error.startswith("configuration error: no credentials are configured"), error
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="embedding_core.auth"):
+        auth({"EMBEDDINGS_API_KEYS": K1})
+        auth({"EMBEDDINGS_AUTH": "disabled"})
+    assert not [r for r in caplog.records if r.levelno == logging.ERROR]
+
+
 def test_unreachable_signing_keys_are_a_retryable_503_not_a_401():
     idp = TokenFactory()
     token = idp.mint()
