@@ -22,19 +22,26 @@ class LiveServer:
     loopback port."""
 
     def __init__(self, env: dict[str, str], app_dir: Path | None = None,
-                 python: str = sys.executable):
+                 python: str = sys.executable, command: list[str] | None = None):
+        """``command``: what starts it instead (``make serve PORT=0``), which prints its
+        "Serving" line, maybe after others."""
         full_env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("EMBEDDINGS_", "LOCAL_HOST_"))}
         full_env.update(env)
         full_env.setdefault("LOG_LEVEL", "WARNING")
         app = ["--app-dir", str(app_dir)] if app_dir is not None else []
         self.proc = subprocess.Popen(
-            [python, "-m", "tools.local_host", "--host", "127.0.0.1", "--port", "0", *app],
+            command or [python, "-m", "tools.local_host", "--host", "127.0.0.1", "--port", "0",
+                        *app],
             cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        line = self.proc.stdout.readline()
+        before = []
+        while "http://" not in (line := self.proc.stdout.readline()) and line \
+                and command and len(before) < 1000:
+            before.append(line)
         if "http://" not in line:
             self.proc.kill()
-            raise RuntimeError(f"local host did not start: {line}{self.proc.stdout.read()}")
+            raise RuntimeError(f"local host did not start: {''.join(before)}{line}"
+                               f"{self.proc.stdout.read()}")
         self.url = line.strip().rsplit(" ", 1)[-1]
         # Drain the server's output all along: a pipe nobody reads fills at 64 KB and then
         # stalls the server on its next log line.

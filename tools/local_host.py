@@ -32,6 +32,9 @@ may reach:
   the answer instead of a reset.
 
     python -m tools.local_host --host 127.0.0.1 --port 7071      # --port 0: any free port
+
+``make serve`` adds ``--hint``: under the "Serving" line, how to call it with the key it was
+given (the secret itself only for the Makefile's development key).
 """
 
 from __future__ import annotations
@@ -685,11 +688,42 @@ def build_server(app: Any, limits: Limits, prefix: str = "", notes: list[str] | 
     return Server(config)
 
 
+LOCAL_DEV_KEY = "local-dev-key-0000"    # the Makefile's EMBEDDINGS_API_KEYS by default
+
+
+def hint(env: Mapping[str, str], host: str, port: int) -> list[str]:
+    """``make serve``'s lines under "Serving": a curl to try, with the key to send. A key set
+    by the user is not printed (a ``name:key`` entry's key is the part after the ':')."""
+    from embedding_core.settings import parse_api_keys
+
+    keys, _ = parse_api_keys(env.get("EMBEDDINGS_API_KEYS", ""))
+    disabled = env.get("EMBEDDINGS_AUTH", "").strip().lower() == "disabled"
+    curl = (f"curl -s 'http://{host}:{port}/embeddings?api-version=2024-05-01-preview'"
+            "{} -H 'Content-Type: application/json' -d '{{\"input\": [\"hello world\"]}}'")
+    if disabled:
+        return ["Authentication is disabled (EMBEDDINGS_AUTH=disabled).",
+                "Try: " + curl.format("")]
+    if [k.secret for k in keys] == [LOCAL_DEV_KEY]:
+        return [f"Local development API key: {LOCAL_DEV_KEY}",
+                "Try: " + curl.format(f" -H 'api-key: {LOCAL_DEV_KEY}'")]
+    if keys:
+        callers = ", ".join(dict.fromkeys(k.caller_id for k in keys))
+        return [f"EMBEDDINGS_API_KEYS: keys accepted for {callers} (not printed here).",
+                "Try, with KEY one of them (of a name:key entry, the part after the first "
+                "':'): " + curl.format(' -H "api-key: $KEY"')]
+    if env.get("EMBEDDINGS_ENTRA_TENANT_ID", "").strip():
+        return ["No API key is accepted: send an Entra ID token (Authorization: Bearer)."]
+    return ["No key of EMBEDDINGS_API_KEYS is accepted: every request gets 401 (the log says "
+            "why)."]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "7071")))
     parser.add_argument("--app-dir", type=Path, default=Path(__file__).resolve().parent.parent)
+    parser.add_argument("--hint", action="store_true",
+                        help="print how to call it with the key set (make serve)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -705,6 +739,8 @@ def main(argv: list[str] | None = None) -> None:
     server = build_server(function_app.app, limits, route_prefix(args.app_dir), notes)
     port = sock.getsockname()[1]
     print(f"Serving function_app on http://{args.host}:{port}", flush=True)
+    if args.hint:
+        print("\n".join(hint(os.environ, args.host, port)), flush=True)
     for note in notes:
         log.debug("%s", note)
     log.info("limits: body %d bytes, headers %d bytes, header time-out %g s, body time-out %g s, "

@@ -1,0 +1,72 @@
+"""`make serve`, the README's first command: the key a user sets reaches the server unchanged,
+and the curl it prints works (found by a new-user walkthrough, h_user: a '$' was eaten by make,
+a "'" broke the shell, and a name:key entry was printed whole as the key to send)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+
+import pytest
+
+from live_server import LiveServer
+from test_http_errors import request
+from tools.local_host import LOCAL_DEV_KEY, hint
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+SECRET = "ab$cd'ef\"gh-0123456789"       # printable ASCII, as the README allows
+HELLO = {"input": ["hello world"]}
+
+
+def serve(env: dict[str, str]) -> LiveServer:
+    return LiveServer(env, command=["make", "-s", "serve", "PORT=0"])
+
+
+def test_a_key_with_shell_and_make_characters_reaches_the_server_unchanged():
+    s = serve({"EMBEDDINGS_API_KEYS": f"alice:{SECRET}"})
+    try:
+        status, _, body = request(s, "POST", "/v1/embeddings", HELLO, {"api-key": SECRET})
+        assert status == 200, body
+        assert request(s, "POST", "/v1/embeddings", HELLO,
+                       {"api-key": f"alice:{SECRET}"})[0] == 401
+    finally:
+        s.stop()
+    printed = s.output()
+    assert "key:alice" in printed and SECRET not in printed, printed
+
+
+def test_the_printed_curl_works_with_the_default_key():
+    s = serve({})
+    try:
+        lines = s.output().splitlines()
+        [curl] = [line.removeprefix("Try: ") for line in lines if line.startswith("Try: ")]
+        argv = shlex.split(curl)
+        assert argv[0] == "curl" and f"api-key: {LOCAL_DEV_KEY}" in argv
+        [url] = [a for a in argv if a.startswith("http://")]
+        assert url.startswith(s.url + "/"), (url, s.url)
+        headers = dict(argv[i + 1].split(": ", 1) for i, a in enumerate(argv) if a == "-H")
+        body = json.loads(argv[argv.index("-d") + 1])
+        status, _, data = request(s, "POST", url[len(s.url):], body, headers)   # as curl would
+        assert status == 200 and len(json.loads(data)["data"]) == 1, data
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("env, shows, hides", [
+    ({"EMBEDDINGS_API_KEYS": LOCAL_DEV_KEY}, [f"'api-key: {LOCAL_DEV_KEY}'"], []),
+    ({"EMBEDDINGS_API_KEYS": f"alice:{SECRET},bob:{SECRET[::-1]}"},
+     ["key:alice, key:bob", '"api-key: $KEY"'], [SECRET, SECRET[::-1]]),
+    ({"EMBEDDINGS_API_KEYS": json.dumps({"carol": SECRET})}, ["key:carol"], [SECRET]),
+    ({"EMBEDDINGS_API_KEYS": "short"}, ["every request gets 401"], ["short"]),
+    ({"EMBEDDINGS_AUTH": "disabled"}, ["disabled"], ["api-key"]),
+])
+def test_the_hint_names_the_callers_and_never_prints_a_key_the_user_set(env, shows, hides):
+    text = "\n".join(hint(env, "127.0.0.1", 7071))
+    for part in shows:
+        assert part in text, text
+    for part in hides:
+        assert part not in text, text
+    assert "http://127.0.0.1:7071/embeddings?api-version=" in text or "401" in text
+
