@@ -803,6 +803,14 @@ def check_request_cost(prepared: Prepared, max_tokens: int) -> None:
     """Refuse a request whose total tokens exceed ``EMBEDDINGS_MAX_REQUEST_TOKENS``."""
     tokens = prepared.cost("tokens")
     if tokens > max_tokens:
+        largest = max((int(c) for w in prepared.work if w.lane.unit == "tokens"
+                       for c in w.costs), default=0)
+        if largest > max_tokens:       # splitting would not help
+            raise errors.validation(
+                f"One input has {largest} tokens, more than the {max_tokens} a request may "
+                "have on this server (EMBEDDINGS_MAX_REQUEST_TOKENS, set below the model's "
+                "input length): send shorter inputs, or ask its operator to raise the setting.",
+                "input")
         raise errors.validation(
             f"The request has {tokens} tokens; the limit per request is {max_tokens} "
             "(EMBEDDINGS_MAX_REQUEST_TOKENS). Split the inputs over several requests.", "input")

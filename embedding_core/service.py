@@ -116,6 +116,11 @@ class EmbeddingService:
                         "running until the time-out; lower the cap or raise the time-out",
                         settings.max_request_tokens,
                         settings.request_timeout_s, largest_s, assumed)
+        longest = max((d.max_tokens or 0 for d in self.registry.deployments), default=0)
+        if settings.max_request_tokens < longest:
+            log.warning("EMBEDDINGS_MAX_REQUEST_TOKENS=%d is below the %d tokens one input may "
+                        "have: longer inputs are refused (422) even alone, truncated or not",
+                        settings.max_request_tokens, longest)
         telemetry.watch_queue(self.queue)
 
     @classmethod

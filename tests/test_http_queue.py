@@ -6,6 +6,7 @@ together get the vectors they would get alone."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -90,6 +91,26 @@ def test_a_request_over_the_token_cap_is_refused_naming_the_cap(server):
     assert body["error"]["target"] == "input"
     msg = body["error"]["message"]
     assert "20480 tokens" in msg and "EMBEDDINGS_MAX_REQUEST_TOKENS" in msg and str(CAP) in msg
+
+
+def test_a_cap_below_one_inputs_length_says_splitting_would_not_help(caplog):
+    """EMBEDDINGS_MAX_REQUEST_TOKENS=100, below the model's 256 (found by h_user: the 422 said
+    to split the inputs, which cannot help one input): warned at start, and the 422 says so."""
+    with caplog.at_level(logging.WARNING, logger="embedding_core.service"):
+        svc = make_service(EMBEDDINGS_MAX_REQUEST_TOKENS="100")
+    assert "EMBEDDINGS_MAX_REQUEST_TOKENS=100 is below the 256 tokens" in caplog.text
+    try:
+        one = post(svc, {"input": [LONG], "truncate": "END"},
+                   headers={"extra-parameters": "pass-through"})
+        assert one.status == 422, one.body
+        msg = one.json()["error"]["message"]
+        assert "One input has 256 tokens, more than the 100" in msg and "Split" not in msg, msg
+        many = post(svc, {"input": [" ".join(["word"] * 30)] * 4})      # 4 × 32 tokens
+        assert many.status == 422, many.body
+        msg = many.json()["error"]["message"]
+        assert "The request has 128 tokens" in msg and "Split the inputs" in msg, msg
+    finally:
+        svc.queue.stop(10)
 
 
 def test_concurrent_requests_get_the_vectors_they_get_alone(server):
