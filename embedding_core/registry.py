@@ -308,9 +308,12 @@ class Registry:
         return next((d for d in candidates if d.default), candidates[0] if candidates else None)
 
     def select(self, modality: str, route: str, model: str | None, header: str | None,
-               header_name: str = "azureml-model-deployment") -> Deployment:
+               header_name: str = "azureml-model-deployment", *,
+               any_modality: bool = False) -> Deployment:
         """The deployment a request addresses: the ``model`` field and/or a name given outside
-        the body (the ``azureml-model-deployment`` header, or a URL path segment)."""
+        the body (the ``azureml-model-deployment`` header, or a URL path segment).
+        ``any_modality``: the route takes every deployment (``/info``), so an unknown name's
+        404 lists them all, not only ``modality``'s."""
         chosen: Deployment | None = None
         chosen_by = "model"
         for value, target in ((model, "model"), (header, header_name)):
@@ -319,7 +322,8 @@ class Registry:
             dep = self.find(value)
             if dep is None:
                 err = errors.model_not_found(
-                    value, [d.name for d in self.deployments if d.modality == modality])
+                    value, [d.name for d in self.deployments
+                            if any_modality or d.modality == modality])
                 err.target = target
                 raise err
             if chosen is not None and dep.name != chosen.name:

@@ -252,7 +252,7 @@ class EmbeddingService:
             return self.registry.select(default_modality, "/info", None, None)
         dep = self.registry.find(model or header or "")
         modality = dep.modality if dep else default_modality
-        return self.registry.select(modality, "/info", model, header)
+        return self.registry.select(modality, "/info", model, header, any_modality=True)
 
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._:\-{}]")

@@ -179,6 +179,21 @@ def test_an_unknown_model_on_a_route_without_deployments_of_its_kind(tmp_path):
     assert res.json()["error"]["message"] == "No deployment named 'nope'. None is configured."
 
 
+def test_an_unknown_model_on_info_lists_every_deployment(service):
+    """GET /info takes a deployment of any kind, so its 404 lists them all (it listed only the
+    text ones; found by h_user)."""
+    from conftest import KEY
+    from embedding_core.api import ApiRequest
+
+    res = service.info(ApiRequest("GET", "/info", {"api-key": KEY},
+                                  {"api-version": "2024-05-01-preview", "model": "nope"}, b""))
+    assert res.status == 404
+    message = res.json()["error"]["message"]
+    for d in _doc()["deployments"]:
+        assert d["name"] in message, message
+    assert any(d["modality"] == "image" for d in _doc()["deployments"])
+
+
 def test_declared_dimensions_that_the_model_does_not_give_are_a_500_that_says_so(tmp_path, caplog):
     from conftest import post
 
