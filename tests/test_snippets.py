@@ -30,7 +30,11 @@ def test_snippets_use_the_key_and_address_make_serve_prints():
     import re
 
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^EMBEDDINGS_API_KEYS \?= (\S+)$", makefile, re.M).group(1) == SNIPPET_KEY
+    assert re.search(r"^serve: export EMBEDDINGS_API_KEYS \?= (\S+)$", makefile,
+                     re.M).group(1) == SNIPPET_KEY
+    from tools.local_host import LOCAL_DEV_KEY        # the key it prints in full
+
+    assert LOCAL_DEV_KEY == SNIPPET_KEY
     assert re.search(r"^PORT \?= (\d+)$", makefile, re.M).group(1) == SNIPPET_ENDPOINT.rsplit(":", 1)[1]
     assert len(SNIPPET_KEY) >= 16                      # the service refuses shorter keys
 
