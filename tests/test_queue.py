@@ -873,7 +873,7 @@ def test_a_request_that_times_out_needing_more_than_its_time_alone_gets_a_422_no
     with pytest.raises(ApiError) as exc:
         q.wait(big, 0.1, 0.1)
     assert exc.value.status == 422 and "Retry-After" not in exc.value.headers
-    assert "needs about 0.1 s" in exc.value.message         # 0.15 s
+    assert "needs about 0.15 s" in exc.value.message
     assert "15 tokens at the 100 tokens/s measured here" in exc.value.message
     for name, costs in (("small", [1]), ("near", [6, 6])):  # 0.01 s; 0.12 s of 0.1
         late = q.start(job(lane, name, costs), 0.1, 0.1)
