@@ -93,6 +93,14 @@ RETRY_AFTER_MAX_S = 120
 # had (at or under it, it may have been late because of the requests queued with it: a 503).
 TOO_SLOW_MARGIN = 2.0
 TIMED_OUT_MARGIN = 1.25
+# The same for the time-out a client sent (api.ApiRequest.client_timeout_s): a few seconds, not
+# 200, so the estimate's errors matter. A rate measured while the CPU was contended (steal,
+# other work) can read a fraction of what the request then gets (review h_diff9: 919 tokens/s
+# measured beside 8 busy processes, a request estimated at 4.2 s ran in 0.88 s), and a false
+# refusal is a 4xx that clients do not retry, where running costs at most the client's time-out.
+# So it is judged at the best rate the lane has averaged (``_lane_rates``' fourth value), and
+# refused only above this many times the client's whole time-out.
+CLIENT_TOO_SLOW_MARGIN = 4.0
 TOO_SLOW_LOG_EVERY_S = 60.0    # the operator's warning about such refusals, at most this often
 # A batch counts for a lane's too-slow rate only if its share of the process's time was at most
 # this times 1/workers (batches of one request on two workers end a little apart).
@@ -200,6 +208,7 @@ class InferenceQueue:
         # The same per lane key (one model: deployments share the unit, not the speed), from
         # batches that shared the process with every other worker, for whether a request is too
         # slow for this instance: [decayed work, decayed time, batches].
+        # per lane key: decayed work, decayed share of time, samples, best average since trusted
         self._lane_rates: dict[object, list[float]] = {}
         self._too_slow_logged = -math.inf
         self._batches = 0
@@ -320,10 +329,11 @@ class InferenceQueue:
             raise self._timed_out(timeout if limit_s is None else limit_s)
         with self._cond:
             too_slow = self._too_slow(prepared.work, timeout, limit_s, TOO_SLOW_MARGIN)
-            if too_slow is None and client_s is not None and wait_s is not None \
-                    and wait_s < timeout:
-                too_slow = self._too_slow(prepared.work, wait_s, client_s, TOO_SLOW_MARGIN,
-                                          client=True)
+            if too_slow is None and client_s is not None:
+                # Against its whole time-out, not what preparing left of it: a request that was
+                # slow to prepare (a busy instance) may be fine on a retry, and gets the 499.
+                too_slow = self._too_slow(prepared.work, client_s, client_s,
+                                          CLIENT_TOO_SLOW_MARGIN, client=True)
         if too_slow is not None:
             raise too_slow
         return self.submit(prepared, time.perf_counter() + (timeout if wait_s is None
@@ -343,14 +353,15 @@ class InferenceQueue:
         time its request has left) on its own at the rates measured here for its lanes, else
         None. Lock held. Not before each lane's rate is measured (``RATE_TRUSTED_SAMPLES``).
         ``client``: ``limit_s`` is the time-out the request's client sent, not the server's
-        (the message says so, and the operator's warning is not logged: nothing to change)."""
+        (the message says so, and the operator's warning is not logged: nothing to change),
+        and the lanes' best averaged rates are used (``CLIENT_TOO_SLOW_MARGIN``)."""
         costed = [(w.lane, int(sum(w.costs))) for w in works if len(w.costs)]
         need = 0.0
         for lane, cost in costed:
-            work, spent, batches = self._lane_rates.get(lane.key, (0.0, 0.0, 0))
+            work, spent, batches, best = self._lane_rates.get(lane.key, (0.0, 0.0, 0, 0.0))
             if batches < RATE_TRUSTED_SAMPLES or spent <= 0:
                 return None
-            need += cost * spent / work
+            need += cost / max(best, work / spent) if client else cost * spent / work
         if not costed or need <= margin * timeout:
             return None
         limit = timeout if limit_s is None else limit_s
@@ -760,10 +771,12 @@ class InferenceQueue:
                 # worker's speed, 1/workers of that (h_diff5 F1): only batches that shared the
                 # process with the other workers all along count for it.
                 if share <= FULLY_SHARED * elapsed / self.workers:
-                    mine = self._lane_rates.setdefault(lane.key, [0.0, 0.0, 0])
+                    mine = self._lane_rates.setdefault(lane.key, [0.0, 0.0, 0, 0.0])
                     mine[0] = RATE_DECAY * mine[0] + work
                     mine[1] = RATE_DECAY * mine[1] + share
                     mine[2] += 1
+                    if mine[2] >= RATE_TRUSTED_SAMPLES:     # the best it has averaged since
+                        mine[3] = max(mine[3], mine[0] / mine[1])
             row = 0
             for job, p, idx in taken:
                 n = len(idx)

@@ -867,7 +867,7 @@ def test_a_request_that_times_out_needing_more_than_its_time_alone_gets_a_422_no
     because of the others), still gets the 503 and its Retry-After."""
     lane = GateLane(max_batch_items=1)
     q = InferenceQueue({"tokens": 1000})
-    q._lane_rates[lane.key] = [100.0, 1.0, RATE_TRUSTED_SAMPLES]   # 100 tokens/s measured
+    q._lane_rates[lane.key] = [100.0, 1.0, RATE_TRUSTED_SAMPLES, 100.0]   # 100 tokens/s
     big = q.start(job(lane, "big", [5, 5, 5]), 0.1, 0.1)    # 0.15 s alone: admitted
     assert lane.entered.acquire(timeout=10)                 # and running, past its time
     with pytest.raises(ApiError) as exc:
@@ -884,13 +884,35 @@ def test_a_request_that_times_out_needing_more_than_its_time_alone_gets_a_422_no
     assert q.stats().jobs == 0
 
 
+def test_a_request_too_slow_for_its_clients_time_out_is_judged_at_the_best_rate_with_room():
+    """The client's time-out is seconds, not 200: judged at the best rate the lane averaged (a
+    rate measured on a contended CPU reads low), against four times the client's whole
+    time-out, not what preparing left of it (review h_diff9 F1, F2)."""
+    lane = GateLane(max_batch_items=1)
+    q = InferenceQueue({"tokens": 10**6})
+    q._lane_rates[lane.key] = [100.0, 1.0, RATE_TRUSTED_SAMPLES, 400.0]   # now 100/s, best 400
+    with pytest.raises(ApiError) as exc:                  # 5 s at 400/s: over 4 × 1 s
+        q.start(job(lane, "big", [2000]), 100, 100, wait_s=1.0, client_s=1.0)
+    assert exc.value.status == 422, exc.value
+    assert "needs about 5 s" in exc.value.message and "the 1 s its client waits" in \
+        exc.value.message and "400 tokens/s" in exc.value.message, exc.value.message
+    # 3.75 s at the best rate (15 s at today's): run, then cancelled if still running (499)
+    ok = q.start(job(lane, "ok", [1500]), 100, 100, wait_s=1.0, client_s=1.0)
+    # preparing took nearly all of a 1 s time-out: judged on the whole second, not refused
+    late = q.start(job(lane, "late", [1000]), 100, 100, wait_s=0.01, client_s=1.0)
+    for j in (ok, late):
+        q.cancel(j)
+    lane.gate.release()
+    q.stop()
+
+
 def test_a_model_is_judged_too_slow_at_its_own_rate_not_another_deployments():
     """Deployments share the unit (tokens), not the speed: the exact model runs at ~0.6 of the
     default's. A request to the fast one must not be refused because of the slow one's rate."""
     fast, slow = GateLane(key="fast", max_batch_items=1), GateLane(key="slow", max_batch_items=1)
     q = InferenceQueue({"tokens": 10**6})
-    q._lane_rates["fast"] = [1000.0, 1.0, RATE_TRUSTED_SAMPLES]
-    q._lane_rates["slow"] = [100.0, 1.0, RATE_TRUSTED_SAMPLES]
+    q._lane_rates["fast"] = [1000.0, 1.0, RATE_TRUSTED_SAMPLES, 1000.0]
+    q._lane_rates["slow"] = [100.0, 1.0, RATE_TRUSTED_SAMPLES, 100.0]
     with pytest.raises(ApiError) as exc:
         q.start(job(slow, "s", [150]), 0.5, 0.5)        # 1.5 s of 0.5 s
     assert exc.value.status == 422 and "150 tokens at the 100 tokens/s" in exc.value.message
@@ -1085,7 +1107,7 @@ def test_a_batch_that_ran_alone_does_not_count_for_the_too_slow_rate(monkeypatch
     assert q.stats().rates["tokens"] == pytest.approx(100.0)
     assert lane.key not in q._lane_rates
     run([100, 100], 1.0)                              # side by side: the process's 200/s
-    work, spent, batches = q._lane_rates[lane.key]
+    work, spent, batches, _ = q._lane_rates[lane.key]
     assert batches == 2 and work / spent == pytest.approx(200.0)
     q.stop()
 
