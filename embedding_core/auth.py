@@ -63,6 +63,9 @@ def _as_template(problem: str) -> tuple[str, ...]:
 # WARNING at most this often per kind (with how many were left out): the Functions worker
 # forwards INFO records to the host, billed per row, and anyone can send tokens.
 REFUSAL_LOG_EVERY_S = 60.0
+# A refusal's reason up to the value it quotes ("unknown signing key 'x'", "wrong issuer 'x'",
+# "algorithm not allowed: x", "malformed token (x)"): what is throttled together.
+_REASON_WORDS = re.compile(r"[^'(:]*")
 
 
 class Authenticator:
@@ -160,15 +163,20 @@ class Authenticator:
                       oid if isinstance(oid, str) and 0 < len(oid) <= 64 else None)
 
     def _log_refusal(self, level: int, kind: str, reason: str) -> None:
-        """``kind: reason`` at ``level`` once per ``REFUSAL_LOG_EVERY_S``, else at DEBUG."""
+        """``kind: reason`` at ``level`` once per ``REFUSAL_LOG_EVERY_S`` for each kind of
+        reason (its words, without the value a token carried: ``wrong audience``, ``unknown
+        signing key``; a few dozen at most), else at DEBUG: a flood of one kind (forged tokens:
+        ``bad signature``) must not hide another (a client configured for the wrong audience;
+        review h_diff9 F3)."""
+        key = f"{kind}: {_REASON_WORDS.match(reason).group(0)}"
         now = time.monotonic()
         with self._refusals_lock:
-            last, left_out = self._refusals.get(kind, (-math.inf, 0))
+            last, left_out = self._refusals.get(key, (-math.inf, 0))
             if now - last < REFUSAL_LOG_EVERY_S:
-                self._refusals[kind] = (last, left_out + 1)
+                self._refusals[key] = (last, left_out + 1)
                 level = logging.DEBUG
             else:
-                self._refusals[kind] = (now, 0)
+                self._refusals[key] = (now, 0)
         if level == logging.DEBUG:
             log.debug("%s: %s", kind, reason)
         else:

@@ -126,10 +126,16 @@ def test_refused_tokens_are_logged_once_a_minute_not_once_per_request(caplog, mo
             refused(a, {"authorization": f"Bearer {forged.mint()}"})
         assert len(lines(logging.INFO)) == 1 and len(lines(logging.DEBUG)) == 4
         assert "bad signature" in lines(logging.INFO)[0]
+        # another kind of refusal is not hidden by a flood of the first (h_diff9 F3)
+        wrong = idp.mint(aud="api://someone-else")
+        for _ in range(3):
+            refused(a, {"authorization": f"Bearer {wrong}"})
+        assert len(lines(logging.INFO)) == 2 and "wrong audience" in lines(logging.INFO)[1]
         now[0] += 61
         refused(a, {"authorization": f"Bearer {forged.mint()}"})
-        assert len(lines(logging.INFO)) == 2
-        assert "4 more since the last" in lines(logging.INFO)[1]
+        assert len(lines(logging.INFO)) == 3
+        assert "bad signature" in lines(logging.INFO)[2]
+        assert "4 more since the last" in lines(logging.INFO)[2]
 
 
 @pytest.mark.parametrize("env", [{}, {"EMBEDDINGS_API_KEYS": " "}])
