@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -15,13 +16,19 @@ from test_http_errors import request
 from tools.local_host import LOCAL_DEV_KEY, hint
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+ROOT = Path(__file__).resolve().parent.parent
 
 SECRET = "ab$cd'ef\"gh-0123456789"       # printable ASCII, as the README allows
 HELLO = {"input": ["hello world"]}
 
 
 def serve(env: dict[str, str]) -> LiveServer:
-    return LiveServer(env, command=["make", "-s", "serve", "PORT=0"])
+    """``make serve`` without its install step (never a pip install in a test: review h_diff9
+    F7); the server runs in the Makefile's .venv."""
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        pytest.skip("make serve runs .venv/bin/python, which this checkout does not have")
+    return LiveServer(env, command=["make", "-s", "-o", "install", "-o", ".venv/.installed",
+                                    "serve", "PORT=0"])
 
 
 def test_a_key_with_shell_and_make_characters_reaches_the_server_unchanged():
@@ -69,4 +76,19 @@ def test_the_hint_names_the_callers_and_never_prints_a_key_the_user_set(env, sho
     for part in hides:
         assert part not in text, text
     assert "http://127.0.0.1:7071/embeddings?api-version=" in text or "401" in text
+    assert "Warning" not in text                                # loopback
+
+
+@pytest.mark.parametrize("host, reach, warned", [
+    ("127.0.0.1", "127.0.0.1", False), ("::1", "[::1]", False), ("localhost", "localhost", False),
+    ("0.0.0.0", "127.0.0.1", True), ("::", "[::1]", True), ("192.0.2.7", "192.0.2.7", True)])
+def test_the_hint_reaches_the_address_and_warns_beyond_this_machine(host, reach, warned):
+    """IPv6 in brackets, every interface through loopback; the development key (published in
+    the README) or no authentication beyond loopback is warned about (review h_diff9 F5)."""
+    for env in ({"EMBEDDINGS_API_KEYS": LOCAL_DEV_KEY}, {"EMBEDDINGS_AUTH": "disabled"}):
+        text = "\n".join(hint(env, host, 7071))
+        assert f"'http://{reach}:7071/embeddings?" in text, text
+        assert ("anyone who reaches this address can call it" in text) is warned, text
+    text = "\n".join(hint({"EMBEDDINGS_API_KEYS": f"alice:{SECRET}"}, host, 7071))
+    assert "Warning" not in text                     # a key of the user's own
 

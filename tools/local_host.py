@@ -44,6 +44,7 @@ import asyncio
 import concurrent.futures
 import http
 import inspect
+import ipaddress
 import json
 import logging
 import os
@@ -698,14 +699,26 @@ def hint(env: Mapping[str, str], host: str, port: int) -> list[str]:
 
     keys, _ = parse_api_keys(env.get("EMBEDDINGS_API_KEYS", ""))
     disabled = env.get("EMBEDDINGS_AUTH", "").strip().lower() == "disabled"
-    curl = (f"curl -s 'http://{host}:{port}/embeddings?api-version=2024-05-01-preview'"
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    # Where curl reaches it: every interface (0.0.0.0, ::) includes loopback; IPv6 in brackets.
+    reach = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    reach = f"[{reach}]" if ":" in reach else reach
+    curl = (f"curl -s 'http://{reach}:{port}/embeddings?api-version=2024-05-01-preview'"
             "{} -H 'Content-Type: application/json' -d '{{\"input\": [\"hello world\"]}}'")
+    exposed = ([] if loopback else
+               [f"Warning: listening on {host}, beyond this machine, with "
+                + ("authentication disabled" if disabled else "the development key, which the "
+                   "README publishes") + ": anyone who reaches this address can call it. Set "
+                "your own key (EMBEDDINGS_API_KEYS)."])
     if disabled:
         return ["Authentication is disabled (EMBEDDINGS_AUTH=disabled).",
-                "Try: " + curl.format("")]
+                "Try: " + curl.format(""), *exposed]
     if [k.secret for k in keys] == [LOCAL_DEV_KEY]:
         return [f"Local development API key: {LOCAL_DEV_KEY}",
-                "Try: " + curl.format(f" -H 'api-key: {LOCAL_DEV_KEY}'")]
+                "Try: " + curl.format(f" -H 'api-key: {LOCAL_DEV_KEY}'"), *exposed]
     if keys:
         callers = ", ".join(dict.fromkeys(k.caller_id for k in keys))
         return [f"EMBEDDINGS_API_KEYS: keys accepted for {callers} (not printed here).",
