@@ -110,7 +110,7 @@ _KV_PARAMS = {"secreturi": "SecretUri", "vaultname": "VaultName", "secretname": 
 # passes the text on): the word anywhere, or a parameter at the start of a piece. A reference
 # with ',' for ';' would otherwise be split into entries, and "SecretName=…)" taken as a key.
 _KV_FRAGMENT = re.compile(r"microsoft\s*\.\s*keyvault|(?:^|[(\[{;,\s\"'])(?:"
-                          + "|".join(_KV_PARAMS) + r")\s*=", re.IGNORECASE)
+                          + "|".join(_KV_PARAMS) + r")\s*[=:]", re.IGNORECASE)
 
 
 def key_fingerprint(key: bytes) -> str:
@@ -146,8 +146,9 @@ def is_key_vault_reference(value: str) -> bool:
     """True if ``value`` holds an App Service Key Vault reference that was not resolved (App
     Service then passes the reference text itself), or a piece of one: ``Microsoft.KeyVault``
     in any case wherever it is (so surrounding whitespace or quotes, a missing ``@`` or a
-    mistyped bracket do not hide it), or ``VaultName=``, ``SecretName=``, ``SecretUri=`` or
-    ``SecretVersion=`` at the start of a piece (the rest of a reference split at a ``,``)."""
+    mistyped bracket do not hide it), or ``VaultName``, ``SecretName``, ``SecretUri`` or
+    ``SecretVersion`` followed by ``=`` (or a mistyped ``:``) at the start of a piece (the rest
+    of a reference split at a ``,``)."""
     return _KV_MARKER in value.lower() or _KV_FRAGMENT.search(value) is not None
 
 
@@ -156,7 +157,7 @@ def key_vault_reference_shape(value: str) -> str:
     ``@Microsoft.KeyVault(SecretUri=…)``, ``@Microsoft.KeyVault(VaultName=…;SecretName=…)``
     (the parameters found, in order, whatever separates them)."""
     params = [_KV_PARAMS[m.lower()] for m in re.findall(
-        r"(" + "|".join(_KV_PARAMS) + r")\s*=", value, re.IGNORECASE)][:4]
+        r"(" + "|".join(_KV_PARAMS) + r")\s*[=:]", value, re.IGNORECASE)][:4]
     return "@Microsoft.KeyVault(" + ";".join(f"{p}=…" for p in params) + ")"
 
 
@@ -196,7 +197,9 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
     else:
         for n, part in enumerate((p.strip() for p in text.split(",") if p.strip()), 1):
             name, colon, key = part.partition(":")
-            if colon and KEY_NAME.fullmatch(name.strip()):
+            # "SecretName: x)" is a piece of a mistyped reference, not caller SecretName's key
+            if colon and KEY_NAME.fullmatch(name.strip()) \
+                    and not is_key_vault_reference(name + colon):
                 entries.append((n, name.strip(), key.strip(), None))
             elif not colon or is_key_vault_reference(part):  # a SecretUri has ':' in it
                 entries.append((n, None, part, None))

@@ -253,6 +253,7 @@ MISTYPED = [   # App Service resolves none of these and passes the text on (revi
     "@Microsoft.KeyVault (VaultName=kv-guessable;SecretName=api-keys)",    # a space before '('
     "Microsoft.KeyVault(VaultName=kv-guessable;SecretName=api-keys)",      # no '@'
     "@Microsoft.KeyVault[VaultName=kv-guessable;SecretName=api-keys]",     # the wrong bracket
+    "@Microsoft.KeyVault(VaultName=kv-guessable,SecretName: api-keys)",    # and ':' for '='
 ]
 
 
@@ -265,6 +266,7 @@ def test_a_mistyped_reference_is_no_key_either(literal, setting, caplog):
     with caplog.at_level(logging.INFO):
         a = authn(value)
         pieces = [p.strip() for p in literal.split(",")]
+        pieces += [p.partition(":")[2].strip() for p in pieces if ":" in p]   # name:key read
         for presented in {literal, value, value.strip(), *pieces}:
             for headers in both_headers(presented):
                 assert "no usable credentials" in refused(a, headers).message
