@@ -17,7 +17,6 @@ import pytest
 
 from conftest import KEY, LiveServer, make_service, post
 from embedding_core.api import ApiRequest
-from embedding_core.inference_queue import RATE_TRUSTED_SAMPLES
 from test_http_errors import AUTH, Q, request
 
 LONG = "lorem ipsum dolor sit amet consectetur adipiscing elit " * 40   # truncated to 256 tokens
@@ -140,6 +139,29 @@ def test_concurrent_requests_get_the_vectors_they_get_alone(server):
             assert q["embedding"] == alone_int8[t]
 
 
+def sized(server, seconds):
+    """Inputs of 256 tokens needing ``seconds`` at twice the throughput /health shows (the best
+    rate, which the client check uses, may be higher)."""
+    rate = max(queue_state(server)["tokens_per_second"] or 0, 5000)
+    return [f"{i} {LONG}" for i in range(math.ceil(2 * rate * seconds / 256))]
+
+
+def warm_until_trusted(server):
+    """Requests of 8 × 256 tokens until the instance trusts its rate (RATE_TRUSTED_SAMPLES
+    batches that shared the process with the other worker all along: fewer count on a busy
+    machine), seen as a probe needing over 4 × 0.1 s refused to a client of 0.1 s (before, it
+    runs and is cancelled then: 499). A fixed number of requests was not always enough."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert embed(server, [f"{i} {LONG}" for i in range(8)], PASS, truncate="END")[0] == 200
+        status, _, body = embed(server, sized(server, 4 * 0.1),
+                                {**PASS, "x-stainless-read-timeout": "0.1"}, truncate="END")
+        if status == 422:
+            break
+        assert status in (200, 499) and time.monotonic() < deadline, (status, body)
+    assert "more than the 0.1 s its client waits" in body["error"]["message"], body
+
+
 def test_a_request_too_slow_for_the_time_out_even_alone_gets_a_422_that_clients_do_not_retry():
     """Sized from the throughput this instance measures (GET /health): a request needing ~3×
     its time is refused before it runs; one needing ~1.6× runs until its time-out and then
@@ -150,10 +172,7 @@ def test_a_request_too_slow_for_the_time_out_even_alone_gets_a_422_that_clients_
                     "EMBEDDINGS_MAX_QUEUE_TOKENS": "2000000"})
     try:
         assert queue_state(s)["tokens_per_second"] is None        # not measured yet
-        # Two batches of 1,024 tokens each, side by side on the two workers; the first
-        # request's create the sessions and are no sample.
-        for _ in range(RATE_TRUSTED_SAMPLES // 2 + 2):
-            assert embed(s, [f"{i} {LONG}" for i in range(8)], PASS, truncate="END")[0] == 200
+        warm_until_trusted(s)
         rate = queue_state(s)["tokens_per_second"]
         assert rate > 0
 
@@ -260,26 +279,9 @@ def test_a_request_too_slow_for_its_clients_time_out_is_refused_before_it_runs()
     same request served."""
     s = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_MAX_REQUEST_TOKENS": "2000000",
                     "EMBEDDINGS_MAX_QUEUE_TOKENS": "2000000", "EMBEDDINGS_OPENAI_TRUNCATE": "END"})
-
-    def inputs(seconds):          # at twice the throughput /health shows (the best may be higher)
-        rate = max(queue_state(s)["tokens_per_second"] or 0, 5000)
-        return [f"{i} {LONG}" for i in range(math.ceil(2 * rate * seconds / 256))]
-
     try:
-        # Until the instance trusts its rate (RATE_TRUSTED_SAMPLES batches that shared the
-        # process with the other worker all along: fewer count on a busy machine), nothing is
-        # refused up front; once it does, a probe needing over 4 × 0.1 s is refused to a client
-        # of 0.1 s (one that ran was cancelled then: 499).
-        deadline = time.monotonic() + 60
-        while True:
-            assert embed(s, [f"{i} {LONG}" for i in range(8)], PASS, truncate="END")[0] == 200
-            status, _, body = embed(s, inputs(4 * 0.1), {**PASS, "x-stainless-read-timeout":
-                                                         "0.1"}, truncate="END")
-            if status == 422:
-                break
-            assert status in (200, 499) and time.monotonic() < deadline, (status, body)
-        assert "more than the 0.1 s its client waits" in body["error"]["message"], body
-        big = inputs(4 * 0.5)
+        warm_until_trusted(s)
+        big = sized(s, 4 * 0.5)
 
         sent = []
         http = openai.DefaultHttpxClient(event_hooks={"request": [sent.append]})
