@@ -207,8 +207,8 @@ class InferenceQueue:
         self._measured: set[str] = set()    # units with RATE_TRUSTED_SAMPLES of them
         # The same per lane key (one model: deployments share the unit, not the speed), from
         # batches that shared the process with every other worker, for whether a request is too
-        # slow for this instance: [decayed work, decayed time, batches].
-        # per lane key: decayed work, decayed share of time, samples, best average since trusted
+        # slow for this instance: [decayed work, decayed time, batches, the best average
+        # (work / time) since it was trusted (RATE_TRUSTED_SAMPLES), for CLIENT_TOO_SLOW_MARGIN].
         self._lane_rates: dict[object, list[float]] = {}
         self._too_slow_logged = -math.inf
         self._batches = 0

@@ -727,7 +727,7 @@ def hint(env: Mapping[str, str], host: str, port: int) -> list[str]:
     if env.get("EMBEDDINGS_ENTRA_TENANT_ID", "").strip():
         return ["No API key is accepted: send an Entra ID token (Authorization: Bearer)."]
     return ["No key of EMBEDDINGS_API_KEYS is accepted: every request gets 401 (the log says "
-            "why)."]
+            "why once the first request has read the settings)."]
 
 
 def main(argv: list[str] | None = None) -> None:
