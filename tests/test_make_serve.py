@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,10 @@ def test_a_key_with_shell_and_make_characters_reaches_the_server_unchanged():
 def test_the_printed_curl_works_with_the_default_key():
     s = serve({})
     try:
+        deadline = time.monotonic() + 10      # printed before it serves; read by a thread
+        while "Try: " not in s.output():
+            assert time.monotonic() < deadline, s.output()
+            time.sleep(0.01)
         lines = s.output().splitlines()
         [curl] = [line.removeprefix("Try: ") for line in lines if line.startswith("Try: ")]
         argv = shlex.split(curl)
