@@ -64,8 +64,11 @@ def _as_template(problem: str) -> tuple[str, ...]:
 # forwards INFO records to the host, billed per row, and anyone can send tokens.
 REFUSAL_LOG_EVERY_S = 60.0
 # A refusal's reason up to the value it quotes ("unknown signing key 'x'", "wrong issuer 'x'",
-# "algorithm not allowed: x", "malformed token (x)"): what is throttled together.
-_REASON_WORDS = re.compile(r"[^'(:]*")
+# "algorithm not allowed: x", "malformed token (x)"; repr() quotes a value holding "'" with '"'):
+# what is throttled together. The reasons are the code's own words, a few dozen; past
+# REFUSAL_KINDS_MAX kinds (a reason that let a token's text through: a bug) they share one.
+_REASON_WORDS = re.compile(r"[^'\"(:]*")
+REFUSAL_KINDS_MAX = 64
 
 
 class Authenticator:
@@ -171,6 +174,8 @@ class Authenticator:
         key = f"{kind}: {_REASON_WORDS.match(reason).group(0)}"
         now = time.monotonic()
         with self._refusals_lock:
+            if key not in self._refusals and len(self._refusals) >= REFUSAL_KINDS_MAX:
+                key = f"{kind}: (other)"
             last, left_out = self._refusals.get(key, (-math.inf, 0))
             if now - last < REFUSAL_LOG_EVERY_S:
                 self._refusals[key] = (last, left_out + 1)

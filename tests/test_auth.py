@@ -153,6 +153,23 @@ def test_no_credentials_at_all_is_logged_as_a_configuration_error(env, caplog):
     assert not [r for r in caplog.records if r.levelno == logging.ERROR]
 
 
+def test_a_token_cannot_make_its_own_kind_of_refusal(caplog):
+    """A kid with a "'" is quoted with '"' by repr(): its text must not reach the throttle's key
+    (review h_diff10 N1: 20,000 such tokens made 20,000 keys and INFO lines)."""
+    idp = TokenFactory()
+    a = auth({"EMBEDDINGS_API_KEYS": K1, **idp.env()}, idp.validator())
+    with caplog.at_level(logging.INFO, logger="embedding_core.auth"):
+        for i in range(200):
+            token = TokenFactory.forge({"alg": "RS256", "kid": f"{i} it's"}, {"sub": "x"},
+                                       b"sig")
+            refused(a, {"authorization": f"Bearer {token}"})
+    infos = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert len(infos) == 1 and len(a._refusals) == 1, (len(infos), list(a._refusals)[:5])
+    for i in range(200):                  # and whatever a reason may let through, bounded
+        a._log_refusal(logging.INFO, "bearer token refused", f"made-up reason {i}")
+    assert len(a._refusals) <= 65
+
+
 def test_unreachable_signing_keys_are_a_retryable_503_not_a_401():
     idp = TokenFactory()
     token = idp.mint()
