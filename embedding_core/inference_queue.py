@@ -94,13 +94,16 @@ RETRY_AFTER_MAX_S = 120
 TOO_SLOW_MARGIN = 2.0
 TIMED_OUT_MARGIN = 1.25
 # The same for the time-out a client sent (api.ApiRequest.client_timeout_s): a few seconds, not
-# 200, so the estimate's errors matter. A rate measured while the CPU was contended (steal,
-# other work) can read a fraction of what the request then gets (review h_diff9: 919 tokens/s
-# measured beside 8 busy processes, a request estimated at 4.2 s ran in 0.88 s), and a false
-# refusal is a 4xx that clients do not retry, where running costs at most the client's time-out.
-# So it is judged at the best rate the lane has averaged (``_lane_rates``' fourth value), and
-# refused only above this many times the client's whole time-out.
-CLIENT_TOO_SLOW_MARGIN = 4.0
+# 200, so the estimate's errors matter, and a false refusal is a 4xx that clients do not retry
+# where running costs at most the client's time-out. A rate of elapsed time reads low while the
+# CPU is contended (steal, other processes: reviews h_diff9, h_diff10 measured 919 tokens/s
+# beside 8 busy processes, and a request estimated at 4.2 s ran in 0.88 s; with 16, 8.4 s
+# against 1.01 s). So the client's time-out is judged at the lane's rate per second of its
+# workers' own CPU time times the workers (``_lane_cpu``), which contention does not lower: what
+# the request would get with every core to itself, at most (higher if a session uses threads
+# of its own). The margin covers what that bound misses: per token, a large request runs up to
+# ~1.3 times faster than the small batches a lane may have been measured on.
+CLIENT_TOO_SLOW_MARGIN = 2.0
 TOO_SLOW_LOG_EVERY_S = 60.0    # the operator's warning about such refusals, at most this often
 # A batch counts for a lane's too-slow rate only if its share of the process's time was at most
 # this times 1/workers (batches of one request on two workers end a little apart).
@@ -207,9 +210,11 @@ class InferenceQueue:
         self._measured: set[str] = set()    # units with RATE_TRUSTED_SAMPLES of them
         # The same per lane key (one model: deployments share the unit, not the speed), from
         # batches that shared the process with every other worker, for whether a request is too
-        # slow for this instance: [decayed work, decayed time, batches, the best average
-        # (work / time) since it was trusted (RATE_TRUSTED_SAMPLES), for CLIENT_TOO_SLOW_MARGIN].
+        # slow for this instance: [decayed work, decayed time, batches].
         self._lane_rates: dict[object, list[float]] = {}
+        # Per lane key, from every batch that is a sample: [decayed work, decayed CPU seconds of
+        # the worker thread that ran it, batches], for a client's time-out (CLIENT_TOO_SLOW_MARGIN).
+        self._lane_cpu: dict[object, list[float]] = {}
         self._too_slow_logged = -math.inf
         self._batches = 0
         self._running = 0                  # batches being run now
@@ -354,14 +359,20 @@ class InferenceQueue:
         None. Lock held. Not before each lane's rate is measured (``RATE_TRUSTED_SAMPLES``).
         ``client``: ``limit_s`` is the time-out the request's client sent, not the server's
         (the message says so, and the operator's warning is not logged: nothing to change),
-        and the lanes' best averaged rates are used (``CLIENT_TOO_SLOW_MARGIN``)."""
+        and the lanes' rates per CPU second are used (``CLIENT_TOO_SLOW_MARGIN``)."""
         costed = [(w.lane, int(sum(w.costs))) for w in works if len(w.costs)]
         need = 0.0
         for lane, cost in costed:
-            work, spent, batches, best = self._lane_rates.get(lane.key, (0.0, 0.0, 0, 0.0))
+            if client:
+                work, cpu, batches = self._lane_cpu.get(lane.key, (0.0, 0.0, 0))
+                if batches < RATE_TRUSTED_SAMPLES or cpu <= 0:
+                    return None
+                need += cost * cpu / work / self.workers
+                continue
+            work, spent, batches = self._lane_rates.get(lane.key, (0.0, 0.0, 0))
             if batches < RATE_TRUSTED_SAMPLES or spent <= 0:
                 return None
-            need += cost / max(best, work / spent) if client else cost * spent / work
+            need += cost * spent / work
         if not costed or need <= margin * timeout:
             return None
         limit = timeout if limit_s is None else limit_s
@@ -376,7 +387,7 @@ class InferenceQueue:
         if client:
             return errors.validation(
                 f"The request needs about {_seconds(need)} s of inference on this instance "
-                f"({_count(cost, unit)} at the {rate:,.0f} {unit}/s measured here), more than "
+                f"({_count(cost, unit)} at up to {rate:,.0f} {unit}/s, measured here), more than "
                 f"the {_seconds(limit)} s its client waits (the time-out it sent, as "
                 "x-stainless-read-timeout or x-stainless-timeout); a retry would fail the same "
                 "way. Raise the client's time-out, or split the inputs over requests of at most "
@@ -708,6 +719,7 @@ class InferenceQueue:
             self._advance()
             v0 = self._vtime
         t0 = time.perf_counter()
+        c0 = time.thread_time()
         try:
             out = np.asarray(lane.run(payloads, requests=len({id(job) for job, _, _ in taken})))
             if out.ndim < 1 or len(out) != len(payloads):
@@ -741,6 +753,7 @@ class InferenceQueue:
             log.exception("inference batch of %d items failed", len(payloads))
             out, error = None, exc
         elapsed = time.perf_counter() - t0
+        cpu = time.thread_time() - c0
         one_off = take_one_off_seconds()   # a session created, a model compiled: not throughput
         with self._cond:
             self._batches += 1
@@ -759,6 +772,11 @@ class InferenceQueue:
             # worker doing so) is no sample at all: that part may have run beside other batches
             # and the rest alone, so no share of it measures the compute (a rate 1.7 times too
             # high was reproduced; h_diff5 F2).
+            if work >= RATE_SAMPLE_MIN.get(lane.unit, 1) and one_off <= 0 and cpu > 0:
+                mine = self._lane_cpu.setdefault(lane.key, [0.0, 0.0, 0])
+                mine[0] = RATE_DECAY * mine[0] + work
+                mine[1] = RATE_DECAY * mine[1] + cpu
+                mine[2] += 1
             if work >= RATE_SAMPLE_MIN.get(lane.unit, 1) and share > 0 and one_off <= 0:
                 self._work[lane.unit] = RATE_DECAY * self._work.get(lane.unit, 0.0) + work
                 self._time[lane.unit] = RATE_DECAY * self._time.get(lane.unit, 0.0) + share
@@ -771,12 +789,10 @@ class InferenceQueue:
                 # worker's speed, 1/workers of that (h_diff5 F1): only batches that shared the
                 # process with the other workers all along count for it.
                 if share <= FULLY_SHARED * elapsed / self.workers:
-                    mine = self._lane_rates.setdefault(lane.key, [0.0, 0.0, 0, 0.0])
+                    mine = self._lane_rates.setdefault(lane.key, [0.0, 0.0, 0])
                     mine[0] = RATE_DECAY * mine[0] + work
                     mine[1] = RATE_DECAY * mine[1] + share
                     mine[2] += 1
-                    if mine[2] >= RATE_TRUSTED_SAMPLES:     # the best it has averaged since
-                        mine[3] = max(mine[3], mine[0] / mine[1])
             row = 0
             for job, p, idx in taken:
                 n = len(idx)

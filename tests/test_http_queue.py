@@ -17,6 +17,7 @@ import pytest
 
 from conftest import KEY, LiveServer, make_service, post
 from embedding_core.api import ApiRequest
+from embedding_core.inference_queue import RATE_TRUSTED_SAMPLES
 from test_http_errors import AUTH, Q, request
 
 LONG = "lorem ipsum dolor sit amet consectetur adipiscing elit " * 40   # truncated to 256 tokens
@@ -140,26 +141,25 @@ def test_concurrent_requests_get_the_vectors_they_get_alone(server):
 
 
 def sized(server, seconds):
-    """Inputs of 256 tokens needing ``seconds`` at twice the throughput /health shows (the best
-    rate, which the client check uses, may be higher)."""
+    """Inputs of 256 tokens needing ``seconds`` at twice the throughput /health shows."""
     rate = max(queue_state(server)["tokens_per_second"] or 0, 5000)
     return [f"{i} {LONG}" for i in range(math.ceil(2 * rate * seconds / 256))]
 
 
 def warm_until_trusted(server):
-    """Requests of 8 × 256 tokens until the instance trusts its rate (RATE_TRUSTED_SAMPLES
-    batches that shared the process with the other worker all along: fewer count on a busy
-    machine), seen as a probe needing over 4 × 0.1 s refused to a client of 0.1 s (before, it
-    runs and is cancelled then: 499). A fixed number of requests was not always enough."""
+    """Requests of 8 × 256 tokens until the instance trusts its rate per CPU second
+    (RATE_TRUSTED_SAMPLES batches), seen as a probe refused to a client of 0.5 s (before, it runs
+    and is cancelled then: 499). The probe is sized at 4 s of /health's rate: a rate per CPU
+    second times the workers reads up to several times /health's on a busy machine."""
     deadline = time.monotonic() + 60
     while True:
         assert embed(server, [f"{i} {LONG}" for i in range(8)], PASS, truncate="END")[0] == 200
-        status, _, body = embed(server, sized(server, 4 * 0.1),
-                                {**PASS, "x-stainless-read-timeout": "0.1"}, truncate="END")
+        status, _, body = embed(server, sized(server, 2.0),
+                                {**PASS, "x-stainless-read-timeout": "0.5"}, truncate="END")
         if status == 422:
             break
         assert status in (200, 499) and time.monotonic() < deadline, (status, body)
-    assert "more than the 0.1 s its client waits" in body["error"]["message"], body
+    assert "more than the 0.5 s its client waits" in body["error"]["message"], body
 
 
 def test_a_request_too_slow_for_the_time_out_even_alone_gets_a_422_that_clients_do_not_retry():
@@ -172,14 +172,18 @@ def test_a_request_too_slow_for_the_time_out_even_alone_gets_a_422_that_clients_
                     "EMBEDDINGS_MAX_QUEUE_TOKENS": "2000000"})
     try:
         assert queue_state(s)["tokens_per_second"] is None        # not measured yet
-        warm_until_trusted(s)
+        # Two batches of 1,024 tokens each, side by side on the two workers; the first
+        # request's create the sessions and are no sample.
+        for _ in range(RATE_TRUSTED_SAMPLES // 2 + 2):
+            assert embed(s, [f"{i} {LONG}" for i in range(8)], PASS, truncate="END")[0] == 200
         rate = queue_state(s)["tokens_per_second"]
         assert rate > 0
 
         def inputs(seconds_alone):
             return [f"{i} {LONG}" for i in range(math.ceil(rate * seconds_alone / 256))]
 
-        def refused(seconds_alone, ran):
+        def refused(seconds_alone):
+            """Asserts the 422; whether the request ran first."""
             status, headers, body = embed(s, inputs(seconds_alone), PASS, truncate="END")
             assert status == 422, (seconds_alone, rate, status, body)
             assert headers["x-ms-error-code"] == "InvalidParameter" and "retry-after" not in headers
@@ -187,16 +191,20 @@ def test_a_request_too_slow_for_the_time_out_even_alone_gets_a_422_that_clients_
             assert body["error"]["target"] == "input"
             assert "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS" in msg and "retry would fail" in msg
             assert "a request may take" in msg and "tokens/s measured here" in msg
-            assert (float(headers.get("x-inference-time", 0)) > 0) is ran, headers
+            return float(headers.get("x-inference-time", 0)) > 0
 
-        refused(3 * limit, ran=False)
+        # On a busy machine fewer of the warm-up's batches shared the process all along, and
+        # the rate may not be trusted yet: then the request runs to its time-out and gets the
+        # 422 after it (seen once in a full run), adding many samples. Refused before it runs
+        # by the second attempt.
+        assert not refused(3 * limit) or not refused(3 * limit)
         # The first batches run slow (here ~0.6 of the settled rate): a request of 0.6 of the
         # limit, answered, lets the estimate settle. Then one of 1.6 times the limit is admitted
         # (under twice its time), runs until its time-out and, needing over 1.25 times the
         # time it had, is refused.
         assert embed(s, inputs(0.6 * limit), PASS, truncate="END")[0] == 200
         rate = queue_state(s)["tokens_per_second"]
-        refused(1.6 * limit, ran=True)
+        assert refused(1.6 * limit)
         assert queue_state(s)["queued_tokens"] == 0
         assert embed(s, ["still serving"])[0] == 200
     finally:
@@ -272,16 +280,16 @@ def test_the_openai_sdk_time_out_stops_the_work_it_no_longer_waits_for():
 
 
 def test_a_request_too_slow_for_its_clients_time_out_is_refused_before_it_runs():
-    """Once the instance has measured its throughput, a request needing over four times the
-    time its client waits (at the best rate measured) is refused at once with a 422 naming the
-    client's time-out (a 400 on /v1, which the openai SDK raises without retrying), instead of
-    running until the client gives up, once per retry. A client that waits long enough gets the
-    same request served."""
+    """Once the instance has measured its throughput, a request needing over twice the time its
+    client waits (at its rate per CPU second) is refused at once with a 422 naming the client's
+    time-out (a 400 on /v1, which the openai SDK raises without retrying), instead of running
+    until the client gives up, once per retry. A client that waits long enough gets the same
+    request served."""
     s = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_MAX_REQUEST_TOKENS": "2000000",
                     "EMBEDDINGS_MAX_QUEUE_TOKENS": "2000000", "EMBEDDINGS_OPENAI_TRUNCATE": "END"})
     try:
         warm_until_trusted(s)
-        big = sized(s, 4 * 0.5)
+        big = sized(s, 2.0)                  # 4 s at /health's rate
 
         sent = []
         http = openai.DefaultHttpxClient(event_hooks={"request": [sent.append]})
@@ -294,7 +302,7 @@ def test_a_request_too_slow_for_its_clients_time_out_is_refused_before_it_runs()
         assert error["type"] == "invalid_request_error" and error["param"] == "input", error
         msg = error["message"]
         assert "more than the 0.5 s its client waits" in msg, msg
-        assert "Raise the client's time-out" in msg and "tokens/s measured here" in msg, msg
+        assert "Raise the client's time-out" in msg and "tokens/s, measured here" in msg, msg
         assert "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS" not in msg, msg
 
         # On the Azure route: a 422 at `input`, and none of the request ran.
