@@ -86,6 +86,7 @@ def test_the_hint_names_the_callers_and_never_prints_a_key_the_user_set(env, sho
 
 @pytest.mark.parametrize("host, reach, warned", [
     ("127.0.0.1", "127.0.0.1", False), ("::1", "[::1]", False), ("localhost", "localhost", False),
+    ("LOCALHOST", "LOCALHOST", False), ("::ffff:127.0.0.1", "[::ffff:127.0.0.1]", False),
     ("0.0.0.0", "127.0.0.1", True), ("::", "[::1]", True), ("192.0.2.7", "192.0.2.7", True)])
 def test_the_hint_reaches_the_address_and_warns_beyond_this_machine(host, reach, warned):
     """IPv6 in brackets, every interface through loopback; the development key (published in
@@ -96,4 +97,9 @@ def test_the_hint_reaches_the_address_and_warns_beyond_this_machine(host, reach,
         assert ("anyone who reaches this address can call it" in text) is warned, text
     text = "\n".join(hint({"EMBEDDINGS_API_KEYS": f"alice:{SECRET}"}, host, 7071))
     assert "Warning" not in text                     # a key of the user's own
+    text = "\n".join(hint({"EMBEDDINGS_API_KEYS": f"alice:{SECRET},{LOCAL_DEV_KEY}"}, host, 7071))
+    assert ("the development key" in text) is warned, text      # among them (h_diff10 N4)
+    text = "\n".join(hint({"EMBEDDINGS_API_KEYS": f"alice:{SECRET}",
+                           "EMBEDDINGS_AUTH": "disabled"}, host, 7071))
+    assert ("Remove EMBEDDINGS_AUTH=disabled" in text) is warned, text
 

@@ -700,19 +700,21 @@ def hint(env: Mapping[str, str], host: str, port: int) -> list[str]:
     keys, _ = parse_api_keys(env.get("EMBEDDINGS_API_KEYS", ""))
     disabled = env.get("EMBEDDINGS_AUTH", "").strip().lower() == "disabled"
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
+        loopback = ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None)
+                                           and ip.ipv4_mapped.is_loopback)
     except ValueError:
-        loopback = host == "localhost"
+        loopback = host.lower() == "localhost"
     # Where curl reaches it: every interface (0.0.0.0, ::) includes loopback; IPv6 in brackets.
-    reach = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    reach = f"[{reach}]" if ":" in reach else reach
+    reach = url_host({"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host))
     curl = (f"curl -s 'http://{reach}:{port}/embeddings?api-version=2024-05-01-preview'"
             "{} -H 'Content-Type: application/json' -d '{{\"input\": [\"hello world\"]}}'")
-    exposed = ([] if loopback else
-               [f"Warning: listening on {host}, beyond this machine, with "
-                + ("authentication disabled" if disabled else "the development key, which the "
-                   "README publishes") + ": anyone who reaches this address can call it. Set "
-                "your own key (EMBEDDINGS_API_KEYS)."])
+    exposed = [] if loopback else [
+        f"Warning: listening on {host}, beyond this machine, with " + (
+            "authentication disabled: anyone who reaches this address can call it. Remove "
+            "EMBEDDINGS_AUTH=disabled." if disabled else
+            "the development key, which the README publishes: anyone who reaches this address "
+            "can call it. Set your own key (EMBEDDINGS_API_KEYS).")]
     if disabled:
         return ["Authentication is disabled (EMBEDDINGS_AUTH=disabled).",
                 "Try: " + curl.format(""), *exposed]
@@ -721,13 +723,19 @@ def hint(env: Mapping[str, str], host: str, port: int) -> list[str]:
                 "Try: " + curl.format(f" -H 'api-key: {LOCAL_DEV_KEY}'"), *exposed]
     if keys:
         callers = ", ".join(dict.fromkeys(k.caller_id for k in keys))
+        dev = [] if LOCAL_DEV_KEY not in [k.secret for k in keys] else exposed
         return [f"EMBEDDINGS_API_KEYS: keys accepted for {callers} (not printed here).",
                 "Try, with KEY one of them (of a name:key entry, the part after the first "
-                "':'): " + curl.format(' -H "api-key: $KEY"')]
+                "':'): " + curl.format(' -H "api-key: $KEY"'), *dev]
     if env.get("EMBEDDINGS_ENTRA_TENANT_ID", "").strip():
         return ["No API key is accepted: send an Entra ID token (Authorization: Bearer)."]
     return ["No key of EMBEDDINGS_API_KEYS is accepted: every request gets 401 (the log says "
             "why once the first request has read the settings)."]
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -751,7 +759,7 @@ def main(argv: list[str] | None = None) -> None:
     notes: list[str] = []
     server = build_server(function_app.app, limits, route_prefix(args.app_dir), notes)
     port = sock.getsockname()[1]
-    print(f"Serving function_app on http://{args.host}:{port}", flush=True)
+    print(f"Serving function_app on http://{url_host(args.host)}:{port}", flush=True)
     if args.hint:
         print("\n".join(hint(os.environ, args.host, port)), flush=True)
     for note in notes:
