@@ -98,11 +98,13 @@ TIMED_OUT_MARGIN = 1.25
 # where running costs at most the client's time-out. A rate of elapsed time reads low while the
 # CPU is contended (steal, other processes: reviews h_diff9, h_diff10 measured 919 tokens/s
 # beside 8 busy processes, and a request estimated at 4.2 s ran in 0.88 s; with 16, 8.4 s
-# against 1.01 s). So the client's time-out is judged at the lane's rate per second of its
-# workers' own CPU time times the workers (``_lane_cpu``), which contention does not lower: what
-# the request would get with every core to itself, at most (higher if a session uses threads
-# of its own). The margin covers what that bound misses: per token, a large request runs up to
-# ~1.3 times faster than the small batches a lane may have been measured on.
+# against 1.01 s). So the client's time-out is judged at the lane's rate per second of the
+# worker thread's own CPU time (``_lane_cpu``) times the cores the runs can use: about what the
+# request gets with every core to itself (a session's own threads only make it read higher).
+# Contention lowers it only 6-16 % (cache and memory sharing), and per token it varies with the
+# batch's shape by about ±25 % (one thread: 4,900-5,030 tokens per CPU second in runs of
+# 4 × 256 tokens, ~5,200 in runs of ~64, 6,070-6,130 in runs of 32 short inputs; review
+# h_diff11): the margin covers both.
 CLIENT_TOO_SLOW_MARGIN = 2.0
 TOO_SLOW_LOG_EVERY_S = 60.0    # the operator's warning about such refusals, at most this often
 # A batch counts for a lane's too-slow rate only if its share of the process's time was at most
@@ -191,9 +193,12 @@ class InferenceQueue:
 
     def __init__(self, limits: dict[str, int], *, max_wait_s: float | None = None,
                  on_idle: Callable[[], None] | None = None, name: str = "inference-worker",
-                 workers: int = 1):
+                 workers: int = 1, cores: int | None = None):
+        """``cores``: the cores the workers' runs can use together (the process's usable
+        cores; default: ``workers``), for a client's time-out (``CLIENT_TOO_SLOW_MARGIN``)."""
         self.limits = dict(limits)
         self.workers = max(1, int(workers))
+        self.cores = max(1, int(cores if cores is not None else self.workers))
         self.max_wait_s = max_wait_s
         self.on_idle = on_idle
         self.name = name
@@ -364,10 +369,10 @@ class InferenceQueue:
         need = 0.0
         for lane, cost in costed:
             if client:
-                work, cpu, batches = self._lane_cpu.get(lane.key, (0.0, 0.0, 0))
-                if batches < RATE_TRUSTED_SAMPLES or cpu <= 0:
+                cwork, cpu, cbatches = self._lane_cpu.get(lane.key, (0.0, 0.0, 0))
+                if cbatches < RATE_TRUSTED_SAMPLES or cpu <= 0:
                     return None
-                need += cost * cpu / work / self.workers
+                need += cost * cpu / cwork / self.cores
                 continue
             work, spent, batches = self._lane_rates.get(lane.key, (0.0, 0.0, 0))
             if batches < RATE_TRUSTED_SAMPLES or spent <= 0:
@@ -382,8 +387,12 @@ class InferenceQueue:
         unit, cost = units.most_common(1)[0]
         rate = cost / need                                # what the whole job runs at
         # Half the limit, with room; and no more than half of this request (its time went to
-        # preparing it, when little was left).
-        fits_in = max(1, int(min(rate * limit * 0.5, cost / 2)))
+        # preparing it, when little was left). For a client's time-out, at the process's rate
+        # of elapsed time (admission's, /health's) when slower: the rate that decides is
+        # optimistic by design, and advice sized at it ran past the time-out under load
+        # (review h_diff11 H2).
+        sized_at = min(rate, self._rates[unit]) if client and unit in self._measured else rate
+        fits_in = max(1, int(min(sized_at * limit * 0.5, cost / 2)))
         if client:
             return errors.validation(
                 f"The request needs about {_seconds(need)} s of inference on this instance "

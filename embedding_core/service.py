@@ -102,7 +102,7 @@ class EmbeddingService:
         self.queue = queue or InferenceQueue(
             {"tokens": settings.max_queue_tokens, "images": settings.max_queue_images},
             max_wait_s=QUEUE_WAIT_SHARE * settings.request_timeout_s,
-            workers=settings.workers)
+            workers=settings.workers, cores=settings_module.usable_cores())
         self.pipeline = Pipeline(settings, self.registry, self.queue)
         self._openapi: dict[str, Any] | None = None
         assumed = default_rates(self.queue.workers)["tokens"]
