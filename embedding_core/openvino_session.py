@@ -21,6 +21,10 @@ Memory: the compiled model holds ~150-160 MB (its fp16 source, the folded fp32 c
 packed bf16 weights) and its libraries map ~75 MB for as long as the process lives. The buffers
 of its largest runs (~35 MB after 1,024-token runs) are given back when the process goes idle
 (``CompiledModel.release_memory``, like ONNX Runtime's arena shrinkage in onnx_session.py).
+In the README's soak that is 730 MB peak and ~400 MB idle against 484 and ~170 MB with long
+inputs on ONNX Runtime, so where the process may use less than
+:data:`LONG_INPUT_MIN_MEMORY_MB` (a 512 MB Flex Consumption instance, a small container or VM:
+:func:`settings.usable_memory`) long inputs stay on ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -36,11 +40,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import memory
+from . import settings as settings_module
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 AMX_FLAG = "amx_bf16"
+# Below this much memory for the process (cgroup limit or the machine's), long inputs stay on
+# ONNX Runtime: OpenVINO's ~225 MB for the process's life and ~250 MB more at peak would not fit.
+LONG_INPUT_MIN_MEMORY_MB = 1536
 BLOCK = 16       # OpenVINO's attention takes keys in blocks of 16: a partial last block differs
 MIN_WIDTH = 32   # ... and below 32 tokens it runs another kernel
 
@@ -207,7 +215,8 @@ class LongInputs:
 def long_inputs(options: Mapping[str, Any], files: Mapping[str, Any],
                 settings: Settings, deployment: str) -> LongInputs | None:
     """The deployment's long-input runtime, or None where it does not apply: not configured,
-    turned off (``EMBEDDINGS_LONG_INPUT_RUNTIME=onnxruntime``), no AMX, or OpenVINO missing."""
+    turned off (``EMBEDDINGS_LONG_INPUT_RUNTIME=onnxruntime``), no AMX, less memory than
+    :data:`LONG_INPUT_MIN_MEMORY_MB`, or OpenVINO missing."""
     spec = options.get("long_inputs")
     if not spec or settings.long_input_runtime == "onnxruntime":
         return None
@@ -218,6 +227,12 @@ def long_inputs(options: Mapping[str, Any], files: Mapping[str, Any],
                          "both models give)")
     if AMX_FLAG not in cpu_flags():
         log.info("deployment %s: no AMX on this CPU; long inputs run on ONNX Runtime", deployment)
+        return None
+    usable = settings_module.usable_memory()
+    if usable is not None and usable < LONG_INPUT_MIN_MEMORY_MB << 20:
+        log.info("deployment %s: this process may use %d MB of memory, less than the %d MB "
+                 "OpenVINO needs beside ONNX Runtime; long inputs run on ONNX Runtime",
+                 deployment, usable >> 20, LONG_INPUT_MIN_MEMORY_MB)
         return None
     if importlib.util.find_spec("openvino") is None:
         log.warning("deployment %s: openvino is not installed; long inputs run on ONNX Runtime",

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .cpu_limit import cgroup_cpu_limit
+from .cgroup_limits import cgroup_cpu_limit, cgroup_memory_limit
 
 SUPPORTED_API_VERSIONS = ("2024-05-01-preview", "2024-04-01-preview", "2025-04-01")
 
@@ -127,6 +127,26 @@ def usable_cores() -> int:
         cores = os.cpu_count() or 1
     limit = cgroup_cpu_limit()
     return max(1, min(cores, math.ceil(limit))) if limit else cores
+
+
+def usable_memory(meminfo: str = "/proc/meminfo") -> int | None:
+    """Bytes of memory this process may use: the machine's (``MemTotal``), at most its cgroup's
+    memory limit (``docker run --memory=784m`` on a 16 GB host: 784 MiB). None if neither can
+    be read."""
+    limits = [limit for limit in (cgroup_memory_limit(), _mem_total(meminfo)) if limit]
+    return min(limits) if limits else None
+
+
+def _mem_total(meminfo: str) -> int | None:
+    try:
+        with open(meminfo, encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    fields = line.split()
+                    return int(fields[1]) * 1024 if fields[2:] == ["kB"] else None
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 @dataclass(frozen=True)

@@ -651,6 +651,23 @@ def test_http_concurrency_follows_the_instance_size_unless_set():
     assert '"${AZURE_FUNCTION_HTTP_CONCURRENCY=0}"' in (MAIN.parent / "main.parameters.json").read_text()
 
 
+def test_long_inputs_stay_on_onnx_runtime_on_512_mb_instances():
+    """OpenVINO (long inputs on AMX CPUs) holds ~225 MB more and peaks ~250 MB higher than a 512 MB
+    instance has: the template turns it off there, in a value the app accepts, and leaves the
+    app's default at the other sizes."""
+    from bicep_eval import Evaluator
+    from embedding_core.settings import Settings
+    tree = parse(MODULES / "functionapp.bicep")
+    required = {name: "x" for name, spec in tree["parameters"].items() if spec.get("default") is None}
+    got = {}
+    for memory in (512, 2048, 4096):
+        ev = Evaluator(tree, dict(required, instanceMemoryMB=memory))
+        got[memory] = {item["name"]: item["value"] for item in ev.variable("longInputSettings")}
+    assert got == {512: {"EMBEDDINGS_LONG_INPUT_RUNTIME": "onnxruntime"}, 2048: {}, 4096: {}}
+    assert Settings.from_env(got[512]).long_input_runtime == "onnxruntime"
+    assert "EMBEDDINGS_LONG_INPUT_RUNTIME" in functionapp_settings()   # joined into appSettings
+
+
 def test_app_settings_identity_based_and_key_vault_reference():
     settings = functionapp_settings()
     assert settings["AzureWebJobsStorage__blobServiceUri"] == "storageBlobServiceUri"

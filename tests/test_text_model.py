@@ -374,6 +374,27 @@ def test_long_inputs_runtime_follows_the_cpu_and_the_setting(text_backend, ort_o
         Settings.from_env({"EMBEDDINGS_LONG_INPUT_RUNTIME": "openvino"})
 
 
+@pytest.mark.parametrize("usable_mb, on_openvino", [(784, False), (1535, False), (1536, True),
+                                                    (2320, True), (None, True)])
+def test_long_inputs_stay_on_onnx_runtime_where_memory_is_small(registry, monkeypatch, caplog,
+                                                               usable_mb, on_openvino):
+    """On a CPU with AMX, OpenVINO would hold ~225 MB more for the process's life and peak at
+    ~730 MB in the soak: a 512 MB Flex instance (784 MB with the platform's 272) or a small
+    container keeps its long inputs on ONNX Runtime. Nothing is compiled here."""
+    from embedding_core import openvino_session, settings as settings_module
+    from embedding_core.settings import Settings
+    monkeypatch.setattr(openvino_session, "cpu_flags", lambda: {"avx2", openvino_session.AMX_FLAG})
+    monkeypatch.setattr(settings_module, "usable_memory",
+                        lambda: None if usable_mb is None else usable_mb << 20)
+    dep = registry.find(DEFAULT)
+    with caplog.at_level("INFO", logger="embedding_core.openvino_session"):
+        long = openvino_session.long_inputs(dep.options, dep.files, Settings.from_env({}),
+                                            dep.name)
+    assert (long is not None) == on_openvino
+    if not on_openvino:
+        assert f"may use {usable_mb} MB of memory, less than the 1536 MB" in caplog.text
+
+
 def test_a_deployment_with_long_inputs_must_name_its_output(registry):
     from embedding_core.openvino_session import long_inputs
     from embedding_core.settings import Settings

@@ -175,6 +175,18 @@ var inferenceWorkerSettings = (inferenceWorkers > 0) ? [
   }
 ] : []
 
+// On CPUs with AMX the default deployment runs inputs of 129+ tokens on OpenVINO, which holds
+// ~225 MB more for the process's life and peaks ~250 MB higher (README, "Memory over time"):
+// more than a 512 MB instance has. The app also keeps them on ONNX Runtime wherever it sees less
+// than 1,536 MB (cgroup limit or the machine's), but whether a Flex instance shows its size to the
+// process is not documented, so the template says it. Other sizes keep the app's default (auto).
+var longInputSettings = (instanceMemoryMB == 512) ? [
+  {
+    name: 'EMBEDDINGS_LONG_INPUT_RUNTIME'
+    value: 'onnxruntime'
+  }
+] : []
+
 // OpenAI clients cannot ask for truncation (LangChain's defaults send a long text whole).
 var openaiSettings = [
   {
@@ -225,7 +237,7 @@ var hostSettings = [
   }
 ]
 
-var appSettings = concat(hostStorageSettings, monitoringSettings, apiKeySettings, entraSettings, workerSettings, threadSettings, inferenceWorkerSettings, openaiSettings, telemetrySettings, hostSettings)
+var appSettings = concat(hostStorageSettings, monitoringSettings, apiKeySettings, entraSettings, workerSettings, threadSettings, inferenceWorkerSettings, longInputSettings, openaiSettings, telemetrySettings, hostSettings)
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   // checkov:skip=CKV_AZURE_225: Zone redundancy for Flex Consumption is region-dependent; it is exposed as the zoneRedundant parameter (default off) instead of being forced.

@@ -1,6 +1,7 @@
 """A container's CPU limit (cgroup v1 and v2) bounds the cores the service sizes itself for:
-inference workers and ONNX Runtime threads (embedding_core/cpu_limit.py, settings.usable_cores).
-The cgroup trees here are files laid out as the kernel shows them."""
+inference workers and ONNX Runtime threads (embedding_core/cgroup_limits.py,
+settings.usable_cores); its memory limit, whether long inputs may run on OpenVINO
+(settings.usable_memory). The cgroup trees here are files laid out as the kernel shows them."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import os
 import pytest
 
 from embedding_core import settings as settings_module
-from embedding_core.cpu_limit import cgroup_cpu_limit
-from embedding_core.settings import Settings, usable_cores
+from embedding_core.cgroup_limits import cgroup_cpu_limit, cgroup_memory_limit
+from embedding_core.settings import Settings, usable_cores, usable_memory
 
 
 def fake(tmp_path, memberships, mounts, files):
@@ -144,3 +145,55 @@ def test_workers_and_threads_follow_the_limit(monkeypatch, limit, expected):
     assert usable_cores() == want
     settings = Settings.from_env({})
     assert settings.workers == want and settings.session_threads == 1
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+V1_MEMORY_MOUNT = ("33 31 0:30 / {root}/memory rw,relatime shared:10 - cgroup cgroup "
+                   "rw,memory")
+MB = 1 << 20
+
+
+@pytest.mark.parametrize("memory_max, expected", [
+    (str(784 * MB), 784 * MB),       # a 512 MB Flex instance with its 272 MB, if it shows
+    ("max", None),                   # no limit
+    ("0", None), ("-5", None), ("garbage", None), ("", None),
+])
+def test_cgroup_v2_memory(tmp_path, memory_max, expected):
+    proc = fake(tmp_path, ["0::/"], [V2_MOUNT], {"cg/memory.max": memory_max})
+    assert cgroup_memory_limit(proc) == expected
+
+
+def test_cgroup_v2_memory_the_smallest_of_the_ancestors_applies(tmp_path):
+    proc = fake(tmp_path, ["0::/app/worker"], [V2_MOUNT],
+                {"cg/memory.max": "max", "cg/app/memory.max": str(512 * MB),
+                 "cg/app/worker/memory.max": str(2048 * MB),
+                 "cg/app/worker/cpu.max": "max 100000"})
+    assert cgroup_memory_limit(proc) == 512 * MB
+    assert cgroup_cpu_limit(proc) is None     # the memory limit is no CPU limit
+
+
+@pytest.mark.parametrize("limit, expected", [
+    (str(1024 * MB), 1024 * MB),
+    ("9223372036854771712", None),   # v1's "no limit"
+    ("-1", None),
+])
+def test_cgroup_v1_memory(tmp_path, limit, expected):
+    # The v1 memory controller has its own hierarchy; a cpu hierarchy's files do not count.
+    proc = fake(tmp_path, ["5:memory:/docker/abc", "4:cpu,cpuacct:/docker/abc"],
+                [V1_MEMORY_MOUNT.replace(" / ", " /docker/abc ", 1), V1_MOUNT],
+                {"memory/memory.limit_in_bytes": limit,
+                 "cpu/docker/abc/memory.limit_in_bytes": str(64 * MB)})
+    assert cgroup_memory_limit(proc) == expected
+
+
+def test_usable_memory_is_the_smaller_of_the_machine_and_the_cgroup(tmp_path, monkeypatch):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16384000 kB\nMemFree:  1 kB\n")
+    monkeypatch.setattr(settings_module, "cgroup_memory_limit", lambda: 784 * MB)
+    assert usable_memory(str(meminfo)) == 784 * MB
+    monkeypatch.setattr(settings_module, "cgroup_memory_limit", lambda: None)
+    assert usable_memory(str(meminfo)) == 16384000 * 1024
+    assert usable_memory(str(tmp_path / "absent")) is None
+    meminfo.write_text("MemTotal: lots\n")
+    assert usable_memory(str(meminfo)) is None
