@@ -6,9 +6,15 @@ HOST ?= 127.0.0.1
 
 .PHONY: install serve test test-fast clients-venv js-clients fuzz checkov bench bench-smoke tools-venv calibrate reference clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# `make serve` installs what serving needs (requirements-serve.txt: ~460 MB, ~25 s here);
+# `make test` adds the test toolchain (requirements-dev.txt) to the same virtualenv.
+$(VENV)/.serve-installed: requirements.txt requirements-serve.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -r requirements-serve.txt
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.serve-installed requirements-dev.txt
 	$(VENV)/bin/python -m pip install -q -r requirements-dev.txt
 	touch $@
 
@@ -18,7 +24,7 @@ install: $(VENV)/.installed
 # environment (EMBEDDINGS_API_KEYS='…' make serve) reaches the server unchanged; one given on
 # make's command line is read by make first (a '$' in it must be written '$$').
 serve: export EMBEDDINGS_API_KEYS ?= local-dev-key-0000
-serve: install
+serve: $(VENV)/.serve-installed
 	exec $(VENV)/bin/python -m tools.local_host --host $(HOST) --port $(PORT) --hint
 
 # The frameworks people call the service with (tests/clients) live in their own virtualenv, with

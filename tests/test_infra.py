@@ -1407,6 +1407,7 @@ def ignored(rel_path: str, patterns: List[str]) -> bool:
         ".ci/run",
         "local.settings.json",
         "requirements-dev.txt",
+        "requirements-serve.txt",
         "requirements-checkov.txt",
         "requirements-tools.txt",
         "requirements-clients.txt",

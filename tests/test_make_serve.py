@@ -28,7 +28,7 @@ def serve(env: dict[str, str]) -> LiveServer:
     F7); the server runs in the Makefile's .venv."""
     if not (ROOT / ".venv" / "bin" / "python").exists():
         pytest.skip("make serve runs .venv/bin/python, which this checkout does not have")
-    return LiveServer(env, command=["make", "-s", "-o", "install", "-o", ".venv/.installed",
+    return LiveServer(env, command=["make", "-s", "-o", ".venv/.serve-installed",
                                     "serve", "PORT=0"])
 
 
