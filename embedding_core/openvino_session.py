@@ -46,8 +46,11 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 AMX_FLAG = "amx_bf16"
-# Below this much memory for the process (cgroup limit or the machine's), long inputs stay on
-# ONNX Runtime: OpenVINO's ~225 MB for the process's life and ~250 MB more at peak would not fit.
+# Below this much memory for the process (MiB; its cgroup's limit or the machine's), long inputs
+# stay on ONNX Runtime. Not derived from one measurement: OpenVINO adds ~225 MB for the process's
+# life, and the README's soak peaked at 730 MB with it (484 without); 1,536 is about twice that
+# peak, room for the Functions host, image decoding and bursts. Flex instances fall wide of it
+# on either side: 512 MB (784 with the platform's 272) below, 2,048 (2,320) above.
 LONG_INPUT_MIN_MEMORY_MB = 1536
 BLOCK = 16       # OpenVINO's attention takes keys in blocks of 16: a partial last block differs
 MIN_WIDTH = 32   # ... and below 32 tokens it runs another kernel
@@ -212,6 +215,18 @@ class LongInputs:
     session: OpenVinoSession
 
 
+def why_not_here() -> str | None:
+    """Why long inputs cannot run on OpenVINO in this process (no AMX, too little memory), or
+    None if they can."""
+    if AMX_FLAG not in cpu_flags():
+        return "no AMX on this CPU"
+    usable = settings_module.usable_memory()
+    if usable is not None and usable < LONG_INPUT_MIN_MEMORY_MB << 20:
+        return (f"this process may use {usable >> 20} MiB of memory, less than the "
+                f"{LONG_INPUT_MIN_MEMORY_MB} MiB below which long inputs stay on ONNX Runtime")
+    return None
+
+
 def long_inputs(options: Mapping[str, Any], files: Mapping[str, Any],
                 settings: Settings, deployment: str) -> LongInputs | None:
     """The deployment's long-input runtime, or None where it does not apply: not configured,
@@ -225,14 +240,9 @@ def long_inputs(options: Mapping[str, Any], files: Mapping[str, Any],
     if not options.get("output"):
         raise ValueError(f"deployment {deployment}: long_inputs needs options.output (the output "
                          "both models give)")
-    if AMX_FLAG not in cpu_flags():
-        log.info("deployment %s: no AMX on this CPU; long inputs run on ONNX Runtime", deployment)
-        return None
-    usable = settings_module.usable_memory()
-    if usable is not None and usable < LONG_INPUT_MIN_MEMORY_MB << 20:
-        log.info("deployment %s: this process may use %d MB of memory, less than the %d MB "
-                 "OpenVINO needs beside ONNX Runtime; long inputs run on ONNX Runtime",
-                 deployment, usable >> 20, LONG_INPUT_MIN_MEMORY_MB)
+    reason = why_not_here()
+    if reason:
+        log.info("deployment %s: %s; long inputs run on ONNX Runtime", deployment, reason)
         return None
     if importlib.util.find_spec("openvino") is None:
         log.warning("deployment %s: openvino is not installed; long inputs run on ONNX Runtime",

@@ -197,3 +197,33 @@ def test_usable_memory_is_the_smaller_of_the_machine_and_the_cgroup(tmp_path, mo
     assert usable_memory(str(tmp_path / "absent")) is None
     meminfo.write_text("MemTotal: lots\n")
     assert usable_memory(str(meminfo)) is None
+
+
+def test_cgroup_v1_memory_from_the_memory_hierarchy_not_another(tmp_path):
+    """As on a systemd host (this VM's layout): the memory controller's cgroup path differs from
+    the cpu controller's, and only the memory hierarchy's files count (review h_diff12 F3)."""
+    proc = fake(tmp_path, ["9:name=systemd:/", "4:memory:/app/a", "1:cpu,cpuacct:/", "0::/"],
+                ["35 31 0:32 / {root}/memory rw - cgroup cgroup rw,memory",
+                 "32 31 0:29 / {root}/cpu rw - cgroup cgroup rw,cpu,cpuacct",
+                 "41 31 0:38 / {root}/unified rw - cgroup2 cgroup2 rw"],
+                {"memory/app/a/memory.limit_in_bytes": str(700 * MB),
+                 "memory/memory.limit_in_bytes": "9223372036854771712",
+                 "cpu/app/a/cpu.cfs_quota_us": "50000", "cpu/app/a/cpu.cfs_period_us": "100000"})
+    assert cgroup_memory_limit(proc) == 700 * MB
+    assert cgroup_cpu_limit(proc) is None
+
+
+def test_cgroup_v1_memory_nested_and_co_mounted(tmp_path):
+    # A parent's smaller limit applies to its child; "no limit" on 64 KiB pages is no limit.
+    proc = fake(tmp_path / "a", ["5:memory:/p/c"], [V1_MEMORY_MOUNT],
+                {"memory/p/memory.limit_in_bytes": str(900 * MB),
+                 "memory/p/c/memory.limit_in_bytes": str(2000 * MB),
+                 "memory/memory.limit_in_bytes": "9223372036854710272"})
+    assert cgroup_memory_limit(proc) == 900 * MB
+    # One v1 hierarchy with both controllers: each reader finds its own file.
+    proc = fake(tmp_path / "b", ["3:cpu,memory:/x"],
+                ["32 31 0:29 / {root}/both rw - cgroup cgroup rw,cpu,memory"],
+                {"both/x/memory.limit_in_bytes": str(1024 * MB),
+                 "both/x/cpu.cfs_quota_us": "50000", "both/x/cpu.cfs_period_us": "100000"})
+    assert cgroup_memory_limit(proc) == 1024 * MB
+    assert cgroup_cpu_limit(proc) == 0.5

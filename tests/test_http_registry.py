@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import KEY, LiveServer
+from embedding_core.openvino_session import why_not_here
 from embedding_core.registry import DEFAULT_REGISTRY
 from test_http_errors import AUTH, Q, request
 
@@ -103,8 +104,9 @@ def test_a_model_that_fails_when_its_first_input_runs_is_503_with_retry_after(ma
     assert status == 200
 
 
-@pytest.mark.skipif("amx_bf16" not in open("/proc/cpuinfo").read(),
-                    reason="no AMX: long inputs run on ONNX Runtime, the long-input model is unused")
+@pytest.mark.skipif(why_not_here() is not None,
+                    reason="long inputs run on ONNX Runtime here (no AMX, or too little memory): "
+                           "the long-input model is unused")
 def test_a_long_input_model_failing_its_checksum_is_503_and_short_inputs_still_work(
         matryoshka_server):
     """The long-input model loads on the first long input (openvino_session.py); if it fails,
@@ -119,8 +121,9 @@ def test_a_long_input_model_failing_its_checksum_is_503_and_short_inputs_still_w
     assert status == 200 and len(doc["data"][0]["embedding"]) == 384
 
 
-@pytest.mark.skipif("amx_bf16" not in open("/proc/cpuinfo").read(),
-                    reason="no AMX: long inputs run on ONNX Runtime, the long-input model is unused")
+@pytest.mark.skipif(why_not_here() is not None,
+                    reason="long inputs run on ONNX Runtime here (no AMX, or too little memory): "
+                           "the long-input model is unused")
 def test_short_requests_sharing_batches_with_failing_long_ones_still_succeed(matryoshka_server):
     """Requests arriving together share batches; when one's long input fails the batch, the
     others' short inputs are run again on their own and answered (inference_queue: each

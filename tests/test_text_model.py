@@ -349,12 +349,14 @@ def test_prompt_prefix_applies_to_text_and_token_ids_and_survives_truncation(reg
 # -- long inputs: OpenVINO in bf16 on CPUs with AMX (embedding_core/openvino_session.py) ---------
 
 def _amx() -> bool:
-    from embedding_core.openvino_session import AMX_FLAG, cpu_flags
-    return AMX_FLAG in cpu_flags()
+    """Whether long inputs run on OpenVINO here: AMX, and memory enough (openvino_session)."""
+    from embedding_core.openvino_session import why_not_here
+    return why_not_here() is None
 
 
-needs_amx = pytest.mark.skipif(not _amx(), reason="this CPU has no AMX: long inputs stay on "
-                               "ONNX Runtime (asserted by test_long_inputs_runtime_follows_the_cpu)")
+needs_amx = pytest.mark.skipif(not _amx(), reason="long inputs stay on ONNX Runtime here (no AMX, "
+                               "or too little memory; asserted by "
+                               "test_long_inputs_runtime_follows_the_cpu_and_the_setting)")
 
 
 @pytest.fixture(scope="module")
@@ -392,7 +394,8 @@ def test_long_inputs_stay_on_onnx_runtime_where_memory_is_small(registry, monkey
                                             dep.name)
     assert (long is not None) == on_openvino
     if not on_openvino:
-        assert f"may use {usable_mb} MB of memory, less than the 1536 MB" in caplog.text
+        assert (f"may use {usable_mb} MiB of memory, less than the 1536 MiB below which long "
+                "inputs stay on ONNX Runtime; long inputs run on ONNX Runtime") in caplog.text
 
 
 def test_a_deployment_with_long_inputs_must_name_its_output(registry):
@@ -696,7 +699,7 @@ def test_a_model_failing_on_first_use_is_remembered_for_retry_after(registry, ca
     from embedding_core.text import TextBackend
 
     if part == "long_model" and not _amx():
-        pytest.skip("this CPU has no AMX: the long-input model is never used")
+        pytest.skip("long inputs stay on ONNX Runtime here: the long-input model is never used")
     dep = registry.find(DEFAULT)
     broken = (dep.files["tokenizer"] if part == "model"      # passes its checksum, is no model
               else dataclasses.replace(dep.files["long_model"], sha256="0" * 64))
@@ -719,7 +722,7 @@ def _long_backend(registry, long_model=None):
     from embedding_core.text import TextBackend
 
     if not _amx():
-        pytest.skip("this CPU has no AMX: the long-input model is never used")
+        pytest.skip("long inputs stay on ONNX Runtime here: the long-input model is never used")
     dep = registry.find(DEFAULT)
     files = {**dep.files, "long_model": long_model or dep.files["long_model"]}
     backend = TextBackend(dataclasses.replace(dep, files=files),
