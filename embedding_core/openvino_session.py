@@ -7,11 +7,12 @@ the per-token int8 model in ONNX Runtime, and its vector is within cosine 0.9999
 sentence-transformers instead of 0.9986 (docs/performance-model.md). Short inputs stay on ONNX
 Runtime, where OpenVINO is slower (0.5x at 1 x 12 tokens, 0.7x at 2 x 27).
 
-Which runtime embeds an input depends only on the input's own length and on the CPU, never on
-its batch, and OpenVINO's rows do not depend on their batch once every run is padded to a
+Which runtime embeds an input depends only on the input's own length and on the process (its
+CPU and memory), never on its batch, and OpenVINO's rows do not depend on their batch once every run is padded to a
 multiple of 16 tokens (:func:`pad_width`): a vector stays bitwise the same alone and in any batch.
 
-Used only where the CPU has AMX (``amx_bf16``): elsewhere bf16 is emulated or absent, OpenVINO
+Used only where the CPU has AMX (``amx_bf16``) and the process may use at least
+:data:`LONG_INPUT_MIN_MEMORY_MB` MiB: elsewhere bf16 is emulated or absent, OpenVINO
 would be slower than the int8 model, and its numerics were not measured.
 ``EMBEDDINGS_LONG_INPUT_RUNTIME=onnxruntime`` turns it off. ``openvino`` is imported (without its
 model converter, :func:`import_openvino`) and the model compiled on the first long input
@@ -223,7 +224,7 @@ def why_not_here() -> str | None:
     usable = settings_module.usable_memory()
     if usable is not None and usable < LONG_INPUT_MIN_MEMORY_MB << 20:
         return (f"this process may use {usable >> 20} MiB of memory, less than the "
-                f"{LONG_INPUT_MIN_MEMORY_MB} MiB below which long inputs stay on ONNX Runtime")
+                f"{LONG_INPUT_MIN_MEMORY_MB} MiB that OpenVINO is used with")
     return None
 
 

@@ -117,7 +117,8 @@ class TextBackend:
         # activations over n cores' caches.
         self.max_run_tokens = MAX_RUN_TOKENS * max(1, settings.session_threads)
         # Long inputs may run elsewhere (openvino_session: OpenVINO in bf16 where the CPU has
-        # AMX); which runtime embeds an input depends only on its own length.
+        # AMX and memory enough); within a process, which runtime embeds an input depends only
+        # on its own length.
         self.long = long_inputs(opts, deployment.files, settings, deployment.name)
         self._prefixes = {t: np.asarray(tok.encode(p, add_special_tokens=False).ids, dtype=np.int64)
                           for t, p in deployment.prompts.items() if p}

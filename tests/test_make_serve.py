@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -103,3 +104,21 @@ def test_the_hint_reaches_the_address_and_warns_beyond_this_machine(host, reach,
                            "EMBEDDINGS_AUTH": "disabled"}, host, 7071))
     assert ("Remove EMBEDDINGS_AUTH=disabled" in text) is warned, text
 
+
+
+def test_make_serve_installs_the_app_and_the_local_host_and_make_test_adds_its_toolchain():
+    """What each command would run (`make -n -B`: printed, nothing installed): serving installs
+    requirements-serve.txt only, and `make install` (the start of `make test`) adds
+    requirements-dev.txt after it, into the same .venv (review h_diff13 F2)."""
+    def planned(target: str) -> list[str]:
+        out = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+        return [line for line in out.splitlines() if "pip install" in line and " -r " in line]
+    serve_plan = planned("serve")
+    assert len(serve_plan) == 1 and serve_plan[0].endswith("-r requirements-serve.txt"), serve_plan
+    install_plan = planned("install")
+    assert [line.rsplit(" ", 1)[1] for line in install_plan] == ["requirements-serve.txt",
+                                                                 "requirements-dev.txt"]
+    serve_reqs = (ROOT / "requirements-serve.txt").read_text()
+    assert "-r requirements.txt" in serve_reqs and "uvicorn==" in serve_reqs
+    assert "-r requirements-serve.txt" in (ROOT / "requirements-dev.txt").read_text()

@@ -348,13 +348,13 @@ def test_prompt_prefix_applies_to_text_and_token_ids_and_survives_truncation(reg
 
 # -- long inputs: OpenVINO in bf16 on CPUs with AMX (embedding_core/openvino_session.py) ---------
 
-def _amx() -> bool:
+def _long_on_openvino() -> bool:
     """Whether long inputs run on OpenVINO here: AMX, and memory enough (openvino_session)."""
     from embedding_core.openvino_session import why_not_here
     return why_not_here() is None
 
 
-needs_amx = pytest.mark.skipif(not _amx(), reason="long inputs stay on ONNX Runtime here (no AMX, "
+needs_openvino = pytest.mark.skipif(not _long_on_openvino(), reason="long inputs stay on ONNX Runtime here (no AMX, "
                                "or too little memory; asserted by "
                                "test_long_inputs_runtime_follows_the_cpu_and_the_setting)")
 
@@ -369,7 +369,7 @@ def ort_only(registry):
 
 
 def test_long_inputs_runtime_follows_the_cpu_and_the_setting(text_backend, ort_only):
-    assert (text_backend.long is not None) == _amx()
+    assert (text_backend.long is not None) == _long_on_openvino()
     assert ort_only.long is None
     from embedding_core.settings import Settings
     with pytest.raises(ValueError, match="EMBEDDINGS_LONG_INPUT_RUNTIME"):
@@ -394,8 +394,8 @@ def test_long_inputs_stay_on_onnx_runtime_where_memory_is_small(registry, monkey
                                             dep.name)
     assert (long is not None) == on_openvino
     if not on_openvino:
-        assert (f"may use {usable_mb} MiB of memory, less than the 1536 MiB below which long "
-                "inputs stay on ONNX Runtime; long inputs run on ONNX Runtime") in caplog.text
+        assert (f"may use {usable_mb} MiB of memory, less than the 1536 MiB that OpenVINO is "
+                "used with; long inputs run on ONNX Runtime") in caplog.text
 
 
 def test_a_deployment_with_long_inputs_must_name_its_output(registry):
@@ -421,7 +421,7 @@ def test_a_damaged_long_input_model_is_refused_by_its_checksum(tmp_path):
     assert session.release_memory() is False   # nothing was compiled
 
 
-@needs_amx
+@needs_openvino
 def test_a_first_request_of_long_inputs_only_does_not_load_the_short_input_model(registry,
                                                                                   ort_only):
     """The int8 model's ONNX Runtime session is created on the first short input, so a cold
@@ -449,7 +449,7 @@ def test_openvino_runs_are_padded_to_multiples_of_16_tokens(tmp_path):
     assert cpu_flags(str(tmp_path / "missing")) == set()
 
 
-@needs_amx
+@needs_openvino
 def test_long_inputs_are_within_0_9999_and_short_ones_unchanged(text_backend, ort_only, heldout):
     """Held-out texts of 129+ tokens run the exact model in bf16 (measured: min cosine 0.99996
     against sentence-transformers, against 0.99892 for the int8 model); shorter ones are bitwise
@@ -466,7 +466,7 @@ def test_long_inputs_are_within_0_9999_and_short_ones_unchanged(text_backend, or
     assert (got[long_] != ort[long_]).any(axis=1).all()   # really another runtime
 
 
-@needs_amx
+@needs_openvino
 def test_the_runtime_is_chosen_by_the_input_length_alone(text_backend, ort_only):
     """An input of 128 tokens runs on ONNX Runtime and one of 129 on OpenVINO, whatever batch
     they are in: alone, together, with 1-token and 256-token neighbours."""
@@ -521,7 +521,7 @@ print(json.dumps({"before_compile": before_compile, "busy": busy, "idle": idle,
 """
 
 
-@needs_amx
+@needs_openvino
 def test_the_long_input_runtime_gives_its_run_buffers_back_when_idle():
     """OpenVINO keeps the buffers of its largest runs (~35 MB after 1,024-token runs) until the
     process goes idle; the idle hooks give them back, and the next run's vectors are the same."""
@@ -537,7 +537,7 @@ def test_the_long_input_runtime_gives_its_run_buffers_back_when_idle():
     assert got["same"], got
 
 
-@needs_amx
+@needs_openvino
 def test_releasing_the_long_input_runtime_while_it_runs_is_skipped_not_raised(registry):
     """The idle hook may race a run that started just after the process went idle: OpenVINO
     refuses then, and the release is skipped (False) rather than raising into the trimmer."""
@@ -610,7 +610,7 @@ os._exit(0)
 """
 
 
-@needs_amx
+@needs_openvino
 def test_concurrent_first_runs_on_the_long_input_runtime_do_not_deadlock():
     """Before the model was warmed up on one thread, two workers' first runs deadlocked inside
     OpenVINO's Python binding in 3 of 8 such processes (every later request hung); each child
@@ -698,7 +698,7 @@ def test_a_model_failing_on_first_use_is_remembered_for_retry_after(registry, ca
     from embedding_core.settings import Settings
     from embedding_core.text import TextBackend
 
-    if part == "long_model" and not _amx():
+    if part == "long_model" and not _long_on_openvino():
         pytest.skip("long inputs stay on ONNX Runtime here: the long-input model is never used")
     dep = registry.find(DEFAULT)
     broken = (dep.files["tokenizer"] if part == "model"      # passes its checksum, is no model
@@ -721,7 +721,7 @@ def _long_backend(registry, long_model=None):
     from embedding_core.settings import Settings
     from embedding_core.text import TextBackend
 
-    if not _amx():
+    if not _long_on_openvino():
         pytest.skip("long inputs stay on ONNX Runtime here: the long-input model is never used")
     dep = registry.find(DEFAULT)
     files = {**dep.files, "long_model": long_model or dep.files["long_model"]}
