@@ -8,8 +8,9 @@ sentence-transformers instead of 0.9986 (docs/performance-model.md). Short input
 Runtime, where OpenVINO is slower (0.5x at 1 x 12 tokens, 0.7x at 2 x 27).
 
 Which runtime embeds an input depends only on the input's own length and on the process (its
-CPU and memory), never on its batch, and OpenVINO's rows do not depend on their batch once every run is padded to a
-multiple of 16 tokens (:func:`pad_width`): a vector stays bitwise the same alone and in any batch.
+CPU and memory), never on its batch, and OpenVINO's rows do not depend on their batch once every
+run is padded to a multiple of 16 tokens (:func:`pad_width`): a vector stays bitwise the same
+alone and in any batch.
 
 Used only where the CPU has AMX (``amx_bf16``) and the process may use at least
 :data:`LONG_INPUT_MIN_MEMORY_MB` MiB: elsewhere bf16 is emulated or absent, OpenVINO

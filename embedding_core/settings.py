@@ -378,7 +378,7 @@ class Settings:
     ort_optimization_level: str = "all"     # disabled | basic | extended | all
     ort_spinning: bool | None = None        # None: each backend's default
     ort_cpu_mem_arena: bool = True          # shrunk when idle (onnx_session.release_arena_when_idle)
-    long_input_runtime: str = "auto"        # auto: a deployment's long inputs on OpenVINO with AMX and memory enough
+    long_input_runtime: str = "auto"        # auto: long inputs on OpenVINO (AMX, memory enough)
     # Process memory (memory.py).
     memory_tuning: bool = True
     malloc_arena_max: int = 2               # 0: glibc's default (8 per core)
