@@ -354,9 +354,10 @@ def _long_on_openvino() -> bool:
     return why_not_here() is None
 
 
-needs_openvino = pytest.mark.skipif(not _long_on_openvino(), reason="long inputs stay on ONNX Runtime here (no AMX, "
-                               "or too little memory; asserted by "
-                               "test_long_inputs_runtime_follows_the_cpu_and_the_setting)")
+needs_openvino = pytest.mark.skipif(
+    not _long_on_openvino(),
+    reason="long inputs stay on ONNX Runtime here (no AMX, or too little memory; asserted by "
+           "test_long_inputs_runtime_follows_the_cpu_and_the_setting)")
 
 
 @pytest.fixture(scope="module")
