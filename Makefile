@@ -4,15 +4,23 @@ VENV := .venv
 PORT ?= 7071
 HOST ?= 127.0.0.1
 
-.PHONY: install serve test test-fast clients-venv js-clients fuzz checkov bench bench-smoke tools-venv calibrate reference clean
+.PHONY: FORCE install serve test clients-venv js-clients fuzz checkov bench bench-smoke tools-venv calibrate reference clean
 
 # `make serve` installs what serving needs (requirements-serve.txt: ~460 MB, ~25 s here);
 # `make test` adds the test toolchain (requirements-dev.txt) to the same virtualenv.
 $(VENV)/.serve-installed: requirements.txt requirements-serve.txt
-	$(PYTHON) -m venv $(VENV)
+	@bash tools/venv.sh "$(PYTHON)" $(VENV) "$(origin PYTHON)"
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -r requirements-serve.txt
 	touch $@
+
+# A virtualenv whose interpreter no longer runs (its Python removed or upgraded), or of another
+# version than a PYTHON=… the user gave, is made anew, stamps or not (tools/venv.sh).
+stale = $(if $(wildcard $(1)/pyvenv.cfg),$(shell bash tools/venv.sh --stale "$(PYTHON)" $(1) "$(origin PYTHON)"))
+ifeq ($(call stale,$(VENV)),stale)
+$(VENV)/.serve-installed: FORCE
+endif
+FORCE:
 
 $(VENV)/.installed: $(VENV)/.serve-installed requirements-dev.txt
 	$(VENV)/bin/python -m pip install -q -r requirements-dev.txt
@@ -31,10 +39,14 @@ serve: $(VENV)/.serve-installed
 # the clients and without the app; the server they call runs in $(VENV).
 CLIENTS_VENV := .venv-clients
 $(CLIENTS_VENV)/.installed: requirements-clients.txt requirements-clients.lock
-	$(PYTHON) -m venv $(CLIENTS_VENV)
+	@bash tools/venv.sh "$(PYTHON)" $(CLIENTS_VENV) "$(origin PYTHON)"
 	$(CLIENTS_VENV)/bin/python -m pip install -q --upgrade pip
 	$(CLIENTS_VENV)/bin/python -m pip install -q -r requirements-clients.txt
 	touch $@
+
+ifeq ($(call stale,$(CLIENTS_VENV)),stale)
+$(CLIENTS_VENV)/.installed: FORCE
+endif
 
 clients-venv: $(CLIENTS_VENV)/.installed
 

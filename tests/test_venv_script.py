@@ -1,0 +1,117 @@
+"""tools/venv.sh, the Makefile's virtualenv step: an interpreter the pinned packages do not support
+is refused with what to do (before: pip's "Could not find a version that satisfies the
+requirement azure-functions==1.26.0" on Python 3.13), and a .venv whose Python no longer runs
+or is not the one the user asked for is made anew (before: `python -m venv` over it kept the old
+interpreter, and the user had to find `rm -rf .venv`)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "tools" / "venv.sh"
+HERE = "%d.%d" % sys.version_info[:2]
+
+
+def venv_sh(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def fake_python(tmp_path: Path, version: str) -> str:
+    """An executable that answers the version question as that Python would, and nothing else."""
+    path = tmp_path / f"python{version}"
+    path.write_text(f"#!/bin/sh\necho {version}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def make_venv(path: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True,
+                   timeout=120)
+    (path / "mine").write_text("kept")          # gone if the venv is made anew
+    return path
+
+
+@pytest.mark.parametrize("version", ["3.10", "3.9", "3.15", "2.7"])
+def test_an_unsupported_python_is_refused_with_what_to_do(tmp_path, version):
+    venv = tmp_path / "venv"
+    done = venv_sh(fake_python(tmp_path, version), str(venv), "file")
+    assert done.returncode == 1
+    assert f"is Python {version}; this project needs Python 3.11, 3.12, 3.13, 3.14" in done.stderr
+    assert "make serve PYTHON=python3.12" in done.stderr
+    assert not venv.exists()
+
+
+def test_a_python_that_does_not_run_is_refused(tmp_path):
+    venv = tmp_path / "venv"
+    done = venv_sh(str(tmp_path / "no-such-python"), str(venv), "command line")
+    assert done.returncode == 1 and "cannot run" in done.stderr, done.stderr
+    assert not venv.exists()
+
+
+def test_a_venv_whose_python_is_gone_is_made_anew(tmp_path):
+    venv = make_venv(tmp_path / "venv")
+    python = venv / "bin" / "python"
+    python.unlink()
+    python.symlink_to(tmp_path / "removed-python")             # as after an upgrade
+    assert venv_sh("--stale", sys.executable, str(venv), "file").stdout.strip() == "stale"
+    done = venv_sh(sys.executable, str(venv), "file")
+    assert done.returncode == 0, done.stderr
+    assert "no longer runs" in done.stdout and "making" in done.stdout
+    assert not (venv / "mine").exists()
+    ran = subprocess.run([str(python), "-c", "import sys; print(sys.prefix)"], capture_output=True,
+                         text=True, timeout=60)
+    assert ran.stdout.strip() == str(venv)
+
+
+def test_a_working_venv_is_kept_unless_the_user_asks_for_another_python(tmp_path):
+    venv = make_venv(tmp_path / "venv")
+    other = "3.12" if HERE != "3.12" else "3.13"
+    for python, origin in [("python3", "file"), (fake_python(tmp_path, other), "file"),
+                           (fake_python(tmp_path, HERE), "command line")]:
+        assert venv_sh("--stale", python, str(venv), origin).stdout == ""
+        done = venv_sh(python, str(venv), origin)
+        assert done.returncode == 0 and done.stdout == "", done
+        assert (venv / "mine").exists()
+    for origin in ["command line", "environment"]:
+        assert venv_sh("--stale", fake_python(tmp_path, other), str(venv),
+                       origin).stdout.strip() == "stale"
+
+
+def test_a_directory_that_is_not_a_venv_is_left_alone(tmp_path):
+    folder = tmp_path / "venv"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    done = venv_sh(sys.executable, str(folder), "file")
+    assert done.returncode == 1 and "is not a virtualenv" in done.stderr
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert venv_sh("--stale", sys.executable, str(folder), "file").stdout == ""
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_remakes_a_venv_whose_python_is_gone_even_with_its_stamps(tmp_path):
+    """`make -n serve` (printed, nothing run) on a venv whose stamps are up to date: nothing to
+    install while its Python runs, the venv step once it does not."""
+    venv = make_venv(tmp_path / "venv")
+    for stamp in (".serve-installed", ".installed"):       # newer than the requirements
+        (venv / stamp).touch()
+
+    def plan() -> list[str]:
+        out = subprocess.run(["make", "-n", "serve", f"VENV={venv}"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        return [line for line in out.splitlines() if "venv.sh" in line or "pip install" in line]
+
+    assert plan() == []
+    python = venv / "bin" / "python"
+    python.unlink()
+    python.symlink_to(tmp_path / "removed-python")
+    planned = plan()
+    assert planned and "tools/venv.sh" in planned[0], planned
+    assert planned[-1].endswith("-r requirements-serve.txt"), planned

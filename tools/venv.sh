@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Makes, or keeps, a virtualenv for the Makefile:
+#   tools/venv.sh PYTHON VENV ORIGIN           make VENV if it should be (re)made
+#   tools/venv.sh --stale PYTHON VENV ORIGIN   print "stale" if an existing VENV should be
+#
+# PYTHON is the interpreter that makes VENV, and ORIGIN is make's $(origin PYTHON): "command
+# line" or "environment" when the user chose one, "file" for the Makefile's python3.
+#
+# - An existing VENV is kept while its interpreter runs and is one the pinned packages support,
+#   unless the user chose a PYTHON of another version. Otherwise it is made anew: `python -m
+#   venv` over an existing one keeps its old interpreter, so a .venv whose Python was removed
+#   or upgraded, or that an unsupported python3 made before, would stay broken.
+# - PYTHON must be a supported version: anything else is refused here, saying what to do,
+#   instead of failing in pip with "Could not find a version that satisfies the requirement".
+#
+# Supported: the versions that every pinned package has wheels for and that tests/ pass on.
+set -euo pipefail
+stale_only=false
+if [ "${1:-}" = --stale ]; then stale_only=true; shift; fi
+python=$1 venv=$2
+case ${3:-file} in "command line"|environment*|override) chosen=true ;; *) chosen=false ;; esac
+supported="3.11 3.12 3.13 3.14"
+
+version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+is_supported() { [[ " $supported " == *" $1 "* ]]; }
+
+# Why an existing VENV should be made anew; nothing if it should be kept.
+why_stale() {
+  local have
+  have=$(version "$venv/bin/python" || true)
+  if [ -z "$have" ]; then
+    echo "$venv/bin/python no longer runs (its Python was removed or moved)"
+  elif ! is_supported "$have"; then
+    echo "$venv has Python $have, which the pinned packages do not support"
+  elif $chosen && [ "$(version "$python" || true)" != "$have" ]; then
+    echo "$venv has Python $have and PYTHON=$python is another version"
+  fi
+}
+
+if [ -e "$venv" ] && [ ! -f "$venv/pyvenv.cfg" ] && [ -n "$(ls -A "$venv" 2>/dev/null)" ]; then
+  $stale_only && exit 0
+  echo "make: $venv exists and is not a virtualenv (no pyvenv.cfg): move it away first" >&2
+  exit 1
+fi
+if [ -f "$venv/pyvenv.cfg" ]; then
+  why=$(why_stale)
+  if $stale_only; then
+    [ -n "$why" ] && echo stale
+    exit 0
+  fi
+  [ -z "$why" ] && exit 0
+  echo "make: $why: making $venv anew"
+fi
+$stale_only && exit 0
+
+want=$(version "$python" || true)
+if [ -z "$want" ]; then
+  echo "make: cannot run '$python' (PYTHON). Install Python ${supported// /, } and pass it," \
+       "e.g. make serve PYTHON=python3.12" >&2
+  exit 1
+fi
+if ! is_supported "$want"; then
+  echo "make: $python is Python $want; this project needs Python ${supported// /, }" \
+       "(what its pinned packages have wheels for). Install one and pass it," \
+       "e.g. make serve PYTHON=python3.12" >&2
+  exit 1
+fi
+rm -rf "$venv"
+exec "$python" -m venv "$venv"
