@@ -14,8 +14,8 @@ $(VENV)/.serve-installed: requirements.txt requirements-serve.txt
 	$(VENV)/bin/python -m pip install -q -r requirements-serve.txt
 	touch $@
 
-# A virtualenv whose interpreter no longer runs (its Python removed or upgraded), or of another
-# version than a PYTHON=… the user gave, is made anew, stamps or not (tools/venv.sh).
+# A virtualenv that tools/venv.sh finds broken (its Python removed or upgraded, no pip) or of
+# another version than a PYTHON=… the user gave is made anew, stamps or not.
 stale = $(if $(wildcard $(1)/pyvenv.cfg),$(shell bash tools/venv.sh --stale "$(PYTHON)" $(1) "$(origin PYTHON)"))
 ifeq ($(call stale,$(VENV)),stale)
 $(VENV)/.serve-installed: FORCE

@@ -3,20 +3,23 @@
 # the interpreter's path. The machine's own Python (Debian bookworm: 3.11) is the one Azure runs;
 # the second one is the newest that Debian's stable release has the source of, so that the
 # other branch of requirements.txt (azure-functions 2.x, Python 3.13 and later) is tested too.
-# About 5 minutes on 2 cores (no PGO: only correctness is tested with it).
+# 3-5 minutes on 2 cores (no PGO: only correctness is tested with it).
 set -euo pipefail
 cd "$(dirname "$0")"
 mm=3.13 version=3.13.5
 sha256=93e583f243454e6e9e4588ca2c2662206ad961659863277afcdb96801647d640   # Debian trixie's
 file=python${mm}_${version}.orig.tar.xz
 prefix=$PWD/python$mm
-if ! "$prefix/bin/python$mm" -c '' 2>/dev/null; then
-  curl -fsS --retry 3 -o "$file" "http://deb.debian.org/debian/pool/main/p/python$mm/$file"
+modules='import ssl, sqlite3, zlib, lzma, bz2, ctypes, readline'
+if ! "$prefix/bin/python$mm" -c "$modules" 2>/dev/null; then
+  trap 'rm -rf "src-$mm" "$file"' EXIT
+  rm -rf "$prefix"
+  curl -fsS --retry 3 --max-time 600 -o "$file" \
+    "http://deb.debian.org/debian/pool/main/p/python$mm/$file"
   echo "$sha256  $file" | sha256sum -c --quiet -
   rm -rf "src-$mm" && mkdir "src-$mm" && tar -xJf "$file" -C "src-$mm" --strip-components=1
   (cd "src-$mm" && ./configure -q --prefix="$prefix" --with-ensurepip=install >/dev/null &&
      make -s -j"$(nproc)" >/dev/null 2>&1 && make -s altinstall >/dev/null 2>&1)
-  rm -rf "src-$mm" "$file"
-  "$prefix/bin/python$mm" -c 'import ssl, sqlite3, zlib, lzma, bz2, ctypes, readline'
+  "$prefix/bin/python$mm" -c "$modules"
 fi
 echo "$prefix/bin/python$mm"
