@@ -211,3 +211,34 @@ def test_make_passes_its_choice_and_checks_both_venvs(tmp_path):
 
     assert plan() == []
     assert len(plan(f"PYTHON={fake_python(tmp_path, OTHER)}")) == 2
+
+
+def recording_python(folder: Path) -> tuple[str, Path]:
+    """An executable that answers the version question as this Python and records every
+    command line it is given, one per line."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "calls.log"
+    path = folder / "python"
+    path.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\n'
+                    f'case " $* " in *" -c "*) echo {HERE} ;; esac\n')
+    path.chmod(0o755)
+    return str(path), log
+
+
+def test_a_python_given_with_arguments_makes_the_venv_with_them(tmp_path):
+    """PYTHON="python3 -X dev" worked with the Makefile's old `$(PYTHON) -m venv` (h_diff14 F5)."""
+    python, log = recording_python(tmp_path / "bin")
+    venv = tmp_path / "venv"
+    done = venv_sh(f"{python} -X dev", str(venv), "command line")
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    assert calls[-1] == f"-X dev -m venv --clear {venv}", calls
+    assert all(call.startswith("-X dev ") for call in calls), calls
+
+
+def test_a_python_whose_path_has_spaces_is_one_command(tmp_path):
+    python, log = recording_python(tmp_path / "my tools" / "bin")
+    venv = tmp_path / "venv"
+    done = venv_sh(python, str(venv), "command line")
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines()[-1] == f"-m venv --clear {venv}"

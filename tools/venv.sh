@@ -3,8 +3,9 @@
 #   tools/venv.sh PYTHON VENV ORIGIN           make VENV if it should be (re)made
 #   tools/venv.sh --stale PYTHON VENV ORIGIN   print "stale" if an existing VENV should be
 #
-# PYTHON is the interpreter that makes VENV, and ORIGIN is make's $(origin PYTHON): "command
-# line" or "environment" when the user chose one, "file" for the Makefile's python3.
+# PYTHON is the interpreter that makes VENV: a command (a path with spaces is one), or a command
+# and its arguments (PYTHON="python3 -X dev"). ORIGIN is make's $(origin PYTHON): "command line"
+# or "environment" when the user chose one, "file" for the Makefile's python3.
 #
 # - An existing VENV is kept while its interpreter runs, is the version it was made with, is one
 #   the pinned packages support and has pip, unless the user chose a PYTHON of another version.
@@ -21,10 +22,16 @@ set -euo pipefail
 stale_only=false
 if [ "${1:-}" = --stale ]; then stale_only=true; shift; fi
 python=$1 venv=$2 origin=${3:-file}
+# PYTHON as one command (a path with spaces) if it is one, else as words ("python3 -X dev").
+if [[ "$python" == *[[:space:]]* ]] && ! command -v -- "$python" >/dev/null 2>&1; then
+  read -r -a pycmd <<< "$python"
+else
+  pycmd=("$python")
+fi
 case $origin in "command line"|environment*|override) chosen=true ;; *) chosen=false ;; esac
 supported="3.11 3.12 3.13 3.14"
 
-version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+version() { "$@" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
 is_supported() { [[ " $supported " == *" $1 "* ]]; }
 
 # Why an existing VENV should be made anew; nothing if it should be kept.
@@ -43,7 +50,7 @@ why_stale() {
   elif ! compgen -G "$venv/lib/python$have/site-packages/pip/__init__.py" >/dev/null; then
     echo "$venv has no pip (its making was interrupted, or another tool made it)"
   elif $chosen; then
-    want=$(version "$python" || true)
+    want=$(version "${pycmd[@]}" || true)
     if [ "$want" != "$have" ]; then
       case $origin in environment*) is_supported "$want" || return 0 ;; esac
       echo "$venv has Python $have and PYTHON=$python is another version"
@@ -67,7 +74,7 @@ if [ -f "$venv/pyvenv.cfg" ]; then
 fi
 $stale_only && exit 0
 
-want=$(version "$python" || true)
+want=$(version "${pycmd[@]}" || true)
 if [ -z "$want" ]; then
   echo "make: cannot run '$python' (PYTHON). Install Python ${supported// /, } and pass it," \
        "e.g. make serve PYTHON=python3.12" >&2
@@ -83,4 +90,4 @@ fi
 if [ -L "$venv" ]; then
   rm -f "$venv"                        # a symlink: made here instead, its target left alone
 fi
-exec "$python" -m venv --clear "$venv"   # --clear empties it in place: a mount point stays
+exec "${pycmd[@]}" -m venv --clear "$venv"   # --clear empties it in place: a mount point stays
