@@ -14,8 +14,9 @@ JSON path of the offending field as ``target``:
 3. :func:`load_first_frame` - JPEGs are decoded at a reduced DCT scale when they are much larger
    than needed (``draft``; the shorter side stays >= the resize target); the first frame of an
    animation is decoded; truncated or corrupt data is a 422 (``LOAD_TRUNCATED_IMAGES`` is off).
-   Before that, :func:`decode_bytes` estimates the memory decoding needs (WebP and multi-scan
-   JPEG need far more than the picture) and a picture over ``max_image_decode_bytes`` is a 422.
+   Before that, :func:`decode_bytes` estimates the memory decoding and preprocessing need (WebP
+   and multi-scan JPEG need far more than the picture, a palette picture its RGB copy) and a
+   picture over ``max_image_decode_bytes`` is a 422.
 4. :func:`to_resizable` - palette, 1-bit, CMYK, YCbCr and 16/32-bit/float modes become 8-bit
    L, LA, RGB or RGBA, keeping transparency (16-bit is scaled, not clipped).
 5. :func:`resize_center_crop` - bicubic; the shorter side to 256 then the centre 224x224, in one
@@ -359,9 +360,13 @@ def load_first_frame(im: Image.Image, *, target: str, draft_to: int | None = RES
 
 
 # -- decoding memory ----------------------------------------------------------------------------
-# What decoding needs, per pixel, beyond the encoded bytes (measured with bench/image_memory.py;
-# the conversion and resampling after it work in strips, see resize_center_crop_any):
+# What decoding and preprocessing need, per pixel, beyond the encoded bytes (measured with
+# bench/image_memory.py, which prints each case's estimate beside its growth):
 # * Pillow keeps 1 byte per pixel for modes 1, L and P, 2 for I;16, 4 for everything else.
+# * Preprocessing then holds the picture and, at the same time, what resize_center_crop_any
+#   makes of it: for 1-bit and palette pictures without transparency a whole converted copy
+#   (L: 1 byte per pixel, RGB: 4; a 40 Mpx GIF or palette PNG holds 200 MB, not 40), for large
+#   pictures in other modes a few strips, for small ones a converted and a premultiplied copy.
 # * WebP: Pillow's only WebP decoder is libwebp's animation decoder, for still pictures too: two
 #   RGBA canvases, a bytes copy of the frame and the image, ~16 bytes per pixel (+610 MB for
 #   40 Mpx). Nothing in Pillow decodes a WebP at a reduced size.
@@ -407,11 +412,32 @@ def jpeg_coefficient_bytes(im: Image.Image, data: bytes) -> int:
 
 
 def decode_bytes(im: Image.Image, coefficients: int = 0) -> int:
-    """Estimated memory of decoding ``im`` (opened and drafted, not loaded), in bytes."""
+    """Estimated peak memory of decoding and preprocessing ``im`` (opened and drafted, not
+    loaded), in bytes: the larger of what decoding holds and what the picture and its
+    preprocessing (:func:`preprocess_bytes`) hold together."""
     w, h = im.size
-    if im.format == "WEBP":
-        return WEBP_BYTES_PER_PIXEL * w * h
-    return _BYTES_PER_PIXEL.get(im.mode, 4) * w * h + coefficients
+    stored = _BYTES_PER_PIXEL.get(im.mode, 4) * w * h
+    decoding = WEBP_BYTES_PER_PIXEL * w * h if im.format == "WEBP" else stored + coefficients
+    return max(decoding, stored + preprocess_bytes(im))
+
+
+STRIP_WORK_BYTES = 6 * (8 << 20)   # strips of STRIP_BYTES converted, resampled and stacked
+_RESIZABLE_BYTES = {"L": 1}        # bytes per pixel Pillow keeps for L, LA, RGB and RGBA
+
+
+def preprocess_bytes(im: Image.Image) -> int:
+    """What :func:`resize_center_crop_any` holds besides ``im`` itself, in bytes."""
+    w, h = im.size
+    mode = resizable_mode(im)
+    if not whole_picture_path(im, mode):
+        return STRIP_WORK_BYTES
+    extra = 0
+    if mode != im.mode:                               # to_resizable's converted copy
+        high_bit_depth = im.mode.startswith("I") or im.mode == "F"
+        extra += (_RESIZABLE_BYTES.get(mode, 4) + (12 if high_bit_depth else 0)) * w * h
+    if mode in ("LA", "RGBA"):                        # Pillow premultiplies alpha into a copy
+        extra += 4 * w * h
+    return extra
 
 
 def check_decode_bytes(im: Image.Image, coefficients: int, limit: int, target: str,
@@ -582,6 +608,13 @@ STRIP_PIXELS = 4_000_000     # up to this many pixels: to_resizable + resize_cen
 STRIP_BYTES = 8 << 20        # about this much converted picture per strip
 
 
+def whole_picture_path(im: Image.Image, mode: str) -> bool:
+    """Whether :func:`resize_center_crop_any` converts ``im`` (whose :func:`resizable_mode` is
+    ``mode``) whole rather than a strip at a time."""
+    return im.width * im.height <= STRIP_PIXELS or (im.mode in ("1", "L", "RGB", "P")
+                                                    and mode in ("L", "RGB"))
+
+
 def resize_center_crop_any(im: Image.Image, resize_to: int = RESIZE_TO,
                            crop_to: int = CROP_TO) -> Image.Image:
     """``resize_center_crop(to_resizable(im))`` for a picture in any mode, without ever holding
@@ -596,8 +629,7 @@ def resize_center_crop_any(im: Image.Image, resize_to: int = RESIZE_TO,
     vertical pass first for some shapes; the 8-bit rounding between the passes then differs
     (tests: under 0.25 grey levels on average, up to 16 at hard alpha edges, after compositing)."""
     mode = resizable_mode(im)
-    if im.width * im.height <= STRIP_PIXELS or (im.mode in ("1", "L", "RGB", "P")
-                                                and mode in ("L", "RGB")):
+    if whole_picture_path(im, mode):
         return resize_center_crop(to_resizable(im), resize_to, crop_to)
     work = {"LA": "La", "RGBA": "RGBa"}.get(mode, mode)
     x0, y0, x1, y1 = center_crop_box(im.size, resize_to, crop_to)

@@ -36,6 +36,9 @@ from embedding_core.settings import Settings
 
 settings = Settings.from_env({})
 images.ensure_pillow_limit(settings.max_image_pixels)
+estimates = []                                    # what the decode gate counts for the image
+counted = images.decode_bytes
+images.decode_bytes = lambda *a, **k: estimates.append(counted(*a, **k)) or estimates[-1]
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 
 def status(field):
@@ -63,8 +66,11 @@ for name, fmt, path in json.loads(sys.argv[1]):
             result = "ok"
         except errors.ApiError as exc:
             result = exc.message
-    out[name] = {"growth_mb": status("VmHWM") - before, "result": result}
+    out[name] = {"growth_mb": status("VmHWM") - before, "result": result,
+                 "estimate_mb": estimates[-1] / 2**20 if estimates else None,
+                 "encoded_mb": 0 if fmt == "mode" else len(open(path, "rb").read()) / 2**20}
     im = url = None
+    estimates.clear()
 print(json.dumps(out))
 """
 
@@ -82,6 +88,10 @@ def measured(tmp_path_factory):
         "16-bit grey PNG, 40 Mpx": ("png", Image.new("I;16", (8000, 5000), 1000), {}),
         "transparent palette PNG, 40 Mpx": ("png", Image.new("P", (8000, 5000), 3),
                                             {"transparency": 3}),
+        "palette PNG, 40 Mpx": ("png", Image.new("P", (8000, 5000), 3), {}),
+        "1-bit PNG, 40 Mpx": ("png", Image.new("1", (8000, 5000), 1), {}),
+        "RGBA PNG, 40 Mpx": ("png", Image.new("RGBA", (8000, 5000), (1, 2, 3, 4)), {}),
+        "palette GIF, 40 Mpx": ("gif", Image.new("P", (8000, 5000), 3), {}),
         "lossless WebP, 36 Mpx": ("webp", Image.new("RGB", (6000, 6000), (10, 20, 30)),
                                   {"lossless": True, "quality": 0, "method": 0}),
         "lossless WebP, 16.7 Mpx": ("webp", Image.new("RGBA", (4096, 4096), (10, 20, 30, 99)),
@@ -108,6 +118,20 @@ def test_an_image_at_the_limits_costs_at_most_300_mb(measured, name):
     case = measured[name]
     assert case["result"] == "ok"
     assert case["growth_mb"] <= BUDGET_MB, case
+
+
+@pytest.mark.parametrize("name", ["palette PNG, 40 Mpx", "1-bit PNG, 40 Mpx", "palette GIF, 40 Mpx",
+                                  "RGBA PNG, 40 Mpx", "16-bit grey PNG, 40 Mpx",
+                                  "transparent palette PNG, 40 Mpx", "lossless WebP, 16.7 Mpx"])
+def test_the_decode_gate_counts_what_an_image_costs(measured, name):
+    """The process-wide decode budget holds only if each image's estimate covers what decoding
+    and preprocessing it take. A palette picture was counted at 1 byte per pixel while it is
+    converted whole to RGB (4 more): 40 MB counted for 194 MB used, so six such pictures passed
+    the 256 MiB budget together (four concurrent requests of them peaked at 1.16 GB)."""
+    case = measured[name]
+    assert case["result"] == "ok"
+    # The estimate leaves out the encoded bytes (bounded by EMBEDDINGS_MAX_IMAGE_BYTES).
+    assert case["growth_mb"] <= case["estimate_mb"] + case["encoded_mb"] + 16, case
 
 
 def test_a_tiny_webp_of_36_mpx_is_refused_before_decoding(measured):
@@ -202,3 +226,44 @@ def test_images_decoded_at_once_share_the_decode_budget():
     with gate.hold(500, 100):             # one picture alone always may
         assert gate.in_use == 500
     assert gate.in_use == 0
+
+
+CONCURRENT_CHILD = r"""
+import base64, ctypes, ctypes.util, sys, threading
+from embedding_core import images
+from embedding_core.settings import Settings
+
+settings = Settings.from_env({})
+images.ensure_pillow_limit(settings.max_image_pixels)
+url = "data:image/png;base64," + base64.b64encode(open(sys.argv[1], "rb").read()).decode()
+images.image_to_pixel_values(url, settings, 0)          # warm up (Pillow's plugins, numpy)
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+
+ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+open("/proc/self/clear_refs", "w").write("5")
+before = status("VmRSS")
+threads = [threading.Thread(target=images.image_to_pixel_values, args=(url, settings, 0))
+           for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(status("VmHWM") - before)
+"""
+
+
+def test_concurrent_requests_do_not_multiply_an_images_cost(tmp_path):
+    """Four requests decoding a 40 Mpx palette PNG at once (as on an instance whose HTTP
+    concurrency is 4 or more) stay within the decode budget: they take turns. Before the estimate
+    counted the RGB copy, they peaked at +780 MB, a 512 MB instance's worker was killed by two."""
+    path = tmp_path / "palette.png"
+    path.write_bytes(_encode(Image.new("P", (8000, 5000), 3), "PNG", compress_level=1))
+    res = subprocess.run([sys.executable, "-c", CONCURRENT_CHILD, str(path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    growth = float(res.stdout.strip().splitlines()[-1])
+    assert growth <= (Settings().max_image_decode_bytes >> 20) + 16, growth
