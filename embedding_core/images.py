@@ -448,7 +448,7 @@ def check_decode_bytes(im: Image.Image, coefficients: int, limit: int, target: s
     w, h = full_size
     what = ("a WebP needs about 16 bytes per pixel to decode" if im.format == "WEBP" else
             "a JPEG in several scans (progressive) is decoded whole" if coefficients else
-            "decoding it needs that much")
+            "decoding and preprocessing it need that much")
     raise errors.validation(
         f"The image is too large to decode: {w}x{h} = {w * h:,} pixels need about "
         f"{need / 2**20:,.0f} MiB ({what}); the limit is {limit / 2**20:,.0f} MiB "

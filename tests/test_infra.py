@@ -1167,16 +1167,46 @@ def test_checkov_skips_are_inline_with_reasons():
 # --------------------------------------------------------------------------- telemetry and alerts
 
 
+def _settings_by_size(variable_name: str) -> Dict[int, Dict[str, str]]:
+    """The app settings of one list variable of functionapp.bicep, evaluated at each size."""
+    from bicep_eval import Evaluator
+    tree = parse(MODULES / "functionapp.bicep")
+    required = {name: "x" for name, spec in tree["parameters"].items() if spec.get("default") is None}
+    return {memory: {item["name"]: item["value"] for item in
+                     Evaluator(tree, dict(required, instanceMemoryMB=memory)).variable(variable_name)}
+            for memory in (512, 2048, 4096)}
+
+
 def test_the_host_refuses_bodies_over_the_apps_largest_limit():
     """The host reads every body whole before the app checks the caller; its default limit is
     100 MB. Deployed, it is the local host's cap: the app's largest limit plus a margin, so the
-    app still answers its own 413s."""
+    app still answers its own 413s (at every size: 512 MB instances lower the app's limit)."""
     from tools import local_host
     from embedding_core.settings import Settings
-    limit = int(functionapp_settings()["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"])
-    assert limit == local_host.default_max_body_bytes({}) < local_host.FUNCTIONS_MAX_BODY
-    assert limit == Settings.from_env({}).max_image_body_bytes + local_host.BODY_CAP_MARGIN
+    hosts, images = _settings_by_size("hostSettings"), _settings_by_size("smallImageSettings")
+    for memory, host in hosts.items():
+        app = Settings.from_env(images[memory])
+        limit = int(host["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"])
+        assert limit == local_host.default_max_body_bytes(images[memory]) < local_host.FUNCTIONS_MAX_BODY
+        assert limit == app.max_image_body_bytes + local_host.BODY_CAP_MARGIN, memory
+    assert int(hosts[2048]["FUNCTIONS_REQUEST_BODY_SIZE_LIMIT"]) == \
+        Settings.from_env({}).max_image_body_bytes + local_host.BODY_CAP_MARGIN
+    assert "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT" in functionapp_settings()
     assert "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT" not in FLEX_DEPRECATED_APP_SETTINGS
+
+
+def test_images_take_less_memory_on_512_mb_instances():
+    """Two image requests at once (a 512 MB instance's HTTP concurrency) with the default limits
+    peaked at ~580 MB and were killed in a 512 MiB cgroup; the template lowers the decode budget
+    and the image body there, in values the app accepts, and keeps the defaults elsewhere."""
+    from embedding_core.settings import Settings
+    got = _settings_by_size("smallImageSettings")
+    assert got[2048] == got[4096] == {}
+    app = Settings.from_env(got[512])
+    assert (app.max_image_decode_bytes, app.max_image_body_bytes) == (128 << 20, 16 << 20)
+    assert app.max_image_decode_bytes < Settings().max_image_decode_bytes
+    for name in got[512]:
+        assert name in functionapp_settings()          # joined into appSettings
 
 
 def test_opentelemetry_mode_and_worker_telemetry_settings():

@@ -187,6 +187,21 @@ var longInputSettings = (instanceMemoryMB == 512) ? [
   }
 ] : []
 
+// Images on a 512 MB instance (2 requests at once there): a process whose decode budget is the
+// default 256 MiB and whose requests carry 32 MiB bodies peaked at ~580 MB with two of them and was
+// killed in a 512 MiB cgroup; with 128 MiB and 16 MiB bodies it peaked at 426 MB (docs/images.md,
+// "Memory"). Smaller pictures and requests are refused with a 422 or 413 naming the setting.
+var smallImageSettings = (instanceMemoryMB == 512) ? [
+  {
+    name: 'EMBEDDINGS_MAX_IMAGE_DECODE_BYTES'
+    value: '134217728'
+  }
+  {
+    name: 'EMBEDDINGS_MAX_IMAGE_BODY_BYTES'
+    value: '16777216'
+  }
+] : []
+
 // OpenAI clients cannot ask for truncation (LangChain's defaults send a long text whole).
 var openaiSettings = [
   {
@@ -227,17 +242,18 @@ var telemetrySettings = [
 
 // The Functions host reads a request's whole body before the app sees the request (and so before
 // it checks the caller), up to FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: 100 MB by default, on every
-// route. The app's largest limit is the image route's 32 MiB (EMBEDDINGS_MAX_IMAGE_BODY_BYTES);
-// the host refuses more than that plus 1 MiB (413), as tools/local_host.py does, so that a caller
-// without credentials cannot make an instance hold 100 MB per request. Raise both together.
+// route. The app's largest limit is the image route's 32 MiB (EMBEDDINGS_MAX_IMAGE_BODY_BYTES;
+// 16 MiB on 512 MB instances, smallImageSettings); the host refuses more than that plus 1 MiB
+// (413), as tools/local_host.py does, so that a caller without credentials cannot make an
+// instance hold 100 MB per request. Raise both together.
 var hostSettings = [
   {
     name: 'FUNCTIONS_REQUEST_BODY_SIZE_LIMIT'
-    value: '34603008'
+    value: ((instanceMemoryMB == 512) ? '17825792' : '34603008')
   }
 ]
 
-var appSettings = concat(hostStorageSettings, monitoringSettings, apiKeySettings, entraSettings, workerSettings, threadSettings, inferenceWorkerSettings, longInputSettings, openaiSettings, telemetrySettings, hostSettings)
+var appSettings = concat(hostStorageSettings, monitoringSettings, apiKeySettings, entraSettings, workerSettings, threadSettings, inferenceWorkerSettings, longInputSettings, smallImageSettings, openaiSettings, telemetrySettings, hostSettings)
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   // checkov:skip=CKV_AZURE_225: Zone redundancy for Flex Consumption is region-dependent; it is exposed as the zoneRedundant parameter (default off) instead of being forced.
