@@ -1695,6 +1695,11 @@ def test_the_example_local_settings_are_current(caplog):
         settings = Settings.from_env(values)
     assert settings.api_keys and not settings.api_key_problems
     assert not [r for r in caplog.records if "no longer used" in r.getMessage()]
+    # The README's examples (written for make serve) work unchanged under func start.
+    serve_key = re.search(r"^serve: export EMBEDDINGS_API_KEYS \?= (\S+)$",
+                          (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert values["EMBEDDINGS_API_KEYS"] == serve_key
+    assert f"api-key: {serve_key}" in (ROOT / "README.md").read_text()
 
 
 def test_the_tuning_defaults_shown_in_the_deploy_guide_are_the_templates():

@@ -303,6 +303,7 @@ def test_a_content_length_over_the_cap_is_refused_before_the_body_is_sent(small)
         assert end == "eof"
         assert_json_error(data, 413, "PayloadTooLarge")
         assert b"LOCAL_HOST_MAX_BODY_BYTES" in data and b"100 Continue" not in data
+        assert b"EMBEDDINGS_MAX_BODY_BYTES for text" in data   # a text body's limit is not 33 MiB
     # at the cap, the body is read
     host, port = address(small)
     conn = http.client.HTTPConnection(host, port, timeout=10)

@@ -600,7 +600,9 @@ class FunctionsHost:
 
     def _too_large(self) -> str:
         return (f"The request body is larger than the local host's limit of "
-                f"{self.limits.max_body_bytes} bytes (LOCAL_HOST_MAX_BODY_BYTES).")
+                f"{self.limits.max_body_bytes} bytes (LOCAL_HOST_MAX_BODY_BYTES). The routes' own "
+                f"limits: EMBEDDINGS_MAX_BODY_BYTES for text, EMBEDDINGS_MAX_IMAGE_BODY_BYTES for "
+                f"images.")
 
     async def _read_body(self, receive: Any, send: Any, expects_body: bool) -> bytes | None:
         """The whole body, or None after answering 413/408 (or if the client went away)."""
