@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, PngImagePlugin
 
 from . import errors
 from .settings import Settings
@@ -54,6 +54,11 @@ from .settings import Settings
 # Never decode a truncated file as if it were whole (Pillow's default; set explicitly so an
 # import elsewhere cannot have flipped it for us).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# PNG text chunks (tEXt, zTXt, iTXt) are unpacked when the file is opened, before any check or the
+# decode budget: Pillow allows 64 MiB of them, which 65 KB of zTXt can hold (review h_diff15 H2).
+# The app never reads them; more than this is refused (422).
+MAX_PNG_TEXT_BYTES = 4 << 20
+PngImagePlugin.MAX_TEXT_MEMORY = MAX_PNG_TEXT_BYTES
 
 RESIZE_TO = 256          # shorter side after resizing
 CROP_TO = 224            # model input size
@@ -296,6 +301,12 @@ def check_structure(data: bytes, target: str) -> None:
             f"The PNG has more than {MAX_PNG_CHUNKS:,} chunks; re-encode it.", target)
 
 
+def _too_much_png_text(target: str) -> errors.ApiError:
+    return errors.validation(
+        f"The PNG holds more than {MAX_PNG_TEXT_BYTES >> 20} MiB of text metadata (tEXt, zTXt or "
+        "iTXt chunks), which is not embedded; remove it and send the picture again.", target)
+
+
 def open_image(data: bytes, declared: str, *, max_pixels: int, target: str) -> Image.Image:
     """Read the header only: format and size are checked before any pixel is decoded."""
     check_structure(data, target)
@@ -307,6 +318,11 @@ def open_image(data: bytes, declared: str, *, max_pixels: int, target: str) -> I
                                max_pixels, target) from None
     except MemoryError:
         raise
+    except ValueError as exc:
+        if "text chunks" in str(exc):
+            raise _too_much_png_text(target) from None
+        raise errors.validation(f"The data is not a readable image (supported formats: "
+                                f"{SUPPORTED_TEXT}).", target) from None
     except Exception:  # noqa: BLE001 - Pillow raises many types for unreadable headers
         other = _sniff(data)
         if other:
@@ -411,13 +427,31 @@ def jpeg_coefficient_bytes(im: Image.Image, data: bytes) -> int:
     return blocks * 64 * 2
 
 
-def decode_bytes(im: Image.Image, coefficients: int = 0) -> int:
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}   # IHDR colour type -> samples per pixel
+
+
+def decoder_buffer_bytes(im: Image.Image, data: bytes) -> int:
+    """What the decoder holds beside the picture (review h_diff15): a PNG's zlib decoder keeps two
+    rows of file pixels, which the pixel limit does not bound (a 40,000,000x1 16-bit RGB PNG:
+    2 x 240 MB); Pillow's RLE BMP decoder (Python) builds the picture in a bytearray and copies
+    it to bytes while the picture exists (2 bytes per pixel)."""
+    w, h = im.size
+    if im.format == "PNG" and data[12:16] == b"IHDR":
+        depth, colour = data[24], data[25]
+        return 2 * (math.ceil(w * depth * _PNG_CHANNELS.get(colour, 4) / 8) + 1)
+    if im.format == "BMP" and im.tile and im.tile[0][0] == "bmp_rle":
+        return 2 * w * h
+    return 0
+
+
+def decode_bytes(im: Image.Image, decoder_extra: int = 0) -> int:
     """Estimated peak memory of decoding and preprocessing ``im`` (opened and drafted, not
     loaded), in bytes: the larger of what decoding holds and what the picture and its
-    preprocessing (:func:`preprocess_bytes`) hold together."""
+    preprocessing (:func:`preprocess_bytes`) hold together. ``decoder_extra``: what its decoder
+    holds beside the picture (:func:`jpeg_coefficient_bytes`, :func:`decoder_buffer_bytes`)."""
     w, h = im.size
     stored = _BYTES_PER_PIXEL.get(im.mode, 4) * w * h
-    decoding = WEBP_BYTES_PER_PIXEL * w * h if im.format == "WEBP" else stored + coefficients
+    decoding = WEBP_BYTES_PER_PIXEL * w * h if im.format == "WEBP" else stored + decoder_extra
     return max(decoding, stored + preprocess_bytes(im))
 
 
@@ -434,20 +468,21 @@ def preprocess_bytes(im: Image.Image) -> int:
     extra = 0
     if mode != im.mode:                               # to_resizable's converted copy
         high_bit_depth = im.mode.startswith("I") or im.mode == "F"
-        extra += (_RESIZABLE_BYTES.get(mode, 4) + (12 if high_bit_depth else 0)) * w * h
+        extra += (_RESIZABLE_BYTES.get(mode, 4) + (13 if high_bit_depth else 0)) * w * h
     if mode in ("LA", "RGBA"):                        # Pillow premultiplies alpha into a copy
         extra += 4 * w * h
     return extra
 
 
-def check_decode_bytes(im: Image.Image, coefficients: int, limit: int, target: str,
+def check_decode_bytes(im: Image.Image, decoder_extra: int, limit: int, target: str,
                        full_size: tuple[int, int]) -> None:
-    need = decode_bytes(im, coefficients)
+    need = decode_bytes(im, decoder_extra)
     if need <= limit:
         return
     w, h = full_size
     what = ("a WebP needs about 16 bytes per pixel to decode" if im.format == "WEBP" else
-            "a JPEG in several scans (progressive) is decoded whole" if coefficients else
+            "a JPEG in several scans (progressive) is decoded whole"
+            if decoder_extra and im.format in ("JPEG", "MPO") else
             "decoding and preprocessing it need that much")
     raise errors.validation(
         f"The image is too large to decode: {w}x{h} = {w * h:,} pixels need about "
@@ -708,15 +743,21 @@ def decode_image(data: bytes, declared: str, *, max_pixels: int, target: str,
     full_size = im.size
     check = None
     if max_decode_bytes is not None:
-        coefficients = jpeg_coefficient_bytes(im, data)
+        decoder_extra = jpeg_coefficient_bytes(im, data) + decoder_buffer_bytes(im, data)
 
         def check(drafted: Image.Image) -> None:
-            check_decode_bytes(drafted, coefficients, max_decode_bytes, target, full_size)
+            check_decode_bytes(drafted, decoder_extra, max_decode_bytes, target, full_size)
             if hold is not None:
-                hold.enter_context(DECODE_GATE.hold(decode_bytes(drafted, coefficients),
+                hold.enter_context(DECODE_GATE.hold(decode_bytes(drafted, decoder_extra),
                                                     max_decode_bytes))
+    had_transparency = "transparency" in im.info
     im = load_first_frame(im, target=target, draft_to=RESIZE_TO if draft else None,
                           before_load=check)
+    if im.format == "PNG" and not had_transparency:
+        # A tRNS chunk after the pixel data: libpng (and so browsers) ignore it as out of place.
+        # Pillow applies it after loading, which would change the preprocessing the estimate
+        # counted (a premultiplied copy or strips; review h_diff15 M2).
+        im.info.pop("transparency", None)
     if im.format == "BMP" and im.mode == "RGBA" and im.getextrema()[3] == (0, 0):
         # A 32-bit BMP whose alpha bytes are all 0: written by tools that store BGRA but never
         # fill the alpha (Windows DIBv5 exports). Browsers show it opaque; composited on white it

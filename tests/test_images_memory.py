@@ -31,11 +31,15 @@ BUDGET_MB = 300
 CHILD = r"""
 import base64, ctypes, ctypes.util, json, sys
 from PIL import Image
-from embedding_core import errors, images
+from embedding_core import errors, images, memory
 from embedding_core.settings import Settings
 
 settings = Settings.from_env({})
 images.ensure_pillow_limit(settings.max_image_pixels)
+# The allocator as the service sets it (a fixed mmap threshold: glibc's own moves up after large
+# frees, and a later realloc of a growing buffer then copies it within the heap).
+memory.configure(settings.memory_tuning, settings.malloc_arena_max, 0,
+                 settings.malloc_mmap_threshold)
 estimates = []                                    # what the decode gate counts for the image
 counted = images.decode_bytes
 images.decode_bytes = lambda *a, **k: estimates.append(counted(*a, **k)) or estimates[-1]
@@ -81,6 +85,62 @@ def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _raw_png(w: int, h: int, depth: int, colour: int, row_piece: bytes, pieces: int,
+             before_idat: bytes = b"", after_idat: bytes = b"") -> bytes:
+    """A PNG written chunk by chunk (shapes and chunk orders Pillow does not write); each row
+    is ``row_piece`` repeated ``pieces`` times, compressed as it is streamed."""
+    import struct
+    import zlib
+    z = zlib.compressobj(6)
+    idat = []
+    for _ in range(h):
+        idat.append(z.compress(b"\0"))
+        idat.extend(z.compress(row_piece) for _ in range(pieces))
+    idat.append(z.flush())
+    return (b"\x89PNG\r\n\x1a\n"
+            + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0))
+            + before_idat + _chunk(b"IDAT", b"".join(idat)) + after_idat + _chunk(b"IEND", b""))
+
+
+def _rle8_grey_bmp(w: int, h: int) -> bytes:
+    """An 8-bit RLE BMP whose palette is the grey ramp (Pillow opens it as mode L)."""
+    import struct
+    rows = b"".join(bytes((255, y * 255 // h)) * (w // 255)
+                    + (bytes((w % 255, y * 255 // h)) if w % 255 else b"") + b"\0\0"
+                    for y in range(h)) + b"\0\1"
+    palette = b"".join(bytes((i, i, i, 0)) for i in range(256))
+    info = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 8, 1, len(rows), 2835, 2835, 256, 0)
+    offset = 14 + 40 + len(palette)
+    return struct.pack("<2sIHHI", b"BM", offset + len(rows), 0, 0, offset) + info + palette + rows
+
+
+def _raw_cases() -> dict[str, tuple[str, bytes]]:
+    """Images found by review h_diff15 whose decoders held more than the estimate counted."""
+    import zlib
+    text = b"".join(_chunk(b"zTXt", b"k%d\0\0" % i + zlib.compress(b"a" * ((1 << 20) - 1), 9))
+                    for i in range(64))
+    return {
+        # The zlib decoder keeps two rows: 2 x 120 MB beside the 153 MiB picture.
+        "40,000,000x1 RGB PNG": ("png", _raw_png(40_000_000, 1, 8, 2, bytes(range(3)) * 10**6, 40)),
+        # 64 MiB of text, unpacked when the file is opened, from 65 KB of zTXt.
+        "palette PNG with 64 MiB of text": (
+            "png", _raw_png(8000, 5000, 8, 3, bytes(range(16)) * 500, 1,
+                            before_idat=_chunk(b"PLTE", bytes(range(48))) + text)),
+        # Pillow's RLE decoder builds the picture in a bytearray, then copies it.
+        "grey RLE8 BMP, 40 Mpx": ("bmp", _rle8_grey_bmp(8000, 5000)),
+        # A tRNS after the pixels (libpng ignores it) would add a premultiplied copy.
+        "grey PNG with tRNS after IDAT, 4 Mpx": (
+            "png", _raw_png(2000, 2000, 8, 0, bytes(range(250)) * 8, 1,
+                            after_idat=_chunk(b"tRNS", b"\0\7"))),
+    }
+
+
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("big-images")
@@ -104,6 +164,11 @@ def measured(tmp_path_factory):
                                  **kw))
         assert path.stat().st_size <= Settings().max_image_bytes
         spec.append((name, fmt, str(path)))
+    for name, (fmt, data) in _raw_cases().items():
+        path = tmp / f"{len(spec)}.{fmt}"
+        path.write_bytes(data)
+        assert path.stat().st_size <= Settings().max_image_bytes
+        spec.append((name, fmt, str(path)))
     spec += [("float (F) picture, 40 Mpx", "mode", "F"), ("32-bit (I) picture, 40 Mpx", "mode", "I")]
     res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
@@ -122,7 +187,8 @@ def test_an_image_at_the_limits_costs_at_most_300_mb(measured, name):
 
 @pytest.mark.parametrize("name", ["palette PNG, 40 Mpx", "1-bit PNG, 40 Mpx", "palette GIF, 40 Mpx",
                                   "RGBA PNG, 40 Mpx", "16-bit grey PNG, 40 Mpx",
-                                  "transparent palette PNG, 40 Mpx", "lossless WebP, 16.7 Mpx"])
+                                  "transparent palette PNG, 40 Mpx", "lossless WebP, 16.7 Mpx",
+                                  "grey RLE8 BMP, 40 Mpx", "grey PNG with tRNS after IDAT, 4 Mpx"])
 def test_the_decode_gate_counts_what_an_image_costs(measured, name):
     """The process-wide decode budget holds only if each image's estimate covers what decoding
     and preprocessing it take. A palette picture was counted at 1 byte per pixel while it is
@@ -132,6 +198,24 @@ def test_the_decode_gate_counts_what_an_image_costs(measured, name):
     assert case["result"] == "ok"
     # The estimate leaves out the encoded bytes (bounded by EMBEDDINGS_MAX_IMAGE_BYTES).
     assert case["growth_mb"] <= case["estimate_mb"] + case["encoded_mb"] + 16, case
+
+
+def test_a_very_wide_png_is_refused_before_its_rows_are_allocated(measured):
+    """40,000,000 x 1 is within the pixel limit, but the PNG decoder's two rows (2 x 120 MB) beside
+    the picture made it +382 MB while counted at 153 MiB (a 16-bit one at 33,000,000 x 1 passed
+    a 512 MB instance's 128 MiB budget and took +505 MB; review h_diff15 H1)."""
+    case = measured["40,000,000x1 RGB PNG"]
+    assert "EMBEDDINGS_MAX_IMAGE_DECODE_BYTES" in case["result"], case
+    assert "need about 381 MiB" in case["result"]
+    assert case["growth_mb"] < 16, case
+
+
+def test_a_png_full_of_text_is_refused_when_opened(measured):
+    """Pillow unpacks up to 64 MiB of text chunks when it opens a PNG, before any check or the
+    decode budget (+70 MB for an image that was then refused or waited; review h_diff15 H2)."""
+    case = measured["palette PNG with 64 MiB of text"]
+    assert case["result"].startswith("The PNG holds more than 4 MiB of text metadata"), case
+    assert case["growth_mb"] < 16, case
 
 
 def test_a_tiny_webp_of_36_mpx_is_refused_before_decoding(measured):
