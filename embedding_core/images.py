@@ -318,12 +318,9 @@ def open_image(data: bytes, declared: str, *, max_pixels: int, target: str) -> I
                                max_pixels, target) from None
     except MemoryError:
         raise
-    except ValueError as exc:
-        if "text chunks" in str(exc):
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for unreadable headers
+        if isinstance(exc, ValueError) and "text chunks" in str(exc):
             raise _too_much_png_text(target) from None
-        raise errors.validation(f"The data is not a readable image (supported formats: "
-                                f"{SUPPORTED_TEXT}).", target) from None
-    except Exception:  # noqa: BLE001 - Pillow raises many types for unreadable headers
         other = _sniff(data)
         if other:
             raise errors.validation(f"{other} images are not supported; supported formats: "
