@@ -96,7 +96,8 @@ def build(name: str) -> tuple[bytes, str]:
 
     name, _, pixels = name.partition(" @ ")
     global W, H
-    W, H = (4096, 4096) if pixels == "16.7 Mpx" else (6500, 5000) if pixels == "32.5 Mpx" else (8000, 5000)
+    W, H = {"16.7 Mpx": (4096, 4096), "32.5 Mpx": (6500, 5000),
+            "4.2 Mpx": (2048, 2048)}.get(pixels, (8000, 5000))
     fmt, _, variant = name.partition(" ")
     if fmt == "png":
         mode = {"16-bit grey": "I;16", "palette+tRNS": "P", "1-bit": "1"}.get(variant, variant.split()[0])
@@ -143,7 +144,7 @@ CASES = [
     "webp RGB animated",
     "webp RGB lossless @ 16.7 Mpx", "webp RGBA lossy @ 16.7 Mpx", "jpeg CMYK progressive @ 32.5 Mpx",
     "gif P", "gif P tRNS", "gif P animated",
-    "bmp 1-bit", "bmp RLE8",
+    "bmp 1-bit", "bmp RLE8", "bmp RLE8 @ 4.2 Mpx",
 ]
 QUICK = ["png 16-bit grey", "webp RGB lossless"]
 

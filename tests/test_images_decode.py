@@ -416,6 +416,45 @@ def test_a_jpeg_of_many_segments_is_refused():
         assert "more than 1000 segments" in err.message
 
 
+def rle_bmp(rows: list[int], width: int, bits: int = 8) -> bytes:
+    """A BMP compressed with RLE8 (or RLE4), as old Windows tools write them: row y (from the
+    top) is palette index ``rows[y]`` throughout, in runs of up to 255 pixels; grey palette."""
+    import struct
+    colours = 1 << bits
+    code = (lambda i: i) if bits == 8 else (lambda i: i << 4 | i)   # RLE4: 2 pixels a byte
+
+    def row(i: int) -> bytes:
+        runs = b"".join(bytes((n, code(i))) for n in [255] * (width // 255) + [width % 255] if n)
+        return runs + b"\0\0"                                    # end of line
+
+    data = b"".join(row(i) for i in reversed(rows)) + b"\0\1"  # bottom-up; end of bitmap
+    palette = b"".join(bytes((g, g, g, 0)) for g in range(0, 256, 256 // colours))
+    dib = struct.pack("<IiiHHIIiiII", 40, width, len(rows), 1, bits, 1 if bits == 8 else 2,
+                      len(data), 2835, 2835, colours, 0)
+    offset = 14 + len(dib) + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + dib + palette + data
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_rle_bmps_are_decoded_up_to_their_own_pixel_limit(bits):
+    """Pillow decodes RLE BMPs in Python, 10x slower per pixel than the slowest PNG: they are
+    limited to 2048 x 2048 pixels, other BMPs are not."""
+    assert images.MAX_RLE_BMP_PIXELS == 2048 * 2048
+    step = 256 >> bits
+    rows = [(y * 7 % (1 << bits)) for y in range(2048)]
+    grey = Image.fromarray(np.repeat(np.array(rows, np.uint8)[:, None] * step, 2048, axis=1))
+    assert Image.open(io.BytesIO(rle_bmp(rows, 2048, bits))).tile[0][0] == "bmp_rle"
+    np.testing.assert_array_equal(pixels_of(rle_bmp(rows, 2048, bits)),
+                                  pixels_of(encode(grey, "BMP")))
+    err = fails(pixels_of, rle_bmp(rows + [0], 2048, bits))
+    assert err.message.startswith("The BMP is RLE-compressed and has 2048x2049 = 4,196,352 "
+                                  "pixels; RLE BMPs are decoded slowly and are limited to "
+                                  "4,194,304 pixels. Save it as PNG"), err.message
+    tall = Image.new("L", (2048, 2049), 9)
+    assert Image.open(io.BytesIO(encode(tall, "BMP"))).tile[0][0] == "raw"
+    assert pixels_of(encode(tall, "BMP")).shape == (3, 224, 224)    # uncompressed: no such limit
+
+
 def test_a_png_of_many_chunks_is_refused():
     import zlib
 
