@@ -49,6 +49,16 @@ RETIRED = {
 
 MAX_INFERENCE_WORKERS = 32
 
+# A process that may use less than this much memory (MiB; its cgroup's limit or the machine's,
+# :func:`usable_memory`) gets smaller image limits by default. On a 512 MB Flex instance (784 MB
+# with the platform's 272; 2 requests at once) two image requests at the usual limits peaked at
+# ~580 MB and the process was killed in a 512 MiB cgroup; with these, 426 MB (docs/images.md,
+# "Memory"). 2,048 MB instances (2,320) are above it. infra/ sets the same values at 512 MB, so a
+# Flex instance gets them whether or not its cgroup shows its memory.
+SMALL_MEMORY_MB = 1536
+SMALL_MEMORY_IMAGE_DECODE_BYTES = 128 << 20
+SMALL_MEMORY_IMAGE_BODY_BYTES = 16 << 20
+
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0,
          maximum: int | None = None) -> int:
@@ -433,6 +443,20 @@ class Settings:
                        "answered by the front end with an error while it goes on using the "
                        "instance; set it below %d", request_timeout_s, AZURE_FRONT_END_TIMEOUT_S,
                        AZURE_FRONT_END_TIMEOUT_S)
+        image_decode_default = cls.max_image_decode_bytes
+        image_body_default = cls.max_image_body_bytes
+        usable = usable_memory()
+        if usable is not None and usable < SMALL_MEMORY_MB << 20:
+            image_decode_default = SMALL_MEMORY_IMAGE_DECODE_BYTES
+            image_body_default = SMALL_MEMORY_IMAGE_BODY_BYTES
+            defaulted = [f"{name}={value}" for name, value in (
+                ("EMBEDDINGS_MAX_IMAGE_DECODE_BYTES", image_decode_default),
+                ("EMBEDDINGS_MAX_IMAGE_BODY_BYTES", image_body_default))
+                if not env.get(name, "").strip()]
+            if defaulted:
+                _warn_once("this process may use %d MiB of memory, less than %d MiB, so the "
+                           "image limits not set are lowered: %s", usable >> 20, SMALL_MEMORY_MB,
+                           ", ".join(defaulted))
         for retired in RETIRED:
             if env.get(retired, "").strip():
                 _warn_once("setting %s is no longer used: %s", retired, RETIRED[retired])
@@ -442,13 +466,13 @@ class Settings:
             auth_disabled=auth_mode == "disabled",
             registry_path=env.get("EMBEDDINGS_REGISTRY", "").strip() or None,
             max_text_body_bytes=_int(env, "EMBEDDINGS_MAX_BODY_BYTES", cls.max_text_body_bytes, 1024),
-            max_image_body_bytes=_int(env, "EMBEDDINGS_MAX_IMAGE_BODY_BYTES", cls.max_image_body_bytes, 1024),
+            max_image_body_bytes=_int(env, "EMBEDDINGS_MAX_IMAGE_BODY_BYTES", image_body_default, 1024),
             max_inputs=_int(env, "EMBEDDINGS_MAX_INPUTS", cls.max_inputs, 1),
             max_image_inputs=max_image_inputs,
             max_image_bytes=_int(env, "EMBEDDINGS_MAX_IMAGE_BYTES", cls.max_image_bytes, 1024),
             max_image_pixels=_int(env, "EMBEDDINGS_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
             max_image_decode_bytes=_int(env, "EMBEDDINGS_MAX_IMAGE_DECODE_BYTES",
-                                        cls.max_image_decode_bytes, 1 << 20),
+                                        image_decode_default, 1 << 20),
             max_input_chars=_int(env, "EMBEDDINGS_MAX_INPUT_CHARS", cls.max_input_chars, 1024),
             max_chars_per_token=_int(env, "EMBEDDINGS_MAX_CHARS_PER_TOKEN", cls.max_chars_per_token, 1),
             openai_truncate=openai_truncate,

@@ -1,7 +1,8 @@
 """A container's CPU limit (cgroup v1 and v2) bounds the cores the service sizes itself for:
 inference workers and ONNX Runtime threads (embedding_core/cgroup_limits.py,
-settings.usable_cores); its memory limit, whether long inputs may run on OpenVINO
-(settings.usable_memory). The cgroup trees here are files laid out as the kernel shows them."""
+settings.usable_cores); its memory limit, whether long inputs may run on OpenVINO and the image
+limits' defaults (settings.usable_memory). The cgroup trees here are files laid out as the
+kernel shows them."""
 
 from __future__ import annotations
 
@@ -227,3 +228,39 @@ def test_cgroup_v1_memory_nested_and_co_mounted(tmp_path):
                  "both/x/cpu.cfs_quota_us": "50000", "both/x/cpu.cfs_period_us": "100000"})
     assert cgroup_memory_limit(proc) == 1024 * MB
     assert cgroup_cpu_limit(proc) == 0.5
+
+
+@pytest.mark.parametrize("usable_mb, small", [(512, True), (784, True), (1535, True),
+                                              (1536, False), (2320, False), (None, False)])
+def test_images_get_smaller_limits_where_memory_is_small(monkeypatch, caplog, usable_mb, small):
+    """Two image requests at the usual limits peaked at ~580 MB and got a process limited to
+    512 MiB killed. A 512 MB Flex instance (784 MB with the platform's 272) or a small container
+    gets the image limits infra/ sets at 512 MB, unless they are set; the log says so."""
+    settings_module.forget_warnings()
+    monkeypatch.setattr(settings_module, "usable_memory",
+                        lambda: None if usable_mb is None else usable_mb << 20)
+    with caplog.at_level("WARNING", logger="embedding_core.settings"):
+        got = Settings.from_env({})
+    lowered = (128 << 20, 16 << 20) if small else (256 << 20, 32 << 20)
+    assert (got.max_image_decode_bytes, got.max_image_body_bytes) == lowered
+    if small:
+        assert (f"this process may use {usable_mb} MiB of memory, less than 1536 MiB, so the "
+                "image limits not set are lowered: EMBEDDINGS_MAX_IMAGE_DECODE_BYTES=134217728, "
+                "EMBEDDINGS_MAX_IMAGE_BODY_BYTES=16777216") in caplog.text
+    else:
+        assert "lowered" not in caplog.text
+    # A value that is set is kept, and only the other one is lowered (and named).
+    caplog.clear()
+    settings_module.forget_warnings()
+    with caplog.at_level("WARNING", logger="embedding_core.settings"):
+        got = Settings.from_env({"EMBEDDINGS_MAX_IMAGE_BODY_BYTES": str(20 << 20)})
+    assert (got.max_image_decode_bytes, got.max_image_body_bytes) == (lowered[0], 20 << 20)
+    assert ("lowered: EMBEDDINGS_MAX_IMAGE_DECODE_BYTES=134217728\n" in caplog.text) == small
+    assert "EMBEDDINGS_MAX_IMAGE_BODY_BYTES=" not in caplog.text
+    both = {"EMBEDDINGS_MAX_IMAGE_BODY_BYTES": "65536",
+            "EMBEDDINGS_MAX_IMAGE_DECODE_BYTES": str(300 << 20)}
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="embedding_core.settings"):
+        got = Settings.from_env(both)
+    assert (got.max_image_decode_bytes, got.max_image_body_bytes) == (300 << 20, 65536)
+    assert "lowered" not in caplog.text

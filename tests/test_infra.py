@@ -1199,12 +1199,16 @@ def test_images_take_less_memory_on_512_mb_instances():
     """Two image requests at once (a 512 MB instance's HTTP concurrency) with the default limits
     peaked at ~580 MB and were killed in a 512 MiB cgroup; the template lowers the decode budget
     and the image body there, in values the app accepts, and keeps the defaults elsewhere."""
+    from embedding_core import settings as settings_module
     from embedding_core.settings import Settings
     got = _settings_by_size("smallImageSettings")
     assert got[2048] == got[4096] == {}
     app = Settings.from_env(got[512])
     assert (app.max_image_decode_bytes, app.max_image_body_bytes) == (128 << 20, 16 << 20)
     assert app.max_image_decode_bytes < Settings().max_image_decode_bytes
+    # ... the values the app itself takes where its cgroup shows less than 1,536 MiB
+    assert (app.max_image_decode_bytes, app.max_image_body_bytes) == (
+        settings_module.SMALL_MEMORY_IMAGE_DECODE_BYTES, settings_module.SMALL_MEMORY_IMAGE_BODY_BYTES)
     for name in got[512]:
         assert name in functionapp_settings()          # joined into appSettings
 
