@@ -232,12 +232,16 @@ def _too_many_pixels(width: int | None, height: int | None, pixels: int | None, 
 MAX_JPEG_SCANS = 100
 MAX_JPEG_SEGMENTS = 1000
 MAX_PNG_CHUNKS = 10000
-# Pillow decodes RLE-compressed BMPs in Python, at up to ~0.16 us per pixel (it pads a row's end
-# one byte at a time): a 21 KB RLE8 BMP of 8000x5000 took 6.3 s of CPU, ten times the slowest
-# PNG of that size (0.6-0.9 s). At this many pixels the worst RLE BMP costs what the slowest
-# 40 Mpx PNG does. Encoders rarely write RLE, and only for small palette pictures. Its other
-# cost, ~0.25 us per 2-byte code, is bounded by the image size limit (8 MiB: ~1 s).
-MAX_RLE_BMP_PIXELS = 4_194_304   # 2048 x 2048
+# Pillow decodes RLE-compressed BMPs in Python, one 2-byte code at a time, at 0.25-0.6 us a code
+# and up to ~0.35 us a byte of data (an RLE4 code of 3 pixels in absolute mode, 4 bytes, costs
+# ~1.4 us), and pads the end of a row one byte at a time (~0.16 us a pixel). A 21 KB RLE8 BMP of
+# 8000x5000 took 6.3 s of CPU, and 8 MiB of codes that add no pixels to a 1x2 picture 2.5 s
+# (review h_review16), against 0.4-1.0 s for the slowest 40 Mpx PNGs and GIFs. So both what
+# costs per pixel and what costs per byte are bounded: at most MAX_RLE_BMP_PIXELS pixels and
+# RLE_BMP_BYTES_PER_PIXEL bytes of data a pixel (ImageMagick writes RLE8 in runs only, 2 bytes
+# for a pixel that differs from its neighbour; other encoders less), plus 4 a row and 1 KiB.
+MAX_RLE_BMP_PIXELS = 1_048_576   # 1024 x 1024
+RLE_BMP_BYTES_PER_PIXEL = 2
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -350,12 +354,27 @@ def open_image(data: bytes, declared: str, *, max_pixels: int, target: str) -> I
         raise errors.validation("The image has no pixels.", target)
     if width * height > max_pixels:
         raise _too_many_pixels(width, height, width * height, max_pixels, target)
-    if _is_rle_bmp(im) and width * height > MAX_RLE_BMP_PIXELS:
-        raise errors.validation(
-            f"The BMP is RLE-compressed and has {width}x{height} = {width * height:,} pixels; "
-            f"RLE BMPs are decoded slowly and are limited to {MAX_RLE_BMP_PIXELS:,} pixels. "
-            "Save it as PNG (or as an uncompressed BMP) and send it again.", target)
+    if _is_rle_bmp(im):
+        check_rle_bmp(im, len(data) - im.tile[0][2], target)
     return im
+
+
+def check_rle_bmp(im: Image.Image, data_bytes: int, target: str) -> None:
+    """Refuse (422) an RLE BMP over :data:`MAX_RLE_BMP_PIXELS`, or whose ``data_bytes`` of RLE
+    data (from the pixel data's offset to the end of the file) are more than any encoder writes
+    for its size: Pillow would spend seconds on either."""
+    width, height = im.size
+    pixels = width * height
+    if pixels > MAX_RLE_BMP_PIXELS:
+        raise errors.validation(
+            f"The BMP is RLE-compressed and has {width}x{height} = {pixels:,} pixels; RLE BMPs "
+            f"are decoded slowly and are limited to {MAX_RLE_BMP_PIXELS:,} pixels. Save it as "
+            "PNG (or as an uncompressed BMP) and send it again.", target)
+    allowed = RLE_BMP_BYTES_PER_PIXEL * pixels + 4 * height + 1024
+    if data_bytes > allowed:
+        raise errors.validation(
+            f"The BMP's RLE data is {data_bytes:,} bytes, more than RLE takes for "
+            f"{width}x{height} pixels (at most {allowed:,}); re-encode it, e.g. as PNG.", target)
 
 
 # -- 3. pixels ----------------------------------------------------------------------------------

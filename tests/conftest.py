@@ -31,6 +31,19 @@ API_VERSION = "2024-05-01-preview"
 KEY = "test-key-0123456789"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def large_instance_memory() -> Iterator[None]:
+    """The app lowers its image limits by default where the process may use less than 1,536
+    MiB (settings.SMALL_MEMORY_MB). Tests in this process see no memory limit, so the defaults
+    they check are the same on every machine; the tests of that choice patch
+    ``settings.usable_memory`` themselves."""
+    from embedding_core import settings as settings_module
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(settings_module, "usable_memory", lambda: None)
+        yield
+
+
 @pytest.fixture(scope="session")
 def registry() -> Registry:
     return Registry.from_settings(Settings.from_env({}))

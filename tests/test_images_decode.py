@@ -435,24 +435,67 @@ def rle_bmp(rows: list[int], width: int, bits: int = 8) -> bytes:
     return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + dib + palette + data
 
 
+def imagemagick_rle8(index: np.ndarray) -> bytes:
+    """RLE8 as ImageMagick writes it (coders/bmp.c, EncodeImage): runs only, so 2 bytes for each
+    pixel unlike its neighbour, over each row's bytes including the padding to 4 bytes."""
+    import struct
+    height, width = index.shape
+    line = -(-width // 4) * 4
+    data = bytearray()
+    for row in index[::-1]:                                         # bottom-up
+        row = row.tobytes() + bytes(line - width)
+        x = 0
+        while x < line:
+            n = 1
+            while x + n < line and n < 255 and row[x + n] == row[x]:
+                n += 1
+            data += bytes((n, row[x]))
+            x += n
+        data += b"\0\0"
+    data += b"\0\1"
+    palette = b"".join(bytes((g, g, g, 0)) for g in range(256))
+    dib = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(data), 2835, 2835, 256, 0)
+    offset = 14 + len(dib) + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset) + dib + palette + data
+
+
 @pytest.mark.parametrize("bits", [8, 4])
 def test_rle_bmps_are_decoded_up_to_their_own_pixel_limit(bits):
-    """Pillow decodes RLE BMPs in Python, 10x slower per pixel than the slowest PNG: they are
-    limited to 2048 x 2048 pixels, other BMPs are not."""
-    assert images.MAX_RLE_BMP_PIXELS == 2048 * 2048
+    """Pillow decodes RLE BMPs in Python (a 21 KB RLE8 BMP of 8000x5000 took 6.3 s of CPU): they
+    are limited to 1024 x 1024 pixels, other BMPs are not."""
+    assert images.MAX_RLE_BMP_PIXELS == 1024 * 1024
     step = 256 >> bits
-    rows = [(y * 7 % (1 << bits)) for y in range(2048)]
-    grey = Image.fromarray(np.repeat(np.array(rows, np.uint8)[:, None] * step, 2048, axis=1))
-    assert Image.open(io.BytesIO(rle_bmp(rows, 2048, bits))).tile[0][0] == "bmp_rle"
-    np.testing.assert_array_equal(pixels_of(rle_bmp(rows, 2048, bits)),
+    rows = [(y * 7 % (1 << bits)) for y in range(1024)]
+    grey = Image.fromarray(np.repeat(np.array(rows, np.uint8)[:, None] * step, 1024, axis=1))
+    assert Image.open(io.BytesIO(rle_bmp(rows, 1024, bits))).tile[0][0] == "bmp_rle"
+    np.testing.assert_array_equal(pixels_of(rle_bmp(rows, 1024, bits)),
                                   pixels_of(encode(grey, "BMP")))
-    err = fails(pixels_of, rle_bmp(rows + [0], 2048, bits))
-    assert err.message.startswith("The BMP is RLE-compressed and has 2048x2049 = 4,196,352 "
+    err = fails(pixels_of, rle_bmp(rows + [0], 1024, bits))
+    assert err.message.startswith("The BMP is RLE-compressed and has 1024x1025 = 1,049,600 "
                                   "pixels; RLE BMPs are decoded slowly and are limited to "
-                                  "4,194,304 pixels. Save it as PNG"), err.message
-    tall = Image.new("L", (2048, 2049), 9)
+                                  "1,048,576 pixels. Save it as PNG"), err.message
+    tall = Image.new("L", (1024, 1025), 9)
     assert Image.open(io.BytesIO(encode(tall, "BMP"))).tile[0][0] == "raw"
     assert pixels_of(encode(tall, "BMP")).shape == (3, 224, 224)    # uncompressed: no such limit
+
+
+def test_rle_bmps_hold_at_most_the_data_an_encoder_writes():
+    """Each RLE code costs Pillow 0.25-1.4 us, whatever pixels it adds: 8 MiB of codes that add
+    none to a 1x2 picture took 2.5 s (review h_review16). An RLE BMP is refused if it has more
+    than 2 bytes a pixel (+ 4 a row + 1 KiB), which ImageMagick's runs-only RLE8 reaches."""
+    y, x = np.mgrid[:1024, :1022]
+    noisy = ((x * 7 + y * 13) % 251).astype(np.uint8)   # no pixel like its neighbour in the row
+    worst = imagemagick_rle8(noisy)                   # every pixel a run of 1, rows padded to 1024
+    assert len(worst) - Image.open(io.BytesIO(worst)).tile[0][2] > 2 * noisy.size  # + padding
+    np.testing.assert_array_equal(pixels_of(worst), pixels_of(encode(Image.fromarray(noisy), "BMP")))
+    # 1x2 pixels, then codes that add none (the row is full): refused before any is decoded.
+    tiny = rle_bmp([1, 2], 1)
+    no_ops = tiny[:-2] + b"\xff\x03" * 600 + b"\0\1"
+    assert len(no_ops) - len(tiny) == 1200
+    err = fails(pixels_of, no_ops)
+    assert err.message == ("The BMP's RLE data is 1,210 bytes, more than RLE takes for 1x2 pixels "
+                           "(at most 1,036); re-encode it, e.g. as PNG."), err.message
+    assert pixels_of(tiny[:-2] + b"\xff\x03" * 400 + b"\0\1").shape == (3, 224, 224)
 
 
 def test_a_png_of_many_chunks_is_refused():

@@ -191,8 +191,8 @@ var longInputSettings = (instanceMemoryMB == 512) ? [
 // default 256 MiB and whose requests carry 32 MiB bodies peaked at ~580 MB with two of them and was
 // killed in a 512 MiB cgroup; with 128 MiB and 16 MiB bodies it peaked at 426 MB (docs/images.md,
 // "Memory"). Larger pictures and requests are refused with a 422 or 413 naming the setting. The app
-// takes the same values by itself where its cgroup shows less than 1,536 MiB; set here as well,
-// since whether a Flex instance shows its size to the process is not documented.
+// takes the same values by itself where its cgroup (or the machine) shows less than 1,536 MiB;
+// set here as well, since whether a Flex instance shows its size to the process is not documented.
 var smallImageSettings = (instanceMemoryMB == 512) ? [
   {
     name: 'EMBEDDINGS_MAX_IMAGE_DECODE_BYTES'
