@@ -224,14 +224,25 @@ def _too_many_pixels(width: int | None, height: int | None, pixels: int | None, 
 
 
 # Decoding time is bounded by the pixels for most files, but not by these structures, which
-# cost time without adding pixels: each scan of a progressive JPEG is a pass over the whole
-# picture in libjpeg (5-7 ms each at 40 Mpx; a 351 KB file of 3,000 scans took 20 s), and Pillow
-# reads every JPEG segment before the picture and every PNG chunk in Python (~4 us each: 2
-# million empty segments in 8 MB took 8 s). Encoders write 1-20 scans and a few dozen segments
-# or chunks (a PNG's picture data is often cut in chunks of 8-64 KB: ~1,000 in 8 MB).
+# cost time without adding pixels (review h_cpu1 measured each, 2026-11-24):
+# * Each scan of a progressive JPEG is a pass over every block of the picture in libjpeg, draft
+#   or not: ~29 ms a refinement scan at 40 Mpx, so 100 scans of a 40 Mpx picture took 2.9 s
+#   (1.4 KB arithmetic-coded, 163 KB with Huffman codes). Scans x pixels is bounded by
+#   MAX_JPEG_SCAN_PIXELS (30 scans at 40 Mpx, ~0.9 s; 100 up to 12 Mpx); encoders write 1-20.
+# * Pillow reads a JPEG's segments before its first scan, and a PNG's chunks, in Python (~4 us
+#   each: 2 million empty segments in 8 MB took 8 s), and any bytes between those segments one at
+#   a time (8 MiB of 0xFF fill bytes: 6.4 s). Encoders write a few dozen segments or chunks (a
+#   PNG's picture data is often cut in chunks of 8-64 KB: ~1,000 in 8 MB) and no stray bytes.
+# * A second frame header (SOF) adds a layer per 3 of its bytes in Pillow, in Python (127 of
+#   them: 1.9 s); libjpeg refuses such a file anyway.
+# * Pillow inflates each PNG iCCP, zTXt and iTXt chunk (up to 1 MiB each: 2.75 ms) when it opens
+#   the file: 8 MiB of them took 22 s. A PNG has at most one iCCP; encoders write a few texts.
 MAX_JPEG_SCANS = 100
+MAX_JPEG_SCAN_PIXELS = 1_200_000_000
 MAX_JPEG_SEGMENTS = 1000
+MAX_JPEG_STRAY_BYTES = 4096     # fill and other bytes outside segments before the first scan
 MAX_PNG_CHUNKS = 10000
+MAX_PNG_COMPRESSED_CHUNKS = 64  # zTXt and iTXt (inflated when opened), besides one iCCP
 # Pillow decodes RLE-compressed BMPs in Python, one 2-byte code at a time, at 0.25-0.6 us a code
 # and up to ~0.35 us a byte of data (an RLE4 code of 3 pixels in absolute mode, 4 bytes, costs
 # ~1.4 us), and pads the end of a row one byte at a time (~0.16 us a pixel). A 21 KB RLE8 BMP of
@@ -245,70 +256,147 @@ RLE_BMP_BYTES_PER_PIXEL = 2
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _jpeg_structure(data: bytes) -> tuple[int, int]:
-    """(scans, segments) of a JPEG's first picture, counted up to one over the limits; the
-    entropy-coded data after each scan header is skipped (a 0xFF there is followed by 0x00, a
-    restart marker or fill bytes). Stops early at anything it does not understand: the decoder
-    reports that."""
-    pos, n, scans, segments = 2, len(data), 0, 0
-    while pos + 4 <= n and scans <= MAX_JPEG_SCANS and segments <= MAX_JPEG_SEGMENTS:
+_FILL = re.compile(rb"\xff+")
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}   # frame headers (0xC4 DHT, 0xCC DAC)
+
+
+@dataclass
+class JpegStructure:
+    """What :func:`jpeg_structure` found in a JPEG's first picture."""
+
+    scans: int = 0
+    segments: int = 0
+    frames: int = 0                 # frame headers (SOF)
+    bad_frame: bool = False         # an SOF whose length is not 8 + 3 per component
+    width: int = 0                  # from the first SOF
+    height: int = 0
+    stray: int = 0                  # bytes outside segments before the first scan
+    first_scan_components: int | None = None
+
+
+def jpeg_structure(data: bytes) -> JpegStructure:
+    """The scans, segments and frame headers of a JPEG's first picture, counted up to one over the
+    limits; the entropy-coded data after each scan header is skipped (a 0xFF there is followed by
+    0x00, a restart marker or fill bytes). Bytes that are not a marker where one should be are
+    skipped to the next 0xFF, as libjpeg and Pillow do (counted before the first scan), so that
+    the count stays in step with theirs; an early end of image (before any scan) is read past, as
+    Pillow does; a segment length under 2 counts as 2, as in libjpeg."""
+    found = JpegStructure()
+    pos, n = 2, len(data)
+    while (pos + 4 <= n and found.scans <= MAX_JPEG_SCANS and found.segments <= MAX_JPEG_SEGMENTS
+           and found.stray <= MAX_JPEG_STRAY_BYTES):
         if data[pos] != 0xFF:
-            break
+            following = data.find(b"\xff", pos)
+            if following < 0:
+                break
+            if not found.scans:
+                found.stray += following - pos
+            pos = following
+            continue
+        fill = _FILL.match(data, pos).end() - 1      # the last 0xFF of a run is the marker's
+        if fill > pos:
+            if not found.scans:
+                found.stray += fill - pos
+            pos = fill
+            continue
         marker = data[pos + 1]
-        if marker == 0xFF:                          # fill byte
-            pos += 1
-            continue
-        if marker == 0xD9:                          # end of the (first) picture
+        if marker == 0xD9 and found.scans:           # end of the (first) picture
             break
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
-            pos += 2
+        if marker in (0x00, 0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7:
+            if marker == 0x00 and not found.scans:   # an escaped 0xFF: not a marker
+                found.stray += 2
+            pos += 2                                 # no length
             continue
-        segments += 1
-        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        length = max(2, int.from_bytes(data[pos + 2:pos + 4], "big"))
+        found.segments += 1
+        if marker in _SOF:
+            found.frames += 1
+            if found.frames == 1 and pos + 10 <= n:
+                found.height = int.from_bytes(data[pos + 5:pos + 7], "big")
+                found.width = int.from_bytes(data[pos + 7:pos + 9], "big")
+                found.bad_frame = length != 8 + 3 * data[pos + 9]
+        if marker == 0xDA and found.first_scan_components is None:
+            found.first_scan_components = data[pos + 4]
+        pos += 2 + length
         if marker != 0xDA:
             continue
-        scans += 1
-        while True:                                 # skip the scan's entropy-coded data
+        found.scans += 1
+        while True:                                  # skip the scan's entropy-coded data
             pos = data.find(b"\xff", pos)
             if pos < 0 or pos + 1 >= n:
-                return scans, segments
+                return found
             following = data[pos + 1]
             if following == 0x00 or 0xD0 <= following <= 0xD7:
                 pos += 2
             elif following == 0xFF:
-                pos += 1
+                pos = _FILL.match(data, pos).end() - 1
             else:
                 break
-    return scans, segments
+    return found
 
 
-def _png_chunks(data: bytes) -> int:
-    """A PNG's chunks, counted up to one over the limit (stops early at a malformed one)."""
-    pos, n, chunks = len(_PNG_MAGIC), len(data), 0
-    while pos + 8 <= n and chunks <= MAX_PNG_CHUNKS:
-        chunks += 1
-        if data[pos + 4:pos + 8] == b"IEND":
+@dataclass
+class PngStructure:
+    chunks: int = 0
+    iccp: int = 0
+    compressed: int = 0             # zTXt and iTXt
+
+
+def png_structure(data: bytes) -> PngStructure:
+    """A PNG's chunks up to IEND, counted up to one over the limits (stops early at a malformed
+    one)."""
+    found = PngStructure()
+    pos, n = len(_PNG_MAGIC), len(data)
+    while pos + 8 <= n and found.chunks <= MAX_PNG_CHUNKS:
+        found.chunks += 1
+        kind = data[pos + 4:pos + 8]
+        if kind == b"IEND":
             break
+        if kind == b"iCCP":
+            found.iccp += 1
+        elif kind in (b"zTXt", b"iTXt"):
+            found.compressed += 1
         pos += 12 + int.from_bytes(data[pos:pos + 4], "big")
-    return chunks
+    return found
 
 
 def check_structure(data: bytes, target: str) -> None:
     """Refuse (422) a JPEG or PNG built to cost decoding time out of proportion to its pixels,
     before any of it is read."""
     if data.startswith(b"\xff\xd8"):
-        scans, segments = _jpeg_structure(data)
-        if scans > MAX_JPEG_SCANS:
+        jpeg = jpeg_structure(data)
+        if jpeg.scans > MAX_JPEG_SCANS:
             raise errors.validation(
                 f"The JPEG has more than {MAX_JPEG_SCANS} scans (progressive encoders write up "
                 f"to ~20); re-encode it.", target)
-        if segments > MAX_JPEG_SEGMENTS:
+        if jpeg.scans * jpeg.width * jpeg.height > MAX_JPEG_SCAN_PIXELS:
+            most = MAX_JPEG_SCAN_PIXELS // (jpeg.width * jpeg.height)
+            raise errors.validation(
+                f"The JPEG has {jpeg.scans} scans of {jpeg.width}x{jpeg.height} pixels; at that "
+                f"size at most {most} are decoded, each a pass over the whole picture "
+                f"(progressive encoders write up to ~20); re-encode it.", target)
+        if jpeg.segments > MAX_JPEG_SEGMENTS:
             raise errors.validation(
                 f"The JPEG has more than {MAX_JPEG_SEGMENTS} segments (markers); re-encode it.",
                 target)
-    elif data.startswith(_PNG_MAGIC) and _png_chunks(data) > MAX_PNG_CHUNKS:
-        raise errors.validation(
-            f"The PNG has more than {MAX_PNG_CHUNKS:,} chunks; re-encode it.", target)
+        if jpeg.frames > 1 or jpeg.bad_frame:
+            raise errors.validation(
+                "The JPEG has more than one frame header (SOF), or a malformed one; re-encode "
+                "it.", target)
+        if jpeg.stray > MAX_JPEG_STRAY_BYTES:
+            raise errors.validation(
+                f"The JPEG has more than {MAX_JPEG_STRAY_BYTES:,} bytes outside its segments "
+                f"before the picture data (fill or stray bytes); re-encode it.", target)
+    elif data.startswith(_PNG_MAGIC):
+        png = png_structure(data)
+        if png.chunks > MAX_PNG_CHUNKS:
+            raise errors.validation(
+                f"The PNG has more than {MAX_PNG_CHUNKS:,} chunks; re-encode it.", target)
+        if png.iccp > 1 or png.compressed > MAX_PNG_COMPRESSED_CHUNKS:
+            raise errors.validation(
+                f"The PNG has {png.iccp} colour profiles (iCCP; the format allows one) and "
+                f"{png.compressed} compressed text chunks (zTXt, iTXt; at most "
+                f"{MAX_PNG_COMPRESSED_CHUNKS} are read); re-encode it.", target)
 
 
 def _is_rle_bmp(im: Image.Image) -> bool:
@@ -409,7 +497,9 @@ def load_first_frame(im: Image.Image, *, target: str, draft_to: int | None = RES
 # -- decoding memory ----------------------------------------------------------------------------
 # What decoding and preprocessing need, per pixel, beyond the encoded bytes (measured with
 # bench/image_memory.py, which prints each case's estimate beside its growth):
-# * Pillow keeps 1 byte per pixel for modes 1, L and P, 2 for I;16, 4 for everything else.
+# * Pillow keeps 1 byte per pixel for modes 1, L and P, 2 for I;16, 4 for everything else, and
+#   a pointer (8 bytes) per row: a 1x40,000,000 grey PNG grew the process by 345 MiB, 305 of them
+#   row pointers (review h_cpu1; measured 7.6-8.0 bytes a row from 10 to 40 million rows).
 # * Preprocessing then holds the picture and, at the same time, what resize_center_crop_any
 #   makes of it: for 1-bit and palette pictures without transparency a whole converted copy
 #   (L: 1 byte per pixel, RGB: 4; a 40 Mpx GIF or palette PNG holds 200 MB, not 40), for large
@@ -421,25 +511,8 @@ def load_first_frame(im: Image.Image, *, target: str, draft_to: int | None = RES
 #   coefficient of the whole picture, 2 bytes each, however small the draft (CMYK 4:4:4: 8 bytes
 #   per pixel). A single-scan JPEG decodes a row of blocks at a time into the drafted picture.
 WEBP_BYTES_PER_PIXEL = 16
+ROW_POINTER_BYTES = 8
 _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
-
-
-def _jpeg_first_scan_components(data: bytes) -> int | None:
-    """How many components the first scan (SOS) of a JPEG holds; None if it cannot be found."""
-    pos, n = 2, len(data)
-    while pos + 4 < n:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:                          # fill byte
-            pos += 1
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:
-            pos += 2                                # markers without a length
-        elif marker == 0xDA:
-            return data[pos + 4]
-        else:
-            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
-    return None
 
 
 def jpeg_coefficient_bytes(im: Image.Image, data: bytes) -> int:
@@ -448,7 +521,9 @@ def jpeg_coefficient_bytes(im: Image.Image, data: bytes) -> int:
     layers = getattr(im, "layer", None)
     if im.format not in ("JPEG", "MPO") or not layers:
         return 0
-    if not im.info.get("progressive") and _jpeg_first_scan_components(data) == len(layers):
+    layers = layers[:im.layers]    # Pillow adds one per 3 bytes of an oversized SOF
+    if not im.info.get("progressive") and \
+            jpeg_structure(data).first_scan_components == len(layers):
         return 0
     w, h = im.size
     hmax = max(layer[1] for layer in layers) or 1
@@ -481,7 +556,7 @@ def decode_bytes(im: Image.Image, decoder_extra: int = 0) -> int:
     preprocessing (:func:`preprocess_bytes`) hold together. ``decoder_extra``: what its decoder
     holds beside the picture (:func:`jpeg_coefficient_bytes`, :func:`decoder_buffer_bytes`)."""
     w, h = im.size
-    stored = _BYTES_PER_PIXEL.get(im.mode, 4) * w * h
+    stored = _BYTES_PER_PIXEL.get(im.mode, 4) * w * h + ROW_POINTER_BYTES * h
     decoding = WEBP_BYTES_PER_PIXEL * w * h if im.format == "WEBP" else stored + decoder_extra
     return max(decoding, stored + preprocess_bytes(im))
 

@@ -404,6 +404,93 @@ def test_a_progressive_jpeg_of_many_scans_is_refused_before_decoding():
     assert at_limit.shape == (3, 224, 224)
     err = fails(images.image_to_pixel_values, data_url(with_scans(101), "jpeg"), SETTINGS, 0)
     assert "more than 100 scans" in err.message
+    # Pillow and libjpeg skip a stray byte, or take a segment length of 0 as 2, and read on: the
+    # count must too (review h_cpu1: 1,000 scans behind one stray byte took 30 s).
+    app0 = 2 + int.from_bytes(src[4:6], "big")
+    for trick in (b"\x00", b"\xff\xfe\x00\x00\x00", b"\xff\xd9", b"\xff" * 50):
+        tricked = with_scans(101)[:2 + app0] + trick + with_scans(101)[2 + app0:]
+        err = fails(images.image_to_pixel_values, data_url(tricked, "jpeg"), SETTINGS, 0)
+        assert "more than 100 scans" in err.message, trick
+        if trick != b"\xff\xd9":     # (libjpeg refuses an end of image before the frame header)
+            fine = with_scans(10)[:2 + app0] + trick + with_scans(10)[2 + app0:]
+            np.testing.assert_array_equal(
+                images.image_to_pixel_values(data_url(fine, "jpeg"), SETTINGS, 0),
+                images.image_to_pixel_values(data_url(src, "jpeg"), SETTINGS, 0))
+
+
+def test_a_large_progressive_jpeg_gets_fewer_scans():
+    """Each scan is a pass over every block, draft or not (~29 ms a refinement scan at 40 Mpx):
+    100 scans of 40 Mpx took 2.9 s from a 163 KB file (review h_cpu1). Scans x pixels is at most
+    1.2e9: 30 scans at 40 Mpx, 75 at 4000x4000."""
+    src = encode(Image.new("L", (4000, 4000), 90), "JPEG", progressive=True)
+    head, scans = _jpeg_parts(src)
+    small = min(scans[1:], key=len)
+
+    def with_scans(total: int) -> bytes:
+        return b"\xff\xd8" + head + b"".join(scans) + small * (total - len(scans)) + b"\xff\xd9"
+
+    assert images.jpeg_structure(with_scans(75)).scans == 75
+    images.check_structure(with_scans(75), T)                     # 75 x 16 Mpx = 1.2e9
+    err = fails(images.check_structure, with_scans(76), T)
+    assert err.message == ("The JPEG has 76 scans of 4000x4000 pixels; at that size at most 75 "
+                           "are decoded, each a pass over the whole picture (progressive encoders "
+                           "write up to ~20); re-encode it."), err.message
+
+
+def test_jpeg_structures_that_cost_pillow_time_are_refused():
+    """Pillow reads what precedes a JPEG's first scan in Python: bytes outside segments one at a
+    time (8 MiB of fill bytes: 6.4 s), and each frame header (SOF) adds a layer per 3 of its
+    bytes (127 of them: 1.9 s; review h_cpu1)."""
+    src = encode(Image.new("RGB", (64, 64), (9, 9, 9)), "JPEG")
+    clean = images.image_to_pixel_values(data_url(src, "jpeg"), SETTINGS, 0)
+    app0 = 2 + 2 + int.from_bytes(src[4:6], "big")
+    for stray in (b"\xff" * 4096, b"\x00" * 4096, b"\xff\x00" * 2048):
+        ok = src[:app0] + stray + src[app0:]
+        np.testing.assert_array_equal(images.image_to_pixel_values(data_url(ok, "jpeg"), SETTINGS, 0),
+                                      clean)
+        err = fails(images.image_to_pixel_values, data_url(ok[:app0] + b"\xff\xff" + ok[app0:],
+                                                            "jpeg"), SETTINGS, 0)
+        assert err.message == ("The JPEG has more than 4,096 bytes outside its segments before "
+                               "the picture data (fill or stray bytes); re-encode it."), err.message
+    sof = src.index(b"\xff\xc0")
+    frame = src[sof:sof + 2 + int.from_bytes(src[sof + 2:sof + 4], "big")]
+    for bad in (src[:sof] + frame + src[sof:],                              # two frame headers
+                src[:sof + 3] + bytes([src[sof + 3] + 3]) + src[sof + 4:sof + len(frame)]
+                + b"\0\0\0" + src[sof + len(frame):]):                     # one too long
+        err = fails(images.image_to_pixel_values, data_url(bad, "jpeg"), SETTINGS, 0)
+        assert "more than one frame header (SOF), or a malformed one" in err.message
+
+
+def test_pngs_that_inflate_many_chunks_when_opened_are_refused():
+    """Pillow inflates every iCCP, zTXt and iTXt chunk (up to 1 MiB each) when it opens a PNG:
+    8 MiB of them took 22 s (review h_cpu1). One iCCP (the format allows no more) and 64
+    compressed texts are read."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    src = encode(Image.new("RGB", (8, 8), (9, 9, 9)), "PNG")
+    at = src.index(b"IDAT") - 4
+    profile = chunk(b"iCCP", b"p\0\0" + zlib.compress(b"\0" * 4096))
+    text = chunk(b"zTXt", b"k\0\0" + zlib.compress(b"a" * 4096))
+    itext = chunk(b"iTXt", b"k\0\1\0\0\0" + zlib.compress(b"a" * 4096))
+
+    def with_chunks(extra: bytes) -> bytes:
+        return src[:at] + extra + src[at:]
+
+    clean = images.image_to_pixel_values(data_url(src, "png"), SETTINGS, 0)
+    ok = with_chunks(profile + text * 32 + itext * 32)
+    np.testing.assert_array_equal(images.image_to_pixel_values(data_url(ok, "png"), SETTINGS, 0),
+                                  clean)
+    err = fails(images.image_to_pixel_values, data_url(with_chunks(profile * 2), "png"), SETTINGS, 0)
+    assert err.message.startswith("The PNG has 2 colour profiles (iCCP; the format allows one)")
+    err = fails(images.image_to_pixel_values,
+                data_url(with_chunks(profile + text * 33 + itext * 32), "png"), SETTINGS, 0)
+    assert err.message == ("The PNG has 1 colour profiles (iCCP; the format allows one) and 65 "
+                           "compressed text chunks (zTXt, iTXt; at most 64 are read); re-encode "
+                           "it."), err.message
 
 
 def test_a_jpeg_of_many_segments_is_refused():
@@ -508,7 +595,7 @@ def test_a_png_of_many_chunks_is_refused():
     def with_chunks(n: int) -> bytes:
         return src[:at] + chunk * n + src[at:]
 
-    assert images._png_chunks(with_chunks(0)) == 3        # IHDR, IDAT, IEND
+    assert images.png_structure(with_chunks(0)).chunks == 3        # IHDR, IDAT, IEND
     assert images.image_to_pixel_values(data_url(with_chunks(9000), "png"), SETTINGS, 0).shape
     err = fails(images.image_to_pixel_values, data_url(with_chunks(10_000), "png"), SETTINGS, 0)
     assert "more than 10,000 chunks" in err.message
