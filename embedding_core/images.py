@@ -235,12 +235,17 @@ def _too_many_pixels(width: int | None, height: int | None, pixels: int | None, 
 #   PNG's picture data is often cut in chunks of 8-64 KB: ~1,000 in 8 MB) and no stray bytes.
 # * A second frame header (SOF) adds a layer per 3 of its bytes in Pillow, in Python (127 of
 #   them: 1.9 s); libjpeg refuses such a file anyway.
+# * Markers that libjpeg cannot process (0x02-0xBF, JPG and JPGn, DHP, EXP, the differential and
+#   lossless SOFs it does not decode, a second SOI) are refused: after one in place of a restart
+#   marker libjpeg drops it and reads on, and Pillow reads no length after JPG and JPGn, so what
+#   a count by segment lengths skips there, they read (951 hidden scans in 63 KB: 29 s; 8 MiB of
+#   hidden Exif segments, which Pillow concatenates: 27 s; review h_review17).
 # * Pillow inflates each PNG iCCP, zTXt and iTXt chunk (up to 1 MiB each: 2.75 ms) when it opens
 #   the file: 8 MiB of them took 22 s. A PNG has at most one iCCP; encoders write a few texts.
 MAX_JPEG_SCANS = 100
 MAX_JPEG_SCAN_PIXELS = 1_200_000_000
 MAX_JPEG_SEGMENTS = 1000
-MAX_JPEG_STRAY_BYTES = 4096     # fill and other bytes outside segments before the first scan
+MAX_JPEG_STRAY_BYTES = 4096     # fill and other bytes outside segments and scan data
 MAX_PNG_CHUNKS = 10000
 MAX_PNG_COMPRESSED_CHUNKS = 64  # zTXt and iTXt (inflated when opened), besides one iCCP
 # Pillow decodes RLE-compressed BMPs in Python, one 2-byte code at a time, at 0.25-0.6 us a code
@@ -257,7 +262,12 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 _FILL = re.compile(rb"\xff+")
+_SCAN_END = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")   # a marker after entropy-coded data
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}   # frame headers (0xC4 DHT, 0xCC DAC)
+# Markers libjpeg cannot process (it stops at them, or drops them at a restart point and reads
+# on): reserved, JPG/JPGn, DHP, EXP, and the frame headers of processes it does not decode.
+_UNPROCESSED = frozenset(range(0x02, 0xC0)) | {0xC5, 0xC6, 0xC7, 0xC8, 0xCD, 0xCE, 0xCF, 0xDE,
+                                               0xDF} | frozenset(range(0xF0, 0xFE))
 
 
 @dataclass
@@ -270,7 +280,8 @@ class JpegStructure:
     bad_frame: bool = False         # an SOF whose length is not 8 + 3 per component
     width: int = 0                  # from the first SOF
     height: int = 0
-    stray: int = 0                  # bytes outside segments before the first scan
+    stray: int = 0                  # bytes outside segments and scan data
+    unprocessed: int | None = None  # the first marker libjpeg cannot process (_UNPROCESSED)
     first_scan_components: int | None = None
 
 
@@ -278,9 +289,11 @@ def jpeg_structure(data: bytes) -> JpegStructure:
     """The scans, segments and frame headers of a JPEG's first picture, counted up to one over the
     limits; the entropy-coded data after each scan header is skipped (a 0xFF there is followed by
     0x00, a restart marker or fill bytes). Bytes that are not a marker where one should be are
-    skipped to the next 0xFF, as libjpeg and Pillow do (counted before the first scan), so that
-    the count stays in step with theirs; an early end of image (before any scan) is read past, as
-    Pillow does; a segment length under 2 counts as 2, as in libjpeg."""
+    skipped to the next 0xFF, as libjpeg and Pillow do, and counted as stray, so that the count
+    stays in step with theirs; markers without a length count as segments (Pillow reads each in
+    Python before the first scan); an end of image before any scan is read past, as Pillow does;
+    a segment length under 2 counts as 2, as in libjpeg. Stops at the first marker libjpeg
+    cannot process (``unprocessed``)."""
     found = JpegStructure()
     pos, n = 2, len(data)
     while (pos + 4 <= n and found.scans <= MAX_JPEG_SCANS and found.segments <= MAX_JPEG_SEGMENTS
@@ -289,22 +302,25 @@ def jpeg_structure(data: bytes) -> JpegStructure:
             following = data.find(b"\xff", pos)
             if following < 0:
                 break
-            if not found.scans:
-                found.stray += following - pos
+            found.stray += following - pos
             pos = following
             continue
         fill = _FILL.match(data, pos).end() - 1      # the last 0xFF of a run is the marker's
         if fill > pos:
-            if not found.scans:
-                found.stray += fill - pos
+            found.stray += fill - pos
             pos = fill
             continue
         marker = data[pos + 1]
         if marker == 0xD9 and found.scans:           # end of the (first) picture
             break
-        if marker in (0x00, 0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7:
-            if marker == 0x00 and not found.scans:   # an escaped 0xFF: not a marker
+        if marker in _UNPROCESSED or marker == 0xD8:
+            found.unprocessed = marker
+            break
+        if marker in (0x00, 0x01, 0xD9) or 0xD0 <= marker <= 0xD7:
+            if marker == 0x00:                       # an escaped 0xFF: not a marker
                 found.stray += 2
+            else:
+                found.segments += 1
             pos += 2                                 # no length
             continue
         length = max(2, int.from_bytes(data[pos + 2:pos + 4], "big"))
@@ -315,23 +331,16 @@ def jpeg_structure(data: bytes) -> JpegStructure:
                 found.height = int.from_bytes(data[pos + 5:pos + 7], "big")
                 found.width = int.from_bytes(data[pos + 7:pos + 9], "big")
                 found.bad_frame = length != 8 + 3 * data[pos + 9]
-        if marker == 0xDA and found.first_scan_components is None:
+        if marker == 0xDA and found.first_scan_components is None and pos + 5 <= n:
             found.first_scan_components = data[pos + 4]
         pos += 2 + length
         if marker != 0xDA:
             continue
         found.scans += 1
-        while True:                                  # skip the scan's entropy-coded data
-            pos = data.find(b"\xff", pos)
-            if pos < 0 or pos + 1 >= n:
-                return found
-            following = data[pos + 1]
-            if following == 0x00 or 0xD0 <= following <= 0xD7:
-                pos += 2
-            elif following == 0xFF:
-                pos = _FILL.match(data, pos).end() - 1
-            else:
-                break
+        end = _SCAN_END.search(data, pos)            # skip the scan's entropy-coded data
+        if end is None:
+            break
+        pos = end.start()
     return found
 
 
@@ -339,7 +348,7 @@ def jpeg_structure(data: bytes) -> JpegStructure:
 class PngStructure:
     chunks: int = 0
     iccp: int = 0
-    compressed: int = 0             # zTXt and iTXt
+    compressed: int = 0             # zTXt and compressed iTXt
 
 
 def png_structure(data: bytes) -> PngStructure:
@@ -354,8 +363,12 @@ def png_structure(data: bytes) -> PngStructure:
             break
         if kind == b"iCCP":
             found.iccp += 1
-        elif kind in (b"zTXt", b"iTXt"):
+        elif kind == b"zTXt":
             found.compressed += 1
+        elif kind == b"iTXt":                    # keyword, 0, then its compression flag
+            keyword_end = data.find(b"\0", pos + 8, pos + 8 + 80)
+            if keyword_end >= 0 and keyword_end + 1 < n and data[keyword_end + 1]:
+                found.compressed += 1
         pos += 12 + int.from_bytes(data[pos:pos + 4], "big")
     return found
 
@@ -373,11 +386,16 @@ def check_structure(data: bytes, target: str) -> None:
             most = MAX_JPEG_SCAN_PIXELS // (jpeg.width * jpeg.height)
             raise errors.validation(
                 f"The JPEG has {jpeg.scans} scans of {jpeg.width}x{jpeg.height} pixels; at that "
-                f"size at most {most} are decoded, each a pass over the whole picture "
+                f"size at most {most} are accepted, as each is a pass over the picture "
                 f"(progressive encoders write up to ~20); re-encode it.", target)
         if jpeg.segments > MAX_JPEG_SEGMENTS:
             raise errors.validation(
-                f"The JPEG has more than {MAX_JPEG_SEGMENTS} segments (markers); re-encode it.",
+                f"The JPEG has more than {MAX_JPEG_SEGMENTS:,} segments (markers); re-encode it.",
+                target)
+        if jpeg.unprocessed is not None:
+            raise errors.validation(
+                f"The JPEG holds a marker that decoders do not process (0xFF{jpeg.unprocessed:02X})"
+                "; it is corrupt or uses a process JPEG decoders do not implement. Re-encode it.",
                 target)
         if jpeg.frames > 1 or jpeg.bad_frame:
             raise errors.validation(
@@ -386,17 +404,21 @@ def check_structure(data: bytes, target: str) -> None:
         if jpeg.stray > MAX_JPEG_STRAY_BYTES:
             raise errors.validation(
                 f"The JPEG has more than {MAX_JPEG_STRAY_BYTES:,} bytes outside its segments "
-                f"before the picture data (fill or stray bytes); re-encode it.", target)
+                f"and picture data (fill or stray bytes); re-encode it.", target)
     elif data.startswith(_PNG_MAGIC):
         png = png_structure(data)
         if png.chunks > MAX_PNG_CHUNKS:
             raise errors.validation(
                 f"The PNG has more than {MAX_PNG_CHUNKS:,} chunks; re-encode it.", target)
-        if png.iccp > 1 or png.compressed > MAX_PNG_COMPRESSED_CHUNKS:
+        if png.iccp > 1:
             raise errors.validation(
-                f"The PNG has {png.iccp} colour profiles (iCCP; the format allows one) and "
-                f"{png.compressed} compressed text chunks (zTXt, iTXt; at most "
-                f"{MAX_PNG_COMPRESSED_CHUNKS} are read); re-encode it.", target)
+                f"The PNG has {png.iccp} colour profiles (iCCP chunks; the format allows one); "
+                "re-encode it.", target)
+        if png.compressed > MAX_PNG_COMPRESSED_CHUNKS:
+            raise errors.validation(
+                f"The PNG has more than {MAX_PNG_COMPRESSED_CHUNKS} compressed text chunks "
+                "(zTXt, iTXt), which are not embedded; remove them and send the picture again.",
+                target)
 
 
 def _is_rle_bmp(im: Image.Image) -> bool:
@@ -499,7 +521,8 @@ def load_first_frame(im: Image.Image, *, target: str, draft_to: int | None = RES
 # bench/image_memory.py, which prints each case's estimate beside its growth):
 # * Pillow keeps 1 byte per pixel for modes 1, L and P, 2 for I;16, 4 for everything else, and
 #   a pointer (8 bytes) per row: a 1x40,000,000 grey PNG grew the process by 345 MiB, 305 of them
-#   row pointers (review h_cpu1; measured 7.6-8.0 bytes a row from 10 to 40 million rows).
+#   row pointers (review h_cpu1; measured 7.6-8.0 bytes a row from 10 to 40 million rows), and
+#   so does each full-size copy preprocessing makes (a 1x25,000,000 1-bit PNG: 429 MiB; h_review17).
 # * Preprocessing then holds the picture and, at the same time, what resize_center_crop_any
 #   makes of it: for 1-bit and palette pictures without transparency a whole converted copy
 #   (L: 1 byte per pixel, RGB: 4; a 40 Mpx GIF or palette PNG holds 200 MB, not 40), for large
@@ -575,8 +598,9 @@ def preprocess_bytes(im: Image.Image) -> int:
     if mode != im.mode:                               # to_resizable's converted copy
         high_bit_depth = im.mode.startswith("I") or im.mode == "F"
         extra += (_RESIZABLE_BYTES.get(mode, 4) + (13 if high_bit_depth else 0)) * w * h
+        extra += ROW_POINTER_BYTES * h
     if mode in ("LA", "RGBA"):                        # Pillow premultiplies alpha into a copy
-        extra += 4 * w * h
+        extra += 4 * w * h + ROW_POINTER_BYTES * h
     return extra
 
 

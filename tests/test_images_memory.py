@@ -108,11 +108,11 @@ def _raw_png(w: int, h: int, depth: int, colour: int, row_piece: bytes, pieces: 
             + before_idat + _chunk(b"IDAT", b"".join(idat)) + after_idat + _chunk(b"IEND", b""))
 
 
-def _tall_grey_png(h: int) -> bytes:
+def _tall_grey_png(h: int, depth: int = 8) -> bytes:
     """A black grey PNG one pixel wide (review h_cpu1), its picture data compressed in one go."""
     import struct
     import zlib
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 1, h, 8, 0, 0, 0, 0))
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 1, h, depth, 0, 0, 0, 0))
             + _chunk(b"IDAT", zlib.compress(bytes(2 * h), 9)) + _chunk(b"IEND", b""))
 
 
@@ -145,6 +145,9 @@ def _raw_cases() -> dict[str, tuple[str, bytes]]:
         "grey RLE8 BMP, 1 Mpx": ("bmp", _rle8_grey_bmp(1024, 1024)),
         # Pillow keeps a pointer (8 bytes) per row: 76 MiB here beside 10 MB of pixels.
         "1x10,000,000 grey PNG": ("png", _tall_grey_png(10_000_000)),
+        # ... and for the whole converted copy of a 1-bit picture (review h_review17: a
+        # 1x25,000,000 one used 429 MiB counted at 238).
+        "1x10,000,000 1-bit PNG": ("png", _tall_grey_png(10_000_000, 1)),
         # A tRNS after the pixels (libpng ignores it) would add a premultiplied copy.
         "grey PNG with tRNS after IDAT, 4 Mpx": (
             "png", _raw_png(2000, 2000, 8, 0, bytes(range(250)) * 8, 1,
@@ -200,7 +203,7 @@ def test_an_image_at_the_limits_costs_at_most_300_mb(measured, name):
                                   "RGBA PNG, 40 Mpx", "16-bit grey PNG, 40 Mpx",
                                   "transparent palette PNG, 40 Mpx", "lossless WebP, 16.7 Mpx",
                                   "grey RLE8 BMP, 1 Mpx", "grey PNG with tRNS after IDAT, 4 Mpx",
-                                  "1x10,000,000 grey PNG"])
+                                  "1x10,000,000 grey PNG", "1x10,000,000 1-bit PNG"])
 def test_the_decode_gate_counts_what_an_image_costs(measured, name):
     """The process-wide decode budget holds only if each image's estimate covers what decoding
     and preprocessing it take. A palette picture was counted at 1 byte per pixel while it is
