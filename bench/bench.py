@@ -582,19 +582,20 @@ def report(r: dict) -> str:
     ref_short, ref_mixed = _get(t, "ref:short", "median"), _get(t, "ref:mixed", "median")
     lat = r["latency"]
 
-    def row(name, value, unit, ref_value=None, target=""):
+    def row(name, value, unit, ref_value=None, target="", rounds=""):
         rat = ratio(value, ref_value)
         rows.append(f"| {name} | {value:,.1f} {unit} | "
                     + (f"{ref_value:,.1f} {unit}" if ref_value is not None else "–") + " | "
-                    + (f"{rat:.2f}×" if rat is not None else "–") + f" | {target} |")
+                    + (f"{rat:.2f}×{rounds}" if rat is not None else "–") + f" | {target} |")
 
     for i, d in enumerate(r["deployments"]):
         target = "≥ 3.0×" if i == 0 else ""
         for fmt in ("float", "base64"):
             row(f"`{d}` short sentences/s, end to end, {fmt}", t[f"{d}:short_{fmt}"]["median"],
-                "/s", ref_short, target)
+                "/s", ref_short, target, per_round(t, f"{d}:short_{fmt}", "ref:short"))
         row(f"`{d}` mixed lengths (≤ 256 tokens)/s, end to end, float",
-            t[f"{d}:mixed_float"]["median"], "/s", ref_mixed, target)
+            t[f"{d}:mixed_float"]["median"], "/s", ref_mixed, target,
+            per_round(t, f"{d}:mixed_float", "ref:mixed"))
     d0 = r["deployments"][0]
     row(f"`{d0}` short sentences/s, in-process engine (no queue, no HTTP; one thread per worker)",
         t["engine_short"]["median"], "/s", ref_short)
@@ -605,10 +606,12 @@ def report(r: dict) -> str:
         rows.append(f"| `{d0}` short sentences/s on one core, base64 (server and clients pinned "
                     f"to one core: a 2048 MB Flex instance's CPU) | {one['median']:,.1f} /s | "
                     f"{two:,.1f} /s on all {r['machine'].get('usable_cores', '?')} cores | "
-                    f"{100 * one['median'] / two:.0f} % | |")
+                    f"{100 * one['median'] / two:.0f} %"
+                    f"{per_round(t, f'{d0}:one_core_short_base64', f'{d0}:short_base64', True)} | |")
     batched = t[f"{d0}:short_float"]["median"]
     rows.append(f"| `{d0}` 8 clients, one sentence per request | {singles:,.1f} /s | "
-                f"{batched:,.1f} /s batched (32/request) | {100 * singles / batched:.0f} % | "
+                f"{batched:,.1f} /s batched (32/request) | {100 * singles / batched:.0f} %"
+                f"{per_round(t, f'{d0}:singles_8_clients', f'{d0}:short_float', True)} | "
                 "≥ 70 % of batched |")
     row(f"`{d0}` single input p50, end to end (one client)", lat["p50_ms"], "ms",
         lat.get("ref_p50_ms"))
@@ -671,6 +674,19 @@ def report(r: dict) -> str:
             f"interleaved rounds, {r['clients']} clients.{_steal_note(r)} Run {r['date']}.\n\n"
             + head + "\n"
             + "\n".join(rows))
+
+
+def per_round(t: dict, key: str, ref_key: str, percent: bool = False) -> str:
+    """The range of key / ref_key over the interleaved rounds, as " (a-b× per round)" (or
+    percent): the rounds are minutes apart on a VM whose speed varies, and the ratio of the
+    medians hides that. "" without two rounds of each."""
+    a, b = _get(t, key, "rounds"), _get(t, ref_key, "rounds")
+    if not a or not b or len(a) != len(b) or len(a) < 2 or not all(b):
+        return ""
+    rs = [x / y for x, y in zip(a, b)]
+    if percent:
+        return f" ({100 * min(rs):.0f}-{100 * max(rs):.0f} % per round)"
+    return f" ({min(rs):.2f}-{max(rs):.2f}× per round)"
 
 
 def _steal_note(r: dict) -> str:
