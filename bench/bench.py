@@ -623,8 +623,8 @@ def report(r: dict) -> str:
                 f"{f['p95_ms']:,.0f} ms, {f['refused']} of {f['probes']} refused | – | – | "
                 "p50 ≤ 500 ms, none refused |")
     big = r["largest"]
-    rows.append(f"| largest request the limits allow ({big['inputs']} × 256 = {big['tokens']:,} "
-                f"tokens) | {big['seconds']:.1f} s | – | – | ≤ 60 s |")
+    rows.append(f"| largest request the limits allow ({big['inputs']:,} inputs of up to 256 tokens: "
+                f"{big['tokens']:,} tokens) | {big['seconds']:.1f} s | – | – | ≤ 60 s |")
     row("peak RSS, largest request", big["peak_rss_mb"], "MB", _get(r, "reference", "peak_rss_mb"),
         "≤ 700 MB")
     q = r["quality"]
