@@ -1,0 +1,110 @@
+"""Where a one-sentence request's cost goes: the server's and the client's CPU per request for
+one-sentence requests from 8 connections, requests of 32 sentences from 2 (as ``make bench``
+sends them) and ``GET /health`` from 8 (an empty request: the HTTP floor), in interleaved rounds
+through the local host. The server's CPU is its process's from ``/proc``; the client's is this
+process's (its threads only send and read). Linux only; not part of ``make bench``.
+Usage: .venv/bin/python bench/singles_cost.py [--rounds N] [--out FILE]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench  # noqa: E402
+import workloads  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK     # utime + stime
+
+
+def health(server: bench.Server, n: int, clients: int) -> float:
+    todo: queue.Queue = queue.Queue()
+    for _ in range(n):
+        todo.put(None)
+
+    def worker() -> None:
+        conn = server.conn()
+        while True:
+            try:
+                todo.get_nowait()
+            except queue.Empty:
+                break
+            conn.request("GET", "/health")
+            res = conn.getresponse()
+            res.read()
+            if res.status != 200:
+                raise RuntimeError(f"/health: {res.status}")
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    short = workloads.build(1024, 256, 1000)["short"]
+    loads = {
+        "8 clients, one sentence per request":
+            (len(short), lambda s: bench.run_clients(s, "/embeddings",
+                                                     [{"input": [t]} for t in short], 8)),
+        "2 clients, 32 sentences per request":
+            (len(short), lambda s: bench.run_clients(
+                s, "/embeddings", [{"input": c, "truncate": "END"}
+                                   for c in bench.chunks(short, 32)], 2)),
+        "8 clients, GET /health": (3000, lambda s: health(s, 3000, 8)),
+    }
+    server = bench.Server()
+    rows: dict[str, list[dict]] = {}
+    try:
+        conn = server.conn()
+        server.post(conn, "/embeddings", {"input": short[:64]})     # load the model
+        conn.close()
+        for r in range(args.rounds):
+            for name, (n, run) in loads.items():
+                c0, s0, st0 = time.process_time(), process_cpu(server.proc.pid), bench.steal_ticks()
+                dt = run(server)
+                row = {"per_s": n / dt,
+                       "server_ms": 1e3 * (process_cpu(server.proc.pid) - s0) / n,
+                       "client_ms": 1e3 * (time.process_time() - c0) / n,
+                       "steal_ticks": (bench.steal_ticks() or 0) - (st0 or 0)}
+                rows.setdefault(name, []).append(row)
+                print(f"round {r + 1} {name}: {row['per_s']:.1f}/s, server {row['server_ms']:.2f} ms,"
+                      f" client {row['client_ms']:.2f} ms, steal {row['steal_ticks']}", flush=True)
+    finally:
+        server.stop()
+    out = {"machine": bench.machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "rounds": rows,
+           "medians": {name: {k: statistics.median(r[k] for r in v)
+                              for k in ("per_s", "server_ms", "client_ms")}
+                       for name, v in rows.items()}}
+    for name, m in out["medians"].items():
+        print(f"{name}: {m['per_s']:.1f}/s, server {m['server_ms']:.2f} ms, "
+              f"client {m['client_ms']:.2f} ms per request (medians)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
