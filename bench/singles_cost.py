@@ -35,6 +35,7 @@ def health(server: bench.Server, n: int, clients: int) -> float:
     todo: queue.Queue = queue.Queue()
     for _ in range(n):
         todo.put(None)
+    errors: list[str] = []
 
     def worker() -> None:
         conn = server.conn()
@@ -47,7 +48,8 @@ def health(server: bench.Server, n: int, clients: int) -> float:
             res = conn.getresponse()
             res.read()
             if res.status != 200:
-                raise RuntimeError(f"/health: {res.status}")
+                errors.append(f"/health: {res.status}")
+                break
         conn.close()
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
@@ -56,6 +58,8 @@ def health(server: bench.Server, n: int, clients: int) -> float:
         t.start()
     for t in threads:
         t.join()
+    if errors:
+        raise RuntimeError(errors[0])
     return time.perf_counter() - t0
 
 
@@ -102,7 +106,8 @@ def main() -> None:
                        for name, v in rows.items()}}
     for name, m in out["medians"].items():
         print(f"{name}: {m['per_s']:.1f}/s, server {m['server_ms']:.2f} ms, "
-              f"client {m['client_ms']:.2f} ms per request (medians)")
+              f"client {m['client_ms']:.2f} ms of CPU per sentence (per request for /health; "
+              "medians)")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
 
