@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -106,10 +107,15 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def run_clients(server: Server, path: str, bodies: list[dict], clients: int) -> float:
+def run_clients(server: Server, path: str, bodies: list, clients: int,
+                send: Callable[[http.client.HTTPConnection, object], None] | None = None) -> float:
     """Send ``bodies`` with ``clients`` concurrent keep-alive connections; seconds taken. The
     client threads run on the server's CPUs when it has been given some (as the Functions host
-    shares an instance's)."""
+    shares an instance's). ``send(conn, body)`` replaces the POST to ``path`` (it raises on a
+    failed request)."""
+    if send is None:
+        def send(conn, body):
+            server.post(conn, path, body)
     todo: queue.Queue = queue.Queue()
     for b in bodies:
         todo.put(b)
@@ -129,7 +135,7 @@ def run_clients(server: Server, path: str, bodies: list[dict], clients: int) -> 
             except queue.Empty:
                 break
             try:
-                server.post(conn, path, body)
+                send(conn, body)
             except Exception as exc:  # noqa: BLE001
                 errors.append(exc)
                 break

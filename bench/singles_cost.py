@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -32,35 +30,13 @@ def process_cpu(pid: int) -> float:
 
 
 def health(server: bench.Server, n: int, clients: int) -> float:
-    todo: queue.Queue = queue.Queue()
-    for _ in range(n):
-        todo.put(None)
-    errors: list[str] = []
-
-    def worker() -> None:
-        conn = server.conn()
-        while True:
-            try:
-                todo.get_nowait()
-            except queue.Empty:
-                break
-            conn.request("GET", "/health")
-            res = conn.getresponse()
-            res.read()
-            if res.status != 200:
-                errors.append(f"/health: {res.status}")
-                break
-        conn.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise RuntimeError(errors[0])
-    return time.perf_counter() - t0
+    def get(conn, _) -> None:
+        conn.request("GET", "/health")
+        res = conn.getresponse()
+        res.read()
+        if res.status != 200:
+            raise RuntimeError(f"/health: {res.status}")
+    return bench.run_clients(server, "/health", [None] * n, clients, send=get)
 
 
 def main() -> None:
