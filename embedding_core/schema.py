@@ -109,6 +109,21 @@ JSON_VALUES_PER_INPUT = 8     # an image input with text is an object and four s
 # fail, so the scan is linear whatever the body), or the start of an array or object (or a comma).
 _STRING_OR_OPEN = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)|[\[{]', re.DOTALL)
 _STRING_OPEN_OR_COMMA = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)|[\[{,]', re.DOTALL)
+# The quick count's bytes: one bytes.translate pass a MiB at a time keeps only these, instead of
+# one bytes.count pass per byte value (8 against 45 ms for a 24 MB image body).
+_QUICK_BYTES = b'"[{,'
+_NOT_QUICK_BYTES = bytes(sorted(set(range(256)) - set(_QUICK_BYTES)))
+_QUICK_CHUNK = 1 << 20
+
+
+def _quick_counts(body: bytes) -> dict[int, int]:
+    """How many of each of :data:`_QUICK_BYTES` ``body`` holds (by byte value)."""
+    counts = dict.fromkeys(_QUICK_BYTES, 0)
+    for start in range(0, len(body), _QUICK_CHUNK):
+        kept = body[start:start + _QUICK_CHUNK].translate(None, _NOT_QUICK_BYTES)
+        for byte in _QUICK_BYTES:
+            counts[byte] += kept.count(byte)
+    return counts
 
 
 def check_json_values(body: bytes, max_inputs: int, *, numbers: bool = False,
@@ -119,9 +134,10 @@ def check_json_values(body: bytes, max_inputs: int, *, numbers: bool = False,
     scanned, strings skipped whole, until the bound is passed."""
     if bound is None:
         bound = max(JSON_VALUES_MIN, JSON_VALUES_PER_INPUT * max_inputs + 1024)
-    quick = (body.count(b'"') + 1) // 2 + body.count(b"[") + body.count(b"{")
+    counts = _quick_counts(body)
+    quick = (counts[ord('"')] + 1) // 2 + counts[ord("[")] + counts[ord("{")]
     if numbers:
-        quick += body.count(b",")
+        quick += counts[ord(",")]
     if quick <= bound:
         return
     for n, _ in enumerate((_STRING_OPEN_OR_COMMA if numbers else _STRING_OR_OPEN)

@@ -120,6 +120,17 @@ def test_the_default_bound_holds_every_valid_request():
         schema.check_json_values(body, 10_000, numbers=True)
 
 
+def test_the_quick_count_reads_the_whole_body():
+    # 2.7 MB: counted a MiB at a time, so values the quick count missed in any part would let
+    # the body through unscanned. The object, "input", its array, n arrays, "x": n + 4 values.
+    n = 900_000
+    body = b'{"input": [' + b"[]," * n + b'"x"]}'
+    schema.check_json_values(body, 10, bound=n + 4)
+    with pytest.raises(ApiError) as e:
+        schema.check_json_values(body, 10, bound=n + 3)
+    assert e.value.status == 400 and f"more than {n + 3:,} JSON strings" in e.value.message
+
+
 def test_an_unterminated_string_is_left_to_the_parser():
     body = b'{"input": ["' + b'\\"[' * 200
     schema.check_json_values(body, 10, bound=100)       # one string to the end, not 200 values
