@@ -88,12 +88,29 @@ def test_invalid_base64(payload):
     assert "base64" in fails(parse, "data:image/png;base64," + payload).message
 
 
-@pytest.mark.parametrize("payload", ["aGVs=", "aGVsbG8==", "aGVs===="])
-def test_padding_after_a_whole_group_is_refused_as_browsers_do(payload):
-    """WHATWG forgiving-base64: a length of 1 modulo 4 once whitespace is gone, or padding that
-    is not at the end of the last group, fails (the standard library accepted 'aGVs====')."""
-    msg = fails(parse, "data:image/png;base64," + payload).message
-    assert "not valid base64 (wrong length or padding)" in msg, msg
+def test_padding_and_whitespace_anywhere_are_read_as_by_the_standard_library(monkeypatch):
+    """Every placement of padding, whitespace and escaped padding in short payloads: the same
+    bytes or the same refusal as with the standard library's strict decoding (which this service
+    used before pybase64, and which accepts padding after a whole group: 'aGVs=')."""
+    import itertools
+    import types
+
+    def outcomes() -> dict[str, object]:
+        out = {}
+        for n in range(1, 7):
+            for parts in itertools.product(("aG", "V", "s", "=", " ", "\n", "%3D"), repeat=n):
+                payload = "".join(parts)
+                try:
+                    out[payload] = parse("data:image/png;base64," + payload).data
+                except errors.ApiError as err:
+                    out[payload] = err.message
+        return out
+
+    ours = outcomes()
+    monkeypatch.setattr(images, "pybase64", types.SimpleNamespace(
+        b64decode=lambda s, validate: base64.b64decode(s, validate=validate)))
+    assert ours == outcomes()
+    assert ours["aGVs="] == ours["aGVs=="] == ours["aG Vs\n%3D"] == b"hel"
 
 
 def test_base64_decodes_every_length_as_the_standard_library():
@@ -141,7 +158,12 @@ def test_base64_is_decoded_right_on_cpus_without_avx512(cpu, simd):
     run = subprocess.run(["qemu-x86_64", "-cpu", cpu, sys.executable, "-c", B64_ON_CPU],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert f"C extension active - {simd}) 0" in run.stdout, run.stdout
+    version, wrong = run.stdout.rsplit(" ", 1)
+    assert wrong.strip() == "0", run.stdout            # right on whatever path it took
+    feature = {"AVX2": ".avx2 ", "SSE42": ".sse4.2 "}[simd]
+    if f"C extension active - {simd})" not in version and f"{feature}[bit" in run.stderr:
+        pytest.skip(f"this qemu cannot emulate {simd} (qemu 7.2 can)")
+    assert f"C extension active - {simd})" in version, run.stdout
 
 
 def test_base64_wrapped_in_lines_is_accepted_as_browsers_do():
