@@ -109,11 +109,12 @@ JSON_VALUES_PER_INPUT = 8     # an image input with text is an object and four s
 # fail, so the scan is linear whatever the body), or the start of an array or object (or a comma).
 _STRING_OR_OPEN = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)|[\[{]', re.DOTALL)
 _STRING_OPEN_OR_COMMA = re.compile(rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)|[\[{,]', re.DOTALL)
-# The quick count's bytes: one bytes.translate pass a MiB at a time keeps only these, instead of
-# one bytes.count pass per byte value (8 against 45 ms for a 24 MB image body).
+# The quick count's bytes: one bytes.translate pass, 64 KiB at a time, keeps only these, instead
+# of one bytes.count pass per byte value: 10.5-11.8 against 29-46 ms for a 24.5 MB image body
+# (four values: the image route counts commas), AMD EPYC VM, 2026-11-24.
 _QUICK_BYTES = b'"[{,'
 _NOT_QUICK_BYTES = bytes(sorted(set(range(256)) - set(_QUICK_BYTES)))
-_QUICK_CHUNK = 1 << 20
+_QUICK_CHUNK = 1 << 16
 
 
 def _quick_counts(body: bytes) -> dict[int, int]:

@@ -122,9 +122,9 @@ def test_the_default_bound_holds_every_valid_request():
 
 @pytest.mark.parametrize("n, chunk", [(900_000, None), (3000, 1), (3000, 7)])
 def test_the_quick_count_reads_the_whole_body(n, chunk, monkeypatch):
-    # Counted a MiB at a time (2.7 MB here), or in chunks of 1 and 7 bytes so that every byte of
-    # the pattern falls at a chunk's edge: values the quick count missed anywhere would let the
-    # body through unscanned. The object, "input", its array, n arrays, "x": n + 4 values.
+    # Counted 64 KiB at a time (2.7 MB here: 42 chunks), or in chunks of 1 and 7 bytes so that
+    # every byte of the pattern falls at a chunk's edge: values the quick count missed anywhere
+    # would let the body through unscanned. The object, "input", its array, n arrays, "x": n + 4 values.
     if chunk:
         monkeypatch.setattr(schema, "_QUICK_CHUNK", chunk)
     body = b'{"input": [' + b"[]," * n + b'"x"]}'
