@@ -53,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out")
+    parser.add_argument("--note", default="", help="recorded in --out (e.g. what code ran)")
     args = parser.parse_args()
     os.environ.setdefault("EMBEDDINGS_API_KEYS", KEY)
     import azure.functions as func
@@ -96,8 +97,8 @@ def main() -> None:
     if args.out:
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()
-        out = {"machine": bench.machine(), "commit": commit,
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cases": results}
+        out = {"machine": bench.machine(), "commit": commit, "note": args.note,
+               "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "cases": results}
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
 
 
