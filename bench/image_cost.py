@@ -5,7 +5,7 @@ header into the model and everything before it (parsing, base64, decoding, prepr
 ``make bench``'s image workload sends 224-pixel JPEGs, whose decoding costs little; phones and
 cameras send 2-12 Mpx. Pictures are the committed test photos scaled up with a little noise (a
 fixed seed), so their files are about as large as a camera's. Not part of ``make bench``.
-Usage: .venv/bin/python bench/image_cost.py [--repeats N] [--out FILE]"""
+Usage: .venv/bin/python bench/image_cost.py [--repeats N] [--out FILE] [--largest]"""
 
 from __future__ import annotations
 
@@ -49,11 +49,68 @@ def photos(fmt: str, width: int, height: int, n: int) -> list[str]:
     return urls
 
 
+def largest(request, probe_every_s: float = 0.5) -> dict:
+    """The largest image request the default limits allow, of the costliest pictures found to
+    decode (40 Mpx RGBA PNGs of one colour, half transparent: 161 KB each, ~0.8 s), with a
+    one-image request (a 451x300 JPEG) every ``probe_every_s`` while it runs; then 64 of them,
+    which the request pixel cap refuses. Run in a process of its own (peak RSS is the process's)."""
+    import resource
+    import threading
+
+    from PIL import Image
+
+    from embedding_core.settings import Settings
+
+    s = Settings.from_env({})
+    buf = io.BytesIO()
+    Image.new("RGBA", (8000, 5000), (10, 200, 30, 128)).save(buf, "PNG")
+    item = {"image": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}
+    n = s.max_request_pixels // (8000 * 5000)
+    photo = (ROOT / "tests" / "data" / "images" / "chelsea.jpg").read_bytes()
+    small = json.dumps({"input": [{"image": "data:image/jpeg;base64,"
+                                   + base64.b64encode(photo).decode()}]}).encode()
+    import function_app
+
+    alone = []
+    for _ in range(11):
+        t0 = time.perf_counter()
+        function_app.image_embeddings(request(small))
+        alone.append(time.perf_counter() - t0)
+    big: dict = {}
+
+    def run_big() -> None:
+        c0, t0 = time.process_time(), time.perf_counter()
+        res = function_app.image_embeddings(request(json.dumps({"input": [item] * n}).encode()))
+        big.update(status=res.status_code, wall_s=time.perf_counter() - t0,
+                   process_cpu_s=time.process_time() - c0)
+
+    thread = threading.Thread(target=run_big)
+    thread.start()
+    probes, statuses = [], set()
+    while thread.is_alive():
+        time.sleep(probe_every_s)
+        t0 = time.perf_counter()
+        statuses.add(function_app.image_embeddings(request(small)).status_code)
+        probes.append(time.perf_counter() - t0)
+    thread.join()
+    t0 = time.perf_counter()
+    refused = function_app.image_embeddings(request(json.dumps({"input": [item] * 64}).encode()))
+    return {"images": n, "file_bytes": len(buf.getvalue()), **big,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "one_image_alone_p50_ms": 1e3 * statistics.median(alone),
+            "one_image_during": {"n": len(probes), "p50_ms": 1e3 * statistics.median(probes),
+                                 "max_ms": 1e3 * max(probes), "statuses": sorted(statuses)},
+            "64_images": {"status": refused.status_code,
+                          "ms": 1e3 * (time.perf_counter() - t0)}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out")
     parser.add_argument("--note", default="", help="recorded in --out (e.g. what code ran)")
+    parser.add_argument("--largest", action="store_true",
+                        help="only the largest request the limits allow, with one-image probes")
     args = parser.parse_args()
     os.environ.setdefault("EMBEDDINGS_API_KEYS", KEY)
     import azure.functions as func
@@ -68,8 +125,16 @@ def main() -> None:
             headers={"api-key": os.environ["EMBEDDINGS_API_KEYS"].split(",")[0],
                      "content-type": "application/json"})
 
-    results = {}
-    for name, fmt, width, height, n in CASES:
+    results: dict = {}
+    if args.largest:
+        results["largest"] = r = largest(request)
+        print(f"largest: {r['images']} x 40 Mpx RGBA PNG: {r['status']} in {r['wall_s']:.1f} s "
+              f"({r['process_cpu_s']:.1f} s CPU), peak RSS {r['peak_rss_mb']:.0f} MB; a one-image "
+              f"request meanwhile p50 {r['one_image_during']['p50_ms']:.0f} ms (alone "
+              f"{r['one_image_alone_p50_ms']:.0f}), max {r['one_image_during']['max_ms']:.0f} ms, "
+              f"{r['one_image_during']['n']} requests, status {r['one_image_during']['statuses']}; "
+              f"64 of them: {r['64_images']['status']} in {r['64_images']['ms']:.0f} ms")
+    for name, fmt, width, height, n in CASES if not args.largest else ():
         urls = photos(fmt, width, height, n)
         body = json.dumps({"input": [{"image": u} for u in urls],
                            "encoding_format": "base64"}).encode()

@@ -132,7 +132,9 @@ class ImageModel:
             raise ValueError(f"{deployment.name}: model inputs {names}, expected [{self.input_name}]")
 
     def pixel_values(self, inputs: Sequence[Any]) -> list[np.ndarray]:
-        """Decode and preprocess every item (in order: the first bad item is the error)."""
+        """Decode and preprocess every item (in order: the first bad item is the error), once
+        the request's pixels in all are known to be within ``EMBEDDINGS_MAX_REQUEST_PIXELS``."""
+        images.check_request_pixels([item.image for item in inputs], self.settings)
         return [images.image_to_pixel_values(item.image, self.settings, i)
                 for i, item in enumerate(inputs)]
 

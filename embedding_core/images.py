@@ -42,7 +42,7 @@ import re
 import threading
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pybase64
@@ -930,6 +930,43 @@ def image_to_pixel_values(url: str, settings: Settings, index: int, *,
             raise errors.validation("The image data cannot be converted to RGB.", target) from None
         finally:
             im.close()   # frees the decoded picture (and an animation's decoder) now
+
+
+def header_pixels(url: str, settings: Settings, index: int) -> int | None:
+    """Width x height of a wire ``image`` from its header (no pixel decoded); None if it cannot
+    be read (decoding reports why, in request order)."""
+    target = _target(index)
+    try:
+        parsed = parse_data_url(url, max_bytes=settings.max_image_bytes, target=target)
+        with open_image(parsed.data, parsed.declared, max_pixels=settings.max_image_pixels,
+                        target=target) as im:
+            return im.width * im.height
+    except errors.ApiError:
+        return None
+
+
+def check_request_pixels(urls: Sequence[str], settings: Settings) -> None:
+    """Refuse (422) a request whose pictures have more pixels in all than
+    ``EMBEDDINGS_MAX_REQUEST_PIXELS``, from their headers, before any is decoded: decoding costs
+    up to ~18 ns a pixel here (a 40 Mpx RGBA PNG of 161 KB: 0.73 s), and a request's pictures are
+    decoded one after another, so without it the largest request (64 such files, 14 MB) took 54 s.
+    Free when the request cannot be over the cap at the per-image limit."""
+    cap = settings.max_request_pixels
+    if len(urls) * settings.max_image_pixels <= cap:
+        return
+    pixels = [header_pixels(url, settings, i) or 0 for i, url in enumerate(urls)]
+    total = sum(pixels)
+    if total <= cap:
+        return
+    if max(pixels) > cap:
+        raise errors.validation(
+            f"One image has {max(pixels):,} pixels, more than the {cap:,} a request may have on "
+            "this server (EMBEDDINGS_MAX_REQUEST_PIXELS): send a smaller image, or ask its "
+            "operator to raise the setting.", "input")
+    raise errors.validation(
+        f"The request's images have {total:,} pixels in all; the limit per request is {cap:,} "
+        f"(EMBEDDINGS_MAX_REQUEST_PIXELS; each image may have up to "
+        f"{settings.max_image_pixels:,}). Split the images over several requests.", "input")
 
 
 def ensure_pillow_limit(max_pixels: int) -> None:

@@ -369,6 +369,10 @@ class Settings:
     max_image_inputs: int = 64
     max_image_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    # All of one request's pictures (width x height from their headers): the costliest to decode,
+    # 40 Mpx RGBA PNGs of 161 KB, take 0.73 s each here, so 64 of them (14 MB) took 54 s; at this
+    # cap the largest request is 16 of them, ~12 s (docs/images.md).
+    max_request_pixels: int = 640_000_000
     max_image_decode_bytes: int = 256 << 20   # estimated decoding memory of one image
     max_input_chars: int = 65_536         # characters of one input read to find its tokens
     max_chars_per_token: int = 32         # beyond max_input_chars per request (bounded_tokenize)
@@ -471,6 +475,8 @@ class Settings:
             max_image_inputs=max_image_inputs,
             max_image_bytes=_int(env, "EMBEDDINGS_MAX_IMAGE_BYTES", cls.max_image_bytes, 1024),
             max_image_pixels=_int(env, "EMBEDDINGS_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
+            max_request_pixels=_int(env, "EMBEDDINGS_MAX_REQUEST_PIXELS", cls.max_request_pixels,
+                                    1),
             max_image_decode_bytes=_int(env, "EMBEDDINGS_MAX_IMAGE_DECODE_BYTES",
                                         image_decode_default, 1 << 20),
             max_input_chars=_int(env, "EMBEDDINGS_MAX_INPUT_CHARS", cls.max_input_chars, 1024),

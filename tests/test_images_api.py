@@ -102,6 +102,42 @@ def test_too_many_items_is_422(small_service):
     assert_error(res, 422, "InvalidParameter", "input")
 
 
+@pytest.fixture(scope="module")
+def pixel_cap_service():
+    return make_service(EMBEDDINGS_MAX_REQUEST_PIXELS="300000")   # two 451x300 photos fit
+
+
+@pytest.mark.parametrize("model", [EFF, CONSE])
+def test_a_request_over_the_pixel_cap_is_422_before_any_image_is_decoded(
+        pixel_cap_service, model, monkeypatch):
+    from embedding_core import images
+
+    decoded = []
+    real = images.image_to_pixel_values
+    monkeypatch.setattr(images, "image_to_pixel_values",
+                        lambda *a, **kw: decoded.append(a[2]) or real(*a, **kw))
+    res = call(pixel_cap_service, {"model": model, "input": [{"image": CAT}] * 3})
+    msg = assert_error(res, 422, "InvalidParameter", "input")
+    assert "405,900 pixels in all" in msg and "300,000 (EMBEDDINGS_MAX_REQUEST_PIXELS" in msg
+    assert decoded == []
+    res = call(pixel_cap_service, {"model": model, "input": [{"image": CAT}] * 2})
+    assert res.status == 200 and decoded == [0, 1]
+
+
+def test_an_image_over_the_pixel_cap_alone_is_named():
+    capped = make_service(EMBEDDINGS_MAX_REQUEST_PIXELS="100000")
+    res = call(capped, {"model": EFF, "input": [{"image": url(IMAGES / "astronaut.jpg")}]})
+    msg = assert_error(res, 422, "InvalidParameter", "input")            # 320x320 = 102,400
+    assert "One image has 102,400 pixels, more than the 100,000 a request may have" in msg
+
+
+def test_unreadable_images_count_nothing_and_fail_in_order(pixel_cap_service):
+    junk = "data:image/png;base64," + base64.b64encode(b"GIF? no." * 20).decode()
+    res = call(pixel_cap_service, {"model": EFF, "input": [{"image": CAT}, {"image": junk},
+                                                           {"image": CAT}]})
+    assert "not a readable image" in assert_error(res, 422, "InvalidParameter", "input[1].image")
+
+
 def test_text_with_the_image_only_deployment(service):
     res = call(service, {"model": EFF, "input": [{"image": CAT}, {"image": CAT, "text": "a cat"}]})
     msg = assert_error(res, 422, "UnsupportedParameter", "input[1].text")
