@@ -277,6 +277,8 @@ class _Builder:
                          f"{s.max_image_body_bytes} bytes). " + extras,
             "properties": {
                 "input": {"type": "array", "minItems": 1, "maxItems": s.max_image_inputs,
+                          "description": f"At most {s.max_request_pixels} pixels in all "
+                                         "(`EMBEDDINGS_MAX_REQUEST_PIXELS`).",
                           "items": _ref("schemas", "ImageEmbeddingInput")},
                 **common,
                 "model": _nullable({"type": "string", "pattern": r"\S",
