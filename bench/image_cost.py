@@ -5,7 +5,7 @@ header into the model and everything before it (parsing, base64, decoding, prepr
 ``make bench``'s image workload sends 224-pixel JPEGs, whose decoding costs little; phones and
 cameras send 2-12 Mpx. Pictures are the committed test photos scaled up with a little noise (a
 fixed seed), so their files are about as large as a camera's. Not part of ``make bench``.
-Usage: .venv/bin/python bench/image_cost.py [--repeats N] [--out FILE] [--largest]"""
+Usage: .venv/bin/python bench/image_cost.py [--repeats N] [--out FILE] [--largest [--images N]]"""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import io
 import json
 import os
 import statistics
+import struct
 import subprocess
 import sys
+import zlib
 import time
 from pathlib import Path
 
@@ -49,23 +51,80 @@ def photos(fmt: str, width: int, height: int, n: int) -> list[str]:
     return urls
 
 
-def largest(request, probe_every_s: float = 0.5) -> dict:
-    """The largest image request the default limits allow, of the costliest pictures found to
-    decode (40 Mpx RGBA PNGs of one colour, half transparent: 161 KB each, ~0.8 s), with a
-    one-image request (a 451x300 JPEG) every ``probe_every_s`` while it runs; then 64 of them,
-    which the request pixel cap refuses. Run in a process of its own (peak RSS is the process's)."""
+def png(width: int, height: int, depth: int, colour_type: int, pixel: bytes,
+        interlaced: bool) -> bytes:
+    """A PNG of one colour whose every row is Paeth-filtered (the dearest filter to undo),
+    written directly (Pillow writes no 16-bit colour PNGs and no interlaced ones)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    passes = ([(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+               (0, 1, 1, 2)] if interlaced else [(0, 0, 1, 1)])
+    z = zlib.compressobj(9)
+    out = []
+    for x0, y0, dx, dy in passes:
+        cols, rows = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
+        if cols <= 0 or rows <= 0:
+            continue
+        row = b"\x04" + pixel * cols
+        for y in range(0, rows, 64):
+            out.append(z.compress(row * min(64, rows - y)))
+    out.append(z.flush())
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, int(interlaced))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(out))
+            + chunk(b"IEND", b""))
+
+
+def costliest(width: int = 8000, height: int = 5000) -> tuple[dict, str]:
+    """CPU of one picture at the per-image pixel limit, decoded and preprocessed as a request
+    does, for the kinds found dearest per pixel (review h_review21): the data URL of the dearest."""
+    from PIL import Image
+
+    from embedding_core import images
+    from embedding_core.settings import Settings
+
+    def pillow(mode: str, colour) -> bytes:
+        buf = io.BytesIO()
+        Image.new(mode, (width, height), colour).save(buf, "PNG")
+        return buf.getvalue()
+
+    rgba16 = bytes([10, 0, 200, 0, 30, 0, 128, 0])
+    kinds = {
+        "RGBA 16-bit PNG, Paeth, interlaced": png(width, height, 16, 6, rgba16, True),
+        "RGBA 16-bit PNG, Paeth": png(width, height, 16, 6, rgba16, False),
+        "RGBA PNG, half transparent (Pillow)": pillow("RGBA", (10, 200, 30, 128)),
+        "RGB PNG (Pillow)": pillow("RGB", (10, 200, 30)),
+        "16-bit grey PNG (Pillow)": pillow("I;16", 1000),
+    }
+    settings = Settings.from_env({})
+    table, urls = {}, {}
+    for name, data in kinds.items():
+        urls[name] = "data:image/png;base64," + base64.b64encode(data).decode()
+        cpu = []
+        for _ in range(2):
+            c0 = time.process_time()
+            images.image_to_pixel_values(urls[name], settings, 0)
+            cpu.append(time.process_time() - c0)
+        table[name] = {"file_bytes": len(data), "cpu_s": min(cpu)}
+        print(f"  {name}: {len(data) / 1e3:.0f} KB, {min(cpu):.2f} s of CPU")
+    dearest = max(table, key=lambda k: table[k]["cpu_s"])
+    return {"kinds": table, "dearest": dearest}, urls[dearest]
+
+
+def largest(request, images: int | None = None, probe_every_s: float = 0.5) -> dict:
+    """The largest image request the limits allow (or of ``images`` pictures), of the dearest
+    pictures to decode (:func:`costliest`), with a one-image request (a 451x300 JPEG) every
+    ``probe_every_s`` while it runs; then as many of them as the body holds (the pixel cap
+    refuses them at the defaults). Run in a process of its own (peak RSS is the process's)."""
     import resource
     import threading
 
-    from PIL import Image
-
     from embedding_core.settings import Settings
 
-    s = Settings.from_env({})
-    buf = io.BytesIO()
-    Image.new("RGBA", (8000, 5000), (10, 200, 30, 128)).save(buf, "PNG")
-    item = {"image": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}
-    n = s.max_request_pixels // (8000 * 5000)
+    s = Settings.from_env(os.environ)
+    kinds, url = costliest()
+    item = {"image": url}
+    n = images or s.max_request_pixels // (8000 * 5000)
     photo = (ROOT / "tests" / "data" / "images" / "chelsea.jpg").read_bytes()
     small = json.dumps({"input": [{"image": "data:image/jpeg;base64,"
                                    + base64.b64encode(photo).decode()}]}).encode()
@@ -94,13 +153,14 @@ def largest(request, probe_every_s: float = 0.5) -> dict:
         probes.append(time.perf_counter() - t0)
     thread.join()
     t0 = time.perf_counter()
-    refused = function_app.image_embeddings(request(json.dumps({"input": [item] * 64}).encode()))
-    return {"images": n, "file_bytes": len(buf.getvalue()), **big,
+    fit = min(s.max_image_inputs, (s.max_image_body_bytes - 64) // (len(url) + 16))
+    refused = function_app.image_embeddings(request(json.dumps({"input": [item] * fit}).encode()))
+    return {**kinds, "images": n, "max_request_pixels": s.max_request_pixels, **big,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "one_image_alone_p50_ms": 1e3 * statistics.median(alone),
             "one_image_during": {"n": len(probes), "p50_ms": 1e3 * statistics.median(probes),
                                  "max_ms": 1e3 * max(probes), "statuses": sorted(statuses)},
-            "64_images": {"status": refused.status_code,
+            "as_many_as_fit": {"images": fit, "status": refused.status_code,
                           "ms": 1e3 * (time.perf_counter() - t0)}}
 
 
@@ -111,6 +171,8 @@ def main() -> None:
     parser.add_argument("--note", default="", help="recorded in --out (e.g. what code ran)")
     parser.add_argument("--largest", action="store_true",
                         help="only the largest request the limits allow, with one-image probes")
+    parser.add_argument("--images", type=int,
+                        help="with --largest: this many pictures (raise EMBEDDINGS_MAX_REQUEST_PIXELS)")
     args = parser.parse_args()
     os.environ.setdefault("EMBEDDINGS_API_KEYS", KEY)
     import azure.functions as func
@@ -127,13 +189,14 @@ def main() -> None:
 
     results: dict = {}
     if args.largest:
-        results["largest"] = r = largest(request)
-        print(f"largest: {r['images']} x 40 Mpx RGBA PNG: {r['status']} in {r['wall_s']:.1f} s "
+        results["largest"] = r = largest(request, args.images)
+        print(f"largest: {r['images']} x {r['dearest']}: {r['status']} in {r['wall_s']:.1f} s "
               f"({r['process_cpu_s']:.1f} s CPU), peak RSS {r['peak_rss_mb']:.0f} MB; a one-image "
               f"request meanwhile p50 {r['one_image_during']['p50_ms']:.0f} ms (alone "
               f"{r['one_image_alone_p50_ms']:.0f}), max {r['one_image_during']['max_ms']:.0f} ms, "
               f"{r['one_image_during']['n']} requests, status {r['one_image_during']['statuses']}; "
-              f"64 of them: {r['64_images']['status']} in {r['64_images']['ms']:.0f} ms")
+              f"{r['as_many_as_fit']['images']} of them (as many as the body holds): "
+              f"{r['as_many_as_fit']['status']} in {r['as_many_as_fit']['ms']:.0f} ms")
     for name, fmt, width, height, n in CASES if not args.largest else ():
         urls = photos(fmt, width, height, n)
         body = json.dumps({"input": [{"image": u} for u in urls],
@@ -160,7 +223,7 @@ def main() -> None:
               f"{med['wall_ms']:.0f} ms ({med['before_inference_ms']:.0f} before inference, "
               f"{med['inference_ms']:.0f} inference) (medians of {args.repeats})")
     if args.out:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
                                 capture_output=True, text=True).stdout.strip()
         out = {"machine": bench.machine(), "commit": commit, "note": args.note,
                "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "cases": results}

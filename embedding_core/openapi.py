@@ -55,9 +55,9 @@ _WHEN = {
     413: "Body over the route's byte limit, or one image over the decoded-image limit.",
     415: "A `Content-Type` that is present and not JSON.",
     422: "A field of the wrong type or value (`target` is its JSON path, e.g. `input[3]`), too "
-         "many items or tokens (`InvalidParameter`); an input over the deployment's token limit "
-         "without truncation (`InputTooLong`); a pass-through extra the deployment does not know "
-         "(`UnsupportedParameter`).",
+         "many items, tokens or pixels (`InvalidParameter`); an input over the deployment's token "
+         "limit without truncation (`InputTooLong`); a pass-through extra the deployment does "
+         "not know (`UnsupportedParameter`).",
     429: "The process's inference queue is full; retry after `Retry-After` seconds.",
     499: "The request was still unfinished when the time-out its client sent "
          "(`x-stainless-read-timeout`, or `x-stainless-timeout` + 1 s) had passed, and was "

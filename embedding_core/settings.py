@@ -369,9 +369,9 @@ class Settings:
     max_image_inputs: int = 64
     max_image_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 40_000_000
-    # All of one request's pictures (width x height from their headers): the costliest to decode,
-    # 40 Mpx RGBA PNGs of 161 KB, take 0.73 s each here, so 64 of them (14 MB) took 54 s; at this
-    # cap the largest request is 16 of them, ~12 s (docs/images.md).
+    # All of one request's pictures (width x height from their headers), at least one image's:
+    # the costliest found to decode, 40 Mpx 16-bit RGBA PNGs, take ~1.2 s each here, so the
+    # largest request is 16 of them, ~20 s (docs/images.md#performance).
     max_request_pixels: int = 640_000_000
     max_image_decode_bytes: int = 256 << 20   # estimated decoding memory of one image
     max_input_chars: int = 65_536         # characters of one input read to find its tokens
@@ -434,6 +434,12 @@ class Settings:
         api_keys, api_key_problems = parse_api_keys(env.get(API_KEYS_SETTING, ""))
         max_queue_images = _int(env, "EMBEDDINGS_MAX_QUEUE_IMAGES", cls.max_queue_images, 1)
         max_image_inputs = _int(env, "EMBEDDINGS_MAX_IMAGE_INPUTS", cls.max_image_inputs, 1)
+        max_image_pixels = _int(env, "EMBEDDINGS_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1)
+        max_request_pixels = _int(env, "EMBEDDINGS_MAX_REQUEST_PIXELS", cls.max_request_pixels, 1)
+        if max_request_pixels < max_image_pixels:
+            raise ValueError("setting EMBEDDINGS_MAX_REQUEST_PIXELS must be >= "
+                             "EMBEDDINGS_MAX_IMAGE_PIXELS, or a request of one image at the "
+                             "per-image limit would be refused; lower both")
         _queue_holds("EMBEDDINGS_MAX_QUEUE_IMAGES", max_queue_images,
                      "EMBEDDINGS_MAX_IMAGE_INPUTS", max_image_inputs, "image request")
         request_timeout_s = _float(env, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS", cls.request_timeout_s)
@@ -474,9 +480,8 @@ class Settings:
             max_inputs=_int(env, "EMBEDDINGS_MAX_INPUTS", cls.max_inputs, 1),
             max_image_inputs=max_image_inputs,
             max_image_bytes=_int(env, "EMBEDDINGS_MAX_IMAGE_BYTES", cls.max_image_bytes, 1024),
-            max_image_pixels=_int(env, "EMBEDDINGS_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1),
-            max_request_pixels=_int(env, "EMBEDDINGS_MAX_REQUEST_PIXELS", cls.max_request_pixels,
-                                    1),
+            max_image_pixels=max_image_pixels,
+            max_request_pixels=max_request_pixels,
             max_image_decode_bytes=_int(env, "EMBEDDINGS_MAX_IMAGE_DECODE_BYTES",
                                         image_decode_default, 1 << 20),
             max_input_chars=_int(env, "EMBEDDINGS_MAX_INPUT_CHARS", cls.max_input_chars, 1024),

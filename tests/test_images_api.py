@@ -104,7 +104,8 @@ def test_too_many_items_is_422(small_service):
 
 @pytest.fixture(scope="module")
 def pixel_cap_service():
-    return make_service(EMBEDDINGS_MAX_REQUEST_PIXELS="300000")   # two 451x300 photos fit
+    # two 451x300 photos fit; up to two images of the per-image limit cannot pass the cap
+    return make_service(EMBEDDINGS_MAX_IMAGE_PIXELS="150000", EMBEDDINGS_MAX_REQUEST_PIXELS="300000")
 
 
 @pytest.mark.parametrize("model", [EFF, CONSE])
@@ -112,30 +113,55 @@ def test_a_request_over_the_pixel_cap_is_422_before_any_image_is_decoded(
         pixel_cap_service, model, monkeypatch):
     from embedding_core import images
 
-    decoded = []
-    real = images.image_to_pixel_values
+    decoded, read = [], []
+    real, real_header = images.image_to_pixel_values, images.header_pixels
     monkeypatch.setattr(images, "image_to_pixel_values",
                         lambda *a, **kw: decoded.append(a[2]) or real(*a, **kw))
+    monkeypatch.setattr(images, "header_pixels", lambda *a: read.append(a[2]) or real_header(*a))
     res = call(pixel_cap_service, {"model": model, "input": [{"image": CAT}] * 3})
     msg = assert_error(res, 422, "InvalidParameter", "input")
     assert "405,900 pixels in all" in msg and "300,000 (EMBEDDINGS_MAX_REQUEST_PIXELS" in msg
-    assert decoded == []
+    assert decoded == [] and read == [0, 1, 2]
+    read.clear()
+    # two images at most 150,000 pixels each cannot pass 300,000: no header is read twice
     res = call(pixel_cap_service, {"model": model, "input": [{"image": CAT}] * 2})
-    assert res.status == 200 and decoded == [0, 1]
+    assert res.status == 200 and decoded == [0, 1] and read == []
 
 
-def test_an_image_over_the_pixel_cap_alone_is_named():
-    capped = make_service(EMBEDDINGS_MAX_REQUEST_PIXELS="100000")
-    res = call(capped, {"model": EFF, "input": [{"image": url(IMAGES / "astronaut.jpg")}]})
-    msg = assert_error(res, 422, "InvalidParameter", "input")            # 320x320 = 102,400
-    assert "One image has 102,400 pixels, more than the 100,000 a request may have" in msg
+def test_a_request_exactly_at_the_pixel_cap_is_accepted():
+    # 3 x 150,000 is over either cap, so the headers are read and counted
+    at = make_service(EMBEDDINGS_MAX_IMAGE_PIXELS="150000",
+                      EMBEDDINGS_MAX_REQUEST_PIXELS=str(3 * 451 * 300 - 1))
+    assert_error(call(at, {"model": EFF, "input": [{"image": CAT}] * 3}), 422,
+                 "InvalidParameter", "input")
+    at = make_service(EMBEDDINGS_MAX_IMAGE_PIXELS="150000",
+                      EMBEDDINGS_MAX_REQUEST_PIXELS=str(3 * 451 * 300))
+    assert call(at, {"model": EFF, "input": [{"image": CAT}] * 3}).status == 200
+
+
+@pytest.mark.parametrize("model, text, code", [
+    (CONSE, "cat " * 400, "InputTooLong"), (EFF, "a cat", "UnsupportedParameter")])
+def test_a_bad_text_comes_before_the_pixel_cap(pixel_cap_service, model, text, code):
+    items = [{"image": CAT}] * 3 + [{"image": CAT, "text": text}]
+    assert_error(call(pixel_cap_service, {"model": model, "input": items}), 422, code,
+                 "input[3].text")
 
 
 def test_unreadable_images_count_nothing_and_fail_in_order(pixel_cap_service):
     junk = "data:image/png;base64," + base64.b64encode(b"GIF? no." * 20).decode()
-    res = call(pixel_cap_service, {"model": EFF, "input": [{"image": CAT}, {"image": junk},
-                                                           {"image": CAT}]})
-    assert "not a readable image" in assert_error(res, 422, "InvalidParameter", "input[1].image")
+    truncated = url(SYN / "truncated.jpg")       # its header reads; it fails when decoded
+    for items, where in (([CAT, junk, CAT], "input[1].image"),
+                         ([truncated, junk, CAT], "input[0].image")):
+        res = call(pixel_cap_service, {"model": EFF, "input": [{"image": i} for i in items]})
+        assert_error(res, 422, "InvalidParameter", where)
+
+
+def test_a_pixel_cap_below_the_per_image_limit_is_a_configuration_error():
+    from embedding_core.settings import Settings
+
+    with pytest.raises(ValueError, match="EMBEDDINGS_MAX_REQUEST_PIXELS must be >= "
+                                         "EMBEDDINGS_MAX_IMAGE_PIXELS"):
+        Settings.from_env({"EMBEDDINGS_MAX_REQUEST_PIXELS": "39999999"})
 
 
 def test_text_with_the_image_only_deployment(service):
