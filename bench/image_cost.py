@@ -223,8 +223,12 @@ def main() -> None:
               f"{med['wall_ms']:.0f} ms ({med['before_inference_ms']:.0f} before inference, "
               f"{med['inference_ms']:.0f} inference) (medians of {args.repeats})")
     if args.out:
-        commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                                capture_output=True, text=True).stdout.strip()
+        git = ["git", "-C", str(ROOT)]
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
+        if subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "embedding_core",
+                           "function_app.py", "requirements.txt", "bench/image_cost.py"]).returncode:
+            commit += " with uncommitted changes to the code measured"
         out = {"machine": bench.machine(), "commit": commit, "note": args.note,
                "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "cases": results}
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
