@@ -370,8 +370,8 @@ class Settings:
     max_image_bytes: int = 8 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     # All of one request's pictures (width x height from their headers), at least one image's:
-    # the costliest found to decode, 40 Mpx 16-bit RGBA PNGs, take ~1.2 s each here, so the
-    # largest request is 16 of them, ~20 s (docs/images.md#performance).
+    # the dearest found to decode, 40 Mpx 16-bit RGBA PNGs, take ~1.2 s each here, so the
+    # largest request is 16 of them, ~21 s (docs/images.md#performance).
     max_request_pixels: int = 640_000_000
     max_image_decode_bytes: int = 256 << 20   # estimated decoding memory of one image
     max_input_chars: int = 65_536         # characters of one input read to find its tokens
