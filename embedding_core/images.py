@@ -949,9 +949,10 @@ def check_request_pixels(urls: Sequence[str], settings: Settings) -> None:
     """Refuse (422) a request whose pictures have more pixels in all than
     ``EMBEDDINGS_MAX_REQUEST_PIXELS``, from their headers, before any is decoded: a request's
     pictures are decoded one after another, at up to ~30 ns a pixel here (a 40 Mpx 16-bit RGBA
-    PNG: ~1.2 s), so the 52 of those a body holds took 71 s (docs/images.md#performance). Not even the headers are read
-    when the request cannot be over the cap at the per-image limit (16 images at the defaults);
-    above that each header is read twice, here and when the picture is decoded."""
+    PNG: ~1.2 s), so the 52 of those a body holds took 71 s (docs/images.md#performance). Not
+    even the headers are read when the request cannot be over the cap at the per-image limit
+    (16 images at the defaults); above that each header is read twice, here and when the
+    picture is decoded."""
     cap = settings.max_request_pixels
     if len(urls) * settings.max_image_pixels <= cap:
         return
