@@ -91,7 +91,7 @@ def test_invalid_base64(payload):
 def test_padding_and_whitespace_anywhere_are_read_as_by_the_standard_library(monkeypatch):
     """Every placement of padding, whitespace and escaped padding in short payloads: the same
     bytes or the same refusal as with the standard library's strict decoding (which this service
-    used before pybase64, and which accepts padding after a whole group, 'aGVs=', up to 3.12)."""
+    used before pybase64; on Python 3.11 it accepts padding after a whole group, 'aGVs=')."""
     import binascii
     import itertools
     import types
@@ -111,7 +111,7 @@ def test_padding_and_whitespace_anywhere_are_read_as_by_the_standard_library(mon
     monkeypatch.setattr(images, "pybase64", types.SimpleNamespace(
         b64decode=lambda s, validate: base64.b64decode(s, validate=validate)))
     assert ours == outcomes()
-    try:            # accepted up to Python 3.12 (Azure runs 3.11); 3.13 refuses excess padding
+    try:            # accepted by Python 3.11 (Azure's), refused by 3.13 (excess padding)
         stdlib = binascii.a2b_base64("aGVs====", strict_mode=True)
     except binascii.Error:
         stdlib = "The image data is not valid base64 (wrong length or padding)."
