@@ -108,11 +108,13 @@ def chunks(items: list, size: int) -> list[list]:
 
 
 def run_clients(server: Server, path: str, bodies: list, clients: int,
-                send: Callable[[http.client.HTTPConnection, object], None] | None = None) -> float:
+                send: Callable[[http.client.HTTPConnection, object], None] | None = None,
+                cpus: set[int] | None = None) -> float:
     """Send ``bodies`` with ``clients`` concurrent keep-alive connections; seconds taken. The
-    client threads run on the server's CPUs when it has been given some (as the Functions host
-    shares an instance's). ``send(conn, body)`` replaces the POST to ``path`` (it raises on a
-    failed request)."""
+    client threads run on ``cpus``, or else on the server's CPUs when it has been given some (as
+    the Functions host shares an instance's). ``send(conn, body)`` replaces the POST to ``path``
+    (it raises on a failed request)."""
+    cpus = cpus or server.cpus
     if send is None:
         def send(conn, body):
             server.post(conn, path, body)
@@ -122,9 +124,9 @@ def run_clients(server: Server, path: str, bodies: list, clients: int,
     errors: list[Exception] = []
 
     def worker() -> None:
-        if server.cpus:
+        if cpus:
             try:
-                os.sched_setaffinity(0, server.cpus)     # this thread only (Linux)
+                os.sched_setaffinity(0, cpus)     # this thread only (Linux)
             except OSError as exc:
                 errors.append(exc)
                 return

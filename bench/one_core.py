@@ -1,6 +1,11 @@
 """The bench's fairness and largest-request measurements on one core, the CPU of a 2048 MB Flex
 Consumption instance: this process (the client) and the local host it starts are pinned to the
-first CPU it may use. Linux only. Usage: .venv/bin/python bench/one_core.py [--out FILE]
+first CPU it may use. First, on a machine with a second CPU, single-sentence requests from 8
+connections against requests of 32 from 2 (the bench's singles target, as a ratio) with the
+server on the first CPU and its clients on the same one (as ``make bench`` prices one core: the
+clients stand in for the Functions host's share) or on the second (clients elsewhere, as on
+Azure), in interleaved rounds. Linux only.
+Usage: .venv/bin/python bench/one_core.py [--out FILE] [--singles-rounds N]
 
 Not part of ``make bench`` (the largest request alone takes over a minute on one core); the
 bench's throughput rounds measure the one-core rate themselves."""
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,18 +27,49 @@ import bench  # noqa: E402
 import workloads  # noqa: E402
 
 
+def singles(w: dict, cpu: int, other: int, rounds: int) -> dict:
+    """Per round and client placement: single-sentence requests/s (8 connections), sentences/s
+    in requests of 32 (2 connections), and their ratio; the server pinned to ``cpu``."""
+    short = w["short"]
+    ones = [{"input": [t]} for t in short]
+    batched = [{"input": c, "truncate": "END"} for c in bench.chunks(short, 32)]
+    server = bench.Server(cpus={cpu})
+    rows: dict[str, list[dict]] = {}
+    try:
+        conn = server.conn()
+        server.post(conn, "/embeddings", {"input": short[:64]})     # load the model
+        conn.close()
+        for _ in range(rounds):
+            for name, cpus in (("clients on the same core", {cpu}),
+                               ("clients on another core", {other})):
+                single = len(short) / bench.run_clients(server, "/embeddings", ones, 8, cpus=cpus)
+                batch = len(short) / bench.run_clients(server, "/embeddings", batched, 2, cpus=cpus)
+                rows.setdefault(name, []).append(
+                    {"singles_per_s": single, "batched_per_s": batch, "ratio": single / batch})
+                print(f"{name}: {single:.0f} single, {batch:.0f} batched /s, "
+                      f"{100 * single / batch:.0f} %", flush=True)
+    finally:
+        server.stop()
+    return {name: {"rounds": v, "median_ratio": statistics.median(r["ratio"] for r in v)}
+            for name, v in rows.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "bench" / "one-core.json"))
+    parser.add_argument("--singles-rounds", type=int, default=4)
     args = parser.parse_args()
-    cpu = min(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpu})      # before any thread or server starts: all inherit it
+    allowed = sorted(os.sched_getaffinity(0))
+    cpu = allowed[0]
     w = workloads.build(1024, 256, 1000)
     w["largest"] = w["longest"]
     out = {"machine": bench.machine(), "cpu": cpu,
-           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "fairness": [bench.fairness(w, 256, 40) for _ in range(2)],
-           "largest": bench.largest_request(w)}
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if len(allowed) > 1 and args.singles_rounds > 0:
+        out["singles"] = singles(w, cpu, allowed[1], args.singles_rounds)
+    os.sched_setaffinity(0, {cpu})      # before the next server starts: all its threads inherit it
+    out["fairness"] = [bench.fairness(w, 256, 40) for _ in range(2)]
+    out["largest"] = bench.largest_request(w)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
 
