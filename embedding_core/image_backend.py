@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import errors, images
+from . import decode_helpers, errors, images
 from .backends import Encoded, Prepared, Work, run_inline
 from .onnx_session import create_session, release_arena_when_idle
 from .pooling import l2_normalize
@@ -132,11 +132,12 @@ class ImageModel:
             raise ValueError(f"{deployment.name}: model inputs {names}, expected [{self.input_name}]")
 
     def pixel_values(self, inputs: Sequence[Any]) -> list[np.ndarray]:
-        """Decode and preprocess every item (in order: the first bad item is the error), once
-        the request's pixels in all are known to be within ``EMBEDDINGS_MAX_REQUEST_PIXELS``."""
+        """Decode and preprocess every item (this thread and the helpers, ``decode_helpers``;
+        the first bad item in request order is the error), once the request's pixels in all
+        are known to be within ``EMBEDDINGS_MAX_REQUEST_PIXELS``."""
         images.check_request_pixels([item.image for item in inputs], self.settings)
-        return [images.image_to_pixel_values(item.image, self.settings, i)
-                for i, item in enumerate(inputs)]
+        return decode_helpers.helpers().map(
+            lambda i, item: images.image_to_pixel_values(item.image, self.settings, i), inputs)
 
     def lane(self, output: str) -> ImageLane:
         return ImageLane(self.session, session_key(self.deployment.files["model"], self.settings),
