@@ -12,7 +12,9 @@ helper threads (none on one core), which take them one at a time, in request ord
   large request does not keep a smaller one waiting for a helper;
 * results come back in request order, and the error is the first bad picture's in request
   order, as when one thread decodes them all (pictures after a failed one are not started);
-* memory stays bounded by ``images.DECODE_GATE``, which every decode holds, whichever thread.
+* memory stays bounded by ``images.DECODE_GATE``, which every decode holds, whichever thread
+  (and by ``memory.configure``: without it glibc's per-thread arenas keep what each helper
+  freed, as they do long-lived request threads').
 
 Pillow and numpy release the GIL while they decode, convert and resample, so the threads run
 side by side. The threads start at the first request that has more than one picture.
