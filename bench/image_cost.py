@@ -164,6 +164,37 @@ def largest(request, images: int | None = None, probe_every_s: float = 0.5) -> d
                           "ms": 1e3 * (time.perf_counter() - t0)}}
 
 
+def probed(request, body: bytes, repeats: int, every_s: float = 0.1) -> dict:
+    """A one-image request (a 451x300 JPEG) every ``every_s`` while ``body`` is sent ``repeats``
+    times back to back: how long the small one waits for a large one's decoding."""
+    import threading
+
+    import function_app
+
+    photo = (ROOT / "tests" / "data" / "images" / "chelsea.jpg").read_bytes()
+    small = json.dumps({"input": [{"image": "data:image/jpeg;base64,"
+                                   + base64.b64encode(photo).decode()}]}).encode()
+    alone = []
+    for _ in range(11):
+        t0 = time.perf_counter()
+        function_app.image_embeddings(request(small))
+        alone.append(time.perf_counter() - t0)
+    thread = threading.Thread(
+        target=lambda: [function_app.image_embeddings(request(body)) for _ in range(repeats)])
+    thread.start()
+    probes = []
+    while thread.is_alive():
+        time.sleep(every_s)
+        t0 = time.perf_counter()
+        if function_app.image_embeddings(request(small)).status_code != 200:
+            raise RuntimeError("a one-image probe failed")
+        probes.append(time.perf_counter() - t0)
+    thread.join()
+    return {"n": len(probes), "alone_p50_ms": round(1e3 * statistics.median(alone), 1),
+            "p50_ms": round(1e3 * statistics.median(probes), 1),
+            "max_ms": round(1e3 * max(probes), 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
@@ -173,6 +204,9 @@ def main() -> None:
                         help="only the largest request the limits allow, with one-image probes")
     parser.add_argument("--images", type=int,
                         help="with --largest: this many pictures (raise EMBEDDINGS_MAX_REQUEST_PIXELS)")
+    parser.add_argument("--probes", action="store_true",
+                        help="also time a one-image request every 0.1 s while each case's "
+                             "request runs --repeats times back to back")
     args = parser.parse_args()
     os.environ.setdefault("EMBEDDINGS_API_KEYS", KEY)
     import azure.functions as func
@@ -218,6 +252,9 @@ def main() -> None:
         results[name] = {"images_per_request": n, "body_bytes": len(body),
                          "mean_file_bytes": int(sum(len(u) for u in urls) * 3 / 4 / n),
                          "medians": med, "runs": rows}
+        if args.probes:
+            results[name]["one_image_during"] = probed(request, body, args.repeats)
+            print(f"  a one-image request meanwhile: {results[name]['one_image_during']}")
         print(f"{name}, {n} per request ({len(body) / 2**20:.1f} MiB body): "
               f"{med['cpu_ms_per_image']:.1f} ms of CPU per image; a request "
               f"{med['wall_ms']:.0f} ms ({med['before_inference_ms']:.0f} before inference, "
