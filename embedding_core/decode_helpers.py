@@ -2,84 +2,118 @@
 
 A request's pictures are decoded on its own thread (``ImageModel.pixel_values``) before they
 are queued for inference, and decoding is most of an image request's CPU: 8 camera-sized JPEGs
-take ~215 ms to decode and ~46 ms to embed here. A lone request would leave every core but one
+take ~210 ms to decode and ~40 ms to embed here. A lone request would leave every core but one
 idle while it decodes, where its inference already uses them all (the queue splits a batch
-between idle workers). So a request with several pictures also offers them to ``cores - 1``
-helper threads (none on one core), which take them one at a time, in request order:
+between idle workers). So a request with several pictures also offers them to helper threads,
+one fewer than the inference workers (``EMBEDDINGS_INFERENCE_WORKERS``, by default one per
+usable core: none on one core), which take them one at a time, in request order:
 
 * the request's thread always decodes too, so it never waits for a helper to be free;
-* the helpers take one picture at a time from the requests that offered theirs, in turn, so a
-  large request does not keep a smaller one waiting for a helper;
+* a helper takes one picture, then moves to the next offer in line, so the helpers take turns
+  between the requests that offered pictures (a request makes up to ``helpers`` offers);
 * results come back in request order, and the error is the first bad picture's in request
-  order, as when one thread decodes them all (pictures after a failed one are not started);
+  order, as when one thread decodes them all. No picture is started once one has failed, and
+  one already under way stops at its next ``checkpoint()`` (after it waits for room to decode)
+  if one before it has failed: the request does not wait for pictures it will not use;
 * memory stays bounded by ``images.DECODE_GATE``, which every decode holds, whichever thread
   (and by ``memory.configure``: without it glibc's per-thread arenas keep what each helper
-  freed, as they do long-lived request threads').
+  freed, as they do long-lived request threads'). A failure is kept without its frames' locals
+  (``errors.free_frames``) while the request's other pictures finish.
 
 Pillow and numpy release the GIL while they decode, convert and resample, so the threads run
-side by side. The threads start at the first request that has more than one picture.
+side by side. The threads start at the first request that has more than one picture; if one
+cannot be started, the others serve (or the request's thread alone), and it is logged.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from typing import Any, Callable, Sequence
 
-from .settings import MAX_INFERENCE_WORKERS, usable_cores
+from .errors import free_frames
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+# fn(index, item, checkpoint) -> result; checkpoint() raises Abandoned when the result will not
+# be used (a picture before this one has failed).
+Decode = Callable[[int, Any, Callable[[], None]], Any]
+
+
+class Abandoned(Exception):
+    """Raised by ``checkpoint()`` in a picture after a failed one: its result is not needed."""
+
+
+def _no_checkpoint() -> None:
+    return None
 
 
 class _Job:
-    """One request's pictures: claimed one at a time, by index, by any thread."""
+    """One request's pictures: claimed one at a time, by index, by any thread. Outcomes are
+    stored in lists allocated up front, so recording one cannot fail."""
 
-    def __init__(self, fn: Callable[[int, Any], Any], items: Sequence[Any]):
+    def __init__(self, fn: Decode, items: Sequence[Any]):
         self.fn = fn
         self.items = items
-        self.results: list[Any] = [None] * len(items)
-        self.failures: dict[int, BaseException] = {}
+        self.results: list[Any] = [None] * len(items)    # a result, or the failure at i
+        self.first_failure = len(items)                  # index of the first failed item
         self._next = 0
         self._running = 0
         self._cond = threading.Condition()
 
     def _claim(self) -> int | None:
         with self._cond:
-            if self.failures or self._next >= len(self.items):
-                return None       # every picture before a failed one is claimed already
+            if self.first_failure < len(self.items) or self._next >= len(self.items):
+                return None
             i = self._next
             self._next += 1
             self._running += 1
             return i
+
+    def _checkpoint(self, i: int) -> None:
+        if self.first_failure < i:
+            raise Abandoned(i)
 
     def run_one(self) -> bool:
         """Decode the next picture, if any is left; whether one was."""
         i = self._claim()
         if i is None:
             return False
+        failed = False
         try:
-            self.results[i] = self.fn(i, self.items[i])
+            outcome = self.fn(i, self.items[i], lambda: self._checkpoint(i))
         except BaseException as exc:  # noqa: BLE001 - re-raised by the request's thread
-            with self._cond:
-                self.failures[i] = exc
-        finally:
-            with self._cond:
-                self._running -= 1
-                self._cond.notify_all()
+            free_frames(exc)          # the failed picture goes now, not when the request ends
+            outcome, failed = exc, True
+        with self._cond:              # finish() reads nothing before this item is counted out
+            self.results[i] = outcome
+            if failed and i < self.first_failure:
+                self.first_failure = i
+            self._running -= 1
+            self._cond.notify_all()
         return True
 
     def more(self) -> bool:
         with self._cond:
-            return not self.failures and self._next < len(self.items)
+            return self.first_failure == len(self.items) and self._next < len(self.items)
+
+    def abandon(self) -> None:
+        """No more claims (the request's thread is leaving without its results)."""
+        with self._cond:
+            self.first_failure = -1
 
     def finish(self) -> list[Any]:
         """Wait for the pictures other threads are decoding; the results, or the first error."""
         with self._cond:
             while self._running:
                 self._cond.wait()
-            results, failures = self.results, self.failures
+            results, first = self.results, self.first_failure
             # A helper may still hold this job in its line: keep nothing of the request's.
-            self.items, self.results, self.failures = (), [], {}
-        if failures:
-            raise failures[min(failures)]
+            self.items, self.results, self.first_failure = (), [], -1
+        if 0 <= first < len(results):
+            raise results[first]
         return results
 
 
@@ -96,29 +130,45 @@ class DecodeHelpers:
         with self._lock:
             if self._started:
                 return
-            for n in range(self.threads):
-                threading.Thread(target=self._help, name=f"decode-helper-{n}", daemon=True).start()
             self._started = True
+            wanted, self.threads = self.threads, 0
+            for n in range(wanted):
+                try:
+                    threading.Thread(target=self._help, name=f"decode-helper-{n}",
+                                     daemon=True).start()
+                except RuntimeError as exc:    # "can't start new thread": a pids limit, say
+                    log.warning("started %d of %d image decode helper threads: %s", n, wanted, exc)
+                    break
+                self.threads += 1
 
     def _help(self) -> None:
         while True:
             job = self._offers.get()
-            # One picture, then the job goes to the back of the line if it has more: the
-            # helpers take turns among the requests that offered pictures.
-            if job.run_one() and job.more():
-                self._offers.put(job)
+            try:
+                # One picture, then the offer goes to the back of the line if there are more:
+                # the helpers take turns among the requests that offered pictures.
+                if job.run_one() and job.more():
+                    self._offers.put(job)
+            except BaseException:  # noqa: BLE001 - a helper must outlive any one request
+                log.exception("image decode helper")
+            del job
 
-    def map(self, fn: Callable[[int, Any], Any], items: Sequence[Any]) -> list[Any]:
-        """``[fn(i, item) for i, item in enumerate(items)]``, with the helpers' help; raises
-        the first failure in item order."""
+    def map(self, fn: Decode, items: Sequence[Any]) -> list[Any]:
+        """``[fn(i, item, checkpoint) for i, item in enumerate(items)]``, with the helpers'
+        help; raises the first failure in item order."""
+        if len(items) > 1 and self.threads:
+            self._start()
         if self.threads == 0 or len(items) < 2:
-            return [fn(i, item) for i, item in enumerate(items)]
-        self._start()
+            return [fn(i, item, _no_checkpoint) for i, item in enumerate(items)]
         job = _Job(fn, items)
         for _ in range(min(self.threads, len(items) - 1)):
             self._offers.put(job)
-        while job.run_one():
-            pass
+        try:
+            while job.run_one():
+                pass
+        except BaseException:
+            job.abandon()
+            raise
         return job.finish()
 
 
@@ -126,11 +176,16 @@ _HELPERS: DecodeHelpers | None = None
 _HELPERS_LOCK = threading.Lock()
 
 
-def helpers() -> DecodeHelpers:
-    """The process's helpers: one fewer than its usable cores (``settings.usable_cores``),
-    counted at the first image request."""
+def helper_count(settings: Settings) -> int:
+    """One fewer than the inference workers (``Settings.workers``: by default one per usable
+    core), so ``EMBEDDINGS_INFERENCE_WORKERS=1`` or one core means none."""
+    return max(0, settings.workers - 1)
+
+
+def helpers(settings: Settings) -> DecodeHelpers:
+    """The process's helpers, sized by the settings of the first image request."""
     global _HELPERS
     with _HELPERS_LOCK:
         if _HELPERS is None:
-            _HELPERS = DecodeHelpers(min(usable_cores(), MAX_INFERENCE_WORKERS) - 1)
+            _HELPERS = DecodeHelpers(helper_count(settings))
         return _HELPERS

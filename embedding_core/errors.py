@@ -7,6 +7,7 @@ error body ``{"error": {"code", "message", "target"?, "details"?}}`` with the he
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,3 +199,15 @@ def describe(value: object) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+def free_frames(exc: BaseException) -> None:
+    """Drop the locals of the finished frames that ``exc``'s traceback, and the exceptions it
+    chains, hold (a decoder's picture, a request's bytes), so an exception kept a while holds
+    no memory beyond itself. The traceback's lines stay for logging."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        e = e.__cause__ or e.__context__

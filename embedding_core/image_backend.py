@@ -136,8 +136,9 @@ class ImageModel:
         the first bad item in request order is the error), once the request's pixels in all
         are known to be within ``EMBEDDINGS_MAX_REQUEST_PIXELS``."""
         images.check_request_pixels([item.image for item in inputs], self.settings)
-        return decode_helpers.helpers().map(
-            lambda i, item: images.image_to_pixel_values(item.image, self.settings, i), inputs)
+        return decode_helpers.helpers(self.settings).map(
+            lambda i, item, checkpoint: images.image_to_pixel_values(
+                item.image, self.settings, i, checkpoint=checkpoint), inputs)
 
     def lane(self, output: str) -> ImageLane:
         return ImageLane(self.session, session_key(self.deployment.files["model"], self.settings),

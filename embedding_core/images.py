@@ -876,13 +876,15 @@ DECODE_GATE = DecodeGate()
 
 def decode_image(data: bytes, declared: str, *, max_pixels: int, target: str,
                  draft: bool = True, max_decode_bytes: int | None = None,
-                 hold: ExitStack | None = None) -> tuple[Image.Image, int]:
+                 hold: ExitStack | None = None,
+                 checkpoint: Callable[[], None] | None = None) -> tuple[Image.Image, int]:
     """Bytes -> (first frame as decoded, in any mode; EXIF orientation to apply).
     :func:`preprocess` converts it (a strip at a time when it is large).
 
     ``max_decode_bytes``: refuse (422) a picture whose decoding would need more memory
     (:func:`decode_bytes`), before any pixel is decoded; with ``hold``, also wait for room in
-    :data:`DECODE_GATE` and keep it until ``hold`` closes. The orientation is read after the
+    :data:`DECODE_GATE` and keep it until ``hold`` closes; then ``checkpoint()``, which may
+    raise to give the picture up before its pixels are decoded. The orientation is read after the
     pixels are loaded (a PNG's EXIF may follow its pixels, and reading it first would decode
     outside the error handling)."""
     im = open_image(data, declared, max_pixels=max_pixels, target=target)
@@ -896,6 +898,8 @@ def decode_image(data: bytes, declared: str, *, max_pixels: int, target: str,
             if hold is not None:
                 hold.enter_context(DECODE_GATE.hold(decode_bytes(drafted, decoder_extra),
                                                     max_decode_bytes))
+            if checkpoint is not None:
+                checkpoint()
     had_transparency = "transparency" in im.info
     im = load_first_frame(im, target=target, draft_to=RESIZE_TO if draft else None,
                           before_load=check)
@@ -912,25 +916,35 @@ def decode_image(data: bytes, declared: str, *, max_pixels: int, target: str,
     return im, exif_orientation(im)
 
 
-def image_to_pixel_values(url: str, settings: Settings, index: int, *,
-                          draft: bool = True) -> np.ndarray:
-    """One wire ``image`` string -> float32 [3, 224, 224] (or an ApiError for ``input[index]``)."""
+def image_to_pixel_values(url: str, settings: Settings, index: int, *, draft: bool = True,
+                          checkpoint: Callable[[], None] | None = None) -> np.ndarray:
+    """One wire ``image`` string -> float32 [3, 224, 224] (or an ApiError for ``input[index]``).
+    ``checkpoint``: see :func:`decode_image` (``decode_helpers`` gives up pictures after a bad
+    one). A failure leaves without its frames' locals (the picture, the bytes) before the
+    picture's share of :data:`DECODE_GATE` is released: it may be kept while the request's other
+    pictures decode."""
     target = _target(index)
     parsed = parse_data_url(url, max_bytes=settings.max_image_bytes, target=target)
     with ExitStack() as hold:      # DECODE_GATE, from the estimate until the picture is freed
-        im, orientation = decode_image(parsed.data, parsed.declared,
-                                       max_pixels=settings.max_image_pixels, target=target,
-                                       draft=draft, max_decode_bytes=settings.max_image_decode_bytes,
-                                       hold=hold)
-        del parsed
         try:
-            return preprocess(im, orientation)
-        except (MemoryError, errors.ApiError):
+            im, orientation = decode_image(
+                parsed.data, parsed.declared, max_pixels=settings.max_image_pixels,
+                target=target, draft=draft, max_decode_bytes=settings.max_image_decode_bytes,
+                hold=hold, checkpoint=checkpoint)
+            del parsed
+            try:
+                return preprocess(im, orientation)
+            except (MemoryError, errors.ApiError):
+                raise
+            except Exception:  # noqa: BLE001 - a mode Pillow cannot convert
+                raise errors.validation("The image data cannot be converted to RGB.",
+                                        target) from None
+            finally:
+                im.close()   # frees the decoded picture (and an animation's decoder) now
+        except BaseException as exc:
+            parsed = None              # noqa: F841 - this frame's bytes go with the others'
+            errors.free_frames(exc)
             raise
-        except Exception:  # noqa: BLE001 - a mode Pillow cannot convert
-            raise errors.validation("The image data cannot be converted to RGB.", target) from None
-        finally:
-            im.close()   # frees the decoded picture (and an animation's decoder) now
 
 
 def header_pixels(url: str, settings: Settings, index: int) -> int | None:

@@ -11,6 +11,7 @@ and transparent-palette PNGs +310 MB, the 36 Mpx WebP +610 MB.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import subprocess
@@ -358,7 +359,9 @@ else:      # one request of four, its thread and three helpers (decode_helpers) 
     # (+625 MB here), as long-lived request threads' arenas do (embedding_core/memory.py).
     memory.configure()
     helpers = decode_helpers.DecodeHelpers(3)
-    helpers.map(lambda i, u: images.image_to_pixel_values(u, settings, i), [url] * 4)
+    decode = lambda i, u, checkpoint: images.image_to_pixel_values(u, settings, i,
+                                                                    checkpoint=checkpoint)
+    helpers.map(decode, [url] * 4)
 print(status("VmHWM") - before)
 """
 
@@ -376,3 +379,29 @@ def test_concurrent_requests_do_not_multiply_an_images_cost(tmp_path, how):
     assert res.returncode == 0, res.stderr[-2000:]
     growth = float(res.stdout.strip().splitlines()[-1])
     assert growth <= (Settings().max_image_decode_bytes >> 20) + 16, growth
+
+
+def test_a_failed_pictures_error_does_not_keep_the_picture():
+    """A picture that fails once its pixels are decoded leaves with an error whose frames hold
+    no picture and no bytes: the error may be kept while the request's other pictures decode
+    (decode_helpers), after its share of the decode budget is given back (review h_review22:
+    +321 MB against a 256 MiB budget for [truncated 40 Mpx RGBA PNG, a whole one])."""
+    good = _encode(Image.new("RGBA", (2000, 1500), (10, 200, 30, 255)), "PNG", compress_level=1)
+    idat, end = good.index(b"IDAT"), good.rindex(b"IEND")
+    bad = "data:image/png;base64," + base64.b64encode(good[: idat + (end - idat) * 9 // 10]).decode()
+    with pytest.raises(errors.ApiError) as caught:
+        images.image_to_pixel_values(bad, Settings(), 0)
+    assert "truncated" in caught.value.message
+    held, seen, e = [], set(), caught.value
+    while e is not None and id(e) not in seen:     # the error and what it chains
+        seen.add(id(e))
+        tb = e.__traceback__
+        while tb is not None:
+            for name, value in tb.tb_frame.f_locals.items():
+                if isinstance(value, (Image.Image, bytes, bytearray, memoryview)) or (
+                        hasattr(value, "data") and isinstance(value.data, bytes)):
+                    held.append((tb.tb_frame.f_code.co_name, name))
+            tb = tb.tb_next
+        e = e.__cause__ or e.__context__
+    # only the frame still running (this test's) may hold anything
+    assert [h for h in held if h[0] != "test_a_failed_pictures_error_does_not_keep_the_picture"] == []
