@@ -165,8 +165,9 @@ def largest(request, images: int | None = None, probe_every_s: float = 0.5) -> d
 
 
 def probed(request, body: bytes, repeats: int, every_s: float = 0.1) -> dict:
-    """A one-image request (a 451x300 JPEG) every ``every_s`` while ``body`` is sent ``repeats``
-    times back to back: how long the small one waits for a large one's decoding."""
+    """A one-image request (a 451x300 JPEG), each ``every_s`` after the last one's answer, while
+    ``body`` is sent ``repeats`` times back to back: how long the small one waits for a large
+    one's decoding."""
     import threading
 
     import function_app
@@ -205,8 +206,8 @@ def main() -> None:
     parser.add_argument("--images", type=int,
                         help="with --largest: this many pictures (raise EMBEDDINGS_MAX_REQUEST_PIXELS)")
     parser.add_argument("--probes", action="store_true",
-                        help="also time a one-image request every 0.1 s while each case's "
-                             "request runs --repeats times back to back")
+                        help="also time a one-image request, 0.1 s after the last one, while "
+                             "each case's request runs --repeats times back to back")
     args = parser.parse_args()
     os.environ.setdefault("EMBEDDINGS_API_KEYS", KEY)
     import azure.functions as func
