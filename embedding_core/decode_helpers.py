@@ -13,8 +13,9 @@ usable core: none on one core), which take them one at a time, in request order:
   between the requests that offered pictures (a request makes up to ``helpers`` offers);
 * results come back in request order, and the error is the first bad picture's in request
   order, as when one thread decodes them all. No picture is started once one has failed, and
-  one already under way stops at its next ``checkpoint()`` (after it waits for room to decode)
-  if one before it has failed: the request does not wait for pictures it will not use;
+  one already under way stops at its ``checkpoint()`` (``images.Checkpoint``: once it has room
+  to decode) if one before it has failed, which the failed one tells (``checkpoint.failed()``)
+  before it gives its room back: the request does not wait for pictures it will not use;
 * memory stays bounded by ``images.DECODE_GATE``, which every decode holds, whichever thread
   (and by ``memory.configure``: without it glibc's per-thread arenas keep what each helper
   freed, as they do long-lived request threads'). A failure is kept without its frames' locals
@@ -37,17 +38,38 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-# fn(index, item, checkpoint) -> result; checkpoint() raises Abandoned when the result will not
-# be used (a picture before this one has failed).
-Decode = Callable[[int, Any, Callable[[], None]], Any]
-
-
 class Abandoned(Exception):
     """Raised by ``checkpoint()`` in a picture after a failed one: its result is not needed."""
 
 
-def _no_checkpoint() -> None:
-    return None
+class _Checkpoint:
+    """Item ``i``'s ``images.Checkpoint``."""
+
+    __slots__ = ("job", "i")
+
+    def __init__(self, job: "_Job", i: int):
+        self.job, self.i = job, i
+
+    def __call__(self) -> None:
+        if self.job.first_failure < self.i:
+            raise Abandoned(self.i)
+
+    def failed(self) -> None:
+        self.job.failed(self.i)
+
+
+class _NoCheckpoint:
+    """One thread decodes everything, in order: nothing to give up."""
+
+    def __call__(self) -> None:
+        return None
+
+    def failed(self) -> None:
+        return None
+
+
+# fn(index, item, checkpoint) -> result (checkpoint: images.Checkpoint)
+Decode = Callable[[int, Any, Any], Any]
 
 
 class _Job:
@@ -72,9 +94,12 @@ class _Job:
             self._running += 1
             return i
 
-    def _checkpoint(self, i: int) -> None:
-        if self.first_failure < i:
-            raise Abandoned(i)
+    def failed(self, i: int) -> None:
+        """Item ``i`` has failed (told as soon as it knows): no more claims, and the items
+        after it give up at their checkpoints."""
+        with self._cond:
+            if i < self.first_failure:
+                self.first_failure = i
 
     def run_one(self) -> bool:
         """Decode the next picture, if any is left; whether one was."""
@@ -83,7 +108,7 @@ class _Job:
             return False
         failed = False
         try:
-            outcome = self.fn(i, self.items[i], lambda: self._checkpoint(i))
+            outcome = self.fn(i, self.items[i], _Checkpoint(self, i))
         except BaseException as exc:  # noqa: BLE001 - re-raised by the request's thread
             free_frames(exc)          # the failed picture goes now, not when the request ends
             outcome, failed = exc, True
@@ -159,7 +184,7 @@ class DecodeHelpers:
         if len(items) > 1 and self.threads:
             self._start()
         if self.threads == 0 or len(items) < 2:
-            return [fn(i, item, _no_checkpoint) for i, item in enumerate(items)]
+            return [fn(i, item, _NoCheckpoint()) for i, item in enumerate(items)]
         job = _Job(fn, items)
         for _ in range(min(self.threads, len(items) - 1)):
             self._offers.put(job)

@@ -42,7 +42,7 @@ import re
 import threading
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import pybase64
@@ -874,10 +874,22 @@ class DecodeGate:
 DECODE_GATE = DecodeGate()
 
 
+class Checkpoint(Protocol):
+    """What a caller decoding several pictures at once passes in (``decode_helpers``)."""
+
+    def __call__(self) -> None:
+        """Called once the picture has room to decode: raises to give it up (its result would
+        not be used)."""
+
+    def failed(self) -> None:
+        """The picture has failed: called before its share of :data:`DECODE_GATE` is given
+        back, so a picture waiting for that room can be given up."""
+
+
 def decode_image(data: bytes, declared: str, *, max_pixels: int, target: str,
                  draft: bool = True, max_decode_bytes: int | None = None,
                  hold: ExitStack | None = None,
-                 checkpoint: Callable[[], None] | None = None) -> tuple[Image.Image, int]:
+                 checkpoint: Checkpoint | None = None) -> tuple[Image.Image, int]:
     """Bytes -> (first frame as decoded, in any mode; EXIF orientation to apply).
     :func:`preprocess` converts it (a strip at a time when it is large).
 
@@ -917,12 +929,12 @@ def decode_image(data: bytes, declared: str, *, max_pixels: int, target: str,
 
 
 def image_to_pixel_values(url: str, settings: Settings, index: int, *, draft: bool = True,
-                          checkpoint: Callable[[], None] | None = None) -> np.ndarray:
+                          checkpoint: Checkpoint | None = None) -> np.ndarray:
     """One wire ``image`` string -> float32 [3, 224, 224] (or an ApiError for ``input[index]``).
-    ``checkpoint``: see :func:`decode_image` (``decode_helpers`` gives up pictures after a bad
-    one). A failure leaves without its frames' locals (the picture, the bytes) before the
-    picture's share of :data:`DECODE_GATE` is released: it may be kept while the request's other
-    pictures decode."""
+    ``checkpoint``: :class:`Checkpoint` (``decode_helpers`` gives up pictures after a bad one).
+    A failure leaves without its frames' locals (the picture, the bytes), and is told to
+    ``checkpoint.failed()``, before the picture's share of :data:`DECODE_GATE` is released: it
+    may be kept while the request's other pictures decode."""
     target = _target(index)
     parsed = parse_data_url(url, max_bytes=settings.max_image_bytes, target=target)
     with ExitStack() as hold:      # DECODE_GATE, from the estimate until the picture is freed
@@ -944,6 +956,8 @@ def image_to_pixel_values(url: str, settings: Settings, index: int, *, draft: bo
         except BaseException as exc:
             parsed = None              # noqa: F841 - this frame's bytes go with the others'
             errors.free_frames(exc)
+            if checkpoint is not None:
+                checkpoint.failed()
             raise
 
 

@@ -187,31 +187,40 @@ def test_threads_start_at_the_first_request_with_several_items_and_none_without_
 
 def test_a_picture_under_way_is_given_up_at_its_checkpoint_once_an_earlier_one_fails():
     helpers = DecodeHelpers(1)
-    second_claimed, first_failed = threading.Event(), threading.Event()
+    second_claimed, room_given_back = threading.Event(), threading.Event()
     finished = []
 
     def decode(i, item, checkpoint):
         if i == 0:
             assert second_claimed.wait(WAIT)
-            first_failed.set()
+            checkpoint.failed()       # as images does, before it gives its decode budget back
+            room_given_back.set()
+            time.sleep(0.1)           # the failure itself is stored only after this
             raise ValueError("item 0")
         second_claimed.set()
-        assert first_failed.wait(WAIT)
-        time.sleep(0.05)              # the failure is recorded by then
+        assert room_given_back.wait(WAIT)
         checkpoint()                  # where a picture has waited for room to decode
         finished.append(i)
         return item
     with pytest.raises(ValueError, match="item 0"):
         bounded_map(helpers, decode, [0, 1])
     assert finished == []
-    job = decode_helpers._Job(lambda *a: None, [0, 1, 2])   # raises only after a failure before
-    for i in range(3):
-        job._checkpoint(i)
-    job.first_failure = 1
-    job._checkpoint(0)
-    job._checkpoint(1)
+
+
+def test_a_checkpoint_gives_up_only_the_items_after_a_failed_one():
+    job = decode_helpers._Job(lambda *a: None, [0, 1, 2, 3])
+    marks = [decode_helpers._Checkpoint(job, i) for i in range(4)]
+    for mark in marks:
+        mark()
+    marks[2].failed()
+    marks[3].failed()                 # a later failure does not move the first
+    marks[0](), marks[1](), marks[2]()
     with pytest.raises(Abandoned):
-        job._checkpoint(2)
+        marks[3]()
+    marks[1].failed()
+    with pytest.raises(Abandoned):
+        marks[2]()
+    assert job._claim() is None       # and nothing more is claimed
 
 
 def test_map_returns_when_a_helper_finishes_last():
