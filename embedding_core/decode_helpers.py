@@ -38,6 +38,7 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+
 class Abandoned(Exception):
     """Raised by ``checkpoint()`` in a picture after a failed one: its result is not needed."""
 
