@@ -4,7 +4,8 @@ first CPU it may use. First, on a machine with a second CPU, single-sentence req
 connections against requests of 32 from 2 (the bench's singles target, as a ratio) with the
 server on the first CPU and its clients on the same one (as ``make bench`` prices one core: the
 clients stand in for the Functions host's share) or on the second (clients elsewhere, as on
-Azure), in interleaved rounds. Linux only.
+Azure), in interleaved rounds; then the same loads in-process, 8 and 2 threads calling
+``function_app`` on the first CPU (no HTTP: what the local host's HTTP costs). Linux only.
 Usage: .venv/bin/python bench/one_core.py [--out FILE] [--singles-rounds N]
 
 Not part of ``make bench`` (the largest request alone takes over a minute on one core); the
@@ -54,6 +55,62 @@ def singles(w: dict, cpu: int, other: int, rounds: int) -> dict:
             for name, v in rows.items()}
 
 
+def in_process_singles(w: dict, rounds: int) -> dict:
+    """The singles loads through ``function_app`` in this process (its threads, and the
+    inference workers they start, on the CPU this thread is pinned to): no HTTP."""
+    import queue
+    import threading
+
+    os.environ["EMBEDDINGS_API_KEYS"] = bench.KEY
+    import azure.functions as func
+
+    import function_app
+
+    def request(body: dict):
+        return func.HttpRequest(
+            "POST", "http://127.0.0.1:7071/embeddings" + bench.Q,
+            params={"api-version": bench.Q.split("=", 1)[1]}, body=json.dumps(body).encode(),
+            headers={"api-key": bench.KEY, "content-type": "application/json",
+                     "extra-parameters": "pass-through"})
+
+    def run(bodies: list, clients: int) -> float:
+        todo: queue.Queue = queue.Queue()
+        for b in bodies:
+            todo.put(b)
+        failed: list = []
+
+        def worker() -> None:
+            while not failed:
+                try:
+                    body = todo.get_nowait()
+                except queue.Empty:
+                    return
+                res = function_app.embeddings(request(body))
+                if res.status_code != 200:
+                    failed.append(res.get_body()[:300])
+        threads = [threading.Thread(target=worker) for _ in range(clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if failed:
+            raise RuntimeError(failed[0])
+        return time.perf_counter() - t0
+
+    short = w["short"]
+    run([{"input": short[:64]}], 1)                     # load the model
+    rows = []
+    for _ in range(rounds):
+        single = len(short) / run([{"input": [t]} for t in short], 8)
+        batch = len(short) / run([{"input": c, "truncate": "END"}
+                                  for c in bench.chunks(short, 32)], 2)
+        rows.append({"singles_per_s": single, "batched_per_s": batch, "ratio": single / batch})
+        print(f"in-process: {single:.0f} single, {batch:.0f} batched /s, "
+              f"{100 * single / batch:.0f} %", flush=True)
+    return {"rounds": rows, "median_ratio": statistics.median(r["ratio"] for r in rows)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "bench" / "one-core.json"))
@@ -68,6 +125,9 @@ def main() -> None:
     if len(allowed) > 1 and args.singles_rounds > 0:
         out["singles"] = singles(w, cpu, allowed[1], args.singles_rounds)
     os.sched_setaffinity(0, {cpu})      # before the next server starts: all its threads inherit it
+    if args.singles_rounds > 0:
+        out["singles"] = {**out.get("singles", {}),
+                          "in-process, no HTTP": in_process_singles(w, args.singles_rounds)}
     out["fairness"] = [bench.fairness(w, 256, 40) for _ in range(2)]
     out["largest"] = bench.largest_request(w)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
