@@ -111,6 +111,21 @@ def costliest(width: int = 8000, height: int = 5000) -> tuple[dict, str]:
     return {"kinds": table, "dearest": dearest}, urls[dearest]
 
 
+def one_image(request) -> tuple[bytes, list[float]]:
+    """The probe's body (one 451x300 JPEG) and 11 timings of it alone, in seconds."""
+    import function_app
+
+    photo = (ROOT / "tests" / "data" / "images" / "chelsea.jpg").read_bytes()
+    small = json.dumps({"input": [{"image": "data:image/jpeg;base64,"
+                                   + base64.b64encode(photo).decode()}]}).encode()
+    alone = []
+    for _ in range(11):
+        t0 = time.perf_counter()
+        function_app.image_embeddings(request(small))
+        alone.append(time.perf_counter() - t0)
+    return small, alone
+
+
 def largest(request, images: int | None = None, probe_every_s: float = 0.5) -> dict:
     """The largest image request the limits allow (or of ``images`` pictures), of the dearest
     pictures to decode (:func:`costliest`), with a one-image request (a 451x300 JPEG) every
@@ -125,16 +140,9 @@ def largest(request, images: int | None = None, probe_every_s: float = 0.5) -> d
     kinds, url = costliest()
     item = {"image": url}
     n = images or s.max_request_pixels // (8000 * 5000)
-    photo = (ROOT / "tests" / "data" / "images" / "chelsea.jpg").read_bytes()
-    small = json.dumps({"input": [{"image": "data:image/jpeg;base64,"
-                                   + base64.b64encode(photo).decode()}]}).encode()
     import function_app
 
-    alone = []
-    for _ in range(11):
-        t0 = time.perf_counter()
-        function_app.image_embeddings(request(small))
-        alone.append(time.perf_counter() - t0)
+    small, alone = one_image(request)
     big: dict = {}
 
     def run_big() -> None:
@@ -172,14 +180,7 @@ def probed(request, body: bytes, repeats: int, every_s: float = 0.1) -> dict:
 
     import function_app
 
-    photo = (ROOT / "tests" / "data" / "images" / "chelsea.jpg").read_bytes()
-    small = json.dumps({"input": [{"image": "data:image/jpeg;base64,"
-                                   + base64.b64encode(photo).decode()}]}).encode()
-    alone = []
-    for _ in range(11):
-        t0 = time.perf_counter()
-        function_app.image_embeddings(request(small))
-        alone.append(time.perf_counter() - t0)
+    small, alone = one_image(request)
     thread = threading.Thread(
         target=lambda: [function_app.image_embeddings(request(body)) for _ in range(repeats)])
     thread.start()

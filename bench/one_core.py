@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,45 +59,28 @@ def singles(w: dict, cpu: int, other: int, rounds: int) -> dict:
 def in_process_singles(w: dict, rounds: int) -> dict:
     """The singles loads through ``function_app`` in this process (its threads, and the
     inference workers they start, on the CPU this thread is pinned to): no HTTP."""
-    import queue
-    import threading
-
     os.environ["EMBEDDINGS_API_KEYS"] = bench.KEY
     import azure.functions as func
 
     import function_app
 
-    def request(body: dict):
-        return func.HttpRequest(
+    class InProcess:          # what bench.run_clients needs of a server: no CPUs, no connection
+        cpus = None
+
+        def conn(self):
+            return types.SimpleNamespace(close=lambda: None)
+
+    def send(_conn, body: dict) -> None:
+        res = function_app.embeddings(func.HttpRequest(
             "POST", "http://127.0.0.1:7071/embeddings" + bench.Q,
             params={"api-version": bench.Q.split("=", 1)[1]}, body=json.dumps(body).encode(),
             headers={"api-key": bench.KEY, "content-type": "application/json",
-                     "extra-parameters": "pass-through"})
+                     "extra-parameters": "pass-through"}))
+        if res.status_code != 200:
+            raise RuntimeError(f"{res.status_code}: {res.get_body()[:300]!r}")
 
     def run(bodies: list, clients: int) -> float:
-        todo: queue.Queue = queue.Queue()
-        for b in bodies:
-            todo.put(b)
-        failed: list = []
-
-        def worker() -> None:
-            while not failed:
-                try:
-                    body = todo.get_nowait()
-                except queue.Empty:
-                    return
-                res = function_app.embeddings(request(body))
-                if res.status_code != 200:
-                    failed.append(res.get_body()[:300])
-        threads = [threading.Thread(target=worker) for _ in range(clients)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if failed:
-            raise RuntimeError(failed[0])
-        return time.perf_counter() - t0
+        return bench.run_clients(InProcess(), "/embeddings", bodies, clients, send=send)
 
     short = w["short"]
     run([{"input": short[:64]}], 1)                     # load the model
