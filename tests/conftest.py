@@ -115,3 +115,17 @@ def entra_live_server(api_keys: str) -> Iterator[tuple[Any, LiveServer]]:
             yield idp, server
         finally:
             server.stop()
+
+
+def refuse_thread_start(mp: pytest.MonkeyPatch, refused) -> None:
+    """Make ``Thread.start`` fail as under a thread limit ("can't start new thread") for the
+    threads whose name ``refused(name)`` is true; the others start."""
+    import threading
+
+    real_start = threading.Thread.start
+
+    def start(thread):
+        if refused(thread.name):
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+    mp.setattr(threading.Thread, "start", start)

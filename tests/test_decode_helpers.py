@@ -15,6 +15,7 @@ import weakref
 
 import pytest
 
+from conftest import refuse_thread_start
 from embedding_core import decode_helpers
 from embedding_core.decode_helpers import Abandoned, DecodeHelpers
 from embedding_core.settings import Settings
@@ -281,23 +282,13 @@ def test_every_helper_serves_a_lone_request():
 
 
 def test_a_helper_that_cannot_start_leaves_the_others_and_the_request_thread(monkeypatch):
-    real_start = threading.Thread.start
-
-    def start(self):
-        if self.name == "decode-helper-1":
-            raise RuntimeError("can't start new thread")
-        real_start(self)
-    monkeypatch.setattr(threading.Thread, "start", start)
+    refuse_thread_start(monkeypatch, lambda name: name == "decode-helper-1")
     helpers = DecodeHelpers(3)
     before = len(helper_threads())
     for _ in range(3):                # every request is served; no thread started again
         assert bounded_map(helpers, lambda i, item, _: item * 2, [1, 2, 3]) == [2, 4, 6]
     assert helpers.threads == 1 and len(helper_threads()) == before + 1
-    def no_helper(self):
-        if self.name.startswith("decode-helper-"):
-            raise RuntimeError("can't start new thread")
-        real_start(self)
-    monkeypatch.setattr(threading.Thread, "start", no_helper)
+    refuse_thread_start(monkeypatch, is_helper)
     none = DecodeHelpers(2)
     assert bounded_map(none, lambda i, item, _: item, [1, 2]) == [1, 2] and none.threads == 0
 

@@ -715,13 +715,9 @@ def test_a_cold_start_admits_two_requests_of_the_largest_size():
 def test_a_worker_that_cannot_start_leaves_the_others_serving(monkeypatch, caplog):
     """A thread limit ("can't start new thread") once failed every request with a 500 while the
     workers already started ran on, unknown to the queue: every request started another set."""
-    real_start = threading.Thread.start
+    from conftest import refuse_thread_start
 
-    def start(thread):
-        if thread.name == "w-1":
-            raise RuntimeError("can't start new thread")
-        real_start(thread)
-    monkeypatch.setattr(threading.Thread, "start", start)
+    refuse_thread_start(monkeypatch, lambda name: name == "w-1")
     lane = GateLane()
     q = InferenceQueue({"tokens": 100}, workers=2, name="w")
     for name in ("a", "b", "c"):
