@@ -5,7 +5,9 @@ connections against requests of 32 from 2 (the bench's singles target, as a rati
 server on the first CPU and its clients on the same one (as ``make bench`` prices one core: the
 clients stand in for the Functions host's share) or on the second (clients elsewhere, as on
 Azure), in interleaved rounds; then the same loads in-process, 8 and 2 threads calling
-``function_app`` on the first CPU (no HTTP: what the local host's HTTP costs). Linux only.
+``function_app`` on the first CPU (no HTTP: what the local host's HTTP costs), and, in a child
+process, on every CPU this one may use (the ratio's ceiling on the whole machine without HTTP:
+what ``make bench`` measures, less its HTTP). Linux only.
 Usage: .venv/bin/python bench/one_core.py [--out FILE] [--singles-rounds N]
 
 Not part of ``make bench`` (the largest request alone takes over a minute on one core); the
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import types
@@ -99,15 +102,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "bench" / "one-core.json"))
     parser.add_argument("--singles-rounds", type=int, default=4)
+    parser.add_argument("--in-process-only", action="store_true",
+                        help="only the in-process singles, on the CPUs given; JSON on the last line")
     args = parser.parse_args()
     allowed = sorted(os.sched_getaffinity(0))
     cpu = allowed[0]
     w = workloads.build(1024, 256, 1000)
     w["largest"] = w["longest"]
+    if args.in_process_only:
+        print(json.dumps(in_process_singles(w, args.singles_rounds)))
+        return
     out = {"machine": bench.machine(), "cpu": cpu,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if len(allowed) > 1 and args.singles_rounds > 0:
         out["singles"] = singles(w, cpu, allowed[1], args.singles_rounds)
+        # Its own process: the service sizes its workers to the CPUs at its first request.
+        child = subprocess.run([sys.executable, __file__, "--in-process-only", "--singles-rounds",
+                                str(args.singles_rounds)], stdout=subprocess.PIPE, text=True,
+                               check=True)
+        out["singles"][f"in-process on all {len(allowed)} CPUs, no HTTP"] = \
+            json.loads(child.stdout.splitlines()[-1])
     os.sched_setaffinity(0, {cpu})      # before the next server starts: all its threads inherit it
     if args.singles_rounds > 0:
         out["singles"] = {**out.get("singles", {}),
