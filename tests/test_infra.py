@@ -1454,6 +1454,7 @@ def ignored(rel_path: str, patterns: List[str]) -> bool:
         "README.md",
         "embedding_core/__pycache__/backends.cpython-311.pyc",
         ".pytest_cache/v/cache/nodeids",
+        ".hypothesis/examples/0a1b2c3d/4e5f",   # make test's hypothesis database
         "embeddings-api_env/lib/python3.11/site-packages/numpy/__init__.py",   # azd restore's
         "main_env/bin/python",
     ],
