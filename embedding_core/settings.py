@@ -76,7 +76,7 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0,
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -86,8 +86,8 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"setting {name} must be a number, got {raw!r}") from None
     if not math.isfinite(value):   # float() reads "nan" and "inf"
         raise ValueError(f"setting {name} must be a finite number, got {raw!r}")
-    if value < 0:
-        raise ValueError(f"setting {name} must be >= 0, got {value}")
+    if value < minimum:
+        raise ValueError(f"setting {name} must be >= {minimum:g}, got {value:g}")
     return value
 
 
@@ -442,9 +442,8 @@ class Settings:
                              "per-image limit would be refused; lower both")
         _queue_holds("EMBEDDINGS_MAX_QUEUE_IMAGES", max_queue_images,
                      "EMBEDDINGS_MAX_IMAGE_INPUTS", max_image_inputs, "image request")
-        request_timeout_s = _float(env, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS", cls.request_timeout_s)
-        if request_timeout_s < 1:
-            raise ValueError("setting EMBEDDINGS_REQUEST_TIMEOUT_SECONDS must be >= 1")
+        request_timeout_s = _float(env, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS", cls.request_timeout_s,
+                                   minimum=1)
         if request_timeout_s >= AZURE_FRONT_END_TIMEOUT_S:
             # Not refused: it is a working value under the local host. On Azure the client is
             # answered by the front end while the request still runs here.

@@ -1006,7 +1006,10 @@ def test_stop_fails_queued_requests_and_joins_the_worker():
      "EMBEDDINGS_MAX_QUEUE_IMAGES must be >= EMBEDDINGS_MAX_IMAGE_INPUTS"),
     ({"EMBEDDINGS_MAX_QUEUE_TOKENS": "1000", "EMBEDDINGS_MAX_REQUEST_TOKENS": "2000"},
      "EMBEDDINGS_MAX_QUEUE_TOKENS must be >= EMBEDDINGS_MAX_REQUEST_TOKENS"),
-    ({"EMBEDDINGS_REQUEST_TIMEOUT_SECONDS": "0"}, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS must be >= 1"),
+    ({"EMBEDDINGS_REQUEST_TIMEOUT_SECONDS": "0"}, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS must be >= 1, got 0"),
+    # a negative one names the same bound (it said ">= 0", and 0 was then refused as well)
+    ({"EMBEDDINGS_REQUEST_TIMEOUT_SECONDS": "-1"}, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS must be >= 1, got -1"),
+    ({"EMBEDDINGS_MEMORY_TRIM_IDLE_SECONDS": "-1"}, "EMBEDDINGS_MEMORY_TRIM_IDLE_SECONDS must be >= 0, got -1"),
     # float() reads these; the first made every request a 500, the second every 429 a 500
     ({"EMBEDDINGS_REQUEST_TIMEOUT_SECONDS": "nan"}, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS must be a finite number"),
     ({"EMBEDDINGS_REQUEST_TIMEOUT_SECONDS": "inf"}, "EMBEDDINGS_REQUEST_TIMEOUT_SECONDS must be a finite number"),
