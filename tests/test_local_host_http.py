@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -15,9 +18,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import API_VERSION, KEY, LiveServer
+from conftest import API_VERSION, KEY, ROOT, LiveServer
 from test_local_host_routing import serve_app
-from tools.local_host import Limits, default_max_body_bytes
+from tools.local_host import Limits, default_max_body_bytes, log_level
 
 MiB = 1024 * 1024
 TIMEOUT = 0.5  # the header, body and keep-alive time-outs of the `stalls` server
@@ -366,6 +369,30 @@ def test_the_default_cap_is_just_above_the_apps_largest_limit():
     assert Limits.from_env({}).header_timeout == 10 and Limits.from_env({}).keep_alive == 130
     with pytest.raises(SystemExit):
         Limits.from_env({"LOCAL_HOST_HEADER_TIMEOUT_SECONDS": "soon"})
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-inf", "NaN"])
+def test_a_time_out_that_is_not_a_finite_number_stops_the_host(raw):
+    # float() reads these; a nan time-out fired at once: every connection got a 408
+    for name in ("LOCAL_HOST_HEADER_TIMEOUT_SECONDS", "LOCAL_HOST_BODY_TIMEOUT_SECONDS",
+                 "LOCAL_HOST_KEEP_ALIVE_SECONDS"):
+        with pytest.raises(SystemExit) as exc:
+            Limits.from_env({name: raw})
+        assert str(exc.value) == f"{name}={raw!r}: must be a finite number"
+
+
+def test_log_level_is_read_in_any_case_and_an_unknown_one_is_named():
+    assert log_level({}) == "INFO"
+    assert log_level({"LOG_LEVEL": " debug "}) == "DEBUG"
+    assert log_level({"LOG_LEVEL": "Warning"}) == "WARNING"
+    # what make serve prints for an unknown level: the value and the choices, no traceback
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDINGS_", "LOCAL_HOST_"))}
+    run = subprocess.run([sys.executable, "-m", "tools.local_host", "--port", "0"], cwd=ROOT,
+                         env={**env, "LOG_LEVEL": "verbose"}, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 1
+    assert run.stderr.strip() == ("LOG_LEVEL='verbose': expected one of DEBUG, INFO, WARNING, "
+                                  "ERROR, CRITICAL")
 
 
 def test_the_app_answers_its_own_413_and_the_host_only_far_above_it():

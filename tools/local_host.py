@@ -47,6 +47,7 @@ import inspect
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -87,6 +88,8 @@ def _env_number(env: Mapping[str, str], name: str, default: float, *, minimum: f
     except ValueError:
         kind = "an integer" if integer else "a number"
         raise SystemExit(f"{name}={raw!r}: expected {kind}") from None
+    if not math.isfinite(value):   # float() reads "nan" and "inf": a nan time-out fires at once
+        raise SystemExit(f"{name}={raw!r}: must be a finite number")
     if value < minimum:
         raise SystemExit(f"{name}={raw!r}: must be at least {minimum}")
     return value
@@ -740,6 +743,18 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(env: Mapping[str, str]) -> str:
+    """``LOG_LEVEL`` (default INFO), any case; an unknown name stops the host, saying so."""
+    level = (env.get("LOG_LEVEL") or "INFO").strip().upper()
+    if level not in LOG_LEVELS:
+        raise SystemExit(f"LOG_LEVEL={env.get('LOG_LEVEL')!r}: expected one of "
+                         + ", ".join(LOG_LEVELS))
+    return level
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -748,7 +763,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hint", action="store_true",
                         help="print how to call it with the key set (make serve)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+    logging.basicConfig(level=log_level(os.environ),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = Limits.from_env()
     sys.path.insert(0, str(args.app_dir))
