@@ -14,7 +14,8 @@ and stayed there. Three mechanisms keep freed memory in the process:
 * **No trimming.** Free pages inside the arenas are only returned by ``malloc_trim``.
 
 * **onnxruntime's CPU arena** keeps the buffers of the largest run for the session's life
-  (~170 MB after image batches). Turning it off costs ~40 % more CPU per inference (measured),
+  (~170 MB after image batches). Turning it off costs 5-65 % more CPU per text run, the more the
+  larger the run (measured: with the mmap threshold below, each large buffer is mapped anew),
   so it stays on and is shrunk when idle instead.
 
 What :func:`configure` does, once per process, when the service is built (glibc only; elsewhere,

@@ -115,7 +115,7 @@ resource vault 'Microsoft.KeyVault/vaults@2024-11-01' = {
 
 resource apiKeySecret 'Microsoft.KeyVault/vaults/secrets@2024-11-01' = if (!leaveSecretAlone) {
   // checkov:skip=CKV_AZURE_114: contentType is set below; checkov does not read the properties of a conditional (if) resource, and passes this check once the condition is removed.
-  // checkov:skip=CKV_AZURE_41: An expiry date would make the Key Vault reference stop resolving and silently lock every client out; keys are rotated on demand (see docs/deploy.md, "Key rotation") instead of expiring.
+  // checkov:skip=CKV_AZURE_41: An expiry date would make the Key Vault reference stop resolving and silently lock every client out; keys are rotated on demand (see docs/deploy.md, "Rotate a caller's key") instead of expiring.
   parent: vault
   name: apiKeySecretName
   properties: {
