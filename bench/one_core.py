@@ -24,6 +24,7 @@ import sys
 import time
 import types
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -59,9 +60,10 @@ def singles(w: dict, cpu: int, other: int, rounds: int) -> dict:
             for name, v in rows.items()}
 
 
-def in_process_singles(w: dict, rounds: int) -> dict:
-    """The singles loads through ``function_app`` in this process (its threads, and the
-    inference workers they start, on the CPU this thread is pinned to): no HTTP."""
+def in_process_clients() -> Callable[[list, int], float]:
+    """``run(bodies, clients)``: ``bench.run_clients`` with each body sent as a
+    ``func.HttpRequest`` to ``function_app.embeddings`` in this process (its threads, and the
+    inference workers they start, on this process's CPUs): no HTTP. Seconds taken."""
     os.environ["EMBEDDINGS_API_KEYS"] = bench.KEY
     import azure.functions as func
 
@@ -84,6 +86,13 @@ def in_process_singles(w: dict, rounds: int) -> dict:
 
     def run(bodies: list, clients: int) -> float:
         return bench.run_clients(InProcess(), "/embeddings", bodies, clients, send=send)
+    return run
+
+
+def in_process_singles(w: dict, rounds: int) -> dict:
+    """The singles loads through ``function_app`` in this process (its threads, and the
+    inference workers they start, on the CPU this thread is pinned to): no HTTP."""
+    run = in_process_clients()
 
     short = w["short"]
     run([{"input": short[:64]}], 1)                     # load the model

@@ -3,7 +3,11 @@ one-sentence requests from 8 connections, requests of 32 sentences from 2 (as ``
 sends them) and ``GET /health`` from 8 (an empty request: the HTTP floor), in interleaved rounds
 through the local host. The server's CPU is its process's from ``/proc``; the client's is this
 whole process's (its threads only send and read; the main thread waits). Linux only; not part of ``make bench``.
-Usage: .venv/bin/python bench/singles_cost.py [--rounds N] [--out FILE]"""
+
+``--in-process``: the same two text loads sent to ``function_app`` in this process instead (no
+HTTP, every CPU), and their CPU per sentence split by thread: the inference workers (and, of
+that, ONNX Runtime's runs, timed in thread CPU), the rest of the process (the request threads).
+Usage: .venv/bin/python bench/singles_cost.py [--rounds N] [--out FILE] [--in-process]"""
 
 from __future__ import annotations
 
@@ -39,12 +43,81 @@ def health(server: bench.Server, n: int, clients: int) -> float:
     return bench.run_clients(server, "/health", [None] * n, clients, send=get)
 
 
+def thread_cpu(pid: int, tid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:      # the thread has ended
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def in_process(short: list[str], rounds: int) -> dict:
+    """CPU per sentence of the two text loads in-process, by thread (see the module doc)."""
+    import threading
+
+    import onnxruntime as ort
+
+    import one_core
+
+    run_clients = one_core.in_process_clients()
+    in_runs = {"cpu": 0.0, "runs": 0}
+    lock = threading.Lock()
+    plain_run = ort.InferenceSession.run
+
+    def timed_run(self, *args, **kwargs):      # every session's run, on whichever thread
+        t0 = time.thread_time()
+        try:
+            return plain_run(self, *args, **kwargs)
+        finally:
+            with lock:
+                in_runs["cpu"] += time.thread_time() - t0
+                in_runs["runs"] += 1
+    ort.InferenceSession.run = timed_run
+    loads = {
+        "8 clients, one sentence per request": (len(short), [{"input": [t]} for t in short], 8),
+        "2 clients, 32 sentences per request":
+            (3 * len(short), [{"input": c, "truncate": "END"}
+                              for c in bench.chunks(short, 32)] * 3, 2),
+    }
+    pid = os.getpid()
+    run_clients([{"input": short[:64]}], 1)       # load the model, start the workers
+    workers = [t.native_id for t in threading.enumerate()
+               if t.name.startswith("inference-worker")]
+    rows: dict[str, list[dict]] = {}
+    for r in range(rounds):
+        for name, (n, bodies, clients) in loads.items():
+            in_runs.update(cpu=0.0, runs=0)
+            p0, w0 = process_cpu(pid), sum(thread_cpu(pid, t) for t in workers)
+            dt = run_clients(bodies, clients)
+            process = 1e3 * (process_cpu(pid) - p0) / n
+            worker = 1e3 * (sum(thread_cpu(pid, t) for t in workers) - w0) / n
+            row = {"per_s": n / dt, "process_ms": process, "workers_ms": worker,
+                   "onnxruntime_runs_ms": 1e3 * in_runs["cpu"] / n,
+                   "rest_ms": process - worker, "sentences_per_run": n / max(1, in_runs["runs"])}
+            rows.setdefault(name, []).append(row)
+            print(f"round {r + 1} {name}: {row['per_s']:.1f}/s, CPU per sentence: process "
+                  f"{process:.2f} ms, workers {worker:.2f} (ONNX Runtime runs "
+                  f"{row['onnxruntime_runs_ms']:.2f}, {row['sentences_per_run']:.1f} sentences "
+                  f"a run), request threads and the rest {row['rest_ms']:.2f}", flush=True)
+    ort.InferenceSession.run = plain_run
+    return {"machine": bench.machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "in_process": True, "workers": len(workers), "rounds": rows,
+            "medians": {name: {k: statistics.median(r[k] for r in v) for k in v[0]}
+                        for name, v in rows.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--out")
+    parser.add_argument("--in-process", action="store_true")
     args = parser.parse_args()
     short = workloads.build(1024, 256, 1000)["short"]
+    if args.in_process:
+        out = in_process(short, args.rounds)
+        if args.out:
+            Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+        return
     loads = {
         "8 clients, one sentence per request":
             (len(short), lambda s: bench.run_clients(s, "/embeddings",
