@@ -31,8 +31,8 @@ How (per request, :func:`tokenize_texts`):
   794 for 33 Hangul syllables, against ~0.8 µs a character of prose; for one token. A request
   may spend ``UNK_WORK_CAP`` of that work (~2 s of CPU here), then it is refused (422). Before,
   2,048 inputs of such words mixed with enough one-character tokens to stay under 32 characters
-  a token cost 19-25 s of tokenizer CPU and a 422 at the end (review /work/scratch/h_cost F1),
-  and with Hangul words 51 s and were accepted (review /work/scratch/h_diff2 F4). A word of
+  a token cost 19-25 s of tokenizer CPU and a 422 at the end (found in a review),
+  and with Hangul words 51 s and were accepted (found in a review). A word of
   over 100 normalised characters is ``[UNK]`` at once (cheap). Ordinary text stays under the
   cap: requests of 2,048 Wikipedia-style paragraphs in scripts this model has no tokens for
   (runs of 30-60 characters, each one ``[UNK]``) spend 44 % of it (Thai, 292 characters each),
