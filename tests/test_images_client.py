@@ -116,3 +116,38 @@ def test_a_mime_type_as_image_format_gets_a_message_that_says_what_to_pass(clien
         client.embed(input=[cat])
     assert e.value.status_code == 422
     assert 'ImageEmbeddingInput.load(image_format="jpeg")' in e.value.error.message
+
+
+def docs_python_blocks() -> list[str]:
+    """docs/images.md's Python examples at the top of the page, before its first section."""
+    import re
+
+    text = (IMAGES.parents[2] / "docs" / "images.md").read_text(encoding="utf-8")
+    head = text.split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```\n", head, re.S)
+
+
+def test_the_docs_python_examples_run_as_written(live_server, monkeypatch, capsys):
+    """Each runs from the repository's root with only the address and key replaced, prints what
+    its comment says, and the standard-library one gets the SDK's vector for the same picture."""
+    from clientkit import SNIPPET_ENDPOINT, SNIPPET_KEY, loopback_only
+
+    blocks = docs_python_blocks()
+    assert len(blocks) == 2
+    assert "urllib.request" in blocks[0] and "ImageEmbeddingsClient" in blocks[1]
+    monkeypatch.chdir(IMAGES.parents[2])
+    namespaces = []
+    for code in blocks:
+        assert SNIPPET_ENDPOINT in code and SNIPPET_KEY in code
+        namespace: dict = {"__name__": "docs_images"}
+        with loopback_only("docs/images.md"):
+            exec(compile(code.replace(SNIPPET_ENDPOINT, live_server.url)  # noqa: S102
+                         .replace(SNIPPET_KEY, KEY), "docs/images.md", "exec"), namespace)
+        printed = capsys.readouterr().out.strip()
+        assert printed == code.rsplit("# ", 1)[1].strip(), printed
+        namespaces.append(namespace)
+    plain, sdk = namespaces
+    np.testing.assert_array_equal(np.asarray(plain["vectors"][0], np.float32),
+                                  np.asarray(sdk["res"].data[0].embedding, np.float32))
+    # The second item carries text as well: a different vector.
+    assert float(np.dot(plain["vectors"][0], plain["vectors"][1])) < 0.999
