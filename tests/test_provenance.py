@@ -57,3 +57,21 @@ def test_a_stated_checksum_is_the_files(where, path, sums):
     assert any(actual == head if tail is None else
                actual.startswith(head) and actual.endswith(tail) for head, tail in sums), \
         f"{where} states {sums} for {path.relative_to(ROOT)}; its sha256 is {actual}"
+
+
+def test_data_files_are_never_converted_at_checkout():
+    """.gitattributes keeps Git's line-ending conversion (core.autocrlf on Windows) off every
+    committed model, vocabulary and test data file: a converted copy fails its checksum."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a Git checkout")
+    files = subprocess.run(["git", "ls-files", "--", "embedding_core/models", "tests/data"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert "embedding_core/models/cl100k_base/cl100k_base.tiktoken" in files
+    assert "embedding_core/models/all-MiniLM-L6-v2/calibration.json" in files
+    attrs = subprocess.run(["git", "check-attr", "text", "--stdin"], input="\n".join(files),
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    converted = [line for line in attrs.splitlines() if not line.endswith(": text: unset")]
+    assert not converted and len(attrs.splitlines()) == len(files), converted[:5]
