@@ -57,7 +57,7 @@ param maximumInstanceCount int = 40
 
 @minValue(0)
 @maxValue(1000)
-@description('Always-ready instances for the HTTP functions (billed all the time, no cold start for the first requests); 0 = none, on demand only. Set here rather than with the CLI: each provision writes functionAppConfig.scaleAndConcurrency whole.')
+@description('Always-ready instances for the HTTP functions (billed all the time, no cold start for the first requests); 0 = none, on demand only (with zoneRedundant the platform keeps two anyway, and 1 becomes 2). Set here rather than with the CLI: each provision writes functionAppConfig.scaleAndConcurrency whole.')
 param alwaysReadyHttpInstances int = 0
 
 @minValue(0)
@@ -78,12 +78,18 @@ param inferenceWorkers int = 0
 @allowed(['NONE', 'END', 'START'])
 param openaiTruncate string = 'NONE'
 
-@description('Zone-redundant Flex Consumption plan (only in regions that support it).')
+@description('Zone-redundant Flex Consumption plan (only in regions that support it). Not free: the platform then keeps at least two always-ready instances, billed as such whatever alwaysReadyHttpInstances says (1 is raised to 2, the least it accepts), and the host storage account is zone-redundant (ZRS; an existing LRS account must be converted first, see docs/deploy.md).')
 param zoneRedundant bool = false
+
+// With zone redundancy the platform keeps at least two always-ready instances per function
+// group, billed as always-ready, and refuses fewer than two configured (Microsoft Learn:
+// reliability-functions, flex-consumption-plan "Always ready instances"): a count of 1 becomes
+// the 2 that is billed anyway; 0 leaves the platform's own two.
+var effectiveAlwaysReady = (zoneRedundant && alwaysReadyHttpInstances == 1) ? 2 : alwaysReadyHttpInstances
 
 @minValue(7)
 @maxValue(90)
-@description('Key Vault soft-delete retention. With purge protection on, the vault name stays reserved this long after deletion.')
+@description('Key Vault soft-delete retention, fixed when the vault is created (Key Vault does not let it change afterwards: set it before the first deployment). With purge protection on, the vault name stays reserved this long after deletion.')
 param keyVaultSoftDeleteRetentionInDays int = 90
 
 @description('Alert rule on the share of API requests answered 5xx (Application Insights requests).')
@@ -171,6 +177,7 @@ module storage 'modules/storage.bicep' = {
     location: location
     tags: tags
     deploymentContainerName: deploymentContainerName
+    zoneRedundant: zoneRedundant
   }
 }
 
@@ -237,7 +244,7 @@ module functionApp 'modules/functionapp.bicep' = {
     apiKeySecretUri: keyVault.outputs.apiKeySecretUri
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
-    alwaysReadyHttpInstances: alwaysReadyHttpInstances
+    alwaysReadyHttpInstances: effectiveAlwaysReady
     httpPerInstanceConcurrency: effectiveHttpConcurrency
     zoneRedundant: zoneRedundant
     entraTenantId: effectiveTenantId

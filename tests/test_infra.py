@@ -1717,3 +1717,31 @@ def test_the_tuning_defaults_shown_in_the_deploy_guide_are_the_templates():
     assert len(shown) >= 5
     for name, value in shown:
         assert defaults.get(name) == value, (name, value, defaults.get(name))
+
+
+def test_zone_redundancy_brings_zrs_storage_and_at_least_two_always_ready():
+    """Microsoft Learn (reliability-functions; flex-consumption-plan, "Always ready instances"):
+    a zone-redundant Flex app needs a ZRS host storage account, and the platform keeps and bills
+    at least two always-ready instances, refusing fewer than two configured."""
+    from bicep_eval import Evaluator
+    tree = parse(MAIN)
+    got = {}
+    for zr in (False, True):
+        for asked in (0, 1, 2, 5):
+            ev = Evaluator(tree, {"environmentName": "dev", "location": "swedencentral",
+                                  "entraTenantId": "t", "zoneRedundant": zr,
+                                  "alwaysReadyHttpInstances": asked},
+                           resource_group={"name": "rg", "location": "swedencentral"})
+            got[zr, asked] = ev.variable("effectiveAlwaysReady")
+    assert got == {(False, 0): 0, (False, 1): 1, (False, 2): 2, (False, 5): 5,
+                   (True, 0): 0, (True, 1): 2, (True, 2): 2, (True, 5): 5}
+    assert render(tree["modules"]["functionApp"]["config"]["params"]["alwaysReadyHttpInstances"]) \
+        == "effectiveAlwaysReady"
+    assert render(tree["modules"]["storage"]["config"]["params"]["zoneRedundant"]) == "zoneRedundant"
+    storage = parse(MODULES / "storage.bicep")
+    for zr, sku in ((False, "Standard_LRS"), (True, "Standard_ZRS")):
+        ev = Evaluator(storage, {"name": "st", "location": "x", "tags": {},
+                                 "deploymentContainerName": "c", "zoneRedundant": zr})
+        resource = one_resource(MODULES / "storage.bicep", "Microsoft.Storage/storageAccounts")
+        assert ev.eval(resource["sku"]["name"], {}) == sku
+    assert params(MODULES / "storage.bicep")["zoneRedundant"]["default"] is False
