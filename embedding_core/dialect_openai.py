@@ -57,7 +57,7 @@ def parse_embeddings(req: ApiRequest, settings: Settings,
     model = schema.model_field(doc.get("model"))
     return schema.EmbeddingsRequest(
         inputs=texts, modality="text",
-        dimensions=schema.dimensions_field(doc.get("dimensions")),
+        dimensions=doc.get("dimensions"),       # checked with the deployment (pipeline)
         encoding_format=schema.encoding_field(doc.get("encoding_format"), ENCODINGS),
         # On the Azure OpenAI path the URL names the deployment and, as on Azure OpenAI, the
         # body's `model` does not choose it: clients send an OpenAI model name there whatever

@@ -114,6 +114,12 @@ def unsupported_media_type(content_type: str) -> ApiError:
                     f"Content-Type '{clip(content_type)}' is not supported; send application/json.")
 
 
+def unsupported_content_encoding(encoding: str) -> ApiError:
+    return ApiError(415, "UnsupportedMediaType",
+                    f"Content-Encoding '{clip(encoding)}' is not supported; send the body "
+                    "uncompressed.")
+
+
 def validation(message: str, target: str | None = None, code: str = "InvalidParameter") -> ApiError:
     return ApiError(422, code, message, target=target)
 

@@ -85,7 +85,8 @@ class Pipeline:
         s = self.settings
         dep = self.select(request, route)
         trace.deployment = dep.name
-        dims = request.dimensions or dep.dimensions
+        dims = schema.check_dimensions(request.dimensions, dep.name,
+                                       dep.supported_dimensions) or dep.dimensions
         trace.encoding, trace.dimensions = request.encoding_format, dims
         if dims not in dep.supported_dimensions:
             raise errors.validation(

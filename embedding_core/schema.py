@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import orjson
 
@@ -36,7 +36,7 @@ class EmbeddingsRequest:
 
     inputs: list[Any]                  # text: str | list[int] (deployment ids); image: ImageInput
     modality: str = "text"
-    dimensions: int | None = None
+    dimensions: Any = None             # as sent: checked with the deployment (check_dimensions)
     encoding_format: str = "float"
     input_type: str = "text"
     model: str | None = None           # the body's `model`
@@ -53,6 +53,12 @@ class EmbeddingsRequest:
 def check_api_version(query: Mapping[str, str], openai_twin: bool = True) -> str:
     """``openai_twin``: the route has an OpenAI counterpart under /v1 (the error says so)."""
     value = query.get("api-version")
+    if value and "," in value:
+        # The same parameter twice (a base URL that has it, and a client that adds it again)
+        # reaches us joined with commas: the one value if they agree.
+        values = {v.strip() for v in value.split(",")}
+        if len(values) == 1:
+            value = values.pop()
     if value is None or value == "":
         raise errors.missing_api_version(SUPPORTED_API_VERSIONS, openai_twin)
     if value not in SUPPORTED_API_VERSIONS:
@@ -85,6 +91,12 @@ def model_deployment_header(headers: Mapping[str, str]) -> str | None:
 
 
 def check_content_type(headers: Mapping[str, str]) -> None:
+    """The body's media type, and its content coding: none (``identity``). Neither the Functions
+    host nor the local host decompresses a request body, so a compressed one would otherwise
+    be refused as "not valid UTF-8", or, under a coding that happens to decode, misread."""
+    coding = headers.get("content-encoding")
+    if coding is not None and coding.strip().lower() not in ("", "identity"):
+        raise errors.unsupported_content_encoding(coding)
     raw = headers.get("content-type")
     if raw is None or not raw.strip():
         return
@@ -230,7 +242,8 @@ def text_inputs(value: Any, max_items: int, max_token_id: int = MAX_TOKEN_ID, *,
 def _text_items(value: Any, max_items: int, max_token_id: int) -> list[str | list[int]]:
     if not isinstance(value, list):
         raise errors.validation(
-            f"'input' must be a string or an array of strings (got {_type_name(value)}).", "input")
+            "'input' must be a string, an array of strings, an array of token ids or an array "
+            f"of token-id arrays (got {_type_name(value)}).", "input")
     if not value:
         raise errors.validation("'input' must contain at least one item.", "input")
     if len(value) > max_items:
@@ -247,9 +260,13 @@ def _text_items(value: Any, max_items: int, max_token_id: int) -> list[str | lis
                     and max(item) < max_token_id):
                 j, tok = next((j, t) for j, t in enumerate(item)
                               if type(t) is not int or not 0 <= t < max_token_id)
-                raise errors.validation(
-                    f"Token ids must be integers from 0 to {max_token_id - 1} "
-                    f"(got {_got(tok)}).", f"input[{i}][{j}]")
+                # The Azure route's deployments check their own vocabularies later (the bound
+                # here is only a sanity one): no range that the next check would contradict.
+                bound = ("non-negative integers, ids of the deployment's vocabulary"
+                         if max_token_id == MAX_TOKEN_ID else
+                         f"integers from 0 to {max_token_id - 1}")
+                raise errors.validation(f"Token ids must be {bound} (got {_got(tok)}).",
+                                        f"input[{i}][{j}]")
         else:
             hint = (" Images go to POST /images/embeddings?api-version=2024-05-01-preview (an "
                     "Azure AI Model Inference route; OpenAI's API has no image embeddings)."
@@ -307,7 +324,7 @@ def parse_request(doc: dict[str, Any], *, modality: str, extra_mode: str,
         raise errors.extra_parameters_not_allowed(unknown)
     extras = {k: doc[k] for k in unknown} if extra_mode == "pass-through" else {}
     inputs = (text_inputs if modality == "text" else _image_inputs)(doc["input"], max_items)
-    dimensions = dimensions_field(doc.get("dimensions"))
+    dimensions = doc.get("dimensions")     # checked with the deployment (check_dimensions)
     encoding = encoding_field(doc.get("encoding_format"), FORMATS)
 
     input_type = doc.get("input_type")
@@ -323,10 +340,13 @@ def parse_request(doc: dict[str, Any], *, modality: str, extra_mode: str,
                              lone=modality == "text" and is_lone_input(doc["input"]))
 
 
-def dimensions_field(dimensions: Any) -> int | None:
+def check_dimensions(dimensions: Any, deployment: str, supported: Sequence[int]) -> int | None:
+    """The body's ``dimensions`` (null or a positive integer), checked once the deployment is
+    known, so that a wrong one is told the sizes it may send."""
     if dimensions is not None and (not _is_int(dimensions) or dimensions <= 0):
         raise errors.validation(
-            f"'dimensions' must be a positive integer (got {_got(dimensions)}).", "dimensions")
+            f"'dimensions' must be a positive integer (got {_got(dimensions)}); deployment "
+            f"'{deployment}' supports: " + ", ".join(map(str, supported)) + ".", "dimensions")
     return dimensions
 
 

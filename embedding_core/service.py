@@ -198,6 +198,7 @@ class EmbeddingService:
 
     def azure_openai_embeddings(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
         deployment = req.route_params.get("deployment") or _segments(req.path)[2]
+        deployment = re.sub("%2[fF]", "/", deployment)   # as for /v1/models/{model} (below)
         request = dialect_openai.parse_embeddings(req, self.settings, deployment=deployment)
         return dialect_openai.render_embeddings(
             self.pipeline.embed(request, "/openai/deployments/{deployment}/embeddings", trace),
@@ -243,6 +244,17 @@ class EmbeddingService:
                 405, "MethodNotAllowed",
                 f"Method {errors.clip(req.method, 16)} is not allowed on {shown}; allowed: "
                 + ", ".join(route.methods) + ".", headers={"Allow": ", ".join(route.methods)})
+        segments = _segments(req.path)
+        if len(segments) > 4 and [x.lower() for x in segments[:2]] == ["openai", "deployments"] \
+                and segments[-1].lower() == "embeddings":
+            # AzureOpenAI(...).embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2")
+            # puts the name's '/' in the path as it is.
+            name = errors.clip("/".join(segments[2:-1]), 120)
+            raise errors.ApiError(
+                404, "NotFound",
+                f"No route {shown}: the deployment in /openai/deployments/{{deployment}}/embeddings "
+                f"is one path segment, and '{name}' has a '/'. Encode it as %2F, or name the "
+                "deployment without it (GET /v1/models lists the names).")
         raise errors.ApiError(404, "NotFound", f"No route {shown}. Routes: " + ", ".join(
             f"{'|'.join(r.methods)} /{r.template}" for r in ROUTES.values()) + ".")
 

@@ -40,6 +40,8 @@ def check_truncate_extras(extras: dict[str, Any], deployment: str, what: str = "
             raise errors.unsupported_parameter(
                 f"Parameter '{errors.clip(key)}' is not supported by deployment "
                 f"'{deployment}'. Supported extra parameters: truncate{what}.", target=key)
+        if value is None:            # null is the default, as for every optional field
+            continue
         if not isinstance(value, str) or value.upper() not in TRUNCATE_VALUES:
             raise errors.validation(
                 "'truncate' must be one of " + ", ".join(f'"{v}"' for v in TRUNCATE_VALUES)
@@ -183,6 +185,11 @@ class TextBackend:
             raise
         return [self._checked(bodies[i] if i in bodies else self._token_body(x, i), i, room,
                               truncate, prefix) for i, x in enumerate(inputs)]
+
+    def body_tokens(self, ids: np.ndarray, input_type: str = "text") -> int:
+        """How many of :meth:`tokenize`'s ``ids`` for one input are its own (no special tokens,
+        no prompt): 0 for text the tokenizer drops entirely."""
+        return len(ids) - 2 - len(self._prefixes.get(input_type, _EMPTY))
 
     def _checked(self, body: np.ndarray, i: int, room: int, truncate: str,
                  prefix: np.ndarray) -> np.ndarray:

@@ -363,3 +363,79 @@ def test_refusing_a_body_of_small_values_costs_no_memory(unit):
     out = json.loads(res.stdout)
     assert out["status"] == 400
     assert out["grown_mb"] < 16, out
+
+
+# -- review h_review24: what came back did not name the problem, or refused what is allowed -----
+
+def test_a_compressed_body_is_refused_naming_its_coding(live_server):
+    import gzip
+
+    body = gzip.compress(b'{"input": ["hello"]}')
+    for path in ("/embeddings" + Q, "/v1/embeddings", "/images/embeddings" + Q):
+        status, headers, data = request(live_server, "POST", path, body,
+                                        {**AUTH, "Content-Encoding": "gzip"})
+        assert status == 415, (path, data)
+        text = json.loads(data)["error"]["message"]
+        assert "Content-Encoding 'gzip' is not supported" in text, text
+    # A coding that happens to leave the bytes readable is refused too, not ignored; identity
+    # is no coding at all.
+    status, _, _ = request(live_server, "POST", "/embeddings" + Q, {"input": ["hello"]},
+                           {**AUTH, "Content-Encoding": "br"})
+    assert status == 415
+    status, _, _ = request(live_server, "POST", "/embeddings" + Q, {"input": ["hello"]},
+                           {**AUTH, "Content-Encoding": "identity"})
+    assert status == 200
+
+
+def test_truncate_null_is_the_default(live_server):
+    pass_through = {**AUTH, "extra-parameters": "pass-through"}
+    status, _, data = request(live_server, "POST", "/embeddings" + Q,
+                              {"input": ["hello"], "truncate": None}, pass_through)
+    assert status == 200, data
+    status, _, data = request(live_server, "POST", "/embeddings" + Q,
+                              {"input": ["word " * 300], "truncate": None}, pass_through)
+    assert status == 422 and json.loads(data)["error"]["code"] == "InputTooLong"   # NONE
+
+
+@pytest.mark.parametrize("value", [384.0, 0, -1, True, "384"])
+def test_a_wrong_dimensions_is_told_the_sizes(live_server, value):
+    for path, model in (("/embeddings" + Q, "all-MiniLM-L6-v2"), ("/v1/embeddings", "minilm")):
+        status, _, data = request(live_server, "POST", path,
+                                  {"input": ["a"], "dimensions": value, "model": model}, AUTH)
+        assert status in (400, 422), data
+        text = json.loads(data)["error"]["message"]
+        assert "must be a positive integer" in text and "supports: 384." in text, text
+
+
+def test_input_messages_give_the_accepted_values(live_server):
+    _, _, data = request(live_server, "POST", "/embeddings" + Q, {"input": 5}, AUTH)
+    text = json.loads(data)["error"]["message"]
+    assert "an array of token ids or an array of token-id arrays" in text, text
+    # The Azure route's bound is the deployment's vocabulary, checked after: no 2**31 range.
+    _, _, data = request(live_server, "POST", "/embeddings" + Q, {"input": [[101, 7592.0]]}, AUTH)
+    text = json.loads(data)["error"]["message"]
+    assert "2147483647" not in text and "vocabulary" in text, text
+    # /v1's ids are cl100k_base's, whose bound is real.
+    status, _, data = request(live_server, "POST", "/v1/embeddings", {"input": [[1, 2.5]]}, AUTH)
+    assert status == 400 and "from 0 to 100276" in json.loads(data)["error"]["message"], data
+
+
+def test_a_repeated_identical_api_version_is_one(live_server):
+    status, _, data = request(live_server, "POST", Q.join(["/embeddings", "&api-version="])
+                              + API_VERSION, {"input": ["hello"]}, AUTH)
+    assert status == 200, data
+    status, _, data = request(live_server, "POST", f"/embeddings{Q}&api-version=2024-01-01",
+                              {"input": ["hello"]}, AUTH)
+    assert status == 400 and "2024-01-01" in json.loads(data)["error"]["message"], data
+
+
+def test_azure_openai_deployment_names_with_a_slash(live_server):
+    alias = "sentence-transformers/all-MiniLM-L6-v2"
+    status, _, data = request(live_server, "POST",
+                              "/openai/deployments/sentence-transformers%2Fall-MiniLM-L6-v2"
+                              "/embeddings?api-version=2024-10-21", {"input": "hello"}, AUTH)
+    assert status == 200 and json.loads(data)["model"] == "all-MiniLM-L6-v2", data
+    status, _, data = request(live_server, "POST", f"/openai/deployments/{alias}/embeddings"
+                              "?api-version=2024-10-21", {"input": "hello"}, AUTH)
+    text = json.loads(data)["error"]["message"]
+    assert status == 404 and f"'{alias}' has a '/'" in text and "%2F" in text, text
