@@ -255,6 +255,15 @@ class ConseBackend:
             if m:   # the text backend's index is into our text list: point at the item's text
                 exc.target = f"input[{idx[int(m.group(1))]}].text"
             raise
+        for i, row in zip(idx, ids):
+            # Text of characters the tokenizer drops (U+200B, controls, lone combining marks)
+            # pulls the image's vector towards no words, as blank text would (schema refuses
+            # that): the same refusal.
+            if not self.text_backend.body_tokens(row, input_type):
+                raise errors.validation(
+                    "'text' must be a string with words in it when given (got text without any "
+                    "token: only characters the tokenizer drops); omit 'text' to embed the "
+                    "image alone.", f"input[{i}].text")
         return idx, ids
 
     def prepare(self, inputs: Sequence[Any], *, input_type: str = "text",

@@ -40,6 +40,7 @@ import io
 import math
 import re
 import threading
+import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Sequence
@@ -999,3 +1000,7 @@ def ensure_pillow_limit(max_pixels: int) -> None:
     current = Image.MAX_IMAGE_PIXELS
     if current is not None and current < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels
+    # Opening a header that claims more than Pillow's threshold (our limit refuses it right
+    # after, with a 422) would also print Pillow's "possible decompression bomb DOS attack"
+    # warning to the log for every such request: noise in the Functions log, not a signal.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)

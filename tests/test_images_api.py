@@ -346,3 +346,35 @@ def test_health_lists_both_image_deployments():
 def test_image_deployment_on_the_text_route(service):
     res = post(service, {"model": EFF, "input": ["a cat"]})
     assert_error(res, 404, "ModalityNotSupported", "model")
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\u0000\u0001", "\u0301\u0302", "\ufeff "])
+def test_text_without_a_token_is_refused_as_blank_text_is(service, text):
+    """Characters the tokenizer drops would pull the picture's vector towards no words (0.78
+    cosine to the picture alone, further than a real caption): the blank-text refusal, with
+    the item's text as the target; a word next to them is fine."""
+    res = call(service, {"input": [{"image": CAT, "text": "a cat"}, {"image": CAT, "text": text}]})
+    msg = assert_error(res, 422, "InvalidParameter", "input[1].text")
+    assert "omit 'text' to embed the image alone" in msg
+    res = call(service, {"input": [{"image": CAT, "text": text + "cat"}]})
+    assert res.status == 200, res.json()
+
+
+def test_a_header_over_pillows_bomb_threshold_is_refused_without_its_warning():
+    """Pillow warns (to the log) about any image over 89.5 Mpx when it opens it; the service's
+    own limit refuses it with a 422 first, so the warning is only noise. A service of its own:
+    its image backend, built by this request as on an instance's first, sets the process's
+    warning filters (pytest restores them after every test)."""
+    service = make_service()
+    import io
+    import warnings
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (14000, 7000)).save(buf, "PNG")      # 98 Mpx, a few kB
+    item = {"image": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}
+    with warnings.catch_warnings(record=True) as seen:     # the process's filters, recorded
+        res = call(service, {"model": EFF, "input": [item]})
+    assert_error(res, 422, "InvalidParameter", "input[0].image")
+    assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)], seen
