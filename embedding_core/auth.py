@@ -43,6 +43,20 @@ class Caller:
 
 
 ANONYMOUS = Caller("anonymous", "anonymous")
+# A header sent more than once reaches the app as one value, its values joined with commas (the
+# Functions host's and the local host's way): e.g. a gateway adding its api-key to a client's.
+# Any of them may be the valid one; a few are tried, not an unbounded list of guesses.
+MAX_REPEATED_CREDENTIALS = 4
+
+
+def _repeated(value: str) -> list[str]:
+    """A credential header's value: itself, then, if it holds commas, its comma-separated parts
+    (at most MAX_REPEATED_CREDENTIALS; the whole value first, as a key may hold a comma)."""
+    whole = value.strip()
+    if "," not in whole:
+        return [whole] if whole else []
+    parts = [p.strip() for p in whole.split(",") if p.strip()]
+    return [whole] + parts[:MAX_REPEATED_CREDENTIALS]
 MAX_LISTED_CALLERS = 20
 
 
@@ -204,12 +218,13 @@ class Authenticator:
         presented: list[tuple[str, str]] = []
         api_key = headers.get("api-key")
         if api_key:
-            presented.append(("key", api_key.strip()))
+            presented += [("key", v) for v in _repeated(api_key)]
         authz = headers.get("authorization")
         if authz:
-            scheme, _, value = authz.strip().partition(" ")
-            if scheme.lower() == "bearer" and value.strip():
-                presented.append(("bearer", value.strip()))
+            for credential in _repeated(authz):
+                scheme, _, value = credential.partition(" ")
+                if scheme.lower() == "bearer" and value.strip():
+                    presented.append(("bearer", value.strip()))
         if not presented:
             raise errors.unauthorized(
                 "Missing credentials: send 'api-key: <key>' or 'Authorization: Bearer <key or "

@@ -119,3 +119,32 @@ def test_entra_iat_over_http():
                     idp.mint(iat=str(now)), idp.mint(iat=None)):
             status, body = get(server, {"Authorization": f"Bearer {bad}"})
             assert status == 401 and body["error"]["code"] == "Unauthorized"
+
+
+def get_repeated(server: LiveServer, headers: list[tuple[str, str]]) -> int:
+    """GET /info with headers that may repeat (a gateway adding its own api-key)."""
+    u = urlsplit(server.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    conn.putrequest("GET", INFO)
+    for name, value in headers:
+        conn.putheader(name, value)
+    conn.endheaders()
+    res = conn.getresponse()
+    res.read()
+    conn.close()
+    return res.status
+
+
+def test_a_repeated_credential_header_is_accepted_when_one_of_its_values_is_valid(keyed_server):
+    """The hosts join a repeated header's values with commas; any valid one authorises, as a
+    single valid credential among others does (CONTRACT: any credential presented)."""
+    wrong = "wrong-wrong-wrong-wrong"
+    for headers in ([("api-key", wrong), ("api-key", ALICE)],
+                    [("api-key", ALICE), ("api-key", ALICE)],
+                    [("Authorization", f"Bearer {wrong}"), ("Authorization", f"Bearer {PLAIN}")],
+                    [("api-key", f"{wrong}, {PLAIN}")]):
+        assert get_repeated(keyed_server, headers) == 200, headers
+    # Only a few values are tried: a valid key after four wrong ones is not looked for.
+    assert get_repeated(keyed_server, [("api-key", f"{wrong}{i}") for i in range(4)]
+                        + [("api-key", ALICE)]) == 401
+    assert get_repeated(keyed_server, [("api-key", wrong), ("api-key", wrong + "2")]) == 401
