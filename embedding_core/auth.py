@@ -57,6 +57,8 @@ def _repeated(value: str) -> list[str]:
         return [whole] if whole else []
     parts = [p.strip() for p in whole.split(",") if p.strip()]
     return [whole] + parts[:MAX_REPEATED_CREDENTIALS]
+
+
 MAX_LISTED_CALLERS = 20
 
 

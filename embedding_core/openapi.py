@@ -53,7 +53,8 @@ _WHEN = {
     404: "Unknown deployment (`ModelNotFound`) or a deployment of the other modality "
          "(`ModalityNotSupported`).",
     413: "Body over the route's byte limit, or one image over the decoded-image limit.",
-    415: "A `Content-Type` that is present and not JSON.",
+    415: "A `Content-Type` that is present and not JSON, or a `Content-Encoding` other than "
+         "`identity` (a compressed body).",
     422: "A field of the wrong type or value (`target` is its JSON path, e.g. `input[3]`), too "
          "many items, tokens or pixels (`InvalidParameter`); an input over the deployment's token "
          "limit without truncation (`InputTooLong`); a pass-through extra the deployment does "

@@ -95,7 +95,8 @@ def check_content_type(headers: Mapping[str, str]) -> None:
     host nor the local host decompresses a request body, so a compressed one would otherwise
     be refused as "not valid UTF-8", or, under a coding that happens to decode, misread."""
     coding = headers.get("content-encoding")
-    if coding is not None and coding.strip().lower() not in ("", "identity"):
+    if coding is not None and any(c.strip().lower() not in ("", "identity")
+                                  for c in coding.split(",")):
         raise errors.unsupported_content_encoding(coding)
     raw = headers.get("content-type")
     if raw is None or not raw.strip():

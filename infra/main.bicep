@@ -82,9 +82,9 @@ param openaiTruncate string = 'NONE'
 param zoneRedundant bool = false
 
 // With zone redundancy the platform keeps at least two always-ready instances per function
-// group, billed as always-ready, and refuses fewer than two configured (Microsoft Learn:
-// reliability-functions, flex-consumption-plan "Always ready instances"): a count of 1 becomes
-// the 2 that is billed anyway; 0 leaves the platform's own two.
+// group, billed as always-ready, whatever is configured (Microsoft Learn, reliability-functions),
+// and "no less than two always-ready instances can be configured" (flex-consumption-plan, "Always
+// ready instances"): a count of 1 becomes the 2 that is billed anyway; 0 leaves the platform's.
 var effectiveAlwaysReady = (zoneRedundant && alwaysReadyHttpInstances == 1) ? 2 : alwaysReadyHttpInstances
 
 @minValue(7)
