@@ -231,7 +231,7 @@ class Authenticator:
             raise errors.unauthorized(
                 "Missing credentials: send 'api-key: <key>' or 'Authorization: Bearer <key or "
                 "token>'.")
-        unchecked = False
+        unchecked = keys_tried = False
         for kind, value in presented:
             if kind == "bearer" and self.entra is not None:
                 from .entra import looks_like_jwt
@@ -242,9 +242,15 @@ class Authenticator:
                         return ok
                     unchecked |= ok is None
                     continue
+            keys_tried = True
             caller = self._key_ok(value) if self._keys else None
             if caller is not None:
                 return caller
         if unchecked:
             raise errors.auth_unavailable(self.retry_after_s)
+        if keys_tried:
+            # As refused tokens are: at most a line a minute, naming nothing a client sent, so
+            # that "a caller gets 401 since yesterday" leaves a trace (a retired key, or a key
+            # in the wrong header, against a token refused for its audience).
+            self._log_refusal(logging.INFO, "api key refused", "no configured key matches")
         raise errors.unauthorized("Invalid credentials.", invalid_token=True)

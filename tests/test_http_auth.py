@@ -148,3 +148,17 @@ def test_a_repeated_credential_header_is_accepted_when_one_of_its_values_is_vali
     assert get_repeated(keyed_server, [("api-key", f"{wrong}{i}") for i in range(4)]
                         + [("api-key", ALICE)]) == 401
     assert get_repeated(keyed_server, [("api-key", wrong), ("api-key", wrong + "2")]) == 401
+
+
+def test_refused_api_keys_leave_a_line_a_minute_that_names_no_key():
+    server = LiveServer({"EMBEDDINGS_API_KEYS": PLAIN, "LOG_LEVEL": "INFO"})
+    try:
+        for i in range(5):
+            assert get(server, {"api-key": f"wrong-DISTINCTIVE-key-{i:04d}"})[0] == 401
+        assert get(server, {"api-key": PLAIN})[0] == 200
+    finally:
+        log = output_of(server)
+    lines = [line for line in log.splitlines() if "api key refused" in line]
+    assert len(lines) == 1, lines
+    assert "api key refused: no configured key matches (logged at most once a minute" in lines[0]
+    assert "DISTINCTIVE" not in log
