@@ -62,6 +62,22 @@ def azure_openai_embeddings(req: func.HttpRequest) -> func.HttpResponse:
     return _serve("openai/deployments/{deployment}/embeddings", req)
 
 
+# Azure OpenAI's v1 API path (OpenAI(base_url=".../openai/v1/")): the same as /v1
+@app.route(route="openai/v1/embeddings", methods=["POST"])
+def azure_openai_v1_embeddings(req: func.HttpRequest) -> func.HttpResponse:
+    return _serve("openai/v1/embeddings", req)
+
+
+@app.route(route="openai/v1/models", methods=GET)
+def azure_openai_v1_models(req: func.HttpRequest) -> func.HttpResponse:
+    return _serve("openai/v1/models", req)
+
+
+@app.route(route="openai/v1/models/{model}", methods=GET)
+def azure_openai_v1_model(req: func.HttpRequest) -> func.HttpResponse:
+    return _serve("openai/v1/models/{model}", req)
+
+
 # -- the OpenAPI document, and every other route and method ---------------------------------------
 @app.route(route="swagger.json", methods=GET)
 def swagger(req: func.HttpRequest) -> func.HttpResponse:

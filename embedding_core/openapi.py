@@ -626,9 +626,11 @@ def document(settings: Settings, registry: Registry) -> dict[str, Any]:
             if method == "HEAD":   # implied by GET (RFC 9110), and one operationId per operation
                 continue
             op = build()
-            if route.handler == "openapi":
-                op["operationId"] = "get" + "".join(
-                    p.capitalize() for p in route.template.replace(".", " ").split())
+            if route.handler == "openapi" or route.template.startswith("openai/v1/"):
+                # Routes that share a handler: one operationId each, from the path.
+                op["operationId"] = ("get" if method == "GET" else "create") + "".join(
+                    p.capitalize() for p in route.template.replace(".", " ").replace("/", " ")
+                    .replace("{", "").replace("}", "").split())
             paths.setdefault("/" + route.template, {})[method.lower()] = op
     auth = [] if settings.auth_disabled else [{"ApiKeyAuth": []}, {"BearerAuth": []}]
     return {

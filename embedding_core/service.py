@@ -66,6 +66,11 @@ ROUTES = {r.template: r for r in (
     Route("v1/models/{model}", GET, "openai", "openai_model"),
     Route("openai/deployments/{deployment}/embeddings", ("POST",), "openai",
           "azure_openai_embeddings"),
+    # Azure OpenAI's v1 API (its GA data plane since 2025): OpenAI(base_url=".../openai/v1/"),
+    # litellm's azure/ with api_version "v1", "latest" or "preview". The /v1 routes' handlers.
+    Route("openai/v1/embeddings", ("POST",), "openai", "openai_embeddings"),
+    Route("openai/v1/models", GET, "openai", "openai_models"),
+    Route("openai/v1/models/{model}", GET, "openai", "openai_model"),
     Route("swagger.json", GET, "azure", "openapi", auth=False),
     Route("openapi.json", GET, "azure", "openapi", auth=False),
 )}
@@ -209,7 +214,7 @@ class EmbeddingService:
 
     def openai_model(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
         """OpenAI's ``GET /v1/models/{model}``: a text deployment, by name or alias."""
-        name = req.route_params.get("model") or _segments(req.path)[2]
+        name = req.route_params.get("model") or _segments(req.path)[-1]
         # A route value keeps an encoded '/' (%2F) encoded, the one escape the host does not
         # decode; the openai SDK sends models.retrieve("sentence-transformers/all-MiniLM-L6-v2")
         # so. (An unencoded '/' makes more segments than the route has: the catch-all's 404.)

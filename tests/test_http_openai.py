@@ -425,3 +425,22 @@ def test_an_unknown_deployment_in_the_path_is_404_model_not_found(azure_openai):
     with pytest.raises(openai.NotFoundError) as e:
         make(azure_deployment="gpt-4o").embeddings.create(input=TEXTS, model=DEFAULT)
     assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "deployment"
+
+
+def test_azure_openai_v1_path_serves_what_v1_serves(live_server, ref):
+    """Azure OpenAI's v1 API (OpenAI(base_url=".../openai/v1/"), which Microsoft documents for
+    new clients; litellm's azure/ with api_version "v1", "latest" or "preview", which adds
+    ?api-version=preview): the same answers as /v1."""
+    texts = ["first text", "Ünïcödé — naïve café 東京 🚀"]
+    want, doc = ref(texts)
+    for query in ({}, {"api-version": "preview"}):
+        c = OpenAI(base_url=live_server.url + "/openai/v1/", api_key=KEY, max_retries=0,
+                   default_query=query)
+        res = c.embeddings.create(input=texts, model="text-embedding-3-small")
+        assert res.model == "all-MiniLM-L6-v2" and res.usage.prompt_tokens == doc["usage"]["prompt_tokens"]
+        np.testing.assert_array_equal(np.asarray([d.embedding for d in res.data], np.float32), want)
+        assert [m.id for m in c.models.list().data] == ["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-exact"]
+        assert c.models.retrieve("minilm-exact").id == "all-MiniLM-L6-v2-exact"
+    status, body = post_v1(live_server, {"input": ["a"], "model": "gpt-4"},
+                           path="/openai/v1/embeddings")
+    assert status == 404 and body["error"]["code"] == "model_not_found", body

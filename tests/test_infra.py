@@ -1234,7 +1234,7 @@ def test_opentelemetry_mode_and_worker_telemetry_settings():
         names = {f.get_function_name() for f in app.get_functions()}
     finally:
         app.functions_bindings = seen
-    assert len(names) == 11 and levels.pop("Function") == "Warning"
+    assert len(names) == 14 and levels.pop("Function") == "Warning"
     assert levels == {f"Function.{name}.User": "Information" for name in names}
     settings = functionapp_settings()
     # The worker configures the Azure Monitor distro and hands each invocation the host's trace
