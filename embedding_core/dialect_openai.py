@@ -94,10 +94,13 @@ def _snake(code: str) -> str:
 
 
 # A request on this dialect cannot ask for truncation: an over-long input's error says what can.
-_NO_TRUNCATION = ("Shorten it: this route does not truncate unless the server sets "
+_NO_TRUNCATION = ("Shorten it (frameworks: split documents into chunks of at most ~150 words): "
+                  "this route does not truncate unless the server sets "
                   "EMBEDDINGS_OPENAI_TRUNCATE to END or START (the Azure route truncates on "
                   "request: POST /embeddings?api-version=2024-05-01-preview with the header "
-                  "'extra-parameters: pass-through' and \"truncate\": \"END\" in the body).")
+                  "'extra-parameters: pass-through' and the body field truncate set to END).")
+# (No double quote in it: clients match OpenAI's wording in the str() of the error body, whose
+# repr escapes the apostrophe of "model's" once the text also holds a double quote.)
 
 
 def render_error(exc: errors.ApiError) -> tuple[int, dict[str, str], dict[str, Any]]:
@@ -105,6 +108,14 @@ def render_error(exc: errors.ApiError) -> tuple[int, dict[str, str], dict[str, A
     message = exc.message
     if exc.code == "InputTooLong":
         message = message.replace(errors.TRUNCATE_HINT, _NO_TRUNCATION)
+        if exc.context_length is not None:
+            # OpenAI's wording, which clients match to tell a context-window error from other
+            # 400s (litellm's ContextWindowExceededError, which its fallbacks catch).
+            tokens, limit, at_least = exc.context_length
+            message = (f"This model's maximum context length is {limit} tokens, however you "
+                       f"requested {'at least ' if at_least else ''}{tokens} tokens"
+                       f" ({exc.target + ', ' if exc.target else ''}special tokens included). "
+                       + message.split(". ", 1)[1])
     body = {"error": {
         "message": message,
         "type": _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error"),

@@ -20,6 +20,9 @@ class ApiError(Exception):
     target: str | None = None
     details: list[dict[str, Any]] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # InputTooLong: (the input's tokens, the model's limit, whether the count is a lower bound),
+    # which the OpenAI dialect words as OpenAI does.
+    context_length: tuple[int, int, bool] | None = None
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
@@ -138,7 +141,7 @@ def input_too_long(index_target: str, tokens: int, limit: int, at_least: bool = 
         422, "InputTooLong",
         f"The input has {'at least ' if at_least else ''}{tokens} tokens; the model accepts at most {limit} (special tokens "
         "included). " + TRUNCATE_HINT,
-        target=index_target)
+        target=index_target, context_length=(tokens, limit, at_least))
 
 
 def too_many_requests(retry_after: int) -> ApiError:

@@ -851,5 +851,7 @@ def check_request_cost(prepared: Prepared, max_tokens: int) -> None:
                 "input")
         raise errors.validation(
             f"The request has {tokens} tokens; the limit per request is {max_tokens} "
-            "(EMBEDDINGS_MAX_REQUEST_TOKENS). Split the inputs over several requests.", "input")
+            "(EMBEDDINGS_MAX_REQUEST_TOKENS). Split the inputs over several requests (at most "
+            f"{max(1, max_tokens // 256):,} inputs of 256 tokens each; LangChain's "
+            "AzureOpenAIEmbeddings: chunk_size=1000).", "input")
 

@@ -255,6 +255,24 @@ def test_litellm_openai_provider_on_v1(server, ref, model):
     assert r.usage.prompt_tokens == usage["prompt_tokens"]
 
 
+def test_litellm_sees_an_over_long_input_as_a_context_window_error(server):
+    """OpenAI's wording of the 400, which litellm maps to ContextWindowExceededError (what its
+    context_window_fallbacks and callers' truncate-and-retry handlers catch)."""
+    with pytest.raises(litellm.ContextWindowExceededError, match="maximum context length is 256"):
+        litellm.embedding(model="openai/all-MiniLM-L6-v2", api_base=server.url + "/v1",
+                          api_key=KEY, input=["word " * 400], max_retries=0)
+
+
+def test_litellm_azure_provider_on_azure_openai_s_v1_path(server, ref):
+    """litellm's azure/ with api_version "v1", "latest" or "preview" calls
+    {api_base}/openai/v1/embeddings, Azure OpenAI's v1 API."""
+    want = ref(TEXTS)
+    for version in ("v1", "preview"):
+        r = litellm.embedding(model="azure/all-MiniLM-L6-v2", api_base=server.url, api_key=KEY,
+                              api_version=version, input=TEXTS)
+        assert_same([d["embedding"] for d in r.data], want)
+
+
 def test_litellm_azure_ai_provider_reaches_the_openai_route_only(server, ref):
     """LiteLLM's `azure_ai` provider sends no api-version (as the README says): text works with
     an api_base ending in /v1; images go to {api_base}/images/embeddings without one and fail."""
