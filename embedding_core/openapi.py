@@ -367,9 +367,10 @@ class _Builder:
                            "provider-specific ones) are ignored.",
             "properties": {
                 "input": _text_input("A string, an array of strings, an array of OpenAI token "
-                                     "ids, or an array of such arrays. As OpenAI does, an "
-                                     "empty string is embedded on its own (as `[CLS] [SEP]`) "
-                                     "and refused in an array. " + limits,
+                                     "ids, or an array of such arrays. An empty string is "
+                                     "embedded on its own (as `[CLS] [SEP]`; LangChain sends "
+                                     "it for an empty document) and refused in an array. "
+                                     + limits,
                                      "OpenAITokenIds", s.max_inputs, lone={"type": "string"}),
                 "model": _nullable({"type": "string", "pattern": r"\S",
                                     "description": "A text deployment name or alias "
