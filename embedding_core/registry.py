@@ -42,6 +42,35 @@ BACKEND_KINDS: dict[str, str] = {
     "image-conse": "embedding_core.image_backend:ConseBackend",
 }
 # The modality each backend kind serves.
+# A failed load is tried again after EMBEDDINGS_RETRY_AFTER_SECONDS, and after twice the last
+# wait each time it fails the same way, up to this (note_load_failure).
+LOAD_RETRY_MAX_S = 60.0
+
+
+def note_load_failure(failed_until: dict[str, float], history: dict[str, tuple[str, float]],
+                      key: str, retry_s: float, message: str, *args: Any) -> None:
+    """In the ``except`` block of a failed load: log it and set when ``key`` may be tried
+    again. A first failure, or one unlike the last, is logged with its traceback and tried again
+    after ``retry_s``; the same failure again is one line, and the wait doubles up to
+    LOAD_RETRY_MAX_S: a damaged or missing file does not mend by itself, and every attempt reads
+    and hashes it again (a failing model was retried, and its traceback logged, every second of
+    traffic; review h_ops1 3). ``history``: ``{key: (the last failure, the wait it set)}``,
+    cleared by a load that succeeds."""
+    import sys
+
+    exc = sys.exc_info()[1]
+    failure = f"{type(exc).__name__}: {exc}"
+    last, wait = history.get(key, ("", 0.0))
+    if failure == last:
+        wait = min(max(retry_s, 2 * wait), max(retry_s, LOAD_RETRY_MAX_S))
+        log.error(message + " again, as before (%s); next attempt in %.0f s", *args, failure, wait)
+    else:
+        wait = retry_s
+        log.exception(message, *args)
+    history[key] = (failure, wait)
+    failed_until[key] = time.monotonic() + wait
+
+
 BACKEND_MODALITY = {"text-onnx": "text", "image-onnx": "image", "image-conse": "image"}
 
 
@@ -289,6 +318,7 @@ class Registry:
         self._calibrations: dict[str, Calibration | None] = {}
         self._locks = {d.name: threading.Lock() for d in deployments}
         self._failed_until: dict[str, float] = {}
+        self._failures: dict[str, tuple[str, float]] = {}   # note_load_failure's history
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Registry":
@@ -367,9 +397,10 @@ class Registry:
                                                           factory)
                     backend = cls(dep, self.settings, self)
                 except Exception:  # noqa: BLE001 - any load failure is a 503 for the client
-                    log.exception("deployment %s failed to load", dep.name)
-                    self._failed_until[dep.name] = time.monotonic() + retry
+                    note_load_failure(self._failed_until, self._failures, dep.name, retry,
+                                      "deployment %s failed to load", dep.name)
                     raise errors.model_unavailable(dep.name, retry) from None
+                self._failures.pop(dep.name, None)
                 self._backends[dep.name] = backend
         return backend
 
@@ -391,8 +422,9 @@ class Registry:
                         path = ref.verified() if isinstance(ref, FileRef) else ref
                         self._calibrations[dep.name] = Calibration.load(path)
                     except Exception:  # noqa: BLE001 - the file is the server's problem
-                        log.exception("deployment %s: its calibration file failed to load",
-                                      dep.name)
-                        self._failed_until[key] = time.monotonic() + retry
+                        note_load_failure(self._failed_until, self._failures, key, retry,
+                                          "deployment %s: its calibration file failed to load",
+                                          dep.name)
                         raise errors.model_unavailable(dep.name, retry) from None
+                    self._failures.pop(key, None)
         return self._calibrations[dep.name]

@@ -23,7 +23,7 @@ from .bounded_tokenize import Limits, tokenize_texts
 from .onnx_session import SessionPair, create_session, release_arena_when_idle
 from .openvino_session import long_inputs, pad_width
 from .pooling import POOLING, l2_normalize
-from .registry import Deployment
+from .registry import Deployment, note_load_failure
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class TextBackend:
         self.deployment = deployment
         self.settings = settings
         self._failed_until: dict[str, float] = {}   # what failed to load -> when to try again
+        self._failures: dict[str, tuple[str, float]] = {}   # note_load_failure's history
         self._long_lock = threading.Lock()            # the long-input model's first compile
         model_checked = deployment.files["model"].verifying()   # while the tokenizer loads
         self.max_tokens = deployment.max_tokens or 512
@@ -144,9 +145,10 @@ class TextBackend:
         try:
             yield
         except Exception:  # noqa: BLE001 - any load failure is a 503 for the client
-            log.exception("deployment %s: its %s failed to load", self.deployment.name, what)
-            self._failed_until[what] = time.monotonic() + retry
+            note_load_failure(self._failed_until, self._failures, what, retry,
+                              "deployment %s: its %s failed to load", self.deployment.name, what)
             raise errors.model_unavailable(self.deployment.name, retry) from None
+        self._failures.pop(what, None)
 
     # -- extras ---------------------------------------------------------------------------------
     def check_extras(self, extras: dict[str, Any]) -> dict[str, Any]:

@@ -266,3 +266,33 @@ def test_importing_function_app_loads_no_model():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_load_failing_the_same_way_again_is_one_line_and_waits_longer(caplog):
+    """A damaged file does not mend by itself: the same failure again is logged without its
+    traceback and tried again after twice the last wait, up to a minute; another failure, or one
+    after a success, starts over."""
+    import logging
+    import time
+
+    from embedding_core.registry import note_load_failure
+
+    until: dict = {}
+    history: dict = {}
+
+    def fail(exc):
+        try:
+            raise exc
+        except Exception:  # noqa: BLE001
+            start = time.monotonic()
+            note_load_failure(until, history, "m", 1.0, "deployment %s failed to load", "d")
+            return round(until["m"] - start)
+
+    with caplog.at_level(logging.ERROR, logger="embedding_core.registry"):
+        waits = [fail(ValueError("model.onnx: sha256 mismatch")) for _ in range(8)]
+        assert waits == [1, 2, 4, 8, 16, 32, 60, 60]
+        assert fail(FileNotFoundError("model file missing: model.onnx")) == 1
+    records = [r for r in caplog.records if "failed to load" in r.getMessage()]
+    assert len(records) == 9 and [bool(r.exc_info) for r in records] == [True] + [False] * 7 + [True]
+    assert "failed to load again, as before (ValueError: model.onnx: sha256 mismatch); next " \
+           "attempt in 2 s" in records[1].getMessage()
