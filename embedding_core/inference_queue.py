@@ -112,6 +112,41 @@ TOO_SLOW_LOG_EVERY_S = 60.0    # the operator's warning about such refusals, at 
 FULLY_SHARED = 1.15
 CAP_SETTINGS = {"tokens": "EMBEDDINGS_MAX_REQUEST_TOKENS", "images": "EMBEDDINGS_MAX_IMAGE_INPUTS"}
 EMPTY = np.empty((0, 0), dtype=np.float32)
+# A failing batch is logged with its traceback at most once a minute for each error (its type
+# and message; at most this many kinds, then "other"), the rest counted in its next line: a
+# persistent failure (a broken runtime, memory) fails every request and would otherwise log a
+# traceback per batch, and another per request (review h_ops1 4).
+FAILURE_LOG_EVERY_S = 60.0
+FAILURE_LOG_KINDS_MAX = 64
+
+
+class InferenceFailed(RuntimeError):
+    """A batch that held the request's inputs failed (a 500); the batch's log has the cause."""
+
+
+class _Throttle:
+    """Whether a kind of failure is logged now: the count left out since its last line, or
+    None to leave this one out."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kinds: dict[str, tuple[float, int]] = {}
+
+    def allow(self, kind: str) -> int | None:
+        now = time.monotonic()
+        with self._lock:
+            if kind not in self._kinds and len(self._kinds) >= FAILURE_LOG_KINDS_MAX:
+                kind = "(other)"
+            last, left_out = self._kinds.get(kind, (-math.inf, 0))
+            if now - last < FAILURE_LOG_EVERY_S:
+                self._kinds[kind] = (last, left_out + 1)
+                return None
+            self._kinds[kind] = (now, 0)
+            return left_out
+
+
+def _failure_kind(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def default_rates(workers: int) -> dict[str, float]:
@@ -203,6 +238,7 @@ class InferenceQueue:
         self.on_idle = on_idle
         self.name = name
         self._cond = threading.Condition()
+        self._failure_log = _Throttle()
         self._ring: collections.deque[Job] = collections.deque()
         self._queued: collections.Counter[str] = collections.Counter()
         # Likely costs of requests between precheck and submit (tokenising, decoding): a burst
@@ -591,7 +627,7 @@ class InferenceQueue:
         for job, _, _ in taken:
             if job.cancelled or job.done.is_set():
                 continue
-            job.error = exc if isinstance(exc, errors.ApiError) else RuntimeError("inference failed")
+            job.error = exc if isinstance(exc, errors.ApiError) else InferenceFailed("inference failed")
             self._drop(job)
             job.done.set()
 
@@ -741,9 +777,12 @@ class InferenceQueue:
                 # that cannot load, a bug): each request's items that are still wanted run
                 # again on their own, so only the requests that fail alone get the error (the
                 # one whose inputs failed the batch may have been cancelled meanwhile).
-                log.warning("inference batch of %d items from %d requests failed; running "
-                            "each request's items apart", len(payloads), len(served),
-                            exc_info=exc)
+                left_out = self._failure_log.allow("shared " + _failure_kind(exc))
+                if left_out is not None:
+                    log.warning("inference batch of %d items from %d requests failed; running "
+                                "each request's items apart (logged at most once a minute for "
+                                "this error; %d more since the last)", len(payloads),
+                                len(served), left_out, exc_info=exc)
                 elapsed = time.perf_counter() - t0
                 with self._cond:
                     self._batches += 1
@@ -759,7 +798,13 @@ class InferenceQueue:
                         continue
                     self._run_batch(lane, alone)
                 return
-            log.exception("inference batch of %d items failed", len(payloads))
+            left_out = self._failure_log.allow(_failure_kind(exc))
+            if left_out is None:
+                log.debug("inference batch of %d items failed", len(payloads), exc_info=exc)
+            else:
+                log.error("inference batch of %d items failed (logged at most once a minute for "
+                          "this error; %d more since the last)", len(payloads), left_out,
+                          exc_info=exc)
             out, error = None, exc
         elapsed = time.perf_counter() - t0
         cpu = time.thread_time() - c0

@@ -23,7 +23,7 @@ from . import dialect_azure, dialect_openai, errors, memory, telemetry
 from . import settings as settings_module
 from .api import ApiRequest, ApiResponse
 from .auth import Authenticator
-from .inference_queue import InferenceQueue, default_rates
+from .inference_queue import InferenceFailed, InferenceQueue, default_rates
 from .pipeline import Pipeline, Trace
 from .registry import Deployment, Registry
 from .settings import Settings
@@ -303,8 +303,12 @@ def run_request(req: ApiRequest, dialect: str, route: str,
         status, extra, payload = render_error(exc)
         headers.update(extra)
         error_code = exc.code
-    except Exception:  # noqa: BLE001
-        log.exception("request %s failed", trace.request_id)
+    except Exception as failure:  # noqa: BLE001
+        if isinstance(failure, InferenceFailed):
+            # Its batch's failure is logged there, at most once a minute for each error.
+            log.debug("request %s failed: its inference batch failed", trace.request_id)
+        else:
+            log.exception("request %s failed", trace.request_id)
         exc = errors.internal(trace.request_id)
         status, extra, payload = render_error(exc)
         headers.update(extra)

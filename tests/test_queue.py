@@ -1209,3 +1209,39 @@ def test_inference_workers_are_bounded(monkeypatch):
         Settings.from_env({"EMBEDDINGS_INFERENCE_WORKERS": "5000"})
     monkeypatch.setattr(settings, "usable_cores", lambda: 48)   # the default is bounded too
     assert Settings.from_env({}).workers == 32
+
+
+class BrokenLane(GateLane):
+    """Every batch fails (a broken runtime, memory): what a persistent failure looks like."""
+
+    def run(self, payloads, requests=1):
+        self.batches.append(list(payloads))
+        raise RuntimeError("onnxruntime: bad_alloc")
+
+
+def test_a_persistent_failure_is_logged_once_a_minute_not_per_batch(caplog):
+    """20 requests whose batches all fail the same way: each gets its 500 error, the log has one
+    traceback for the error (the rest counted in its next line), and none per request."""
+    import logging
+
+    from embedding_core import service
+    from embedding_core.api import ApiRequest
+    from embedding_core.inference_queue import InferenceFailed
+
+    lane = BrokenLane(max_batch_items=1)
+    q = InferenceQueue({"tokens": 1000})
+    with caplog.at_level(logging.DEBUG, logger="embedding_core"):
+        for i in range(20):
+            with pytest.raises(InferenceFailed):
+                q.wait(q.submit(job(lane, f"r{i}", [1])), 10)
+        # The request's own line stays at DEBUG: its batch's has the cause.
+        res = service.run_request(ApiRequest("GET", "/x", {}, {}, b""), "azure", "x",
+                                  lambda trace: q.wait(q.submit(job(lane, "last", [1])), 10))
+    assert res.status == 500 and len(lane.batches) == 21
+    errors_logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors_logged) == 1 and errors_logged[0].exc_info, \
+        [r.getMessage() for r in errors_logged]
+    assert "logged at most once a minute for this error; 0 more since the last" \
+        in errors_logged[0].getMessage()
+    assert sum("inference batch of 1 items failed" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.DEBUG) == 20
