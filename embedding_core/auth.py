@@ -140,6 +140,11 @@ class Authenticator:
             log.warning("EMBEDDINGS_AUTH=disabled: the API accepts requests without credentials")
 
     @property
+    def keys_unusable(self) -> bool:
+        """EMBEDDINGS_API_KEYS is set and none of its entries is accepted as a key."""
+        return self._keys_refused
+
+    @property
     def configured(self) -> bool:
         return bool(self._keys) or self.entra is not None
 

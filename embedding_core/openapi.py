@@ -327,13 +327,19 @@ class _Builder:
         sc["Health"] = {
             "type": "object", "required": ["status", "deployments"],
             "properties": {
-                "status": {"type": "string", "enum": ["ok"]},
+                "status": {"type": "string", "enum": ["ok", "degraded"],
+                           "description": "`degraded`: some calls fail for the server's "
+                                          "reasons (`problems`; the log says why)."},
+                "problems": {"type": "array", "items": {"type": "string"}},
                 "deployments": {"type": "array", "items": {
-                    "type": "object", "required": ["name", "modality", "dimensions", "loaded"],
+                    "type": "object",
+                    "required": ["name", "modality", "dimensions", "loaded", "failed"],
                     "properties": {"name": {"type": "string"},
                                    "modality": {"type": "string", "enum": ["text", "image"]},
                                    "dimensions": {"type": "integer", "minimum": 1},
-                                   "loaded": {"type": "boolean"}}}},
+                                   "loaded": {"type": "boolean"},
+                                   "failed": {"type": "boolean",
+                                              "description": "Its last load failed."}}}},
                 "queue": {"type": "object", "properties": {
                     "requests": {"type": "integer", "minimum": 0},
                     "queued_tokens": {"type": "integer", "minimum": 0},

@@ -378,6 +378,11 @@ class Registry:
         backend = self._backends.get(dep.name)
         return backend is not None and backend.loaded()
 
+    def load_failed(self, dep: Deployment) -> bool:
+        """Whether the deployment's last load, or its calibration file's, failed (until one
+        succeeds)."""
+        return dep.name in self._failures or f"{dep.name} calibration" in self._failures
+
     def backend(self, dep: Deployment) -> Backend:
         """The deployment's backend, created on first use (once, thread-safely)."""
         backend = self._backends.get(dep.name)

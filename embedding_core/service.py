@@ -187,14 +187,25 @@ class EmbeddingService:
                 "(EMBEDDINGS_API_KEYS or the EMBEDDINGS_ENTRA_* settings); the server log says "
                 "why.", headers={"Retry-After": "60"})   # settings are read once per process
         stats = self.queue.stats()
-        return {"status": "ok", "deployments": [
+        failed = [d.name for d in self.registry.deployments if self.registry.load_failed(d)]
+        # "degraded": some calls fail for the server's reasons, which a probe matching
+        # "status":"ok" sees (the log says why). Loads are tried by requests, never here.
+        problems = [f"deployment {name} failed to load" for name in failed]
+        if self.auth.keys_unusable and not self.auth.disabled:
+            problems.append("no key of EMBEDDINGS_API_KEYS is usable (Entra ID tokens are)")
+        body: dict[str, Any] = {"status": "degraded" if problems else "ok"}
+        if problems:
+            body["problems"] = problems
+        body["deployments"] = [
             {"name": d.name, "modality": d.modality, "dimensions": d.dimensions,
-             "loaded": self.registry.is_loaded(d)} for d in self.registry.deployments],
-            "queue": {"requests": stats.jobs, "queued_tokens": stats.queued.get("tokens", 0),
-                      "queued_images": stats.queued.get("images", 0),
-                      "preparing_tokens": stats.preparing.get("tokens", 0),
-                      "tokens_per_second": (round(stats.rates["tokens"])
-                                            if "tokens" in stats.measured else None)}}
+             "loaded": self.registry.is_loaded(d), "failed": d.name in failed}
+            for d in self.registry.deployments]
+        body["queue"] = {"requests": stats.jobs, "queued_tokens": stats.queued.get("tokens", 0),
+                         "queued_images": stats.queued.get("images", 0),
+                         "preparing_tokens": stats.preparing.get("tokens", 0),
+                         "tokens_per_second": (round(stats.rates["tokens"])
+                                               if "tokens" in stats.measured else None)}
+        return body
 
     def openai_embeddings(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
         request = dialect_openai.parse_embeddings(req, self.settings)

@@ -84,7 +84,7 @@ def test_info_and_health():
     doc = json.loads(res.get_body())
     assert doc["status"] == "ok"
     assert {"name": "all-MiniLM-L6-v2", "modality": "text", "dimensions": 384,
-            "loaded": False} in doc["deployments"]
+            "loaded": False, "failed": False} in doc["deployments"]
 
 
 def test_bad_settings_give_a_500_naming_only_the_request_id(monkeypatch, caplog):

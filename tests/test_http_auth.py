@@ -162,3 +162,18 @@ def test_refused_api_keys_leave_a_line_a_minute_that_names_no_key():
     assert len(lines) == 1, lines
     assert "api key refused: no configured key matches (logged at most once a minute" in lines[0]
     assert "DISTINCTIVE" not in log
+
+
+def test_health_is_degraded_when_no_key_is_usable_but_tokens_are():
+    """Keys that are an unresolved Key Vault reference refuse every key caller while Entra ID
+    callers get in: not the 503 of no credentials at all, but not "ok" either."""
+    with entra_live_server(REF) as (_, server):
+        u = urlsplit(server.url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+        conn.request("GET", "/health")
+        res = conn.getresponse()
+        body = json.loads(res.read())
+        conn.close()
+    assert res.status == 200 and body["status"] == "degraded", body
+    assert body["problems"] == ["no key of EMBEDDINGS_API_KEYS is usable (Entra ID tokens are)"]
+    assert "Key Vault" not in json.dumps(body) and "kv-guessable" not in json.dumps(body)

@@ -336,8 +336,10 @@ def test_info_model_query_is_checked_and_trimmed_as_the_body_field(service):
 def test_health_lists_both_image_deployments():
     fresh = make_service()
     deps = {d["name"]: d for d in get(fresh, "/health").json()["deployments"]}
-    assert deps[EFF] == {"name": EFF, "modality": "image", "dimensions": 1280, "loaded": False}
-    assert deps[CONSE] == {"name": CONSE, "modality": "image", "dimensions": 384, "loaded": False}
+    assert deps[EFF] == {"name": EFF, "modality": "image", "dimensions": 1280, "loaded": False,
+                         "failed": False}
+    assert deps[CONSE] == {"name": CONSE, "modality": "image", "dimensions": 384,
+                           "loaded": False, "failed": False}
     assert call(fresh, {"input": [{"image": CAT}]}).status == 200
     deps = {d["name"]: d for d in get(fresh, "/health").json()["deployments"]}
     assert deps[CONSE]["loaded"] and deps["all-MiniLM-L6-v2"]["loaded"] and not deps[EFF]["loaded"]

@@ -296,3 +296,34 @@ def test_a_load_failing_the_same_way_again_is_one_line_and_waits_longer(caplog):
     assert len(records) == 9 and [bool(r.exc_info) for r in records] == [True] + [False] * 7 + [True]
     assert "failed to load again, as before (ValueError: model.onnx: sha256 mismatch); next " \
            "attempt in 2 s" in records[1].getMessage()
+
+
+def test_health_is_degraded_while_a_deployment_fails_to_load():
+    """A model failing its checksum answers every call 503; /health said "ok" with "loaded":
+    false, as on a cold instance (review h_ops1 2). Once a request has tried it: "degraded",
+    naming it; the other deployments unaffected."""
+    from embedding_core.api import ApiRequest
+    from embedding_core.service import EmbeddingService
+
+    doc = _doc()
+    text = next(d for d in doc["deployments"] if d["name"] == "all-MiniLM-L6-v2")
+    text["files"]["model"] = {**text["files"]["model"], "sha256": "0" * 64}
+    settings = Settings.from_env({"EMBEDDINGS_API_KEYS": "k" * 20})
+    svc = EmbeddingService(settings, Registry(parse_registry(doc, DEFAULT_REGISTRY.parent),
+                                              settings))
+
+    def health():
+        res = svc.health(ApiRequest("GET", "/health", {}, {}, b""))
+        assert res.status == 200
+        return res.json()
+
+    assert health()["status"] == "ok" and "problems" not in health()
+    res = svc.embeddings(ApiRequest("POST", "/embeddings", {"api-key": "k" * 20},
+                                    {"api-version": "2024-05-01-preview"},
+                                    b'{"input": ["hello"]}'))
+    assert res.status == 503 and res.json()["error"]["code"] == "ModelUnavailable"
+    got = health()
+    assert got["status"] == "degraded"
+    assert got["problems"] == ["deployment all-MiniLM-L6-v2 failed to load"]
+    assert {d["name"]: d["failed"] for d in got["deployments"]}["all-MiniLM-L6-v2"] is True
+    assert sum(d["failed"] for d in got["deployments"]) == 1

@@ -144,7 +144,7 @@ resource unauthorized 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   kind: 'LogAlert'
   properties: {
     displayName: 'Embeddings API: 401 rate'
-    description: 'More than ${unauthorizedThresholdPercent}% of the API requests in 15 minutes were answered 401. If GET /health answers 503, the app has no usable credential (an unresolved Key Vault reference, every key refused): see traces starting with "configuration error" and docs/deploy.md. Otherwise callers send a wrong or retired key.'
+    description: 'More than ${unauthorizedThresholdPercent}% of the API requests in 15 minutes were answered 401. If GET /health answers 503, the app has no usable credential (an unresolved Key Vault reference, every key refused), and if it answers "degraded" no usable key while Entra ID tokens work: see traces starting with "configuration error" and docs/deploy.md. Otherwise callers send a wrong or retired key (traces: "api key refused").'
     enabled: unauthorizedAlertEnabled
     severity: 2
     scopes: [
