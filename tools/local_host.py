@@ -497,6 +497,9 @@ class FunctionsHost:
             if not started:
                 await self._answer(send, 503, *error_response(
                     503, "The local host is shutting down.", close=True, retry_after=1))
+                # Answered: the request is over, an expected part of stopping, not uvicorn's
+                # "Exception in ASGI application" traceback for each (review h_ops1 8).
+                return
             raise
         except Exception:  # noqa: BLE001 - a bug here must still give a JSON answer
             log.exception("the local host failed on %s %s", scope.get("method"),
