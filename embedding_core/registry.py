@@ -41,7 +41,6 @@ BACKEND_KINDS: dict[str, str] = {
     "image-onnx": "embedding_core.image_backend:ImageFeatureBackend",
     "image-conse": "embedding_core.image_backend:ConseBackend",
 }
-# The modality each backend kind serves.
 # A failed load is tried again after EMBEDDINGS_RETRY_AFTER_SECONDS, and after twice the last
 # wait each time it fails the same way, up to this (note_load_failure).
 LOAD_RETRY_MAX_S = 60.0
@@ -71,6 +70,7 @@ def note_load_failure(failed_until: dict[str, float], history: dict[str, tuple[s
     failed_until[key] = time.monotonic() + wait
 
 
+# The modality each backend kind serves.
 BACKEND_MODALITY = {"text-onnx": "text", "image-onnx": "image", "image-conse": "image"}
 
 
