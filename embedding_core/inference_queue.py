@@ -112,10 +112,11 @@ TOO_SLOW_LOG_EVERY_S = 60.0    # the operator's warning about such refusals, at 
 FULLY_SHARED = 1.15
 CAP_SETTINGS = {"tokens": "EMBEDDINGS_MAX_REQUEST_TOKENS", "images": "EMBEDDINGS_MAX_IMAGE_INPUTS"}
 EMPTY = np.empty((0, 0), dtype=np.float32)
-# A failing batch is logged with its traceback at most once a minute for each error (its type
-# and message; at most this many kinds, then "other"), the rest counted in its next line: a
-# persistent failure (a broken runtime, memory) fails every request and would otherwise log a
-# traceback per batch, and another per request (review h_ops1 4).
+# A failing batch is logged with its traceback at most once a minute for each kind of error
+# (its exception's type, not its message, which may vary per batch: sizes, shapes; at most this
+# many kinds, then "other"), the rest counted in its next line: a persistent failure (a broken
+# runtime, memory) fails every request and would otherwise log a traceback per batch, and
+# another per request (review h_ops1 4).
 FAILURE_LOG_EVERY_S = 60.0
 FAILURE_LOG_KINDS_MAX = 64
 
@@ -146,7 +147,7 @@ class _Throttle:
 
 
 def _failure_kind(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:300]
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
 
 
 def default_rates(workers: int) -> dict[str, float]:
@@ -781,7 +782,7 @@ class InferenceQueue:
                 if left_out is not None:
                     log.warning("inference batch of %d items from %d requests failed; running "
                                 "each request's items apart (logged at most once a minute for "
-                                "this error; %d more since the last)", len(payloads),
+                                "this kind of error; %d more since the last)", len(payloads),
                                 len(served), left_out, exc_info=exc)
                 elapsed = time.perf_counter() - t0
                 with self._cond:
@@ -803,7 +804,7 @@ class InferenceQueue:
                 log.debug("inference batch of %d items failed", len(payloads), exc_info=exc)
             else:
                 log.error("inference batch of %d items failed (logged at most once a minute for "
-                          "this error; %d more since the last)", len(payloads), left_out,
+                          "this kind of error; %d more since the last)", len(payloads), left_out,
                           exc_info=exc)
             out, error = None, exc
         elapsed = time.perf_counter() - t0
@@ -896,7 +897,7 @@ def check_request_cost(prepared: Prepared, max_tokens: int) -> None:
                 "input")
         raise errors.validation(
             f"The request has {tokens} tokens; the limit per request is {max_tokens} "
-            "(EMBEDDINGS_MAX_REQUEST_TOKENS). Split the inputs over several requests (at most "
-            f"{max(1, max_tokens // 256):,} inputs of 256 tokens each; LangChain's "
-            "AzureOpenAIEmbeddings: chunk_size=1000).", "input")
+            "(EMBEDDINGS_MAX_REQUEST_TOKENS). Split the inputs over several requests (of inputs "
+            f"as long as this request's longest, {largest} tokens, {max(1, max_tokens // largest):,} "
+            "fit in one).", "input")
 

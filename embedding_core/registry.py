@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -46,8 +47,16 @@ BACKEND_KINDS: dict[str, str] = {
 LOAD_RETRY_MAX_S = 60.0
 
 
+def load_retry_after(failed_until: dict[str, float], key: str, retry_s: int) -> int | None:
+    """The Retry-After of a 503 for ``key`` while its failed load is remembered (the seconds
+    until it is tried again, at least ``retry_s``), or None once it may be tried."""
+    left = failed_until.get(key, 0.0) - time.monotonic()
+    return max(retry_s, math.ceil(left)) if left > 0 else None
+
+
 def note_load_failure(failed_until: dict[str, float], history: dict[str, tuple[str, float]],
-                      key: str, retry_s: float, message: str, *args: Any) -> None:
+                      key: str, retry_s: float, message: str, *args: Any,
+                      logger: logging.Logger | None = None) -> None:
     """In the ``except`` block of a failed load: log it and set when ``key`` may be tried
     again. A first failure, or one unlike the last, is logged with its traceback and tried again
     after ``retry_s``; the same failure again is one line, and the wait doubles up to
@@ -57,15 +66,17 @@ def note_load_failure(failed_until: dict[str, float], history: dict[str, tuple[s
     cleared by a load that succeeds."""
     import sys
 
+    logger = logger or log
     exc = sys.exc_info()[1]
     failure = f"{type(exc).__name__}: {exc}"
     last, wait = history.get(key, ("", 0.0))
     if failure == last:
         wait = min(max(retry_s, 2 * wait), max(retry_s, LOAD_RETRY_MAX_S))
-        log.error(message + " again, as before (%s); next attempt in %.0f s", *args, failure, wait)
+        logger.error(message + " again, as before (%s); next attempt in %.0f s", *args, failure,
+                     wait)
     else:
         wait = retry_s
-        log.exception(message, *args)
+        logger.exception(message, *args)
     history[key] = (failure, wait)
     failed_until[key] = time.monotonic() + wait
 
@@ -379,9 +390,13 @@ class Registry:
         return backend is not None and backend.loaded()
 
     def load_failed(self, dep: Deployment) -> bool:
-        """Whether the deployment's last load, or its calibration file's, failed (until one
-        succeeds)."""
-        return dep.name in self._failures or f"{dep.name} calibration" in self._failures
+        """Whether the deployment's last load, its calibration file's or a part its backend
+        loads on first use (``load_failed()``, where it has one: a text model's sessions, the
+        long-input model) failed, until one succeeds."""
+        if dep.name in self._failures or f"{dep.name} calibration" in self._failures:
+            return True
+        part_failed = getattr(self._backends.get(dep.name), "load_failed", None)
+        return bool(part_failed and part_failed())
 
     def backend(self, dep: Deployment) -> Backend:
         """The deployment's backend, created on first use (once, thread-safely)."""
@@ -389,13 +404,15 @@ class Registry:
         if backend is not None:
             return backend
         retry = self.settings.retry_after_s
-        if time.monotonic() < self._failed_until.get(dep.name, 0.0):
-            raise errors.model_unavailable(dep.name, retry)  # failed moments ago: don't retry yet
+        left = load_retry_after(self._failed_until, dep.name, retry)
+        if left is not None:
+            raise errors.model_unavailable(dep.name, left)  # failed moments ago: don't retry yet
         with self._locks[dep.name]:
             backend = self._backends.get(dep.name)
             if backend is None:
-                if time.monotonic() < self._failed_until.get(dep.name, 0.0):
-                    raise errors.model_unavailable(dep.name, retry)
+                left = load_retry_after(self._failed_until, dep.name, retry)
+                if left is not None:
+                    raise errors.model_unavailable(dep.name, left)
                 module_name, factory = BACKEND_KINDS[dep.backend].split(":")
                 try:
                     cls: Callable[..., Backend] = getattr(importlib.import_module(module_name),
@@ -404,7 +421,9 @@ class Registry:
                 except Exception:  # noqa: BLE001 - any load failure is a 503 for the client
                     note_load_failure(self._failed_until, self._failures, dep.name, retry,
                                       "deployment %s failed to load", dep.name)
-                    raise errors.model_unavailable(dep.name, retry) from None
+                    raise errors.model_unavailable(
+                        dep.name, load_retry_after(self._failed_until, dep.name, retry) or retry
+                    ) from None
                 self._failures.pop(dep.name, None)
                 self._backends[dep.name] = backend
         return backend
@@ -412,7 +431,7 @@ class Registry:
     def calibration(self, dep: Deployment) -> Calibration | None:
         """The deployment's calibration ranges; None if it declares none. A declared file that
         is missing, fails its checksum or is malformed is a 503 (the server's fault, not the
-        request's), remembered for ``Retry-After`` seconds like a model that fails to load."""
+        request's), remembered like a model that fails to load (note_load_failure)."""
         if dep.calibration is None:
             return None
         if dep.name not in self._calibrations:
@@ -420,8 +439,9 @@ class Registry:
             key = f"{dep.name} calibration"
             with self._locks[dep.name]:
                 if dep.name not in self._calibrations:
-                    if time.monotonic() < self._failed_until.get(key, 0.0):
-                        raise errors.model_unavailable(dep.name, retry)
+                    left = load_retry_after(self._failed_until, key, retry)
+                    if left is not None:
+                        raise errors.model_unavailable(dep.name, left)
                     ref = dep.calibration
                     try:
                         path = ref.verified() if isinstance(ref, FileRef) else ref
@@ -430,6 +450,8 @@ class Registry:
                         note_load_failure(self._failed_until, self._failures, key, retry,
                                           "deployment %s: its calibration file failed to load",
                                           dep.name)
-                        raise errors.model_unavailable(dep.name, retry) from None
+                        raise errors.model_unavailable(
+                            dep.name, load_retry_after(self._failed_until, key, retry) or retry
+                        ) from None
                     self._failures.pop(key, None)
         return self._calibrations[dep.name]

@@ -23,7 +23,7 @@ from .bounded_tokenize import Limits, tokenize_texts
 from .onnx_session import SessionPair, create_session, release_arena_when_idle
 from .openvino_session import long_inputs, pad_width
 from .pooling import POOLING, l2_normalize
-from .registry import Deployment, note_load_failure
+from .registry import Deployment, load_retry_after, note_load_failure
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -140,15 +140,24 @@ class TextBackend:
         ModelUnavailable with Retry-After, not 500, and the failure is remembered for that long,
         so that the batches meanwhile are answered at once instead of trying again."""
         retry = self.settings.retry_after_s
-        if time.monotonic() < self._failed_until.get(what, 0.0):
-            raise errors.model_unavailable(self.deployment.name, retry)  # failed moments ago
+        left = load_retry_after(self._failed_until, what, retry)
+        if left is not None:
+            raise errors.model_unavailable(self.deployment.name, left)  # failed moments ago
         try:
             yield
         except Exception:  # noqa: BLE001 - any load failure is a 503 for the client
             note_load_failure(self._failed_until, self._failures, what, retry,
-                              "deployment %s: its %s failed to load", self.deployment.name, what)
-            raise errors.model_unavailable(self.deployment.name, retry) from None
+                              "deployment %s: its %s failed to load", self.deployment.name, what,
+                              logger=log)
+            raise errors.model_unavailable(
+                self.deployment.name, load_retry_after(self._failed_until, what, retry) or retry
+            ) from None
         self._failures.pop(what, None)
+
+    def load_failed(self) -> bool:
+        """Whether a part loaded on first use (a session, the long-input model) failed its
+        last load (GET /health)."""
+        return bool(self._failures)
 
     # -- extras ---------------------------------------------------------------------------------
     def check_extras(self, extras: dict[str, Any]) -> dict[str, Any]:

@@ -1241,7 +1241,7 @@ def test_a_persistent_failure_is_logged_once_a_minute_not_per_batch(caplog):
     errors_logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(errors_logged) == 1 and errors_logged[0].exc_info, \
         [r.getMessage() for r in errors_logged]
-    assert "logged at most once a minute for this error; 0 more since the last" \
+    assert "logged at most once a minute for this kind of error; 0 more since the last" \
         in errors_logged[0].getMessage()
     assert sum("inference batch of 1 items failed" in r.getMessage()
                for r in caplog.records if r.levelno == logging.DEBUG) == 20

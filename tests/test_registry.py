@@ -298,16 +298,19 @@ def test_a_load_failing_the_same_way_again_is_one_line_and_waits_longer(caplog):
            "attempt in 2 s" in records[1].getMessage()
 
 
-def test_health_is_degraded_while_a_deployment_fails_to_load():
-    """A model failing its checksum answers every call 503; /health said "ok" with "loaded":
-    false, as on a cold instance (review h_ops1 2). Once a request has tried it: "degraded",
-    naming it; the other deployments unaffected."""
+@pytest.mark.parametrize("damage", ["checksum", "session"])
+def test_health_is_degraded_while_a_deployment_fails_to_load(damage):
+    """A model failing its checksum, or whose session cannot be created (a file that passes
+    its checksum but is no model), answers every call 503; /health said "ok", as on a cold
+    instance (review h_ops1 2, h_review26 2). Once a request has tried it: "degraded", naming
+    it; the other deployments unaffected."""
     from embedding_core.api import ApiRequest
     from embedding_core.service import EmbeddingService
 
     doc = _doc()
     text = next(d for d in doc["deployments"] if d["name"] == "all-MiniLM-L6-v2")
-    text["files"]["model"] = {**text["files"]["model"], "sha256": "0" * 64}
+    text["files"]["model"] = ({**text["files"]["model"], "sha256": "0" * 64}
+                              if damage == "checksum" else dict(text["files"]["tokenizer"]))
     settings = Settings.from_env({"EMBEDDINGS_API_KEYS": "k" * 20})
     svc = EmbeddingService(settings, Registry(parse_registry(doc, DEFAULT_REGISTRY.parent),
                                               settings))
