@@ -30,6 +30,16 @@ def get(server: LiveServer, headers: dict[str, str]) -> tuple[int, dict]:
     return res.status, body
 
 
+def get_health(server: LiveServer) -> tuple[http.client.HTTPResponse, dict]:
+    u = urlsplit(server.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    conn.request("GET", "/health")
+    res = conn.getresponse()
+    body = json.loads(res.read())
+    conn.close()
+    return res, body
+
+
 def output_of(server: LiveServer) -> str:
     """Everything the server process logged (stdout and stderr), after stopping it."""
     server.stop()
@@ -87,12 +97,7 @@ def test_health_is_unavailable_while_every_call_would_be_refused():
     probe nor the post-deployment smoke test noticed (review h_ops F5)."""
     server = LiveServer({"EMBEDDINGS_API_KEYS": REF})
     try:
-        u = urlsplit(server.url)
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-        conn.request("GET", "/health")
-        res = conn.getresponse()
-        body = json.loads(res.read())
-        conn.close()
+        res, body = get_health(server)
         assert res.status == 503 and body["error"]["code"] == "ServiceUnavailable"
         assert res.getheader("Retry-After") == "60"            # the OpenAPI document's 503
         assert "no usable credentials" in body["error"]["message"]
@@ -101,12 +106,8 @@ def test_health_is_unavailable_while_every_call_would_be_refused():
         server.stop()
     healthy = LiveServer({"EMBEDDINGS_API_KEYS": f"{PLAIN}, {REF}"})   # one usable key
     try:
-        u = urlsplit(healthy.url)
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-        conn.request("GET", "/health")
-        res = conn.getresponse()
-        assert res.status == 200 and json.loads(res.read())["status"] == "ok"
-        conn.close()
+        res, body = get_health(healthy)
+        assert res.status == 200 and body["status"] == "ok"
     finally:
         healthy.stop()
 
@@ -168,12 +169,7 @@ def test_health_is_degraded_when_no_key_is_usable_but_tokens_are():
     """Keys that are an unresolved Key Vault reference refuse every key caller while Entra ID
     callers get in: not the 503 of no credentials at all, but not "ok" either."""
     with entra_live_server(REF) as (_, server):
-        u = urlsplit(server.url)
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-        conn.request("GET", "/health")
-        res = conn.getresponse()
-        body = json.loads(res.read())
-        conn.close()
+        res, body = get_health(server)
     assert res.status == 200 and body["status"] == "degraded", body
     assert body["problems"] == ["no key of EMBEDDINGS_API_KEYS is usable (Entra ID tokens are)"]
     assert "Key Vault" not in json.dumps(body) and "kv-guessable" not in json.dumps(body)
