@@ -182,9 +182,11 @@ def test_a_request_too_slow_for_the_time_out_even_alone_gets_a_422_that_clients_
         def inputs(seconds_alone):
             return [f"{i} {LONG}" for i in range(math.ceil(rate * seconds_alone / 256))]
 
-        def refused(seconds_alone):
-            """Asserts the 422; whether the request ran first."""
-            status, headers, body = embed(s, inputs(seconds_alone), PASS, truncate="END")
+        def refused(seconds_alone, answer=None):
+            """Asserts the 422 (of ``answer``, or of a request sent now); whether the request
+            ran first."""
+            status, headers, body = answer or embed(s, inputs(seconds_alone), PASS,
+                                                    truncate="END")
             assert status == 422, (seconds_alone, rate, status, body)
             assert headers["x-ms-error-code"] == "InvalidParameter" and "retry-after" not in headers
             msg = body["error"]["message"]
@@ -204,7 +206,16 @@ def test_a_request_too_slow_for_the_time_out_even_alone_gets_a_422_that_clients_
         # time it had, is refused.
         assert embed(s, inputs(0.6 * limit), PASS, truncate="END")[0] == 200
         rate = queue_state(s)["tokens_per_second"]
-        assert refused(1.6 * limit)
+        answer = embed(s, inputs(1.6 * limit), PASS, truncate="END")
+        if answer[0] == 503:
+            # Beside other load on the machine the rate measured during the run may be more
+            # than 25 % above the one read before it (the margins' window), so the request
+            # could have finished alone after all: the retryable 503 (seen once, in a run that
+            # shared the cores). Once more, sized from the rate measured now.
+            assert answer[1].get("retry-after"), answer
+            rate = queue_state(s)["tokens_per_second"]
+            answer = None
+        assert refused(1.6 * limit, answer)
         assert queue_state(s)["queued_tokens"] == 0
         assert embed(s, ["still serving"])[0] == 200
     finally:
