@@ -94,7 +94,7 @@ class Authenticator:
         keys: list[ApiKey] = []
         for i, k in enumerate(settings.api_keys):  # Settings made by hand skip parse_api_keys
             k = k if isinstance(k, ApiKey) else ApiKey(None, k)
-            problem = key_problem(k.secret, f"api_keys[{i}]")
+            problem = key_problem(k.secret, f"api_keys[{i}]", hosted=settings.hosted_on_azure)
             if problem:
                 problems.append(problem)
             else:

@@ -113,6 +113,21 @@ def _bool(env: Mapping[str, str], name: str) -> bool | None:
 API_KEYS_SETTING = "EMBEDDINGS_API_KEYS"
 MIN_KEY_CHARS = 16
 KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The development key this project prints (README, Makefile, local.settings.json.example): fine on
+# a developer's machine, refused where the app is hosted on Azure (published local settings, or
+# `make serve`'s environment copied into app settings, would expose the API to anyone who read the
+# README).
+DEVELOPMENT_KEYS = frozenset({"local-dev-key-0000"})
+# What azure-functions-host itself reads to tell it runs on Azure (EnvironmentExtensions:
+# IsAppService, IsLinuxConsumptionOnAtlas/OnLegion, IsFlexConsumptionSku). `func start` and the
+# local host set none of them.
+AZURE_HOSTING_SETTINGS = ("WEBSITE_INSTANCE_ID", "CONTAINER_NAME", "WEBSITE_POD_NAME",
+                          "WEBSITE_SKU")
+
+
+def hosted_on_azure(env: Mapping[str, str]) -> bool:
+    """Whether the process runs on Azure App Service or Functions (not `func start`)."""
+    return any(env.get(name, "").strip() for name in AZURE_HOSTING_SETTINGS)
 _KV_MARKER = "@microsoft.keyvault("
 _KV_PARAMS = {"secreturi": "SecretUri", "vaultname": "VaultName", "secretname": "SecretName",
               "secretversion": "SecretVersion"}
@@ -191,7 +206,7 @@ def key_vault_reference_shape(value: str) -> str:
     return "@Microsoft.KeyVault(" + ";".join(f"{p}=…" for p in params) + ")"
 
 
-def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
+def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING, *, hosted: bool = False
                    ) -> tuple[tuple[ApiKey, ...], tuple[str, ...]]:
     """Parse ``EMBEDDINGS_API_KEYS``: the accepted keys, and one log message (never a key) per
     entry that is not accepted.
@@ -211,8 +226,9 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
     first appears (the first spelling's entries are kept); a key held by entries of different
     callers, refused entries included (every one of them: whose it is cannot be told; the same
     caller's key twice is kept once); an entry that would report the same caller id as an
-    earlier one of another caller. A value starting with ``{`` that is not a JSON object (or is
-    nested too deeply to parse) gives no keys at all.
+    earlier one of another caller; with ``hosted`` (on Azure), a key of ``DEVELOPMENT_KEYS``. A
+    value starting with ``{`` that is not a JSON object (or is nested too deeply to parse) gives
+    no keys at all.
     """
     text = raw.strip()
     if not text:
@@ -250,7 +266,8 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
                     f"differ only in case ({written!r}, {name!r}); entry {n} is not accepted: "
                     "write one name")
         if key is not None and n not in refused:
-            problem = key_problem(key, f"{setting} entry {n}" + (f" (name {name!r})" if name else ""))
+            problem = key_problem(key, f"{setting} entry {n}" + (f" (name {name!r})" if name else ""),
+                                  hosted=hosted)
             if problem:
                 refused[n] = problem
     # A key in several entries, refused ones included (a refused entry's key must not be
@@ -296,13 +313,19 @@ def parse_api_keys(raw: str, setting: str = API_KEYS_SETTING
     return tuple(keys), tuple(problems)
 
 
-def key_problem(key: str, where: str) -> str | None:
+def key_problem(key: str, where: str, *, hosted: bool = False) -> str | None:
     """Why ``key`` is not accepted as a key (a log message naming ``where``, never the key), or
-    None: an unresolved Key Vault reference, fewer than ``MIN_KEY_CHARS`` characters, or a
+    None: an unresolved Key Vault reference, fewer than ``MIN_KEY_CHARS`` characters, a
     character that is not printable ASCII (HTTP clients send header values as bytes: httpx refuses
-    non-ASCII, others send UTF-8 or Latin-1, so such a key works for some clients only)."""
+    non-ASCII, others send UTF-8 or Latin-1, so such a key works for some clients only), or, when
+    ``hosted`` on Azure, the project's published development key."""
     if is_key_vault_reference(key):
         return _unresolved(where, key)
+    if hosted and key in DEVELOPMENT_KEYS:
+        return (f"configuration error: {where} is the development key printed in this project's "
+                "README and Makefile, and is not accepted on Azure, where anyone who read the "
+                "README could call the API with it; use a random key (python3 -c 'import "
+                "secrets; print(secrets.token_hex(32))'), as `azd provision` generates")
     if not all(" " <= c <= "~" for c in key):
         return (f"configuration error: {where} has a character that is not printable ASCII "
                 "(a control or a non-ASCII character) and is not accepted as a key: "
@@ -360,6 +383,7 @@ class Settings:
     api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)   # see parse_api_keys
     api_key_problems: tuple[str, ...] = ()  # log messages for entries not accepted (no secrets)
     auth_disabled: bool = False
+    hosted_on_azure: bool = False           # see hosted_on_azure()
     # Deployments.
     registry_path: str | None = None
     # Request limits.
@@ -431,7 +455,8 @@ class Settings:
         max_queue_tokens = _int(env, "EMBEDDINGS_MAX_QUEUE_TOKENS", cls.max_queue_tokens, 1)
         _queue_holds("EMBEDDINGS_MAX_QUEUE_TOKENS", max_queue_tokens,
                      "EMBEDDINGS_MAX_REQUEST_TOKENS", max_request_tokens, "request")
-        api_keys, api_key_problems = parse_api_keys(env.get(API_KEYS_SETTING, ""))
+        hosted = hosted_on_azure(env)
+        api_keys, api_key_problems = parse_api_keys(env.get(API_KEYS_SETTING, ""), hosted=hosted)
         max_queue_images = _int(env, "EMBEDDINGS_MAX_QUEUE_IMAGES", cls.max_queue_images, 1)
         max_image_inputs = _int(env, "EMBEDDINGS_MAX_IMAGE_INPUTS", cls.max_image_inputs, 1)
         max_image_pixels = _int(env, "EMBEDDINGS_MAX_IMAGE_PIXELS", cls.max_image_pixels, 1)
@@ -472,6 +497,7 @@ class Settings:
         return cls(
             api_keys=api_keys,
             api_key_problems=api_key_problems,
+            hosted_on_azure=hosted,
             auth_disabled=auth_mode == "disabled",
             registry_path=env.get("EMBEDDINGS_REGISTRY", "").strip() or None,
             max_text_body_bytes=_int(env, "EMBEDDINGS_MAX_BODY_BYTES", cls.max_text_body_bytes, 1024),

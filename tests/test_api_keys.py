@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -369,6 +370,51 @@ def test_keys_with_characters_clients_cannot_all_send_are_no_keys(caplog):
 def test_only_short_keys_means_no_credentials():
     e = refused(authn("local-dev-key"), {"api-key": "local-dev-key"})
     assert "no usable credentials: EMBEDDINGS_API_KEYS is set" in e.message
+
+
+DEV_KEY = "local-dev-key-0000"     # the README's, the Makefile's and local.settings.json.example's
+
+
+def test_the_published_development_key_works_locally():
+    for source in ("Makefile", "local.settings.json.example"):
+        assert DEV_KEY in (Path(__file__).parent.parent / source).read_text()
+    a = authn(DEV_KEY)           # make serve, func start: no Azure hosting setting
+    assert a.check({"api-key": DEV_KEY}).id == fingerprint(DEV_KEY)
+
+
+@pytest.mark.parametrize("hosting", [
+    {"WEBSITE_SKU": "FlexConsumption"},             # Flex Consumption
+    {"WEBSITE_INSTANCE_ID": "8f2b0c1e9d"},           # App Service plans
+    {"CONTAINER_NAME": "SandboxHost-638f"},          # Linux Consumption
+    {"WEBSITE_POD_NAME": "func-api-7d9f"},           # Flex, before specialisation
+])
+def test_the_published_development_key_is_refused_on_azure(hosting, caplog):
+    """Published local settings, or `make serve`'s environment copied into app settings, must not
+    open the deployed API to anyone who read the README; the other keys keep working."""
+    with caplog.at_level(logging.INFO):
+        a = authn(f"{DEV_KEY},ok:{ALICE}", **hosting)
+    for headers in both_headers(DEV_KEY):
+        refused(a, headers)
+    assert a.check({"api-key": ALICE}).id == "key:ok"
+    (error,) = config_errors(caplog)
+    assert "entry 1 is the development key printed in this project's README" in error
+    assert "not accepted on Azure" in error and DEV_KEY not in caplog.text
+    # Alone, it leaves no usable credentials: every call a 401 and /health a 503 that says so
+    # (what a probe and scripts/smoke_deployed.py check after deploying).
+    svc = EmbeddingService(Settings.from_env({"EMBEDDINGS_API_KEYS": DEV_KEY, **hosting}))
+    res = svc.health(ApiRequest("GET", "/health", {}, {}, b""))
+    assert res.status == 503 and b"no usable credentials" in res.body
+    res = svc.info(ApiRequest("GET", "/info", {"api-key": DEV_KEY}, Q, b""))
+    assert res.status == 401 and b"none of its entries is accepted" in res.body
+    # Settings made by hand follow the same rule.
+    hand = Authenticator(Settings(api_keys=(DEV_KEY, PLAIN), hosted_on_azure=True))
+    refused(hand, {"api-key": DEV_KEY})
+    assert hand.check({"api-key": PLAIN}).id == fingerprint(PLAIN)
+
+
+def test_blank_hosting_settings_are_not_azure():
+    a = authn(DEV_KEY, WEBSITE_SKU=" ", WEBSITE_INSTANCE_ID="", CONTAINER_NAME="")
+    assert a.check({"api-key": DEV_KEY}).id == fingerprint(DEV_KEY)
 
 
 # --------------------------------------------------------------------------------------------
