@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 
 # `make serve` installs what serving needs (requirements-serve.txt: ~460 MB, ~25 s here);
 # `make test` adds the test toolchain (requirements-dev.txt) to the same virtualenv.
-$(VENV)/.serve-installed: requirements.txt requirements-serve.txt
+$(VENV)/.serve-installed: requirements.txt requirements.lock requirements-serve.txt
 	@bash tools/venv.sh "$(PYTHON)" $(VENV) "$(origin PYTHON)"
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -r requirements-serve.txt

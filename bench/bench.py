@@ -530,7 +530,7 @@ def package_size() -> dict:
     deps, seen = 0, set()
     todo = [ln.split("==")[0].split("[")[0].strip() for ln in
             (ROOT / "requirements.txt").read_text().splitlines()
-            if ln.strip() and not ln.startswith("#")]
+            if ln.strip() and not ln.startswith(("#", "-"))]
     while todo:
         name = todo.pop().lower().replace("_", "-")
         if name in seen:

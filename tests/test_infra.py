@@ -1469,6 +1469,7 @@ def test_funcignore_excludes_dev_files(path):
         "function_app.py",
         "host.json",
         "requirements.txt",
+        "requirements.lock",
         "embedding_core/__init__.py",
         "embedding_core/backends.py",
         "embedding_core/registry.json",
@@ -1480,9 +1481,66 @@ def test_funcignore_keeps_runtime_files(path):
     assert not ignored(path, funcignore_patterns()), path
 
 
+def _lock_pins() -> dict[str, str]:
+    """requirements.lock's pins that apply to this Python: normalised name -> version."""
+    from packaging.requirements import Requirement
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate():
+                (spec,) = req.specifier
+                assert spec.operator == "==", line
+                pins[canonical(req.name)] = spec.version
+    return pins
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_package_the_app_installs_is_pinned_by_the_lock():
+    """requirements.txt reads requirements.lock as constraints, so Azure's remote build installs
+    the versions tested here. Walks what requirements.txt pulls in on this Python (extras and
+    markers followed) through the installed packages' metadata: each must be pinned, at the
+    version installed (a change to requirements.txt without re-running
+    scripts/lock_requirements.py fails here)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    assert "-c requirements.lock" in lines
+    pins = _lock_pins()
+    todo = [Requirement(line) for line in lines
+            if line.strip() and not line.startswith(("#", "-"))]
+    seen: dict[str, str] = {}
+    while todo:
+        req = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        name = canonical(req.name)
+        try:
+            dist = distribution(req.name)
+        except PackageNotFoundError:
+            pytest.fail(f"{req.name}, required by the app, is not installed")
+        if name not in seen:
+            seen[name] = dist.version
+            todo.extend(
+                r for r in map(Requirement, dist.requires or [])
+                if r.marker is None or r.marker.evaluate({"extra": ""}))
+        for extra in req.extras:    # PyJWT[crypto]: the extra's requirements too
+            todo.extend(r for r in map(Requirement, dist.requires or [])
+                        if r.marker is not None and r.marker.evaluate({"extra": extra}))
+    assert len(seen) > 50     # the app's ~75 packages, not a walk that stopped early
+    unpinned = sorted(set(seen) - set(pins))
+    assert not unpinned, f"not pinned by requirements.lock: {unpinned}"
+    wrong = {n: (seen[n], pins[n]) for n in seen if seen[n] != pins[n]}
+    assert not wrong, f"installed, locked: {wrong}"
+
+
 def test_funcignore_keeps_existing_runtime_files():
     patterns = funcignore_patterns()
-    for rel in ("function_app.py", "host.json", "requirements.txt"):
+    for rel in ("function_app.py", "host.json", "requirements.txt", "requirements.lock"):
         if (ROOT / rel).exists():
             assert not ignored(rel, patterns)
     pkg = ROOT / "embedding_core"

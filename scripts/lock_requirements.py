@@ -1,0 +1,91 @@
+"""Write requirements.lock: every package the Function App installs, pinned (one-time job; run it
+after changing requirements.txt, then `make install` and `make test`).
+
+requirements.txt names the app's direct dependencies and reads requirements.lock as pip
+constraints (``-c``), so Azure's remote build (Oryx: ``pip install -r requirements.txt``), `make
+serve` and CI install the same versions of the ~75 packages they pull in, instead of whatever is
+newest on the day of each deployment. The lock is resolved here, not by hand: each Python given
+gets a fresh virtualenv with requirements.txt alone (without the lock) and its ``pip freeze``;
+a package pinned differently (or only present) on one of them gets a ``python_version`` marker.
+The first Python must be 3.11 (what infra/ deploys); the second a 3.13 (the other branch of
+requirements.txt: azure-functions 2.x), e.g. the one .ci/python.sh builds.
+
+No hashes: with a hash on any line pip checks every requirement of the install in hash mode, which
+requirements-serve.txt's and requirements-dev.txt's unhashed additions would fail; and a pinned
+version's files cannot be replaced on PyPI. tests/test_infra.py checks that every package
+requirements.txt installs is pinned here at the installed version.
+
+Usage: python3.11 scripts/lock_requirements.py [PYTHON3.13]
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SPLIT = (3, 13)     # requirements.txt's own marker: azure-functions 1.x below, 2.x from here
+
+
+def freeze(python: str) -> tuple[tuple[int, int], dict[str, str]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        venv = Path(tmp) / "venv"
+        subprocess.run([python, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip"]
+        reqs = Path(tmp) / "requirements.txt"   # without the lock: resolve afresh
+        reqs.write_text("".join(line + "\n" for line in
+                                (ROOT / "requirements.txt").read_text().splitlines()
+                                if not line.startswith("-c ")))
+        subprocess.run(pip + ["install", "-q", "--upgrade", "pip"], check=True)
+        subprocess.run(pip + ["install", "-q", "-r", str(reqs)], check=True)
+        out = subprocess.run(pip + ["freeze", "--all", "--exclude", "pip", "--exclude",
+                                    "setuptools", "--exclude", "wheel"],
+                             check=True, capture_output=True, text=True).stdout
+        version = subprocess.run([str(venv / "bin" / "python"), "-c",
+                                  "import sys; print(*sys.version_info[:2])"],
+                                 check=True, capture_output=True, text=True).stdout.split()
+    pins = {}
+    for line in out.splitlines():
+        name, _, pinned = line.partition("==")
+        if not pinned:
+            raise SystemExit(f"not a pin in pip freeze: {line!r}")
+        pins[name] = pinned
+    return (int(version[0]), int(version[1])), pins
+
+
+def main() -> None:
+    pythons = sys.argv[1:2]
+    (low, old), = [freeze(sys.executable)]
+    if low != (3, 11):
+        raise SystemExit(f"run this with Python 3.11 (what Azure runs), not {low}")
+    new: dict[str, str] = {}
+    if pythons:
+        high, new = freeze(pythons[0])
+        if high < SPLIT:
+            raise SystemExit(f"the second Python must be {SPLIT[0]}.{SPLIT[1]} or newer")
+    below, above = 'python_version < "3.13"', 'python_version >= "3.13"'
+    lines = []
+    for name in sorted(set(old) | set(new), key=lambda n: re.sub(r"[-_.]+", "-", n).lower()):
+        a, b = old.get(name), new.get(name)
+        if not new or a == b:
+            lines.append(f"{name}=={a}")
+        else:
+            if a:
+                lines.append(f"{name}=={a}; {below}")
+            if b:
+                lines.append(f"{name}=={b}; {above}")
+    header = [
+        "# Every package the Function App installs, pinned: requirements.txt reads this file as",
+        "# constraints. Written by scripts/lock_requirements.py (pip freeze of requirements.txt",
+        f"# alone on Python 3.11{' and ' + '.'.join(map(str, high)) if new else ''}); do not edit "
+        "by hand.",
+    ]
+    (ROOT / "requirements.lock").write_text("\n".join(header + lines) + "\n")
+    print(f"requirements.lock: {len(lines)} pins")
+
+
+if __name__ == "__main__":
+    main()
