@@ -26,7 +26,8 @@ def parse_embeddings(req: ApiRequest, modality: str, settings: Settings) -> sche
     text = modality == "text"
     max_items = settings.max_inputs if text else settings.max_image_inputs
     doc = schema.parse_body(req.body, settings.max_text_body_bytes if text
-                            else settings.max_image_body_bytes, max_items, numbers=not text)
+                            else settings.max_image_body_bytes, max_items, numbers=not text,
+                            headers=req.headers)
     request = schema.parse_request(doc, modality=modality, extra_mode=extra_mode,
                                    max_items=max_items)
     request.deployment = header_model

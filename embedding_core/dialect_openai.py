@@ -43,7 +43,8 @@ _TYPES = {401: "invalid_request_error", 429: "requests", 500: "server_error",
 def parse_embeddings(req: ApiRequest, settings: Settings,
                      deployment: str | None = None) -> schema.EmbeddingsRequest:
     schema.check_content_type(req.headers)
-    doc = schema.parse_body(req.body, settings.max_text_body_bytes, settings.max_inputs)
+    doc = schema.parse_body(req.body, settings.max_text_body_bytes, settings.max_inputs,
+                            headers=req.headers)
     if "input" not in doc:
         raise errors.validation("'input' is required.", "input")
     inputs = schema.text_inputs(doc["input"], settings.max_inputs,

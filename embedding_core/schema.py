@@ -164,14 +164,23 @@ def check_json_values(body: bytes, max_inputs: int, *, numbers: bool = False,
                 f"most {max_inputs:,} inputs, a few values each. Send fewer inputs per request.")
 
 
-def parse_body(body: bytes, limit: int, max_inputs: int, *,
-               numbers: bool = False) -> dict[str, Any]:
+def parse_body(body: bytes, limit: int, max_inputs: int, *, numbers: bool = False,
+               headers: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The body's JSON object; ``limit``: its bytes (413 above); ``max_inputs`` and
-    ``numbers``: see :func:`check_json_values` (400)."""
+    ``numbers``: see :func:`check_json_values` (400); ``headers`` (lower-case names): to say why
+    a body sent in chunks may arrive empty."""
     if len(body) > limit:
         raise errors.payload_too_large(len(body), limit)
     if not body.strip():
-        raise errors.invalid_body("The request body is empty; send a JSON object.")
+        hint = ""
+        if not body and "chunked" in (headers or {}).get("transfer-encoding", "").lower():
+            # azure-functions-host passes a body on to the worker only when the request has a
+            # Content-Length (GrpcMessageConversionExtensions.ToRpcHttp; `func start` drops
+            # chunked bodies: azure-functions-host#4926, azure-functions-python-worker#574).
+            hint = (" It was sent with 'Transfer-Encoding: chunked', which the Azure Functions "
+                    "host does not always pass on to the function: send it with a "
+                    "Content-Length (a body of known length).")
+        raise errors.invalid_body("The request body is empty; send a JSON object." + hint)
     check_json_values(body, max_inputs, numbers=numbers)
     try:
         doc = orjson.loads(body)

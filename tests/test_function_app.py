@@ -75,6 +75,24 @@ def test_errors_come_back_as_azure_errors():
     assert res.status_code == 401 and res.headers["WWW-Authenticate"] == "Bearer"
 
 
+@pytest.mark.parametrize("route, params", [("embeddings", None), ("v1/embeddings", {})])
+def test_a_chunked_body_that_reaches_the_function_empty_is_explained(route, params):
+    """azure-functions-host hands the worker a body only when the request has a Content-Length;
+    a client that streamed its body (Transfer-Encoding: chunked) would otherwise be told it sent
+    none."""
+    headers = {"api-key": KEY, "content-type": "application/json",
+               "transfer-encoding": "chunked"}
+    res = call(route, headers=headers, params=params)     # as the host passes it: no body
+    message = json.loads(res.get_body())["error"]["message"]
+    assert res.status_code == 400 and message.startswith("The request body is empty")
+    assert "'Transfer-Encoding: chunked'" in message and "Content-Length" in message
+    res = call(route, headers={**headers, "transfer-encoding": "identity"}, params=params)
+    assert json.loads(res.get_body())["error"]["message"] == (
+        "The request body is empty; send a JSON object.")
+    res = call(route, body={"input": ["hello"]}, headers=headers, params=params)
+    assert res.status_code == 200     # a chunked body that did arrive is served as any other
+
+
 def test_info_and_health():
     res = call("info", method="GET", headers={"Authorization": f"Bearer {KEY}"})
     assert json.loads(res.get_body()) == {"model_name": "all-MiniLM-L6-v2",
