@@ -87,6 +87,14 @@ _REASON_WORDS = re.compile(r"[^'\"(:]*")
 REFUSAL_KINDS_MAX = 64
 
 
+def _microsoft_resource(audience: str) -> bool:
+    """An audience that is a Microsoft service's resource URI (``https://ml.azure.com``,
+    ``https://cognitiveservices.azure.com``, …), whose tokens any identity of the tenant can get
+    and other services accept, not an app registration of the operator's (``api://…``, a GUID)."""
+    host = audience.lower().removeprefix("https://").split("/")[0]
+    return host.endswith((".azure.com", ".azure.net", ".windows.net", ".microsoft.com"))
+
+
 class Authenticator:
     def __init__(self, settings: Settings, entra_validator: Any = None):
         self.retry_after_s = settings.retry_after_s
@@ -113,7 +121,16 @@ class Authenticator:
 
             config = EntraConfig.from_env(settings.env)
             self.entra = EntraValidator(config) if config else None
-            if config and not config.required_roles and not config.allowed_client_ids:
+            shared = [a for a in config.audiences if _microsoft_resource(a)] if config else []
+            if shared and not config.allowed_client_ids:
+                # Roles in such tokens are the resource's, not the operator's (docs/deploy.md,
+                # Option B): only the client ids say who calls.
+                log.warning("Entra ID accepts tokens for a Microsoft resource (%s) without "
+                            "EMBEDDINGS_ENTRA_ALLOWED_CLIENT_IDS: any user or application of the "
+                            "tenant that can get a token for it can call the API, whatever "
+                            "EMBEDDINGS_ENTRA_REQUIRED_ROLES says (docs/deploy.md, Option B)",
+                            ", ".join(shared))
+            elif config and not config.required_roles and not config.allowed_client_ids:
                 # An Entra app is open to its whole tenant by default (Microsoft Learn, "Restrict
                 # a Microsoft Entra app to a set of users").
                 log.warning("Entra ID is on without EMBEDDINGS_ENTRA_REQUIRED_ROLES or "

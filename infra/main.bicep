@@ -30,7 +30,7 @@ param apiKeyNames string = 'primary'
 @description('Entra ID tenant whose tokens the app accepts. Empty = subscription().tenantId.')
 param entraTenantId string = subscription().tenantId
 
-@description('Comma-separated accepted token audiences (aud), e.g. "api://<app-client-id>,<app-client-id>" or "https://ml.azure.com". Empty = Entra ID auth not configured (API keys only).')
+@description('Comma-separated accepted token audiences (aud), e.g. "api://<app-client-id>,<app-client-id>"; "https://ml.azure.com" only with entraAllowedClientIds (docs/deploy.md, Option B). Empty = Entra ID auth not configured (API keys only).')
 param entraAudiences string = ''
 
 @description('Comma-separated app roles a token must carry (roles claim). Empty = no role requirement.')

@@ -108,6 +108,34 @@ def test_entra_open_to_the_whole_tenant_is_warned_about(caplog):
         assert warning not in caplog.text
 
 
+@pytest.mark.parametrize("audience", ["https://ml.azure.com", "https://cognitiveservices.azure.com/"])
+def test_a_microsoft_resource_audience_without_a_client_allow_list_is_warned_about(audience,
+                                                                                   caplog):
+    """docs/deploy.md's Option B: any identity of the tenant gets such tokens, with roles that are
+    the resource's; required roles alone do not restrict who calls (review h_sec1 L4)."""
+    idp = TokenFactory()
+    warning = "without EMBEDDINGS_ENTRA_ALLOWED_CLIENT_IDS: any user or application of the tenant"
+    audiences = f"api://my-app,{audience}"
+    for extra in ({}, {"EMBEDDINGS_ENTRA_REQUIRED_ROLES": "Embeddings.Invoke"}):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="embedding_core.auth"):
+            Authenticator(Settings.from_env(idp.env(EMBEDDINGS_ENTRA_AUDIENCES=audiences,
+                                                    **extra)))
+        assert caplog.text.count(warning) == 1 and audience in caplog.text
+        assert "whatever EMBEDDINGS_ENTRA_REQUIRED_ROLES says" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="embedding_core.auth"):
+        Authenticator(Settings.from_env(idp.env(
+            EMBEDDINGS_ENTRA_AUDIENCES=audiences,
+            EMBEDDINGS_ENTRA_ALLOWED_CLIENT_IDS="aaaaaaaa-0000-4000-8000-000000000000")))
+    assert "can call the API" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="embedding_core.auth"):   # the app's own
+        Authenticator(Settings.from_env(idp.env(EMBEDDINGS_ENTRA_AUDIENCES="api://my-app",
+                                                EMBEDDINGS_ENTRA_REQUIRED_ROLES="Embeddings.X")))
+    assert "can call the API" not in caplog.text
+
+
 def test_refused_tokens_are_logged_once_a_minute_not_once_per_request(caplog, monkeypatch):
     """Anyone can send tokens, and the Functions worker forwards INFO records to the host,
     billed per row: one line a minute per kind, with how many were left out (review h_sec F2)."""
