@@ -342,6 +342,59 @@ def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_cap(small):
     assert sent < 16 * MiB, sent  # the cap is 1 MiB; the rest is what the socket buffers held
 
 
+def test_bodies_held_at_once_are_bounded(tmp_path_factory):
+    """Clients that stall short of the end of their bodies cannot make the host hold memory
+    without bound (review h_sec1 L2: 24 such connections had held +830 MB): past
+    LOCAL_HOST_MAX_BODIES_BYTES a body is refused with a retryable JSON 503, and the budget is
+    given back when the stalled connections go."""
+    server = serve_app(tmp_path_factory, ROUTES, {"LOCAL_HOST_MAX_BODY_BYTES": str(MiB),
+                                                  "LOCAL_HOST_MAX_BODIES_BYTES": str(2 * MiB)})
+    stalled = []
+    try:
+        for _ in range(2):      # 2 x 0.9 MiB of 2 MiB held, each 1 byte short of its end
+            sock = socket.create_connection(address(server), timeout=5)
+            sock.sendall(b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n"
+                         % (900 * 1024) + b"x" * (900 * 1024 - 1))
+            stalled.append(sock)
+        time.sleep(0.5)         # read by the host
+        host, port = address(server)
+        refused_with = []
+        for body in (b"y" * (300 * 1024), None):     # a length it says, then a chunked one
+            conn = http.client.HTTPConnection(host, port, timeout=10)
+            try:
+                if body is None:
+                    conn.request("POST", "/echo", body=iter([b"z" * (64 * 1024)] * 5),
+                                 encode_chunked=True)
+                else:
+                    conn.request("POST", "/echo", body=body)
+                res = conn.getresponse()
+                refused_with.append((res.status, res.getheader("Retry-After"),
+                                     json.loads(res.read())["error"]["message"]))
+            finally:
+                conn.close()
+        for status, retry_after, message in refused_with:
+            assert status == 503 and retry_after == "1", (status, message)
+            assert "LOCAL_HOST_MAX_BODIES_BYTES" in message
+        small_one = http.client.HTTPConnection(host, port, timeout=10)
+        small_one.request("POST", "/echo", body=b"s" * 100 * 1024)   # fits beside them
+        res = small_one.getresponse()
+        assert res.status == 200 and len(res.read()) == 100 * 1024
+        small_one.close()
+        for sock in stalled:
+            sock.close()
+        stalled = []
+        time.sleep(0.5)         # the host sees them go and gives their bytes back
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        conn.request("POST", "/echo", body=b"y" * (900 * 1024))
+        res = conn.getresponse()
+        assert res.status == 200 and len(res.read()) == 900 * 1024
+        conn.close()
+    finally:
+        for sock in stalled:
+            sock.close()
+        server.stop()
+
+
 def test_an_early_413_reaches_a_client_that_sends_its_whole_body_first(small):
     """http.client sends the whole body before reading: the answer must not be lost to a reset."""
     host, port = address(small)

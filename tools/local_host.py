@@ -21,7 +21,9 @@ may reach:
 - the body cap (``LOCAL_HOST_MAX_BODY_BYTES``) is enforced while the body streams in: a
   ``Content-Length`` over it is refused before anything is read, a chunked body as soon as it
   passes it. Its default is just above the app's largest body limit, so the app answers its own
-  413s and nothing much larger is ever buffered;
+  413s and nothing much larger is ever buffered; the bodies held at once (being read, or read
+  and waiting for their function's answer) are bounded by ``LOCAL_HOST_MAX_BODIES_BYTES``
+  (default 4 x the body cap): past it a body gets a JSON 503 with ``Retry-After: 1``;
 - a ``Host`` header that is not a host and port, or a ``#`` in the request target, is a 400 (the
   Host becomes the function's ``req.url``, whose path the app reads);
 - the listen backlog is ``LOCAL_HOST_BACKLOG`` (a burst of connections is queued, not reset);
@@ -114,6 +116,10 @@ def default_max_body_bytes(env: Mapping[str, str]) -> int:
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int
+    # Bodies held at once: those being read, and those read whose function has not answered yet.
+    # 0: 4 x max_body_bytes. Past it a body is refused (503, retryable): without it, clients that
+    # stall one byte short of their bodies made the host hold ~35 MB each (review h_sec1 L2).
+    max_bodies_bytes: int = 0
     max_header_bytes: int = 32 * 1024  # request line + headers (Kestrel's default is 32 KB too)
     header_timeout: float = 10.0
     body_timeout: float = 30.0
@@ -127,6 +133,7 @@ class Limits:
         return cls(
             max_body_bytes=n(env, "LOCAL_HOST_MAX_BODY_BYTES", default_max_body_bytes(env),
                              minimum=0, integer=True),
+            max_bodies_bytes=n(env, "LOCAL_HOST_MAX_BODIES_BYTES", 0, minimum=0, integer=True),
             max_header_bytes=n(env, "LOCAL_HOST_MAX_HEADER_BYTES", cls.max_header_bytes,
                                minimum=1024, integer=True),
             header_timeout=n(env, "LOCAL_HOST_HEADER_TIMEOUT_SECONDS", cls.header_timeout,
@@ -137,6 +144,10 @@ class Limits:
             # The Functions Python worker's own setting for its sync thread pool.
             threads=n(env, "PYTHON_THREADPOOL_THREAD_COUNT", cls.threads, minimum=1, integer=True),
         )
+
+    @property
+    def bodies_budget(self) -> int:
+        return self.max_bodies_bytes or 4 * self.max_body_bytes
 
 
 # -- the host's own answers: JSON, in the app's error shape ---------------------------------------
@@ -469,6 +480,7 @@ class FunctionsHost:
             max_workers=limits.threads, thread_name_prefix="function")
         self._lock = threading.Lock()
         self.running = 0            # sync functions running on the executor now
+        self.bodies_bytes = 0       # body bytes held now (Limits.max_bodies_bytes; event loop only)
 
     def _run(self, fn: Any, req: Any) -> Any:
         with self._lock:
@@ -554,11 +566,28 @@ class FunctionsHost:
         if length is not None and length > self.limits.max_body_bytes:
             await self._answer(send, 413, *error_response(413, self._too_large(), close=True))
             return
+        if length and self.bodies_bytes + length > self.limits.bodies_budget:
+            await self._answer(send, 503, *self._too_many_bodies())
+            return
 
         body = await self._read_body(receive, send, expects_body)
         if body is None:
             return  # answered already, or the client is gone
+        try:
+            await self._call(scope, method, raw_path, headers, match, body, send)
+        finally:
+            self.bodies_bytes -= len(body)
 
+    def _too_many_bodies(self) -> tuple[Headers, bytes]:
+        log.info("request bodies held reach %d bytes: 503", self.limits.bodies_budget)
+        return error_response(
+            503, f"The local host holds {self.limits.bodies_budget} bytes of request bodies "
+                 "already (LOCAL_HOST_MAX_BODIES_BYTES); retry in a moment.",
+            close=True, retry_after=1)
+
+    async def _call(self, scope: dict, method: str, raw_path: str,
+                    headers: list[tuple[bytes, bytes]], match: Any, body: bytes,
+                    send: Any) -> None:
         import azure.functions as func
 
         query = scope["query_string"].decode("latin-1")
@@ -616,6 +645,7 @@ class FunctionsHost:
             return b""
         chunks: list[bytes] = []
         size = 0
+        done = False
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(loop.time() + self.limits.body_timeout):
@@ -625,13 +655,18 @@ class FunctionsHost:
                         return None
                     chunk = message.get("body", b"")
                     size += len(chunk)
+                    self.bodies_bytes += len(chunk)
                     if size > self.limits.max_body_bytes:
                         await self._answer(send, 413, *error_response(
                             413, self._too_large(), close=True))
                         return None
+                    if self.bodies_bytes > self.limits.bodies_budget:
+                        await self._answer(send, 503, *self._too_many_bodies())
+                        return None
                     if chunk:
                         chunks.append(chunk)
                     if not message.get("more_body", False):
+                        done = True     # held until the function has answered (_handle)
                         return b"".join(chunks)
         except TimeoutError:
             log.info("request body not complete after %s s: 408", self.limits.body_timeout)
@@ -639,6 +674,9 @@ class FunctionsHost:
                 408, f"The request body did not arrive within {self.limits.body_timeout:g} "
                      "seconds.", close=True))
             return None
+        finally:
+            if not done:
+                self.bodies_bytes -= size
 
     @staticmethod
     async def _answer(send: Any, status: int, headers: Headers, body: bytes) -> None:
@@ -784,9 +822,9 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(hint(os.environ, args.host, port)), flush=True)
     for note in notes:
         log.debug("%s", note)
-    log.info("limits: body %d bytes, headers %d bytes, header time-out %g s, body time-out %g s, "
-             "keep-alive %g s, backlog %d, %d worker threads", limits.max_body_bytes,
-             limits.max_header_bytes, limits.header_timeout, limits.body_timeout, limits.keep_alive,
+    log.info("limits: body %d bytes, bodies held %d bytes, headers %d bytes, header time-out %g s, "
+             "body time-out %g s, keep-alive %g s, backlog %d, %d worker threads",
+             limits.max_body_bytes, limits.bodies_budget, limits.max_header_bytes, limits.header_timeout, limits.body_timeout, limits.keep_alive,
              limits.backlog, limits.threads)
     try:
         server.run(sockets=[sock])
