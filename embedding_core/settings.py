@@ -119,10 +119,11 @@ KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # README).
 DEVELOPMENT_KEYS = frozenset({"local-dev-key-0000"})
 # What azure-functions-host itself reads to tell it runs on Azure (EnvironmentExtensions:
-# IsAppService, IsLinuxConsumptionOnAtlas/OnLegion, IsFlexConsumptionSku). `func start` and the
-# local host set none of them.
-AZURE_HOSTING_SETTINGS = ("WEBSITE_INSTANCE_ID", "CONTAINER_NAME", "WEBSITE_POD_NAME",
-                          "WEBSITE_SKU")
+# IsAppService, IsFlexConsumptionSku, IsLinuxConsumptionOnLegion), the specific ones only:
+# CONTAINER_NAME, which the host also reads, is set by many container platforms. `func start`
+# and the local host set none of them.
+AZURE_HOSTING_SETTINGS = ("WEBSITE_INSTANCE_ID", "WEBSITE_SKU", "WEBSITE_POD_NAME",
+                          "LEGION_SERVICE_HOST")
 
 
 def hosted_on_azure(env: Mapping[str, str]) -> bool:

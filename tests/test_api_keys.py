@@ -385,8 +385,9 @@ def test_the_published_development_key_works_locally():
 @pytest.mark.parametrize("hosting", [
     {"WEBSITE_SKU": "FlexConsumption"},             # Flex Consumption
     {"WEBSITE_INSTANCE_ID": "8f2b0c1e9d"},           # App Service plans
-    {"CONTAINER_NAME": "SandboxHost-638f"},          # Linux Consumption
+    {"WEBSITE_SKU": "Dynamic"},                      # Consumption
     {"WEBSITE_POD_NAME": "func-api-7d9f"},           # Flex, before specialisation
+    {"CONTAINER_NAME": "SandboxHost-638f", "LEGION_SERVICE_HOST": "10.0.0.4"},
 ])
 def test_the_published_development_key_is_refused_on_azure(hosting, caplog):
     """Published local settings, or `make serve`'s environment copied into app settings, must not
@@ -412,8 +413,10 @@ def test_the_published_development_key_is_refused_on_azure(hosting, caplog):
     assert hand.check({"api-key": PLAIN}).id == fingerprint(PLAIN)
 
 
-def test_blank_hosting_settings_are_not_azure():
-    a = authn(DEV_KEY, WEBSITE_SKU=" ", WEBSITE_INSTANCE_ID="", CONTAINER_NAME="")
+def test_blank_hosting_settings_and_other_platforms_are_not_azure():
+    a = authn(DEV_KEY, WEBSITE_SKU=" ", WEBSITE_INSTANCE_ID="", LEGION_SERVICE_HOST="")
+    assert a.check({"api-key": DEV_KEY}).id == fingerprint(DEV_KEY)
+    a = authn(DEV_KEY, CONTAINER_NAME="api")     # Docker Compose, CI runners, sandboxes
     assert a.check({"api-key": DEV_KEY}).id == fingerprint(DEV_KEY)
 
 
