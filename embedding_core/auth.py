@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from . import errors
-from .settings import ApiKey, Settings, key_fingerprint, key_problem
+from .settings import (DEVELOPMENT_KEY_PROBLEM, DEVELOPMENT_KEYS, ApiKey, Settings,
+                       key_fingerprint, key_problem)
 
 __all__ = ["ANONYMOUS", "Authenticator", "Caller", "key_fingerprint"]
 
@@ -91,8 +92,15 @@ def _microsoft_resource(audience: str) -> bool:
     """An audience that is a Microsoft service's resource URI (``https://ml.azure.com``,
     ``https://cognitiveservices.azure.com``, …), whose tokens any identity of the tenant can get
     and other services accept, not an app registration of the operator's (``api://…``, a GUID)."""
-    host = audience.lower().removeprefix("https://").split("/")[0]
-    return host.endswith((".azure.com", ".azure.net", ".windows.net", ".microsoft.com"))
+    host = audience.lower().split("://", 1)[-1].split("/")[0].rsplit(":", 1)[0]
+    return host.endswith(_MICROSOFT_RESOURCE_DOMAINS)
+
+
+# The public cloud's and the sovereign clouds' (US Government, China) service domains.
+_MICROSOFT_RESOURCE_DOMAINS = (
+    ".azure.com", ".azure.net", ".windows.net", ".microsoft.com", ".azure.us", ".azure.cn",
+    ".usgovcloudapi.net", ".chinacloudapi.cn", ".sharepoint.com", ".dynamics.com",
+    ".loganalytics.io", ".applicationinsights.io")
 
 
 class Authenticator:
@@ -140,6 +148,8 @@ class Authenticator:
         for problem in problems:  # once per process: the service is built once
             log.error(*_as_template(problem))
         self._keys_refused = bool(problems) and not keys
+        # The README's key, refused on Azure (settings.key_problem): public, so said to callers.
+        self.development_key_refused = any(DEVELOPMENT_KEY_PROBLEM in p for p in problems)
         if not self.disabled and not keys and self.entra is None and not problems:
             log.error("configuration error: no credentials are configured (EMBEDDINGS_API_KEYS "
                       "is empty or not set, and Entra ID is off): every request is refused with "
@@ -235,7 +245,9 @@ class Authenticator:
             if self._keys_refused:
                 raise errors.unauthorized(
                     "The server has no usable credentials: EMBEDDINGS_API_KEYS is set, but none "
-                    "of its entries is accepted as a key; the server log says why.")
+                    "of its entries is accepted as a key" + (
+                        " (the README's development key is not accepted on Azure)"
+                        if self.development_key_refused else "") + "; the server log says why.")
             raise errors.unauthorized(
                 "The server has no credentials configured: set EMBEDDINGS_API_KEYS or the "
                 "EMBEDDINGS_ENTRA_* settings (or EMBEDDINGS_AUTH=disabled for local use).")
@@ -270,6 +282,13 @@ class Authenticator:
                 return caller
         if unchecked:
             raise errors.auth_unavailable(self.retry_after_s)
+        if self.development_key_refused and any(v in DEVELOPMENT_KEYS for _, v in presented):
+            self._log_refusal(logging.INFO, "api key refused",
+                              "the README's development key, refused on Azure")
+            raise errors.unauthorized(
+                "This is the development key printed in the project's README, which is not "
+                "accepted on Azure: use the deployment's own key (docs/deploy.md).",
+                invalid_token=True)
         if keys_tried:
             # As refused tokens are: at most a line a minute, naming nothing a client sent, so
             # that "a caller gets 401 since yesterday" leaves a trace (a retired key, or a key

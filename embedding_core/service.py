@@ -184,7 +184,9 @@ class EmbeddingService:
             raise errors.ApiError(
                 503, "ServiceUnavailable",
                 "Every request is refused: the server has no usable credentials "
-                "(EMBEDDINGS_API_KEYS or the EMBEDDINGS_ENTRA_* settings); the server log says "
+                "(EMBEDDINGS_API_KEYS or the EMBEDDINGS_ENTRA_* settings" + (
+                    "; the README's development key is not accepted on Azure"
+                    if self.auth.development_key_refused else "") + "); the server log says "
                 "why.", headers={"Retry-After": "60"})   # settings are read once per process
         stats = self.queue.stats()
         failed = [d.name for d in self.registry.deployments if self.registry.load_failed(d)]
@@ -193,6 +195,9 @@ class EmbeddingService:
         problems = [f"deployment {name} failed to load" for name in failed]
         if self.auth.keys_unusable and not self.auth.disabled:
             problems.append("no key of EMBEDDINGS_API_KEYS is usable (Entra ID tokens are)")
+        elif self.auth.development_key_refused and not self.auth.disabled:
+            problems.append("an EMBEDDINGS_API_KEYS entry is the README's development key, "
+                            "refused on Azure (the other keys work)")
         body: dict[str, Any] = {"status": "degraded" if problems else "ok"}
         if problems:
             body["problems"] = problems

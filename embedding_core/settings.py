@@ -118,17 +118,22 @@ KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # `make serve`'s environment copied into app settings, would expose the API to anyone who read the
 # README).
 DEVELOPMENT_KEYS = frozenset({"local-dev-key-0000"})
+DEVELOPMENT_KEY_PROBLEM = "is the development key printed in this project's README"
 # What azure-functions-host itself reads to tell it runs on Azure (EnvironmentExtensions:
-# IsAppService, IsFlexConsumptionSku, IsLinuxConsumptionOnLegion), the specific ones only:
-# CONTAINER_NAME, which the host also reads, is set by many container platforms. `func start`
-# and the local host set none of them.
+# IsAppService, IsFlexConsumptionSku, IsLinuxConsumptionOnLegion, IsManagedAppEnvironment for
+# Functions on Container Apps), the specific ones only: CONTAINER_NAME, which the host reads with
+# LEGION_SERVICE_HOST, is set by many container platforms, and LEGION_SERVICE_HOST alone by
+# Kubernetes for any Service named "legion". `func start` and the local host set none of them.
 AZURE_HOSTING_SETTINGS = ("WEBSITE_INSTANCE_ID", "WEBSITE_SKU", "WEBSITE_POD_NAME",
-                          "LEGION_SERVICE_HOST")
+                          "MANAGED_ENVIRONMENT")
 
 
 def hosted_on_azure(env: Mapping[str, str]) -> bool:
     """Whether the process runs on Azure App Service or Functions (not `func start`)."""
-    return any(env.get(name, "").strip() for name in AZURE_HOSTING_SETTINGS)
+    def has(name: str) -> bool:
+        return bool(env.get(name, "").strip())
+    return any(map(has, AZURE_HOSTING_SETTINGS)) or (
+        has("LEGION_SERVICE_HOST") and has("CONTAINER_NAME"))
 _KV_MARKER = "@microsoft.keyvault("
 _KV_PARAMS = {"secreturi": "SecretUri", "vaultname": "VaultName", "secretname": "SecretName",
               "secretversion": "SecretVersion"}
@@ -323,8 +328,8 @@ def key_problem(key: str, where: str, *, hosted: bool = False) -> str | None:
     if is_key_vault_reference(key):
         return _unresolved(where, key)
     if hosted and key in DEVELOPMENT_KEYS:
-        return (f"configuration error: {where} is the development key printed in this project's "
-                "README and Makefile, and is not accepted on Azure, where anyone who read the "
+        return (f"configuration error: {where} {DEVELOPMENT_KEY_PROBLEM} and Makefile, and is "
+                "not accepted on Azure, where anyone who read the "
                 "README could call the API with it; use a random key (python3 -c 'import "
                 "secrets; print(secrets.token_hex(32))'), as `azd provision` generates")
     if not all(" " <= c <= "~" for c in key):

@@ -388,25 +388,33 @@ def test_the_published_development_key_works_locally():
     {"WEBSITE_SKU": "Dynamic"},                      # Consumption
     {"WEBSITE_POD_NAME": "func-api-7d9f"},           # Flex, before specialisation
     {"CONTAINER_NAME": "SandboxHost-638f", "LEGION_SERVICE_HOST": "10.0.0.4"},
+    {"MANAGED_ENVIRONMENT": "true"},                 # Functions on Container Apps
 ])
 def test_the_published_development_key_is_refused_on_azure(hosting, caplog):
     """Published local settings, or `make serve`'s environment copied into app settings, must not
     open the deployed API to anyone who read the README; the other keys keep working."""
     with caplog.at_level(logging.INFO):
         a = authn(f"{DEV_KEY},ok:{ALICE}", **hosting)
-    for headers in both_headers(DEV_KEY):
-        refused(a, headers)
+    for headers in both_headers(DEV_KEY):     # the key is public: the 401 may say which it is
+        assert "development key printed in the project's README" in refused(a, headers).message
     assert a.check({"api-key": ALICE}).id == "key:ok"
+    assert refused(a, {"api-key": PLAIN}).message == "Invalid credentials."
     (error,) = config_errors(caplog)
     assert "entry 1 is the development key printed in this project's README" in error
     assert "not accepted on Azure" in error and DEV_KEY not in caplog.text
+    svc = EmbeddingService(Settings.from_env({"EMBEDDINGS_API_KEYS": f"{DEV_KEY},ok:{ALICE}",
+                                              **hosting}))
+    health = json.loads(svc.health(ApiRequest("GET", "/health", {}, {}, b"")).body)
+    assert health["status"] == "degraded" and "README's development key" in health["problems"][0]
     # Alone, it leaves no usable credentials: every call a 401 and /health a 503 that says so
     # (what a probe and scripts/smoke_deployed.py check after deploying).
     svc = EmbeddingService(Settings.from_env({"EMBEDDINGS_API_KEYS": DEV_KEY, **hosting}))
     res = svc.health(ApiRequest("GET", "/health", {}, {}, b""))
     assert res.status == 503 and b"no usable credentials" in res.body
+    assert b"development key is not accepted on Azure" in res.body
     res = svc.info(ApiRequest("GET", "/info", {"api-key": DEV_KEY}, Q, b""))
     assert res.status == 401 and b"none of its entries is accepted" in res.body
+    assert b"development key is not accepted on Azure" in res.body
     # Settings made by hand follow the same rule.
     hand = Authenticator(Settings(api_keys=(DEV_KEY, PLAIN), hosted_on_azure=True))
     refused(hand, {"api-key": DEV_KEY})
@@ -417,6 +425,8 @@ def test_blank_hosting_settings_and_other_platforms_are_not_azure():
     a = authn(DEV_KEY, WEBSITE_SKU=" ", WEBSITE_INSTANCE_ID="", LEGION_SERVICE_HOST="")
     assert a.check({"api-key": DEV_KEY}).id == fingerprint(DEV_KEY)
     a = authn(DEV_KEY, CONTAINER_NAME="api")     # Docker Compose, CI runners, sandboxes
+    assert a.check({"api-key": DEV_KEY}).id == fingerprint(DEV_KEY)
+    a = authn(DEV_KEY, LEGION_SERVICE_HOST="10.0.0.9")   # a Kubernetes Service named "legion"
     assert a.check({"api-key": DEV_KEY}).id == fingerprint(DEV_KEY)
 
 

@@ -108,7 +108,9 @@ def test_entra_open_to_the_whole_tenant_is_warned_about(caplog):
         assert warning not in caplog.text
 
 
-@pytest.mark.parametrize("audience", ["https://ml.azure.com", "https://cognitiveservices.azure.com/"])
+@pytest.mark.parametrize("audience", ["https://ml.azure.com", "https://cognitiveservices.azure.com/",
+                                      "https://ml.azure.us", "https://ml.azure.cn:443",
+                                      "https://management.usgovcloudapi.net/"])
 def test_a_microsoft_resource_audience_without_a_client_allow_list_is_warned_about(audience,
                                                                                    caplog):
     """docs/deploy.md's Option B: any identity of the tenant gets such tokens, with roles that are
@@ -130,10 +132,13 @@ def test_a_microsoft_resource_audience_without_a_client_allow_list_is_warned_abo
             EMBEDDINGS_ENTRA_ALLOWED_CLIENT_IDS="aaaaaaaa-0000-4000-8000-000000000000")))
     assert "can call the API" not in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="embedding_core.auth"):   # the app's own
-        Authenticator(Settings.from_env(idp.env(EMBEDDINGS_ENTRA_AUDIENCES="api://my-app",
-                                                EMBEDDINGS_ENTRA_REQUIRED_ROLES="Embeddings.X")))
-    assert "can call the API" not in caplog.text
+    for own in ("api://my-app", "https://contoso.onmicrosoft.com/embeddings",
+                "https://ml.azure.com.contoso.example", "00000000-1111-4222-8333-444444444444"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="embedding_core.auth"):   # the app's own
+            Authenticator(Settings.from_env(idp.env(EMBEDDINGS_ENTRA_AUDIENCES=own,
+                                                    EMBEDDINGS_ENTRA_REQUIRED_ROLES="Embeddings.X")))
+        assert "can call the API" not in caplog.text, own
 
 
 def test_refused_tokens_are_logged_once_a_minute_not_once_per_request(caplog, monkeypatch):
