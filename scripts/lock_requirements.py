@@ -7,15 +7,17 @@ serve` and CI install the same versions of the ~75 packages they pull in, instea
 newest on the day of each deployment. The lock is resolved here, not by hand: each Python given
 gets a fresh virtualenv with requirements.txt alone (without the lock) and its ``pip freeze``;
 a package pinned differently (or only present) on one of them gets a ``python_version`` marker.
-The first Python must be 3.11 (what infra/ deploys); the second a 3.13 (the other branch of
-requirements.txt: azure-functions 2.x), e.g. the one .ci/python.sh builds.
+The first Python must be 3.11 (what infra/ deploys); the second, required, a 3.13 or newer (the
+other branch of requirements.txt: azure-functions 2.x), e.g. the one .ci/python.sh builds: a
+lock resolved on 3.11 alone would pin azure-functions 1.x for every Python and make installs on
+3.13+ impossible.
 
 No hashes: with a hash on any line pip checks every requirement of the install in hash mode, which
 requirements-serve.txt's and requirements-dev.txt's unhashed additions would fail; and a pinned
 version's files cannot be replaced on PyPI. tests/test_infra.py checks that every package
 requirements.txt installs is pinned here at the installed version.
 
-Usage: python3.11 scripts/lock_requirements.py [PYTHON3.13]
+Usage: python3.11 scripts/lock_requirements.py PYTHON3.13   (e.g. "$(bash .ci/python.sh)")
 """
 
 from __future__ import annotations
@@ -57,20 +59,20 @@ def freeze(python: str) -> tuple[tuple[int, int], dict[str, str]]:
 
 
 def main() -> None:
-    pythons = sys.argv[1:2]
-    (low, old), = [freeze(sys.executable)]
-    if low != (3, 11):
-        raise SystemExit(f"run this with Python 3.11 (what Azure runs), not {low}")
-    new: dict[str, str] = {}
-    if pythons:
-        high, new = freeze(pythons[0])
-        if high < SPLIT:
-            raise SystemExit(f"the second Python must be {SPLIT[0]}.{SPLIT[1]} or newer")
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__.rsplit("Usage: ", 1)[1])
+    if sys.version_info[:2] != (3, 11):
+        raise SystemExit(f"run this with Python 3.11 (what Azure runs), not "
+                         f"{'.'.join(map(str, sys.version_info[:2]))}")
+    low, old = freeze(sys.executable)
+    high, new = freeze(sys.argv[1])
+    if high < SPLIT:
+        raise SystemExit(f"the second Python must be {SPLIT[0]}.{SPLIT[1]} or newer")
     below, above = 'python_version < "3.13"', 'python_version >= "3.13"'
     lines = []
     for name in sorted(set(old) | set(new), key=lambda n: re.sub(r"[-_.]+", "-", n).lower()):
         a, b = old.get(name), new.get(name)
-        if not new or a == b:
+        if a == b:
             lines.append(f"{name}=={a}")
         else:
             if a:
@@ -80,8 +82,7 @@ def main() -> None:
     header = [
         "# Every package the Function App installs, pinned: requirements.txt reads this file as",
         "# constraints. Written by scripts/lock_requirements.py (pip freeze of requirements.txt",
-        f"# alone on Python 3.11{' and ' + '.'.join(map(str, high)) if new else ''}); do not edit "
-        "by hand.",
+        f"# alone on Python 3.11 and {'.'.join(map(str, high))}); do not edit by hand.",
     ]
     (ROOT / "requirements.lock").write_text("\n".join(header + lines) + "\n")
     print(f"requirements.lock: {len(lines)} pins")

@@ -374,7 +374,8 @@ def test_bodies_held_at_once_are_bounded(tmp_path_factory):
                 conn.close()
         for status, retry_after, message in refused_with:
             assert status == 503 and retry_after == "1", (status, message)
-            assert "LOCAL_HOST_MAX_BODIES_BYTES" in message
+            assert message.startswith("This body would take the request bodies the local host "
+                                      "holds at once past 2097152 bytes")
         small_one = http.client.HTTPConnection(host, port, timeout=10)
         small_one.request("POST", "/echo", body=b"s" * 100 * 1024)   # fits beside them
         res = small_one.getresponse()
@@ -393,6 +394,19 @@ def test_bodies_held_at_once_are_bounded(tmp_path_factory):
         for sock in stalled:
             sock.close()
         server.stop()
+
+
+def test_a_bodies_budget_below_the_body_cap_stops_the_host():
+    # else a body the cap allows would be refused every time, told to retry
+    with pytest.raises(SystemExit) as exc:
+        Limits.from_env({"LOCAL_HOST_MAX_BODY_BYTES": "2000000",
+                         "LOCAL_HOST_MAX_BODIES_BYTES": "1000000"})
+    assert str(exc.value) == ("LOCAL_HOST_MAX_BODIES_BYTES=1000000: must be at least "
+                              "LOCAL_HOST_MAX_BODY_BYTES (2000000), or 0 for 4 x that")
+    limits = Limits.from_env({"LOCAL_HOST_MAX_BODY_BYTES": "2000000"})
+    assert limits.bodies_budget == 8000000
+    assert Limits.from_env({"LOCAL_HOST_MAX_BODY_BYTES": "2000000",
+                            "LOCAL_HOST_MAX_BODIES_BYTES": "2000000"}).bodies_budget == 2000000
 
 
 def test_an_early_413_reaches_a_client_that_sends_its_whole_body_first(small):

@@ -130,10 +130,17 @@ class Limits:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Limits":
         n = _env_number
+        max_body = n(env, "LOCAL_HOST_MAX_BODY_BYTES", default_max_body_bytes(env), minimum=0,
+                     integer=True)
+        # Below the body cap, a body the cap allows would be refused every time, with a 503
+        # that tells its client to retry.
+        bodies = n(env, "LOCAL_HOST_MAX_BODIES_BYTES", 0, minimum=0, integer=True)
+        if 0 < bodies < max_body:
+            raise SystemExit(f"LOCAL_HOST_MAX_BODIES_BYTES={bodies}: must be at least "
+                             f"LOCAL_HOST_MAX_BODY_BYTES ({max_body}), or 0 for 4 x that")
         return cls(
-            max_body_bytes=n(env, "LOCAL_HOST_MAX_BODY_BYTES", default_max_body_bytes(env),
-                             minimum=0, integer=True),
-            max_bodies_bytes=n(env, "LOCAL_HOST_MAX_BODIES_BYTES", 0, minimum=0, integer=True),
+            max_body_bytes=max_body,
+            max_bodies_bytes=bodies,
             max_header_bytes=n(env, "LOCAL_HOST_MAX_HEADER_BYTES", cls.max_header_bytes,
                                minimum=1024, integer=True),
             header_timeout=n(env, "LOCAL_HOST_HEADER_TIMEOUT_SECONDS", cls.header_timeout,
@@ -579,11 +586,11 @@ class FunctionsHost:
             self.bodies_bytes -= len(body)
 
     def _too_many_bodies(self) -> tuple[Headers, bytes]:
-        log.info("request bodies held reach %d bytes: 503", self.limits.bodies_budget)
+        log.info("request bodies held would pass %d bytes: 503", self.limits.bodies_budget)
         return error_response(
-            503, f"The local host holds {self.limits.bodies_budget} bytes of request bodies "
-                 "already (LOCAL_HOST_MAX_BODIES_BYTES); retry in a moment.",
-            close=True, retry_after=1)
+            503, "This body would take the request bodies the local host holds at once past "
+                 f"{self.limits.bodies_budget} bytes (LOCAL_HOST_MAX_BODIES_BYTES); retry in a "
+                 "moment.", close=True, retry_after=1)
 
     async def _call(self, scope: dict, method: str, raw_path: str,
                     headers: list[tuple[bytes, bytes]], match: Any, body: bytes,
