@@ -134,6 +134,8 @@ def hosted_on_azure(env: Mapping[str, str]) -> bool:
         return bool(env.get(name, "").strip())
     return any(map(has, AZURE_HOSTING_SETTINGS)) or (
         has("LEGION_SERVICE_HOST") and has("CONTAINER_NAME"))
+
+
 _KV_MARKER = "@microsoft.keyvault("
 _KV_PARAMS = {"secreturi": "SecretUri", "vaultname": "VaultName", "secretname": "SecretName",
               "secretversion": "SecretVersion"}

@@ -831,8 +831,9 @@ def main(argv: list[str] | None = None) -> None:
         log.debug("%s", note)
     log.info("limits: body %d bytes, bodies held %d bytes, headers %d bytes, header time-out %g s, "
              "body time-out %g s, keep-alive %g s, backlog %d, %d worker threads",
-             limits.max_body_bytes, limits.bodies_budget, limits.max_header_bytes, limits.header_timeout, limits.body_timeout, limits.keep_alive,
-             limits.backlog, limits.threads)
+             limits.max_body_bytes, limits.bodies_budget, limits.max_header_bytes,
+             limits.header_timeout, limits.body_timeout, limits.keep_alive, limits.backlog,
+             limits.threads)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
