@@ -307,7 +307,10 @@ def run_request(req: ApiRequest, dialect: str, route: str,
     trace = Trace(uuid.uuid4().hex, route="/" + route, dialect=dialect,
                   client_timeout_s=req.client_timeout_s())
     render_error = DIALECTS[dialect].render_error
-    headers = {"Content-Type": "application/json", "x-request-id": trace.request_id}
+    # nosniff and no-store: error bodies echo a clipped path or value, and answers are per caller
+    # (a cache or CDN put in front must not keep one: review h_sec1 I3).
+    headers = {"Content-Type": "application/json", "X-Content-Type-Options": "nosniff",
+               "Cache-Control": "no-store", "x-request-id": trace.request_id}
     client_id = safe_client_request_id(req.headers.get("x-ms-client-request-id"))
     if client_id:
         headers["x-ms-client-request-id"] = client_id

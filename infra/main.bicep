@@ -191,6 +191,7 @@ module keyVault 'modules/keyvault.bicep' = {
     currentApiKeys: embeddingsApiKey
     apiKeyNames: apiKeyNames
     softDeleteRetentionInDays: keyVaultSoftDeleteRetentionInDays
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsId
   }
 }
 

@@ -440,3 +440,20 @@ def test_azure_openai_deployment_names_with_a_slash(live_server):
                               "?api-version=2024-10-21", {"input": "hello"}, AUTH)
     text = json.loads(data)["error"]["message"]
     assert status == 404 and f"'{alias}' has a '/'" in text and "%2F" in text, text
+
+
+@pytest.mark.parametrize("method, path, body, headers, status", [
+    ("POST", "/embeddings" + Q, {"input": ["hello"]}, AUTH, 200),
+    ("GET", "/info" + Q, None, AUTH, 200),
+    ("GET", "/v1/models", None, {"authorization": f"Bearer {KEY}"}, 200),
+    ("POST", "/embeddings" + Q, {"input": ["hello"]}, JSON, 401),
+    ("GET", "/no/such/route/<script>", None, {}, 404),
+])
+def test_answers_are_neither_sniffed_nor_stored(live_server, method, path, body, headers,
+                                                status):
+    """Error bodies echo a clipped path or value, and answers are per caller: a browser must not
+    sniff them as HTML, nor a cache or CDN put in front keep one (review h_sec1 I3)."""
+    got, res_headers, _ = request(live_server, method, path, body, headers)
+    assert got == status
+    assert res_headers["x-content-type-options"] == "nosniff"
+    assert res_headers["cache-control"] == "no-store"

@@ -64,6 +64,7 @@ UNTAGGED_TYPES = {
     "Microsoft.Storage/storageAccounts/blobServices/containers",
     "Microsoft.Web/sites/basicPublishingCredentialsPolicies",
     "Microsoft.Resources/tags",  # it is the resource group's tags (keyvault.bicep's marker)
+    "Microsoft.Insights/diagnosticSettings",  # an extension of the vault, no location
 }
 
 # Microsoft's table "Flex Consumption plan deprecations" (functions-app-settings.md, section
@@ -313,9 +314,15 @@ def test_api_versions_are_stable_and_current():
         "Microsoft.Insights/scheduledQueryRules": "2023-12-01",  # GA LogAlert (criteria.allOf)
         "Microsoft.Authorization/roleAssignments": "2022-04-01",
         "Microsoft.Resources/tags": "2024-03-01",
+        "Microsoft.Insights/diagnosticSettings": "2021-05-01-preview",
     }
+    # Types with no GA API version at all: the only one in Azure/bicep-types-az (1f896de).
+    preview_only = {"Microsoft.Insights/diagnosticSettings": "2021-05-01-preview"}
     for path, name, res in all_resources():
         version = res["api_version"]
+        if res["type"] in preview_only:
+            assert version == preview_only[res["type"]], f"{path.name}:{name} uses {version}"
+            continue
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", version), f"{path.name}:{name} uses {version}"
         floors = [v for prefix, v in minimum.items() if res["type"].startswith(prefix)]
         assert floors, f"{path.name}:{name}: no API version floor for {res['type']}"
@@ -868,6 +875,23 @@ def test_key_vault_rbac_soft_delete_purge_protection():
     assert secret["name"] == "apiKeySecretName"
     assert secret["properties"]["value"] == "apiKeysValue"
     assert secret["properties"]["contentType"]
+
+
+def test_the_vaults_audit_log_goes_to_the_workspace():
+    """Reads of the API-key secret are recorded (AuditEvent), in the deployment's own workspace
+    (Microsoft's Key Vault security baseline; review h_sec1 I2)."""
+    path = MODULES / "keyvault.bicep"
+    audit = one_resource(path, "Microsoft.Insights/diagnosticSettings")
+    text = path.read_text()
+    assert re.search(r"resource auditLog 'Microsoft\.Insights/diagnosticSettings@[^']+' = "
+                     r"if \(!empty\(logAnalyticsWorkspaceId\)\) \{\n  name: '[^']+'\n  scope: vault\n",
+                     text)
+    assert audit["properties"]["workspaceId"] == "logAnalyticsWorkspaceId"
+    assert audit["properties"]["logs"] == [{"categoryGroup": "audit", "enabled": True}]
+    kv_module = parse(MAIN)["modules"]["keyVault"]["config"]["params"]
+    assert render(kv_module["logAnalyticsWorkspaceId"]) == "monitoring.outputs.logAnalyticsId"
+    outputs = parse(MODULES / "monitoring.bicep")["outputs"]
+    assert render(outputs["logAnalyticsId"]["value"]) == "logAnalytics.id"
 
 
 def _secret_derived(path: Path) -> set:

@@ -34,6 +34,9 @@ param currentApiKeys string = ''
 @description('Comma-separated caller names that must have a key, e.g. "primary,alice" (letters, digits, ".", "_", "-"; 1-64 characters each). Blanks are ignored.')
 param apiKeyNames string = 'primary'
 
+@description('Resource ID of the Log Analytics workspace that receives the vault\'s audit log (every access, reads of the API-key secret included). Empty: none.')
+param logAnalyticsWorkspaceId string = ''
+
 // Randomness for new keys: a fresh random (version 4) GUID on every deployment, used only
 // through guid() for names that get a key now. Secure, so it is neither logged nor kept in the
 // deployment history; the Bicep linter allows newGuid() as a secure default
@@ -110,6 +113,24 @@ resource vault 'Microsoft.KeyVault/vaults@2024-11-01' = {
       bypass: 'AzureServices'
       defaultAction: 'Allow'
     }
+  }
+}
+
+// Who read or changed the API keys, and when: the vault's audit log (AuditEvent, category
+// group 'audit') goes to the workspace, as Microsoft's Key Vault security baseline recommends
+// (LT-3/LT-4). A few rows per instance start (the app's Key Vault reference) and per deployment;
+// table AzureDiagnostics, ResourceProvider == "MICROSOFT.KEYVAULT" (docs/deploy.md).
+resource auditLog 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (!empty(logAnalyticsWorkspaceId)) {
+  name: 'audit-to-log-analytics'
+  scope: vault
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [
+      {
+        categoryGroup: 'audit'
+        enabled: true
+      }
+    ]
   }
 }
 
