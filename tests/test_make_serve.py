@@ -74,6 +74,9 @@ def test_the_printed_curl_works_with_the_default_key():
     ({"EMBEDDINGS_API_KEYS": json.dumps({"carol": SECRET})}, ["key:carol"], [SECRET]),
     ({"EMBEDDINGS_API_KEYS": "short"}, ["every request gets 401"], ["short"]),
     ({"EMBEDDINGS_AUTH": "disabled"}, ["disabled"], ["api-key"]),
+    # where the app refuses the README's key (on Azure), it is not offered either
+    ({"EMBEDDINGS_API_KEYS": LOCAL_DEV_KEY, "WEBSITE_SKU": "FlexConsumption"},
+     ["every request gets 401"], [LOCAL_DEV_KEY]),
 ])
 def test_the_hint_names_the_callers_and_never_prints_a_key_the_user_set(env, shows, hides):
     text = "\n".join(hint(env, "127.0.0.1", 7071))

@@ -748,9 +748,10 @@ LOCAL_DEV_KEY = "local-dev-key-0000"    # the Makefile's EMBEDDINGS_API_KEYS by 
 def hint(env: Mapping[str, str], host: str, port: int) -> list[str]:
     """``make serve``'s lines under "Serving": a curl to try, with the key to send. A key set
     by the user is not printed (a ``name:key`` entry's key is the part after the ':')."""
-    from embedding_core.settings import parse_api_keys
+    from embedding_core.settings import hosted_on_azure, parse_api_keys
 
-    keys, _ = parse_api_keys(env.get("EMBEDDINGS_API_KEYS", ""))
+    # As the app reads them: where it refuses the development key, it is not offered here.
+    keys, _ = parse_api_keys(env.get("EMBEDDINGS_API_KEYS", ""), hosted=hosted_on_azure(env))
     disabled = env.get("EMBEDDINGS_AUTH", "").strip().lower() == "disabled"
     try:
         ip = ipaddress.ip_address(host)
