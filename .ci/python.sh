@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds a second CPython for CI from Debian's source tarball, into .ci/python<X.Y>, and prints
-# the interpreter's path. The machine's own Python (Debian bookworm: 3.11) is the one Azure runs;
-# the second one is the newest that Debian's stable release has the source of, so that the
-# other branch of requirements.txt (azure-functions 2.x, Python 3.13 and later) is tested too.
+# the interpreter's path. The machine's own Python (Debian bookworm: 3.11) is the lowest this
+# project supports and .ci/run takes a 3.12 (what Azure runs) from the machine; this one is the
+# newest that Debian's stable release has the source of, so that the other branch of
+# requirements.txt (azure-functions 2.x, Python 3.13 and later) is tested too.
 # 3-5 minutes on 2 cores (no PGO: only correctness is tested with it).
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -22,12 +22,12 @@ log records as RpcLog messages, which are collected.
 Not part of ``make bench`` or ``make test``: the worker is not on PyPI (its last upload there,
 1.1.9, is from 2020) and the Functions host itself (.NET) does not run here, so this measures
 the worker, not the host in front of it. Setup, once: the app as deployed, then the worker's own
-pins over it in a second step (grpcio 1.59 and protobuf 4.25 on Python 3.11: below the lock's
+pins over it in a second step (grpcio 1.59 and protobuf 4.25 on Python 3.12: below the lock's
 protobuf and opentelemetry-proto's >= 5, so one resolution cannot hold both; pip reports the
 conflict and installs, as on Azure, where the worker's protobuf is the one loaded):
 
     git clone -q --branch 4.34.0 https://github.com/Azure/azure-functions-python-worker /tmp/pyworker
-    python3.11 -m venv .venv-worker
+    python3.12 -m venv .venv-worker     # what Azure runs (3.11 works the same way)
     .venv-worker/bin/pip install -r requirements.txt
     .venv-worker/bin/pip install grpcio==1.59.5 grpcio-tools==1.59.5 'protobuf~=4.25.3' \\
         'python-dateutil~=2.9.0' azurefunctions-extensions-base==1.1.0

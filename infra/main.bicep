@@ -43,6 +43,13 @@ param entraAllowedClientIds string = ''
 param entraAuthority string = ''
 
 @allowed([
+  '3.11'
+  '3.12'
+])
+@description('Python version the app runs on: 3.12 (supported on Azure Functions until October 2028) or 3.11 (until October 2027), the two it is tested on. Changing it on a running app fails its requests until the code is deployed again (its packages are built for one version; azd up does both).')
+param pythonVersion string = '3.12'
+
+@allowed([
   512
   2048
   4096
@@ -243,6 +250,7 @@ module functionApp 'modules/functionapp.bicep' = {
     deploymentContainerUrl: storage.outputs.deploymentContainerUrl
     applicationInsightsConnectionString: monitoring.outputs.connectionString
     apiKeySecretUri: keyVault.outputs.apiKeySecretUri
+    pythonVersion: pythonVersion
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
     alwaysReadyHttpInstances: effectiveAlwaysReady

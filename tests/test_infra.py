@@ -605,7 +605,7 @@ def test_no_flex_deprecated_site_property_or_app_setting():
 def test_function_app_config_flex_runtime_scale_and_deployment():
     path = MODULES / "functionapp.bicep"
     cfg = one_resource(path, "Microsoft.Web/sites")["properties"]["functionAppConfig"]
-    assert cfg["runtime"] == {"name": "python", "version": "3.11"}
+    assert cfg["runtime"] == {"name": "python", "version": "pythonVersion"}
     scale = cfg["scaleAndConcurrency"]
     assert scale["instanceMemoryMB"] == "instanceMemoryMB"
     assert scale["maximumInstanceCount"] == "maximumInstanceCount"
@@ -625,6 +625,8 @@ def test_function_app_config_flex_runtime_scale_and_deployment():
         p = params(file)
         assert p["instanceMemoryMB"]["default"] == 2048
         assert decorator(p["instanceMemoryMB"], "allowed") == [512, 2048, 4096]
+        assert p["pythonVersion"]["default"] == "3.12"
+        assert decorator(p["pythonVersion"], "allowed") == ["3.11", "3.12"]
         assert "maximumInstanceCount" in p and "httpPerInstanceConcurrency" in p
         assert decorator(p["maximumInstanceCount"], "max_value") <= 1000
         # main.bicep: 0 = by instance size (below); the module gets the value it resolves to
@@ -1560,6 +1562,82 @@ def test_every_package_the_app_installs_is_pinned_by_the_lock():
     assert not unpinned, f"not pinned by requirements.lock: {unpinned}"
     wrong = {n: (seen[n], pins[n]) for n in seen if seen[n] != pins[n]}
     assert not wrong, f"installed, locked: {wrong}"
+
+
+def test_the_lock_and_ci_cover_each_python_azure_may_run():
+    """infra/ deploys one of the Python versions its pythonVersion parameter allows:
+    requirements.lock must have been resolved on each (its header names the Pythons
+    scripts/lock_requirements.py froze), and CI runs the suite on the default, 3.12 (the
+    machine's own Python, 3.11, runs `make test`)."""
+    p = params(MODULES / "functionapp.bicep")["pythonVersion"]
+    header = " ".join(line for line in (ROOT / "requirements.lock").read_text().splitlines()
+                      if line.startswith("#"))
+    resolved = re.search(r"alone on Python ([0-9., ]+)\)", header)
+    assert resolved, header
+    versions = [v.strip() for v in resolved.group(1).split(",")]
+    for version in decorator(p, "allowed"):
+        assert version in versions, (version, header)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert p["default"] == "3.12"
+    assert "python3.12" in ci and ".venv-py312/bin/python -m pytest" in ci
+
+
+def _lock_script():
+    spec = importlib.util.spec_from_file_location(
+        "lock_requirements", ROOT / "scripts" / "lock_requirements.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pins_for(lines: list[str], version: str) -> dict[str, str]:
+    """The pins of lock lines that apply on Python ``version``; a package pinned twice fails."""
+    from packaging.requirements import Requirement
+    pins: dict[str, str] = {}
+    for line in lines:
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate({"python_version": version}):
+            assert req.name not in pins, (version, line)
+            (spec,) = req.specifier
+            pins[req.name] = spec.version
+    return pins
+
+
+def test_the_lock_script_gives_each_python_its_own_pins():
+    """scripts/lock_requirements.py's markers: each Python resolved gets exactly its own freeze,
+    older Pythons the lowest's and newer ones the highest's; alike pins share one line."""
+    frozen = {(3, 11): {"same": "1", "new": "1", "mid": "1", "odd": "1"},
+              (3, 12): {"same": "1", "new": "1", "mid": "2", "odd": "2", "only": "1"},
+              (3, 13): {"same": "1", "new": "2", "mid": "2", "odd": "1"}}
+    lines = _lock_script().lock_lines(frozen)
+    assert lines == [
+        'mid==1; python_version < "3.12"',
+        'mid==2; python_version >= "3.12"',
+        'new==1; python_version < "3.13"',
+        'new==2; python_version >= "3.13"',
+        'odd==1; python_version < "3.12"',
+        'odd==2; python_version >= "3.12" and python_version < "3.13"',
+        'odd==1; python_version >= "3.13"',
+        'only==1; python_version >= "3.12" and python_version < "3.13"',
+        "same==1",
+    ]
+    for (major, minor), pins in frozen.items():
+        assert _pins_for(lines, f"{major}.{minor}") == pins
+    assert _pins_for(lines, "3.10") == frozen[(3, 11)]
+    assert _pins_for(lines, "3.14") == frozen[(3, 13)]
+
+
+def test_the_lock_is_what_its_script_writes():
+    """requirements.lock read back per Python its header names, then written again by the
+    script's own rule: the same lines (no hand edits, one pin per package on each Python)."""
+    text = (ROOT / "requirements.lock").read_text()
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    header = " ".join(line for line in text.splitlines() if line.startswith("#"))
+    versions = re.search(r"alone on Python ([0-9., ]+)\)", header).group(1).split(",")
+    frozen = {tuple(map(int, v.strip().split("."))): _pins_for(lines, v.strip())
+              for v in versions}
+    assert _lock_script().lock_lines(frozen) == lines
 
 
 def test_funcignore_keeps_existing_runtime_files():

@@ -1,4 +1,4 @@
-// Flex Consumption (FC1) plan + Linux Python 3.11 Function App.
+// Flex Consumption (FC1) plan + Linux Python 3.12 Function App.
 // All secrets-free settings are plain app settings; the API key(s) come from Key
 // Vault through a Key Vault reference resolved with the user-assigned identity.
 //
@@ -30,6 +30,12 @@ param applicationInsightsConnectionString string
 
 @description('Versionless Key Vault secret URI holding EMBEDDINGS_API_KEYS.')
 param apiKeySecretUri string
+
+@allowed([
+  '3.11'
+  '3.12'
+])
+param pythonVersion string = '3.12'
 
 @allowed([
   512
@@ -298,8 +304,14 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 //   currently 40" and "currently 1"; the default of 40 is valid either way, and a value the
 //   platform refuses fails the deployment. It bounds on-demand instances (always-ready ones
 //   come on top); it is not a spending cap.
-// - runtime python 3.11 (quickstart: 3.12); Flex supports Python 3.10, 3.11 and 3.12
-//   (flex-consumption-plan.md, "Supported language stack versions").
+// - runtime python 3.12 by default (as the quickstart), 3.11 if asked for (pythonVersion; both are
+//   tested: CI runs the suite on each). Azure Functions supports Python 3.10-3.14 GA, Python
+//   3.11 until October 2027, 3.12 until October 2028, 3.13 until October 2029 (functions-versions.md,
+//   2026-09-15; flex-consumption-plan.md's own table still lists 3.10-3.12). 3.12 is the newest
+//   that keeps the Python worker the app is tested behind (azure_functions_worker; from 3.13 a
+//   proxy worker runs the azure-functions-runtime library instead, whose 1.3.0 does not attach the
+//   host's trace context in the thread a sync function runs in). tests/ run on 3.12 in CI, and
+//   requirements.lock is resolved on it (scripts/lock_requirements.py).
 // - A user-assigned identity only, also used for Key Vault references (keyVaultReferenceIdentity);
 //   the samples have no Key Vault.
 resource site 'Microsoft.Web/sites@2024-04-01' = {
@@ -354,7 +366,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       }
       runtime: {
         name: 'python'
-        version: '3.11'
+        version: pythonVersion
       }
     }
     siteConfig: {
