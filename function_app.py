@@ -9,86 +9,93 @@ GET = ["GET", "HEAD"]   # a GET route answers HEAD too: its headers, no body
 ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 
 
-def _serve(route: str, req: func.HttpRequest) -> func.HttpResponse:
+def _serve(route: str, req: func.HttpRequest, context: func.Context | None) -> func.HttpResponse:
     # Imported on first request, so indexing the functions (a cold start) stays light.
     from embedding_core.service import ApiRequest, dispatch
 
     res = dispatch(route, ApiRequest.from_url(req.method, req.url, dict(req.headers),
                                               dict(req.params), req.get_body(),
-                                              dict(req.route_params)))
+                                              dict(req.route_params), invocation=context))
     return func.HttpResponse(res.body, status_code=res.status, headers=res.headers,
                              mimetype="application/json")
 
 
+# ``context``: the invocation's, which the Functions worker passes (its trace context is the host's
+# request, the parent of the app's span); the local host and direct calls pass none.
+
 # -- Azure AI Model Inference ---------------------------------------------------------------------
 @app.route(route="embeddings", methods=["POST"])
-def embeddings(req: func.HttpRequest) -> func.HttpResponse:
-    return _serve("embeddings", req)
+def embeddings(req: func.HttpRequest, context: func.Context = None) -> func.HttpResponse:
+    return _serve("embeddings", req, context)
 
 
 @app.route(route="images/embeddings", methods=["POST"])
-def image_embeddings(req: func.HttpRequest) -> func.HttpResponse:
-    return _serve("images/embeddings", req)
+def image_embeddings(req: func.HttpRequest, context: func.Context = None) -> func.HttpResponse:
+    return _serve("images/embeddings", req, context)
 
 
 @app.route(route="info", methods=GET)
-def info(req: func.HttpRequest) -> func.HttpResponse:
-    return _serve("info", req)
+def info(req: func.HttpRequest, context: func.Context = None) -> func.HttpResponse:
+    return _serve("info", req, context)
 
 
 @app.route(route="health", methods=GET)
-def health(req: func.HttpRequest) -> func.HttpResponse:
-    return _serve("health", req)
+def health(req: func.HttpRequest, context: func.Context = None) -> func.HttpResponse:
+    return _serve("health", req, context)
 
 
 # -- OpenAI-compatible ----------------------------------------------------------------------------
 @app.route(route="v1/embeddings", methods=["POST"])
-def openai_embeddings(req: func.HttpRequest) -> func.HttpResponse:
-    return _serve("v1/embeddings", req)
+def openai_embeddings(req: func.HttpRequest, context: func.Context = None) -> func.HttpResponse:
+    return _serve("v1/embeddings", req, context)
 
 
 @app.route(route="v1/models", methods=GET)
-def openai_models(req: func.HttpRequest) -> func.HttpResponse:
-    return _serve("v1/models", req)
+def openai_models(req: func.HttpRequest, context: func.Context = None) -> func.HttpResponse:
+    return _serve("v1/models", req, context)
 
 
 @app.route(route="v1/models/{model}", methods=GET)
-def openai_model(req: func.HttpRequest) -> func.HttpResponse:
-    return _serve("v1/models/{model}", req)
+def openai_model(req: func.HttpRequest, context: func.Context = None) -> func.HttpResponse:
+    return _serve("v1/models/{model}", req, context)
 
 
 @app.route(route="openai/deployments/{deployment}/embeddings", methods=["POST"])
-def azure_openai_embeddings(req: func.HttpRequest) -> func.HttpResponse:
-    return _serve("openai/deployments/{deployment}/embeddings", req)
+def azure_openai_embeddings(req: func.HttpRequest,
+                            context: func.Context = None) -> func.HttpResponse:
+    return _serve("openai/deployments/{deployment}/embeddings", req, context)
 
 
 # Azure OpenAI's v1 API path (OpenAI(base_url=".../openai/v1/")): the same as /v1
 @app.route(route="openai/v1/embeddings", methods=["POST"])
-def azure_openai_v1_embeddings(req: func.HttpRequest) -> func.HttpResponse:
-    return _serve("openai/v1/embeddings", req)
+def azure_openai_v1_embeddings(req: func.HttpRequest,
+                               context: func.Context = None) -> func.HttpResponse:
+    return _serve("openai/v1/embeddings", req, context)
 
 
 @app.route(route="openai/v1/models", methods=GET)
-def azure_openai_v1_models(req: func.HttpRequest) -> func.HttpResponse:
-    return _serve("openai/v1/models", req)
+def azure_openai_v1_models(req: func.HttpRequest,
+                           context: func.Context = None) -> func.HttpResponse:
+    return _serve("openai/v1/models", req, context)
 
 
 @app.route(route="openai/v1/models/{model}", methods=GET)
-def azure_openai_v1_model(req: func.HttpRequest) -> func.HttpResponse:
-    return _serve("openai/v1/models/{model}", req)
+def azure_openai_v1_model(req: func.HttpRequest,
+                          context: func.Context = None) -> func.HttpResponse:
+    return _serve("openai/v1/models/{model}", req, context)
 
 
 # -- the OpenAPI document, and every other route and method ---------------------------------------
 @app.route(route="swagger.json", methods=GET)
-def swagger(req: func.HttpRequest) -> func.HttpResponse:
-    return _serve("swagger.json", req)
+def swagger(req: func.HttpRequest, context: func.Context = None) -> func.HttpResponse:
+    return _serve("swagger.json", req, context)
 
 
 @app.route(route="openapi.json", methods=GET)
-def openapi(req: func.HttpRequest) -> func.HttpResponse:
-    return _serve("openapi.json", req)
+def openapi(req: func.HttpRequest, context: func.Context = None) -> func.HttpResponse:
+    return _serve("openapi.json", req, context)
 
 
 @app.route(route="{*path}", methods=ALL_METHODS)
-def not_found(req: func.HttpRequest) -> func.HttpResponse:
-    return _serve("{*path}", req)
+def not_found(req: func.HttpRequest, context: func.Context = None) -> func.HttpResponse:
+    return _serve("{*path}", req, context)

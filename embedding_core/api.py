@@ -27,6 +27,9 @@ class ApiRequest:
     query: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     route_params: Mapping[str, str] = field(default_factory=dict)
+    # The platform's trace context for this invocation, (traceparent, tracestate): under the
+    # Functions host, its request span. None: none given.
+    invocation_trace: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.headers = {k.lower(): v for k, v in self.headers.items()}
@@ -34,13 +37,21 @@ class ApiRequest:
     @classmethod
     def from_url(cls, method: str, url: str, headers: Mapping[str, str],
                  query: Mapping[str, str], body: bytes,
-                 route_params: Mapping[str, str] | None = None) -> "ApiRequest":
-        """A request whose path is taken from the full URL the host reports."""
+                 route_params: Mapping[str, str] | None = None,
+                 invocation: Any = None) -> "ApiRequest":
+        """A request whose path is taken from the full URL the host reports. ``invocation``: the
+        Functions worker's invocation context (``azure.functions.Context``), whose
+        ``trace_context`` is the host's request span."""
         try:
             path = unquote(urlsplit(url).path) or "/"
         except ValueError:
             path = "/"
-        return cls(method, path, headers, query, body, route_params or {})
+        trace_context = getattr(invocation, "trace_context", None)
+        parent = getattr(trace_context, "trace_parent", None)
+        state = getattr(trace_context, "trace_state", None)
+        invocation_trace = ((parent, state if isinstance(state, str) else "")
+                            if isinstance(parent, str) and parent else None)
+        return cls(method, path, headers, query, body, route_params or {}, invocation_trace)
 
     def client_timeout_s(self) -> float | None:
         """Seconds the client waits for the response at most (:data:`CLIENT_TIMEOUT_HEADERS`),

@@ -345,7 +345,7 @@ def run_request(req: ApiRequest, dialect: str, route: str,
     log.debug("%s %s -> %d in %.1f ms (request %s)", errors.clip(req.method, 16), trace.route,
               status, total * 1000, trace.request_id)
     telemetry.record(trace, method=req.method, status=status, error_code=error_code,
-                     start_ns=start_ns, duration_s=total)
+                     start_ns=start_ns, duration_s=total, invocation_trace=req.invocation_trace)
     return ApiResponse(status, headers, body)
 
 

@@ -78,8 +78,10 @@ _failures = 0
 # -- the two calls the service makes --------------------------------------------------------------
 
 def record(trace: Any, *, method: str, status: int, error_code: str | None, start_ns: int,
-           duration_s: float) -> None:
-    """One finished request (``trace`` is its ``pipeline.Trace``). Never raises.
+           duration_s: float, invocation_trace: tuple[str, str] | None = None) -> None:
+    """One finished request (``trace`` is its ``pipeline.Trace``; ``invocation_trace``: the
+    platform's (traceparent, tracestate) for it, the parent when the thread has none). Never
+    raises.
 
     The request thread only queues the request with its trace context (a few µs); the telemetry
     thread records it."""
@@ -91,7 +93,8 @@ def record(trace: Any, *, method: str, status: int, error_code: str | None, star
             rec = _activate()
             if rec is _OFF:
                 return
-        rec.submit((trace, method, status, error_code, start_ns, duration_s))
+        rec.submit((trace, method, status, error_code, start_ns, duration_s,
+                    invocation_trace))
     except Exception:  # noqa: BLE001 - telemetry must never fail a request
         _failed()
 
@@ -369,8 +372,10 @@ class _Recorder:
     def __init__(self, tracer_provider: Any, meter_provider: Any):
         from opentelemetry import context, trace
         from opentelemetry.metrics import Observation
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self._context = context
+        self._propagator = TraceContextTextMapPropagator()
         self._trace = trace
         self._observation = Observation
         self.tracer = tracer_provider.get_tracer(SCOPE)
@@ -421,15 +426,17 @@ class _Recorder:
         return callback
 
     def record(self, trace: Any, method: str, status: int, error_code: str | None,
-               start_ns: int, duration_s: float, parent: Any = None) -> None:
+               start_ns: int, duration_s: float, parent: Any = None,
+               invocation_trace: tuple[str, str] | None = None) -> None:
         """One request; ``parent``: its thread's OpenTelemetry context (None: no parent)."""
-        self.record_batch([((trace, method, status, error_code, start_ns, duration_s), parent)])
+        self.record_batch([((trace, method, status, error_code, start_ns, duration_s,
+                             invocation_trace), parent)])
 
     def record_batch(self, items: list) -> None:
         """Requests as queued by ``_Worker.submit``: ``((trace, method, status, error_code,
-        start_ns, duration_s), context)``. Each gets its span and histogram values; the
-        counters get one sum per attribute set for the whole batch (the same totals, far fewer
-        SDK calls)."""
+        start_ns, duration_s, invocation_trace), context)``. Each gets its span and histogram
+        values; the counters get one sum per attribute set for the whole batch (the same totals,
+        far fewer SDK calls)."""
         sums: dict[tuple, list] = {}
         try:
             for args, parent in items:
@@ -450,7 +457,8 @@ class _Recorder:
                     self.server_errors.add(server_errors, attrs)
 
     def _one(self, trace: Any, method: str, status: int, error_code: str | None,
-             start_ns: int, duration_s: float, parent: Any, sums: dict) -> None:
+             start_ns: int, duration_s: float, invocation_trace: tuple[str, str] | None,
+             parent: Any, sums: dict) -> None:
         # Metric attributes: bounded sets only (routes, deployments, callers, codes).
         key = (trace.route, status, trace.deployment, trace.caller, error_code)
         counted = sums.get(key)
@@ -498,6 +506,13 @@ class _Recorder:
             span_attrs["faas.coldstart"] = True
 
         ctx = parent if parent is not None else self._context.Context()   # not this thread's
+        if invocation_trace is not None and \
+                not self._trace.get_current_span(ctx).get_span_context().is_valid:
+            # The worker attached no trace context to the request's thread (Python 3.13+'s
+            # runtime does not for sync functions, older workers only with
+            # PYTHON_ENABLE_OPENTELEMETRY): the invocation's own, which is the host's request.
+            ctx = self._propagator.extract({"traceparent": invocation_trace[0],
+                                            "tracestate": invocation_trace[1]}, context=ctx)
         kind = self._trace.SpanKind.SERVER
         if self.functions_host or self._trace.get_current_span(ctx).get_span_context().is_valid:
             kind = self._trace.SpanKind.INTERNAL

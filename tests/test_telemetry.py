@@ -22,6 +22,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
@@ -122,12 +123,13 @@ def make(registry, keys=(KEY_A, KEY_B), **kwargs) -> EmbeddingService:
 
 
 def call(svc: EmbeddingService, body: Any, *, key: str | None = KEY_A, route: str = "embeddings",
-         headers: dict[str, str] | None = None):
+         headers: dict[str, str] | None = None, invocation: Any = None):
     h = {"content-type": "application/json", **(headers or {})}
     if key is not None:
         h["api-key"] = key
     query = {} if route.startswith("v1/") else {"api-version": API_VERSION}
-    res = svc.handle(route, ApiRequest("POST", "/" + route, h, query, json.dumps(body).encode()))
+    res = svc.handle(route, ApiRequest.from_url("POST", "https://app.example/" + route, h, query,
+                                                json.dumps(body).encode(), invocation=invocation))
     return res, json.loads(res.body)
 
 
@@ -328,6 +330,47 @@ def test_the_span_is_a_child_of_the_functions_host_span(sinks, registry, monkeyp
     call(svc, {"input": ["hello"]})
     telemetry.flush()
     assert [s.kind for s in exporter.get_finished_spans()] == [SpanKind.INTERNAL]
+
+
+def invocation(traceparent: Any, tracestate: Any = "") -> Any:
+    """What the Functions worker passes a function as ``context`` (only what is read of it)."""
+    return SimpleNamespace(invocation_id="0d1c2b3a", function_name="embeddings",
+                           trace_context=SimpleNamespace(trace_parent=traceparent,
+                                                         trace_state=tracestate, attributes={}))
+
+
+def test_without_an_attached_context_the_invocations_trace_context_is_the_parent(
+        sinks, registry, monkeypatch):
+    """Python 3.13+'s runtime (azure-functions-runtime 1.3.0) attaches the host's trace context
+    in its event loop only, not in the thread a sync function runs in, and older workers only
+    with PYTHON_ENABLE_OPENTELEMETRY: then the invocation's ``context.trace_context``, which
+    every worker passes, is the parent. A context the worker did attach comes first."""
+    monkeypatch.setenv("FUNCTIONS_WORKER_RUNTIME", "python")
+    svc = make(registry)
+    res, _ = call(svc, {"input": ["hello"]},
+                  invocation=invocation(TRACEPARENT, "congo=t61rcWkgMzE"))
+    assert res.status == 200
+    (span,) = sinks.finished()
+    assert span.kind == SpanKind.INTERNAL
+    assert span.context.trace_id == 0x0af7651916cd43dd8448eb211c80319c
+    assert span.parent.span_id == 0xb7ad6b7169203331 and span.parent.is_remote
+    assert span.parent.trace_state.get("congo") == "t61rcWkgMzE"
+
+    attached = "00-11111111111111111111111111111111-2222222222222222-01"
+    token = otel_context.attach(TraceContextTextMapPropagator().extract(
+        {"traceparent": attached}))
+    try:
+        call(svc, {"input": ["hello"]}, invocation=invocation(TRACEPARENT))
+    finally:
+        otel_context.detach(token)
+    (span,) = sinks.finished()[1:]
+    assert span.context.trace_id == 0x11111111111111111111111111111111
+
+    # Nothing usable: a span of its own, and the request unharmed.
+    for bad in ("", None, "not-a-traceparent", "00-" + "0" * 32 + "-" + "0" * 16 + "-01", 42):
+        res, _ = call(svc, {"input": ["hello"]}, invocation=invocation(bad, None))
+        assert res.status == 200
+    assert [s.parent for s in sinks.finished()[2:]] == [None] * 5
 
 
 # -- what is never exported -----------------------------------------------------------------------
@@ -922,6 +965,42 @@ def test_azure_monitor_as_the_functions_worker_sets_it_up(tmp_path):
     assert detail["typeName"] == "builtins.RuntimeError"
     assert detail["message"] == "request %s failed"
     assert exc["tags"]["ai.operation.id"] == "0af7651916cd43dd8448eb211c80319c"
+
+
+AZURE_UNATTACHED = FUNCTION_CALL + """
+# What azure-functions-runtime 1.3.0 (the worker of Python 3.13+) does with
+# PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true: the distro configured before function_app is
+# imported, the host's trace context attached in its event loop only, and the sync function run
+# in a pool thread without it, given the invocation context as its `context` argument.
+import os, types
+from azure.monitor.opentelemetry import configure_azure_monitor
+configure_azure_monitor(logger_name=os.environ['PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME'])
+from opentelemetry import trace
+context = types.SimpleNamespace(trace_context=types.SimpleNamespace(
+    trace_parent=os.environ['TP'], trace_state='', attributes={}))
+req = func.HttpRequest('POST', 'http://localhost/embeddings',
+    headers={'api-key': os.environ['EMBEDDINGS_API_KEYS']},
+    params={'api-version': '2024-05-01-preview'}, body=json.dumps({'input': ['hello']}).encode())
+assert fns['embeddings'](req=req, context=context).status_code == 200
+from embedding_core import telemetry
+telemetry.flush()
+trace.get_tracer_provider().force_flush()
+print('flushed')
+"""
+
+
+def test_azure_monitor_under_a_worker_that_attaches_no_trace_context(tmp_path):
+    """The app's span still joins the host's request in Application Insights (its operation id
+    and parent) when the worker leaves the thread without a trace context."""
+    _, items = run_with_ingestion(AZURE_UNATTACHED, {
+        "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME": "embedding_core",
+        "FUNCTIONS_WORKER_RUNTIME": "python",
+        "EMBEDDINGS_API_KEYS": KEY_A, "TP": TRACEPARENT}, tmp_path)
+    (ours,) = [i for i in items if i["name"] == "Microsoft.ApplicationInsights.RemoteDependency"
+               and i["data"]["baseData"]["name"] == "POST /embeddings"]
+    assert ours["tags"]["ai.operation.id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert ours["tags"]["ai.operation.parentId"] == "b7ad6b7169203331"
+    assert not [i for i in items if i["name"] == "Microsoft.ApplicationInsights.Request"]
 
 
 AZURE_MODE_CHILD = FUNCTION_CALL + """

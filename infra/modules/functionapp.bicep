@@ -222,7 +222,8 @@ var openaiSettings = [
 // worker configures the Azure Monitor distro (requirements.txt) before it imports the app, with
 // APPLICATIONINSIGHTS_CONNECTION_STRING and the Entra ID APPLICATIONINSIGHTS_AUTHENTICATION_STRING
 // above, and attaches the host's trace context to each invocation, so the app's span is a child
-// of the host's request. PYTHON_ENABLE_OPENTELEMETRY is deliberately not set: alone, current
+// of the host's request (where a worker attaches none to the function's thread, the app takes
+// it from the invocation's context.trace_context). PYTHON_ENABLE_OPENTELEMETRY is deliberately not set: alone, current
 // workers enable context propagation without creating the propagator, and every call fails.
 var telemetrySettings = [
   {
@@ -309,8 +310,8 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 //   3.11 until October 2027, 3.12 until October 2028, 3.13 until October 2029 (functions-versions.md,
 //   2026-09-15; flex-consumption-plan.md's own table still lists 3.10-3.12). 3.12 is the newest
 //   that keeps the Python worker the app is tested behind (azure_functions_worker; from 3.13 a
-//   proxy worker runs the azure-functions-runtime library instead, whose 1.3.0 does not attach the
-//   host's trace context in the thread a sync function runs in). tests/ run on 3.12 in CI, and
+//   proxy worker runs the azure-functions-runtime library instead, whose 1.3.0 may start its
+//   thread pool before PYTHON_THREADPOOL_THREAD_COUNT is loaded: docs/deploy.md). tests/ run on 3.12 in CI, and
 //   requirements.lock is resolved on it (scripts/lock_requirements.py).
 // - A user-assigned identity only, also used for Key Vault references (keyVaultReferenceIdentity);
 //   the samples have no Key Vault.
