@@ -10,13 +10,13 @@ ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 
 
 def _serve(route: str, req: func.HttpRequest, context: func.Context | None) -> func.HttpResponse:
-    # Imported on first request, so indexing the functions (a cold start) stays light.
-    from embedding_core.service import ApiRequest, dispatch
+    # The service is imported on the first request, so indexing the functions (a cold start)
+    # stays light.
+    from embedding_core.entry import serve
 
-    res = dispatch(route, ApiRequest.from_url(req.method, req.url, dict(req.headers),
-                                              dict(req.params), req.get_body(),
-                                              dict(req.route_params), invocation=context))
-    return func.HttpResponse(res.body, status_code=res.status, headers=res.headers,
+    status, headers, body = serve(route, req.method, req.url, dict(req.headers), dict(req.params),
+                                  req.get_body(), dict(req.route_params), invocation=context)
+    return func.HttpResponse(body, status_code=status, headers=headers,
                              mimetype="application/json")
 
 

@@ -297,3 +297,59 @@ sys.exit(0)
                               timeout=120, cwd=str(__import__("conftest").ROOT), env=env)
         assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
         assert "exiting mid-run" in proc.stdout
+
+
+UNLOADABLE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])       # packages there shadow the installed ones
+import function_app, azure.functions as func
+fns = {f.get_trigger().route: f.get_user_function() for f in function_app.app.get_functions()}
+out = []
+for route, method in (("health", "GET"), ("embeddings", "POST")):
+    res = fns[route](func.HttpRequest(method, "http://localhost/" + route, body=b'{"input": ["x"]}',
+                                      headers={"api-key": "k" * 20}))
+    out.append([res.status_code, dict(res.headers), json.loads(res.get_body())])
+print(json.dumps(out))
+"""
+
+
+def _run_unloadable(shadow) -> list:
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", UNLOADABLE, str(shadow)], capture_output=True,
+                          text=True, timeout=120, cwd=function_app.__file__.rsplit("/", 1)[0])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_packages_built_for_another_python_answer_503_saying_so(tmp_path):
+    """A deployment whose build ran another Python (or whose Python version changed, the code not
+    yet deployed again): its compiled extensions do not load, and the first symptom would be an
+    invocation failure without a body ("No module named 'orjson.orjson'"). Every request,
+    /health included, gets a 503 naming the two versions. Here orjson built for a "Python 3.99"
+    shadows the installed one, as a 3.11 build's does on 3.12."""
+    import sys
+    pkg = tmp_path / "orjson"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from .orjson import *\n")
+    (pkg / "orjson.cpython-399-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for status, headers, body in _run_unloadable(tmp_path):
+        assert status == 503
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert body["error"]["code"] == "ServiceUnavailable"
+        message = body["error"]["message"]
+        assert message.startswith("The app cannot load its packages: its packages were built "
+                                  f"for Python 3.99, and it runs on Python {running} ")
+        assert "No module named 'orjson.orjson'" in message
+        assert "Deploy the code again" in message
+
+
+def test_a_missing_package_answers_503_saying_so(tmp_path):
+    pkg = tmp_path / "orjson"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise ImportError('libfoo.so: cannot open shared object')\n")
+    for status, _, body in _run_unloadable(tmp_path):
+        assert status == 503
+        assert "a package is missing or broken" in body["error"]["message"]
+        assert "libfoo.so: cannot open shared object" in body["error"]["message"]

@@ -1,0 +1,77 @@
+"""The triggers' one call into the core (standard library only, so it always imports).
+
+The service is imported on the first request. If the deployment's packages cannot be loaded, every
+request, ``GET /health`` included, gets a 503 that says why, instead of an invocation failure
+with no body: the commonest cause on Azure is a build for another Python version (a remote build
+that ran another Python, or the app's Python version changed and the code not yet deployed
+again), whose first symptom would otherwise be e.g. "No module named 'orjson.orjson'"."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+from . import errors
+
+log = logging.getLogger(__name__)
+
+# Packages with compiled extensions, and where those are (relative to site-packages).
+_EXTENSION_DIRS = ("orjson", "numpy/_core", "onnxruntime/capi", "tokenizers", "PIL",
+                   "pybase64", "cryptography/hazmat/bindings")
+_ABI = re.compile(r"\.cpython-3(\d+)[a-z]*-")
+_logged = False
+
+
+def serve(route: str, method: str, url: str, headers: Mapping[str, str],
+          query: Mapping[str, str], body: bytes, route_params: Mapping[str, str],
+          invocation: Any = None) -> tuple[int, dict[str, str], bytes]:
+    """One request to ``route``: its status, headers and body."""
+    try:
+        from .service import ApiRequest, dispatch
+    except ImportError as exc:
+        return _unloadable(exc)
+    res = dispatch(route, ApiRequest.from_url(method, url, headers, query, body, route_params,
+                                              invocation=invocation))
+    return res.status, res.headers, res.body
+
+
+def built_for() -> list[str]:
+    """The Python versions ("3.11") the installed compiled extensions were built for."""
+    versions: set[str] = set()
+    for entry in sys.path:
+        for sub in _EXTENSION_DIRS:
+            folder = Path(entry or ".") / sub
+            try:
+                names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+            except OSError:
+                continue
+            for name in names:
+                m = _ABI.search(name)
+                if m and name.endswith(".so"):
+                    versions.add(f"3.{m.group(1)}")
+    return sorted(versions, key=lambda v: int(v.split(".")[1]))
+
+
+def _unloadable(exc: ImportError) -> tuple[int, dict[str, str], bytes]:
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    other = [v for v in built_for() if v != running]
+    cause = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    if other:
+        why = (f"its packages were built for Python {' and '.join(other)}, and it runs on "
+               f"Python {running} ({cause}). Deploy the code again, so that the build runs "
+               f"the app's Python version (docs/deploy.md, \"Python version\").")
+    else:
+        why = (f"a package is missing or broken on Python {running} ({cause}). Deploy the "
+               f"code again with a build of requirements.txt.")
+    err = errors.ApiError(503, "ServiceUnavailable", "The app cannot load its packages: " + why)
+    global _logged
+    if not _logged:                 # once per process, not once per request
+        _logged = True
+        log.error("the app cannot load its packages: %s", why)
+    headers = {**err.response_headers(), "X-Content-Type-Options": "nosniff",
+               "Cache-Control": "no-store"}
+    return err.status, headers, json.dumps(err.body()).encode()
