@@ -33,10 +33,23 @@ def serve(route: str, method: str, url: str, headers: Mapping[str, str],
     try:
         from .service import ApiRequest, dispatch
     except ImportError as exc:
+        if _own_code(exc) and not _other_pythons():
+            raise           # a bug in the app's own modules: the worker logs it as ever
         return _unloadable(exc)
     res = dispatch(route, ApiRequest.from_url(method, url, headers, query, body, route_params,
                                               invocation=invocation))
     return res.status, res.headers, res.body
+
+
+def _own_code(exc: ImportError) -> bool:
+    """Whether the import failed on a name in this package (``from .errors import x``), not on
+    a dependency."""
+    return (exc.name or "").split(".")[0] == __name__.split(".")[0]
+
+
+def _other_pythons() -> list[str]:
+    running = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return [v for v in built_for() if v != running]
 
 
 def built_for() -> list[str]:
@@ -58,20 +71,21 @@ def built_for() -> list[str]:
 
 def _unloadable(exc: ImportError) -> tuple[int, dict[str, str], bytes]:
     running = f"{sys.version_info.major}.{sys.version_info.minor}"
-    other = [v for v in built_for() if v != running]
-    cause = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    other = _other_pythons()
+    # The module's name only: the exception's text may hold the server's paths (logged below).
+    module = f" (module {exc.name!r} did not load)" if exc.name else ""
     if other:
         why = (f"its packages were built for Python {' and '.join(other)}, and it runs on "
-               f"Python {running} ({cause}). Deploy the code again, so that the build runs "
-               f"the app's Python version (docs/deploy.md, \"Python version\").")
+               f"Python {running}{module}. Deploy the code again, so that the build runs the "
+               f"app's Python version (docs/deploy.md, \"Python version\").")
     else:
-        why = (f"a package is missing or broken on Python {running} ({cause}). Deploy the "
-               f"code again with a build of requirements.txt.")
+        why = (f"a package is missing or broken on Python {running}{module}. Deploy the code "
+               f"again with a build of requirements.txt.")
     err = errors.ApiError(503, "ServiceUnavailable", "The app cannot load its packages: " + why)
     global _logged
     if not _logged:                 # once per process, not once per request
         _logged = True
-        log.error("the app cannot load its packages: %s", why)
+        log.error("the app cannot load its packages: %s", why, exc_info=exc)
     headers = {**err.response_headers(), "X-Content-Type-Options": "nosniff",
                "Cache-Control": "no-store"}
     return err.status, headers, json.dumps(err.body()).encode()

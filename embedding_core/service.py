@@ -314,6 +314,18 @@ def run_request(req: ApiRequest, dialect: str, route: str,
     client_id = safe_client_request_id(req.headers.get("x-ms-client-request-id"))
     if client_id:
         headers["x-ms-client-request-id"] = client_id
+    # Where the worker attached no trace context, the invocation's: the request's logs and span
+    # then belong to the host's request.
+    token = telemetry.attach_invocation(req.invocation_trace)
+    try:
+        return _run(req, handler, trace, render_error, headers, start, start_ns)
+    finally:
+        telemetry.detach(token)
+
+
+def _run(req: ApiRequest, handler: Callable[[Trace], Any], trace: Trace,
+         render_error: Callable, headers: dict[str, str], start: float,
+         start_ns: int) -> ApiResponse:
     error_code = None
     try:
         payload = handler(trace)

@@ -99,6 +99,40 @@ def record(trace: Any, *, method: str, status: int, error_code: str | None, star
         _failed()
 
 
+def attach_invocation(invocation_trace: tuple[str, str] | None) -> Any:
+    """Make the platform's trace context for this request (``ApiRequest.invocation_trace``) the
+    request thread's, where the Functions worker attached none, so that the request's exported
+    logs (and its span) belong to the host's request. A token for :func:`detach`, or None when
+    nothing was attached: no trace context, none usable, one already attached, or OpenTelemetry
+    not loaded (before the first request's telemetry set-up the span still gets the parent, on
+    the telemetry thread). Never raises."""
+    context = sys.modules.get("opentelemetry.context")
+    if invocation_trace is None or context is None:
+        return None
+    try:
+        from opentelemetry import trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        if trace.get_current_span().get_span_context().is_valid:
+            return None
+        ctx = TraceContextTextMapPropagator().extract({"traceparent": invocation_trace[0],
+                                                       "tracestate": invocation_trace[1]})
+        if not trace.get_current_span(ctx).get_span_context().is_valid:
+            return None
+        return context.attach(ctx)
+    except Exception:  # noqa: BLE001 - telemetry must never fail a request
+        _failed()
+        return None
+
+
+def detach(token: Any) -> None:
+    """Undo :func:`attach_invocation` (in the same thread). Never raises."""
+    if token is not None:
+        try:
+            sys.modules["opentelemetry.context"].detach(token)
+        except Exception:  # noqa: BLE001
+            _failed()
+
+
 def watch_queue(queue: Any) -> None:
     """Report ``queue.stats()`` in the queue-depth gauges (every live queue of the process)."""
     _queues.add(queue)

@@ -302,22 +302,29 @@ sys.exit(0)
 UNLOADABLE = """
 import json, sys
 sys.path.insert(0, sys.argv[1])       # packages there shadow the installed ones
+if len(sys.argv) > 2:
+    sys.modules[sys.argv[2]] = None   # this module's import fails
 import function_app, azure.functions as func
 fns = {f.get_trigger().route: f.get_user_function() for f in function_app.app.get_functions()}
 out = []
 for route, method in (("health", "GET"), ("embeddings", "POST")):
-    res = fns[route](func.HttpRequest(method, "http://localhost/" + route, body=b'{"input": ["x"]}',
-                                      headers={"api-key": "k" * 20}))
+    try:
+        res = fns[route](func.HttpRequest(method, "http://localhost/" + route,
+                                          body=b'{"input": ["x"]}', headers={"api-key": "k" * 20}))
+    except ImportError as exc:
+        out.append(["raised", type(exc).__name__, exc.name])
+        continue
     out.append([res.status_code, dict(res.headers), json.loads(res.get_body())])
 print(json.dumps(out))
 """
 
 
-def _run_unloadable(shadow) -> list:
+def _run_unloadable(shadow, *failing: str) -> list:
     import subprocess
     import sys
-    proc = subprocess.run([sys.executable, "-c", UNLOADABLE, str(shadow)], capture_output=True,
-                          text=True, timeout=120, cwd=function_app.__file__.rsplit("/", 1)[0])
+    proc = subprocess.run([sys.executable, "-c", UNLOADABLE, str(shadow), *failing],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=function_app.__file__.rsplit("/", 1)[0])
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -338,18 +345,27 @@ def test_packages_built_for_another_python_answer_503_saying_so(tmp_path):
         assert status == 503
         assert headers["X-Content-Type-Options"] == "nosniff"
         assert body["error"]["code"] == "ServiceUnavailable"
-        message = body["error"]["message"]
-        assert message.startswith("The app cannot load its packages: its packages were built "
-                                  f"for Python 3.99, and it runs on Python {running} ")
-        assert "No module named 'orjson.orjson'" in message
-        assert "Deploy the code again" in message
+        assert body["error"]["message"] == (
+            "The app cannot load its packages: its packages were built for Python 3.99, and it "
+            f"runs on Python {running} (module 'orjson.orjson' did not load). Deploy the code "
+            "again, so that the build runs the app's Python version (docs/deploy.md, "
+            '"Python version").')
 
 
-def test_a_missing_package_answers_503_saying_so(tmp_path):
+def test_a_broken_package_answers_503_saying_so_without_its_error_text(tmp_path):
+    """The exception's own text (which may hold the server's paths) goes to the log only."""
     pkg = tmp_path / "orjson"
     pkg.mkdir()
-    (pkg / "__init__.py").write_text("raise ImportError('libfoo.so: cannot open shared object')\n")
+    (pkg / "__init__.py").write_text(
+        "raise ImportError('/srv/secret/path/libfoo.so: cannot open shared object')\n")
     for status, _, body in _run_unloadable(tmp_path):
         assert status == 503
         assert "a package is missing or broken" in body["error"]["message"]
-        assert "libfoo.so: cannot open shared object" in body["error"]["message"]
+        assert "secret" not in body["error"]["message"]
+
+
+def test_an_import_error_in_the_apps_own_modules_is_not_called_a_deployment_problem(tmp_path):
+    """A bug in embedding_core (a module of its own that does not import) fails the invocation
+    as before, for the worker to log with its traceback, instead of a 503 blaming the build."""
+    for outcome in _run_unloadable(tmp_path, "embedding_core.pipeline"):
+        assert outcome == ["raised", "ModuleNotFoundError", "embedding_core.pipeline"]

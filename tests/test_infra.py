@@ -636,6 +636,12 @@ def test_function_app_config_flex_runtime_scale_and_deployment():
         # what the app accepts (a larger value would deploy and fail every request)
         from embedding_core.settings import MAX_INFERENCE_WORKERS
         assert decorator(p["inferenceWorkers"], "max_value") == MAX_INFERENCE_WORKERS
+    # main.bicep hands its parameter on (else the module's default would silently win), and azd
+    # fills it from AZURE_FUNCTION_PYTHON_VERSION.
+    assert parse(MAIN)["modules"]["functionApp"]["config"]["params"]["pythonVersion"] == \
+        "pythonVersion"
+    azd = json.loads((MAIN.parent / "main.parameters.json").read_text())["parameters"]
+    assert azd["pythonVersion"] == {"value": "${AZURE_FUNCTION_PYTHON_VERSION=3.12}"}
 
 
 def test_http_concurrency_follows_the_instance_size_unless_set():

@@ -982,6 +982,11 @@ req = func.HttpRequest('POST', 'http://localhost/embeddings',
     headers={'api-key': os.environ['EMBEDDINGS_API_KEYS']},
     params={'api-version': '2024-05-01-preview'}, body=json.dumps({'input': ['hello']}).encode())
 assert fns['embeddings'](req=req, context=context).status_code == 200
+from embedding_core import service
+def fail(self, req, trace):
+    raise RuntimeError('the canary failure')
+service.EmbeddingService.azure_embeddings = fail     # its exception log: on the request thread
+assert fns['embeddings'](req=req, context=context).status_code == 500
 from embedding_core import telemetry
 telemetry.flush()
 trace.get_tracer_provider().force_flush()
@@ -990,16 +995,19 @@ print('flushed')
 
 
 def test_azure_monitor_under_a_worker_that_attaches_no_trace_context(tmp_path):
-    """The app's span still joins the host's request in Application Insights (its operation id
-    and parent) when the worker leaves the thread without a trace context."""
+    """The app's spans and its exception log still join the host's request in Application Insights
+    (operation id and parent) when the worker leaves the thread without a trace context."""
     _, items = run_with_ingestion(AZURE_UNATTACHED, {
         "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME": "embedding_core",
         "FUNCTIONS_WORKER_RUNTIME": "python",
         "EMBEDDINGS_API_KEYS": KEY_A, "TP": TRACEPARENT}, tmp_path)
-    (ours,) = [i for i in items if i["name"] == "Microsoft.ApplicationInsights.RemoteDependency"
-               and i["data"]["baseData"]["name"] == "POST /embeddings"]
-    assert ours["tags"]["ai.operation.id"] == "0af7651916cd43dd8448eb211c80319c"
-    assert ours["tags"]["ai.operation.parentId"] == "b7ad6b7169203331"
+    ours = [i for i in items if i["name"] == "Microsoft.ApplicationInsights.RemoteDependency"
+            and i["data"]["baseData"]["name"] == "POST /embeddings"]
+    (failure,) = [i for i in items if i["name"] == "Microsoft.ApplicationInsights.Exception"]
+    assert len(ours) == 2
+    for row in (*ours, failure):
+        assert row["tags"]["ai.operation.id"] == "0af7651916cd43dd8448eb211c80319c"
+        assert row["tags"]["ai.operation.parentId"] == "b7ad6b7169203331"
     assert not [i for i in items if i["name"] == "Microsoft.ApplicationInsights.Request"]
 
 
