@@ -124,6 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not check that /embeddings rejects a request without credentials",
     )
+    parser.add_argument(
+        "--health-only",
+        action="store_true",
+        help="only GET /health (no credentials needed): what azure.yaml's postdeploy hook runs",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="retry GET /health this long while the app is unreachable, not found or answers 5xx "
+             "(a deployment restarting; default: 0, no retry)",
+    )
     return parser
 
 
@@ -196,14 +209,40 @@ def check_embeddings_payload(payload: Any) -> int:
     return len(vector)
 
 
+def health(base: str, timeout: float, wait: float, out=sys.stdout) -> Tuple[int, Any, float]:
+    """GET /health; for ``wait`` seconds, again while the app is unreachable, answers 404 (not
+    indexed yet) or 5xx (starting, or a deployment that cannot load its packages: the last
+    answer is then the error)."""
+    deadline = time.monotonic() + wait
+    pause = 1.0
+    while True:
+        try:
+            status, payload, elapsed = request_json("GET", f"{base}/health", {}, None, timeout)
+            last = f"{status}: {payload!r}"
+            if status != 404 and status < 500:
+                return status, payload, elapsed
+        except SmokeError as exc:
+            last, status = str(exc), None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            if status is None:
+                raise SmokeError(last)
+            return status, payload, elapsed
+        print(f"wait GET /health        {last[:200]} (retrying for {left:.0f} s more)", file=out)
+        time.sleep(min(pause, left))
+        pause = min(2 * pause, 10.0)
+
+
 def run(args: argparse.Namespace, environ: Mapping[str, str], out=sys.stdout) -> None:
     base = validate_base_url(args.url)
-    headers = auth_headers(args, environ)
 
-    status, payload, elapsed = request_json("GET", f"{base}/health", {}, None, args.timeout)
+    status, payload, elapsed = health(base, args.timeout, args.wait, out)
     if status != 200:
         raise SmokeError(f"GET /health returned {status}: {payload!r}")
     print(f"ok   GET /health        {status} {elapsed * 1000:.0f} ms", file=out)
+    if args.health_only:
+        return
+    headers = auth_headers(args, environ)
 
     status, payload, elapsed = request_json("GET", with_api_version(f"{base}/info", args.api_version), headers, None, args.timeout)
     if status != 200 or not isinstance(payload, dict):

@@ -1772,6 +1772,68 @@ def test_smoke_against_loopback_stub():
     assert ("POST", "/embeddings") in paths and ("GET", "/info") in paths
 
 
+def test_azd_checks_health_after_each_deployment():
+    """azure.yaml's postdeploy hook: the smoke script's /health check, retried while the app
+    restarts, on POSIX and Windows shells; its arguments are the script's."""
+    import shlex
+    hooks = load_simple_yaml((ROOT / "azure.yaml").read_text())["hooks"]
+    assert set(hooks) == {"postdeploy"}
+    parser = load_smoke_module().build_parser()
+    for system, shell, python in (("posix", "sh", "python3"), ("windows", "pwsh", "python")):
+        hook = hooks["postdeploy"][system]
+        assert hook["shell"] == shell and "continueOnError" not in hook
+        argv = shlex.split(hook["run"])
+        assert argv[:2] == [python, "scripts/smoke_deployed.py"] and SMOKE.is_file()
+        args = parser.parse_args(argv[2:])
+        assert args.health_only and args.wait == 300
+
+
+class _FlakyHealth(http.server.BaseHTTPRequestHandler):
+    """/health: ``failures`` answers of 503 (the package-load error), then 200."""
+    failures = 0
+    calls = 0
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        type(self).calls += 1
+        failing = type(self).calls <= type(self).failures
+        raw = json.dumps({"error": {"code": "ServiceUnavailable", "message": "The app cannot "
+                                    "load its packages: built for Python 3.11"}} if failing
+                         else {"status": "ok"}).encode()
+        self.send_response(503 if failing else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+
+@pytest.mark.parametrize("failures, wait, passes", [(2, "30", True), (1000, "2", False)])
+def test_smoke_health_only_waits_for_a_restarting_app(failures, wait, passes):
+    """--health-only needs no key; --wait retries 5xx, then fails with the app's last answer."""
+    _FlakyHealth.failures, _FlakyHealth.calls = failures, 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyHealth)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "EMBEDDINGS_API_KEY"}
+        env["AZURE_FUNCTION_URL"] = f"http://127.0.0.1:{server.server_address[1]}"
+        proc = subprocess.run([sys.executable, str(SMOKE), "--health-only", "--wait", wait,
+                               "--timeout", "10"],
+                              capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    if passes:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.count("wait GET /health        503") == 2
+        assert "ok   GET /health        200" in proc.stdout and _FlakyHealth.calls == 3
+    else:
+        assert proc.returncode == 1
+        assert "GET /health returned 503" in proc.stderr
+        assert "cannot load its packages" in proc.stderr and _FlakyHealth.calls >= 2
+
+
 def _free_loopback_port() -> int:
     import socket
 
