@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench  # noqa: E402
 import workloads  # noqa: E402
-from singles_cost import health, process_cpu  # noqa: E402
+from singles_cost import http_loads, process_cpu  # noqa: E402
 
 
 def main() -> None:
@@ -41,16 +41,7 @@ def main() -> None:
             servers[name] = bench.Server()
     finally:
         sys.executable = own
-    loads = {
-        "8 clients, one sentence per request":
-            (len(short), lambda s: bench.run_clients(s, "/embeddings",
-                                                     [{"input": [t]} for t in short], 8)),
-        "2 clients, 32 sentences per request":
-            (3 * len(short), lambda s: bench.run_clients(
-                s, "/embeddings", [{"input": c, "truncate": "END"}
-                                   for c in bench.chunks(short, 32)] * 3, 2)),
-        "8 clients, GET /health": (2000, lambda s: health(s, 2000, 8)),
-    }
+    loads = http_loads(short, 2000)
     rows: dict[str, dict[str, list[dict]]] = {}
     try:
         for s in servers.values():          # load the model, start the workers

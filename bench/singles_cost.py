@@ -43,6 +43,22 @@ def health(server: bench.Server, n: int, clients: int) -> float:
     return bench.run_clients(server, "/health", [None] * n, clients, send=get)
 
 
+def http_loads(short: list[str], health_requests: int) -> dict:
+    """The three loads through HTTP: name -> (requests or sentences, run(server) -> seconds)."""
+    return {
+        "8 clients, one sentence per request":
+            (len(short), lambda s: bench.run_clients(s, "/embeddings",
+                                                     [{"input": [t]} for t in short], 8)),
+        # the batched set three times over: 17 requests alone last under a second
+        "2 clients, 32 sentences per request":
+            (3 * len(short), lambda s: bench.run_clients(
+                s, "/embeddings", [{"input": c, "truncate": "END"}
+                                   for c in bench.chunks(short, 32)] * 3, 2)),
+        "8 clients, GET /health":
+            (health_requests, lambda s: health(s, health_requests, 8)),
+    }
+
+
 def thread_cpu(pid: int, tid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -118,17 +134,7 @@ def main() -> None:
         if args.out:
             Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
         return
-    loads = {
-        "8 clients, one sentence per request":
-            (len(short), lambda s: bench.run_clients(s, "/embeddings",
-                                                     [{"input": [t]} for t in short], 8)),
-        # the batched set three times over: 17 requests alone last under a second
-        "2 clients, 32 sentences per request":
-            (3 * len(short), lambda s: bench.run_clients(
-                s, "/embeddings", [{"input": c, "truncate": "END"}
-                                   for c in bench.chunks(short, 32)] * 3, 2)),
-        "8 clients, GET /health": (3000, lambda s: health(s, 3000, 8)),
-    }
+    loads = http_loads(short, 3000)
     server = bench.Server()
     rows: dict[str, list[dict]] = {}
     try:
