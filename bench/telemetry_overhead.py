@@ -117,6 +117,8 @@ def throughput(pairs: int, singles: int, batches: int) -> dict:
     service_module.telemetry = type(sys)("timed_telemetry")
     service_module.telemetry.record = timed_record
     service_module.telemetry.watch_queue = telemetry.watch_queue
+    service_module.telemetry.attach_invocation = telemetry.attach_invocation
+    service_module.telemetry.detach = telemetry.detach
 
     sdk = build_sdk()
     telemetry.install(*sdk)
