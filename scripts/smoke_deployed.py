@@ -213,12 +213,15 @@ def health(base: str, timeout: float, wait: float, out=sys.stdout) -> Tuple[int,
     """GET /health; for ``wait`` seconds, again while the app is unreachable, answers 404 (not
     indexed yet) or 5xx (starting, or a deployment that cannot load its packages: the last
     answer is then the error)."""
+    if not math.isfinite(wait) or wait < 0:
+        raise ValueError(f"--wait must be a number of seconds, 0 or more, not {wait}")
     deadline = time.monotonic() + wait
     pause = 1.0
+    answered = ""       # the app's last answer, if any, for an error that follows it
     while True:
         try:
             status, payload, elapsed = request_json("GET", f"{base}/health", {}, None, timeout)
-            last = f"{status}: {payload!r}"
+            last = answered = f"{status}: {payload!r}"
             if status != 404 and status < 500:
                 return status, payload, elapsed
         except SmokeError as exc:
@@ -226,7 +229,8 @@ def health(base: str, timeout: float, wait: float, out=sys.stdout) -> Tuple[int,
         left = deadline - time.monotonic()
         if left <= 0:
             if status is None:
-                raise SmokeError(last)
+                raise SmokeError(last + (f" (before that, GET /health returned {answered})"
+                                         if answered else ""))
             return status, payload, elapsed
         print(f"wait GET /health        {last[:200]} (retrying for {left:.0f} s more)", file=out)
         time.sleep(min(pause, left))

@@ -1779,11 +1779,20 @@ def test_azd_checks_health_after_each_deployment():
     hooks = load_simple_yaml((ROOT / "azure.yaml").read_text())["hooks"]
     assert set(hooks) == {"postdeploy"}
     parser = load_smoke_module().build_parser()
-    for system, shell, python in (("posix", "sh", "python3"), ("windows", "pwsh", "python")):
-        hook = hooks["postdeploy"][system]
-        assert hook["shell"] == shell and "continueOnError" not in hook
-        argv = shlex.split(hook["run"])
-        assert argv[:2] == [python, "scripts/smoke_deployed.py"] and SMOKE.is_file()
+    posix = hooks["postdeploy"]["posix"]
+    windows = hooks["postdeploy"]["windows"]
+    assert posix["shell"] == "sh" and windows["shell"] == "pwsh"
+    assert "continueOnError" not in posix and "continueOnError" not in windows
+    # POSIX: python3; Windows: the py launcher if there is one (azd's own first choice), else
+    # python, each with the same command.
+    commands = [shlex.split(posix["run"])]
+    m = re.fullmatch(r"if \(Get-Command py -ErrorAction SilentlyContinue\) \{ (py -3 [^}]+) \} "
+                     r"else \{ (python [^}]+) \}", windows["run"])
+    assert m, windows["run"]
+    commands += [shlex.split(m.group(1))[1:], shlex.split(m.group(2))]
+    assert [c[0] for c in commands] == ["python3", "-3", "python"]
+    for argv in commands:
+        assert argv[1] == "scripts/smoke_deployed.py" and SMOKE.is_file()
         args = parser.parse_args(argv[2:])
         assert args.health_only and args.wait == 300
 

@@ -373,6 +373,55 @@ def test_without_an_attached_context_the_invocations_trace_context_is_the_parent
     assert [s.parent for s in sinks.finished()[2:]] == [None] * 5
 
 
+def test_the_invocation_context_is_attached_for_the_request_only(registry, monkeypatch):
+    """The invocation's trace context is the request thread's while the request runs, whatever
+    the handler does, and gone after it (a worker's pooled thread carries nothing into its next
+    request); a context the worker attached is kept, and unusable values attach nothing."""
+    import concurrent.futures
+
+    from opentelemetry import trace as otel_trace
+
+    from embedding_core import errors as errors_module
+    monkeypatch.setattr(telemetry, "_recorder", telemetry._OFF)
+    seen = []
+
+    def handler(kind):
+        def run(_):
+            seen.append(otel_trace.get_current_span().get_span_context().trace_id)
+            if kind == "api":
+                raise errors_module.ApiError(400, "InvalidRequestBody", "x")
+            if kind == "error":
+                raise RuntimeError("boom")
+            return {}
+        return run
+
+    def one(kind, traceparent=TRACEPARENT):
+        req = ApiRequest("GET", "/health", {},
+                         invocation_trace=(traceparent, "") if traceparent else None)
+        status = service_module.run_request(req, "azure", "health", handler(kind)).status
+        return status, otel_trace.get_current_span().get_span_context().is_valid
+
+    failures = telemetry._failures
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:     # one pooled thread throughout
+        assert [pool.submit(one, kind).result() for kind in ("ok", "api", "error", "ok")] == \
+            [(200, False), (400, False), (500, False), (200, False)]
+        assert pool.submit(one, "ok", "garbage").result() == (200, False)
+        assert pool.submit(one, "ok", None).result() == (200, False)
+    assert seen == [0x0af7651916cd43dd8448eb211c80319c] * 4 + [0, 0]
+
+    attached = "00-11111111111111111111111111111111-2222222222222222-01"
+    token = otel_context.attach(TraceContextTextMapPropagator().extract(
+        {"traceparent": attached}))
+    try:
+        assert one("ok") == (200, True)
+        assert otel_trace.get_current_span().get_span_context().trace_id == \
+            0x11111111111111111111111111111111
+    finally:
+        otel_context.detach(token)
+    assert seen[-1] == 0x11111111111111111111111111111111
+    assert telemetry._failures == failures
+
+
 # -- what is never exported -----------------------------------------------------------------------
 
 def vector_fragments(doc: dict) -> list[str]:
