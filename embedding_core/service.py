@@ -394,8 +394,14 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
             # Once a minute, not per request (a retrying client multiplied it). The exported
             # copy keeps only the template: it names what is wrong, never a value.
             # The traceback's last line has the message (values included): the local log only.
-            log.exception("service configuration error, " + _config_culprit(exc)
-                          + " (answering 500 until it is fixed)")
+            # Under the request's trace context, as run_request's logs are (where the worker
+            # attached none): the row then belongs to the host's failed request.
+            token = telemetry.attach_invocation(req.invocation_trace)
+            try:
+                log.exception("service configuration error, " + _config_culprit(exc)
+                              + " (answering 500 until it is fixed)")
+            finally:
+                telemetry.detach(token)
             _config_error = (now, summary)
         route = ROUTES.get(template)
         dialect = route.dialect if route else path_dialect(req.path)

@@ -1036,6 +1036,9 @@ def fail(self, req, trace):
     raise RuntimeError('the canary failure')
 service.EmbeddingService.azure_embeddings = fail     # its exception log: on the request thread
 assert fns['embeddings'](req=req, context=context).status_code == 500
+os.environ['EMBEDDINGS_MAX_INPUTS'] = 'many'             # its log: before any request runs
+service.reset_service()
+assert fns['embeddings'](req=req, context=context).status_code == 500
 from embedding_core import telemetry
 telemetry.flush()
 trace.get_tracer_provider().force_flush()
@@ -1052,9 +1055,13 @@ def test_azure_monitor_under_a_worker_that_attaches_no_trace_context(tmp_path):
         "EMBEDDINGS_API_KEYS": KEY_A, "TP": TRACEPARENT}, tmp_path)
     ours = [i for i in items if i["name"] == "Microsoft.ApplicationInsights.RemoteDependency"
             and i["data"]["baseData"]["name"] == "POST /embeddings"]
-    (failure,) = [i for i in items if i["name"] == "Microsoft.ApplicationInsights.Exception"]
-    assert len(ours) == 2
-    for row in (*ours, failure):
+    failures = [i for i in items if i["name"] == "Microsoft.ApplicationInsights.Exception"]
+    messages = sorted(i["data"]["baseData"]["exceptions"][0]["message"] for i in failures)
+    assert messages == ["request %s failed",
+                        "service configuration error, invalid setting EMBEDDINGS_MAX_INPUTS "
+                        "(answering 500 until it is fixed)"], messages
+    assert len(ours) == 3           # the configuration error's 500 has its span too
+    for row in (*ours, *failures):
         assert row["tags"]["ai.operation.id"] == "0af7651916cd43dd8448eb211c80319c"
         assert row["tags"]["ai.operation.parentId"] == "b7ad6b7169203331"
     assert not [i for i in items if i["name"] == "Microsoft.ApplicationInsights.Request"]
