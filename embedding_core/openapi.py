@@ -325,12 +325,18 @@ class _Builder:
                                                           for d in self.registry.deployments})},
                            "model_provider_name": {"type": "string"}}}
         sc["Health"] = {
-            "type": "object", "required": ["status", "deployments"],
+            "type": "object", "required": ["status", "build", "deployments"],
             "properties": {
                 "status": {"type": "string", "enum": ["ok", "degraded"],
                            "description": "`degraded`: some calls fail for the server's "
                                           "reasons (`problems`; the log says why)."},
                 "problems": {"type": "array", "items": {"type": "string"}},
+                "build": _nullable({
+                    "type": "string", "pattern": "^[0-9a-f]{12}$",
+                    "description": "Which build of the app answers: a digest of its code, "
+                                   "the same as `scripts/smoke_deployed.py` computes from the "
+                                   "folder it was deployed from (`null` if it could not be "
+                                   "read)."}),
                 "deployments": {"type": "array", "items": {
                     "type": "object",
                     "required": ["name", "modality", "dimensions", "loaded", "failed"],

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
-from . import dialect_azure, dialect_openai, errors, memory, telemetry
+from . import build, dialect_azure, dialect_openai, errors, memory, telemetry
 from . import settings as settings_module
 from .api import ApiRequest, ApiResponse
 from .auth import Authenticator
@@ -201,6 +201,7 @@ class EmbeddingService:
         body: dict[str, Any] = {"status": "degraded" if problems else "ok"}
         if problems:
             body["problems"] = problems
+        body["build"] = build.current()      # which code answers (scripts/smoke_deployed.py)
         body["deployments"] = [
             {"name": d.name, "modality": d.modality, "dimensions": d.dimensions,
              "loaded": self.registry.is_loaded(d), "failed": d.name in failed}

@@ -43,6 +43,7 @@ DEFAULT_API_VERSION = "2024-05-01-preview"
 DEFAULT_SCOPE = "https://ml.azure.com/.default"
 DEFAULT_KEY_ENV = "EMBEDDINGS_API_KEY"
 URL_ENV = "AZURE_FUNCTION_URL"
+SETTLE_PAUSE = 2.0      # seconds between the answers of --settle
 
 
 class SmokeError(Exception):
@@ -137,7 +138,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="retry GET /health this long while the app is unreachable, not found or answers 5xx "
              "(a deployment restarting; default: 0, no retry)",
     )
+    parser.add_argument(
+        "--expect-build",
+        default="",
+        metavar="BUILD",
+        help="GET /health must name this build (12 hex digits), or with 'local' the build of the "
+             "folder this script is in (what was just deployed from it): with --wait, an answer "
+             "from another build (an instance still running the previous deployment) is waited "
+             "out like a 5xx",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="GET /health counts once it has answered well for this long (asked "
+             f"every {SETTLE_PAUSE:.0f} s), as a deployment's restarts can follow its first "
+             "good answer (default: 0)",
+    )
     return parser
+
+
+def expected_build(value: str) -> str:
+    """``--expect-build``'s value: '' (no check), 12 hex digits, or 'local'."""
+    value = value.strip().lower()
+    if value == "local":
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        sys.path.insert(0, root)
+        try:
+            from embedding_core import build   # standard library only
+            return build.digest()
+        except (ImportError, OSError) as exc:
+            raise ValueError(f"--expect-build local: cannot read the app's code in {root} "
+                             f"({exc})") from None
+        finally:
+            sys.path.remove(root)
+    if value and not re.fullmatch(r"[0-9a-f]{12}", value):
+        raise ValueError(f"--expect-build must be 'local' or 12 hex digits, not {value!r}")
+    return value
 
 
 def auth_headers(args: argparse.Namespace, environ: Mapping[str, str]) -> Dict[str, str]:
@@ -209,28 +247,66 @@ def check_embeddings_payload(payload: Any) -> int:
     return len(vector)
 
 
-def health(base: str, timeout: float, wait: float, out=sys.stdout) -> Tuple[int, Any, float]:
+def other_build(payload: Any, expected: str) -> Optional[str]:
+    """Why a 200 from /health is not from build ``expected`` (None if it is, or if no build is
+    expected)."""
+    if not expected:
+        return None
+    found = payload.get("build") if isinstance(payload, dict) else None
+    if found == expected:
+        return None
+    return (f"it answers from build {found}, not {expected}" if found else
+            f"it names no build (code older than build {expected})")
+
+
+def health(base: str, timeout: float, wait: float, out=sys.stdout,
+           build: str = "", settle: float = 0.0) -> Tuple[int, Any, float]:
     """GET /health; for ``wait`` seconds, again while the app is unreachable, answers 404 (not
     indexed yet) or 5xx (starting, or a deployment that cannot load its packages: the last
-    answer is then the error)."""
+    answer is then the error), or answers 200 from a build other than ``build`` (an instance
+    still running the previous deployment). With ``settle``, a good answer counts once every
+    answer for that long (asked every ``SETTLE_PAUSE`` seconds) has been good: a deployment's
+    restarts can follow the first one."""
     if not math.isfinite(wait) or wait < 0:
         raise ValueError(f"--wait must be a number of seconds, 0 or more, not {wait}")
+    if not math.isfinite(settle) or settle < 0:
+        raise ValueError(f"--settle must be a number of seconds, 0 or more, not {settle}")
     deadline = time.monotonic() + wait
     pause = 1.0
     answered = ""       # the app's last answer, if any, for an error that follows it
+    good_since: Optional[float] = None
     while True:
         try:
             status, payload, elapsed = request_json("GET", f"{base}/health", {}, None, timeout)
             last = answered = f"{status}: {payload!r}"
-            if status != 404 and status < 500:
-                return status, payload, elapsed
+            stale = other_build(payload, build) if status == 200 else None
+            good = status != 404 and status < 500 and not stale
+            if stale:
+                last = f"200, but {stale}"
         except SmokeError as exc:
-            last, status = str(exc), None
-        left = deadline - time.monotonic()
+            last, status, stale, good = str(exc), None, None, False
+        now = time.monotonic()
+        if good:
+            if good_since is None:
+                good_since = now
+            if now - good_since >= settle or status != 200:
+                return status, payload, elapsed
+            time.sleep(min(SETTLE_PAUSE, good_since + settle - now))
+            continue
+        if good_since is not None:
+            print(f"wait GET /health        answered, then {last[:200]} (settling again)",
+                  file=out)
+            good_since = None
+        left = deadline - now
         if left <= 0:
             if status is None:
                 raise SmokeError(last + (f" (before that, GET /health returned {answered})"
                                          if answered else ""))
+            if stale:
+                raise SmokeError(
+                    f"GET /health answered 200, but {stale}: instances still run the previous "
+                    "deployment, or the package was not made from this folder (docs/deploy.md, "
+                    "\"Deploy with azd up\")")
             return status, payload, elapsed
         print(f"wait GET /health        {last[:200]} (retrying for {left:.0f} s more)", file=out)
         time.sleep(min(pause, left))
@@ -240,10 +316,12 @@ def health(base: str, timeout: float, wait: float, out=sys.stdout) -> Tuple[int,
 def run(args: argparse.Namespace, environ: Mapping[str, str], out=sys.stdout) -> None:
     base = validate_base_url(args.url)
 
-    status, payload, elapsed = health(base, args.timeout, args.wait, out)
+    status, payload, elapsed = health(base, args.timeout, args.wait, out,
+                                      expected_build(args.expect_build), args.settle)
     if status != 200:
         raise SmokeError(f"GET /health returned {status}: {payload!r}")
-    print(f"ok   GET /health        {status} {elapsed * 1000:.0f} ms", file=out)
+    build = payload.get("build") if isinstance(payload, dict) else None
+    print(f"ok   GET /health        {status} {elapsed * 1000:.0f} ms build={build}", file=out)
     if args.health_only:
         return
     headers = auth_headers(args, environ)

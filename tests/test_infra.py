@@ -1794,7 +1794,8 @@ def test_azd_checks_health_after_each_deployment():
     for argv in commands:
         assert argv[1] == "scripts/smoke_deployed.py" and SMOKE.is_file()
         args = parser.parse_args(argv[2:])
-        assert args.health_only and args.wait == 300
+        assert args.health_only and args.wait == 300 and args.expect_build == "local"
+        assert args.settle == 10
 
 
 class _FlakyHealth(http.server.BaseHTTPRequestHandler):
@@ -1843,6 +1844,173 @@ def test_smoke_health_only_waits_for_a_restarting_app(failures, wait, passes):
         assert "cannot load its packages" in proc.stderr and _FlakyHealth.calls >= 2
 
 
+class _BuildHealth(http.server.BaseHTTPRequestHandler):
+    """/health: 200 naming ``builds`` in turn (None: no ``build``, older code; 503: a restart),
+    then the last."""
+    builds: List[Any] = []
+    calls = 0
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        cls = type(self)
+        build = cls.builds[min(cls.calls, len(cls.builds) - 1)]
+        cls.calls += 1
+        raw = json.dumps({"error": {"code": "ServiceUnavailable"}} if build == 503 else
+                         {"status": "ok", **({"build": build} if build else {})}).encode()
+        self.send_response(503 if build == 503 else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+
+def _local_build() -> str:
+    from embedding_core import build
+    return build.digest()
+
+
+def _health_stub(builds: List[Any], *args: str) -> subprocess.CompletedProcess:
+    """The smoke script's --health-only --expect-build local against a _BuildHealth answering
+    ``builds`` ("local": this checkout's)."""
+    _BuildHealth.builds = [_local_build() if b == "local" else b for b in builds]
+    _BuildHealth.calls = 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BuildHealth)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "EMBEDDINGS_API_KEY"}
+        env["AZURE_FUNCTION_URL"] = f"http://127.0.0.1:{server.server_address[1]}"
+        return subprocess.run([sys.executable, str(SMOKE), "--health-only", "--timeout", "10",
+                               "--expect-build", "local", *args],
+                              capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("builds, wait, passes", [
+    ([None, "0123456789ab", "local"], "30", True),      # older code, the previous build, then ours
+    (["0123456789ab"], "2", False),                     # never ours
+    ([None], "0", False),                               # code older than the check
+])
+def test_smoke_waits_out_instances_still_running_the_previous_build(builds, wait, passes):
+    """--expect-build local: a 200 from another build (an instance still running the previous
+    deployment) is waited out like a 5xx, and after the wait it fails saying which build."""
+    local = _local_build()
+    proc = _health_stub(builds, "--wait", wait)
+    if passes:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "wait GET /health        200, but it names no build" in proc.stdout
+        assert (f"wait GET /health        200, but it answers from build 0123456789ab, not "
+                f"{local}") in proc.stdout
+        assert f"ok   GET /health        200" in proc.stdout and f"build={local}" in proc.stdout
+        assert _BuildHealth.calls == 3
+    else:
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "GET /health answered 200, but it " in proc.stderr, proc.stderr
+        assert (f"from build 0123456789ab, not {local}" if builds[0] else
+                f"names no build (code older than build {local})") in proc.stderr
+        assert "instances still run the previous deployment" in proc.stderr
+
+
+def test_smoke_settles_across_a_restart_after_the_first_good_answer():
+    """--settle: the new build answers, the host restarts (503, then the old build on an instance
+    not yet recycled), then the new build for the whole window: one pass, after settling again."""
+    proc = _health_stub(["local", 503, "0123456789ab", "local"], "--wait", "30",
+                        "--settle", "2.5")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("(settling again)") == 1, proc.stdout
+    assert "answered, then 503" in proc.stdout
+    assert "200, but it answers from build 0123456789ab" in proc.stdout
+    assert _BuildHealth.calls == 3 + 3        # 2.5 s of answers every 2 s: three
+    # a restart the wait does not outlast fails with the last answer
+    proc = _health_stub(["local", 503], "--wait", "1", "--settle", "10")
+    assert proc.returncode == 1 and "GET /health returned 503" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("value", ["0123456789AB", " local "])
+def test_smoke_expect_build_values(value):
+    smoke = load_smoke_module()
+    assert smoke.expected_build(value) in ("0123456789ab", _local_build())
+    for bad in ("0123", "0123456789abz", "latest"):
+        with pytest.raises(ValueError):
+            smoke.expected_build(bad)
+
+
+@pytest.mark.parametrize("option, value", [("--wait", "nan"), ("--wait", "-1"),
+                                           ("--settle", "inf"), ("--settle", "-2"),
+                                           ("--expect-build", "main")])
+def test_smoke_refuses_unusable_waits_and_builds_before_asking(option, value, capsys):
+    smoke = load_smoke_module()
+    with pytest.raises(SystemExit) as exit_:    # argparse's usage error; nothing listens on :9
+        smoke.main(["--url", "http://127.0.0.1:9", "--health-only", option, value])
+    assert exit_.value.code == 2 and option in capsys.readouterr().err
+
+
+def _package(dest: Path) -> Path:
+    """What a deployment ships of the app's code, as .funcignore filters it (the models' data
+    files left out: /health never loads one)."""
+    patterns = funcignore_patterns()
+    for src in [ROOT / n for n in ("function_app.py", "host.json", "requirements.txt",
+                                   "requirements.lock")] + sorted((ROOT / "embedding_core").rglob("*")):
+        rel = src.relative_to(ROOT)
+        if src.is_file() and not ignored(rel.as_posix(), patterns) and "models" not in rel.parts:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).write_bytes(src.read_bytes())
+    return dest
+
+
+def test_the_deployed_copy_answers_with_the_build_of_the_folder_it_was_made_from(tmp_path):
+    """The app serving a copy of the package (another folder, as on Azure) names the build the
+    smoke script computes from this checkout; once a file of the copy differs, it names another
+    and the check fails."""
+    from live_server import LiveServer
+
+    package = _package(tmp_path / "package")
+    local = _local_build()
+
+    def smoke(app_dir: Path) -> subprocess.CompletedProcess:
+        server = LiveServer({"EMBEDDINGS_API_KEYS": "k" * 32}, app_dir=app_dir)
+        try:
+            env = {k: v for k, v in os.environ.items() if k != "EMBEDDINGS_API_KEY"}
+            env["AZURE_FUNCTION_URL"] = server.url
+            return subprocess.run([sys.executable, str(SMOKE), "--health-only", "--timeout", "30",
+                                   "--expect-build", "local"],
+                                  capture_output=True, text=True, timeout=60, env=env)
+        finally:
+            server.stop()
+    proc = smoke(package)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"build={local}" in proc.stdout
+    with open(package / "embedding_core" / "pooling.py", "a", encoding="utf-8") as f:
+        f.write("# a change the checkout does not have\n")
+    proc = smoke(package)
+    assert proc.returncode == 1
+    assert f"answers from build " in proc.stderr and f", not {local}:" in proc.stderr, proc.stderr
+
+
+def test_the_build_is_of_the_apps_code_wherever_it_is(tmp_path):
+    """The digest covers the code and the registry, by path and content, not the folder it is in,
+    nor caches or the models' data files (which the registry's checksums pin)."""
+    from embedding_core import build
+
+    package = _package(tmp_path / "a")
+    assert build.digest(package) == _local_build()
+    covered = {p.as_posix() for p in build.files(package)}
+    assert {"function_app.py", "host.json", "requirements.txt", "requirements.lock",
+            "embedding_core/registry.json", "embedding_core/service.py"} <= covered
+    (package / "embedding_core" / "__pycache__").mkdir(exist_ok=True)
+    (package / "embedding_core" / "__pycache__" / "service.cpython-311.pyc").write_bytes(b"x")
+    (package / "embedding_core" / "models" / "m").mkdir(parents=True)
+    (package / "embedding_core" / "models" / "m" / "model.onnx").write_bytes(b"x")
+    (package / "embedding_core" / "models" / "m" / "config.json").write_bytes(b"{}")
+    assert build.digest(package) == _local_build()
+    registry = package / "embedding_core" / "registry.json"
+    registry.write_bytes(registry.read_bytes().replace(b"cb04bf", b"cb04bE"))   # a model's sha256
+    assert build.digest(package) != _local_build()
+
+
 def _free_loopback_port() -> int:
     import socket
 
@@ -1883,11 +2051,12 @@ def test_smoke_against_real_app_on_loopback(tmp_path):
             time.sleep(0.2)
         env_smoke = dict(env, EMBEDDINGS_API_KEY=key)
         proc = subprocess.run(
-            [sys.executable, str(SMOKE), "--url", url, "--timeout", "60"],
+            [sys.executable, str(SMOKE), "--url", url, "--timeout", "60", "--expect-build",
+             "local"],
             capture_output=True, text=True, timeout=180, env=env_smoke,
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "dims=384" in proc.stdout
+        assert "dims=384" in proc.stdout and f"build={_local_build()}" in proc.stdout
         assert key not in proc.stdout + proc.stderr
     finally:
         server.terminate()
