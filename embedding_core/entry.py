@@ -81,7 +81,8 @@ def _unloadable(exc: ImportError) -> tuple[int, dict[str, str], bytes]:
     else:
         why = (f"a package is missing or broken on Python {running}{module}. Deploy the code "
                f"again with a build of requirements.txt.")
-    err = errors.ApiError(503, "ServiceUnavailable", "The app cannot load its packages: " + why)
+    err = errors.ApiError(503, "ServiceUnavailable", "The app cannot load its packages: " + why,
+                          headers=dict(errors.NO_RETRY))
     global _logged
     if not _logged:                 # once per process, not once per request
         _logged = True

@@ -165,10 +165,18 @@ def internal(request_id: str) -> ApiError:
                     f"The server failed to process the request. Request id: {request_id}.")
 
 
+# On an answer a retry cannot change (the deployment itself is wrong until it is fixed): the
+# openai SDK, and the frameworks and litellm built on it, obey it and fail at once instead of
+# sending the request twice more, each a billed execution (the header is not standard; azure-core
+# ignores it).
+NO_RETRY = {"x-should-retry": "false"}
+
+
 def misconfigured(request_id: str) -> ApiError:
     return ApiError(500, "InternalServerError",
                     "The server's configuration is invalid (a setting or the deployment "
-                    f"registry); its log names the problem. Request id: {request_id}.")
+                    f"registry); its log names the problem. Request id: {request_id}.",
+                    headers=dict(NO_RETRY))
 
 
 def model_unavailable(name: str, retry_after: int) -> ApiError:

@@ -344,6 +344,7 @@ def test_packages_built_for_another_python_answer_503_saying_so(tmp_path):
     for status, headers, body in _run_unloadable(tmp_path):
         assert status == 503
         assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["x-should-retry"] == "false"      # a redeployment fixes it, not a retry
         assert body["error"]["code"] == "ServiceUnavailable"
         assert body["error"]["message"] == (
             "The app cannot load its packages: its packages were built for Python 3.99, and it "

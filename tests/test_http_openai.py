@@ -232,6 +232,25 @@ def test_the_server_can_truncate_over_long_inputs_on_v1(live_server):
         server.stop()
 
 
+def test_the_openai_sdk_does_not_retry_what_a_retry_cannot_fix():
+    """A misconfigured deployment's 500 says ``x-should-retry: false``: the openai SDK at its
+    defaults (two retries, 0.5-8 s apart) fails at once with the server's message, instead of
+    three billed calls."""
+    server = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_MAX_INPUTS": "many"})
+    sent = []
+    try:
+        with httpx2.Client(event_hooks={"request": [sent.append]}) as http:
+            client = OpenAI(base_url=server.url + "/v1", api_key=KEY, http_client=http)
+            assert client.max_retries == 2
+            with pytest.raises(openai.InternalServerError) as failure:
+                client.embeddings.create(input=["hello"], model=DEFAULT)
+    finally:
+        server.stop()
+    assert len(sent) == 1
+    assert failure.value.response.headers["x-should-retry"] == "false"
+    assert "The server's configuration is invalid" in failure.value.message
+
+
 def test_start_truncation_on_v1_keeps_the_end(registry):
     long_text = "first words are dropped " + "filler " * 300 + "the end is kept"
     svc = EmbeddingService(Settings.from_env({"EMBEDDINGS_API_KEYS": KEY,
