@@ -346,7 +346,9 @@ def check(args) -> int:
         expect("an image", status == 200 and len(json.loads(out)["data"][0]["embedding"]) == 384,
                (status, out[:200]))
         status, _, out = host.invoke("health", "GET", "/health", {})
-        expect("GET /health", status == 200 and json.loads(out)["status"] == "ok", out[:200])
+        from embedding_core import build     # the smoke script's --expect-build local
+        expect("GET /health", status == 200 and json.loads(out)["status"] == "ok"
+               and json.loads(out)["build"] == build.digest(), out[:200])
         records: dict[str, int] = {}
         for log in host.logs:
             key = f"{log.category} ({'in an invocation' if log.invocation_id else 'outside'})"
