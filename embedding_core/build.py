@@ -2,22 +2,27 @@
 
 The digest is of the files that make the app's behaviour and that every deployment package
 holds (``.funcignore`` ships these): ``function_app.py``, ``host.json``, the requirements, and the
-package's Python modules and ``registry.json`` (which holds the models' sha256, so a changed
-model changes it too). It is computed from the files as they are on disk, so the folder a
-deployment was made from gives the same value (``scripts/smoke_deployed.py --expect-build local``,
-which ``azure.yaml``'s post-deploy hook runs: it waits until the app answers with the build just
-deployed, not an instance still running the previous one).
+package's Python modules and ``registry.json`` (which holds its models' sha256, so a changed
+model changes it too; a registry named by ``EMBEDDINGS_REGISTRY`` elsewhere is not covered). It
+is computed from the files as they are on disk, so the folder a deployment was made from gives
+the same value (``scripts/smoke_deployed.py --record-build`` when azd packages it, then
+``--expect-build local``: ``azure.yaml``'s hooks, which wait until the app answers with the
+build just deployed, not an instance still running the previous one).
 
 Standard library only: the smoke script imports it with a bare Python."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = Path(__file__).resolve().parent.name
+# Not resolve(): where embedding_core/ is a symlink, the folder azd zips (it follows the link) is
+# the one holding the link.
+ROOT = Path(os.path.abspath(__file__)).parent.parent
+PACKAGE = Path(os.path.abspath(__file__)).parent.name
 # At the app's root: what the Functions host and the build read.
 ROOT_FILES = ("function_app.py", "host.json", "requirements.txt", "requirements.lock")
 # In the package: code and the registry (not the models' data files, which the registry pins).
@@ -25,8 +30,10 @@ PACKAGE_SUFFIXES = (".py",)
 PACKAGE_FILES = ("registry.json",)
 LENGTH = 12      # hex digits shown: 48 bits, plenty to tell builds apart
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
-_current: list[str | None] = []     # [the digest] once computed
+_current: list[str] = []            # [the digest] once computed
+_failed = False
 
 
 def files(root: Path = ROOT) -> list[Path]:
@@ -34,13 +41,20 @@ def files(root: Path = ROOT) -> list[Path]:
     name starts with '.' and ``__pycache__`` are skipped (never shipped)."""
     found = [Path(name) for name in ROOT_FILES if (root / name).is_file()]
     package = root / PACKAGE
-    for path in package.rglob("*"):
-        rel = path.relative_to(root)
-        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+    seen: set[str] = set()
+    # Into symlinked directories too, as azd's zip goes (Path.rglob does not).
+    for folder, dirs, names in os.walk(package, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:            # a link loop
+            dirs[:] = []
             continue
-        if path.is_file() and (path.suffix in PACKAGE_SUFFIXES
-                               or (path.parent == package and path.name in PACKAGE_FILES)):
-            found.append(rel)
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+        for name in names:
+            path = Path(folder, name)
+            if path.is_file() and (path.suffix in PACKAGE_SUFFIXES
+                                   or (Path(folder) == package and name in PACKAGE_FILES)):
+                found.append(path.relative_to(root))
     # Sorted as strings: Windows paths compare case-blind, and a checkout there must agree with
     # the Linux instance.
     return sorted(found, key=lambda rel: rel.as_posix())
@@ -57,12 +71,18 @@ def digest(root: Path = ROOT) -> str:
 
 
 def current() -> str | None:
-    """This process's build (computed once: a few milliseconds), or None if a file could not be
-    read (``/health`` then says ``null`` rather than failing)."""
+    """This process's build (computed once: a few milliseconds), or None if it could not be
+    computed (``/health`` then says ``null`` rather than failing; tried again next time, the
+    first failure logged)."""
+    global _failed
     with _lock:
         if not _current:
             try:
                 _current.append(digest(ROOT))
-            except OSError:
-                _current.append(None)
+            except Exception:  # noqa: BLE001 - /health must answer
+                if not _failed:
+                    _failed = True
+                    log.warning("GET /health cannot name the build: reading the app's code "
+                                "failed", exc_info=True)
+                return None
         return _current[0]

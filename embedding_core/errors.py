@@ -172,11 +172,12 @@ def internal(request_id: str) -> ApiError:
 NO_RETRY = {"x-should-retry": "false"}
 
 
-def misconfigured(request_id: str) -> ApiError:
+def misconfigured(request_id: str, lasting: bool = True) -> ApiError:
+    """``lasting``: the settings or registry are wrong, not merely unreadable this moment."""
     return ApiError(500, "InternalServerError",
                     "The server's configuration is invalid (a setting or the deployment "
                     f"registry); its log names the problem. Request id: {request_id}.",
-                    headers=dict(NO_RETRY))
+                    headers=dict(NO_RETRY) if lasting else {})
 
 
 def model_unavailable(name: str, retry_after: int) -> ApiError:

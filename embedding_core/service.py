@@ -407,11 +407,28 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
         route = ROUTES.get(template)
         dialect = route.dialect if route else path_dialect(req.path)
 
+        # A wrong setting or registry (ValueError) stays wrong until the deployment is fixed;
+        # anything else (a registry file that could not be read, a thread that could not start,
+        # memory) may pass, and the next request builds the service again: retryable.
+        lasting = isinstance(exc, ValueError) and not _chain_has(exc, OSError)
+
         def fail(trace: Trace) -> dict[str, Any]:
-            raise errors.misconfigured(trace.request_id)
+            raise errors.misconfigured(trace.request_id, lasting)
         return run_request(req, dialect, template, fail)
     with memory.request():   # the idle memory trimmer counts requests in flight
         return service.handle(template, req)
+
+
+def _chain_has(exc: BaseException, kind: type) -> bool:
+    """Whether ``exc`` or an exception it was raised from or during is a ``kind``."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, kind):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 _SETTING_NAME = re.compile(r"\b((?:EMBEDDINGS|AZURE|WEBSITE)_[A-Z0-9_]{2,60})\b")

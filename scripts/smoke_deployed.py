@@ -27,6 +27,7 @@ refused unless the host is a loopback address (local testing).
 from __future__ import annotations
 
 import argparse
+import http.client
 import ipaddress
 import json
 import re
@@ -142,10 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--expect-build",
         default="",
         metavar="BUILD",
-        help="GET /health must name this build (12 hex digits), or with 'local' the build of the "
-             "folder this script is in (what was just deployed from it): with --wait, an answer "
-             "from another build (an instance still running the previous deployment) is waited "
-             "out like a 5xx",
+        help="GET /health must name this build (12 hex digits), or with 'local' the build "
+             "--record-build kept when azd packaged this folder, else the folder's: with --wait, "
+             "an answer from another build (an instance still running the previous deployment) "
+             "is waited out like a 5xx",
+    )
+    parser.add_argument(
+        "--record-build",
+        action="store_true",
+        help="only keep this folder's build for the azd environment (AZURE_ENV_NAME), for a "
+             "later --expect-build local: what azure.yaml's prepackage hook runs",
     )
     parser.add_argument(
         "--settle",
@@ -159,21 +166,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def expected_build(value: str) -> str:
-    """``--expect-build``'s value: '' (no check), 12 hex digits, or 'local'."""
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = re.compile(r"[0-9a-f]{12}")
+
+
+def folder_build() -> str:
+    """The build of the app in the folder this script is in (embedding_core/build.py)."""
+    sys.path.insert(0, ROOT)
+    try:
+        from embedding_core import build   # standard library only
+        return build.digest(build.Path(ROOT))
+    except Exception as exc:  # noqa: BLE001 - ImportError, OSError, ...
+        raise ValueError(f"--expect-build local: cannot read the app's code in {ROOT} "
+                         f"({exc})") from None
+    finally:
+        sys.path.remove(ROOT)
+
+
+def record_path(environ: Mapping[str, str]) -> Optional[str]:
+    """Where --record-build keeps the build azd packaged for the azd environment (.azure/ is
+    neither committed nor shipped), or None outside azd."""
+    name = environ.get("AZURE_ENV_NAME", "")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        return None
+    return os.path.join(ROOT, ".azure", name, "embeddings-build")
+
+
+def record_build(environ: Mapping[str, str], out=sys.stdout) -> None:
+    """--record-build (azure.yaml's prepackage hook): keep the folder's build as azd packages it,
+    for --expect-build local after the deployment; files edited meanwhile (azd up provisions
+    between the two) then do not count. Never fails the packaging."""
+    path = record_path(environ)
+    try:
+        if path is None:
+            raise ValueError("AZURE_ENV_NAME is not set (not run by azd)")
+        build = folder_build()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="ascii") as f:
+            f.write(build + "\n")
+    except (ValueError, OSError) as exc:
+        print(f"note: no build recorded ({exc}); --expect-build local will read the folder as "
+              "it is after the deployment", file=out)
+        return
+    print(f"recorded build {build}, as packaged, in {os.path.relpath(path, ROOT)}", file=out)
+
+
+def expected_build(value: str, environ: Mapping[str, str] = os.environ,
+                   out=sys.stdout) -> str:
+    """``--expect-build``'s value: '' (no check), 12 hex digits, or 'local': the build
+    --record-build kept when azd packaged the folder (used once: the file is removed), else the
+    folder's as it is now."""
     value = value.strip().lower()
     if value == "local":
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        sys.path.insert(0, root)
+        path = record_path(environ)
         try:
-            from embedding_core import build   # standard library only
-            return build.digest()
-        except (ImportError, OSError) as exc:
-            raise ValueError(f"--expect-build local: cannot read the app's code in {root} "
-                             f"({exc})") from None
-        finally:
-            sys.path.remove(root)
-    if value and not re.fullmatch(r"[0-9a-f]{12}", value):
+            with open(path or "", encoding="ascii") as f:
+                recorded = f.read().strip()
+            os.remove(path or "")
+        except (OSError, UnicodeDecodeError):
+            return folder_build()
+        if BUILD.fullmatch(recorded):
+            print(f"expect build {recorded}, as azd packaged it", file=out)
+            return recorded
+        return folder_build()
+    if value and not BUILD.fullmatch(value):
         raise ValueError(f"--expect-build must be 'local' or 12 hex digits, not {value!r}")
     return value
 
@@ -215,12 +271,16 @@ def request_json(
         req.add_header(name, value)
     started = time.monotonic()
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - scheme validated
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise SmokeError(f"{method} {url}: {exc}") from exc
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - scheme validated
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+    # HTTPException: an answer cut off (IncompleteRead) or garbled, e.g. an instance recycled
+    # while it answers: waited out like a refused connection.
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        raise SmokeError(f"{method} {url}: {exc!r}" if not str(exc) else
+                         f"{method} {url}: {exc}") from exc
     elapsed = time.monotonic() - started
     try:
         payload = json.loads(raw.decode("utf-8")) if raw else None
@@ -252,6 +312,8 @@ def other_build(payload: Any, expected: str) -> Optional[str]:
     expected)."""
     if not expected:
         return None
+    if isinstance(payload, dict) and "build" in payload and payload["build"] is None:
+        return f"it could not compute its build (expected {expected}; its log says why)"
     found = payload.get("build") if isinstance(payload, dict) else None
     if found == expected:
         return None
@@ -317,7 +379,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out=sys.stdout) ->
     base = validate_base_url(args.url)
 
     status, payload, elapsed = health(base, args.timeout, args.wait, out,
-                                      expected_build(args.expect_build), args.settle)
+                                      expected_build(args.expect_build, environ, out),
+                                      args.settle)
     if status != 200:
         raise SmokeError(f"GET /health returned {status}: {payload!r}")
     build = payload.get("build") if isinstance(payload, dict) else None
@@ -353,6 +416,9 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out=sys.stdout) ->
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.record_build:
+        record_build(os.environ)
+        return 0
     try:
         run(args, os.environ)
     except ValueError as exc:

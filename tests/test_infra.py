@@ -1371,7 +1371,9 @@ def test_azure_yaml_service_matches_infra():
     assert doc["infra"] == {"provider": "bicep", "path": "infra", "module": "main"}
     assert set(doc["services"]) == {"api"}
     api = doc["services"]["api"]
-    assert api == {"project": ".", "language": "python", "host": "function"}
+    assert set(api["hooks"]) == {"prepackage"}        # --record-build (the post-deploy check)
+    assert {k: v for k, v in api.items() if k != "hooks"} == {
+        "project": ".", "language": "python", "host": "function"}
     # .funcignore is honoured from azd 1.18.0 (Azure/azure-dev#5383)
     assert doc["requiredVersions"] == {"azd": ">= 1.18.0"}
     assert parse(MAIN)["modules"]["functionApp"]["config"]["params"]["serviceName"] == "api"
@@ -1772,30 +1774,37 @@ def test_smoke_against_loopback_stub():
     assert ("POST", "/embeddings") in paths and ("GET", "/info") in paths
 
 
-def test_azd_checks_health_after_each_deployment():
-    """azure.yaml's postdeploy hook: the smoke script's /health check, retried while the app
-    restarts, on POSIX and Windows shells; its arguments are the script's."""
+def _hook_commands(hook: Dict[str, Any]) -> List[List[str]]:
+    """An azure.yaml hook's commands: POSIX python3; Windows the py launcher if there is one
+    (azd's own first choice), else python, each with the same arguments."""
     import shlex
-    hooks = load_simple_yaml((ROOT / "azure.yaml").read_text())["hooks"]
-    assert set(hooks) == {"postdeploy"}
-    parser = load_smoke_module().build_parser()
-    posix = hooks["postdeploy"]["posix"]
-    windows = hooks["postdeploy"]["windows"]
+    posix, windows = hook["posix"], hook["windows"]
     assert posix["shell"] == "sh" and windows["shell"] == "pwsh"
     assert "continueOnError" not in posix and "continueOnError" not in windows
-    # POSIX: python3; Windows: the py launcher if there is one (azd's own first choice), else
-    # python, each with the same command.
     commands = [shlex.split(posix["run"])]
     m = re.fullmatch(r"if \(Get-Command py -ErrorAction SilentlyContinue\) \{ (py -3 [^}]+) \} "
                      r"else \{ (python [^}]+) \}", windows["run"])
     assert m, windows["run"]
     commands += [shlex.split(m.group(1))[1:], shlex.split(m.group(2))]
     assert [c[0] for c in commands] == ["python3", "-3", "python"]
-    for argv in commands:
-        assert argv[1] == "scripts/smoke_deployed.py" and SMOKE.is_file()
-        args = parser.parse_args(argv[2:])
-        assert args.health_only and args.wait == 300 and args.expect_build == "local"
-        assert args.settle == 10
+    assert len({tuple(c[1:]) for c in commands}) == 1
+    assert commands[0][1] == "scripts/smoke_deployed.py" and SMOKE.is_file()
+    return commands
+
+
+def test_azd_checks_health_after_each_deployment():
+    """azure.yaml's postdeploy hook: the smoke script's /health check, retried while the app
+    restarts, for the build the service's prepackage hook recorded; its arguments are the
+    script's."""
+    doc = load_simple_yaml((ROOT / "azure.yaml").read_text())
+    hooks = doc["hooks"]
+    assert set(hooks) == {"postdeploy"}
+    parser = load_smoke_module().build_parser()
+    args = parser.parse_args(_hook_commands(hooks["postdeploy"])[0][2:])
+    assert args.health_only and args.wait == 300 and args.expect_build == "local"
+    assert args.settle == 10 and not args.record_build
+    args = parser.parse_args(_hook_commands(doc["services"]["api"]["hooks"]["prepackage"])[0][2:])
+    assert args.record_build
 
 
 class _FlakyHealth(http.server.BaseHTTPRequestHandler):
@@ -1859,6 +1868,13 @@ class _BuildHealth(http.server.BaseHTTPRequestHandler):
         cls.calls += 1
         raw = json.dumps({"error": {"code": "ServiceUnavailable"}} if build == 503 else
                          {"status": "ok", **({"build": build} if build else {})}).encode()
+        if build == "cut":          # an instance recycled while it answers
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b'{"status"')
+            self.close_connection = True
+            return
         self.send_response(503 if build == 503 else 200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(raw)))
@@ -1871,17 +1887,21 @@ def _local_build() -> str:
     return build.digest()
 
 
-def _health_stub(builds: List[Any], *args: str) -> subprocess.CompletedProcess:
-    """The smoke script's --health-only --expect-build local against a _BuildHealth answering
-    ``builds`` ("local": this checkout's)."""
+def _health_stub(builds: List[Any], *args: str, script: Path = SMOKE,
+                 env_name: str = "") -> subprocess.CompletedProcess:
+    """``script`` --health-only --expect-build local against a _BuildHealth answering ``builds``
+    ("local": this checkout's), as azd runs it for environment ``env_name`` (if given)."""
     _BuildHealth.builds = [_local_build() if b == "local" else b for b in builds]
     _BuildHealth.calls = 0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BuildHealth)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        env = {k: v for k, v in os.environ.items() if k != "EMBEDDINGS_API_KEY"}
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("EMBEDDINGS_API_KEY", "AZURE_ENV_NAME")}
         env["AZURE_FUNCTION_URL"] = f"http://127.0.0.1:{server.server_address[1]}"
-        return subprocess.run([sys.executable, str(SMOKE), "--health-only", "--timeout", "10",
+        if env_name:
+            env["AZURE_ENV_NAME"] = env_name
+        return subprocess.run([sys.executable, str(script), "--health-only", "--timeout", "10",
                                "--expect-build", "local", *args],
                               capture_output=True, text=True, timeout=60, env=env)
     finally:
@@ -1917,13 +1937,15 @@ def test_smoke_waits_out_instances_still_running_the_previous_build(builds, wait
 def test_smoke_settles_across_a_restart_after_the_first_good_answer():
     """--settle: the new build answers, the host restarts (503, then the old build on an instance
     not yet recycled), then the new build for the whole window: one pass, after settling again."""
-    proc = _health_stub(["local", 503, "0123456789ab", "local"], "--wait", "30",
-                        "--settle", "2.5")
+    proc = _health_stub(["local", 503, "cut", "0123456789ab", "local"], "--wait", "30",
+                        "--settle", "3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("(settling again)") == 1, proc.stdout
     assert "answered, then 503" in proc.stdout
+    assert "IncompleteRead" in proc.stdout          # waited out, not a traceback
     assert "200, but it answers from build 0123456789ab" in proc.stdout
-    assert _BuildHealth.calls == 3 + 3        # 2.5 s of answers every 2 s: three
+    # 3 s of answers every 2 s: at 0, 2 and 3 s (two if one took over a second)
+    assert 4 + 2 <= _BuildHealth.calls <= 4 + 3
     # a restart the wait does not outlast fails with the last answer
     proc = _health_stub(["local", 503], "--wait", "1", "--settle", "10")
     assert proc.returncode == 1 and "GET /health returned 503" in proc.stderr, proc.stderr
@@ -1946,6 +1968,99 @@ def test_smoke_refuses_unusable_waits_and_builds_before_asking(option, value, ca
     with pytest.raises(SystemExit) as exit_:    # argparse's usage error; nothing listens on :9
         smoke.main(["--url", "http://127.0.0.1:9", "--health-only", option, value])
     assert exit_.value.code == 2 and option in capsys.readouterr().err
+
+
+def test_the_build_azd_packaged_is_expected_not_the_folder_edited_since(tmp_path):
+    """azd up packages, provisions for minutes, deploys: the prepackage hook's --record-build keeps
+    the build packaged, and the post-deploy check expects that one (once) although a file changed
+    meanwhile; without a record it reads the folder. Outside azd nothing is recorded, and the
+    packaging never fails for it."""
+    project = _package(tmp_path / "project")
+    (project / "scripts").mkdir()
+    script = project / "scripts" / "smoke_deployed.py"
+    script.write_bytes(SMOKE.read_bytes())
+    env = {k: v for k, v in os.environ.items() if k != "AZURE_ENV_NAME"}
+    proc = subprocess.run([sys.executable, str(script), "--record-build"], capture_output=True,
+                          text=True, timeout=60, env=dict(env, AZURE_ENV_NAME="dev"))
+    record = project / ".azure" / "dev" / "embeddings-build"
+    assert proc.returncode == 0 and record.read_text() == _local_build() + "\n", proc.stdout
+    assert f"recorded build {_local_build()}" in proc.stdout
+    assert load_simple_yaml((ROOT / "azure.yaml").read_text())[
+        "services"]["api"]["hooks"]["prepackage"]["posix"]["run"] == \
+        "python3 scripts/smoke_deployed.py --record-build"
+    with open(project / "embedding_core" / "pooling.py", "a", encoding="utf-8") as f:
+        f.write("# edited while azd provisions\n")
+    proc = _health_stub(["local"], script=script, env_name="dev")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"expect build {_local_build()}, as azd packaged it" in proc.stdout
+    assert not record.exists()                            # used once
+    proc = _health_stub(["local"], script=script, env_name="dev")
+    assert proc.returncode == 1 and f"answers from build {_local_build()}, not " in proc.stderr
+    proc = subprocess.run([sys.executable, str(script), "--record-build"], capture_output=True,
+                          text=True, timeout=60, env=env)
+    assert proc.returncode == 0 and "no build recorded (AZURE_ENV_NAME is not set" in proc.stdout
+    assert [p.name for p in (project / ".azure").rglob("*")] == ["dev"]    # nothing new
+
+
+def test_health_answers_without_a_build_it_cannot_compute(monkeypatch, caplog):
+    """A failure to read the app's code never fails /health: "build" is null, logged once, tried
+    again on the next call; the smoke script says so rather than "older code"."""
+    import logging
+
+    from conftest import make_service
+    from embedding_core import build
+    from embedding_core.api import ApiRequest
+
+    def unreadable(root=build.ROOT):
+        raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "a file name that is not UTF-8")
+    monkeypatch.setattr(build, "_current", [])
+    monkeypatch.setattr(build, "_failed", False)
+    monkeypatch.setattr(build, "digest", unreadable)
+    svc = make_service()
+
+    def health():
+        res = svc.health(ApiRequest("GET", "/health", {}, {}, b""))
+        assert res.status == 200
+        return json.loads(res.body)
+    with caplog.at_level(logging.WARNING, logger="embedding_core.build"):
+        assert health()["build"] is None and health()["build"] is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "GET /health cannot name the build: reading the app's code failed"]
+    monkeypatch.undo()
+    monkeypatch.setattr(build, "_current", [])
+    assert health()["build"] == _local_build()
+    smoke = load_smoke_module()
+    assert smoke.other_build({"status": "ok", "build": None}, "0123456789ab") == (
+        "it could not compute its build (expected 0123456789ab; its log says why)")
+    assert smoke.other_build({"status": "ok"}, "0123456789ab") == (
+        "it names no build (code older than build 0123456789ab)")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks")
+def test_the_build_follows_symlinks_as_azd_zips_them(tmp_path):
+    """azd's zip follows symlinked directories, and a symlinked embedding_core/ is zipped where
+    the link is: the digest of such a folder equals that of the copy the instance gets."""
+    from embedding_core import build
+
+    copy = _package(tmp_path / "copy")
+    (copy / "embedding_core" / "plug").mkdir()
+    (copy / "embedding_core" / "plug" / "extra.py").write_text("X = 1\n")
+    linked = _package(tmp_path / "linked")
+    (tmp_path / "elsewhere" / "plug").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "plug" / "extra.py").write_text("X = 1\n")
+    (linked / "embedding_core" / "plug").symlink_to(tmp_path / "elsewhere" / "plug")
+    (linked / "embedding_core" / "plug" / "loop").symlink_to(linked / "embedding_core")
+    assert "embedding_core/plug/extra.py" in {p.as_posix() for p in build.files(linked)}
+    assert build.digest(linked) == build.digest(copy) != _local_build()
+    # embedding_core/ itself a link (a shared package): the app's root is where the link is
+    shared = tmp_path / "shared"
+    (shared / "pkg").parent.mkdir(exist_ok=True)
+    (copy / "embedding_core").rename(shared / "pkg")
+    (copy / "embedding_core").symlink_to(shared / "pkg")
+    proc = subprocess.run([sys.executable, "-c", "from embedding_core import build; "
+                           "print(build.current())"], cwd=copy, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout.strip() == build.digest(linked), proc.stderr
 
 
 def _package(dest: Path) -> Path:
