@@ -216,7 +216,7 @@ class EmbeddingService:
     def openai_embeddings(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
         request = dialect_openai.parse_embeddings(req, self.settings)
         return dialect_openai.render_embeddings(
-            self.pipeline.embed(request, "/v1/embeddings", trace), trace.request_id)
+            self.pipeline.embed(request, trace.route, trace), trace.request_id)   # the path used
 
     def azure_openai_embeddings(self, req: ApiRequest, trace: Trace) -> dict[str, Any]:
         deployment = req.route_params.get("deployment") or _segments(req.path)[2]

@@ -474,3 +474,8 @@ def test_azure_openai_v1_path_serves_what_v1_serves(live_server, ref):
     status, body = post_v1(live_server, {"input": ["a"], "model": "gpt-4"},
                            path="/openai/v1/embeddings")
     assert status == 404 and body["error"]["code"] == "model_not_found", body
+    for path in ("/openai/v1/embeddings", "/v1/embeddings"):   # errors name the path called
+        status, body = post_v1(live_server, {"input": ["a"],
+                                             "model": "minilm-conse-efficientnet-lite0"}, path=path)
+        assert status == 404 and body["error"]["message"].endswith(
+            f"cannot be used on {path}."), body
