@@ -41,20 +41,22 @@ def files(root: Path = ROOT) -> list[Path]:
     name starts with '.' and ``__pycache__`` are skipped (never shipped)."""
     found = [Path(name) for name in ROOT_FILES if (root / name).is_file()]
     package = root / PACKAGE
-    seen: set[str] = set()
-    # Into symlinked directories too, as azd's zip goes (Path.rglob does not).
-    for folder, dirs, names in os.walk(package, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:            # a link loop
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
-        for name in names:
-            path = Path(folder, name)
-            if path.is_file() and (path.suffix in PACKAGE_SUFFIXES
-                                   or (Path(folder) == package and name in PACKAGE_FILES)):
+
+    def walk(folder: Path, ancestors: frozenset[str]) -> None:
+        # Into symlinked directories too, as azd's zip goes (Path.rglob does not), each link
+        # on its own (two links to one folder are two copies in the zip); not round a loop.
+        for entry in os.scandir(folder):
+            path = Path(entry.path)
+            if entry.is_dir():
+                real = os.path.realpath(path)
+                if not (entry.name.startswith(".") or entry.name == "__pycache__"
+                        or real in ancestors):
+                    walk(path, ancestors | {real})
+            elif entry.is_file() and (path.suffix in PACKAGE_SUFFIXES
+                                      or (folder == package and entry.name in PACKAGE_FILES)):
                 found.append(path.relative_to(root))
+    if package.is_dir():
+        walk(package, frozenset({os.path.realpath(package)}))
     # Sorted as strings: Windows paths compare case-blind, and a checkout there must agree with
     # the Linux instance.
     return sorted(found, key=lambda rel: rel.as_posix())

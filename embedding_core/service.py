@@ -388,6 +388,9 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
     try:
         service = get_service()
     except Exception as exc:  # noqa: BLE001 - bad settings or registry: logged, 500 to the client
+        # Settings and registry errors are ValueErrors; anything else (a thread that could not
+        # start, memory) is not the configuration's fault, and the next request tries again.
+        config = isinstance(exc, ValueError)
         now = time.monotonic()
         summary = f"{type(exc).__name__}: {exc}"
         if _config_error is None or _config_error[1] != summary or \
@@ -399,21 +402,25 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
             # attached none): the row then belongs to the host's failed request.
             token = telemetry.attach_invocation(req.invocation_trace)
             try:
-                log.exception("service configuration error, " + _config_culprit(exc)
-                              + " (answering 500 until it is fixed)")
+                if config:
+                    log.exception("service configuration error, " + _config_culprit(exc)
+                                  + " (answering 500 until it is fixed)")
+                else:
+                    log.exception("the service could not start, " + type(exc).__name__
+                                  + " (answering 500; each request tries again)")
             finally:
                 telemetry.detach(token)
             _config_error = (now, summary)
         route = ROUTES.get(template)
         dialect = route.dialect if route else path_dialect(req.path)
 
-        # A wrong setting or registry (ValueError) stays wrong until the deployment is fixed;
-        # anything else (a registry file that could not be read, a thread that could not start,
-        # memory) may pass, and the next request builds the service again: retryable.
-        lasting = isinstance(exc, ValueError) and not _chain_has(exc, OSError)
+        # A wrong setting or registry stays wrong until the deployment is fixed (not retried);
+        # a registry file that could not be read (a share still mounting) may be read next time.
+        lasting = config and not _chain_has(exc, OSError)
 
         def fail(trace: Trace) -> dict[str, Any]:
-            raise errors.misconfigured(trace.request_id, lasting)
+            raise (errors.misconfigured(trace.request_id, lasting) if config
+                   else errors.internal(trace.request_id))
         return run_request(req, dialect, template, fail)
     with memory.request():   # the idle memory trimmer counts requests in flight
         return service.handle(template, req)

@@ -177,17 +177,16 @@ def folder_build() -> str:
         from embedding_core import build   # standard library only
         return build.digest(build.Path(ROOT))
     except Exception as exc:  # noqa: BLE001 - ImportError, OSError, ...
-        raise ValueError(f"--expect-build local: cannot read the app's code in {ROOT} "
-                         f"({exc})") from None
+        raise ValueError(f"cannot read the app's code in {ROOT} ({exc})") from None
     finally:
         sys.path.remove(ROOT)
 
 
 def record_path(environ: Mapping[str, str]) -> Optional[str]:
     """Where --record-build keeps the build azd packaged for the azd environment (.azure/ is
-    neither committed nor shipped), or None outside azd."""
+    neither committed nor shipped: azd leaves out every .azure folder), or None outside azd."""
     name = environ.get("AZURE_ENV_NAME", "")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+    if not name or name in (".", "..") or any(c in name for c in "/\\:\0"):
         return None
     return os.path.join(ROOT, ".azure", name, "embeddings-build")
 
@@ -204,7 +203,7 @@ def record_build(environ: Mapping[str, str], out=sys.stdout) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="ascii") as f:
             f.write(build + "\n")
-    except (ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - never fails the packaging
         print(f"note: no build recorded ({exc}); --expect-build local will read the folder as "
               "it is after the deployment", file=out)
         return
@@ -212,26 +211,37 @@ def record_build(environ: Mapping[str, str], out=sys.stdout) -> None:
 
 
 def expected_build(value: str, environ: Mapping[str, str] = os.environ,
-                   out=sys.stdout) -> str:
-    """``--expect-build``'s value: '' (no check), 12 hex digits, or 'local': the build
-    --record-build kept when azd packaged the folder (used once: the file is removed), else the
-    folder's as it is now."""
+                   out=sys.stdout) -> Tuple[str, ...]:
+    """The builds ``--expect-build`` accepts: none (no check), its 12 hex digits, or for 'local'
+    the folder's as it is now and the one --record-build kept when azd packaged it, if any (used
+    once: the file is removed; a record left by a packaging that was never deployed would
+    otherwise be expected by a later check)."""
     value = value.strip().lower()
-    if value == "local":
-        path = record_path(environ)
+    if value != "local":
+        if value and not BUILD.fullmatch(value):
+            raise ValueError(f"--expect-build must be 'local' or 12 hex digits, not {value!r}")
+        return (value,) if value else ()
+    try:
+        builds = (folder_build(),)
+    except ValueError as exc:
+        raise ValueError(f"--expect-build local: {exc}") from None
+    path = record_path(environ)
+    recorded = ""
+    if path:
         try:
-            with open(path or "", encoding="ascii") as f:
+            with open(path, encoding="ascii") as f:
                 recorded = f.read().strip()
-            os.remove(path or "")
         except (OSError, UnicodeDecodeError):
-            return folder_build()
-        if BUILD.fullmatch(recorded):
-            print(f"expect build {recorded}, as azd packaged it", file=out)
-            return recorded
-        return folder_build()
-    if value and not BUILD.fullmatch(value):
-        raise ValueError(f"--expect-build must be 'local' or 12 hex digits, not {value!r}")
-    return value
+            pass
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+    if BUILD.fullmatch(recorded) and recorded not in builds:
+        print(f"expect build {recorded}, as azd packaged it, or {builds[0]}, this folder's now",
+              file=out)
+        builds = (recorded, *builds)
+    return builds
 
 
 def auth_headers(args: argparse.Namespace, environ: Mapping[str, str]) -> Dict[str, str]:
@@ -307,25 +317,26 @@ def check_embeddings_payload(payload: Any) -> int:
     return len(vector)
 
 
-def other_build(payload: Any, expected: str) -> Optional[str]:
-    """Why a 200 from /health is not from build ``expected`` (None if it is, or if no build is
-    expected)."""
+def other_build(payload: Any, expected: Sequence[str]) -> Optional[str]:
+    """Why a 200 from /health is not from one of the builds ``expected`` (None if it is, or if
+    none is expected)."""
     if not expected:
         return None
+    wanted = " or ".join(expected)
     if isinstance(payload, dict) and "build" in payload and payload["build"] is None:
-        return f"it could not compute its build (expected {expected}; its log says why)"
+        return f"it could not compute its build (expected {wanted}; its log says why)"
     found = payload.get("build") if isinstance(payload, dict) else None
-    if found == expected:
+    if found in expected:
         return None
-    return (f"it answers from build {found}, not {expected}" if found else
-            f"it names no build (code older than build {expected})")
+    return (f"it answers from build {found}, not {wanted}" if found else
+            f"it names no build (code older than build {wanted})")
 
 
 def health(base: str, timeout: float, wait: float, out=sys.stdout,
-           build: str = "", settle: float = 0.0) -> Tuple[int, Any, float]:
+           build: Sequence[str] = (), settle: float = 0.0) -> Tuple[int, Any, float]:
     """GET /health; for ``wait`` seconds, again while the app is unreachable, answers 404 (not
     indexed yet) or 5xx (starting, or a deployment that cannot load its packages: the last
-    answer is then the error), or answers 200 from a build other than ``build`` (an instance
+    answer is then the error), or answers 200 from a build not in ``build`` (an instance
     still running the previous deployment). With ``settle``, a good answer counts once every
     answer for that long (asked every ``SETTLE_PAUSE`` seconds) has been good: a deployment's
     restarts can follow the first one."""

@@ -545,6 +545,39 @@ def test_exported_configuration_errors_name_the_setting_and_request_lines_stay_l
     assert not any(TEXT.replace(" ", "-") in r.getMessage() for r in lines)
 
 
+def test_a_service_that_could_not_start_for_another_reason_answers_a_retryable_500(
+        monkeypatch, caplog):
+    """Not every failure to build the service is the configuration's (a thread that could not
+    start, memory): the 500 is then the plain internal error, without ``x-should-retry: false``
+    (the next request tries again, and succeeds once it passes); a wrong setting's says so."""
+    def dispatch():
+        res = service_module.dispatch("embeddings", ApiRequest(
+            "POST", "/embeddings", {"content-type": "application/json"},
+            {"api-version": API_VERSION}, b'{"input": ["a"]}'))
+        return res.status, res.headers, json.loads(res.body)["error"]["message"]
+
+    def no_memory(cls):
+        raise MemoryError()
+    service_module.reset_service()
+    monkeypatch.setattr(EmbeddingService, "from_env", classmethod(no_memory))
+    try:
+        with caplog.at_level(logging.ERROR, logger="embedding_core"):
+            status, headers, message = dispatch()
+        assert status == 500 and "x-should-retry" not in headers
+        assert message.startswith("The server failed to process the request.")
+        assert [r.getMessage() for r in caplog.records] == [
+            "the service could not start, MemoryError (answering 500; each request tries again)"]
+        monkeypatch.undo()
+        monkeypatch.setenv("EMBEDDINGS_MAX_INPUTS", "many")
+        status, headers, message = dispatch()
+        assert status == 500 and headers["x-should-retry"] == "false"
+        assert message.startswith("The server's configuration is invalid")
+        monkeypatch.delenv("EMBEDDINGS_MAX_INPUTS")
+        assert dispatch()[0] == 401              # started: no key sent
+    finally:
+        service_module.reset_service()
+
+
 # -- exporter failures ----------------------------------------------------------------------------
 
 class RaisingSpans(SpanExporter):
