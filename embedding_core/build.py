@@ -45,16 +45,17 @@ def files(root: Path = ROOT) -> list[Path]:
     def walk(folder: Path, ancestors: frozenset[str]) -> None:
         # Into symlinked directories too, as azd's zip goes (Path.rglob does not), each link
         # on its own (two links to one folder are two copies in the zip); not round a loop.
-        for entry in os.scandir(folder):
-            path = Path(entry.path)
-            if entry.is_dir():
-                real = os.path.realpath(path)
-                if not (entry.name.startswith(".") or entry.name == "__pycache__"
-                        or real in ancestors):
-                    walk(path, ancestors | {real})
-            elif entry.is_file() and (path.suffix in PACKAGE_SUFFIXES
-                                      or (folder == package and entry.name in PACKAGE_FILES)):
-                found.append(path.relative_to(root))
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                path = Path(entry.path)
+                if entry.is_dir():
+                    real = os.path.realpath(path)
+                    if not (entry.name.startswith(".") or entry.name == "__pycache__"
+                            or real in ancestors):
+                        walk(path, ancestors | {real})
+                elif entry.is_file() and (path.suffix in PACKAGE_SUFFIXES
+                                          or (folder == package and entry.name in PACKAGE_FILES)):
+                    found.append(path.relative_to(root))
     if package.is_dir():
         walk(package, frozenset({os.path.realpath(package)}))
     # Sorted as strings: Windows paths compare case-blind, and a checkout there must agree with

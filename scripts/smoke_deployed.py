@@ -143,10 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--expect-build",
         default="",
         metavar="BUILD",
-        help="GET /health must name this build (12 hex digits), or with 'local' the build "
-             "--record-build kept when azd packaged this folder, else the folder's: with --wait, "
-             "an answer from another build (an instance still running the previous deployment) "
-             "is waited out like a 5xx",
+        help="GET /health must name this build (12 hex digits), or with 'local' this folder's, "
+             "or the one --record-build kept when azd packaged it: with --wait, an answer from "
+             "another build (an instance still running the previous deployment) is waited out "
+             "like a 5xx",
     )
     parser.add_argument(
         "--record-build",
