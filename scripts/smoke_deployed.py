@@ -45,6 +45,11 @@ DEFAULT_SCOPE = "https://ml.azure.com/.default"
 DEFAULT_KEY_ENV = "EMBEDDINGS_API_KEY"
 URL_ENV = "AZURE_FUNCTION_URL"
 SETTLE_PAUSE = 2.0      # seconds between the answers of --settle
+NO_CREDENTIALS_HINT = (
+    "\nRight after a first deployment the identity's Key Vault role may still have been "
+    "propagating when the app read its key: see docs/deploy.md, \"Key Vault reference not "
+    "resolved\" (read the reference's status, refresh it or restart the app, then run this "
+    "check again: azd hooks run postdeploy).")
 
 
 class SmokeError(Exception):
@@ -393,7 +398,9 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out=sys.stdout) ->
                                       expected_build(args.expect_build, environ, out),
                                       args.settle)
     if status != 200:
-        raise SmokeError(f"GET /health returned {status}: {payload!r}")
+        raise SmokeError(f"GET /health returned {status}: {payload!r}" + (
+            NO_CREDENTIALS_HINT if status == 503 and "no usable credentials" in str(payload)
+            else ""))
     build = payload.get("build") if isinstance(payload, dict) else None
     print(f"ok   GET /health        {status} {elapsed * 1000:.0f} ms build={build}", file=out)
     if args.health_only:

@@ -1870,7 +1870,12 @@ class _BuildHealth(http.server.BaseHTTPRequestHandler):
         build = cls.builds[min(cls.calls, len(cls.builds) - 1)]
         cls.calls += 1
         raw = json.dumps({"error": {"code": "ServiceUnavailable"}} if build == 503 else
+                         {"error": {"code": "ServiceUnavailable", "message": "Every request is "
+                                    "refused: the server has no usable credentials (…)"}}
+                         if build == "no credentials" else
                          {"status": "ok", **({"build": build} if build else {})}).encode()
+        if build == "no credentials":
+            build = 503
         if build == "cut":          # an instance recycled while it answers
             self.send_response(200)
             self.send_header("Content-Length", "100")
@@ -1952,6 +1957,17 @@ def test_smoke_settles_across_a_restart_after_the_first_good_answer():
     # a restart the wait does not outlast fails with the last answer
     proc = _health_stub(["local", 503], "--wait", "1", "--settle", "10")
     assert proc.returncode == 1 and "GET /health returned 503" in proc.stderr, proc.stderr
+    assert "Key Vault" not in proc.stderr
+
+
+def test_smoke_says_what_to_do_when_the_key_did_not_resolve():
+    """The first deployment's commonest failure (the Key Vault role still propagating when the
+    app read its key) fails the check with the app's 503 and the way out."""
+    proc = _health_stub(["no credentials"], "--wait", "0")
+    assert proc.returncode == 1
+    assert "GET /health returned 503" in proc.stderr and "no usable credentials" in proc.stderr
+    assert 'see docs/deploy.md, "Key Vault reference not resolved"' in proc.stderr
+    assert "azd hooks run postdeploy" in proc.stderr
 
 
 @pytest.mark.parametrize("value", ["0123456789AB", " local "])
