@@ -180,10 +180,24 @@ def misconfigured(request_id: str, lasting: bool = True) -> ApiError:
                     headers=dict(NO_RETRY) if lasting else {})
 
 
-def model_unavailable(name: str, retry_after: int) -> ApiError:
+def model_unavailable(name: str, retry_after: int, lasting: bool = False) -> ApiError:
+    """``lasting``: the model's file is missing or not the one the registry pins (the package is
+    wrong; the server still tries it again after ``retry_after``, clients need not)."""
     return ApiError(503, "ModelUnavailable",
                     f"The model of deployment '{clip(name)}' is not available right now.",
-                    headers={"Retry-After": str(retry_after)})
+                    headers={"Retry-After": str(retry_after), **(NO_RETRY if lasting else {})})
+
+
+def chain_has(exc: BaseException, kind: type) -> bool:
+    """Whether ``exc`` or an exception it was raised from or during is a ``kind``."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, kind):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def clip(value: object, limit: int = 80) -> str:

@@ -54,7 +54,20 @@ def load_retry_after(failed_until: dict[str, float], key: str, retry_s: int) -> 
     return max(retry_s, math.ceil(left)) if left > 0 else None
 
 
-def note_load_failure(failed_until: dict[str, float], history: dict[str, tuple[str, float]],
+def load_failed(name: str, failed_until: dict[str, float],
+                history: dict[str, tuple[str, float, bool]], key: str,
+                retry_s: int) -> errors.ApiError | None:
+    """The 503 of deployment ``name`` while the failed load of its ``key`` is remembered (see
+    :func:`load_retry_after`), or None once it may be tried; ``x-should-retry: false`` when
+    the failure was its file's (:class:`ModelFileError`)."""
+    left = load_retry_after(failed_until, key, retry_s)
+    if left is None:
+        return None
+    return errors.model_unavailable(name, left, lasting=history.get(key, ("", 0.0, False))[2])
+
+
+def note_load_failure(failed_until: dict[str, float],
+                      history: dict[str, tuple[str, float, bool]],
                       key: str, retry_s: float, message: str, *args: Any,
                       logger: logging.Logger | None = None) -> None:
     """In the ``except`` block of a failed load: log it and set when ``key`` may be tried
@@ -62,14 +75,14 @@ def note_load_failure(failed_until: dict[str, float], history: dict[str, tuple[s
     after ``retry_s``; the same failure again is one line, and the wait doubles up to
     LOAD_RETRY_MAX_S: a damaged or missing file does not mend by itself, and every attempt reads
     and hashes it again (a failing model was retried, and its traceback logged, every second of
-    traffic; review h_ops1 3). ``history``: ``{key: (the last failure, the wait it set)}``,
-    cleared by a load that succeeds."""
+    traffic; review h_ops1 3). ``history``: ``{key: (the last failure, the wait it set,
+    whether it was a file's)}``, cleared by a load that succeeds."""
     import sys
 
     logger = logger or log
     exc = sys.exc_info()[1]
     failure = f"{type(exc).__name__}: {exc}"
-    last, wait = history.get(key, ("", 0.0))
+    last, wait, _ = history.get(key, ("", 0.0, False))
     if failure == last:
         wait = min(max(retry_s, 2 * wait), max(retry_s, LOAD_RETRY_MAX_S))
         logger.error(message + " again, as before (%s); next attempt in %.0f s", *args, failure,
@@ -77,7 +90,7 @@ def note_load_failure(failed_until: dict[str, float], history: dict[str, tuple[s
     else:
         wait = retry_s
         logger.exception(message, *args)
-    history[key] = (failure, wait)
+    history[key] = (failure, wait, exc is not None and errors.chain_has(exc, ModelFileError))
     failed_until[key] = time.monotonic() + wait
 
 
@@ -89,6 +102,13 @@ class RegistryError(ValueError):
     """The registry file is malformed (a deployment-time error, not a client error)."""
 
 
+class ModelFileError(ValueError):
+    """A model's file is missing, or is not the one the registry pins (its size or sha256).
+    Files do not change under a running app (Azure mounts its package read-only), so clients
+    are told a retry cannot help (``x-should-retry: false``); the server still tries the load
+    again now and then (note_load_failure)."""
+
+
 @dataclass(frozen=True)
 class FileRef:
     path: Path
@@ -98,15 +118,17 @@ class FileRef:
     def verified(self) -> Path:
         """The file's path after checking its size and sha256 (raises on mismatch)."""
         if not self.path.is_file():
-            raise FileNotFoundError(f"model file missing: {self.path.name}")
+            raise ModelFileError(f"model file missing: {self.path.name}")
         if self.size is not None and self.path.stat().st_size != self.size:
-            raise ValueError(f"{self.path.name}: size {self.path.stat().st_size} != {self.size}")
+            raise ModelFileError(f"{self.path.name}: size {self.path.stat().st_size} != "
+                                 f"{self.size}")
         digest = hashlib.sha256()
         with self.path.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
         if digest.hexdigest() != self.sha256:
-            raise ValueError(f"{self.path.name}: sha256 mismatch (expected {self.sha256[:12]}…)")
+            raise ModelFileError(f"{self.path.name}: sha256 mismatch (expected "
+                                 f"{self.sha256[:12]}…)")
         return self.path
 
     def verifying(self) -> Callable[[], Path]:
@@ -329,7 +351,7 @@ class Registry:
         self._calibrations: dict[str, Calibration | None] = {}
         self._locks = {d.name: threading.Lock() for d in deployments}
         self._failed_until: dict[str, float] = {}
-        self._failures: dict[str, tuple[str, float]] = {}   # note_load_failure's history
+        self._failures: dict[str, tuple[str, float, bool]] = {}   # note_load_failure's history
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Registry":
@@ -404,15 +426,16 @@ class Registry:
         if backend is not None:
             return backend
         retry = self.settings.retry_after_s
-        left = load_retry_after(self._failed_until, dep.name, retry)
-        if left is not None:
-            raise errors.model_unavailable(dep.name, left)  # failed moments ago: don't retry yet
+        failed = load_failed(dep.name, self._failed_until, self._failures, dep.name, retry)
+        if failed is not None:
+            raise failed  # failed moments ago: don't retry yet
         with self._locks[dep.name]:
             backend = self._backends.get(dep.name)
             if backend is None:
-                left = load_retry_after(self._failed_until, dep.name, retry)
-                if left is not None:
-                    raise errors.model_unavailable(dep.name, left)
+                failed = load_failed(dep.name, self._failed_until, self._failures, dep.name,
+                                     retry)
+                if failed is not None:
+                    raise failed
                 module_name, factory = BACKEND_KINDS[dep.backend].split(":")
                 try:
                     cls: Callable[..., Backend] = getattr(importlib.import_module(module_name),
@@ -421,9 +444,8 @@ class Registry:
                 except Exception:  # noqa: BLE001 - any load failure is a 503 for the client
                     note_load_failure(self._failed_until, self._failures, dep.name, retry,
                                       "deployment %s failed to load", dep.name)
-                    raise errors.model_unavailable(
-                        dep.name, load_retry_after(self._failed_until, dep.name, retry) or retry
-                    ) from None
+                    raise load_failed(dep.name, self._failed_until, self._failures, dep.name,
+                                      retry) or errors.model_unavailable(dep.name, retry) from None
                 self._failures.pop(dep.name, None)
                 self._backends[dep.name] = backend
         return backend
@@ -439,9 +461,10 @@ class Registry:
             key = f"{dep.name} calibration"
             with self._locks[dep.name]:
                 if dep.name not in self._calibrations:
-                    left = load_retry_after(self._failed_until, key, retry)
-                    if left is not None:
-                        raise errors.model_unavailable(dep.name, left)
+                    failed = load_failed(dep.name, self._failed_until, self._failures, key,
+                                         retry)
+                    if failed is not None:
+                        raise failed
                     ref = dep.calibration
                     try:
                         path = ref.verified() if isinstance(ref, FileRef) else ref
@@ -450,8 +473,8 @@ class Registry:
                         note_load_failure(self._failed_until, self._failures, key, retry,
                                           "deployment %s: its calibration file failed to load",
                                           dep.name)
-                        raise errors.model_unavailable(
-                            dep.name, load_retry_after(self._failed_until, key, retry) or retry
-                        ) from None
+                        raise load_failed(dep.name, self._failed_until, self._failures, key,
+                                          retry) or errors.model_unavailable(dep.name,
+                                                                             retry) from None
                     self._failures.pop(key, None)
         return self._calibrations[dep.name]

@@ -416,7 +416,7 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
 
         # A wrong setting or registry stays wrong until the deployment is fixed (not retried);
         # a registry file that could not be read (a share still mounting) may be read next time.
-        lasting = config and not _chain_has(exc, OSError)
+        lasting = config and not errors.chain_has(exc, OSError)
 
         def fail(trace: Trace) -> dict[str, Any]:
             raise (errors.misconfigured(trace.request_id, lasting) if config
@@ -424,18 +424,6 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
         return run_request(req, dialect, template, fail)
     with memory.request():   # the idle memory trimmer counts requests in flight
         return service.handle(template, req)
-
-
-def _chain_has(exc: BaseException, kind: type) -> bool:
-    """Whether ``exc`` or an exception it was raised from or during is a ``kind``."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, kind):
-            return True
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return False
 
 
 _SETTING_NAME = re.compile(r"\b((?:EMBEDDINGS|AZURE|WEBSITE)_[A-Z0-9_]{2,60})\b")

@@ -23,7 +23,7 @@ from .bounded_tokenize import Limits, tokenize_texts
 from .onnx_session import SessionPair, create_session, release_arena_when_idle
 from .openvino_session import long_inputs, pad_width
 from .pooling import POOLING, l2_normalize
-from .registry import Deployment, load_retry_after, note_load_failure
+from .registry import Deployment, load_failed, note_load_failure
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class TextBackend:
         self.deployment = deployment
         self.settings = settings
         self._failed_until: dict[str, float] = {}   # what failed to load -> when to try again
-        self._failures: dict[str, tuple[str, float]] = {}   # note_load_failure's history
+        self._failures: dict[str, tuple[str, float, bool]] = {}   # note_load_failure's history
         self._long_lock = threading.Lock()            # the long-input model's first compile
         model_checked = deployment.files["model"].verifying()   # while the tokenizer loads
         self.max_tokens = deployment.max_tokens or 512
@@ -140,18 +140,18 @@ class TextBackend:
         ModelUnavailable with Retry-After, not 500, and the failure is remembered for that long,
         so that the batches meanwhile are answered at once instead of trying again."""
         retry = self.settings.retry_after_s
-        left = load_retry_after(self._failed_until, what, retry)
-        if left is not None:
-            raise errors.model_unavailable(self.deployment.name, left)  # failed moments ago
+        name = self.deployment.name
+        failed = load_failed(name, self._failed_until, self._failures, what, retry)
+        if failed is not None:
+            raise failed  # failed moments ago
         try:
             yield
         except Exception:  # noqa: BLE001 - any load failure is a 503 for the client
             note_load_failure(self._failed_until, self._failures, what, retry,
                               "deployment %s: its %s failed to load", self.deployment.name, what,
                               logger=log)
-            raise errors.model_unavailable(
-                self.deployment.name, load_retry_after(self._failed_until, what, retry) or retry
-            ) from None
+            raise load_failed(name, self._failed_until, self._failures, what,
+                              retry) or errors.model_unavailable(name, retry) from None
         self._failures.pop(what, None)
 
     def load_failed(self) -> bool:

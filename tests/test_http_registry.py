@@ -88,9 +88,29 @@ def test_model_failing_its_checksum_is_503_with_retry_after(matryoshka_server):
         status, headers, doc = embed(matryoshka_server, {"input": ["x"], "model": "broken"})
         assert status == 503 and headers["retry-after"] == "9"
         assert headers["x-ms-error-code"] == "ModelUnavailable"
+        # the package is wrong: a redeployment fixes it, a client's retry cannot
+        assert headers["x-should-retry"] == "false"
         assert "sha256" not in doc["error"]["message"] and "/" not in doc["error"]["message"]
     status, _, doc = embed(matryoshka_server, {"input": ["x"]})
     assert status == 200  # the other deployment is unaffected
+
+
+def test_the_openai_sdk_does_not_retry_a_model_failing_its_checksum(matryoshka_server):
+    """With its defaults (two retries after 0.5-8 s) the openai SDK sent a call for a deployment
+    whose model fails its checksum three times, each a billed execution; it now fails at once
+    with the server's 503."""
+    import httpx2
+    import openai
+
+    sent = []
+    with httpx2.Client(event_hooks={"request": [sent.append]}) as http:
+        client = openai.OpenAI(base_url=matryoshka_server.url + "/v1", api_key=KEY,
+                               http_client=http)
+        assert client.max_retries == 2
+        with pytest.raises(openai.InternalServerError) as failure:
+            client.embeddings.create(input=["hello"], model="broken")
+    assert len(sent) == 1 and failure.value.status_code == 503
+    assert "The model of deployment 'broken' is not available" in failure.value.message
 
 
 def test_a_model_that_fails_when_its_first_input_runs_is_503_with_retry_after(matryoshka_server):
@@ -100,6 +120,8 @@ def test_a_model_that_fails_when_its_first_input_runs_is_503_with_retry_after(ma
         status, headers, doc = embed(matryoshka_server, {"input": ["x"], "model": "not-a-model"})
         assert status == 503 and headers["retry-after"] == "9", doc
         assert headers["x-ms-error-code"] == "ModelUnavailable"
+        # a session that could not be created may be for want of memory: retryable
+        assert "x-should-retry" not in headers
     status, _, doc = embed(matryoshka_server, {"input": ["x"]})
     assert status == 200
 
@@ -116,6 +138,7 @@ def test_a_long_input_model_failing_its_checksum_is_503_and_short_inputs_still_w
         status, headers, doc = embed(matryoshka_server, {**body, "model": "broken-long"})
         assert status == 503 and headers["retry-after"] == "9", doc
         assert headers["x-ms-error-code"] == "ModelUnavailable"
+        assert headers["x-should-retry"] == "false"
         assert "sha256" not in doc["error"]["message"] and "/" not in doc["error"]["message"]
     status, _, doc = embed(matryoshka_server, {"input": ["a short one"], "model": "broken-long"})
     assert status == 200 and len(doc["data"][0]["embedding"]) == 384

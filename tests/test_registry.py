@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from embedding_core.errors import ApiError
-from embedding_core.registry import DEFAULT_REGISTRY, FileRef, Registry, RegistryError, parse_registry
+from embedding_core.registry import (DEFAULT_REGISTRY, FileRef, ModelFileError, Registry,
+                                     RegistryError, parse_registry)
 from embedding_core.settings import Settings
 
 
@@ -296,6 +297,32 @@ def test_a_load_failing_the_same_way_again_is_one_line_and_waits_longer(caplog):
     assert len(records) == 9 and [bool(r.exc_info) for r in records] == [True] + [False] * 7 + [True]
     assert "failed to load again, as before (ValueError: model.onnx: sha256 mismatch); next " \
            "attempt in 2 s" in records[1].getMessage()
+
+
+@pytest.mark.parametrize("exc, lasting", [
+    (ModelFileError("model.onnx: sha256 mismatch"), True),
+    (ModelFileError("model file missing: model.onnx"), True),
+    (MemoryError(), False),
+    (RuntimeError("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF"), False)])
+def test_only_a_models_file_failure_tells_clients_not_to_retry(exc, lasting):
+    """A file that is missing or fails its checksum is the package's fault: its 503 (when it
+    fails and while the failure is remembered, for the deployment or a part loaded by its first
+    input) has ``x-should-retry: false``; a load failing otherwise (memory) may pass next time."""
+    from embedding_core.registry import load_failed, note_load_failure
+
+    until: dict = {}
+    history: dict = {}
+    assert load_failed("d", until, history, "d model", 5) is None   # nothing failed yet
+    try:
+        try:
+            raise exc
+        except Exception as inner:  # noqa: BLE001 - as a loader wrapping it would
+            raise RuntimeError("could not load") from inner
+    except Exception:  # noqa: BLE001
+        note_load_failure(until, history, "d model", 5, "deployment %s failed to load", "d")
+    answer = load_failed("d", until, history, "d model", 5)
+    assert answer is not None and answer.status == 503 and answer.headers["Retry-After"] == "5"
+    assert answer.headers.get("x-should-retry") == ("false" if lasting else None)
 
 
 @pytest.mark.parametrize("damage", ["checksum", "session"])
