@@ -12,8 +12,10 @@ import json
 import logging
 import re
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from . import errors
 
@@ -35,10 +37,21 @@ def serve(route: str, method: str, url: str, headers: Mapping[str, str],
     except ImportError as exc:
         if _own_code(exc) and not _other_pythons():
             raise           # a bug in the app's own modules: the worker logs it as ever
-        return _unloadable(exc)
+        return _unloadable(exc, _openai_route(route, url))
     res = dispatch(route, ApiRequest.from_url(method, url, headers, query, body, route_params,
                                               invocation=invocation))
     return res.status, res.headers, res.body
+
+
+def _openai_route(route: str, url: str) -> bool:
+    """Whether the request is on the OpenAI dialect's routes (service.ROUTES, path_dialect):
+    those under /v1 and /openai, matched or not."""
+    try:
+        path = route if route != "{*path}" else urlsplit(url).path
+    except ValueError:
+        return False
+    first = (path.strip("/").split("/") or [""])[0].lower()
+    return first in ("v1", "openai")
 
 
 def _own_code(exc: ImportError) -> bool:
@@ -69,7 +82,9 @@ def built_for() -> list[str]:
     return sorted(versions, key=lambda v: int(v.split(".")[1]))
 
 
-def _unloadable(exc: ImportError) -> tuple[int, dict[str, str], bytes]:
+def _unloadable(exc: ImportError, openai: bool) -> tuple[int, dict[str, str], bytes]:
+    """The 503 of a request while the packages cannot load, in the route's dialect (OpenAI's
+    error shape under /v1 and /openai, as service.run_request renders it), with a request id."""
     running = f"{sys.version_info.major}.{sys.version_info.minor}"
     other = _other_pythons()
     # The module's name only: the exception's text may hold the server's paths (logged below).
@@ -87,6 +102,10 @@ def _unloadable(exc: ImportError) -> tuple[int, dict[str, str], bytes]:
     if not _logged:                 # once per process, not once per request
         _logged = True
         log.error("the app cannot load its packages: %s", why, exc_info=exc)
-    headers = {**err.response_headers(), "X-Content-Type-Options": "nosniff",
-               "Cache-Control": "no-store"}
-    return err.status, headers, json.dumps(err.body()).encode()
+    request_id = uuid.uuid4().hex
+    headers = {"Content-Type": "application/json", **err.response_headers(),
+               "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
+               "x-request-id": request_id}
+    body = ({"error": {"message": err.message, "type": "server_error", "param": None,
+                       "code": "service_unavailable"}} if openai else err.body())
+    return err.status, headers, json.dumps(body).encode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 
 import azure.functions as func
 import numpy as np
@@ -307,9 +308,11 @@ if len(sys.argv) > 2:
 import function_app, azure.functions as func
 fns = {f.get_trigger().route: f.get_user_function() for f in function_app.app.get_functions()}
 out = []
-for route, method in (("health", "GET"), ("embeddings", "POST")):
+for route, path, method in (("health", "health", "GET"), ("embeddings", "embeddings", "POST"),
+                            ("v1/embeddings", "v1/embeddings", "POST"),
+                            ("{*path}", "openai/v1/nothing", "GET")):
     try:
-        res = fns[route](func.HttpRequest(method, "http://localhost/" + route,
+        res = fns[route](func.HttpRequest(method, "http://localhost/" + path,
                                           body=b'{"input": ["x"]}', headers={"api-key": "k" * 20}))
     except ImportError as exc:
         out.append(["raised", type(exc).__name__, exc.name])
@@ -341,11 +344,19 @@ def test_packages_built_for_another_python_answer_503_saying_so(tmp_path):
     (pkg / "__init__.py").write_text("from .orjson import *\n")
     (pkg / "orjson.cpython-399-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
     running = f"{sys.version_info.major}.{sys.version_info.minor}"
-    for status, headers, body in _run_unloadable(tmp_path):
+    answers = _run_unloadable(tmp_path)
+    assert len(answers) == 4
+    for i, (status, headers, body) in enumerate(answers):
         assert status == 503
         assert headers["X-Content-Type-Options"] == "nosniff"
         assert headers["x-should-retry"] == "false"      # a redeployment fixes it, not a retry
-        assert body["error"]["code"] == "ServiceUnavailable"
+        assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])
+        # the Azure routes' error shape, and OpenAI's under /v1 and /openai (the SDK's
+        # APIStatusError reads its message, type and code)
+        assert body["error"]["code"] == ("ServiceUnavailable" if i < 2 else
+                                         "service_unavailable")
+        assert (body["error"].get("type"), "param" in body["error"]) == (
+            (None, False) if i < 2 else ("server_error", True))
         assert body["error"]["message"] == (
             "The app cannot load its packages: its packages were built for Python 3.99, and it "
             f"runs on Python {running} (module 'orjson.orjson' did not load). Deploy the code "
