@@ -141,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="retry GET /health this long while the app is unreachable, not found or answers 5xx "
-             "(a deployment restarting; default: 0, no retry)",
+        help="retry GET /health this long while the app is unreachable, not found, answers 5xx "
+             "(a deployment restarting) or a status other than ok (degraded); default: 0, no "
+             "retry",
     )
     parser.add_argument(
         "--expect-build",
@@ -219,8 +220,8 @@ def expected_build(value: str, environ: Mapping[str, str] = os.environ,
                    out=sys.stdout) -> Tuple[str, ...]:
     """The builds ``--expect-build`` accepts: none (no check), its 12 hex digits, or for 'local'
     the folder's as it is now and the one --record-build kept when azd packaged it, if any (used
-    once: the file is removed; a record left by a packaging that was never deployed would
-    otherwise be expected by a later check)."""
+    once: :func:`forget_record` removes it when the check passes, so that a later check does not
+    expect it; a check that fails keeps it for ``azd hooks run postdeploy``)."""
     value = value.strip().lower()
     if value != "local":
         if value and not BUILD.fullmatch(value):
@@ -237,10 +238,6 @@ def expected_build(value: str, environ: Mapping[str, str] = os.environ,
             with open(path, encoding="ascii") as f:
                 recorded = f.read().strip()
         except (OSError, UnicodeDecodeError):
-            pass
-        try:
-            os.remove(path)
-        except OSError:
             pass
     if BUILD.fullmatch(recorded) and recorded not in builds:
         print(f"expect build {recorded}, as azd packaged it, or {builds[0]}, this folder's now",
@@ -337,12 +334,47 @@ def other_build(payload: Any, expected: Sequence[str]) -> Optional[str]:
             f"it names no build (code older than build {wanted})")
 
 
+def forget_record(value: str, environ: Mapping[str, str]) -> None:
+    """After a check that passed with --expect-build local: remove --record-build's record."""
+    path = record_path(environ) if value.strip().lower() == "local" else None
+    if path:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+def degraded(payload: Any) -> Optional[str]:
+    """Why a 200 from /health is not healthy: its ``status`` is not "ok" ("degraded": some calls
+    fail for the server's reasons, e.g. no API key usable while Entra ID tokens are, or a
+    deployment that failed to load), or None."""
+    if not isinstance(payload, dict) or payload.get("status", "ok") == "ok":
+        return None
+    problems = payload.get("problems")
+    return f"its status is {payload.get('status')!r}" + (
+        ": " + "; ".join(map(str, problems)) if isinstance(problems, list) and problems else "")
+
+
+def credentials_hint(status: Optional[int], payload: Any) -> str:
+    """NO_CREDENTIALS_HINT where the answer says the app's API keys are unusable (an unresolved
+    Key Vault reference looks like that), not where it names another cause (the README's
+    development key, refused on Azure)."""
+    text = str(payload)
+    if "development key" in text:
+        return ""
+    if (status == 503 and "no usable credentials" in text) or (
+            status == 200 and "no key of EMBEDDINGS_API_KEYS is usable" in text):
+        return NO_CREDENTIALS_HINT
+    return ""
+
+
 def health(base: str, timeout: float, wait: float, out=sys.stdout,
            build: Sequence[str] = (), settle: float = 0.0) -> Tuple[int, Any, float]:
     """GET /health; for ``wait`` seconds, again while the app is unreachable, answers 404 (not
     indexed yet) or 5xx (starting, or a deployment that cannot load its packages: the last
-    answer is then the error), or answers 200 from a build not in ``build`` (an instance
-    still running the previous deployment). With ``settle``, a good answer counts once every
+    answer is then the error), answers 200 from a build not in ``build`` (an instance
+    still running the previous deployment), or 200 with a status other than "ok" (the last
+    answer is then that reason). With ``settle``, a good answer counts once every
     answer for that long (asked every ``SETTLE_PAUSE`` seconds) has been good: a deployment's
     restarts can follow the first one."""
     if not math.isfinite(wait) or wait < 0:
@@ -358,11 +390,12 @@ def health(base: str, timeout: float, wait: float, out=sys.stdout,
             status, payload, elapsed = request_json("GET", f"{base}/health", {}, None, timeout)
             last = answered = f"{status}: {payload!r}"
             stale = other_build(payload, build) if status == 200 else None
-            good = status != 404 and status < 500 and not stale
-            if stale:
-                last = f"200, but {stale}"
+            unwell = degraded(payload) if status == 200 else None
+            good = status != 404 and status < 500 and not stale and not unwell
+            if stale or unwell:
+                last = f"200, but {stale or unwell}"
         except SmokeError as exc:
-            last, status, stale, good = str(exc), None, None, False
+            last, status, stale, unwell, good = str(exc), None, None, None, False
         now = time.monotonic()
         if good:
             if good_since is None:
@@ -385,6 +418,9 @@ def health(base: str, timeout: float, wait: float, out=sys.stdout,
                     f"GET /health answered 200, but {stale}: instances still run the previous "
                     "deployment, or the package was not made from this folder (docs/deploy.md, "
                     "\"Deploy with azd up\")")
+            if unwell:
+                raise SmokeError(f"GET /health answered 200, but {unwell}"
+                                 + credentials_hint(status, payload))
             return status, payload, elapsed
         print(f"wait GET /health        {last[:200]} (retrying for {left:.0f} s more)", file=out)
         time.sleep(min(pause, left))
@@ -398,9 +434,8 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out=sys.stdout) ->
                                       expected_build(args.expect_build, environ, out),
                                       args.settle)
     if status != 200:
-        raise SmokeError(f"GET /health returned {status}: {payload!r}" + (
-            NO_CREDENTIALS_HINT if status == 503 and "no usable credentials" in str(payload)
-            else ""))
+        raise SmokeError(f"GET /health returned {status}: {payload!r}"
+                         + credentials_hint(status, payload))
     build = payload.get("build") if isinstance(payload, dict) else None
     print(f"ok   GET /health        {status} {elapsed * 1000:.0f} ms build={build}", file=out)
     if args.health_only:
@@ -444,6 +479,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SmokeError as exc:
         print(f"FAIL {exc}", file=sys.stderr)
         return 1
+    forget_record(args.expect_build, os.environ)
     print("smoke test passed")
     return 0
 

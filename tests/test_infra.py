@@ -1869,13 +1869,20 @@ class _BuildHealth(http.server.BaseHTTPRequestHandler):
         cls = type(self)
         build = cls.builds[min(cls.calls, len(cls.builds) - 1)]
         cls.calls += 1
-        raw = json.dumps({"error": {"code": "ServiceUnavailable"}} if build == 503 else
-                         {"error": {"code": "ServiceUnavailable", "message": "Every request is "
-                                    "refused: the server has no usable credentials (…)"}}
-                         if build == "no credentials" else
-                         {"status": "ok", **({"build": build} if build else {})}).encode()
-        if build == "no credentials":
+        if build in ("no credentials", "development key"):
+            raw = json.dumps({"error": {"code": "ServiceUnavailable", "message": (
+                "Every request is refused: the server has no usable credentials (EMBEDDINGS_API_"
+                "KEYS or the EMBEDDINGS_ENTRA_* settings" + (
+                    "; the README's development key is not accepted on Azure"
+                    if build == "development key" else "") + "); the server log says why.")}})
             build = 503
+        elif build == "degraded":       # Entra ID on, the API keys' reference unresolved
+            raw = json.dumps({"status": "degraded", "build": _local_build(), "problems": [
+                "no key of EMBEDDINGS_API_KEYS is usable (Entra ID tokens are)"]})
+        else:
+            raw = json.dumps({"error": {"code": "ServiceUnavailable"}} if build == 503 else
+                             {"status": "ok", **({"build": build} if build else {})})
+        raw = raw.encode()
         if build == "cut":          # an instance recycled while it answers
             self.send_response(200)
             self.send_header("Content-Length", "100")
@@ -1968,6 +1975,25 @@ def test_smoke_says_what_to_do_when_the_key_did_not_resolve():
     assert "GET /health returned 503" in proc.stderr and "no usable credentials" in proc.stderr
     assert 'see docs/deploy.md, "Key Vault reference not resolved"' in proc.stderr
     assert "azd hooks run postdeploy" in proc.stderr
+    # the app names another cause: no Key Vault advice
+    proc = _health_stub(["development key"], "--wait", "0")
+    assert proc.returncode == 1 and "development key is not accepted" in proc.stderr
+    assert "Key Vault" not in proc.stderr
+
+
+def test_smoke_fails_on_a_degraded_health():
+    """With Entra ID on, API keys that did not resolve leave /health 200 "degraded" (Entra tokens
+    work, every key caller gets 401): the check passed on it. It now waits it out like a 503 and
+    fails naming the problem, with the way out; a "degraded" that turns "ok" passes."""
+    proc = _health_stub(["degraded"], "--wait", "0")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert ("GET /health answered 200, but its status is 'degraded': no key of "
+            "EMBEDDINGS_API_KEYS is usable (Entra ID tokens are)") in proc.stderr
+    assert 'see docs/deploy.md, "Key Vault reference not resolved"' in proc.stderr
+    proc = _health_stub(["degraded", "local"], "--wait", "30")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "wait GET /health        200, but its status is 'degraded'" in proc.stdout
+    assert _BuildHealth.calls == 2
 
 
 @pytest.mark.parametrize("value", ["0123456789AB", " local "])
@@ -2021,6 +2047,12 @@ def test_the_build_azd_packaged_is_expected_not_the_folder_edited_since(tmp_path
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"expect build {_local_build()}, as azd packaged it, or " in proc.stdout
     assert not record.exists()                            # used once
+    # a check that fails keeps it, for `azd hooks run postdeploy` once the cause is fixed
+    record.write_text(_local_build() + "\n")              # packaged, then edited, again
+    proc = _health_stub(["no credentials"], "--wait", "0", script=script, env_name="dev")
+    assert proc.returncode == 1 and record.exists(), proc.stdout + proc.stderr
+    proc = _health_stub(["local"], script=script, env_name="dev")
+    assert proc.returncode == 0 and not record.exists(), proc.stdout + proc.stderr
     proc = _health_stub(["local"], script=script, env_name="dev")
     assert proc.returncode == 1 and f"answers from build {_local_build()}, not " in proc.stderr
     # a record left by a packaging never deployed: the folder's build is accepted too
