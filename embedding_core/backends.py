@@ -81,12 +81,14 @@ class Backend(Protocol):
         """
 
     def prepare(self, inputs: Sequence[Any], *, input_type: str,
-                extras: dict[str, Any]) -> Prepared:
+                extras: dict[str, Any], deadline: float | None = None) -> Prepared:
         """Tokenise/decode ``inputs`` (already schema-validated for the route).
 
         Text route inputs are ``str`` or ``list[int]`` (token ids). Image route inputs are
         ``ImageInput``. Per-item problems raise ``ApiError`` whose target is ``input[i]`` (or a
-        sub-path such as ``input[i].image``).
+        sub-path such as ``input[i].image``). ``deadline`` (``time.perf_counter()``): once it
+        has passed, no picture starts decoding, nor waits for room to, and
+        ``errors.DeadlinePassed`` is raised.
         """
 
     def encode(self, inputs: Sequence[Any], *, input_type: str = "text",

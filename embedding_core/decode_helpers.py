@@ -16,6 +16,9 @@ usable core: none on one core), which take them one at a time, in request order:
   one already under way stops at its ``checkpoint()`` (``images.Checkpoint``: once it has room
   to decode) if one before it has failed, which the failed one tells (``checkpoint.failed()``)
   before it gives its room back: the request does not wait for pictures it will not use;
+* no picture starts, nor waits for room to decode, once the request's deadline has passed
+  (``errors.DeadlinePassed``, which the request answers as timed out): its client has gone, or
+  the server would answer 503 anyway;
 * memory stays bounded by ``images.DECODE_GATE``, which every decode holds, whichever thread
   (and by ``memory.configure``: without it glibc's per-thread arenas keep what each helper
   freed, as they do long-lived request threads'). A failure is kept without its frames' locals
@@ -31,9 +34,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any, Callable, Sequence
 
-from .errors import free_frames
+from .errors import DeadlinePassed, free_frames
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,27 +47,38 @@ class Abandoned(Exception):
     """Raised by ``checkpoint()`` in a picture after a failed one: its result is not needed."""
 
 
+def _check(deadline: float | None) -> None:
+    if deadline is not None and time.perf_counter() >= deadline:
+        raise DeadlinePassed()
+
+
 class _Checkpoint:
     """Item ``i``'s ``images.Checkpoint``."""
 
-    __slots__ = ("job", "i")
+    __slots__ = ("job", "i", "deadline")
 
     def __init__(self, job: "_Job", i: int):
-        self.job, self.i = job, i
+        self.job, self.i, self.deadline = job, i, job.deadline
 
     def __call__(self) -> None:
         if self.job.first_failure < self.i:
             raise Abandoned(self.i)
+        _check(self.deadline)
 
     def failed(self) -> None:
         self.job.failed(self.i)
 
 
 class _NoCheckpoint:
-    """One thread decodes everything, in order: nothing to give up."""
+    """One thread decodes everything, in order: only the deadline to keep."""
+
+    __slots__ = ("deadline",)
+
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline
 
     def __call__(self) -> None:
-        return None
+        _check(self.deadline)
 
     def failed(self) -> None:
         return None
@@ -77,9 +92,10 @@ class _Job:
     """One request's pictures: claimed one at a time, by index, by any thread. Outcomes are
     stored in lists allocated up front, so recording one cannot fail."""
 
-    def __init__(self, fn: Decode, items: Sequence[Any]):
+    def __init__(self, fn: Decode, items: Sequence[Any], deadline: float | None = None):
         self.fn = fn
         self.items = items
+        self.deadline = deadline
         self.results: list[Any] = [None] * len(items)    # a result, or the failure at i
         self.first_failure = len(items)                  # index of the first failed item
         self._next = 0
@@ -109,6 +125,7 @@ class _Job:
             return False
         failed = False
         try:
+            _check(self.deadline)
             outcome = self.fn(i, self.items[i], _Checkpoint(self, i))
         except BaseException as exc:  # noqa: BLE001 - re-raised by the request's thread
             free_frames(exc)          # the failed picture goes now, not when the request ends
@@ -179,14 +196,21 @@ class DecodeHelpers:
                 log.exception("image decode helper")
             del job
 
-    def map(self, fn: Decode, items: Sequence[Any]) -> list[Any]:
+    def map(self, fn: Decode, items: Sequence[Any],
+            deadline: float | None = None) -> list[Any]:
         """``[fn(i, item, checkpoint) for i, item in enumerate(items)]``, with the helpers'
-        help; raises the first failure in item order."""
+        help; raises the first failure in item order (``DeadlinePassed`` for the first item
+        not started, or given up waiting for room, once ``deadline`` has passed)."""
         if len(items) > 1 and self.threads:
             self._start()
         if self.threads == 0 or len(items) < 2:
-            return [fn(i, item, _NoCheckpoint()) for i, item in enumerate(items)]
-        job = _Job(fn, items)
+            checkpoint = _NoCheckpoint(deadline)
+            results = []
+            for i, item in enumerate(items):
+                _check(deadline)
+                results.append(fn(i, item, checkpoint))
+            return results
+        job = _Job(fn, items, deadline)
         for _ in range(min(self.threads, len(items) - 1)):
             self._offers.put(job)
         try:

@@ -188,6 +188,12 @@ def model_unavailable(name: str, retry_after: int, lasting: bool = False) -> Api
                     headers={"Retry-After": str(retry_after), **(NO_RETRY if lasting else {})})
 
 
+class DeadlinePassed(Exception):
+    """Raised while a request is prepared (its pictures decoded) once its deadline has passed:
+    the pipeline answers it as a request that timed out (499 for the client's time-out, else
+    503), without decoding what no one will read."""
+
+
 def chain_has(exc: BaseException, kind: type) -> bool:
     """Whether ``exc`` or an exception it was raised from or during is a ``kind``."""
     seen: set[int] = set()

@@ -131,14 +131,16 @@ class ImageModel:
         if names != [self.input_name]:
             raise ValueError(f"{deployment.name}: model inputs {names}, expected [{self.input_name}]")
 
-    def pixel_values(self, inputs: Sequence[Any]) -> list[np.ndarray]:
+    def pixel_values(self, inputs: Sequence[Any],
+                     deadline: float | None = None) -> list[np.ndarray]:
         """Decode and preprocess every item (this thread and the helpers, ``decode_helpers``;
         the first bad item in request order is the error), once the request's pixels in all
-        are known to be within ``EMBEDDINGS_MAX_REQUEST_PIXELS``."""
+        are known to be within ``EMBEDDINGS_MAX_REQUEST_PIXELS``; none after ``deadline``
+        (``errors.DeadlinePassed``)."""
         images.check_request_pixels([item.image for item in inputs], self.settings)
         return decode_helpers.helpers(self.settings).map(
             lambda i, item, checkpoint: images.image_to_pixel_values(
-                item.image, self.settings, i, checkpoint=checkpoint), inputs)
+                item.image, self.settings, i, checkpoint=checkpoint), inputs, deadline)
 
     def lane(self, output: str) -> ImageLane:
         return ImageLane(self.session, session_key(self.deployment.files["model"], self.settings),
@@ -182,7 +184,7 @@ class ImageFeatureBackend:
         return [d.name for d in deps if d.modality == "image" and d.backend == "image-conse"]
 
     def prepare(self, inputs: Sequence[Any], *, input_type: str = "text",
-                extras: dict[str, Any] | None = None) -> Prepared:
+                extras: dict[str, Any] | None = None, deadline: float | None = None) -> Prepared:
         for i, item in enumerate(inputs):
             if item.text is not None:
                 joint = self._joint_deployments()
@@ -191,7 +193,7 @@ class ImageFeatureBackend:
                 raise errors.unsupported_parameter(
                     f"Deployment '{self.deployment.name}' embeds images only; 'text' is not "
                     f"supported.{hint}", target=f"input[{i}].text")
-        pixels = self.model.pixel_values(inputs)
+        pixels = self.model.pixel_values(inputs, deadline)
         tokens = len(inputs) * self.model.image_tokens
         return Prepared([self.model.work(pixels, self.output)],
                         lambda outputs: Encoded(l2_normalize(outputs[0]), tokens),
@@ -267,11 +269,11 @@ class ConseBackend:
         return idx, ids
 
     def prepare(self, inputs: Sequence[Any], *, input_type: str = "text",
-                extras: dict[str, Any] | None = None) -> Prepared:
+                extras: dict[str, Any] | None = None, deadline: float | None = None) -> Prepared:
         truncate = (extras or {}).get("truncate", "NONE")
         # The text first: it is cheap, and a bad one is reported before any image is decoded.
         idx, ids = self._text_ids(inputs, input_type, truncate)
-        pixels = self.model.pixel_values(inputs)
+        pixels = self.model.pixel_values(inputs, deadline)
         tokens = len(inputs) * self.model.image_tokens + int(sum(len(x) for x in ids))
         work = [self.model.work(pixels, self.logits_output)]
         if idx:   # the items' text runs on the text deployment's lane, batched with its traffic

@@ -40,7 +40,9 @@ import io
 import math
 import re
 import threading
+import time
 import warnings
+from collections import deque
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Sequence
@@ -852,17 +854,32 @@ class DecodeGate:
     """A process-wide bound on the memory of images being decoded at once: a picture waits until
     the estimates (:func:`decode_bytes`) of those in progress plus its own fit in ``limit``; one
     picture alone always may. Requests that decode in their own threads therefore never hold
-    more than ``EMBEDDINGS_MAX_IMAGE_DECODE_BYTES`` of pictures between them (plus one)."""
+    more than ``EMBEDDINGS_MAX_IMAGE_DECODE_BYTES`` of pictures between them (plus one).
+
+    Pictures go in the order they came: one that waits for room is not overtaken by smaller
+    ones arriving after it (a 40 Mpx picture under a stream of 8 Mpx ones had waited 133 s;
+    review h_chaos1 F2). ``deadline`` (``time.perf_counter()``): a picture still waiting then
+    gives up (``errors.DeadlinePassed``)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self.in_use = 0
+        self._line: deque[object] = deque()     # the pictures waiting, first come first
 
     @contextmanager
-    def hold(self, need: int, limit: int) -> Iterator[None]:
+    def hold(self, need: int, limit: int, deadline: float | None = None) -> Iterator[None]:
         with self._cond:
-            while self.in_use and self.in_use + need > limit:
-                self._cond.wait()
+            me = object()
+            self._line.append(me)
+            try:
+                while self._line[0] is not me or (self.in_use and self.in_use + need > limit):
+                    left = None if deadline is None else deadline - time.perf_counter()
+                    if left is not None and left <= 0:
+                        raise errors.DeadlinePassed()
+                    self._cond.wait(left)
+            finally:
+                self._line.remove(me)
+                self._cond.notify_all()         # the next in line may fit as well
             self.in_use += need
         try:
             yield
@@ -878,9 +895,13 @@ DECODE_GATE = DecodeGate()
 class Checkpoint(Protocol):
     """What a caller decoding several pictures at once passes in (``decode_helpers``)."""
 
+    # When the request stops waiting for its pictures (``time.perf_counter()``), or None: a
+    # picture waiting for room in DECODE_GATE gives up then.
+    deadline: float | None
+
     def __call__(self) -> None:
         """Called once the picture has room to decode: raises to give it up (its result would
-        not be used)."""
+        not be used; ``errors.DeadlinePassed`` once ``deadline`` has passed)."""
 
     def failed(self) -> None:
         """The picture has failed: called before its share of :data:`DECODE_GATE` is given
@@ -909,8 +930,9 @@ def decode_image(data: bytes, declared: str, *, max_pixels: int, target: str,
         def check(drafted: Image.Image) -> None:
             check_decode_bytes(drafted, decoder_extra, max_decode_bytes, target, full_size)
             if hold is not None:
-                hold.enter_context(DECODE_GATE.hold(decode_bytes(drafted, decoder_extra),
-                                                    max_decode_bytes))
+                hold.enter_context(DECODE_GATE.hold(
+                    decode_bytes(drafted, decoder_extra), max_decode_bytes,
+                    checkpoint.deadline if checkpoint is not None else None))
             if checkpoint is not None:
                 checkpoint()
     had_transparency = "transparency" in im.info

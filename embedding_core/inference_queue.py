@@ -352,7 +352,7 @@ class InferenceQueue:
             with self._cond:
                 too_slow = self._too_slow([p.work for p in job.parts], timeout, limit_s,
                                           TIMED_OUT_MARGIN)
-            raise too_slow or self._timed_out(timeout if limit_s is None else limit_s)
+            raise too_slow or self.timed_out(timeout if limit_s is None else limit_s)
         if job.error is not None:
             raise job.error
         return job.outputs()
@@ -373,7 +373,7 @@ class InferenceQueue:
         left of it): a request that could not finish within it even alone is refused the
         same way, with a message naming the client's time-out."""
         if timeout <= 0:
-            raise self._timed_out(timeout if limit_s is None else limit_s)
+            raise self.timed_out(timeout if limit_s is None else limit_s)
         with self._cond:
             too_slow = self._too_slow(prepared.work, timeout, limit_s, TOO_SLOW_MARGIN)
             if too_slow is None and client_s is not None:
@@ -386,7 +386,8 @@ class InferenceQueue:
         return self.submit(prepared, time.perf_counter() + (timeout if wait_s is None
                                                             else min(timeout, wait_s)))
 
-    def _timed_out(self, limit_s: float) -> errors.ApiError:
+    def timed_out(self, limit_s: float) -> errors.ApiError:
+        """The 503 of a request still unfinished after ``limit_s`` (the server's time-out)."""
         return errors.ApiError(
             503, "ServiceUnavailable",
             f"The request did not finish within {limit_s:g} seconds "

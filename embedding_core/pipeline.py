@@ -112,11 +112,19 @@ class Pipeline:
         if "tokens" in likely:              # more is refused after tokenising (422)
             likely["tokens"] = min(likely["tokens"], s.max_request_tokens)
         held = self.queue.precheck(least_cost(request), likely)
+        client = trace.client_timeout_s
+        # Pictures are not decoded past the request's deadline (its client's time-out, if
+        # sooner): the client has gone, or the answer would be the time-out's 503 anyway.
+        by_client = client is not None and client < s.request_timeout_s
+        deadline = trace.started + (client if by_client else s.request_timeout_s)
         try:
             prepared = backend.prepare(request.inputs, input_type=request.input_type,
-                                       extras=extras)
+                                       extras=extras, deadline=deadline)
         except errors.ApiError as err:
             raise schema.relocate_lone(err) if request.lone else err from None
+        except errors.DeadlinePassed:
+            raise (errors.client_stopped_waiting(client) if by_client
+                   else self.queue.timed_out(s.request_timeout_s)) from None
         finally:
             self.queue.prepared(held)
         trace.inputs = prepared.inputs
@@ -127,7 +135,6 @@ class Pipeline:
         # passed: its job is admitted with that deadline (api.ApiRequest.client_timeout_s) and
         # cancelled then (499), so no one pays for rows no one reads; one that could not finish
         # within it even alone is refused at once (422, which the SDKs do not retry).
-        client = trace.client_timeout_s
         gone = None
         wait_s = left
         if client is not None and client - elapsed < left:

@@ -365,6 +365,7 @@ def _run(req: ApiRequest, handler: Callable[[Trace], Any], trace: Trace,
 _service: EmbeddingService | None = None
 _service_lock = threading.Lock()
 _config_error: tuple[float, str] | None = None   # (when it was logged in full, its summary)
+_config_error_lock = threading.Lock()   # concurrent failing requests: one logs it
 CONFIG_ERROR_RELOG_SECONDS = 60.0
 
 
@@ -393,8 +394,12 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
         config = isinstance(exc, ValueError)
         now = time.monotonic()
         summary = f"{type(exc).__name__}: {exc}"
-        if _config_error is None or _config_error[1] != summary or \
-                now - _config_error[0] > CONFIG_ERROR_RELOG_SECONDS:
+        with _config_error_lock:
+            due = _config_error is None or _config_error[1] != summary or \
+                now - _config_error[0] > CONFIG_ERROR_RELOG_SECONDS
+            if due:
+                _config_error = (now, summary)
+        if due:
             # Once a minute, not per request (a retrying client multiplied it). The exported
             # copy keeps only the template: it names what is wrong, never a value.
             # The traceback's last line has the message (values included): the local log only.
@@ -410,7 +415,6 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
                                   + " (answering 500; each request tries again)")
             finally:
                 telemetry.detach(token)
-            _config_error = (now, summary)
         route = ROUTES.get(template)
         dialect = route.dialect if route else path_dialect(req.path)
 

@@ -230,7 +230,7 @@ class TextBackend:
 
     # -- inference ------------------------------------------------------------------------------
     def prepare(self, inputs: Sequence[Any], *, input_type: str = "text",
-                extras: dict[str, Any] | None = None) -> Prepared:
+                extras: dict[str, Any] | None = None, deadline: float | None = None) -> Prepared:
         truncate = (extras or {}).get("truncate", "NONE")
         ids = self.tokenize(inputs, input_type=input_type, truncate=truncate)
         tokens = int(sum(len(x) for x in ids))

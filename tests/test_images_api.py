@@ -201,6 +201,38 @@ def test_a_bad_text_is_reported_before_any_image_is_decoded(service, model, text
     assert decoded == []
 
 
+@pytest.mark.parametrize("timeouts, status, code", [
+    ({"x-stainless-read-timeout": "1"}, 499, "ClientClosedRequest"),   # the client's, sooner
+    ({"EMBEDDINGS_REQUEST_TIMEOUT_SECONDS": "1"}, 503, "ServiceUnavailable"),  # the server's
+])
+def test_pictures_are_not_decoded_past_the_requests_deadline(timeouts, status, code,
+                                                             monkeypatch):
+    """A request's pictures were all decoded before its time-out was looked at: a client gone
+    after 1 s was answered 499 after 16 s of decoding, and a 3 s server time-out's 503 came after
+    8.7 s (review h_chaos1 F1). No picture starts once the deadline has passed, nor waits for
+    room to: here 24 pictures of 0.25 s each (6 s of decoding, 3 s on two threads) stop at about
+    1 s, and the answer is the time-out's."""
+    import time as time_module
+
+    from embedding_core import images
+
+    decoded = []
+    real = images.image_to_pixel_values
+
+    def slow(*a, **kw):
+        time_module.sleep(0.25)          # a picture that takes a while to decode
+        out = real(*a, **kw)
+        decoded.append(a[2])
+        return out
+    monkeypatch.setattr(images, "image_to_pixel_values", slow)
+    settings = {k: v for k, v in timeouts.items() if k.startswith("EMBEDDINGS_")}
+    headers = {k: v for k, v in timeouts.items() if not k.startswith("EMBEDDINGS_")}
+    res = call(make_service(**settings), {"model": EFF, "input": [{"image": CAT}] * 24},
+               headers=headers)
+    assert_error(res, status, code, None)
+    assert len(decoded) <= 12, decoded   # with the deadline not looked at: all 24
+
+
 def test_unknown_field_in_an_item(service):
     res = call(service, {"input": [{"image": CAT, "detail": "high"}]})
     assert_error(res, 422, "InvalidParameter", "input[0].detail")

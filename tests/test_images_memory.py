@@ -328,6 +328,56 @@ def test_images_decoded_at_once_share_the_decode_budget():
     assert gate.in_use == 0
 
 
+def test_a_picture_waiting_for_room_is_not_overtaken_by_smaller_ones():
+    """First come, first served: a picture waiting for room goes before smaller ones that came
+    after it and would fit now (a 40 Mpx picture under a stream of 8 Mpx ones waited 133 s;
+    review h_chaos1 F2); once it is in, those that fit beside it go too."""
+    import threading
+    import time
+
+    gate, order = images.DecodeGate(), []
+
+    def decode(name: str, need: int, start: float, hold_s: float) -> None:
+        time.sleep(start)
+        with gate.hold(need, 100):
+            order.append(f"{name} start")
+            time.sleep(hold_s)
+            order.append(f"{name} end")
+
+    threads = [threading.Thread(target=decode, args=args) for args in (
+        ("a", 60, 0.0, 0.3),        # decoding
+        ("big", 60, 0.1, 0.3),      # waits for a
+        ("small", 30, 0.2, 0.1))]   # would fit beside a: waits behind big, then fits beside it
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert order == ["a start", "a end", "big start", "small start", "small end", "big end"]
+    assert gate.in_use == 0
+
+
+def test_a_picture_gives_up_waiting_for_room_at_its_deadline():
+    """A picture still waiting when its request's deadline passes gives up (the request answers
+    its time-out), and the line moves on without it."""
+    import time
+
+    from embedding_core.errors import DeadlinePassed
+
+    gate = images.DecodeGate()
+    with gate.hold(90, 100):
+        start = time.perf_counter()
+        with pytest.raises(DeadlinePassed):
+            with gate.hold(50, 100, deadline=start + 0.2):
+                pass
+        assert time.perf_counter() - start >= 0.2
+        with pytest.raises(DeadlinePassed):           # already past: not even in line
+            with gate.hold(50, 100, deadline=start):
+                pass
+        with gate.hold(10, 100, deadline=time.perf_counter() + 5):   # fits: no wait
+            assert gate.in_use == 100
+    assert gate.in_use == 0 and not gate._line
+
+
 CONCURRENT_CHILD = r"""
 import base64, ctypes, ctypes.util, sys, threading
 from embedding_core import images
@@ -416,6 +466,8 @@ def test_a_failed_picture_says_so_before_it_gives_its_decode_budget_back():
     told = []
 
     class Checkpoint:
+        deadline = None
+
         def __call__(self):
             told.append(("room", images.DECODE_GATE.in_use))
 

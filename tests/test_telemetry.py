@@ -545,6 +545,48 @@ def test_exported_configuration_errors_name_the_setting_and_request_lines_stay_l
     assert not any(TEXT.replace(" ", "-") in r.getMessage() for r in lines)
 
 
+def test_a_configuration_error_is_logged_once_by_concurrent_requests(monkeypatch):
+    """Requests failing together on a wrong setting log it once, not once each (16 concurrent
+    requests wrote 16 tracebacks while the first was still being logged; review h_chaos1 F4)."""
+    import threading
+    import time
+
+    class Slow(logging.Handler):    # an exporter's handler takes a while
+        def __init__(self):
+            super().__init__()
+            self.records = []
+
+        def emit(self, record):
+            time.sleep(0.05)
+            self.records.append(record.getMessage())
+
+    handler = Slow()
+    logger = logging.getLogger(service_module.log.name)
+    logger.addHandler(handler)
+    monkeypatch.setenv("EMBEDDINGS_MAX_INPUTS", "many")
+    service_module.reset_service()
+    start = threading.Barrier(16)
+    statuses = []
+
+    def call():
+        start.wait()
+        statuses.append(service_module.dispatch("health", ApiRequest("GET", "/health", {}, {},
+                                                                     b"")).status)
+    threads = [threading.Thread(target=call) for _ in range(16)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        logger.removeHandler(handler)
+        service_module.reset_service()
+    assert statuses == [500] * 16
+    assert [m for m in handler.records if m.startswith("service configuration error")] == [
+        "service configuration error, invalid setting EMBEDDINGS_MAX_INPUTS (answering 500 "
+        "until it is fixed)"]
+
+
 def test_a_service_that_could_not_start_for_another_reason_answers_a_retryable_500(
         monkeypatch, caplog):
     """Not every failure to build the service is the configuration's (a thread that could not
