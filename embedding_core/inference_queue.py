@@ -67,6 +67,13 @@ log = logging.getLogger(__name__)
 DEFAULT_RATES = {"tokens": 2000.0, "images": 20.0}
 PER_WORKER = {"tokens"}
 RATE_DECAY = 0.8              # weight of the past in the throughput estimate, per batch
+# Wall seconds a request spends preparing each unit (decoding a picture, on its thread and the
+# decode helpers, beside the other requests), until measured here (a decayed mean of the
+# requests prepared, PREP_DECAY): for the Retry-After of a refusal that the requests being
+# prepared cause (their pictures queue only once decoded). A 12 Mpx JPEG takes ~40 ms of CPU
+# in draft mode, a 2 Mpx one ~16 (docs/images.md); tokenising is fast enough to leave out.
+DEFAULT_PREP_S = {"images": 0.05}
+PREP_DECAY = 0.7
 # A batch updates the estimate only if it carried this much work: a run's fixed cost (about 300
 # operators, the work of 16-24 tokens) dominates smaller ones, and a rate measured on
 # one-sentence batches (about a third of the batched rate here) would make a large request's
@@ -245,6 +252,8 @@ class InferenceQueue:
         # Likely costs of requests between precheck and submit (tokenising, decoding): a burst
         # all passed the precheck at an empty queue, all tokenised, and most were then refused.
         self._preparing: collections.Counter[str] = collections.Counter()
+        self._preparing_jobs: collections.Counter[str] = collections.Counter()   # requests
+        self._prep_s = dict(DEFAULT_PREP_S)        # wall seconds of preparation per unit
         self._work = {u: 0.0 for u in DEFAULT_RATES}       # decayed sums behind the rates
         self._time = {u: 0.0 for u in DEFAULT_RATES}
         self._rates = default_rates(self.workers)
@@ -288,12 +297,19 @@ class InferenceQueue:
         with self._cond:
             self._admit(costs, likely, preparing=True)
             self._preparing.update(held)
+            self._preparing_jobs.update(u for u, n in held.items() if n > 0)
         return held
 
-    def prepared(self, held: dict[str, int]) -> None:
-        """The request :meth:`precheck` returned ``held`` for is prepared (or failed)."""
+    def prepared(self, held: dict[str, int], seconds: float | None = None) -> None:
+        """The request :meth:`precheck` returned ``held`` for is prepared (or failed), in
+        ``seconds`` if it was (the time per unit, for the Retry-After of :meth:`_refusal`)."""
         with self._cond:
             self._preparing.subtract(held)
+            self._preparing_jobs.subtract(u for u, n in held.items() if n > 0)
+            for unit, n in held.items():
+                if seconds is not None and n > 0 and unit in self._prep_s:
+                    self._prep_s[unit] = (PREP_DECAY * self._prep_s[unit]
+                                          + (1 - PREP_DECAY) * seconds / n)
 
     def submit(self, prepared: Prepared, deadline: float | None = None) -> Job:
         """Admit ``prepared`` or raise 429 with a Retry-After estimated from the queue.
@@ -528,9 +544,20 @@ class InferenceQueue:
         (as far as the queue can tell: the work ahead of it drained at the measured rates)."""
         for unit, cost in costs.items():
             limit = self.limits.get(unit)
-            ahead = self._queued[unit] + (max(0, self._preparing[unit]) if preparing else 0)
-            if limit is not None and ahead + cost > limit:
-                return (ahead + cost - limit) / self._rates.get(unit, 1.0)
+            queued = self._queued[unit]
+            being_prepared = max(0, self._preparing[unit]) if preparing else 0
+            if limit is not None and queued + being_prepared + cost > limit:
+                over = queued + being_prepared + cost - limit
+                rate = self._rates.get(unit, 1.0)
+                if over <= queued or unit not in self._prep_s:
+                    return over / rate
+                # Room comes only as items are run, and those being prepared (pictures being
+                # decoded) queue once they are: an image request refused behind two of 64
+                # pictures being decoded was told 1 s, 27 times over 13.5 s (review h_chaos1
+                # F3). They are prepared side by side, each at the measured time per unit.
+                decoding = (being_prepared * self._prep_s[unit]
+                            / max(1, self._preparing_jobs[unit]))
+                return max(queued / rate, decoding) + (over - queued) / rate
         if not self.max_wait_s or not self._ring:
             return None
         own = self._job_s(costs)

@@ -354,6 +354,10 @@ class _Builder:
                         "type": "integer", "minimum": 0,
                         "description": "Likely tokens of requests being tokenised: they count "
                                        "against the queue's bound for new arrivals."},
+                    "preparing_images": {
+                        "type": "integer", "minimum": 0,
+                        "description": "Pictures of requests being decoded: they count against "
+                                       "the queue's bound for new arrivals."},
                     "tokens_per_second": _nullable({
                         "type": "integer", "minimum": 0,
                         "description": "The text throughput measured on this instance "

@@ -117,16 +117,18 @@ class Pipeline:
         # sooner): the client has gone, or the answer would be the time-out's 503 anyway.
         by_client = client is not None and client < s.request_timeout_s
         deadline = trace.started + (client if by_client else s.request_timeout_s)
+        preparing_since, took = time.perf_counter(), None
         try:
             prepared = backend.prepare(request.inputs, input_type=request.input_type,
                                        extras=extras, deadline=deadline)
+            took = time.perf_counter() - preparing_since
         except errors.ApiError as err:
             raise schema.relocate_lone(err) if request.lone else err from None
         except errors.DeadlinePassed:
             raise (errors.client_stopped_waiting(client) if by_client
                    else self.queue.timed_out(s.request_timeout_s)) from None
         finally:
-            self.queue.prepared(held)
+            self.queue.prepared(held, took)
         trace.inputs = prepared.inputs
         check_request_cost(prepared, s.max_request_tokens)
         elapsed = time.perf_counter() - trace.started

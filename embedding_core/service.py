@@ -209,6 +209,7 @@ class EmbeddingService:
         body["queue"] = {"requests": stats.jobs, "queued_tokens": stats.queued.get("tokens", 0),
                          "queued_images": stats.queued.get("images", 0),
                          "preparing_tokens": stats.preparing.get("tokens", 0),
+                         "preparing_images": stats.preparing.get("images", 0),
                          "tokens_per_second": (round(stats.rates["tokens"])
                                                if "tokens" in stats.measured else None)}
         return body

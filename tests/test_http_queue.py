@@ -81,7 +81,7 @@ def test_admission_is_bounded_by_queued_tokens(server):
     state = queue_state(server)
     assert state.pop("tokens_per_second") > 0          # measured on the requests that ran
     assert state == {"requests": 0, "queued_tokens": 0, "queued_images": 0,
-                     "preparing_tokens": 0}
+                     "preparing_tokens": 0, "preparing_images": 0}
     assert embed(server, [f"x {LONG}"] * 30, PASS, truncate="END")[0] == 200   # admitted now
 
 

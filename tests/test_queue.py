@@ -662,6 +662,29 @@ def test_requests_being_prepared_count_against_the_bound_at_the_precheck_only():
     assert q._preparing["tokens"] == 0 and q.stats().preparing == {}
 
 
+def test_a_refusal_behind_pictures_being_decoded_counts_their_decoding():
+    """Pictures queue only once decoded: a one-picture request refused behind two requests of 64
+    pictures being decoded was told Retry-After 1, 27 times over 13.5 s (review h_chaos1 F3).
+    The wait now counts their decoding, at the wall time per picture measured on the requests
+    prepared here (side by side), then the run of what must drain; /health shows them."""
+    q = InferenceQueue({"images": 128})
+    q._rates["images"] = 100.0
+    assert q._prep_s["images"] == 0.05                       # until measured
+    q.prepared(q.precheck({"images": 10}), 2.0)              # 10 pictures in 2 s
+    assert q._prep_s["images"] == pytest.approx(0.7 * 0.05 + 0.3 * 0.2)
+    q._prep_s["images"] = 0.2
+    a, b = q.precheck({"images": 64}), q.precheck({"images": 64})
+    assert q.stats().preparing == {"images": 128}
+    with pytest.raises(ApiError) as exc:
+        q.precheck({"images": 1})
+    # 64 pictures each, side by side, at 0.2 s: 12.8 s; then one picture's run: 0.01 s
+    assert exc.value.status == 429 and exc.value.headers["Retry-After"] == "13"
+    q.prepared(a)
+    q.prepared(b)                                            # failed: nothing measured
+    assert q._prep_s["images"] == 0.2 and q.stats().preparing == {}
+    q.prepared(q.precheck({"images": 1}))                    # room again
+
+
 def test_likely_cost_counts_about_four_characters_a_token_capped_per_input():
     from embedding_core.pipeline import likely_cost
     from embedding_core.schema import EmbeddingsRequest
