@@ -68,12 +68,14 @@ DEFAULT_RATES = {"tokens": 2000.0, "images": 20.0}
 PER_WORKER = {"tokens"}
 RATE_DECAY = 0.8              # weight of the past in the throughput estimate, per batch
 # Wall seconds a request spends preparing each unit (decoding a picture, on its thread and the
-# decode helpers, beside the other requests), until measured here (a decayed mean of the
-# requests prepared, PREP_DECAY): for the Retry-After of a refusal that the requests being
-# prepared cause (their pictures queue only once decoded). A 12 Mpx JPEG takes ~40 ms of CPU
-# in draft mode, a 2 Mpx one ~16 (docs/images.md); tokenising is fast enough to leave out.
+# decode helpers, beside the other requests), until measured here: for the Retry-After of a
+# refusal that the requests being prepared cause (their pictures queue only once decoded). A
+# 12 Mpx JPEG takes ~40 ms of CPU in draft mode, a 2 Mpx one ~16 (docs/images.md); tokenising
+# is fast enough to leave out. Measured as the requests' seconds over their units, each past
+# unit's weight decayed by PREP_DECAY per unit prepared since (about the last 50 pictures), so
+# that one-picture requests do not outweigh a request of 64 (a mean per request did).
 DEFAULT_PREP_S = {"images": 0.05}
-PREP_DECAY = 0.7
+PREP_DECAY = 0.98
 # A batch updates the estimate only if it carried this much work: a run's fixed cost (about 300
 # operators, the work of 16-24 tokens) dominates smaller ones, and a rate measured on
 # one-sentence batches (about a third of the batched rate here) would make a large request's
@@ -253,7 +255,8 @@ class InferenceQueue:
         # all passed the precheck at an empty queue, all tokenised, and most were then refused.
         self._preparing: collections.Counter[str] = collections.Counter()
         self._preparing_jobs: collections.Counter[str] = collections.Counter()   # requests
-        self._prep_s = dict(DEFAULT_PREP_S)        # wall seconds of preparation per unit
+        # Per unit: [decayed units prepared, decayed wall seconds they took], from a prior of one
+        self._prep = {u: [1.0, s] for u, s in DEFAULT_PREP_S.items()}
         self._work = {u: 0.0 for u in DEFAULT_RATES}       # decayed sums behind the rates
         self._time = {u: 0.0 for u in DEFAULT_RATES}
         self._rates = default_rates(self.workers)
@@ -307,9 +310,15 @@ class InferenceQueue:
             self._preparing.subtract(held)
             self._preparing_jobs.subtract(u for u, n in held.items() if n > 0)
             for unit, n in held.items():
-                if seconds is not None and n > 0 and unit in self._prep_s:
-                    self._prep_s[unit] = (PREP_DECAY * self._prep_s[unit]
-                                          + (1 - PREP_DECAY) * seconds / n)
+                if seconds is not None and n > 0 and unit in self._prep:
+                    past = self._prep[unit]
+                    keep = PREP_DECAY ** n
+                    past[0], past[1] = keep * past[0] + n, keep * past[1] + seconds
+
+    def _prep_s(self, unit: str) -> float:
+        """The wall seconds a request spends preparing one ``unit`` (:data:`DEFAULT_PREP_S`)."""
+        units, seconds = self._prep[unit]
+        return seconds / units
 
     def submit(self, prepared: Prepared, deadline: float | None = None) -> Job:
         """Admit ``prepared`` or raise 429 with a Retry-After estimated from the queue.
@@ -549,13 +558,13 @@ class InferenceQueue:
             if limit is not None and queued + being_prepared + cost > limit:
                 over = queued + being_prepared + cost - limit
                 rate = self._rates.get(unit, 1.0)
-                if over <= queued or unit not in self._prep_s:
+                if over <= queued or unit not in self._prep:
                     return over / rate
                 # Room comes only as items are run, and those being prepared (pictures being
                 # decoded) queue once they are: an image request refused behind two of 64
                 # pictures being decoded was told 1 s, 27 times over 13.5 s (review h_chaos1
                 # F3). They are prepared side by side, each at the measured time per unit.
-                decoding = (being_prepared * self._prep_s[unit]
+                decoding = (being_prepared * self._prep_s(unit)
                             / max(1, self._preparing_jobs[unit]))
                 return max(queued / rate, decoding) + (over - queued) / rate
         if not self.max_wait_s or not self._ring:

@@ -669,10 +669,13 @@ def test_a_refusal_behind_pictures_being_decoded_counts_their_decoding():
     prepared here (side by side), then the run of what must drain; /health shows them."""
     q = InferenceQueue({"images": 128})
     q._rates["images"] = 100.0
-    assert q._prep_s["images"] == 0.05                       # until measured
-    q.prepared(q.precheck({"images": 10}), 2.0)              # 10 pictures in 2 s
-    assert q._prep_s["images"] == pytest.approx(0.7 * 0.05 + 0.3 * 0.2)
-    q._prep_s["images"] = 0.2
+    assert q._prep_s("images") == 0.05                       # until measured
+    q.prepared(q.precheck({"images": 64}), 12.8)             # 64 pictures in 12.8 s
+    assert q._prep_s("images") == pytest.approx(0.2, rel=0.01)
+    for _ in range(10):                                      # one-picture requests meanwhile
+        q.prepared(q.precheck({"images": 1}), 0.01)
+    assert q._prep_s("images") == pytest.approx(0.17, abs=0.01)   # they weigh one picture each
+    q._prep["images"] = [1.0, 0.2]
     a, b = q.precheck({"images": 64}), q.precheck({"images": 64})
     assert q.stats().preparing == {"images": 128}
     with pytest.raises(ApiError) as exc:
@@ -681,7 +684,7 @@ def test_a_refusal_behind_pictures_being_decoded_counts_their_decoding():
     assert exc.value.status == 429 and exc.value.headers["Retry-After"] == "13"
     q.prepared(a)
     q.prepared(b)                                            # failed: nothing measured
-    assert q._prep_s["images"] == 0.2 and q.stats().preparing == {}
+    assert q._prep_s("images") == 0.2 and q.stats().preparing == {}
     q.prepared(q.precheck({"images": 1}))                    # room again
 
 
