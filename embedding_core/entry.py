@@ -15,7 +15,7 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from . import errors
 
@@ -37,7 +37,8 @@ def serve(route: str, method: str, url: str, headers: Mapping[str, str],
     except ImportError as exc:
         if _own_code(exc) and not _other_pythons():
             raise           # a bug in the app's own modules: the worker logs it as ever
-        return _unloadable(exc, _openai_route(route, url))
+        client_id = errors.safe_client_request_id(_header(headers, "x-ms-client-request-id"))
+        return _unloadable(exc, _openai_route(route, url), client_id)
     res = dispatch(route, ApiRequest.from_url(method, url, headers, query, body, route_params,
                                               invocation=invocation))
     return res.status, res.headers, res.body
@@ -47,7 +48,7 @@ def _openai_route(route: str, url: str) -> bool:
     """Whether the request is on the OpenAI dialect's routes (service.ROUTES, path_dialect):
     those under /v1 and /openai, matched or not."""
     try:
-        path = route if route != "{*path}" else urlsplit(url).path
+        path = route if route != "{*path}" else unquote(urlsplit(url).path)  # as api.py reads it
     except ValueError:
         return False
     first = (path.strip("/").split("/") or [""])[0].lower()
@@ -82,7 +83,12 @@ def built_for() -> list[str]:
     return sorted(versions, key=lambda v: int(v.split(".")[1]))
 
 
-def _unloadable(exc: ImportError, openai: bool) -> tuple[int, dict[str, str], bytes]:
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    return next((v for k, v in headers.items() if k.lower() == name), None)
+
+
+def _unloadable(exc: ImportError, openai: bool,
+                client_id: str | None = None) -> tuple[int, dict[str, str], bytes]:
     """The 503 of a request while the packages cannot load, in the route's dialect (OpenAI's
     error shape under /v1 and /openai, as service.run_request renders it), with a request id."""
     running = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -105,7 +111,8 @@ def _unloadable(exc: ImportError, openai: bool) -> tuple[int, dict[str, str], by
     request_id = uuid.uuid4().hex
     headers = {"Content-Type": "application/json", **err.response_headers(),
                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
-               "x-request-id": request_id}
+               "x-request-id": request_id,
+               **({"x-ms-client-request-id": client_id} if client_id else {})}
     body = ({"error": {"message": err.message, "type": "server_error", "param": None,
                        "code": "service_unavailable"}} if openai else err.body())
     return err.status, headers, json.dumps(body).encode()

@@ -7,6 +7,7 @@ error body ``{"error": {"code", "message", "target"?, "details"?}}`` with the he
 
 from __future__ import annotations
 
+import re
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,6 +193,18 @@ class DeadlinePassed(Exception):
     """Raised while a request is prepared (its pictures decoded) once its deadline has passed:
     the pipeline answers it as a request that timed out (499 for the client's time-out, else
     503), without decoding what no one will read."""
+
+
+_SAFE_ID = re.compile(r"[^A-Za-z0-9._:\-{}]")
+
+
+def safe_client_request_id(value: str | None) -> str | None:
+    """``x-ms-client-request-id`` as every answer echoes it (``service.run_request``, and
+    ``entry`` while the packages cannot load): visible ASCII id characters only, ≤ 128."""
+    if not value:
+        return None
+    cleaned = _SAFE_ID.sub("", value[:256])[:128]
+    return cleaned or None
 
 
 def chain_has(exc: BaseException, kind: type) -> bool:

@@ -850,6 +850,9 @@ def preprocess(im: Image.Image, orientation: int = 1) -> np.ndarray:
 
 # -- the whole chain ----------------------------------------------------------------------------
 
+GATE_WAIT_S = 60.0     # the longest a picture waits for room before it looks again
+
+
 class DecodeGate:
     """A process-wide bound on the memory of images being decoded at once: a picture waits until
     the estimates (:func:`decode_bytes`) of those in progress plus its own fit in ``limit``; one
@@ -873,10 +876,11 @@ class DecodeGate:
             self._line.append(me)
             try:
                 while self._line[0] is not me or (self.in_use and self.in_use + need > limit):
-                    left = None if deadline is None else deadline - time.perf_counter()
-                    if left is not None and left <= 0:
+                    left = GATE_WAIT_S if deadline is None else deadline - time.perf_counter()
+                    if left <= 0:
                         raise errors.DeadlinePassed()
-                    self._cond.wait(left)
+                    # at most a minute at a time: a deadline ~1e10 s away overflows wait()
+                    self._cond.wait(min(left, GATE_WAIT_S))
             finally:
                 self._line.remove(me)
                 self._cond.notify_all()         # the next in line may fit as well

@@ -111,12 +111,12 @@ class Pipeline:
         likely = likely_cost(request, dep.max_tokens)
         if "tokens" in likely:              # more is refused after tokenising (422)
             likely["tokens"] = min(likely["tokens"], s.max_request_tokens)
-        held = self.queue.precheck(least_cost(request), likely)
         client = trace.client_timeout_s
         # Pictures are not decoded past the request's deadline (its client's time-out, if
         # sooner): the client has gone, or the answer would be the time-out's 503 anyway.
         by_client = client is not None and client < s.request_timeout_s
         deadline = trace.started + (client if by_client else s.request_timeout_s)
+        held = self.queue.precheck(least_cost(request), likely)
         preparing_since, took = time.perf_counter(), None
         try:
             prepared = backend.prepare(request.inputs, input_type=request.input_type,

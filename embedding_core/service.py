@@ -194,7 +194,9 @@ class EmbeddingService:
         # "status":"ok" sees (the log says why). Loads are tried by requests, never here.
         problems = [f"deployment {name} failed to load" for name in failed]
         if self.auth.keys_unusable and not self.auth.disabled:
-            problems.append("no key of EMBEDDINGS_API_KEYS is usable (Entra ID tokens are)")
+            problems.append("no key of EMBEDDINGS_API_KEYS is usable (Entra ID tokens are)" + (
+                "; the README's development key is not accepted on Azure"
+                if self.auth.development_key_refused else ""))
         elif self.auth.development_key_refused and not self.auth.disabled:
             problems.append("an EMBEDDINGS_API_KEYS entry is the README's development key, "
                             "refused on Azure (the other keys work)")
@@ -290,17 +292,6 @@ class EmbeddingService:
         return self.registry.select(modality, "/info", model, header, any_modality=True)
 
 
-_SAFE_ID = re.compile(r"[^A-Za-z0-9._:\-{}]")
-
-
-def safe_client_request_id(value: str | None) -> str | None:
-    """``x-ms-client-request-id`` as we echo it: visible ASCII id characters only, ≤ 128."""
-    if not value:
-        return None
-    cleaned = _SAFE_ID.sub("", value[:256])[:128]
-    return cleaned or None
-
-
 def run_request(req: ApiRequest, dialect: str, route: str,
                 handler: Callable[[Trace], Any]) -> ApiResponse:
     """Run ``handler``: ids, timing headers, telemetry, and every error rendered by ``dialect``."""
@@ -313,7 +304,7 @@ def run_request(req: ApiRequest, dialect: str, route: str,
     # (a cache or CDN put in front must not keep one: review h_sec1 I3).
     headers = {"Content-Type": "application/json", "X-Content-Type-Options": "nosniff",
                "Cache-Control": "no-store", "x-request-id": trace.request_id}
-    client_id = safe_client_request_id(req.headers.get("x-ms-client-request-id"))
+    client_id = errors.safe_client_request_id(req.headers.get("x-ms-client-request-id"))
     if client_id:
         headers["x-ms-client-request-id"] = client_id
     # Where the worker attached no trace context, the invocation's: the request's logs and span

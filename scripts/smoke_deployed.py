@@ -205,6 +205,10 @@ def record_build(environ: Mapping[str, str], out=sys.stdout) -> None:
     try:
         if path is None:
             raise ValueError("AZURE_ENV_NAME is not set (not run by azd)")
+        try:       # a record of an earlier packaging (kept by a check that failed) goes first
+            os.remove(path)
+        except FileNotFoundError:
+            pass
         build = folder_build()
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="ascii") as f:

@@ -415,6 +415,15 @@ def test_the_published_development_key_is_refused_on_azure(hosting, caplog):
     res = svc.info(ApiRequest("GET", "/info", {"api-key": DEV_KEY}, Q, b""))
     assert res.status == 401 and b"none of its entries is accepted" in res.body
     assert b"development key is not accepted on Azure" in res.body
+    # With Entra ID on it leaves no usable key: /health's problem names it, so the post-deploy
+    # check (scripts/smoke_deployed.py) does not blame Key Vault (review h_review32 F4).
+    from jwt_factory import TokenFactory
+    svc = EmbeddingService(Settings.from_env({"EMBEDDINGS_API_KEYS": DEV_KEY,
+                                              **TokenFactory().env(), **hosting}))
+    health = json.loads(svc.health(ApiRequest("GET", "/health", {}, {}, b"")).body)
+    assert health["status"] == "degraded" and health["problems"] == [
+        "no key of EMBEDDINGS_API_KEYS is usable (Entra ID tokens are); the README's "
+        "development key is not accepted on Azure"]
     # Settings made by hand follow the same rule.
     hand = Authenticator(Settings(api_keys=(DEV_KEY, PLAIN), hosted_on_azure=True))
     refused(hand, {"api-key": DEV_KEY})

@@ -226,7 +226,7 @@ def test_head_reaches_the_get_function_and_answers_what_get_does(route):
 
 
 def test_client_request_id_echo_is_sanitised():
-    from embedding_core.service import safe_client_request_id as safe
+    from embedding_core.errors import safe_client_request_id as safe
 
     assert safe("abc-123_X.y:{z}") == "abc-123_X.y:{z}"
     assert safe("abc\r\n  def") == "abcdef"
@@ -310,10 +310,12 @@ fns = {f.get_trigger().route: f.get_user_function() for f in function_app.app.ge
 out = []
 for route, path, method in (("health", "health", "GET"), ("embeddings", "embeddings", "POST"),
                             ("v1/embeddings", "v1/embeddings", "POST"),
-                            ("{*path}", "openai/v1/nothing", "GET")):
+                            ("{*path}", "openai/v1/nothing", "GET"),
+                            ("{*path}", "%76%31/nothing", "GET")):   # /v1/nothing, as api.py reads it
     try:
         res = fns[route](func.HttpRequest(method, "http://localhost/" + path,
-                                          body=b'{"input": ["x"]}', headers={"api-key": "k" * 20}))
+                                          body=b'{"input": ["x"]}', headers={"api-key": "k" * 20,
+                                                                "x-ms-client-request-id": "c-1 <2>"}))
     except ImportError as exc:
         out.append(["raised", type(exc).__name__, exc.name])
         continue
@@ -345,12 +347,13 @@ def test_packages_built_for_another_python_answer_503_saying_so(tmp_path):
     (pkg / "orjson.cpython-399-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
     running = f"{sys.version_info.major}.{sys.version_info.minor}"
     answers = _run_unloadable(tmp_path)
-    assert len(answers) == 4
+    assert len(answers) == 5
     for i, (status, headers, body) in enumerate(answers):
         assert status == 503
         assert headers["X-Content-Type-Options"] == "nosniff"
         assert headers["x-should-retry"] == "false"      # a redeployment fixes it, not a retry
         assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])
+        assert headers["x-ms-client-request-id"] == "c-12"        # echoed as every answer does
         # the Azure routes' error shape, and OpenAI's under /v1 and /openai (the SDK's
         # APIStatusError reads its message, type and code)
         assert body["error"]["code"] == ("ServiceUnavailable" if i < 2 else

@@ -376,6 +376,23 @@ def test_a_picture_gives_up_waiting_for_room_at_its_deadline():
         with gate.hold(10, 100, deadline=time.perf_counter() + 5):   # fits: no wait
             assert gate.in_use == 100
     assert gate.in_use == 0 and not gate._line
+    # a deadline ~1e10 s away (EMBEDDINGS_REQUEST_TIMEOUT_SECONDS set to "never") overflowed
+    # Condition.wait: a 500 (review h_review32 F1); it waits in steps instead
+    import threading
+    held, entered = threading.Event(), []
+
+    def far() -> None:
+        held.wait(5)
+        with gate.hold(50, 100, deadline=time.perf_counter() + 1e10):
+            entered.append(gate.in_use)
+    t = threading.Thread(target=far)
+    with gate.hold(90, 100):
+        t.start()
+        held.set()
+        time.sleep(0.2)                                 # waiting for room, no OverflowError
+        assert entered == []
+    t.join(10)
+    assert entered == [50] and gate.in_use == 0
 
 
 CONCURRENT_CHILD = r"""

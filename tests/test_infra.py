@@ -1876,9 +1876,11 @@ class _BuildHealth(http.server.BaseHTTPRequestHandler):
                     "; the README's development key is not accepted on Azure"
                     if build == "development key" else "") + "); the server log says why.")}})
             build = 503
-        elif build == "degraded":       # Entra ID on, the API keys' reference unresolved
+        elif str(build).startswith("degraded"):   # Entra ID on, the API keys' reference unresolved
             raw = json.dumps({"status": "degraded", "build": _local_build(), "problems": [
-                "no key of EMBEDDINGS_API_KEYS is usable (Entra ID tokens are)"]})
+                "no key of EMBEDDINGS_API_KEYS is usable (Entra ID tokens are)" + (
+                    "; the README's development key is not accepted on Azure"
+                    if "development key" in build else "")]})
         else:
             raw = json.dumps({"error": {"code": "ServiceUnavailable"}} if build == 503 else
                              {"status": "ok", **({"build": build} if build else {})})
@@ -1979,6 +1981,9 @@ def test_smoke_says_what_to_do_when_the_key_did_not_resolve():
     proc = _health_stub(["development key"], "--wait", "0")
     assert proc.returncode == 1 and "development key is not accepted" in proc.stderr
     assert "Key Vault" not in proc.stderr
+    proc = _health_stub(["degraded, development key"], "--wait", "0")
+    assert proc.returncode == 1 and "development key is not accepted" in proc.stderr
+    assert "Key Vault" not in proc.stderr
 
 
 def test_smoke_fails_on_a_degraded_health():
@@ -2064,6 +2069,15 @@ def test_the_build_azd_packaged_is_expected_not_the_folder_edited_since(tmp_path
     proc = _health_stub([edited], script=script, env_name="dev")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"expect build 0123456789ab, as azd packaged it, or {edited}" in proc.stdout
+    # a packaging whose recording fails leaves no record of an earlier one (kept by a check that
+    # failed), which would let the previous deployment's build pass (review h_review32 F3)
+    record.write_text("0123456789ab\n")
+    (project / "embedding_core" / "build.py").rename(project / "build.py.away")
+    proc = subprocess.run([sys.executable, str(script), "--record-build"], capture_output=True,
+                          text=True, timeout=60, env=dict(env, AZURE_ENV_NAME="dev"))
+    assert proc.returncode == 0 and "no build recorded (cannot read the app's code" in proc.stdout
+    assert not record.exists()
+    (project / "build.py.away").rename(project / "embedding_core" / "build.py")
     proc = subprocess.run([sys.executable, str(script), "--record-build"], capture_output=True,
                           text=True, timeout=60, env=env)
     assert proc.returncode == 0 and "no build recorded (AZURE_ENV_NAME is not set" in proc.stdout
