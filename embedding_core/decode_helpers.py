@@ -13,9 +13,10 @@ usable core: none on one core), which take them one at a time, in request order:
   between the requests that offered pictures (a request makes up to ``helpers`` offers);
 * results come back in request order, and the error is the first bad picture's in request
   order, as when one thread decodes them all. No picture is started once one has failed, and
-  one already under way stops at its ``checkpoint()`` (``images.Checkpoint``: once it has room
-  to decode) if one before it has failed, which the failed one tells (``checkpoint.failed()``)
-  before it gives its room back: the request does not wait for pictures it will not use;
+  one already under way stops at its ``checkpoint()`` (``images.Checkpoint``: while it waits
+  for room to decode, or once it has it) if one before it has failed, which the failed one
+  tells (``checkpoint.failed()``) before it gives its room back: the request does not wait for
+  pictures it will not use, nor do they keep their places in the decode budget's line;
 * no picture starts, nor waits for room to decode, once the request's deadline has passed
   (``errors.DeadlinePassed``, which the request answers as timed out): its client has gone, or
   the server would answer 503 anyway;

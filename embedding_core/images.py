@@ -862,7 +862,10 @@ class DecodeGate:
     Pictures go in the order they came: one that waits for room is not overtaken by smaller
     ones arriving after it (a 40 Mpx picture under a stream of 8 Mpx ones had waited 133 s;
     review h_chaos1 F2). ``deadline`` (``time.perf_counter()``): a picture still waiting then
-    gives up (``errors.DeadlinePassed``)."""
+    gives up (``errors.DeadlinePassed``). ``give_up``: called each time a waiting picture is
+    woken, it raises to leave the line (the checkpoint of a picture whose request has failed:
+    it would otherwise keep its place, holding up those behind it, until it had room); whoever
+    makes it raise calls :meth:`wake`."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -870,12 +873,15 @@ class DecodeGate:
         self._line: deque[object] = deque()     # the pictures waiting, first come first
 
     @contextmanager
-    def hold(self, need: int, limit: int, deadline: float | None = None) -> Iterator[None]:
+    def hold(self, need: int, limit: int, deadline: float | None = None,
+             give_up: Callable[[], None] | None = None) -> Iterator[None]:
         with self._cond:
             me = object()
             self._line.append(me)
             try:
                 while self._line[0] is not me or (self.in_use and self.in_use + need > limit):
+                    if give_up is not None:
+                        give_up()
                     left = GATE_WAIT_S if deadline is None else deadline - time.perf_counter()
                     if left <= 0:
                         raise errors.DeadlinePassed()
@@ -892,6 +898,11 @@ class DecodeGate:
                 self.in_use -= need
                 self._cond.notify_all()
 
+    def wake(self) -> None:
+        """Wake the pictures waiting, to call their ``give_up`` again."""
+        with self._cond:
+            self._cond.notify_all()
+
 
 DECODE_GATE = DecodeGate()
 
@@ -904,8 +915,9 @@ class Checkpoint(Protocol):
     deadline: float | None
 
     def __call__(self) -> None:
-        """Called once the picture has room to decode: raises to give it up (its result would
-        not be used; ``errors.DeadlinePassed`` once ``deadline`` has passed)."""
+        """Called once the picture has room to decode, and each time it is woken while it
+        waits for room: raises to give it up (its result would not be used;
+        ``errors.DeadlinePassed`` once ``deadline`` has passed)."""
 
     def failed(self) -> None:
         """The picture has failed: called before its share of :data:`DECODE_GATE` is given
@@ -936,7 +948,7 @@ def decode_image(data: bytes, declared: str, *, max_pixels: int, target: str,
             if hold is not None:
                 hold.enter_context(DECODE_GATE.hold(
                     decode_bytes(drafted, decoder_extra), max_decode_bytes,
-                    checkpoint.deadline if checkpoint is not None else None))
+                    checkpoint.deadline if checkpoint is not None else None, checkpoint))
             if checkpoint is not None:
                 checkpoint()
     had_transparency = "transparency" in im.info
@@ -963,9 +975,9 @@ def image_to_pixel_values(url: str, settings: Settings, index: int, *, draft: bo
     ``checkpoint.failed()``, before the picture's share of :data:`DECODE_GATE` is released: it
     may be kept while the request's other pictures decode."""
     target = _target(index)
-    parsed = parse_data_url(url, max_bytes=settings.max_image_bytes, target=target)
     with ExitStack() as hold:      # DECODE_GATE, from the estimate until the picture is freed
         try:
+            parsed = parse_data_url(url, max_bytes=settings.max_image_bytes, target=target)
             im, orientation = decode_image(
                 parsed.data, parsed.declared, max_pixels=settings.max_image_pixels,
                 target=target, draft=draft, max_decode_bytes=settings.max_image_decode_bytes,
@@ -985,6 +997,7 @@ def image_to_pixel_values(url: str, settings: Settings, index: int, *, draft: bo
             errors.free_frames(exc)
             if checkpoint is not None:
                 checkpoint.failed()
+                DECODE_GATE.wake()     # the request's pictures waiting for room leave the line
             raise
 
 

@@ -395,6 +395,94 @@ def test_a_picture_gives_up_waiting_for_room_at_its_deadline():
     assert entered == [50] and gate.in_use == 0
 
 
+def test_a_picture_that_is_given_up_while_waiting_leaves_the_line_at_once():
+    """``give_up`` is called each time a waiting picture is woken: once it raises, the picture
+    leaves the line and the one behind it, which fits, goes without waiting for room."""
+    import threading
+    import time
+
+    gate, order, gone = images.DecodeGate(), [], threading.Event()
+
+    def give_up() -> None:
+        if gone.is_set():
+            raise RuntimeError("given up")
+
+    def waiting(name: str, need: int, check=None) -> None:
+        try:
+            with gate.hold(need, 100, give_up=check):
+                order.append(f"{name} start")
+        except RuntimeError:
+            order.append(f"{name} gave up")
+
+    with gate.hold(60, 100):
+        first = threading.Thread(target=waiting, args=("first", 60, give_up))
+        first.start()
+
+        def in_line(n: int) -> bool:
+            start = time.monotonic()
+            while len(gate._line) < n and time.monotonic() - start < 5:
+                time.sleep(0.01)
+            return len(gate._line) == n
+        assert in_line(1)
+        second = threading.Thread(target=waiting, args=("second", 30))   # fits, but behind it
+        second.start()
+        assert in_line(2) and order == []
+        gone.set()
+        gate.wake()
+        first.join(5)
+        second.join(5)
+        assert order == ["first gave up", "second start"] and gate.in_use == 60
+    assert gate.in_use == 0 and not gate._line
+
+
+def test_a_request_whose_picture_failed_does_not_wait_for_room_for_its_later_ones():
+    """A picture waiting for room in the decode budget while an earlier picture of its request
+    fails leaves the line at once: the request answers its error without waiting for room it
+    will not use, and the picture does not hold up the pictures behind it (review h_review32;
+    it waited until it had room, up to a whole decode)."""
+    import threading
+    import time
+
+    from embedding_core.decode_helpers import DecodeHelpers
+
+    good = "data:image/png;base64," + base64.b64encode(
+        _encode(Image.new("RGB", (64, 64), (10, 200, 30)), "PNG")).decode()
+    bad = "data:image/png;base64,not base64!"
+    settings = Settings()
+
+    def decode(i: int, item: str, checkpoint) -> np.ndarray:
+        if i == 0:      # fails once the later picture waits for room (a helper decodes it)
+            start = time.monotonic()
+            while not images.DECODE_GATE._line and time.monotonic() - start < 5:
+                time.sleep(0.01)
+            assert images.DECODE_GATE._line
+        return images.image_to_pixel_values(item, settings, i, checkpoint=checkpoint)
+
+    out: dict = {}
+
+    def request() -> None:
+        try:
+            out["value"] = DecodeHelpers(1).map(decode, [bad, good])
+        except BaseException as exc:  # noqa: BLE001
+            out["error"] = exc
+
+    held = images.DECODE_GATE.hold(settings.max_image_decode_bytes,
+                                   settings.max_image_decode_bytes)
+    held.__enter__()                  # another request's picture fills the decode budget
+    try:
+        t = threading.Thread(target=request, daemon=True)
+        t.start()
+        t.join(10)
+        answered = not t.is_alive()
+    finally:
+        held.__exit__(None, None, None)
+    t.join(10)
+    assert answered, "the request waited for room for a picture it would not use"
+    assert isinstance(out.get("error"), errors.ApiError), out
+    assert out["error"].target == "input[0].image", out["error"].target
+    assert images.DECODE_GATE.in_use == 0 and not images.DECODE_GATE._line
+
+
 CONCURRENT_CHILD = r"""
 import base64, ctypes, ctypes.util, sys, threading
 from embedding_core import images
