@@ -87,3 +87,102 @@ def test_azure_openai_snippet_at_the_function_level(live_server, monkeypatch):
 def test_azure_openai_snippet_over_http(live_server):
     namespace = run_snippet("azure_openai_sdk.py", live_server.url, KEY)
     check_snippet_vectors("azure_openai_sdk.py", namespace, live_server.url, KEY)
+
+
+# -- docs/deploy.md's Python, as a user pastes it after exporting URL and KEY or APP_ID -------------
+
+def deploy_guide_python(reads: str) -> list[str]:
+    """The ```python blocks of docs/deploy.md that read the environment variable ``reads``."""
+    import re
+
+    text = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    return [b for b in re.findall(r"```python\n(.*?)```", text, re.S)
+            if f'os.environ["{reads}"]' in b]
+
+
+def run_guide_block(block: str, capsys) -> tuple[dict, str]:
+    namespace: dict = {"__name__": "__main__"}
+    capsys.readouterr()
+    exec(compile(block, "docs/deploy.md", "exec"), namespace)   # noqa: S102 - the guide's code
+    return namespace, capsys.readouterr().out
+
+
+def test_the_deploy_guide_s_key_snippets_get_the_model_s_vector(live_server, text_backend,
+                                                                 monkeypatch, capsys):
+    """"Call the API with a key": the Azure AI Inference SDK and the openai SDK snippets, with
+    URL and KEY exported as the guide says."""
+    import numpy as np
+
+    blocks = deploy_guide_python("KEY")
+    assert len(blocks) == 2
+    monkeypatch.setenv("URL", live_server.url)
+    monkeypatch.setenv("KEY", KEY)
+    want = text_backend.encode(["hello world"]).vectors[0]
+    printed = []
+    for block in blocks:
+        namespace, out = run_guide_block(block, capsys)
+        np.testing.assert_allclose(namespace["result"].data[0].embedding, want, atol=1e-6)
+        assert namespace["result"].model == "all-MiniLM-L6-v2"
+        printed.append(out)
+    assert printed == ["384\n", ""]          # "# 384 for all-MiniLM-L6-v2"
+
+
+def test_the_deploy_guide_s_entra_snippets_ask_for_the_api_s_scope_and_are_accepted(
+        text_backend, monkeypatch, capsys):
+    """"Call the API with Microsoft Entra ID": the Azure AI Inference SDK snippet (Option A) and
+    the OpenAI-style clients' token provider, against a server that accepts only Entra ID tokens
+    for ``api://<APP_ID>`` (as the guide's registration sets it up). DefaultAzureCredential is
+    replaced by a credential that mints, for the scope it is asked for, the token Entra ID would
+    issue: a snippet asking for another scope gets a token the server refuses."""
+    import ast
+    import time
+
+    import azure.identity
+    import numpy as np
+    from azure.core.credentials import AccessToken
+    from azure.core.pipeline.policies import _authentication
+
+    from jwt_factory import TokenFactory
+    from live_server import LiveServer
+
+    blocks = deploy_guide_python("APP_ID")
+    assert len(blocks) == 2
+    app_id = "6c1f0e2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
+    idp = TokenFactory(audience=f"api://{app_id}")
+    scopes: list[tuple[str, ...]] = []
+
+    class Credential:
+        """What DefaultAzureCredential returns after `az login` or on a managed identity."""
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def get_token(self, *asked, **kwargs):
+            scopes.append(asked)
+            return AccessToken(idp.mint(aud=asked[0].removesuffix("/.default")),
+                               int(time.time()) + 3600)
+
+    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", Credential)
+    # The Azure SDK sends a bearer token over https only; the server here is plain http on
+    # loopback (the openai SDK has no such check).
+    real_enforce = _authentication._enforce_https
+
+    def enforce_https(request):
+        if not request.http_request.url.startswith("http://127.0.0.1:"):
+            real_enforce(request)
+    monkeypatch.setattr(_authentication, "_enforce_https", enforce_https)
+    want = text_backend.encode(["hello world"]).vectors[0]
+    with idp.serve_http():
+        server = LiveServer(idp.env())             # Entra ID only: no key is accepted
+        try:
+            monkeypatch.setenv("URL", server.url)
+            monkeypatch.setenv("APP_ID", app_id)
+            inference, openai_style = blocks
+            _, out = run_guide_block(inference, capsys)
+            np.testing.assert_allclose(ast.literal_eval(out.strip()), want[:3], atol=1e-6)
+            namespace, _ = run_guide_block(openai_style, capsys)
+            for result in (namespace["result"], namespace["azure_result"]):
+                np.testing.assert_allclose(result.data[0].embedding, want, atol=1e-6)
+        finally:
+            server.stop()
+    assert scopes and set(scopes) == {(f"api://{app_id}/.default",)}, scopes
