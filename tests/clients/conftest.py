@@ -90,3 +90,44 @@ def server():
     live = LiveServer({"EMBEDDINGS_API_KEYS": KEY}, python=server_python())
     yield live
     live.stop()
+
+
+# tests/jwt_factory.py's identity provider, run by the server's interpreter (it needs the app's
+# token validator, which this virtualenv does not have): serves its signing keys on loopback,
+# prints the server's EMBEDDINGS_ENTRA_* settings and two tokens, and stops when stdin closes.
+_IDENTITY_PROVIDER = r"""
+import json, sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+from jwt_factory import TokenFactory
+idp = TokenFactory()
+with idp.serve_http():
+    print(json.dumps({"env": idp.env(), "token": idp.mint(lifetime=4 * 3600),
+                      "refused": idp.mint(aud="api://someone-else", lifetime=4 * 3600)}),
+          flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.fixture(scope="module")
+def entra_server():
+    """A local host accepting Entra ID tokens from a local identity provider (and ``KEY``):
+    yields (the server, {"token": accepted, "refused": for another audience})."""
+    import json
+    import subprocess
+
+    idp = subprocess.Popen([server_python(), "-c", _IDENTITY_PROVIDER, str(ROOT), str(TESTS)],
+                           cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    live = None
+    try:
+        started = json.loads(idp.stdout.readline() or "null")
+        assert started, "the identity provider did not start"
+        live = LiveServer({"EMBEDDINGS_API_KEYS": KEY, **started["env"]}, python=server_python())
+        yield live, {"token": started["token"], "refused": started["refused"]}
+    finally:
+        if live is not None:
+            live.stop()
+        idp.stdin.close()
+        try:
+            idp.wait(10)
+        except subprocess.TimeoutExpired:
+            idp.kill()

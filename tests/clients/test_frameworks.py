@@ -24,7 +24,7 @@ from haystack.components.embedders import (AzureOpenAIDocumentEmbedder, AzureOpe
 from haystack.utils import Secret
 from langchain_azure_ai.embeddings import AzureAIOpenAIApiEmbeddingsModel
 from langchain_azure_ai.embeddings.inference import AzureAIEmbeddingsModel as LangChainAzureAI
-from langchain_openai import OpenAIEmbeddings
+from langchain_openai import AzureOpenAIEmbeddings, OpenAIEmbeddings
 from llama_index.embeddings.azure_inference import AzureAIEmbeddingsModel as LlamaAzureAI
 from llama_index.embeddings.openai import OpenAIEmbedding
 from semantic_kernel.connectors.ai.azure_ai_inference import (
@@ -271,6 +271,40 @@ def test_litellm_azure_provider_on_azure_openai_s_v1_path(server, ref):
         r = litellm.embedding(model="azure/all-MiniLM-L6-v2", api_base=server.url, api_key=KEY,
                               api_version=version, input=TEXTS)
         assert_same([d["embedding"] for d in r.data], want)
+
+
+def test_entra_id_tokens_through_langchain_and_litellm_token_providers(entra_server, ref):
+    """docs/deploy.md's "OpenAI-style clients with Entra ID": LangChain's OpenAIEmbeddings
+    (the provider as api_key) and AzureOpenAIEmbeddings, and litellm's azure/ provider, with
+    azure_ad_token_provider, send the provider's token and get the vectors a key gets; a token
+    for another audience is refused with a 401 the client does not retry."""
+    entra, tokens = entra_server
+    asked = []
+
+    def token_provider() -> str:
+        asked.append(1)
+        return tokens["token"]
+    want = ref(TEXTS)
+    got = OpenAIEmbeddings(base_url=entra.url + "/v1", api_key=token_provider,
+                           max_retries=0).embed_documents(TEXTS)
+    assert_same(got, want)
+    got = AzureOpenAIEmbeddings(azure_endpoint=entra.url, azure_ad_token_provider=token_provider,
+                                api_version="2024-10-21", azure_deployment=DEFAULT,
+                                max_retries=0).embed_documents(TEXTS)
+    assert_same(got, want)
+    r = litellm.embedding(model=f"azure/{DEFAULT}", api_base=entra.url, api_version="v1",
+                          azure_ad_token_provider=token_provider, input=TEXTS, max_retries=0)
+    assert_same([d["embedding"] for d in r.data], want)
+    assert len(asked) >= 3
+    attempts = []
+
+    def refused() -> str:
+        attempts.append(1)
+        return tokens["refused"]
+    with pytest.raises(openai.AuthenticationError) as caught:
+        OpenAIEmbeddings(base_url=entra.url + "/v1", api_key=refused).embed_documents(TEXTS)
+    assert caught.value.status_code == 401 and len(attempts) == 1
+    assert caught.value.response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
 
 
 def test_litellm_azure_ai_provider_reaches_the_openai_route_only(server, ref):
