@@ -391,6 +391,9 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
                 now - _config_error[0] > CONFIG_ERROR_RELOG_SECONDS
             if due:
                 _config_error = (now, summary)
+        # A wrong setting or registry stays wrong until the deployment is fixed (not retried);
+        # a registry file that could not be read (a share still mounting) may be read next time.
+        lasting = config and not errors.chain_has(exc, OSError)
         if due:
             # Once a minute, not per request (a retrying client multiplied it). The exported
             # copy keeps only the template: it names what is wrong, never a value.
@@ -401,7 +404,8 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
             try:
                 if config:
                     log.exception("service configuration error, " + _config_culprit(exc)
-                                  + " (answering 500 until it is fixed)")
+                                  + (" (answering 500 until it is fixed)" if lasting else
+                                     " (answering 500; each request tries again)"))
                 else:
                     log.exception("the service could not start, " + type(exc).__name__
                                   + " (answering 500; each request tries again)")
@@ -409,10 +413,6 @@ def dispatch(template: str, req: ApiRequest) -> ApiResponse:
                 telemetry.detach(token)
         route = ROUTES.get(template)
         dialect = route.dialect if route else path_dialect(req.path)
-
-        # A wrong setting or registry stays wrong until the deployment is fixed (not retried);
-        # a registry file that could not be read (a share still mounting) may be read next time.
-        lasting = config and not errors.chain_has(exc, OSError)
 
         def fail(trace: Trace) -> dict[str, Any]:
             raise (errors.misconfigured(trace.request_id, lasting) if config
@@ -434,7 +434,8 @@ def _config_culprit(exc: BaseException) -> str:
     if names:
         return "invalid setting " + ", ".join(names)
     if isinstance(exc, RegistryError):
-        return "invalid registry (EMBEDDINGS_REGISTRY or embedding_core/registry.json)"
+        what = "unreadable" if errors.chain_has(exc, OSError) else "invalid"
+        return what + " registry (EMBEDDINGS_REGISTRY or embedding_core/registry.json)"
     return type(exc).__name__
 
 

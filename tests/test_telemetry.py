@@ -616,6 +616,18 @@ def test_a_service_that_could_not_start_for_another_reason_answers_a_retryable_5
         assert message.startswith("The server's configuration is invalid")
         monkeypatch.delenv("EMBEDDINGS_MAX_INPUTS")
         assert dispatch()[0] == 401              # started: no key sent
+        # A registry file that cannot be read may be there next time (a share mounting): the
+        # 500 stays retryable, and the log says so instead of "until it is fixed" (h_user4 8).
+        service_module.reset_service()
+        monkeypatch.setenv("EMBEDDINGS_REGISTRY", "/nonexistent/registry.json")
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="embedding_core"):
+            status, headers, message = dispatch()
+        assert status == 500 and "x-should-retry" not in headers
+        assert message.startswith("The server's configuration is invalid")
+        assert [r.getMessage() for r in caplog.records] == [
+            "service configuration error, unreadable registry (EMBEDDINGS_REGISTRY or "
+            "embedding_core/registry.json) (answering 500; each request tries again)"]
     finally:
         service_module.reset_service()
 
