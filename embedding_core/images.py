@@ -862,10 +862,11 @@ class DecodeGate:
     Pictures go in the order they came: one that waits for room is not overtaken by smaller
     ones arriving after it (a 40 Mpx picture under a stream of 8 Mpx ones had waited 133 s;
     review h_chaos1 F2). ``deadline`` (``time.perf_counter()``): a picture still waiting then
-    gives up (``errors.DeadlinePassed``). ``give_up``: called each time a waiting picture is
-    woken, it raises to leave the line (the checkpoint of a picture whose request has failed:
-    it would otherwise keep its place, holding up those behind it, until it had room); whoever
-    makes it raise calls :meth:`wake`."""
+    gives up (``errors.DeadlinePassed``). ``give_up``: called before a picture first waits and
+    each time it is woken, under the gate's lock (so it must be quick and take no lock), it
+    raises to leave the line (the checkpoint of a picture whose request has failed: it would
+    otherwise keep its place, holding up those behind it, until it had room); whoever makes it
+    raise calls :meth:`wake`."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -997,7 +998,9 @@ def image_to_pixel_values(url: str, settings: Settings, index: int, *, draft: bo
             errors.free_frames(exc)
             if checkpoint is not None:
                 checkpoint.failed()
-                DECODE_GATE.wake()     # the request's pictures waiting for room leave the line
+                # any later picture of the request waiting for room leaves the line (cheap
+                # when none is waiting)
+                DECODE_GATE.wake()
             raise
 
 

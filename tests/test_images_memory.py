@@ -433,6 +433,25 @@ def test_a_picture_that_is_given_up_while_waiting_leaves_the_line_at_once():
         second.join(5)
         assert order == ["first gave up", "second start"] and gate.in_use == 60
     assert gate.in_use == 0 and not gate._line
+    # Leaving the front of the line by itself (its deadline, no wake()): the next one goes.
+    order.clear()
+
+    def by_deadline() -> None:
+        try:
+            with gate.hold(60, 100, deadline=time.perf_counter() + 0.3):
+                order.append("late start")
+        except errors.DeadlinePassed:
+            order.append("late gave up")
+    with gate.hold(60, 100):
+        late = threading.Thread(target=by_deadline)
+        late.start()
+        assert in_line(1)
+        second = threading.Thread(target=waiting, args=("second", 30))
+        second.start()
+        late.join(5)
+        second.join(5)
+        assert order == ["late gave up", "second start"] and gate.in_use == 60
+    assert gate.in_use == 0 and not gate._line
 
 
 def test_a_request_whose_picture_failed_does_not_wait_for_room_for_its_later_ones():
@@ -451,7 +470,9 @@ def test_a_request_whose_picture_failed_does_not_wait_for_room_for_its_later_one
     settings = Settings()
 
     def decode(i: int, item: str, checkpoint) -> np.ndarray:
-        if i == 0:      # fails once the later picture waits for room (a helper decodes it)
+        # The first picture fails once the later one waits for room (on the helper's thread,
+        # which stays, idle, after the test, as every DecodeHelpers' does).
+        if i == 0:
             start = time.monotonic()
             while not images.DECODE_GATE._line and time.monotonic() - start < 5:
                 time.sleep(0.01)
