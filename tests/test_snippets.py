@@ -130,10 +130,11 @@ def test_the_deploy_guide_s_key_snippets_get_the_model_s_vector(live_server, tex
 def test_the_deploy_guide_s_entra_snippets_ask_for_the_api_s_scope_and_are_accepted(
         text_backend, monkeypatch, capsys):
     """"Call the API with Microsoft Entra ID": the Azure AI Inference SDK snippet (Option A) and
-    the OpenAI-style clients' token provider, against a server that accepts only Entra ID tokens
-    for ``api://<APP_ID>`` (as the guide's registration sets it up). DefaultAzureCredential is
-    replaced by a credential that mints, for the scope it is asked for, the token Entra ID would
-    issue: a snippet asking for another scope gets a token the server refuses."""
+    the OpenAI-style clients' token provider, against a server configured as the guide's
+    registration script leaves it (audiences ``api://<APP_ID>,<APP_ID>``; Entra ID only, no key).
+    DefaultAzureCredential is replaced by a credential that mints, for the scope it is asked
+    for, the v2 token Entra ID would issue (``api://<APP_ID>/.default`` -> ``aud`` the app's
+    id): a snippet asking for another scope gets a token the server refuses."""
     import ast
     import time
 
@@ -148,7 +149,7 @@ def test_the_deploy_guide_s_entra_snippets_ask_for_the_api_s_scope_and_are_accep
     blocks = deploy_guide_python("APP_ID")
     assert len(blocks) == 2
     app_id = "6c1f0e2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
-    idp = TokenFactory(audience=f"api://{app_id}")
+    idp = TokenFactory(audience=app_id)
     scopes: list[tuple[str, ...]] = []
 
     class Credential:
@@ -159,7 +160,8 @@ def test_the_deploy_guide_s_entra_snippets_ask_for_the_api_s_scope_and_are_accep
 
         def get_token(self, *asked, **kwargs):
             scopes.append(asked)
-            return AccessToken(idp.mint(aud=asked[0].removesuffix("/.default")),
+            resource = asked[0].removesuffix("/.default")
+            return AccessToken(idp.mint(aud=resource.removeprefix("api://")),
                                int(time.time()) + 3600)
 
     monkeypatch.setattr(azure.identity, "DefaultAzureCredential", Credential)
@@ -173,7 +175,7 @@ def test_the_deploy_guide_s_entra_snippets_ask_for_the_api_s_scope_and_are_accep
     monkeypatch.setattr(_authentication, "_enforce_https", enforce_https)
     want = text_backend.encode(["hello world"]).vectors[0]
     with idp.serve_http():
-        server = LiveServer(idp.env())             # Entra ID only: no key is accepted
+        server = LiveServer(idp.env(EMBEDDINGS_ENTRA_AUDIENCES=f"api://{app_id},{app_id}"))
         try:
             monkeypatch.setenv("URL", server.url)
             monkeypatch.setenv("APP_ID", app_id)

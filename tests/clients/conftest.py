@@ -115,12 +115,19 @@ def entra_server():
     import json
     import subprocess
 
+    import threading
+
     idp = subprocess.Popen([server_python(), "-c", _IDENTITY_PROVIDER, str(ROOT), str(TESTS)],
                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     live = None
     try:
-        started = json.loads(idp.stdout.readline() or "null")
-        assert started, "the identity provider did not start"
+        first: list[str] = []                # its first line, read within a minute
+        reader = threading.Thread(target=lambda: first.append(idp.stdout.readline()),
+                                  daemon=True)
+        reader.start()
+        reader.join(60)
+        started = json.loads(first[0]) if first and first[0] else None
+        assert started, "the identity provider did not start within a minute"
         live = LiveServer({"EMBEDDINGS_API_KEYS": KEY, **started["env"]}, python=server_python())
         yield live, {"token": started["token"], "refused": started["refused"]}
     finally:
@@ -131,3 +138,4 @@ def entra_server():
             idp.wait(10)
         except subprocess.TimeoutExpired:
             idp.kill()
+            idp.wait(10)

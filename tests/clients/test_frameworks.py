@@ -277,34 +277,41 @@ def test_entra_id_tokens_through_langchain_and_litellm_token_providers(entra_ser
     """docs/deploy.md's "OpenAI-style clients with Entra ID": LangChain's OpenAIEmbeddings
     (the provider as api_key) and AzureOpenAIEmbeddings, and litellm's azure/ provider, with
     azure_ad_token_provider, send the provider's token and get the vectors a key gets; a token
-    for another audience is refused with a 401 the client does not retry."""
+    for another audience is refused with a 401 that each, at its default retries, sends once."""
     entra, tokens = entra_server
-    asked = []
 
-    def token_provider() -> str:
-        asked.append(1)
-        return tokens["token"]
+    def clients(token_provider):
+        """Each client, as deploy.md shows it, embedding TEXTS with ``token_provider``."""
+        return {
+            "OpenAIEmbeddings": lambda: OpenAIEmbeddings(
+                base_url=entra.url + "/v1", api_key=token_provider).embed_documents(TEXTS),
+            "AzureOpenAIEmbeddings": lambda: AzureOpenAIEmbeddings(
+                azure_endpoint=entra.url, azure_ad_token_provider=token_provider,
+                api_version="2024-10-21", azure_deployment=DEFAULT,
+                chunk_size=1000).embed_documents(TEXTS),
+            "litellm azure/": lambda: [d["embedding"] for d in litellm.embedding(
+                model=f"azure/{DEFAULT}", api_base=entra.url, api_version="v1",
+                azure_ad_token_provider=token_provider, input=TEXTS).data]}
+
+    class TokenProvider:
+        def __init__(self, token: str):
+            self.token, self.calls = token, 0
+
+        def __call__(self) -> str:
+            self.calls += 1
+            return self.token
+
     want = ref(TEXTS)
-    got = OpenAIEmbeddings(base_url=entra.url + "/v1", api_key=token_provider,
-                           max_retries=0).embed_documents(TEXTS)
-    assert_same(got, want)
-    got = AzureOpenAIEmbeddings(azure_endpoint=entra.url, azure_ad_token_provider=token_provider,
-                                api_version="2024-10-21", azure_deployment=DEFAULT,
-                                max_retries=0).embed_documents(TEXTS)
-    assert_same(got, want)
-    r = litellm.embedding(model=f"azure/{DEFAULT}", api_base=entra.url, api_version="v1",
-                          azure_ad_token_provider=token_provider, input=TEXTS, max_retries=0)
-    assert_same([d["embedding"] for d in r.data], want)
-    assert len(asked) >= 3
-    attempts = []
-
-    def refused() -> str:
-        attempts.append(1)
-        return tokens["refused"]
-    with pytest.raises(openai.AuthenticationError) as caught:
-        OpenAIEmbeddings(base_url=entra.url + "/v1", api_key=refused).embed_documents(TEXTS)
-    assert caught.value.status_code == 401 and len(attempts) == 1
-    assert caught.value.response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    for name in clients(None):
+        provider = TokenProvider(tokens["token"])
+        assert_same(clients(provider)[name](), want)
+        assert provider.calls == 1, name              # the token came from the provider
+        provider = TokenProvider(tokens["refused"])
+        with pytest.raises(openai.AuthenticationError) as caught:   # litellm's subclasses it
+            clients(provider)[name]()
+        assert caught.value.status_code == 401 and provider.calls == 1, (name, provider.calls)
+        assert caught.value.response.headers["www-authenticate"] == \
+            'Bearer error="invalid_token"', name
 
 
 def test_litellm_azure_ai_provider_reaches_the_openai_route_only(server, ref):
