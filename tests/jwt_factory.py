@@ -263,6 +263,14 @@ class TokenFactory:
         payload = self.claims(version=version, lifetime=lifetime, **claim_overrides)
         return jwt.encode(payload, key.private_key, algorithm="RS256", headers=header)
 
+    def credential(self) -> "MintingCredential":
+        """A TokenCredential (what ``DefaultAzureCredential`` is) answering with this tenant's
+        tokens, as Entra ID issues v2 tokens: for the scope ``api://<id>/.default`` the ``aud``
+        is ``<id>``, for another resource's ``<uri>/.default`` it is ``<uri>``. Each class call
+        returns it, so it can stand in for the class: ``monkeypatch.setattr(azure.identity,
+        "DefaultAzureCredential", idp.credential())``. ``scopes`` records what was asked."""
+        return MintingCredential(self)
+
     @staticmethod
     def forge(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
         """Assemble a compact JWS from raw parts without signing (for attack tests)."""
@@ -321,3 +329,22 @@ class TokenFactory:
             server.shutdown()
             server.server_close()
             thread.join(timeout=5)
+
+
+class MintingCredential:
+    """See :meth:`TokenFactory.credential`."""
+
+    def __init__(self, idp: TokenFactory):
+        self.idp = idp
+        self.scopes: list[tuple[str, ...]] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "MintingCredential":
+        return self          # DefaultAzureCredential(...) -> this credential
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        self.scopes.append(scopes)
+        resource = scopes[0].removesuffix("/.default")
+        return AccessToken(self.idp.mint(aud=resource.removeprefix("api://")),
+                           int(time.time()) + 3600)

@@ -2270,6 +2270,39 @@ def test_smoke_against_real_app_on_loopback(tmp_path):
     assert key not in log_path.read_text(), "the API key must never be logged"
 
 
+def test_smoke_with_entra_id_against_a_deployment_that_accepts_only_tokens(monkeypatch, capsys):
+    """deploy.md's `smoke_deployed.py --url "$URL" --entra --scope "api://$APP_ID/.default"`,
+    against the real app on loopback configured as the guide's registration leaves it (Entra
+    ID only): DefaultAzureCredential's token for that scope passes every step, the check that a
+    call without credentials is refused included; with the default scope (ml.azure.com) the
+    token is refused, and the check fails saying so."""
+    import azure.identity
+
+    from jwt_factory import TokenFactory
+    from live_server import LiveServer
+
+    app_id = "6c1f0e2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
+    idp = TokenFactory(audience=app_id)
+    credential = idp.credential()
+    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", credential)
+    smoke = load_smoke_module()
+    with idp.serve_http():
+        server = LiveServer(idp.env(EMBEDDINGS_ENTRA_AUDIENCES=f"api://{app_id},{app_id}"))
+        try:
+            assert smoke.main(["--url", server.url, "--entra", "--scope",
+                               f"api://{app_id}/.default"]) == 0
+            out = capsys.readouterr().out
+            assert "ok   POST /embeddings   401 without credentials" in out
+            assert "dims=384" in out and "smoke test passed" in out
+            assert smoke.main(["--url", server.url, "--entra"]) == 1
+            err = capsys.readouterr().err
+            assert err.startswith("FAIL GET /info returned 401"), err
+        finally:
+            server.stop()
+    assert credential.scopes == [(f"api://{app_id}/.default",),
+                                 ("https://ml.azure.com/.default",)]
+
+
 def test_what_infra_writes_is_read_by_the_app_as_the_intended_callers():
     """The secret keyvault.bicep writes, parsed by the app's own EMBEDDINGS_API_KEYS reader:
     every entry is accepted and each caller gets the name infra gave it."""

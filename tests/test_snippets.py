@@ -136,11 +136,9 @@ def test_the_deploy_guide_s_entra_snippets_ask_for_the_api_s_scope_and_are_accep
     for, the v2 token Entra ID would issue (``api://<APP_ID>/.default`` -> ``aud`` the app's
     id): a snippet asking for another scope gets a token the server refuses."""
     import ast
-    import time
 
     import azure.identity
     import numpy as np
-    from azure.core.credentials import AccessToken
     from azure.core.pipeline.policies import _authentication
 
     from jwt_factory import TokenFactory
@@ -150,21 +148,8 @@ def test_the_deploy_guide_s_entra_snippets_ask_for_the_api_s_scope_and_are_accep
     assert len(blocks) == 2
     app_id = "6c1f0e2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
     idp = TokenFactory(audience=app_id)
-    scopes: list[tuple[str, ...]] = []
-
-    class Credential:
-        """What DefaultAzureCredential returns after `az login` or on a managed identity."""
-
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def get_token(self, *asked, **kwargs):
-            scopes.append(asked)
-            resource = asked[0].removesuffix("/.default")
-            return AccessToken(idp.mint(aud=resource.removeprefix("api://")),
-                               int(time.time()) + 3600)
-
-    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", Credential)
+    credential = idp.credential()        # what `az login` or a managed identity would answer
+    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", credential)
     # The Azure SDK sends a bearer token over https only; the server here is plain http on
     # loopback (the openai SDK has no such check).
     real_enforce = _authentication._enforce_https
@@ -187,4 +172,4 @@ def test_the_deploy_guide_s_entra_snippets_ask_for_the_api_s_scope_and_are_accep
                 np.testing.assert_allclose(result.data[0].embedding, want, atol=1e-6)
         finally:
             server.stop()
-    assert scopes and set(scopes) == {(f"api://{app_id}/.default",)}, scopes
+    assert credential.scopes and set(credential.scopes) == {(f"api://{app_id}/.default",)}
