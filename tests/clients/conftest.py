@@ -114,7 +114,6 @@ def entra_server():
     yields (the server, {"token": accepted, "refused": for another audience})."""
     import json
     import subprocess
-
     import threading
 
     idp = subprocess.Popen([server_python(), "-c", _IDENTITY_PROVIDER, str(ROOT), str(TESTS)],
