@@ -267,7 +267,7 @@ def test_settings_warnings_are_logged_once_while_the_service_cannot_be_built(mon
     assert statuses == [500, 500, 500]
     messages = [r.getMessage() for r in caplog.records]
     assert sum("front-end limit" in m for m in messages) == 1, messages
-    assert sum("invalid registry" in m for m in messages) == 1, messages
+    assert sum("unreadable registry" in m for m in messages) == 1, messages
 
 
 def test_the_process_exits_cleanly_while_a_batch_is_running():
