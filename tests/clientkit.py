@@ -168,18 +168,26 @@ def node_missing() -> str | None:
     return None
 
 
-def run_node_snippet(file: str, url: str, key: str, timeout: float = 60) -> dict[str, Any]:
-    """Run a JavaScript snippet (endpoint and key replaced) with Node.js in JS_DIR, every
-    connection off loopback refused (loopback_only.mjs); ``{"vectors": ...}`` as it printed
-    them."""
-    code = snippet_code(file, url, key) + "\nprocess.stdout.write(JSON.stringify(vectors));\n"
-    env = {k: v for k, v in os.environ.items()
-           if k in ("PATH", "HOME", "LANG", "TMPDIR", "SYSTEMROOT")}
+def run_node(code: str, env: dict[str, str] | None = None,
+             timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the ES module ``code`` with Node.js in JS_DIR (its packages), every connection off
+    loopback refused (loopback_only.mjs; checked here), in an environment of PATH, HOME, LANG,
+    TMPDIR and ``env`` only; the finished process (the caller reads its exit code)."""
+    env = {**{k: v for k, v in os.environ.items()
+              if k in ("PATH", "HOME", "LANG", "TMPDIR", "SYSTEMROOT")}, **(env or {})}
     proc = subprocess.run(["node", "--import", "./loopback_only.mjs", "--input-type=module"],
                           input=code, cwd=JS_DIR, env=env, capture_output=True, text=True,
                           timeout=timeout)
-    assert proc.returncode == 0, f"{file} failed:\n{proc.stderr[-3000:]}"
     assert "loopback_only: refused" not in proc.stderr, proc.stderr
+    return proc
+
+
+def run_node_snippet(file: str, url: str, key: str, timeout: float = 60) -> dict[str, Any]:
+    """Run a JavaScript snippet (endpoint and key replaced); ``{"vectors": ...}`` as it printed
+    them."""
+    proc = run_node(snippet_code(file, url, key)
+                    + "\nprocess.stdout.write(JSON.stringify(vectors));\n", timeout=timeout)
+    assert proc.returncode == 0, f"{file} failed:\n{proc.stderr[-3000:]}"
     return {"vectors": json.loads(proc.stdout)}
 
 

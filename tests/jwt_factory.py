@@ -19,6 +19,10 @@ For tests that run a real server process, serve the documents over loopback HTTP
     with idp.serve_http() as authority:        # "http://127.0.0.1:PORT"
         env = {**os.environ, **idp.env()}      # EMBEDDINGS_ENTRA_* for the server process
         ... start server with env, send f"Bearer {idp.mint()}" ...
+
+Inside that block, ``idp.managed_identity_env()`` are the variables that make an unchanged
+``DefaultAzureCredential`` (Python or Node.js) get this tenant's tokens, as a managed identity
+does on Azure: a user's code runs as written.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ DEFAULT_TENANT_ID = "8f4b5a1e-2c3d-4e5f-9a8b-7c6d5e4f3a2b"
 DEFAULT_AUDIENCE = "api://embeddings-test"
 DEFAULT_CLIENT_ID = "0d1e2f3a-4b5c-4d6e-8f70-81920a1b2c3d"
 DEFAULT_ROLES = ("Embeddings.Invoke",)
+MANAGED_IDENTITY_PATH = "/msi/token"        # App Service's IDENTITY_ENDPOINT has this path
 
 
 def b64url(data: bytes | str | dict) -> str:
@@ -106,6 +111,8 @@ class TokenFactory:
     metadata_overrides: dict[str, Any] = field(default_factory=dict)
     extra_jwks: list[dict[str, Any]] = field(default_factory=list)
     calls: list[tuple[str, float | None]] = field(default_factory=list)
+    resources: list[str] = field(default_factory=list)
+    identity_header: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
         if not self.published:
@@ -263,13 +270,34 @@ class TokenFactory:
         payload = self.claims(version=version, lifetime=lifetime, **claim_overrides)
         return jwt.encode(payload, key.private_key, algorithm="RS256", headers=header)
 
-    def credential(self) -> "MintingCredential":
-        """A TokenCredential (what ``DefaultAzureCredential`` is) answering with this tenant's
-        tokens, as Entra ID issues v2 tokens: for the scope ``api://<id>/.default`` the ``aud``
-        is ``<id>``, for another resource's ``<uri>/.default`` it is ``<uri>``. Each class call
-        returns it, so it can stand in for the class: ``monkeypatch.setattr(azure.identity,
-        "DefaultAzureCredential", idp.credential())``. ``scopes`` records what was asked."""
-        return MintingCredential(self)
+    def managed_identity_env(self) -> dict[str, str]:
+        """While :meth:`serve_http` runs: the variables App Service and Azure Functions give an
+        app with a managed identity (``IDENTITY_ENDPOINT``, ``IDENTITY_HEADER``). With them in
+        its environment, an unchanged ``DefaultAzureCredential`` (Python's or Node.js's) gets
+        its tokens from this tenant, as it would on Azure from the platform's token endpoint;
+        ``resources`` records what each request asked for."""
+        return {"IDENTITY_ENDPOINT": self.authority + MANAGED_IDENTITY_PATH,
+                "IDENTITY_HEADER": self.identity_header}
+
+    def managed_identity_token(self, path: str, header: str | None) -> tuple[int, dict[str, Any]]:
+        """App Service's managed identity protocol (api-version 2019-08-01): ``GET
+        <IDENTITY_ENDPOINT>?resource=<uri>&api-version=2019-08-01`` with ``X-IDENTITY-HEADER``
+        answers a token for ``resource``, ``expires_on`` in epoch seconds."""
+        from urllib.parse import parse_qs, urlsplit
+
+        query = parse_qs(urlsplit(path).query)
+        if header != self.identity_header:
+            return 401, {"error": "invalid X-IDENTITY-HEADER"}
+        if query.get("api-version") != ["2019-08-01"] or len(query.get("resource", [])) != 1:
+            return 400, {"error": "resource and api-version=2019-08-01 expected"}
+        resource = query["resource"][0]
+        with self._calls_lock:
+            self.resources.append(resource)
+        # A v2 token, as Entra ID issues them: for an app's api://<id> the aud is <id>, for
+        # another resource's URI the URI itself.
+        token = self.mint(aud=resource.removesuffix("/.default").removeprefix("api://"))
+        return 200, {"access_token": token, "expires_on": str(int(time.time()) + 3600),
+                     "resource": resource, "token_type": "Bearer", "client_id": self.client_id}
 
     @staticmethod
     def forge(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
@@ -290,6 +318,9 @@ class TokenFactory:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
+                if self.path.startswith(MANAGED_IDENTITY_PATH + "?"):
+                    return self.reply(*factory.managed_identity_token(
+                        self.path, self.headers.get("X-IDENTITY-HEADER")))
                 url = factory.authority + self.path
                 with factory._calls_lock:
                     factory.calls.append((url, None))
@@ -302,6 +333,9 @@ class TokenFactory:
                     status, doc = 500, {"error": "injected"}
                 elif doc is None:
                     status, doc = 404, {"error": "not found"}
+                self.reply(status, doc)
+
+            def reply(self, status: int, doc: dict[str, Any]) -> None:
                 body = json.dumps(doc).encode()
                 try:
                     self.send_response(status)
@@ -330,21 +364,3 @@ class TokenFactory:
             server.server_close()
             thread.join(timeout=5)
 
-
-class MintingCredential:
-    """See :meth:`TokenFactory.credential`."""
-
-    def __init__(self, idp: TokenFactory):
-        self.idp = idp
-        self.scopes: list[tuple[str, ...]] = []
-
-    def __call__(self, *args: Any, **kwargs: Any) -> "MintingCredential":
-        return self          # DefaultAzureCredential(...) -> this credential
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
-        from azure.core.credentials import AccessToken
-
-        self.scopes.append(scopes)
-        resource = scopes[0].removesuffix("/.default")
-        return AccessToken(self.idp.mint(aud=resource.removeprefix("api://")),
-                           int(time.time()) + 3600)

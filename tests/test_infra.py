@@ -2275,18 +2275,20 @@ def test_smoke_with_entra_id_against_a_deployment_that_accepts_only_tokens(monke
     against the real app on loopback configured as the guide's registration leaves it (Entra
     ID only): DefaultAzureCredential's token for that scope passes every step, the check that a
     call without credentials is refused included; with the default scope (ml.azure.com) the
-    token is refused, and the check fails saying so."""
-    import azure.identity
-
+    token is refused, and the check fails saying so. DefaultAzureCredential is the real one: it
+    finds a managed identity, as on Azure."""
     from jwt_factory import TokenFactory
     from live_server import LiveServer
 
     app_id = "6c1f0e2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
     idp = TokenFactory(audience=app_id)
-    credential = idp.credential()
-    monkeypatch.setattr(azure.identity, "DefaultAzureCredential", credential)
     smoke = load_smoke_module()
+    for name in list(os.environ):
+        if name.startswith(("AZURE_", "IDENTITY_", "MSI_")):
+            monkeypatch.delenv(name)
     with idp.serve_http():
+        for name, value in idp.managed_identity_env().items():
+            monkeypatch.setenv(name, value)
         server = LiveServer(idp.env(EMBEDDINGS_ENTRA_AUDIENCES=f"api://{app_id},{app_id}"))
         try:
             assert smoke.main(["--url", server.url, "--entra", "--scope",
@@ -2299,8 +2301,7 @@ def test_smoke_with_entra_id_against_a_deployment_that_accepts_only_tokens(monke
             assert err.startswith("FAIL GET /info returned 401"), err
         finally:
             server.stop()
-    assert credential.scopes == [(f"api://{app_id}/.default",),
-                                 ("https://ml.azure.com/.default",)]
+    assert idp.resources == [f"api://{app_id}", "https://ml.azure.com"]
 
 
 def test_what_infra_writes_is_read_by_the_app_as_the_intended_callers():
