@@ -165,6 +165,11 @@ def node_missing() -> str | None:
         return f"Node.js 22 or later is needed (found {version.stdout.strip() or 'none'})"
     if not (JS_DIR / "node_modules").is_dir():
         return f"the JavaScript clients are not installed (npm ci --prefix {JS_DIR})"
+    wanted = json.loads((JS_DIR / "package.json").read_text())["dependencies"]
+    missing = [name for name in wanted if not (JS_DIR / "node_modules" / name).is_dir()]
+    if missing:
+        return (f"the JavaScript clients are out of date, {', '.join(missing)} missing "
+                f"(npm ci --prefix {JS_DIR})")
     return None
 
 
@@ -172,7 +177,7 @@ def run_node(code: str, env: dict[str, str] | None = None,
              timeout: float = 60) -> subprocess.CompletedProcess:
     """Run the ES module ``code`` with Node.js in JS_DIR (its packages), every connection off
     loopback refused (loopback_only.mjs; checked here), in an environment of PATH, HOME, LANG,
-    TMPDIR and ``env`` only; the finished process (the caller reads its exit code)."""
+    TMPDIR, SYSTEMROOT and ``env`` only; the finished process (the caller reads its exit code)."""
     env = {**{k: v for k, v in os.environ.items()
               if k in ("PATH", "HOME", "LANG", "TMPDIR", "SYSTEMROOT")}, **(env or {})}
     proc = subprocess.run(["node", "--import", "./loopback_only.mjs", "--input-type=module"],

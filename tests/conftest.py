@@ -102,19 +102,39 @@ def live_server():
     server.stop()
 
 
+# The app registration's client id where the tests follow docs/deploy.md (its APP_ID).
+REGISTERED_APP_ID = "6c1f0e2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
+
+
 @contextmanager
-def entra_live_server(api_keys: str) -> Iterator[tuple[Any, LiveServer]]:
+def entra_live_server(api_keys: str | None,
+                      app_id: str | None = None) -> Iterator[tuple[Any, LiveServer]]:
     """A local identity provider serving its signing keys on loopback, and a local host that
-    trusts it and also accepts ``api_keys``: yields (the token factory, the server)."""
+    trusts it and also accepts ``api_keys`` (None: tokens only): yields (the token factory, the
+    server). With ``app_id``, as deploy.md's registration script leaves it: tokens for
+    ``api://<app_id>`` carry ``aud`` ``<app_id>``, and the audiences are
+    ``api://<app_id>,<app_id>``."""
     from jwt_factory import TokenFactory
 
-    idp = TokenFactory()
+    idp = TokenFactory(audience=app_id) if app_id else TokenFactory()
     with idp.serve_http():
-        server = LiveServer({"EMBEDDINGS_API_KEYS": api_keys, **idp.env()})
+        env = idp.env(**({"EMBEDDINGS_ENTRA_AUDIENCES": f"api://{app_id},{app_id}"}
+                         if app_id else {}))
+        server = LiveServer(env if api_keys is None else {"EMBEDDINGS_API_KEYS": api_keys, **env})
         try:
             yield idp, server
         finally:
             server.stop()
+
+
+def use_managed_identity(mp: pytest.MonkeyPatch, idp) -> None:
+    """Make this process's ``DefaultAzureCredential`` find ``idp``'s managed identity endpoint
+    (inside its ``serve_http()``) and nothing of the developer's Azure settings."""
+    for name in list(os.environ):
+        if name.startswith(("AZURE_", "IDENTITY_", "MSI_", "IMDS_")):
+            mp.delenv(name)
+    for name, value in idp.managed_identity_env().items():
+        mp.setenv(name, value)
 
 
 def refuse_thread_start(mp: pytest.MonkeyPatch, refused) -> None:

@@ -95,7 +95,9 @@ class TokenFactory:
     ``key`` (default signing key), ``fail_with`` (exception raised by :meth:`fetch_json`, or an
     HTTP status int for :meth:`serve_http`), ``delay`` (seconds to wait before answering),
     ``metadata_overrides`` / ``extra_jwks`` (to serve odd documents). Every fetch is recorded in
-    ``calls`` as ``(url, timeout)`` (``timeout`` is None for HTTP requests).
+    ``calls`` as ``(url, timeout)`` (``timeout`` is None for HTTP requests). The managed identity
+    endpoint (:meth:`managed_identity_env`) records in ``resources`` instead, and ``fail_with``
+    and ``delay`` do not apply to it.
     """
 
     tenant_id: str = DEFAULT_TENANT_ID
@@ -113,6 +115,7 @@ class TokenFactory:
     calls: list[tuple[str, float | None]] = field(default_factory=list)
     resources: list[str] = field(default_factory=list)
     identity_header: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _serving: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.published:
@@ -275,9 +278,15 @@ class TokenFactory:
         app with a managed identity (``IDENTITY_ENDPOINT``, ``IDENTITY_HEADER``). With them in
         its environment, an unchanged ``DefaultAzureCredential`` (Python's or Node.js's) gets
         its tokens from this tenant, as it would on Azure from the platform's token endpoint;
-        ``resources`` records what each request asked for."""
+        ``resources`` records what each request asked for. ``AZURE_TOKEN_CREDENTIALS`` keeps
+        ``DefaultAzureCredential`` to its managed identity: were this endpoint to fail, it would
+        otherwise go on to run ``az``, ``azd`` and ``pwsh``, which could reach Entra ID from a
+        developer's logged-in machine."""
+        if not self._serving:
+            raise RuntimeError("managed_identity_env() is for use inside serve_http()")
         return {"IDENTITY_ENDPOINT": self.authority + MANAGED_IDENTITY_PATH,
-                "IDENTITY_HEADER": self.identity_header}
+                "IDENTITY_HEADER": self.identity_header,
+                "AZURE_TOKEN_CREDENTIALS": "ManagedIdentityCredential"}
 
     def managed_identity_token(self, path: str, header: str | None) -> tuple[int, dict[str, Any]]:
         """App Service's managed identity protocol (api-version 2019-08-01): ``GET
@@ -296,7 +305,7 @@ class TokenFactory:
         # A v2 token, as Entra ID issues them: for an app's api://<id> the aud is <id>, for
         # another resource's URI the URI itself.
         token = self.mint(aud=resource.removesuffix("/.default").removeprefix("api://"))
-        return 200, {"access_token": token, "expires_on": str(int(time.time()) + 3600),
+        return 200, {"access_token": token, "expires_on": str(int(self.clock()) + 3600),
                      "resource": resource, "token_type": "Bearer", "client_id": self.client_id}
 
     @staticmethod
@@ -356,9 +365,11 @@ class TokenFactory:
         previous = self.authority
         shown = f"[{host}]" if ":" in host else host
         self.authority = f"http://{shown}:{server.server_address[1]}"
+        self._serving = True
         try:
             yield self.authority
         finally:
+            self._serving = False
             self.authority = previous
             server.shutdown()
             server.server_close()

@@ -713,6 +713,50 @@ def test_default_fetch_against_loopback_authority(clock):
     assert idp.authority == "https://login.microsoftonline.com"  # restored
 
 
+def test_the_test_tenant_s_managed_identity_endpoint_speaks_app_service_s_protocol(clock):
+    """What the deploy guide's snippet tests rely on (``DefaultAzureCredential`` unchanged):
+    ``GET <IDENTITY_ENDPOINT>?resource=…&api-version=2019-08-01`` with ``X-IDENTITY-HEADER``
+    answers a token for that resource; a wrong header or query is refused, as App Service
+    does; the variables exist only while the tenant is served."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    idp = TokenFactory(clock=clock, key=_KEY, audience="6c1f0e2a")
+    with pytest.raises(RuntimeError, match="inside serve_http"):
+        idp.managed_identity_env()
+
+    def ask(query: dict, header: str | None) -> tuple[int, dict]:
+        url = env["IDENTITY_ENDPOINT"] + "?" + urllib.parse.urlencode(query)
+        request = urllib.request.Request(url, headers={"X-IDENTITY-HEADER": header} if header
+                                         else {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    with idp.serve_http():
+        env = idp.managed_identity_env()
+        assert env["AZURE_TOKEN_CREDENTIALS"] == "ManagedIdentityCredential"
+        secret = env["IDENTITY_HEADER"]
+        good = {"resource": "api://6c1f0e2a", "api-version": "2019-08-01"}
+        status, body = ask(good, secret)
+        assert status == 200 and body["token_type"] == "Bearer"
+        assert int(body["expires_on"]) == int(clock()) + 3600
+        claims = idp.validator(clock=clock).validate(body["access_token"])
+        assert claims["aud"] == "6c1f0e2a" and claims["ver"] == "2.0"
+        status, body = ask({**good, "resource": "https://ml.azure.com"}, secret)
+        assert status == 200 and jwt.decode(body["access_token"], options={
+            "verify_signature": False})["aud"] == "https://ml.azure.com"
+        assert ask(good, "wrong")[0] == ask(good, None)[0] == 401
+        assert ask({**good, "api-version": "2017-09-01"}, secret)[0] == 400
+        assert ask({"api-version": "2019-08-01"}, secret)[0] == 400
+        assert idp.resources == ["api://6c1f0e2a", "https://ml.azure.com"]
+    with pytest.raises(RuntimeError):
+        idp.managed_identity_env()
+
+
 def test_default_fetch_from_env_config(clock):
     idp = TokenFactory(clock=clock, key=_KEY)
     with idp.serve_http():

@@ -2277,30 +2277,20 @@ def test_smoke_with_entra_id_against_a_deployment_that_accepts_only_tokens(monke
     call without credentials is refused included; with the default scope (ml.azure.com) the
     token is refused, and the check fails saying so. DefaultAzureCredential is the real one: it
     finds a managed identity, as on Azure."""
-    from jwt_factory import TokenFactory
-    from live_server import LiveServer
+    from clientkit import loopback_only
+    from conftest import REGISTERED_APP_ID as app_id, entra_live_server, use_managed_identity
 
-    app_id = "6c1f0e2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
-    idp = TokenFactory(audience=app_id)
     smoke = load_smoke_module()
-    for name in list(os.environ):
-        if name.startswith(("AZURE_", "IDENTITY_", "MSI_")):
-            monkeypatch.delenv(name)
-    with idp.serve_http():
-        for name, value in idp.managed_identity_env().items():
-            monkeypatch.setenv(name, value)
-        server = LiveServer(idp.env(EMBEDDINGS_ENTRA_AUDIENCES=f"api://{app_id},{app_id}"))
-        try:
-            assert smoke.main(["--url", server.url, "--entra", "--scope",
-                               f"api://{app_id}/.default"]) == 0
-            out = capsys.readouterr().out
-            assert "ok   POST /embeddings   401 without credentials" in out
-            assert "dims=384" in out and "smoke test passed" in out
-            assert smoke.main(["--url", server.url, "--entra"]) == 1
-            err = capsys.readouterr().err
-            assert err.startswith("FAIL GET /info returned 401"), err
-        finally:
-            server.stop()
+    with loopback_only("the smoke test"), entra_live_server(None, app_id) as (idp, server):
+        use_managed_identity(monkeypatch, idp)
+        assert smoke.main(["--url", server.url, "--entra", "--scope",
+                           f"api://{app_id}/.default"]) == 0
+        out = capsys.readouterr().out
+        assert "ok   POST /embeddings   401 without credentials" in out
+        assert "dims=384" in out and "smoke test passed" in out
+        assert smoke.main(["--url", server.url, "--entra"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("FAIL GET /info returned 401"), err
     assert idp.resources == [f"api://{app_id}", "https://ml.azure.com"]
 
 

@@ -13,7 +13,8 @@ import pytest
 from clientkit import (SNIPPET_ENDPOINT, SNIPPET_KEY, SNIPPET_SUFFIXES, SNIPPETS, SNIPPETS_DIR,
                        check_snippet_vectors, loopback_only, node_missing, readme_snippets,
                        run_node, run_node_snippet, run_snippet, snippet_source)
-from conftest import KEY, ROOT
+from conftest import (KEY, REGISTERED_APP_ID, ROOT, entra_live_server,
+                      use_managed_identity)
 from function_host import NEEDS_TEMPLATES, FunctionTransport
 
 MAIN = sorted(f for f, s in SNIPPETS.items() if s.suite == "main")
@@ -89,7 +90,7 @@ def test_azure_openai_snippet_over_http(live_server):
     check_snippet_vectors("azure_openai_sdk.py", namespace, live_server.url, KEY)
 
 
-# -- docs/deploy.md's code, as a user pastes it after exporting URL and KEY or APP_ID ---------------
+# -- docs/deploy.md's code, as a user pastes it after exporting URL and KEY or APP_ID ------------
 
 def deploy_guide_blocks(language: str, reads: str) -> list[str]:
     """docs/deploy.md's ```python or ```js blocks that read the environment variable ``reads``."""
@@ -127,28 +128,20 @@ def test_the_deploy_guide_s_key_snippets_get_the_model_s_vector(live_server, tex
     assert printed == ["384\n", ""]          # "# 384 for all-MiniLM-L6-v2"
 
 
-APP_ID = "6c1f0e2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
 APP_SCOPE = 'api://${appId}/.default'         # as the JavaScript block writes it
 OTHER_SCOPE = "https://ml.azure.com/.default"   # the Azure AI Inference SDK's default
 
 
 @pytest.fixture
-def entra_only_server():
-    """A server configured as deploy.md's registration script leaves it (audiences
-    ``api://<APP_ID>,<APP_ID>``; Entra ID only, no key), and the managed identity environment
-    that makes an unchanged ``DefaultAzureCredential`` get its tenant's tokens: the v2 tokens
-    Entra ID issues (``api://<APP_ID>/.default`` -> ``aud`` the app's id, another resource's
-    scope -> a token the server refuses)."""
-    from jwt_factory import TokenFactory
-    from live_server import LiveServer
-
-    idp = TokenFactory(audience=APP_ID)
-    with idp.serve_http():
-        server = LiveServer(idp.env(EMBEDDINGS_ENTRA_AUDIENCES=f"api://{APP_ID},{APP_ID}"))
-        try:
-            yield server, idp
-        finally:
-            server.stop()
+def entra_only_server(monkeypatch):
+    """A server configured as deploy.md's registration script leaves it (Entra ID only, no key)
+    and, in this process's environment, the managed identity that makes an unchanged
+    ``DefaultAzureCredential`` get its tenant's tokens (v2, as Entra ID issues them:
+    ``api://<APP_ID>/.default`` -> ``aud`` the app's id; another resource's scope -> a token
+    the server refuses). Yields (the token factory, the server)."""
+    with entra_live_server(None, REGISTERED_APP_ID) as (idp, server):
+        use_managed_identity(monkeypatch, idp)
+        yield idp, server
 
 
 def test_the_deploy_guide_s_entra_snippets_ask_for_the_api_s_scope_and_are_accepted(
@@ -162,14 +155,11 @@ def test_the_deploy_guide_s_entra_snippets_ask_for_the_api_s_scope_and_are_accep
     import openai
     from azure.core.pipeline.policies import _authentication
 
-    server, idp = entra_only_server
+    idp, server = entra_only_server
     blocks = deploy_guide_blocks("python", "APP_ID")
     assert len(blocks) == 2
-    for name in list(os.environ):
-        if name.startswith(("AZURE_", "IDENTITY_", "MSI_")):
-            monkeypatch.delenv(name)
-    for name, value in {**idp.managed_identity_env(), "URL": server.url, "APP_ID": APP_ID}.items():
-        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("URL", server.url)
+    monkeypatch.setenv("APP_ID", REGISTERED_APP_ID)
     # The Azure SDK sends a bearer token over https only; the server here is plain http on
     # loopback (the openai SDK has no such check).
     real_enforce = _authentication._enforce_https
@@ -185,7 +175,7 @@ def test_the_deploy_guide_s_entra_snippets_ask_for_the_api_s_scope_and_are_accep
     namespace, _ = run_guide_block(openai_style, capsys)
     for result in (namespace["result"], namespace["azure_result"]):
         np.testing.assert_allclose(result.data[0].embedding, want, atol=1e-6)
-    assert set(idp.resources) == {f"api://{APP_ID}"}
+    assert set(idp.resources) == {f"api://{REGISTERED_APP_ID}"}
     asked = 'f"api://{APP_ID}/.default"'
     assert openai_style.count(asked) == 1
     with pytest.raises(openai.AuthenticationError) as refused:
@@ -194,12 +184,43 @@ def test_the_deploy_guide_s_entra_snippets_ask_for_the_api_s_scope_and_are_accep
     assert idp.resources[-1] == OTHER_SCOPE.removesuffix("/.default")
 
 
+# Each client of the JavaScript block with a token the API refuses, counting the requests it
+# sends (a fetch of its own): what the guide says of a refused token.
+REFUSED_JS = """
+import { DefaultAzureCredential, getBearerTokenProvider } from "@azure/identity";
+import { OpenAIEmbeddings } from "@langchain/openai";
+import OpenAI, { AzureOpenAI } from "openai";
+
+const url = process.env.URL;
+const tokenProvider = getBearerTokenProvider(new DefaultAzureCredential(), "%s");
+let sent = 0;
+const fetch = (...args) => { sent += 1; return globalThis.fetch(...args); };
+const clients = {
+  OpenAI: () => new OpenAI({ baseURL: `${url}/v1`, apiKey: tokenProvider, fetch })
+    .embeddings.create({ model: "all-MiniLM-L6-v2", input: ["hello world"] }),
+  AzureOpenAI: () => new AzureOpenAI({ endpoint: url, azureADTokenProvider: tokenProvider,
+                                       apiVersion: "2024-10-21", fetch })
+    .embeddings.create({ model: "all-MiniLM-L6-v2", input: ["hello world"] }),
+  OpenAIEmbeddings: () => new OpenAIEmbeddings({ model: "all-MiniLM-L6-v2", apiKey: tokenProvider,
+                                                 configuration: { baseURL: `${url}/v1`, fetch } })
+    .embedDocuments(["hello world"]),
+};
+const outcome = {};
+for (const [name, call] of Object.entries(clients)) {
+  sent = 0;
+  try { await call(); outcome[name] = { sent, error: null }; }
+  catch (error) { outcome[name] = { sent, error: error.constructor.name, status: error.status }; }
+}
+process.stdout.write(JSON.stringify(outcome));
+""" % OTHER_SCOPE
+
+
 def test_the_deploy_guide_s_javascript_entra_snippet_is_accepted(entra_only_server,
                                                                   text_backend):
     """The Node.js block of "OpenAI-style clients with Entra ID" (openai's OpenAI and
     AzureOpenAI, LangChain.js), @azure/identity's DefaultAzureCredential included, as pasted: it
-    finds a managed identity, as on Azure; each client gets the model's vector. Asking for
-    another scope gets a 401."""
+    finds a managed identity, as on Azure; each client gets the model's vector. With a token
+    for another scope, each raises an AuthenticationError (401) after one request."""
     import json
 
     import numpy as np
@@ -207,18 +228,20 @@ def test_the_deploy_guide_s_javascript_entra_snippet_is_accepted(entra_only_serv
     why = node_missing()
     if why:
         pytest.skip(why)
-    server, idp = entra_only_server
+    idp, server = entra_only_server
     (block,) = deploy_guide_blocks("js", "APP_ID")
-    env = {**idp.managed_identity_env(), "URL": server.url, "APP_ID": APP_ID}
-    show = ("\nprocess.stdout.write(JSON.stringify([result.data[0].embedding, "
-            "azureResult.data[0].embedding, vectors[0]]));\n")
-    proc = run_node(block + show, env)
+    env = {**idp.managed_identity_env(), "URL": server.url, "APP_ID": REGISTERED_APP_ID}
+    proc = run_node(block + "\nprocess.stdout.write(JSON.stringify([result.data[0].embedding, "
+                    "azureResult.data[0].embedding, vectors[0]]));\n", env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     want = text_backend.encode(["hello world"]).vectors[0]
     for vector in json.loads(proc.stdout):
         np.testing.assert_allclose(vector, want, atol=1e-6)
-    assert idp.resources == [f"api://{APP_ID}"]       # one token, reused by the three clients
-    assert block.count(APP_SCOPE) == 1
-    proc = run_node(block.replace(APP_SCOPE, OTHER_SCOPE) + show, env)
-    assert proc.returncode != 0 and "AuthenticationError: 401" in proc.stderr, proc.stderr[-3000:]
+    assert idp.resources == [f"api://{REGISTERED_APP_ID}"]   # one token, for the three clients
+    assert block.count(APP_SCOPE) == 1 and block.count("getBearerTokenProvider(") == 1
+    proc = run_node(REFUSED_JS, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    refused = {"sent": 1, "error": "AuthenticationError", "status": 401}
+    assert json.loads(proc.stdout) == dict.fromkeys(("OpenAI", "AzureOpenAI", "OpenAIEmbeddings"),
+                                                    refused)
     assert idp.resources[-1] == OTHER_SCOPE.removesuffix("/.default")
