@@ -187,8 +187,10 @@ def test_the_deploy_guide_s_entra_snippets_ask_for_the_api_s_scope_and_are_accep
 # Each client of the JavaScript block with a token the API refuses, counting the requests it
 # sends (a fetch of its own): what the guide says of a refused token.
 REFUSED_JS = """
+import { createOpenAI } from "@ai-sdk/openai";
 import { DefaultAzureCredential, getBearerTokenProvider } from "@azure/identity";
 import { OpenAIEmbeddings } from "@langchain/openai";
+import { embedMany } from "ai";
 import OpenAI, { AzureOpenAI } from "openai";
 
 const url = process.env.URL;
@@ -201,15 +203,21 @@ const clients = {
   AzureOpenAI: () => new AzureOpenAI({ endpoint: url, azureADTokenProvider: tokenProvider,
                                        apiVersion: "2024-10-21", fetch })
     .embeddings.create({ model: "all-MiniLM-L6-v2", input: ["hello world"] }),
-  OpenAIEmbeddings: () => new OpenAIEmbeddings({ model: "all-MiniLM-L6-v2", apiKey: tokenProvider,
-                                                 configuration: { baseURL: `${url}/v1`, fetch } })
-    .embedDocuments(["hello world"]),
+  OpenAIEmbeddings: () => new OpenAIEmbeddings({
+    model: "all-MiniLM-L6-v2", apiKey: tokenProvider, configuration: { baseURL: `${url}/v1`, fetch },
+  }).embedDocuments(["hello world"]),
+  embedMany: () => embedMany({
+    model: createOpenAI({ baseURL: `${url}/v1`, apiKey: tokenProvider, fetch })
+      .embedding("all-MiniLM-L6-v2"), values: ["hello world"] }),
 };
 const outcome = {};
 for (const [name, call] of Object.entries(clients)) {
   sent = 0;
   try { await call(); outcome[name] = { sent, error: null }; }
-  catch (error) { outcome[name] = { sent, error: error.constructor.name, status: error.status }; }
+  catch (error) {
+    const status = error.status ?? error.statusCode;
+    outcome[name] = { sent, error: error.constructor.name, status };
+  }
 }
 process.stdout.write(JSON.stringify(outcome));
 """ % OTHER_SCOPE
@@ -218,9 +226,9 @@ process.stdout.write(JSON.stringify(outcome));
 def test_the_deploy_guide_s_javascript_entra_snippet_is_accepted(entra_only_server,
                                                                   text_backend):
     """The Node.js block of "OpenAI-style clients with Entra ID" (openai's OpenAI and
-    AzureOpenAI, LangChain.js), @azure/identity's DefaultAzureCredential included, as pasted: it
-    finds a managed identity, as on Azure; each client gets the model's vector. With a token
-    for another scope, each raises an AuthenticationError (401) after one request."""
+    AzureOpenAI, LangChain.js, the Vercel AI SDK), @azure/identity's DefaultAzureCredential
+    included, as pasted: it finds a managed identity, as on Azure; each client gets the model's
+    vector. With a token for another scope, each raises its 401 error after one request."""
     import json
 
     import numpy as np
@@ -232,16 +240,17 @@ def test_the_deploy_guide_s_javascript_entra_snippet_is_accepted(entra_only_serv
     (block,) = deploy_guide_blocks("js", "APP_ID")
     env = {**idp.managed_identity_env(), "URL": server.url, "APP_ID": REGISTERED_APP_ID}
     proc = run_node(block + "\nprocess.stdout.write(JSON.stringify([result.data[0].embedding, "
-                    "azureResult.data[0].embedding, vectors[0]]));\n", env)
+                    "azureResult.data[0].embedding, vectors[0], aiVectors[0]]));\n", env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     want = text_backend.encode(["hello world"]).vectors[0]
     for vector in json.loads(proc.stdout):
         np.testing.assert_allclose(vector, want, atol=1e-6)
-    assert idp.resources == [f"api://{REGISTERED_APP_ID}"]   # one token, for the three clients
+    assert idp.resources == [f"api://{REGISTERED_APP_ID}"]   # one token, for the four clients
     assert block.count(APP_SCOPE) == 1 and block.count("getBearerTokenProvider(") == 1
     proc = run_node(REFUSED_JS, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     refused = {"sent": 1, "error": "AuthenticationError", "status": 401}
-    assert json.loads(proc.stdout) == dict.fromkeys(("OpenAI", "AzureOpenAI", "OpenAIEmbeddings"),
-                                                    refused)
+    assert json.loads(proc.stdout) == {
+        **dict.fromkeys(("OpenAI", "AzureOpenAI", "OpenAIEmbeddings"), refused),
+        "embedMany": {**refused, "error": "APICallError"}}
     assert idp.resources[-1] == OTHER_SCOPE.removesuffix("/.default")
