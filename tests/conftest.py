@@ -22,6 +22,7 @@ for p in (str(ROOT), str(TESTS)):
 from embedding_core.registry import Registry  # noqa: E402
 from embedding_core.service import ApiRequest, EmbeddingService  # noqa: E402
 from embedding_core.settings import Settings  # noqa: E402
+from jwt_factory import REGISTERED_APP_ID  # noqa: E402,F401 - tests import it from here
 from live_server import LiveServer  # noqa: E402,F401 - tests import it from here
 
 # tests/clients/ is its own suite, run in .venv-clients (see its pytest.ini and the Makefile).
@@ -100,10 +101,6 @@ def live_server():
     server = LiveServer({"EMBEDDINGS_API_KEYS": f"{KEY},second-key-abcdef"})
     yield server
     server.stop()
-
-
-# The app registration's client id where the tests follow docs/deploy.md (its APP_ID).
-REGISTERED_APP_ID = "6c1f0e2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
 
 
 @contextmanager

@@ -48,6 +48,8 @@ DEFAULT_TENANT_ID = "8f4b5a1e-2c3d-4e5f-9a8b-7c6d5e4f3a2b"
 DEFAULT_AUDIENCE = "api://embeddings-test"
 DEFAULT_CLIENT_ID = "0d1e2f3a-4b5c-4d6e-8f70-81920a1b2c3d"
 DEFAULT_ROLES = ("Embeddings.Invoke",)
+# The app registration's client id where the tests follow docs/deploy.md (its APP_ID).
+REGISTERED_APP_ID = "6c1f0e2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
 MANAGED_IDENTITY_PATH = "/msi/token"        # App Service's IDENTITY_ENDPOINT has this path
 
 

@@ -98,11 +98,13 @@ def server():
 _IDENTITY_PROVIDER = r"""
 import json, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
-from jwt_factory import TokenFactory
-idp = TokenFactory()
+from jwt_factory import REGISTERED_APP_ID as APP_ID, TokenFactory
+idp = TokenFactory(audience=APP_ID)
 with idp.serve_http():
-    print(json.dumps({"env": idp.env(), "token": idp.mint(lifetime=4 * 3600),
-                      "refused": idp.mint(aud="api://someone-else", lifetime=4 * 3600)}),
+    print(json.dumps({"env": idp.env(EMBEDDINGS_ENTRA_AUDIENCES=f"api://{APP_ID},{APP_ID}"),
+                      "token": idp.mint(lifetime=4 * 3600),
+                      "refused": idp.mint(aud="api://someone-else", lifetime=4 * 3600),
+                      "app_id": APP_ID, "managed_identity": idp.managed_identity_env()}),
           flush=True)
     sys.stdin.read()
 """
@@ -110,8 +112,11 @@ with idp.serve_http():
 
 @pytest.fixture(scope="module")
 def entra_server():
-    """A local host accepting Entra ID tokens from a local identity provider (and ``KEY``):
-    yields (the server, {"token": accepted, "refused": for another audience})."""
+    """A local host accepting Entra ID tokens from a local identity provider (and ``KEY``),
+    configured as deploy.md's app registration leaves it: yields (the server, {"token":
+    accepted, "refused": for another audience, "app_id": the registration's APP_ID,
+    "managed_identity": the variables that make DefaultAzureCredential get the provider's
+    tokens})."""
     import json
     import subprocess
     import threading
@@ -128,7 +133,8 @@ def entra_server():
         started = json.loads(first[0]) if first and first[0] else None
         assert started, "the identity provider did not start within a minute"
         live = LiveServer({"EMBEDDINGS_API_KEYS": KEY, **started["env"]}, python=server_python())
-        yield live, {"token": started["token"], "refused": started["refused"]}
+        yield live, {name: started[name]
+                     for name in ("token", "refused", "app_id", "managed_identity")}
     finally:
         if live is not None:
             live.stop()

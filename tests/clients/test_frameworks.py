@@ -8,6 +8,7 @@ ids they once gave a wrong vector with a 200), and a non-ASCII text whose emoji 
 from __future__ import annotations
 
 import asyncio
+import os
 import warnings
 
 import chromadb
@@ -312,6 +313,63 @@ def test_entra_id_tokens_through_langchain_and_litellm_token_providers(entra_ser
         assert caught.value.status_code == 401 and provider.calls == 1, (name, provider.calls)
         assert caught.value.response.headers["www-authenticate"] == \
             'Bearer error="invalid_token"', name
+
+
+def test_entra_id_through_the_azure_ai_inference_frameworks_with_the_api_s_scope(
+        entra_server, ref, monkeypatch):
+    """docs/deploy.md's Entra ID Option A, the frameworks built on the SDK: LlamaIndex's
+    AzureAIEmbeddingsModel (the scope in client_kwargs) and Semantic Kernel (an EmbeddingsClient
+    of its own) with DefaultAzureCredential, unchanged (it finds a managed identity, as on
+    Azure), get the vectors a key gets. Without the scope they ask for
+    https://ml.azure.com/.default, whose token the API refuses: the 401 is raised."""
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.core.pipeline.policies import _authentication, _authentication_async
+    from azure.identity import DefaultAzureCredential
+    from azure.identity.aio import DefaultAzureCredential as AsyncDefaultAzureCredential
+
+    entra, tokens = entra_server
+    for name in list(os.environ):
+        if name.startswith(("AZURE_", "IDENTITY_", "MSI_", "IMDS_")):
+            monkeypatch.delenv(name)
+    for name, value in tokens["managed_identity"].items():
+        monkeypatch.setenv(name, value)
+    # azure-core sends a bearer token over https only; the server here is plain http on loopback.
+    real_enforce = _authentication._enforce_https
+
+    def enforce_https(request):
+        if not request.http_request.url.startswith(entra.url):
+            real_enforce(request)
+    for module in (_authentication, _authentication_async):
+        monkeypatch.setattr(module, "_enforce_https", enforce_https)
+    scopes = [f"api://{tokens['app_id']}/.default"]
+
+    def llama_index(**scope):
+        return LlamaAzureAI(endpoint=entra.url, credential=DefaultAzureCredential(),
+                            client_kwargs=scope)
+
+    def semantic_kernel(**scope):
+        async def run():
+            async with AsyncDefaultAzureCredential() as credential, EmbeddingsClient(
+                    endpoint=entra.url, credential=credential, **scope) as client:
+                service = AzureAIInferenceTextEmbedding(ai_model_id=DEFAULT, client=client)
+                return await service.generate_embeddings(TEXTS)
+        return asyncio.run(run())
+
+    want = ref(TEXTS)
+    model = llama_index(credential_scopes=scopes)
+    assert_same(model.get_text_embedding_batch(TEXTS), want)
+    assert_same(asyncio.run(model.aget_text_embedding_batch(TEXTS)), want)   # the same credential
+    assert_same(semantic_kernel(credential_scopes=scopes), want)
+    with pytest.raises(ClientAuthenticationError) as refused:
+        semantic_kernel()
+    assert refused.value.status_code == 401
+    # LlamaIndex asks GET /info for the model's name while it is constructed, and its error path
+    # for a failure there raises an AttributeError of its own (llama-index-embeddings-azure-
+    # inference 0.6.0), chained to the 401: deploy.md says so.
+    with pytest.raises(AttributeError, match="__pydantic_private__") as broken:
+        llama_index()
+    assert isinstance(broken.value.__context__, ClientAuthenticationError)
+    assert broken.value.__context__.status_code == 401
 
 
 def test_litellm_azure_ai_provider_reaches_the_openai_route_only(server, ref):
