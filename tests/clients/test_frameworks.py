@@ -274,12 +274,15 @@ def test_litellm_azure_provider_on_azure_openai_s_v1_path(server, ref):
         assert_same([d["embedding"] for d in r.data], want)
 
 
-def test_entra_id_tokens_through_langchain_and_litellm_token_providers(entra_server, ref):
+def test_entra_id_tokens_through_langchain_and_litellm_token_providers(entra_server, ref,
+                                                                       monkeypatch):
     """docs/deploy.md's "OpenAI-style clients with Entra ID": LangChain's OpenAIEmbeddings
-    (the provider as api_key) and AzureOpenAIEmbeddings, and litellm's azure/ provider, with
-    azure_ad_token_provider, send the provider's token and get the vectors a key gets; a token
-    for another audience is refused with a 401 that each, at its default retries, sends once."""
+    (the provider as api_key) and AzureOpenAIEmbeddings, litellm's azure/ provider and
+    Haystack's AzureOpenAIDocumentEmbedder, with azure_ad_token_provider, send the provider's
+    token and get the vectors a key gets; a token for another audience is refused with a 401
+    that each, at its default retries, sends once."""
     entra, tokens = entra_server
+    monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)   # Haystack's default key
 
     def clients(token_provider):
         """Each client, as deploy.md shows it, embedding TEXTS with ``token_provider``."""
@@ -292,7 +295,12 @@ def test_entra_id_tokens_through_langchain_and_litellm_token_providers(entra_ser
                 chunk_size=1000).embed_documents(TEXTS),
             "litellm azure/": lambda: [d["embedding"] for d in litellm.embedding(
                 model=f"azure/{DEFAULT}", api_base=entra.url, api_version="v1",
-                azure_ad_token_provider=token_provider, input=TEXTS).data]}
+                azure_ad_token_provider=token_provider, input=TEXTS).data],
+            "Haystack AzureOpenAIDocumentEmbedder": lambda: [
+                d.embedding for d in AzureOpenAIDocumentEmbedder(
+                    azure_endpoint=entra.url, azure_deployment=DEFAULT, api_version="2024-10-21",
+                    azure_ad_token_provider=token_provider, raise_on_failure=True,
+                    progress_bar=False).run([Document(content=t) for t in TEXTS])["documents"]]}
 
     class TokenProvider:
         def __init__(self, token: str):
