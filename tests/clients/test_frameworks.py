@@ -274,7 +274,7 @@ def test_litellm_azure_provider_on_azure_openai_s_v1_path(server, ref):
         assert_same([d["embedding"] for d in r.data], want)
 
 
-def test_entra_id_tokens_through_langchain_and_litellm_token_providers(entra_server, ref,
+def test_entra_id_tokens_through_the_frameworks_token_providers(entra_server, ref,
                                                                        monkeypatch):
     """docs/deploy.md's "OpenAI-style clients with Entra ID": LangChain's OpenAIEmbeddings
     (the provider as api_key) and AzureOpenAIEmbeddings, litellm's azure/ provider and
