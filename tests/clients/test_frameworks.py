@@ -325,11 +325,12 @@ def test_entra_id_tokens_through_the_frameworks_token_providers(entra_server, re
 
 def test_entra_id_through_the_azure_ai_inference_frameworks_with_the_api_s_scope(
         entra_server, ref, monkeypatch):
-    """docs/deploy.md's Entra ID Option A, the frameworks built on the SDK: LlamaIndex's
-    AzureAIEmbeddingsModel (the scope in client_kwargs) and Semantic Kernel (an EmbeddingsClient
-    of its own) with DefaultAzureCredential, unchanged (it finds a managed identity, as on
-    Azure), get the vectors a key gets. Without the scope they ask for
-    https://ml.azure.com/.default, whose token the API refuses: the 401 is raised."""
+    """docs/deploy.md's Entra ID Option A, the frameworks built on the SDK: LangChain's and
+    LlamaIndex's AzureAIEmbeddingsModel (the scope in client_kwargs) and Semantic Kernel (an
+    EmbeddingsClient of its own) with DefaultAzureCredential, unchanged (it finds a managed
+    identity, as on Azure), get the vectors a key gets. Without the scope they ask for
+    https://ml.azure.com/.default, whose token the API refuses: the 401 is raised. LangChain's
+    AzureAIOpenAIApiEmbeddingsModel cannot be given the scope (a 401)."""
     from azure.core.exceptions import ClientAuthenticationError
     from azure.core.pipeline.policies import _authentication, _authentication_async
     from azure.identity import DefaultAzureCredential
@@ -364,6 +365,16 @@ def test_entra_id_through_the_azure_ai_inference_frameworks_with_the_api_s_scope
         return asyncio.run(run())
 
     want = ref(TEXTS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecated upstream, still shipped
+        langchain = LangChainAzureAI(endpoint=entra.url, credential=DefaultAzureCredential(),
+                                     client_kwargs={"credential_scopes": scopes})
+    assert_same(langchain.embed_documents(TEXTS), want)
+    # Its recommended replacement asks for https://ai.azure.com/.default whatever it is given.
+    with pytest.raises(openai.AuthenticationError) as refused:
+        AzureAIOpenAIApiEmbeddingsModel(endpoint=entra.url + "/v1",
+                                        credential=DefaultAzureCredential()).embed_documents(TEXTS)
+    assert refused.value.status_code == 401
     model = llama_index(credential_scopes=scopes)
     assert_same(model.get_text_embedding_batch(TEXTS), want)
     assert_same(asyncio.run(model.aget_text_embedding_batch(TEXTS)), want)   # the same credential
