@@ -196,6 +196,31 @@ def run_node_snippet(file: str, url: str, key: str, timeout: float = 60) -> dict
     return {"vectors": json.loads(proc.stdout)}
 
 
+def use_managed_identity(mp: Any, env: dict[str, str]) -> None:
+    """Make this process's ``DefaultAzureCredential`` use the managed identity whose variables
+    are ``env`` (a test tenant's ``TokenFactory.managed_identity_env()``) and nothing of the
+    developer's Azure settings (``mp``: pytest's monkeypatch)."""
+    for name in list(os.environ):
+        if name.startswith(("AZURE_", "IDENTITY_", "MSI_", "IMDS_")):
+            mp.delenv(name)
+    for name, value in env.items():
+        mp.setenv(name, value)
+
+
+def allow_bearer_over_http(mp: Any, url: str) -> None:
+    """azure-core sends a bearer token over https only (sync and async pipelines); let it send
+    one to the plain-http loopback server at ``url`` (``mp``: pytest's monkeypatch)."""
+    from azure.core.pipeline.policies import _authentication, _authentication_async
+
+    real_enforce = _authentication._enforce_https
+
+    def enforce_https(request: Any) -> None:
+        if not request.http_request.url.startswith(url):
+            real_enforce(request)
+    for module in (_authentication, _authentication_async):
+        mp.setattr(module, "_enforce_https", enforce_https)
+
+
 def check_snippet_vectors(file: str, namespace: dict[str, Any], url: str, key: str) -> None:
     """The snippet's ``vectors`` are the Azure route's for SNIPPET_TEXTS, exactly."""
     spec = SNIPPETS[file]

@@ -111,27 +111,17 @@ def entra_live_server(api_keys: str | None,
     server). With ``app_id``, as deploy.md's registration script leaves it: tokens for
     ``api://<app_id>`` carry ``aud`` ``<app_id>``, and the audiences are
     ``api://<app_id>,<app_id>``."""
-    from jwt_factory import TokenFactory
+    from jwt_factory import TokenFactory, registered_app_audiences
 
     idp = TokenFactory(audience=app_id) if app_id else TokenFactory()
     with idp.serve_http():
-        env = idp.env(**({"EMBEDDINGS_ENTRA_AUDIENCES": f"api://{app_id},{app_id}"}
+        env = idp.env(**({"EMBEDDINGS_ENTRA_AUDIENCES": registered_app_audiences(app_id)}
                          if app_id else {}))
         server = LiveServer(env if api_keys is None else {"EMBEDDINGS_API_KEYS": api_keys, **env})
         try:
             yield idp, server
         finally:
             server.stop()
-
-
-def use_managed_identity(mp: pytest.MonkeyPatch, idp) -> None:
-    """Make this process's ``DefaultAzureCredential`` find ``idp``'s managed identity endpoint
-    (inside its ``serve_http()``) and nothing of the developer's Azure settings."""
-    for name in list(os.environ):
-        if name.startswith(("AZURE_", "IDENTITY_", "MSI_", "IMDS_")):
-            mp.delenv(name)
-    for name, value in idp.managed_identity_env().items():
-        mp.setenv(name, value)
 
 
 def refuse_thread_start(mp: pytest.MonkeyPatch, refused) -> None:

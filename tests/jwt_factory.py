@@ -53,6 +53,11 @@ REGISTERED_APP_ID = "6c1f0e2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b"
 MANAGED_IDENTITY_PATH = "/msi/token"        # App Service's IDENTITY_ENDPOINT has this path
 
 
+def registered_app_audiences(app_id: str = REGISTERED_APP_ID) -> str:
+    """EMBEDDINGS_ENTRA_AUDIENCES as deploy.md sets it for its app registration."""
+    return f"api://{app_id},{app_id}"
+
+
 def b64url(data: bytes | str | dict) -> str:
     if isinstance(data, dict):
         data = json.dumps(data, separators=(",", ":"))

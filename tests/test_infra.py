@@ -2277,12 +2277,12 @@ def test_smoke_with_entra_id_against_a_deployment_that_accepts_only_tokens(monke
     call without credentials is refused included; with the default scope (ml.azure.com) the
     token is refused, and the check fails saying so. DefaultAzureCredential is the real one: it
     finds a managed identity, as on Azure."""
-    from clientkit import loopback_only
-    from conftest import REGISTERED_APP_ID as app_id, entra_live_server, use_managed_identity
+    from clientkit import loopback_only, use_managed_identity
+    from conftest import REGISTERED_APP_ID as app_id, entra_live_server
 
     smoke = load_smoke_module()
     with loopback_only("the smoke test"), entra_live_server(None, app_id) as (idp, server):
-        use_managed_identity(monkeypatch, idp)
+        use_managed_identity(monkeypatch, idp.managed_identity_env())
         assert smoke.main(["--url", server.url, "--entra", "--scope",
                            f"api://{app_id}/.default"]) == 0
         out = capsys.readouterr().out

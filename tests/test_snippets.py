@@ -11,10 +11,10 @@ import httpx2
 import pytest
 
 from clientkit import (SNIPPET_ENDPOINT, SNIPPET_KEY, SNIPPET_SUFFIXES, SNIPPETS, SNIPPETS_DIR,
-                       check_snippet_vectors, loopback_only, node_missing, readme_snippets,
-                       run_node, run_node_snippet, run_snippet, snippet_source)
-from conftest import (KEY, REGISTERED_APP_ID, ROOT, entra_live_server,
-                      use_managed_identity)
+                       allow_bearer_over_http, check_snippet_vectors, loopback_only, node_missing,
+                       readme_snippets, run_node, run_node_snippet, run_snippet, snippet_source,
+                       use_managed_identity)
+from conftest import KEY, REGISTERED_APP_ID, ROOT, entra_live_server
 from function_host import NEEDS_TEMPLATES, FunctionTransport
 
 MAIN = sorted(f for f, s in SNIPPETS.items() if s.suite == "main")
@@ -140,7 +140,7 @@ def entra_only_server(monkeypatch):
     ``api://<APP_ID>/.default`` -> ``aud`` the app's id; another resource's scope -> a token
     the server refuses). Yields (the token factory, the server)."""
     with entra_live_server(None, REGISTERED_APP_ID) as (idp, server):
-        use_managed_identity(monkeypatch, idp)
+        use_managed_identity(monkeypatch, idp.managed_identity_env())
         yield idp, server
 
 
@@ -153,21 +153,13 @@ def test_the_deploy_guide_s_entra_snippets_ask_for_the_api_s_scope_and_are_accep
 
     import numpy as np
     import openai
-    from azure.core.pipeline.policies import _authentication
 
     idp, server = entra_only_server
     blocks = deploy_guide_blocks("python", "APP_ID")
     assert len(blocks) == 2
     monkeypatch.setenv("URL", server.url)
     monkeypatch.setenv("APP_ID", REGISTERED_APP_ID)
-    # The Azure SDK sends a bearer token over https only; the server here is plain http on
-    # loopback (the openai SDK has no such check).
-    real_enforce = _authentication._enforce_https
-
-    def enforce_https(request):
-        if not request.http_request.url.startswith("http://127.0.0.1:"):
-            real_enforce(request)
-    monkeypatch.setattr(_authentication, "_enforce_https", enforce_https)
+    allow_bearer_over_http(monkeypatch, server.url)     # the openai SDK has no such check
     want = text_backend.encode(["hello world"]).vectors[0]
     inference, openai_style = blocks
     _, out = run_guide_block(inference, capsys)

@@ -98,10 +98,10 @@ def server():
 _IDENTITY_PROVIDER = r"""
 import json, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
-from jwt_factory import REGISTERED_APP_ID as APP_ID, TokenFactory
+from jwt_factory import REGISTERED_APP_ID as APP_ID, TokenFactory, registered_app_audiences
 idp = TokenFactory(audience=APP_ID)
 with idp.serve_http():
-    print(json.dumps({"env": idp.env(EMBEDDINGS_ENTRA_AUDIENCES=f"api://{APP_ID},{APP_ID}"),
+    print(json.dumps({"env": idp.env(EMBEDDINGS_ENTRA_AUDIENCES=registered_app_audiences()),
                       "token": idp.mint(lifetime=4 * 3600),
                       "refused": idp.mint(aud="api://someone-else", lifetime=4 * 3600),
                       "app_id": APP_ID, "managed_identity": idp.managed_identity_env()}),

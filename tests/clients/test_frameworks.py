@@ -32,7 +32,8 @@ from semantic_kernel.connectors.ai.azure_ai_inference import (
     AzureAIInferenceEmbeddingPromptExecutionSettings, AzureAIInferenceTextEmbedding)
 from semantic_kernel.exceptions import ServiceInitializationError
 
-from clientkit import CL100K, TEXTS, as_float32, azure_embed, cosine
+from clientkit import (CL100K, TEXTS, allow_bearer_over_http, as_float32, azure_embed, cosine,
+                       use_managed_identity)
 from conftest import KEY, server_python
 from live_server import LiveServer
 
@@ -278,9 +279,10 @@ def test_entra_id_tokens_through_the_frameworks_token_providers(entra_server, re
                                                                        monkeypatch):
     """docs/deploy.md's "OpenAI-style clients with Entra ID": LangChain's OpenAIEmbeddings
     (the provider as api_key) and AzureOpenAIEmbeddings, litellm's azure/ provider and
-    Haystack's AzureOpenAIDocumentEmbedder, with azure_ad_token_provider, send the provider's
-    token and get the vectors a key gets; a token for another audience is refused with a 401
-    that each, at its default retries, sends once."""
+    Haystack's AzureOpenAIDocumentEmbedder, with azure_ad_token_provider, and Chroma's
+    OpenAIEmbeddingFunction (api_key) send the provider's token and get the vectors a key gets;
+    a token for another audience is refused with a 401 that each, at its default retries, sends
+    once."""
     entra, tokens = entra_server
     monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)   # Haystack's default key
 
@@ -298,9 +300,11 @@ def test_entra_id_tokens_through_the_frameworks_token_providers(entra_server, re
                 azure_ad_token_provider=token_provider, input=TEXTS).data],
             "Haystack AzureOpenAIDocumentEmbedder": lambda: [
                 d.embedding for d in AzureOpenAIDocumentEmbedder(
-                    azure_endpoint=entra.url, azure_deployment=DEFAULT, api_version="2024-10-21",
+                    azure_endpoint=entra.url, azure_deployment=DEFAULT,
                     azure_ad_token_provider=token_provider, raise_on_failure=True,
-                    progress_bar=False).run([Document(content=t) for t in TEXTS])["documents"]]}
+                    progress_bar=False).run([Document(content=t) for t in TEXTS])["documents"]],
+            "Chroma OpenAIEmbeddingFunction": lambda: OpenAIEmbeddingFunction(
+                api_key=token_provider, api_base=entra.url + "/v1", model_name=DEFAULT)(TEXTS)}
 
     class TokenProvider:
         def __init__(self, token: str):
@@ -323,72 +327,132 @@ def test_entra_id_tokens_through_the_frameworks_token_providers(entra_server, re
             'Bearer error="invalid_token"', name
 
 
+def test_chroma_with_a_token_provider_is_given_its_function_again_when_reopened(
+        entra_server, ref, tmp_path):
+    """deploy.md: Chroma's OpenAIEmbeddingFunction with a token provider as api_key stores no
+    settings with the collection, so a PersistentClient reopening it is given the function
+    again, and then embeds queries through the service (the provider asked again)."""
+    entra, tokens = entra_server
+    calls = []
+
+    def token_provider():
+        calls.append(1)
+        return tokens["token"]
+    embed = OpenAIEmbeddingFunction(api_key=token_provider, api_base=entra.url + "/v1",
+                                    model_name=DEFAULT)
+    collection = chromadb.PersistentClient(path=str(tmp_path)).create_collection(
+        "entra-test", embedding_function=embed)
+    ids = [str(i) for i in range(len(TEXTS))]
+    collection.add(ids=ids, documents=TEXTS)
+    stored = collection.get(ids=ids, include=["embeddings"])["embeddings"]
+    np.testing.assert_allclose(np.asarray(stored, dtype=np.float32), ref(TEXTS), rtol=1e-6, atol=0)
+    asked = len(calls)
+    reopened = chromadb.PersistentClient(path=str(tmp_path)).get_collection(
+        "entra-test", embedding_function=embed)
+    found = reopened.query(query_texts=[TEXTS[1]], n_results=1, include=["distances"])
+    assert found["ids"] == [["1"]] and found["distances"][0][0] < 1e-6
+    assert len(calls) == asked + 1
+
+
 def test_entra_id_through_the_azure_ai_inference_frameworks_with_the_api_s_scope(
         entra_server, ref, monkeypatch):
     """docs/deploy.md's Entra ID Option A, the frameworks built on the SDK: LangChain's and
     LlamaIndex's AzureAIEmbeddingsModel (the scope in client_kwargs) and Semantic Kernel (an
     EmbeddingsClient of its own) with DefaultAzureCredential, unchanged (it finds a managed
-    identity, as on Azure), get the vectors a key gets. Without the scope they ask for
-    https://ml.azure.com/.default, whose token the API refuses: the 401 is raised. LangChain's
-    AzureAIOpenAIApiEmbeddingsModel cannot be given the scope (a 401)."""
+    identity, as on Azure), ask for the API's scope and get the vectors a key gets. Without the
+    scope they ask for https://ml.azure.com/.default, whose token the API refuses: a 401, raised
+    as deploy.md says. LangChain's AzureAIOpenAIApiEmbeddingsModel given a credential asks for
+    https://ai.azure.com/.default; given a token provider as api_key, it works."""
     from azure.core.exceptions import ClientAuthenticationError
-    from azure.core.pipeline.policies import _authentication, _authentication_async
-    from azure.identity import DefaultAzureCredential
+    from azure.identity import DefaultAzureCredential, get_bearer_token_provider
     from azure.identity.aio import DefaultAzureCredential as AsyncDefaultAzureCredential
 
     entra, tokens = entra_server
-    for name in list(os.environ):
-        if name.startswith(("AZURE_", "IDENTITY_", "MSI_", "IMDS_")):
-            monkeypatch.delenv(name)
-    for name, value in tokens["managed_identity"].items():
-        monkeypatch.setenv(name, value)
-    # azure-core sends a bearer token over https only; the server here is plain http on loopback.
-    real_enforce = _authentication._enforce_https
+    use_managed_identity(monkeypatch, tokens["managed_identity"])
+    allow_bearer_over_http(monkeypatch, entra.url)
+    scope, default_scope = f"api://{tokens['app_id']}/.default", "https://ml.azure.com/.default"
+    asked: list[str] = []            # the scopes the credentials are asked for, in this process
+    for cls in (DefaultAzureCredential, AsyncDefaultAzureCredential):
+        for method in ("get_token", "get_token_info"):
+            real = getattr(cls, method)
+            if asyncio.iscoroutinefunction(real):
+                async def spy(self, *scopes, _real=real, **kwargs):
+                    asked.extend(scopes)
+                    return await _real(self, *scopes, **kwargs)
+            else:
+                def spy(self, *scopes, _real=real, **kwargs):
+                    asked.extend(scopes)
+                    return _real(self, *scopes, **kwargs)
+            monkeypatch.setattr(cls, method, spy)
 
-    def enforce_https(request):
-        if not request.http_request.url.startswith(entra.url):
-            real_enforce(request)
-    for module in (_authentication, _authentication_async):
-        monkeypatch.setattr(module, "_enforce_https", enforce_https)
-    scopes = [f"api://{tokens['app_id']}/.default"]
+    def scopes_of(call, *args):
+        """The scopes asked for while ``call(*args)`` runs, and what it returned or raised."""
+        asked.clear()
+        try:
+            outcome = call(*args)
+        except Exception as exc:  # noqa: BLE001
+            outcome = exc
+        return set(asked), outcome
 
-    def llama_index(**scope):
-        return LlamaAzureAI(endpoint=entra.url, credential=DefaultAzureCredential(),
-                            client_kwargs=scope)
+    def langchain(**kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecated upstream, still shipped
+            return LangChainAzureAI(endpoint=entra.url, credential=DefaultAzureCredential(),
+                                    **kwargs).embed_documents(TEXTS)
 
-    def semantic_kernel(**scope):
+    def llama_index(**kwargs):
+        model = LlamaAzureAI(endpoint=entra.url, credential=DefaultAzureCredential(), **kwargs)
+        return model.get_text_embedding_batch(TEXTS), asyncio.run(    # the same credential
+            model.aget_text_embedding_batch(TEXTS))
+
+    def semantic_kernel(**kwargs):
         async def run():
             async with AsyncDefaultAzureCredential() as credential, EmbeddingsClient(
-                    endpoint=entra.url, credential=credential, **scope) as client:
+                    endpoint=entra.url, credential=credential, **kwargs) as client:
                 service = AzureAIInferenceTextEmbedding(ai_model_id=DEFAULT, client=client)
                 return await service.generate_embeddings(TEXTS)
         return asyncio.run(run())
 
+    def refused(outcome, error=ClientAuthenticationError) -> bool:
+        return isinstance(outcome, error) and outcome.status_code == 401
+
+    def with_scope():              # a dict of its own for each: LangChain adds to the one it gets
+        return {"credential_scopes": [scope]}
+
     want = ref(TEXTS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecated upstream, still shipped
-        langchain = LangChainAzureAI(endpoint=entra.url, credential=DefaultAzureCredential(),
-                                     client_kwargs={"credential_scopes": scopes})
-    assert_same(langchain.embed_documents(TEXTS), want)
-    # Its recommended replacement asks for https://ai.azure.com/.default whatever it is given.
-    with pytest.raises(openai.AuthenticationError) as refused:
-        AzureAIOpenAIApiEmbeddingsModel(endpoint=entra.url + "/v1",
-                                        credential=DefaultAzureCredential()).embed_documents(TEXTS)
-    assert refused.value.status_code == 401
-    model = llama_index(credential_scopes=scopes)
-    assert_same(model.get_text_embedding_batch(TEXTS), want)
-    assert_same(asyncio.run(model.aget_text_embedding_batch(TEXTS)), want)   # the same credential
-    assert_same(semantic_kernel(credential_scopes=scopes), want)
-    with pytest.raises(ClientAuthenticationError) as refused:
-        semantic_kernel()
-    assert refused.value.status_code == 401
-    # LlamaIndex asks GET /info for the model's name while it is constructed, and its error path
-    # for a failure there raises an AttributeError of its own (llama-index-embeddings-azure-
-    # inference 0.6.0), chained to the 401: deploy.md says so.
-    with pytest.raises(AttributeError, match="__pydantic_private__") as broken:
-        llama_index()
-    assert isinstance(broken.value.__context__, ClientAuthenticationError)
-    assert broken.value.__context__.status_code == 401
+    asked_for, vectors = scopes_of(lambda: langchain(client_kwargs=with_scope()))
+    assert asked_for == {scope}
+    assert_same(vectors, want)
+    asked_for, outcome = scopes_of(langchain)                  # constructed; refused at embedding
+    assert asked_for == {default_scope} and refused(outcome), outcome
+    asked_for, (sync_vectors, async_vectors) = scopes_of(lambda: llama_index(
+        client_kwargs=with_scope()))
+    assert asked_for == {scope}
+    assert_same(sync_vectors, want)
+    assert_same(async_vectors, want)
+    asked_for, outcome = scopes_of(lambda: llama_index(model_name=DEFAULT))
+    assert asked_for == {default_scope} and refused(outcome), outcome
+    # Without model_name LlamaIndex asks GET /info for it while it is constructed, and its error
+    # path there raises an AttributeError of its own (llama-index-embeddings-azure-inference
+    # 0.6.0), chained to the 401: deploy.md says so.
+    asked_for, outcome = scopes_of(llama_index)
+    assert isinstance(outcome, AttributeError) and "__pydantic_private__" in str(outcome)
+    assert asked_for == {default_scope} and refused(outcome.__context__)
+    asked_for, vectors = scopes_of(lambda: semantic_kernel(**with_scope()))
+    assert asked_for == {scope}
+    assert_same(vectors, want)
+    asked_for, outcome = scopes_of(semantic_kernel)
+    assert asked_for == {default_scope} and refused(outcome), outcome
+    asked_for, outcome = scopes_of(lambda: AzureAIOpenAIApiEmbeddingsModel(
+        endpoint=entra.url + "/v1", credential=DefaultAzureCredential()).embed_documents(TEXTS))
+    assert asked_for == {"https://ai.azure.com/.default"}
+    assert refused(outcome, openai.AuthenticationError), outcome
+    asked_for, vectors = scopes_of(lambda: AzureAIOpenAIApiEmbeddingsModel(
+        endpoint=entra.url + "/v1", api_key=get_bearer_token_provider(DefaultAzureCredential(),
+                                                                      scope)
+    ).embed_documents(TEXTS))
+    assert asked_for == {scope}
+    assert_same(vectors, want)
 
 
 def test_litellm_azure_ai_provider_reaches_the_openai_route_only(server, ref):
