@@ -8,7 +8,6 @@ ids they once gave a wrong vector with a 200), and a non-ASCII text whose emoji 
 from __future__ import annotations
 
 import asyncio
-import os
 import warnings
 
 import chromadb
@@ -275,8 +274,7 @@ def test_litellm_azure_provider_on_azure_openai_s_v1_path(server, ref):
         assert_same([d["embedding"] for d in r.data], want)
 
 
-def test_entra_id_tokens_through_the_frameworks_token_providers(entra_server, ref,
-                                                                       monkeypatch):
+def test_entra_id_tokens_through_the_frameworks_token_providers(entra_server, ref, monkeypatch):
     """docs/deploy.md's "OpenAI-style clients with Entra ID": LangChain's OpenAIEmbeddings
     (the provider as api_key) and AzureOpenAIEmbeddings, litellm's azure/ provider and
     Haystack's AzureOpenAIDocumentEmbedder, with azure_ad_token_provider, and Chroma's
@@ -385,11 +383,11 @@ def test_entra_id_through_the_azure_ai_inference_frameworks_with_the_api_s_scope
                     return _real(self, *scopes, **kwargs)
             monkeypatch.setattr(cls, method, spy)
 
-    def scopes_of(call, *args):
-        """The scopes asked for while ``call(*args)`` runs, and what it returned or raised."""
+    def scopes_of(call):
+        """The scopes asked for while ``call()`` runs, and what it returned or raised."""
         asked.clear()
         try:
-            outcome = call(*args)
+            outcome = call()
         except Exception as exc:  # noqa: BLE001
             outcome = exc
         return set(asked), outcome
