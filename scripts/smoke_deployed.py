@@ -11,7 +11,11 @@ Authentication (pick one):
     (it would show up in the process list) and never printed.
   * --entra: a Microsoft Entra ID token from azure-identity's
     DefaultAzureCredential (optional dependency: pip install azure-identity),
-    for --scope (default https://ml.azure.com/.default).
+    for --scope, which --entra requires: the API's own scope,
+    api://<app-client-id>/.default (docs/deploy.md, Option A), or
+    https://ml.azure.com/.default (Option B). There is no default: a token for a
+    scope the app does not accept is still sent, and for a Microsoft resource it
+    is a token that resource accepts.
 
 Examples:
   export EMBEDDINGS_API_KEY="$(az keyvault secret show --vault-name "$KV" \\
@@ -21,7 +25,9 @@ Examples:
       --entra --scope api://<app-client-id>/.default
 
 Only the standard library is used for the API-key path. Plain http:// URLs are
-refused unless the host is a loopback address (local testing).
+refused unless the host is a loopback address (local testing). Redirects are not
+followed: the key or token goes only to --url, and a 3xx answer fails the check
+naming where it points.
 """
 
 from __future__ import annotations
@@ -41,7 +47,6 @@ import urllib.request
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 DEFAULT_API_VERSION = "2024-05-01-preview"
-DEFAULT_SCOPE = "https://ml.azure.com/.default"
 DEFAULT_KEY_ENV = "EMBEDDINGS_API_KEY"
 URL_ENV = "AZURE_FUNCTION_URL"
 SETTLE_PAUSE = 2.0      # seconds between the answers of --settle
@@ -109,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--scope",
-        default=DEFAULT_SCOPE,
-        help=f"token scope for --entra (default: {DEFAULT_SCOPE}; or api://<app-client-id>/.default)",
+        default="",
+        help="token scope, required with --entra: api://<app-client-id>/.default (Option A) or "
+             "https://ml.azure.com/.default (Option B)",
     )
     parser.add_argument(
         "--key-header",
@@ -271,6 +277,24 @@ def auth_headers(args: argparse.Namespace, environ: Mapping[str, str]) -> Dict[s
     return {"api-key": key}
 
 
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: urllib would send the request's headers, the key or token among
+    them, to whatever host (and scheme) a 3xx names."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001
+        return None     # urllib then raises HTTPError for the 3xx
+
+
+OPENER = urllib.request.build_opener(NoRedirect())
+
+
+def shown(value: Any) -> str:
+    """A value from the server's answer, for the terminal: as it is when it is printable
+    ASCII, else escaped (an answer cannot write control sequences)."""
+    text = str(value)
+    return text if text.isascii() and text.isprintable() else ascii(text)
+
+
 def request_json(
     method: str,
     url: str,
@@ -288,10 +312,14 @@ def request_json(
     started = time.monotonic()
     try:
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - scheme validated
+            with OPENER.open(req, timeout=timeout) as resp:  # noqa: S310 - scheme validated
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
+            if 300 <= status < 400:
+                where = exc.headers.get("Location", "") if exc.headers else ""
+                return (status, f"a redirect to {shown(where) or 'nowhere'}, not followed: "
+                        "credentials go only to --url", time.monotonic() - started)
     # HTTPException: an answer cut off (IncompleteRead) or garbled, e.g. an instance recycled
     # while it answers: waited out like a refused connection.
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
@@ -441,7 +469,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out=sys.stdout) ->
         raise SmokeError(f"GET /health returned {status}: {payload!r}"
                          + credentials_hint(status, payload))
     build = payload.get("build") if isinstance(payload, dict) else None
-    print(f"ok   GET /health        {status} {elapsed * 1000:.0f} ms build={build}", file=out)
+    print(f"ok   GET /health        {status} {elapsed * 1000:.0f} ms build={shown(build)}", file=out)
     if args.health_only:
         return
     headers = auth_headers(args, environ)
@@ -449,7 +477,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out=sys.stdout) ->
     status, payload, elapsed = request_json("GET", with_api_version(f"{base}/info", args.api_version), headers, None, args.timeout)
     if status != 200 or not isinstance(payload, dict):
         raise SmokeError(f"GET /info returned {status}: {str(payload)[:200]!r}")
-    model_name = payload.get("model_name", "?")
+    model_name = shown(payload.get("model_name", "?"))
     print(f"ok   GET /info          {status} {elapsed * 1000:.0f} ms model_name={model_name}", file=out)
 
     body: Dict[str, Any] = {"input": [args.input]}
@@ -467,12 +495,15 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out=sys.stdout) ->
     if status != 200:
         raise SmokeError(f"POST /embeddings returned {status}: {str(payload)[:300]!r}")
     dims = check_embeddings_payload(payload)
-    print(f"ok   POST /embeddings   {status} {elapsed * 1000:.0f} ms dims={dims} model={payload.get('model', '?')}", file=out)
+    print(f"ok   POST /embeddings   {status} {elapsed * 1000:.0f} ms dims={dims} model={shown(payload.get('model', '?'))}", file=out)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.entra and not args.scope and not args.health_only:
+        parser.error("--entra needs --scope: the API's, api://<app-client-id>/.default "
+                     "(docs/deploy.md, Option A), or https://ml.azure.com/.default (Option B)")
     if args.record_build:
         record_build(os.environ)
         return 0

@@ -1774,6 +1774,88 @@ def test_smoke_against_loopback_stub():
     assert ("POST", "/embeddings") in paths and ("GET", "/info") in paths
 
 
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    """Another origin: records what reaches it."""
+    seen: List[Tuple[str, str, Dict[str, str]]] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.seen.append(("GET", self.path, dict(self.headers)))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    do_POST = do_GET
+
+
+class _Redirecting(_StubHandler):
+    """An endpoint that answers /health and redirects everything else to ``target`` (plain
+    http, another port: another origin), as a gateway or a reclaimed host name could."""
+    target = ""
+
+    def _redirect(self):
+        self.seen.append((self.command, self.path, dict(self.headers)))
+        self.send_response(302)
+        self.send_header("Location", f"{self.target}/collect{self.path}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self):
+        if self.path == "/health":
+            self._send(200, {"status": "ok"})
+        else:
+            self._redirect()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self._redirect()
+
+
+def test_smoke_sends_credentials_to_no_host_a_redirect_names():
+    """A 3xx from the endpoint is not followed: urllib would send the request's headers, the key
+    among them, to the host the redirect names (http too). The check fails naming where the
+    redirect points, and the other origin gets nothing."""
+    _Collector.seen, _Redirecting.seen = [], []
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
+    _Redirecting.target = f"http://localhost:{collector.server_address[1]}"
+    for server in (collector, app):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("AZURE_FUNCTION_URL", "EMBEDDINGS_API_KEY")}
+        env["EMBEDDINGS_API_KEY"] = _StubHandler.key
+        for extra in ([], ["--skip-unauthenticated-check", "--key-header", "bearer"]):
+            proc = subprocess.run(
+                [sys.executable, str(SMOKE), "--url", f"http://127.0.0.1:{app.server_address[1]}",
+                 "--timeout", "10", *extra], capture_output=True, text=True, timeout=60, env=env)
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            assert proc.stderr.startswith(
+                f"FAIL GET /info returned 302: 'a redirect to {_Redirecting.target}/collect/info?"
+            ), proc.stderr
+            assert "not followed: credentials go only to --url" in proc.stderr
+    finally:
+        for server in (app, collector):
+            server.shutdown()
+            server.server_close()
+    assert [(m, p.split("?")[0]) for m, p, h in _Redirecting.seen] == [("GET", "/info")] * 2
+    sent = [{k.lower(): v for k, v in headers.items()} for _, _, headers in _Redirecting.seen]
+    assert sent[0]["api-key"] == _StubHandler.key                     # sent to --url only
+    assert sent[1]["authorization"] == f"Bearer {_StubHandler.key}"
+    assert _Collector.seen == []
+
+
+def test_smoke_escapes_what_the_server_names():
+    """Strings from the server's answer (model names, the build) are printed escaped unless
+    they are printable ASCII: an answer cannot write control sequences to the terminal."""
+    smoke = load_smoke_module()
+    assert smoke.shown("all-MiniLM-L6-v2") == "all-MiniLM-L6-v2"
+    assert smoke.shown("x\x1b]0;owned\x07") == "'x\\x1b]0;owned\\x07'"
+    assert smoke.shown("é") == "'\\xe9'" and smoke.shown(None) == "None"
+
 def _hook_commands(hook: Dict[str, Any], continue_on_error: bool = False) -> List[List[str]]:
     """An azure.yaml hook's commands: POSIX python3; Windows the py launcher if there is one
     (azd's own first choice), else python, each with the same arguments."""
@@ -2274,8 +2356,8 @@ def test_smoke_with_entra_id_against_a_deployment_that_accepts_only_tokens(monke
     """deploy.md's `smoke_deployed.py --url "$URL" --entra --scope "api://$APP_ID/.default"`,
     against the real app on loopback configured as the guide's registration leaves it (Entra
     ID only): DefaultAzureCredential's token for that scope passes every step, the check that a
-    call without credentials is refused included; with the default scope (ml.azure.com) the
-    token is refused, and the check fails saying so. DefaultAzureCredential is the real one: it
+    call without credentials is refused included; with Option B's scope (ml.azure.com) the
+    token is refused, and the check fails saying so; without --scope no token is asked for. DefaultAzureCredential is the real one: it
     finds a managed identity, as on Azure."""
     from clientkit import loopback_only, use_managed_identity
     from conftest import REGISTERED_APP_ID as app_id, entra_live_server
@@ -2288,9 +2370,16 @@ def test_smoke_with_entra_id_against_a_deployment_that_accepts_only_tokens(monke
         out = capsys.readouterr().out
         assert "ok   POST /embeddings   401 without credentials" in out
         assert "dims=384" in out and "smoke test passed" in out
-        assert smoke.main(["--url", server.url, "--entra"]) == 1
+        assert smoke.main(["--url", server.url, "--entra", "--scope",
+                           "https://ml.azure.com/.default"]) == 1
         err = capsys.readouterr().err
         assert err.startswith("FAIL GET /info returned 401"), err
+        # No scope, no token: --entra asks for none of its own choosing.
+        with pytest.raises(SystemExit) as exit_:
+            smoke.main(["--url", server.url, "--entra"])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "--entra needs --scope: the API's, api://<app-client-id>/.default" in err, err
     assert idp.resources == [f"api://{app_id}", "https://ml.azure.com"]
 
 
