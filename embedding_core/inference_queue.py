@@ -134,6 +134,11 @@ class InferenceFailed(RuntimeError):
     """A batch that held the request's inputs failed (a 500); the batch's log has the cause."""
 
 
+class JobCancelled(RuntimeError):
+    """``wait()`` on a job that :meth:`InferenceQueue.cancel` dropped from elsewhere: it has no
+    results (its rows may be partly filled or empty)."""
+
+
 class _Throttle:
     """Whether a kind of failure is logged now: the count left out since its last line, or
     None to leave this one out."""
@@ -380,6 +385,8 @@ class InferenceQueue:
             raise too_slow or self.timed_out(timeout if limit_s is None else limit_s)
         if job.error is not None:
             raise job.error
+        if job.cancelled:            # by another caller of cancel(): no rows to return
+            raise JobCancelled("the job was cancelled before it finished")
         return job.outputs()
 
     def run(self, prepared: Prepared, timeout: float,
@@ -413,12 +420,14 @@ class InferenceQueue:
 
     def timed_out(self, limit_s: float) -> errors.ApiError:
         """The 503 of a request still unfinished after ``limit_s`` (the server's time-out)."""
+        with self._cond:
+            retry_after = self._retry_after(self._drain_s(None))
         return errors.ApiError(
             503, "ServiceUnavailable",
             f"The request did not finish within {limit_s:g} seconds "
             "(EMBEDDINGS_REQUEST_TIMEOUT_SECONDS) and was cancelled; retry after the indicated "
             "delay or send fewer inputs.",
-            headers={"Retry-After": str(self._retry_after(self._drain_s(None)))})
+            headers={"Retry-After": str(retry_after)})
 
     def _too_slow(self, works: list[Work], timeout: float, limit_s: float | None,
                   margin: float, *, client: bool = False) -> errors.ApiError | None:
@@ -719,6 +728,10 @@ class InferenceQueue:
                     for job in self._served(taken):
                         job.running -= 1
                     self._out = {j for j in self._out if not j.done.is_set()}
+            # Nothing of the batch outlives it: an idle worker would otherwise keep its last
+            # requests' inputs and rows (37 MiB for 64 pictures) from the idle trim until its
+            # next batch (review h_queue1 1).
+            lane = taken = job = None  # noqa: F841
 
     def _form_batch(self) -> tuple[Lane, list[tuple[Job, _Part, list[int]]]]:
         """Pick the next batch (lock held). Returns the lane and (job, part, indices) slices.
@@ -803,47 +816,52 @@ class InferenceQueue:
             v0 = self._vtime
         t0 = time.perf_counter()
         c0 = time.thread_time()
+        rerun: list[Job] | None = None
         try:
             out = np.asarray(lane.run(payloads, requests=len({id(job) for job, _, _ in taken})))
             if out.ndim < 1 or len(out) != len(payloads):
                 raise RuntimeError(f"lane returned {out.shape} for {len(payloads)} items")
             error = None
         except BaseException as exc:  # noqa: BLE001 - delivered to every job in the batch
+            out, error = None, exc
             served = self._served(taken)
             if len(served) > 1 and isinstance(exc, Exception):
                 # One request's inputs can fail a batch that others share (a long-input model
                 # that cannot load, a bug): each request's items that are still wanted run
-                # again on their own, so only the requests that fail alone get the error (the
-                # one whose inputs failed the batch may have been cancelled meanwhile).
+                # again on their own (below, once this exception and its traceback are gone),
+                # so only the requests that fail alone get the error (the one whose inputs
+                # failed the batch may have been cancelled meanwhile).
                 left_out = self._failure_log.allow("shared " + _failure_kind(exc))
                 if left_out is not None:
                     log.warning("inference batch of %d items from %d requests failed; running "
                                 "each request's items apart (logged at most once a minute for "
                                 "this kind of error; %d more since the last)", len(payloads),
                                 len(served), left_out, exc_info=exc)
-                elapsed = time.perf_counter() - t0
-                with self._cond:
-                    self._batches += 1
-                    for job in served:
-                        job.ran(t0, t0 + elapsed)
-                for job in served:
-                    if job.cancelled or job.done.is_set():   # e.g. timed out meanwhile
-                        continue
-                    alone = [t for t in taken if t[0] is job]
-                    if self._stopping:   # exit waits for this worker: no more runs
-                        with self._cond:
-                            self._fail(alone, _stopping_error())
-                        continue
-                    self._run_batch(lane, alone)
-                return
-            left_out = self._failure_log.allow(_failure_kind(exc))
-            if left_out is None:
-                log.debug("inference batch of %d items failed", len(payloads), exc_info=exc)
+                rerun, error = served, None
             else:
-                log.error("inference batch of %d items failed (logged at most once a minute for "
-                          "this kind of error; %d more since the last)", len(payloads), left_out,
-                          exc_info=exc)
-            out, error = None, exc
+                left_out = self._failure_log.allow(_failure_kind(exc))
+                if left_out is None:
+                    log.debug("inference batch of %d items failed", len(payloads), exc_info=exc)
+                else:
+                    log.error("inference batch of %d items failed (logged at most once a minute "
+                              "for this kind of error; %d more since the last)", len(payloads),
+                              left_out, exc_info=exc)
+        if rerun is not None:
+            elapsed = time.perf_counter() - t0
+            with self._cond:
+                self._batches += 1
+                for job in rerun:
+                    job.ran(t0, t0 + elapsed)
+            for job in rerun:
+                if job.cancelled or job.done.is_set():   # e.g. timed out meanwhile
+                    continue
+                alone = [t for t in taken if t[0] is job]
+                if self._stopping:   # exit waits for this worker: no more runs
+                    with self._cond:
+                        self._fail(alone, _stopping_error())
+                    continue
+                self._run_batch(lane, alone)
+            return
         elapsed = time.perf_counter() - t0
         cpu = time.thread_time() - c0
         one_off = take_one_off_seconds()   # a session created, a model compiled: not throughput

@@ -18,7 +18,7 @@ import pytest
 
 from embedding_core.backends import Encoded, Prepared, Work, one_off
 from embedding_core.errors import ApiError
-from embedding_core.inference_queue import (RATE_TRUSTED_SAMPLES, InferenceQueue,
+from embedding_core.inference_queue import (RATE_TRUSTED_SAMPLES, InferenceQueue, JobCancelled,
                                             check_request_cost)
 
 
@@ -332,6 +332,74 @@ def test_a_failed_shared_batch_is_not_run_again_once_the_queue_is_stopping():
         assert err.value.status == 503 and "stopping" in err.value.message
     assert lane.batches == [["x0"], ["bad0", "later0"]]
 
+
+
+def test_a_rerun_that_fails_again_logs_its_own_error_not_chained_to_the_shared_batch_s(caplog):
+    """The shared batch's exception is gone before the requests run again apart: a re-run that
+    fails logs one traceback (not "During handling of the above exception ..."), and the
+    shared batch's inputs are not held by it while the re-runs take."""
+    caplog.set_level(logging.DEBUG, logger="embedding_core.inference_queue")
+    lane, q, first = busy_poison_queue()
+    bad, good = q.submit(job(lane, "bad", [5, 5])), q.submit(job(lane, "good", [5]))
+    lane.gate.release()
+    lane.step(3)                                   # the shared batch, then each apart
+    with pytest.raises(ApiError):
+        q.wait(bad, 10)
+    assert np.array_equal(q.wait(good, 10)[0], rows_of(["good0"]))
+    q.wait(first, 10)
+    failed = [r for r in caplog.records if r.getMessage().startswith("inference batch of 2 items failed")]
+    assert len(failed) == 1 and failed[0].exc_info is not None
+    assert failed[0].exc_info[1].__context__ is None
+
+
+def test_wait_on_a_job_cancelled_elsewhere_raises_instead_of_returning_its_unfilled_rows():
+    lane = GateLane(max_batch_items=1)
+    q = InferenceQueue({"tokens": 1000})
+    j = q.submit(job(lane, "c", [1, 1]))
+    assert lane.entered.acquire(timeout=10)         # its first item runs
+    assert q.cancel(j)                              # another caller drops it
+    with pytest.raises(JobCancelled):
+        q.wait(j, 10)
+    lane.gate.release()
+    assert lane.batches == [["c0"]]
+    assert q.stats().queued["tokens"] == 0 and q.stats().worker_alive
+
+
+class ArrayLane:
+    """Takes numpy payloads (which a weak reference can watch) and answers their sums."""
+
+    unit = "tokens"
+    key = "arrays"
+    max_batch_items = 8
+    batch_budget = 10**6
+
+    def run(self, payloads, requests=1):
+        return np.array([[float(p.sum())] for p in payloads])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_idle_worker_keeps_nothing_of_the_requests_it_served(workers):
+    """Once answered, a request's inputs are freed while the workers wait for more: an idle
+    worker that kept its last batch would keep them from the idle trim (64 pictures: 37 MiB)."""
+    import gc
+    import weakref
+
+    lane = ArrayLane()
+    q = InferenceQueue({"tokens": 10**6}, workers=workers)
+    inputs = [np.full(1000, float(i)) for i in range(3)]
+    watched = [weakref.ref(a) for a in inputs]
+    j = q.submit(Prepared([Work(lane, inputs, [5, 5, 5])],
+                          lambda out: Encoded(out[0], 15), inputs=3))
+    rows = q.wait(j, 10)
+    assert rows[0][:, 0].tolist() == [0.0, 1000.0, 2000.0]
+    del inputs, j, rows
+    deadline = time.monotonic() + 5
+    while any(w() is not None for w in watched) and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+    assert all(w() is None for w in watched)
+    assert q.stats().worker_alive
+    q.stop()
 
 def test_worker_starts_on_first_job_only_and_runs_the_idle_hook():
     idle = threading.Event()
