@@ -123,6 +123,7 @@ class Authenticator:
         self._refusals: dict[str, tuple[float, int]] = {}   # kind: (last logged, left out since)
         self._refusals_lock = threading.Lock()
         self.disabled = settings.auth_disabled
+        self.disabled_on_azure = self.disabled and settings.hosted_on_azure
         self.entra = entra_validator
         if entra_validator is None and settings.env.get("EMBEDDINGS_ENTRA_TENANT_ID", "").strip():
             from .entra import EntraConfig, EntraValidator  # PyJWT only when Entra is configured

@@ -470,6 +470,12 @@ class EntraValidator:
     def config(self) -> EntraConfig:
         return self._config
 
+    @property
+    def keys_unavailable(self) -> bool:
+        """No signing key was ever loaded and the last attempt failed: every token is answered
+        503 until a fetch succeeds (never fetches itself; requests with a token do)."""
+        return self._keyset is None and self._last_failed
+
     # Public ------------------------------------------------------------------------------
 
     def validate(self, token: str) -> dict:

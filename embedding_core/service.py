@@ -200,6 +200,16 @@ class EmbeddingService:
         elif self.auth.development_key_refused and not self.auth.disabled:
             problems.append("an EMBEDDINGS_API_KEYS entry is the README's development key, "
                             "refused on Azure (the other keys work)")
+        if self.auth.disabled_on_azure:
+            # Allowed (a deployment reachable only through a gateway that authenticates), but
+            # never silently: the post-deployment check fails on it.
+            problems.append("authentication is disabled (EMBEDDINGS_AUTH=disabled): anyone who "
+                            "reaches the app can call it")
+        entra = self.auth.entra
+        if entra is not None and not self.auth.disabled and getattr(entra, "keys_unavailable",
+                                                                    False):
+            problems.append("Entra ID tokens cannot be checked: the signing keys could not be "
+                            "fetched (each token gets a 503; the log says from where)")
         body: dict[str, Any] = {"status": "degraded" if problems else "ok"}
         if problems:
             body["problems"] = problems

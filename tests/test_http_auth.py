@@ -173,3 +173,50 @@ def test_health_is_degraded_when_no_key_is_usable_but_tokens_are():
     assert res.status == 200 and body["status"] == "degraded", body
     assert body["problems"] == ["no key of EMBEDDINGS_API_KEYS is usable (Entra ID tokens are)"]
     assert "Key Vault" not in json.dumps(body) and "kv-guessable" not in json.dumps(body)
+
+
+@pytest.mark.parametrize("on_azure", [False, True])
+def test_health_says_degraded_on_azure_while_authentication_is_off(on_azure):
+    """EMBEDDINGS_AUTH=disabled stays possible (an app that only a gateway which authenticates
+    can reach), but on Azure never silently: /health says it, so the post-deployment check
+    (`smoke_deployed.py --health-only`) fails on it. `make serve` and `func start` are not
+    flagged."""
+    env = {"EMBEDDINGS_AUTH": "disabled"}
+    if on_azure:
+        env |= {"WEBSITE_INSTANCE_ID": "abc123", "WEBSITE_SKU": "FlexConsumption"}
+    server = LiveServer(env)
+    try:
+        res, body = get_health(server)
+        assert get(server, {})[0] == 200                 # no credentials needed
+    finally:
+        server.stop()
+    assert res.status == 200
+    if on_azure:
+        assert body["status"] == "degraded", body
+        assert body["problems"] == ["authentication is disabled (EMBEDDINGS_AUTH=disabled): "
+                                    "anyone who reaches the app can call it"]
+    else:
+        assert body["status"] == "ok" and "problems" not in body, body
+
+
+def test_health_says_degraded_once_entra_id_s_signing_keys_could_not_be_fetched():
+    """An Entra-only app whose identity provider cannot be reached (a wrong tenant or authority
+    answers 400/404 the same way) answers every token 503: once a token has made it try,
+    /health says so; it never fetches the keys itself."""
+    from jwt_factory import TokenFactory
+
+    idp = TokenFactory()
+    with idp.serve_http():
+        token, env = idp.mint(), idp.env()
+    server = LiveServer(env)                             # the identity provider is gone
+    try:
+        before = get_health(server)[1]
+        status, body = get(server, {"Authorization": f"Bearer {token}"})
+        after = get_health(server)[1]
+    finally:
+        server.stop()
+    assert before["status"] == "ok", before
+    assert status == 503 and body["error"]["code"] == "ServiceUnavailable", body
+    assert after["status"] == "degraded", after
+    assert after["problems"] == ["Entra ID tokens cannot be checked: the signing keys could not "
+                                 "be fetched (each token gets a 503; the log says from where)"]
