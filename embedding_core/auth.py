@@ -103,6 +103,12 @@ _MICROSOFT_RESOURCE_DOMAINS = (
     ".loganalytics.io", ".applicationinsights.io")
 
 
+
+def _looks_like_jwt(value: str) -> bool:
+    """A JSON Web Token's shape (a JSON header in base64url, two dots), for a log line only: the
+    Entra ID path checks tokens with entra.looks_like_jwt, which loads PyJWT."""
+    return value.startswith("eyJ") and value.count(".") == 2
+
 class Authenticator:
     def __init__(self, settings: Settings, entra_validator: Any = None):
         self.retry_after_s = settings.retry_after_s
@@ -263,6 +269,10 @@ class Authenticator:
                 if scheme.lower() == "bearer" and value.strip():
                     presented.append(("bearer", value.strip()))
         if not presented:
+            if authz and authz.strip():        # a credential, in another scheme or none
+                raise errors.unauthorized(
+                    "The Authorization header must use the Bearer scheme: send "
+                    "'Authorization: Bearer <key or token>' (or the key as 'api-key: <key>').")
             raise errors.unauthorized(
                 "Missing credentials: send 'api-key: <key>' or 'Authorization: Bearer <key or "
                 "token>'.")
@@ -294,5 +304,13 @@ class Authenticator:
             # As refused tokens are: at most a line a minute, naming nothing a client sent, so
             # that "a caller gets 401 since yesterday" leaves a trace (a retired key, or a key
             # in the wrong header, against a token refused for its audience).
-            self._log_refusal(logging.INFO, "api key refused", "no configured key matches")
+            if self.entra is None and any(kind == "bearer" and _looks_like_jwt(v)
+                                          for kind, v in presented):
+                # An operator who turned Entra ID on in azd without `azd provision` sees why.
+                self._log_refusal(logging.INFO, "bearer token refused",
+                                  "Entra ID is not configured (EMBEDDINGS_ENTRA_TENANT_ID and "
+                                  "EMBEDDINGS_ENTRA_AUDIENCES unset), so tokens are taken as "
+                                  "keys, and no configured key matches")
+            else:
+                self._log_refusal(logging.INFO, "api key refused", "no configured key matches")
         raise errors.unauthorized("Invalid credentials.", invalid_token=True)

@@ -88,6 +88,9 @@ _NOT_B64 = re.compile(r"[^A-Za-z0-9+/=]")
 _STANDARD_ONLY = re.compile(r"[+/]")
 _WHITESPACE = "\t\n\f\r "                         # ASCII whitespace (WHATWG)
 _C0_OR_SPACE = "".join(map(chr, range(0x21)))   # stripped from both ends of a URL (WHATWG)
+# How the base64 of a PNG, JPEG, GIF or WebP file begins: an 'image' sent without its
+# "data:image/...;base64," prefix.
+_BARE_BASE64_IMAGES = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR")
 _DROP_WHITESPACE = str.maketrans("", "", _WHITESPACE)
 # The percent-escapes of the characters base64 in a data URL can hold (either case of hex).
 _BASE64_ESCAPES = tuple(dict.fromkeys((f"%{ord(c):02{case}}", c)
@@ -124,6 +127,11 @@ def parse_data_url(url: str, *, max_bytes: int, target: str) -> DataUrl:
     if scheme is None or scheme.group(1).lower() != "data":
         if scheme is not None:
             what = f"URL scheme '{errors.clip(scheme.group(1).lower(), 32)}' is not supported"
+        elif url.startswith(_BARE_BASE64_IMAGES):
+            raise errors.validation(
+                "'image' looks like base64 without its data URL prefix: send "
+                f"{DATA_URL_HINT}, i.e. put 'data:image/<format>;base64,' before the data.",
+                target)
         else:
             what = "'image' is not a URL"
         raise errors.validation(

@@ -85,4 +85,4 @@ def _pieces(ids: Sequence[int], target: str) -> list[bytes]:
     j = next(j for j, i in enumerate(ids) if not 0 <= i < SIZE or table[i] is None)
     raise errors.validation(
         f"Token id {errors.clip(ids[j])} is not a cl100k_base token (OpenAI token ids are "
-        f"0..100255, or a special token id).", f"{target}[{j}]")
+        f"0..100255, or a special token id: {', '.join(map(str, SPECIAL))}).", f"{target}[{j}]")

@@ -261,7 +261,8 @@ def _text_items(value: Any, max_items: int, max_token_id: int) -> list[str | lis
     for i, item in enumerate(value):
         if isinstance(item, str):
             if not item:
-                raise errors.validation("Input text must not be empty.", f"input[{i}]")
+                raise errors.validation(f"Input text input[{i}] is empty; each text must have at "
+                                        "least one character.", f"input[{i}]")
         elif isinstance(item, list):
             if not item:
                 raise errors.validation("A token-id array must not be empty.", f"input[{i}]")
@@ -274,7 +275,8 @@ def _text_items(value: Any, max_items: int, max_token_id: int) -> list[str | lis
                 # here is only a sanity one): no range that the next check would contradict.
                 bound = ("non-negative integers, ids of the deployment's vocabulary"
                          if max_token_id == MAX_TOKEN_ID else
-                         f"integers from 0 to {max_token_id - 1}")
+                         f"integers from 0 to {max_token_id - 1} (cl100k_base: 0..100255, "
+                         "or a special token id)")
                 raise errors.validation(f"Token ids must be {bound} (got {_got(tok)}).",
                                         f"input[{i}][{j}]")
         else:

@@ -53,6 +53,29 @@ def test_missing_versus_invalid_and_no_secret_in_message_or_log(caplog):
     assert "s3cret" not in missing.message + invalid.message + caplog.text
 
 
+
+@pytest.mark.parametrize("authorization", [K1, f"Basic {K1}", f"Token {K1}", "Bearer"])
+def test_an_authorization_header_without_a_bearer_credential_is_named_not_called_missing(
+        authorization):
+    """A key sent as `Authorization: <key>` (or in another scheme) is a credential the client
+    did send: the 401 says the scheme must be Bearer, not that credentials are missing."""
+    a = auth({"EMBEDDINGS_API_KEYS": K1})
+    e = refused(a, {"authorization": authorization})
+    assert e.message == ("The Authorization header must use the Bearer scheme: send "
+                         "'Authorization: Bearer <key or token>' (or the key as 'api-key: <key>').")
+    assert e.headers["WWW-Authenticate"] == "Bearer" and K1 not in e.message
+
+
+def test_a_token_sent_to_a_server_without_entra_id_is_logged_as_such(caplog):
+    """An operator who turned Entra ID on in azd but did not provision sees why tokens fail."""
+    a = auth({"EMBEDDINGS_API_KEYS": K1})
+    token = TokenFactory().mint()
+    with caplog.at_level(logging.INFO, logger="embedding_core.auth"):
+        refused(a, {"authorization": f"Bearer {token}"})
+    assert "bearer token refused: Entra ID is not configured (EMBEDDINGS_ENTRA_TENANT_ID and " \
+        "EMBEDDINGS_ENTRA_AUDIENCES unset)" in caplog.text
+    assert "api key refused" not in caplog.text and token not in caplog.text
+
 def test_no_credentials_configured():
     e = refused(auth({}), {"api-key": "anything"})
     assert "no credentials configured" in e.message

@@ -64,7 +64,7 @@ BAD = [
     ("https", {"image": "https://example.com/cat.jpg"}, "URL scheme 'https'"),
     ("file", {"image": "file:///etc/passwd"}, "URL scheme 'file'"),
     ("bare base64", {"image": base64.b64encode((IMAGES / "chelsea.jpg").read_bytes()).decode()},
-     "not a URL"),
+     "looks like base64 without its data URL prefix"),
     ("invalid base64", {"image": "data:image/jpeg;base64,/9j/4AAQ*&^%"}, "not valid base64"),
     ("not an image", {"image": "data:image/png;base64," + base64.b64encode(b"GIF? no." * 20).decode()},
      "not a readable image"),

@@ -62,12 +62,23 @@ def pixels(path: Path, fmt: str | None = None, **kw) -> np.ndarray:
     ("file:///etc/passwd", "scheme 'file'"),
     ("ftp://example.com/cat.png", "scheme 'ftp'"),
     ("HTTPS://EXAMPLE.COM/x.png", "scheme 'https'"),
-    ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA", "not a URL"),
     ("/etc/passwd", "not a URL"),
+    ("aGVsbG8gd29ybGQ=", "not a URL"),             # base64, but of no image
 ])
 def test_only_data_urls_nothing_fetched(url, fragment):
     err = fails(parse, url)
     assert fragment in err.message and "does not fetch" in err.message
+
+
+@pytest.mark.parametrize("data", [
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA",   # PNG
+    "/9j/4AAQSkZJRgABAQ", "R0lGODlhAQABAAAAACw=", "UklGRiQAAABXRUJQ",  # JPEG, GIF, WebP
+])
+def test_an_image_s_base64_without_its_data_url_prefix_is_told_to_add_it(data):
+    err = fails(parse, data)
+    assert err.message == ("'image' looks like base64 without its data URL prefix: send "
+                           "data:image/<format>;base64,<data>, i.e. put "
+                           "'data:image/<format>;base64,' before the data.")
 
 
 @pytest.mark.parametrize("url, fragment", [
