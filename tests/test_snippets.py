@@ -110,7 +110,7 @@ def run_guide_block(block: str, capsys) -> tuple[dict, str]:
 
 def test_the_deploy_guide_s_key_snippets_get_the_model_s_vector(live_server, text_backend,
                                                                  monkeypatch, capsys):
-    """"Call the API with a key": the Azure AI Inference SDK and the openai SDK snippets, with
+    """"Call the API with a key": the openai SDK and the Azure AI Inference SDK snippets, with
     URL and KEY exported as the guide says."""
     import numpy as np
 
@@ -125,7 +125,7 @@ def test_the_deploy_guide_s_key_snippets_get_the_model_s_vector(live_server, tex
         np.testing.assert_allclose(namespace["result"].data[0].embedding, want, atol=1e-6)
         assert namespace["result"].model == "all-MiniLM-L6-v2"
         printed.append(out)
-    assert printed == ["384\n", ""]          # "# 384 for all-MiniLM-L6-v2"
+    assert printed == ["", "384\n"]          # "# 384 for all-MiniLM-L6-v2"
 
 
 APP_SCOPE = 'api://${appId}/.default'         # as the JavaScript block writes it
