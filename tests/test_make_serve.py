@@ -72,7 +72,7 @@ def test_the_printed_curl_works_with_the_default_key():
     ({"EMBEDDINGS_API_KEYS": f"alice:{SECRET},bob:{SECRET[::-1]}"},
      ["key:alice, key:bob", '"api-key: $KEY"'], [SECRET, SECRET[::-1]]),
     ({"EMBEDDINGS_API_KEYS": json.dumps({"carol": SECRET})}, ["key:carol"], [SECRET]),
-    ({"EMBEDDINGS_API_KEYS": "short"}, ["every request gets 401"], ["short"]),
+    ({"EMBEDDINGS_API_KEYS": "tiny-key"}, ["every request gets 401"], ["tiny-key"]),
     ({"EMBEDDINGS_AUTH": "disabled"}, ["disabled"], ["api-key"]),
     # where the app refuses the README's key (on Azure), it is not offered either
     ({"EMBEDDINGS_API_KEYS": LOCAL_DEV_KEY, "WEBSITE_SKU": "FlexConsumption"},
@@ -87,6 +87,28 @@ def test_the_hint_names_the_callers_and_never_prints_a_key_the_user_set(env, sho
     assert "http://127.0.0.1:7071/embeddings?api-version=" in text or "401" in text
     assert "Warning" not in text                                # loopback
 
+
+@pytest.mark.parametrize("env, first", [
+    ({"EMBEDDINGS_API_KEYS": LOCAL_DEV_KEY, "EMBEDDINGS_MAX_INPUTS": "many"},
+     "Configuration error: setting EMBEDDINGS_MAX_INPUTS must be an integer, got 'many'. Every "
+     "request answers 500 until it is fixed."),
+    ({"EMBEDDINGS_API_KEYS": f"alice:{SECRET},bob:short-key"},
+     "Not accepted: EMBEDDINGS_API_KEYS entry 2 (name 'bob') is shorter than 16 characters"),
+    ({"EMBEDDINGS_API_KEYS": "@Microsoft.KeyVault(SecretUri=https://kv-x.vault.azure.net/secrets/k/)"},
+     "Not accepted: EMBEDDINGS_API_KEYS is an unresolved Key Vault reference"),
+])
+def test_the_hint_says_at_start_what_the_app_would_refuse_at_the_first_request(env, first):
+    """A wrong setting (every request a 500) or a refused key entry is said under "Serving",
+    not only in the log of the first request; never with a key."""
+    lines = hint(env, "127.0.0.1", 7071)
+    assert lines[0].startswith(first), lines
+    text = "\n".join(lines)
+    assert SECRET not in text and "short-key" not in text and "kv-x" not in text, text
+    if "alice" in text:
+        assert "keys accepted for key:alice" in text
+    elif "Key Vault" in text:
+        assert lines[-1] == "No key of EMBEDDINGS_API_KEYS is accepted (above: why): every " \
+            "request gets 401."
 
 @pytest.mark.parametrize("host, reach, warned", [
     ("127.0.0.1", "127.0.0.1", False), ("::1", "[::1]", False), ("localhost", "localhost", False),

@@ -58,7 +58,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 from urllib.parse import parse_qsl
 
 import h11
@@ -746,12 +746,25 @@ LOCAL_DEV_KEY = "local-dev-key-0000"    # the Makefile's EMBEDDINGS_API_KEYS by 
 
 
 def hint(env: Mapping[str, str], host: str, port: int) -> list[str]:
-    """``make serve``'s lines under "Serving": a curl to try, with the key to send. A key set
-    by the user is not printed (a ``name:key`` entry's key is the part after the ':')."""
-    from embedding_core.settings import hosted_on_azure, parse_api_keys
+    """``make serve``'s lines under "Serving": a curl to try, with the key to send, after what
+    the app will refuse in its settings (an invalid setting: every request answers 500; a key
+    entry it does not accept), which it would otherwise say only at the first request. A key
+    set by the user is not printed (a ``name:key`` entry's key is the part after the ':'; the
+    app's messages about entries never hold a key)."""
+    from embedding_core.settings import Settings, hosted_on_azure, parse_api_keys
 
+    try:
+        Settings.from_env(env)
+    except ValueError as exc:
+        return [f"Configuration error: {exc}. Every request answers 500 until it is fixed."]
     # As the app reads them: where it refuses the development key, it is not offered here.
-    keys, _ = parse_api_keys(env.get("EMBEDDINGS_API_KEYS", ""), hosted=hosted_on_azure(env))
+    keys, problems = parse_api_keys(env.get("EMBEDDINGS_API_KEYS", ""), hosted=hosted_on_azure(env))
+    return [f"Not accepted: {problem.removeprefix('configuration error: ')}"
+            for problem in problems] + _try_lines(env, host, port, keys, bool(problems))
+
+
+def _try_lines(env: Mapping[str, str], host: str, port: int, keys: Sequence[Any],
+               refused: bool) -> list[str]:
     disabled = env.get("EMBEDDINGS_AUTH", "").strip().lower() == "disabled"
     try:
         ip = ipaddress.ip_address(host)
@@ -783,8 +796,9 @@ def hint(env: Mapping[str, str], host: str, port: int) -> list[str]:
                 "':'): " + curl.format(' -H "api-key: $KEY"'), *dev]
     if env.get("EMBEDDINGS_ENTRA_TENANT_ID", "").strip():
         return ["No API key is accepted: send an Entra ID token (Authorization: Bearer)."]
-    return ["No key of EMBEDDINGS_API_KEYS is accepted: every request gets 401 (the log says "
-            "why once the first request has read the settings)."]
+    return ["No key of EMBEDDINGS_API_KEYS is accepted (" + ("above: why" if refused else
+                                                             "none is set")
+            + "): every request gets 401."]
 
 
 def url_host(host: str) -> str:
