@@ -1339,3 +1339,114 @@ def test_a_persistent_failure_is_logged_once_a_minute_not_per_batch(caplog):
         in errors_logged[0].getMessage()
     assert sum("inference batch of 1 items failed" in r.getMessage()
                for r in caplog.records if r.levelno == logging.DEBUG) == 20
+
+
+class RandomLane:
+    """Answers (request, item) per payload after a short run; fails any batch that holds a
+    poisoned payload."""
+
+    unit = "tokens"
+    max_batch_items = 8
+    batch_budget = 200
+
+    def __init__(self, key):
+        self.key = key
+
+    def run(self, payloads, requests=1):
+        time.sleep(0.0002 * len(payloads))
+        if any(poisoned for _, _, poisoned in payloads):
+            raise RuntimeError("poisoned input")
+        return np.array([[j, i] for j, i, _ in payloads], dtype=np.float64)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_many_threads_with_failures_and_time_outs_each_get_one_answer_and_the_queue_empties(seed):
+    """Handler threads as the Functions worker's pool runs them, two workers, requests over one
+    or two lanes, some holding an input that fails any batch, some with client time-outs that
+    cancel them at random points, prechecks held while "tokenising": every request gets
+    exactly one outcome (its own rows in order, a 429 with a Retry-After, a 503 time-out, or
+    the failure, only where it holds a failing input), and at rest nothing is queued, held or
+    running, and the workers are alive."""
+    import random
+
+    from embedding_core.inference_queue import InferenceFailed
+
+    lanes = [RandomLane("a"), RandomLane("b")]
+    q = InferenceQueue({"tokens": 3000}, max_wait_s=2.0, workers=2)
+    outcomes: dict[int, list[str]] = {}
+    problems: list[tuple] = []
+    lock = threading.Lock()
+    ids = iter(range(10**6))
+
+    def answer(j, what):
+        with lock:
+            outcomes.setdefault(j, []).append(what)
+
+    def one(rng):
+        j = next(ids)
+        n = rng.randint(1, 30)
+        lane = rng.choice(lanes)
+        bad = rng.randrange(n) if rng.random() < 0.1 else -1
+        works = [Work(lane, [(j, i, i == bad) for i in range(n)],
+                      [rng.randint(2, 50) for _ in range(n)])]
+        if rng.random() < 0.2:                        # a second lane in the same request
+            other = lanes[1] if lane is lanes[0] else lanes[0]
+            m = rng.randint(1, 6)
+            works.append(Work(other, [(j, 100 + i, False) for i in range(m)],
+                              [rng.randint(2, 30) for _ in range(m)]))
+        prepared = Prepared(works, lambda out: Encoded(out[0], 0))
+        timeout = rng.choice([5.0] * 6 + [0.001, 0.01, 0.05])
+        try:
+            if rng.random() < 0.5:
+                held = q.precheck({"tokens": 2 * n}, {"tokens": sum(works[0].costs)})
+                time.sleep(rng.random() * 0.002)
+                q.prepared(held, 0.001)
+            job = q.start(prepared, timeout)
+        except ApiError as e:
+            answer(j, str(e.status))
+            if e.status == 429 and int(e.headers["Retry-After"]) < 1 or e.status not in (422, 429):
+                problems.append(("refusal", j, e.status, e.headers))
+            return
+        try:
+            out = q.wait(job, timeout)
+        except ApiError as e:
+            answer(j, str(e.status))
+            if e.status not in (422, 503):
+                problems.append(("error", j, e.status, e.message))
+            return
+        except InferenceFailed:
+            answer(j, "failed")
+            if bad < 0:
+                problems.append(("failed without a failing input", j))
+            return
+        answer(j, "ok")
+        if bad >= 0:
+            problems.append(("succeeded with a failing input", j))
+        for work, rows in zip(works, out):
+            if not np.array_equal(rows, [[a, b] for a, b, _ in work.payloads]):
+                problems.append(("rows", j))
+
+    def handler(k):
+        rng = random.Random(seed * 1000 + k)
+        for _ in range(25):
+            try:
+                one(rng)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                problems.append(("raised", repr(e)))
+
+    threads = [threading.Thread(target=handler, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert problems == []
+    assert len(outcomes) == 200 and all(len(v) == 1 for v in outcomes.values())
+    assert sum(v == ["ok"] for v in outcomes.values()) > 40     # ~100-115 here
+    deadline = time.monotonic() + 5
+    while q.stats().jobs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stats = q.stats()
+    assert stats.jobs == 0 and not any(stats.queued.values()) and not any(stats.preparing.values())
+    assert stats.worker_alive
+    q.stop()
