@@ -129,7 +129,6 @@ class Authenticator:
         self._refusals: dict[str, tuple[float, int]] = {}   # kind: (last logged, left out since)
         self._refusals_lock = threading.Lock()
         self.disabled = settings.auth_disabled
-        self.disabled_on_azure = self.disabled and settings.hosted_on_azure
         self.entra = entra_validator
         if entra_validator is None and settings.env.get("EMBEDDINGS_ENTRA_TENANT_ID", "").strip():
             from .entra import EntraConfig, EntraValidator  # PyJWT only when Entra is configured
@@ -270,6 +269,10 @@ class Authenticator:
                     presented.append(("bearer", value.strip()))
         if not presented:
             if authz and authz.strip():        # a credential, in another scheme or none
+                if authz.strip().partition(" ")[0].lower() == "bearer":
+                    raise errors.unauthorized(
+                        "The Authorization header has no credential after 'Bearer': send "
+                        "'Authorization: Bearer <key or token>' (or the key as 'api-key: <key>').")
                 raise errors.unauthorized(
                     "The Authorization header must use the Bearer scheme: send "
                     "'Authorization: Bearer <key or token>' (or the key as 'api-key: <key>').")
@@ -308,9 +311,9 @@ class Authenticator:
                                           for kind, v in presented):
                 # An operator who turned Entra ID on in azd without `azd provision` sees why.
                 self._log_refusal(logging.INFO, "bearer token refused",
-                                  "Entra ID is not configured (EMBEDDINGS_ENTRA_TENANT_ID and "
-                                  "EMBEDDINGS_ENTRA_AUDIENCES unset), so tokens are taken as "
-                                  "keys, and no configured key matches")
+                                  "Entra ID is not configured (EMBEDDINGS_ENTRA_TENANT_ID is "
+                                  "unset), so tokens are taken as keys, and no configured key "
+                                  "matches")
             else:
                 self._log_refusal(logging.INFO, "api key refused", "no configured key matches")
         raise errors.unauthorized("Invalid credentials.", invalid_token=True)

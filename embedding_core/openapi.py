@@ -331,6 +331,11 @@ class _Builder:
                            "description": "`degraded`: some calls fail for the server's "
                                           "reasons (`problems`; the log says why)."},
                 "problems": {"type": "array", "items": {"type": "string"}},
+                "authentication": {
+                    "type": "string", "enum": ["disabled"],
+                    "description": "Present while `EMBEDDINGS_AUTH=disabled`: no call needs "
+                                   "credentials (the post-deployment check fails on it unless "
+                                   "given `--allow-unauthenticated`)."},
                 "build": _nullable({
                     "type": "string", "pattern": "^[0-9a-f]{12}$",
                     "description": "Which build of the app answers: a digest of its code, "

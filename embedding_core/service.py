@@ -200,11 +200,6 @@ class EmbeddingService:
         elif self.auth.development_key_refused and not self.auth.disabled:
             problems.append("an EMBEDDINGS_API_KEYS entry is the README's development key, "
                             "refused on Azure (the other keys work)")
-        if self.auth.disabled_on_azure:
-            # Allowed (a deployment reachable only through a gateway that authenticates), but
-            # never silently: the post-deployment check fails on it.
-            problems.append("authentication is disabled (EMBEDDINGS_AUTH=disabled): anyone who "
-                            "reaches the app can call it")
         entra = self.auth.entra
         if entra is not None and not self.auth.disabled and getattr(entra, "keys_unavailable",
                                                                     False):
@@ -213,6 +208,10 @@ class EmbeddingService:
         body: dict[str, Any] = {"status": "degraded" if problems else "ok"}
         if problems:
             body["problems"] = problems
+        if self.auth.disabled:
+            # Nothing fails (status stays "ok"), but never silently: the post-deployment check
+            # refuses it unless told the app is reachable only through what authenticates.
+            body["authentication"] = "disabled"
         body["build"] = build.current()      # which code answers (scripts/smoke_deployed.py)
         body["deployments"] = [
             {"name": d.name, "modality": d.modality, "dimensions": d.dimensions,

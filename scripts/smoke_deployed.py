@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", default="hello world", help="text to embed (default: 'hello world')")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds (default: 60; allow for cold starts)")
     parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="accept an app whose authentication is off (/health says so: EMBEDDINGS_AUTH="
+             "disabled), for one reachable only through a gateway that authenticates; without "
+             "it the check fails on such an app",
+    )
+    parser.add_argument(
         "--skip-unauthenticated-check",
         action="store_true",
         help="do not check that /embeddings rejects a request without credentials",
@@ -289,10 +296,10 @@ OPENER = urllib.request.build_opener(NoRedirect())
 
 
 def shown(value: Any) -> str:
-    """A value from the server's answer, for the terminal: as it is when it is printable
-    ASCII, else escaped (an answer cannot write control sequences)."""
-    text = str(value)
-    return text if text.isascii() and text.isprintable() else ascii(text)
+    """Text for the terminal, which may hold what the server answered (a build, problems, a
+    model name, a status line): its control characters escaped, so that an answer cannot
+    write control sequences; the rest as it is."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(value))
 
 
 def request_json(
@@ -437,7 +444,7 @@ def health(base: str, timeout: float, wait: float, out=sys.stdout,
             time.sleep(min(SETTLE_PAUSE, good_since + settle - now))
             continue
         if good_since is not None:
-            print(f"wait GET /health        answered, then {last[:200]} (settling again)",
+            print(f"wait GET /health        answered, then {shown(last[:200])} (settling again)",
                   file=out)
             good_since = None
         left = deadline - now
@@ -454,7 +461,8 @@ def health(base: str, timeout: float, wait: float, out=sys.stdout,
                 raise SmokeError(f"GET /health answered 200, but {unwell}"
                                  + credentials_hint(status, payload))
             return status, payload, elapsed
-        print(f"wait GET /health        {last[:200]} (retrying for {left:.0f} s more)", file=out)
+        print(f"wait GET /health        {shown(last[:200])} (retrying for {left:.0f} s more)",
+              file=out)
         time.sleep(min(pause, left))
         pause = min(2 * pause, 10.0)
 
@@ -469,7 +477,14 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out=sys.stdout) ->
         raise SmokeError(f"GET /health returned {status}: {payload!r}"
                          + credentials_hint(status, payload))
     build = payload.get("build") if isinstance(payload, dict) else None
-    print(f"ok   GET /health        {status} {elapsed * 1000:.0f} ms build={shown(build)}", file=out)
+    anonymous = isinstance(payload, dict) and payload.get("authentication") == "disabled"
+    if anonymous and not args.allow_unauthenticated:
+        raise SmokeError("GET /health: authentication is disabled (EMBEDDINGS_AUTH=disabled): "
+                         "anyone who reaches the app can call it. Remove the setting, or, for an "
+                         "app reachable only through a gateway that authenticates its callers, "
+                         "pass --allow-unauthenticated (azure.yaml's postdeploy hook).")
+    print(f"ok   GET /health        {status} {elapsed * 1000:.0f} ms build={shown(build)}"
+          + (" authentication=disabled (allowed)" if anonymous else ""), file=out)
     if args.health_only:
         return
     headers = auth_headers(args, environ)
@@ -485,7 +500,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out=sys.stdout) ->
         body["model"] = args.model
     embeddings_url = with_api_version(f"{base}/embeddings", args.api_version)
 
-    if not args.skip_unauthenticated_check:
+    if not args.skip_unauthenticated_check and not anonymous:
         status, _, elapsed = request_json("POST", embeddings_url, {}, body, args.timeout)
         if status not in (401, 403):
             raise SmokeError(f"POST /embeddings without credentials returned {status}, expected 401/403")
@@ -512,7 +527,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     except SmokeError as exc:
-        print(f"FAIL {exc}", file=sys.stderr)
+        print(f"FAIL {shown(exc)}", file=sys.stderr)
         return 1
     forget_record(args.expect_build, os.environ)
     print("smoke test passed")

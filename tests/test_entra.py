@@ -478,6 +478,26 @@ def test_refresh_failure_keeps_existing_keys(idp, validator, clock):
     assert validator.validate(idp.mint())
 
 
+
+def test_keys_are_unavailable_only_while_none_was_ever_loaded_and_the_last_fetch_failed(
+        idp, validator, clock):
+    """What /health reports as "Entra ID tokens cannot be checked": not before any fetch, not
+    after a failed refresh while the cached keys still validate, and no longer once a fetch
+    succeeds."""
+    assert not validator.keys_unavailable                  # never tried
+    idp.fail_with = OSError("connection refused")
+    refused(validator, idp.mint(), "signing keys unavailable")
+    assert validator.keys_unavailable
+    idp.fail_with = None
+    clock.advance(entra.COLD_RETRY_SECONDS)
+    assert validator.validate(idp.mint())
+    assert not validator.keys_unavailable
+    idp.fail_with = OSError("connection refused")
+    clock.advance(61)
+    refused(validator, idp.mint(key=idp.new_key()), "key refresh failed")
+    assert not validator.keys_unavailable                  # the cached keys still work
+    assert validator.validate(idp.mint())
+
 def test_unknown_key_after_a_successful_refresh_is_invalid(idp, validator, clock):
     validator.validate(idp.mint())
     clock.advance(61)

@@ -176,11 +176,16 @@ def test_health_is_degraded_when_no_key_is_usable_but_tokens_are():
 
 
 @pytest.mark.parametrize("on_azure", [False, True])
-def test_health_says_degraded_on_azure_while_authentication_is_off(on_azure):
+def test_the_post_deployment_check_fails_on_an_app_whose_authentication_is_off(on_azure):
     """EMBEDDINGS_AUTH=disabled stays possible (an app that only a gateway which authenticates
-    can reach), but on Azure never silently: /health says it, so the post-deployment check
-    (`smoke_deployed.py --health-only`) fails on it. `make serve` and `func start` are not
-    flagged."""
+    can reach) and fails no call, so /health stays "ok"; but it says so, and the
+    post-deployment check (`smoke_deployed.py --health-only`, azure.yaml's hook) fails on it
+    unless told with --allow-unauthenticated."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
     env = {"EMBEDDINGS_AUTH": "disabled"}
     if on_azure:
         env |= {"WEBSITE_INSTANCE_ID": "abc123", "WEBSITE_SKU": "FlexConsumption"}
@@ -188,15 +193,29 @@ def test_health_says_degraded_on_azure_while_authentication_is_off(on_azure):
     try:
         res, body = get_health(server)
         assert get(server, {})[0] == 200                 # no credentials needed
+        checks = [subprocess.run([sys.executable, str(ROOT / "scripts" / "smoke_deployed.py"),
+                                  "--url", server.url, "--health-only", *extra],
+                                 capture_output=True, text=True, timeout=60)
+                  for extra in ([], ["--allow-unauthenticated"])]
     finally:
         server.stop()
-    assert res.status == 200
-    if on_azure:
-        assert body["status"] == "degraded", body
-        assert body["problems"] == ["authentication is disabled (EMBEDDINGS_AUTH=disabled): "
-                                    "anyone who reaches the app can call it"]
-    else:
-        assert body["status"] == "ok" and "problems" not in body, body
+    assert res.status == 200 and body["status"] == "ok" and "problems" not in body, body
+    assert body["authentication"] == "disabled"
+    assert checks[0].returncode == 1
+    assert checks[0].stderr.startswith("FAIL GET /health: authentication is disabled "
+                                       "(EMBEDDINGS_AUTH=disabled): anyone who reaches the app "
+                                       "can call it."), checks[0].stderr
+    assert checks[1].returncode == 0, checks[1].stdout + checks[1].stderr
+    assert "authentication=disabled (allowed)" in checks[1].stdout
+
+
+def test_health_names_no_authentication_setting_while_it_is_on():
+    server = LiveServer({"EMBEDDINGS_API_KEYS": PLAIN})
+    try:
+        body = get_health(server)[1]
+    finally:
+        server.stop()
+    assert body["status"] == "ok" and "authentication" not in body, body
 
 
 def test_health_says_degraded_once_entra_id_s_signing_keys_could_not_be_fetched():

@@ -1848,13 +1848,52 @@ def test_smoke_sends_credentials_to_no_host_a_redirect_names():
     assert _Collector.seen == []
 
 
-def test_smoke_escapes_what_the_server_names():
-    """Strings from the server's answer (model names, the build) are printed escaped unless
-    they are printable ASCII: an answer cannot write control sequences to the terminal."""
+class _HostileHealth(_StubHandler):
+    """A /health whose build, problems and model name carry terminal control sequences."""
+    body: Dict[str, Any] = {}
+
+    def do_GET(self):
+        if self.path == "/health":
+            self._send(200, self.body)
+        else:
+            self._send(200, {"model_name": "m\x1b]0;owned\x07"})
+
+
+@pytest.mark.parametrize("body, args", [
+    ({"status": "ok", "build": "\x1b]0;owned\x07"}, ["--expect-build", "abcdefabcdef"]),
+    ({"status": "degraded", "problems": ["\x1b[2J cleared"]}, []),
+    ({"status": "ok", "build": "\x1b]0;owned\x07"}, ["--skip-unauthenticated-check"]),
+])
+def test_smoke_prints_no_control_character_the_server_sent(body, args):
+    """What the server answers (a build, problems, a model name) reaches the terminal with its
+    control characters escaped, in the wait and FAIL lines of the postdeploy hook's path too:
+    an answer cannot write control sequences."""
+    _HostileHealth.body = body
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HostileHealth)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("AZURE_FUNCTION_URL", "EMBEDDINGS_API_KEY")}
+        env["EMBEDDINGS_API_KEY"] = _StubHandler.key
+        health_only = [] if "--skip-unauthenticated-check" in args else ["--health-only"]
+        proc = subprocess.run(
+            [sys.executable, str(SMOKE), "--url", f"http://127.0.0.1:{server.server_address[1]}",
+             "--timeout", "10", "--wait", "1", *health_only, *args],
+            capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    out = proc.stdout + proc.stderr
+    assert not any(c in out for c in "\x1b\x07"), out
+    assert "\\x1b" in out, out
+    assert proc.returncode == (0 if health_only == [] else 1), out
+
+
+def test_smoke_escapes_control_characters_only():
     smoke = load_smoke_module()
-    assert smoke.shown("all-MiniLM-L6-v2") == "all-MiniLM-L6-v2"
-    assert smoke.shown("x\x1b]0;owned\x07") == "'x\\x1b]0;owned\\x07'"
-    assert smoke.shown("é") == "'\\xe9'" and smoke.shown(None) == "None"
+    assert smoke.shown("all-MiniLM-L6-v2 … é") == "all-MiniLM-L6-v2 … é"
+    assert smoke.shown("x\x1b]0;owned\x07\x9b") == "x\\x1b]0;owned\\x07\\x9b"
+    assert smoke.shown(None) == "None"
+
 
 def _hook_commands(hook: Dict[str, Any], continue_on_error: bool = False) -> List[List[str]]:
     """An azure.yaml hook's commands: POSIX python3; Windows the py launcher if there is one
