@@ -96,12 +96,16 @@ def test_the_hint_names_the_callers_and_never_prints_a_key_the_user_set(env, sho
      "Not accepted: EMBEDDINGS_API_KEYS entry 2 (name 'bob') is shorter than 16 characters"),
     ({"EMBEDDINGS_API_KEYS": "@Microsoft.KeyVault(SecretUri=https://kv-x.vault.azure.net/secrets/k/)"},
      "Not accepted: EMBEDDINGS_API_KEYS is an unresolved Key Vault reference"),
+    ({"EMBEDDINGS_ENTRA_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47"},
+     "Configuration error: EMBEDDINGS_ENTRA_TENANT_ID is set but EMBEDDINGS_ENTRA_AUDIENCES is "
+     "empty"),
 ])
 def test_the_hint_says_at_start_what_the_app_would_refuse_at_the_first_request(env, first):
     """A wrong setting (every request a 500) or a refused key entry is said under "Serving",
     not only in the log of the first request; never with a key."""
     lines = hint(env, "127.0.0.1", 7071)
     assert lines[0].startswith(first), lines
+    assert ".." not in lines[0]
     text = "\n".join(lines)
     assert SECRET not in text and "short-key" not in text and "kv-x" not in text, text
     if "alice" in text:

@@ -755,10 +755,17 @@ def hint(env: Mapping[str, str], host: str, port: int) -> list[str]:
 
     try:
         Settings.from_env(env)
+        if env.get("EMBEDDINGS_ENTRA_TENANT_ID", "").strip():
+            from embedding_core.entra import EntraConfig
+
+            EntraConfig.from_env(env)
     except ValueError as exc:
-        return [f"Configuration error: {exc}. Every request answers 500 until it is fixed."]
+        return [f"Configuration error: {str(exc).rstrip('.')}. Every request answers 500 until "
+                "it is fixed."]
     # As the app reads them: where it refuses the development key, it is not offered here.
     keys, problems = parse_api_keys(env.get("EMBEDDINGS_API_KEYS", ""), hosted=hosted_on_azure(env))
+    if env.get("EMBEDDINGS_AUTH", "").strip().lower() == "disabled":
+        problems = ()                    # no key is asked for
     return [f"Not accepted: {problem.removeprefix('configuration error: ')}"
             for problem in problems] + _try_lines(env, host, port, keys, bool(problems))
 
