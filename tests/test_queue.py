@@ -1411,7 +1411,9 @@ def test_many_threads_with_failures_and_time_outs_each_get_one_answer_and_the_qu
             out = q.wait(job, timeout)
         except ApiError as e:
             answer(j, str(e.status))
-            if e.status not in (422, 503):
+            # A time-out only for the clients that give up within milliseconds: a request
+            # given 5 s that times out was left unanswered.
+            if e.status not in (422, 503) or e.status == 503 and timeout >= 1:
                 problems.append(("error", j, e.status, e.message))
             return
         except InferenceFailed:
