@@ -103,11 +103,11 @@ _MICROSOFT_RESOURCE_DOMAINS = (
     ".loganalytics.io", ".applicationinsights.io")
 
 
-
 def _looks_like_jwt(value: str) -> bool:
     """A JSON Web Token's shape (a JSON header in base64url, two dots), for a log line only: the
     Entra ID path checks tokens with entra.looks_like_jwt, which loads PyJWT."""
     return value.startswith("eyJ") and value.count(".") == 2
+
 
 class Authenticator:
     def __init__(self, settings: Settings, entra_validator: Any = None):
