@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,13 +33,14 @@ def serve(route: str, method: str, url: str, headers: Mapping[str, str],
           query: Mapping[str, str], body: bytes, route_params: Mapping[str, str],
           invocation: Any = None) -> tuple[int, dict[str, str], bytes]:
     """One request to ``route``: its status, headers and body."""
+    start = time.perf_counter()
     try:
         from .service import ApiRequest, dispatch
     except ImportError as exc:
         if _own_code(exc) and not _other_pythons():
             raise           # a bug in the app's own modules: the worker logs it as ever
         client_id = errors.safe_client_request_id(_header(headers, "x-ms-client-request-id"))
-        return _unloadable(exc, _openai_route(route, url), client_id)
+        return _unloadable(exc, _openai_route(route, url), client_id, start)
     res = dispatch(route, ApiRequest.from_url(method, url, headers, query, body, route_params,
                                               invocation=invocation))
     return res.status, res.headers, res.body
@@ -87,8 +89,8 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return next((v for k, v in headers.items() if k.lower() == name), None)
 
 
-def _unloadable(exc: ImportError, openai: bool,
-                client_id: str | None = None) -> tuple[int, dict[str, str], bytes]:
+def _unloadable(exc: ImportError, openai: bool, client_id: str | None,
+                start: float) -> tuple[int, dict[str, str], bytes]:
     """The 503 of a request while the packages cannot load, in the route's dialect (OpenAI's
     error shape under /v1 and /openai, as service.run_request renders it), with a request id."""
     running = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -115,4 +117,5 @@ def _unloadable(exc: ImportError, openai: bool,
                **({"x-ms-client-request-id": client_id} if client_id else {})}
     body = ({"error": {"message": err.message, "type": "server_error", "param": None,
                        "code": "service_unavailable"}} if openai else err.body())
+    headers["x-total-time"] = f"{(time.perf_counter() - start) * 1000:.1f}"   # as every answer
     return err.status, headers, json.dumps(body).encode()

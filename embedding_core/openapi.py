@@ -52,22 +52,28 @@ _WHEN = {
     401: "Credentials missing or invalid, or none configured on the server.",
     404: "Unknown deployment (`ModelNotFound`) or a deployment of the other modality "
          "(`ModalityNotSupported`).",
-    413: "Body over the route's byte limit, or one image over the decoded-image limit.",
+    413: "Body over the route's byte limit, one image over the decoded-image limit, or OpenAI "
+         "token ids whose text is over `EMBEDDINGS_MAX_BODY_BYTES`.",
     415: "A `Content-Type` that is present and not JSON, or a `Content-Encoding` other than "
          "`identity` (a compressed body).",
     422: "A field of the wrong type or value (`target` is its JSON path, e.g. `input[3]`), too "
          "many items, tokens or pixels (`InvalidParameter`); an input over the deployment's token "
          "limit without truncation (`InputTooLong`); a pass-through extra the deployment does "
          "not know (`UnsupportedParameter`).",
-    429: "The process's inference queue is full; retry after `Retry-After` seconds.",
+    429: "The process's inference queue is full, or could not finish the request within 3/4 of "
+         "`EMBEDDINGS_REQUEST_TIMEOUT_SECONDS` at its measured rate; retry after `Retry-After` "
+         "seconds.",
     499: "The request was still unfinished when the time-out its client sent "
          "(`x-stainless-read-timeout`, or `x-stainless-timeout` + 1 s) had passed, and was "
          "cancelled (`ClientClosedRequest`): the client has given up by then.",
     500: "An unexpected failure or a misconfigured server; the message carries only the request "
          "id.",
     503: "The model is missing or failed to load (`ModelUnavailable`), the request waited too "
-         "long and was cancelled, an Entra ID token could not be checked, or (`GET /health`) "
-         "every call would be refused for want of usable credentials (`ServiceUnavailable`).",
+         "long and was cancelled, an Entra ID token could not be checked, the server is "
+         "stopping, or (`GET /health`) every call would be refused for want of usable "
+         "credentials (`ServiceUnavailable`); with `Retry-After`. Without it, and with "
+         "`x-should-retry: false`: the app cannot load its packages (`ServiceUnavailable`; "
+         "waiting does not help, deploy the code again).",
 }
 
 _NOT_A_ROUTE = "A path that is no route (`NotFound`)."
@@ -194,6 +200,10 @@ class _Builder:
                               "required": False, "schema": {"type": "number", "minimum": 0}},
             "RetryAfter": {"description": "Seconds to wait before retrying.", "required": True,
                            "schema": {"type": "integer", "minimum": 1}},
+            "RetryAfterUnlessLasting": {
+                "description": "Seconds to wait before retrying; absent when waiting does not "
+                               "help (the app cannot load its packages).",
+                "required": False, "schema": {"type": "integer", "minimum": 1}},
             "WWWAuthenticate": {"description": "`Bearer`, or `Bearer error=\"invalid_token\"`.",
                                 "required": True,
                                 "schema": {"type": "string", "pattern": "^Bearer"}},
@@ -484,8 +494,10 @@ class _Builder:
                                            "schema": {"type": "string", "enum": e["azure"]}}}
             if status == 401:
                 headers["WWW-Authenticate"] = _ref("headers", "WWWAuthenticate")
-            if status in (429, 503):
+            if status == 429:
                 headers["Retry-After"] = _ref("headers", "RetryAfter")
+            elif status == 503:
+                headers["Retry-After"] = _ref("headers", "RetryAfterUnlessLasting")
             if dialect == "openai":
                 schema = {"allOf": [_ref("schemas", "OpenAI.ErrorResponse"), {
                     "type": "object", "properties": {"error": {"type": "object", "properties": {
@@ -586,7 +598,7 @@ class _Builder:
         op["operationId"] = "createAzureOpenAIEmbedding"
         op["summary"] = "Text embeddings, Azure OpenAI's path"
         op["description"] = ("What the `AzureOpenAI` client calls: the deployment is in the path "
-                             "(a body `model`, if any, must name the same one). "
+                             "(a body `model` is ignored, as on Azure OpenAI). "
                              + op["description"])
         # A segment that is not one deployment name ('a/b', '.', '') leaves the route: the
         # catch-all answers it, 404 `not_found`.

@@ -352,6 +352,9 @@ def test_packages_built_for_another_python_answer_503_saying_so(tmp_path):
         assert status == 503
         assert headers["X-Content-Type-Options"] == "nosniff"
         assert headers["x-should-retry"] == "false"      # a redeployment fixes it, not a retry
+        assert "Retry-After" not in headers               # (the OpenAPI document's 503 says so)
+        assert float(headers["x-total-time"]) >= 0        # as on every other answer
+        assert headers["x-ms-error-code"] == "ServiceUnavailable"
         assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])
         assert headers["x-ms-client-request-id"] == "c-12"        # echoed as every answer does
         # the Azure routes' error shape, and OpenAI's under /v1 and /openai (the SDK's
@@ -365,6 +368,32 @@ def test_packages_built_for_another_python_answer_503_saying_so(tmp_path):
             f"runs on Python {running} (module 'orjson.orjson' did not load). Deploy the code "
             "again, so that the build runs the app's Python version (docs/deploy.md, "
             '"Python version").')
+
+
+def test_the_packages_503_has_every_header_the_openapi_document_requires(tmp_path):
+    """Clients and gateways generated from /openapi.json check a 503's required headers: the
+    unloadable-packages answer (no Retry-After: waiting does not help) must still conform."""
+    from conftest import make_service
+    from embedding_core.service import ApiRequest
+    doc = make_service().handle("openapi.json", ApiRequest("GET", "/openapi.json", {})).json()
+    headers_doc = doc["components"]["headers"]
+
+    def required(path: str, method: str) -> set[str]:
+        declared = doc["paths"][path][method]["responses"]["503"]["headers"]
+        return {name for name, h in declared.items()
+                if headers_doc.get(h.get("$ref", "").rsplit("/", 1)[-1], h).get("required")}
+
+    pkg = tmp_path / "orjson"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise ImportError('broken')\n")
+    answers = _run_unloadable(tmp_path)
+    for (path, method), (status, headers, _) in zip(
+            (("/health", "get"), ("/embeddings", "post"), ("/v1/embeddings", "post")), answers):
+        assert status == 503
+        need = required(path, method)
+        assert "x-total-time" in need and "Retry-After" not in need
+        assert need <= set(headers), (path, need - set(headers))
+    assert headers_doc["RetryAfter"]["required"] is True      # 429's: always sent
 
 
 def test_a_broken_package_answers_503_saying_so_without_its_error_text(tmp_path):
