@@ -75,17 +75,25 @@ fuzz: install
 checkov:
 	bash tools/checkov.sh
 
-# One-time jobs need torch (local CPU wheel) and sentence-transformers: never runtime deps.
-.venv-tools/.installed: requirements-tools.txt
-	$(PYTHON) -m venv .venv-tools
-	.venv-tools/bin/python -m pip install -q torch==2.13.0
-	.venv-tools/bin/python -m pip install -q -r requirements-tools.txt
+# One-time jobs need torch and sentence-transformers: never runtime deps. torch comes from
+# PyTorch's CPU-only index (PyPI's Linux torch pulls in CUDA packages, gigabytes); where pip is
+# given a local CPU wheel (find-links), it is used. TORCH_INDEX= installs from pip's own index.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TOOLS_VENV := .venv-tools
+$(TOOLS_VENV)/.installed: requirements-tools.txt
+	@bash tools/venv.sh "$(PYTHON)" $(TOOLS_VENV) "$(origin PYTHON)"
+	$(TOOLS_VENV)/bin/python -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(TOOLS_VENV)/bin/python -m pip install -q -r requirements-tools.txt
 	touch $@
 
-tools-venv: .venv-tools/.installed
+ifeq ($(call stale,$(TOOLS_VENV)),stale)
+$(TOOLS_VENV)/.installed: FORCE
+endif
+
+tools-venv: $(TOOLS_VENV)/.installed
 
 reference: tools-venv
-	.venv-tools/bin/python scripts/make_text_reference.py
+	$(TOOLS_VENV)/bin/python scripts/make_text_reference.py
 
 calibrate: install
 	$(VENV)/bin/python scripts/calibrate.py
@@ -97,4 +105,4 @@ bench-smoke: install
 	bash bench/run.sh --smoke
 
 clean:
-	rm -rf $(VENV) $(CLIENTS_VENV) .venv-tools .venv-checkov .pytest_cache tests/clients/js/node_modules
+	rm -rf $(VENV) $(CLIENTS_VENV) $(TOOLS_VENV) .venv-checkov .pytest_cache tests/clients/js/node_modules
