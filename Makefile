@@ -75,15 +75,17 @@ fuzz: install
 checkov:
 	bash tools/checkov.sh
 
-# One-time jobs need torch and sentence-transformers: never runtime deps. torch comes from
-# PyTorch's CPU-only index (PyPI's Linux torch pulls in CUDA packages, gigabytes); where pip is
-# given a local CPU wheel (find-links), it is used. TORCH_INDEX= installs from pip's own index.
+# One-time jobs need torch and sentence-transformers: never runtime deps. torch itself comes
+# from PyTorch's CPU-only index (PyPI's Linux torch pulls in CUDA packages, gigabytes), its
+# dependencies from pip's own index with the rest. TORCH_INDEX= takes torch from pip's index too
+# (e.g. where a local CPU wheel is given to pip and the internet is not reachable).
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TOOLS_VENV := .venv-tools
 $(TOOLS_VENV)/.installed: requirements-tools.txt
 	@bash tools/venv.sh "$(PYTHON)" $(TOOLS_VENV) "$(origin PYTHON)"
-	$(TOOLS_VENV)/bin/python -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(TOOLS_VENV)/bin/python -m pip install -q -r requirements-tools.txt
+	$(TOOLS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TOOLS_VENV)/bin/python -m pip install -q --no-deps torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(TOOLS_VENV)/bin/python -m pip install -q torch==2.13.0 -r requirements-tools.txt
 	touch $@
 
 ifeq ($(call stale,$(TOOLS_VENV)),stale)

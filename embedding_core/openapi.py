@@ -71,9 +71,10 @@ _WHEN = {
     503: "The model is missing or failed to load (`ModelUnavailable`), the request waited too "
          "long and was cancelled, an Entra ID token could not be checked, the server is "
          "stopping, or (`GET /health`) every call would be refused for want of usable "
-         "credentials (`ServiceUnavailable`); with `Retry-After`. Without it, and with "
-         "`x-should-retry: false`: the app cannot load its packages (`ServiceUnavailable`; "
-         "waiting does not help, deploy the code again).",
+         "credentials (`ServiceUnavailable`): all with `Retry-After`. On any route, without "
+         "`Retry-After`: the app cannot load its packages (`ServiceUnavailable`; waiting does "
+         "not help, deploy the code again). `x-should-retry: false` where a retry cannot help "
+         "(that, or a model file missing or not the one the registry pins).",
 }
 
 _NOT_A_ROUTE = "A path that is no route (`NotFound`)."
@@ -91,8 +92,8 @@ _OPENAI_EMBEDDINGS = {400: ("InvalidRequestBody",), 401: None,
                       422: ("InvalidParameter", "InputTooLong"), 429: None, 499: None,
                       500: None, 503: None}
 _OPENAI_MODELS = {401: None, 500: None, 503: ("ServiceUnavailable",)}
-_UNPROTECTED = {500: None}
-_HEALTH = {500: None, 503: ("ServiceUnavailable",)}
+# Every route: the 503 of an app whose packages cannot load (entry.py), auth on or off.
+_UNPROTECTED = {500: None, 503: ("ServiceUnavailable",)}
 
 REF = "#/components/"
 
@@ -200,9 +201,9 @@ class _Builder:
                               "required": False, "schema": {"type": "number", "minimum": 0}},
             "RetryAfter": {"description": "Seconds to wait before retrying.", "required": True,
                            "schema": {"type": "integer", "minimum": 1}},
-            "RetryAfterUnlessLasting": {
-                "description": "Seconds to wait before retrying; absent when waiting does not "
-                               "help (the app cannot load its packages).",
+            "RetryAfterOptional": {
+                "description": "Seconds to wait before retrying; absent on the 503 of an app "
+                               "whose packages cannot load (waiting does not help).",
                 "required": False, "schema": {"type": "integer", "minimum": 1}},
             "WWWAuthenticate": {"description": "`Bearer`, or `Bearer error=\"invalid_token\"`.",
                                 "required": True,
@@ -468,8 +469,8 @@ class _Builder:
         """Error responses of one operation: per status, its body shape and headers."""
         by_status: dict[int, dict[str, Any]] = {}
         for azure_status, allowed in table.items():
-            if not self.auth and (azure_status == 401 or allowed == ("ServiceUnavailable",)):
-                continue  # only authentication raises these there
+            if not self.auth and azure_status == 401:
+                continue
             for code in allowed or ERROR_CODES[azure_status]:
                 exc = errors.ApiError(azure_status, code, "")
                 if dialect == "openai":
@@ -497,7 +498,7 @@ class _Builder:
             if status == 429:
                 headers["Retry-After"] = _ref("headers", "RetryAfter")
             elif status == 503:
-                headers["Retry-After"] = _ref("headers", "RetryAfterUnlessLasting")
+                headers["Retry-After"] = _ref("headers", "RetryAfterOptional")
             if dialect == "openai":
                 schema = {"allOf": [_ref("schemas", "OpenAI.ErrorResponse"), {
                     "type": "object", "properties": {"error": {"type": "object", "properties": {
@@ -572,11 +573,12 @@ class _Builder:
         return {
             "operationId": "getHealth", "tags": ["Service"], "summary": "Liveness",
             "description": "Cheap; never loads a model. No authentication. 503 while every "
-                           "call would be refused (no usable credentials).",
+                           "call would be refused (no usable credentials), or while the app "
+                           "cannot load its packages.",
             "security": [],
             "parameters": [_ref("parameters", "ClientRequestId")],
             "responses": {"200": self.ok("The deployments and the inference queue.", "Health"),
-                          **self.errors("azure", _HEALTH)}}
+                          **self.errors("azure", _UNPROTECTED)}}
 
     def openai_embeddings(self) -> dict[str, Any]:
         return {
