@@ -106,6 +106,15 @@ def export(model: TwoHeads, path: Path) -> None:
     prog.save(str(path), external_data=False)
     m = onnx.load(str(path))
     onnx.checker.check_model(m, full_check=True)
+    # The exporter annotates each node with debugging metadata: the Python stack trace that made
+    # it (absolute paths of this checkout and of the virtualenv), FX node text, module names.
+    # None of it is read at run time; kept, it would put the build machine's paths in the
+    # shipped file and make a rebuild in another directory give another sha256.
+    for node in m.graph.node:
+        del node.metadata_props[:]
+    for fn in m.functions:
+        for node in fn.node:
+            del node.metadata_props[:]
     # Give the symbolic batch dimension a stable, readable name.
     for vi in list(m.graph.input) + list(m.graph.output):
         d0 = vi.type.tensor_type.shape.dim[0]
