@@ -81,7 +81,7 @@ checkov:
 # (e.g. where a local CPU wheel is given to pip and the internet is not reachable).
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TOOLS_VENV := .venv-tools
-$(TOOLS_VENV)/.installed: requirements-tools.txt
+$(TOOLS_VENV)/.installed: requirements-tools.txt requirements-tools.lock
 	@bash tools/venv.sh "$(PYTHON)" $(TOOLS_VENV) "$(origin PYTHON)"
 	$(TOOLS_VENV)/bin/python -m pip install -q --upgrade pip
 	$(TOOLS_VENV)/bin/python -m pip install -q --no-deps torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
