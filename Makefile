@@ -4,7 +4,7 @@ VENV := .venv
 PORT ?= 7071
 HOST ?= 127.0.0.1
 
-.PHONY: FORCE install serve test clients-venv js-clients fuzz checkov bench bench-smoke tools-venv calibrate reference clean
+.PHONY: FORCE install serve test clients-venv js-clients fuzz checkov bench bench-smoke tools-venv calibrate reference reproduce clean
 
 # `make serve` installs what serving needs (requirements-serve.txt: ~460 MB, ~25 s here);
 # `make test` adds the test toolchain (requirements-dev.txt) to the same virtualenv.
@@ -96,6 +96,11 @@ tools-venv: $(TOOLS_VENV)/.installed
 
 reference: tools-venv
 	$(TOOLS_VENV)/bin/python scripts/make_text_reference.py
+
+# Every committed data file rebuilt from its script in a temporary clone of HEAD and compared
+# with the commit (scripts/reproduce.py; about 3 minutes here).
+reproduce: install tools-venv
+	$(TOOLS_VENV)/bin/python scripts/reproduce.py
 
 calibrate: install
 	$(VENV)/bin/python scripts/calibrate.py

@@ -1,0 +1,115 @@
+"""What `make reproduce` (scripts/reproduce.py) accepts as the same file when it rebuilds the data
+files: the rules applied to the committed files, changed as a rebuild on another CPU changes them
+(last bits of fp32 outputs and measurements) and as a wrong rebuild would (anything else).
+`make reproduce` itself runs the scripts (minutes, torch): CI runs it."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import DATA, ROOT
+
+spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
+reproduce = importlib.util.module_from_spec(spec)
+sys.modules["reproduce"] = reproduce          # dataclasses look their module up
+spec.loader.exec_module(reproduce)
+
+MINILM = ROOT / "embedding_core" / "models" / "all-MiniLM-L6-v2"
+EFFNET = ROOT / "embedding_core" / "models" / "efficientnet-lite0"
+
+
+def status(path, committed: bytes, rebuilt: bytes) -> str:
+    return reproduce.compare(str(path.relative_to(ROOT)), committed, rebuilt)[0]
+
+
+def test_the_same_bytes_are_identical():
+    data = (MINILM / "calibration.json").read_bytes()
+    assert status(MINILM / "calibration.json", data, data) == "identical"
+
+
+def test_pytorch_reference_vectors_may_differ_in_their_last_bits_only():
+    path = DATA / "minilm_reference.json"
+    ref = json.loads(path.read_text(encoding="utf-8"))
+
+    def with_first_vector(delta: float) -> bytes:
+        other = json.loads(json.dumps(ref))
+        other["embeddings"][0] = [x + delta for x in other["embeddings"][0]]
+        return json.dumps(other).encode()
+
+    assert status(path, path.read_bytes(), with_first_vector(2e-7)) == "close"
+    assert status(path, path.read_bytes(), with_first_vector(1e-3)) == "DIFFERENT"
+    fewer = json.loads(json.dumps(ref))
+    fewer["texts"] = fewer["texts"][1:]
+    assert status(path, path.read_bytes(), json.dumps(fewer).encode()) == "DIFFERENT"
+
+
+def test_base64_float32_vectors_are_compared_as_numbers():
+    path = DATA / "images" / "reference.json"
+    ref = json.loads(path.read_text(encoding="utf-8"))
+    name = next(iter(ref["photos"]))
+
+    def with_vector(scale: float, shift: float) -> bytes:
+        other = json.loads(json.dumps(ref))
+        v = np.frombuffer(base64.b64decode(other["photos"][name]["embedding"]), "<f4") * scale + shift
+        other["photos"][name]["embedding"] = base64.b64encode(v.astype("<f4").tobytes()).decode()
+        return json.dumps(other).encode()
+
+    assert status(path, path.read_bytes(), with_vector(1.0, 1e-7)) == "close"
+    assert status(path, path.read_bytes(), with_vector(1.0, 1e-3)) == "DIFFERENT"
+    assert status(path, path.read_bytes(), with_vector(-1.0, 0.0)) == "DIFFERENT"
+
+
+def test_a_provenance_file_may_differ_in_its_measurements_not_in_its_text_or_sizes():
+    path = EFFNET / "PROVENANCE.md"
+    text = path.read_text(encoding="utf-8")
+    old_gap = next(line for line in text.splitlines() if line.startswith("| embedding |"))
+    noisy = text.replace(old_gap, old_gap.replace("1.", "1.1", 1))      # a noise-floor figure
+    assert noisy != text
+    assert status(path, text.encode(), noisy.encode()) == "close"
+    size = next(line for line in text.splitlines() if line.startswith("| bytes |"))
+    assert status(path, text.encode(), text.replace(size, size[:-3] + "9 |").encode()) == "DIFFERENT"
+    assert status(path, text.encode(), text.replace("dynamo exporter", "TorchScript exporter").encode()) \
+        == "DIFFERENT"
+    minilm = (MINILM / "PROVENANCE.md").read_text(encoding="utf-8")
+    assert "min 0.9986314" in minilm
+    assert status(MINILM / "PROVENANCE.md", minilm.encode(),
+                  minilm.replace("min 0.9986314", "min 0.9986315").encode()) == "close"
+    assert status(MINILM / "PROVENANCE.md", minilm.encode(),
+                  minilm.replace("min 0.9986314", "min 0.9950000").encode()) == "DIFFERENT"
+
+
+def test_a_model_with_other_bytes_passes_only_with_the_same_outputs():
+    import onnx
+
+    path = EFFNET / "model.onnx"
+    committed = path.read_bytes()
+    model = onnx.load_from_string(committed)
+    model.doc_string += " (rebuilt)"
+    assert status(path, committed, model.SerializeToString()) == "equivalent"
+    bias = next(i for i in model.graph.initializer if i.name.endswith("bias") and i.dims)
+    values = onnx.numpy_helper.to_array(bias).copy()
+    values[0] += 1.0
+    bias.CopyFrom(onnx.numpy_helper.from_array(values, bias.name))
+    assert status(path, committed, model.SerializeToString()) == "DIFFERENT"
+
+
+@pytest.mark.parametrize("name", ["classes.txt", "class_embeddings.npy"])
+def test_other_files_must_be_identical_or_numerically_close(name):
+    path = ROOT / "embedding_core" / "models" / "imagenet" / name
+    data = path.read_bytes()
+    if name.endswith(".npy"):
+        import io
+
+        m = np.load(io.BytesIO(data))
+        for delta, expected in ((1e-7, "close"), (1e-3, "DIFFERENT")):
+            buf = io.BytesIO()
+            np.save(buf, (m + delta).astype(m.dtype))
+            assert status(path, data, buf.getvalue()) == expected
+    else:
+        assert status(path, data, data.replace(b"tench", b"Tench", 1)) == "DIFFERENT"
