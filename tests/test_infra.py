@@ -1069,8 +1069,8 @@ def test_a_deployment_without_the_current_keys_never_replaces_them():
         for names in ("primary", "primary,alice"):
             assert secret_deployment(unknown, marked, names) == (None, None), (unknown, names)
     # With the current value (azd with AZURE_KEY_VAULT_NAME), it is kept and names are added,
-    # and the marker is not written again.
-    assert secret_deployment(first, marked) == (first, None)
+    # and the marker is not written again; with no name to add, the secret is not written.
+    assert secret_deployment(first, marked) == (None, None)
     with_alice, again = secret_deployment(first, marked, "primary,alice")
     assert with_alice.startswith(first + ",alice:") and again is None
     # A short unnamed key an operator put in the vault is no longer replaced either.
@@ -1078,6 +1078,23 @@ def test_a_deployment_without_the_current_keys_never_replaces_them():
     # Tag names are case-insensitive in Azure, and so is ARM's contains() on object keys.
     shouted = {"Embeddings-API-Keys-KV-Test": "true"}
     assert secret_deployment(AZD_PLACEHOLDER, shouted) == (None, None)
+
+
+def test_a_deployment_that_adds_no_name_leaves_the_secret_as_it_is():
+    # An operator removed a leaked key in the vault; a later deployment given the value read
+    # before that (a parameters file, an old shell variable) must not write it back, and an
+    # unchanged secret gets no new version (the vault's audit log shows real changes only).
+    issued, tags = secret_deployment("", {}, "primary,alice")
+    [(n1, _), (n2, _)] = entries(issued)
+    assert (n1, n2) == ("primary", "alice")
+    for names in ("primary,alice", "alice", "Alice, primary", "primary,,alice"):
+        assert secret_deployment(issued, tags, names) == (None, None), names
+    # A JSON-object value (the operator's own format, names never added) is never rewritten.
+    as_json = '{"primary": "' + "c" * 40 + '"}'
+    assert secret_deployment(as_json, tags, "primary,bob") == (None, None)
+    # Adding a name writes the value it was given plus the new key: pass the current value.
+    with_bob, _ = secret_deployment(issued, tags, "primary,alice,bob")
+    assert with_bob.startswith(issued + ",bob:")
 
 
 def test_the_marker_is_per_vault_and_only_the_first_deployment_issues_without_it():
@@ -1374,8 +1391,9 @@ def test_azure_yaml_service_matches_infra():
     assert set(api["hooks"]) == {"prepackage"}        # --record-build (the post-deploy check)
     assert {k: v for k, v in api.items() if k != "hooks"} == {
         "project": ".", "language": "python", "host": "function"}
-    # .funcignore is honoured from azd 1.18.0 (Azure/azure-dev#5383)
-    assert doc["requiredVersions"] == {"azd": ">= 1.18.0"}
+    # .funcignore is honoured from azd 1.18.0 (Azure/azure-dev#5383); the pwsh hooks fall back
+    # to Windows PowerShell 5.1 from 1.18.2 (Azure/azure-dev#5570)
+    assert doc["requiredVersions"] == {"azd": ">= 1.18.2"}
     assert parse(MAIN)["modules"]["functionApp"]["config"]["params"]["serviceName"] == "api"
 
 

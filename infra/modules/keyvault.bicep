@@ -134,7 +134,13 @@ resource auditLog 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = i
   }
 }
 
-resource apiKeySecret 'Microsoft.KeyVault/vaults/secrets@2024-11-01' = if (!leaveSecretAlone) {
+// The secret is written only when this deployment changes it: the first time (no value kept) or
+// when it adds a name. Rewriting an unchanged value would add a secret version on every
+// provision, and a stale embeddingsApiKey (read before a key was removed in the vault, kept in a
+// parameters file) would bring the removed key back.
+var writeSecret = (!leaveSecretAlone) && (empty(keptApiKeys) || ((!startsWith(keptApiKeys, '{')) && (!empty(allAdditions))))
+
+resource apiKeySecret 'Microsoft.KeyVault/vaults/secrets@2024-11-01' = if (writeSecret) {
   // checkov:skip=CKV_AZURE_114: contentType is set below; checkov does not read the properties of a conditional (if) resource, and passes this check once the condition is removed.
   // checkov:skip=CKV_AZURE_41: An expiry date would make the Key Vault reference stop resolving and silently lock every client out; keys are rotated on demand (see docs/deploy.md, "Rotate a caller's key") instead of expiring.
   parent: vault
