@@ -16,9 +16,15 @@ if [ "${1:-}" = "--smoke" ]; then
   .venv/bin/python bench/image_memory.py --quick --out "${out%.json}-image-memory.json"
   exit 0
 fi
-# Telemetry on vs off, in-process, and the cold start (bench/telemetry.json).
-.venv/bin/python bench/telemetry_overhead.py
-.venv/bin/python bench/bench.py "$@"
-.venv/bin/python bench/soak.py --out bench/soak.json
-.venv/bin/python bench/tokenize_cases.py --out bench/tokenize_cases.json
-.venv/bin/python bench/image_memory.py --out bench/image_memory.json
+# Every file of a full run goes to a new directory (git-ignored; BENCH_DIR= chooses another):
+# the committed results under bench/ are the runs the docs cite, never overwritten. Copy a run
+# there (e.g. bench/results-<cpu>-<n>.json) to cite it.
+dir="${BENCH_DIR:-bench/runs/$(date -u +%Y%m%d-%H%M%S)}"
+mkdir -p "$dir"
+echo "make bench: writing $dir/"
+# Telemetry on vs off, in-process, and the cold start.
+.venv/bin/python bench/telemetry_overhead.py --out "$dir/telemetry.json"
+.venv/bin/python bench/bench.py --out "$dir/results.json" "$@"
+.venv/bin/python bench/soak.py --out "$dir/soak.json"
+.venv/bin/python bench/tokenize_cases.py --out "$dir/tokenize_cases.json"
+.venv/bin/python bench/image_memory.py --out "$dir/image_memory.json"

@@ -230,7 +230,9 @@ def main() -> None:
     ap.add_argument("--on-first", action="store_true", help="run with the tuning on first")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="an extra environment variable for the server (both runs)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "soak.json"))
+    run_dir = ROOT / "bench" / "runs" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    ap.add_argument("--out", default=str(run_dir / "soak.json"),
+                        help="default: a new directory under bench/runs/ (git-ignored)")
     args = ap.parse_args()
     if args.smoke:
         args.cycles, args.burst, args.idle, args.clients = 2, 6.0, 4.0, 4
@@ -247,6 +249,7 @@ def main() -> None:
                          label))
     text = report(runs, args)
     print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "runs": runs,
                                           "table_markdown": text}, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """What telemetry costs: throughput with telemetry on vs off, and the cold start.
 
-    .venv/bin/python bench/telemetry_overhead.py            # ~10 minutes, writes bench/telemetry.json
+    .venv/bin/python bench/telemetry_overhead.py            # ~10 minutes, writes bench/runs/<time>/telemetry.json
     .venv/bin/python bench/telemetry_overhead.py --smoke    # seconds (CI), no cold start
 
 Throughput: the service in-process (``EmbeddingService.embeddings``, real models, one client:
@@ -364,7 +364,9 @@ def report(r: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "telemetry.json"))
+    run_dir = ROOT / "bench" / "runs" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    ap.add_argument("--out", default=str(run_dir / "telemetry.json"),
+                        help="default: a new directory under bench/runs/ (git-ignored)")
     ap.add_argument("--rounds", type=int, default=None, help="off/on pairs per workload")
     ap.add_argument("--repeats", type=int, default=5, help="cold starts per mode")
     ap.add_argument("--only", choices=("throughput", "cold"), default=None)
@@ -383,6 +385,7 @@ def main() -> None:
             r["cold_start"] = cold_start(args.repeats)
     r["machine"] = {"python": sys.version.split()[0], "cpus": os.cpu_count(),
                     "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(r, indent=2) + "\n")
     print(report(r))
     print(f"written: {args.out}")
