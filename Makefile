@@ -98,7 +98,7 @@ reference: tools-venv
 	$(TOOLS_VENV)/bin/python scripts/make_text_reference.py
 
 # Every committed data file rebuilt from its script in a temporary clone of HEAD and compared
-# with the commit (scripts/reproduce.py; about 3 minutes here).
+# with the commit (scripts/reproduce.py; about 2 minutes here).
 reproduce: install tools-venv
 	$(TOOLS_VENV)/bin/python scripts/reproduce.py
 

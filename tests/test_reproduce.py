@@ -113,3 +113,45 @@ def test_other_files_must_be_identical_or_numerically_close(name):
             assert status(path, data, buf.getvalue()) == expected
     else:
         assert status(path, data, data.replace(b"tench", b"Tench", 1)) == "DIFFERENT"
+
+
+def test_non_finite_values_and_other_checksums_are_differences():
+    path = DATA / "images" / "reference.json"
+    ref = json.loads(path.read_text(encoding="utf-8"))
+    name = next(iter(ref["photos"]))
+    nan = json.loads(json.dumps(ref))
+    v = np.full_like(np.frombuffer(base64.b64decode(ref["photos"][name]["embedding"]), "<f4"), np.nan)
+    nan["photos"][name]["embedding"] = base64.b64encode(v.tobytes()).decode()
+    assert status(path, path.read_bytes(), json.dumps(nan).encode()) == "DIFFERENT"
+    # A sha256 is valid base64 too: it is compared as text, never as a vector.
+    other = json.loads(json.dumps(ref))
+    key = next(k for k, v in other["_provenance"].items() if isinstance(v, str) and len(v) == 64)
+    other["_provenance"][key] = "0" * 64
+    assert status(path, path.read_bytes(), json.dumps(other).encode()) == "DIFFERENT"
+
+
+def test_a_checksum_of_a_rebuilt_file_that_passed_is_read_as_the_committed_one():
+    import hashlib
+
+    provenance = EFFNET / "PROVENANCE.md"
+    text = provenance.read_text(encoding="utf-8")
+    model = (EFFNET / "model.onnx").read_bytes()
+    old_sha, old_size = hashlib.sha256(model).hexdigest(), len(model)
+    new_sha, new_size = "f" * 64, old_size + 10
+    rebuilt = text.replace(old_sha, new_sha).replace(str(old_size), str(new_size)).encode()
+    assert reproduce.compare("embedding_core/models/efficientnet-lite0/PROVENANCE.md",
+                             text.encode(), rebuilt)[0] == "DIFFERENT"
+    renamed = {new_sha: old_sha, str(new_size): str(old_size)}
+    assert reproduce.compare("embedding_core/models/efficientnet-lite0/PROVENANCE.md",
+                             text.encode(), rebuilt, renamed)[0] == "close"
+    # The held-out reference states the digest of its own vectors: a rebuild whose vectors are
+    # close states another digest, which is accepted with them.
+    path = DATA / "minilm_heldout_reference.json"
+    ref = json.loads(path.read_text(encoding="utf-8"))
+    vecs = [np.frombuffer(base64.b64decode(e), "<f4") + np.float32(1e-7) for e in ref["embeddings_f32"]]
+    near = json.loads(json.dumps(ref))
+    near["embeddings_f32"] = [base64.b64encode(x.astype("<f4").tobytes()).decode() for x in vecs]
+    near["_provenance"]["embeddings_sha256"] = hashlib.sha256(b"".join(x.astype("<f4").tobytes() for x in vecs)).hexdigest()
+    assert status(path, path.read_bytes(), json.dumps(near).encode()) == "close"
+    near["_provenance"]["embeddings_sha256"] = "0" * 64
+    assert status(path, path.read_bytes(), json.dumps(near).encode()) == "DIFFERENT"
