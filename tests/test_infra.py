@@ -1092,6 +1092,9 @@ def test_a_deployment_that_adds_no_name_leaves_the_secret_as_it_is():
     # A JSON-object value (the operator's own format, names never added) is never rewritten.
     as_json = '{"primary": "' + "c" * 40 + '"}'
     assert secret_deployment(as_json, tags, "primary,bob") == (None, None)
+    # A vault's first deployment (no marker yet) writes the secret even when given a value
+    # that adds no name (an azd environment that still names another vault), and marks it.
+    assert secret_deployment(issued, {}, "primary,alice") == (issued, tags)
     # Adding a name writes the value it was given plus the new key: pass the current value.
     with_bob, _ = secret_deployment(issued, tags, "primary,alice,bob")
     assert with_bob.startswith(issued + ",bob:")

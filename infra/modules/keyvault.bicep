@@ -134,11 +134,13 @@ resource auditLog 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = i
   }
 }
 
-// The secret is written only when this deployment changes it: the first time (no value kept) or
-// when it adds a name. Rewriting an unchanged value would add a secret version on every
-// provision, and a stale embeddingsApiKey (read before a key was removed in the vault, kept in a
-// parameters file) would bring the removed key back.
-var writeSecret = (!leaveSecretAlone) && (empty(keptApiKeys) || ((!startsWith(keptApiKeys, '{')) && (!empty(allAdditions))))
+// The secret is written only when this deployment changes it: the first time for this vault (no
+// marker yet, or no value kept) or when it adds a name. Rewriting an unchanged value would add a
+// secret version on every provision, and a stale embeddingsApiKey (read before a key was removed
+// in the vault, kept in a parameters file) would bring the removed key back. Without the marker
+// it is written even when given a value (e.g. an azd environment still naming another vault),
+// so a new vault never stays without its secret.
+var writeSecret = (!leaveSecretAlone) && ((!keysIssuedBefore) || empty(keptApiKeys) || ((!startsWith(keptApiKeys, '{')) && (!empty(allAdditions))))
 
 resource apiKeySecret 'Microsoft.KeyVault/vaults/secrets@2024-11-01' = if (writeSecret) {
   // checkov:skip=CKV_AZURE_114: contentType is set below; checkov does not read the properties of a conditional (if) resource, and passes this check once the condition is removed.
