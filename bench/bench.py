@@ -362,7 +362,7 @@ def largest_inputs() -> int:
     return min(s.max_inputs, s.max_request_tokens // 256)
 
 
-def largest_request(w: dict, others: list[str] = ()) -> dict:
+def largest_request(w: dict, others: tuple[str, ...] | list[str] = ()) -> dict:
     """The largest request the default limits allow (EMBEDDINGS_MAX_REQUEST_TOKENS of 256-token
     inputs, at most EMBEDDINGS_MAX_INPUTS), in a fresh server: seconds and peak RSS (MiB), on the
     default deployment, and under "others" on each deployment named (the limits are the same)."""

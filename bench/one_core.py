@@ -109,7 +109,9 @@ def in_process_singles(w: dict, rounds: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default=str(ROOT / "bench" / "one-core.json"))
+    run_dir = ROOT / "bench" / "runs" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    parser.add_argument("--out", default=str(run_dir / "one-core.json"),
+                        help="default: a new directory under bench/runs/ (git-ignored)")
     parser.add_argument("--singles-rounds", type=int, default=4)
     parser.add_argument("--in-process-only", action="store_true",
                         help="only the in-process singles, on the CPUs given; JSON on the last line")
@@ -137,6 +139,7 @@ def main() -> None:
                           "in-process, no HTTP": in_process_singles(w, args.singles_rounds)}
     out["fairness"] = [bench.fairness(w, 256, 40) for _ in range(2)]
     out["largest"] = bench.largest_request(w)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
 
