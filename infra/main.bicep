@@ -250,6 +250,7 @@ module functionApp 'modules/functionapp.bicep' = {
     deploymentContainerUrl: storage.outputs.deploymentContainerUrl
     applicationInsightsConnectionString: monitoring.outputs.connectionString
     apiKeySecretUri: keyVault.outputs.apiKeySecretUri
+    hasApiKeys: keyVault.outputs.hasApiKeys
     pythonVersion: pythonVersion
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount

@@ -1116,6 +1116,67 @@ def test_the_marker_is_per_vault_and_only_the_first_deployment_issues_without_it
     assert tags is not None
 
 
+def has_api_keys(current: str, resource_group_tags: Optional[Dict[str, str]],
+                 names: str) -> bool:
+    """Whether the deployment gives the app its Key Vault reference (keyvault.bicep's
+    hasApiKeys output, which main.bicep passes to the function app)."""
+    from bicep_eval import Evaluator
+
+    group: Dict[str, Any] = {"name": "rg-test", "location": "swedencentral"}
+    if resource_group_tags is not None:
+        group["tags"] = resource_group_tags
+    tree = parse(KV_PATH)
+    assert tree["outputs"]["hasApiKeys"]["value"] == "hasApiKeys"
+    ev = Evaluator(tree, dict(KV_FIXED, currentApiKeys=current, apiKeyNames=names),
+                   resource_group=group)
+    return ev.variable("hasApiKeys")
+
+
+def test_an_entra_only_deployment_has_no_secret_and_names_added_later_get_keys():
+    # EMBEDDINGS_API_KEY_NAMES set to "" (or to commas and blanks): Microsoft Entra ID only.
+    # Before, the first such deployment wrote an empty secret and marked the group; azd reads
+    # an empty secret back as a random password ("has empty value"), so the marker made every
+    # later deployment leave the secret alone and a name added later never got a key.
+    group = {"azd-env-name": "dev"}
+    for names in ("", ",", " , "):
+        for current in (AZD_PLACEHOLDER, "", "  "):
+            assert secret_deployment(current, group, names) == (None, None), (names, current)
+            assert not has_api_keys(current, group, names)
+    # Adding a name later, from any azd environment: the key is issued and the group marked.
+    value, tags = secret_deployment(AZD_PLACEHOLDER, group, "primary")
+    [(name, key)] = entries(value)
+    assert name == "primary" and len(key) == 64
+    assert tags == {**group, "embeddings-api-keys-kv-test": "true"}
+    assert has_api_keys(AZD_PLACEHOLDER, group, "primary")
+    # Once marked, a deployment without the value still gives the app its reference (the keys
+    # stay in the vault), even with the names emptied.
+    for names in ("primary", ""):
+        assert secret_deployment(AZD_PLACEHOLDER, tags, names) == (None, None)
+        assert has_api_keys(AZD_PLACEHOLDER, tags, names)
+    # A secret put by hand in a vault without the marker is left alone and not used while no
+    # name is listed; listing one keeps its entries (read back by azd) and adds the name's key.
+    by_hand = "ops:" + "d" * 40
+    assert secret_deployment(by_hand, group, ",") == (None, None)
+    assert not has_api_keys(by_hand, group, ",")
+    value, tags = secret_deployment(by_hand, group, "primary")
+    assert value.startswith(by_hand + ",primary:") and tags is not None
+
+
+def test_the_app_gets_the_key_vault_reference_only_when_there_are_keys():
+    from bicep_eval import Evaluator
+    tree = parse(MODULES / "functionapp.bicep")
+    assert tree["parameters"]["hasApiKeys"]["default"] is None   # main.bicep must pass it
+    required = {name: "x" for name, spec in tree["parameters"].items() if spec.get("default") is None}
+    got = {}
+    for keys in (True, False):
+        ev = Evaluator(tree, dict(required, hasApiKeys=keys, apiKeySecretUri="https://kv/secrets/s"))
+        got[keys] = {item["name"]: item["value"] for item in ev.variable("apiKeySettings")}
+    assert got == {True: {"EMBEDDINGS_API_KEYS": "@Microsoft.KeyVault(SecretUri=https://kv/secrets/s)"},
+                   False: {}}
+    main_fa = parse(MAIN)["modules"]["functionApp"]["config"]["params"]
+    assert render(main_fa["hasApiKeys"]) == "keyVault.outputs.hasApiKeys"
+
+
 def test_keys_from_older_templates_and_other_formats():
     # A plain key of 32+ characters (the old manual path used secrets.token_hex(32)) is kept
     # as an unnamed entry next to the new named one.

@@ -31,6 +31,9 @@ param applicationInsightsConnectionString string
 @description('Versionless Key Vault secret URI holding EMBEDDINGS_API_KEYS.')
 param apiKeySecretUri string
 
+@description('Whether the secret holds API keys. False (Microsoft Entra ID only, no key names): EMBEDDINGS_API_KEYS is not set.')
+param hasApiKeys bool
+
 @allowed([
   '3.11'
   '3.12'
@@ -123,13 +126,15 @@ var monitoringSettings = [
   }
 ]
 
-// API key(s): Key Vault reference, resolved with keyVaultReferenceIdentity.
-var apiKeySettings = [
+// API key(s): Key Vault reference, resolved with keyVaultReferenceIdentity. None when the
+// deployment has no keys (Entra ID only): a reference to a secret that does not exist would stay
+// unresolved, which the app reports as a configuration error.
+var apiKeySettings = hasApiKeys ? [
   {
     name: 'EMBEDDINGS_API_KEYS'
     value: '@Microsoft.KeyVault(SecretUri=${apiKeySecretUri})'
   }
-]
+] : []
 
 // Entra ID bearer-token auth is switched on by EMBEDDINGS_ENTRA_TENANT_ID; the app then
 // refuses to start without audiences. So the settings are only written when at least

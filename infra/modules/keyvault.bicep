@@ -134,13 +134,25 @@ resource auditLog 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = i
   }
 }
 
+// Whether apiKeyNames names anyone. Without a name (Microsoft Entra ID only) and without the
+// marker, the deployment has no keys: it writes no secret, sets no marker and gives the app no
+// EMBEDDINGS_API_KEYS. An empty secret would stay empty for good: azd reads an empty secret back
+// as a random password (secretOrRandomPassword, "has empty value"), which the marker would make
+// every later deployment leave alone, so a name added later would never get a key. A secret
+// put in such a vault by hand is not used until a name is listed.
+var keyNamesGiven = !empty(join(wantedNames, ''))
+
 // The secret is written only when this deployment changes it: the first time for this vault (no
-// marker yet, or no value kept) or when it adds a name. Rewriting an unchanged value would add a
+// marker yet, a name given) or when it adds a name. Rewriting an unchanged value would add a
 // secret version on every provision, and a stale embeddingsApiKey (read before a key was removed
 // in the vault, kept in a parameters file) would bring the removed key back. Without the marker
 // it is written even when given a value (e.g. an azd environment still naming another vault),
 // so a new vault never stays without its secret.
-var writeSecret = (!leaveSecretAlone) && ((!keysIssuedBefore) || empty(keptApiKeys) || ((!startsWith(keptApiKeys, '{')) && (!empty(allAdditions))))
+var writeSecret = (!leaveSecretAlone) && (keysIssuedBefore ? ((!startsWith(keptApiKeys, '{')) && (!empty(allAdditions))) : keyNamesGiven)
+
+// Whether the app is given the Key Vault reference: the secret holds keys once this deployment
+// is done. Not derived from the secret's value, so it may be an output.
+var hasApiKeys = keysIssuedBefore || keyNamesGiven
 
 resource apiKeySecret 'Microsoft.KeyVault/vaults/secrets@2024-11-01' = if (writeSecret) {
   // checkov:skip=CKV_AZURE_114: contentType is set below; checkov does not read the properties of a conditional (if) resource, and passes this check once the condition is removed.
@@ -156,9 +168,9 @@ resource apiKeySecret 'Microsoft.KeyVault/vaults/secrets@2024-11-01' = if (write
   }
 }
 
-// The marker, after the secret has its keys. Tags written by a template replace the resource
-// group's tags, so the existing ones are carried over.
-resource keysIssuedMarker 'Microsoft.Resources/tags@2024-03-01' = if (!keysIssuedBefore) {
+// The marker, after the secret has its keys (not for a deployment without keys). Tags written by
+// a template replace the resource group's tags, so the existing ones are carried over.
+resource keysIssuedMarker 'Microsoft.Resources/tags@2024-03-01' = if ((!keysIssuedBefore) && keyNamesGiven) {
   name: 'default'
   properties: {
     tags: union(resourceGroupTags, { '${keysIssuedTag}': 'true' })
@@ -174,3 +186,5 @@ output uri string = vault.properties.vaultUri
 // Versionless URI (the app always resolves the latest secret version), built from the vault,
 // since the secret resource is not part of a deployment that leaves it alone.
 output apiKeySecretUri string = '${vault.properties.vaultUri}secrets/${apiKeySecretName}'
+// False for a deployment without keys (Entra ID only): the app then gets no EMBEDDINGS_API_KEYS.
+output hasApiKeys bool = hasApiKeys
