@@ -1,15 +1,41 @@
 """Benchmark workloads, deterministic and offline (stdlib docstrings, odd positions: the
-calibration uses the even ones)."""
+output-range calibration, scripts/calibrate.py, uses the even ones). The quality set leaves out
+every text that contains, or is contained in, one of the texts the int8 models were calibrated
+on (scripts/measure_minilm_fidelity.py's calibration_texts())."""
 
 from __future__ import annotations
 
+import functools
 import random
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from tools.corpus import stdlib_docstrings  # noqa: E402
+
+
+@functools.lru_cache(maxsize=1)
+def _calibration() -> tuple[str, ...]:
+    from measure_minilm_fidelity import calibration_texts
+
+    return tuple(" ".join(c.split()) for c in calibration_texts())
+
+
+def overlaps_calibration(texts: list[str]) -> list[bool]:
+    """For each text, whether it contains, or is contained in, a text the int8 models were
+    calibrated on (whitespace collapsed, as both corpora are)."""
+    calibration = _calibration()
+    return [any(c in t or t in c for c in calibration) for t in (" ".join(x.split()) for x in texts)]
+
+
+def docstring_retrieval() -> dict[str, list[str]]:
+    """~500 query/document pairs from held-out docstrings (measure_minilm_fidelity)."""
+    from measure_minilm_fidelity import retrieval_pairs
+
+    return retrieval_pairs()
 
 
 def build(n_short: int, n_mixed: int, n_quality: int) -> dict[str, list[str]]:
@@ -27,10 +53,19 @@ def build(n_short: int, n_mixed: int, n_quality: int) -> dict[str, list[str]]:
     # inputs that all reach the 256-token limit (truncated): the largest requests, fairness
     longest = [" ".join(words[(i * 200 + k) % len(words)] for k in range(200))
                for i in range(2048)]
-    # quality: held-out docstrings (odd positions, from the end) and a fifth of mixed lengths
-    quality = corpus[-(n_quality - n_quality // 5):]
-    for _ in range(n_quality // 5):
-        k = rng.randint(5, 190)
-        start = rng.randrange(0, len(words) - k)
-        quality.append(" ".join(words[start:start + k]))
+    # quality: held-out docstrings (odd positions, from the end) and a fifth of mixed lengths,
+    # none overlapping a calibration text
+    quality: list[str] = []
+    if n_quality:
+        tail = corpus[::-1]
+        kept = [t for t, o in zip(tail, overlaps_calibration(tail)) if not o]
+        quality = kept[:n_quality - n_quality // 5][::-1]
+        windows: list[str] = []
+        while len(windows) < n_quality // 5:
+            k = rng.randint(5, 190)
+            start = rng.randrange(0, len(words) - k)
+            window = " ".join(words[start:start + k])
+            if not overlaps_calibration([window])[0]:
+                windows.append(window)
+        quality += windows
     return {"short": short, "mixed": mixed, "longest": longest, "quality": quality}

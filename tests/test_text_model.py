@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import DATA
+from conftest import DATA, ROOT
 from embedding_core.encodings import FORMATS, encode, to_ubinary, to_uint8
 from embedding_core.errors import ApiError
 
@@ -278,6 +279,32 @@ def test_default_retrieves_what_the_exact_model_retrieves(registry):
         top[name] = np.argmax(q @ d.T, axis=1)
     assert np.array_equal(top[EXACT], np.arange(len(spec["queries"])))       # 32/32
     assert np.array_equal(top[DEFAULT], top[EXACT])
+
+
+def test_default_ranks_held_out_docstrings_as_the_exact_model_does(registry):
+    """A harder set than retrieval.json's 32 pairs: each held-out docstring's first sentence
+    against the rest of every docstring (~510; sentence-transformers puts the right one first
+    for ~42 %). Measured on Python 3.11.7: rank-1 213 against 214 of 511 (4 queries right only
+    with -exact, 3 only with the default), the same first document for 495, MRR 0.5566 against
+    0.5579; on 3.12.1's docstrings 213 and 213 of 510, 497 the same."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from measure_minilm_fidelity import retrieval_pairs
+
+    pairs = retrieval_pairs()
+    n = len(pairs["queries"])
+    assert n >= 400
+    top, rank1, mrr = {}, {}, {}
+    for name in DEPLOYMENTS:
+        backend = registry.backend(registry.find(name))
+        scores = backend.encode(pairs["queries"]).vectors @ backend.encode(pairs["documents"]).vectors.T
+        own = scores[np.arange(n), np.arange(n)]
+        top[name] = np.argmax(scores, axis=1)
+        rank1[name] = int(np.sum(top[name] == np.arange(n)))
+        mrr[name] = float(np.mean(1.0 / (np.sum(scores > own[:, None], axis=1) + 1)))
+    assert rank1[EXACT] >= 0.35 * n
+    assert abs(rank1[DEFAULT] - rank1[EXACT]) <= max(2, n // 100), rank1
+    assert np.sum(top[DEFAULT] == top[EXACT]) >= 0.95 * n
+    assert abs(mrr[DEFAULT] - mrr[EXACT]) <= 0.005, mrr
 
 
 @pytest.mark.parametrize("truncate", ["END", "START"])
