@@ -227,7 +227,7 @@ def main() -> None:
     if args.largest:
         results["largest"] = r = largest(request, args.images)
         print(f"largest: {r['images']} x {r['dearest']}: {r['status']} in {r['wall_s']:.1f} s "
-              f"({r['process_cpu_s']:.1f} s CPU), peak RSS {r['peak_rss_mb']:.0f} MB; a one-image "
+              f"({r['process_cpu_s']:.1f} s CPU), peak RSS {r['peak_rss_mb']:.0f} MiB; a one-image "
               f"request meanwhile p50 {r['one_image_during']['p50_ms']:.0f} ms (alone "
               f"{r['one_image_alone_p50_ms']:.0f}), max {r['one_image_during']['max_ms']:.0f} ms, "
               f"{r['one_image_during']['n']} requests, status {r['one_image_during']['statuses']}; "

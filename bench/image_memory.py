@@ -209,7 +209,7 @@ def child(path: str, fmt: str) -> None:
 
 def run(names: list[str]) -> list[dict]:
     rows = []
-    print("| image | size | mode | encoded | peak growth MB | estimate MiB | s | outcome |")
+    print("| image | size | mode | encoded | peak growth MiB | estimate MiB | s | outcome |")
     print("|---|---|---|---|---|---|---|---|")
     for name in names:
         path, fmt = cached(name)

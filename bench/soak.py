@@ -89,7 +89,7 @@ def rss_mb(pid: int) -> float:
 
 
 def rss_breakdown(pid: int) -> dict:
-    """RSS by kind of mapping (MB): glibc's main heap, its other arenas (anonymous heaps
+    """RSS by kind of mapping (MiB): glibc's main heap, its other arenas (anonymous heaps
     reserved 64 MiB-aligned, counted), other anonymous memory (mmapped blocks, Python's and
     onnxruntime's own allocations, model weights) and files."""
     regions, cur = [], None
@@ -180,8 +180,8 @@ def soak(env: dict[str, str], mix, cycles: int, burst_s: float, idle_s: float, c
             after_burst.append(rss_mb(pid))
             time.sleep(idle_s)
             after_idle.append(rss_mb(pid))
-            print(f"[soak {label}] cycle {c + 1}/{cycles}: after burst {after_burst[-1]:.0f} MB, "
-                  f"after idle {after_idle[-1]:.0f} MB", file=sys.stderr, flush=True)
+            print(f"[soak {label}] cycle {c + 1}/{cycles}: after burst {after_burst[-1]:.0f} MiB, "
+                  f"after idle {after_idle[-1]:.0f} MiB", file=sys.stderr, flush=True)
         breakdown = rss_breakdown(pid)
     finally:
         stop_sampling.set()
@@ -202,8 +202,8 @@ def report(runs: list[dict], args) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in runs:
         ab, ai = r["after_burst_mb"], r["after_idle_mb"]
-        lines.append(f"| {r['label']} | {r['loaded_mb']:.0f} MB | {r['peak_mb']:.0f} MB | "
-                     f"{ab[0]:.0f} / {max(ab):.0f} MB | {ai[0]:.0f} / {max(ai):.0f} / {ai[-1]:.0f} MB | "
+        lines.append(f"| {r['label']} | {r['loaded_mb']:.0f} MiB | {r['peak_mb']:.0f} MiB | "
+                     f"{ab[0]:.0f} / {max(ab):.0f} MiB | {ai[0]:.0f} / {max(ai):.0f} / {ai[-1]:.0f} MiB | "
                      f"{sum(r['requests'].values())} | "
                      + ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items())) + " |")
     lines += ["", "RSS after the last idle period, by kind of mapping (glibc arenas are the anonymous "
@@ -212,8 +212,8 @@ def report(runs: list[dict], args) -> str:
               "|---|---|---|---|---|"]
     for r in runs:
         b = r["after_idle_breakdown"]
-        lines.append(f"| {r['label']} | {b['main_heap_mb']:.0f} MB | {b['arena_heaps_mb']:.0f} MB "
-                     f"({b['arenas']}) | {b['anon_other_mb']:.0f} MB | {b['files_mb']:.0f} MB |")
+        lines.append(f"| {r['label']} | {b['main_heap_mb']:.0f} MiB | {b['arena_heaps_mb']:.0f} MiB "
+                     f"({b['arenas']}) | {b['anon_other_mb']:.0f} MiB | {b['files_mb']:.0f} MiB |")
     return "\n".join(lines)
 
 

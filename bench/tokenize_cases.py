@@ -163,7 +163,7 @@ def main() -> None:
     if args.only:
         names = [n for n in names if any(o in n for o in args.only)]
     rows = []
-    print("| case | truncate | wall s | CPU s | peak RSS growth MB | chars in | chars tokenised | outcome |")
+    print("| case | truncate | wall s | CPU s | peak RSS growth MiB | chars in | chars tokenised | outcome |")
     print("|---|---|---|---|---|---|---|---|")
     for name in names:
         res = subprocess.run([sys.executable, __file__, "--child", name], cwd=ROOT,
