@@ -24,7 +24,7 @@ param principalId string = ''
 @description('Current value of the embeddings-api-key secret (EMBEDDINGS_API_KEYS), whose entries are kept. azd reads it back with secretOrRandomPassword. Empty on a first manual deployment; on later ones pass the current value.')
 param embeddingsApiKey string = ''
 
-@description('Comma-separated names of the callers that get an API key, e.g. "primary,alice" (letters, digits, ".", "_", "-"; 1-64 characters each). A deployment adds a key for every name not yet in the secret; it never changes or removes an existing entry.')
+@description('Comma-separated names of the callers that get an API key, e.g. "primary,alice" (letters, digits, ".", "_", "-"; 1-64 characters each). A deployment adds a key for every name not yet in the secret; it never changes or removes an existing entry. No name at all (e.g. ","; azd substitutes primary for an empty value) and no keys issued before: no API keys, Microsoft Entra ID only.')
 param apiKeyNames string = 'primary'
 
 @description('Entra ID tenant whose tokens the app accepts. Empty = subscription().tenantId.')
@@ -144,6 +144,14 @@ var tags = {
 var functionAppName = 'func-api-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
 var apiKeySecretName = 'embeddings-api-key'
+// Whether this deployment was given keys to keep (azd read the secret back): the rule of
+// keyvault.bicep's keptApiKeys (a named entry, or a value of 32+ characters; azd's 15-character
+// placeholder is not kept). With the module's hasApiKeys (the marker or a name) it decides whether
+// the app gets the Key Vault reference: a group that lost its marker, provisioned with no name,
+// keeps serving the keys it was given. One bit of the secret's value, which the app's settings
+// show anyway; passed as a module parameter, never an output.
+var apiKeysGiven = contains(embeddingsApiKey, ':') || length(trim(embeddingsApiKey)) >= 32
+
 var effectiveTenantId = empty(entraTenantId) ? subscription().tenantId : entraTenantId
 // The deploying cloud's Entra ID endpoint (login.microsoftonline.com in public Azure,
 // login.microsoftonline.us in Azure Government, ...); no hard-coded host (Bicep linter
@@ -250,7 +258,7 @@ module functionApp 'modules/functionapp.bicep' = {
     deploymentContainerUrl: storage.outputs.deploymentContainerUrl
     applicationInsightsConnectionString: monitoring.outputs.connectionString
     apiKeySecretUri: keyVault.outputs.apiKeySecretUri
-    hasApiKeys: keyVault.outputs.hasApiKeys
+    hasApiKeys: (keyVault.outputs.hasApiKeys) || apiKeysGiven
     pythonVersion: pythonVersion
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount

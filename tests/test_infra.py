@@ -1132,6 +1132,37 @@ def has_api_keys(current: str, resource_group_tags: Optional[Dict[str, str]],
     return ev.variable("hasApiKeys")
 
 
+def keys_given(current: str) -> bool:
+    """main.bicep's apiKeysGiven: whether the deployment was given keys to keep."""
+    from bicep_eval import Evaluator
+
+    tree = parse(MAIN)
+    required = {n: "x" for n, spec in tree["parameters"].items() if spec.get("default") is None}
+    ev = Evaluator(tree, dict(required, embeddingsApiKey=current, entraTenantId="t"),
+                   resource_group={"name": "rg-test", "location": "swedencentral"})
+    return ev.variable("apiKeysGiven")
+
+
+def app_gets_reference(current: str, resource_group_tags: Optional[Dict[str, str]],
+                       names: str) -> bool:
+    """Whether the function app is given EMBEDDINGS_API_KEYS (main.bicep's hasApiKeys)."""
+    main_fa = parse(MAIN)["modules"]["functionApp"]["config"]["params"]
+    assert render(main_fa["hasApiKeys"]) == "or(keyVault.outputs.hasApiKeys, apiKeysGiven)"
+    return has_api_keys(current, resource_group_tags, names) or keys_given(current)
+
+
+def test_main_tells_kept_keys_by_the_key_vault_module_rule():
+    # main.bicep repeats keyvault.bicep's keptApiKeys rule (the module may not output a bit of
+    # the secret's value): both must agree on what is a value to keep.
+    from bicep_eval import Evaluator
+    for current in ("", "  ", AZD_PLACEHOLDER, "Xy7Qw2Er5Ty8Ui1", "ops:" + "d" * 40, "a:b",
+                    "0123456789abcdef" * 2, "0123456789abcdef" * 2 + "\n", " " * 40,
+                    '{"primary": "' + "c" * 40 + '"}', "x" * 31):
+        ev = Evaluator(parse(KV_PATH), dict(KV_FIXED, currentApiKeys=current, apiKeyNames=","),
+                       resource_group={"name": "rg-test", "location": "swedencentral"})
+        assert keys_given(current) == (ev.variable("keptApiKeys") != ""), repr(current)
+
+
 def test_an_entra_only_deployment_has_no_secret_and_names_added_later_get_keys():
     # EMBEDDINGS_API_KEY_NAMES set to "" (or to commas and blanks): Microsoft Entra ID only.
     # Before, the first such deployment wrote an empty secret and marked the group; azd reads
@@ -1141,25 +1172,27 @@ def test_an_entra_only_deployment_has_no_secret_and_names_added_later_get_keys()
     for names in ("", ",", " , "):
         for current in (AZD_PLACEHOLDER, "", "  "):
             assert secret_deployment(current, group, names) == (None, None), (names, current)
-            assert not has_api_keys(current, group, names)
+            assert not app_gets_reference(current, group, names)
     # Adding a name later, from any azd environment: the key is issued and the group marked.
     value, tags = secret_deployment(AZD_PLACEHOLDER, group, "primary")
     [(name, key)] = entries(value)
     assert name == "primary" and len(key) == 64
     assert tags == {**group, "embeddings-api-keys-kv-test": "true"}
-    assert has_api_keys(AZD_PLACEHOLDER, group, "primary")
+    assert app_gets_reference(AZD_PLACEHOLDER, group, "primary")
     # Once marked, a deployment without the value still gives the app its reference (the keys
     # stay in the vault), even with the names emptied.
     for names in ("primary", ""):
         assert secret_deployment(AZD_PLACEHOLDER, tags, names) == (None, None)
-        assert has_api_keys(AZD_PLACEHOLDER, tags, names)
-    # A secret put by hand in a vault without the marker is left alone and not used while no
-    # name is listed; listing one keeps its entries (read back by azd) and adds the name's key.
+        assert app_gets_reference(AZD_PLACEHOLDER, tags, names)
+    # Keys read back by azd from a group without the marker (it lost the tag; or a secret put
+    # there by hand) are kept and served with no name listed, and the group marked again;
+    # listing a name keeps them and adds its key.
     by_hand = "ops:" + "d" * 40
-    assert secret_deployment(by_hand, group, ",") == (None, None)
-    assert not has_api_keys(by_hand, group, ",")
+    marked = {**group, "embeddings-api-keys-kv-test": "true"}
+    assert secret_deployment(by_hand, group, ",") == (by_hand, marked)
+    assert app_gets_reference(by_hand, group, ",")
     value, tags = secret_deployment(by_hand, group, "primary")
-    assert value.startswith(by_hand + ",primary:") and tags is not None
+    assert value.startswith(by_hand + ",primary:") and tags == marked
 
 
 def test_the_app_gets_the_key_vault_reference_only_when_there_are_keys():
@@ -1174,7 +1207,7 @@ def test_the_app_gets_the_key_vault_reference_only_when_there_are_keys():
     assert got == {True: {"EMBEDDINGS_API_KEYS": "@Microsoft.KeyVault(SecretUri=https://kv/secrets/s)"},
                    False: {}}
     main_fa = parse(MAIN)["modules"]["functionApp"]["config"]["params"]
-    assert render(main_fa["hasApiKeys"]) == "keyVault.outputs.hasApiKeys"
+    assert render(main_fa["hasApiKeys"]) == "or(keyVault.outputs.hasApiKeys, apiKeysGiven)"
 
 
 def test_keys_from_older_templates_and_other_formats():

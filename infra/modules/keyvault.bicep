@@ -14,8 +14,9 @@
 // secret alone instead of replacing it with new keys (which would lock every caller out): azd
 // reads the value back only when AZURE_KEY_VAULT_NAME is set, and a fresh azd environment (a
 // new clone, a CI runner) does not have it; a manual deployment may omit it. ARM cannot test
-// whether a secret exists, so the first deployment marks the resource group with a tag
-// (keysIssuedTag), which every later deployment reads through resourceGroup().
+// whether a secret exists, so the first deployment that writes keys marks the resource group with
+// a tag (keysIssuedTag), which every later deployment reads through resourceGroup(). With no name
+// and no keys to keep (Microsoft Entra ID only) nothing is written or marked.
 param name string
 param location string
 param tags object
@@ -31,7 +32,7 @@ param apiKeySecretName string
 @description('Current value of the secret (azd reads it back with secretOrRandomPassword). Empty, or an unnamed value shorter than minimumKeyLength (azd\'s first-run random password), means there are no keys yet.')
 param currentApiKeys string = ''
 
-@description('Comma-separated caller names that must have a key, e.g. "primary,alice" (letters, digits, ".", "_", "-"; 1-64 characters each). Blanks are ignored.')
+@description('Comma-separated caller names that must have a key, e.g. "primary,alice" (letters, digits, ".", "_", "-"; 1-64 characters each). Blanks are ignored; none at all (e.g. ",") with no keys to keep: no API keys, Microsoft Entra ID only.')
 param apiKeyNames string = 'primary'
 
 @description('Resource ID of the Log Analytics workspace that receives the vault\'s audit log (every access, reads of the API-key secret included). Empty: none.')
@@ -134,24 +135,26 @@ resource auditLog 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = i
   }
 }
 
-// Whether apiKeyNames names anyone. Without a name (Microsoft Entra ID only) and without the
-// marker, the deployment has no keys: it writes no secret, sets no marker and gives the app no
-// EMBEDDINGS_API_KEYS. An empty secret would stay empty for good: azd reads an empty secret back
-// as a random password (secretOrRandomPassword, "has empty value"), which the marker would make
-// every later deployment leave alone, so a name added later would never get a key. A secret
-// put in such a vault by hand is not used until a name is listed.
+// Whether apiKeyNames names anyone. A deployment without a name (Microsoft Entra ID only) and
+// without the marker, given no keys to keep, has no keys: it writes no secret, sets no marker and
+// the app gets no EMBEDDINGS_API_KEYS (main.bicep). An empty secret would stay empty for good:
+// azd reads an empty secret back as a random password (secretOrRandomPassword, "has empty
+// value"), which the marker would make every later deployment leave alone, so a name added
+// later would never get a key.
 var keyNamesGiven = !empty(join(wantedNames, ''))
 
 // The secret is written only when this deployment changes it: the first time for this vault (no
-// marker yet, a name given) or when it adds a name. Rewriting an unchanged value would add a
-// secret version on every provision, and a stale embeddingsApiKey (read before a key was removed
-// in the vault, kept in a parameters file) would bring the removed key back. Without the marker
-// it is written even when given a value (e.g. an azd environment still naming another vault),
-// so a new vault never stays without its secret.
-var writeSecret = (!leaveSecretAlone) && (keysIssuedBefore ? ((!startsWith(keptApiKeys, '{')) && (!empty(allAdditions))) : keyNamesGiven)
+// marker yet, with a name or keys to keep) or when it adds a name. Rewriting an unchanged value
+// would add a secret version on every provision, and a stale embeddingsApiKey (read before a key
+// was removed in the vault, kept in a parameters file) would bring the removed key back. Without
+// the marker it is written even when given a value that adds no name (e.g. an azd environment
+// still naming another vault, or a group that lost its marker), so a vault never stays without
+// its secret and the group is marked again.
+var writeSecret = (!leaveSecretAlone) && (keysIssuedBefore ? ((!startsWith(keptApiKeys, '{')) && (!empty(allAdditions))) : (keyNamesGiven || (!empty(keptApiKeys))))
 
-// Whether the app is given the Key Vault reference: the secret holds keys once this deployment
-// is done. Not derived from the secret's value, so it may be an output.
+// Whether the secret holds keys once this deployment is done, as far as can be told without its
+// value: the marker or a name. main.bicep adds "given keys to keep" (a bit of the secret's
+// value, so not an output here) before it decides whether the app gets the Key Vault reference.
 var hasApiKeys = keysIssuedBefore || keyNamesGiven
 
 resource apiKeySecret 'Microsoft.KeyVault/vaults/secrets@2024-11-01' = if (writeSecret) {
@@ -170,7 +173,7 @@ resource apiKeySecret 'Microsoft.KeyVault/vaults/secrets@2024-11-01' = if (write
 
 // The marker, after the secret has its keys (not for a deployment without keys). Tags written by
 // a template replace the resource group's tags, so the existing ones are carried over.
-resource keysIssuedMarker 'Microsoft.Resources/tags@2024-03-01' = if ((!keysIssuedBefore) && keyNamesGiven) {
+resource keysIssuedMarker 'Microsoft.Resources/tags@2024-03-01' = if ((!keysIssuedBefore) && writeSecret) {
   name: 'default'
   properties: {
     tags: union(resourceGroupTags, { '${keysIssuedTag}': 'true' })
@@ -186,5 +189,5 @@ output uri string = vault.properties.vaultUri
 // Versionless URI (the app always resolves the latest secret version), built from the vault,
 // since the secret resource is not part of a deployment that leaves it alone.
 output apiKeySecretUri string = '${vault.properties.vaultUri}secrets/${apiKeySecretName}'
-// False for a deployment without keys (Entra ID only): the app then gets no EMBEDDINGS_API_KEYS.
+// The marker or a name (see hasApiKeys above); main.bicep adds whether keys were given to keep.
 output hasApiKeys bool = hasApiKeys
