@@ -142,8 +142,8 @@ def retrieval_pairs(max_tokens: int = MAX_TOKENS) -> dict[str, list[str]]:
     """Query/document pairs from the HELDOUT_MODULES' docstrings: the query is a docstring's
     first sentence (4-30 words), its document the rest of the docstring (at least 15 words, cut
     to its first 100); pairs with a text over ``max_tokens`` tokens are left out, so the model
-    truncates nothing. Each query's
-    own document is the right answer among all of them (~510 pairs on Python 3.11-3.12)."""
+    truncates nothing. Each query's own document is the right answer among all of them (~510
+    pairs on Python 3.11-3.12)."""
     tok = load_tokenizer()
     tok.no_truncation()
     queries: list[str] = []
