@@ -54,7 +54,7 @@ def build(n_short: int, n_mixed: int, n_quality: int) -> dict[str, list[str]]:
     longest = [" ".join(words[(i * 200 + k) % len(words)] for k in range(200))
                for i in range(2048)]
     # quality: held-out docstrings (odd positions, from the end) and a fifth of mixed lengths,
-    # none overlapping a calibration text
+    # none containing, or contained in, a calibration text (shared runs of words are not checked)
     quality: list[str] = []
     if n_quality:
         tail = corpus[::-1]
