@@ -14,7 +14,7 @@ and stayed there. Three mechanisms keep freed memory in the process:
 * **No trimming.** Free pages inside the arenas are only returned by ``malloc_trim``.
 
 * **onnxruntime's CPU arena** keeps the buffers of the largest run for the session's life
-  (~170 MB after image batches). Turning it off costs 5-65 % more CPU per text run, the more the
+  (~170 MiB after image batches). Turning it off costs 5-65 % more CPU per text run, the more the
   larger the run (measured: with the mmap threshold below, each large buffer is mapped anew),
   so it stays on and is shrunk when idle instead.
 
@@ -29,11 +29,11 @@ onnxruntime session: one tiny inference with arena shrinkage; the OpenVINO long-
 ``EMBEDDINGS_MEMORY_TUNING=off`` turns all of it off (the soak compares both).
 
 Measured (bench/soak.py, 3 cycles of 40 s bursts of mixed traffic, 8 clients, then 10 s idle;
-RSS after idle): defaults 554-573 MB (17 arena heaps holding 305 MB, ~150 MB more in
-onnxruntime's arenas); everything on 208-210 MB (2 heaps, 71 MB); on but glibc's 8 arenas per
-core 208-209 MB (trimming frees them too); on but glibc's dynamic mmap threshold 212-215 MB; on
-but never idle-trimmed (no arena shrink, no malloc_trim) 393-396 MB. Peak RSS: 646 MB with the
-defaults, 472 MB tuned. Throughput: no difference measurable on the shared 2-core machine (the
+RSS after idle): defaults 554-573 MiB (17 arena heaps holding 305 MiB, ~150 MiB more in
+onnxruntime's arenas); everything on 208-210 MiB (2 heaps, 71 MiB); on but glibc's 8 arenas per
+core 208-209 MiB (trimming frees them too); on but glibc's dynamic mmap threshold 212-215 MiB; on
+but never idle-trimmed (no arena shrink, no malloc_trim) 393-396 MiB. Peak RSS: 646 MiB with the
+defaults, 472 MiB tuned. Throughput: no difference measurable on the shared 2-core machine (the
 request count of identical soak runs varied by +-25 %; in-process, 8 threads of mixed requests
 took 53-63 s of CPU either way).
 

@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 
 AMX_FLAG = "amx_bf16"
 # Below this much memory for the process (MiB; its cgroup's limit or the machine's), long inputs
-# stay on ONNX Runtime. Not derived from one measurement: OpenVINO adds ~225 MB for the process's
-# life, and the README's soak peaked at 730 MB with it (484 without); 1,536 is about twice that
+# stay on ONNX Runtime. Not derived from one measurement: OpenVINO adds ~225 MiB for the process's
+# life, and the README's soak peaked at 730 MiB with it (484 without); 1,536 is about twice that
 # peak, room for the Functions host, image decoding and bursts. Flex instances fall wide of it
 # on either side: 512 MB (784 with the platform's 272) below, 2,048 (2,320) above.
 LONG_INPUT_MIN_MEMORY_MB = 1536

@@ -256,7 +256,8 @@ def check_answer(req: Req, dialect: str, status: int, headers: dict[str, str], b
     if status == 431:
         # Headers over the host's limit (several 9,000-character values drawn at once): the host
         # answers itself, as the Functions host would, so the app and its request id never see
-        # it. Only that, in the same JSON error shape.
+        # it. Only that, in the same JSON error shape. The host's limit is its default: LiveServer
+        # starts it without the caller's LOCAL_HOST_* settings.
         head = len(req.target()) + sum(len(k) + len(v.encode("latin-1")) + 4
                                        for k, v in req.headers.items())
         assert head > HostLimits.max_header_bytes - 256, where   # + Host, Content-Length

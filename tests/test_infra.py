@@ -667,7 +667,7 @@ def test_http_concurrency_follows_the_instance_size_unless_set():
 
 
 def test_long_inputs_stay_on_onnx_runtime_on_512_mb_instances():
-    """OpenVINO (long inputs on AMX CPUs) holds ~225 MB more and peaks ~250 MB higher than a 512 MB
+    """OpenVINO (long inputs on AMX CPUs) holds ~225 MiB more and peaks ~250 MiB higher than a 512 MB
     instance has: the template turns it off there, in a value the app accepts, and leaves the
     app's default at the other sizes."""
     from bicep_eval import Evaluator

@@ -426,8 +426,8 @@ def test_long_inputs_runtime_follows_the_cpu_and_the_setting(text_backend, ort_o
                                                     (2320, True), (None, True)])
 def test_long_inputs_stay_on_onnx_runtime_where_memory_is_small(registry, monkeypatch, caplog,
                                                                usable_mb, on_openvino):
-    """On a CPU with AMX, OpenVINO would hold ~225 MB more for the process's life and peak at
-    ~730 MB in the soak: a 512 MB Flex instance (784 MB with the platform's 272) or a small
+    """On a CPU with AMX, OpenVINO would hold ~225 MiB more for the process's life and peak at
+    ~730 MiB in the soak: a 512 MB Flex instance (784 MB with the platform's 272) or a small
     container keeps its long inputs on ONNX Runtime. Nothing is compiled here."""
     from embedding_core import openvino_session, settings as settings_module
     from embedding_core.settings import Settings

@@ -187,7 +187,7 @@ var inferenceWorkerSettings = (inferenceWorkers > 0) ? [
 ] : []
 
 // On CPUs with AMX the default deployment runs inputs of 129+ tokens on OpenVINO, which holds
-// ~225 MB more for the process's life and peaks ~250 MB higher (docs/benchmarks.md, "Memory over time"):
+// ~225 MiB more for the process's life and peaks ~250 MiB higher (docs/benchmarks.md, "Memory over time"):
 // more than a 512 MB instance has. The app also keeps them on ONNX Runtime wherever it sees less
 // than 1,536 MiB (cgroup limit or the machine's), but whether a Flex instance shows its size to the
 // process is not documented, so the template says it. Other sizes keep the app's default (auto).
