@@ -416,7 +416,8 @@ def quality(w: dict, deployments: list[str], ref: Reference | None) -> dict:
             own = scores[np.arange(len(q)), np.arange(len(q))]
             ranks = np.sum(scores > own[:, None], axis=1) + 1
             top = np.argmax(scores, axis=1)
-            return top, {"rank1": int(np.sum(top == np.arange(len(q)))),
+            # Rank-1 and MRR by one rule: the own document's rank counts strictly higher scores.
+            return top, {"rank1": int(np.sum(ranks == 1)),
                          "mrr": float(np.mean(1.0 / ranks)), "of": len(q)}
 
         ref_top = None
