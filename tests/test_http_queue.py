@@ -85,6 +85,21 @@ def test_admission_is_bounded_by_queued_tokens(server):
     assert embed(server, [f"x {LONG}"] * 30, PASS, truncate="END")[0] == 200   # admitted now
 
 
+
+def test_admission_is_refused_in_openais_words_on_the_openai_route(server):
+    """The openai SDK reads the 429 as its RateLimitError, with OpenAI's code and type."""
+    big = Big(server)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.embeddings.create(model="all-MiniLM-L6-v2", input=["x " * 250] * 30)   # +7,560
+    assert big.done()[0] == 200
+    err = refused.value
+    assert (err.status_code, err.code, err.type) == (429, "rate_limit_exceeded", "requests")
+    assert int(err.response.headers["retry-after"]) >= 1
+    assert len(client.embeddings.create(model="all-MiniLM-L6-v2", input=["x " * 250] * 30).data) \
+        == 30                                                                 # admitted now
+
+
 def test_a_request_over_the_token_cap_is_refused_naming_the_cap(server):
     status, _, body = embed(server, [f"{i} {LONG}" for i in range(80)], PASS, truncate="END")
     assert status == 422 and body["error"]["code"] == "InvalidParameter"
