@@ -100,6 +100,18 @@ def test_admission_is_refused_in_openais_words_on_the_openai_route(server):
         == 30                                                                 # admitted now
 
 
+
+def test_a_request_refused_while_tokenising_leaves_nothing_held(server):
+    """An input over the model's limit is found while the request is prepared: its 4xx must
+    give back what admission held for it, or each such request would shrink the queue for
+    everyone after it until the process restarts."""
+    for _ in range(3):
+        status, headers, body = embed(server, ["fine", LONG])
+        assert status == 422 and body["error"]["code"] == "InputTooLong", body
+    state = queue_state(server)
+    assert state["preparing_tokens"] == 0 and state["requests"] == 0, state
+
+
 def test_a_request_over_the_token_cap_is_refused_naming_the_cap(server):
     status, _, body = embed(server, [f"{i} {LONG}" for i in range(80)], PASS, truncate="END")
     assert status == 422 and body["error"]["code"] == "InvalidParameter"
