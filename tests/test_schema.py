@@ -75,6 +75,24 @@ def test_error_messages_do_not_echo_unbounded_client_text():
     assert len(e.value.message) < 300 and "\x00" not in e.value.message
 
 
+def test_error_messages_echo_control_and_format_characters_as_question_marks():
+    """Within the part that is echoed: a NUL, CR/LF or a bidi override from a client must not
+    reach a log line or a terminal that prints the message (h_mut1: only the clipping was
+    tested, with the NUL past it)."""
+    with pytest.raises(ApiError) as e:
+        schema.check_api_version({"api-version": "x\x00y\r\nz\u202e"})
+    assert "x?y??z?" in e.value.message
+    assert not any(c in e.value.message for c in "\x00\r\n\u202e")
+
+
+def test_a_body_of_exactly_the_limit_is_parsed_and_one_byte_more_is_413():
+    body = b'{"input": ["a"]}'.ljust(2048)                   # JSON allows trailing whitespace
+    assert schema.parse_body(body, 2048, 4)["input"] == ["a"]
+    with pytest.raises(ApiError) as e:
+        schema.parse_body(body + b" ", 2048, 4)
+    assert e.value.status == 413
+
+
 @pytest.mark.parametrize("value, shown", [
     (None, "(got null)"), ("abc", '(got string "abc")'), (1.5, "(got number 1.5)"),
     (True, "(got boolean true)"), (-3, "(got integer -3)"), ({"a": 1}, "(got an object)"),
