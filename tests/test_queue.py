@@ -1111,6 +1111,8 @@ def test_stop_fails_queued_requests_and_joins_the_worker():
     # mallopt takes a C int: 2**32 would reach glibc as 0
     ({"EMBEDDINGS_MALLOC_MMAP_THRESHOLD": str(2**32)}, "EMBEDDINGS_MALLOC_MMAP_THRESHOLD must be <= 2147483647"),
     ({"EMBEDDINGS_MALLOC_ARENA_MAX": str(2**31)}, "EMBEDDINGS_MALLOC_ARENA_MAX must be <= 2147483647"),
+    # Retry-After: 0 would have clients (and a failed model load's retries) come back at once
+    ({"EMBEDDINGS_RETRY_AFTER_SECONDS": "0"}, "EMBEDDINGS_RETRY_AFTER_SECONDS must be >= 1"),
 ])
 def test_settings_that_could_never_work_are_refused(env, message):
     from embedding_core.settings import Settings
@@ -1118,6 +1120,39 @@ def test_settings_that_could_never_work_are_refused(env, message):
     with pytest.raises(ValueError) as exc:
         Settings.from_env(env)
     assert message in str(exc.value)
+
+
+def test_request_pixels_may_equal_image_pixels():
+    """The refusal of request pixels below image pixels tells operators to lower both: equal
+    values must then be accepted (h_mut1)."""
+    from embedding_core.settings import Settings
+
+    s = Settings.from_env({"EMBEDDINGS_MAX_IMAGE_PIXELS": "1000000",
+                           "EMBEDDINGS_MAX_REQUEST_PIXELS": "1000000"})
+    assert s.max_request_pixels == s.max_image_pixels == 1_000_000
+
+
+@pytest.mark.parametrize("name, field", [
+    ("EMBEDDINGS_MAX_QUEUE_TOKENS", "max_queue_tokens"),
+    ("EMBEDDINGS_MAX_QUEUE_IMAGES", "max_queue_images"),
+    ("EMBEDDINGS_REQUEST_TIMEOUT_SECONDS", "request_timeout_s"),
+    ("EMBEDDINGS_MAX_REQUEST_TOKENS", "max_request_tokens"),
+    ("EMBEDDINGS_RETRY_AFTER_SECONDS", "retry_after_s"),
+    ("EMBEDDINGS_MAX_INPUTS", "max_inputs"),
+    ("EMBEDDINGS_MAX_IMAGE_INPUTS", "max_image_inputs"),
+    ("EMBEDDINGS_BATCH_TOKEN_BUDGET", "batch_token_budget"),
+    ("EMBEDDINGS_MAX_BATCH_SIZE", "max_batch_size"),
+])
+def test_the_readmes_admission_defaults_are_the_codes(name, field):
+    """infra/ sets none of these, so the README's default is what runs on Azure (h_mut1: a
+    changed default survived the suite)."""
+    import re
+    from pathlib import Path
+    from embedding_core.settings import Settings
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    documented = re.search(rf"^\| `{name}` \| ([0-9.]+) \|", readme, re.MULTILINE).group(1)
+    assert float(documented) == float(getattr(Settings.from_env({}), field))
 
 
 @pytest.mark.parametrize("seconds, warned", [("229", False), ("230", True), ("600", True)])
@@ -1451,4 +1486,43 @@ def test_many_threads_with_failures_and_time_outs_each_get_one_answer_and_the_qu
     stats = q.stats()
     assert stats.jobs == 0 and not any(stats.queued.values()) and not any(stats.preparing.values())
     assert stats.worker_alive
+    q.stop()
+
+
+def test_a_time_out_503_says_when_the_queued_work_will_have_drained():
+    """A request that times out behind 10,000 queued tokens (5 s at the assumed 2,000 tokens/s)
+    is told to come back when they are done, not in 1 s (h_mut1)."""
+    lane = GateLane(max_batch_items=1)
+    q = InferenceQueue({"tokens": 100_000}, workers=1)
+    block = q.submit(job(lane, "b", [1]))
+    assert lane.entered.acquire(timeout=10)
+    other = q.submit(job(lane, "o", [10_000]))
+    late = q.submit(job(lane, "late", [5]))
+    with pytest.raises(ApiError) as exc:
+        q.wait(late, 0.05)
+    assert exc.value.status == 503 and exc.value.headers["Retry-After"] == "5"
+    q.cancel(other)
+    lane.gate.release()
+    q.wait(block, 10)
+    q.stop()
+
+
+def test_a_wait_interrupted_by_an_exception_cancels_its_job(monkeypatch):
+    """Whatever ends a handler's wait (here an exception raised inside it) takes its job out of
+    the queue, so its tokens stop counting against everyone else's admission (h_mut1)."""
+    lane = GateLane(max_batch_items=1)
+    q = InferenceQueue({"tokens": 1000})
+    block = q.submit(job(lane, "b", [1]))
+    assert lane.entered.acquire(timeout=10)
+    late = q.submit(job(lane, "late", [5, 5]))
+
+    def interrupted(timeout=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(late.done, "wait", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        q.wait(late, 5)
+    assert late.cancelled and q.stats().queued["tokens"] == 0
+    lane.gate.release()
+    q.wait(block, 10)
     q.stop()
