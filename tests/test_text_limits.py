@@ -233,3 +233,22 @@ def test_a_request_of_text_without_spaces_is_told_to_send_fewer_inputs(text_back
         text_backend.tokenize([paragraph] * 60)
     assert e.value.status == 422 and "fewer or shorter inputs per request" in e.value.message
     assert "EMBEDDINGS_MAX_CHARS_PER_TOKEN" in e.value.message
+
+
+def test_a_request_over_the_token_cap_holds_at_most_the_cap_while_it_is_tokenised(monkeypatch):
+    """What a request may cost is held against later requests while it is tokenised; one over
+    EMBEDDINGS_MAX_REQUEST_TOKENS can only end in a 422, so it holds no more than the cap, not
+    its whole estimate (h_mut1: 2,048 long inputs held ~528k tokens, every other request a 429
+    meanwhile)."""
+    svc = make_service(EMBEDDINGS_MAX_REQUEST_TOKENS="1000", EMBEDDINGS_MAX_QUEUE_TOKENS="1000")
+    held = []
+    real = svc.queue.precheck
+    monkeypatch.setattr(svc.queue, "precheck",
+                        lambda costs, likely=None: held.append(dict(likely)) or real(costs, likely))
+    try:
+        res = post(svc, {"input": ["word " * 200] * 8})        # 8 x 202 tokens
+        assert res.status == 422 and "EMBEDDINGS_MAX_REQUEST_TOKENS" in res.body.decode()
+        assert held == [{"tokens": 1000}]
+        assert svc.queue.stats().preparing == {}
+    finally:
+        svc.queue.stop()
