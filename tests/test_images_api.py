@@ -412,3 +412,19 @@ def test_a_header_over_pillows_bomb_threshold_is_refused_without_its_warning():
         res = call(service, {"model": EFF, "input": [item]})
     assert_error(res, 422, "InvalidParameter", "input[0].image")
     assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)], seen
+
+
+def test_a_request_whose_picture_fails_to_decode_leaves_nothing_held():
+    """The pictures' twin of test_http_queue's tokenising case: a picture found unreadable
+    while the request is prepared (422) must give back what admission held for its pictures,
+    or /health's preparing_images would grow and later requests be refused (429) for them."""
+    fresh = make_service()
+    junk = "data:image/png;base64," + base64.b64encode(b"GIF? no." * 20).decode()
+    truncated = url(SYN / "truncated.jpg")       # its header reads; it fails when decoded
+    for model, items in ((EFF, [CAT, junk]), (CONSE, [truncated, CAT]), (CONSE, [CAT, junk])):
+        res = call(fresh, {"model": model, "input": [{"image": i, "text": "a cat"} for i in items]
+                           if model == CONSE else [{"image": i} for i in items]})
+        assert res.status == 422, res.json()
+    queue = get(fresh, "/health").json()["queue"]
+    assert (queue["preparing_images"], queue["preparing_tokens"], queue["requests"]) == (0, 0, 0)
+    assert call(fresh, {"model": CONSE, "input": [{"image": CAT, "text": "a cat"}]}).status == 200
