@@ -45,6 +45,29 @@ def large_instance_memory() -> Iterator[None]:
         yield
 
 
+def shipped_deployments() -> list[dict[str, Any]]:
+    """A copy of the shipped registry's deployments, their file paths made absolute, for a
+    registry parsed or written elsewhere (a test that changes an option or a flag)."""
+    from embedding_core.registry import DEFAULT_REGISTRY
+
+    deployments = json.loads(DEFAULT_REGISTRY.read_text())["deployments"]
+    for dep in deployments:
+        refs = [*dep["files"].values()]
+        if isinstance(dep.get("calibration"), dict):
+            refs.append(dep["calibration"])
+        for ref in refs:
+            ref["path"] = str(DEFAULT_REGISTRY.parent / ref["path"])
+    return deployments
+
+
+def registry_of(deployments: list[dict[str, Any]]) -> Registry:
+    """A registry of ``deployments`` (see :func:`shipped_deployments`) with the default settings."""
+    from embedding_core.registry import DEFAULT_REGISTRY, parse_registry
+
+    return Registry(parse_registry({"deployments": deployments}, DEFAULT_REGISTRY.parent),
+                    Settings.from_env({}))
+
+
 @pytest.fixture(scope="session")
 def registry() -> Registry:
     return Registry.from_settings(Settings.from_env({}))

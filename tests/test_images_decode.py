@@ -366,6 +366,12 @@ def test_sixteen_bit_is_scaled_not_clipped():
     assert rgb.max() < 255 and abs(rgb.mean() - grey.mean()) < 3
     i32 = Image.fromarray((np.arange(16, dtype=np.int32).reshape(4, 4) * 4369), "I")   # 0..65535
     assert np.asarray(images.to_rgb(i32))[-1, -1].tolist() == [255, 255, 255]
+    # Between the ends too (at 65535 scaling and clipping agree), and 8-bit values kept.
+    levels = np.array([[0, 257 * 64, 257 * 128, 65535]], dtype=np.int32)
+    assert np.asarray(images.to_rgb(Image.fromarray(levels, "I")))[0, :, 0].tolist() == \
+        [0, 64, 128, 255]
+    small = Image.fromarray(np.array([[0, 64, 128, 255]], dtype=np.int32), "I")
+    assert np.asarray(images.to_rgb(small))[0, :, 0].tolist() == [0, 64, 128, 255]
     f = Image.fromarray(np.full((2, 2), 0.5, np.float32), "F")
     assert np.asarray(images.to_rgb(f))[0, 0].tolist() == [128, 128, 128]
 

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import registry_of, shipped_deployments
 from embedding_core import images
+from embedding_core.errors import ApiError
 from embedding_core.image_backend import (ConseBackend, ImageFeatureBackend, combine, conse_vectors,
                                           softmax)
 from embedding_core.schema import ImageInput
@@ -191,6 +193,68 @@ def test_text_is_combined_with_equal_weight(conse):
     assert np.abs(joint - expected).max() <= 1e-5
     assert np.allclose(combine(img[None], t[None], 0.5)[0], expected, atol=1e-6)
     assert joint @ t > img @ t and joint @ img > t @ img
+
+
+def conse_with(text_weight=None, text_prompts=None):
+    """The shipped joint deployment with another ``text_weight``, or its text deployment with
+    ``prompts``: the shipped values (0.5, none) are the ones that cannot tell sides apart."""
+    deps = shipped_deployments()
+    joint = next(d for d in deps if d["backend"] == "image-conse")
+    if text_weight is not None:
+        joint["options"]["text_weight"] = text_weight
+    if text_prompts is not None:
+        next(d for d in deps if d["name"] == "all-MiniLM-L6-v2")["prompts"] = text_prompts
+    reg = registry_of(deps)
+    return reg, reg.find(joint["name"])
+
+
+def test_text_weight_is_the_weight_of_the_text():
+    reg, dep = conse_with(text_weight=0.25)
+    joint_backend = reg.backend(dep)
+    text = "a tabby cat sitting on a table"
+    img, joint = joint_backend.encode([item(IMAGES / "chelsea.jpg"),
+                                       item(IMAGES / "chelsea.jpg", text)]).vectors
+    t = joint_backend.text_backend.encode([text]).vectors[0]
+    expected = 0.75 * img.astype(np.float64) + 0.25 * t
+    assert np.abs(joint - expected / np.linalg.norm(expected)).max() <= 1e-5
+
+
+def test_a_text_weight_outside_0_to_1_fails_the_load(caplog):
+    reg, dep = conse_with(text_weight=1.5)             # the picture would weigh -0.5
+    with pytest.raises(ApiError) as refused:
+        reg.backend(dep)
+    assert (refused.value.status, refused.value.code) == (503, "ModelUnavailable")
+    assert "text_weight must be in [0, 1]" in caplog.text
+
+
+def test_an_items_text_gets_the_text_deployments_prompt_for_the_input_type():
+    """The joint vector's text is the text route's for the same input_type (an e5-style
+    deployment's 'query: '), so both live in one space."""
+    reg, dep = conse_with(text_prompts={"query": "query: "})
+    joint_backend = reg.backend(dep)
+    text = "a tabby cat"
+    img, joint = joint_backend.encode([item(IMAGES / "chelsea.jpg"),
+                                       item(IMAGES / "chelsea.jpg", text)],
+                                      input_type="query").vectors
+    texts = joint_backend.text_backend
+    prompted = combine(img[None], texts.encode([text], input_type="query").vectors, 0.5)[0]
+    plain = combine(img[None], texts.encode([text]).vectors, 0.5)[0]
+    assert np.abs(joint - prompted).max() <= 1e-5 and np.abs(joint - plain).max() > 1e-3
+
+
+def test_image_vectors_are_unit_vectors_whatever_output_is_served():
+    """The shipped 'embedding' output is normalised in the graph; a deployment serving another
+    output (here the 1,000 logits) is normalised by the backend, as int8 calibration and dot
+    products assume."""
+    eff_dep = next(d for d in shipped_deployments() if d["backend"] == "image-onnx")
+    eff_dep.update(name="efficientnet-logits", aliases=[], default=False, dimensions=1000,
+                   matryoshka_dimensions=[], calibration=None)
+    eff_dep["options"]["output"] = "logits"
+    reg = registry_of([eff_dep])
+    vecs = reg.backend(reg.find("efficientnet-logits")).encode(
+        [item(IMAGES / "chelsea.jpg"), item(IMAGES / "coffee.jpg")]).vectors
+    assert vecs.shape == (2, 1000)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
 
 
 def test_usage_counts_image_tokens_plus_text_tokens(conse, eff):
