@@ -398,6 +398,20 @@ def test_truncate_null_is_the_default(live_server):
     assert status == 422 and json.loads(data)["error"]["code"] == "InputTooLong"   # NONE
 
 
+def test_truncate_is_read_in_any_case(live_server):
+    """"end" is END and "Start" is START (the values are case-insensitive, as the other enums'
+    are): the same vectors as the upper-case spelling, not a 422."""
+    pass_through = {**AUTH, "extra-parameters": "pass-through"}
+    text = " ".join(f"w{i}" for i in range(300))
+    for spelling, canonical in (("end", "END"), ("Start", "START")):
+        answers = [request(live_server, "POST", "/embeddings" + Q,
+                           {"input": [text], "truncate": value}, pass_through)
+                   for value in (spelling, canonical)]
+        assert [a[0] for a in answers] == [200, 200], answers[0][2]
+        vectors = [json.loads(a[2])["data"][0]["embedding"] for a in answers]
+        assert vectors[0] == vectors[1]
+
+
 @pytest.mark.parametrize("value", [384.0, 0, -1, True, "384"])
 def test_a_wrong_dimensions_is_told_the_sizes(live_server, value):
     for path, model in (("/embeddings" + Q, "all-MiniLM-L6-v2"), ("/v1/embeddings", "minilm")):

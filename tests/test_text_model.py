@@ -319,6 +319,8 @@ def test_truncation_keeps_the_right_end(text_backend, truncate):
     expected = start_ids[:254] if truncate == "END" else start_ids[-254:]
     assert ids[1:-1].tolist() == expected
     assert full is None or len(full) == 256
+    # Token-id inputs are cut at the same end (texts are cut while tokenised, ids afterwards).
+    assert text_backend.tokenize([start_ids], truncate=truncate)[0].tolist() == ids.tolist()
 
 
 def test_token_id_input_equals_text_input(text_backend):
@@ -352,6 +354,30 @@ def test_huge_input_without_truncation_is_refused_with_a_lower_bound(text_backen
         text_backend.tokenize(["ok", "word " * 1_600_000])
     assert e.value.code == "InputTooLong" and e.value.target == "input[1]"
     assert "at least" in e.value.message and "256" in e.value.message
+
+
+def test_an_over_long_token_id_input_counts_its_special_tokens(text_backend):
+    """The count in the 422 (and in the OpenAI route's "you requested N tokens") is the one the
+    limit is checked on: the ids plus [CLS] and [SEP], as for a text."""
+    with pytest.raises(ApiError) as e:
+        text_backend.tokenize(["ok", [1000] * 300])
+    assert e.value.code == "InputTooLong" and e.value.target == "input[1]"
+    assert "302 tokens" in e.value.message and "256" in e.value.message, e.value.message
+
+
+def test_a_deployments_max_batch_size_caps_its_batches(registry):
+    """``options.max_batch_size`` (1 for a model whose output depends on its batch) is what
+    the queue batches that deployment by, below EMBEDDINGS_MAX_BATCH_SIZE."""
+    import dataclasses
+
+    from embedding_core.settings import Settings
+    from embedding_core.text import TextBackend
+
+    dep = registry.default_for("text")
+    one = dataclasses.replace(dep, options={**dep.options, "max_batch_size": 1})
+    assert TextBackend(one, Settings.from_env({}), registry).max_batch_items == 1
+    assert TextBackend(dep, Settings.from_env({}), registry).max_batch_items == \
+        Settings.from_env({}).max_batch_size
 
 
 def test_text_without_tokens_is_embedded_as_sentence_transformers_does(any_backend, reference):
