@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import registry_of, shipped_deployments
 from embedding_core.errors import ApiError
 from embedding_core.registry import (DEFAULT_REGISTRY, FileRef, ModelFileError, Registry,
                                      RegistryError, parse_registry)
@@ -74,6 +75,7 @@ def test_replacement_registry_from_the_environment(tmp_path):
     (lambda d: d.update(matryoshka_dimensions=[512]), "matryoshka"),
     (lambda d: d.pop("dimensions"), "dimensions"),
     (lambda d: d.update(dimensions=-5), "'dimensions' must be at least 1"),
+    (lambda d: d.update(dimensions=0), "'dimensions' must be at least 1"),
     (lambda d: d.update(dimensions="384"), "'dimensions' must be a JSON integer"),
     (lambda d: d.update(max_tokens=-1), "'max_tokens' must be at least 1"),
     (lambda d: d.update(default="false"), "'default' must be a JSON boolean"),
@@ -136,6 +138,23 @@ def test_a_calibration_file_that_fails_is_a_503_remembered_for_retry_after(tmp_p
         reg.calibration(dep)
     reg._failed_until.clear()       # Retry-After has passed
     assert reg.calibration(dep).get(384) is not None
+
+
+def test_a_deployment_that_loads_after_failing_is_no_longer_failed(tmp_path):
+    """/health's "degraded" (Registry.load_failed) ends once the deployment loads: its tokenizer
+    missing at first (a 503), then in place."""
+    text = next(d for d in shipped_deployments() if d["name"] == "all-MiniLM-L6-v2")
+    source = Path(text["files"]["tokenizer"]["path"])
+    text["files"]["tokenizer"]["path"] = str(tmp_path / "tokenizer.json")
+    reg = registry_of([text])
+    dep = reg.deployments[0]
+    with pytest.raises(ApiError) as e:
+        reg.backend(dep)
+    assert e.value.status == 503 and reg.load_failed(dep)
+    (tmp_path / "tokenizer.json").write_bytes(source.read_bytes())
+    reg._failed_until.clear()       # Retry-After has passed
+    assert reg.backend(dep).encode(["hello"]).vectors.shape == (1, 384)
+    assert not reg.load_failed(dep)
 
 
 def test_special_tokens_missing_from_the_vocabulary_fail_the_load(caplog):
@@ -224,6 +243,22 @@ def test_duplicate_names_are_refused():
     doc["deployments"].append(dict(doc["deployments"][0]))
     with pytest.raises(RegistryError, match="twice"):
         parse_registry(doc, DEFAULT_REGISTRY.parent)
+    doc = _doc()          # names are looked up whatever their case: one would hide the other
+    doc["deployments"][1]["aliases"] = ["ALL-MINILM-L6-V2"]
+    with pytest.raises(RegistryError, match="twice"):
+        parse_registry(doc, DEFAULT_REGISTRY.parent)
+
+
+def test_one_default_per_modality_chosen_by_its_flag_not_its_place():
+    doc = _doc()
+    assert [d["name"] for d in doc["deployments"][:2]] == ["all-MiniLM-L6-v2",
+                                                         "all-MiniLM-L6-v2-exact"]
+    doc["deployments"][1]["default"] = True
+    with pytest.raises(RegistryError, match="more than one default text deployment"):
+        parse_registry(doc, DEFAULT_REGISTRY.parent)
+    doc["deployments"][0]["default"] = False
+    reg = Registry(parse_registry(doc, DEFAULT_REGISTRY.parent), Settings.from_env({}))
+    assert reg.default_for("text").name == "all-MiniLM-L6-v2-exact"
 
 
 def test_select_by_model_header_and_conflicts():
