@@ -373,6 +373,70 @@ def test_without_an_attached_context_the_invocations_trace_context_is_the_parent
     assert [s.parent for s in sinks.finished()[2:]] == [None] * 5
 
 
+def bare_recorder() -> tuple[Any, InMemorySpanExporter]:
+    """The recorder the telemetry thread runs, alone: what it makes of one request's record."""
+    spans = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(spans))
+    return telemetry._Recorder(tp, MeterProvider()), spans
+
+
+def test_a_request_answered_before_opentelemetry_loaded_is_a_child_of_its_invocation():
+    """The process's first request in console, otlp or azure mode is answered while the
+    exporters still start (off the request path), so no context was attached to its thread;
+    its invocation's trace context is the parent all the same, or the cold start's span would
+    be an orphan in Application Insights. (In this process OpenTelemetry is always loaded, so
+    requests never reach this path: the recorder is called as the telemetry thread calls it.)"""
+    from embedding_core.pipeline import Trace
+
+    recorder, spans = bare_recorder()
+    recorder.record(Trace("r1", route="/embeddings", dialect="azure"), "POST", 200, None,
+                    time.time_ns(), 0.01, parent=None, invocation_trace=(TRACEPARENT, ""))
+    (span,) = spans.get_finished_spans()
+    assert span.context.trace_id == 0x0af7651916cd43dd8448eb211c80319c
+    assert span.parent is not None and span.parent.span_id == 0xb7ad6b7169203331
+
+
+def test_a_span_lasts_as_long_as_its_request_not_until_it_was_recorded():
+    """Requests are recorded later, in batches on the telemetry thread; the span's end is the
+    request's, not the moment it was recorded."""
+    from embedding_core.pipeline import Trace
+
+    recorder, spans = bare_recorder()
+    start = time.time_ns() - 10 * 10**9                  # a request that began 10 s ago
+    recorder.record(Trace("r1", route="/embeddings", dialect="azure"), "POST", 200, None,
+                    start, 0.25)
+    (span,) = spans.get_finished_spans()
+    assert (span.start_time, span.end_time) == (start, start + 250_000_000)
+
+
+def test_the_queue_gauges_count_the_requests_running_and_queued(sinks):
+    """embeddings.queue.requests counts jobs, running ones too (the other tests only see an
+    idle queue, where every gauge is 0)."""
+    from test_queue import GateLane, job
+
+    lane = GateLane(max_batch_items=1)
+    q = InferenceQueue({"tokens": 10**6}, workers=1)
+    telemetry.watch_queue(q)
+    running = q.submit(job(lane, "r", [5]))
+    waiting = None
+    try:
+        assert lane.entered.acquire(timeout=10)            # running, its 5 tokens taken
+        waiting = q.submit(job(lane, "w", [7, 7]))
+        gauges = {name: sum(p.value for _, p in points)
+                  for name, points in sinks.metrics().items() if name.startswith("embeddings.queue.")
+                  and name != "embeddings.queue.duration"}
+        assert gauges == {"embeddings.queue.requests": 2, "embeddings.queue.tokens": 14,
+                          "embeddings.queue.images": 0}
+    finally:
+        for _ in range(3):
+            lane.gate.release()
+        q.wait(running, 10)
+        if waiting is not None:
+            q.wait(waiting, 10)
+        q.stop()
+
+
 def test_the_invocation_context_is_attached_for_the_request_only(registry, monkeypatch):
     """The invocation's trace context is the request thread's while the request runs, whatever
     the handler does, and gone after it (a worker's pooled thread carries nothing into its next
