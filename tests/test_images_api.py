@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -428,3 +429,12 @@ def test_a_request_whose_picture_fails_to_decode_leaves_nothing_held():
     queue = get(fresh, "/health").json()["queue"]
     assert (queue["preparing_images"], queue["preparing_tokens"], queue["requests"]) == (0, 0, 0)
     assert call(fresh, {"model": CONSE, "input": [{"image": CAT, "text": "a cat"}]}).status == 200
+    # Nor do the pictures hold the process's decoding budget once answered, failed or not
+    # (a share kept would make every later large picture wait for room that never comes).
+    # A helper thread may still finish a picture of a request already refused: bounded wait.
+    from embedding_core import images
+
+    deadline = time.monotonic() + 10
+    while images.DECODE_GATE.in_use and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert images.DECODE_GATE.in_use == 0
