@@ -9,19 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import KEY, LiveServer
+from conftest import KEY, LiveServer, shipped_deployments
 from embedding_core.openvino_session import why_not_here
 from embedding_core.registry import DEFAULT_REGISTRY
 from test_http_errors import AUTH, Q, request
 
 
 def _text_entry() -> dict:
-    doc = json.loads(DEFAULT_REGISTRY.read_text())
-    entry = next(d for d in doc["deployments"] if d["name"] == "all-MiniLM-L6-v2")
-    entry = json.loads(json.dumps(entry))
-    for ref in [*entry["files"].values(), entry["calibration"]]:
-        ref["path"] = str(DEFAULT_REGISTRY.parent / ref["path"])
-    return entry
+    return next(d for d in shipped_deployments() if d["name"] == "all-MiniLM-L6-v2")
 
 
 @pytest.fixture(scope="module")
