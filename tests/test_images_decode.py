@@ -85,6 +85,7 @@ def test_an_image_s_base64_without_its_data_url_prefix_is_told_to_add_it(data):
     ("data:text/plain;base64,aGVsbG8=", "media type"),
     ("data:;base64,aGVsbG8=", "media type"),
     ("data:image/png,rawbytes", "base64"),
+    ("data:image/png;name=cat.png,aGVsbG8=", "must be base64-encoded"),   # parameters, no base64
     ("data:image/tiff;base64,SUkqAA==", "PNG, JPEG, WebP, GIF, BMP"),
     ("data:image/svg+xml;base64,PHN2Zy8+", "not supported"),
     ("data:image/png;base64,", "no image data"),
