@@ -61,6 +61,15 @@ def test_matryoshka_sizes_truncate_and_renormalise(matryoshka_server):
         assert np.allclose(got, v[:size] / np.linalg.norm(v[:size]), atol=1e-6)
 
 
+def test_the_response_names_the_model_not_the_deployment(matryoshka_server):
+    """The Azure response's ``model`` is the deployment's ``model_name`` (as /info's), not the
+    deployment's name: the shipped deployments cannot tell, their names are their models'."""
+    status, _, doc = embed(matryoshka_server, {"input": ["a small test", "two"]})
+    assert status == 200, doc
+    assert doc["object"] == "list" and [d["object"] for d in doc["data"]] == ["embedding"] * 2
+    assert doc["model"] == "all-MiniLM-L6-v2"       # deployment "mini-matryoshka"
+
+
 def test_per_size_calibration_and_bit_packing_rules(matryoshka_server):
     status, _, doc = embed(matryoshka_server, {"input": ["x"], "dimensions": 128,
                                                "encoding_format": "ubinary"})

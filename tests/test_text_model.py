@@ -380,6 +380,30 @@ def test_a_deployments_max_batch_size_caps_its_batches(registry):
         Settings.from_env({}).max_batch_size
 
 
+def test_a_model_giving_token_vectors_is_mean_pooled_over_its_mask():
+    """A registry entry that reads a model's ``last_hidden_state`` ([batch, sequence, 384]) is
+    mean-pooled over the attention mask and normalised in Python (``pooling``); the shipped
+    models pool in their graph, so only this reaches it. The exact model read both ways, in one
+    padded batch of texts of different lengths and each text alone, gives the same vectors."""
+    from conftest import registry_of, shipped_deployments
+
+    dep = next(d for d in shipped_deployments() if d["name"] == EXACT)
+    hidden = {**dep, "name": "exact-hidden", "aliases": [], "default": False,
+              "options": {**dep["options"], "output": "last_hidden_state", "pooling": "mean"}}
+    reg = registry_of([dep, hidden])
+    texts = ["a", "a small test of mean pooling", "Mean pooling over the attention mask must not "
+             "count the padding a batch of texts of different lengths adds to its shorter rows.",
+             "ok"]
+    want = reg.backend(reg.find(EXACT)).encode(texts).vectors
+    pooled = reg.backend(reg.find("exact-hidden"))
+    got = pooled.encode(texts).vectors
+    assert got.shape == want.shape == (4, 384)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert np.sum(got * want, axis=1).min() >= 0.99999
+    alone = np.stack([pooled.encode([t]).vectors[0] for t in texts])
+    assert np.allclose(alone, got, atol=1e-5)
+
+
 def test_text_without_tokens_is_embedded_as_sentence_transformers_does(any_backend, reference):
     """Whitespace or a zero-width space gives no WordPiece token: ``[CLS] [SEP]`` is embedded,
     as sentence-transformers does (and OpenAI embeds such text), rather than failing the whole
