@@ -203,6 +203,33 @@ def test_pieces_give_exactly_the_tokens_of_the_whole_text(text_backend):
             assert got.dtype == np.int64
 
 
+def test_an_input_whose_first_piece_fills_the_room_exactly_is_still_too_long(text_backend):
+    """The first 256-character piece of ``"a " + "," * 400`` gives exactly the 254 tokens of
+    room (the comma at the cut is left for the next piece): reading must go on, so with
+    truncate NONE the input is refused, counted exactly, not silently cut as if it fitted."""
+    text = "a " + "," * 400
+    assert text_backend.piece_chars == 256 < len(text)
+    err = refused(text_backend.tokenize, [text])
+    assert (err.status, err.code, err.target) == (422, "InputTooLong", "input[0]")
+    assert err.context_length == (403, 256, False)      # [CLS] a ,x400 [SEP]
+    assert len(text_backend.tokenize([text], truncate="END")[0]) == 256
+
+
+def test_a_piece_is_cut_to_what_is_left_of_the_requests_allowance(text_backend):
+    """What a request hands the tokenizer never passes its allowance: a piece bigger than what is
+    left is cut to it. Ten inputs of combining accents (no token at all), pieces of 300
+    characters, 2,048 free: six pieces take 1,800, the seventh is cut to 248, then the 422."""
+    tok = text_backend.tokenizer
+    enc = lambda xs: tok.encode_batch(xs, add_special_tokens=False)  # noqa: E731
+    limits = bounded_tokenize.Limits(room=254, extra=2, max_tokens=256, first_piece=300,
+                                     max_input_chars=1024, max_chars_per_token=32)
+    with pytest.raises(ApiError) as info:
+        bounded_tokenize.tokenize_texts(enc, {i: "\u0301" * 1000 for i in range(10)}, "END", limits)
+    assert (info.value.status, info.value.code) == (422, "InvalidParameter")
+    assert "the tokenizer read 2,048 characters and found 0 tokens" in info.value.message, \
+        info.value.message
+
+
 def test_the_first_bad_input_in_request_order_is_reported(text_backend):
     """A bad token-id input before a text refused for its characters is the one reported."""
     err = refused(text_backend.tokenize, [[101, 10**9, 102], "a" * MB8])
