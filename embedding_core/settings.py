@@ -99,14 +99,14 @@ def _queue_holds(name: str, value: int, request_name: str, request: int, what: s
 
 
 def _bool(env: Mapping[str, str], name: str) -> bool | None:
-    raw = env.get(name, "").strip().lower()
+    raw = env.get(name, "").strip()
     if not raw:
         return None
-    if raw in ("1", "true", "on", "yes"):
+    if raw.lower() in ("1", "true", "on", "yes"):
         return True
-    if raw in ("0", "false", "off", "no"):
+    if raw.lower() in ("0", "false", "off", "no"):
         return False
-    raise ValueError(f"setting {name} must be true or false, got {raw!r}")
+    raise ValueError(f"setting {name} must be true or false, got {raw!r}")   # as written
 
 
 # -- API keys ------------------------------------------------------------------------------------

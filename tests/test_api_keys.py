@@ -466,3 +466,14 @@ def test_settings_made_by_hand_get_the_same_key_rules(caplog):
     refused(a, {"api-key": REF_URI})
     assert a.check({"api-key": PLAIN}).id == fingerprint(PLAIN)
     assert len(config_errors(caplog)) == 2 and "kv-guessable" not in caplog.text
+
+
+def test_a_key_with_an_inner_space_is_a_key_and_json_keys_are_trimmed():
+    """Printable ASCII includes the space (only the ends are trimmed); in the JSON form the
+    whitespace around a key is ignored as in the comma form."""
+    keys, problems = parse_api_keys("alice:correct horse battery staple")
+    assert [(k.name, k.secret) for k in keys] == [("alice", "correct horse battery staple")]
+    assert problems == ()
+    keys, problems = parse_api_keys('{"bob": "  bob-secret-0123456789 \\t"}')
+    assert [(k.name, k.secret) for k in keys] == [("bob", "bob-secret-0123456789")]
+    assert problems == ()

@@ -172,3 +172,17 @@ def test_settings():
         (False, 0, 0.0, False)
     with pytest.raises(ValueError, match="EMBEDDINGS_MEMORY_TUNING"):
         Settings.from_env({"EMBEDDINGS_MEMORY_TUNING": "maybe"})
+
+
+@pytest.mark.parametrize("raw, value", [("yes", True), ("No", False), ("TRUE", True),
+                                        (" Off ", False), ("1", True), ("0", False)])
+def test_switch_settings_read_every_spelling_of_on_and_off(raw, value):
+    s = Settings.from_env({"EMBEDDINGS_MEMORY_TUNING": raw, "EMBEDDINGS_ORT_CPU_MEM_ARENA": raw,
+                           "EMBEDDINGS_ORT_SPINNING": raw})
+    assert (s.memory_tuning, s.ort_cpu_mem_arena, s.ort_spinning) == (value, value, value)
+
+
+def test_a_refused_switch_is_quoted_as_written():
+    with pytest.raises(ValueError, match="EMBEDDINGS_ORT_SPINNING must be true or false, "
+                                         "got 'Maybe'"):
+        Settings.from_env({"EMBEDDINGS_ORT_SPINNING": " Maybe "})
