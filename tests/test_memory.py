@@ -186,3 +186,104 @@ def test_a_refused_switch_is_quoted_as_written():
     with pytest.raises(ValueError, match="EMBEDDINGS_ORT_SPINNING must be true or false, "
                                          "got 'Maybe'"):
         Settings.from_env({"EMBEDDINGS_ORT_SPINNING": " Maybe "})
+
+
+class _RecordingLibc:
+    """A libc whose mallopt and malloc_trim only record: the test process's allocator is left
+    as it is."""
+    def __init__(self):
+        self.mallopt_calls = []
+
+    def mallopt(self, param, value):
+        self.mallopt_calls.append((param, value))
+        return 1
+
+    def malloc_trim(self, pad):
+        return 0
+
+
+@pytest.fixture
+def fresh_memory(monkeypatch):
+    """memory.configure as in a new process, with a libc that only records its calls."""
+    libc = _RecordingLibc()
+    monkeypatch.setattr(memory, "_libc", libc)
+    monkeypatch.setattr(memory, "_configured", None)
+    monkeypatch.setattr(memory, "_trimmer", None)
+    yield libc
+    if memory._trimmer is not None:
+        memory._trimmer.stop(5)
+
+
+def test_a_trim_idle_time_of_zero_never_trims(fresh_memory):
+    """EMBEDDINGS_MEMORY_TRIM_IDLE_SECONDS=0: never trim (no trimmer thread at all)."""
+    before = set(threading.enumerate())
+    assert memory.configure(True, 2, 0.0) == {"tuning": "on", "arena_max": 2,
+                                              "mmap_threshold": memory.MMAP_THRESHOLD,
+                                              "trim_idle_s": 0.0}
+    assert memory._trimmer is None
+    assert [t for t in set(threading.enumerate()) - before if t.name == "memory-trim"] == []
+
+
+def test_configure_applies_once_per_process(fresh_memory):
+    """A second configure (a service built again) changes nothing and starts no second
+    trimmer: it returns what the first applied."""
+    first = memory.configure(True, 2, 30.0)
+    trimmer = memory._trimmer
+    assert memory.configure(True, 4, 5.0, 1 << 16) == first
+    assert memory._trimmer is trimmer
+    assert fresh_memory.mallopt_calls == [(memory.M_ARENA_MAX, 2),
+                                          (memory.M_MMAP_THRESHOLD, memory.MMAP_THRESHOLD)]
+
+
+def test_a_failing_idle_hook_does_not_stop_the_trimming(monkeypatch, caplog):
+    """A hook that raises is logged; the trimmer keeps trimming after later quiet periods."""
+    trims = []
+    monkeypatch.setattr(memory, "trim", lambda: trims.append(1) or True)
+    monkeypatch.setattr(memory, "_idle_hooks", [lambda: 1 / 0])
+    trimmer = memory._IdleTrimmer(0.05)
+    try:
+        for n in (1, 2):
+            trimmer.begin()
+            trimmer.end()
+            deadline = time.monotonic() + 10
+            while len(trims) < n and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(trims) == n
+        assert trimmer.thread.is_alive()
+        assert "idle memory hook failed" in caplog.text
+    finally:
+        trimmer.stop(5)
+
+
+MINILM = ROOT / "embedding_core/models/all-MiniLM-L6-v2/model.onnx"
+
+
+@pytest.mark.parametrize("env, hooked", [
+    ({}, True),
+    ({"EMBEDDINGS_ORT_CPU_MEM_ARENA": "false"}, False),      # no arena to shrink
+    ({"EMBEDDINGS_MEMORY_TUNING": "off"}, False),            # tuning off: nothing on idle
+])
+def test_the_arena_shrinking_hook_follows_the_settings_and_never_keeps_a_session(monkeypatch, env,
+                                                                                hooked):
+    import gc
+    import weakref
+
+    import numpy as np
+
+    from embedding_core.onnx_session import create_session, release_arena_when_idle
+
+    monkeypatch.setattr(memory, "_idle_hooks", [])
+    settings = Settings.from_env({**env, "EMBEDDINGS_ORT_INTRA_OP_THREADS": "1"})
+    session = create_session(MINILM, settings)
+    ids = np.ones((1, 4), np.int64)
+    feeds = {i.name: ids if i.name != "token_type_ids" else np.zeros_like(ids)
+             for i in session.get_inputs()}
+    release_arena_when_idle(session, feeds, settings)
+    assert len(memory._idle_hooks) == (1 if hooked else 0)
+    if hooked:
+        memory._idle_hooks[0]()                # the tiny run with arena shrinkage works
+        gone = weakref.ref(session)
+        del session
+        gc.collect()
+        assert gone() is None                  # the hook does not keep a discarded session
+        memory._idle_hooks[0]()                # ... and then does nothing

@@ -165,3 +165,43 @@ def test_vectors_are_the_same_on_either_session(registry, reference, deployment)
                                       np.asarray(encode(got["narrow"], fmt, ranges))), (size, fmt)
     finally:
         del backend.sessions.pick
+
+
+def test_a_batch_of_exactly_big_tokens_switches_back_at_once():
+    """"A batch of BIG_TOKENS or more switches back at once": BIG_TOKENS itself included."""
+    p = SessionPair(lambda: "wide", lambda: "narrow")
+    for _ in range(12):
+        p.pick(120, 4)
+    assert p.pick(120, 4) == "narrow"
+    assert p.pick(SessionPair.BIG_TOKENS, 2) == "wide"
+    assert p.pick(120, 4) == "wide"
+
+
+@pytest.mark.parametrize("env, spin, threads, expected", [
+    # (intra-op threads, inter-op threads, CPU arena, optimisation level, spinning)
+    ({"EMBEDDINGS_ORT_INTRA_OP_THREADS": "3"}, True, None, (3, 1, True, "ORT_ENABLE_ALL", "1")),
+    ({"EMBEDDINGS_ORT_INTRA_OP_THREADS": "3"}, True, 1, (1, 1, True, "ORT_ENABLE_ALL", "1")),
+    ({"EMBEDDINGS_ORT_INTER_OP_THREADS": "2", "EMBEDDINGS_ORT_CPU_MEM_ARENA": "false",
+      "EMBEDDINGS_ORT_OPTIMIZATION_LEVEL": "basic", "EMBEDDINGS_ORT_INTRA_OP_THREADS": "2"},
+     True, None, (2, 2, False, "ORT_ENABLE_BASIC", "1")),
+    ({"EMBEDDINGS_ORT_SPINNING": "false", "EMBEDDINGS_ORT_INTRA_OP_THREADS": "1"}, True, None,
+     (1, 1, True, "ORT_ENABLE_ALL", "0")),
+    ({"EMBEDDINGS_ORT_SPINNING": "true", "EMBEDDINGS_ORT_INTRA_OP_THREADS": "1"}, False, None,
+     (1, 1, True, "ORT_ENABLE_ALL", "1")),
+    ({"EMBEDDINGS_ORT_INTRA_OP_THREADS": "1"}, False, None, (1, 1, True, "ORT_ENABLE_ALL", "0")),
+])
+def test_sessions_are_made_with_the_settings_ort_options(env, spin, threads, expected):
+    """What each EMBEDDINGS_ORT_* setting (and a session's own thread count, as the one-thread
+    session asks) becomes in the ONNX Runtime session actually created."""
+    import onnxruntime as ort
+
+    from conftest import ROOT
+    from embedding_core.onnx_session import create_session
+
+    session = create_session(ROOT / "embedding_core/models/all-MiniLM-L6-v2/model.onnx",
+                             Settings.from_env(env), spin=spin, threads=threads)
+    opts = session.get_session_options()
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads, opts.enable_cpu_mem_arena,
+            opts.graph_optimization_level,
+            opts.get_session_config_entry("session.intra_op.allow_spinning")) == (
+        *expected[:3], getattr(ort.GraphOptimizationLevel, expected[3]), expected[4])
