@@ -414,3 +414,73 @@ def test_an_import_error_in_the_apps_own_modules_is_not_called_a_deployment_prob
     as before, for the worker to log with its traceback, instead of a 503 blaming the build."""
     for outcome in _run_unloadable(tmp_path, "embedding_core.pipeline"):
         assert outcome == ["raised", "ModuleNotFoundError", "embedding_core.pipeline"]
+
+
+@pytest.mark.parametrize("url, allow", [("http://localhost/%65mbeddings", "POST"),
+                                        ("http://localhost/v1/m%6Fdels", "GET, HEAD")])
+def test_the_catch_all_reads_the_path_percent_decoded_as_the_host_routed_it(url, allow):
+    """The host matched the decoded path (``/%65mbeddings`` is ``/embeddings``) and, the method
+    not being the route's, gave it to the catch-all: the answer is that route's 405 with its
+    Allow header, not a 404 for a path the host itself served."""
+    res = call_url("{*path}", "DELETE", url)
+    assert res.status_code == 405, res.get_body()
+    assert res.headers.get("Allow") == allow
+    assert json.loads(res.get_body())["error"]
+
+
+def test_route_values_reach_the_app_as_the_host_gives_them():
+    """The host keeps a route value's encoded '/' (%2F) encoded, and the app reads the
+    deployment from the route values: AzureOpenAI(...).embeddings.create(model="sentence-
+    transformers/all-MiniLM-L6-v2") is served, and Azure OpenAI's v1 models.retrieve answers
+    the model, not the list."""
+    name = "sentence-transformers%2Fall-MiniLM-L6-v2"
+    _, embed = functions()["openai/deployments/{deployment}/embeddings"]
+    res = embed(func.HttpRequest(
+        "POST", f"http://localhost/openai/deployments/{name}/embeddings",
+        headers={"api-key": KEY}, params={"api-version": "2024-10-21"},
+        route_params={"deployment": name}, body=json.dumps({"input": ["hello"]}).encode()))
+    assert res.status_code == 200, res.get_body()
+    assert json.loads(res.get_body())["model"] == "all-MiniLM-L6-v2"
+    _, retrieve = functions()["openai/v1/models/{model}"]
+    res = retrieve(func.HttpRequest(
+        "GET", f"http://localhost/openai/v1/models/{name}", headers={"api-key": KEY},
+        params={}, route_params={"model": name}, body=b""))
+    assert res.status_code == 200, res.get_body()
+    assert json.loads(res.get_body())["id"] == "all-MiniLM-L6-v2"
+
+
+def test_an_unloadable_build_answers_503_in_the_openai_shape_whatever_the_case_and_logs_once(
+        monkeypatch, caplog):
+    """Built for another Python, even a module of the app's own that fails to import is the
+    build's fault: 503, not an invocation failure. /V1 and /OpenAI are the OpenAI routes (the
+    host matches paths case-blind), so their 503 is OpenAI's error shape. The cause is logged
+    once per process, not at every request."""
+    import sys
+
+    from embedding_core import entry
+
+    monkeypatch.setitem(sys.modules, "embedding_core.service", None)   # its import fails
+    monkeypatch.setattr(entry, "built_for", lambda: ["3.99"])
+    monkeypatch.setattr(entry, "_logged", False)
+    for path in ("/V1/nothing", "/OpenAI/deployments/x/chat", "/v1/models/x"):
+        status, headers, body = entry.serve("{*path}", "GET", "http://localhost" + path,
+                                            {}, {}, b"", {})
+        assert status == 503
+        assert headers["Cache-Control"] == "no-store"     # as on every other answer
+        err = json.loads(body)["error"]
+        assert (err["code"], err["type"]) == ("service_unavailable", "server_error"), path
+        assert "built for Python 3.99" in err["message"]
+    logged = [r for r in caplog.records if "cannot load its packages" in r.getMessage()]
+    assert len(logged) == 1
+
+
+def test_the_pythons_a_build_was_made_for_are_in_version_order(tmp_path, monkeypatch):
+    """The 503 names them in this order ("3.9 and 3.11"): numerically, not as strings."""
+    from embedding_core import entry
+
+    for version in ("311", "39", "312"):
+        pkg = tmp_path / f"site{version}" / "orjson"
+        pkg.mkdir(parents=True)
+        (pkg / f"orjson.cpython-{version}-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
+    monkeypatch.setattr("sys.path", [str(tmp_path / f"site{v}") for v in ("311", "39", "312")])
+    assert entry.built_for() == ["3.9", "3.11", "3.12"]

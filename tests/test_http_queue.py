@@ -360,3 +360,12 @@ def test_a_request_too_slow_for_its_clients_time_out_is_refused_before_it_runs()
             == len(big)
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("raw", ["soon", "-3", "nan"])
+def test_a_malformed_read_time_out_is_no_time_out_even_beside_a_node_header(raw):
+    """A Python SDK read time-out that is not a plain number means no known time-out: the
+    request is not given the Node SDK's from the other header instead."""
+    req = ApiRequest("POST", "/embeddings", {"x-stainless-read-timeout": raw,
+                                             "x-stainless-timeout": "5"})
+    assert req.client_timeout_s() is None
