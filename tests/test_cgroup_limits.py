@@ -264,3 +264,16 @@ def test_images_get_smaller_limits_where_memory_is_small(monkeypatch, caplog, us
         got = Settings.from_env(both)
     assert (got.max_image_decode_bytes, got.max_image_body_bytes) == (300 << 20, 65536)
     assert "lowered" not in caplog.text
+
+
+def test_cgroup_v1_cpu_is_read_from_the_cpu_hierarchy_not_cpuset(tmp_path):
+    """On a v1 host the cpuset hierarchy may hold the process elsewhere (here at its root, as
+    systemd leaves it) than the cpu one: the CPU limit is the cpu hierarchy's cgroup's."""
+    proc = fake(tmp_path, ["5:memory:/docker/abc", "4:cpu,cpuacct:/docker/abc", "3:cpuset:/"],
+                [V1_MOUNT], {
+                    "cpu/docker/abc/cpu.cfs_quota_us": "50000",
+                    "cpu/docker/abc/cpu.cfs_period_us": "100000",
+                    "cpu/cpu.cfs_quota_us": "-1",
+                    "cpu/cpu.cfs_period_us": "100000",
+                })
+    assert cgroup_cpu_limit(proc) == 0.5

@@ -18,6 +18,7 @@ import pytest
 from conftest import refuse_thread_start
 from embedding_core import decode_helpers
 from embedding_core.decode_helpers import Abandoned, DecodeHelpers
+from embedding_core.errors import DeadlinePassed
 from embedding_core.settings import Settings
 
 WAIT = 10.0     # seconds: far above any wait here, so a hang fails instead of blocking the run
@@ -329,3 +330,19 @@ def test_one_helper_fewer_than_the_inference_workers(monkeypatch, env, cores, co
     monkeypatch.setattr(decode_helpers, "_HELPERS", None)
     made = decode_helpers.helpers(Settings.from_env(env))
     assert made.threads == count and decode_helpers.helpers(Settings()) is made
+
+
+@pytest.mark.parametrize("threads, items", [(0, 3), (2, 1), (2, 3)])
+def test_no_picture_starts_once_the_deadline_has_passed(threads, items):
+    """Sequential (no helpers, or one picture) or with helpers: once the request's deadline has
+    passed, no picture is decoded and the request gets DeadlinePassed (answered as timed out),
+    even when the decoder itself never calls its checkpoint."""
+    helpers = DecodeHelpers(threads)
+    started = []
+
+    def decode(i, item, checkpoint):
+        started.append(i)
+        return i
+    with pytest.raises(DeadlinePassed):
+        helpers.map(decode, list(range(items)), deadline=time.perf_counter() - 1)
+    assert started == []

@@ -2619,3 +2619,24 @@ def test_zone_redundancy_brings_zrs_storage_and_at_least_two_always_ready():
         resource = one_resource(MODULES / "storage.bicep", "Microsoft.Storage/storageAccounts")
         assert ev.eval(resource["sku"]["name"], {}) == sku
     assert params(MODULES / "storage.bicep")["zoneRedundant"]["default"] is False
+
+
+def test_the_build_digest_covers_shipped_code_by_path_and_nothing_else(tmp_path):
+    """Files under dot-directories and __pycache__ are never shipped, a registry.json is the
+    package's own only, and moving a file to another path is another build."""
+    from embedding_core import build
+
+    root = tmp_path / "app"
+    pkg = root / build.PACKAGE
+    for rel, text in {"function_app.py": "app", f"{build.PACKAGE}/a.py": "a",
+                      f"{build.PACKAGE}/registry.json": "{}",
+                      f"{build.PACKAGE}/.venv/lib/site.py": "x",
+                      f"{build.PACKAGE}/__pycache__/stale.py": "x",
+                      f"{build.PACKAGE}/tools/registry.json": "{}"}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    assert [p.as_posix() for p in build.files(root)] == [
+        f"{build.PACKAGE}/a.py", f"{build.PACKAGE}/registry.json", "function_app.py"]
+    before = build.digest(root)
+    (pkg / "a.py").rename(pkg / "b.py")
+    assert build.digest(root) != before

@@ -117,3 +117,40 @@ def test_templates():
     for bad in ("a/{*rest}/b", "file.{ext}", "{a}-{b}", "a//b", "{x}/{X}", "{v:datetime}", "{*p?}"):
         with pytest.raises(RouteTemplateError):
             parse_template(bad)
+
+
+@pytest.mark.parametrize("constraint, accepted, refused", [
+    ("int", ["2147483647", "-2147483648", "0"], ["2147483648", "-2147483649", "1.5"]),
+    ("range(1,5)", ["1", "5"], ["0", "6"]),
+    ("min(3)", ["3"], ["2"]),
+    ("max(3)", ["3"], ["4"]),
+    ("bool", ["true", "False", "TRUE"], ["yes", "1"]),
+    ("length(3)", ["abc"], ["ab", "abcd"]),
+    ("length(2,3)", ["ab", "abc"], ["a", "abcd"]),
+    # .NET's regex constraint: case-insensitive, and unanchored unless the pattern anchors it
+    ("regex(ab)", ["ab", "AB", "xaby"], ["a-b"]),
+    ("regex(^ab$)", ["Ab"], ["xab"]),
+])
+def test_constraint_boundaries(constraint, accepted, refused):
+    r = Router()
+    r.add(f"n/{{v:{constraint}}}", None, "constrained")
+    r.add("n/{v}", None, "any")
+    for value in accepted:
+        assert r.match("GET", split_path(f"/n/{value}")).target == "constrained", value
+    for value in refused:
+        assert r.match("GET", split_path(f"/n/{value}")).target == "any", value
+
+
+def test_a_constrained_optional_parameter_comes_before_a_plain_one_whatever_their_names():
+    """Both may be absent, so both match "/a": a constrained parameter has the higher precedence
+    (RoutePrecedence: 2 before 3), whatever the template text's order."""
+    r = Router()
+    r.add("a/{y?}", None, "plain")
+    r.add("a/{z:int?}", None, "constrained")
+    assert r.match("GET", split_path("/a")).target == "constrained"
+
+
+def test_an_optional_parameter_with_a_default_is_refused():
+    """ASP.NET refuses "{x?=a}" (an optional parameter cannot have a default value)."""
+    with pytest.raises(RouteTemplateError):
+        parse_template("{x?=a}")
