@@ -105,8 +105,8 @@ _one_off = threading.local()
 @contextlib.contextmanager
 def one_off() -> Iterator[None]:
     """Marks one-off work a lane does inside ``run`` (creating a session on first use, compiling
-    a model, waiting for another thread doing so): the queue leaves its time out of the
-    throughput it measures, or the first batch after a cold start would make every estimate
+    a model, waiting for another thread doing so): the queue leaves a batch that did any out of
+    the throughput it measures, or the first batch after a cold start would make every estimate
     (admission, Retry-After) ten times too long for the next twenty batches."""
     start = time.perf_counter()
     try:
