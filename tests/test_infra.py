@@ -2640,3 +2640,200 @@ def test_the_build_digest_covers_shipped_code_by_path_and_nothing_else(tmp_path)
     before = build.digest(root)
     (pkg / "a.py").rename(pkg / "b.py")
     assert build.digest(root) != before
+
+
+# --------------------------------------------------------------------------- parameters reach the resources
+
+
+def _code_without_comments(path: Path) -> str:
+    """The template's code: no // comments and no @description(...) text, which may name a
+    parameter without using it."""
+    return "\n".join(line.split("//", 1)[0] for line in path.read_text().splitlines()
+                     if not line.lstrip().startswith("@description("))
+
+
+@pytest.mark.parametrize("path", sorted(INFRA.rglob("*.bicep")), ids=lambda p: p.name)
+def test_every_parameter_is_used(path):
+    """The Bicep linter's no-unused-params: a parameter the template never reads is a setting a
+    deployer changes (azd env set ...) to no effect, e.g. a module parameter main.bicep no longer
+    hands on, or a module that declares a parameter and writes a constant instead."""
+    code = _code_without_comments(path)
+    for name in params(path):
+        uses = re.findall(rf"(?<![\w.'$]){re.escape(name)}\b(?!\s*:)", code)
+        # the declaration itself is one occurrence (param <name> ...)
+        assert len(uses) >= 2, f"{path.name}: parameter {name} is never used"
+
+
+# Module parameters main.bicep deliberately leaves at the module's default.
+MODULE_DEFAULTS_KEPT = {
+    "monitoring": {"retentionInDays"},      # 30 days, not a deployment setting
+    "keyVault": {"apiKeyEntropy"},          # the module's fresh newGuid() (test_infra checks it)
+}
+
+
+def test_main_hands_every_module_option_on():
+    """An optional module parameter main.bicep does not pass silently takes the module's default,
+    whatever the deployer set: e.g. instanceMemoryMB (the app then always runs on 2048 MB while
+    main.bicep sizes its concurrency for 512) or zoneRedundant (ZRS storage, no zone-redundant
+    plan)."""
+    for name, module in parse(MAIN)["modules"].items():
+        declared = set(params(INFRA / module["detail"]["path"]))
+        passed = set(module["config"].get("params", {}))
+        assert declared - passed == MODULE_DEFAULTS_KEPT.get(name, set()), name
+
+
+def test_plan_is_zone_redundant_exactly_when_asked():
+    from bicep_eval import Evaluator
+    tree = parse(MODULES / "functionapp.bicep")
+    plan = one_resource(MODULES / "functionapp.bicep", "Microsoft.Web/serverfarms")
+    required = {n: "x" for n, spec in tree["parameters"].items() if spec.get("default") is None}
+    for zr in (False, True):
+        ev = Evaluator(tree, dict(required, zoneRedundant=zr, hasApiKeys=True))
+        assert ev.eval(plan["properties"]["zoneRedundant"], {}) is zr
+    assert render(parse(MAIN)["modules"]["functionApp"]["config"]["params"]["zoneRedundant"]) == \
+        "zoneRedundant"
+
+
+def test_max_instance_count_is_at_least_one():
+    for path in (MAIN, MODULES / "functionapp.bicep"):
+        spec = params(path)["maximumInstanceCount"]
+        assert {d["type"]: d.get("argument") for d in spec["decorators"]}["min_value"] == 1, path
+
+
+# --------------------------------------------------------------------------- what the app must reach
+
+
+def test_what_the_app_reaches_over_public_endpoints_is_reachable():
+    """No VNet integration (the checkov skips CKV_AZURE_35/59/109/189/222 say why): callers reach
+    the site, and the app reaches its host storage and package, the Key Vault reference and the
+    telemetry ingestion endpoint, over public endpoints. Any of them closed fails every request
+    (or loses all telemetry) after a deployment that succeeds."""
+    site = one_resource(MODULES / "functionapp.bicep", "Microsoft.Web/sites")["properties"]
+    assert site.get("publicNetworkAccess", "Enabled") == "Enabled"
+    for path, rtype in ((MODULES / "storage.bicep", "Microsoft.Storage/storageAccounts"),
+                        (MODULES / "keyvault.bicep", "Microsoft.KeyVault/vaults")):
+        props = one_resource(path, rtype)["properties"]
+        assert props.get("publicNetworkAccess", "Enabled") == "Enabled", rtype
+        assert props.get("networkAcls", {}).get("defaultAction", "Allow") == "Allow", rtype
+    appi = one_resource(MODULES / "monitoring.bicep", "Microsoft.Insights/components")["properties"]
+    assert appi.get("publicNetworkAccessForIngestion", "Enabled") == "Enabled"
+
+
+def test_the_api_key_secret_is_enabled_and_the_vault_serves_no_platform_deployment():
+    """A disabled secret leaves the Key Vault reference unresolved (every key caller gets 401);
+    enabledFor* would let VMs, disk encryption or any ARM template deployment read it."""
+    kv = MODULES / "keyvault.bicep"
+    secret = one_resource(kv, "Microsoft.KeyVault/vaults/secrets")["properties"]
+    assert secret["attributes"] == {"enabled": True}
+    vault = one_resource(kv, "Microsoft.KeyVault/vaults")["properties"]
+    for name in ("enabledForDeployment", "enabledForDiskEncryption", "enabledForTemplateDeployment"):
+        assert vault[name] is False, name
+
+
+def test_host_storage_is_general_purpose_v2():
+    """The Functions host storage must be a general-purpose account (StorageV2), not a legacy
+    blob-only one (functions-recommendations / storage-considerations)."""
+    account = one_resource(MODULES / "storage.bicep", "Microsoft.Storage/storageAccounts")
+    assert account["kind"] == "StorageV2"
+
+
+def test_module_outputs_are_the_values_their_names_say():
+    """The identity's client id feeds AzureWebJobsStorage__clientId and the App Insights
+    authentication string, its principal (object) id the role assignments; the connection string
+    feeds APPLICATIONINSIGHTS_CONNECTION_STRING. Swapped, the deployment succeeds and the host
+    cannot reach its storage (or telemetry is lost)."""
+    ident = parse(MODULES / "identity.bicep")["outputs"]
+    assert render(ident["clientId"]["value"]) == "identity.properties.clientId"
+    assert render(ident["principalId"]["value"]) == "identity.properties.principalId"
+    assert render(ident["id"]["value"]) == "identity.id"
+    mon = parse(MODULES / "monitoring.bicep")["outputs"]
+    assert render(mon["connectionString"]["value"]) == "applicationInsights.properties.ConnectionString"
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+def _rules():
+    path = MODULES / "alerts.bicep"
+    return {n: resource_config(r) for n, r in resources(path).items()
+            if r["type"] == "Microsoft.Insights/scheduledQueryRules"}
+
+
+def test_alert_percentages_count_sampled_rows_in_real_numbers():
+    """KQL divides two longs as integers: 100 * 19 / 1000 is 1, not 1.9, and the 1 % rule would
+    never fire below 2 %. Every count is sum(itemCount) (sampled rows stand for itemCount
+    requests)."""
+    path = MODULES / "alerts.bicep"
+    for name, var in (("serverErrors", "serverErrorQuery"), ("throttled", "throttledQuery"),
+                      ("unauthorized", "unauthorizedQuery")):
+        query = variable(path, var)
+        m = re.search(r"\| project timestamp, \w+Percent = 100\.0 \* (\w+) / total$", query)
+        assert m, query
+        assert re.search(rf"\b{m.group(1)} = sumif\(itemCount, ", query), query
+        assert "total = sum(itemCount)" in query
+        assert "count()" not in query and "countif(" not in query
+
+
+def test_alert_rules_are_as_operations_md_documents_them():
+    """docs/operations.md's alert table: each rule's name suffix, severity, azd variables and
+    what it measures (the p95 of 200 answers)."""
+    table = (ROOT / "docs" / "operations.md").read_text()
+    rows = re.findall(r"^\| `alert-…-([\w-]+)` \(severity (\d)\) \| ([^|]+)\| ([^|]+)\|", table, re.M)
+    assert len(rows) == 4
+    by_suffix = {}
+    for r in _rules().values():
+        by_suffix[r["name"].split("}-", 1)[1]] = r
+    azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    for suffix, severity, _, settings in rows:
+        rule = by_suffix[suffix]
+        assert rule["properties"]["severity"] == int(severity), suffix
+        for param, var in re.findall(r"`(\w+)` / `(\w+)`", settings):
+            assert re.fullmatch(rf"\$\{{{var}(=[^}}]*)?\}}", azd[param]["value"]), (param, var)
+    assert "p95 duration of 200 answers" in table
+    assert '| where resultCode == "200" |' in variable(MODULES / "alerts.bicep", "latencyQuery")
+
+
+def test_alert_failing_periods_fit_the_evaluation_periods():
+    """ARM refuses minFailingPeriodsToAlert > numberOfEvaluationPeriods."""
+    for name, rule in _rules().items():
+        (criterion,) = rule["properties"]["criteria"]["allOf"]
+        periods = criterion["failingPeriods"]
+        assert 1 <= periods["minFailingPeriodsToAlert"] <= periods["numberOfEvaluationPeriods"], name
+
+
+# --------------------------------------------------------------------------- azd variables
+
+
+AZD_OWN = {"AZURE_LOCATION", "AZURE_RESOURCE_GROUP", "AZURE_KEY_VAULT_NAME", "AZURE_ENV_NAME",
+           "AZURE_SUBSCRIPTION_ID", "AZURE_PRINCIPAL_ID"}
+
+
+def test_every_azd_variable_the_docs_name_is_read_by_the_template():
+    """`azd env set X` in the guides, and the "`X` / `param`" pairs of their tables, must reach
+    the parameter they name through main.parameters.json: a renamed variable is silently
+    ignored (Entra ID stays off, no action group, no zone redundancy)."""
+    azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    read = {}
+    for param, spec in azd.items():
+        for var in re.findall(r"\$\{(\w+)", spec["value"]):
+            read[var] = param
+    docs = "".join((ROOT / "docs" / f).read_text() for f in ("deploy.md", "operations.md"))
+    for var in set(re.findall(r"azd env set ([A-Z][A-Z0-9_]*[A-Z0-9])\b", docs)):
+        assert var in read or var in AZD_OWN, var
+    declared = params(MAIN)
+    pairs = re.findall(r"`([A-Z][A-Z0-9_]+)` / `([a-z]\w+)`", docs) + \
+        [(v, p) for p, v in re.findall(r"`([a-z]\w+)` / `([A-Z][A-Z0-9_]+)`", docs)]
+    pairs = [(v, p) for v, p in pairs if p in declared]
+    assert len(pairs) >= 12
+    for var, param in pairs:
+        assert read.get(var) == param, (var, param)
+
+
+def test_int_and_bool_parameters_have_an_azd_default():
+    """azd substitutes an empty string for an unset variable without a default, which ARM
+    cannot convert to an int or a bool: the provision fails."""
+    azd = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    declared = params(MAIN)
+    for name, spec in azd.items():
+        if declared[name]["type"] in ("int", "bool"):
+            assert re.fullmatch(r"\$\{\w+=[^}]+\}", spec["value"]), name
