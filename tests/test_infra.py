@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import http.server
 import importlib.util
+import io
 import json
 import os
 import re
@@ -2837,3 +2838,99 @@ def test_int_and_bool_parameters_have_an_azd_default():
     for name, spec in azd.items():
         if declared[name]["type"] in ("int", "bool"):
             assert re.fullmatch(r"\$\{\w+=[^}]+\}", spec["value"]), name
+
+
+# --------------------------------------------------------------------------- the post-deploy check
+
+
+class _Clock:
+    """time for smoke_deployed.health(): monotonic and sleep on a fake clock."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.slept = []
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def _answering(smoke, monkeypatch, answers):
+    """smoke.request_json answers GET /health with ``answers`` in turn (the last repeats)."""
+    clock = _Clock()
+    calls = []
+
+    def request_json(method, url, headers, body, timeout):
+        calls.append((method, url))
+        status, payload = answers[min(len(calls) - 1, len(answers) - 1)]
+        return status, payload, 0.01
+
+    monkeypatch.setattr(smoke, "time", clock)
+    monkeypatch.setattr(smoke, "request_json", request_json)
+    return clock, calls
+
+
+def test_smoke_waits_out_404_and_every_5xx_while_the_app_restarts(monkeypatch):
+    """Right after a deployment /health may answer 404 (functions not indexed yet) or any 5xx
+    (500 included) before 200: the hook waits these out (its --help says so) rather than failing
+    the deployment on the first answer."""
+    smoke = load_smoke_module()
+    clock, calls = _answering(smoke, monkeypatch, [(404, None), (500, {"error": "starting"}),
+                                                   (503, None), (200, {"status": "ok"})])
+    status, payload, _ = smoke.health("https://x.net", 10, 300, out=io.StringIO())
+    assert status == 200 and len(calls) == 4 and clock.slept == [1.0, 2.0, 4.0]
+
+
+def test_smoke_gives_up_after_wait_seconds_backing_off_to_10(monkeypatch):
+    """azure.yaml's --wait 300 is five minutes: asked again after 1, 2, 4, 8 s, then every 10 s,
+    and the hook fails once 300 s have passed, not later."""
+    smoke = load_smoke_module()
+    clock, calls = _answering(smoke, monkeypatch, [(503, {"error": "down"})])
+    with pytest.raises(smoke.SmokeError, match="returned 503"):
+        smoke.run(smoke.build_parser().parse_args(
+            ["--url", "https://x.net", "--health-only", "--wait", "300"]), {},
+            out=io.StringIO())
+    assert clock.slept[:6] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert sum(clock.slept) == 300 and max(clock.slept) == 10.0
+
+
+@pytest.mark.parametrize("status", [401, 403, 429])
+def test_smoke_fails_when_health_is_not_a_200(monkeypatch, status):
+    """A /health the platform refuses (access restrictions, an identity provider in front) is no
+    proof the deployment works."""
+    smoke = load_smoke_module()
+    _answering(smoke, monkeypatch, [(status, {"error": "no"})])
+    with pytest.raises(smoke.SmokeError, match=f"GET /health returned {status}"):
+        smoke.run(smoke.build_parser().parse_args(["--url", "https://x.net", "--health-only"]),
+                  {}, out=io.StringIO())
+
+
+def test_smoke_fails_when_embeddings_answer_without_credentials(monkeypatch):
+    smoke = load_smoke_module()
+    seen = []
+
+    def request_json(method, url, headers, body, timeout):
+        seen.append((method, url.split("?")[0], dict(headers)))
+        if url.endswith("/health"):
+            return 200, {"status": "ok"}, 0.01
+        if "/info" in url:
+            return 200, {"model_name": "m"}, 0.01
+        return 200, {"data": [{"embedding": [0.1]}]}, 0.01    # with or without a key
+
+    monkeypatch.setattr(smoke, "request_json", request_json)
+    with pytest.raises(smoke.SmokeError, match="without credentials returned 200"):
+        smoke.run(smoke.build_parser().parse_args(["--url", "https://x.net"]),
+                  {"EMBEDDINGS_API_KEY": "k" * 32}, out=io.StringIO())
+    assert ("POST", "https://x.net/embeddings", {}) in seen
+
+
+def test_smoke_refuses_non_finite_embeddings():
+    """json.loads takes NaN and Infinity: a vector holding them is no embedding."""
+    smoke = load_smoke_module()
+    assert smoke.check_embeddings_payload({"data": [{"embedding": [0.5, -1]}]}) == 2
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(smoke.SmokeError, match="non-finite"):
+            smoke.check_embeddings_payload({"data": [{"embedding": [0.5, bad]}]})
