@@ -50,6 +50,9 @@ DEFAULT_API_VERSION = "2024-05-01-preview"
 DEFAULT_KEY_ENV = "EMBEDDINGS_API_KEY"
 URL_ENV = "AZURE_FUNCTION_URL"
 SETTLE_PAUSE = 2.0      # seconds between the answers of --settle
+# /health answers --wait waits out besides 5xx: 404 while the functions are not indexed yet,
+# 408 and 429 from the platform's front end while instances restart or scale out.
+WAITED_OUT = frozenset({404, 408, 429})
 NO_CREDENTIALS_HINT = (
     "\nRight after a first deployment the identity's Key Vault role may still have been "
     "propagating when the app read its key: see docs/deploy.md, \"Key Vault reference not "
@@ -154,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="retry GET /health this long while the app is unreachable, not found, answers 5xx "
-             "(a deployment restarting) or a status other than ok (degraded); default: 0, no "
-             "retry",
+        help="retry GET /health this long while the app is unreachable, not found, answers 408, "
+             "429 or 5xx (a deployment restarting, the platform busy) or a status other than ok "
+             "(degraded); default: 0, no retry",
     )
     parser.add_argument(
         "--expect-build",
@@ -410,7 +413,8 @@ def credentials_hint(status: Optional[int], payload: Any) -> str:
 def health(base: str, timeout: float, wait: float, out=sys.stdout,
            build: Sequence[str] = (), settle: float = 0.0) -> Tuple[int, Any, float]:
     """GET /health; for ``wait`` seconds, again while the app is unreachable, answers 404 (not
-    indexed yet) or 5xx (starting, or a deployment that cannot load its packages: the last
+    indexed yet), 408 or 429 (the platform's front end busy or throttling: transient by HTTP's
+    definition) or 5xx (starting, or a deployment that cannot load its packages: the last
     answer is then the error), answers 200 from a build not in ``build`` (an instance
     still running the previous deployment), or 200 with a status other than "ok" (the last
     answer is then that reason). With ``settle``, a good answer counts once every
@@ -430,7 +434,7 @@ def health(base: str, timeout: float, wait: float, out=sys.stdout,
             last = answered = f"{status}: {payload!r}"
             stale = other_build(payload, build) if status == 200 else None
             unwell = degraded(payload) if status == 200 else None
-            good = status != 404 and status < 500 and not stale and not unwell
+            good = status not in WAITED_OUT and status < 500 and not stale and not unwell
             if stale or unwell:
                 last = f"200, but {stale or unwell}"
         except SmokeError as exc:

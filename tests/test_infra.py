@@ -2897,15 +2897,32 @@ def test_smoke_gives_up_after_wait_seconds_backing_off_to_10(monkeypatch):
     assert sum(clock.slept) == 300 and max(clock.slept) == 10.0
 
 
-@pytest.mark.parametrize("status", [401, 403, 429])
+@pytest.mark.parametrize("status", [408, 429])
+def test_smoke_waits_out_a_busy_front_end(monkeypatch, status):
+    """408 and 429 say "try again later" by HTTP's definition: the platform's front end may send
+    them while instances restart or scale out, so the hook waits them out like a 5xx instead of
+    failing the deployment, and fails with that answer once --wait has passed."""
+    smoke = load_smoke_module()
+    clock, calls = _answering(smoke, monkeypatch, [(status, None), (status, None),
+                                                   (200, {"status": "ok"})])
+    status_seen, payload, _ = smoke.health("https://x.net", 10, 300, out=io.StringIO())
+    assert status_seen == 200 and len(calls) == 3 and clock.slept == [1.0, 2.0]
+    _answering(smoke, monkeypatch, [(status, {"error": "busy"})])
+    with pytest.raises(smoke.SmokeError, match=f"GET /health returned {status}"):
+        smoke.run(smoke.build_parser().parse_args(
+            ["--url", "https://x.net", "--health-only", "--wait", "30"]), {}, out=io.StringIO())
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 405])
 def test_smoke_fails_when_health_is_not_a_200(monkeypatch, status):
     """A /health the platform refuses (access restrictions, an identity provider in front) is no
-    proof the deployment works."""
+    proof the deployment works: failed at once, not waited out."""
     smoke = load_smoke_module()
-    _answering(smoke, monkeypatch, [(status, {"error": "no"})])
+    clock, calls = _answering(smoke, monkeypatch, [(status, {"error": "no"})])
     with pytest.raises(smoke.SmokeError, match=f"GET /health returned {status}"):
-        smoke.run(smoke.build_parser().parse_args(["--url", "https://x.net", "--health-only"]),
-                  {}, out=io.StringIO())
+        smoke.run(smoke.build_parser().parse_args(
+            ["--url", "https://x.net", "--health-only", "--wait", "300"]), {}, out=io.StringIO())
+    assert len(calls) == 1 and clock.slept == []
 
 
 def test_smoke_fails_when_embeddings_answer_without_credentials(monkeypatch):
