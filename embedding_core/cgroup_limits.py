@@ -74,6 +74,8 @@ def _limit(proc: str, controller: str, read_v2: Callable[[str], float | None],
         root, mount_point = _unescape(fields_[3]), _unescape(fields_[4])
         if not _inside(root):   # e.g. a host's tree bind-mounted into another namespace
             continue
+        if not mount_point.startswith("/"):   # the kernel writes none: a garbled line
+            continue
         rel = os.path.relpath(paths[fstype], root)
         if rel.startswith(".."):   # the process's cgroup is outside this mount's view
             continue
@@ -83,9 +85,10 @@ def _limit(proc: str, controller: str, read_v2: Callable[[str], float | None],
             limit = read(directory)
             if limit is not None:
                 limits.append(limit)
-            if directory == os.path.normpath(mount_point):
-                break
-            directory = os.path.dirname(directory)
+            parent = os.path.dirname(directory)
+            if directory == os.path.normpath(mount_point) or parent == directory:
+                break   # the mount point, or "/" should the two ever disagree
+            directory = parent
     return min(limits) if limits else None
 
 

@@ -7,6 +7,7 @@ kernel shows them."""
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -119,6 +120,28 @@ def test_lines_that_other_readers_accept(tmp_path):
     proc = fake(tmp_path / "c", ["0::", "4:cpu,cpuacct:/"], [V2_MOUNT, V1_MOUNT],
                 {"cpu/cpu.cfs_quota_us": "100000", "cpu/cpu.cfs_period_us": "100000"})
     assert cgroup_cpu_limit(proc) == 1.0
+
+
+def test_a_garbled_mount_point_is_skipped_not_read_from_the_working_directory(
+        tmp_path, monkeypatch):
+    """The kernel writes absolute mount points only. A relative one (a garbled or hand-made
+    mountinfo) is skipped: not read against the working directory, and never a climb that
+    cannot reach its mount point (``a/..`` would climb to "" forever and hang start-up)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cg" / "c").mkdir(parents=True)
+    (tmp_path / "cg" / "c" / "cpu.max").write_text("50000 100000\n")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "cpu.max").write_text("50000 100000\n")
+    for mount_point in ("a/..", "cg", "."):
+        proc = fake(tmp_path / mount_point.replace("/", "_").replace(".", "dot"), ["0::/c"],
+                    [f"30 23 0:26 / {mount_point} rw - cgroup2 cgroup2 rw"], {})
+        result = []
+        reader = threading.Thread(target=lambda: result.append(cgroup_cpu_limit(proc)),
+                                  daemon=True)
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive(), f"the climb from {mount_point!r} never ended"
+        assert result == [None], mount_point
 
 
 @pytest.mark.parametrize("memberships, mounts, files", [
