@@ -6,9 +6,11 @@ import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import orjson
+
+from .entry import decode_path
 
 # How long the client waits for the response, as the OpenAI SDKs (Stainless-built) send it, and
 # what to add to the value: Python's `x-stainless-read-timeout` on every request (httpx's read
@@ -43,7 +45,7 @@ class ApiRequest:
         Functions worker's invocation context (``azure.functions.Context``), whose
         ``trace_context`` is the host's request span."""
         try:
-            path = unquote(urlsplit(url).path) or "/"
+            path = decode_path(urlsplit(url).path) or "/"
         except ValueError:
             path = "/"
         trace_context = getattr(invocation, "trace_context", None)

@@ -46,11 +46,21 @@ def serve(route: str, method: str, url: str, headers: Mapping[str, str],
     return res.status, res.headers, res.body
 
 
+_ENCODED_SLASH = re.compile("%2[fF]")
+
+
+def decode_path(raw: str) -> str:
+    """A URL's path percent-decoded as the Functions host (ASP.NET Core) decodes it: every
+    escape but an encoded '/' (``%2F``), which stays encoded, so that a name with a '/' sent as
+    ``%2F`` stays one segment, as in the route values the host passes."""
+    return "%2F".join(unquote(piece) for piece in _ENCODED_SLASH.split(raw))
+
+
 def _openai_route(route: str, url: str) -> bool:
     """Whether the request is on the OpenAI dialect's routes (service.ROUTES, path_dialect):
     those under /v1 and /openai, matched or not."""
     try:
-        path = route if route != "{*path}" else unquote(urlsplit(url).path)  # as api.py reads it
+        path = route if route != "{*path}" else decode_path(urlsplit(url).path)  # as api.py does
     except ValueError:
         return False
     first = (path.strip("/").split("/") or [""])[0].lower()

@@ -449,6 +449,32 @@ def test_route_values_reach_the_app_as_the_host_gives_them():
     assert json.loads(res.get_body())["id"] == "all-MiniLM-L6-v2"
 
 
+def test_without_route_values_the_path_is_read_as_the_host_decodes_it():
+    """A host that passes no route values leaves the app to read the name from the URL's path,
+    which it decodes as the host does: every escape but %2F, so that
+    "sentence-transformers%2Fall-MiniLM-L6-v2" stays one name, not "all-MiniLM-L6-v2" alone
+    (the last segment) or "sentence-transformers" (the third)."""
+    name = "sentence-transformers%2Fall-MiniLM-L6-v2"
+    _, embed = functions()["openai/deployments/{deployment}/embeddings"]
+    res = embed(func.HttpRequest(
+        "POST", f"http://localhost/openai/deployments/{name}/embeddings",
+        headers={"api-key": KEY}, params={"api-version": "2024-10-21"},
+        route_params={}, body=json.dumps({"input": ["hello"]}).encode()))
+    assert res.status_code == 200, res.get_body()
+    assert json.loads(res.get_body())["model"] == "all-MiniLM-L6-v2"
+    _, retrieve = functions()["openai/v1/models/{model}"]
+    for path in (f"openai/v1/models/{name}", "openai/v1/models/all-MiniLM-L6-v2",
+                 "openai/v1/models/all-%4DiniLM-L6-v2"):
+        res = retrieve(func.HttpRequest("GET", f"http://localhost/{path}",
+                                        headers={"api-key": KEY}, params={}, route_params={},
+                                        body=b""))
+        assert res.status_code == 200, (path, res.get_body())
+        assert json.loads(res.get_body())["id"] == "all-MiniLM-L6-v2"
+    res = retrieve(func.HttpRequest("GET", "http://localhost/openai/v1/models/other%2Fall-MiniLM-L6-v2",
+                                    headers={"api-key": KEY}, params={}, route_params={}, body=b""))
+    assert res.status_code == 404 and "other/all-MiniLM-L6-v2" in res.get_body().decode()
+
+
 def test_an_unloadable_build_answers_503_in_the_openai_shape_whatever_the_case_and_logs_once(
         monkeypatch, caplog):
     """Built for another Python, even a module of the app's own that fails to import is the
