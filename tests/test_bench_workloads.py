@@ -35,3 +35,27 @@ def test_the_retrieval_pairs_are_held_out_and_untruncated():
     tok = load_tokenizer()
     tok.no_truncation()
     assert max(len(tok.encode(t).ids) for t in queries + documents) <= 256
+
+
+def test_the_workloads_are_what_the_bench_reports():
+    assert len(workloads.build(100, 0, 0)["short"]) == 100
+    w = workloads.build(1024, 256, 0)         # as many ~15-word sentences as there are: 538
+    assert {len(t.split()) for t in w["short"]} == {15}
+    assert len(w["mixed"]) == 256 and all(5 <= len(t.split()) <= 190 for t in w["mixed"])
+    assert len(w["longest"]) == 2048
+    tok = load_tokenizer()
+    tok.no_truncation()
+    # (nearly) every one at the 256-token limit (5 of the first 1,024 have 247-255 tokens: the
+    # largest request is 262,123 tokens, not 262,144)
+    longest = [len(e.ids) for e in tok.encode_batch(w["longest"][:1024])]
+    assert min(longest) > 240 and sum(n < 256 for n in longest) <= 8
+
+
+def test_the_quality_set_is_held_out_from_the_output_range_calibration():
+    """scripts/calibrate.py fits the int8/binary output ranges on the docstrings at even positions;
+    the bench's held-out docstrings are at odd ones."""
+    from tools.corpus import stdlib_docstrings
+
+    calibrate_py = set(stdlib_docstrings()[0::2][:4000])
+    quality = workloads.build(0, 0, 1000)["quality"]
+    assert [t for t in quality if t in calibrate_py] == []
