@@ -11,7 +11,7 @@ import re
 import pytest
 from openapi_spec_validator import validate
 
-from conftest import API_VERSION, KEY, ROOT, make_service
+from conftest import API_VERSION, KEY, ROOT, make_service, post
 from embedding_core import dialect_openai, openai_tokens
 from embedding_core.encodings import FORMATS
 from embedding_core.openapi import ERROR_CODES, EXAMPLE_IMAGE, OPENAPI_VERSION
@@ -212,3 +212,80 @@ def test_a_replacement_registry_is_what_gets_documented(tmp_path):
     assert "all-MiniLM-L6-v2" not in json.dumps(doc)
     assert doc["components"]["schemas"]["ModelInfo"]["properties"]["model_type"]["enum"] == [
         "embeddings"]
+
+
+# -- what the document says the server accepts and answers, as it does ---------------------------
+
+def _served(svc, path="/openapi.json"):
+    res = svc.handle(path.strip("/"), ApiRequest("GET", path, {}))
+    assert res.status == 200
+    return res.json()
+
+
+def test_an_empty_input_array_is_refused_and_documented_so(service):
+    doc = _served(make_service())
+    s = doc["components"]["schemas"]
+    for body in ("EmbeddingsOptions", "CreateEmbeddingRequest"):
+        array = s[body]["properties"]["input"]["oneOf"][2]
+        assert array["type"] == "array" and array["minItems"] == 1, body
+    res = post(service, {"input": []})
+    assert res.status == 422
+
+
+def test_an_empty_text_in_an_array_is_refused_and_documented_so(service):
+    assert post(service, {"input": ["a", ""]}).status == 422
+    doc = _served(make_service())
+    assert doc["components"]["schemas"]["TextInput"]["minLength"] == 1
+
+
+def test_an_image_item_with_an_unknown_field_is_refused_and_documented_so(service):
+    res = post(service, {"input": [{"image": EXAMPLE_IMAGE, "colour": "red"}]},
+               path="/images/embeddings")
+    assert res.status == 422
+    doc = _served(make_service())
+    assert doc["components"]["schemas"]["ImageEmbeddingInput"]["additionalProperties"] is False
+
+
+def test_timing_headers_are_documented_where_they_are_sent(service):
+    doc = _served(make_service())
+    res = post(service, {"input": ["timing"]})
+    assert res.status == 200 and "x-queue-time" in res.headers and "x-inference-time" in res.headers
+    for path in ("/embeddings", "/v1/embeddings"):
+        headers = doc["paths"][path]["post"]["responses"]["200"]["headers"]
+        assert {"x-queue-time", "x-inference-time"} <= set(headers), path
+    info = service.handle("info", ApiRequest("GET", "/info", {"api-key": KEY},
+                                             {"api-version": API_VERSION}))
+    assert info.status == 200 and "x-queue-time" not in info.headers
+    for path, method in (("/info", "get"), ("/health", "get"), ("/v1/models", "get")):
+        headers = doc["paths"][path][method]["responses"]["200"]["headers"]
+        assert "x-queue-time" not in headers and "x-inference-time" not in headers, path
+
+
+def test_each_embeddings_route_documents_its_own_body_limit():
+    doc = _served(make_service(EMBEDDINGS_MAX_BODY_BYTES="65536",
+                               EMBEDDINGS_MAX_IMAGE_BODY_BYTES="1234567"))
+    assert "Body at most 65536 bytes (`EMBEDDINGS_MAX_BODY_BYTES`)" in \
+        doc["paths"]["/embeddings"]["post"]["description"]
+    assert "Body at most 1234567 bytes (`EMBEDDINGS_MAX_IMAGE_BODY_BYTES`)" in \
+        doc["paths"]["/images/embeddings"]["post"]["description"]
+
+
+def test_the_info_routes_422_for_a_blank_model_is_documented(service):
+    res = service.handle("info", ApiRequest("GET", "/info", {"api-key": KEY},
+                                            {"api-version": API_VERSION, "model": " "}))
+    assert res.status == 422 and res.headers["x-ms-error-code"] == "InvalidParameter"
+    doc = _served(make_service())
+    documented = doc["paths"]["/info"]["get"]["responses"]["422"]
+    assert documented["headers"]["x-ms-error-code"]["schema"]["enum"] == ["InvalidParameter"]
+
+
+def test_each_operation_documents_only_the_codes_it_can_answer():
+    doc = _served(make_service())
+    info = doc["paths"]["/info"]["get"]["responses"]
+
+    def codes(res):
+        return res["headers"]["x-ms-error-code"]["schema"]["enum"]
+    assert codes(info["400"]) == ["MissingApiVersionParameter", "UnsupportedApiVersionValue",
+                                  "InvalidHeaderValue"]
+    assert codes(info["404"]) == ["ModelNotFound"]
+    assert codes(doc["paths"]["/health"]["get"]["responses"]["503"]) == ["ServiceUnavailable"]
