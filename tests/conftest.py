@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,6 +99,19 @@ def process_service(mp: pytest.MonkeyPatch) -> Iterator[None]:
         yield
     finally:
         service_module.reset_service()
+
+
+def git_repo(path: Path, files: dict[str, str]) -> Path:
+    """A git repository at ``path`` whose one commit holds ``files`` (name -> text)."""
+    path.mkdir()
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    git = ["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git[:3] + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "data"], check=True)
+    return path
 
 
 def make_service(**env: str) -> EmbeddingService:

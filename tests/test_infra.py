@@ -25,6 +25,8 @@ import pytest
 
 from pycep import BicepParser  # pycep-parser, pinned in requirements-dev.txt
 
+from conftest import git_repo
+
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 MAIN = INFRA / "main.bicep"
@@ -2951,3 +2953,69 @@ def test_smoke_refuses_non_finite_embeddings():
     for bad in (float("nan"), float("inf")):
         with pytest.raises(smoke.SmokeError, match="non-finite"):
             smoke.check_embeddings_payload({"data": [{"embedding": [0.5, bad]}]})
+
+
+def test_the_lock_takes_311_312_and_313(tmp_path, monkeypatch):
+    lock = _lock_script()
+    frozen = {sys.executable: ((3, 11), {"a": "1"}), "py312": ((3, 12), {"a": "1"}),
+              "py313": ((3, 13), {"a": "2"})}
+    monkeypatch.setattr(lock, "freeze", lambda python: frozen[python])
+    monkeypatch.setattr(lock, "ROOT", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["lock_requirements.py", "py312", "py313"])
+    lock.main()
+    lines = (tmp_path / "requirements.lock").read_text().splitlines()
+    assert lines[-2:] == ['a==1; python_version < "3.13"', 'a==2; python_version >= "3.13"']
+    monkeypatch.setattr(sys, "argv", ["lock_requirements.py", "py313", "py313"])
+    with pytest.raises(SystemExit):          # no 3.12
+        lock.main()
+
+
+def test_the_lock_is_resolved_without_the_old_lock(tmp_path, monkeypatch):
+    lock = _lock_script()
+    (tmp_path / "requirements.txt").write_text("-c requirements.lock\nfoo>=1\n")
+    monkeypatch.setattr(lock, "ROOT", tmp_path)
+    seen = {}
+
+    def run(cmd, **kw):
+        if "-r" in cmd:
+            seen["requirements"] = open(cmd[cmd.index("-r") + 1]).read()
+        out = "foo==1.2\n" if "freeze" in cmd else "3 11\n" if "-c" in cmd else ""
+        return subprocess.CompletedProcess(cmd, 0, out, "")
+    monkeypatch.setattr(lock.subprocess, "run", run)
+    assert lock.freeze("python3.11") == ((3, 11), {"foo": "1.2"})
+    assert seen["requirements"] == "foo>=1\n"
+
+
+def test_bicep_types_keep_what_the_infra_checks_need(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("extract_bicep_types",
+                                                  ROOT / "scripts" / "extract_bicep_types.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    types = [
+        {"$type": "StringType"},                                                    # 0
+        {"$type": "IntegerType", "minValue": 1, "maxValue": 10},                    # 1
+        {"$type": "ObjectType", "name": "Props", "properties": {
+            "name": {"type": {"$ref": "#/0"}, "flags": 1},                         # required
+            "id": {"type": {"$ref": "#/0"}, "flags": 2},                           # read-only
+            "count": {"type": {"$ref": "#/1"}, "flags": 0}}},                      # 2
+        {"$type": "ResourceType", "name": "Microsoft.Web/sites@2024-04-01", "body": {"$ref": "#/2"}},
+        {"$type": "ResourceType", "name": "Microsoft.Web/serverfarms@2024-04-01", "body": {"$ref": "#/2"}},
+    ]
+    repo = tmp_path / "bicep-types-az"
+    git_repo(repo, {"generated/web/microsoft.web/2024-04-01/types.json": json.dumps(types)})
+    infra = tmp_path / "infra"
+    (infra / "modules").mkdir(parents=True)
+    (infra / "main.bicep").write_text("resource site 'Microsoft.Web/sites@2024-04-01' = {}\n")
+    (infra / "modules" / "plan.bicep").write_text(
+        "resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {}\n")
+    monkeypatch.setattr(ex, "INFRA", infra)
+    monkeypatch.setattr(ex, "ROOT", tmp_path)
+    out = tmp_path / "bicep_types.json"
+    assert ex.main(["--repo", str(repo), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert set(doc["resources"]) == {"Microsoft.Web/sites@2024-04-01",
+                                     "Microsoft.Web/serverfarms@2024-04-01"}
+    body = doc["types"][doc["types"][doc["resources"]["Microsoft.Web/sites@2024-04-01"]]["body"]]
+    props = body["properties"]
+    assert props["id"]["type"] == "readonly" and props["name"]["type"] == "string"
+    assert doc["types"][props["count"]["type"]] == {"kind": "int", "minValue": 1, "maxValue": 10}

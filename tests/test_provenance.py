@@ -8,7 +8,9 @@ several are not checked here; the registry's checksums are verified when a model
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import re
+import zipfile
 from functools import cache
 from pathlib import Path
 
@@ -75,3 +77,32 @@ def test_data_files_are_never_converted_at_checkout():
                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
     converted = [line for line in attrs.splitlines() if not line.endswith(": text: unset")]
     assert not converted and len(attrs.splitlines()) == len(files), converted[:5]
+
+
+def _wheel(path, members: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+def test_pkgdata_reads_the_pinned_wheel_from_the_cache_and_checks_it(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("pkgdata", ROOT / "scripts" / "pkgdata.py")
+    pkgdata = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pkgdata)
+
+    def no_download(*a, **k):
+        raise AssertionError(f"would download: {a}")
+    monkeypatch.setattr(pkgdata.subprocess, "run", no_download)
+    old = _wheel(tmp_path / "some_dist-1.0-py3-none-any.whl", {"pkg/data.txt": b"old"})
+    new = _wheel(tmp_path / "some_dist-2.0-py3-none-any.whl", {
+        "pkg/data.txt": b"new", "some_dist-2.0.dist-info/LICENSE": b"MIT",
+        "some_dist-2.0.dist-info/licenses/LICENSE.third-party.txt": b"other"})
+    assert pkgdata.wheel("some-dist", "2.0", cache=tmp_path) == new
+    assert pkgdata.wheel("Some_Dist", "1.0", cache=tmp_path) == old
+    monkeypatch.setattr(pkgdata, "wheel", lambda dist, version, cache=None: new)
+    assert pkgdata.read("some-dist", "2.0", "pkg/data.txt",
+                        hashlib.sha256(b"new").hexdigest()) == b"new"
+    with pytest.raises(ValueError):
+        pkgdata.read("some-dist", "2.0", "pkg/data.txt", hashlib.sha256(b"old").hexdigest())
+    assert pkgdata.license_member("some-dist", "2.0") == "some_dist-2.0.dist-info/LICENSE"

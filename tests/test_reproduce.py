@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import io
 import json
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import DATA, ROOT
+from conftest import DATA, ROOT, git_repo
 
 spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
 reproduce = importlib.util.module_from_spec(spec)
@@ -155,3 +156,48 @@ def test_a_checksum_of_a_rebuilt_file_that_passed_is_read_as_the_committed_one()
     assert status(path, path.read_bytes(), json.dumps(near).encode()) == "close"
     near["_provenance"]["embeddings_sha256"] = "0" * 64
     assert status(path, path.read_bytes(), json.dumps(near).encode()) == "DIFFERENT"
+
+
+def test_reproduce_compares_what_a_rebuild_may_change_and_nothing_else():
+    r = reproduce
+    minilm = (ROOT / "embedding_core" / "models" / "all-MiniLM-L6-v2" / "PROVENANCE.md").read_text()
+    # a measurement 5e-5 off is not a last-bits difference
+    assert r.compare("x/PROVENANCE.md", minilm.encode(),
+                     minilm.replace("min 0.9986314", "min 0.9986814").encode())[0] == "DIFFERENT"
+    # a field the committed file does not have
+    assert r.compare("x/a.json", b'{"a": 1}', b'{"a": 1, "b": 2}')[0] == "DIFFERENT"
+    assert r.compare("x/a.json", b'{"a": 1, "b": 2}', b'{"a": 1}')[0] == "DIFFERENT"
+    # only the vector fields are read as base64 float32: another string is text
+    v1 = base64.b64encode(np.array([1, 2, 3], "<f4").tobytes()).decode()
+    v2 = base64.b64encode(np.array([1, 2, 3.0000002], "<f4").tobytes()).decode()
+    assert r.compare("x/a.json", json.dumps({"embedding": v1}).encode(),
+                     json.dumps({"embedding": v2}).encode())[0] == "close"
+    assert r.compare("x/a.json", json.dumps({"model": v1}).encode(),
+                     json.dumps({"model": v2}).encode())[0] == "DIFFERENT"
+    # an array of another dtype is another file, even with the same values
+    a, b = io.BytesIO(), io.BytesIO()
+    np.save(a, np.arange(6, dtype=np.float32).reshape(2, 3))
+    np.save(b, np.arange(6, dtype=np.float64).reshape(2, 3))
+    assert r.compare("x/a.npy", a.getvalue(), b.getvalue())[0] == "DIFFERENT"
+
+
+@pytest.mark.parametrize("script, rc, shown", [
+    ("open('data/out.txt', 'w').write('made\\n')", 0, "identical"),
+    ("pass", 1, "MISSING"),                                           # wrote nothing
+    ("open('data/out.txt', 'w').write('made\\n'); open('data/extra.txt', 'w').write('x')", 1,
+     "UNLISTED"),                                                     # and a file not listed
+    ("open('data/out.txt', 'w').write('made\\n'); raise SystemExit(3)", 1, "FAILED (exit 3)"),
+])
+def test_reproduce_fails_on_a_step_that_is_not_a_clean_rebuild(tmp_path, monkeypatch, capsys,
+                                                                 script, rc, shown):
+    r = reproduce
+    root = tmp_path / "checkout"
+    git_repo(root, {"data/out.txt": "made\n", ".gitignore": "build/\n"})
+    monkeypatch.setattr(r, "ROOT", root)
+    monkeypatch.setattr(r, "TOOLS", r.Path(sys.executable))
+    monkeypatch.setattr(r, "APP", r.Path(sys.executable))
+    monkeypatch.setattr(r, "recorded_python", lambda: None)
+    monkeypatch.setattr(r, "steps", lambda work: [
+        r.Step("data", r.Path(sys.executable), ["-c", script], ["data/out.txt"])])
+    assert r.main([]) == rc
+    assert shown in capsys.readouterr().out
