@@ -1,8 +1,8 @@
 """What `make bench` measures and how it reports it (bench/bench.py, bench/reference.py): the
 workloads' sizes, the per-round figures, each ratio against its own reference and target, the
 percentiles, the hypervisor's steal, the cost per million, the fidelity figures. CI runs only
-`make bench-smoke`, which measures tiny workloads and never reaches the report or the cost: a
-wrong figure there would be published unnoticed. Measured steps run against the real local host
+`make bench-smoke`, whose tiny workloads' figures mean nothing: a wrong figure in a full run
+would be published unnoticed. Measured steps run against the real local host
 over loopback, with a stand-in for the sentence-transformers worker (fixed times, or the
 service's own model); the worker itself runs where `.venv-tools` exists (`make tools-venv`)."""
 
@@ -189,6 +189,18 @@ def test_the_full_run_uses_the_workloads_its_docs_describe(monkeypatch, tmp_path
         assert key in saved, key
     assert saved["rounds"] == 5 and saved["clients"] == 2 and saved["smoke"] is False
     assert saved["table_markdown"] == bench.report(saved)
+
+
+def test_a_smoke_runs_results_are_reported_without_what_it_does_not_measure():
+    """`make bench-smoke` (CI) reports too: without the largest request and with the default
+    deployment's fidelity only, the table leaves those rows out rather than failing."""
+    r = _results()
+    r["largest"] = None
+    del r["quality"][D1]
+    table = bench.report(r)
+    assert "largest request" not in table and f"`{D1}` cosine" not in table
+    assert _row(table, f"`{D0}` cosine to sentence-transformers")[4] == "min ≥ 0.995, median ≥ 0.999"
+    assert _row(table, f"`{D1}` short sentences/s, end to end, float")[1] == "1,500.0 /s"
 
 
 # -- measured against a real local host ----------------------------------------------------------
