@@ -2956,17 +2956,23 @@ def test_smoke_refuses_non_finite_embeddings():
 
 
 def test_the_lock_takes_311_312_and_313(tmp_path, monkeypatch):
+    """The documented usage: run with 3.11, given a 3.12 and a 3.13; without a 3.12 (what
+    infra/ deploys) it refuses. The script's Python is 3.11 here whatever runs the suite."""
+    import types
+
     lock = _lock_script()
-    frozen = {sys.executable: ((3, 11), {"a": "1"}), "py312": ((3, 12), {"a": "1"}),
-              "py313": ((3, 13), {"a": "2"})}
+    frozen = {"py311": ((3, 11), {"a": "1"}), "py312": ((3, 12), {"a": "1"}),
+              "py313": ((3, 13), {"a": "2"}), "py314": ((3, 14), {"a": "2"})}
     monkeypatch.setattr(lock, "freeze", lambda python: frozen[python])
     monkeypatch.setattr(lock, "ROOT", tmp_path)
-    monkeypatch.setattr(sys, "argv", ["lock_requirements.py", "py312", "py313"])
+    monkeypatch.setattr(lock, "sys", types.SimpleNamespace(
+        version_info=(3, 11, 7), executable="py311",
+        argv=["lock_requirements.py", "py312", "py313"]))
     lock.main()
     lines = (tmp_path / "requirements.lock").read_text().splitlines()
     assert lines[-2:] == ['a==1; python_version < "3.13"', 'a==2; python_version >= "3.13"']
-    monkeypatch.setattr(sys, "argv", ["lock_requirements.py", "py313", "py313"])
-    with pytest.raises(SystemExit):          # no 3.12
+    lock.sys.argv = ["lock_requirements.py", "py313", "py314"]
+    with pytest.raises(SystemExit, match="give Python 3.12 too"):
         lock.main()
 
 
