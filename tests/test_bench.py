@@ -13,8 +13,10 @@ import io
 import json
 import os
 import statistics
+import http.client
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -324,6 +326,47 @@ def test_fairness_counts_every_answer_but_200_as_refused(monkeypatch):
         pytest.skip("the big request finished before the first probe")
     assert f["big_error"] is None
     assert f["statuses"] == {"422": f["probes"]} and f["refused"] == f["probes"]
+
+
+def test_fairness_probes_stop_when_the_big_request_ends(monkeypatch):
+    """Only probes answered while the big request runs are counted: one sent after it ended would
+    report a latency without contention as fairness. The big request (held by a stand-in) ends
+    as the second probe is answered; the run asked for six."""
+    w = workloads.build(64, 0, 0)
+    release, big_threads = threading.Event(), []
+
+    class Recorded(threading.Thread):
+        def __init__(self, *a, target=None, **k):
+            super().__init__(*a, target=target, **k)
+            if getattr(target, "__name__", "") == "run_big":
+                big_threads.append(self)
+
+    class Conn(http.client.HTTPConnection):
+        answers = 0
+
+        def getresponse(self, *a, **k):
+            res = super().getresponse(*a, **k)
+            self.answers += 1
+            if self.answers == 3:              # the warm-up, then two probes: the big one ends
+                release.set()
+                big_threads[0].join(10)
+            return res
+
+    class Server(bench.Server):
+        def conn(self):
+            return Conn(self.host, self.port, timeout=60)
+
+        def post(self, conn, path, body):
+            if "truncate" in body:             # the big request runs until released
+                assert release.wait(60)
+                return b"{}"
+            return super().post(conn, path, body)
+    monkeypatch.setattr(bench, "Server", Server)
+    monkeypatch.setattr(bench.threading, "Thread", Recorded)
+    f = bench.fairness(w, 256, 6)
+    assert len(big_threads) == 1 and not big_threads[0].is_alive()
+    assert f["big_error"] is None and f["big_seconds"] is not None
+    assert f["probes"] == 2 and f["statuses"] == {"200": 2} and f["refused"] == 0
 
 
 # -- bench/reference.py: the sentence-transformers side ---------------------------------------------
