@@ -149,9 +149,24 @@ CASES = [
 QUICK = ["png 16-bit grey", "webp RGB lossless"]
 
 
+def cache_dir() -> Path:
+    """Where generated pictures are kept between runs: under a key of this script's text and the
+    versions of Pillow and numpy that build them, so that a change to how a case is built never
+    measures a picture built the old way."""
+    import hashlib
+
+    import numpy
+    import PIL
+
+    key = hashlib.sha256(Path(__file__).read_bytes() + f"|{PIL.__version__}|{numpy.__version__}"
+                         .encode()).hexdigest()[:16]
+    return CACHE / key
+
+
 def cached(name: str) -> tuple[Path, str]:
-    CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / (name.replace(" ", "_").replace(":", "") + ".bin")
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (name.replace(" ", "_").replace(":", "") + ".bin")
     meta = path.with_suffix(".fmt")
     if not path.exists():
         data, fmt = build(name)
@@ -207,8 +222,9 @@ def child(path: str, fmt: str) -> None:
                       "outcome": outcome}))
 
 
-def run(names: list[str]) -> list[dict]:
-    rows = []
+def run(names: list[str]) -> tuple[list[dict], list[str]]:
+    """The rows of the cases that ran, and the names of those that failed."""
+    rows, failed = [], []
     print("| image | size | mode | encoded | peak growth MiB | estimate MiB | s | outcome |")
     print("|---|---|---|---|---|---|---|---|")
     for name in names:
@@ -218,6 +234,7 @@ def run(names: list[str]) -> list[dict]:
                              capture_output=True, text=True, timeout=600)
         if res.returncode:
             print(f"| {name} | failed: {res.stderr.strip().splitlines()[-1:]} |", flush=True)
+            failed.append(name)
             continue
         r = {"case": name, **json.loads(res.stdout.strip().splitlines()[-1])}
         rows.append(r)
@@ -226,7 +243,7 @@ def run(names: list[str]) -> list[dict]:
         print(f"| {name} | {w}x{h} | {r['mode']} | {r['bytes'] / 1024:,.0f} KB | "
               f"{r['growth_mb']:.0f} | {estimate} | {r['seconds']:.2f} | {r['outcome']} |",
               flush=True)
-    return rows
+    return rows, failed
 
 
 def main() -> None:
@@ -242,9 +259,11 @@ def main() -> None:
     names = QUICK if args.quick else CASES
     if args.only:
         names = [n for n in names if any(o in n for o in args.only)]
-    rows = run(names)
+    rows, failed = run(names)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    if failed:    # make bench-smoke (CI) must not pass with a case that did not run
+        sys.exit(f"{len(failed)} of {len(names)} cases failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

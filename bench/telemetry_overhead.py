@@ -121,74 +121,75 @@ def throughput(pairs: int, singles: int, batches: int) -> dict:
     service_module.telemetry.detach = telemetry.detach
 
     sdk = build_sdk()
-    telemetry.install(*sdk)
-    recorders = {True: telemetry._recorder, False: telemetry._OFF}   # switched per block
-    telemetry._worker.BATCH_DELAY_S = 3600     # only flush() records: its time is measured
+    try:   # the module's telemetry is restored whatever happens (a refused request fails the run)
+        telemetry.install(*sdk)
+        recorders = {True: telemetry._recorder, False: telemetry._OFF}   # switched per block
+        telemetry._worker.BATCH_DELAY_S = 3600     # only flush() records: its time is measured
 
-    def set_mode(on: bool) -> None:
-        telemetry._recorder = recorders[on]
+        def set_mode(on: bool) -> None:
+            telemetry._recorder = recorders[on]
 
-    def run(bodies: list[bytes], on: bool) -> tuple[float, float, float]:
-        """Wall and process-CPU seconds of the block, the telemetry thread's share included;
-        and the CPU seconds this thread spent recording the block's requests (a batch, as the
-        telemetry thread does; thread CPU, so other threads taking the GIL do not count)."""
-        set_mode(on)
-        t0, c0 = time.perf_counter(), time.process_time()
-        for body in bodies:
-            res = svc.embeddings(ApiRequest("POST", "/embeddings", headers, query, body))
-            assert res.status == 200, res.body[:200]
-        d0 = time.thread_time()
-        telemetry.flush()
-        recording = time.thread_time() - d0
-        return time.perf_counter() - t0, time.process_time() - c0, recording
+        def run(bodies: list[bytes], on: bool) -> tuple[float, float, float]:
+            """Wall and process-CPU seconds of the block, the telemetry thread's share included;
+            and the CPU seconds this thread spent recording the block's requests (a batch, as the
+            telemetry thread does; thread CPU, so other threads taking the GIL do not count)."""
+            set_mode(on)
+            t0, c0 = time.perf_counter(), time.process_time()
+            for body in bodies:
+                res = svc.embeddings(ApiRequest("POST", "/embeddings", headers, query, body))
+                assert res.status == 200, res.body[:200]
+            d0 = time.thread_time()
+            telemetry.flush()
+            recording = time.thread_time() - d0
+            return time.perf_counter() - t0, time.process_time() - c0, recording
 
-    for on in (False, True):                    # warm-up: models, caches, SDK instruments
-        run(single_bodies[:20], on)
-        run(batch_bodies[:1], on)
-    out = {}
-    # Short blocks, off and on back to back (alternating which goes first): the VM's speed
-    # drifts, so only the two blocks of a pair are compared.
-    for name, bodies, units in (("single", single_bodies, 1), ("batch32", batch_bodies, 32)):
-        logs: dict[str, list[float]] = {"wall": [], "cpu": []}
-        seconds, recording = {False: 0.0, True: 0.0}, 0.0
-        submit_s.clear()
-        for r in range(pairs):
-            dt = {}
-            for on in ((False, True) if r % 2 == 0 else (True, False)):
-                dt[on] = run(bodies, on)
-                seconds[on] += dt[on][0]
-            recording += dt[True][2]
-            logs["wall"].append(math.log(dt[False][0] / dt[True][0]))   # log(throughput on/off)
-            logs["cpu"].append(math.log(dt[False][1] / dt[True][1]))    # log(CPU off/on)
+        for on in (False, True):                    # warm-up: models, caches, SDK instruments
+            run(single_bodies[:20], on)
+            run(batch_bodies[:1], on)
+        out = {}
+        # Short blocks, off and on back to back (alternating which goes first): the VM's speed
+        # drifts, so only the two blocks of a pair are compared.
+        for name, bodies, units in (("single", single_bodies, 1), ("batch32", batch_bodies, 32)):
+            logs: dict[str, list[float]] = {"wall": [], "cpu": []}
+            seconds, recording = {False: 0.0, True: 0.0}, 0.0
+            submit_s.clear()
+            for r in range(pairs):
+                dt = {}
+                for on in ((False, True) if r % 2 == 0 else (True, False)):
+                    dt[on] = run(bodies, on)
+                    seconds[on] += dt[on][0]
+                recording += dt[True][2]
+                logs["wall"].append(math.log(dt[False][0] / dt[True][0]))   # log(throughput on/off)
+                logs["cpu"].append(math.log(dt[False][1] / dt[True][1]))    # log(CPU off/on)
 
-        def ratio(values: list[float]) -> tuple[float, list[float]]:
-            mean = statistics.fmean(values)
-            half = 1.96 * statistics.stdev(values) / math.sqrt(len(values))
-            return math.exp(mean), [math.exp(mean - half), math.exp(mean + half)]
+            def ratio(values: list[float]) -> tuple[float, list[float]]:
+                mean = statistics.fmean(values)
+                half = 1.96 * statistics.stdev(values) / math.sqrt(len(values))
+                return math.exp(mean), [math.exp(mean - half), math.exp(mean + half)]
 
-        requests = len(bodies) * pairs
-        n = requests * units
-        wall, wall_ci = ratio(logs["wall"])
-        cpu, cpu_ci = ratio(logs["cpu"])
-        request_thread_us = 1e6 * statistics.median(submit_s)
-        batch_us = 1e6 * recording / requests
-        request_ms = 1000 * seconds[False] / requests          # telemetry off
-        out[name] = {
-            "requests_per_block": len(bodies), "inputs_per_request": units, "pairs": pairs,
-            "off_per_second": n / seconds[False], "on_per_second": n / seconds[True],
-            "throughput_ratio": wall, "throughput_ratio_95ci": wall_ci,
-            "cpu_ratio": cpu, "cpu_ratio_95ci": cpu_ci,     # requests per CPU-second, on/off
-            "mean_request_ms_off": request_ms,
-            "request_thread_us": request_thread_us,         # telemetry.record() in the request
-            "telemetry_thread_us": batch_us,                # recording it, in a batch
-            "cost_percent": 100 * (request_thread_us + batch_us) / (1000 * request_ms),
-        }
-    set_mode(False)
-    telemetry.reset()
-    telemetry._worker.BATCH_DELAY_S = type(telemetry._worker).BATCH_DELAY_S
-    service_module.telemetry = telemetry
-    for provider in sdk:
-        provider.shutdown()
+            requests = len(bodies) * pairs
+            n = requests * units
+            wall, wall_ci = ratio(logs["wall"])
+            cpu, cpu_ci = ratio(logs["cpu"])
+            request_thread_us = 1e6 * statistics.median(submit_s)
+            batch_us = 1e6 * recording / requests
+            request_ms = 1000 * seconds[False] / requests          # telemetry off
+            out[name] = {
+                "requests_per_block": len(bodies), "inputs_per_request": units, "pairs": pairs,
+                "off_per_second": n / seconds[False], "on_per_second": n / seconds[True],
+                "throughput_ratio": wall, "throughput_ratio_95ci": wall_ci,
+                "cpu_ratio": cpu, "cpu_ratio_95ci": cpu_ci,     # requests per CPU-second, on/off
+                "mean_request_ms_off": request_ms,
+                "request_thread_us": request_thread_us,         # telemetry.record() in the request
+                "telemetry_thread_us": batch_us,                # recording it, in a batch
+                "cost_percent": 100 * (request_thread_us + batch_us) / (1000 * request_ms),
+            }
+    finally:
+        telemetry.reset()
+        telemetry._worker.BATCH_DELAY_S = type(telemetry._worker).BATCH_DELAY_S
+        service_module.telemetry = telemetry
+        for provider in sdk:
+            provider.shutdown()
     return out
 
 

@@ -1,0 +1,353 @@
+"""The side runs of `make bench` that `make bench-smoke` (CI) runs only for their exit status:
+bench/soak.py (RSS over bursts, memory tuning off/on), bench/tokenize_cases.py (pathological
+bodies at the limits), bench/image_memory.py (peak memory per image at the limits) and
+bench/telemetry_overhead.py. Their figures go into docs/ and bench/*.json; these tests check
+what the figures are of, on tiny inputs, without a full run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+import image_memory  # noqa: E402
+import soak  # noqa: E402
+import tokenize_cases  # noqa: E402
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(field)
+
+
+# -- bench/soak.py ----------------------------------------------------------------------------------
+
+def test_soak_rss_is_the_current_rss_in_mib_not_the_peak():
+    block = bytearray(300 * 2**20)           # the peak goes up by 300 MiB ...
+    block[::4096] = b"x" * len(block[::4096])
+    del block                                # ... and the RSS comes back down
+    before = _status_kb("VmRSS")
+    rss = soak.rss_mb(os.getpid())
+    lo, hi = sorted((before, _status_kb("VmRSS")))
+    assert lo / 1024 - 0.5 <= rss <= hi / 1024 + 0.5         # VmRSS, KiB to MiB
+    assert rss < _status_kb("VmHWM") / 1024 - 200
+
+
+def test_soak_breakdown_sorts_mappings_by_kind(monkeypatch):
+    a64 = 64 << 20
+    smaps = "\n".join([
+        f"{0x1000:x}-{0x2000:x} rw-p 00000000 00:00 0 [heap]", "Rss: 2048 kB", "Pss: 1 kB",
+        f"{a64 * 3:x}-{a64 * 3 + 0x1000:x} rw-p 00000000 00:00 0", "Rss: 4096 kB", "Pss: 1 kB",
+        f"{a64 * 3 + 0x1000:x}-{a64 * 3 + 0x2000:x} ---p 00000000 00:00 0", "Rss: 1024 kB", "Pss: 1 kB",
+        f"{a64 * 5 + (32 << 20):x}-{a64 * 5 + (32 << 20) + 0x1000:x} rw-p 00000000 00:00 0", "Rss: 3072 kB", "Pss: 1 kB",
+        f"{0x9000:x}-{0xa000:x} r-xp 00000000 08:01 42 /usr/lib/libc.so.6", "Rss: 5120 kB", "Pss: 1 kB",
+        ""])
+    real_open = open
+    monkeypatch.setattr(soak, "open", lambda p, *a, **k: __import__("io").StringIO(smaps)
+                        if str(p).endswith("/smaps") else real_open(p, *a, **k), raising=False)
+    assert soak.rss_breakdown(1) == {"main_heap_mb": 2.0, "arenas": 1, "arena_heaps_mb": 5.0,
+                                     "anon_other_mb": 3.0, "files_mb": 5.0}
+
+
+class _StubHost:
+    """What soak() needs of bench.Server, answering each body with a fixed status over loopback
+    (or dropping the connection: status 0)."""
+    answers = {"ok": 200, "full": 429, "refused (422)": 422, "dropped": None}
+
+    def __init__(self, env):
+        self.env = env
+        answers = self.answers
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                status = answers.get(body.get("kind"), 200)
+                if status is None:                 # no answer: the connection is closed
+                    self.close_connection = True
+                    return
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *a):
+                pass
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.proc = types.SimpleNamespace(pid=os.getpid())
+
+    def conn(self):
+        import http.client
+        return http.client.HTTPConnection("127.0.0.1", self.httpd.server_address[1], timeout=30)
+
+    def post(self, conn, path, body):
+        conn.request("POST", path, body=json.dumps(body))
+        conn.getresponse().read()
+
+    def peak_rss_mb(self):
+        return 999.0
+
+    def stop(self):
+        self.httpd.shutdown()
+
+
+def test_soak_counts_every_answer_and_samples_rss_after_the_idle_period(monkeypatch):
+    events, rss = [], iter(range(1000, 0, -10))
+
+    def rss_mb(pid):                          # the sampler thread's readings are not the figures
+        if threading.current_thread() is not threading.main_thread():
+            return 1.0
+        events.append("rss")
+        return float(next(rss))
+    monkeypatch.setattr(soak, "Server", _StubHost)
+    monkeypatch.setattr(soak, "rss_mb", rss_mb)
+    monkeypatch.setattr(soak, "rss_breakdown", lambda pid: {})
+    real_time = soak.time
+    monkeypatch.setattr(soak, "time", types.SimpleNamespace(
+        perf_counter=real_time.perf_counter, sleep=lambda s: events.append(f"idle {s}")))
+    image = {"input": [{"image": "data:,"}]}
+    mix = [("ok", "/embeddings", {"kind": "ok"}, 1), ("full", "/embeddings", {"kind": "full"}, 1),
+           ("refused (422)", "/embeddings", {"kind": "refused (422)"}, 1),
+           ("dropped", "/embeddings", {"kind": "dropped"}, 1), ("image", "/images", image, 0)]
+    out = soak.soak({}, mix, cycles=2, burst_s=0.5, idle_s=7.0, clients=2, seed=1, label="t")
+    assert set(out["requests"]) == {"ok", "full", "refused (422)", "dropped"}
+    status = {name: 0 if s is None else s for name, s in _StubHost.answers.items()}
+    assert out["statuses_by_body"] == {name: {status[name]: n} for name, n in out["requests"].items()}
+    assert out["statuses"] == {status[name]: n for name, n in out["requests"].items()}
+    # loaded; then per cycle: after the burst, the idle period, after it
+    assert events == ["rss", "rss", "idle 7.0", "rss", "rss", "idle 7.0", "rss"]
+    assert out["loaded_mb"] == 1000.0
+    assert out["after_burst_mb"] == [990.0, 970.0] and out["after_idle_mb"] == [980.0, 960.0]
+    assert out["max_after_idle_mb"] == 980.0 and out["last_after_idle_mb"] == 960.0
+    assert out["peak_mb"] == 999.0
+
+
+def _main_with(monkeypatch, argv, runs):
+    calls = []
+
+    def fake_soak(env, mix, cycles, burst_s, idle_s, clients, seed, label):
+        calls.append({"env": env, "cycles": cycles, "label": label})
+        r = runs[len(calls) - 1]
+        return {"label": label, "env": env, "loaded_mb": 100.0, "peak_mb": 300.0,
+                "after_burst_mb": r.get("after_burst", [200.0, 250.0, 220.0]),
+                "after_idle_mb": [150.0, 170.0, 160.0], "max_after_idle_mb": 170.0,
+                "last_after_idle_mb": 160.0,
+                "after_idle_breakdown": {"main_heap_mb": 1.0, "arena_heaps_mb": 2.0, "arenas": 1,
+                                         "anon_other_mb": 3.0, "files_mb": 4.0},
+                "requests": {k: sum(v.values()) for k, v in r["by_body"].items()},
+                "statuses": {s: sum(v.get(s, 0) for v in r["by_body"].values())
+                             for s in {s for v in r["by_body"].values() for s in v}},
+                "statuses_by_body": r["by_body"], "series": []}
+    monkeypatch.setattr(soak, "build_mix", lambda seed: [])
+    monkeypatch.setattr(soak, "soak", fake_soak)
+    monkeypatch.setattr(sys, "argv", ["soak.py", *argv])
+    return calls
+
+
+GOOD = {"by_body": {"text: 32 short": {200: 50, 429: 2}, "text: 8 MB without spaces (422)": {422: 3}}}
+
+
+def test_soak_runs_tuning_off_then_on_and_passes_a_good_run(monkeypatch, tmp_path, capsys):
+    calls = _main_with(monkeypatch, ["--minutes", "2", "--burst", "40", "--idle", "20",
+                                     "--out", str(tmp_path / "s.json")], [GOOD, GOOD])
+    soak.main()
+    assert [c["env"] for c in calls] == [{"EMBEDDINGS_MEMORY_TUNING": "off"}, {}]
+    assert [c["cycles"] for c in calls] == [2, 2]                 # 2 minutes of 60 s cycles
+    table = capsys.readouterr().out
+    assert "| off | 100 MiB | 300 MiB | 200 / 250 MiB | 150 / 170 / 160 MiB | 55 |" in table
+
+
+@pytest.mark.parametrize("bad", [
+    {"by_body": {"text: 32 short": {200: 50, 422: 1}}},                 # a served body refused
+    {"by_body": {"text: 32 short": {200: 50, 0: 1}}},                   # a dropped connection
+    {"by_body": {"text: 32 short": {200: 10, 429: 40}}},                # mostly a full queue
+])
+def test_soak_fails_a_run_that_did_not_measure_what_it_says(monkeypatch, tmp_path, bad):
+    _main_with(monkeypatch, ["--cycles", "1", "--out", str(tmp_path / "s.json")], [GOOD, bad])
+    with pytest.raises(SystemExit) as exc:
+        soak.main()
+    assert exc.value.code not in (None, 0)
+
+
+# -- bench/tokenize_cases.py ------------------------------------------------------------------------
+
+def test_every_tokenize_case_is_at_the_body_limit_not_over_it():
+    for name in tokenize_cases.cases():
+        inputs, truncate = tokenize_cases._inputs(name)
+        body = len(json.dumps({"input": inputs, "truncate": truncate}, ensure_ascii=False).encode())
+        assert body <= tokenize_cases.BODY_LIMIT and len(inputs) <= 2048, name
+        if name.startswith("8 MB"):
+            assert body > 0.9 * tokenize_cases.BODY_LIMIT, (name, body)
+        if name.startswith("2048 x 4 KB"):      # (the CJK ones were at 73 %: 2 units of 1,500 bytes)
+            assert body > 0.85 * tokenize_cases.BODY_LIMIT, (name, body)
+        if name.startswith("legit max"):
+            import workloads
+            assert inputs == workloads.build(2048, 1, 1)["longest"]
+
+
+def test_a_tokenize_case_reports_the_characters_and_tokens_of_its_inputs(monkeypatch, capsys):
+    import time
+    monkeypatch.setattr(time, "process_time", lambda: 1.0)     # no CPU time passes ...
+    tokenize_cases.child("2048 x 15 words")                       # ... wall time does
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    inputs, _ = tokenize_cases._inputs("2048 x 15 words")
+    assert r["chars_in"] == r["chars_tokenized"] == sum(map(len, inputs))   # NONE: every character
+    assert r["cpu_s"] == 0 and r["wall_s"] > 0
+    tokens = int(r["outcome"].removeprefix("ok, ").removesuffix(" tokens").replace(",", ""))
+    assert tokens > 2048 * 15
+
+
+# -- a failed case fails the run (make bench-smoke is CI's only run of the two scripts) -------------
+
+def _run_with_failing_children(tmp_path, *argv):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        'import sys\nif "--child" in sys.argv:\n    raise SystemExit("child made to fail")\n')
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "IMAGE_MEMORY_CACHE": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_tokenize_cases_fails_when_a_case_fails(tmp_path):
+    res = _run_with_failing_children(tmp_path, "bench/tokenize_cases.py", "--only",
+                                     "8 MB, no spaces, END")
+    assert "| 8 MB, no spaces, END | failed: ['SystemExit: child made to fail'] |" in res.stdout
+    assert res.returncode == 1 and "1 of 1 cases failed: 8 MB, no spaces, END" in res.stderr
+
+
+def test_image_memory_fails_when_a_case_fails(tmp_path):
+    res = _run_with_failing_children(tmp_path, "bench/image_memory.py", "--only", "bmp RLE8 @ 1 Mpx",
+                                     "--out", str(tmp_path / "out.json"))
+    assert "| bmp RLE8 @ 1 Mpx | failed: ['SystemExit: child made to fail'] |" in res.stdout
+    assert res.returncode == 1 and "1 of 1 cases failed: bmp RLE8 @ 1 Mpx" in res.stderr
+    assert json.loads((tmp_path / "out.json").read_text()) == []     # what did run, still written
+
+
+def test_image_memory_keeps_pictures_apart_when_the_script_that_builds_them_changes(
+        monkeypatch, tmp_path):
+    """Generated pictures are kept between runs: a picture built by an earlier version of the
+    script (another size, another mode) is never measured as the new one."""
+    monkeypatch.setattr(image_memory, "CACHE", tmp_path)
+    before = image_memory.cache_dir()
+    changed = tmp_path / "image_memory.py"
+    changed.write_bytes(Path(image_memory.__file__).read_bytes() + b"\nW, H = 8000, 4000\n")
+    monkeypatch.setattr(image_memory, "__file__", str(changed))
+    after = image_memory.cache_dir()
+    assert before != after and before.parent == after.parent == tmp_path
+
+
+# -- bench/image_memory.py --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, pixels, mode", [
+    ("png 16-bit grey", 40_000_000, "I;16"), ("webp RGB lossless", 40_000_000, "RGB"),
+    ("bmp RLE8", 40_000_000, "P"), ("bmp RLE8 @ 1 Mpx", 1024 * 1024, "P")])
+def test_image_memory_cases_are_the_size_and_mode_they_are_named(monkeypatch, tmp_path, name, pixels, mode):
+    from PIL import Image
+
+    from embedding_core.settings import Settings
+
+    assert Settings().max_image_pixels == 40_000_000           # "at the limit"
+    monkeypatch.setattr(image_memory, "CACHE", tmp_path)
+    path, fmt = image_memory.cached(name)
+    im = Image.open(path)
+    assert (im.size[0] * im.size[1], im.mode) == (pixels, mode)
+    assert path.stat().st_size <= image_memory.MAX_BYTES
+
+
+def test_an_image_memory_child_reports_the_growth_and_the_encoded_size(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "small.png"
+    Image.new("RGB", (320, 240), (10, 200, 30)).save(path)
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "image_memory.py"), "--child",
+                          str(path), "png"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    assert r["outcome"] == "ok" and r["size"] == [320, 240] and r["mode"] == "RGB"
+    assert abs(r["bytes"] - path.stat().st_size) <= 32      # the file, not its base64 data URL
+    assert 0 <= r["growth_mb"] < 20                         # a 0.08 Mpx picture: not the process
+
+
+# -- bench/telemetry_overhead.py --------------------------------------------------------------------
+
+def test_telemetry_overhead_reports_a_slower_telemetry_as_slower(monkeypatch):
+    """With telemetry made 50 ms slower per request when on, "on" must come out slower: the
+    throughput ratio (on/off) and the rates, the request-thread time (on only) and the cost as a
+    share of the request."""
+    import time
+
+    import telemetry_overhead
+    from embedding_core import telemetry
+
+    real = telemetry.record
+
+    def slow_record(*a, **k):
+        if telemetry._recorder is not telemetry._OFF:
+            time.sleep(0.05)
+        return real(*a, **k)
+    monkeypatch.setattr(telemetry, "record", slow_record)
+    out = telemetry_overhead.throughput(2, 4, 1)
+    for name, units in (("single", 1), ("batch32", 32)):
+        t = out[name]
+        assert t["requests_per_block"] == {"single": 4, "batch32": 1}[name] and t["pairs"] == 2
+        assert t["throughput_ratio"] < 0.8, t
+        assert t["throughput_ratio_95ci"][0] <= t["throughput_ratio"] <= t["throughput_ratio_95ci"][1]
+        assert t["on_per_second"] < t["off_per_second"]
+        assert t["off_per_second"] * t["mean_request_ms_off"] == pytest.approx(1000 * units)
+        assert t["request_thread_us"] >= 50_000                   # the record() calls with it on
+        assert t["cost_percent"] == pytest.approx(           # µs of telemetry over ms of request
+            100 * (t["request_thread_us"] + t["telemetry_thread_us"]) / 1000 / t["mean_request_ms_off"])
+
+
+def test_telemetry_overhead_alternates_off_and_on_over_distinct_requests(monkeypatch):
+    """Which mode goes first alternates from pair to pair; the batches are distinct sentences;
+    the per-request time is of every request of every pair; a failed request fails the run, and
+    leaves the process's telemetry as it found it."""
+    import time
+
+    import telemetry_overhead
+    from embedding_core import service as service_module
+    from embedding_core import telemetry
+
+    calls = []
+    real = service_module.EmbeddingService.embeddings
+
+    def spy(self, req):
+        t0 = time.perf_counter()
+        res = real(self, req)
+        calls.append({"on": telemetry._recorder is not telemetry._OFF, "input": json.loads(req.body)["input"],
+                      "s": time.perf_counter() - t0})
+        return res
+    monkeypatch.setattr(service_module.EmbeddingService, "embeddings", spy)
+    out = telemetry_overhead.throughput(4, 3, 2)
+    measured = calls[2 * (3 + 1):]                # after the warm-up: the 3 singles + 1 batch, off and on
+    singles, batches = measured[:4 * 2 * 3], measured[4 * 2 * 3:]
+    assert len(batches) == 4 * 2 * 2
+    firsts = [singles[i]["on"] for i in range(0, len(singles), 3)][::2]    # the first block of each pair
+    assert firsts == [False, True, False, True]
+    pair = [tuple(c["input"]) for c in batches[:2]]
+    assert len(pair[0]) == len(pair[1]) == 32 and not set(pair[0]) & set(pair[1])
+    off_ms = 1000 * sum(c["s"] for c in singles if not c["on"]) / (4 * 3)
+    assert 0.5 * off_ms <= out["single"]["mean_request_ms_off"] <= 2 * off_ms + 1
+
+    class Refused:
+        status, body = 429, b"{}"
+    monkeypatch.setattr(service_module.EmbeddingService, "embeddings", lambda self, req: Refused())
+    with pytest.raises(AssertionError):
+        telemetry_overhead.throughput(2, 2, 1)
+    assert service_module.telemetry is telemetry             # restored: nothing left timed
+    assert telemetry._worker.BATCH_DELAY_S == type(telemetry._worker).BATCH_DELAY_S
