@@ -1,0 +1,64 @@
+"""bench/one_core.py and bench/small_runs.py (not part of `make bench`; their results are cited in
+docs/benchmarks.md): the singles-ratio placements of one_core, and the runs small_runs times.
+Stand-ins replace the server and the clients, so nothing is measured."""
+
+from __future__ import annotations
+
+import sys
+
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench  # noqa: E402
+import one_core  # noqa: E402
+import small_runs  # noqa: E402
+from embedding_core.text import length_groups  # noqa: E402
+
+
+def test_one_core_singles_places_the_clients_and_divides_singles_by_batched(monkeypatch):
+    class Server:
+        def __init__(self, env=None, cpus=None):
+            self.cpus = cpus
+
+        def conn(self):
+            return type("C", (), {"close": lambda self: None})()
+
+        def post(self, conn, path, body):
+            return b"{}"
+
+        def stop(self):
+            pass
+    calls = []
+    times = iter([1.0, 0.5, 2.0, 0.5, 4.0, 0.5, 1.0, 0.5])      # per call: seconds taken
+
+    def run_clients(server, path, bodies, clients, send=None, cpus=None):
+        calls.append((server.cpus, clients, cpus, [len(b["input"]) for b in bodies]))
+        return next(times)
+    monkeypatch.setattr(bench, "Server", Server)
+    monkeypatch.setattr(bench, "run_clients", run_clients)
+    w = {"short": [f"sentence {i}" for i in range(64)]}
+    out = one_core.singles(w, 0, 1, rounds=2)
+    # per round: 8 one-sentence clients, then 2 clients of 32, with the clients on the server's
+    # core, then on the other one; the server on core 0 throughout
+    assert calls == [({0}, 8, {0}, [1] * 64), ({0}, 2, {0}, [32, 32]),
+                     ({0}, 8, {1}, [1] * 64), ({0}, 2, {1}, [32, 32])] * 2
+    same, other = out["clients on the same core"], out["clients on another core"]
+    assert [r["ratio"] for r in same["rounds"]] == [0.5, 0.125]          # singles/s over batched/s
+    assert [r["ratio"] for r in other["rounds"]] == [0.25, 0.5]
+    assert same["median_ratio"] == 0.3125 and other["median_ratio"] == 0.375
+
+
+def test_small_runs_cover_every_sentence_in_length_groups_of_each_batch():
+    ids = [[1] * n for n in (5, 30, 7, 12, 40, 9, 3, 22, 18)]
+    for batch in (1, 2, 4, 8, 32):
+        plan = small_runs.runs(ids, batch)
+        assert sorted(map(len, (x for r in plan for x in r))) == sorted(map(len, ids)), batch
+        i = 0
+        for start in range(0, len(ids), batch):        # each batch's runs: its sentences, sorted
+            b = sorted(ids[start:start + batch], key=len)
+            groups = [b[lo:hi] for lo, hi in length_groups([len(x) for x in b])]
+            assert plan[i:i + len(groups)] == groups
+            i += len(groups)
+        assert i == len(plan)

@@ -1,0 +1,243 @@
+"""The plumbing of `make bench` (bench/bench.py) that every measurement goes through: the local
+host it starts (its settings, its CPUs, its peak RSS), the client side (errors, concurrency, the
+CPUs the clients run on, reconnecting), and what a run records about the machine and the package.
+A wrong answer here changes every figure of a run without any step failing."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import os
+import json
+import threading
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+import sys
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench  # noqa: E402
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(field)
+
+
+# -- the local host it measures ---------------------------------------------------------------------
+
+def test_the_bench_server_has_its_own_settings_not_the_callers(monkeypatch):
+    """The caller's EMBEDDINGS_* variables do not reach it; those it is given do; a refused
+    request raises (it is never timed as a served one)."""
+    monkeypatch.setenv("EMBEDDINGS_MAX_INPUTS", "1")
+    server = bench.Server()
+    try:
+        conn = server.conn()
+        assert b'"embedding"' in server.post(conn, "/embeddings", {"input": ["one", "two"]})
+        conn.close()
+    finally:
+        server.stop()
+    monkeypatch.delenv("EMBEDDINGS_MAX_INPUTS")
+    server = bench.Server({"EMBEDDINGS_MAX_INPUTS": "1"})
+    try:
+        conn = server.conn()
+        server.post(conn, "/embeddings", {"input": ["one"]})
+        with pytest.raises(RuntimeError, match=r"^4\d\d: "):
+            server.post(conn, "/embeddings", {"input": ["one", "two"]})
+        conn.close()
+    finally:
+        server.stop()
+
+
+def test_the_bench_server_passes_truncate_and_reconnects_after_the_keep_alive_time():
+    server = bench.Server({"LOCAL_HOST_KEEP_ALIVE_SECONDS": "0.2"})
+    try:
+        conn = server.conn()
+        long_text = " ".join(["word"] * 600)                    # over 256 tokens: needs truncate
+        server.post(conn, "/embeddings", {"input": [long_text], "truncate": "END"})
+        time.sleep(1.0)                                          # the host closes the idle connection
+        server.post(conn, "/embeddings", {"input": ["hello"]})   # reconnects once
+        conn.close()
+    finally:
+        server.stop()
+
+
+def test_the_bench_servers_peak_rss_is_its_vmhwm_in_mib(monkeypatch):
+    status = "Name:\tpython\nVmPeak:\t 9000 kB\nVmHWM:\t 3072 kB\nVmRSS:\t 1024 kB\n"
+    monkeypatch.setattr(bench, "open", lambda path, *a, **k: io.StringIO(status)
+                        if path == "/proc/4242/status" else open(path, *a, **k), raising=False)
+    server = bench.Server.__new__(bench.Server)          # no process: only its pid is read
+    server.proc = types.SimpleNamespace(pid=4242)
+    assert server.peak_rss_mb() == 3.0                    # VmHWM (the peak), KiB to MiB
+
+
+def test_the_bench_server_reconnects_when_the_host_closed_the_idle_connection_cleanly():
+    """A kept-alive connection the host closed (FIN, as at its keep-alive time-out) before the
+    next request: the request goes out again on a new connection."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    served = []
+
+    def host():
+        for n in range(2):
+            sock, _ = listener.accept()
+            with sock, sock.makefile("rb") as rf:
+                while True:
+                    head = [rf.readline()]
+                    while head[-1] not in (b"\r\n", b""):
+                        head.append(rf.readline())
+                    if head[0] == b"":
+                        break
+                    length = next(int(h.split(b":")[1]) for h in head if h.lower().startswith(b"content-length"))
+                    served.append((n, json.loads(rf.read(length))))
+                    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                    if n == 0:
+                        sock.shutdown(socket.SHUT_WR)        # closed after the first answer
+                        while rf.read(4096):
+                            pass
+                        break
+    t = threading.Thread(target=host, daemon=True)
+    t.start()
+    server = bench.Server.__new__(bench.Server)
+    server.host, server.port = listener.getsockname()
+    conn = server.conn()
+    server.post(conn, "/embeddings", {"input": ["first"]})
+    time.sleep(0.2)                                       # the FIN arrives
+    server.post(conn, "/embeddings", {"input": ["second"]})
+    conn.close()
+    t.join(10)
+    listener.close()
+    assert served == [(0, {"input": ["first"]}), (1, {"input": ["second"]})]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_a_server_given_cpus_runs_every_thread_on_them():
+    cpu = min(os.sched_getaffinity(0))
+    server = bench.Server(cpus={cpu})
+    try:
+        conn = server.conn()
+        server.post(conn, "/embeddings", {"input": ["hello world"] * 8})   # its workers start
+        conn.close()
+        tids = os.listdir(f"/proc/{server.proc.pid}/task")
+        assert len(tids) > 1
+        assert {tid: os.sched_getaffinity(int(tid)) for tid in tids} == {tid: {cpu} for tid in tids}
+    finally:
+        server.stop()
+
+
+# -- the client side --------------------------------------------------------------------------------
+
+class _NoServer:
+    """run_clients' view of a server, for a ``send`` that needs none."""
+    def __init__(self, cpus=None):
+        self.cpus = cpus
+
+    def conn(self):
+        return io.BytesIO()
+
+
+def test_run_clients_raises_a_failed_request():
+    def send(conn, body):
+        if body == 3:
+            raise RuntimeError("422: refused")
+    with pytest.raises(RuntimeError, match="422"):
+        bench.run_clients(_NoServer(), "/embeddings", list(range(8)), 2, send=send)
+
+
+def test_run_clients_runs_as_many_concurrent_clients_as_asked():
+    barrier = threading.Barrier(4, timeout=20)      # only passes with 4 requests in flight at once
+    bench.run_clients(_NoServer(), "/embeddings", list(range(8)), 4, send=lambda c, b: barrier.wait())
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_clients_run_on_the_servers_cpus_unless_told_otherwise():
+    cpu = min(os.sched_getaffinity(0))
+    seen, lock = [], threading.Lock()
+
+    def send(conn, body):
+        with lock:
+            seen.append(frozenset(os.sched_getaffinity(0)))
+    bench.run_clients(_NoServer(cpus={cpu}), "/embeddings", list(range(4)), 2, send=send)
+    assert set(seen) == {frozenset({cpu})}
+    seen.clear()
+    bench.run_clients(_NoServer(), "/embeddings", list(range(4)), 2, send=send)
+    assert set(seen) == {frozenset(os.sched_getaffinity(0))}
+
+
+def test_chunks_keep_every_item():
+    assert bench.chunks(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
+    assert bench.chunks(list(range(65)), 32)[-1] == [64]
+    assert bench.chunks([], 32) == []
+
+
+# -- what a run records ---------------------------------------------------------------------------
+
+class _Dist:
+    def __init__(self, root: Path, name: str, sizes: list[int], requires: list[str]):
+        self.root, self.requires = root / name, requires
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.files = []
+        for i, n in enumerate(sizes):
+            (self.root / f"f{i}").write_bytes(b"x" * n)
+            self.files.append(f"f{i}")
+
+    def locate_file(self, f):
+        return self.root / f
+
+
+def test_package_size_counts_what_funcignore_ships_and_each_dependency_once(monkeypatch, tmp_path):
+    app = tmp_path / "app"
+    (app / "build").mkdir(parents=True)
+    (app / ".venv-tools").mkdir()
+    (app / "embedding_core").mkdir()
+    (app / ".funcignore").write_text("# comment\n/build/\n.venv*\n*_env/\ntests\n")
+    (app / "proj_env").mkdir()
+    (app / "proj_env" / "lib.so").write_bytes(b"x" * 5_000_000)      # azd's virtualenv
+    (app / "function_app.py").write_bytes(b"x" * 1_000_000)
+    (app / "embedding_core" / "a.py").write_bytes(b"x" * 1_000_000)
+    (app / "build" / "big.whl").write_bytes(b"x" * 5_000_000)
+    (app / ".venv-tools" / "big").write_bytes(b"x" * 5_000_000)
+    (app / "tests").mkdir()
+    (app / "tests" / "t.py").write_bytes(b"x" * 5_000_000)
+    (app / "requirements.txt").write_text("# pins\n-r other.txt\nalpha==1.0\nbeta_gamma[x]==2\n")
+    dists = {
+        "alpha": _Dist(tmp_path, "alpha", [400_000, 600_000], ["beta-gamma>=2", 'delta ; extra == "docs"']),
+        "beta-gamma": _Dist(tmp_path, "beta", [2_000_000], ["alpha"]),
+        "delta": _Dist(tmp_path, "delta", [7_000_000], []),
+    }
+
+    def distribution(name):
+        key = name.lower().replace("_", "-")          # as importlib.metadata normalises names
+        if key not in dists:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return dists[key]
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    monkeypatch.setattr(bench, "ROOT", app)
+    out = bench.package_size()
+    shipped = sum((app / f).stat().st_size for f in (".funcignore", "requirements.txt", "function_app.py",
+                                                     "embedding_core/a.py"))
+    assert out["app_mb"] == shipped / 1e6                 # MB, not MiB; nothing ignored counted
+    assert out["dependencies_mb"] == 3.0                  # alpha + beta-gamma once; no extras
+    assert out["total_mb"] == (shipped + 3_000_000) / 1e6
+
+
+def test_machine_records_the_simd_the_int8_kernels_depend_on_and_the_usable_cores(monkeypatch):
+    cpuinfo = ("processor\t: 0\nmodel name\t: Test CPU\n"
+               "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni amx_int8\n\n"
+               "processor\t: 1\nmodel name\t: Test CPU\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni amx_int8\n")
+    monkeypatch.setattr(bench, "open", lambda path, *a, **k: io.StringIO(cpuinfo) if path == "/proc/cpuinfo"
+                        else open(path, *a, **k), raising=False)
+    import embedding_core.settings as settings
+    monkeypatch.setattr(settings, "usable_cores", lambda: 1)
+    m = bench.machine()
+    assert m["cpu"] == "Test CPU"
+    assert m["simd"] == ["avx2", "avx512f", "avx512_vnni", "amx_int8"]
+    assert m["usable_cores"] == 1 and m["cores"] == os.cpu_count()
