@@ -121,10 +121,14 @@ def throughput(pairs: int, singles: int, batches: int) -> dict:
     service_module.telemetry.detach = telemetry.detach
 
     sdk = build_sdk()
+    # A telemetry worker of the run's own whose thread never records (only flush() does: its
+    # time is measured); the process's worker, whose thread would sleep as long, is put back after.
+    process_worker = telemetry._worker
+    telemetry._worker = type(process_worker)()
+    telemetry._worker.BATCH_DELAY_S = 3600
     try:   # the module's telemetry is restored whatever happens (a refused request fails the run)
         telemetry.install(*sdk)
         recorders = {True: telemetry._recorder, False: telemetry._OFF}   # switched per block
-        telemetry._worker.BATCH_DELAY_S = 3600     # only flush() records: its time is measured
 
         def set_mode(on: bool) -> None:
             telemetry._recorder = recorders[on]
@@ -185,8 +189,9 @@ def throughput(pairs: int, singles: int, batches: int) -> dict:
                 "cost_percent": 100 * (request_thread_us + batch_us) / (1000 * request_ms),
             }
     finally:
+        telemetry._worker.reset()
+        telemetry._worker = process_worker
         telemetry.reset()
-        telemetry._worker.BATCH_DELAY_S = type(telemetry._worker).BATCH_DELAY_S
         service_module.telemetry = telemetry
         for provider in sdk:
             provider.shutdown()

@@ -350,4 +350,40 @@ def test_telemetry_overhead_alternates_off_and_on_over_distinct_requests(monkeyp
     with pytest.raises(AssertionError):
         telemetry_overhead.throughput(2, 2, 1)
     assert service_module.telemetry is telemetry             # restored: nothing left timed
-    assert telemetry._worker.BATCH_DELAY_S == type(telemetry._worker).BATCH_DELAY_S
+    monkeypatch.undo()
+    assert _the_telemetry_thread_records_a_request(telemetry_overhead.KEY)
+
+
+def _the_telemetry_thread_records_a_request(key: str) -> bool:
+    """A request made now is recorded by the process's telemetry thread, without flush(): the
+    run's long batch delay did not stay with it."""
+    import time
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from embedding_core import telemetry
+    from embedding_core.registry import Registry
+    from embedding_core.service import ApiRequest, EmbeddingService
+    from embedding_core.settings import Settings
+
+    exporter, tp = InMemorySpanExporter(), TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.install(tp, MeterProvider())
+    try:
+        svc = EmbeddingService(Settings.from_env({"EMBEDDINGS_API_KEYS": key}),
+                               Registry.from_settings(Settings.from_env({})))
+        res = svc.embeddings(ApiRequest("POST", "/embeddings",
+                                        {"api-key": key, "content-type": "application/json"},
+                                        {"api-version": "2024-05-01-preview"},
+                                        b'{"input": ["hello"]}'))
+        assert res.status == 200, res.body[:200]
+        deadline = time.monotonic() + 60                  # liveness, not timing
+        while not exporter.get_finished_spans() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(exporter.get_finished_spans()) == 1
+    finally:
+        telemetry.reset()
+        tp.shutdown()
