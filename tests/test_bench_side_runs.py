@@ -199,15 +199,19 @@ def test_every_tokenize_case_is_at_the_body_limit_not_over_it():
 
 
 def test_a_tokenize_case_reports_the_characters_and_tokens_of_its_inputs(monkeypatch, capsys):
+    """Inputs shorter than the tokenizer's first piece, so that each character is handed to it
+    once (a longer input has the word cut by a piece's end read again: the docstring sentences
+    of "2048 x 15 words" are that long on some Python versions)."""
     import time
+    inputs = [f"sentence number {i} of the case, in nine words" for i in range(2048)]
+    monkeypatch.setattr(tokenize_cases, "_inputs", lambda name: (inputs, "NONE"))
     monkeypatch.setattr(time, "process_time", lambda: 1.0)     # no CPU time passes ...
     tokenize_cases.child("2048 x 15 words")                       # ... wall time does
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    inputs, _ = tokenize_cases._inputs("2048 x 15 words")
     assert r["chars_in"] == r["chars_tokenized"] == sum(map(len, inputs))   # NONE: every character
     assert r["cpu_s"] == 0 and r["wall_s"] > 0
     tokens = int(r["outcome"].removeprefix("ok, ").removesuffix(" tokens").replace(",", ""))
-    assert tokens > 2048 * 15
+    assert tokens >= 2048 * 9
 
 
 # -- a failed case fails the run (make bench-smoke is CI's only run of the two scripts) -------------
