@@ -46,6 +46,69 @@ def large_instance_memory() -> Iterator[None]:
         yield
 
 
+# -- the default deployment's long inputs on OpenVINO (embedding_core/openvino_session.py) --------
+# The service runs them there only on CPUs with AMX. Elsewhere, on CPUs with avx512_bf16 (AMD
+# Zen 4 and 5, Intel Cooper Lake), OpenVINO runs the same bf16 model with other kernels, and the
+# tests of that path claim AMX (CLAIM_AMX) so that the path runs and is tested there too: without
+# it, a CI machine without AMX skipped all 11 of them. Measured on an AMD EPYC (Zen 5): long
+# inputs within cosine 0.9999 of sentence-transformers and bitwise the same alone and in any
+# batch, as on AMX. Not tested there: AMX's own kernels, their speed, and the need for the
+# padding to 16 tokens (rows unpadded were the same in any batch there; test_openvino_runs_are_
+# padded_to_multiples_of_16_tokens checks the padding itself).
+CLAIM_AMX = ("import embedding_core.openvino_session as _ov\n"
+             "_cpu_flags = _ov.cpu_flags\n"
+             "_ov.cpu_flags = lambda path='/proc/cpuinfo': _cpu_flags(path) | {_ov.AMX_FLAG}\n")
+
+
+def _long_inputs_here() -> tuple[str | None, str]:
+    """("amx", "") where the service runs long inputs on OpenVINO here, ("claimed", "") where
+    the tests may claim AMX for it, or (None, why neither)."""
+    import importlib.util
+
+    from embedding_core import openvino_session
+
+    if importlib.util.find_spec("openvino") is None:
+        return None, "openvino is not installed"
+    if openvino_session.why_not_here() is None:
+        return "amx", ""
+    if "avx512_bf16" not in openvino_session.cpu_flags():
+        return None, "neither AMX nor avx512_bf16 on this CPU: OpenVINO has no bf16 kernels here"
+    with _claiming_amx():
+        reason = openvino_session.why_not_here()
+    return (None, reason) if reason else ("claimed", "")
+
+
+@contextmanager
+def _claiming_amx() -> Iterator[None]:
+    from embedding_core import openvino_session
+
+    real = openvino_session.cpu_flags
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(openvino_session, "cpu_flags", lambda path="/proc/cpuinfo":
+                   real(path) | {openvino_session.AMX_FLAG})
+        yield
+
+
+LONG_INPUTS, WHY_NO_LONG_INPUTS = _long_inputs_here()
+# A child process's first lines: AMX claimed where the tests claim it.
+LONG_INPUTS_PREAMBLE = CLAIM_AMX if LONG_INPUTS == "claimed" else ""
+needs_long_inputs = pytest.mark.skipif(
+    LONG_INPUTS is None, reason=f"the long-input path cannot run here: {WHY_NO_LONG_INPUTS}")
+
+
+@contextmanager
+def long_inputs_on_openvino() -> Iterator[None]:
+    """Backends built in this block run the default deployment's long inputs on OpenVINO, AMX
+    claimed where the CPU has only avx512_bf16; the test is skipped where neither."""
+    if LONG_INPUTS is None:
+        pytest.skip(f"the long-input path cannot run here: {WHY_NO_LONG_INPUTS}")
+    if LONG_INPUTS == "amx":
+        yield
+        return
+    with _claiming_amx():
+        yield
+
+
 def shipped_deployments() -> list[dict[str, Any]]:
     """A copy of the shipped registry's deployments, their file paths made absolute, for a
     registry parsed or written elsewhere (a test that changes an option or a flag)."""

@@ -4,13 +4,13 @@ fails its checksum (503 with Retry-After)."""
 from __future__ import annotations
 
 import json
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from conftest import KEY, LiveServer, shipped_deployments
-from embedding_core.openvino_session import why_not_here
+from conftest import KEY, LONG_INPUTS_PREAMBLE, LiveServer, needs_long_inputs, shipped_deployments
 from embedding_core.registry import DEFAULT_REGISTRY
 from test_http_errors import AUTH, Q, request
 
@@ -40,8 +40,13 @@ def matryoshka_server(tmp_path_factory):
     not_a_model["files"]["model"] = dict(not_a_model["files"]["tokenizer"])
     (tmp / "registry.json").write_text(json.dumps({"deployments": [entry, broken, broken_long,
                                                                    not_a_model]}))
+    # The local host, with AMX claimed where the long-input tests claim it (conftest).
+    host = ("import runpy, sys\n"
+            "sys.argv = ['local_host', '--host', '127.0.0.1', '--port', '0']\n"
+            "runpy.run_module('tools.local_host', run_name='__main__', alter_sys=True)\n")
     server = LiveServer({"EMBEDDINGS_API_KEYS": KEY, "EMBEDDINGS_REGISTRY": str(tmp / "registry.json"),
-                         "EMBEDDINGS_RETRY_AFTER_SECONDS": "9"})
+                         "EMBEDDINGS_RETRY_AFTER_SECONDS": "9"},
+                        command=[sys.executable, "-c", LONG_INPUTS_PREAMBLE + host])
     yield server
     server.stop()
 
@@ -130,9 +135,7 @@ def test_a_model_that_fails_when_its_first_input_runs_is_503_with_retry_after(ma
     assert status == 200
 
 
-@pytest.mark.skipif(why_not_here() is not None,
-                    reason="long inputs run on ONNX Runtime here (no AMX, or too little memory): "
-                           "the long-input model is unused")
+@needs_long_inputs
 def test_a_long_input_model_failing_its_checksum_is_503_and_short_inputs_still_work(
         matryoshka_server):
     """The long-input model loads on the first long input (openvino_session.py); if it fails,
@@ -148,9 +151,7 @@ def test_a_long_input_model_failing_its_checksum_is_503_and_short_inputs_still_w
     assert status == 200 and len(doc["data"][0]["embedding"]) == 384
 
 
-@pytest.mark.skipif(why_not_here() is not None,
-                    reason="long inputs run on ONNX Runtime here (no AMX, or too little memory): "
-                           "the long-input model is unused")
+@needs_long_inputs
 def test_short_requests_sharing_batches_with_failing_long_ones_still_succeed(matryoshka_server):
     """Requests arriving together share batches; when one's long input fails the batch, the
     others' short inputs are run again on their own and answered (inference_queue: each

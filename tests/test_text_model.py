@@ -4,13 +4,15 @@ behaviour users rely on: batch independence, stable integers, retrieval quality 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import DATA, ROOT
+from conftest import (DATA, LONG_INPUTS_PREAMBLE, ROOT, long_inputs_on_openvino,
+                      needs_long_inputs)
 from embedding_core.encodings import FORMATS, encode, to_ubinary, to_uint8
 from embedding_core.errors import ApiError
 
@@ -450,10 +452,16 @@ def _long_on_openvino() -> bool:
     return why_not_here() is None
 
 
-needs_openvino = pytest.mark.skipif(
-    not _long_on_openvino(),
-    reason="long inputs stay on ONNX Runtime here (no AMX, or too little memory; asserted by "
-           "test_long_inputs_runtime_follows_the_cpu_and_the_setting)")
+@pytest.fixture(scope="module")
+def long_backend(registry):
+    """The default deployment with its long inputs on OpenVINO (AMX claimed where the CPU has
+    only avx512_bf16: conftest.long_inputs_on_openvino)."""
+    from embedding_core.settings import Settings
+    from embedding_core.text import TextBackend
+    with long_inputs_on_openvino():
+        backend = TextBackend(registry.find(DEFAULT), Settings.from_env({}), registry)
+    assert backend.long is not None
+    return backend
 
 
 @pytest.fixture(scope="module")
@@ -518,14 +526,15 @@ def test_a_damaged_long_input_model_is_refused_by_its_checksum(tmp_path):
     assert session.release_memory() is False   # nothing was compiled
 
 
-@needs_openvino
+@needs_long_inputs
 def test_a_first_request_of_long_inputs_only_does_not_load_the_short_input_model(registry,
                                                                                   ort_only):
     """The int8 model's ONNX Runtime session is created on the first short input, so a cold
     process whose first request has only long inputs (OpenVINO's) does not wait for it."""
     from embedding_core.settings import Settings
     from embedding_core.text import TextBackend
-    backend = TextBackend(registry.find(DEFAULT), Settings.from_env({}), registry)
+    with long_inputs_on_openvino():
+        backend = TextBackend(registry.find(DEFAULT), Settings.from_env({}), registry)
     rng = np.random.default_rng(8)
     long_ids = backend.tokenize([rng.integers(1000, 29000, 200).tolist()])
     long_vec = backend.run(long_ids)
@@ -546,16 +555,16 @@ def test_openvino_runs_are_padded_to_multiples_of_16_tokens(tmp_path):
     assert cpu_flags(str(tmp_path / "missing")) == set()
 
 
-@needs_openvino
-def test_long_inputs_are_within_0_9999_and_short_ones_unchanged(text_backend, ort_only, heldout):
+@needs_long_inputs
+def test_long_inputs_are_within_0_9999_and_short_ones_unchanged(long_backend, ort_only, heldout):
     """Held-out texts of 129+ tokens run the exact model in bf16 (measured: min cosine 0.99996
     against sentence-transformers, against 0.99892 for the int8 model); shorter ones are bitwise
     what ONNX Runtime gives."""
     texts = heldout["texts"]
-    lengths = np.array([len(x) for x in text_backend.tokenize(texts, truncate="END")])
-    long_ = lengths >= text_backend.long.from_tokens
+    lengths = np.array([len(x) for x in long_backend.tokenize(texts, truncate="END")])
+    long_ = lengths >= long_backend.long.from_tokens
     assert 20 <= long_.sum() < len(texts)
-    got = text_backend.encode(texts, extras={"truncate": "END"}).vectors
+    got = long_backend.encode(texts, extras={"truncate": "END"}).vectors
     ort = ort_only.encode(texts, extras={"truncate": "END"}).vectors
     cos = np.sum(got * heldout["vectors"], axis=1)
     assert cos[long_].min() >= 0.9999, cos[long_].min()
@@ -563,20 +572,20 @@ def test_long_inputs_are_within_0_9999_and_short_ones_unchanged(text_backend, or
     assert (got[long_] != ort[long_]).any(axis=1).all()   # really another runtime
 
 
-@needs_openvino
-def test_the_runtime_is_chosen_by_the_input_length_alone(text_backend, ort_only):
+@needs_long_inputs
+def test_the_runtime_is_chosen_by_the_input_length_alone(long_backend, ort_only):
     """An input of 128 tokens runs on ONNX Runtime and one of 129 on OpenVINO, whatever batch
     they are in: alone, together, with 1-token and 256-token neighbours."""
     rng = np.random.default_rng(3)
     body = lambda n: rng.integers(1000, 29000, n).tolist()               # noqa: E731
-    ids = text_backend.tokenize([body(126), body(127), body(254), body(1)])  # 128, 129, 256, 3
+    ids = long_backend.tokenize([body(126), body(127), body(254), body(1)])  # 128, 129, 256, 3
     assert [len(x) for x in ids] == [128, 129, 256, 3]
-    alone = np.concatenate([text_backend.run([x]) for x in ids])
+    alone = np.concatenate([long_backend.run([x]) for x in ids])
     ort = np.concatenate([ort_only.run([x]) for x in ids])
     assert np.array_equal(alone[[0, 3]], ort[[0, 3]])
     assert (alone[[1, 2]] != ort[[1, 2]]).any(axis=1).all()
     for order in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 0], [2, 1]):
-        batch = text_backend.run([ids[i] for i in order])
+        batch = long_backend.run([ids[i] for i in order])
         assert np.array_equal(batch, alone[order]), order
 
 
@@ -618,14 +627,15 @@ print(json.dumps({"before_compile": before_compile, "busy": busy, "idle": idle,
 """
 
 
-@needs_openvino
+@needs_long_inputs
 def test_the_long_input_runtime_gives_its_run_buffers_back_when_idle():
     """OpenVINO keeps the buffers of its largest runs (~35 MB after 1,024-token runs) until the
     process goes idle; the idle hooks give them back, and the next run's vectors are the same."""
     import subprocess
     import sys
     from pathlib import Path
-    res = subprocess.run([sys.executable, "-c", IDLE_CHILD], cwd=Path(__file__).parent.parent,
+    res = subprocess.run([sys.executable, "-c", LONG_INPUTS_PREAMBLE + IDLE_CHILD],
+                         cwd=Path(__file__).parent.parent,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
@@ -634,7 +644,7 @@ def test_the_long_input_runtime_gives_its_run_buffers_back_when_idle():
     assert got["same"], got
 
 
-@needs_openvino
+@needs_long_inputs
 def test_releasing_the_long_input_runtime_while_it_runs_is_skipped_not_raised(registry):
     """The idle hook may race a run that started just after the process went idle: OpenVINO
     refuses then, and the release is skipped (False) rather than raising into the trimmer."""
@@ -642,7 +652,8 @@ def test_releasing_the_long_input_runtime_while_it_runs_is_skipped_not_raised(re
     import time
     from embedding_core.settings import Settings
     from embedding_core.text import TextBackend
-    backend = TextBackend(registry.find(DEFAULT), Settings.from_env({}), registry)
+    with long_inputs_on_openvino():
+        backend = TextBackend(registry.find(DEFAULT), Settings.from_env({}), registry)
     rng = np.random.default_rng(6)
     batch = [backend.tokenize([rng.integers(1000, 29000, 254).tolist()])[0] for _ in range(4)]
     alone = backend.run(batch)
@@ -707,7 +718,7 @@ os._exit(0)
 """
 
 
-@needs_openvino
+@needs_long_inputs
 def test_concurrent_first_runs_on_the_long_input_runtime_do_not_deadlock():
     """Before the model was warmed up on one thread, two workers' first runs deadlocked inside
     OpenVINO's Python binding in 3 of 8 such processes (every later request hung); each child
@@ -795,13 +806,12 @@ def test_a_model_failing_on_first_use_is_remembered_for_retry_after(registry, ca
     from embedding_core.settings import Settings
     from embedding_core.text import TextBackend
 
-    if part == "long_model" and not _long_on_openvino():
-        pytest.skip("long inputs stay on ONNX Runtime here: the long-input model is never used")
     dep = registry.find(DEFAULT)
     broken = (dep.files["tokenizer"] if part == "model"      # passes its checksum, is no model
               else dataclasses.replace(dep.files["long_model"], sha256="0" * 64))
-    backend = TextBackend(dataclasses.replace(dep, files={**dep.files, part: broken}),
-                          Settings.from_env({"EMBEDDINGS_RETRY_AFTER_SECONDS": "1"}), registry)
+    with long_inputs_on_openvino() if part == "long_model" else contextlib.nullcontext():
+        backend = TextBackend(dataclasses.replace(dep, files={**dep.files, part: broken}),
+                              Settings.from_env({"EMBEDDINGS_RETRY_AFTER_SECONDS": "1"}), registry)
     words = 40 if part == "model" else 200
     ids = backend.tokenize([" ".join(["station"] * words)])
     # The same failure again is tried after twice the wait, and its 503 says so.
@@ -820,13 +830,13 @@ def _long_backend(registry, long_model=None):
     from embedding_core.settings import Settings
     from embedding_core.text import TextBackend
 
-    if not _long_on_openvino():
-        pytest.skip("long inputs stay on ONNX Runtime here: the long-input model is never used")
     dep = registry.find(DEFAULT)
     files = {**dep.files, "long_model": long_model or dep.files["long_model"]}
-    backend = TextBackend(dataclasses.replace(dep, files=files),
-                          Settings.from_env({"EMBEDDINGS_RETRY_AFTER_SECONDS": "30",
-                                             "EMBEDDINGS_INFERENCE_WORKERS": "2"}), registry)
+    with long_inputs_on_openvino():
+        backend = TextBackend(dataclasses.replace(dep, files=files),
+                              Settings.from_env({"EMBEDDINGS_RETRY_AFTER_SECONDS": "30",
+                                                 "EMBEDDINGS_INFERENCE_WORKERS": "2"}), registry)
+    assert backend.long is not None
     return backend, backend.tokenize([" ".join(["station"] * 200)])
 
 
