@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import (DATA, LONG_INPUTS_PREAMBLE, ROOT, long_inputs_on_openvino,
+from conftest import (DATA, LONG_INPUTS, LONG_INPUTS_PREAMBLE, ROOT, long_inputs_on_openvino,
                       needs_long_inputs)
 from embedding_core.encodings import FORMATS, encode, to_ubinary, to_uint8
 from embedding_core.errors import ApiError
@@ -466,11 +466,14 @@ def long_backend(registry):
 
 @pytest.fixture(scope="module")
 def ort_only(registry):
-    """The default deployment with its long inputs on ONNX Runtime too."""
+    """The default deployment with its long inputs on ONNX Runtime too, by the setting: built
+    with AMX claimed where the tests claim it, so that only the setting keeps them there."""
     from embedding_core.settings import Settings
     from embedding_core.text import TextBackend
-    return TextBackend(registry.find(DEFAULT),
-                       Settings.from_env({"EMBEDDINGS_LONG_INPUT_RUNTIME": "onnxruntime"}), registry)
+    with long_inputs_on_openvino() if LONG_INPUTS else contextlib.nullcontext():
+        return TextBackend(registry.find(DEFAULT),
+                           Settings.from_env({"EMBEDDINGS_LONG_INPUT_RUNTIME": "onnxruntime"}),
+                           registry)
 
 
 def test_long_inputs_runtime_follows_the_cpu_and_the_setting(text_backend, ort_only):
@@ -787,6 +790,180 @@ def test_an_openvino_that_needs_its_converter_is_imported_whole(tmp_path):
     (pkg / "tools" / "ovc" / "__init__.py").write_text("def convert_model(): pass\n")
     got = _import_child(path=str(tmp_path))
     assert got["loaded"] == ["openvino.tools.ovc"] and got["inputs"] == [], got
+
+
+# What the long-input path is given and how it is built (h_mut8's sweep: vectors alone did not
+# show these).
+
+@needs_long_inputs
+def test_long_inputs_run_sorted_padded_and_in_runs_of_at_most_max_run_tokens(long_backend,
+                                                                          monkeypatch):
+    """What OpenVINO is given for a mixed batch of long inputs: runs of similar lengths, each
+    padded to a multiple of 16 tokens (pad_width), of at most long.max_run_tokens (1,024)
+    padded tokens, whatever the order of the inputs; the vectors come back in input order.
+    (On CPUs without AMX rows do not depend on their padding, so only the shapes tell.)"""
+    b = long_backend
+    rng = np.random.default_rng(11)
+    lengths = [256, 150, 256, 130, 256, 256, 200]
+    ids = b.tokenize([rng.integers(1000, 29000, n - 2).tolist() for n in lengths])
+    assert [len(x) for x in ids] == lengths
+    session = b.long.session
+    shapes: list[tuple[int, int]] = []
+    real_run = session.run
+
+    def spy(output_names, feeds):
+        shapes.append(feeds["input_ids"].shape)
+        assert feeds["attention_mask"].dtype == np.int64
+        return real_run(output_names, feeds)
+    monkeypatch.setattr(session, "run", spy)
+    got = b.run(ids)
+    # 130 -> 144, 150 -> 160, 200 -> 208; four of 256 in one run of 1,024 tokens.
+    assert sorted(shapes) == [(1, 144), (1, 160), (1, 208), (4, 256)], shapes
+    shapes.clear()
+    alone = np.concatenate([b.run([x]) for x in ids])
+    assert sorted(shapes) == sorted([(1, 144), (1, 160), (1, 208)] + [(1, 256)] * 4), shapes
+    assert np.array_equal(got, alone)
+
+
+def test_long_inputs_options_are_checked_and_honoured(registry, monkeypatch, caplog):
+    """On a CPU with AMX (claimed) and memory enough: a runtime other than openvino-bf16 is a
+    registry error; the registry's max_run_tokens is used; EMBEDDINGS_LONG_INPUT_RUNTIME=
+    onnxruntime keeps long inputs on ONNX Runtime (the fixture ort_only cannot tell on a CPU
+    without AMX: there long inputs stay on ONNX Runtime anyway); without the openvino package long
+    inputs stay on ONNX Runtime (with a warning) rather than failing on the first long input."""
+    import importlib.util
+
+    from embedding_core import openvino_session, settings as settings_module
+    from embedding_core.settings import Settings
+    monkeypatch.setattr(openvino_session, "cpu_flags", lambda: {"avx2", openvino_session.AMX_FLAG})
+    monkeypatch.setattr(settings_module, "usable_memory", lambda: None)
+    dep = registry.find(DEFAULT)
+    settings = Settings.from_env({})
+    spec = dep.options["long_inputs"]
+
+    def options(**changes):
+        return {**dep.options, "long_inputs": {**spec, **changes}}
+    with pytest.raises(ValueError, match="long_inputs.runtime"):
+        openvino_session.long_inputs(options(runtime="openvino-fp32"), dep.files, settings,
+                                     dep.name)
+    long = openvino_session.long_inputs(options(max_run_tokens=512), dep.files, settings, dep.name)
+    assert long is not None and (long.from_tokens, long.max_run_tokens) == (129, 512)
+    assert not long.session.compiled                 # nothing compiled here
+    off = Settings.from_env({"EMBEDDINGS_LONG_INPUT_RUNTIME": "onnxruntime"})
+    assert openvino_session.long_inputs(dep.options, dep.files, off, dep.name) is None
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "openvino" else real_find_spec(name, *a))
+    with caplog.at_level("WARNING", logger="embedding_core.openvino_session"):
+        assert openvino_session.long_inputs(dep.options, dep.files, settings, dep.name) is None
+    assert "openvino is not installed; long inputs run on ONNX Runtime" in caplog.text
+
+
+def test_a_discarded_long_input_session_is_not_kept_alive_by_its_idle_hook(registry):
+    """The idle hook (memory.on_idle) holds the session weakly: a session (~150 MB once
+    compiled) of a discarded backend is freed. Nothing is compiled here."""
+    import gc
+    import weakref
+
+    from embedding_core.openvino_session import OpenVinoSession
+    from embedding_core.settings import Settings
+    dep = registry.find(DEFAULT)
+    session = OpenVinoSession(dep.files["long_model"], Settings.from_env({}))
+    ref = weakref.ref(session)
+    del session
+    gc.collect()
+    assert ref() is None
+
+
+@needs_long_inputs
+def test_the_long_input_model_is_compiled_once_in_bf16_with_a_stream_per_worker(registry, caplog,
+                                                                               monkeypatch):
+    """One compile per session however many workers run their first long inputs at once, with
+    the options it is measured with (bf16, one stream per worker, all workers' threads, no
+    pinning), warmed up by one inference before it is published (concurrent first inferences
+    deadlocked in OpenVINO's binding: test_concurrent_first_runs_... catches that only by chance).
+    """
+    import threading
+
+    from embedding_core import openvino_session
+    from embedding_core.openvino_session import OpenVinoSession
+    from embedding_core.settings import Settings
+    dep = registry.find(DEFAULT)
+    settings = Settings.from_env({"EMBEDDINGS_INFERENCE_WORKERS": "2",
+                                  "EMBEDDINGS_ORT_INTRA_OP_THREADS": "1",
+                                  "EMBEDDINGS_MEMORY_TUNING": "false"})
+    session = OpenVinoSession(dep.files[dep.options["long_inputs"]["file"]], settings)
+    warmed: list[bool] = []
+    real_warm_up = openvino_session._warm_up
+
+    def warm_up(compiled):
+        warmed.append(session._compiled is None)          # not yet published
+        real_warm_up(compiled)
+    monkeypatch.setattr(openvino_session, "_warm_up", warm_up)
+    ids = np.full((1, 160), 7, np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+             "token_type_ids": np.zeros_like(ids)}
+    start = threading.Barrier(2)
+    done: list[np.ndarray] = []
+
+    def first_run() -> None:
+        start.wait()
+        done.append(session.run(["sentence_embedding"], feeds)[0])
+    with caplog.at_level("INFO", logger="embedding_core.openvino_session"):
+        threads = [threading.Thread(target=first_run, daemon=True) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(done) == 2 and np.array_equal(done[0], done[1])
+        compiled = session._compiled
+        # A third thread's first run (its own infer request) uses the same compiled model.
+        third = threading.Thread(target=lambda: done.append(
+            session.run(["sentence_embedding"], feeds)[0]))
+        third.start()
+        third.join(60)
+        assert session._compiled is compiled and np.array_equal(done[2], done[0])
+    compiles = [r for r in caplog.records if "with OpenVINO (bf16" in r.getMessage()]
+    assert len(compiles) == 1, [r.getMessage() for r in compiles]
+    assert warmed == [True]
+    assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'bfloat16'>"
+    assert compiled.get_property("NUM_STREAMS") == 2
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 2
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False
+
+
+@needs_long_inputs
+def test_a_long_input_model_mended_after_a_failure_serves_and_health_recovers(registry, tmp_path):
+    """A long-input model that failed its checksum (503, Retry-After) and is then put right is
+    compiled on the first long input after Retry-After: it serves, GET /health no longer
+    reports the failure (load_failed), and the compile is counted as one-off work (not as the
+    queue's throughput)."""
+    import dataclasses
+    import shutil
+    import time
+
+    from embedding_core.backends import take_one_off_seconds
+    from embedding_core.settings import Settings
+    from embedding_core.text import TextBackend
+    dep = registry.find(DEFAULT)
+    good = dep.files["long_model"]
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x08\x07" + b"\x00" * 1000)           # damaged
+    files = {**dep.files, "long_model": dataclasses.replace(good, path=path)}
+    with long_inputs_on_openvino():
+        backend = TextBackend(dataclasses.replace(dep, files=files),
+                              Settings.from_env({"EMBEDDINGS_RETRY_AFTER_SECONDS": "1"}), registry)
+    ids = backend.tokenize([" ".join(["station"] * 200)])
+    with pytest.raises(ApiError) as err:
+        backend.run(ids)
+    assert err.value.status == 503 and backend.load_failed()
+    shutil.copyfile(good.path, path)                         # mended
+    time.sleep(1.05)                                         # Retry-After
+    take_one_off_seconds()
+    vec = backend.run(ids)
+    assert take_one_off_seconds() > 0
+    assert not backend.load_failed()
+    assert np.array_equal(backend.run(ids), vec)
 
 
 # -- a model that fails to load on first use ------------------------------------------------------
