@@ -1,11 +1,11 @@
 """Time the default deployment's long inputs on OpenVINO in bf16 against ONNX Runtime's int8
 model on a CPU without AMX, where the service keeps them on ONNX Runtime.
 
-A measurement for a design decision (docs/performance-model.md, "Long inputs on OpenVINO"), not
-part of the service or of `make bench`. AMX is claimed (as tests/conftest.py does for the tests of
-that path) so that the backend builds its OpenVINO session; on a CPU with avx512_bf16 (AMD Zen 4
-and 5) OpenVINO then runs bf16 kernels without AMX tiles. One worker, one thread each; the best of
-7 runs of each shape, after one warm-up run.
+A measurement for a design decision (docs/performance-model.md, "Long inputs on OpenVINO in
+bf16"), not part of the service or of `make bench`. AMX is claimed (as tests/conftest.py does for
+the tests of that path) so that the backend builds its OpenVINO session; on a CPU with
+avx512_bf16 (AMD Zen 4 and 5) OpenVINO then runs bf16 kernels without AMX tiles. One worker, one
+thread each; the best of 7 runs of each shape, after one warm-up run.
 
     .venv/bin/python bench/prototypes/openvino_without_amx.py
 """
