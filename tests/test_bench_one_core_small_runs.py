@@ -61,3 +61,26 @@ def test_small_runs_cover_every_sentence_in_length_groups_of_each_batch():
             assert plan[i:i + len(groups)] == groups
             i += len(groups)
         assert i == len(plan)
+
+
+def test_small_runs_feeds_the_model_as_the_app_does():
+    """Each run is padded with zeros to its longest sentence, and the padding is masked out (the
+    app's feeds): a run that attended its padding would time another computation."""
+    fed = []
+
+    class Session:
+        def run(self, outputs, feeds):
+            fed.append((outputs, {k: v.copy() for k, v in feeds.items()}))
+    small_runs.run(Session(), [[101, 7, 102], [101, 5, 6, 8, 102]])
+    (outputs, feeds), = fed
+    assert outputs == ["sentence_embedding"]
+    assert feeds["input_ids"].tolist() == [[101, 7, 102, 0, 0], [101, 5, 6, 8, 102]]
+    assert feeds["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert not feeds["token_type_ids"].any()
+
+
+def test_small_runs_sessions_run_on_one_thread_with_memory_patterns_as_named():
+    for on in (True, False):
+        opts = small_runs.session(on).get_session_options()
+        assert opts.enable_mem_pattern is on
+        assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (1, 1)
