@@ -84,3 +84,16 @@ def test_small_runs_sessions_run_on_one_thread_with_memory_patterns_as_named():
         opts = small_runs.session(on).get_session_options()
         assert opts.enable_mem_pattern is on
         assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (1, 1)
+
+
+def test_one_core_in_process_refuses_to_time_an_error_answer(monkeypatch):
+    """The in-process singles loads call function_app directly: a 4xx answer (here an empty
+    input list) is an error of the run, not a request served and timed."""
+    import pytest
+
+    from conftest import process_service
+
+    with process_service(monkeypatch):     # its key and service are dropped afterwards
+        run = one_core.in_process_clients()
+        with pytest.raises(RuntimeError, match="^422: .*at least one item"):
+            run([{"input": []}], 1)
