@@ -378,6 +378,7 @@ def rate(args) -> int:
     def run(name: str, path: str, bodies: list, clients: int) -> tuple[float, float, float]:
         feed = iter(bodies)
         lock = threading.Lock()
+        errors: list[Exception] = []
 
         def client() -> None:
             while True:
@@ -387,13 +388,16 @@ def rate(args) -> int:
                     return
                 status, _, out = host.invoke(name, "POST" if body else "GET", path, jh, body)
                 if status != 200:
-                    raise RuntimeError(f"{status}: {out[:200]!r}")
+                    errors.append(RuntimeError(f"{status}: {out[:200]!r}"))
+                    return
         t0, w0, h0 = time.perf_counter(), process_cpu(host.proc.pid), process_cpu(os.getpid())
         threads = [threading.Thread(target=client) for _ in range(clients)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        if errors:
+            raise errors[0]
         return (time.perf_counter() - t0, process_cpu(host.proc.pid) - w0,
                 process_cpu(os.getpid()) - h0)
 
