@@ -53,8 +53,9 @@ def photos(fmt: str, width: int, height: int, n: int) -> list[str]:
 
 def png(width: int, height: int, depth: int, colour_type: int, pixel: bytes,
         interlaced: bool) -> bytes:
-    """A PNG of one colour whose every row is Paeth-filtered (the dearest filter to undo),
-    written directly (Pillow writes no 16-bit colour PNGs and no interlaced ones)."""
+    """A PNG whose every row is Paeth-filtered (the dearest filter to undo), each row's filtered
+    bytes ``pixel`` repeated (so the decoded picture is not of one colour: ``pixel`` is the
+    residual), written directly (Pillow writes no 16-bit colour PNGs and no interlaced ones)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
