@@ -396,7 +396,8 @@ def test_image_cost_largest_counts_the_pictures_and_as_many_as_fit(monkeypatch):
         clock.t += s
         time.sleep(0.001)
     monkeypatch.setitem(sys.modules, "function_app", TimedApp())
-    monkeypatch.setattr(image_cost, "time", _fake_time(perf_counter=clock, sleep=sleep, process_time=clock))
+    monkeypatch.setattr(image_cost, "time",
+                        _fake_time(perf_counter=clock, sleep=sleep, process_time=clock))
     r = image_cost.largest(Req, probe_every_s=0.01)
     assert r["one_image_alone_p50_ms"] == pytest.approx(5.0)
     assert r["one_image_during"]["p50_ms"] == pytest.approx(5.0)    # not the sleep before it
@@ -419,7 +420,8 @@ def test_image_cost_probed_times_the_small_request_alone_and_during_the_large_on
             n = len(json.loads(req.get_body())["input"])
             if n > 1:                         # the large one: runs until three probes are done
                 busy.set()
-                while len(probes) < 3:
+                deadline = time.monotonic() + 10
+                while len(probes) < 3 and time.monotonic() < deadline:
                     time.sleep(0.001)
                 busy.clear()
                 return types.SimpleNamespace(status_code=200)
