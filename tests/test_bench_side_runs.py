@@ -286,6 +286,43 @@ def test_an_image_memory_child_reports_the_growth_and_the_encoded_size(tmp_path)
     assert 0 <= r["growth_mb"] < 20                         # a 0.08 Mpx picture: not the process
 
 
+def test_image_memory_growth_is_of_the_call_not_of_the_build_or_the_warm_up(
+        monkeypatch, tmp_path, capsys):
+    """Catches a peak not reset before the measured call (build and warm-up peaks counted)."""
+    import io
+
+    from PIL import Image
+
+    from embedding_core import images
+
+    mib = 1024                                  # /proc/self/status is in KiB
+    proc = {"VmRSS": 100 * mib, "VmHWM": 300 * mib}   # the data URL's build peaked at 300 MiB
+    spikes = iter([80 * mib, 30 * mib])         # the warm-up's peak, then the measured call's
+
+    class ClearRefs(io.StringIO):
+        def close(self):
+            if self.getvalue() == "5":          # the kernel: the peak back to the current RSS
+                proc["VmHWM"] = proc["VmRSS"]
+            super().close()
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/self/clear_refs":
+            return ClearRefs()
+        assert path == "/proc/self/status", path
+        return io.StringIO("".join(f"{k}:\t{v} kB\n" for k, v in proc.items()))
+
+    def image_to_pixel_values(url, settings, index):
+        proc["VmHWM"] = max(proc["VmHWM"], proc["VmRSS"] + next(spikes))
+    monkeypatch.setattr(image_memory, "open", fake_open, raising=False)
+    monkeypatch.setattr(images, "image_to_pixel_values", image_to_pixel_values)
+    monkeypatch.setattr(images, "decode_bytes", images.decode_bytes)    # child() wraps it
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    Image.new("RGB", (32, 24)).save(tmp_path / "small.png")
+    image_memory.child(str(tmp_path / "small.png"), "png")
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["growth_mb"] == 30, r
+
+
 # -- bench/telemetry_overhead.py --------------------------------------------------------------------
 
 def test_telemetry_overhead_reports_a_slower_telemetry_as_slower(monkeypatch):
