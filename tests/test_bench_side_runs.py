@@ -428,3 +428,73 @@ def _the_telemetry_thread_records_a_request(key: str) -> bool:
     finally:
         telemetry.reset()
         tp.shutdown()
+
+def _throughput_on_stand_in_clocks(monkeypatch, pairs: int = 4) -> dict:
+    """telemetry_overhead.throughput() with a stand-in service, record() and flush() that move
+    clocks of their own (nothing measured). Per request, off: 10 ms of wall and 4 ms of process
+    CPU; on: 8 ms of CPU and 12.5 or 15 ms of wall, from one on block to the next (so any 4
+    pairs' wall ratios are 0.8, 2/3, 0.8 and 2/3 in some order). flush() takes the telemetry
+    thread 20 µs of thread CPU per request recorded since the last flush."""
+    import types
+
+    import telemetry_overhead
+    import workloads
+    from embedding_core import service as service_module
+    from embedding_core import telemetry
+
+    clock = {"wall": 0.0, "cpu": 0.0, "thread": 0.0}
+    state = {"recorded": 0, "on_blocks": 0}
+
+    def on() -> bool:
+        return telemetry._recorder is not telemetry._OFF
+
+    def embeddings(self, req):
+        service_module.telemetry.record()                 # the run's timed record()
+        wall, cpu = ((12.5e-3, 15e-3)[state["on_blocks"] % 2], 8e-3) if on() else (10e-3, 4e-3)
+        clock["wall"] += wall
+        clock["cpu"] += cpu
+        return types.SimpleNamespace(status=200, body=b"{}")
+
+    def record(*args, **kwargs):
+        state["recorded"] += on()
+
+    def flush(*args, **kwargs):
+        clock["thread"] += 20e-6 * state["recorded"]
+        state["recorded"] = 0
+        state["on_blocks"] += on()
+    monkeypatch.setattr(workloads, "build", lambda n, *args: {"short": [f"s{i}" for i in range(n)]})
+    monkeypatch.setattr(service_module.EmbeddingService, "embeddings", embeddings)
+    monkeypatch.setattr(telemetry, "record", record)
+    monkeypatch.setattr(telemetry, "flush", flush)
+    monkeypatch.setattr(telemetry_overhead, "time", types.SimpleNamespace(
+        perf_counter=lambda: clock["wall"], process_time=lambda: clock["cpu"],
+        thread_time=lambda: clock["thread"]))
+    return telemetry_overhead.throughput(pairs, 3, 2)
+
+
+def test_telemetry_overhead_cpu_ratio_is_cpu_seconds_over_cpu_seconds(monkeypatch):
+    """Catches a CPU ratio taken from the off block's wall time instead of its CPU time."""
+    out = _throughput_on_stand_in_clocks(monkeypatch)
+    for t in (out["single"], out["batch32"]):
+        assert t["cpu_ratio"] == pytest.approx(0.5), t         # 4 ms of CPU off, 8 ms on
+        assert t["cpu_ratio_95ci"] == pytest.approx([0.5, 0.5]), t
+
+
+def test_telemetry_overhead_telemetry_thread_time_is_of_the_on_blocks(monkeypatch):
+    """Catches the telemetry thread's time per request taken from the off blocks (near 0)."""
+    out = _throughput_on_stand_in_clocks(monkeypatch)
+    for t in (out["single"], out["batch32"]):
+        assert t["telemetry_thread_us"] == pytest.approx(20), t
+
+
+def test_telemetry_overhead_interval_is_1_96_standard_errors_of_the_mean(monkeypatch):
+    """Catches a 95 % interval of the throughput ratio made too narrow (sd / n, not sd / √n)."""
+    import math
+    import statistics
+
+    t = _throughput_on_stand_in_clocks(monkeypatch, pairs=4)["single"]
+    logs = [math.log(r) for r in (0.8, 2 / 3, 0.8, 2 / 3)]        # the pairs' ratios, on/off
+    mean, half = statistics.fmean(logs), 1.96 * statistics.stdev(logs) / math.sqrt(4)
+    assert t["throughput_ratio"] == pytest.approx(math.exp(mean))
+    assert t["throughput_ratio_95ci"] == pytest.approx([math.exp(mean - half),
+                                                        math.exp(mean + half)]), t
