@@ -429,6 +429,7 @@ def _the_telemetry_thread_records_a_request(key: str) -> bool:
         telemetry.reset()
         tp.shutdown()
 
+
 def _throughput_on_stand_in_clocks(monkeypatch, pairs: int = 4) -> dict:
     """telemetry_overhead.throughput() with a stand-in service, record() and flush() that move
     clocks of their own (nothing measured). Per request, off: 10 ms of wall and 4 ms of process
@@ -498,3 +499,16 @@ def test_telemetry_overhead_interval_is_1_96_standard_errors_of_the_mean(monkeyp
     assert t["throughput_ratio"] == pytest.approx(math.exp(mean))
     assert t["throughput_ratio_95ci"] == pytest.approx([math.exp(mean - half),
                                                         math.exp(mean + half)]), t
+
+
+def test_telemetry_overhead_json_states_the_machines_cpu_count(monkeypatch, tmp_path):
+    """Catches a wrong CPU count in the JSON's machine block (where the figures were taken)."""
+    import telemetry_overhead
+
+    monkeypatch.setattr(telemetry_overhead, "throughput", lambda *args: {})
+    monkeypatch.setattr(telemetry_overhead, "report", lambda r: "")
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    monkeypatch.setattr(sys, "argv", ["telemetry_overhead.py", "--smoke",
+                                      "--out", str(tmp_path / "t.json")])
+    telemetry_overhead.main()
+    assert json.loads((tmp_path / "t.json").read_text())["machine"]["cpus"] == 6
