@@ -97,3 +97,27 @@ def test_one_core_in_process_refuses_to_time_an_error_answer(monkeypatch):
         run = one_core.in_process_clients()
         with pytest.raises(RuntimeError, match="^422: .*at least one item"):
             run([{"input": []}], 1)
+
+
+def test_one_core_runs_fairness_and_the_largest_request_pinned_to_its_cpu(monkeypatch, tmp_path):
+    """Catches the fairness and largest-request runs left on every CPU, not the one core."""
+    import json
+    import os
+
+    affinity = {3, 5}                          # the CPUs this process may use (none really pinned)
+    pinned = []
+
+    def sched_setaffinity(pid, cpus):
+        affinity.clear()
+        affinity.update(cpus)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(affinity))
+    monkeypatch.setattr(os, "sched_setaffinity", sched_setaffinity)
+    monkeypatch.setattr(one_core.workloads, "build", lambda *a: {"short": [], "longest": []})
+    monkeypatch.setattr(bench, "machine", lambda: {})
+    monkeypatch.setattr(bench, "fairness", lambda *a: pinned.append(set(affinity)) or {})
+    monkeypatch.setattr(bench, "largest_request", lambda w: pinned.append(set(affinity)) or {})
+    monkeypatch.setattr(sys, "argv", ["one_core.py", "--singles-rounds", "0",
+                                      "--out", str(tmp_path / "one-core.json")])
+    one_core.main()
+    assert json.loads((tmp_path / "one-core.json").read_text())["cpu"] == 3
+    assert pinned == [{3}, {3}, {3}]            # the two fairness runs, then the largest request
