@@ -121,3 +121,31 @@ def test_one_core_runs_fairness_and_the_largest_request_pinned_to_its_cpu(monkey
     one_core.main()
     assert json.loads((tmp_path / "one-core.json").read_text())["cpu"] == 3
     assert pinned == [{3}, {3}, {3}]            # the two fairness runs, then the largest request
+
+
+def test_small_runs_reports_ms_per_sentence_not_per_run(monkeypatch, tmp_path):
+    """Catches the thread time of a batch size divided by its runs instead of its sentences."""
+    import json
+    import time
+    import types
+
+    import pytest
+
+    clock = [0.0]
+
+    def run(sess, rows):                        # 1 ms of thread CPU per sentence, whatever the run
+        clock[0] += 1e-3 * len(rows)
+    monkeypatch.setattr(small_runs, "run", run)
+    monkeypatch.setattr(small_runs, "session", lambda mem_pattern: object())
+    monkeypatch.setattr(small_runs, "time", types.SimpleNamespace(
+        thread_time=lambda: clock[0], strftime=time.strftime, gmtime=time.gmtime))
+    monkeypatch.setattr(small_runs.workloads, "build",           # 5 tokens each: a batch, a run
+                        lambda *a: {"short": [f"sentence number {i}" for i in range(40)]})
+    monkeypatch.setattr(bench, "machine", lambda: {})
+    monkeypatch.setattr(sys, "argv", ["small_runs.py", "--repeats", "2",
+                                      "--out", str(tmp_path / "small-runs.json")])
+    small_runs.main()
+    out = json.loads((tmp_path / "small-runs.json").read_text())
+    assert out["runs_per_batch_size"] == {"1": 40, "2": 20, "4": 10, "8": 5, "32": 2}
+    for name, by_batch in out["ms_per_sentence"].items():
+        assert by_batch == {b: [pytest.approx(1.0)] * 2 for b in ("1", "2", "4", "8", "32")}, name
