@@ -55,7 +55,8 @@ def build(n_short: int, n_mixed: int, n_quality: int) -> dict[str, list[str]]:
     longest = [" ".join(words[(i * 200 + k) % len(words)] for k in range(200))
                for i in range(2048)]
     # quality: held-out docstrings (odd positions, from the end) and a fifth of mixed lengths,
-    # none containing, or contained in, a calibration text (shared runs of words are not checked)
+    # none containing, or contained in, a calibration text (shared runs of words are not checked),
+    # and no text twice (a window can be a whole docstring: one is on Python 3.14)
     quality: list[str] = []
     if n_quality:
         tail = corpus[::-1]
@@ -66,7 +67,8 @@ def build(n_short: int, n_mixed: int, n_quality: int) -> dict[str, list[str]]:
             k = rng.randint(5, 190)
             start = rng.randrange(0, len(words) - k)
             window = " ".join(words[start:start + k])
-            if not overlaps_calibration([window])[0]:
+            if window not in quality and window not in windows \
+                    and not overlaps_calibration([window])[0]:
                 windows.append(window)
         quality += windows
     return {"short": short, "mixed": mixed, "longest": longest, "quality": quality}
