@@ -45,10 +45,10 @@ def test_the_workloads_are_what_the_bench_reports():
     assert len(w["longest"]) == 2048
     tok = load_tokenizer()
     tok.no_truncation()
-    # (nearly) every one at the 256-token limit (5 of the first 1,024 have 247-255 tokens: the
-    # largest request is 262,123 tokens, not 262,144)
-    longest = [len(e.ids) for e in tok.encode_batch(w["longest"][:1024])]
-    assert min(longest) > 240 and sum(n < 256 for n in longest) <= 8
+    # (nearly) every one at the 256-token limit: the largest request is 262,123 tokens on Python
+    # 3.11 (5 of the first 1,024 have 247-255), 262,086 on 3.14 (9 have 246-255), not 262,144
+    longest = [min(len(e.ids), 256) for e in tok.encode_batch(w["longest"][:1024])]
+    assert min(longest) > 240 and sum(longest) >= 0.9995 * 1024 * 256
 
 
 def test_the_quality_set_is_held_out_from_the_output_range_calibration():
