@@ -488,14 +488,20 @@ def test_telemetry_overhead_telemetry_thread_time_is_of_the_on_blocks(monkeypatc
         assert t["telemetry_thread_us"] == pytest.approx(20), t
 
 
-def test_telemetry_overhead_interval_is_1_96_standard_errors_of_the_mean(monkeypatch):
-    """Catches a 95 % interval of the throughput ratio made too narrow (sd / n, not sd / √n)."""
+def test_telemetry_overhead_interval_is_students_t_95_percent(monkeypatch):
+    """Catches a 95 % interval of the throughput ratio made too narrow (sd / n, not sd / √n, or
+    the normal 1.96 for Student's t with few pairs)."""
     import math
     import statistics
 
+    import telemetry_overhead
+
+    # Student's t 97.5 % quantiles, as published: 1, 3, 39 and 120 degrees of freedom
+    for df, t975 in ((1, 12.706), (3, 3.182), (39, 2.0227), (120, 1.9799)):
+        assert telemetry_overhead.t_975(df) == pytest.approx(t975, abs=1e-3), df
     t = _throughput_on_stand_in_clocks(monkeypatch, pairs=4)["single"]
     logs = [math.log(r) for r in (0.8, 2 / 3, 0.8, 2 / 3)]        # the pairs' ratios, on/off
-    mean, half = statistics.fmean(logs), 1.96 * statistics.stdev(logs) / math.sqrt(4)
+    mean, half = statistics.fmean(logs), 3.182 * statistics.stdev(logs) / math.sqrt(4)
     assert t["throughput_ratio"] == pytest.approx(math.exp(mean))
     assert t["throughput_ratio_95ci"] == pytest.approx([math.exp(mean - half),
                                                         math.exp(mean + half)]), t
