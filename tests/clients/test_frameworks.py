@@ -8,6 +8,7 @@ ids they once gave a wrong vector with a 200), and a non-ASCII text whose emoji 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import warnings
 
 import chromadb
@@ -373,7 +374,7 @@ def test_entra_id_through_the_azure_ai_inference_frameworks_with_the_api_s_scope
     for cls in (DefaultAzureCredential, AsyncDefaultAzureCredential):
         for method in ("get_token", "get_token_info"):
             real = getattr(cls, method)
-            if asyncio.iscoroutinefunction(real):
+            if inspect.iscoroutinefunction(real):
                 async def spy(self, *scopes, _real=real, **kwargs):
                     asked.extend(scopes)
                     return await _real(self, *scopes, **kwargs)
