@@ -8,6 +8,7 @@ import json
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,16 +27,33 @@ HELLO = {"input": ["hello world"]}
 
 def serve(env: dict[str, str]) -> LiveServer:
     """``make serve`` without its install step (never a pip install in a test: review h_diff9
-    F7); the server runs in the Makefile's .venv."""
-    if not (ROOT / ".venv" / "bin" / "python").exists():
-        pytest.skip("make serve runs .venv/bin/python, which this checkout does not have")
-    return LiveServer(env, command=["make", "-s", "-o", ".venv/.serve-installed",
-                                    "serve", "PORT=0"])
+    F7), in the virtualenv running this suite (``VENV=``): .venv for the README's ``make test``,
+    CI's .venv-py312, -py313 and -py314 on the other Pythons, so ``make serve`` is tried on each.
+    Variables a calling ``make`` passes down (``MAKEFLAGS``) are not inherited."""
+    venv = Path(sys.prefix)
+    if venv.parent != ROOT or not (venv / ".serve-installed").exists():
+        pytest.skip(f"make serve runs a virtualenv of this checkout made by make; {venv} is not")
+    return LiveServer({"MAKEFLAGS": "", **env},
+                      command=["make", "-s", "-o", f"{venv.name}/.serve-installed", "serve",
+                               f"VENV={venv.name}", "PORT=0"])
+
+
+def interpreter(make: int) -> str | None:
+    """The executable of the process ``make`` (pid) started (Linux's /proc; else None)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == make:
+                return str((stat.parent / "exe").resolve())
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
 
 
 def test_a_key_with_shell_and_make_characters_reaches_the_server_unchanged():
     s = serve({"EMBEDDINGS_API_KEYS": f"alice:{SECRET}"})
     try:
+        if Path("/proc/self/stat").exists():       # served by this suite's Python, not another
+            assert interpreter(s.proc.pid) == str(Path(sys.executable).resolve())
         status, _, body = request(s, "POST", "/v1/embeddings", HELLO, {"api-key": SECRET})
         assert status == 200, body
         assert request(s, "POST", "/v1/embeddings", HELLO,
