@@ -49,8 +49,9 @@ import ctypes.util
 import logging
 import threading
 import time
+import weakref
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +80,33 @@ _trimmer: "_IdleTrimmer | None" = None
 _idle_hooks: list[Callable[[], object]] = []
 
 
-def on_idle(hook: Callable[[], object]) -> None:
+class _Owned:
+    """An idle hook for ``owner``, held weakly: ``hook(owner)`` while it lives; once it is gone
+    the hook does nothing and is dropped at the next idle period."""
+
+    def __init__(self, owner: object, hook: Callable[[Any], object]):
+        self.owner = weakref.ref(owner)
+        self.hook = hook
+
+    def __call__(self) -> None:
+        live = self.owner()
+        if live is not None:
+            self.hook(live)
+
+
+def on_idle(hook: Callable[..., object], owner: object = None) -> None:
     """Run ``hook`` each time the process goes idle, before ``malloc_trim`` (onnxruntime sessions
-    register a tiny inference that shrinks their arena, see onnx_session.py)."""
+    register a tiny inference that shrinks their arena, see onnx_session.py). With ``owner``,
+    ``hook(owner)`` while ``owner`` lives: the hook never keeps it alive (a session's buffers),
+    and is removed once it is gone."""
     with _lock:
-        _idle_hooks.append(hook)
+        _idle_hooks.append(hook if owner is None else _Owned(owner, hook))
 
 
 def _run_idle_hooks(stopping: Callable[[], bool] = lambda: False) -> None:
     with _lock:
+        _idle_hooks[:] = [h for h in _idle_hooks
+                          if not (isinstance(h, _Owned) and h.owner() is None)]
         hooks = list(_idle_hooks)
     for hook in hooks:
         if stopping():

@@ -47,21 +47,13 @@ def release_arena_when_idle(session, feeds: dict, settings: Settings) -> None:
     of the last burst's largest batch go back to the system instead of staying for good."""
     if not (settings.ort_cpu_mem_arena and settings.memory_tuning):
         return
-    import weakref
-
     import onnxruntime as ort
 
     from . import memory
 
     shrink = ort.RunOptions()
     shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-    ref = weakref.ref(session)       # the hook must not keep a discarded session alive
-
-    def hook() -> None:
-        live = ref()
-        if live is not None:
-            live.run(None, feeds, shrink)
-    memory.on_idle(hook)
+    memory.on_idle(lambda live: live.run(None, feeds, shrink), owner=session)
 
 
 class SessionPair:

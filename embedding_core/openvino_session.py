@@ -35,7 +35,6 @@ import importlib.util
 import logging
 import sys
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -93,13 +92,7 @@ class OpenVinoSession:
         self._input_names: frozenset[str] | None = None
         self._local = threading.local()
         if settings.memory_tuning:
-            ref = weakref.ref(self)   # the hook must not keep a discarded session alive
-
-            def hook() -> None:
-                live = ref()
-                if live is not None:
-                    live.release_memory()
-            memory.on_idle(hook)
+            memory.on_idle(OpenVinoSession.release_memory, owner=self)
 
     def _compile(self) -> Any:
         with self._lock:

@@ -287,3 +287,5 @@ def test_the_arena_shrinking_hook_follows_the_settings_and_never_keeps_a_session
         gc.collect()
         assert gone() is None                  # the hook does not keep a discarded session
         memory._idle_hooks[0]()                # ... and then does nothing
+        memory._run_idle_hooks()               # ... and is gone after the next idle period
+        assert memory._idle_hooks == []

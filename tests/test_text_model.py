@@ -859,20 +859,29 @@ def test_long_inputs_options_are_checked_and_honoured(registry, monkeypatch, cap
     assert "openvino is not installed; long inputs run on ONNX Runtime" in caplog.text
 
 
-def test_a_discarded_long_input_session_is_not_kept_alive_by_its_idle_hook(registry):
+def test_a_discarded_long_input_session_is_not_kept_alive_by_its_idle_hook(registry,
+                                                                           monkeypatch):
     """The idle hook (memory.on_idle) holds the session weakly: a session (~150 MB once
-    compiled) of a discarded backend is freed. Nothing is compiled here."""
+    compiled) of a discarded backend is freed, and its hook dropped at the next idle period.
+    Nothing is compiled here."""
     import gc
     import weakref
 
+    from embedding_core import memory
     from embedding_core.openvino_session import OpenVinoSession
     from embedding_core.settings import Settings
+    monkeypatch.setattr(memory, "_idle_hooks", [])
     dep = registry.find(DEFAULT)
     session = OpenVinoSession(dep.files["long_model"], Settings.from_env({}))
+    assert len(memory._idle_hooks) == 1
+    memory._run_idle_hooks()                        # not compiled: releases nothing, stays
+    assert len(memory._idle_hooks) == 1
     ref = weakref.ref(session)
     del session
     gc.collect()
     assert ref() is None
+    memory._run_idle_hooks()
+    assert memory._idle_hooks == []
 
 
 @needs_long_inputs
