@@ -146,8 +146,9 @@ class OpenVinoSession:
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self._compile().create_infer_request()
-        results = request.infer(dict(feeds))
-        return [np.array(results[name], copy=True) for name in output_names]
+        # Copies of the outputs: the thread's infer request is reused and would overwrite them.
+        results = request.infer(dict(feeds), share_outputs=False)
+        return [results[name] for name in output_names]
 
 
 CONVERTER = "openvino.tools.ovc"

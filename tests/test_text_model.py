@@ -530,6 +530,28 @@ def test_a_damaged_long_input_model_is_refused_by_its_checksum(tmp_path):
 
 
 @needs_long_inputs
+def test_a_long_input_runs_outputs_are_its_own_after_the_next_run(registry):
+    """Each thread reuses one infer request: the vectors a run returned stay as they were when
+    the thread runs again (OpenVINO would otherwise hand out its output buffer, rewritten)."""
+    from embedding_core.openvino_session import OpenVinoSession
+    from embedding_core.settings import Settings
+    dep = registry.find(DEFAULT)
+    session = OpenVinoSession(dep.files[dep.options["long_inputs"]["file"]],
+                              Settings.from_env({"EMBEDDINGS_MEMORY_TUNING": "false"}))
+
+    def run(token: int) -> np.ndarray:
+        ids = np.full((2, 160), token, np.int64)
+        return session.run(["sentence_embedding"], {"input_ids": ids,
+                                                    "attention_mask": np.ones_like(ids),
+                                                    "token_type_ids": np.zeros_like(ids)})[0]
+    first = run(7)
+    kept = first.copy()
+    second = run(2000)
+    assert not np.allclose(first, second, atol=1e-3)
+    assert np.array_equal(first, kept)
+
+
+@needs_long_inputs
 def test_a_first_request_of_long_inputs_only_does_not_load_the_short_input_model(registry,
                                                                                   ort_only):
     """The int8 model's ONNX Runtime session is created on the first short input, so a cold
