@@ -215,8 +215,9 @@ def child(path: str, fmt: str) -> None:
         outcome = f"{exc.status} {exc.code}: {exc.message[:90]}"
     seconds = time.perf_counter() - t0
     peak = _rss_kb("VmHWM")
-    im = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
-    print(json.dumps({"size": im.size, "mode": im.mode, "bytes": len(url) * 3 // 4,
+    encoded = base64.b64decode(url.split(",", 1)[1])
+    im = Image.open(io.BytesIO(encoded))
+    print(json.dumps({"size": im.size, "mode": im.mode, "bytes": len(encoded),
                       "growth_mb": (peak - before) / 1024, "seconds": seconds,
                       "estimate_mb": estimates[-1] / 2**20 if estimates else None,
                       "outcome": outcome}))
