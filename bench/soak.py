@@ -21,7 +21,6 @@ import argparse
 import base64
 import io
 import json
-import os
 import random
 import sys
 import threading

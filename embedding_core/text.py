@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import threading
-import time
 from typing import Any, Iterator, Sequence
 
 import numpy as np

@@ -12,7 +12,7 @@ from azure.ai.inference.models import EmbeddingEncodingFormat, EmbeddingInputTyp
 from azure.core.credentials import AccessToken, AzureKeyCredential
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
-from conftest import API_VERSION, KEY, LiveServer, entra_live_server
+from conftest import API_VERSION, KEY, entra_live_server
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Embeddings turn text into vectors."]
 

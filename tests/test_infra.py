@@ -2180,7 +2180,7 @@ def test_smoke_waits_out_instances_still_running_the_previous_build(builds, wait
         assert "wait GET /health        200, but it names no build" in proc.stdout
         assert (f"wait GET /health        200, but it answers from build 0123456789ab, not "
                 f"{local}") in proc.stdout
-        assert f"ok   GET /health        200" in proc.stdout and f"build={local}" in proc.stdout
+        assert "ok   GET /health        200" in proc.stdout and f"build={local}" in proc.stdout
         assert _BuildHealth.calls == 3
     else:
         assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -2427,7 +2427,7 @@ def test_the_deployed_copy_answers_with_the_build_of_the_folder_it_was_made_from
         f.write("# a change the checkout does not have\n")
     proc = smoke(package)
     assert proc.returncode == 1
-    assert f"answers from build " in proc.stderr and f", not {local}:" in proc.stderr, proc.stderr
+    assert "answers from build " in proc.stderr and f", not {local}:" in proc.stderr, proc.stderr
 
 
 def test_the_build_is_of_the_apps_code_wherever_it_is(tmp_path):

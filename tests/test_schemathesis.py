@@ -47,7 +47,6 @@ from schemathesis.checks import (content_type_conformance, ignored_auth, negativ
                                  response_schema_conformance, status_code_conformance)
 
 from conftest import API_VERSION, KEY, LiveServer
-from embedding_core.openapi import EXAMPLE_IMAGE
 from embedding_core.registry import DEFAULT_REGISTRY
 from embedding_core.service import ROUTES
 
