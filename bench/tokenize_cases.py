@@ -79,6 +79,13 @@ def cases() -> dict[str, tuple[list[str], str]]:
         "2048 x 4 KB 99-letter Cyrillic words": (lambda: [_fill("д" * 99 + " ", K4)] * 2048, "END"),
         "2048 x 4 KB 99-letter Arabic words": (lambda: [_fill(arabic99, K4)] * 2048, "END"),
         "2048 x 4 KB 99-letter Arabic words + 3 punct.": (lambda: [_fill(arabic99[:-1] + "!!! ", K4)] * 2048, "END"),
+        # A review's attack on the [UNK]-word budget: 34 words that WordPiece searches to their
+        # end per input, padded with 92 one-letter tokens to stay under 32 characters a token
+        # (tests/test_text_limits.py; 19-25 s and 51 s of tokenizer CPU before that budget).
+        "2048 x 34 [UNK] words of 100 letters": (
+            lambda: [("qz" * 46) + " " + ("x" * 99 + "\u02ac ") * 34] * 2048, "END"),
+        "2048 x 34 [UNK] words of 33 Hangul syllables": (
+            lambda: [("qz" * 46) + " " + ("\ud55c" * 33 + "\u02ac ") * 34] * 2048, "END"),
         "2048 x 4 KB English, NONE": (lambda: [_english(K4)] * 2048, "NONE"),
         "2048 x 4 KB English, END": (lambda: [_english(K4)] * 2048, "END"),
         "2048 x 4 KB English, START": (lambda: [_english(K4)] * 2048, "START"),
