@@ -238,8 +238,9 @@ def _finish(encode_batch, item: _Input, truncate: str, limits: Limits,
             f"{'first' if item.forward else 'last'} {limits.max_input_chars:,} {found}, "
             f"fewer than the {limits.max_tokens} tokens the model takes; the "
             f"service reads at most {limits.max_input_chars:,} characters of one input "
-            f"(EMBEDDINGS_MAX_INPUT_CHARS). Remove long runs of whitespace, accents or "
-            f"characters without words.", target)
+            f"(EMBEDDINGS_MAX_INPUT_CHARS), truncated or not. Remove or split what holds no "
+            f"words: long unbroken strings (base64 data, long URLs, minified code) or runs of "
+            f"whitespace, accents or symbols.", target)
     if item.starved == "request":
         raise errors.validation(
             f"The request's text gives too few tokens for its length: the tokenizer read "
@@ -247,7 +248,8 @@ def _finish(encode_batch, item: _Input, truncate: str, limits: Limits,
             f"{budget.free:,} characters (twice EMBEDDINGS_MAX_INPUT_CHARS) a request may "
             f"have at most {limits.max_chars_per_token} characters per token "
             f"(EMBEDDINGS_MAX_CHARS_PER_TOKEN). Send fewer or shorter inputs per request, or "
-            f"remove long runs of whitespace, accents or characters without words (text in a "
+            f"remove what holds no words: long unbroken strings (base64 data, long URLs, "
+            f"minified code) or runs of whitespace, accents or symbols (text in a "
             f"script written without spaces, such as Thai or Khmer, gives this model few "
             f"tokens: a run of over 100 characters is one [UNK]).", target)
     if item.starved == "words":

@@ -73,6 +73,21 @@ def test_a_huge_string_without_words_is_refused_after_reading_a_bounded_piece(
     assert counted.chars <= LIMIT * 4 // 3 + 1024
 
 
+@pytest.mark.parametrize("truncate", ["END", "START"])
+def test_a_long_attachment_in_a_short_text_is_refused_saying_what_to_remove(text_backend,
+                                                                          truncate):
+    """A few words and a base64 attachment past the per-input limit: its first (or last) 65,536
+    characters give 6 tokens, so even with truncate it is refused (what lies beyond is never
+    read), with a hint that names the usual cause (found by a new-user walkthrough, h_user6)."""
+    blob = "QUJD" * (LIMIT // 4 + 120)
+    for text in ("see attachment: " + blob, blob + " see attachment"):
+        err = refused(text_backend.tokenize, [text], truncate=truncate)
+        assert (err.status, err.code, err.target) == (422, "InvalidParameter", "input[0]")
+        assert "base64 data" in err.message and "truncated or not" in err.message, err.message
+    fits = "see attachment: " + blob[:LIMIT - 1000]          # under the limit: embedded
+    assert len(text_backend.tokenize([fits], truncate=truncate)[0]) < 16
+
+
 def test_the_per_input_limit_is_a_setting():
     service = make_service(EMBEDDINGS_MAX_INPUT_CHARS="2048")
     res = post(service, {"input": ["ok", "x" * 5000], "truncate": "END"},
