@@ -47,12 +47,16 @@ def invalid_body(message: str) -> ApiError:
     return ApiError(400, "InvalidRequestBody", message)
 
 
-def missing_api_version(supported: tuple[str, ...], openai_twin: bool = True) -> ApiError:
+def missing_api_version(supported: tuple[str, ...], openai_twin: bool = True,
+                        spelled: str | None = None) -> ApiError:
+    """``spelled``: the name of a query parameter that is api-version in another case."""
     return ApiError(
         400, "MissingApiVersionParameter",
         "The api-version query parameter is required. Supported values: " + ", ".join(supported)
-        + "." + (" (OpenAI clients: use the base URL ending in /v1, whose routes need none.)"
-                 if openai_twin else ""),
+        + "." + (f" Query parameter names are case-sensitive: this request has "
+                 f"'{clip(spelled, 32)}', not 'api-version'." if spelled else "")
+        + (" (OpenAI clients: use the base URL ending in /v1, whose routes need none.)"
+           if openai_twin else ""),
         target="api-version")
 
 
@@ -134,7 +138,8 @@ def unsupported_parameter(message: str, target: str | None = None) -> ApiError:
 
 
 # How to get an over-long input embedded on the Azure route (the OpenAI dialect replaces it).
-TRUNCATE_HINT = "Shorten it or send \"truncate\": \"END\" with 'extra-parameters: pass-through'."
+TRUNCATE_HINT = ("Shorten it or send \"truncate\": \"END\" with 'extra-parameters: pass-through' "
+                 "(azure-ai-inference: model_extras={\"truncate\": \"END\"}).")
 
 
 def input_too_long(index_target: str, tokens: int, limit: int, at_least: bool = False) -> ApiError:

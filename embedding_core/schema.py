@@ -60,7 +60,9 @@ def check_api_version(query: Mapping[str, str], openai_twin: bool = True) -> str
         if len(values) == 1:
             value = values.pop()
     if value is None or value == "":
-        raise errors.missing_api_version(SUPPORTED_API_VERSIONS, openai_twin)
+        spelled = next((k for k in query if k.lower() == "api-version" and k != "api-version"),
+                       None) if value is None else None
+        raise errors.missing_api_version(SUPPORTED_API_VERSIONS, openai_twin, spelled)
     if value not in SUPPORTED_API_VERSIONS:
         raise errors.unsupported_api_version(value, SUPPORTED_API_VERSIONS)
     return value
@@ -305,7 +307,9 @@ def _image_inputs(value: Any, max_items: int) -> list[ImageInput]:
                 f"Each input must be an object with 'image' (got {_type_name(item)}).", f"input[{i}]")
         unknown = sorted(set(item) - {"image", "text"})
         if unknown:
-            raise errors.validation(f"Unknown field '{errors.clip(unknown[0])}' in an image input.",
+            raise errors.validation(f"Unknown field '{errors.clip(unknown[0])}' in an image input; "
+                                    "an item is {\"image\": \"data:image/<format>;base64,...\"} "
+                                    "with an optional \"text\".",
                                     f"input[{i}].{errors.clip(unknown[0])}")
         image = item.get("image")
         if not isinstance(image, str) or not image:

@@ -26,7 +26,7 @@ from .auth import Authenticator
 from .inference_queue import InferenceFailed, InferenceQueue, default_rates
 from .pipeline import Pipeline, Trace
 from .registry import Deployment, Registry
-from .settings import Settings
+from .settings import SUPPORTED_API_VERSIONS, Settings
 
 log = logging.getLogger("embedding_core")
 
@@ -79,6 +79,18 @@ CATCH_ALL = "{*path}"
 
 def _segments(path: str) -> list[str]:
     return [s for s in path.strip("/").split("/") if s]
+
+
+def _hint_404(segments: list[str]) -> str:
+    """What a 404 adds for the paths clients reach by a known mistake ("" for others)."""
+    parts = [s.lower() for s in segments]
+    if len(parts) > 1 and parts[0] == "models" and match_route("/".join(parts[1:])) is not None:
+        return (" This service's endpoint is the base URL without /models (the suffix of an "
+                "Azure AI Foundry endpoint).")
+    if parts in (["v1", "images", "embeddings"], ["openai", "v1", "images", "embeddings"]):
+        return (f" Images go to POST /images/embeddings?api-version={SUPPORTED_API_VERSIONS[0]} "
+                "(OpenAI's API has no image embeddings).")
+    return ""
 
 
 def match_route(path: str) -> Route | None:
@@ -289,8 +301,9 @@ class EmbeddingService:
                 f"No route {shown}: the deployment in /openai/deployments/{{deployment}}/embeddings "
                 f"is one path segment, and '{name}' has a '/'. Encode it as %2F, or name the "
                 "deployment without it (GET /v1/models lists the names).")
-        raise errors.ApiError(404, "NotFound", f"No route {shown}. Routes: " + ", ".join(
-            f"{'|'.join(r.methods)} /{r.template}" for r in ROUTES.values()) + ".")
+        raise errors.ApiError(404, "NotFound", f"No route {shown}.{_hint_404(segments)} Routes: "
+                              + ", ".join(f"{'|'.join(r.methods)} /{r.template}"
+                                          for r in ROUTES.values()) + ".")
 
     def _select_any(self, model: str | None, header: str | None, default_modality: str) -> Deployment:
         """Deployment for /info: any modality when named, else the route's default."""

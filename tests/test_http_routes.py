@@ -82,6 +82,45 @@ def test_unserved_routes_and_methods_answer_in_the_paths_dialect(live_server, me
         assert method in err["message"] and allow in err["message"]
 
 
+KNOWN_MISTAKES = [
+    # method, path, headers, status, what the message says to do (found by h_user6)
+    ("POST", "/models/embeddings" + Q, AUTH, 404,
+     "This service's endpoint is the base URL without /models"),
+    ("POST", "/models/images/embeddings" + Q, AUTH, 404,
+     "This service's endpoint is the base URL without /models"),
+    ("POST", "/v1/images/embeddings", AUTH, 404,
+     "Images go to POST /images/embeddings?api-version=2024-05-01-preview"),
+    ("POST", "/openai/v1/images/embeddings", AUTH, 404,
+     "Images go to POST /images/embeddings?api-version=2024-05-01-preview"),
+    ("GET", "/info?Api-Version=2024-05-01-preview", {"api-key": KEY}, 400,
+     "Query parameter names are case-sensitive: this request has 'Api-Version', not "
+     "'api-version'."),
+    ("POST", "/images/embeddings" + Q, AUTH, 422,
+     "Unknown field 'url' in an image input; an item is {\"image\": "
+     "\"data:image/<format>;base64,...\"} with an optional \"text\"."),
+    ("POST", "/embeddings" + Q, AUTH, 422,
+     "(azure-ai-inference: model_extras={\"truncate\": \"END\"})."),
+]
+
+
+@pytest.mark.parametrize("method, path, headers, status, says", KNOWN_MISTAKES,
+                         ids=[f"{c[0]} {c[1]} {c[3]}" for c in KNOWN_MISTAKES])
+def test_a_known_client_mistake_is_told_what_to_do(live_server, method, path, headers, status,
+                                                   says):
+    body = {"input": [{"url": "https://example.com/cat.jpg"}]} if path.startswith("/images") \
+        else {"input": ["word " * 300]} if method == "POST" else None
+    got, _, data = request(live_server, method, path, body, headers)
+    assert got == status and says in json.loads(data)["error"]["message"], data
+    if status == 404:
+        assert "Routes: POST /embeddings" in json.loads(data)["error"]["message"]
+
+
+def test_a_route_404_gives_no_hint_for_an_unknown_path(live_server):
+    got, _, data = request(live_server, "POST", "/models/chat/completions" + Q, {}, AUTH)
+    assert got == 404 and json.loads(data)["error"]["message"].startswith(
+        "No route /models/chat/completions. Routes: "), data
+
+
 GET_ROUTES = [
     # path, headers: every GET route, with the credentials it needs
     ("/health", {}),

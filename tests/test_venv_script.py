@@ -64,6 +64,7 @@ def test_a_python_that_does_not_run_is_refused(tmp_path):
     venv = tmp_path / "venv"
     done = venv_sh(str(tmp_path / "no-such-python"), str(venv), "command line")
     assert done.returncode == 1 and "cannot run" in done.stderr, done.stderr
+    assert "Install one of Python 3.11, 3.12, 3.13, 3.14 and pass it" in done.stderr
     assert not venv.exists()
 
 

@@ -76,7 +76,7 @@ $stale_only && exit 0
 
 want=$(version "${pycmd[@]}" || true)
 if [ -z "$want" ]; then
-  echo "make: cannot run '$python' (PYTHON). Install Python ${supported// /, } and pass it," \
+  echo "make: cannot run '$python' (PYTHON). Install one of Python ${supported// /, } and pass it," \
        "e.g. make serve PYTHON=python3.12" >&2
   exit 1
 fi
