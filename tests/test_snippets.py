@@ -246,3 +246,19 @@ def test_the_deploy_guide_s_javascript_entra_snippet_is_accepted(entra_only_serv
         **dict.fromkeys(("OpenAI", "AzureOpenAI", "OpenAIEmbeddings"), refused),
         "embedMany": {**refused, "error": "APICallError"}}
     assert idp.resources[-1] == OTHER_SCOPE.removesuffix("/.default")
+
+
+def test_the_readmes_image_example_runs_as_written_from_the_repository(live_server, monkeypatch,
+                                                                       capsys):
+    """The README's azure-ai-inference image block (not a docs/snippets file: it is the image
+    route's) with only the endpoint and key replaced, run from the repository's folder as its
+    picture's path assumes (a new user found the path of a file that did not exist, h_user6)."""
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    [code] = [b for b in re.findall(r"```python\n(.*?)```", text, re.S)
+              if "ImageEmbeddingInput.load(" in b]
+    monkeypatch.chdir(ROOT)
+    exec(compile(code.replace(SNIPPET_ENDPOINT, live_server.url).replace(SNIPPET_KEY, KEY),  # noqa: S102
+                 "README.md", "exec"), {"__name__": "snippet"})
+    assert capsys.readouterr().out.strip().startswith("1 384")
