@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 from conftest import ROOT
@@ -17,6 +18,17 @@ def _touching_calibration(texts: list[str]) -> list[str]:
     calibration = [" ".join(c.split()) for c in calibration_texts()]
     return [t for t in texts if any(c in " ".join(t.split()) or " ".join(t.split()) in c
                                     for c in calibration)]
+
+
+def test_the_calibration_texts_are_those_the_default_model_was_calibrated_on():
+    """The checks below exclude calibration_texts() with its default count; the int8 model was
+    calibrated on calibration_texts(calib), calib from its configuration (PROVENANCE.md). A
+    smaller default would leave calibration texts in the held-out sets unseen by these checks."""
+    provenance = (ROOT / "embedding_core" / "models" / "all-MiniLM-L6-v2" / "PROVENANCE.md").read_text(
+        encoding="utf-8")
+    line = next(x for x in provenance.splitlines() if x.startswith("- Configuration: `"))
+    calib = json.loads(line.split("`")[1])["calib"]
+    assert calibration_texts() == calibration_texts(calib)
 
 
 def test_the_quality_set_has_no_calibration_text():
