@@ -8,6 +8,7 @@ too, and that virtualenv has the clients, not the app.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import socket
 import subprocess
 import traceback
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -147,10 +148,14 @@ def snippet_code(file: str, url: str, key: str) -> str:
 
 
 def run_snippet(file: str, url: str, key: str) -> dict[str, Any]:
-    """Execute a Python snippet (endpoint and key replaced); its namespace."""
+    """Execute a Python snippet (endpoint and key replaced); its namespace, with what it printed
+    as ``printed``."""
     namespace: dict[str, Any] = {"__name__": "snippet"}
-    exec(compile(snippet_code(file, url, key), str(SNIPPETS_DIR / file), "exec"),  # noqa: S102
-         namespace)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        exec(compile(snippet_code(file, url, key), str(SNIPPETS_DIR / file), "exec"),  # noqa: S102
+             namespace)
+    namespace["printed"] = out.getvalue()
     return namespace
 
 
@@ -188,12 +193,14 @@ def run_node(code: str, env: dict[str, str] | None = None,
 
 
 def run_node_snippet(file: str, url: str, key: str, timeout: float = 60) -> dict[str, Any]:
-    """Run a JavaScript snippet (endpoint and key replaced); ``{"vectors": ...}`` as it printed
-    them."""
+    """Run a JavaScript snippet (endpoint and key replaced); ``{"vectors", "printed"}``: its
+    ``vectors`` (written after what it printed, on a line of their own) and what it printed."""
     proc = run_node(snippet_code(file, url, key)
-                    + "\nprocess.stdout.write(JSON.stringify(vectors));\n", timeout=timeout)
+                    + "\nprocess.stdout.write('\\n' + JSON.stringify(vectors));\n",
+                    timeout=timeout)
     assert proc.returncode == 0, f"{file} failed:\n{proc.stderr[-3000:]}"
-    return {"vectors": json.loads(proc.stdout)}
+    printed, _, vectors = proc.stdout.rpartition("\n")
+    return {"vectors": json.loads(vectors), "printed": printed}
 
 
 def use_managed_identity(mp: Any, env: dict[str, str]) -> None:
@@ -222,8 +229,12 @@ def allow_bearer_over_http(mp: Any, url: str) -> None:
 
 
 def check_snippet_vectors(file: str, namespace: dict[str, Any], url: str, key: str) -> None:
-    """The snippet's ``vectors`` are the Azure route's for SNIPPET_TEXTS, exactly."""
+    """The snippet's ``vectors`` are the Azure route's for SNIPPET_TEXTS, exactly, and it printed
+    what its last line's comment says it prints: how many vectors, and their size."""
     spec = SNIPPETS[file]
+    comment = re.search(r"(?:#|//) (.*)\n\Z", snippet_source(file))
+    assert comment and namespace["printed"] == comment.group(1) + "\n", (file, namespace["printed"])
+    assert comment.group(1) == f"{len(SNIPPET_TEXTS)} 384", file
     want, _ = azure_embed(url, key, SNIPPET_TEXTS, spec.encoding)
     got = namespace["vectors"]
     if spec.encoding == "float":

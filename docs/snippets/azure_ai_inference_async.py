@@ -11,3 +11,4 @@ async def embed(texts):
         return [item.embedding for item in result.data]
 
 vectors = asyncio.run(embed(["first text", "second text"]))
+print(len(vectors), len(vectors[0]))  # 2 384

@@ -7,3 +7,4 @@ client = EmbeddingsClient(endpoint="http://127.0.0.1:7071",
 result = client.embed(input=["first text", "second text"], input_type=EmbeddingInputType.QUERY,
                       encoding_format=EmbeddingEncodingFormat.INT8)
 vectors = [item.embedding for item in result.data]  # 384 integers each
+print(len(vectors), len(vectors[0]))  # 2 384

@@ -9,3 +9,4 @@ const response = await client.path("/embeddings").post({
 });
 if (isUnexpected(response)) throw new Error(response.body.error.message);
 const vectors = response.body.data.map((item) => item.embedding);
+console.log(vectors.length, vectors[0].length);  // 2 384

@@ -8,3 +8,4 @@ embed = OpenAIEmbeddingFunction(api_base="http://127.0.0.1:7071/v1", model_name=
 collection = chromadb.EphemeralClient().get_or_create_collection("texts", embedding_function=embed)
 collection.upsert(ids=["1", "2"], documents=["first text", "second text"])
 vectors = collection.get(ids=["1", "2"], include=["embeddings"])["embeddings"]
+print(len(vectors), len(vectors[0]))  # 2 384

@@ -7,3 +7,4 @@ embedder = OpenAIDocumentEmbedder(api_base_url="http://127.0.0.1:7071/v1",
                                   model="all-MiniLM-L6-v2")
 documents = embedder.run([Document(content="first text"), Document(content="second text")])
 vectors = [document.embedding for document in documents["documents"]]
+print(len(vectors), len(vectors[0]))  # 2 384

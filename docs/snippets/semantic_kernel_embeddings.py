@@ -12,3 +12,4 @@ async def embed(texts):
         return await service.generate_embeddings(texts)
 
 vectors = asyncio.run(embed(["first text", "second text"]))
+print(len(vectors), len(vectors[0]))  # 2 384
