@@ -118,8 +118,14 @@ def payload_too_large(size: int, limit: int, target: str | None = None) -> ApiEr
 
 
 def unsupported_media_type(content_type: str) -> ApiError:
+    hint = ""
+    if content_type.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded":
+        # what curl's -d and --data-raw send unless told otherwise: the commonest cause
+        hint = (" (curl's -d sends this type unless given -H 'Content-Type: application/json'"
+                " or --json)")
     return ApiError(415, "UnsupportedMediaType",
-                    f"Content-Type '{clip(content_type)}' is not supported; send application/json.")
+                    f"Content-Type '{clip(content_type)}' is not supported; send application/json"
+                    f"{hint}.")
 
 
 def unsupported_content_encoding(encoding: str) -> ApiError:

@@ -263,7 +263,7 @@ def _text_items(value: Any, max_items: int, max_token_id: int) -> list[str | lis
     for i, item in enumerate(value):
         if isinstance(item, str):
             if not item:
-                raise errors.validation(f"Input text input[{i}] is empty; each text must have at "
+                raise errors.validation(f"input[{i}] is an empty string; each text must have at "
                                         "least one character.", f"input[{i}]")
         elif isinstance(item, list):
             if not item:

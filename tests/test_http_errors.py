@@ -122,6 +122,32 @@ def test_bad_request(live_server, name, path, body, headers, status, code, targe
         assert KEY not in data.decode()
 
 
+def test_a_curl_without_content_type_is_told_how_to_send_json(live_server):
+    """curl's -d sends application/x-www-form-urlencoded unless told otherwise: the 415 says so
+    (h_user6); another type's 415 does not blame curl. Real curl where it is installed."""
+    import shutil
+
+    body = json.dumps({"input": ["a"]})
+    if shutil.which("curl"):
+        out = subprocess.run(["curl", "-s", "--max-time", "30", "-H", f"api-key: {KEY}", "-d", body,
+                              live_server.url + "/embeddings" + Q],
+                             capture_output=True, text=True, timeout=60).stdout
+        err = json.loads(out)["error"]
+    else:                                   # the request curl -d sends
+        _, _, data = request(live_server, "POST", "/embeddings" + Q, body.encode(),
+                             {"api-key": KEY,
+                              "Content-Type": "application/x-www-form-urlencoded"})
+        err = json.loads(data)["error"]
+    assert err["code"] == "UnsupportedMediaType"
+    assert err["message"] == ("Content-Type 'application/x-www-form-urlencoded' is not supported; "
+                              "send application/json (curl's -d sends this type unless given "
+                              "-H 'Content-Type: application/json' or --json).")
+    _, _, data = request(live_server, "POST", "/embeddings" + Q, body.encode(),
+                         {"api-key": KEY, "Content-Type": "text/plain"})
+    assert json.loads(data)["error"]["message"] == (
+        "Content-Type 'text/plain' is not supported; send application/json.")
+
+
 def test_messages_say_what_is_wrong(live_server):
     _, _, data = request(live_server, "POST", "/embeddings" + Q, {"input": ["x " * 400]}, AUTH)
     msg = json.loads(data)["error"]["message"]

@@ -134,7 +134,7 @@ def test_empty_and_whitespace_inputs_as_openai_takes_them(client, ref):
         client.embeddings.create(input=[TEXTS[0], ""], model=DEFAULT)
     assert e.value.body["param"] == "input[1]"
     # The SDK shows only the message: it names the item itself (a framework's batch of 2,048).
-    assert str(e.value).endswith("Input text input[1] is empty; each text must have at least "
+    assert str(e.value).endswith("input[1] is an empty string; each text must have at least "
                                  "one character.")
 
 
