@@ -1,13 +1,14 @@
 """The README's and the docs' links inside the repository lead somewhere: every relative link names
 a file that exists, and every ``#fragment`` a heading of that Markdown file, as GitHub makes its
 anchors (lower case, punctuation but ``-`` and ``_`` dropped, spaces to ``-``, ``-1``, ``-2``
-for repeats). A restructured README or a renamed heading breaks none silently."""
+for repeats, github-slugger's way: a repeat of ``step`` is ``step-1`` unless that is taken too). A restructured README or a renamed heading breaks none silently."""
 
 from __future__ import annotations
 
 import re
 from functools import cache
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -15,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = sorted({ROOT / "README.md", *ROOT.glob("docs/*.md"),
                     *ROOT.glob("embedding_core/models/*/*.md"), *ROOT.glob("tests/data/**/*.md")})
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-HEADING = re.compile(r"#{1,6} (.+)")
+HEADING = re.compile(r" {0,3}#{1,6} (.+?)(?: +#+)? *")      # an ATX heading, its closing #s not
+FENCE = re.compile(r" {0,3}(```|~~~)")                         # a fence opens or closes a block
 
 
 def github_anchor(heading: str) -> str:
@@ -23,29 +25,46 @@ def github_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
+def unfenced(text: str) -> Iterator[str]:
+    """The lines of ``text`` outside fenced code blocks (```` ``` ```` or ``~~~``, indented up
+    to three spaces, as in a list item)."""
+    fence = ""
+    for line in text.splitlines():
+        if m := FENCE.match(line):
+            if not fence:
+                fence = m.group(1)
+                continue
+            if m.group(1) == fence:
+                fence = ""
+                continue
+        if not fence:
+            yield line
+
+
+def slugs(headings: list[str]) -> list[str]:
+    """GitHub's anchors of a document's headings, in order (github-slugger's counting)."""
+    seen: dict[str, int] = {}
+    out = []
+    for heading in headings:
+        base = slug = github_anchor(heading)
+        while slug in seen:
+            seen[base] += 1
+            slug = f"{base}-{seen[base]}"
+        seen[slug] = 0
+        out.append(slug)
+    return out
+
+
 @cache
 def anchors(path: Path) -> frozenset[str]:
-    found: list[str] = []
-    fenced = False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
-            fenced = not fenced
-        elif not fenced and (m := HEADING.fullmatch(line)):
-            anchor = github_anchor(m.group(1))
-            repeats = found.count(anchor) + sum(a.startswith(anchor + "-") for a in found
-                                                if a[len(anchor) + 1:].isdigit())
-            found.append(anchor if not repeats else f"{anchor}-{repeats}")
-    return frozenset(found)
+    text = path.read_text(encoding="utf-8")
+    return frozenset(slugs([m.group(1) for line in unfenced(text)
+                            if (m := HEADING.fullmatch(line))]))
 
 
 def links(doc: Path) -> list[str]:
-    fenced, out = False, []
-    for line in doc.read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
-            fenced = not fenced
-        elif not fenced:
-            out += [t for t in LINK.findall(line) if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
-    return out
+    return [t for line in unfenced(doc.read_text(encoding="utf-8")) for t in LINK.findall(line)
+            if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
 
 
 def test_anchors_are_githubs():
@@ -53,6 +72,11 @@ def test_anchors_are_githubs():
     assert github_anchor("`GET /health`") == "get-health"
     assert github_anchor("AMD EPYC VM (Zen 5, `avx512_bf16`)") == "amd-epyc-vm-zen-5-avx512_bf16"
     assert github_anchor("Many one-sentence requests at once") == "many-one-sentence-requests-at-once"
+    # repeats, as github-slugger (and GitHub) number them
+    assert slugs(["Step 1", "Step", "Step"]) == ["step-1", "step", "step-2"]
+    assert slugs(["Foo", "Foo", "Foo 1"]) == ["foo", "foo-1", "foo-1-1"]
+    assert HEADING.fullmatch("## Closed ##").group(1) == "Closed"
+    assert list(unfenced("a\n   ```sh\n# not a heading\n   ```\nb")) == ["a", "b"]
 
 
 @pytest.mark.parametrize("doc", DOCUMENTS, ids=[str(d.relative_to(ROOT)) for d in DOCUMENTS])
