@@ -129,7 +129,8 @@ def test_a_curl_without_content_type_is_told_how_to_send_json(live_server):
 
     body = json.dumps({"input": ["a"]})
     if shutil.which("curl"):
-        out = subprocess.run(["curl", "-s", "--max-time", "30", "-H", f"api-key: {KEY}", "-d", body,
+        out = subprocess.run(["curl", "-s", "--noproxy", "*", "--max-time", "30",
+                              "-H", f"api-key: {KEY}", "-d", body,
                               live_server.url + "/embeddings" + Q],
                              capture_output=True, text=True, timeout=60).stdout
         err = json.loads(out)["error"]
@@ -142,6 +143,13 @@ def test_a_curl_without_content_type_is_told_how_to_send_json(live_server):
     assert err["message"] == ("Content-Type 'application/x-www-form-urlencoded' is not supported; "
                               "send application/json (curl's -d sends this type unless given "
                               "-H 'Content-Type: application/json' or --json).")
+    # the OpenAI route says the same, in its own error shape; a parameter or another case too
+    _, _, data = request(live_server, "POST", "/v1/embeddings", body.encode(),
+                         {"api-key": KEY, "Content-Type": "Application/X-WWW-Form-Urlencoded; "
+                                                          "charset=utf-8"})
+    openai_err = json.loads(data)["error"]
+    assert openai_err["code"] == "unsupported_media_type"
+    assert openai_err["message"].endswith(err["message"].split("; ", 1)[1])
     _, _, data = request(live_server, "POST", "/embeddings" + Q, body.encode(),
                          {"api-key": KEY, "Content-Type": "text/plain"})
     assert json.loads(data)["error"]["message"] == (
