@@ -120,9 +120,10 @@ def payload_too_large(size: int, limit: int, target: str | None = None) -> ApiEr
 def unsupported_media_type(content_type: str) -> ApiError:
     hint = ""
     if content_type.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded":
-        # what curl's -d and --data-raw send unless told otherwise: the commonest cause
-        hint = (" (curl's -d sends this type unless given -H 'Content-Type: application/json'"
-                " or --json)")
+        # the default of curl's -d and --data-raw, PowerShell's Invoke-RestMethod and Python's
+        # urllib with a body: the commonest cause by far
+        hint = (" (the default of curl -d, PowerShell's Invoke-RestMethod and Python's urllib: "
+                "with curl add -H 'Content-Type: application/json' or use --json)")
     return ApiError(415, "UnsupportedMediaType",
                     f"Content-Type '{clip(content_type)}' is not supported; send application/json"
                     f"{hint}.")

@@ -55,7 +55,7 @@ _WHEN = {
     413: "Body over the route's byte limit, one image over the decoded-image limit, or OpenAI "
          "token ids whose text is over `EMBEDDINGS_MAX_BODY_BYTES`.",
     415: "A `Content-Type` that is present and not JSON (e.g. `application/x-www-form-urlencoded`, "
-         "what `curl -d` sends without `-H 'Content-Type: application/json'` or `--json`: the "
+         "the default of `curl -d`, PowerShell's `Invoke-RestMethod` and Python's `urllib`: the "
          "message says so), or a `Content-Encoding` other than `identity` (a compressed body).",
     422: "A field of the wrong type or value (`target` is its JSON path, e.g. `input[3]`), too "
          "many items, tokens or pixels (`InvalidParameter`); an input over the deployment's token "

@@ -123,8 +123,9 @@ def test_bad_request(live_server, name, path, body, headers, status, code, targe
 
 
 def test_a_curl_without_content_type_is_told_how_to_send_json(live_server):
-    """curl's -d sends application/x-www-form-urlencoded unless told otherwise: the 415 says so
-    (h_user6); another type's 415 does not blame curl. Real curl where it is installed."""
+    """curl's -d (like PowerShell's Invoke-RestMethod and urllib) sends
+    application/x-www-form-urlencoded unless told otherwise: the 415 says so (h_user6); another
+    type's 415 does not blame them. Real curl where it is installed."""
     import shutil
 
     body = json.dumps({"input": ["a"]})
@@ -141,8 +142,9 @@ def test_a_curl_without_content_type_is_told_how_to_send_json(live_server):
         err = json.loads(data)["error"]
     assert err["code"] == "UnsupportedMediaType"
     assert err["message"] == ("Content-Type 'application/x-www-form-urlencoded' is not supported; "
-                              "send application/json (curl's -d sends this type unless given "
-                              "-H 'Content-Type: application/json' or --json).")
+                              "send application/json (the default of curl -d, PowerShell's "
+                              "Invoke-RestMethod and Python's urllib: with curl add "
+                              "-H 'Content-Type: application/json' or use --json).")
     # the OpenAI route says the same, in its own error shape; a parameter or another case too
     _, _, data = request(live_server, "POST", "/v1/embeddings", body.encode(),
                          {"api-key": KEY, "Content-Type": "Application/X-WWW-Form-Urlencoded; "
