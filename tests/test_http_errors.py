@@ -159,6 +159,9 @@ def test_a_curl_without_content_type_is_told_how_to_send_json(live_server):
 
 
 def test_messages_say_what_is_wrong(live_server):
+    _, _, data = request(live_server, "POST", "/embeddings" + Q, {"input": ["ok", ""]}, AUTH)
+    assert json.loads(data)["error"]["message"] == (
+        "input[1] is an empty string; each text must have at least one character.")
     _, _, data = request(live_server, "POST", "/embeddings" + Q, {"input": ["x " * 400]}, AUTH)
     msg = json.loads(data)["error"]["message"]
     assert "402 tokens" in msg and "256" in msg
