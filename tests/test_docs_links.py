@@ -1,7 +1,8 @@
 """The README's and the docs' links inside the repository lead somewhere: every relative link names
 a file that exists, and every ``#fragment`` a heading of that Markdown file, as GitHub makes its
 anchors (lower case, punctuation but ``-`` and ``_`` dropped, spaces to ``-``, ``-1``, ``-2``
-for repeats, github-slugger's way: a repeat of ``step`` is ``step-1`` unless that is taken too). A restructured README or a renamed heading breaks none silently."""
+for repeats, github-slugger's way: a repeat of ``step`` is ``step-1`` unless that is taken too).
+A restructured README or a renamed heading breaks none silently."""
 
 from __future__ import annotations
 
