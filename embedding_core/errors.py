@@ -196,8 +196,11 @@ def misconfigured(request_id: str, lasting: bool = True) -> ApiError:
 def model_unavailable(name: str, retry_after: int, lasting: bool = False) -> ApiError:
     """``lasting``: the model's file is missing or not the one the registry pins (the package is
     wrong; the server still tries it again after ``retry_after``, clients need not)."""
-    return ApiError(503, "ModelUnavailable",
-                    f"The model of deployment '{clip(name)}' is not available right now.",
+    message = (f"The model of deployment '{clip(name)}' is not available: its files are missing "
+               "or not the ones this deployment pins, which a redeployment fixes, not a retry "
+               "(the server's log names the file)." if lasting else
+               f"The model of deployment '{clip(name)}' is not available right now.")
+    return ApiError(503, "ModelUnavailable", message,
                     headers={"Retry-After": str(retry_after), **(NO_RETRY if lasting else {})})
 
 

@@ -97,9 +97,11 @@ def test_model_failing_its_checksum_is_503_with_retry_after(matryoshka_server):
         status, headers, doc = embed(matryoshka_server, {"input": ["x"], "model": "broken"})
         assert status == 503 and headers["retry-after"] == "9"
         assert headers["x-ms-error-code"] == "ModelUnavailable"
-        # the package is wrong: a redeployment fixes it, a client's retry cannot
+        # the package is wrong: a redeployment fixes it, a client's retry cannot (and it says so)
         assert headers["x-should-retry"] == "false"
         assert "sha256" not in doc["error"]["message"] and "/" not in doc["error"]["message"]
+        assert "a redeployment fixes" in doc["error"]["message"]
+        assert "right now" not in doc["error"]["message"]
     status, _, doc = embed(matryoshka_server, {"input": ["x"]})
     assert status == 200  # the other deployment is unaffected
 
@@ -131,6 +133,7 @@ def test_a_model_that_fails_when_its_first_input_runs_is_503_with_retry_after(ma
         assert headers["x-ms-error-code"] == "ModelUnavailable"
         # a session that could not be created may be for want of memory: retryable
         assert "x-should-retry" not in headers
+        assert doc["error"]["message"].endswith("is not available right now.")
     status, _, doc = embed(matryoshka_server, {"input": ["x"]})
     assert status == 200
 
