@@ -97,11 +97,19 @@ def auth_unavailable(retry_after: int) -> ApiError:
                     headers={"Retry-After": str(retry_after)})
 
 
-def model_not_found(name: str, available: list[str]) -> ApiError:
+def model_not_found(name: str, available: list[str], known: tuple[str, ...] = ()) -> ApiError:
+    """``available``: the deployments to list; ``known``: every name and alias the route takes,
+    for a "did you mean" when ``name`` is a near miss of one (an alias is not listed)."""
+    import difflib
+
+    near = (difflib.get_close_matches(name.lower(), [k.lower() for k in known], n=1, cutoff=0.8)
+            if len(name) <= 128 else [])
+    guess = next((k for k in known if near and k.lower() == near[0]), None)
     return ApiError(
         404, "ModelNotFound",
-        f"No deployment named '{clip(name)}'. " + ("Available: " + ", ".join(available) + "."
-                                                     if available else "None is configured."),
+        f"No deployment named '{clip(name)}'. "
+        + (f"Did you mean '{guess}'? " if guess else "")
+        + ("Available: " + ", ".join(available) + "." if available else "None is configured."),
         target="model")
 
 

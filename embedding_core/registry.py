@@ -384,9 +384,10 @@ class Registry:
                 continue
             dep = self.find(value)
             if dep is None:
+                serving = [d for d in self.deployments if any_modality or d.modality == modality]
                 err = errors.model_not_found(
-                    value, [d.name for d in self.deployments
-                            if any_modality or d.modality == modality])
+                    value, [d.name for d in serving],
+                    tuple(n for d in serving for n in (d.name, *d.aliases)))
                 err.target = target
                 raise err
             if chosen is not None and dep.name != chosen.name:

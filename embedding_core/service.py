@@ -262,8 +262,10 @@ class EmbeddingService:
         name = re.sub("%2[fF]", "/", name)
         dep = self.registry.find(name)
         if dep is None or dep.modality != "text":
-            text = [d.name for d in self.registry.deployments if d.modality == "text"]
-            err = errors.model_not_found(name, text)
+            serving = [d for d in self.registry.deployments if d.modality == "text"]
+            text = [d.name for d in serving]
+            err = errors.model_not_found(name, text,
+                                         tuple(n for d in serving for n in (d.name, *d.aliases)))
             if dep is not None:   # OpenAI's models are text models: 404, saying why
                 err.message = (f"Deployment '{dep.name}' embeds {dep.modality}s, and the OpenAI "
                                "route serves text deployments only: "

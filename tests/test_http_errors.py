@@ -158,6 +158,27 @@ def test_a_curl_without_content_type_is_told_how_to_send_json(live_server):
         "Content-Type 'text/plain' is not supported; send application/json.")
 
 
+def test_a_near_miss_of_a_model_name_is_told_the_name(live_server):
+    """A 404 lists the deployments, not their aliases; a name one or two letters off one of them
+    (an alias included) gets "Did you mean" with its spelling (h_user7 F9), on both dialects."""
+    def message(path, body):
+        _, _, data = request(live_server, "POST", path, {"input": ["a"], **body}, AUTH)
+        return json.loads(data)["error"]["message"]
+
+    assert message("/v1/embeddings", {"model": "text-embedding-3-smal"}) == (
+        "No deployment named 'text-embedding-3-smal'. Did you mean 'text-embedding-3-small'? "
+        "Available: all-MiniLM-L6-v2, all-MiniLM-L6-v2-exact.")
+    assert "Did you mean 'all-MiniLM-L6-v2-exact'?" in message("/embeddings" + Q,
+                                                               {"model": "all-minilm-l6-v2-exat"})
+    for far in ("gpt-4", "text-embedding-3-smal" * 10):
+        assert "Did you mean" not in message("/embeddings" + Q, {"model": far})
+    # the image route suggests image deployments only
+    _, _, data = request(live_server, "POST", "/images/embeddings" + Q,
+                         {"input": [{"image": "data:image/png;base64,AAAA"}],
+                          "model": "efficientnet-lite"}, AUTH)
+    assert "Did you mean 'efficientnet-lite0'?" in json.loads(data)["error"]["message"]
+
+
 def test_messages_say_what_is_wrong(live_server):
     _, _, data = request(live_server, "POST", "/embeddings" + Q, {"input": ["ok", ""]}, AUTH)
     assert json.loads(data)["error"]["message"] == (
