@@ -59,9 +59,15 @@ class Server:
             [sys.executable, "-m", "tools.local_host", "--port", "0"], cwd=ROOT, env=full,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.proc.stdout.readline()
+        u = urlsplit(line.strip().rsplit(" ", 1)[-1])
+        if not (u.scheme == "http" and u.hostname and u.port):
+            # Not started (e.g. a package missing from the interpreter's environment): say why,
+            # rather than time requests that never reach it.
+            self.proc.kill()
+            rest = self.proc.stdout.read()
+            raise RuntimeError(f"the local host ({sys.executable}) did not start:\n{line}{rest}")
         # Drain its output all along (a full pipe would stall the server on its next log line).
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
-        u = urlsplit(line.strip().rsplit(" ", 1)[-1])
         self.host, self.port = u.hostname, u.port
         if cpus:
             # Every thread it has (it is listening, before its first request: it sizes its
@@ -130,7 +136,11 @@ def run_clients(server: Server, path: str, bodies: list, clients: int,
             except OSError as exc:
                 errors.append(exc)
                 return
-        conn = server.conn()
+        try:
+            conn = server.conn()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+            return
         while True:
             try:
                 body = todo.get_nowait()

@@ -152,6 +152,27 @@ def test_run_clients_raises_a_failed_request():
         bench.run_clients(_NoServer(), "/embeddings", list(range(8)), 2, send=send)
 
 
+def test_run_clients_raises_when_it_cannot_connect():
+    """A client that cannot open its connection fails the run, rather than leaving its requests
+    unsent and the run timed as if they had been served."""
+    class Unreachable(_NoServer):
+        def conn(self):
+            raise ConnectionRefusedError("refused")
+    with pytest.raises(ConnectionRefusedError):
+        bench.run_clients(Unreachable(), "/embeddings", list(range(8)), 2, send=lambda c, b: None)
+
+
+def test_a_local_host_that_does_not_start_fails_with_its_output(monkeypatch, tmp_path):
+    """An interpreter that cannot run the local host (here: one without the app's packages)
+    fails the run with what the host printed, not with requests timed against no server."""
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named uvicorn'\nexit 1\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(python))
+    with pytest.raises(RuntimeError, match="did not start:\n.*No module named uvicorn"):
+        bench.Server()
+
+
 def test_run_clients_runs_as_many_concurrent_clients_as_asked():
     barrier = threading.Barrier(4, timeout=20)      # only passes with 4 requests in flight at once
     bench.run_clients(_NoServer(), "/embeddings", list(range(8)), 4, send=lambda c, b: barrier.wait())
