@@ -1,8 +1,9 @@
-"""The same app under two Pythons: the local host started with each interpreter, in paired,
-interleaved rounds (the order alternating): one sentence per request from 8 clients and 32 per
-request from 2 (as ``make bench``), and ``GET /health`` from 8 (an empty request). Rates, the
-single-sentence share of the batched rate, and the server process's CPU per request or sentence
-(from ``/proc``). Linux only; not part of ``make bench`` (its reference comparisons run on
+"""The same app under two Pythons, or one Python with two sets of packages: the local host
+started with each interpreter, in paired, interleaved rounds (the order alternating): one
+sentence per request from 8 clients and 32 per request from 2 (as ``make bench``), and
+``GET /health`` from 8 (an empty request). Rates, the single-sentence share of the batched rate,
+and the server process's CPU per request or sentence (from ``/proc``); each interpreter's
+version and numpy's. Linux only; not part of ``make bench`` (its reference comparisons run on
 the machine's Python).
 
 Usage: .venv/bin/python bench/python_versions.py 3.11=.venv/bin/python 3.12=.venv-py312/bin/python
@@ -70,6 +71,9 @@ def main() -> None:
            "pythons": {name: subprocess.run([python, "-c", "import sys; print(sys.version)"],
                                             capture_output=True, text=True).stdout.strip()
                        for name, python in pythons.items()},
+           "numpy": {name: subprocess.run([python, "-c", "import numpy; print(numpy.__version__)"],
+                                          capture_output=True, text=True).stdout.strip()
+                     for name, python in pythons.items()},
            "rounds": rows, "medians": medians}
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
