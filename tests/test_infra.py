@@ -1754,6 +1754,19 @@ def test_the_lock_script_gives_each_python_its_own_pins():
     assert _pins_for(lines, "3.14") == frozen[(3, 13)]
 
 
+def test_the_clients_get_the_numpy_the_app_gets_on_each_python():
+    """requirements-clients.txt pins numpy as requirements.txt does, and its lock agrees on each
+    Python CI runs the clients on (the lock's 3.12+ line is written by hand: its pip freeze is
+    made on 3.11, so a refresh would drop it or leave it stale without this)."""
+    def numpy_lines(name: str) -> list[str]:
+        return [line for line in (ROOT / name).read_text().splitlines()
+                if re.match(r"numpy\s*==", line)]
+    for version in ("3.11", "3.12", "3.13", "3.14"):
+        app = _pins_for(numpy_lines("requirements.txt"), version)
+        assert app and app == _pins_for(numpy_lines("requirements-clients.txt"), version) \
+            == _pins_for(numpy_lines("requirements-clients.lock"), version), version
+
+
 def test_the_lock_is_what_its_script_writes():
     """requirements.lock read back per Python its header names, then written again by the
     script's own rule: the same lines (no hand edits, one pin per package on each Python)."""
