@@ -214,6 +214,47 @@ def test_a_tokenize_case_reports_the_characters_and_tokens_of_its_inputs(monkeyp
     assert tokens >= 2048 * 9
 
 
+def test_a_tokenize_case_growth_is_of_the_call_not_below_an_earlier_peak(monkeypatch, capsys):
+    """Catches the growth taken over the peak so far (building the 8 MiB body, loading), which
+    reads a growth below that peak as none: 0.0 MiB for "2048 x 4 KB English" (10 MiB)."""
+    import io
+    import resource
+
+    from embedding_core.text import TextBackend
+
+    mib = 1024                                  # /proc/self/status is in KiB
+    proc = {"VmRSS": 100 * mib, "VmHWM": 300 * mib}   # the body's build peaked at 300 MiB
+    page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
+
+    class ClearRefs(io.StringIO):
+        def close(self):
+            if self.getvalue() == "5":          # the kernel: the peak back to the current RSS
+                proc["VmHWM"] = proc["VmRSS"]
+            super().close()
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/self/clear_refs":
+            return ClearRefs()
+        if path == "/proc/self/statm":
+            return io.StringIO(f"1 {proc['VmRSS'] // page_kb} 0 0 0 0 0\n")
+        assert path == "/proc/self/status", path
+        return io.StringIO("".join(f"{k}:\t{v} kB\n" for k, v in proc.items()))
+    real_tokenize = TextBackend.tokenize
+
+    def tokenize(self, inputs, *args, **kwargs):
+        if inputs != ["warm up"]:               # the measured call grows the RSS by 30 MiB
+            proc["VmHWM"] = max(proc["VmHWM"], proc["VmRSS"] + 30 * mib)
+        return real_tokenize(self, inputs, *args, **kwargs)
+    monkeypatch.setattr(tokenize_cases, "open", fake_open, raising=False)
+    monkeypatch.setattr(TextBackend, "tokenize", tokenize)
+    monkeypatch.setattr(resource, "getrusage", lambda who: types.SimpleNamespace(
+        ru_maxrss=proc["VmHWM"]))
+    monkeypatch.setattr(tokenize_cases, "_inputs", lambda name: (["a few words"] * 4, "END"))
+    tokenize_cases.child("2048 x 15 words")
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["rss_growth_mb"] == 30, r
+
+
 # -- a failed case fails the run (make bench-smoke is CI's only run of the two scripts) -------------
 
 def _run_with_failing_children(tmp_path, *argv):
