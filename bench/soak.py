@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import io
 import json
 import random
@@ -80,11 +81,13 @@ def build_mix(seed: int) -> list[tuple[str, str, dict, int]]:
 
 
 def rss_mb(pid: int) -> float:
+    """VmRSS of ``pid`` (MiB); an error once it has exited (an exited child not yet waited for
+    still has a status file, without VmRSS: that was a NaN, which max() then skipped)."""
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
-    return float("nan")
+    raise RuntimeError(f"process {pid} has exited: no RSS to read")
 
 
 def rss_breakdown(pid: int) -> dict:
@@ -135,7 +138,10 @@ def soak(env: dict[str, str], mix, cycles: int, burst_s: float, idle_s: float, c
 
     def sampler() -> None:
         while not stop_sampling.is_set():
-            samples.append((time.perf_counter() - t_start, rss_mb(pid)))
+            try:
+                samples.append((time.perf_counter() - t_start, rss_mb(pid)))
+            except (OSError, RuntimeError):  # the server is gone: the main thread says so
+                return
             stop_sampling.wait(0.25)
 
     def client(deadline: float, rng: random.Random) -> None:
@@ -149,7 +155,9 @@ def soak(env: dict[str, str], mix, cycles: int, burst_s: float, idle_s: float, c
                 res = conn.getresponse()
                 res.read()
                 status = res.status
-            except OSError:
+            except (OSError, http.client.HTTPException):
+                # 0: no whole answer (refused, reset, cut short: IncompleteRead, BadStatusLine,
+                # which are no OSError and ended the client's thread, its requests uncounted).
                 status = 0
             finally:
                 conn.close()
@@ -182,6 +190,11 @@ def soak(env: dict[str, str], mix, cycles: int, burst_s: float, idle_s: float, c
             print(f"[soak {label}] cycle {c + 1}/{cycles}: after burst {after_burst[-1]:.0f} MiB, "
                   f"after idle {after_idle[-1]:.0f} MiB", file=sys.stderr, flush=True)
         breakdown = rss_breakdown(pid)
+        # The server must have lived through the run: one that exited in the last idle period
+        # answered every request, and its breakdown (an exited process's smaps are empty) would
+        # read as zeros.
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"the server exited during the soak (code {server.proc.returncode})")
     finally:
         stop_sampling.set()
         peak = server.peak_rss_mb()

@@ -65,7 +65,8 @@ def test_soak_breakdown_sorts_mappings_by_kind(monkeypatch):
 class _StubHost:
     """What soak() needs of bench.Server, answering each body with a fixed status over loopback
     (or dropping the connection: status 0)."""
-    answers = {"ok": 200, "full": 429, "refused (422)": 422, "dropped": None}
+    answers = {"ok": 200, "full": 429, "refused (422)": 422, "dropped": None, "cut short": "cut"}
+    exit_code = None                            # poll(): the server still running
 
     def __init__(self, env):
         self.env = env
@@ -78,6 +79,13 @@ class _StubHost:
                 if status is None:                 # no answer: the connection is closed
                     self.close_connection = True
                     return
+                if status == "cut":                # an answer cut short (IncompleteRead)
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100")
+                    self.end_headers()
+                    self.wfile.write(b"{}")
+                    self.close_connection = True
+                    return
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -87,7 +95,8 @@ class _StubHost:
                 pass
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.proc = types.SimpleNamespace(pid=os.getpid())
+        self.proc = types.SimpleNamespace(pid=os.getpid(), poll=lambda: self.exit_code,
+                                          returncode=self.exit_code)
 
     def conn(self):
         import http.client
@@ -102,6 +111,55 @@ class _StubHost:
 
     def stop(self):
         self.httpd.shutdown()
+
+
+def test_soak_rss_of_a_server_that_has_exited_is_an_error_not_nan():
+    """An exited child not yet waited for keeps its /proc status file, without VmRSS: read as
+    NaN, it went into the figures (max() skips a NaN after a number)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        for _ in range(500):                     # until it is a zombie (exited, not reaped)
+            if Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            threading.Event().wait(0.01)
+        with pytest.raises(RuntimeError, match="exited"):
+            soak.rss_mb(proc.pid)
+    finally:
+        proc.wait()
+
+
+def _soak_with_stub(monkeypatch, mix, host=None, cycles=2):
+    monkeypatch.setattr(soak, "Server", host or _StubHost)
+    monkeypatch.setattr(soak, "rss_mb", lambda pid: 1.0)
+    monkeypatch.setattr(soak, "rss_breakdown", lambda pid: {})
+    real_time = soak.time
+    monkeypatch.setattr(soak, "time", types.SimpleNamespace(
+        perf_counter=real_time.perf_counter, sleep=lambda s: None))
+    return soak.soak({}, mix, cycles=cycles, burst_s=0.3, idle_s=1.0, clients=2, seed=1,
+                     label="t")
+
+
+def test_soak_fails_when_the_server_exits_before_the_end(monkeypatch):
+    """A server that exited in the last idle period answered every request of the run: its
+    figures (RSS, breakdown) are of no process."""
+    class Exited(_StubHost):
+        exit_code = -11
+    image = {"input": [{"image": "data:,"}]}
+    mix = [("ok", "/embeddings", {"kind": "ok"}, 1), ("", "", {}, 0), ("", "", {}, 0),
+           ("", "", {}, 0), ("image", "/images", image, 0)]
+    with pytest.raises(RuntimeError, match="exited during the soak"):
+        _soak_with_stub(monkeypatch, mix, Exited)
+
+
+def test_soak_counts_an_answer_cut_short_as_status_0(monkeypatch):
+    """http.client's IncompleteRead is no OSError: it ended the client's thread, and its
+    requests were neither counted nor sent for the rest of the burst."""
+    image = {"input": [{"image": "data:,"}]}
+    mix = [("cut short", "/embeddings", {"kind": "cut short"}, 1), ("", "", {}, 0),
+           ("", "", {}, 0), ("", "", {}, 0), ("image", "/images", image, 0)]
+    out = _soak_with_stub(monkeypatch, mix, cycles=1)
+    assert out["statuses"] == {0: out["requests"]["cut short"]}
+    assert out["requests"]["cut short"] > 2              # not one a client before it died
 
 
 def test_soak_counts_every_answer_and_samples_rss_after_the_idle_period(monkeypatch):
