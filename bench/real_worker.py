@@ -102,6 +102,7 @@ class GrpcHost:
         self._replies: dict[str, queue.Queue] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
+        self._ended = False                 # the worker's stream has ended: no more answers
         self.logs: list = []
         self.functions: dict = {}
         host = self
@@ -165,6 +166,15 @@ class GrpcHost:
                     self._reply_queue(kind).put(body)
         except grpc.RpcError:
             pass
+        finally:
+            # The stream has ended (the worker exited or dropped it): no answer will come, so
+            # the invocations waiting for one fail now, not after their time-out (300 s each,
+            # and a rate's client threads then ended with the load reported as served).
+            with self._lock:
+                self._ended = True
+                pending, self._pending = self._pending, {}
+            for fut in pending.values():
+                fut.set_exception(RuntimeError("the worker's stream ended"))
 
     def _reply_queue(self, kind: str) -> queue.Queue:
         with self._lock:
@@ -207,6 +217,8 @@ class GrpcHost:
             input_data=[p.ParameterBinding(name=trigger, data=p.TypedData(http=http))])
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
+            if self._ended:
+                raise RuntimeError("the worker's stream has ended")
             self._pending[request.invocation_id] = fut
         self._out.put(p.StreamingMessage(invocation_request=request))
         res = fut.result(timeout)
@@ -386,7 +398,11 @@ def rate(args) -> int:
                     body = next(feed, None)
                 if body is None:
                     return
-                status, _, out = host.invoke(name, "POST" if body else "GET", path, jh, body)
+                try:
+                    status, _, out = host.invoke(name, "POST" if body else "GET", path, jh, body)
+                except Exception as exc:  # noqa: BLE001 - no answer (a time-out: the worker gone)
+                    errors.append(exc)
+                    return
                 if status != 200:
                     errors.append(RuntimeError(f"{status}: {out[:200]!r}"))
                     return
@@ -398,8 +414,10 @@ def rate(args) -> int:
             t.join()
         if errors:
             raise errors[0]
-        return (time.perf_counter() - t0, process_cpu(host.proc.pid) - w0,
-                process_cpu(os.getpid()) - h0)
+        wall, worker_cpu = time.perf_counter() - t0, process_cpu(host.proc.pid) - w0
+        if host.proc.poll() is not None:     # its CPU is then of a process that is gone
+            raise RuntimeError(f"the worker exited (code {host.proc.returncode})")
+        return wall, worker_cpu, process_cpu(os.getpid()) - h0
 
     rounds = []
     try:

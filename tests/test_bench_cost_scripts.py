@@ -504,6 +504,7 @@ def _bare_host():
     host.protos = _PROTOS
     host._out, host._pending, host._replies = queue.Queue(), {}, {}
     host._lock = threading.Lock()
+    host._ended = False
     host.logs = []
     host.functions = {"embeddings": types.SimpleNamespace(
         function_id="fid-1", bindings={"$return": types.SimpleNamespace(type="http"),
@@ -596,10 +597,31 @@ def test_real_worker_read_routes_logs_answers_and_replies():
     assert host._reply_queue("worker_init_response").get_nowait() is init
 
 
+def test_real_worker_fails_the_waiting_invocations_when_the_stream_ends():
+    """A worker that exits ends its stream: an invocation waiting for its answer (or sent
+    after) fails at once, rather than after its 300 s time-out."""
+    host = _bare_host()
+    fut = __import__("concurrent.futures").futures.Future()
+    host._pending["inv-1"] = fut
+    grpc = types.SimpleNamespace(RpcError=type("RpcError", (Exception,), {}))
+    sys.modules.setdefault("grpc", grpc)
+    try:
+        host._read(iter([]))
+    finally:
+        if sys.modules.get("grpc") is grpc:
+            del sys.modules["grpc"]
+    assert isinstance(fut.exception(timeout=1), RuntimeError)
+    with pytest.raises(RuntimeError, match="ended"):
+        host.invoke("embeddings", "GET", "/health", {}, timeout=1)
+
+
 class _RateHost:
     """What rate() needs of GrpcHost: invoke() on fake CPU clocks, answering with ``status``."""
+    exit_code = None                        # proc.poll(): the worker still running
+
     def __init__(self, worker_cpu, host_cpu, status=200):
-        self.proc = types.SimpleNamespace(pid=515151)
+        self.proc = types.SimpleNamespace(pid=515151, poll=lambda: self.exit_code,
+                                          returncode=self.exit_code)
         self.calls, self.lock, self.status = [], threading.Lock(), status
         self.worker_cpu, self.host_cpu = worker_cpu, host_cpu
         self.closed = False
@@ -616,9 +638,9 @@ class _RateHost:
         self.closed = True
 
 
-def _rate(monkeypatch, tmp_path, status=200, rounds=2, scales=None):
+def _rate(monkeypatch, tmp_path, status=200, rounds=2, scales=None, host_cls=None):
     worker_cpu, host_cpu = _Clock(), _Clock()
-    host = _RateHost(worker_cpu, host_cpu, status)
+    host = (host_cls or _RateHost)(worker_cpu, host_cpu, status)
     host.threads = []
 
     class Thread(threading.Thread):                # how many client threads each load starts
@@ -715,3 +737,26 @@ def test_real_worker_rate_does_not_count_an_error_answer_as_served(monkeypatch, 
     (1,346,872 single requests/s from a host answering 500)."""
     with pytest.raises(RuntimeError, match="^500"):
         _rate(monkeypatch, tmp_path, status=500, rounds=1)
+
+
+def test_real_worker_rate_does_not_count_an_invocation_without_answer_as_served(
+        monkeypatch, tmp_path):
+    """An invocation that raised (its time-out: the worker gone) ended that client thread
+    silently, and the round was reported with the requests it never sent."""
+    class TimesOut(_RateHost):
+        def invoke(self, name, method, path, headers, body=b""):
+            if len(self.calls) == 100:
+                self.calls.append(None)
+                raise TimeoutError("no answer")
+            return super().invoke(name, method, path, headers, body)
+    with pytest.raises(TimeoutError):
+        _rate(monkeypatch, tmp_path, rounds=1, host_cls=TimesOut)
+    assert not (tmp_path / "rw.json").exists()
+
+
+def test_real_worker_rate_fails_when_the_worker_has_exited(monkeypatch, tmp_path):
+    """Its CPU would be read from a process that is gone."""
+    class Exited(_RateHost):
+        exit_code = -9
+    with pytest.raises(RuntimeError, match="worker exited"):
+        _rate(monkeypatch, tmp_path, rounds=1, host_cls=Exited)
