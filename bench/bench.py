@@ -49,10 +49,23 @@ TOOLS_PY = ROOT / ".venv-tools" / "bin" / "python"
 
 # -- helpers --------------------------------------------------------------------------------------
 
+# What the caller's environment must not change in the processes measured: the app's settings,
+# its telemetry (an APPLICATIONINSIGHTS_CONNECTION_STRING in the shell, as `azd env get-values`
+# gives, turns on the Azure Monitor exporter: every request then also records and exports, to
+# wherever the string points) and the local host's settings (its function threads, limits).
+CALLER_SETTINGS = ("EMBEDDINGS_", "APPLICATIONINSIGHTS_", "OTEL_", "LOCAL_HOST_",
+                   "PYTHON_THREADPOOL_THREAD_COUNT")
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without :data:`CALLER_SETTINGS`."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(CALLER_SETTINGS)}
+
+
 class Server:
     def __init__(self, env: dict[str, str] | None = None, cpus: set[int] | None = None):
         """The local host; ``cpus``: the only CPUs it may run on (it sizes itself to them)."""
-        full = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDINGS_")}
+        full = clean_env()
         full.update({"EMBEDDINGS_API_KEYS": KEY, "LOG_LEVEL": "WARNING", **(env or {})})
         self.cpus = cpus
         self.proc = subprocess.Popen(
@@ -500,7 +513,7 @@ def cold_start(repeats: int, long_text: str) -> dict:
         "t2 = time.perf_counter()\n"
         "tokens = json.loads(r.get_body())['usage']['prompt_tokens']\n"
         "print(json.dumps({'import_s': t1 - t0, 'first_embedding_s': t2 - t0, 'tokens': tokens}))\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDINGS_")}
+    env = clean_env()
     env["EMBEDDINGS_API_KEYS"] = "first-embedding-key"
 
     def runs(text: str) -> list[dict]:

@@ -64,6 +64,8 @@ def in_process_clients() -> Callable[[list, int], float]:
     """``run(bodies, clients)``: ``bench.run_clients`` with each body sent as a
     ``func.HttpRequest`` to ``function_app.embeddings`` in this process (its threads, and the
     inference workers they start, on this process's CPUs): no HTTP. Seconds taken."""
+    for name in [k for k in os.environ if k.startswith(bench.CALLER_SETTINGS)]:
+        del os.environ[name]     # the settings the local host has (bench.Server), not the caller's
     os.environ["EMBEDDINGS_API_KEYS"] = bench.KEY
     import azure.functions as func
 

@@ -56,6 +56,48 @@ def test_the_bench_server_has_its_own_settings_not_the_callers(monkeypatch):
         server.stop()
 
 
+def test_the_callers_telemetry_and_host_settings_reach_no_process_measured(monkeypatch):
+    """An APPLICATIONINSIGHTS_CONNECTION_STRING in the caller's shell turned the Azure Monitor
+    exporter on in the server measured (each request also recorded and exported), and the
+    caller's PYTHON_THREADPOOL_THREAD_COUNT or LOCAL_HOST_* set the host's threads and limits;
+    the run recorded none of it. So for the cold start's processes."""
+    caller = {"APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=0;IngestionEndpoint="
+              "http://127.0.0.1:9/", "OTEL_TRACES_SAMPLER": "always_on",
+              "PYTHON_THREADPOOL_THREAD_COUNT": "1", "LOCAL_HOST_BACKLOG": "1"}
+    for k, v in caller.items():
+        monkeypatch.setenv(k, v)
+    server = bench.Server({"LOCAL_HOST_KEEP_ALIVE_SECONDS": "0.2"})     # given: applies
+    try:
+        raw = Path(f"/proc/{server.proc.pid}/environ").read_bytes().split(b"\0")
+        env = dict(x.decode().split("=", 1) for x in raw if b"=" in x)
+    finally:
+        server.stop()
+    assert not set(caller) & set(env)
+    assert env["LOCAL_HOST_KEEP_ALIVE_SECONDS"] == "0.2"
+    seen = []
+
+    def run(*args, env, **kwargs):
+        seen.append(env)
+        raise RuntimeError("stop")
+    monkeypatch.setattr(bench.subprocess, "run", run)
+    with pytest.raises(RuntimeError, match="stop"):
+        bench.cold_start(1, "text")
+    assert seen and not set(caller) & set(seen[0])
+
+
+def test_the_in_process_runs_have_the_local_hosts_settings_not_the_callers(monkeypatch):
+    """one_core.py and singles_cost.py compare function_app in-process with the local host:
+    the caller's EMBEDDINGS_* (which the local host never gets) applied to the in-process side."""
+    import one_core
+    from conftest import process_service
+
+    with process_service(monkeypatch):
+        monkeypatch.setenv("EMBEDDINGS_MAX_INPUTS", "1")
+        run = one_core.in_process_clients()
+        run([{"input": ["one", "two"]}], 1)          # the default limit: served
+    assert "EMBEDDINGS_MAX_INPUTS" not in os.environ
+
+
 def test_the_bench_server_passes_truncate_and_reconnects_after_the_keep_alive_time():
     server = bench.Server({"LOCAL_HOST_KEEP_ALIVE_SECONDS": "0.2"})
     try:
