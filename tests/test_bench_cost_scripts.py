@@ -410,6 +410,32 @@ def test_image_cost_largest_counts_the_pictures_and_as_many_as_fit(monkeypatch):
     assert len(json.dumps({"input": [{"image": url}] * fit})) <= s.max_image_body_bytes
 
 
+@pytest.mark.parametrize("refused", ["big", "alone"])
+def test_image_cost_largest_refuses_a_refused_request(monkeypatch, refused):
+    """The largest request answered 413/429 (or the one-image request alone answered 401): the
+    wall time, CPU and peak RSS were reported as those of the largest request served."""
+    url = "data:image/png;base64," + "A" * 100
+    monkeypatch.setattr(image_cost, "costliest", lambda: ({"kinds": {}, "dearest": "x"}, url))
+
+    class App:
+        def image_embeddings(self, req):
+            n = len(json.loads(req.get_body())["input"])
+            if refused == "big" and n > 1:
+                time.sleep(0.05)
+                return types.SimpleNamespace(status_code=429)
+            return types.SimpleNamespace(status_code=401 if refused == "alone" else 200)
+    monkeypatch.setitem(sys.modules, "function_app", App())
+
+    class Req:
+        def __init__(self, body):
+            self.body = body
+
+        def get_body(self):
+            return self.body
+    with pytest.raises(RuntimeError, match="429" if refused == "big" else "alone: 401"):
+        image_cost.largest(Req, images=2, probe_every_s=0.01)
+
+
 def test_image_cost_probed_times_the_small_request_alone_and_during_the_large_one(monkeypatch):
     clock = _Clock()
     busy = threading.Event()
