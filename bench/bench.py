@@ -709,9 +709,13 @@ def report(r: dict) -> str:
                f"FAILED: {f.get('big_error')}")
     p50 = f"{f['p50_ms']:,.0f} / {f['p95_ms']:,.0f} ms" if f.get("p50_ms") is not None else "–"
     statuses = ", ".join(f"{k}: {v}" for k, v in (f.get("statuses") or {}).items() if k != "200")
+    # No probe while it ran (it ended, or failed, within the 0.3 s before the first): nothing
+    # was measured, which "0 of 0 refused" beside "none refused" read as met.
+    probed = (f"{p50}, {f['refused']} of {f['probes']} refused"
+              f"{f' ({statuses})' if statuses else ''}" if f["probes"] else
+              "NOT MEASURED: no probe went out while it ran")
     rows.append(f"| one-sentence requests while a {f['big_inputs']} × 256-token request runs "
-                f"({big_run}): p50 / p95, refused (any answer but 200) | {p50}, {f['refused']} of "
-                f"{f['probes']} refused{f' ({statuses})' if statuses else ''} | – | – | "
+                f"({big_run}): p50 / p95, refused (any answer but 200) | {probed} | – | – | "
                 "p50 ≤ 500 ms, none refused |")
     big = r.get("largest")      # None in a smoke run
     for d, b in ([(r["deployments"][0], big), *(big.get("others") or {}).items()] if big else []):

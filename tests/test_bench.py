@@ -193,6 +193,18 @@ def test_the_full_run_uses_the_workloads_its_docs_describe(monkeypatch, tmp_path
     assert saved["table_markdown"] == bench.report(saved)
 
 
+def test_fairness_without_a_probe_is_reported_as_not_measured():
+    """The big request ended before the first probe (0.3 s in): "0 of 0 refused" beside the
+    target "none refused" read as met, with nothing measured."""
+    r = _results()
+    r["fairness"].update(big_seconds=0.2, probes=0, refused=0, statuses={}, p50_ms=None,
+                         p95_ms=None)
+    cells = _row(bench.report(r), "one-sentence requests while")
+    assert "NOT MEASURED" in cells[1] and "0 of 0" not in cells[1]
+    assert _row(bench.report(_results()), "one-sentence requests while")[1] == (
+        "100 / 200 ms, 0 of 40 refused")
+
+
 def test_a_smoke_runs_results_are_reported_without_what_it_does_not_measure():
     """`make bench-smoke` (CI) reports too: without the largest request and with the default
     deployment's fidelity only, the table leaves those rows out rather than failing."""
