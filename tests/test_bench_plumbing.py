@@ -194,6 +194,19 @@ def test_run_clients_raises_a_failed_request():
         bench.run_clients(_NoServer(), "/embeddings", list(range(8)), 2, send=send)
 
 
+def test_run_clients_raises_an_answer_without_a_vector_per_input():
+    """A 200 whose data has fewer vectors than the request had inputs is no request served."""
+    class Short(_NoServer):
+        def post(self, conn, path, body):
+            n = len(body["input"]) - (body["input"] == ["c"])      # one vector short for "c"
+            return json.dumps({"data": [{"index": i, "embedding": [0.0]}
+                                        for i in range(n)]}, separators=(",", ":")).encode()
+    bodies = [{"input": ["a", "b"]}, {"input": ["c"]}, {"input": ["d"]}]
+    bench.run_clients(Short(), "/embeddings", bodies[:1] + bodies[2:], 2)       # all served
+    with pytest.raises(RuntimeError, match="0 vectors for 1 inputs"):
+        bench.run_clients(Short(), "/embeddings", bodies, 2)
+
+
 def test_run_clients_raises_when_it_cannot_connect():
     """A client that cannot open its connection fails the run, rather than leaving its requests
     unsent and the run timed as if they had been served."""
