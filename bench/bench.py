@@ -111,11 +111,13 @@ class Server:
         return data
 
     def peak_rss_mb(self) -> float:
+        """Its VmHWM (MiB); an error once it has exited (the status file of an exited child not
+        yet waited for has no VmHWM: that was a NaN, written into the run's JSON)."""
         with open(f"/proc/{self.proc.pid}/status") as fh:
             for line in fh:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
-        return float("nan")
+        raise RuntimeError(f"the local host (pid {self.proc.pid}) has exited: no peak RSS")
 
     def stop(self) -> None:
         self.proc.terminate()

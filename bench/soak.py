@@ -195,9 +195,9 @@ def soak(env: dict[str, str], mix, cycles: int, burst_s: float, idle_s: float, c
         # read as zeros.
         if server.proc.poll() is not None:
             raise RuntimeError(f"the server exited during the soak (code {server.proc.returncode})")
+        peak = server.peak_rss_mb()
     finally:
         stop_sampling.set()
-        peak = server.peak_rss_mb()
         server.stop()
     return {"label": label, "env": env, "loaded_mb": loaded, "peak_mb": peak,
             "after_burst_mb": after_burst, "after_idle_mb": after_idle,

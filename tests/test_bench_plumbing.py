@@ -120,6 +120,24 @@ def test_the_bench_servers_peak_rss_is_its_vmhwm_in_mib(monkeypatch):
     assert server.peak_rss_mb() == 3.0                    # VmHWM (the peak), KiB to MiB
 
 
+def test_the_peak_rss_of_a_server_that_has_exited_is_an_error_not_nan():
+    """An exited child not yet waited for keeps a status file without VmHWM: the NaN read from
+    it went into the run's JSON as the largest request's peak RSS."""
+    import subprocess
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        for _ in range(500):                     # until it is a zombie (exited, not reaped)
+            if Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            time.sleep(0.01)
+        server = bench.Server.__new__(bench.Server)
+        server.proc = proc
+        with pytest.raises(RuntimeError, match="exited"):
+            server.peak_rss_mb()
+    finally:
+        proc.wait()
+
+
 def test_the_bench_server_reconnects_when_the_host_closed_the_idle_connection_cleanly():
     """A kept-alive connection the host closed (FIN, as at its keep-alive time-out) before the
     next request: the request goes out again on a new connection."""
