@@ -45,7 +45,8 @@ def _gradient(mode: str, w: int | None = None, h: int | None = None):
     b = ((x + y) / 2).astype(np.uint8)
     if mode == "I;16":
         im = Image.fromarray(r.astype(np.uint16) * 257 + (g.astype(np.uint16) & 1))
-        assert im.mode == "I;16", im.mode
+        if im.mode != "I;16":
+            raise RuntimeError(f"a 16-bit picture came out {im.mode}")
         return im
     if mode in ("L", "1"):
         return Image.fromarray(b).convert(mode) if mode == "1" else Image.fromarray(b)
@@ -230,7 +231,8 @@ def run(names: list[str]) -> tuple[list[dict], list[str]]:
     print("|---|---|---|---|---|---|---|---|")
     for name in names:
         path, fmt = cached(name)
-        assert path.stat().st_size <= MAX_BYTES, (name, path.stat().st_size)
+        if path.stat().st_size > MAX_BYTES:
+            raise RuntimeError(f"{name}: {path.stat().st_size} bytes, over the limit")
         res = subprocess.run([sys.executable, __file__, "--child", str(path), fmt], cwd=ROOT,
                              capture_output=True, text=True, timeout=600)
         if res.returncode:

@@ -128,7 +128,8 @@ def child(name: str) -> None:
 
     inputs, truncate = _inputs(name)
     body = json.dumps({"input": inputs, "truncate": truncate}, ensure_ascii=False).encode()
-    assert len(body) <= BODY_LIMIT and len(inputs) <= 2048, (name, len(body))
+    if len(body) > BODY_LIMIT or len(inputs) > 2048:   # no assert: `python -O` drops those
+        raise SystemExit(f"{name}: {len(body)} bytes, {len(inputs)} inputs: over the limits")
     del body
     reg = Registry.from_settings(Settings.from_env({}))
     backend = reg.backend(reg.default_for("text"))

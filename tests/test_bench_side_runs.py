@@ -487,7 +487,7 @@ def test_telemetry_overhead_alternates_off_and_on_over_distinct_requests(monkeyp
     class Refused:
         status, body = 429, b"{}"
     monkeypatch.setattr(service_module.EmbeddingService, "embeddings", lambda self, req: Refused())
-    with pytest.raises(AssertionError):
+    with pytest.raises(RuntimeError, match="^429"):
         telemetry_overhead.throughput(2, 2, 1)
     assert service_module.telemetry is telemetry             # restored: nothing left timed
     monkeypatch.undo()

@@ -71,3 +71,23 @@ def test_the_quality_set_is_held_out_from_the_output_range_calibration():
     calibrate_py = set(stdlib_docstrings()[0::2][:4000])
     quality = workloads.build(0, 0, 1000)["quality"]
     assert [t for t in quality if t in calibrate_py] == []
+
+
+def test_no_bench_check_is_an_assert():
+    """`python -O` (or PYTHONOPTIMIZE in the environment, which the bench's child processes
+    inherit) drops assert statements: a refused request timed as a served one (the telemetry
+    overhead's blocks, its cold starts), a case over the limits measured. The scripts' checks,
+    in their code and in the code they hand to child processes, raise instead."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assert):
+                found.append(f"{path.name}:{node.lineno}")
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for i, line in enumerate(node.value.splitlines()):
+                    if line.lstrip().startswith("assert "):
+                        found.append(f"{path.name}:{node.lineno}+{i} (code in a string)")
+    assert not found, found
