@@ -62,6 +62,27 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(CALLER_SETTINGS)}
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a TCP socket listening on ``port`` (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:     # 0A: LISTEN
+                inodes.add(f"socket:[{f[9]}]")
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:             # closed meanwhile
+            pass
+    return False
+
+
 class Server:
     def __init__(self, env: dict[str, str] | None = None, cpus: set[int] | None = None):
         """The local host; ``cpus``: the only CPUs it may run on (it sizes itself to them)."""
@@ -79,6 +100,14 @@ class Server:
             self.proc.kill()
             rest = self.proc.stdout.read()
             raise RuntimeError(f"the local host ({sys.executable}) did not start:\n{line}{rest}")
+        # The process started must be the one listening: its pid is what the CPUs are set on
+        # and the peak RSS and CPU time are read from. An interpreter that is a wrapper running
+        # Python as its child (no exec) answers from that child: the server would run on every
+        # CPU and its figures be the wrapper's.
+        if not listens_on(self.proc.pid, u.port):
+            self.proc.kill()
+            raise RuntimeError(f"{sys.executable} runs the local host in another process than "
+                               f"the one started (pid {self.proc.pid}): give the interpreter")
         # Drain its output all along (a full pipe would stall the server on its next log line).
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
         self.host, self.port = u.hostname, u.port

@@ -246,6 +246,26 @@ def test_a_local_host_that_does_not_start_fails_with_its_output(monkeypatch, tmp
         bench.Server()
 
 
+def test_an_interpreter_that_runs_the_host_as_its_child_fails(monkeypatch, tmp_path):
+    """A wrapper that starts Python without exec: the host answered from its child, while its
+    CPUs were set on, and its peak RSS and CPU read from, the wrapper."""
+    import signal
+    python, pidfile = tmp_path / "python", tmp_path / "child.pid"
+    python.write_text(f'#!/bin/sh\n"{sys.executable}" "$@" &\necho $! > "{pidfile}"\nwait $!\n')
+    python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(python))
+    try:
+        with pytest.raises(RuntimeError, match="another process"):
+            server = bench.Server()
+            server.stop()
+    finally:
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_run_clients_runs_as_many_concurrent_clients_as_asked():
     barrier = threading.Barrier(4, timeout=20)      # only passes with 4 requests in flight at once
     bench.run_clients(_NoServer(), "/embeddings", list(range(8)), 4, send=lambda c, b: barrier.wait())
