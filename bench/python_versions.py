@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     pythons = dict(p.split("=", 1) for p in args.pythons)
+    if len(pythons) != 2:       # one name twice: the second interpreter alone, no comparison
+        parser.error(f"two different names: {args.pythons}")
     short = workloads.build(1024, 256, 1000)["short"]
     servers = {}
     own = sys.executable

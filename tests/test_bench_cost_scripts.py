@@ -786,3 +786,15 @@ def test_real_worker_rate_fails_when_the_worker_has_exited(monkeypatch, tmp_path
         exit_code = -9
     with pytest.raises(RuntimeError, match="worker exited"):
         _rate(monkeypatch, tmp_path, rounds=1, host_cls=Exited)
+
+
+def test_python_versions_refuses_one_name_twice(monkeypatch):
+    """"3.12=a 3.12=b" kept the second interpreter only, and the run compared nothing."""
+    import python_versions
+    def server(*a, **k):
+        raise RuntimeError("a server was started")
+    monkeypatch.setattr(python_versions.bench, "Server", server)
+    monkeypatch.setattr(sys, "argv", ["python_versions.py", "3.12=/a/python", "3.12=/b/python"])
+    with pytest.raises(SystemExit) as exc:
+        python_versions.main()
+    assert exc.value.code == 2
