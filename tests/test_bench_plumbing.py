@@ -91,10 +91,16 @@ def test_the_in_process_runs_have_the_local_hosts_settings_not_the_callers(monke
     import one_core
     from conftest import process_service
 
+    for name in [k for k in os.environ if k.startswith(bench.CALLER_SETTINGS)]:
+        monkeypatch.delenv(name)        # restored afterwards (in_process_clients deletes them)
+    from embedding_core import service as service_module
     with process_service(monkeypatch):
         monkeypatch.setenv("EMBEDDINGS_MAX_INPUTS", "1")
         run = one_core.in_process_clients()
-        run([{"input": ["one", "two"]}], 1)          # the default limit: served
+        try:
+            run([{"input": ["one", "two"]}], 1)          # the default limit: served
+        finally:    # its inference workers: none left for later tests that count them
+            service_module.get_service().queue.stop()
     assert "EMBEDDINGS_MAX_INPUTS" not in os.environ
 
 
