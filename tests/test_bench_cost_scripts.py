@@ -356,6 +356,15 @@ def test_image_cost_costliest_names_the_dearest_kind_by_its_cheaper_run(monkeypa
     assert base64.b64decode(url.split(",", 1)[1]) == decode.calls[0]
 
 
+class _Req:
+    """What image_cost builds its requests with: a body, read back by the stand-in app."""
+    def __init__(self, body):
+        self.body = body
+
+    def get_body(self):
+        return self.body
+
+
 def test_image_cost_largest_counts_the_pictures_and_as_many_as_fit(monkeypatch):
     from embedding_core.settings import Settings
     url = "data:image/png;base64," + "A" * 1000
@@ -376,13 +385,6 @@ def test_image_cost_largest_counts_the_pictures_and_as_many_as_fit(monkeypatch):
     monkeypatch.setitem(sys.modules, "function_app", App())
     monkeypatch.setenv("EMBEDDINGS_MAX_REQUEST_PIXELS", str(3 * 8000 * 5000 + 5))
     s = Settings.from_env(os.environ)
-
-    class Req:
-        def __init__(self, body):
-            self.body = body
-
-        def get_body(self):
-            return self.body
     clock = _Clock()
     real_app = sys.modules["function_app"]
 
@@ -398,7 +400,7 @@ def test_image_cost_largest_counts_the_pictures_and_as_many_as_fit(monkeypatch):
     monkeypatch.setitem(sys.modules, "function_app", TimedApp())
     monkeypatch.setattr(image_cost, "time",
                         _fake_time(perf_counter=clock, sleep=sleep, process_time=clock))
-    r = image_cost.largest(Req, probe_every_s=0.01)
+    r = image_cost.largest(_Req, probe_every_s=0.01)
     assert r["one_image_alone_p50_ms"] == pytest.approx(5.0)
     assert r["one_image_during"]["p50_ms"] == pytest.approx(5.0)    # not the sleep before it
     fit = min(s.max_image_inputs, (s.max_image_body_bytes - 64) // (len(url) + 16))
@@ -425,15 +427,8 @@ def test_image_cost_largest_refuses_a_refused_request(monkeypatch, refused):
                 return types.SimpleNamespace(status_code=429)
             return types.SimpleNamespace(status_code=401 if refused == "alone" else 200)
     monkeypatch.setitem(sys.modules, "function_app", App())
-
-    class Req:
-        def __init__(self, body):
-            self.body = body
-
-        def get_body(self):
-            return self.body
     with pytest.raises(RuntimeError, match="429" if refused == "big" else "alone: 401"):
-        image_cost.largest(Req, images=2, probe_every_s=0.01)
+        image_cost.largest(_Req, images=2, probe_every_s=0.01)
 
 
 def test_image_cost_probed_times_the_small_request_alone_and_during_the_large_one(monkeypatch):
@@ -457,15 +452,8 @@ def test_image_cost_probed_times_the_small_request_alone_and_during_the_large_on
             return types.SimpleNamespace(status_code=200)
     monkeypatch.setitem(sys.modules, "function_app", App())
     monkeypatch.setattr(image_cost, "time", _fake_time(perf_counter=clock))
-
-    class Req:
-        def __init__(self, body):
-            self.body = body
-
-        def get_body(self):
-            return self.body
     big = json.dumps({"input": [{"image": "x"}] * 4}).encode()
-    r = image_cost.probed(Req, big, 1, every_s=0.001)
+    r = image_cost.probed(_Req, big, 1, every_s=0.001)
     assert r["alone_p50_ms"] == 5.0 and r["n"] >= 3
     assert r["p50_ms"] == 50.0 and r["max_ms"] >= 50.0
 
@@ -487,15 +475,8 @@ def test_image_cost_probed_refuses_a_failed_probe(monkeypatch):
             return types.SimpleNamespace(status_code=200)
     App.calls = []
     monkeypatch.setitem(sys.modules, "function_app", App())
-
-    class Req:
-        def __init__(self, body):
-            self.body = body
-
-        def get_body(self):
-            return self.body
     with pytest.raises(RuntimeError, match="probe failed"):
-        image_cost.probed(Req, json.dumps({"input": [{}, {}]}).encode(), 1, every_s=0.001)
+        image_cost.probed(_Req, json.dumps({"input": [{}, {}]}).encode(), 1, every_s=0.001)
     done.set()
 
 

@@ -272,17 +272,10 @@ def test_a_tokenize_case_reports_the_characters_and_tokens_of_its_inputs(monkeyp
     assert tokens >= 2048 * 9
 
 
-def test_a_tokenize_case_growth_is_of_the_call_not_below_an_earlier_peak(monkeypatch, capsys):
-    """Catches the growth taken over the peak so far (building the 8 MiB body, loading), which
-    reads a growth below that peak as none: 0.0 MiB for "2048 x 4 KB English" (10 MiB)."""
+def _fake_proc(proc: dict, statm: bool = False):
+    """``open`` for /proc/self/status (``proc``: field -> KiB) and /proc/self/clear_refs, whose
+    "5" resets VmHWM to VmRSS as the kernel does; /proc/self/statm too if ``statm``."""
     import io
-    import resource
-
-    from embedding_core.text import TextBackend
-
-    mib = 1024                                  # /proc/self/status is in KiB
-    proc = {"VmRSS": 100 * mib, "VmHWM": 300 * mib}   # the body's build peaked at 300 MiB
-    page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
 
     class ClearRefs(io.StringIO):
         def close(self):
@@ -293,10 +286,24 @@ def test_a_tokenize_case_growth_is_of_the_call_not_below_an_earlier_peak(monkeyp
     def fake_open(path, *args, **kwargs):
         if path == "/proc/self/clear_refs":
             return ClearRefs()
-        if path == "/proc/self/statm":
+        if statm and path == "/proc/self/statm":
+            page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
             return io.StringIO(f"1 {proc['VmRSS'] // page_kb} 0 0 0 0 0\n")
         assert path == "/proc/self/status", path
         return io.StringIO("".join(f"{k}:\t{v} kB\n" for k, v in proc.items()))
+    return fake_open
+
+
+def test_a_tokenize_case_growth_is_of_the_call_not_below_an_earlier_peak(monkeypatch, capsys):
+    """Catches the growth taken over the peak so far (building the 8 MiB body, loading), which
+    reads a growth below that peak as none: 0.0 MiB for "2048 x 4 KB English" (10 MiB)."""
+    import resource
+
+    from embedding_core.text import TextBackend
+
+    mib = 1024                                  # /proc/self/status is in KiB
+    proc = {"VmRSS": 100 * mib, "VmHWM": 300 * mib}   # the body's build peaked at 300 MiB
+    fake_open = _fake_proc(proc, statm=True)
     real_tokenize = TextBackend.tokenize
 
     def tokenize(self, inputs, *args, **kwargs):
@@ -388,8 +395,6 @@ def test_an_image_memory_child_reports_the_growth_and_the_encoded_size(tmp_path)
 def test_image_memory_growth_is_of_the_call_not_of_the_build_or_the_warm_up(
         monkeypatch, tmp_path, capsys):
     """Catches a peak not reset before the measured call (build and warm-up peaks counted)."""
-    import io
-
     from PIL import Image
 
     from embedding_core import images
@@ -397,18 +402,7 @@ def test_image_memory_growth_is_of_the_call_not_of_the_build_or_the_warm_up(
     mib = 1024                                  # /proc/self/status is in KiB
     proc = {"VmRSS": 100 * mib, "VmHWM": 300 * mib}   # the data URL's build peaked at 300 MiB
     spikes = iter([80 * mib, 30 * mib])         # the warm-up's peak, then the measured call's
-
-    class ClearRefs(io.StringIO):
-        def close(self):
-            if self.getvalue() == "5":          # the kernel: the peak back to the current RSS
-                proc["VmHWM"] = proc["VmRSS"]
-            super().close()
-
-    def fake_open(path, *args, **kwargs):
-        if path == "/proc/self/clear_refs":
-            return ClearRefs()
-        assert path == "/proc/self/status", path
-        return io.StringIO("".join(f"{k}:\t{v} kB\n" for k, v in proc.items()))
+    fake_open = _fake_proc(proc)
 
     def image_to_pixel_values(url, settings, index):
         proc["VmHWM"] = max(proc["VmHWM"], proc["VmRSS"] + next(spikes))
