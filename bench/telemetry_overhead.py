@@ -211,6 +211,7 @@ def throughput(pairs: int, singles: int, batches: int) -> dict:
         service_module.telemetry = telemetry
         for provider in sdk:
             provider.shutdown()
+        svc.queue.stop()        # its inference workers: none left running after the measurement
     return out
 
 

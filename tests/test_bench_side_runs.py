@@ -118,10 +118,7 @@ def test_soak_rss_of_a_server_that_has_exited_is_an_error_not_nan():
     NaN, it went into the figures (max() skips a NaN after a number)."""
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
-        for _ in range(500):                     # until it is a zombie (exited, not reaped)
-            if Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                break
-            threading.Event().wait(0.01)
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)   # exited, not reaped: a zombie
         with pytest.raises(RuntimeError, match="exited"):
             soak.rss_mb(proc.pid)
     finally:
@@ -467,7 +464,12 @@ def test_telemetry_overhead_alternates_off_and_on_over_distinct_requests(monkeyp
                       "s": time.perf_counter() - t0})
         return res
     monkeypatch.setattr(service_module.EmbeddingService, "embeddings", spy)
+    before = set(threading.enumerate())
     out = telemetry_overhead.throughput(4, 3, 2)
+    # Its service's inference workers stopped: none left running (singles_cost's run, which
+    # counts the process's, read 7 instead of 1 after this test).
+    assert not [t for t in set(threading.enumerate()) - before
+                if t.name.startswith("inference-worker") and t.is_alive()]
     measured = calls[2 * (3 + 1):]                # after the warm-up: the 3 singles + 1 batch, off and on
     singles, batches = measured[:4 * 2 * 3], measured[4 * 2 * 3:]
     assert len(batches) == 4 * 2 * 2
