@@ -112,6 +112,14 @@ def costliest(width: int = 8000, height: int = 5000) -> tuple[dict, str]:
     return {"kinds": table, "dearest": dearest}, urls[dearest]
 
 
+def no_caller_telemetry() -> None:
+    """The caller's telemetry (an APPLICATIONINSIGHTS_CONNECTION_STRING, OTEL_*) out of this
+    process's environment: it would export from the process measured. Its EMBEDDINGS_* limits
+    apply on purpose (--images says which to raise)."""
+    for name in [k for k in os.environ if k.startswith(("APPLICATIONINSIGHTS_", "OTEL_"))]:
+        del os.environ[name]
+
+
 def one_image(request) -> tuple[bytes, list[float]]:
     """The probe's body (one 451x300 JPEG) and 11 timings of it alone, in seconds."""
     import function_app
@@ -221,10 +229,11 @@ def main() -> None:
                         help="also time a one-image request, 0.1 s after the last one, while "
                              "each case's request runs --repeats times back to back")
     args = parser.parse_args()
+    import bench
+    no_caller_telemetry()
     os.environ.setdefault("EMBEDDINGS_API_KEYS", KEY)
     import azure.functions as func
 
-    import bench
     import function_app
 
     def request(body: bytes):

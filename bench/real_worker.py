@@ -89,6 +89,15 @@ def generate_protos(worker: Path) -> None:
             target.write_text(text)
 
 
+def worker_env(worker: Path, env: dict[str, str]) -> dict[str, str]:
+    """The worker's environment: this process's without the caller's settings (bench.Server's
+    rule: an APPLICATIONINSIGHTS_CONNECTION_STRING would make it export telemetry, EMBEDDINGS_*
+    would set limits the local host compared with never gets), then ``env``."""
+    import bench
+    return {**bench.clean_env(), **env, "PYTHONPATH": str(worker),
+            "AzureWebJobsScriptRoot": str(ROOT), "FUNCTIONS_WORKER_RUNTIME": "python"}
+
+
 class GrpcHost:
     """The host's side of the worker's event stream, enough for HTTP-triggered functions."""
 
@@ -124,8 +133,7 @@ class GrpcHost:
         port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
         worker_id = str(uuid.uuid4())
-        penv = {**os.environ, **env, "PYTHONPATH": str(worker),
-                "AzureWebJobsScriptRoot": str(ROOT), "FUNCTIONS_WORKER_RUNTIME": "python"}
+        penv = worker_env(worker, env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "azure_functions_worker", "--host", "127.0.0.1", "--port",
              str(port), "--workerId", worker_id, "--requestId", str(uuid.uuid4()),

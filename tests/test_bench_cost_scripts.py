@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import types
+from pathlib import Path
 
 import pytest
 
@@ -179,6 +180,13 @@ def test_singles_cost_main_divides_by_the_load_size_interleaves_and_takes_median
 
 def test_singles_cost_in_process_splits_cpu_per_sentence_by_thread(monkeypatch):
     import onnxruntime as ort
+
+    from embedding_core import inference_queue, service
+    # The run counts the process's inference-worker threads (in a real run, a fresh process):
+    # those of services earlier tests built, which live as long as the process, are stopped,
+    # and the process-wide service with them is dropped (the next one is built anew).
+    inference_queue._stop_all()
+    service.reset_service()
     proc, workers_cpu, thread_clock = _Clock(), _Clock(), _Clock()
     stop = threading.Event()
     worker = threading.Thread(target=stop.wait, name="inference-worker-0", daemon=True)
@@ -604,6 +612,26 @@ def test_real_worker_read_routes_logs_answers_and_replies():
     assert host._reply_queue("worker_init_response").get_nowait() is init
 
 
+def test_the_callers_settings_reach_neither_the_worker_nor_image_costs_process(monkeypatch):
+    """An APPLICATIONINSIGHTS_CONNECTION_STRING in the caller's shell (as `azd env get-values`
+    gives) made Microsoft's worker export telemetry while it was measured, and the caller's
+    EMBEDDINGS_* set limits the local host it is compared with never gets; image_cost runs
+    function_app in this process, whose telemetry would export too (its EMBEDDINGS_* apply, on
+    purpose)."""
+    caller = {"APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=0",
+              "OTEL_TRACES_SAMPLER": "always_on", "EMBEDDINGS_MAX_INPUTS": "1"}
+    for k, v in caller.items():
+        monkeypatch.setenv(k, v)
+    env = real_worker.worker_env(Path("/w"), {"EMBEDDINGS_API_KEYS": "k"})
+    assert not set(caller) & set(env)
+    assert env["EMBEDDINGS_API_KEYS"] == "k" and env["PYTHONPATH"] == "/w"
+    assert env["PATH"] == os.environ["PATH"]                    # the rest passes
+    image_cost.no_caller_telemetry()
+    assert "APPLICATIONINSIGHTS_CONNECTION_STRING" not in os.environ
+    assert "OTEL_TRACES_SAMPLER" not in os.environ
+    assert os.environ["EMBEDDINGS_MAX_INPUTS"] == "1"
+
+
 def test_real_worker_fails_the_waiting_invocations_when_the_stream_ends():
     """A worker that exits ends its stream: an invocation waiting for its answer (or sent
     after) fails at once, rather than after its 300 s time-out."""
@@ -752,9 +780,10 @@ def test_real_worker_rate_does_not_count_an_invocation_without_answer_as_served(
     silently, and the round was reported with the requests it never sent."""
     class TimesOut(_RateHost):
         def invoke(self, name, method, path, headers, body=b""):
-            if len(self.calls) == 100:
-                self.calls.append(None)
-                raise TimeoutError("no answer")
+            with self.lock:             # the 101st call, whichever client thread makes it
+                if len(self.calls) == 100:
+                    self.calls.append(None)
+                    raise TimeoutError("no answer")
             return super().invoke(name, method, path, headers, body)
     with pytest.raises(TimeoutError):
         _rate(monkeypatch, tmp_path, rounds=1, host_cls=TimesOut)
