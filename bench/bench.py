@@ -54,7 +54,7 @@ TOOLS_PY = ROOT / ".venv-tools" / "bin" / "python"
 # gives, turns on the Azure Monitor exporter: every request then also records and exports, to
 # wherever the string points) and the local host's settings (its function threads, limits).
 CALLER_SETTINGS = ("EMBEDDINGS_", "APPLICATIONINSIGHTS_", "OTEL_", "LOCAL_HOST_",
-                   "PYTHON_THREADPOOL_THREAD_COUNT")
+                   "PYTHON_THREADPOOL_THREAD_COUNT", "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT")
 
 
 def clean_env() -> dict[str, str]:
@@ -62,25 +62,54 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(CALLER_SETTINGS)}
 
 
-def listens_on(pid: int, port: int) -> bool:
-    """Whether process ``pid`` holds a TCP socket listening on ``port`` (Linux /proc)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+def listens_on(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` holds a TCP socket listening on ``port``; None where /proc cannot
+    tell (no /proc, or no listener on the port at all in its tables, as under WSL1)."""
+    for attempt in range(3):        # the tables are read in chunks: a row may be missed once
+        inodes = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                rows = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                f = row.split()
+                if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:     # 0A: LISTEN
+                    inodes.add(f"socket:[{f[9]}]")
         try:
-            rows = Path(table).read_text().splitlines()[1:]
+            fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
-            continue
-        for row in rows:
-            f = row.split()
-            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:     # 0A: LISTEN
-                inodes.add(f"socket:[{f[9]}]")
-    for fd in os.listdir(f"/proc/{pid}/fd"):
+            return None
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return True
+            except OSError:             # closed meanwhile
+                pass
+        if inodes:                      # the port's listener is another process's
+            return False
+        time.sleep(0.05)
+    return None
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` and the processes it started (Linux /proc; else ``proc`` alone), reaped."""
+    pids, todo = [], [proc.pid]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
         try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                return True
-        except OSError:             # closed meanwhile
+            for task in os.listdir(f"/proc/{pid}/task"):
+                todo += map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+        except OSError:
             pass
-    return False
+    for pid in reversed(pids[1:]):
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    proc.kill()
+    proc.wait()
 
 
 class Server:
@@ -90,22 +119,24 @@ class Server:
         full.update({"EMBEDDINGS_API_KEYS": KEY, "LOG_LEVEL": "WARNING", **(env or {})})
         self.cpus = cpus
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.local_host", "--port", "0"], cwd=ROOT, env=full,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [sys.executable, "-m", "tools.local_host", "--host", "127.0.0.1", "--port", "0"],
+            cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.proc.stdout.readline()
         u = urlsplit(line.strip().rsplit(" ", 1)[-1])
         if not (u.scheme == "http" and u.hostname and u.port):
             # Not started (e.g. a package missing from the interpreter's environment): say why,
             # rather than time requests that never reach it.
-            self.proc.kill()
+            kill_tree(self.proc)
             rest = self.proc.stdout.read()
+            self.proc.stdout.close()
             raise RuntimeError(f"the local host ({sys.executable}) did not start:\n{line}{rest}")
         # The process started must be the one listening: its pid is what the CPUs are set on
         # and the peak RSS and CPU time are read from. An interpreter that is a wrapper running
         # Python as its child (no exec) answers from that child: the server would run on every
         # CPU and its figures be the wrapper's.
-        if not listens_on(self.proc.pid, u.port):
-            self.proc.kill()
+        if listens_on(self.proc.pid, u.port) is False:
+            kill_tree(self.proc)
+            self.proc.stdout.close()
             raise RuntimeError(f"{sys.executable} runs the local host in another process than "
                                f"the one started (pid {self.proc.pid}): give the interpreter")
         # Drain its output all along (a full pipe would stall the server on its next log line).
@@ -171,8 +202,8 @@ def run_clients(server: Server, path: str, bodies: list, clients: int,
             data = server.post(conn, path, body)
             # As many vectors as inputs (orjson writes "index": one per vector); a count of the
             # bytes, ~50 µs for 32 float vectors, not a parse on the clients' CPU.
-            want = len(body["input"]) if isinstance(body, dict) and isinstance(
-                body.get("input"), list) else None
+            want = len(body["input"]) if path.endswith("embeddings") and isinstance(
+                body, dict) and isinstance(body.get("input"), list) else None
             if want is not None and (got := data.count(b'"index":')) != want:
                 raise RuntimeError(f"{path}: 200 with {got} vectors for {want} inputs")
     todo: queue.Queue = queue.Queue()
