@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import queue
+import signal
 import statistics
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def kill_tree(proc: subprocess.Popen) -> None:
             pass
     for pid in reversed(pids[1:]):
         try:
-            os.kill(pid, 9)
+            os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
     proc.kill()
