@@ -196,8 +196,25 @@ module storage 'modules/storage.bicep' = {
   }
 }
 
+// First: a region without Flex Consumption (or without zone-redundant Flex Consumption, with
+// zoneRedundant) fails the deployment here (plan.bicep).
+module plan 'modules/plan.bicep' = {
+  name: 'plan'
+  params: {
+    name: 'plan-${resourceToken}'
+    location: location
+    tags: tags
+    zoneRedundant: zoneRedundant
+  }
+}
+
+// The vault has purge protection: once created, its name stays reserved for the retention
+// period after deletion. It waits for the plan, so a deployment the plan refuses creates none.
 module keyVault 'modules/keyvault.bicep' = {
   name: 'keyvault'
+  dependsOn: [
+    plan
+  ]
   params: {
     name: 'kv-${resourceToken}'
     location: location
@@ -247,7 +264,7 @@ module functionApp 'modules/functionapp.bicep' = {
     rbac
   ]
   params: {
-    planName: 'plan-${resourceToken}'
+    planId: plan.outputs.id
     name: functionAppName
     location: location
     tags: tags
@@ -264,7 +281,6 @@ module functionApp 'modules/functionapp.bicep' = {
     maximumInstanceCount: maximumInstanceCount
     alwaysReadyHttpInstances: effectiveAlwaysReady
     httpPerInstanceConcurrency: effectiveHttpConcurrency
-    zoneRedundant: zoneRedundant
     entraTenantId: effectiveTenantId
     entraAudiences: entraAudiences
     entraRequiredRoles: entraRequiredRoles

@@ -503,7 +503,7 @@ def test_schema_check_catches_what_azure_would_refuse():
     assert "authentication.type" not in text
     check.errors.clear()
     plan_type = BICEP_TYPES["types"][BICEP_TYPES["resources"]["Microsoft.Web/serverfarms@2024-04-01"]]["body"]
-    plan = json.loads(json.dumps(one_resource(MODULES / "functionapp.bicep", "Microsoft.Web/serverfarms")))
+    plan = json.loads(json.dumps(one_resource(MODULES / "plan.bicep", "Microsoft.Web/serverfarms")))
     plan["properties"]["reserved"] = "true"
     del plan["location"]
     check.check_resource(plan, plan_type, "plan")
@@ -533,10 +533,56 @@ def test_tracked_resources_carry_azd_env_name_tag():
 
 
 def test_plan_is_flex_consumption_linux():
-    plan = one_resource(MODULES / "functionapp.bicep", "Microsoft.Web/serverfarms")
+    plan = one_resource(MODULES / "plan.bicep", "Microsoft.Web/serverfarms")
     assert plan["sku"] == {"name": "FC1", "tier": "FlexConsumption"}
     assert plan["kind"] == "functionapp"
     assert plan["properties"]["reserved"] is True
+    # The one plan, and the site runs on it.
+    assert [p.name for p, _, r in all_resources() if r["type"] == "Microsoft.Web/serverfarms"] == \
+        ["plan.bicep"]
+    site = one_resource(MODULES / "functionapp.bicep", "Microsoft.Web/sites")
+    assert site["properties"]["serverFarmId"] == "planId"
+    assert render(parse(MAIN)["modules"]["functionApp"]["config"]["params"]["planId"]) == \
+        "plan.outputs.id"
+
+
+def module_dependencies() -> Dict[str, set]:
+    """main.bicep's modules, each with the modules ARM waits for before deploying it: its
+    dependsOn, and every module whose outputs its parameters read (Bicep's implicit dependency)."""
+    mods = parse(MAIN)["modules"]
+    deps = {}
+    for name, module in mods.items():
+        read = render(module["config"].get("params", {}))
+        deps[name] = set(module["config"].get("dependsOn") or []) | {
+            other for other in mods if re.search(rf"\b{other}\.outputs\.", read)}
+    return deps
+
+
+def waits_for(deps: Dict[str, set], name: str) -> set:
+    seen, todo = set(), [name]
+    while todo:
+        for dep in deps[todo.pop()] - seen:
+            seen.add(dep)
+            todo.append(dep)
+    return seen
+
+
+def test_a_region_that_refuses_the_plan_fails_before_the_key_vault_exists():
+    """A region without Flex Consumption (or without zone-redundant Flex Consumption) refuses the
+    plan. The vault has purge protection: once created, its name stays reserved for its retention
+    period after `azd down`. So the plan comes first: it waits for no module, and the vault waits
+    for it."""
+    deps = module_dependencies()
+    assert deps["rbac"] >= {"keyVault", "storage", "monitoring", "identity"}
+    assert deps["plan"] == set()
+    assert "plan" in waits_for(deps, "keyVault")
+    assert "plan" in waits_for(deps, "functionApp")
+    # The vault is the only purge-protected resource, and the plan module holds nothing else.
+    protected = [p.name for p, _, r in all_resources()
+                 if resource_config(r).get("properties", {}).get("enablePurgeProtection") is True]
+    assert protected == ["keyvault.bicep"]
+    assert [r["type"] for r in resources(MODULES / "plan.bicep").values()] == \
+        ["Microsoft.Web/serverfarms"]
 
 
 def test_function_app_is_hardened():
@@ -2700,13 +2746,13 @@ def test_main_hands_every_module_option_on():
 
 def test_plan_is_zone_redundant_exactly_when_asked():
     from bicep_eval import Evaluator
-    tree = parse(MODULES / "functionapp.bicep")
-    plan = one_resource(MODULES / "functionapp.bicep", "Microsoft.Web/serverfarms")
+    tree = parse(MODULES / "plan.bicep")
+    plan = one_resource(MODULES / "plan.bicep", "Microsoft.Web/serverfarms")
     required = {n: "x" for n, spec in tree["parameters"].items() if spec.get("default") is None}
     for zr in (False, True):
-        ev = Evaluator(tree, dict(required, zoneRedundant=zr, hasApiKeys=True))
+        ev = Evaluator(tree, dict(required, zoneRedundant=zr))
         assert ev.eval(plan["properties"]["zoneRedundant"], {}) is zr
-    assert render(parse(MAIN)["modules"]["functionApp"]["config"]["params"]["zoneRedundant"]) == \
+    assert render(parse(MAIN)["modules"]["plan"]["config"]["params"]["zoneRedundant"]) == \
         "zoneRedundant"
 
 

@@ -1,4 +1,4 @@
-// Flex Consumption (FC1) plan + Linux Python 3.12 Function App.
+// Linux Python 3.12 Function App on a Flex Consumption (FC1) plan (plan.bicep).
 // All secrets-free settings are plain app settings; the API key(s) come from Key
 // Vault through a Key Vault reference resolved with the user-assigned identity.
 //
@@ -6,7 +6,9 @@
 // "Flex Consumption plan deprecations" (learn.microsoft.com/azure/azure-functions/
 // functions-app-settings#flex-consumption-plan-deprecations) may appear here:
 // tests/test_infra.py holds that table and fails if any of it comes back.
-param planName string
+
+// The Flex Consumption plan (plan.bicep, created before the Key Vault).
+param planId string
 param name string
 param location string
 param tags object
@@ -59,8 +61,6 @@ param alwaysReadyHttpInstances int = 0
 @minValue(1)
 @maxValue(1000)
 param httpPerInstanceConcurrency int = 8
-
-param zoneRedundant bool = false
 
 // Entra ID (bearer token) settings, already resolved by main.bicep.
 param entraTenantId string
@@ -269,22 +269,6 @@ var hostSettings = [
 
 var appSettings = concat(hostStorageSettings, monitoringSettings, apiKeySettings, entraSettings, workerSettings, threadSettings, inferenceWorkerSettings, longInputSettings, smallImageSettings, openaiSettings, telemetrySettings, hostSettings)
 
-resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
-  // checkov:skip=CKV_AZURE_225: Zone redundancy for Flex Consumption is region-dependent; it is exposed as the zoneRedundant parameter (default off) instead of being forced.
-  name: planName
-  location: location
-  tags: tags
-  kind: 'functionapp'
-  sku: {
-    name: 'FC1'
-    tier: 'FlexConsumption'
-  }
-  properties: {
-    reserved: true
-    zoneRedundant: zoneRedundant
-  }
-}
-
 // The site follows Microsoft's Flex samples: Azure-Samples/functions-quickstart-python-http-azd
 // (infra/app/api.bicep) and Azure-Samples/azure-functions-flex-consumption-samples
 // (IaC/bicep/main.bicep, IaC/armtemplate/azuredeploy.json). Deliberate differences:
@@ -339,7 +323,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     }
   }
   properties: {
-    serverFarmId: plan.id
+    serverFarmId: planId
     httpsOnly: true
     clientCertEnabled: false
     publicNetworkAccess: 'Enabled'
