@@ -464,9 +464,12 @@ def _config_culprit(exc: BaseException) -> str:
 
 
 def reset_service() -> None:
-    """Forget the process-wide service (tests change the environment between cases)."""
+    """Forget the process-wide service (tests change the environment between cases) and stop its
+    inference workers, which would otherwise keep it, its models among it, for the process's life."""
     global _service, _config_error
     with _service_lock:
+        if _service is not None:
+            _service.queue.stop()
         _service = None
         _config_error = None
         settings_module.forget_warnings()

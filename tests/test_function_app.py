@@ -142,6 +142,20 @@ def test_calls_from_a_thread_pool_share_one_queue(text_backend):
     assert svc.queue.stats().batches < len(texts)      # some requests shared a batch
 
 
+def test_a_forgotten_service_stops_its_inference_workers():
+    """reset_service() (tests change the environment between cases) stops the service's workers:
+    idle workers left behind keep their service, its models among it, for the rest of the
+    process (114 tests left 20 workers and 120 MiB more RSS)."""
+    assert call("embeddings", body={"input": ["one"]}, headers={"api-key": KEY}).status_code == 200
+    queue = service_module.get_service().queue
+    assert queue.stats().worker_alive
+    service_module.reset_service()
+    assert not queue.stats().worker_alive
+    # The next request builds a new service, whose workers start on its first embedding.
+    assert call("embeddings", body={"input": ["two"]}, headers={"api-key": KEY}).status_code == 200
+    assert service_module.get_service().queue.stats().worker_alive
+
+
 def test_the_worker_starts_on_the_first_embedding_never_at_import():
     import subprocess
     import sys
