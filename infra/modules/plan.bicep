@@ -2,7 +2,9 @@
 // the Key Vault waits for it, so a region that offers no Flex Consumption (or, with zoneRedundant,
 // no zone-redundant Flex Consumption) fails the deployment here, before the purge-protected vault
 // exists (a vault once created stays reserved, soft-deleted, for its retention period after
-// `azd down`). The plan itself costs nothing: Flex bills instances, not plans.
+// `azd down`). The plan itself costs nothing: Flex bills instances, not plans. (Microsoft's
+// quickstart, functions-quickstart-python-http-azd, lists the Flex regions in an @allowed on
+// `location` instead: a list that goes stale as regions are added. Here the platform decides.)
 param name string
 param location string
 param tags object
