@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import http.client
 import io
 import json
@@ -253,21 +254,54 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 # -- the reference, as a worker we can interleave with -------------------------------------------
 
+def reference_failed(what: str, returncode: int | None, stderr: str) -> RuntimeError:
+    """The error of a reference process that failed: its exit status and the end of its stderr
+    (its missing answer read as a bare JSONDecodeError, which said neither)."""
+    tail = "\n".join(stderr.strip().splitlines()[-15:]) or "(nothing)"
+    return RuntimeError(f"the reference process ({TOOLS_PY} bench/reference.py {what}) failed: "
+                        f"exit status {returncode}; its stderr ends:\n{tail}")
+
+
 class Reference:
     """sentence-transformers fp32 in the tools venv, answering one command at a time."""
 
     def __init__(self, w_path: str):
         self.proc = subprocess.Popen([str(TOOLS_PY), str(ROOT / "bench" / "reference.py"), w_path,
                                       "--serve", *reference_threads()], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Its stderr passed on as it comes (torch's warnings, a traceback), the last lines kept
+        # for the error of a reference that dies.
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=50)
+        self._drain = threading.Thread(target=self._pass_on_stderr, daemon=True)
+        self._drain.start()
+
+    def _pass_on_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr_tail.append(line)
+            sys.stderr.write(line)
 
     def ask(self, **cmd) -> dict:
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
+        try:
+            self.proc.stdin.write(json.dumps(cmd) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except BrokenPipeError:             # it had exited before the command
+            line = ""
+        if not line:                        # it exited: no answer will come
+            try:
+                returncode = self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                returncode = None
+            self._drain.join(5)
+            raise reference_failed(f"--serve, asked op={cmd.get('op')}", returncode,
+                                   "".join(self.stderr_tail))
+        return json.loads(line)
 
     def stop(self) -> None:
-        self.proc.stdin.close()
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:             # it has exited (its error is the run's)
+            pass
         self.proc.wait(30)
 
 
@@ -651,13 +685,17 @@ def images(n: int, per_request: int, clients: int, rounds: int) -> dict | None:
 
 
 def reference_cold_and_rss(w_path: str) -> dict:
-    cold = [json.loads(subprocess.run(
-        [str(TOOLS_PY), str(ROOT / "bench" / "reference.py"), "--cold", *reference_threads()],
-        capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]) for _ in range(3)]
-    rss = subprocess.run([str(TOOLS_PY), str(ROOT / "bench" / "reference.py"), w_path, "--rss",
-                          *reference_threads()], capture_output=True, text=True, check=True)
+    def run(*args: str) -> dict:
+        res = subprocess.run([str(TOOLS_PY), str(ROOT / "bench" / "reference.py"), *args,
+                              *reference_threads()], capture_output=True, text=True)
+        lines = res.stdout.strip().splitlines()
+        if res.returncode or not lines:
+            raise reference_failed(" ".join(args), res.returncode, res.stderr)
+        return json.loads(lines[-1])
+
+    cold = [run("--cold") for _ in range(3)]
     return {"cold_start": {k: statistics.median(c[k] for c in cold) for k in cold[0]},
-            "peak_rss_mb": json.loads(rss.stdout)["peak_rss_mb"]}
+            "peak_rss_mb": run(w_path, "--rss")["peak_rss_mb"]}
 
 
 def package_size() -> dict:

@@ -454,3 +454,26 @@ def test_the_reference_encodes_as_the_report_says(tmp_path):
                           capture_output=True, text=True, timeout=600)
     calls = [json.loads(ln[7:]) for ln in cold.stderr.splitlines() if ln.startswith("ENCODE ")]
     assert calls == [{"n": 1, "batch_size": 32}] and "first_embedding_s" in json.loads(cold.stdout)
+
+
+def test_a_reference_process_that_dies_fails_the_run_with_its_status_and_stderr(
+        monkeypatch, tmp_path):
+    """A reference that exits (torch missing from .venv-tools, killed for memory) failed the run
+    with a bare JSONDecodeError of its missing answer: neither what died nor why."""
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\necho 'Traceback (most recent call last):' >&2\n"
+                      "echo \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 3\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(bench, "TOOLS_PY", python)
+    ref = bench.Reference(str(tmp_path / "w.json"))
+    try:
+        with pytest.raises(RuntimeError, match=r"reference process .*--serve.* failed: exit "
+                           r"status 3; its stderr ends:\n.*\nModuleNotFoundError: No module "
+                           r"named 'torch'$"):
+            ref.ask(op="info")
+    finally:
+        ref.stop()
+    # its cold starts and peak RSS, each a process of its own
+    with pytest.raises(RuntimeError, match=r"reference process .*--cold\) failed: exit status "
+                       r"3; its stderr ends:\n.*\nModuleNotFoundError: No module named 'torch'$"):
+        bench.reference_cold_and_rss(str(tmp_path / "w.json"))
