@@ -26,6 +26,24 @@ import workloads  # noqa: E402
 from singles_cost import http_loads, process_cpu  # noqa: E402
 
 
+def version(name: str, python: str, module: str) -> str:
+    """``module``'s version (Python's own for "python") in the environment of ``python``; the
+    run fails naming the environment and what it could not read (that was an empty string in
+    the run's JSON)."""
+    code = ("import sys; print(sys.version)" if module == "python"
+            else f"import {module}; print({module}.__version__)")
+    try:
+        res = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        sys.exit(f"python_versions: {name} ({python}): could not read its {module} version: {exc}")
+    out = res.stdout.strip()
+    if res.returncode or not out:
+        tail = " | ".join(res.stderr.strip().splitlines()[-3:]) or "no output"
+        sys.exit(f"python_versions: {name} ({python}): could not read its {module} version "
+                 f"(exit status {res.returncode}): {tail}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("pythons", nargs=2, help="NAME=INTERPRETER (each with the app installed)")
@@ -35,6 +53,9 @@ def main() -> None:
     pythons = dict(p.split("=", 1) for p in args.pythons)
     if len(pythons) != 2:       # one name twice: the second interpreter alone, no comparison
         parser.error(f"two different names: {args.pythons}")
+    # Read before the run, not after it: an environment that cannot say them fails at once.
+    versions = {what: {name: version(name, python, module) for name, python in pythons.items()}
+                for what, module in (("pythons", "python"), ("numpy", "numpy"))}
     short = workloads.build(1024, 256, 1000)["short"]
     servers = {}
     own = sys.executable
@@ -70,13 +91,7 @@ def main() -> None:
     for name, m in medians.items():
         m["singles_share_of_batched"] = m[singles]["per_s"] / m[batched]["per_s"]
     out = {"machine": bench.machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "pythons": {name: subprocess.run([python, "-c", "import sys; print(sys.version)"],
-                                            capture_output=True, text=True).stdout.strip()
-                       for name, python in pythons.items()},
-           "numpy": {name: subprocess.run([python, "-c", "import numpy; print(numpy.__version__)"],
-                                          capture_output=True, text=True).stdout.strip()
-                     for name, python in pythons.items()},
-           "rounds": rows, "medians": medians}
+           **versions, "rounds": rows, "medians": medians}
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(medians, indent=1))

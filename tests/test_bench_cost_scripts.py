@@ -808,3 +808,24 @@ def test_python_versions_refuses_one_name_twice(monkeypatch):
     with pytest.raises(SystemExit) as exc:
         python_versions.main()
     assert exc.value.code == 2
+
+
+def test_python_versions_fails_naming_an_environment_whose_version_it_cannot_read(
+        monkeypatch, tmp_path, capsys):
+    """An environment whose numpy would not import (or an interpreter that did not run) went
+    into the run's JSON as an empty version string, after a run of several minutes."""
+    import python_versions
+    def server(*a, **k):
+        raise RuntimeError("a server was started")
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\ncase "$2" in *numpy*) echo "ModuleNotFoundError: No module '
+                      f'named \'numpy\'" >&2; exit 1;; esac\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    monkeypatch.setattr(python_versions.bench, "Server", server)
+    monkeypatch.setattr(sys, "argv", ["python_versions.py", f"3.11={sys.executable}",
+                                      f"3.12={python}"])
+    with pytest.raises(SystemExit) as exc:
+        python_versions.main()
+    assert exc.value.code == (f"python_versions: 3.12 ({python}): could not read its numpy "
+                              "version (exit status 1): ModuleNotFoundError: No module named "
+                              "'numpy'")
