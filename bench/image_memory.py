@@ -261,7 +261,10 @@ def main() -> None:
         return
     names = QUICK if args.quick else CASES
     if args.only:
-        names = [n for n in names if any(o in n for o in args.only)]
+        valid, names = names, [n for n in names if any(o in n for o in args.only)]
+        if not names:       # nothing run: an empty table and file, and the step passed
+            ap.error(f"no case matches --only {' '.join(map(repr, args.only))}; the cases"
+                     f"{' (--quick)' if args.quick else ''}: {', '.join(valid)}")
     rows, failed = run(names)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")

@@ -193,7 +193,10 @@ def main() -> None:
         return
     names = list(QUICK if args.quick else cases())
     if args.only:
-        names = [n for n in names if any(o in n for o in args.only)]
+        valid, names = names, [n for n in names if any(o in n for o in args.only)]
+        if not names:       # nothing run: an empty table and file, and the step passed
+            ap.error(f"no case matches --only {' '.join(map(repr, args.only))}; the cases"
+                     f"{' (--quick)' if args.quick else ''}: {', '.join(valid)}")
     rows, failed = [], []
     print("| case | truncate | wall s | CPU s | peak RSS growth MiB | chars in | chars tokenised | outcome |")
     print("|---|---|---|---|---|---|---|---|")

@@ -344,6 +344,23 @@ def test_image_memory_fails_when_a_case_fails(tmp_path):
     assert json.loads((tmp_path / "out.json").read_text()) == []     # what did run, still written
 
 
+@pytest.mark.parametrize("script", ["tokenize_cases", "image_memory"])
+def test_only_matching_no_case_fails_listing_the_cases_and_writes_nothing(
+        monkeypatch, tmp_path, capsys, script):
+    """A misspelt --only ran nothing: an empty table, `[]` written, and the step passed."""
+    module = {"tokenize_cases": tokenize_cases, "image_memory": image_memory}[script]
+    out = tmp_path / "out.json"
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--only", "8 MB no spaces", "--out", str(out)])
+    with pytest.raises(SystemExit) as exc:
+        module.main()
+    assert exc.value.code not in (None, 0)
+    err = capsys.readouterr().err
+    assert "no case matches --only '8 MB no spaces'; the cases: " in err
+    names = list(tokenize_cases.cases()) if script == "tokenize_cases" else image_memory.CASES
+    assert all(name in err for name in names)
+    assert not out.exists()
+
+
 def test_image_memory_keeps_pictures_apart_when_the_script_that_builds_them_changes(
         monkeypatch, tmp_path):
     """Generated pictures are kept between runs: a picture built by an earlier version of the
