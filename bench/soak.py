@@ -261,10 +261,6 @@ def main() -> None:
                          label))
     text = report(runs, args)
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"args": vars(args), "runs": runs,
-                                          "table_markdown": text}, indent=1) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
     # The mix expects 200, and 422 for its two refused bodies only; a burst may also meet a full
     # queue (429). Anything else (401: a wrong key, 5xx, 0: a dropped connection, a 422 for a
     # body that should be served, such as a request wrongly judged too slow for the instance)
@@ -272,8 +268,17 @@ def main() -> None:
     bad = [(r["label"], name, status, n) for r in runs
            for name, got in r["statuses_by_body"].items() for status, n in got.items()
            if status not in ((422, 429) if name.endswith("(422)") else (200, 429))]
+    failure = None
     if bad or not all(r["statuses"].get(200, 0) > sum(r["statuses"].values()) / 2 for r in runs):
-        sys.exit(f"soak: unexpected statuses {bad or [r['statuses'] for r in runs]}")
+        failure = f"soak: unexpected statuses {bad or [r['statuses'] for r in runs]}"
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    # A failed run's file says so at the top (its figures kept, to see what went wrong).
+    Path(args.out).write_text(json.dumps({**({"failed": failure} if failure else {}),
+                                          "args": vars(args), "runs": runs,
+                                          "table_markdown": text}, indent=1) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    if failure:
+        sys.exit(failure)
 
 
 if __name__ == "__main__":

@@ -223,6 +223,7 @@ def test_soak_runs_tuning_off_then_on_and_passes_a_good_run(monkeypatch, tmp_pat
     assert [c["cycles"] for c in calls] == [2, 2]                 # 2 minutes of 60 s cycles
     table = capsys.readouterr().out
     assert "| off | 100 MiB | 300 MiB | 200 / 250 MiB | 150 / 170 / 160 MiB | 55 |" in table
+    assert "failed" not in json.loads((tmp_path / "s.json").read_text())
 
 
 @pytest.mark.parametrize("bad", [
@@ -235,6 +236,9 @@ def test_soak_fails_a_run_that_did_not_measure_what_it_says(monkeypatch, tmp_pat
     with pytest.raises(SystemExit) as exc:
         soak.main()
     assert exc.value.code not in (None, 0)
+    # its file says so at the top: it read as a good run's
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert saved["failed"] == exc.value.code and saved["failed"].startswith("soak: unexpected")
 
 
 # -- bench/tokenize_cases.py ------------------------------------------------------------------------
@@ -331,9 +335,12 @@ def _run_with_failing_children(tmp_path, *argv):
 
 def test_tokenize_cases_fails_when_a_case_fails(tmp_path):
     res = _run_with_failing_children(tmp_path, "bench/tokenize_cases.py", "--only",
-                                     "8 MB, no spaces, END")
+                                     "8 MB, no spaces, END", "--out", str(tmp_path / "out.json"))
     assert "| 8 MB, no spaces, END | failed: ['SystemExit: child made to fail'] |" in res.stdout
     assert res.returncode == 1 and "1 of 1 cases failed: 8 MB, no spaces, END" in res.stderr
+    # what did run, in a file that says the run failed (a list of rows is a good run's)
+    assert json.loads((tmp_path / "out.json").read_text()) == {
+        "failed": "1 of 1 cases failed: 8 MB, no spaces, END", "cases": []}
 
 
 def test_image_memory_fails_when_a_case_fails(tmp_path):
@@ -341,7 +348,9 @@ def test_image_memory_fails_when_a_case_fails(tmp_path):
                                      "--out", str(tmp_path / "out.json"))
     assert "| bmp RLE8 @ 1 Mpx | failed: ['SystemExit: child made to fail'] |" in res.stdout
     assert res.returncode == 1 and "1 of 1 cases failed: bmp RLE8 @ 1 Mpx" in res.stderr
-    assert json.loads((tmp_path / "out.json").read_text()) == []     # what did run, still written
+    # what did run, in a file that says the run failed (a list of rows is a good run's)
+    assert json.loads((tmp_path / "out.json").read_text()) == {
+        "failed": "1 of 1 cases failed: bmp RLE8 @ 1 Mpx", "cases": []}
 
 
 @pytest.mark.parametrize("script", ["tokenize_cases", "image_memory"])
