@@ -200,8 +200,15 @@ def probed(request, body: bytes, repeats: int, every_s: float = 0.1) -> dict:
     import function_app
 
     small, alone = one_image(request)
-    thread = threading.Thread(
-        target=lambda: [function_app.image_embeddings(request(body)) for _ in range(repeats)])
+    answers: list = []          # the large requests' statuses (or what one raised)
+
+    def run_large() -> None:
+        try:
+            for _ in range(repeats):
+                answers.append(function_app.image_embeddings(request(body)).status_code)
+        except Exception as exc:  # noqa: BLE001 - raised below, in the caller's thread
+            answers.append(exc)
+    thread = threading.Thread(target=run_large)
     thread.start()
     probes = []
     while thread.is_alive():
@@ -211,6 +218,13 @@ def probed(request, body: bytes, repeats: int, every_s: float = 0.1) -> dict:
             raise RuntimeError("a one-image probe failed")
         probes.append(time.perf_counter() - t0)
     thread.join()
+    # The probes waited for the large request's decoding only if it was served: a refused one
+    # (413, 429) is answered before decoding, and the probes' times were those of no wait.
+    if failed := [a for a in answers if a != 200]:
+        if isinstance(failed[0], Exception):
+            raise failed[0]
+        raise RuntimeError(f"the large request probed was answered {failed[0]} "
+                           f"({len(failed)} of {repeats})")
     return {"n": len(probes), "alone_p50_ms": round(1e3 * statistics.median(alone), 1),
             "p50_ms": round(1e3 * statistics.median(probes), 1),
             "max_ms": round(1e3 * max(probes), 1)}

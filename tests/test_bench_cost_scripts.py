@@ -488,6 +488,21 @@ def test_image_cost_probed_refuses_a_failed_probe(monkeypatch):
     done.set()
 
 
+
+def test_image_cost_probed_refuses_a_refused_large_request(monkeypatch):
+    """The large request answered 429 (or 413) while probed: its statuses were never read, and
+    the probes' times, of no wait for its decoding, were reported as the wait."""
+    class App:
+        def image_embeddings(self, req):
+            if len(json.loads(req.get_body())["input"]) > 1:
+                time.sleep(0.05)
+                return types.SimpleNamespace(status_code=429)
+            return types.SimpleNamespace(status_code=200)
+    monkeypatch.setitem(sys.modules, "function_app", App())
+    with pytest.raises(RuntimeError, match="large request probed was answered 429 "
+                                           r"\(2 of 2\)"):
+        image_cost.probed(_Req, json.dumps({"input": [{}, {}]}).encode(), 2, every_s=0.001)
+
 # -- bench/real_worker.py ---------------------------------------------------------------------------
 # azure_functions_worker and grpc are not installed here: the host's request building and the
 # rate accounting are checked against stand-in protos (plain objects with the fields used).
