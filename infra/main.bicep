@@ -196,8 +196,10 @@ module storage 'modules/storage.bicep' = {
   }
 }
 
-// First: a region without Flex Consumption (or without zone-redundant Flex Consumption, with
-// zoneRedundant) fails the deployment here (plan.bicep).
+// Before the vault, alongside identity, monitoring and storage (none purge-protected): a region
+// without Flex Consumption (or without zone-redundant Flex Consumption, with zoneRedundant) fails
+// the deployment here (plan.bicep). What only the site is refused, e.g. a Python version the
+// region does not offer on Flex, still fails after the vault exists.
 module plan 'modules/plan.bicep' = {
   name: 'plan'
   params: {
