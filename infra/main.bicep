@@ -198,8 +198,8 @@ module storage 'modules/storage.bicep' = {
 
 // Before the vault, alongside identity, monitoring and storage (none purge-protected): a region
 // without Flex Consumption (or without zone-redundant Flex Consumption, with zoneRedundant) fails
-// the deployment here (plan.bicep). What only the site is refused, e.g. a Python version the
-// region does not offer on Flex, still fails after the vault exists.
+// the deployment here (plan.bicep). A refusal of the site itself, e.g. a Python version the
+// region does not offer on Flex, still comes after the vault exists.
 module plan 'modules/plan.bicep' = {
   name: 'plan'
   params: {
