@@ -699,10 +699,16 @@ def reference_cold_and_rss(w_path: str) -> dict:
 
 
 def package_size() -> dict:
-    """Bytes of what ships: the app files (as .funcignore leaves them) and requirements.txt's
-    packages as installed in .venv."""
+    """Bytes of what ships: the app files (as .funcignore leaves them) and what requirements.txt
+    pulls in on this Python, as installed in .venv: each requirement whose marker applies here
+    (one for another Python or platform, or for an extra not asked for, is not looked for), with
+    the extras asked for (PyJWT[crypto]). One that applies and is not installed fails the run:
+    skipped, it left dependencies_mb low with no note."""
     import fnmatch
     import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
     # "/build/" is anchored at the root, as in .gitignore: compared without its slashes.
     ignore = [ln.strip().strip("/") for ln in (ROOT / ".funcignore").read_text().splitlines()
@@ -714,25 +720,32 @@ def package_size() -> dict:
                                       or fnmatch.fnmatch(rel.split("/")[0], pat)
                                       for pat in ignore):
             app += path.stat().st_size
+
+    def applies(req: Requirement, extra: str = "") -> bool:
+        return req.marker is None or req.marker.evaluate({"extra": extra})
+
     deps, seen = 0, set()
-    todo = [ln.split("==")[0].split("[")[0].strip() for ln in
-            (ROOT / "requirements.txt").read_text().splitlines()
-            if ln.strip() and not ln.startswith(("#", "-"))]
+    lines = [ln for ln in (ROOT / "requirements.txt").read_text().splitlines()
+             if ln.strip() and not ln.startswith(("#", "-"))]
+    todo = [(req, "requirements.txt") for req in map(Requirement, lines) if applies(req)]
     while todo:
-        name = todo.pop().lower().replace("_", "-")
-        if name in seen:
+        req, by = todo.pop()
+        name = canonicalize_name(req.name)
+        extras = [x for x in ("", *sorted(req.extras)) if (name, x) not in seen]
+        if not extras:
             continue
-        seen.add(name)
         try:
-            dist = md.distribution(name)
+            dist = md.distribution(req.name)
         except md.PackageNotFoundError:
-            continue
-        deps += sum((dist.locate_file(f).stat().st_size for f in dist.files or []
-                     if dist.locate_file(f).is_file()), 0)
-        for req in dist.requires or []:
-            if "extra ==" not in req:
-                todo.append(req.split(";")[0].split(" ")[0].split("<")[0].split(">")[0]
-                            .split("=")[0].split("[")[0].split("~")[0].split("!")[0])
+            raise RuntimeError(f"package size: {req} (required by {by}) applies on this Python "
+                               f"but is not installed in {sys.prefix}") from None
+        if "" in extras:                # its files once, whatever extras ask for more
+            deps += sum((dist.locate_file(f).stat().st_size for f in dist.files or []
+                         if dist.locate_file(f).is_file()), 0)
+        seen.update((name, x) for x in extras)
+        requires = [Requirement(r) for r in dist.requires or []]
+        todo.extend((r, f"{name}[{x}]" if x else name) for x in extras for r in requires
+                    if applies(r, x))
     return {"app_mb": app / 1e6, "dependencies_mb": deps / 1e6, "total_mb": (app + deps) / 1e6}
 
 

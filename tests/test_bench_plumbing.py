@@ -346,6 +346,39 @@ def test_package_size_counts_what_funcignore_ships_and_each_dependency_once(monk
     assert out["total_mb"] == (shipped + 3_000_000) / 1e6
 
 
+
+def test_package_size_fails_naming_a_requirement_that_applies_here_and_is_not_installed(
+        monkeypatch, tmp_path):
+    """A package requirements.txt names for this Python, missing from the environment, was
+    skipped: dependencies_mb came out low with no note. What applies only elsewhere (another
+    Python, another platform, an extra not asked for) is not looked for; an extra asked for is."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / ".funcignore").write_text("")
+    dists = {"alpha": _Dist(tmp_path, "alpha", [1_000_000], [
+        'winonly ; sys_platform == "no-such-platform"', 'docs ; extra == "docs"',
+        'delta ; extra == "x"']), "delta": _Dist(tmp_path, "delta", [2_000_000], [])}
+
+    def distribution(name):
+        if name.lower() not in dists:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return dists[name.lower()]
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    monkeypatch.setattr(bench, "ROOT", app)
+
+    def dependencies_mb(requirements: str) -> float:
+        (app / "requirements.txt").write_text(requirements)
+        return bench.package_size()["dependencies_mb"]
+    with pytest.raises(RuntimeError, match=r'^package size: gone==2; python_version >= "3" '
+                       r"\(required by requirements.txt\) applies on this Python but is not "
+                       r"installed in "):
+        dependencies_mb('alpha==1\ngone==2; python_version >= "3"\n')
+    assert dependencies_mb('alpha==1\nold==1; python_version < "3"\n') == 1.0
+    assert dependencies_mb("alpha[x]==1\n") == 3.0          # and delta, for the extra asked for
+    dists["alpha"].requires.append("needed>=1")              # a dependency of it, missing
+    with pytest.raises(RuntimeError, match=r"^package size: needed>=1 \(required by alpha\) "):
+        dependencies_mb("alpha==1\n")
+
 def test_machine_records_the_simd_the_int8_kernels_depend_on_and_the_usable_cores(monkeypatch):
     cpuinfo = ("processor\t: 0\nmodel name\t: Test CPU\n"
                "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni amx_int8\n\n"
