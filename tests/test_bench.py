@@ -205,6 +205,29 @@ def test_fairness_without_a_probe_is_reported_as_not_measured():
         "100 / 200 ms, 0 of 40 refused")
 
 
+
+def test_images_not_measured_are_reported_and_recorded_as_not_measured(monkeypatch, tmp_path):
+    """Without an image deployment or test photos images() returned None: the images row,
+    which has a target, left the table without a note. It says NOT MEASURED and why, in the
+    table and in results.json; the run goes on, as with the fairness row."""
+    from embedding_core.registry import Registry
+    from embedding_core.settings import Settings
+
+    default_for = Registry.default_for
+    with monkeypatch.context() as m:
+        m.setattr(Registry, "default_for",
+                  lambda self, modality: None if modality == "image" else default_for(self, modality))
+        r = _results()
+        r["images"] = bench.images(16, 8, 2, 1)
+    assert r["images"] == {"not_measured": "no image deployment in the registry"}
+    assert _row(bench.report(r), "images/s end to end")[1:] == [
+        "NOT MEASURED: no image deployment in the registry", "–", "–", "≥ 0.85×"]
+    assert json.loads(json.dumps(r))["images"] == r["images"]
+    if Registry.from_settings(Settings.from_env({})).default_for("image") is not None:
+        monkeypatch.setattr(bench, "ROOT", tmp_path)            # no tests/data/images/*.jpg
+        assert bench.images(16, 8, 2, 1) == {
+            "not_measured": "no test photos (tests/data/images/*.jpg)"}
+
 def test_a_smoke_runs_results_are_reported_without_what_it_does_not_measure():
     """`make bench-smoke` (CI) reports too: without the largest request and with the default
     deployment's fidelity only, the table leaves those rows out rather than failing."""
@@ -316,8 +339,8 @@ def test_images_end_to_end_rate_is_of_the_http_run(monkeypatch):
     monkeypatch.setattr(bench, "run_clients",
                         lambda *a, **k: dts.append(real(*a, **k)) or dts[-1])
     out = bench.images(16, 8, 2, 1)
-    if out is None:
-        pytest.skip("no image deployment")
+    if "not_measured" in out:
+        pytest.skip(out["not_measured"])
     assert out["end_to_end_per_second"] == 16 / dts[0]
     assert out["n"] == 16 and out["per_request"] == 8
 
