@@ -252,14 +252,21 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b in (None, 0) else a / b
 
 
+def process_failed(what: str, returncode: int | None, stderr: str) -> RuntimeError:
+    """The error of a child process that failed: what it was, its exit status and the end of its
+    stderr (a CalledProcessError of a run with capture_output gives neither the stderr nor, in
+    its message, what the step was)."""
+    tail = "\n".join(stderr.strip().splitlines()[-15:]) or "(nothing)"
+    return RuntimeError(f"{what} failed: exit status {returncode}; its stderr ends:\n{tail}")
+
+
 # -- the reference, as a worker we can interleave with -------------------------------------------
 
 def reference_failed(what: str, returncode: int | None, stderr: str) -> RuntimeError:
-    """The error of a reference process that failed: its exit status and the end of its stderr
-    (its missing answer read as a bare JSONDecodeError, which said neither)."""
-    tail = "\n".join(stderr.strip().splitlines()[-15:]) or "(nothing)"
-    return RuntimeError(f"the reference process ({TOOLS_PY} bench/reference.py {what}) failed: "
-                        f"exit status {returncode}; its stderr ends:\n{tail}")
+    """The error of a reference process that failed (its missing answer read as a bare
+    JSONDecodeError, which said neither its exit status nor why)."""
+    return process_failed(f"the reference process ({TOOLS_PY} bench/reference.py {what})",
+                          returncode, stderr)
 
 
 class Reference:
@@ -620,17 +627,22 @@ def cold_start(repeats: int, long_text: str) -> dict:
     env = clean_env()
     env["EMBEDDINGS_API_KEYS"] = "first-embedding-key"
 
-    def runs(text: str) -> list[dict]:
+    def runs(text: str, what: str) -> list[dict]:
         out = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             res = subprocess.run([sys.executable, "-c", code, text], cwd=ROOT, env=env,
-                                 check=True, capture_output=True, text=True)
+                                 capture_output=True, text=True)
             wall = time.perf_counter() - t0
-            out.append({**json.loads(res.stdout.strip().splitlines()[-1]), "process_wall_s": wall})
+            lines = res.stdout.strip().splitlines()
+            if res.returncode or not lines:
+                raise process_failed(f"cold_start: a fresh process ({sys.executable}) importing "
+                                     f"function_app and embedding {what}", res.returncode,
+                                     res.stderr)
+            out.append({**json.loads(lines[-1]), "process_wall_s": wall})
         return out
 
-    short, long = runs("hello world"), runs(long_text)
+    short, long = runs("hello world", "'hello world'"), runs(long_text, "the long input")
     result = {k: statistics.median(r[k] for r in short) for k in ("import_s", "first_embedding_s",
                                                                   "process_wall_s")}
     result["long_input_tokens"] = long[0]["tokens"]

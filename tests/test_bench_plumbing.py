@@ -9,6 +9,7 @@ import importlib.metadata
 import io
 import os
 import json
+import re
 import threading
 import time
 import types
@@ -83,6 +84,26 @@ def test_the_callers_telemetry_and_host_settings_reach_no_process_measured(monke
     with pytest.raises(RuntimeError, match="stop"):
         bench.cold_start(1, "text")
     assert seen and not set(caller) & set(seen[0])
+
+
+
+@pytest.mark.parametrize("script, status", [
+    ("echo 'Traceback (most recent call last):' >&2\n"
+     "echo \"ModuleNotFoundError: No module named 'onnxruntime'\" >&2\nexit 1\n", 1),
+    ("echo \"ModuleNotFoundError: No module named 'onnxruntime'\" >&2\n", 0)])   # no answer
+def test_a_cold_start_process_that_fails_fails_the_run_with_its_status_and_stderr(
+        monkeypatch, tmp_path, script, status):
+    """Its CalledProcessError (check=True, capture_output=True) said neither the step nor the
+    child's stderr; one that exited 0 without an answer was an IndexError."""
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\n" + script)
+    python.chmod(0o755)
+    monkeypatch.setattr(bench.sys, "executable", str(python))
+    what = (rf"^cold_start: a fresh process \({re.escape(str(python))}\) importing function_app "
+            rf"and embedding 'hello world' failed: exit status {status}; its stderr ends:\n")
+    with pytest.raises(RuntimeError, match=what + r"(.*\n)?ModuleNotFoundError: No module named "
+                       r"'onnxruntime'$"):
+        bench.cold_start(1, "text")
 
 
 def test_the_in_process_runs_have_the_local_hosts_settings_not_the_callers(monkeypatch):
