@@ -177,11 +177,13 @@ def cached(name: str) -> tuple[Path, str]:
 
 
 def _rss_kb(field: str) -> int:
+    """A field of /proc/self/status (KiB); an error if it is not there (it read as 0: a missing
+    VmRSS gave the whole peak as the growth, a missing VmHWM a negative growth)."""
     with open("/proc/self/status") as fh:
         for line in fh:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    return 0
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def child(path: str, fmt: str) -> None:

@@ -26,11 +26,13 @@ T_START = time.perf_counter()
 
 
 def peak_rss_mb() -> float:
+    """VmHWM (MiB); an error if /proc/self/status has none (it was a NaN, written into the run's
+    JSON as the reference's peak RSS)."""
     with open("/proc/self/status") as fh:
         for line in fh:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
-    return float("nan")
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def load(threads: int):

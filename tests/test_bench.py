@@ -406,16 +406,33 @@ def test_fairness_probes_stop_when_the_big_request_ends(monkeypatch):
 
 # -- bench/reference.py: the sentence-transformers side ---------------------------------------------
 
-def test_the_reference_peak_rss_is_vmhwm_in_mib(monkeypatch):
+def _reference_module(monkeypatch):
+    """bench/reference.py, imported here (the tools venv runs it as a script)."""
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):       # set by the module on import
         monkeypatch.setenv(var, os.environ.get(var, "1"))
     spec = importlib.util.spec_from_file_location("reference", ROOT / "bench" / "reference.py")
     ref = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ref)
+    return ref
+
+
+def test_the_reference_peak_rss_is_vmhwm_in_mib(monkeypatch):
+    ref = _reference_module(monkeypatch)
     with open("/proc/self/status") as fh:
         kib = next(int(ln.split()[1]) for ln in fh if ln.startswith("VmHWM:"))
     assert kib / 1024 <= ref.peak_rss_mb() <= (kib + 512) / 1024      # kB (KiB) to MiB
 
+
+
+def test_the_reference_peak_rss_without_vmhwm_is_an_error_not_nan(monkeypatch):
+    """A /proc/self/status without VmHWM read as NaN, written into results.json as the
+    reference's peak RSS (and its ratio to the service's)."""
+    ref = _reference_module(monkeypatch)
+    monkeypatch.setattr(ref, "open", lambda path, *a, **k: io.StringIO(
+        "Name:\tpython\nVmRSS:\t2048 kB\n") if path == "/proc/self/status" else open(path, *a, **k),
+        raising=False)
+    with pytest.raises(RuntimeError, match=r"^no VmHWM in /proc/self/status$"):
+        ref.peak_rss_mb()
 
 @needs_tools
 def test_the_reference_worker_counts_the_set_it_ran_and_measures_the_largest_request(tmp_path):

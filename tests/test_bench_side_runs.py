@@ -439,6 +439,18 @@ def test_image_memory_growth_is_of_the_call_not_of_the_build_or_the_warm_up(
     assert r["growth_mb"] == 30, r
 
 
+
+@pytest.mark.parametrize("missing", ["VmRSS", "VmHWM"])
+def test_an_image_memory_field_missing_from_proc_status_is_an_error_not_0(monkeypatch, missing):
+    """It read as 0: without VmRSS the whole peak was reported as the growth, without VmHWM a
+    negative growth."""
+    proc = {"VmRSS": 100 * 1024, "VmHWM": 300 * 1024}
+    monkeypatch.setattr(image_memory, "open", _fake_proc(proc), raising=False)
+    assert image_memory._rss_kb("VmHWM") == 300 * 1024
+    del proc[missing]
+    with pytest.raises(RuntimeError, match=rf"^no {missing} in /proc/self/status$"):
+        image_memory._rss_kb(missing)
+
 # -- bench/telemetry_overhead.py --------------------------------------------------------------------
 
 def test_telemetry_overhead_reports_a_slower_telemetry_as_slower(monkeypatch):
