@@ -205,7 +205,6 @@ def test_fairness_without_a_probe_is_reported_as_not_measured():
         "100 / 200 ms, 0 of 40 refused")
 
 
-
 def test_images_not_measured_are_reported_and_recorded_as_not_measured(monkeypatch, tmp_path):
     """Without an image deployment or test photos images() returned None: the images row,
     which has a target, left the table without a note. It says NOT MEASURED and why, in the
@@ -227,6 +226,7 @@ def test_images_not_measured_are_reported_and_recorded_as_not_measured(monkeypat
         monkeypatch.setattr(bench, "ROOT", tmp_path)            # no tests/data/images/*.jpg
         assert bench.images(16, 8, 2, 1) == {
             "not_measured": "no test photos (tests/data/images/*.jpg)"}
+
 
 def test_a_smoke_runs_results_are_reported_without_what_it_does_not_measure():
     """`make bench-smoke` (CI) reports too: without the largest request and with the default
@@ -423,7 +423,6 @@ def test_the_reference_peak_rss_is_vmhwm_in_mib(monkeypatch):
     assert kib / 1024 <= ref.peak_rss_mb() <= (kib + 512) / 1024      # kB (KiB) to MiB
 
 
-
 def test_the_reference_peak_rss_without_vmhwm_is_an_error_not_nan(monkeypatch):
     """A /proc/self/status without VmHWM read as NaN, written into results.json as the
     reference's peak RSS (and its ratio to the service's)."""
@@ -433,6 +432,7 @@ def test_the_reference_peak_rss_without_vmhwm_is_an_error_not_nan(monkeypatch):
         raising=False)
     with pytest.raises(RuntimeError, match=r"^no VmHWM in /proc/self/status$"):
         ref.peak_rss_mb()
+
 
 @needs_tools
 def test_the_reference_worker_counts_the_set_it_ran_and_measures_the_largest_request(tmp_path):

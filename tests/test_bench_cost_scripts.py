@@ -488,7 +488,6 @@ def test_image_cost_probed_refuses_a_failed_probe(monkeypatch):
     done.set()
 
 
-
 def test_image_cost_probed_refuses_a_refused_large_request(monkeypatch):
     """The large request answered 429 (or 413) while probed: its statuses were never read, and
     the probes' times, of no wait for its decoding, were reported as the wait."""
@@ -502,6 +501,7 @@ def test_image_cost_probed_refuses_a_refused_large_request(monkeypatch):
     with pytest.raises(RuntimeError, match="large request probed was answered 429 "
                                            r"\(2 of 2\)"):
         image_cost.probed(_Req, json.dumps({"input": [{}, {}]}).encode(), 2, every_s=0.001)
+
 
 # -- bench/real_worker.py ---------------------------------------------------------------------------
 # azure_functions_worker and grpc are not installed here: the host's request building and the

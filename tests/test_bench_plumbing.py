@@ -86,7 +86,6 @@ def test_the_callers_telemetry_and_host_settings_reach_no_process_measured(monke
     assert seen and not set(caller) & set(seen[0])
 
 
-
 @pytest.mark.parametrize("script, status", [
     ("echo 'Traceback (most recent call last):' >&2\n"
      "echo \"ModuleNotFoundError: No module named 'onnxruntime'\" >&2\nexit 1\n", 1),
@@ -367,7 +366,6 @@ def test_package_size_counts_what_funcignore_ships_and_each_dependency_once(monk
     assert out["total_mb"] == (shipped + 3_000_000) / 1e6
 
 
-
 def test_package_size_fails_naming_a_requirement_that_applies_here_and_is_not_installed(
         monkeypatch, tmp_path):
     """A package requirements.txt names for this Python, missing from the environment, was
@@ -399,6 +397,7 @@ def test_package_size_fails_naming_a_requirement_that_applies_here_and_is_not_in
     dists["alpha"].requires.append("needed>=1")              # a dependency of it, missing
     with pytest.raises(RuntimeError, match=r"^package size: needed>=1 \(required by alpha\) "):
         dependencies_mb("alpha==1\n")
+
 
 def test_machine_records_the_simd_the_int8_kernels_depend_on_and_the_usable_cores(monkeypatch):
     cpuinfo = ("processor\t: 0\nmodel name\t: Test CPU\n"

@@ -439,7 +439,6 @@ def test_image_memory_growth_is_of_the_call_not_of_the_build_or_the_warm_up(
     assert r["growth_mb"] == 30, r
 
 
-
 @pytest.mark.parametrize("missing", ["VmRSS", "VmHWM"])
 def test_an_image_memory_field_missing_from_proc_status_is_an_error_not_0(monkeypatch, missing):
     """It read as 0: without VmRSS the whole peak was reported as the growth, without VmHWM a
@@ -450,6 +449,7 @@ def test_an_image_memory_field_missing_from_proc_status_is_an_error_not_0(monkey
     del proc[missing]
     with pytest.raises(RuntimeError, match=rf"^no {missing} in /proc/self/status$"):
         image_memory._rss_kb(missing)
+
 
 # -- bench/telemetry_overhead.py --------------------------------------------------------------------
 
