@@ -443,6 +443,17 @@ def latency(w: dict, deployment: str, ref: Reference | None, n: int) -> dict:
     return out
 
 
+def while_running(thread: threading.Thread, gap_s: float, first_s: float | None = None):
+    """Yields each time a probe may go out while ``thread`` runs: ``first_s`` (else ``gap_s``)
+    after the start, then ``gap_s`` after the last probe's answer. The thread is looked at after
+    the sleep, just before the probe: one sent after it ended (during the sleep before it) would
+    time no contention and count as timed during it."""
+    time.sleep(gap_s if first_s is None else first_s)
+    while thread.is_alive():
+        yield
+        time.sleep(gap_s)
+
+
 def fairness(w: dict, big_inputs: int, probes: int) -> dict:
     """One-sentence requests sent one after another while a request of ``big_inputs`` × 256
     tokens runs: their latency and how many were refused."""
@@ -463,11 +474,9 @@ def fairness(w: dict, big_inputs: int, probes: int) -> dict:
                 result["big_error"] = f"{type(e).__name__}: {e}"[:300]
         t = threading.Thread(target=run_big)
         t.start()
-        time.sleep(0.3)                        # the big request is admitted and running
         lat, refused, during, statuses = [], 0, 0, {}
-        for text in w["short"][:probes]:
-            if not t.is_alive():
-                break
+        # 0.3 s first: the big request is admitted and running.
+        for text, _ in zip(w["short"][:probes], while_running(t, 0.05, first_s=0.3)):
             t0 = time.perf_counter()
             conn.request("POST", "/embeddings" + Q, body=json.dumps({"input": [text]}),
                          headers={"api-key": KEY, "Content-Type": "application/json"})
@@ -477,7 +486,6 @@ def fairness(w: dict, big_inputs: int, probes: int) -> dict:
             refused += res.status != 200            # a 429, or any other answer but the vectors
             statuses[res.status] = statuses.get(res.status, 0) + 1
             during += 1
-            time.sleep(0.05)
         t.join()
         conn.close()
     finally:

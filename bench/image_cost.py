@@ -145,6 +145,7 @@ def largest(request, images: int | None = None, probe_every_s: float = 0.5) -> d
     import resource
     import threading
 
+    import bench
     from embedding_core.settings import Settings
 
     s = Settings.from_env(os.environ)
@@ -169,8 +170,7 @@ def largest(request, images: int | None = None, probe_every_s: float = 0.5) -> d
     thread = threading.Thread(target=run_big)
     thread.start()
     probes, statuses = [], set()
-    while thread.is_alive():
-        time.sleep(probe_every_s)
+    for _ in bench.while_running(thread, probe_every_s):
         t0 = time.perf_counter()
         statuses.add(function_app.image_embeddings(request(small)).status_code)
         probes.append(time.perf_counter() - t0)
@@ -179,6 +179,9 @@ def largest(request, images: int | None = None, probe_every_s: float = 0.5) -> d
         raise big["error"]
     if big["status"] != 200:    # its time, CPU and peak RSS would be those of a refusal
         raise RuntimeError(f"the largest request ({n} images) was answered {big['status']}")
+    if not probes:
+        raise RuntimeError(f"no one-image request went out while the largest request ran "
+                           f"({big['wall_s']:.2f} s; one every {probe_every_s} s)")
     t0 = time.perf_counter()
     fit = min(s.max_image_inputs, (s.max_image_body_bytes - 64) // (len(url) + 16))
     refused = function_app.image_embeddings(request(json.dumps({"input": [item] * fit}).encode()))
@@ -197,6 +200,7 @@ def probed(request, body: bytes, repeats: int, every_s: float = 0.1) -> dict:
     one's decoding."""
     import threading
 
+    import bench
     import function_app
 
     small, alone = one_image(request)
@@ -211,8 +215,7 @@ def probed(request, body: bytes, repeats: int, every_s: float = 0.1) -> dict:
     thread = threading.Thread(target=run_large)
     thread.start()
     probes = []
-    while thread.is_alive():
-        time.sleep(every_s)
+    for _ in bench.while_running(thread, every_s):
         t0 = time.perf_counter()
         if function_app.image_embeddings(request(small)).status_code != 200:
             raise RuntimeError("a one-image probe failed")
@@ -225,6 +228,9 @@ def probed(request, body: bytes, repeats: int, every_s: float = 0.1) -> dict:
             raise failed[0]
         raise RuntimeError(f"the large request probed was answered {failed[0]} "
                            f"({len(failed)} of {repeats})")
+    if not probes:
+        raise RuntimeError(f"no one-image request went out while the large request probed ran "
+                           f"({repeats} times; one every {every_s} s)")
     return {"n": len(probes), "alone_p50_ms": round(1e3 * statistics.median(alone), 1),
             "p50_ms": round(1e3 * statistics.median(probes), 1),
             "max_ms": round(1e3 * max(probes), 1)}

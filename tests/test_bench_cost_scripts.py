@@ -23,6 +23,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 
+import bench  # noqa: E402
 import image_cost  # noqa: E402
 import real_worker  # noqa: E402
 import singles_cost  # noqa: E402
@@ -406,8 +407,8 @@ def test_image_cost_largest_counts_the_pictures_and_as_many_as_fit(monkeypatch):
         clock.t += s
         time.sleep(0.001)
     monkeypatch.setitem(sys.modules, "function_app", TimedApp())
-    monkeypatch.setattr(image_cost, "time",
-                        _fake_time(perf_counter=clock, sleep=sleep, process_time=clock))
+    monkeypatch.setattr(image_cost, "time", _fake_time(perf_counter=clock, process_time=clock))
+    monkeypatch.setattr(bench, "time", _fake_time(sleep=sleep))       # bench.while_running's
     r = image_cost.largest(_Req, probe_every_s=0.01)
     assert r["one_image_alone_p50_ms"] == pytest.approx(5.0)
     assert r["one_image_during"]["p50_ms"] == pytest.approx(5.0)    # not the sleep before it
@@ -501,6 +502,61 @@ def test_image_cost_probed_refuses_a_refused_large_request(monkeypatch):
     with pytest.raises(RuntimeError, match="large request probed was answered 429 "
                                            r"\(2 of 2\)"):
         image_cost.probed(_Req, json.dumps({"input": [{}, {}]}).encode(), 2, every_s=0.001)
+
+
+def _image_cost_probed_run(which: str, n: int) -> dict:
+    """image_cost.largest's or probed's run, its large request of ``n`` images: the figures of
+    the one-image requests sent meanwhile."""
+    if which == "largest":
+        return image_cost.largest(_Req, images=n, probe_every_s=0.05)["one_image_during"]
+    return image_cost.probed(_Req, json.dumps({"input": [{}] * n}).encode(), 1, every_s=0.05)
+
+
+@pytest.mark.parametrize("which", ["largest", "probed"])
+def test_image_cost_counts_only_probes_sent_while_the_large_request_runs(monkeypatch, which):
+    """The large request ends in the sleep after the first probe: the next probe, sent after
+    that sleep, timed no wait and was counted as timed during it (bench.fairness's rule: the
+    request is looked at just before each probe)."""
+    url = "data:image/png;base64," + "A" * 100
+    monkeypatch.setattr(image_cost, "costliest", lambda: ({"kinds": {}, "dearest": "x"}, url))
+    release, during = threading.Event(), []
+
+    class App:
+        large = None
+
+        def image_embeddings(self, req):
+            if len(json.loads(req.get_body())["input"]) > 1:
+                if App.large is None:              # the large one (not largest's as many as fit)
+                    App.large = threading.current_thread()
+                    release.wait(10)
+            elif App.large is not None:
+                during.append(1)
+            return types.SimpleNamespace(status_code=200)
+
+    def sleep(s):
+        if during and not release.is_set():        # after the first probe: the large one ends
+            release.set()
+            App.large.join(10)
+        time.sleep(0.001)
+    monkeypatch.setitem(sys.modules, "function_app", App())
+    monkeypatch.setattr(image_cost, "time", _fake_time(sleep=sleep, process_time=time.process_time))
+    monkeypatch.setattr(bench, "time", _fake_time(sleep=sleep))       # bench.while_running's
+    assert _image_cost_probed_run(which, 2)["n"] == 1
+
+
+@pytest.mark.parametrize("which", ["largest", "probed"])
+def test_image_cost_fails_when_no_probe_went_out_while_the_large_request_ran(monkeypatch, which):
+    """The large request ended before the first probe: no figure (a median of nothing, or the
+    time of a probe sent after it, of no wait), an error saying so."""
+    url = "data:image/png;base64," + "A" * 100
+    monkeypatch.setattr(image_cost, "costliest", lambda: ({"kinds": {}, "dearest": "x"}, url))
+
+    class App:
+        def image_embeddings(self, req):
+            return types.SimpleNamespace(status_code=200)
+    monkeypatch.setitem(sys.modules, "function_app", App())
+    with pytest.raises(RuntimeError, match="no one-image request went out while the large"):
+        _image_cost_probed_run(which, 2)
 
 
 # -- bench/real_worker.py ---------------------------------------------------------------------------
