@@ -26,6 +26,7 @@ import bench  # noqa: E402
 import workloads  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
+WORKER_THREADS = "inference-worker"    # the name of embedding_core.inference_queue's threads
 
 
 def process_cpu(pid: int) -> float:
@@ -98,7 +99,11 @@ def in_process(short: list[str], rounds: int) -> dict:
     pid = os.getpid()
     run_clients([{"input": short[:64]}], 1)       # load the model, start the workers
     workers = [t.native_id for t in threading.enumerate()
-               if t.name.startswith("inference-worker")]
+               if t.name.startswith(WORKER_THREADS)]
+    if not workers:         # workers_ms would read 0, and their CPU count as the rest
+        ort.InferenceSession.run = plain_run
+        raise RuntimeError(f"no thread named {WORKER_THREADS}* after the first request: the "
+                           "inference workers' CPU cannot be told from the rest")
     rows: dict[str, list[dict]] = {}
     for r in range(rounds):
         for name, (n, bodies, clients) in loads.items():

@@ -238,6 +238,26 @@ def test_singles_cost_in_process_splits_cpu_per_sentence_by_thread(monkeypatch):
     assert all(len(v) == 2 for v in r["rounds"].values())
 
 
+def test_singles_cost_in_process_fails_without_an_inference_worker_thread(monkeypatch):
+    """No thread named inference-worker* (the queue's threads renamed, or none started): the
+    workers' CPU read 0 and all of it was counted as the rest, with 'workers: 0' in the JSON."""
+    import onnxruntime as ort
+
+    from embedding_core import inference_queue, service
+    inference_queue._stop_all()                # the workers of services earlier tests built
+    service.reset_service()
+    for t in threading.enumerate():
+        if t.name.startswith("inference-worker"):
+            t.join(10)
+    plain_run = ort.InferenceSession.run
+    monkeypatch.setitem(sys.modules, "one_core",
+                        types.SimpleNamespace(in_process_clients=lambda: lambda b, c: 1.0))
+    monkeypatch.setattr(singles_cost.bench, "machine", lambda: {})
+    with pytest.raises(RuntimeError, match=r"no thread named inference-worker\* after"):
+        singles_cost.in_process([f"s{i}" for i in range(64)], 1)
+    assert ort.InferenceSession.run is plain_run                  # put back
+
+
 # -- bench/image_cost.py ----------------------------------------------------------------------------
 
 class _FakeApp:
