@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import queue
+import re
 import signal
 import statistics
 import subprocess
@@ -750,8 +751,10 @@ def package_size() -> dict:
         return req.marker is None or req.marker.evaluate({"extra": extra})
 
     deps, seen = 0, set()
-    lines = [ln for ln in (ROOT / "requirements.txt").read_text().splitlines()
-             if ln.strip() and not ln.startswith(("#", "-"))]
+    # A comment is "#" at the start or after white space, as pip reads it (a trailing one too).
+    lines = [ln for ln in (re.sub(r"(^|\s)#.*", "", ln).strip()
+                           for ln in (ROOT / "requirements.txt").read_text().splitlines())
+             if ln and not ln.startswith("-")]
     todo = [(req, "requirements.txt") for req in map(Requirement, lines) if applies(req)]
     while todo:
         req, by = todo.pop()

@@ -394,6 +394,8 @@ def test_package_size_fails_naming_a_requirement_that_applies_here_and_is_not_in
         dependencies_mb('alpha==1\ngone==2; python_version >= "3"\n')
     assert dependencies_mb('alpha==1\nold==1; python_version < "3"\n') == 1.0
     assert dependencies_mb("alpha[x]==1\n") == 3.0          # and delta, for the extra asked for
+    # Comments as pip reads them: a whole line (indented too) or after white space.
+    assert dependencies_mb("  # pinned\nalpha[x]==1  # and delta\n") == 3.0
     dists["alpha"].requires.append("needed>=1")              # a dependency of it, missing
     with pytest.raises(RuntimeError, match=r"^package size: needed>=1 \(required by alpha\) "):
         dependencies_mb("alpha==1\n")
