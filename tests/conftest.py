@@ -46,6 +46,24 @@ def large_instance_memory() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def stop_the_test_s_own_workers() -> Iterator[None]:
+    """After each test, stop the inference workers of the services it built itself
+    (``make_service``, ``EmbeddingService(...)``): idle, they and their queues stayed for the
+    rest of the process (87 threads at the end of the suite; the services themselves were
+    freed). Queues that outlive the test are left: those of wider-scoped fixtures (set up before
+    this one) and the process-wide service's (``reset_service`` stops it)."""
+    from embedding_core import inference_queue
+    from embedding_core import service as service_module
+
+    before = set(inference_queue._queues)
+    yield
+    process_wide = service_module._service
+    for queue in set(inference_queue._queues) - before:
+        if process_wide is None or queue is not process_wide.queue:
+            queue.stop()
+
+
 # -- the default deployment's long inputs on OpenVINO (embedding_core/openvino_session.py) --------
 # The service runs them there only on CPUs with AMX. Elsewhere, on CPUs with avx512_bf16 (AMD
 # Zen 4 and 5, Intel Cooper Lake), OpenVINO runs the same bf16 model with other kernels, and the
