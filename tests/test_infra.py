@@ -1800,6 +1800,24 @@ def test_the_lock_script_gives_each_python_its_own_pins():
     assert _pins_for(lines, "3.14") == frozen[(3, 13)]
 
 
+def test_the_deploy_guide_names_what_the_lock_pins_differently_on_311_and_312():
+    """docs/deploy.md's "Python version" says what requirements.lock pins on 3.11 and on 3.12,
+    between which pythonVersion chooses: the sentence naming the lock names every package pinned
+    differently on the two (it said "the same package versions for both" while numpy was 2.4.6
+    on one and 2.5.5 on the other)."""
+    lines = [line for line in (ROOT / "requirements.lock").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    old, new = _pins_for(lines, "3.11"), _pins_for(lines, "3.12")
+    differ = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
+    section = (ROOT / "docs" / "deploy.md").read_text().split("## Python version", 1)[1]
+    sentence = next(s for s in re.split(r"(?<=\.)\s", section.strip().split("\n\n", 1)[0])
+                    if "`requirements.lock`" in s)
+    for name in differ:
+        assert f"{name} {old.get(name)}" in sentence and f"{name} {new.get(name)}" in sentence, \
+            (name, old.get(name), new.get(name), sentence)
+    assert differ or "the same package versions for both" in sentence, sentence
+
+
 def test_the_clients_get_the_numpy_the_app_gets_on_each_python():
     """requirements-clients.txt pins numpy as requirements.txt does, and its lock agrees on each
     Python CI runs the clients on (the lock's 3.12+ line is written by hand: its pip freeze is
