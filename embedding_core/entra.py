@@ -649,7 +649,7 @@ class EntraValidator:
             keys = _parse_jwks(self._fetch(url, cfg.http_timeout))
             if not keys:
                 raise ValueError("JWKS has no usable RS256 signing keys")
-        except Exception as exc:  # noqa: BLE001 - a failed fetch means 401, not 500
+        except Exception as exc:  # noqa: BLE001 - a failed fetch: 503 (KeysUnavailable), not 500
             logger.warning("Entra ID: could not load signing keys from %s: %s: %s",
                            clip(url, 200), type(exc).__name__, clip(str(exc), 200))
             return False
