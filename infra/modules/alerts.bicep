@@ -61,7 +61,7 @@ var apiRequests = 'requests | where not(url has "/health" or name has "health")'
 var serverErrorQuery = '${apiRequests} | summarize timestamp = max(timestamp), total = sum(itemCount), failed = sumif(itemCount, toint(resultCode) >= 500) | where total >= ${minimumRequests} | project timestamp, ServerErrorPercent = 100.0 * failed / total'
 var throttledQuery = '${apiRequests} | summarize timestamp = max(timestamp), total = sum(itemCount), throttled = sumif(itemCount, resultCode == "429") | where total >= ${minimumRequests} | project timestamp, ThrottledPercent = 100.0 * throttled / total'
 var unauthorizedQuery = '${apiRequests} | summarize timestamp = max(timestamp), total = sum(itemCount), refused = sumif(itemCount, resultCode == "401") | where total >= ${minimumRequests} | project timestamp, UnauthorizedPercent = 100.0 * refused / total'
-var latencyQuery = '${apiRequests} | where resultCode == "200" | summarize timestamp = max(timestamp), P95Ms = percentile(duration, 95), total = sum(itemCount) | where total >= ${minimumRequests} | project timestamp, P95Ms'
+var latencyQuery = '${apiRequests} | where resultCode == "200" | summarize timestamp = max(timestamp), P95Ms = percentilew(duration, itemCount, 95), total = sum(itemCount) | where total >= ${minimumRequests} | project timestamp, P95Ms'
 
 resource serverErrors 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   name: '${namePrefix}-server-errors'
