@@ -540,3 +540,25 @@ def test_chroma_collection_embeds_through_the_service_and_still_does_when_reopen
     found = reopened.query(query_texts=[TEXTS[1]], n_results=1, include=["distances"])
     assert sent == [(DEFAULT, [TEXTS[1]])]
     assert found["ids"] == [["1"]] and found["distances"][0][0] < 1e-6
+
+
+def test_chroma_reads_openai_api_key_over_its_own_variable_as_the_readme_warns(
+        server, monkeypatch):
+    """Where OPENAI_API_KEY is set (as for OpenAI's own clients), Chroma's OpenAIEmbeddingFunction
+    reads that variable, not CHROMA_OPENAI_API_KEY (whatever api_key_env_var says), and stores its
+    name with the collection: the README's snippet then sends the OpenAI key and gets a 401. The
+    README says so; this test fails once Chroma changes, so that the warning can go."""
+    from clientkit import ROOT
+
+    monkeypatch.setenv("CHROMA_OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-an-openai-key-not-this-services")
+    embed = OpenAIEmbeddingFunction(api_base=server.url + "/v1", model_name=DEFAULT)
+    assert embed.api_key_env_var == "OPENAI_API_KEY"
+    collection = chromadb.EphemeralClient().get_or_create_collection(
+        "openai-key-test", embedding_function=embed)
+    with pytest.raises(Exception, match="401"):
+        collection.upsert(ids=["1"], documents=["first text"])
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    chroma = readme.split("\n### Chroma\n", 1)[1].split("\n### ", 1)[0]
+    assert "OPENAI_API_KEY" in chroma.replace("CHROMA_OPENAI_API_KEY", ""), \
+        "the README's Chroma section warns that OPENAI_API_KEY takes precedence"
