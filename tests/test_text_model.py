@@ -111,6 +111,22 @@ def test_default_model_cannot_saturate_on_cpus_without_vnni(registry):
     assert worst > 64   # 8-bit, not 7-bit (reduce_range) weights
 
 
+def test_the_performance_model_names_every_activation_zero_point_of_the_shipped_model(registry):
+    """docs/performance-model.md's "The scheme" gives the quantisation of every weight MatMul:
+    each activation zero point the shipped model uses (128, and 16 for FFN-out) is named there."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    model = onnx.load(str(registry.find(DEFAULT).files["model"].verified()))
+    inits = {i.name: i for i in model.graph.initializer}
+    zero_points = {int(numpy_helper.to_array(inits[n.input[4]])) for n in model.graph.node
+                   if n.op_type == "MatMulIntegerToFloat"}
+    assert zero_points == {128, 16}
+    doc = (ROOT / "docs" / "performance-model.md").read_text(encoding="utf-8")
+    scheme = doc.split("\n### The scheme\n", 1)[1].split("\n### ", 1)[0]
+    assert all(f"zero point {z}" in scheme for z in zero_points), sorted(zero_points)
+
+
 def test_token_counts_match_the_reference_tokenizer(text_backend, reference):
     ids = text_backend.tokenize(reference["texts"], truncate="END")
     expected = [min(n, 256) for n in reference["tokens_untruncated"]]
