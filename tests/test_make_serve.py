@@ -132,6 +132,25 @@ def test_the_hint_says_at_start_what_the_app_would_refuse_at_the_first_request(e
         assert lines[-1] == "No key of EMBEDDINGS_API_KEYS is accepted (above: why): every " \
             "request gets 401."
 
+
+def test_the_hint_says_at_start_what_is_wrong_with_a_replacement_registry(tmp_path):
+    """A replacement registry (EMBEDDINGS_REGISTRY) the app would refuse at its first request,
+    every request a 500, is named under "Serving" too: one it cannot read, one with a wrong
+    field. A good one (the shipped registry, named) is not."""
+    shipped = json.loads((ROOT / "embedding_core" / "registry.json").read_text(encoding="utf-8"))
+    good, bad = ROOT / "embedding_core" / "registry.json", tmp_path / "bad.json"
+    shipped["deployments"][0]["aliases"] = "all-minilm"
+    bad.write_text(json.dumps(shipped))
+    base = {"EMBEDDINGS_API_KEYS": LOCAL_DEV_KEY}
+    first = {name: hint({**base, "EMBEDDINGS_REGISTRY": str(path)}, "127.0.0.1", 7071)[0]
+             for name, path in (("missing", tmp_path / "none.json"), ("bad", bad), ("good", good))}
+    assert first["missing"].startswith(
+        f"Configuration error: EMBEDDINGS_REGISTRY: cannot read registry {tmp_path / 'none.json'}")
+    assert first["bad"] == ("Configuration error: EMBEDDINGS_REGISTRY: deployments[0]: 'aliases' "
+                            "must be a JSON array. Every request answers 500 until it is fixed.")
+    assert first["good"] == f"Local development API key: {LOCAL_DEV_KEY}", first["good"]
+
+
 @pytest.mark.parametrize("host, reach, warned", [
     ("127.0.0.1", "127.0.0.1", False), ("::1", "[::1]", False), ("localhost", "localhost", False),
     ("LOCALHOST", "LOCALHOST", False), ("::ffff:127.0.0.1", "[::ffff:127.0.0.1]", False),

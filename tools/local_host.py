@@ -747,18 +747,26 @@ LOCAL_DEV_KEY = "local-dev-key-0000"    # the Makefile's EMBEDDINGS_API_KEYS by 
 
 def hint(env: Mapping[str, str], host: str, port: int) -> list[str]:
     """``make serve``'s lines under "Serving": a curl to try, with the key to send, after what
-    the app will refuse in its settings (an invalid setting: every request answers 500; a key
-    entry it does not accept), which it would otherwise say only at the first request. A key
+    the app will refuse in its settings (an invalid setting or replacement registry: every
+    request answers 500; a key entry it does not accept), which it would otherwise say only at
+    the first request. A key
     set by the user is not printed (a ``name:key`` entry's key is the part after the ':'; the
     app's messages about entries never hold a key)."""
     from embedding_core.settings import Settings, hosted_on_azure, parse_api_keys
 
     try:
-        Settings.from_env(env)
+        settings = Settings.from_env(env)
         if env.get("EMBEDDINGS_ENTRA_TENANT_ID", "").strip():
             from embedding_core.entra import EntraConfig
 
             EntraConfig.from_env(env)
+        if settings.registry_path:        # a replacement registry, read as the service reads it
+            from embedding_core.registry import Registry, RegistryError
+
+            try:
+                Registry.from_settings(settings)
+            except RegistryError as exc:
+                raise ValueError(f"EMBEDDINGS_REGISTRY: {exc}") from None
     except ValueError as exc:
         return [f"Configuration error: {str(exc).rstrip('.')}. Every request answers 500 until "
                 "it is fixed."]
