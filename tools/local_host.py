@@ -749,9 +749,8 @@ def hint(env: Mapping[str, str], host: str, port: int) -> list[str]:
     """``make serve``'s lines under "Serving": a curl to try, with the key to send, after what
     the app will refuse in its settings (an invalid setting or replacement registry: every
     request answers 500; a key entry it does not accept), which it would otherwise say only at
-    the first request. A key
-    set by the user is not printed (a ``name:key`` entry's key is the part after the ':'; the
-    app's messages about entries never hold a key)."""
+    the first request. A key set by the user is not printed (a ``name:key`` entry's key is the
+    part after the ':'; the app's messages about entries never hold a key)."""
     from embedding_core.settings import Settings, hosted_on_azure, parse_api_keys
 
     try:
